@@ -1,0 +1,282 @@
+//! The unified event: one per Meta change, message, status or messaging item.
+//!
+//! Downstream consumers rely on these names (`id`, `platform`, `object`, `field`, `kind`,
+//! `raw`, `message.text`, `status.value`, `conversation.participant.id`); add fields, never
+//! rename them. The JSON schema in docs/event-schema.md is generated from these types.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// One normalized webhook item.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Event {
+    /// Stable id: the platform's own id where it has one (`wamid`, `wamid:status`, `mid`,
+    /// `comment_id:verb`), else the hex SHA-256 of (object, entry id, field, the item's bytes).
+    /// Meta's retries of the same item produce the same id.
+    pub id: String,
+    /// Which product sent it.
+    pub platform: Platform,
+    /// Meta's `object` (`whatsapp_business_account`, `page`, `instagram`, `user`, ...).
+    pub object: String,
+    /// The webhook field the app subscribes to (`messages`, `feed`, `message_deliveries`, ...).
+    pub field: String,
+    /// What happened, across platforms.
+    pub kind: Kind,
+    /// The entry's id: WhatsApp Business Account, Page, Instagram account or user id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    /// When it happened (RFC 3339): the item's own timestamp, else the entry's `time`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub occurred_at: Option<String>,
+    /// When this receiver accepted the request (RFC 3339).
+    pub received_at: String,
+    /// The receiver endpoint that accepted it (its configured name).
+    pub endpoint: String,
+    /// The business number that received a WhatsApp item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub business_phone: Option<BusinessPhone>,
+    /// The conversation the item belongs to, and the person on the other side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation: Option<Conversation>,
+    /// The message, comment or post the item carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<Message>,
+    /// A delivery status (`sent`, `delivered`, `read`, `failed`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    /// Why the item could not be read as its documented shape (only on `kind: unknown`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The item exactly as Meta sent it (whitespace outside strings removed).
+    #[schemars(with = "serde_json::Value")]
+    pub raw: Box<RawValue>,
+}
+
+/// The Meta product an event came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Platform {
+    /// WhatsApp Business Platform (`whatsapp_business_account`).
+    Whatsapp,
+    /// Messenger: a Page's `messaging` and `standby` items.
+    Messenger,
+    /// Instagram messaging and changes.
+    Instagram,
+    /// A Facebook Page's changes (feed, leadgen, mention, ratings, ...).
+    Facebook,
+    /// App-level Graph objects (`user`, `permissions`, `application`, `ad_account`, ...).
+    Graph,
+}
+
+impl Platform {
+    /// The label used in metrics and subjects.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Whatsapp => "whatsapp",
+            Platform::Messenger => "messenger",
+            Platform::Instagram => "instagram",
+            Platform::Facebook => "facebook",
+            Platform::Graph => "graph",
+        }
+    }
+}
+
+macro_rules! kinds {
+    ($($(#[doc = $doc:literal])* $variant:ident => $name:literal,)*) => {
+        /// What an event is, across platforms. Metrics label by it, so it is a closed set.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+        #[serde(rename_all = "snake_case")]
+        pub enum Kind {
+            $($(#[doc = $doc])* $variant,)*
+        }
+
+        impl Kind {
+            /// Every kind, in documentation order.
+            pub const ALL: &'static [Kind] = &[$(Kind::$variant,)*];
+
+            /// The kind's name as serialized.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Kind::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+kinds! {
+    /// A message a person sent to the business.
+    Message => "message",
+    /// A delivery status of a message the business sent (WhatsApp `statuses[]`).
+    Status => "status",
+    /// A reaction to a message or a post.
+    Reaction => "reaction",
+    /// A read receipt (Messenger `read`, Instagram `messaging_seen`).
+    Read => "read",
+    /// A delivery receipt (Messenger `delivery`).
+    Delivery => "delivery",
+    /// A postback: a button, menu item or ice breaker pressed.
+    Postback => "postback",
+    /// An opt-in (plugin, notification messages, WhatsApp marketing resume).
+    Optin => "optin",
+    /// An opt-out (notification messages stop, WhatsApp marketing stop).
+    Optout => "optout",
+    /// A referral: ad, m.me / ig.me link, shop or chat plugin entry.
+    Referral => "referral",
+    /// A comment added, edited, hidden or removed.
+    Comment => "comment",
+    /// The account was mentioned in a post, comment, caption or story.
+    Mention => "mention",
+    /// A page rating or recommendation.
+    Rating => "rating",
+    /// A Lead Ads form submission.
+    Lead => "lead",
+    /// A message template's status or category changed.
+    TemplateStatus => "template_status",
+    /// A template's or phone number's quality or limits changed.
+    QualityUpdate => "quality_update",
+    /// A change to the business account, its review, capabilities, partners or payments.
+    AccountUpdate => "account_update",
+    /// A security notification (e.g. two-step verification PIN reset).
+    Security => "security",
+    /// Metrics of an Instagram story, after it expired.
+    StoryInsights => "story_insights",
+    /// A comment on an Instagram live broadcast.
+    LiveComment => "live_comment",
+    /// A message the business itself sent (Messenger/Instagram echo, WhatsApp SMB echo).
+    Echo => "echo",
+    /// A message was edited.
+    Edit => "edit",
+    /// A message was deleted (unsent) by its sender.
+    Delete => "delete",
+    /// Thread control passed between apps (handover protocol).
+    Handover => "handover",
+    /// Meta enforced a messaging policy on the page or account.
+    PolicyEnforcement => "policy_enforcement",
+    /// Account linking or unlinking.
+    AccountLinking => "account_linking",
+    /// A payment, checkout or pre-checkout update.
+    Payment => "payment",
+    /// Customer feedback or response feedback.
+    Feedback => "feedback",
+    /// A Messenger game was played (`messaging_game_plays`).
+    GamePlay => "game_play",
+    /// A post, photo, video, status, share, album or event on a Page's feed.
+    Post => "post",
+    /// A Page video or live video changed status.
+    Video => "video",
+    /// A WhatsApp call was connected, changed or ended.
+    Call => "call",
+    /// A WhatsApp Flow changed status, or an endpoint alert.
+    Flow => "flow",
+    /// WhatsApp chat history or app-state sync for a coexistence (SMB app) number.
+    History => "history",
+    /// An ad-attributed event WhatsApp reports automatically (purchase, lead).
+    AutomaticEvent => "automatic_event",
+    /// An error Meta reports instead of an item (WhatsApp `value.errors`).
+    Error => "error",
+    /// A documented change of an app-level object (user, permissions, application, ...),
+    /// or a field name reported without values (`changed_fields`).
+    Change => "change",
+    /// Not a documented object, field or type, or not in its documented shape; see `error`.
+    Unknown => "unknown",
+}
+
+/// The business phone number a WhatsApp item is for.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct BusinessPhone {
+    /// `metadata.phone_number_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// `metadata.display_phone_number`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_number: Option<String>,
+}
+
+/// A conversation and its participant.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct Conversation {
+    /// The platform's conversation id, where it gives one (WhatsApp `statuses[].conversation.id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The person on the other side of the conversation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub participant: Option<Participant>,
+}
+
+/// The person on the other side: WhatsApp `from`/`wa_id`/`recipient_id` (or the business-scoped
+/// user id when no phone number is given), Messenger PSID or Instagram IGSID.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct Participant {
+    /// The person's id on the platform.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The person's profile name, where Meta includes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// WhatsApp's business-scoped user id (`contacts[].user_id`), where present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+}
+
+/// A message, comment or post carried by an event.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct Message {
+    /// The message's own id (`wamid`, `mid`, comment or post id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The type: `text`, `image`, `audio`, ... as the platform names it.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The text of a text message, comment or post; a caption; a button's text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// Media and other attachments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
+    /// The id of the message this one replies to or acts on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+}
+
+/// A media item or other attachment.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct Attachment {
+    /// `image`, `audio`, `video`, `document`, `sticker`, `location`, `file`, `share`, ...
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The media id to download it with (WhatsApp), where given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// A URL to fetch it from (Messenger/Instagram CDN links expire), where given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// MIME type, where given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mime_type: Option<String>,
+}
+
+/// A delivery status.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct Status {
+    /// `sent`, `delivered`, `read`, `failed`, `played`, ... as Meta sends it.
+    pub value: String,
+    /// Errors Meta attached (a failed message's reasons).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<StatusError>,
+}
+
+/// One of Meta's error objects.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct StatusError {
+    /// Meta's numeric error code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<i64>,
+    /// Short title.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Longer message or details.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}

@@ -1,0 +1,12 @@
+//! metahook receiver: Meta webhooks verified, normalized and stored durably.
+//!
+//! # Layout
+//!
+//! - [`verify`]: the GET handshake and the `X-Hub-Signature-256` check (pure).
+//! - [`meta`]: typed, lenient models of Meta's payloads, one module per product.
+//! - [`normalize`]: a verified body becomes one [`event::Event`] per leaf item (pure).
+//! - [`event`]: the unified event schema.
+
+pub mod event;
+pub mod meta;
+pub mod normalize;

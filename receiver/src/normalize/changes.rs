@@ -1,0 +1,191 @@
+//! `changes[]` items: routing by object, and the Page, Instagram and Graph changes.
+
+use serde_json::value::RawValue;
+
+use super::{Scope, parse_or_default, undocumented};
+use crate::event::{Conversation, Event, Kind, Message, Participant};
+use crate::meta::graph::PermissionValue;
+use crate::meta::instagram::{CommentValue, MentionValue as IgMentionValue, StoryInsightsValue};
+use crate::meta::lenient::{Id, UnixTime};
+use crate::meta::page::{FeedValue, LeadgenValue, MentionValue, RatingsValue, VideoValue};
+
+impl Scope<'_> {
+    /// One `changes[]` item of any object.
+    pub(super) fn change(
+        &self,
+        field: &str,
+        change_raw: &RawValue,
+        value: Option<&RawValue>,
+        out: &mut Vec<Event>,
+    ) {
+        let kinds = super::field_kinds(self.object, field);
+        if kinds.is_empty() {
+            out.push(self.unknown(field, change_raw, undocumented(self.object, field)));
+            return;
+        }
+        let result = match self.object {
+            "whatsapp_business_account" => {
+                self.whatsapp_change(field, change_raw, value, kinds, out);
+                return;
+            }
+            "page" => self.page_change(field, change_raw, value, kinds[0]),
+            "instagram" => self.instagram_change(field, change_raw, value, kinds[0]),
+            "permissions" => parse_or_default::<PermissionValue>(value).map(|_| self.event(field, Kind::Change, change_raw)),
+            _ => Ok(self.event(field, Kind::Change, change_raw)),
+        };
+        out.push(result.unwrap_or_else(|err| self.unknown(field, change_raw, format!("{field} value: {err}"))));
+    }
+
+    fn page_change(
+        &self,
+        field: &str,
+        raw: &RawValue,
+        value: Option<&RawValue>,
+        default_kind: Kind,
+    ) -> Result<Event, serde_json::Error> {
+        match field {
+            "feed" => {
+                let feed: FeedValue = parse_or_default(value)?;
+                let item = feed.item.as_deref().unwrap_or("");
+                let kind = match item {
+                    "comment" => Kind::Comment,
+                    "reaction" | "like" => Kind::Reaction,
+                    _ => Kind::Post,
+                };
+                let mut event = self.event(field, kind, raw);
+                self.set_time(&mut event, feed.created_time);
+                let verb = feed.verb.as_deref().unwrap_or("");
+                if let (Kind::Comment, Some(comment), "add" | "remove" | "hide" | "unhide") =
+                    (kind, &feed.comment_id, verb)
+                {
+                    event.id = format!("{comment}:{verb}");
+                }
+                event.conversation = actor(feed.from.as_ref().and_then(|f| f.id.as_ref()), feed.from.as_ref().and_then(|f| f.name.clone()));
+                let (id, reply_to) = match kind {
+                    Kind::Comment => (&feed.comment_id, feed.parent_id.as_ref().or(feed.post_id.as_ref())),
+                    Kind::Reaction => (&None, feed.comment_id.as_ref().or(feed.post_id.as_ref())),
+                    _ => (&feed.post_id, None),
+                };
+                event.message = Some(Message {
+                    id: id.as_ref().map(|id| id.0.clone()),
+                    kind: if kind == Kind::Reaction {
+                        feed.reaction_type.clone().unwrap_or_else(|| item.to_owned())
+                    } else {
+                        item.to_owned()
+                    },
+                    text: feed.message,
+                    reply_to: reply_to.map(|id| id.0.clone()),
+                    ..Message::default()
+                });
+                Ok(event)
+            }
+            "mention" => {
+                let mention: MentionValue = parse_or_default(value)?;
+                let mut event = self.event(field, Kind::Mention, raw);
+                self.set_time(&mut event, mention.created_time);
+                event.conversation = actor(mention.sender_id.as_ref(), mention.sender_name);
+                event.message = Some(Message {
+                    id: mention.comment_id.or(mention.post_id).map(|id| id.0),
+                    kind: mention.item.unwrap_or_else(|| "post".to_owned()),
+                    text: mention.message,
+                    ..Message::default()
+                });
+                Ok(event)
+            }
+            "ratings" => {
+                let rating: RatingsValue = parse_or_default(value)?;
+                let mut event = self.event(field, Kind::Rating, raw);
+                self.set_time(&mut event, rating.created_time);
+                let (who, name) = match rating.reviewer_id {
+                    Some(id) => (Some(id), rating.reviewer_name),
+                    None => (rating.sender_id, rating.sender_name),
+                };
+                event.conversation = actor(who.as_ref(), name);
+                event.message = Some(Message {
+                    id: rating.comment_id.or(rating.open_graph_story_id).map(|id| id.0),
+                    kind: rating.item.unwrap_or_else(|| "rating".to_owned()),
+                    text: rating.review_text.or(rating.message),
+                    ..Message::default()
+                });
+                Ok(event)
+            }
+            "leadgen" => {
+                let lead: LeadgenValue = parse_or_default(value)?;
+                let mut event = self.event(field, Kind::Lead, raw);
+                self.set_time(&mut event, lead.created_time);
+                if let Some(id) = lead.leadgen_id {
+                    event.id = format!("leadgen:{id}");
+                }
+                Ok(event)
+            }
+            "live_videos" | "videos" => {
+                let _: VideoValue = parse_or_default(value)?;
+                Ok(self.event(field, Kind::Video, raw))
+            }
+            _ => Ok(self.event(field, default_kind, raw)),
+        }
+    }
+
+    fn instagram_change(
+        &self,
+        field: &str,
+        raw: &RawValue,
+        value: Option<&RawValue>,
+        default_kind: Kind,
+    ) -> Result<Event, serde_json::Error> {
+        match field {
+            "comments" | "live_comments" => {
+                let comment: CommentValue = parse_or_default(value)?;
+                let mut event = self.event(field, default_kind, raw);
+                if let Some(id) = &comment.id {
+                    event.id = format!("{id}:{field}");
+                }
+                event.conversation = actor(
+                    comment.from.as_ref().and_then(|f| f.id.as_ref()),
+                    comment.from.as_ref().and_then(|f| f.username.clone()),
+                );
+                event.message = Some(Message {
+                    id: comment.id.map(|id| id.0),
+                    kind: "comment".to_owned(),
+                    text: comment.text,
+                    reply_to: comment.parent_id.or(comment.media.and_then(|m| m.id)).map(|id| id.0),
+                    ..Message::default()
+                });
+                Ok(event)
+            }
+            "mentions" => {
+                let mention: IgMentionValue = parse_or_default(value)?;
+                let mut event = self.event(field, Kind::Mention, raw);
+                event.message = Some(Message {
+                    id: mention.comment_id.or(mention.media_id).map(|id| id.0),
+                    kind: "mention".to_owned(),
+                    ..Message::default()
+                });
+                Ok(event)
+            }
+            "story_insights" => {
+                let _: StoryInsightsValue = parse_or_default(value)?;
+                Ok(self.event(field, Kind::StoryInsights, raw))
+            }
+            _ => Ok(self.event(field, default_kind, raw)),
+        }
+    }
+
+    /// Sets `occurred_at` from the item's own time, when it has a usable one.
+    pub(super) fn set_time(&self, event: &mut Event, time: Option<UnixTime>) {
+        if let Some(at) = time.and_then(UnixTime::to_rfc3339) {
+            event.occurred_at = Some(at);
+        }
+    }
+}
+
+/// A conversation whose participant is the actor of a change.
+fn actor(id: Option<&Id>, name: Option<String>) -> Option<Conversation> {
+    if id.is_none() && name.is_none() {
+        return None;
+    }
+    Some(Conversation {
+        id: None,
+        participant: Some(Participant { id: id.map(|id| id.0.clone()), name, user_id: None }),
+    })
+}

@@ -1,0 +1,273 @@
+//! Normalization: a verified webhook body becomes one [`Event`] per leaf item.
+//!
+//! Leaf items are each WhatsApp message, status, echo, call or preference; each Messenger
+//! or Instagram messaging item; each other change. Nothing is dropped: an item that is not
+//! in its documented shape, or of an undocumented object, field or type, becomes a
+//! `kind: unknown` event carrying `raw` and an `error` note. Only a body that is not a JSON
+//! object at all is rejected ([`BodyError`]), because Meta never sends one.
+//!
+//! This module is pure: no I/O, no clock (the caller passes `received_at`).
+
+mod changes;
+mod coverage;
+mod messaging;
+mod whatsapp;
+
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+
+pub use coverage::{COVERAGE, CoverageRow, field_kinds};
+
+use crate::event::{Event, Kind, Platform};
+use crate::meta::envelope::{Change, Entry, Envelope};
+use crate::meta::lenient::UnixTime;
+
+/// Why a body was rejected as a whole (HTTP 400).
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// Empty body.
+    #[error("the body is empty")]
+    Empty,
+    /// Not JSON, or truncated JSON.
+    #[error("the body is not valid JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    /// Valid JSON, but not an object (an array, string, number, ...).
+    #[error("the body is JSON but not an object (found {0}); Meta sends one object per request")]
+    NotObject(&'static str),
+}
+
+/// What normalization needs to know about the request.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    /// The endpoint's name, recorded in every event.
+    pub endpoint: &'a str,
+    /// When the request was accepted, RFC 3339.
+    pub received_at: &'a str,
+    /// The objects this endpoint accepts (`None` = every object).
+    pub objects: Option<&'a [String]>,
+}
+
+/// Turns a verified body into events; see the module docs.
+pub fn normalize(body: &[u8], ctx: &Context<'_>) -> Result<Vec<Event>, BodyError> {
+    let first = body.iter().copied().find(|b| !b.is_ascii_whitespace());
+    let Some(first) = first else {
+        return Err(BodyError::Empty);
+    };
+    let root: &RawValue = serde_json::from_slice(body).map_err(BodyError::NotJson)?;
+    if first != b'{' {
+        return Err(BodyError::NotObject(json_type_name(first)));
+    }
+    let mut out = Vec::new();
+    let envelope: Envelope<'_> = match serde_json::from_str(root.get()) {
+        Ok(envelope) => envelope,
+        Err(err) => {
+            let scope = Scope::new(ctx, "", None);
+            out.push(scope.unknown("", root, format!("envelope: {err}")));
+            return Ok(out);
+        }
+    };
+    let object = envelope
+        .object
+        .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok());
+    let entries = match envelope.entry.map(|raw| (raw, parse::<Vec<&RawValue>>(raw))) {
+        Some((_, Ok(entries))) => entries,
+        Some((raw, Err(err))) => {
+            let scope = Scope::new(ctx, object.as_deref().unwrap_or(""), None);
+            out.push(scope.unknown("", raw, format!("entry is not an array: {err}")));
+            return Ok(out);
+        }
+        None => {
+            let scope = Scope::new(ctx, object.as_deref().unwrap_or(""), None);
+            out.push(scope.unknown("", root, "the body has no entry".to_owned()));
+            return Ok(out);
+        }
+    };
+    for entry_raw in entries {
+        normalize_entry(ctx, object.as_deref(), entry_raw, &mut out);
+    }
+    if let Some(accepted) = ctx.objects {
+        for event in &mut out {
+            if !accepted.iter().any(|o| *o == event.object) {
+                event.kind = Kind::Unknown;
+                event.error = Some(format!(
+                    "object {:?} is not among the objects endpoint {:?} accepts",
+                    event.object, ctx.endpoint
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn json_type_name(first: u8) -> &'static str {
+    match first {
+        b'[' => "an array",
+        b'"' => "a string",
+        b't' | b'f' => "a boolean",
+        b'n' => "null",
+        _ => "a number",
+    }
+}
+
+fn normalize_entry(ctx: &Context<'_>, object: Option<&str>, raw: &RawValue, out: &mut Vec<Event>) {
+    let entry: Entry<'_> = match parse(raw) {
+        Ok(entry) => entry,
+        Err(err) => {
+            let scope = Scope::new(ctx, object.unwrap_or(""), None);
+            out.push(scope.unknown("", raw, format!("entry: {err}")));
+            return;
+        }
+    };
+    let object = object.or(entry.object.as_deref()).unwrap_or("");
+    let account_id = entry.id.as_ref().or(entry.uid.as_ref()).map(|id| id.0.clone());
+    let mut scope = Scope::new(ctx, object, account_id);
+    scope.entry_time = entry.time;
+    let before = out.len();
+
+    if let Some(changes) = &entry.changes {
+        for change_raw in changes {
+            match parse::<Change<'_>>(change_raw) {
+                Ok(change) => {
+                    let field = change.field.as_deref().or(entry.field.as_deref()).unwrap_or("");
+                    scope.change(field, change_raw, change.value, out);
+                }
+                Err(err) => out.push(scope.unknown("", change_raw, format!("change: {err}"))),
+            }
+        }
+    }
+    for (items, standby) in [(&entry.messaging, false), (&entry.standby, true)] {
+        for item in items.iter().flatten() {
+            scope.messaging_item(item, standby, out);
+        }
+    }
+    for field in entry.changed_fields.iter().flatten() {
+        let kind = if field_kinds(object, field).is_empty() { Kind::Unknown } else { Kind::Change };
+        let mut event = scope.event(field, kind, raw);
+        event.id = scope.hash_id(field, &format!("{}\u{0}{field}", raw.get()));
+        if kind == Kind::Unknown {
+            event.error = Some(undocumented(object, field));
+        }
+        out.push(event);
+    }
+    if out.len() == before {
+        let note = "the entry has no changes, messaging, standby or changed_fields items";
+        out.push(scope.unknown(entry.field.as_deref().unwrap_or(""), raw, note.to_owned()));
+    }
+}
+
+fn undocumented(object: &str, field: &str) -> String {
+    if coverage::platform_of(object).is_none() {
+        format!("object {object:?} is not a documented Meta webhook object")
+    } else {
+        format!("field {field:?} is not a documented field of object {object:?}")
+    }
+}
+
+/// Parses a raw item into a borrowed or owned type.
+fn parse<'a, T: serde::Deserialize<'a>>(raw: &'a RawValue) -> Result<T, serde_json::Error> {
+    serde_json::from_str(raw.get())
+}
+
+/// Parses an optional raw value into an owned type, treating absence as the default.
+fn parse_or_default<T: DeserializeOwned + Default>(
+    raw: Option<&RawValue>,
+) -> Result<T, serde_json::Error> {
+    raw.map_or_else(|| Ok(T::default()), |raw| serde_json::from_str(raw.get()))
+}
+
+/// Everything events of one entry share, and the builders that fill them.
+struct Scope<'c> {
+    ctx: &'c Context<'c>,
+    object: &'c str,
+    platform: Platform,
+    account_id: Option<String>,
+    entry_time: Option<UnixTime>,
+}
+
+impl<'c> Scope<'c> {
+    fn new(ctx: &'c Context<'c>, object: &'c str, account_id: Option<String>) -> Self {
+        Scope {
+            ctx,
+            object,
+            platform: coverage::platform_of(object).unwrap_or(Platform::Graph),
+            account_id,
+            entry_time: None,
+        }
+    }
+
+    /// A new event with the common fields; its id is the hash of the item.
+    fn event(&self, field: &str, kind: Kind, raw: &RawValue) -> Event {
+        let raw = compact(raw);
+        Event {
+            id: self.hash_id(field, raw.get()),
+            platform: self.platform,
+            object: self.object.to_owned(),
+            field: field.to_owned(),
+            kind,
+            account_id: self.account_id.clone(),
+            occurred_at: self.entry_time.and_then(UnixTime::to_rfc3339),
+            received_at: self.ctx.received_at.to_owned(),
+            endpoint: self.ctx.endpoint.to_owned(),
+            business_phone: None,
+            conversation: None,
+            message: None,
+            status: None,
+            error: None,
+            raw,
+        }
+    }
+
+    /// An `unknown` event with the reason it could not be read.
+    fn unknown(&self, field: &str, raw: &RawValue, error: String) -> Event {
+        let mut event = self.event(field, Kind::Unknown, raw);
+        event.error = Some(error);
+        event
+    }
+
+    /// `sha256(object, entry id, field, item bytes)`, hex: stable across Meta's retries.
+    fn hash_id(&self, field: &str, item: &str) -> String {
+        let mut hasher = Sha256::new();
+        for part in [self.object, self.account_id.as_deref().unwrap_or(""), field] {
+            hasher.update(part.as_bytes());
+            hasher.update([0]);
+        }
+        hasher.update(item.as_bytes());
+        hex::encode(hasher.finalize())
+    }
+}
+
+/// The item's JSON with whitespace outside strings removed, so a JSON-lines file keeps one
+/// event per line; the value (every key, every digit) is unchanged.
+fn compact(raw: &RawValue) -> Box<RawValue> {
+    let text = raw.get();
+    if !text.bytes().any(|b| matches!(b, b' ' | b'\n' | b'\r' | b'\t')) {
+        return raw.to_owned();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in text.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !matches!(c, ' ' | '\n' | '\r' | '\t') {
+            out.push(c);
+        }
+    }
+    // Removing insignificant whitespace from valid JSON leaves valid JSON; fall back to
+    // the original bytes rather than fail if that ever did not hold.
+    RawValue::from_string(out).unwrap_or_else(|_| raw.to_owned())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,242 @@
+//! Printing the figures and judging them against the targets.
+//!
+//! The benchmark is a measuring instrument, not a test: targets are marked met or missed and
+//! never fail the run. Only an unreliable measurement (more than [`MAX_FAILURE_RATIO`] of
+//! requests failed) makes the program exit non-zero, because its figures would then mean
+//! nothing.
+
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+
+use super::bodies::BodyKind;
+use super::load::LoadResult;
+use super::process::{Pinning, Stopped};
+use super::servers::ServerKind;
+
+/// Above this share of failed requests a run's figures are not trustworthy.
+pub const MAX_FAILURE_RATIO: f64 = 0.01;
+
+/// Receiver throughput must be at least this fraction of the baseline's.
+const TARGET_MIN_THROUGHPUT_RATIO: f64 = 0.6;
+
+/// Receiver p99 latency must be at most this multiple of the baseline's.
+const TARGET_MAX_P99_RATIO: f64 = 2.0;
+
+/// Receiver peak RSS must stay at or below this many MiB.
+const TARGET_MAX_RSS_MIB: f64 = 64.0;
+
+/// Conditions the figures were taken under, printed before the runs start.
+#[derive(Debug)]
+pub struct Setup {
+    /// RFC 3339 timestamp of the run.
+    pub date: String,
+    /// CPUs available to the benchmark before pinning (what `nproc` prints).
+    pub nproc: usize,
+    /// CPU model, if /proc/cpuinfo names one.
+    pub cpu_model: Option<String>,
+    /// Whether and where processes are pinned.
+    pub pinning: Pinning,
+    /// Concurrent keep-alive connections.
+    pub connections: usize,
+    /// Discarded warm-up per run.
+    pub warmup: Duration,
+    /// Measured period per run.
+    pub duration: Duration,
+    /// Each body with its size in bytes and messages per request.
+    pub bodies: Vec<(BodyKind, usize, usize)>,
+    /// Whether the receiver is skipped.
+    pub baseline_only: bool,
+}
+
+/// One server measured with one body.
+#[derive(Debug)]
+pub struct Measurement {
+    /// Body sent.
+    pub body: BodyKind,
+    /// Server measured.
+    pub server: ServerKind,
+    /// Load generator figures.
+    pub load: LoadResult,
+    /// Peak RSS of the server process in KiB, sampled just before stopping it.
+    pub peak_rss_kib: u64,
+    /// How the server ended.
+    pub stopped: Stopped,
+}
+
+impl Measurement {
+    fn peak_rss_mib(&self) -> f64 {
+        self.peak_rss_kib as f64 / 1024.0
+    }
+}
+
+/// Prints the run conditions.
+pub fn print_setup(setup: &Setup) {
+    println!("metahook benchmark, {}", setup.date);
+    println!(
+        "machine: nproc {}{}",
+        setup.nproc,
+        setup
+            .cpu_model
+            .as_deref()
+            .map(|model| format!(", {model}"))
+            .unwrap_or_default()
+    );
+    println!("CPU pinning: {}", setup.pinning);
+    println!(
+        "load: {} keep-alive HTTP/1.1 connections on 127.0.0.1, one request in flight each; \
+         {} warm-up (discarded) then {} measured, per server and body",
+        setup.connections,
+        humantime::format_duration(setup.warmup),
+        humantime::format_duration(setup.duration),
+    );
+    for &(kind, bytes, messages) in &setup.bodies {
+        println!(
+            "body {}: {bytes} bytes, {messages} message(s) per request, unique ids, signed",
+            kind.label()
+        );
+    }
+    if setup.baseline_only {
+        println!("receiver: skipped (--baseline-only)");
+    }
+    println!();
+}
+
+/// Prints the results table, the receiver/baseline ratios with targets, and notes.
+pub fn print_results(measurements: &[Measurement]) {
+    println!();
+    println!(
+        "{:<12} {:<9} {:>10} {:>9} {:>9} {:>13}  errors",
+        "body", "server", "req/s", "p50 ms", "p99 ms", "peak RSS MiB"
+    );
+    for m in measurements {
+        println!(
+            "{:<12} {:<9} {:>10.1} {:>9.3} {:>9.3} {:>13.1}  {}",
+            m.body.label(),
+            m.server.label(),
+            m.load.requests_per_sec(),
+            m.load.latency_ms(0.50),
+            m.load.latency_ms(0.99),
+            m.peak_rss_mib(),
+            errors(&m.load),
+        );
+    }
+    print_targets(measurements);
+    print_notes(measurements);
+}
+
+/// Fails if any run had too many failed requests to be trusted.
+pub fn check_failures(measurements: &[Measurement]) -> Result<()> {
+    let unreliable: Vec<String> = measurements
+        .iter()
+        .filter(|m| m.load.failure_ratio() > MAX_FAILURE_RATIO)
+        .map(|m| {
+            format!(
+                "{} / {} ({})",
+                m.body.label(),
+                m.server.label(),
+                errors(&m.load)
+            )
+        })
+        .collect();
+    if !unreliable.is_empty() {
+        bail!(
+            "more than {:.0}% of requests failed in: {}",
+            MAX_FAILURE_RATIO * 100.0,
+            unreliable.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// Error count with its share of all requests.
+fn errors(load: &LoadResult) -> String {
+    if load.failed == 0 {
+        "0".to_owned()
+    } else {
+        format!("{} ({:.2}%)", load.failed, load.failure_ratio() * 100.0)
+    }
+}
+
+/// Receiver-to-baseline ratios per body, each against its target.
+fn print_targets(measurements: &[Measurement]) {
+    let find = |body: BodyKind, server: ServerKind| {
+        measurements
+            .iter()
+            .find(|m| m.body == body && m.server == server)
+    };
+    let pairs: Vec<(BodyKind, &Measurement, &Measurement)> = BodyKind::ALL
+        .into_iter()
+        .filter_map(|body| {
+            Some((
+                body,
+                find(body, ServerKind::Baseline)?,
+                find(body, ServerKind::Receiver)?,
+            ))
+        })
+        .collect();
+    println!();
+    if pairs.is_empty() {
+        println!("receiver/baseline ratios: not computed (receiver not measured)");
+        return;
+    }
+    println!(
+        "{:<12} {:<24} {:<24} {:<22}",
+        "receiver",
+        format!("req/s ratio (≥ {TARGET_MIN_THROUGHPUT_RATIO:.2}×)"),
+        format!("p99 ratio (≤ {TARGET_MAX_P99_RATIO:.2}×)"),
+        format!("peak RSS (≤ {TARGET_MAX_RSS_MIB:.0} MiB)"),
+    );
+    let (mut met, mut total) = (0, 0);
+    let mut judge = |ok: bool| {
+        total += 1;
+        if ok {
+            met += 1;
+            "met"
+        } else {
+            "missed"
+        }
+    };
+    for (body, baseline, receiver) in pairs {
+        let throughput = receiver.load.requests_per_sec() / baseline.load.requests_per_sec();
+        let p99 = receiver.load.latency_ms(0.99) / baseline.load.latency_ms(0.99);
+        let rss = receiver.peak_rss_mib();
+        println!(
+            "{:<12} {:<24} {:<24} {:<22}",
+            body.label(),
+            format!(
+                "{throughput:.2}× {}",
+                judge(throughput >= TARGET_MIN_THROUGHPUT_RATIO)
+            ),
+            format!("{p99:.2}× {}", judge(p99 <= TARGET_MAX_P99_RATIO)),
+            format!("{rss:.1} MiB {}", judge(rss <= TARGET_MAX_RSS_MIB)),
+        );
+    }
+    println!("targets met: {met} of {total}");
+}
+
+/// First failure of each run with errors, and servers that needed killing.
+fn print_notes(measurements: &[Measurement]) {
+    for m in measurements {
+        if let Some(failure) = &m.load.first_failure {
+            println!(
+                "note: {} / {} first failure: {failure}",
+                m.body.label(),
+                m.server.label()
+            );
+        }
+        match &m.stopped {
+            Stopped::Exited(status) if status.success() => {}
+            Stopped::Exited(status) => println!(
+                "note: {} / {} ended with {status} after SIGTERM",
+                m.body.label(),
+                m.server.label()
+            ),
+            Stopped::Killed => println!(
+                "note: {} / {} ignored SIGTERM and was killed",
+                m.body.label(),
+                m.server.label()
+            ),
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! The two servers under comparison and how each is launched.
+//!
+//! Every launch gets a fresh temporary directory holding its secret, its configuration, its
+//! logs and (for the receiver) its spool and sink output, so runs cannot influence each other
+//! and the disk space is returned as soon as a run ends.
+
+use std::ffi::OsString;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use tempfile::TempDir;
+
+use super::process::{ServerProcess, free_port};
+
+/// App secret both servers verify with (invented for the benchmark).
+pub const APP_SECRET: &[u8] = b"bench-app-secret-5f0c9a7e21d84b36";
+
+/// Verify token the receiver's configuration requires (unused by the benchmark's POSTs).
+const VERIFY_TOKEN: &str = "bench-verify-token-8e41";
+
+/// Hidden flag that turns the bench binary into the baseline server.
+pub const BASELINE_FLAG: &str = "--baseline-server";
+
+/// Hidden flag naming the baseline's secret file.
+pub const SECRET_FILE_FLAG: &str = "--secret-file";
+
+/// Which server a run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKind {
+    /// The in-tree minimal server (see `baseline`).
+    Baseline,
+    /// `metahook-receiver`.
+    Receiver,
+}
+
+impl ServerKind {
+    /// Name used in progress lines and the results table.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Baseline => "baseline",
+            Self::Receiver => "receiver",
+        }
+    }
+}
+
+/// Programs for both servers, resolved once before any run starts.
+#[derive(Debug)]
+pub struct Programs {
+    /// This executable, re-executed with [`BASELINE_FLAG`].
+    pub bench: PathBuf,
+    /// The receiver binary, unless the receiver is skipped.
+    pub receiver: Option<PathBuf>,
+}
+
+impl Programs {
+    /// Resolves the binaries. The receiver defaults to `metahook-receiver` next to this
+    /// executable, i.e. in the same cargo target directory and profile. It is checked up
+    /// front so a missing build fails in a second rather than after the baseline runs.
+    pub fn resolve(receiver_bin: Option<PathBuf>, skip_receiver: bool) -> Result<Self> {
+        let bench = std::env::current_exe().context("locating the bench executable")?;
+        let receiver = if skip_receiver {
+            None
+        } else {
+            let path = match receiver_bin {
+                Some(path) => path,
+                None => bench
+                    .parent()
+                    .context("bench executable has no parent directory")?
+                    .join("metahook-receiver"),
+            };
+            if !path.is_file() {
+                bail!(
+                    "receiver binary not found at {}: build it with \
+                     `cargo build --release -p metahook-receiver` (same CARGO_TARGET_DIR), \
+                     pass --receiver-bin PATH, or use --baseline-only",
+                    path.display()
+                );
+            }
+            Some(path)
+        };
+        Ok(Self { bench, receiver })
+    }
+
+    /// The server kinds to measure, in run order.
+    pub fn kinds(&self) -> Vec<ServerKind> {
+        let mut kinds = vec![ServerKind::Baseline];
+        if self.receiver.is_some() {
+            kinds.push(ServerKind::Receiver);
+        }
+        kinds
+    }
+}
+
+/// A launched server with the directory it owns; the directory outlives the process because
+/// the process field is dropped (and the child killed) first.
+#[derive(Debug)]
+pub struct Launched {
+    /// The running child.
+    pub process: ServerProcess,
+    /// Address it listens on.
+    pub addr: SocketAddr,
+    /// Its scratch directory, deleted on drop.
+    pub dir: TempDir,
+}
+
+/// Starts `kind` on a free loopback port, pinned to `cpu` if given.
+pub fn launch(kind: ServerKind, programs: &Programs, cpu: Option<usize>) -> Result<Launched> {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("metahook-bench-{}-", kind.label()))
+        .tempdir()
+        .context("creating a temporary directory")?;
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+    let secret_file = dir.path().join("app-secret");
+    std::fs::write(&secret_file, APP_SECRET)
+        .with_context(|| format!("writing {}", secret_file.display()))?;
+
+    let (program, args): (&Path, Vec<OsString>) = match kind {
+        ServerKind::Baseline => (
+            &programs.bench,
+            vec![
+                BASELINE_FLAG.into(),
+                addr.to_string().into(),
+                SECRET_FILE_FLAG.into(),
+                secret_file.into(),
+            ],
+        ),
+        ServerKind::Receiver => {
+            let program = programs
+                .receiver
+                .as_deref()
+                .context("receiver requested but no receiver binary resolved")?;
+            let config = write_receiver_config(dir.path(), addr, &secret_file)?;
+            (program, vec!["--config".into(), config.into()])
+        }
+    };
+    let process = ServerProcess::spawn(kind.label(), program, &args, cpu, dir.path())?;
+    Ok(Launched { process, addr, dir })
+}
+
+/// Writes the receiver's `config.yaml` (and its verify-token file) into `dir`. Paths are
+/// written as JSON strings, which YAML reads as double-quoted scalars, so unusual temp-dir
+/// names cannot break the file.
+fn write_receiver_config(dir: &Path, addr: SocketAddr, secret_file: &Path) -> Result<PathBuf> {
+    let verify_token_file = dir.join("verify-token");
+    std::fs::write(&verify_token_file, VERIFY_TOKEN)
+        .with_context(|| format!("writing {}", verify_token_file.display()))?;
+    let spool = dir.join("spool");
+    std::fs::create_dir_all(&spool).with_context(|| format!("creating {}", spool.display()))?;
+    let events = dir.join("events.jsonl");
+
+    let config = format!(
+        "listen: {listen}\n\
+         endpoints:\n  \
+           - name: whatsapp\n    \
+             path: {path}\n    \
+             app_secret_file: {secret}\n    \
+             verify_token_file: {token}\n\
+         spool:\n  \
+           dir: {spool}\n\
+         sinks:\n  \
+           - name: local\n    \
+             file: {{path: {events}}}\n",
+        listen = quoted(&addr.to_string()),
+        path = quoted(super::WEBHOOK_PATH),
+        secret = quoted_path(secret_file)?,
+        token = quoted_path(&verify_token_file)?,
+        spool = quoted_path(&spool)?,
+        events = quoted_path(&events)?,
+    );
+    let config_path = dir.join("config.yaml");
+    std::fs::write(&config_path, config)
+        .with_context(|| format!("writing {}", config_path.display()))?;
+    Ok(config_path)
+}
+
+/// `value` as a double-quoted YAML scalar.
+fn quoted(value: &str) -> String {
+    serde_json::Value::from(value).to_string()
+}
+
+/// `path` as a double-quoted YAML scalar; config paths must be UTF-8.
+fn quoted_path(path: &Path) -> Result<String> {
+    let text = path
+        .to_str()
+        .with_context(|| format!("path {} is not UTF-8", path.display()))?;
+    Ok(quoted(text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receiver_config_has_the_contract_keys() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let addr: SocketAddr = "127.0.0.1:4321".parse()?;
+        let secret = dir.path().join("app-secret");
+        let config = std::fs::read_to_string(write_receiver_config(dir.path(), addr, &secret)?)?;
+        let root = dir.path().display();
+        let expected = format!(
+            "listen: \"127.0.0.1:4321\"\n\
+             endpoints:\n  - name: whatsapp\n    path: \"/webhooks/whatsapp\"\n    \
+             app_secret_file: \"{root}/app-secret\"\n    \
+             verify_token_file: \"{root}/verify-token\"\n\
+             spool:\n  dir: \"{root}/spool\"\n\
+             sinks:\n  - name: local\n    file: {{path: \"{root}/events.jsonl\"}}\n"
+        );
+        assert_eq!(config, expected);
+        assert!(dir.path().join("spool").is_dir());
+        Ok(())
+    }
+}
