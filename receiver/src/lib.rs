@@ -10,3 +10,7 @@
 pub mod event;
 pub mod meta;
 pub mod normalize;
+pub mod config;
+pub mod secrets;
+pub mod spool;
+pub mod verify;

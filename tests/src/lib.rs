@@ -1,1 +1,3 @@
+//! Support code for metahook's end-to-end tests and the `bench` program.
 
+pub mod bench;

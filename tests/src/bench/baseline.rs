@@ -68,13 +68,10 @@ pub async fn serve(
         tokio::select! {
             () = &mut shutdown => return Ok(()),
             accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _peer)) => stream,
-                    Err(_) => {
-                        // Usually fd exhaustion; back off instead of spinning on accept.
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
+                let Ok((stream, _peer)) = accepted else {
+                    // Usually fd exhaustion; back off instead of spinning on accept.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
                 };
                 // Best effort, as in any server: a failure only costs latency.
                 let _ = stream.set_nodelay(true);

@@ -172,23 +172,23 @@ impl SignedBodies {
 
 /// The single-message body, padded to about [`TEXT_BODY_TARGET`] bytes.
 fn text_body() -> Result<Value> {
-    let overhead = serialised_len(&envelope(vec![change("TXT", "", 0)]))?;
+    let overhead = serialised_len(&envelope(&[change("TXT", "", 0)]))?;
     let text = passage_text(0, TEXT_BODY_TARGET.saturating_sub(overhead));
-    Ok(envelope(vec![change("TXT", &text, 0)]))
+    Ok(envelope(&[change("TXT", &text, 0)]))
 }
 
 /// The ten-change batch body, each change padded to about [`BATCH_CHANGE_TARGET`] bytes.
 fn batch_body() -> Result<Value> {
     let overhead = serialised_len(&change("BAT", "", 0))?;
     let text_len = BATCH_CHANGE_TARGET.saturating_sub(overhead);
-    let changes = (0..BATCH_CHANGES)
+    let changes: Vec<Value> = (0..BATCH_CHANGES)
         .map(|i| change("BAT", &passage_text(i, text_len), i))
         .collect();
-    Ok(envelope(changes))
+    Ok(envelope(&changes))
 }
 
 /// The outer notification object around `changes`.
-fn envelope(changes: Vec<Value>) -> Value {
+fn envelope(changes: &[Value]) -> Value {
     json!({
         "object": "whatsapp_business_account",
         "entry": [{ "id": WABA_ID, "changes": changes }],
@@ -283,7 +283,11 @@ mod tests {
     fn message_ids(body: &[u8]) -> Result<Vec<String>> {
         let value: Value = serde_json::from_slice(body)?;
         let mut ids = Vec::new();
-        for change in value["entry"][0]["changes"].as_array().into_iter().flatten() {
+        for change in value["entry"][0]["changes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             for message in change["value"]["messages"].as_array().into_iter().flatten() {
                 ids.push(message["id"].as_str().unwrap_or_default().to_owned());
             }
@@ -294,7 +298,11 @@ mod tests {
     #[test]
     fn text_body_is_about_1_4_kb_with_one_message() -> Result<()> {
         let template = BodyTemplate::new(BodyKind::Text)?;
-        assert!((1_300..=1_450).contains(&template.len()), "{}", template.len());
+        assert!(
+            (1_300..=1_450).contains(&template.len()),
+            "{}",
+            template.len()
+        );
         assert_eq!(message_ids(&template.render(7))?.len(), 1);
         Ok(())
     }
@@ -302,7 +310,11 @@ mod tests {
     #[test]
     fn batch_body_is_about_15_kb_with_ten_changes() -> Result<()> {
         let template = BodyTemplate::new(BodyKind::Batch)?;
-        assert!((14_000..=15_500).contains(&template.len()), "{}", template.len());
+        assert!(
+            (14_000..=15_500).contains(&template.len()),
+            "{}",
+            template.len()
+        );
         assert_eq!(message_ids(&template.render(7))?.len(), BATCH_CHANGES);
         Ok(())
     }

@@ -211,7 +211,8 @@ async fn drive_connection(
                 connection = Some(open);
                 if counted {
                     tally.fail(|| {
-                        let snippet = String::from_utf8_lossy(&reply.body[..reply.body.len().min(200)]);
+                        let snippet =
+                            String::from_utf8_lossy(&reply.body[..reply.body.len().min(200)]);
                         format!("HTTP {}: {}", reply.status, snippet.trim())
                     });
                 }
@@ -270,10 +271,18 @@ mod tests {
         let server = tokio::spawn(baseline::serve(listener, Signer::new(b"k")?, async move {
             let _ = stopped.await;
         }));
-        assert!(client::get(addr, HEALTH_PATH, REQUEST_TIMEOUT).await?.status.is_success());
+        assert!(
+            client::get(addr, HEALTH_PATH, REQUEST_TIMEOUT)
+                .await?
+                .status
+                .is_success()
+        );
 
         for kind in BodyKind::ALL {
-            let bodies = Arc::new(SignedBodies::new(BodyTemplate::new(kind)?, Signer::new(b"k")?));
+            let bodies = Arc::new(SignedBodies::new(
+                BodyTemplate::new(kind)?,
+                Signer::new(b"k")?,
+            ));
             let plan = LoadPlan {
                 addr,
                 path: WEBHOOK_PATH,

@@ -64,7 +64,12 @@ impl Pinning {
             _ => return Self::Unpinned("fewer than two CPUs available".to_owned()),
         };
         let pinned = Command::new("taskset")
-            .args(["-p", "-c", &load.to_string(), &std::process::id().to_string()])
+            .args([
+                "-p",
+                "-c",
+                &load.to_string(),
+                &std::process::id().to_string(),
+            ])
             .stdin(Stdio::null())
             .output();
         match pinned {
@@ -111,7 +116,11 @@ fn allowed_cpus() -> Result<Vec<usize>> {
 /// Parses a kernel CPU list such as `0-3,6,8-9`.
 fn parse_cpu_list(list: &str) -> Result<Vec<usize>> {
     let mut cpus = Vec::new();
-    for part in list.split(',').map(str::trim).filter(|part| !part.is_empty()) {
+    for part in list
+        .split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+    {
         let (first, last) = part.split_once('-').unwrap_or((part, part));
         let first: usize = first
             .parse()
@@ -192,7 +201,12 @@ impl ServerProcess {
 
     /// Polls `GET /healthz` until it answers 200. Fails early if the child exits, and after
     /// `timeout` otherwise, naming the binary and quoting its stderr.
-    pub async fn wait_healthy(&mut self, addr: SocketAddr, path: &str, timeout: Duration) -> Result<()> {
+    pub async fn wait_healthy(
+        &mut self,
+        addr: SocketAddr,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.exited()? {
@@ -239,8 +253,7 @@ impl ServerProcess {
     pub fn peak_rss_kib(&self) -> Result<u64> {
         let pid = self.pid()?;
         let path = format!("/proc/{pid}/status");
-        let status =
-            std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
         parse_kib(&status, "VmHWM").with_context(|| format!("no VmHWM in {path}"))
     }
 
@@ -300,7 +313,10 @@ impl ServerProcess {
             Ok(bytes) if bytes.is_empty() => "(stderr was empty)".to_owned(),
             Ok(bytes) => {
                 let tail = &bytes[bytes.len().saturating_sub(STDERR_TAIL_BYTES)..];
-                format!("--- stderr (tail) ---\n{}", String::from_utf8_lossy(tail).trim_end())
+                format!(
+                    "--- stderr (tail) ---\n{}",
+                    String::from_utf8_lossy(tail).trim_end()
+                )
             }
             Err(err) => format!("(cannot read {}: {err})", self.stderr_log.display()),
         }

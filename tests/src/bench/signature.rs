@@ -86,10 +86,19 @@ mod tests {
         assert!(header.starts_with("sha256="));
         assert_eq!(header.len(), "sha256=".len() + 64);
         assert_eq!(header, header.to_lowercase());
-        assert_eq!(signer.verify(b"{\"a\":1}", header.as_bytes()), Verdict::Valid);
-        assert_eq!(signer.verify(b"{\"a\":2}", header.as_bytes()), Verdict::Mismatch);
+        assert_eq!(
+            signer.verify(b"{\"a\":1}", header.as_bytes()),
+            Verdict::Valid
+        );
+        assert_eq!(
+            signer.verify(b"{\"a\":2}", header.as_bytes()),
+            Verdict::Mismatch
+        );
         assert_eq!(signer.verify(b"{\"a\":1}", b"sha1=abc"), Verdict::Malformed);
-        assert_eq!(signer.verify(b"{\"a\":1}", b"sha256=zz"), Verdict::Malformed);
+        assert_eq!(
+            signer.verify(b"{\"a\":1}", b"sha256=zz"),
+            Verdict::Malformed
+        );
         Ok(())
     }
 

@@ -1,0 +1,363 @@
+//! The receiver's configuration (YAML).
+//!
+//! These types are the contract between the receiver and the operator, which writes them
+//! into a ConfigMap: share the types, never re-declare them. Keys named in the receiver-core
+//! issue (`listen`, `endpoints[].{name,path,objects,app_secret_file,app_secret_env,
+//! previous_app_secret_file,verify_token_file,verify_token_env}`, `spool.dir`,
+//! `sinks[].{name,file.path}`) are relied on by tests outside the repository: keep them.
+//! docs/configuration.md describes every key.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Paths the receiver serves itself; endpoints may not use them.
+pub const RESERVED_PATHS: &[&str] = &["/metrics", "/healthz", "/readyz"];
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on; serves the endpoints and /metrics, /healthz, /readyz.
+    pub listen: SocketAddr,
+    /// Webhook endpoints, one per Meta app (path + secrets).
+    pub endpoints: Vec<EndpointConfig>,
+    /// The durable spool every accepted event is written to before the 200.
+    pub spool: SpoolConfig,
+    /// Where spooled events are delivered.
+    #[serde(default)]
+    pub sinks: Vec<SinkConfig>,
+    /// Request limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Log message text (and other personal content)? Off by default.
+    #[serde(default)]
+    pub log_message_text: bool,
+    /// How long SIGTERM waits for in-flight requests before exiting.
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// How often secret files are re-read (rotation without restart).
+    #[serde(default = "default_secret_reload_interval", with = "humantime_serde")]
+    pub secret_reload_interval: Duration,
+}
+
+/// One webhook endpoint: a path, the Meta app's secrets and the objects it accepts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// A name for logs, metrics and events (`namespace/name` under the operator).
+    pub name: String,
+    /// The URL path Meta is pointed at, e.g. `/webhooks/whatsapp`.
+    pub path: String,
+    /// Objects accepted here; absent = every object. Items of other objects are kept as
+    /// `kind: unknown` events with an error note (never dropped: Meta would not resend).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objects: Option<Vec<String>>,
+    /// File holding the app secret (a mounted Secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_secret_file: Option<PathBuf>,
+    /// Environment variable holding the app secret; `VAR:-default` supplies a default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_secret_env: Option<String>,
+    /// File holding the previous app secret, accepted too during a rotation window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_app_secret_file: Option<PathBuf>,
+    /// Environment variable holding the previous app secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_app_secret_env: Option<String>,
+    /// File holding the verify token of the GET handshake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_token_file: Option<PathBuf>,
+    /// Environment variable holding the verify token; `VAR:-default` supplies a default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_token_env: Option<String>,
+    /// Also accept the legacy `X-Hub-Signature` (HMAC-SHA1) when the SHA-256 header is absent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub legacy_sha1_signature: bool,
+}
+
+/// Where the spool lives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Directory of the spool database (created if absent).
+    pub dir: PathBuf,
+    /// How long event ids are remembered to drop Meta's redeliveries; 0 disables.
+    #[serde(default = "default_dedup_window", with = "humantime_serde")]
+    pub dedup_window: Duration,
+    /// Most requests committed together in one fsync (group commit).
+    #[serde(default = "default_max_group")]
+    pub max_group_requests: usize,
+}
+
+/// One delivery target. Exactly one kind (`file`, ...) is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Names the sink's cursor in the spool, its metrics and its logs.
+    pub name: String,
+    /// JSON lines, one event per line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileSinkConfig>,
+}
+
+/// The `file` sink.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    /// The JSON-lines file (created if absent, appended to).
+    pub path: PathBuf,
+}
+
+/// Request limits. Over a limit the answer is 413, 408 or 503 (Meta retries 5xx later).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest accepted body in bytes (Meta documents payloads up to 3 MB).
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: u64,
+    /// Time a client has to send its request headers; then the connection is closed.
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Time a client has to send its whole body once headers arrived; then 408.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Requests processed at once; more get 503 with Retry-After.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Seconds suggested in Retry-After on 503.
+    #[serde(default = "default_retry_after")]
+    pub retry_after_seconds: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: default_max_body(),
+            header_read_timeout: default_header_timeout(),
+            request_timeout: default_request_timeout(),
+            max_in_flight: default_max_in_flight(),
+            retry_after_seconds: default_retry_after(),
+        }
+    }
+}
+
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(25)
+}
+fn default_secret_reload_interval() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_dedup_window() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_max_group() -> usize {
+    1024
+}
+fn default_max_body() -> u64 {
+    4 * 1024 * 1024
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_in_flight() -> usize {
+    1024
+}
+fn default_retry_after() -> u32 {
+    5
+}
+
+/// A configuration that cannot be used, naming the file and the bad key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not valid YAML, or a key has the wrong type or is unknown.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// A value is not acceptable.
+    #[error("config: {key}: {message}")]
+    Invalid {
+        /// The key, e.g. `endpoints[1].path`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), message: message.into() }
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let config = Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_owned(), message },
+            other => other,
+        })?;
+        Ok(config)
+    }
+
+    /// Parses and validates YAML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = serde_saphyr::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: PathBuf::new(), message: e.to_string() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The configuration as YAML (what the operator writes into a ConfigMap).
+    pub fn to_yaml(&self) -> Result<String, ConfigError> {
+        serde_saphyr::to_string(self).map_err(|e| invalid("(serialize)", e.to_string()))
+    }
+
+    /// Checks what serde cannot: uniqueness, one source per secret, path syntax.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.endpoints.is_empty() {
+            return Err(invalid("endpoints", "at least one endpoint is required"));
+        }
+        let mut names = HashSet::new();
+        let mut paths = HashSet::new();
+        for (i, endpoint) in self.endpoints.iter().enumerate() {
+            let key = |k: &str| format!("endpoints[{i}].{k}");
+            if endpoint.name.trim().is_empty() {
+                return Err(invalid(key("name"), "must not be empty"));
+            }
+            if !names.insert(endpoint.name.as_str()) {
+                return Err(invalid(key("name"), format!("{:?} is used by another endpoint", endpoint.name)));
+            }
+            let path = endpoint.path.as_str();
+            if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
+                return Err(invalid(key("path"), format!("{path:?} must start with '/' and hold no '?', '#' or spaces")));
+            }
+            if RESERVED_PATHS.contains(&path) {
+                return Err(invalid(key("path"), format!("{path} is served by the receiver itself")));
+            }
+            if !paths.insert(path) {
+                return Err(invalid(key("path"), format!("{path} is used by another endpoint")));
+            }
+            exactly_one(&key("app_secret_file"), &key("app_secret_env"), &endpoint.app_secret_file, &endpoint.app_secret_env, true)?;
+            exactly_one(
+                &key("previous_app_secret_file"),
+                &key("previous_app_secret_env"),
+                &endpoint.previous_app_secret_file,
+                &endpoint.previous_app_secret_env,
+                false,
+            )?;
+            exactly_one(&key("verify_token_file"), &key("verify_token_env"), &endpoint.verify_token_file, &endpoint.verify_token_env, true)?;
+            if let Some(objects) = &endpoint.objects {
+                if objects.is_empty() {
+                    return Err(invalid(key("objects"), "an empty list accepts nothing; omit it to accept every object"));
+                }
+            }
+        }
+        let mut sink_names = HashSet::new();
+        for (i, sink) in self.sinks.iter().enumerate() {
+            if sink.name.trim().is_empty() || sink.name.contains(['/', ' ']) {
+                return Err(invalid(format!("sinks[{i}].name"), "must be non-empty, without '/' or spaces"));
+            }
+            if !sink_names.insert(sink.name.as_str()) {
+                return Err(invalid(format!("sinks[{i}].name"), format!("{:?} is used by another sink", sink.name)));
+            }
+            if sink.file.is_none() {
+                return Err(invalid(format!("sinks[{i}]"), "set exactly one sink kind: file"));
+            }
+        }
+        if self.spool.max_group_requests == 0 {
+            return Err(invalid("spool.max_group_requests", "must be at least 1"));
+        }
+        if self.limits.max_in_flight == 0 {
+            return Err(invalid("limits.max_in_flight", "must be at least 1"));
+        }
+        if self.limits.max_body_bytes == 0 {
+            return Err(invalid("limits.max_body_bytes", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+fn exactly_one<A, B>(key_a: &str, key_b: &str, a: &Option<A>, b: &Option<B>, required: bool) -> Result<(), ConfigError> {
+    match (a.is_some(), b.is_some()) {
+        (true, true) => Err(invalid(key_a, format!("set either {key_a} or {key_b}, not both"))),
+        (false, false) if required => Err(invalid(key_a, format!("one of {key_a} or {key_b} is required"))),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONTRACT: &str = r"
+listen: 127.0.0.1:8080
+endpoints:
+  - name: meta
+    path: /webhooks/meta
+    objects: [whatsapp_business_account, page, instagram]
+    app_secret_file: secrets/app-secret
+    previous_app_secret_file: secrets/old
+    verify_token_file: secrets/verify-token
+spool:
+  dir: data/spool
+sinks:
+  - name: local
+    file: {path: data/events.jsonl}
+";
+
+    #[test]
+    fn the_contract_example_parses_with_defaults() {
+        let config = Config::parse(CONTRACT).expect("contract config");
+        assert_eq!(config.listen.port(), 8080);
+        assert_eq!(config.endpoints[0].path, "/webhooks/meta");
+        assert_eq!(config.limits.max_body_bytes, 4 * 1024 * 1024);
+        assert_eq!(config.sinks[0].file.as_ref().map(|f| f.path.clone()), Some(PathBuf::from("data/events.jsonl")));
+    }
+
+    #[test]
+    fn round_trips_through_yaml() {
+        let config = Config::parse(CONTRACT).expect("contract config");
+        let yaml = config.to_yaml().expect("yaml");
+        assert_eq!(Config::parse(&yaml).expect("reparse"), config);
+    }
+
+    #[test]
+    fn errors_name_the_bad_key() {
+        let typo = CONTRACT.replace("app_secret_file:", "app_secert_file:");
+        let err = Config::parse(&typo).expect_err("typo").to_string();
+        assert!(err.contains("app_secert_file"), "{err}");
+
+        let both = CONTRACT.replace("verify_token_file: secrets/verify-token", "verify_token_file: a\n    verify_token_env: B");
+        let err = Config::parse(&both).expect_err("both").to_string();
+        assert!(err.contains("endpoints[0].verify_token_file"), "{err}");
+
+        let bad_path = CONTRACT.replace("path: /webhooks/meta", "path: webhooks");
+        let err = Config::parse(&bad_path).expect_err("path").to_string();
+        assert!(err.contains("endpoints[0].path"), "{err}");
+
+        let reserved = CONTRACT.replace("path: /webhooks/meta", "path: /metrics");
+        assert!(Config::parse(&reserved).expect_err("reserved").to_string().contains("served by the receiver"));
+
+        let no_kind = CONTRACT.replace("    file: {path: data/events.jsonl}\n", "");
+        assert!(Config::parse(&no_kind).expect_err("kind").to_string().contains("sinks[0]"));
+    }
+}

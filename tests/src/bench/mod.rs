@@ -1,0 +1,212 @@
+//! The `bench` program: measures `metahook-receiver` against a minimal baseline server.
+//!
+//! Absolute throughput depends on the machine, so the receiver is judged relative to a
+//! baseline that does only the unavoidable work (read, verify HMAC, parse JSON) on the same
+//! stack, under the same load, on the same machine, in the same run. For each body (a 1.4 KB
+//! text message and a 15 KB batch) each server is started fresh as a child process, driven
+//! for a fixed time, sampled for peak RSS and stopped; then one table is printed.
+//!
+//! Modules by concept: [`bodies`] and [`signature`] make the requests, [`baseline`] is the
+//! reference server, [`client`] and [`load`] generate load, [`process`] and [`servers`] run
+//! the children, [`report`] prints and judges the figures.
+
+pub mod baseline;
+pub mod bodies;
+pub mod client;
+pub mod load;
+pub mod process;
+pub mod report;
+pub mod servers;
+pub mod signature;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result, ensure};
+use clap::Parser;
+
+use self::bodies::{BodyKind, BodyTemplate, SignedBodies};
+use self::load::LoadPlan;
+use self::process::Pinning;
+use self::report::{Measurement, Setup};
+use self::servers::{APP_SECRET, Launched, Programs, ServerKind};
+use self::signature::Signer;
+
+/// Path webhooks are POSTed to, on both servers.
+pub const WEBHOOK_PATH: &str = "/webhooks/whatsapp";
+
+/// Readiness endpoint, on both servers.
+pub const HEALTH_PATH: &str = "/healthz";
+
+/// How long a freshly started server may take to answer its health check.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Command line of the bench program.
+#[derive(Debug, Parser)]
+#[command(
+    name = "bench",
+    about = "Throughput, latency and memory of metahook-receiver against a minimal hyper baseline"
+)]
+pub struct Args {
+    /// Measured time per server and body (after the warm-up).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+
+    /// Warm-up per server and body, excluded from the figures.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+
+    /// Concurrent keep-alive connections, each with one request in flight.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+
+    /// Receiver binary [default: metahook-receiver next to this executable].
+    #[arg(long, value_name = "PATH")]
+    pub receiver_bin: Option<PathBuf>,
+
+    /// Measure only the baseline (e.g. while the receiver is not built).
+    #[arg(long)]
+    pub baseline_only: bool,
+
+    /// Do not pin the servers and the load generator to separate CPUs.
+    #[arg(long)]
+    pub no_pin: bool,
+
+    /// Internal: run as the baseline server on this address.
+    #[arg(long = "baseline-server", hide = true, requires = "secret_file")]
+    pub baseline_server: Option<SocketAddr>,
+
+    /// Internal: app secret file for the baseline server.
+    #[arg(long, hide = true)]
+    pub secret_file: Option<PathBuf>,
+}
+
+/// Runs the program for parsed `args`: either the whole benchmark or, when re-executed with
+/// the hidden flag, the baseline server.
+pub fn main(args: Args) -> Result<()> {
+    if let Some(addr) = args.baseline_server {
+        let secret_file = args
+            .secret_file
+            .context("--baseline-server needs --secret-file")?;
+        return baseline::run_process(addr, &secret_file);
+    }
+    ensure!(args.connections > 0, "--connections must be at least 1");
+    ensure!(!args.duration.is_zero(), "--duration must be positive");
+
+    let programs = Programs::resolve(args.receiver_bin.clone(), args.baseline_only)?;
+    let templates = BodyKind::ALL
+        .into_iter()
+        .map(|kind| Ok((kind, BodyTemplate::new(kind)?)))
+        .collect::<Result<Vec<_>>>()?;
+    // Read before pinning, which shrinks this process to one CPU.
+    let nproc = std::thread::available_parallelism()
+        .context("counting available CPUs")?
+        .get();
+    // Before the runtime exists, so every runtime thread inherits the affinity.
+    let pinning = Pinning::apply(!args.no_pin);
+
+    report::print_setup(&Setup {
+        date: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        nproc,
+        cpu_model: cpu_model(),
+        pinning: pinning.clone(),
+        connections: args.connections,
+        warmup: args.warmup,
+        duration: args.duration,
+        bodies: templates
+            .iter()
+            .map(|(kind, template)| (*kind, template.len(), template.messages()))
+            .collect(),
+        baseline_only: programs.receiver.is_none(),
+    });
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("building load generator tokio runtime")?;
+    let measurements = runtime.block_on(run_all(&args, &programs, &pinning, templates))?;
+    report::print_results(&measurements);
+    report::check_failures(&measurements)
+}
+
+/// Measures every server with every body, one run at a time.
+async fn run_all(
+    args: &Args,
+    programs: &Programs,
+    pinning: &Pinning,
+    templates: Vec<(BodyKind, BodyTemplate)>,
+) -> Result<Vec<Measurement>> {
+    let mut measurements = Vec::new();
+    for (body, template) in templates {
+        // One source per body across both servers keeps message ids unique run-wide.
+        let bodies = Arc::new(SignedBodies::new(template, Signer::new(APP_SECRET)?));
+        for server in programs.kinds() {
+            print!(
+                "running {:<12} against {:<9} ... ",
+                body.label(),
+                server.label()
+            );
+            std::io::stdout().flush().context("flushing stdout")?;
+            let measurement = measure(args, programs, pinning, &bodies, body, server).await?;
+            println!(
+                "{:.1} req/s, {} errors",
+                measurement.load.requests_per_sec(),
+                measurement.load.failed
+            );
+            measurements.push(measurement);
+        }
+    }
+    Ok(measurements)
+}
+
+/// One run: start `server` fresh, wait for health, apply load, sample RSS, stop.
+async fn measure(
+    args: &Args,
+    programs: &Programs,
+    pinning: &Pinning,
+    bodies: &Arc<SignedBodies>,
+    body: BodyKind,
+    server: ServerKind,
+) -> Result<Measurement> {
+    let Launched {
+        mut process,
+        addr,
+        dir,
+    } = servers::launch(server, programs, pinning.server_cpu())?;
+    process
+        .wait_healthy(addr, HEALTH_PATH, READY_TIMEOUT)
+        .await?;
+    let plan = LoadPlan {
+        addr,
+        path: WEBHOOK_PATH,
+        connections: args.connections,
+        warmup: args.warmup,
+        duration: args.duration,
+    };
+    let load = load::run(&plan, bodies).await?;
+    process.ensure_running()?;
+    let peak_rss_kib = process.peak_rss_kib()?;
+    let stopped = process.stop().await?;
+    // Only now: the server must be gone before its spool and sink files are deleted.
+    dir.close()
+        .context("removing the run's temporary directory")?;
+    Ok(Measurement {
+        body,
+        server,
+        load,
+        peak_rss_kib,
+        stopped,
+    })
+}
+
+/// The CPU model from /proc/cpuinfo, to tell readers what hardware the figures are from.
+fn cpu_model() -> Option<String> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    cpuinfo.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        (key.trim() == "model name").then(|| value.trim().to_owned())
+    })
+}
