@@ -39,6 +39,10 @@ pub struct Config {
     /// How long SIGTERM waits for in-flight requests before exiting.
     #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// How long SIGTERM keeps accepting after /readyz turns 503, so load balancers and
+    /// Kubernetes endpoints stop routing here before the listener closes.
+    #[serde(default, with = "humantime_serde")]
+    pub shutdown_delay: Duration,
     /// How often secret files are re-read (rotation without restart).
     #[serde(default = "default_secret_reload_interval", with = "humantime_serde")]
     pub secret_reload_interval: Duration,

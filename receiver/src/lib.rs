@@ -14,3 +14,7 @@ pub mod config;
 pub mod secrets;
 pub mod spool;
 pub mod verify;
+pub mod metrics;
+pub mod sink;
+pub mod app;
+pub mod server;

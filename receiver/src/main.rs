@@ -1,1 +1,142 @@
-fn main(){}
+//! `metahook-receiver`: receives Meta webhooks, verifies, normalizes and spools them.
+
+use std::io::Read as _;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use metahook_receiver::config::Config;
+use metahook_receiver::{app, verify};
+
+/// Receives Meta webhooks (WhatsApp, Messenger, Instagram, Facebook Pages), verifies each
+/// request's X-Hub-Signature-256, normalizes every item into one event schema and stores it
+/// durably (fsync) before answering 200; sinks then deliver the events.
+///
+/// Configuration keys are described in docs/configuration.md.
+#[derive(Debug, Parser)]
+#[command(version, propagate_version = true)]
+struct Cli {
+    /// The YAML configuration file.
+    #[arg(long, short, global = true, env = "METAHOOK_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Log format: one JSON object per line (default), or human-readable text.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Json, env = "METAHOOK_LOG_FORMAT")]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the receiver (the default when no command is given).
+    Run,
+    /// Validate the configuration and read every secret it names, then exit.
+    CheckConfig,
+    /// Print the X-Hub-Signature-256 header value Meta would send for a body.
+    ///
+    /// Example: curl -H "X-Hub-Signature-256: $(metahook-receiver sign --secret-file s body.json)" ...
+    Sign {
+        /// File holding the app secret (trailing newlines are ignored).
+        #[arg(long, value_name = "FILE")]
+        secret_file: PathBuf,
+        /// The body to sign, byte for byte; `-` or absent reads standard input.
+        #[arg(value_name = "BODY_FILE")]
+        body: Option<PathBuf>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "metahook-receiver failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Sign { secret_file, body } => {
+            let secret = std::fs::read(&secret_file)
+                .with_context(|| format!("cannot read secret file {}", secret_file.display()))?;
+            let secret = secret.trim_ascii_end();
+            let body = match body.filter(|p| p.as_os_str() != "-") {
+                Some(path) => std::fs::read(&path).with_context(|| format!("cannot read body file {}", path.display()))?,
+                None => {
+                    let mut buffer = Vec::new();
+                    std::io::stdin().read_to_end(&mut buffer).context("cannot read the body from standard input")?;
+                    buffer
+                }
+            };
+            println!("{}", verify::sign(secret, &body));
+            Ok(())
+        }
+        Command::CheckConfig => {
+            let config = load(cli.config.as_deref())?;
+            for endpoint in &config.endpoints {
+                metahook_receiver::secrets::SecretStore::load(endpoint)
+                    .with_context(|| format!("endpoint {}", endpoint.name))?;
+            }
+            println!(
+                "configuration is valid: {} endpoint(s), {} sink(s), listening on {}",
+                config.endpoints.len(),
+                config.sinks.len(),
+                config.listen
+            );
+            Ok(())
+        }
+        Command::Run => {
+            let config = load(cli.config.as_deref())?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(serve(config))
+        }
+    }
+}
+
+fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    let path = path.context("no configuration: pass --config FILE (try examples/local.yaml)")?;
+    Ok(Config::load(path)?)
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let running = app::start(config).await?;
+    wait_for_signal().await?;
+    tracing::info!("shutting down: readiness off, draining connections");
+    running.shutdown();
+    running.wait().await
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -13,8 +13,9 @@
 //! - **Cursors.** Each sink keeps `(last delivered seq, sink state)` in the spool; a sink's
 //!   state lets it resume exactly (the file sink stores the file length it fsync'd).
 //! - **Compaction.** Events every configured sink has passed are deleted when a cursor moves.
-//! - **Dedup.** Event ids seen within `dedup_window` are not stored again (Meta redelivers
-//!   what it did not see acknowledged, and several apps may receive the same item).
+//! - **Dedup.** Keys (event id + digest of the raw item) seen within `dedup_window` are not
+//!   stored again: Meta redelivers what it did not see acknowledged, and several apps may
+//!   receive the same item.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,9 +29,9 @@ use crate::config::SpoolConfig;
 
 /// seq -> received-at millis (8 bytes, little endian) followed by the event's JSON.
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
-/// event id -> received-at millis.
+/// dedup key -> received-at millis.
 const IDS: TableDefinition<&str, u64> = TableDefinition::new("ids");
-/// (received-at millis, event id) -> (), to expire ids in time order.
+/// (received-at millis, dedup key) -> (), to expire keys in time order.
 const IDS_BY_TIME: TableDefinition<(u64, &str), ()> = TableDefinition::new("ids_by_time");
 /// sink name -> (last delivered seq, sink state).
 const CURSORS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("cursors");
@@ -76,11 +77,11 @@ storage_errors!(
     redb::CommitError
 );
 
-/// One event to store: its id (for dedup) and its JSON.
+/// One event to store: its dedup key and its JSON.
 #[derive(Debug, Clone)]
 pub struct Record {
-    /// The event id.
-    pub id: String,
+    /// Equal keys within the dedup window are stored once.
+    pub key: String,
     /// The serialized event.
     pub json: Vec<u8>,
 }
@@ -339,12 +340,12 @@ fn write_group(shared: &Shared, group: &[Append], buffer: &mut Vec<u8>) -> Resul
             let mut outcome = AppendOutcome::default();
             for record in &append.records {
                 if dedup {
-                    if ids.get(record.id.as_str())?.is_some() {
+                    if ids.get(record.key.as_str())?.is_some() {
                         outcome.duplicates += 1;
                         continue;
                     }
-                    ids.insert(record.id.as_str(), now)?;
-                    ids_by_time.insert((now, record.id.as_str()), ())?;
+                    ids.insert(record.key.as_str(), now)?;
+                    ids_by_time.insert((now, record.key.as_str()), ())?;
                 }
                 buffer.clear();
                 buffer.extend_from_slice(&now.to_le_bytes());
@@ -384,7 +385,7 @@ mod tests {
     }
 
     fn record(id: &str) -> Record {
-        Record { id: id.to_owned(), json: format!("{{\"id\":\"{id}\"}}").into_bytes() }
+        Record { key: id.to_owned(), json: format!("{{\"id\":\"{id}\"}}").into_bytes() }
     }
 
     #[tokio::test]

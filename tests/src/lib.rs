@@ -1,3 +1,4 @@
 //! Support code for metahook's end-to-end tests and the `bench` program.
 
 pub mod bench;
+pub mod testkit;

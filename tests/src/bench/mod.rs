@@ -25,13 +25,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, anyhow, ensure};
 use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
 
 use self::bodies::{BodyKind, BodyTemplate, SignedBodies};
 use self::load::LoadPlan;
-use self::process::Pinning;
-use self::report::{Measurement, Setup};
+use self::process::{Pinning, ServerProcess};
+use self::report::{CpuUse, Measurement, Setup};
 use self::servers::{APP_SECRET, Launched, Programs, ServerKind};
 use self::signature::Signer;
 
@@ -127,7 +128,13 @@ pub fn main(args: Args) -> Result<()> {
         .enable_all()
         .build()
         .context("building load generator tokio runtime")?;
-    let measurements = runtime.block_on(run_all(&args, &programs, &pinning, templates))?;
+    let measurements = runtime.block_on(async {
+        tokio::select! {
+            measured = run_all(&args, &programs, &pinning, templates) => measured,
+            // Returning drops the run in progress, whose guard kills the server child.
+            signal = interrupted() => Err(anyhow!("interrupted by {}", signal?)),
+        }
+    })?;
     report::print_results(&measurements);
     report::check_failures(&measurements)
 }
@@ -186,7 +193,11 @@ async fn measure(
         warmup: args.warmup,
         duration: args.duration,
     };
-    let load = load::run(&plan, bodies).await?;
+    let (load, cpu) = tokio::join!(
+        load::run(&plan, bodies),
+        cpu_during_window(&process, args.warmup, args.duration)
+    );
+    let (load, cpu) = (load?, cpu?);
     process.ensure_running()?;
     let peak_rss_kib = process.peak_rss_kib()?;
     let stopped = process.stop().await?;
@@ -198,7 +209,38 @@ async fn measure(
         server,
         load,
         peak_rss_kib,
+        cpu,
         stopped,
+    })
+}
+
+/// CPU used by the server and by the load generator over the measurement window, sampled
+/// alongside the load. It shows whether the server was actually saturated: if the load
+/// generator is the one at 100%, the server's figures are a lower bound.
+async fn cpu_during_window(
+    server: &ServerProcess,
+    warmup: Duration,
+    duration: Duration,
+) -> Result<CpuUse> {
+    tokio::time::sleep(warmup).await;
+    let (server_start, own_start) = (server.cpu_time()?, process::own_cpu_time()?);
+    tokio::time::sleep(duration).await;
+    let (server_end, own_end) = (server.cpu_time()?, process::own_cpu_time()?);
+    let window = duration.as_secs_f64();
+    Ok(CpuUse {
+        server: (server_end.saturating_sub(server_start)).as_secs_f64() / window,
+        load_generator: (own_end.saturating_sub(own_start)).as_secs_f64() / window,
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM with the signal's name, so an interrupted benchmark still
+/// stops its server child instead of leaving it running.
+async fn interrupted() -> Result<&'static str> {
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    Ok(tokio::select! {
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
     })
 }
 

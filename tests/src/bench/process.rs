@@ -10,6 +10,7 @@ use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -257,6 +258,11 @@ impl ServerProcess {
         parse_kib(&status, "VmHWM").with_context(|| format!("no VmHWM in {path}"))
     }
 
+    /// CPU time (user + system, all threads) the server has used so far.
+    pub fn cpu_time(&self) -> Result<Duration> {
+        cpu_time_of(&self.pid()?.to_string())
+    }
+
     /// Sends SIGTERM (via `kill`, as the workspace forbids unsafe code), waits up to
     /// [`STOP_GRACE`] for the child to exit, then kills it.
     pub async fn stop(mut self) -> Result<Stopped> {
@@ -334,6 +340,48 @@ impl Drop for ServerProcess {
     }
 }
 
+/// CPU time (user + system, all threads) this process, i.e. the load generator, has used.
+pub fn own_cpu_time() -> Result<Duration> {
+    cpu_time_of("self")
+}
+
+/// CPU time of process `pid` (a number or `self`) from /proc/PID/stat.
+fn cpu_time_of(pid: &str) -> Result<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let ticks = parse_stat_ticks(&stat).with_context(|| format!("malformed {path}"))?;
+    Ok(Duration::from_secs_f64(
+        ticks as f64 / clock_ticks_per_sec(),
+    ))
+}
+
+/// `utime + stime` in clock ticks from a /proc/PID/stat line. The command name (field 2) is
+/// parenthesised and may contain spaces, so fields are counted after its closing parenthesis.
+fn parse_stat_ticks(stat: &str) -> Option<u64> {
+    let (_, after_comm) = stat.rsplit_once(')')?;
+    let mut fields = after_comm.split_whitespace();
+    // After the command come state (field 3) ... utime (field 14) and stime (field 15).
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// The kernel's `USER_HZ`, via `getconf CLK_TCK`; 100 (its value on every common Linux
+/// configuration) if getconf is unavailable.
+fn clock_ticks_per_sec() -> f64 {
+    static TICKS: OnceLock<f64> = OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .filter(|output| output.status.success())
+            .and_then(|output| String::from_utf8_lossy(&output.stdout).trim().parse().ok())
+            .filter(|ticks: &f64| *ticks > 0.0)
+            .unwrap_or(100.0)
+    })
+}
+
 /// Parses a `Name:   1234 kB` line of a /proc status file.
 fn parse_kib(status: &str, name: &str) -> Option<u64> {
     status_field(status, name)?
@@ -364,10 +412,18 @@ mod tests {
     }
 
     #[test]
+    fn parses_cpu_ticks_despite_spaces_in_the_command_name() {
+        let stat = "4242 (tokio rt) S 1 4242 4242 0 -1 4194560 900 0 0 0 150 25 0 0 20 0 3 0";
+        assert_eq!(parse_stat_ticks(stat), Some(175));
+        assert_eq!(parse_stat_ticks("4242 (x) S 1"), None);
+    }
+
+    #[test]
     fn reads_own_peak_rss_field() -> Result<()> {
         let status = std::fs::read_to_string("/proc/self/status")?;
         assert!(parse_kib(&status, "VmHWM").is_some_and(|kib| kib > 0));
         assert!(!allowed_cpus()?.is_empty());
+        own_cpu_time()?;
         Ok(())
     }
 }

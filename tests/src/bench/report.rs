@@ -60,9 +60,23 @@ pub struct Measurement {
     pub load: LoadResult,
     /// Peak RSS of the server process in KiB, sampled just before stopping it.
     pub peak_rss_kib: u64,
+    /// CPU used during the measurement window.
+    pub cpu: CpuUse,
     /// How the server ended.
     pub stopped: Stopped,
 }
+
+/// CPU used during a measurement window, in cores (1.0 = one CPU fully busy).
+#[derive(Debug, Clone, Copy)]
+pub struct CpuUse {
+    /// By the server under test.
+    pub server: f64,
+    /// By the bench process, i.e. the load generator.
+    pub load_generator: f64,
+}
+
+/// Above this many cores the load generator is considered saturated.
+const SATURATED_CORES: f64 = 0.9;
 
 impl Measurement {
     fn peak_rss_mib(&self) -> f64 {
@@ -106,21 +120,27 @@ pub fn print_setup(setup: &Setup) {
 pub fn print_results(measurements: &[Measurement]) {
     println!();
     println!(
-        "{:<12} {:<9} {:>10} {:>9} {:>9} {:>13}  errors",
-        "body", "server", "req/s", "p50 ms", "p99 ms", "peak RSS MiB"
+        "{:<12} {:<9} {:>10} {:>9} {:>9} {:>13} {:>8} {:>8}  errors",
+        "body", "server", "req/s", "p50 ms", "p99 ms", "peak RSS MiB", "srv CPU", "gen CPU"
     );
     for m in measurements {
         println!(
-            "{:<12} {:<9} {:>10.1} {:>9.3} {:>9.3} {:>13.1}  {}",
+            "{:<12} {:<9} {:>10.1} {:>9.3} {:>9.3} {:>13.1} {:>7.0}% {:>7.0}%  {}",
             m.body.label(),
             m.server.label(),
             m.load.requests_per_sec(),
             m.load.latency_ms(0.50),
             m.load.latency_ms(0.99),
             m.peak_rss_mib(),
+            m.cpu.server * 100.0,
+            m.cpu.load_generator * 100.0,
             errors(&m.load),
         );
     }
+    println!(
+        "(srv/gen CPU: cores used by the server and by the load generator while measuring; \
+         100% = one CPU)"
+    );
     print_targets(measurements);
     print_notes(measurements);
 }
@@ -215,9 +235,20 @@ fn print_targets(measurements: &[Measurement]) {
     println!("targets met: {met} of {total}");
 }
 
-/// First failure of each run with errors, and servers that needed killing.
+/// First failure of each run with errors, servers that needed killing, and runs where the
+/// load generator rather than the server was the bottleneck.
 fn print_notes(measurements: &[Measurement]) {
     for m in measurements {
+        if m.cpu.load_generator >= SATURATED_CORES && m.cpu.server < SATURATED_CORES {
+            println!(
+                "note: {} / {}: the load generator was saturated ({:.0}% CPU) while the server \
+                 used {:.0}%, so this server's figures are a lower bound",
+                m.body.label(),
+                m.server.label(),
+                m.cpu.load_generator * 100.0,
+                m.cpu.server * 100.0
+            );
+        }
         if let Some(failure) = &m.load.first_failure {
             println!(
                 "note: {} / {} first failure: {failure}",

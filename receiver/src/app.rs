@@ -1,0 +1,146 @@
+//! Assembly: opens the spool, starts the sinks, the secret reloader, the gauges and the
+//! server, and shuts them down in order (server drained, then sinks, then the spool).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::server::{self, Receiver};
+use crate::sink::{self, file::FileSink};
+use crate::spool::Spool;
+
+/// How often spool gauges are refreshed.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A started receiver.
+#[derive(Debug)]
+pub struct Running {
+    /// The address it listens on (useful with port 0).
+    pub addr: SocketAddr,
+    /// The shared handler (readiness, metrics).
+    pub receiver: Arc<Receiver>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Begins a graceful shutdown: not ready, stop accepting, drain, deliver, close.
+    pub fn shutdown(&self) {
+        self.receiver.set_ready(false);
+        let _ = self.stop.send(true);
+    }
+
+    /// Waits until the receiver has shut down.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("receiver task panicked")?
+    }
+}
+
+/// Starts a receiver for `config`; returns once it is listening and ready.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let metrics = Arc::new(Metrics::new().context("cannot create metrics")?);
+    let sink_names: Vec<String> = config.sinks.iter().map(|s| s.name.clone()).collect();
+    if sink_names.is_empty() {
+        tracing::warn!("no sinks configured: events are kept in the spool until a sink is added");
+    }
+    let spool_config = config.spool.clone();
+    let names = sink_names.clone();
+    let spool = tokio::task::spawn_blocking(move || Spool::open(&spool_config, &names))
+        .await
+        .context("spool open task failed")?
+        .with_context(|| format!("cannot open the spool in {}", config.spool.dir.display()))?;
+    let spool = Arc::new(spool);
+    let receiver = Receiver::new(&config, Arc::clone(&spool), Arc::clone(&metrics))
+        .map_err(|(endpoint, err)| anyhow::anyhow!("endpoint {endpoint}: {err}"))?;
+    let receiver = Arc::new(receiver);
+    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr().context("listener has no address")?;
+
+    let (stop, stop_rx) = watch::channel(false);
+    let (sinks_stop, sinks_stop_rx) = watch::channel(false);
+    let mut sink_tasks = Vec::new();
+    for sink_config in &config.sinks {
+        if let Some(file) = &sink_config.file {
+            let task = sink::consume(
+                sink_config.name.clone(),
+                FileSink::new(file.path.clone()),
+                Arc::clone(&spool),
+                Arc::clone(&metrics),
+                sinks_stop_rx.clone(),
+            );
+            sink_tasks.push(tokio::spawn(task));
+        }
+    }
+    let reloader = tokio::spawn(reload_secrets(Arc::clone(&receiver), config.secret_reload_interval, stop_rx.clone()));
+    let gauges = tokio::spawn(update_gauges(Arc::clone(&spool), Arc::clone(&metrics), stop_rx.clone()));
+
+    receiver.set_ready(true);
+    tracing::info!(listen = %addr, endpoints = config.endpoints.len(), sinks = config.sinks.len(), "receiver ready");
+
+    let grace = config.shutdown_grace;
+    let delay = config.shutdown_delay;
+    let serving = Arc::clone(&receiver);
+    let task = tokio::spawn(async move {
+        server::serve(listener, serving, stop_rx, delay, grace).await;
+        let deadline = tokio::time::Instant::now() + grace;
+        let _ = sinks_stop.send(true);
+        for task in sink_tasks {
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                tracing::warn!("a sink did not finish delivering within the grace period; it resumes on restart");
+            }
+        }
+        reloader.abort();
+        gauges.abort();
+        tokio::task::spawn_blocking(move || spool.close()).await.context("spool close task failed")?;
+        tracing::info!("receiver stopped");
+        Ok(())
+    });
+    Ok(Running { addr, receiver, stop, task })
+}
+
+async fn reload_secrets(receiver: Arc<Receiver>, every: Duration, mut stop: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
+        for endpoint in receiver.endpoints().filter(|e| e.secrets.has_files()) {
+            match endpoint.secrets.reload() {
+                Ok(true) => tracing::info!(endpoint = %endpoint.config.name, "secrets changed on disk: now in force"),
+                Ok(false) => {}
+                Err(err) => tracing::warn!(endpoint = %endpoint.config.name, error = %err, "cannot re-read secrets; keeping the previous ones"),
+            }
+        }
+    }
+}
+
+async fn update_gauges(spool: Arc<Spool>, metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(GAUGE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let reader = Arc::clone(&spool);
+        match tokio::task::spawn_blocking(move || reader.stats()).await {
+            Ok(Ok(stats)) => {
+                metrics.spool_events.set(i64::try_from(stats.events).unwrap_or(i64::MAX));
+                let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+                #[allow(clippy::cast_precision_loss)]
+                let age = stats.oldest_received_millis.map_or(0.0, |at| now.saturating_sub(at) as f64 / 1000.0);
+                metrics.spool_oldest_age.set(age);
+            }
+            Ok(Err(err)) => tracing::warn!(error = %err, "cannot read spool statistics"),
+            Err(err) => tracing::warn!(error = %err, "spool statistics task failed"),
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! Prometheus metrics. Names are a contract with the dashboard and alerts (DESIGN.md).
+//!
+//! Labels are bounded sets: endpoint and sink names come from the configuration, kinds and
+//! platforms are closed enums, and object / field names from payloads pass through
+//! [`Metrics::label`], which admits only a bounded number of distinct well-formed names.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Distinct payload-derived label values admitted before the rest read `other`.
+const MAX_DYNAMIC_LABELS: usize = 256;
+
+/// The receiver's metrics and their registry.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// `metahook_requests_total{endpoint,method,code}`.
+    pub requests: IntCounterVec,
+    /// `metahook_signature_failures_total{endpoint,reason}`.
+    pub signature_failures: IntCounterVec,
+    /// `metahook_request_duration_seconds{endpoint}`.
+    pub request_duration: HistogramVec,
+    /// `metahook_events_total{endpoint,platform,field,kind}`.
+    pub events: IntCounterVec,
+    /// `metahook_unknown_events_total{endpoint,object,field}`.
+    pub unknown_events: IntCounterVec,
+    /// `metahook_duplicates_total{endpoint}`.
+    pub duplicates: IntCounterVec,
+    /// `metahook_spool_events`.
+    pub spool_events: IntGauge,
+    /// `metahook_spool_oldest_event_age_seconds`.
+    pub spool_oldest_age: Gauge,
+    /// `metahook_spool_commit_duration_seconds`.
+    pub spool_commit_duration: Histogram,
+    /// `metahook_sink_deliveries_total{sink,result}`.
+    pub sink_deliveries: IntCounterVec,
+    /// `metahook_sink_delivery_duration_seconds{sink}`.
+    pub sink_delivery_duration: HistogramVec,
+    /// `metahook_sink_lag_events{sink}`.
+    pub sink_lag: GaugeVec,
+    /// `metahook_build_info{version}`.
+    pub build_info: GaugeVec,
+    /// `metahook_ready`.
+    pub ready: IntGauge,
+    dynamic_labels: Mutex<HashSet<String>>,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> prometheus::Result<Metrics> {
+        let registry = Registry::new();
+        let latency = vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+        let requests = counter(&registry, "metahook_requests_total", "HTTP requests answered, by endpoint, method and status code.", &["endpoint", "method", "code"])?;
+        let signature_failures = counter(&registry, "metahook_signature_failures_total", "POSTs rejected for a missing, malformed or mismatching signature.", &["endpoint", "reason"])?;
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new("metahook_request_duration_seconds", "Time from request to response, including the spool commit.").buckets(latency.clone()),
+            &["endpoint"],
+        )?;
+        registry.register(Box::new(request_duration.clone()))?;
+        let events = counter(&registry, "metahook_events_total", "Events accepted into the spool, by endpoint, platform, field and kind.", &["endpoint", "platform", "field", "kind"])?;
+        let unknown_events = counter(&registry, "metahook_unknown_events_total", "Events of an undocumented object, field or type, or not in their documented shape.", &["endpoint", "object", "field"])?;
+        let duplicates = counter(&registry, "metahook_duplicates_total", "Events not stored again because their id was already in the spool.", &["endpoint"])?;
+        let spool_events = IntGauge::new("metahook_spool_events", "Events in the spool not yet delivered by every sink.")?;
+        registry.register(Box::new(spool_events.clone()))?;
+        let spool_oldest_age = Gauge::new("metahook_spool_oldest_event_age_seconds", "Age of the oldest event not yet delivered by every sink (0 when none).")?;
+        registry.register(Box::new(spool_oldest_age.clone()))?;
+        let spool_commit_duration = Histogram::with_opts(
+            HistogramOpts::new("metahook_spool_commit_duration_seconds", "Time a request waits for its group commit (fsync).").buckets(latency.clone()),
+        )?;
+        registry.register(Box::new(spool_commit_duration.clone()))?;
+        let sink_deliveries = counter(&registry, "metahook_sink_deliveries_total", "Events delivered by sinks, by result (success, error).", &["sink", "result"])?;
+        let sink_delivery_duration = HistogramVec::new(
+            HistogramOpts::new("metahook_sink_delivery_duration_seconds", "Time a sink takes to deliver one batch.").buckets(latency),
+            &["sink"],
+        )?;
+        registry.register(Box::new(sink_delivery_duration.clone()))?;
+        let sink_lag = GaugeVec::new(Opts::new("metahook_sink_lag_events", "Events in the spool the sink has not delivered yet."), &["sink"])?;
+        registry.register(Box::new(sink_lag.clone()))?;
+        let build_info = GaugeVec::new(Opts::new("metahook_build_info", "Always 1; the version label tells the build."), &["version"])?;
+        registry.register(Box::new(build_info.clone()))?;
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1.0);
+        let ready = IntGauge::new("metahook_ready", "1 while the receiver is ready for traffic, 0 while starting or draining.")?;
+        registry.register(Box::new(ready.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            signature_failures,
+            request_duration,
+            events,
+            unknown_events,
+            duplicates,
+            spool_events,
+            spool_oldest_age,
+            spool_commit_duration,
+            sink_deliveries,
+            sink_delivery_duration,
+            sink_lag,
+            build_info,
+            ready,
+            dynamic_labels: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// A payload-derived name as a label value: kept when short and well formed and
+    /// while fewer than [`MAX_DYNAMIC_LABELS`] distinct ones were seen, else `other`.
+    pub fn label<'a>(&self, name: &'a str) -> &'a str {
+        let well_formed = !name.is_empty()
+            && name.len() <= 64
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-' || b == b'.');
+        if !well_formed {
+            return if name.is_empty() { "none" } else { "other" };
+        }
+        let Ok(mut seen) = self.dynamic_labels.lock() else {
+            return "other";
+        };
+        if seen.contains(name) {
+            return name;
+        }
+        if seen.len() < MAX_DYNAMIC_LABELS {
+            seen.insert(name.to_owned());
+            return name;
+        }
+        "other"
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %err, "cannot encode metrics");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_bounded() {
+        let metrics = Metrics::new().expect("metrics");
+        assert_eq!(metrics.label("messages"), "messages");
+        assert_eq!(metrics.label("Bad Label"), "other");
+        assert_eq!(metrics.label(""), "none");
+        for i in 0..MAX_DYNAMIC_LABELS {
+            metrics.label(&format!("f{i}"));
+        }
+        assert_eq!(metrics.label("one_too_many"), "other");
+        assert_eq!(metrics.label("messages"), "messages", "already admitted names stay");
+    }
+
+    #[test]
+    fn exposition_has_the_contract_names() {
+        let metrics = Metrics::new().expect("metrics");
+        metrics.requests.with_label_values(&["e", "POST", "200"]).inc();
+        let text = String::from_utf8(metrics.encode()).expect("utf8");
+        for name in ["metahook_requests_total", "metahook_spool_events", "metahook_build_info", "metahook_spool_oldest_event_age_seconds"] {
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing:\n{text}");
+        }
+    }
+}

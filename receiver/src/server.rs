@@ -1,0 +1,416 @@
+//! HTTP: routing, limits, the webhook handler, and graceful shutdown.
+//!
+//! [`Receiver::handle`] is the whole request path and takes any body type, so tests can
+//! drive it without a socket; [`serve`] runs it on a TCP listener with hyper.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Body;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+use crate::config::{Config, EndpointConfig, Limits};
+use crate::event::{Event, Kind};
+use crate::metrics::Metrics;
+use crate::normalize;
+use crate::secrets::{SecretError, SecretStore};
+use crate::spool::{Record, Spool};
+use crate::verify::{self, Algorithm, SignatureError};
+
+/// One configured endpoint and its live secrets.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Its configuration.
+    pub config: EndpointConfig,
+    /// Its secrets, reloaded while running.
+    pub secrets: SecretStore,
+}
+
+/// The request handler and the state it shares across connections.
+#[derive(Debug)]
+pub struct Receiver {
+    endpoints: HashMap<String, Arc<Endpoint>>,
+    spool: Arc<Spool>,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+    in_flight: Semaphore,
+    ready: AtomicBool,
+    log_message_text: bool,
+}
+
+/// What happened to a request, for its log line.
+#[derive(Debug, Default)]
+struct Outcome {
+    endpoint: Option<String>,
+    outcome: &'static str,
+    events: usize,
+    duplicates: usize,
+    unknown: usize,
+    detail: Option<String>,
+    texts: Vec<String>,
+}
+
+type HttpResponse = Response<Full<Bytes>>;
+
+fn response(status: StatusCode, body: impl Into<Bytes>) -> HttpResponse {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+/// A response after which the connection is closed: the rest of the body was not read.
+fn closing(status: StatusCode, body: &'static str) -> HttpResponse {
+    let mut response = response(status, body);
+    response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+impl Receiver {
+    /// Builds the handler; reads every endpoint's secrets (failing names the endpoint).
+    pub fn new(config: &Config, spool: Arc<Spool>, metrics: Arc<Metrics>) -> Result<Receiver, (String, SecretError)> {
+        let mut endpoints = HashMap::new();
+        for endpoint in &config.endpoints {
+            let secrets = SecretStore::load(endpoint).map_err(|e| (endpoint.name.clone(), e))?;
+            endpoints.insert(endpoint.path.clone(), Arc::new(Endpoint { config: endpoint.clone(), secrets }));
+        }
+        Ok(Receiver {
+            endpoints,
+            spool,
+            metrics,
+            limits: config.limits.clone(),
+            in_flight: Semaphore::new(config.limits.max_in_flight),
+            ready: AtomicBool::new(false),
+            log_message_text: config.log_message_text,
+        })
+    }
+
+    /// Marks the receiver ready (or not: while starting and draining).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+        self.metrics.ready.set(i64::from(ready));
+    }
+
+    /// Whether /readyz answers 200.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// The endpoints, for the secret reloader.
+    pub fn endpoints(&self) -> impl Iterator<Item = &Arc<Endpoint>> {
+        self.endpoints.values()
+    }
+
+    /// Answers one request: the whole receiver contract.
+    pub async fn handle<B>(&self, request: Request<B>) -> HttpResponse
+    where
+        B: Body<Data = Bytes> + Send,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let mut outcome = Outcome::default();
+        let response = self.route(request, &mut outcome).await;
+        let status = response.status();
+        let endpoint = outcome.endpoint.as_deref().unwrap_or("none");
+        let method_label = match method {
+            Method::GET => "GET",
+            Method::POST => "POST",
+            Method::HEAD => "HEAD",
+            _ => "other",
+        };
+        self.metrics.requests.with_label_values(&[endpoint, method_label, status.as_str()]).inc();
+        let elapsed = started.elapsed();
+        if outcome.endpoint.is_some() {
+            self.metrics.request_duration.with_label_values(&[endpoint]).observe(elapsed.as_secs_f64());
+        }
+        let duration_ms = elapsed.as_secs_f64() * 1000.0;
+        let detail = outcome.detail.as_deref().unwrap_or("");
+        if self.log_message_text && !outcome.texts.is_empty() {
+            tracing::info!(target: "metahook::request", endpoint, method = %method, path, status = status.as_u16(), outcome = outcome.outcome, events = outcome.events, duplicates = outcome.duplicates, unknown = outcome.unknown, duration_ms, detail, texts = ?outcome.texts, "request");
+        } else if matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics") {
+            tracing::debug!(target: "metahook::request", endpoint, method = %method, path, status = status.as_u16(), outcome = outcome.outcome, duration_ms, "request");
+        } else {
+            tracing::info!(target: "metahook::request", endpoint, method = %method, path, status = status.as_u16(), outcome = outcome.outcome, events = outcome.events, duplicates = outcome.duplicates, unknown = outcome.unknown, duration_ms, detail, "request");
+        }
+        response
+    }
+
+    async fn route<B>(&self, request: Request<B>, outcome: &mut Outcome) -> HttpResponse
+    where
+        B: Body<Data = Bytes> + Send,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let path = request.uri().path();
+        let get = matches!(*request.method(), Method::GET | Method::HEAD);
+        match path {
+            "/healthz" if get => {
+                outcome.outcome = "health";
+                return response(StatusCode::OK, "ok\n");
+            }
+            "/readyz" if get => {
+                outcome.outcome = "readiness";
+                return if self.is_ready() {
+                    response(StatusCode::OK, "ready\n")
+                } else {
+                    response(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                };
+            }
+            "/metrics" if get => {
+                outcome.outcome = "metrics";
+                let mut reply = response(StatusCode::OK, self.metrics.encode());
+                reply.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+                return reply;
+            }
+            "/healthz" | "/readyz" | "/metrics" => {
+                outcome.outcome = "method_not_allowed";
+                return method_not_allowed("GET, HEAD");
+            }
+            _ => {}
+        }
+        let Some(endpoint) = self.endpoints.get(path).cloned() else {
+            outcome.outcome = "not_found";
+            return response(StatusCode::NOT_FOUND, "no webhook endpoint at this path\n");
+        };
+        outcome.endpoint = Some(endpoint.config.name.clone());
+        match *request.method() {
+            Method::GET => self.handshake(&endpoint, request.uri().query(), outcome),
+            Method::POST => self.webhook(&endpoint, request, outcome).await,
+            _ => {
+                outcome.outcome = "method_not_allowed";
+                method_not_allowed("GET, POST")
+            }
+        }
+    }
+
+    fn handshake(&self, endpoint: &Endpoint, query: Option<&str>, outcome: &mut Outcome) -> HttpResponse {
+        let secrets = endpoint.secrets.current();
+        match verify::handshake(query, &secrets.verify_token) {
+            Ok(challenge) => {
+                outcome.outcome = "handshake";
+                response(StatusCode::OK, challenge)
+            }
+            Err(err) => {
+                outcome.outcome = "handshake_refused";
+                outcome.detail = Some(err.to_string());
+                response(StatusCode::FORBIDDEN, format!("verification refused: {err}\n"))
+            }
+        }
+    }
+
+    async fn webhook<B>(&self, endpoint: &Endpoint, request: Request<B>, outcome: &mut Outcome) -> HttpResponse
+    where
+        B: Body<Data = Bytes> + Send,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let name = endpoint.config.name.as_str();
+        let Ok(_permit) = self.in_flight.try_acquire() else {
+            outcome.outcome = "overloaded";
+            let mut reply = closing(StatusCode::SERVICE_UNAVAILABLE, "too many requests in flight; retry later\n");
+            reply.headers_mut().insert(RETRY_AFTER, HeaderValue::from(self.limits.retry_after_seconds));
+            return reply;
+        };
+        let (parts, body) = request.into_parts();
+        let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > self.limits.max_body_bytes) {
+            outcome.outcome = "too_large";
+            return closing(StatusCode::PAYLOAD_TOO_LARGE, "body exceeds the configured maximum\n");
+        }
+        let limit = usize::try_from(self.limits.max_body_bytes).unwrap_or(usize::MAX);
+        let body = match tokio::time::timeout(self.limits.request_timeout, Limited::new(body, limit).collect()).await {
+            Err(_) => {
+                outcome.outcome = "timeout";
+                return closing(StatusCode::REQUEST_TIMEOUT, "the body did not arrive within the request timeout\n");
+            }
+            Ok(Err(err)) if err.downcast_ref::<LengthLimitError>().is_some() => {
+                outcome.outcome = "too_large";
+                return closing(StatusCode::PAYLOAD_TOO_LARGE, "body exceeds the configured maximum\n");
+            }
+            Ok(Err(err)) => {
+                outcome.outcome = "body_error";
+                outcome.detail = Some(err.to_string());
+                return closing(StatusCode::BAD_REQUEST, "the body could not be read\n");
+            }
+            Ok(Ok(collected)) => collected.to_bytes(),
+        };
+
+        let secrets = endpoint.secrets.current();
+        let sha256 = parts.headers.get(verify::SIGNATURE_HEADER);
+        let legacy = parts.headers.get(verify::LEGACY_SIGNATURE_HEADER);
+        let checked = match (sha256, legacy) {
+            (None, Some(sha1)) if endpoint.config.legacy_sha1_signature => {
+                verify::verify_signature(Algorithm::Sha1, Some(sha1.as_bytes()), &body, &secrets.app_secrets)
+            }
+            (header, _) => verify::verify_signature(Algorithm::Sha256, header.map(HeaderValue::as_bytes), &body, &secrets.app_secrets),
+        };
+        if let Err(err) = checked {
+            self.metrics.signature_failures.with_label_values(&[name, err.reason()]).inc();
+            outcome.outcome = "signature_rejected";
+            outcome.detail = Some(err.to_string());
+            let status = match err {
+                SignatureError::Missing => StatusCode::UNAUTHORIZED,
+                SignatureError::Malformed(_) | SignatureError::Mismatch => StatusCode::FORBIDDEN,
+            };
+            return response(status, format!("{err}\n"));
+        }
+
+        let received_at = now_rfc3339();
+        let context = normalize::Context {
+            endpoint: name,
+            received_at: &received_at,
+            objects: endpoint.config.objects.as_deref(),
+        };
+        let events = match normalize::normalize(&body, &context) {
+            Ok(events) => events,
+            Err(err) => {
+                outcome.outcome = "bad_body";
+                outcome.detail = Some(err.to_string());
+                return response(StatusCode::BAD_REQUEST, format!("{err}\n"));
+            }
+        };
+        let records = match self.records(&events, outcome) {
+            Ok(records) => records,
+            Err(err) => {
+                outcome.outcome = "encode_error";
+                outcome.detail = Some(err.to_string());
+                return response(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode events\n");
+            }
+        };
+        let committing = Instant::now();
+        match self.spool.append(records).await {
+            Ok(stored) => {
+                self.metrics.spool_commit_duration.observe(committing.elapsed().as_secs_f64());
+                if stored.duplicates > 0 {
+                    self.metrics.duplicates.with_label_values(&[name]).inc_by(u64::try_from(stored.duplicates).unwrap_or(u64::MAX));
+                }
+                self.count_events(name, &events);
+                outcome.outcome = "accepted";
+                outcome.events = stored.stored;
+                outcome.duplicates = stored.duplicates;
+                response(StatusCode::OK, "EVENT_RECEIVED\n")
+            }
+            Err(err) => {
+                outcome.outcome = "spool_error";
+                outcome.detail = Some(err.to_string());
+                let mut reply = response(StatusCode::SERVICE_UNAVAILABLE, "cannot store events; retry later\n");
+                reply.headers_mut().insert(RETRY_AFTER, HeaderValue::from(self.limits.retry_after_seconds));
+                reply
+            }
+        }
+    }
+
+    fn records(&self, events: &[Event], outcome: &mut Outcome) -> Result<Vec<Record>, serde_json::Error> {
+        let mut records = Vec::with_capacity(events.len());
+        for event in events {
+            if event.kind == Kind::Unknown {
+                outcome.unknown += 1;
+            }
+            if self.log_message_text {
+                if let Some(text) = event.message.as_ref().and_then(|m| m.text.clone()) {
+                    outcome.texts.push(text);
+                }
+            }
+            records.push(Record { key: dedup_key(event), json: serde_json::to_vec(event)? });
+        }
+        Ok(records)
+    }
+
+    fn count_events(&self, endpoint: &str, events: &[Event]) {
+        for event in events {
+            let field = self.metrics.label(&event.field);
+            self.metrics.events.with_label_values(&[endpoint, event.platform.as_str(), field, event.kind.as_str()]).inc();
+            if event.kind == Kind::Unknown {
+                let object = self.metrics.label(&event.object);
+                self.metrics.unknown_events.with_label_values(&[endpoint, object, field]).inc();
+            }
+        }
+    }
+}
+
+/// The spool's dedup key: the event id plus a digest of the raw item. A redelivery (the same
+/// bytes) is recognised, while two different items that happen to share a platform id (doc
+/// examples reuse placeholder ids) are both kept: dedup must never drop a distinct item.
+fn dedup_key(event: &Event) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(event.raw.get().as_bytes());
+    format!("{}#{}", event.id, hex::encode(&digest[..12]))
+}
+
+fn method_not_allowed(allow: &'static str) -> HttpResponse {
+    let mut reply = response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    reply.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+    reply
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
+}
+
+/// Serves `receiver` on `listener` until `stop` turns true; then keeps accepting for `delay`
+/// (while load balancers notice /readyz failing), stops accepting, and waits up to `grace`
+/// for open connections to finish their requests.
+pub async fn serve(listener: TcpListener, receiver: Arc<Receiver>, mut stop: watch::Receiver<bool>, delay: Duration, grace: Duration) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(receiver.limits.header_read_timeout).keep_alive(true);
+    let mut stop_accepting_at: Option<tokio::time::Instant> = None;
+    loop {
+        let until_stop = async {
+            match stop_accepting_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let handler = Arc::clone(&receiver);
+                let service = service_fn(move |request| {
+                    let handler = Arc::clone(&handler);
+                    async move { Ok::<_, Infallible>(handler.handle(request).await) }
+                });
+                let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    if let Err(err) = connection.await {
+                        tracing::debug!(peer = %peer, error = %err, "connection ended with an error");
+                    }
+                });
+            }
+            changed = stop.changed(), if stop_accepting_at.is_none() => {
+                if changed.is_err() || *stop.borrow() {
+                    stop_accepting_at = Some(tokio::time::Instant::now() + delay);
+                }
+            }
+            () = until_stop => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = tokio::time::sleep(grace) => tracing::warn!(grace_seconds = grace.as_secs(), "grace period over with connections still open"),
+    }
+}

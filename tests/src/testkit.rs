@@ -1,0 +1,231 @@
+//! Test support: a receiver started in-process on `127.0.0.1:0` with its own temporary
+//! directory, secrets and file sink, a small HTTP client that keeps response headers, and
+//! the locations of the shared Meta fixtures and of the receiver binary.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use metahook_receiver::app::{self, Running};
+use metahook_receiver::config::{Config, EndpointConfig, FileSinkConfig, Limits, SinkConfig, SpoolConfig};
+use metahook_receiver::verify;
+
+use crate::bench::client;
+
+/// The app secret every test receiver uses.
+pub const SECRET: &[u8] = b"test-app-secret";
+/// The previous app secret, when a test configures rotation.
+pub const PREVIOUS_SECRET: &[u8] = b"previous-app-secret";
+/// The verify token every test receiver uses.
+pub const VERIFY_TOKEN: &str = "test-verify-token";
+/// The webhook path of the test endpoint.
+pub const PATH: &str = "/webhooks/meta";
+
+/// A response with its headers.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status code.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A configuration for a receiver under `dir`, listening on an ephemeral port.
+pub fn config_in(dir: &Path) -> Result<Config> {
+    let secrets = dir.join("secrets");
+    std::fs::create_dir_all(&secrets).context("creating secrets dir")?;
+    std::fs::write(secrets.join("app-secret"), SECRET).context("writing app secret")?;
+    std::fs::write(secrets.join("verify-token"), format!("{VERIFY_TOKEN}\n")).context("writing verify token")?;
+    Ok(Config {
+        listen: "127.0.0.1:0".parse()?,
+        endpoints: vec![EndpointConfig {
+            name: "meta".into(),
+            path: PATH.into(),
+            objects: None,
+            app_secret_file: Some(secrets.join("app-secret")),
+            app_secret_env: None,
+            previous_app_secret_file: None,
+            previous_app_secret_env: None,
+            verify_token_file: Some(secrets.join("verify-token")),
+            verify_token_env: None,
+            legacy_sha1_signature: false,
+        }],
+        spool: SpoolConfig { dir: dir.join("spool"), dedup_window: Duration::from_secs(3600), max_group_requests: 1024 },
+        sinks: vec![SinkConfig { name: "local".into(), file: Some(FileSinkConfig { path: dir.join("events.jsonl") }) }],
+        limits: Limits::default(),
+        log_message_text: false,
+        shutdown_grace: Duration::from_secs(5),
+        shutdown_delay: Duration::ZERO,
+        secret_reload_interval: Duration::from_millis(100),
+    })
+}
+
+/// A receiver running in this process.
+#[derive(Debug)]
+pub struct TestReceiver {
+    /// Its temporary directory (spool, secrets, events file).
+    pub dir: tempfile::TempDir,
+    /// Its address.
+    pub addr: SocketAddr,
+    running: Option<Running>,
+}
+
+impl TestReceiver {
+    /// Starts a receiver with the default test configuration.
+    pub async fn start() -> Result<TestReceiver> {
+        Self::start_with(|_, _| {}).await
+    }
+
+    /// Starts a receiver after `tweak` adjusts its configuration.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config, &Path)) -> Result<TestReceiver> {
+        let dir = tempfile::tempdir().context("creating temp dir")?;
+        let mut config = config_in(dir.path())?;
+        tweak(&mut config, dir.path());
+        config.validate()?;
+        let running = app::start(config).await?;
+        Ok(TestReceiver { addr: running.addr, dir, running: Some(running) })
+    }
+
+    /// The running receiver.
+    pub fn running(&self) -> Option<&Running> {
+        self.running.as_ref()
+    }
+
+    /// The file sink's path.
+    pub fn events_path(&self) -> PathBuf {
+        self.dir.path().join("events.jsonl")
+    }
+
+    /// POSTs `body` to the endpoint, signed with [`SECRET`].
+    pub async fn post(&self, body: &[u8]) -> Result<Reply> {
+        let signature = verify::sign(SECRET, body);
+        self.post_with(PATH, &[("x-hub-signature-256", signature.as_str())], body).await
+    }
+
+    /// POSTs `body` to `path` with exactly these extra headers.
+    pub async fn post_with(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Reply> {
+        request(self.addr, Method::POST, path, headers, Bytes::copy_from_slice(body)).await
+    }
+
+    /// GETs `path_and_query`.
+    pub async fn get(&self, path_and_query: &str) -> Result<Reply> {
+        request(self.addr, Method::GET, path_and_query, &[], Bytes::new()).await
+    }
+
+    /// Waits until the file sink holds at least `count` events; returns them all.
+    pub async fn wait_for_events(&self, count: usize, timeout: Duration) -> Result<Vec<serde_json::Value>> {
+        wait_for_lines(&self.events_path(), count, timeout).await
+    }
+
+    /// A metric's value from /metrics (the sample whose name-and-labels text is given).
+    pub async fn metric(&self, sample: &str) -> Result<f64> {
+        let text = self.get("/metrics").await?.text();
+        metric_value(&text, sample).with_context(|| format!("no sample {sample} in\n{text}"))
+    }
+
+    /// Shuts the receiver down and waits for it.
+    pub async fn stop(&mut self) -> Result<()> {
+        if let Some(running) = self.running.take() {
+            running.shutdown();
+            running.wait().await?;
+        }
+        Ok(())
+    }
+}
+
+/// The value of `sample` (e.g. `metahook_requests_total{code="200",endpoint="meta",method="POST"}`).
+pub fn metric_value(text: &str, sample: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+/// Sends one request on a fresh connection and reads the whole response (10 s bound).
+pub async fn request(addr: SocketAddr, method: Method, path: &str, headers: &[(&str, &str)], body: Bytes) -> Result<Reply> {
+    let attempt = async {
+        let mut connection = client::connect(addr).await?;
+        let mut builder = Request::builder().method(method).uri(path).header(http::header::HOST, addr.to_string());
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let request = builder.body(Full::new(body)).context("building request")?;
+        connection.ready().await.context("connection not ready")?;
+        let response = connection.send_request(request).await.context("sending request")?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.context("reading response")?.to_bytes();
+        Ok(Reply { status, headers, body })
+    };
+    tokio::time::timeout(Duration::from_secs(10), attempt).await.context("request timed out")?
+}
+
+/// Waits until the JSON-lines file at `path` holds at least `count` complete lines.
+pub async fn wait_for_lines(path: &Path, count: usize, timeout: Duration) -> Result<Vec<serde_json::Value>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let lines = read_events(path)?;
+        if lines.len() >= count {
+            return Ok(lines);
+        }
+        if Instant::now() > deadline {
+            bail!("{} holds {} events, expected at least {count}", path.display(), lines.len());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Every complete line of a JSON-lines file, parsed; a line that is not JSON is an error.
+pub fn read_events(path: &Path) -> Result<Vec<serde_json::Value>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
+    };
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
+        .lines()
+        .enumerate()
+        .map(|(i, line)| serde_json::from_str(line).with_context(|| format!("{} line {} is not JSON: {line}", path.display(), i + 1)))
+        .collect()
+}
+
+/// The shared Meta fixtures: `META_FIXTURES_DIR`, else `../shared/fixtures/meta` beside the
+/// repository. `None` when absent (the test that needs them says so and skips).
+pub fn shared_fixtures_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("META_FIXTURES_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/meta")
+    });
+    dir.join("INDEX.tsv").is_file().then_some(dir)
+}
+
+/// The repository's own fixtures.
+pub fn own_fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../receiver/tests/fixtures/meta")
+}
+
+/// The `metahook-receiver` binary of this build (built by scripts/test.sh before the tests).
+pub fn receiver_bin() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("METAHOOK_RECEIVER_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().context("locating the test executable")?;
+    let profile_dir = exe.parent().and_then(Path::parent).context("test executable has no profile directory")?;
+    let bin = profile_dir.join("metahook-receiver");
+    if !bin.is_file() {
+        bail!("{} is missing: build it first (cargo build -p metahook-receiver), or set METAHOOK_RECEIVER_BIN", bin.display());
+    }
+    Ok(bin)
+}
