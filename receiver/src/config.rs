@@ -89,7 +89,8 @@ pub struct EndpointConfig {
 pub struct SpoolConfig {
     /// Directory of the spool database (created if absent).
     pub dir: PathBuf,
-    /// How long event ids are remembered to drop Meta's redeliveries; 0 disables.
+    /// How long delivered bodies are remembered to store a redelivery of the same body once
+    /// (Meta resends what it saw no 200 for); 0 disables.
     #[serde(default = "default_dedup_window", with = "humantime_serde")]
     pub dedup_window: Duration,
     /// Most requests committed together in one fsync (group commit).

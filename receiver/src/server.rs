@@ -281,7 +281,7 @@ impl Receiver {
                 return response(StatusCode::BAD_REQUEST, format!("{err}\n"));
             }
         };
-        let records = match self.records(&events, outcome) {
+        let records = match self.records(dedup_keys(name, &body, events.len()), &events, outcome) {
             Ok(records) => records,
             Err(err) => {
                 outcome.outcome = "encode_error";
@@ -312,9 +312,9 @@ impl Receiver {
         }
     }
 
-    fn records(&self, events: &[Event], outcome: &mut Outcome) -> Result<Vec<Record>, serde_json::Error> {
+    fn records(&self, keys: Vec<String>, events: &[Event], outcome: &mut Outcome) -> Result<Vec<Record>, serde_json::Error> {
         let mut records = Vec::with_capacity(events.len());
-        for event in events {
+        for (event, key) in events.iter().zip(keys) {
             if event.kind == Kind::Unknown {
                 outcome.unknown += 1;
             }
@@ -323,7 +323,7 @@ impl Receiver {
                     outcome.texts.push(text);
                 }
             }
-            records.push(Record { key: dedup_key(event), json: serde_json::to_vec(event)? });
+            records.push(Record { key, json: serde_json::to_vec(event)? });
         }
         Ok(records)
     }
@@ -340,13 +340,21 @@ impl Receiver {
     }
 }
 
-/// The spool's dedup key: the event id plus a digest of the raw item. A redelivery (the same
-/// bytes) is recognised, while two different items that happen to share a platform id (doc
-/// examples reuse placeholder ids) are both kept: dedup must never drop a distinct item.
-fn dedup_key(event: &Event) -> String {
+/// Spool dedup keys: a digest of the whole signed body plus the item's position in it.
+///
+/// Meta redelivers a webhook it saw no 200 for by sending the same body again, so a
+/// redelivery maps to the same keys and is stored once. Two different deliveries that carry
+/// an identical item (Meta batches freely; doc examples repeat items) are both kept: dedup
+/// must never drop a distinct delivery. Items also carry a stable event `id`, by which sinks
+/// that can (NATS `Nats-Msg-Id`, PostgreSQL upsert) de-duplicate across deliveries.
+fn dedup_keys(endpoint: &str, body: &[u8], count: usize) -> Vec<String> {
     use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(event.raw.get().as_bytes());
-    format!("{}#{}", event.id, hex::encode(&digest[..12]))
+    let mut hasher = Sha256::new();
+    hasher.update(endpoint.as_bytes());
+    hasher.update([0]);
+    hasher.update(body);
+    let digest = hex::encode(&hasher.finalize()[..16]);
+    (0..count).map(|i| format!("{digest}:{i}")).collect()
 }
 
 fn method_not_allowed(allow: &'static str) -> HttpResponse {

@@ -13,9 +13,9 @@
 //! - **Cursors.** Each sink keeps `(last delivered seq, sink state)` in the spool; a sink's
 //!   state lets it resume exactly (the file sink stores the file length it fsync'd).
 //! - **Compaction.** Events every configured sink has passed are deleted when a cursor moves.
-//! - **Dedup.** Keys (event id + digest of the raw item) seen within `dedup_window` are not
-//!   stored again: Meta redelivers what it did not see acknowledged, and several apps may
-//!   receive the same item.
+//! - **Dedup.** Records whose key was stored within `dedup_window` are not stored again. The
+//!   server keys records by (digest of the signed body, item position), so a redelivery of
+//!   a body Meta saw no 200 for is stored once (see `server::dedup_keys`).
 
 use std::path::PathBuf;
 use std::sync::Arc;

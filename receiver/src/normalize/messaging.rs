@@ -21,8 +21,12 @@ impl Scope<'_> {
             }
         };
         let Some((key, field, kind)) = classify(&item, instagram) else {
-            let field = if standby { "standby" } else { "" };
-            let note = "messaging item has no documented event key".to_owned();
+            let event_key = unknown_event_key(raw);
+            let field = if standby { "standby" } else { event_key.as_deref().unwrap_or("") };
+            let note = match &event_key {
+                Some(key) => format!("messaging item has an undocumented event key {key:?}"),
+                None => "messaging item has no event key".to_owned(),
+            };
             out.push(scope.unknown(field, raw, note));
             return;
         };
@@ -147,6 +151,12 @@ fn classify(item: &Item, instagram: bool) -> Option<(&'static str, &'static str,
         return None;
     };
     Some(found)
+}
+
+/// The key that names an undocumented item's event (anything but sender, recipient, timestamp).
+fn unknown_event_key(raw: &RawValue) -> Option<String> {
+    let map: serde_json::Map<String, serde_json::Value> = parse(raw).ok()?;
+    map.keys().find(|k| !matches!(k.as_str(), "sender" | "recipient" | "timestamp")).cloned()
 }
 
 fn conversation(party: &Party) -> Conversation {

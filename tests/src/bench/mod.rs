@@ -33,7 +33,7 @@ use self::bodies::{BodyKind, BodyTemplate, SignedBodies};
 use self::load::LoadPlan;
 use self::process::{Pinning, ServerProcess};
 use self::report::{CpuUse, Measurement, Setup};
-use self::servers::{APP_SECRET, Launched, Programs, ServerKind};
+use self::servers::{APP_SECRET, Programs, ServerKind};
 use self::signature::Signer;
 
 /// Path webhooks are POSTed to, on both servers.
@@ -178,12 +178,12 @@ async fn measure(
     body: BodyKind,
     server: ServerKind,
 ) -> Result<Measurement> {
-    let Launched {
-        mut process,
-        addr,
-        dir,
-    } = servers::launch(server, programs, pinning.server_cpu())?;
-    process
+    // Kept whole until the end: dropping it on an error path kills the server before its
+    // directory is removed (fields drop in declaration order).
+    let mut launched = servers::launch(server, programs, pinning.server_cpu())?;
+    let addr = launched.addr;
+    launched
+        .process
         .wait_healthy(addr, HEALTH_PATH, READY_TIMEOUT)
         .await?;
     let plan = LoadPlan {
@@ -195,14 +195,16 @@ async fn measure(
     };
     let (load, cpu) = tokio::join!(
         load::run(&plan, bodies),
-        cpu_during_window(&process, args.warmup, args.duration)
+        cpu_during_window(&launched.process, args.warmup, args.duration)
     );
     let (load, cpu) = (load?, cpu?);
-    process.ensure_running()?;
-    let peak_rss_kib = process.peak_rss_kib()?;
-    let stopped = process.stop().await?;
+    launched.process.ensure_running()?;
+    let peak_rss_kib = launched.process.peak_rss_kib()?;
+    let stopped = launched.process.stop().await?;
     // Only now: the server must be gone before its spool and sink files are deleted.
-    dir.close()
+    launched
+        .dir
+        .close()
         .context("removing the run's temporary directory")?;
     Ok(Measurement {
         body,
