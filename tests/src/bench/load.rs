@@ -213,7 +213,9 @@ async fn drive_connection(
                     tally.fail(|| {
                         let snippet =
                             String::from_utf8_lossy(&reply.body[..reply.body.len().min(200)]);
-                        format!("HTTP {}: {}", reply.status, snippet.trim())
+                        format!("HTTP {} {}", reply.status, snippet.trim())
+                            .trim_end()
+                            .to_owned()
                     });
                 }
             }

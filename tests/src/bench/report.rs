@@ -82,6 +82,11 @@ impl Measurement {
     fn peak_rss_mib(&self) -> f64 {
         self.peak_rss_kib as f64 / 1024.0
     }
+
+    /// Whether the run's throughput and latency mean anything (see [`MAX_FAILURE_RATIO`]).
+    fn reliable(&self) -> bool {
+        self.load.succeeded > 0 && self.load.failure_ratio() <= MAX_FAILURE_RATIO
+    }
 }
 
 /// Prints the run conditions.
@@ -149,7 +154,7 @@ pub fn print_results(measurements: &[Measurement]) {
 pub fn check_failures(measurements: &[Measurement]) -> Result<()> {
     let unreliable: Vec<String> = measurements
         .iter()
-        .filter(|m| m.load.failure_ratio() > MAX_FAILURE_RATIO)
+        .filter(|m| !m.reliable())
         .map(|m| {
             format!(
                 "{} / {} ({})",
@@ -218,17 +223,24 @@ fn print_targets(measurements: &[Measurement]) {
         }
     };
     for (body, baseline, receiver) in pairs {
-        let throughput = receiver.load.requests_per_sec() / baseline.load.requests_per_sec();
-        let p99 = receiver.load.latency_ms(0.99) / baseline.load.latency_ms(0.99);
+        // Ratios of runs whose requests mostly failed would compare nothing.
+        let (throughput, p99) = if baseline.reliable() && receiver.reliable() {
+            let throughput = receiver.load.requests_per_sec() / baseline.load.requests_per_sec();
+            let p99 = receiver.load.latency_ms(0.99) / baseline.load.latency_ms(0.99);
+            (
+                format!(
+                    "{throughput:.2}× {}",
+                    judge(throughput >= TARGET_MIN_THROUGHPUT_RATIO)
+                ),
+                format!("{p99:.2}× {}", judge(p99 <= TARGET_MAX_P99_RATIO)),
+            )
+        } else {
+            ("n/a (failed run)".to_owned(), "n/a (failed run)".to_owned())
+        };
         let rss = receiver.peak_rss_mib();
         println!(
-            "{:<12} {:<24} {:<24} {:<22}",
+            "{:<12} {throughput:<24} {p99:<24} {:<22}",
             body.label(),
-            format!(
-                "{throughput:.2}× {}",
-                judge(throughput >= TARGET_MIN_THROUGHPUT_RATIO)
-            ),
-            format!("{p99:.2}× {}", judge(p99 <= TARGET_MAX_P99_RATIO)),
             format!("{rss:.1} MiB {}", judge(rss <= TARGET_MAX_RSS_MIB)),
         );
     }
