@@ -60,7 +60,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let receiver = Receiver::new(&config, Arc::clone(&spool), Arc::clone(&metrics))
         .map_err(|(endpoint, err)| anyhow::anyhow!("endpoint {endpoint}: {err}"))?;
     let receiver = Arc::new(receiver);
-    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr().context("listener has no address")?;
 
     let (stop, stop_rx) = watch::channel(false);
@@ -78,8 +80,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             sink_tasks.push(tokio::spawn(task));
         }
     }
-    let reloader = tokio::spawn(reload_secrets(Arc::clone(&receiver), config.secret_reload_interval, stop_rx.clone()));
-    let gauges = tokio::spawn(update_gauges(Arc::clone(&spool), Arc::clone(&metrics), stop_rx.clone()));
+    let reloader = tokio::spawn(reload_secrets(
+        Arc::clone(&receiver),
+        config.secret_reload_interval,
+        stop_rx.clone(),
+    ));
+    let gauges = tokio::spawn(update_gauges(
+        Arc::clone(&spool),
+        Arc::clone(&metrics),
+        stop_rx.clone(),
+    ));
 
     receiver.set_ready(true);
     tracing::info!(listen = %addr, endpoints = config.endpoints.len(), sinks = config.sinks.len(), "receiver ready");
@@ -93,16 +103,25 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let _ = sinks_stop.send(true);
         for task in sink_tasks {
             if tokio::time::timeout_at(deadline, task).await.is_err() {
-                tracing::warn!("a sink did not finish delivering within the grace period; it resumes on restart");
+                tracing::warn!(
+                    "a sink did not finish delivering within the grace period; it resumes on restart"
+                );
             }
         }
         reloader.abort();
         gauges.abort();
-        tokio::task::spawn_blocking(move || spool.close()).await.context("spool close task failed")?;
+        tokio::task::spawn_blocking(move || spool.close())
+            .await
+            .context("spool close task failed")?;
         tracing::info!("receiver stopped");
         Ok(())
     });
-    Ok(Running { addr, receiver, stop, task })
+    Ok(Running {
+        addr,
+        receiver,
+        stop,
+        task,
+    })
 }
 
 async fn reload_secrets(receiver: Arc<Receiver>, every: Duration, mut stop: watch::Receiver<bool>) {
@@ -115,9 +134,13 @@ async fn reload_secrets(receiver: Arc<Receiver>, every: Duration, mut stop: watc
         }
         for endpoint in receiver.endpoints().filter(|e| e.secrets.has_files()) {
             match endpoint.secrets.reload() {
-                Ok(true) => tracing::info!(endpoint = %endpoint.config.name, "secrets changed on disk: now in force"),
+                Ok(true) => {
+                    tracing::info!(endpoint = %endpoint.config.name, "secrets changed on disk: now in force");
+                }
                 Ok(false) => {}
-                Err(err) => tracing::warn!(endpoint = %endpoint.config.name, error = %err, "cannot re-read secrets; keeping the previous ones"),
+                Err(err) => {
+                    tracing::warn!(endpoint = %endpoint.config.name, error = %err, "cannot re-read secrets; keeping the previous ones");
+                }
             }
         }
     }
@@ -133,10 +156,16 @@ async fn update_gauges(spool: Arc<Spool>, metrics: Arc<Metrics>, mut stop: watch
         let reader = Arc::clone(&spool);
         match tokio::task::spawn_blocking(move || reader.stats()).await {
             Ok(Ok(stats)) => {
-                metrics.spool_events.set(i64::try_from(stats.events).unwrap_or(i64::MAX));
-                let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+                metrics
+                    .spool_events
+                    .set(i64::try_from(stats.events).unwrap_or(i64::MAX));
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
                 #[allow(clippy::cast_precision_loss)]
-                let age = stats.oldest_received_millis.map_or(0.0, |at| now.saturating_sub(at) as f64 / 1000.0);
+                let age = stats
+                    .oldest_received_millis
+                    .map_or(0.0, |at| now.saturating_sub(at) as f64 / 1000.0);
                 metrics.spool_oldest_age.set(age);
             }
             Ok(Err(err)) => tracing::warn!(error = %err, "cannot read spool statistics"),

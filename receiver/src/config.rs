@@ -208,16 +208,24 @@ pub enum ConfigError {
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), message: message.into() }
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
 }
 
 impl Config {
     /// Reads, parses and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         let config = Config::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_owned(), message },
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
             other => other,
         })?;
         Ok(config)
@@ -225,8 +233,10 @@ impl Config {
 
     /// Parses and validates YAML text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = serde_saphyr::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: PathBuf::new(), message: e.to_string() })?;
+        let config: Config = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -249,19 +259,37 @@ impl Config {
                 return Err(invalid(key("name"), "must not be empty"));
             }
             if !names.insert(endpoint.name.as_str()) {
-                return Err(invalid(key("name"), format!("{:?} is used by another endpoint", endpoint.name)));
+                return Err(invalid(
+                    key("name"),
+                    format!("{:?} is used by another endpoint", endpoint.name),
+                ));
             }
             let path = endpoint.path.as_str();
             if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
-                return Err(invalid(key("path"), format!("{path:?} must start with '/' and hold no '?', '#' or spaces")));
+                return Err(invalid(
+                    key("path"),
+                    format!("{path:?} must start with '/' and hold no '?', '#' or spaces"),
+                ));
             }
             if RESERVED_PATHS.contains(&path) {
-                return Err(invalid(key("path"), format!("{path} is served by the receiver itself")));
+                return Err(invalid(
+                    key("path"),
+                    format!("{path} is served by the receiver itself"),
+                ));
             }
             if !paths.insert(path) {
-                return Err(invalid(key("path"), format!("{path} is used by another endpoint")));
+                return Err(invalid(
+                    key("path"),
+                    format!("{path} is used by another endpoint"),
+                ));
             }
-            exactly_one(&key("app_secret_file"), &key("app_secret_env"), &endpoint.app_secret_file, &endpoint.app_secret_env, true)?;
+            exactly_one(
+                &key("app_secret_file"),
+                &key("app_secret_env"),
+                &endpoint.app_secret_file,
+                &endpoint.app_secret_env,
+                true,
+            )?;
             exactly_one(
                 &key("previous_app_secret_file"),
                 &key("previous_app_secret_env"),
@@ -269,23 +297,41 @@ impl Config {
                 &endpoint.previous_app_secret_env,
                 false,
             )?;
-            exactly_one(&key("verify_token_file"), &key("verify_token_env"), &endpoint.verify_token_file, &endpoint.verify_token_env, true)?;
-            if let Some(objects) = &endpoint.objects {
-                if objects.is_empty() {
-                    return Err(invalid(key("objects"), "an empty list accepts nothing; omit it to accept every object"));
-                }
+            exactly_one(
+                &key("verify_token_file"),
+                &key("verify_token_env"),
+                &endpoint.verify_token_file,
+                &endpoint.verify_token_env,
+                true,
+            )?;
+            if let Some(objects) = &endpoint.objects
+                && objects.is_empty()
+            {
+                return Err(invalid(
+                    key("objects"),
+                    "an empty list accepts nothing; omit it to accept every object",
+                ));
             }
         }
         let mut sink_names = HashSet::new();
         for (i, sink) in self.sinks.iter().enumerate() {
             if sink.name.trim().is_empty() || sink.name.contains(['/', ' ']) {
-                return Err(invalid(format!("sinks[{i}].name"), "must be non-empty, without '/' or spaces"));
+                return Err(invalid(
+                    format!("sinks[{i}].name"),
+                    "must be non-empty, without '/' or spaces",
+                ));
             }
             if !sink_names.insert(sink.name.as_str()) {
-                return Err(invalid(format!("sinks[{i}].name"), format!("{:?} is used by another sink", sink.name)));
+                return Err(invalid(
+                    format!("sinks[{i}].name"),
+                    format!("{:?} is used by another sink", sink.name),
+                ));
             }
             if sink.file.is_none() {
-                return Err(invalid(format!("sinks[{i}]"), "set exactly one sink kind: file"));
+                return Err(invalid(
+                    format!("sinks[{i}]"),
+                    "set exactly one sink kind: file",
+                ));
             }
         }
         if self.spool.max_group_requests == 0 {
@@ -301,10 +347,22 @@ impl Config {
     }
 }
 
-fn exactly_one<A, B>(key_a: &str, key_b: &str, a: &Option<A>, b: &Option<B>, required: bool) -> Result<(), ConfigError> {
+fn exactly_one<A, B>(
+    key_a: &str,
+    key_b: &str,
+    a: &Option<A>,
+    b: &Option<B>,
+    required: bool,
+) -> Result<(), ConfigError> {
     match (a.is_some(), b.is_some()) {
-        (true, true) => Err(invalid(key_a, format!("set either {key_a} or {key_b}, not both"))),
-        (false, false) if required => Err(invalid(key_a, format!("one of {key_a} or {key_b} is required"))),
+        (true, true) => Err(invalid(
+            key_a,
+            format!("set either {key_a} or {key_b}, not both"),
+        )),
+        (false, false) if required => Err(invalid(
+            key_a,
+            format!("one of {key_a} or {key_b} is required"),
+        )),
         _ => Ok(()),
     }
 }
@@ -335,7 +393,10 @@ sinks:
         assert_eq!(config.listen.port(), 8080);
         assert_eq!(config.endpoints[0].path, "/webhooks/meta");
         assert_eq!(config.limits.max_body_bytes, 4 * 1024 * 1024);
-        assert_eq!(config.sinks[0].file.as_ref().map(|f| f.path.clone()), Some(PathBuf::from("data/events.jsonl")));
+        assert_eq!(
+            config.sinks[0].file.as_ref().map(|f| f.path.clone()),
+            Some(PathBuf::from("data/events.jsonl"))
+        );
     }
 
     #[test]
@@ -351,7 +412,10 @@ sinks:
         let err = Config::parse(&typo).expect_err("typo").to_string();
         assert!(err.contains("app_secert_file"), "{err}");
 
-        let both = CONTRACT.replace("verify_token_file: secrets/verify-token", "verify_token_file: a\n    verify_token_env: B");
+        let both = CONTRACT.replace(
+            "verify_token_file: secrets/verify-token",
+            "verify_token_file: a\n    verify_token_env: B",
+        );
         let err = Config::parse(&both).expect_err("both").to_string();
         assert!(err.contains("endpoints[0].verify_token_file"), "{err}");
 
@@ -360,9 +424,19 @@ sinks:
         assert!(err.contains("endpoints[0].path"), "{err}");
 
         let reserved = CONTRACT.replace("path: /webhooks/meta", "path: /metrics");
-        assert!(Config::parse(&reserved).expect_err("reserved").to_string().contains("served by the receiver"));
+        assert!(
+            Config::parse(&reserved)
+                .expect_err("reserved")
+                .to_string()
+                .contains("served by the receiver")
+        );
 
         let no_kind = CONTRACT.replace("    file: {path: data/events.jsonl}\n", "");
-        assert!(Config::parse(&no_kind).expect_err("kind").to_string().contains("sinks[0]"));
+        assert!(
+            Config::parse(&no_kind)
+                .expect_err("kind")
+                .to_string()
+                .contains("sinks[0]")
+        );
     }
 }

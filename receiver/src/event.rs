@@ -280,3 +280,9 @@ pub struct StatusError {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
+
+/// The event's JSON schema (draft 2020-12), as published in docs/event-schema.md.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(Event);
+    serde_json::to_string_pretty(&schema).unwrap_or_default()
+}

@@ -7,14 +7,14 @@
 //! - [`normalize`]: a verified body becomes one [`event::Event`] per leaf item (pure).
 //! - [`event`]: the unified event schema.
 
+pub mod app;
+pub mod config;
 pub mod event;
 pub mod meta;
+pub mod metrics;
 pub mod normalize;
-pub mod config;
 pub mod secrets;
+pub mod server;
+pub mod sink;
 pub mod spool;
 pub mod verify;
-pub mod metrics;
-pub mod sink;
-pub mod app;
-pub mod server;

@@ -17,7 +17,13 @@ use metahook_receiver::{app, verify};
 #[command(version, propagate_version = true)]
 struct Cli {
     /// The YAML configuration file.
-    #[arg(long, short, global = true, env = "METAHOOK_CONFIG", value_name = "FILE")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "METAHOOK_CONFIG",
+        value_name = "FILE"
+    )]
     config: Option<PathBuf>,
 
     /// Log format: one JSON object per line (default), or human-readable text.
@@ -72,10 +78,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot read secret file {}", secret_file.display()))?;
             let secret = secret.trim_ascii_end();
             let body = match body.filter(|p| p.as_os_str() != "-") {
-                Some(path) => std::fs::read(&path).with_context(|| format!("cannot read body file {}", path.display()))?,
+                Some(path) => std::fs::read(&path)
+                    .with_context(|| format!("cannot read body file {}", path.display()))?,
                 None => {
                     let mut buffer = Vec::new();
-                    std::io::stdin().read_to_end(&mut buffer).context("cannot read the body from standard input")?;
+                    std::io::stdin()
+                        .read_to_end(&mut buffer)
+                        .context("cannot read the body from standard input")?;
                     buffer
                 }
             };
@@ -134,9 +143,15 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
         LogFormat::Text => builder.init(),
     }
 }

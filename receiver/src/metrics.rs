@@ -8,8 +8,8 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 
 /// Distinct payload-derived label values admitted before the rest read `other`.
@@ -50,7 +50,12 @@ pub struct Metrics {
     dynamic_labels: Mutex<HashSet<String>>,
 }
 
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+fn counter(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
     let metric = IntCounterVec::new(Opts::new(name, help), labels)?;
     registry.register(Box::new(metric.clone()))?;
     Ok(metric)
@@ -60,37 +65,104 @@ impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> prometheus::Result<Metrics> {
         let registry = Registry::new();
-        let latency = vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-        let requests = counter(&registry, "metahook_requests_total", "HTTP requests answered, by endpoint, method and status code.", &["endpoint", "method", "code"])?;
-        let signature_failures = counter(&registry, "metahook_signature_failures_total", "POSTs rejected for a missing, malformed or mismatching signature.", &["endpoint", "reason"])?;
+        let latency = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        let requests = counter(
+            &registry,
+            "metahook_requests_total",
+            "HTTP requests answered, by endpoint, method and status code.",
+            &["endpoint", "method", "code"],
+        )?;
+        let signature_failures = counter(
+            &registry,
+            "metahook_signature_failures_total",
+            "POSTs rejected for a missing, malformed or mismatching signature.",
+            &["endpoint", "reason"],
+        )?;
         let request_duration = HistogramVec::new(
-            HistogramOpts::new("metahook_request_duration_seconds", "Time from request to response, including the spool commit.").buckets(latency.clone()),
+            HistogramOpts::new(
+                "metahook_request_duration_seconds",
+                "Time from request to response, including the spool commit.",
+            )
+            .buckets(latency.clone()),
             &["endpoint"],
         )?;
         registry.register(Box::new(request_duration.clone()))?;
-        let events = counter(&registry, "metahook_events_total", "Events accepted into the spool, by endpoint, platform, field and kind.", &["endpoint", "platform", "field", "kind"])?;
-        let unknown_events = counter(&registry, "metahook_unknown_events_total", "Events of an undocumented object, field or type, or not in their documented shape.", &["endpoint", "object", "field"])?;
-        let duplicates = counter(&registry, "metahook_duplicates_total", "Events not stored again because their id was already in the spool.", &["endpoint"])?;
-        let spool_events = IntGauge::new("metahook_spool_events", "Events in the spool not yet delivered by every sink.")?;
+        let events = counter(
+            &registry,
+            "metahook_events_total",
+            "Events accepted into the spool, by endpoint, platform, field and kind.",
+            &["endpoint", "platform", "field", "kind"],
+        )?;
+        let unknown_events = counter(
+            &registry,
+            "metahook_unknown_events_total",
+            "Events of an undocumented object, field or type, or not in their documented shape.",
+            &["endpoint", "object", "field"],
+        )?;
+        let duplicates = counter(
+            &registry,
+            "metahook_duplicates_total",
+            "Events not stored again because their id was already in the spool.",
+            &["endpoint"],
+        )?;
+        let spool_events = IntGauge::new(
+            "metahook_spool_events",
+            "Events in the spool not yet delivered by every sink.",
+        )?;
         registry.register(Box::new(spool_events.clone()))?;
-        let spool_oldest_age = Gauge::new("metahook_spool_oldest_event_age_seconds", "Age of the oldest event not yet delivered by every sink (0 when none).")?;
+        let spool_oldest_age = Gauge::new(
+            "metahook_spool_oldest_event_age_seconds",
+            "Age of the oldest event not yet delivered by every sink (0 when none).",
+        )?;
         registry.register(Box::new(spool_oldest_age.clone()))?;
         let spool_commit_duration = Histogram::with_opts(
-            HistogramOpts::new("metahook_spool_commit_duration_seconds", "Time a request waits for its group commit (fsync).").buckets(latency.clone()),
+            HistogramOpts::new(
+                "metahook_spool_commit_duration_seconds",
+                "Time a request waits for its group commit (fsync).",
+            )
+            .buckets(latency.clone()),
         )?;
         registry.register(Box::new(spool_commit_duration.clone()))?;
-        let sink_deliveries = counter(&registry, "metahook_sink_deliveries_total", "Events delivered by sinks, by result (success, error).", &["sink", "result"])?;
+        let sink_deliveries = counter(
+            &registry,
+            "metahook_sink_deliveries_total",
+            "Events delivered by sinks, by result (success, error).",
+            &["sink", "result"],
+        )?;
         let sink_delivery_duration = HistogramVec::new(
-            HistogramOpts::new("metahook_sink_delivery_duration_seconds", "Time a sink takes to deliver one batch.").buckets(latency),
+            HistogramOpts::new(
+                "metahook_sink_delivery_duration_seconds",
+                "Time a sink takes to deliver one batch.",
+            )
+            .buckets(latency),
             &["sink"],
         )?;
         registry.register(Box::new(sink_delivery_duration.clone()))?;
-        let sink_lag = GaugeVec::new(Opts::new("metahook_sink_lag_events", "Events in the spool the sink has not delivered yet."), &["sink"])?;
+        let sink_lag = GaugeVec::new(
+            Opts::new(
+                "metahook_sink_lag_events",
+                "Events in the spool the sink has not delivered yet.",
+            ),
+            &["sink"],
+        )?;
         registry.register(Box::new(sink_lag.clone()))?;
-        let build_info = GaugeVec::new(Opts::new("metahook_build_info", "Always 1; the version label tells the build."), &["version"])?;
+        let build_info = GaugeVec::new(
+            Opts::new(
+                "metahook_build_info",
+                "Always 1; the version label tells the build.",
+            ),
+            &["version"],
+        )?;
         registry.register(Box::new(build_info.clone()))?;
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1.0);
-        let ready = IntGauge::new("metahook_ready", "1 while the receiver is ready for traffic, 0 while starting or draining.")?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1.0);
+        let ready = IntGauge::new(
+            "metahook_ready",
+            "1 while the receiver is ready for traffic, 0 while starting or draining.",
+        )?;
         registry.register(Box::new(ready.clone()))?;
         Ok(Metrics {
             registry,
@@ -117,7 +189,9 @@ impl Metrics {
     pub fn label<'a>(&self, name: &'a str) -> &'a str {
         let well_formed = !name.is_empty()
             && name.len() <= 64
-            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-' || b == b'.');
+            && name.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-' || b == b'.'
+            });
         if !well_formed {
             return if name.is_empty() { "none" } else { "other" };
         }
@@ -158,16 +232,31 @@ mod tests {
             metrics.label(&format!("f{i}"));
         }
         assert_eq!(metrics.label("one_too_many"), "other");
-        assert_eq!(metrics.label("messages"), "messages", "already admitted names stay");
+        assert_eq!(
+            metrics.label("messages"),
+            "messages",
+            "already admitted names stay"
+        );
     }
 
     #[test]
     fn exposition_has_the_contract_names() {
         let metrics = Metrics::new().expect("metrics");
-        metrics.requests.with_label_values(&["e", "POST", "200"]).inc();
+        metrics
+            .requests
+            .with_label_values(&["e", "POST", "200"])
+            .inc();
         let text = String::from_utf8(metrics.encode()).expect("utf8");
-        for name in ["metahook_requests_total", "metahook_spool_events", "metahook_build_info", "metahook_spool_oldest_event_age_seconds"] {
-            assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing:\n{text}");
+        for name in [
+            "metahook_requests_total",
+            "metahook_spool_events",
+            "metahook_build_info",
+            "metahook_spool_oldest_event_age_seconds",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {name} ")),
+                "{name} missing:\n{text}"
+            );
         }
     }
 }

@@ -32,8 +32,14 @@ impl SecretSource {
             return Some(SecretSource::File(file.clone()));
         }
         env.map(|spec| match spec.split_once(":-") {
-            Some((var, default)) => SecretSource::Env { var: var.to_owned(), default: Some(default.to_owned()) },
-            None => SecretSource::Env { var: spec.clone(), default: None },
+            Some((var, default)) => SecretSource::Env {
+                var: var.to_owned(),
+                default: Some(default.to_owned()),
+            },
+            None => SecretSource::Env {
+                var: spec.clone(),
+                default: None,
+            },
         })
     }
 
@@ -41,7 +47,10 @@ impl SecretSource {
     pub fn read(&self) -> Result<Vec<u8>, SecretError> {
         let value = match self {
             SecretSource::File(path) => {
-                let bytes = std::fs::read(path).map_err(|source| SecretError::File { path: path.clone(), source })?;
+                let bytes = std::fs::read(path).map_err(|source| SecretError::File {
+                    path: path.clone(),
+                    source,
+                })?;
                 trim_newlines(bytes)
             }
             SecretSource::Env { var, default } => match std::env::var(var) {
@@ -56,7 +65,9 @@ impl SecretSource {
             },
         };
         if value.is_empty() {
-            return Err(SecretError::Empty { origin: self.describe() });
+            return Err(SecretError::Empty {
+                origin: self.describe(),
+            });
         }
         Ok(value)
     }
@@ -121,7 +132,10 @@ pub struct EndpointSecrets {
 impl std::fmt::Debug for EndpointSecrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EndpointSecrets")
-            .field("app_secrets", &format_args!("[{} redacted]", self.app_secrets.len()))
+            .field(
+                "app_secrets",
+                &format_args!("[{} redacted]", self.app_secrets.len()),
+            )
             .field("verify_token", &"redacted")
             .finish()
     }
@@ -139,18 +153,30 @@ pub struct SecretStore {
 impl SecretStore {
     /// Reads every secret of an endpoint; fails naming the first that cannot be read.
     pub fn load(endpoint: &EndpointConfig) -> Result<SecretStore, SecretError> {
-        let missing = || SecretError::Env { var: format!("(endpoint {} has no secret source)", endpoint.name) };
-        let app_secret = SecretSource::from_config(endpoint.app_secret_file.as_ref(), endpoint.app_secret_env.as_ref())
-            .ok_or_else(missing)?;
+        let missing = || SecretError::Env {
+            var: format!("(endpoint {} has no secret source)", endpoint.name),
+        };
+        let app_secret = SecretSource::from_config(
+            endpoint.app_secret_file.as_ref(),
+            endpoint.app_secret_env.as_ref(),
+        )
+        .ok_or_else(missing)?;
         let previous_app_secret = SecretSource::from_config(
             endpoint.previous_app_secret_file.as_ref(),
             endpoint.previous_app_secret_env.as_ref(),
         );
-        let verify_token =
-            SecretSource::from_config(endpoint.verify_token_file.as_ref(), endpoint.verify_token_env.as_ref())
-                .ok_or_else(missing)?;
+        let verify_token = SecretSource::from_config(
+            endpoint.verify_token_file.as_ref(),
+            endpoint.verify_token_env.as_ref(),
+        )
+        .ok_or_else(missing)?;
         let current = read_all(&app_secret, previous_app_secret.as_ref(), &verify_token)?;
-        Ok(SecretStore { app_secret, previous_app_secret, verify_token, current: ArcSwap::from_pointee(current) })
+        Ok(SecretStore {
+            app_secret,
+            previous_app_secret,
+            verify_token,
+            current: ArcSwap::from_pointee(current),
+        })
     }
 
     /// The secrets in force.
@@ -160,7 +186,11 @@ impl SecretStore {
 
     /// Re-reads the sources; returns whether anything changed. On error the old values stay.
     pub fn reload(&self) -> Result<bool, SecretError> {
-        let fresh = read_all(&self.app_secret, self.previous_app_secret.as_ref(), &self.verify_token)?;
+        let fresh = read_all(
+            &self.app_secret,
+            self.previous_app_secret.as_ref(),
+            &self.verify_token,
+        )?;
         if *self.current.load_full() == fresh {
             return Ok(false);
         }
@@ -170,10 +200,14 @@ impl SecretStore {
 
     /// Whether any secret comes from a file (only those can change while running).
     pub fn has_files(&self) -> bool {
-        [Some(&self.app_secret), self.previous_app_secret.as_ref(), Some(&self.verify_token)]
-            .into_iter()
-            .flatten()
-            .any(|s| s.path().is_some())
+        [
+            Some(&self.app_secret),
+            self.previous_app_secret.as_ref(),
+            Some(&self.verify_token),
+        ]
+        .into_iter()
+        .flatten()
+        .any(|s| s.path().is_some())
     }
 }
 
@@ -186,7 +220,10 @@ fn read_all(
     if let Some(previous) = previous {
         app_secrets.push(previous.read()?);
     }
-    Ok(EndpointSecrets { app_secrets, verify_token: verify_token.read()? })
+    Ok(EndpointSecrets {
+        app_secrets,
+        verify_token: verify_token.read()?,
+    })
 }
 
 #[cfg(test)]
@@ -195,10 +232,17 @@ mod tests {
 
     #[test]
     fn env_spec_with_default() {
-        let source = SecretSource::from_config(None, Some(&"METAHOOK_TEST_UNSET_VAR:-demo".to_owned()));
-        assert_eq!(source.as_ref().map(|s| s.read().ok()), Some(Some(b"demo".to_vec())));
+        let source =
+            SecretSource::from_config(None, Some(&"METAHOOK_TEST_UNSET_VAR:-demo".to_owned()));
+        assert_eq!(
+            source.as_ref().map(|s| s.read().ok()),
+            Some(Some(b"demo".to_vec()))
+        );
         let bare = SecretSource::from_config(None, Some(&"METAHOOK_TEST_UNSET_VAR".to_owned()));
-        assert!(matches!(bare.map(|s| s.read()), Some(Err(SecretError::Env { .. }))));
+        assert!(matches!(
+            bare.map(|s| s.read()),
+            Some(Err(SecretError::Env { .. }))
+        ));
     }
 
     #[test]
@@ -228,7 +272,11 @@ mod tests {
         assert_eq!(store.current().app_secrets, vec![b"two".to_vec()]);
         std::fs::remove_file(&secret).expect("remove");
         assert!(store.reload().is_err());
-        assert_eq!(store.current().app_secrets, vec![b"two".to_vec()], "old value kept");
+        assert_eq!(
+            store.current().app_secrets,
+            vec![b"two".to_vec()],
+            "old value kept"
+        );
         assert!(format!("{:?}", store.current()).contains("redacted"));
     }
 }

@@ -67,24 +67,39 @@ type HttpResponse = Response<Full<Bytes>>;
 fn response(status: StatusCode, body: impl Into<Bytes>) -> HttpResponse {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }
 
 /// A response after which the connection is closed: the rest of the body was not read.
 fn closing(status: StatusCode, body: &'static str) -> HttpResponse {
     let mut response = response(status, body);
-    response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
     response
 }
 
 impl Receiver {
     /// Builds the handler; reads every endpoint's secrets (failing names the endpoint).
-    pub fn new(config: &Config, spool: Arc<Spool>, metrics: Arc<Metrics>) -> Result<Receiver, (String, SecretError)> {
+    pub fn new(
+        config: &Config,
+        spool: Arc<Spool>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Receiver, (String, SecretError)> {
         let mut endpoints = HashMap::new();
         for endpoint in &config.endpoints {
             let secrets = SecretStore::load(endpoint).map_err(|e| (endpoint.name.clone(), e))?;
-            endpoints.insert(endpoint.path.clone(), Arc::new(Endpoint { config: endpoint.clone(), secrets }));
+            endpoints.insert(
+                endpoint.path.clone(),
+                Arc::new(Endpoint {
+                    config: endpoint.clone(),
+                    secrets,
+                }),
+            );
         }
         Ok(Receiver {
             endpoints,
@@ -132,10 +147,16 @@ impl Receiver {
             Method::HEAD => "HEAD",
             _ => "other",
         };
-        self.metrics.requests.with_label_values(&[endpoint, method_label, status.as_str()]).inc();
+        self.metrics
+            .requests
+            .with_label_values(&[endpoint, method_label, status.as_str()])
+            .inc();
         let elapsed = started.elapsed();
         if outcome.endpoint.is_some() {
-            self.metrics.request_duration.with_label_values(&[endpoint]).observe(elapsed.as_secs_f64());
+            self.metrics
+                .request_duration
+                .with_label_values(&[endpoint])
+                .observe(elapsed.as_secs_f64());
         }
         let duration_ms = elapsed.as_secs_f64() * 1000.0;
         let detail = outcome.detail.as_deref().unwrap_or("");
@@ -172,7 +193,10 @@ impl Receiver {
             "/metrics" if get => {
                 outcome.outcome = "metrics";
                 let mut reply = response(StatusCode::OK, self.metrics.encode());
-                reply.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+                reply.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
                 return reply;
             }
             "/healthz" | "/readyz" | "/metrics" => {
@@ -196,7 +220,12 @@ impl Receiver {
         }
     }
 
-    fn handshake(&self, endpoint: &Endpoint, query: Option<&str>, outcome: &mut Outcome) -> HttpResponse {
+    fn handshake(
+        &self,
+        endpoint: &Endpoint,
+        query: Option<&str>,
+        outcome: &mut Outcome,
+    ) -> HttpResponse {
         let secrets = endpoint.secrets.current();
         match verify::handshake(query, &secrets.verify_token) {
             Ok(challenge) => {
@@ -206,12 +235,20 @@ impl Receiver {
             Err(err) => {
                 outcome.outcome = "handshake_refused";
                 outcome.detail = Some(err.to_string());
-                response(StatusCode::FORBIDDEN, format!("verification refused: {err}\n"))
+                response(
+                    StatusCode::FORBIDDEN,
+                    format!("verification refused: {err}\n"),
+                )
             }
         }
     }
 
-    async fn webhook<B>(&self, endpoint: &Endpoint, request: Request<B>, outcome: &mut Outcome) -> HttpResponse
+    async fn webhook<B>(
+        &self,
+        endpoint: &Endpoint,
+        request: Request<B>,
+        outcome: &mut Outcome,
+    ) -> HttpResponse
     where
         B: Body<Data = Bytes> + Send,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -219,25 +256,49 @@ impl Receiver {
         let name = endpoint.config.name.as_str();
         let Ok(_permit) = self.in_flight.try_acquire() else {
             outcome.outcome = "overloaded";
-            let mut reply = closing(StatusCode::SERVICE_UNAVAILABLE, "too many requests in flight; retry later\n");
-            reply.headers_mut().insert(RETRY_AFTER, HeaderValue::from(self.limits.retry_after_seconds));
+            let mut reply = closing(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many requests in flight; retry later\n",
+            );
+            reply.headers_mut().insert(
+                RETRY_AFTER,
+                HeaderValue::from(self.limits.retry_after_seconds),
+            );
             return reply;
         };
         let (parts, body) = request.into_parts();
-        let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        let declared = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|len| len > self.limits.max_body_bytes) {
             outcome.outcome = "too_large";
-            return closing(StatusCode::PAYLOAD_TOO_LARGE, "body exceeds the configured maximum\n");
+            return closing(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body exceeds the configured maximum\n",
+            );
         }
         let limit = usize::try_from(self.limits.max_body_bytes).unwrap_or(usize::MAX);
-        let body = match tokio::time::timeout(self.limits.request_timeout, Limited::new(body, limit).collect()).await {
+        let body = match tokio::time::timeout(
+            self.limits.request_timeout,
+            Limited::new(body, limit).collect(),
+        )
+        .await
+        {
             Err(_) => {
                 outcome.outcome = "timeout";
-                return closing(StatusCode::REQUEST_TIMEOUT, "the body did not arrive within the request timeout\n");
+                return closing(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the body did not arrive within the request timeout\n",
+                );
             }
             Ok(Err(err)) if err.downcast_ref::<LengthLimitError>().is_some() => {
                 outcome.outcome = "too_large";
-                return closing(StatusCode::PAYLOAD_TOO_LARGE, "body exceeds the configured maximum\n");
+                return closing(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body exceeds the configured maximum\n",
+                );
             }
             Ok(Err(err)) => {
                 outcome.outcome = "body_error";
@@ -252,12 +313,25 @@ impl Receiver {
         let legacy = parts.headers.get(verify::LEGACY_SIGNATURE_HEADER);
         let checked = match (sha256, legacy) {
             (None, Some(sha1)) if endpoint.config.legacy_sha1_signature => {
-                verify::verify_signature(Algorithm::Sha1, Some(sha1.as_bytes()), &body, &secrets.app_secrets)
+                verify::verify_signature(
+                    Algorithm::Sha1,
+                    Some(sha1.as_bytes()),
+                    &body,
+                    &secrets.app_secrets,
+                )
             }
-            (header, _) => verify::verify_signature(Algorithm::Sha256, header.map(HeaderValue::as_bytes), &body, &secrets.app_secrets),
+            (header, _) => verify::verify_signature(
+                Algorithm::Sha256,
+                header.map(HeaderValue::as_bytes),
+                &body,
+                &secrets.app_secrets,
+            ),
         };
         if let Err(err) = checked {
-            self.metrics.signature_failures.with_label_values(&[name, err.reason()]).inc();
+            self.metrics
+                .signature_failures
+                .with_label_values(&[name, err.reason()])
+                .inc();
             outcome.outcome = "signature_rejected";
             outcome.detail = Some(err.to_string());
             let status = match err {
@@ -292,9 +366,14 @@ impl Receiver {
         let committing = Instant::now();
         match self.spool.append(records).await {
             Ok(stored) => {
-                self.metrics.spool_commit_duration.observe(committing.elapsed().as_secs_f64());
+                self.metrics
+                    .spool_commit_duration
+                    .observe(committing.elapsed().as_secs_f64());
                 if stored.duplicates > 0 {
-                    self.metrics.duplicates.with_label_values(&[name]).inc_by(u64::try_from(stored.duplicates).unwrap_or(u64::MAX));
+                    self.metrics
+                        .duplicates
+                        .with_label_values(&[name])
+                        .inc_by(u64::try_from(stored.duplicates).unwrap_or(u64::MAX));
                 }
                 self.count_events(name, &events);
                 outcome.outcome = "accepted";
@@ -305,25 +384,39 @@ impl Receiver {
             Err(err) => {
                 outcome.outcome = "spool_error";
                 outcome.detail = Some(err.to_string());
-                let mut reply = response(StatusCode::SERVICE_UNAVAILABLE, "cannot store events; retry later\n");
-                reply.headers_mut().insert(RETRY_AFTER, HeaderValue::from(self.limits.retry_after_seconds));
+                let mut reply = response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cannot store events; retry later\n",
+                );
+                reply.headers_mut().insert(
+                    RETRY_AFTER,
+                    HeaderValue::from(self.limits.retry_after_seconds),
+                );
                 reply
             }
         }
     }
 
-    fn records(&self, keys: Vec<String>, events: &[Event], outcome: &mut Outcome) -> Result<Vec<Record>, serde_json::Error> {
+    fn records(
+        &self,
+        keys: Vec<String>,
+        events: &[Event],
+        outcome: &mut Outcome,
+    ) -> Result<Vec<Record>, serde_json::Error> {
         let mut records = Vec::with_capacity(events.len());
         for (event, key) in events.iter().zip(keys) {
             if event.kind == Kind::Unknown {
                 outcome.unknown += 1;
             }
-            if self.log_message_text {
-                if let Some(text) = event.message.as_ref().and_then(|m| m.text.clone()) {
-                    outcome.texts.push(text);
-                }
+            if self.log_message_text
+                && let Some(text) = event.message.as_ref().and_then(|m| m.text.clone())
+            {
+                outcome.texts.push(text);
             }
-            records.push(Record { key, json: serde_json::to_vec(event)? });
+            records.push(Record {
+                key,
+                json: serde_json::to_vec(event)?,
+            });
         }
         Ok(records)
     }
@@ -331,10 +424,21 @@ impl Receiver {
     fn count_events(&self, endpoint: &str, events: &[Event]) {
         for event in events {
             let field = self.metrics.label(&event.field);
-            self.metrics.events.with_label_values(&[endpoint, event.platform.as_str(), field, event.kind.as_str()]).inc();
+            self.metrics
+                .events
+                .with_label_values(&[
+                    endpoint,
+                    event.platform.as_str(),
+                    field,
+                    event.kind.as_str(),
+                ])
+                .inc();
             if event.kind == Kind::Unknown {
                 let object = self.metrics.label(&event.object);
-                self.metrics.unknown_events.with_label_values(&[endpoint, object, field]).inc();
+                self.metrics
+                    .unknown_events
+                    .with_label_values(&[endpoint, object, field])
+                    .inc();
             }
         }
     }
@@ -359,7 +463,9 @@ fn dedup_keys(endpoint: &str, body: &[u8], count: usize) -> Vec<String> {
 
 fn method_not_allowed(allow: &'static str) -> HttpResponse {
     let mut reply = response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-    reply.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+    reply
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
     reply
 }
 
@@ -372,10 +478,19 @@ fn now_rfc3339() -> String {
 /// Serves `receiver` on `listener` until `stop` turns true; then keeps accepting for `delay`
 /// (while load balancers notice /readyz failing), stops accepting, and waits up to `grace`
 /// for open connections to finish their requests.
-pub async fn serve(listener: TcpListener, receiver: Arc<Receiver>, mut stop: watch::Receiver<bool>, delay: Duration, grace: Duration) {
+pub async fn serve(
+    listener: TcpListener,
+    receiver: Arc<Receiver>,
+    mut stop: watch::Receiver<bool>,
+    delay: Duration,
+    grace: Duration,
+) {
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(receiver.limits.header_read_timeout).keep_alive(true);
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(receiver.limits.header_read_timeout)
+        .keep_alive(true);
     let mut stop_accepting_at: Option<tokio::time::Instant> = None;
     loop {
         let until_stop = async {

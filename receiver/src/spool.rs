@@ -145,20 +145,26 @@ pub struct Spool {
 
 impl std::fmt::Debug for Spool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Spool").field("sinks", &self.shared.sinks).finish_non_exhaustive()
+        f.debug_struct("Spool")
+            .field("sinks", &self.shared.sinks)
+            .finish_non_exhaustive()
     }
 }
 
 fn now_millis() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Spool {
     /// Opens (or creates) the spool in `config.dir` for the given sinks, and starts the
     /// group-commit writer. A sink new to this spool starts at the oldest stored event.
     pub fn open(config: &SpoolConfig, sinks: &[String]) -> Result<Spool, SpoolError> {
-        std::fs::create_dir_all(&config.dir)
-            .map_err(|source| SpoolError::Dir { path: config.dir.clone(), source })?;
+        std::fs::create_dir_all(&config.dir).map_err(|source| SpoolError::Dir {
+            path: config.dir.clone(),
+            source,
+        })?;
         let db = Database::create(config.dir.join("spool.redb"))?;
         let txn = db.begin_write()?;
         let next_seq;
@@ -179,14 +185,22 @@ impl Spool {
         }
         txn.commit()?;
         let (head, _) = watch::channel(next_seq - 1);
-        let shared = Arc::new(Shared { db, sinks: sinks.to_vec(), dedup_window: config.dedup_window, head });
+        let shared = Arc::new(Shared {
+            db,
+            sinks: sinks.to_vec(),
+            dedup_window: config.dedup_window,
+            head,
+        });
         let (tx, rx) = mpsc::channel::<Append>(config.max_group_requests.max(1) * 4);
         let writer_shared = Arc::clone(&shared);
         let max_group = config.max_group_requests.max(1);
         let writer = std::thread::Builder::new()
             .name("spool-writer".into())
             .spawn(move || writer_loop(&writer_shared, rx, max_group))
-            .map_err(|source| SpoolError::Dir { path: config.dir.clone(), source })?;
+            .map_err(|source| SpoolError::Dir {
+                path: config.dir.clone(),
+                source,
+            })?;
         Ok(Spool {
             shared,
             appends: std::sync::Mutex::new(Some(tx)),
@@ -200,9 +214,17 @@ impl Spool {
         if records.is_empty() {
             return Ok(AppendOutcome::default());
         }
-        let sender = self.appends.lock().map_err(|_| SpoolError::Closed)?.clone().ok_or(SpoolError::Closed)?;
+        let sender = self
+            .appends
+            .lock()
+            .map_err(|_| SpoolError::Closed)?
+            .clone()
+            .ok_or(SpoolError::Closed)?;
         let (reply, answer) = oneshot::channel();
-        sender.send(Append { records, reply }).await.map_err(|_| SpoolError::Closed)?;
+        sender
+            .send(Append { records, reply })
+            .await
+            .map_err(|_| SpoolError::Closed)?;
         answer.await.map_err(|_| SpoolError::Closed)?
     }
 
@@ -227,7 +249,10 @@ impl Spool {
     pub fn cursor(&self, sink: &str) -> Result<Cursor, SpoolError> {
         let txn = self.shared.db.begin_read()?;
         let cursors = txn.open_table(CURSORS)?;
-        Ok(cursors.get(sink)?.map(|v| v.value()).map_or_else(Cursor::default, |(seq, state)| Cursor { seq, state }))
+        Ok(cursors
+            .get(sink)?
+            .map(|v| v.value())
+            .map_or_else(Cursor::default, |(seq, state)| Cursor { seq, state }))
     }
 
     /// Moves a sink's cursor (with its state) and deletes events every sink has passed.
@@ -264,7 +289,8 @@ impl Spool {
         let oldest = events.range(low.saturating_add(1)..)?.next().transpose()?;
         Ok(SpoolStats {
             events: head.saturating_sub(low),
-            oldest_received_millis: oldest.map(|(seq, value)| decode(seq.value(), value.value()).received_millis),
+            oldest_received_millis: oldest
+                .map(|(seq, value)| decode(seq.value(), value.value()).received_millis),
         })
     }
 
@@ -274,10 +300,10 @@ impl Spool {
             appends.take();
         }
         let writer = self.writer.lock().ok().and_then(|mut w| w.take());
-        if let Some(writer) = writer {
-            if writer.join().is_err() {
-                tracing::error!("the spool writer thread panicked");
-            }
+        if let Some(writer) = writer
+            && writer.join().is_err()
+        {
+            tracing::error!("the spool writer thread panicked");
         }
     }
 }
@@ -292,7 +318,11 @@ fn decode(seq: u64, value: &[u8]) -> Spooled {
     let (millis, json) = value.split_at(value.len().min(8));
     let mut bytes = [0u8; 8];
     bytes[..millis.len()].copy_from_slice(millis);
-    Spooled { seq, received_millis: u64::from_le_bytes(bytes), json: json.to_vec() }
+    Spooled {
+        seq,
+        received_millis: u64::from_le_bytes(bytes),
+        json: json.to_vec(),
+    }
 }
 
 fn writer_loop(shared: &Shared, mut appends: mpsc::Receiver<Append>, max_group: usize) {
@@ -317,14 +347,22 @@ fn writer_loop(shared: &Shared, mut appends: mpsc::Receiver<Append>, max_group: 
                 tracing::error!(error = %err, requests = group.len(), "spool commit failed");
                 let message = err.to_string();
                 for append in group {
-                    let _ = append.reply.send(Err(SpoolError::Storage(redb::Error::Corrupted(message.clone()))));
+                    let _ = append
+                        .reply
+                        .send(Err(SpoolError::Storage(redb::Error::Corrupted(
+                            message.clone(),
+                        ))));
                 }
             }
         }
     }
 }
 
-fn write_group(shared: &Shared, group: &[Append], buffer: &mut Vec<u8>) -> Result<(Vec<AppendOutcome>, u64), SpoolError> {
+fn write_group(
+    shared: &Shared,
+    group: &[Append],
+    buffer: &mut Vec<u8>,
+) -> Result<(Vec<AppendOutcome>, u64), SpoolError> {
     let now = now_millis();
     let dedup = !shared.dedup_window.is_zero();
     let txn = shared.db.begin_write()?;
@@ -357,9 +395,13 @@ fn write_group(shared: &Shared, group: &[Append], buffer: &mut Vec<u8>) -> Resul
             outcomes.push(outcome);
         }
         if dedup {
-            let horizon = now.saturating_sub(u64::try_from(shared.dedup_window.as_millis()).unwrap_or(u64::MAX));
+            let horizon = now
+                .saturating_sub(u64::try_from(shared.dedup_window.as_millis()).unwrap_or(u64::MAX));
             let mut expired = Vec::new();
-            for row in ids_by_time.range((0, "")..(horizon, ""))?.take(EXPIRE_PER_COMMIT) {
+            for row in ids_by_time
+                .range((0, "")..(horizon, ""))?
+                .take(EXPIRE_PER_COMMIT)
+            {
                 let (key, _) = row?;
                 let (at, id) = key.value();
                 expired.push((at, id.to_owned()));
@@ -381,11 +423,18 @@ mod tests {
     use super::*;
 
     fn config(dir: &std::path::Path) -> SpoolConfig {
-        SpoolConfig { dir: dir.to_owned(), dedup_window: Duration::from_secs(60), max_group_requests: 64 }
+        SpoolConfig {
+            dir: dir.to_owned(),
+            dedup_window: Duration::from_secs(60),
+            max_group_requests: 64,
+        }
     }
 
     fn record(id: &str) -> Record {
-        Record { key: id.to_owned(), json: format!("{{\"id\":\"{id}\"}}").into_bytes() }
+        Record {
+            key: id.to_owned(),
+            json: format!("{{\"id\":\"{id}\"}}").into_bytes(),
+        }
     }
 
     #[tokio::test]
@@ -393,10 +442,28 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let sinks = vec!["a".to_owned(), "b".to_owned()];
         let spool = Spool::open(&config(dir.path()), &sinks).expect("open");
-        let outcome = spool.append(vec![record("1"), record("2"), record("1")]).await.expect("append");
-        assert_eq!(outcome, AppendOutcome { stored: 2, duplicates: 1 });
-        let again = spool.append(vec![record("2"), record("3")]).await.expect("append");
-        assert_eq!(again, AppendOutcome { stored: 1, duplicates: 1 });
+        let outcome = spool
+            .append(vec![record("1"), record("2"), record("1")])
+            .await
+            .expect("append");
+        assert_eq!(
+            outcome,
+            AppendOutcome {
+                stored: 2,
+                duplicates: 1
+            }
+        );
+        let again = spool
+            .append(vec![record("2"), record("3")])
+            .await
+            .expect("append");
+        assert_eq!(
+            again,
+            AppendOutcome {
+                stored: 1,
+                duplicates: 1
+            }
+        );
         assert_eq!(*spool.subscribe().borrow(), 3);
 
         let all = spool.read_after(0, 10).expect("read");
@@ -404,10 +471,21 @@ mod tests {
         assert_eq!(all[2].json, b"{\"id\":\"3\"}");
         assert_eq!(spool.stats().expect("stats").events, 3);
 
-        spool.commit_cursor("a", Cursor { seq: 3, state: 7 }).expect("cursor a");
-        assert_eq!(spool.cursor("a").expect("cursor"), Cursor { seq: 3, state: 7 });
-        assert_eq!(spool.read_after(0, 10).expect("read").len(), 3, "b has not passed them");
-        spool.commit_cursor("b", Cursor { seq: 2, state: 0 }).expect("cursor b");
+        spool
+            .commit_cursor("a", Cursor { seq: 3, state: 7 })
+            .expect("cursor a");
+        assert_eq!(
+            spool.cursor("a").expect("cursor"),
+            Cursor { seq: 3, state: 7 }
+        );
+        assert_eq!(
+            spool.read_after(0, 10).expect("read").len(),
+            3,
+            "b has not passed them"
+        );
+        spool
+            .commit_cursor("b", Cursor { seq: 2, state: 0 })
+            .expect("cursor b");
         let left = spool.read_after(0, 10).expect("read");
         assert_eq!(left.iter().map(|e| e.seq).collect::<Vec<_>>(), [3]);
         assert_eq!(spool.stats().expect("stats").events, 1);
@@ -419,15 +497,33 @@ mod tests {
         let sinks = vec!["a".to_owned()];
         {
             let spool = Spool::open(&config(dir.path()), &sinks).expect("open");
-            spool.append(vec![record("x"), record("y")]).await.expect("append");
-            spool.commit_cursor("a", Cursor { seq: 1, state: 3 }).expect("cursor");
+            spool
+                .append(vec![record("x"), record("y")])
+                .await
+                .expect("append");
+            spool
+                .commit_cursor("a", Cursor { seq: 1, state: 3 })
+                .expect("cursor");
             spool.close();
         }
         let spool = Spool::open(&config(dir.path()), &sinks).expect("reopen");
-        assert_eq!(spool.cursor("a").expect("cursor"), Cursor { seq: 1, state: 3 });
+        assert_eq!(
+            spool.cursor("a").expect("cursor"),
+            Cursor { seq: 1, state: 3 }
+        );
         assert_eq!(spool.read_after(1, 10).expect("read").len(), 1);
-        let outcome = spool.append(vec![record("y"), record("z")]).await.expect("append");
-        assert_eq!(outcome, AppendOutcome { stored: 1, duplicates: 1 }, "dedup survives a restart");
+        let outcome = spool
+            .append(vec![record("y"), record("z")])
+            .await
+            .expect("append");
+        assert_eq!(
+            outcome,
+            AppendOutcome {
+                stored: 1,
+                duplicates: 1
+            },
+            "dedup survives a restart"
+        );
         assert_eq!(*spool.subscribe().borrow(), 3);
     }
 

@@ -81,10 +81,18 @@ pub fn verify_signature<S: AsRef<[u8]>>(
             Algorithm::Sha1 => hmac_matches::<Hmac<Sha1>>(secret, body, &expected),
         }
     });
-    if matched { Ok(()) } else { Err(SignatureError::Mismatch) }
+    if matched {
+        Ok(())
+    } else {
+        Err(SignatureError::Mismatch)
+    }
 }
 
-fn hmac_matches<M: Mac + hmac::digest::KeyInit>(secret: &[u8], body: &[u8], expected: &[u8]) -> bool {
+fn hmac_matches<M: Mac + hmac::digest::KeyInit>(
+    secret: &[u8],
+    body: &[u8],
+    expected: &[u8],
+) -> bool {
     let Ok(mut mac) = <M as hmac::digest::KeyInit>::new_from_slice(secret) else {
         return false;
     };
@@ -98,7 +106,11 @@ fn decode_header(algorithm: Algorithm, header: &[u8]) -> Result<Vec<u8>, Signatu
     let prefix = algorithm.prefix().as_bytes();
     let hex_part = match header.get(..prefix.len()) {
         Some(p) if p.eq_ignore_ascii_case(prefix) => &header[prefix.len()..],
-        _ => return Err(SignatureError::Malformed("it does not start with the algorithm prefix")),
+        _ => {
+            return Err(SignatureError::Malformed(
+                "it does not start with the algorithm prefix",
+            ));
+        }
     };
     if hex_part.len() % 2 != 0 {
         return Err(SignatureError::Malformed("odd number of hex digits"));
@@ -167,7 +179,9 @@ pub fn handshake(query: Option<&str>, verify_token: &[u8]) -> Result<String, Han
     if !tokens_equal(token.as_bytes(), verify_token) {
         return Err(HandshakeError::Token);
     }
-    challenge.map(|c| c.into_owned()).ok_or(HandshakeError::Challenge)
+    challenge
+        .map(|c| c.into_owned())
+        .ok_or(HandshakeError::Challenge)
 }
 
 /// Constant-time equality that also hides the lengths (both sides are hashed first).
@@ -193,14 +207,32 @@ mod tests {
     fn accepts_either_hex_case_and_rejects_the_rest() {
         let good = sign(SECRET, b"body");
         let upper = format!("sha256={}", good["sha256=".len()..].to_uppercase());
-        let verify = |h: &str| verify_signature(Algorithm::Sha256, Some(h.as_bytes()), b"body", &[SECRET]);
+        let verify =
+            |h: &str| verify_signature(Algorithm::Sha256, Some(h.as_bytes()), b"body", &[SECRET]);
         assert_eq!(verify(&good), Ok(()));
         assert_eq!(verify(&upper), Ok(()));
-        assert_eq!(verify(&good[..good.len() - 1]), Err(SignatureError::Malformed("odd number of hex digits")));
-        assert_eq!(verify(&good.replace("sha256=", "sha1=")), Err(SignatureError::Malformed("it does not start with the algorithm prefix")));
-        assert_eq!(verify(&format!("sha256={}", "zz".repeat(32))), Err(SignatureError::Malformed("not hexadecimal")));
-        assert_eq!(verify(&good[..good.len() - 2]), Err(SignatureError::Malformed("wrong digest length")));
-        assert_eq!(verify(&sign(b"other", b"body")), Err(SignatureError::Mismatch));
+        assert_eq!(
+            verify(&good[..good.len() - 1]),
+            Err(SignatureError::Malformed("odd number of hex digits"))
+        );
+        assert_eq!(
+            verify(&good.replace("sha256=", "sha1=")),
+            Err(SignatureError::Malformed(
+                "it does not start with the algorithm prefix"
+            ))
+        );
+        assert_eq!(
+            verify(&format!("sha256={}", "zz".repeat(32))),
+            Err(SignatureError::Malformed("not hexadecimal"))
+        );
+        assert_eq!(
+            verify(&good[..good.len() - 2]),
+            Err(SignatureError::Malformed("wrong digest length"))
+        );
+        assert_eq!(
+            verify(&sign(b"other", b"body")),
+            Err(SignatureError::Mismatch)
+        );
         assert_eq!(
             verify_signature::<&[u8]>(Algorithm::Sha256, None, b"body", &[SECRET]),
             Err(SignatureError::Missing)
@@ -211,9 +243,17 @@ mod tests {
     fn previous_secret_is_accepted_when_configured() {
         let header = sign(b"old", b"body");
         let both: [&[u8]; 2] = [SECRET, b"old"];
-        assert_eq!(verify_signature(Algorithm::Sha256, Some(header.as_bytes()), b"body", &both), Ok(()));
         assert_eq!(
-            verify_signature(Algorithm::Sha256, Some(header.as_bytes()), b"body", &[SECRET]),
+            verify_signature(Algorithm::Sha256, Some(header.as_bytes()), b"body", &both),
+            Ok(())
+        );
+        assert_eq!(
+            verify_signature(
+                Algorithm::Sha256,
+                Some(header.as_bytes()),
+                b"body",
+                &[SECRET]
+            ),
             Err(SignatureError::Mismatch)
         );
     }
@@ -226,6 +266,9 @@ mod tests {
         let q = "hub.mode=unsubscribe&hub.verify_token=t&hub.challenge=1";
         assert_eq!(handshake(Some(q), b"t"), Err(HandshakeError::Mode));
         assert_eq!(handshake(None, b"t"), Err(HandshakeError::Mode));
-        assert_eq!(handshake(Some("hub.mode=subscribe&hub.verify_token=t"), b"t"), Err(HandshakeError::Challenge));
+        assert_eq!(
+            handshake(Some("hub.mode=subscribe&hub.verify_token=t"), b"t"),
+            Err(HandshakeError::Challenge)
+        );
     }
 }

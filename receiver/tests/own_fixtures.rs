@@ -26,7 +26,10 @@ fn rows() -> Vec<Row> {
         .filter(|line| !line.trim().is_empty())
         .map(|line| {
             let cols: Vec<&str> = line.split('\t').collect();
-            assert!(cols.len() >= 6, "INDEX.tsv line has too few columns: {line}");
+            assert!(
+                cols.len() >= 6,
+                "INDEX.tsv line has too few columns: {line}"
+            );
             Row {
                 file: cols[0].to_owned(),
                 platform: cols[1].to_owned(),
@@ -40,9 +43,15 @@ fn rows() -> Vec<Row> {
 }
 
 fn events_of(file: &str) -> Vec<Event> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/meta").join(file);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/meta")
+        .join(file);
     let body = std::fs::read(&path).expect("fixture");
-    let ctx = Context { endpoint: "test", received_at: "2026-01-01T00:00:00Z", objects: None };
+    let ctx = Context {
+        endpoint: "test",
+        received_at: "2026-01-01T00:00:00Z",
+        objects: None,
+    };
     normalize(&body, &ctx).unwrap_or_else(|e| panic!("{file}: {e}"))
 }
 
@@ -54,11 +63,17 @@ fn every_own_fixture_normalizes_as_indexed() {
         let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
         if events.len() != row.events || kinds != row.kinds {
             let errors: Vec<_> = events.iter().filter_map(|e| e.error.clone()).collect();
-            failures.push(format!("{}: kinds {kinds:?}, expected {:?} {errors:?}", row.file, row.kinds));
+            failures.push(format!(
+                "{}: kinds {kinds:?}, expected {:?} {errors:?}",
+                row.file, row.kinds
+            ));
             continue;
         }
         let first = &events[0];
-        if first.platform.as_str() != row.platform || first.object != row.object || first.field != row.field {
+        if first.platform.as_str() != row.platform
+            || first.object != row.object
+            || first.field != row.field
+        {
             failures.push(format!(
                 "{}: first event {}/{}/{}, expected {}/{}/{}",
                 row.file,
@@ -71,12 +86,22 @@ fn every_own_fixture_normalizes_as_indexed() {
             ));
         }
         for event in &events {
-            let raw: serde_json::Value = serde_json::from_str(event.raw.get()).expect("raw is JSON");
+            let raw: serde_json::Value =
+                serde_json::from_str(event.raw.get()).expect("raw is JSON");
             assert!(!raw.is_null(), "{}: raw kept", row.file);
-            assert!(!event.raw.get().contains('\n'), "{}: raw is one line", row.file);
+            assert!(
+                !event.raw.get().contains('\n'),
+                "{}: raw is one line",
+                row.file
+            );
         }
     }
-    assert!(failures.is_empty(), "{} fixtures differ:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} fixtures differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -93,26 +118,79 @@ fn every_documented_field_has_an_own_fixture() {
         .filter(|row| {
             if row.field == "*" {
                 // App-level objects: any field; require a fixture for the object.
-                !objects.contains(row.object) && ["user", "permissions", "application", "payments", "ad_account"].contains(&row.object)
+                !objects.contains(row.object)
+                    && [
+                        "user",
+                        "permissions",
+                        "application",
+                        "payments",
+                        "ad_account",
+                    ]
+                    .contains(&row.object)
             } else {
-                !covered.contains(&(row.object.to_owned(), row.field.to_owned())) && !OPTIONAL.contains(&row.field)
+                !covered.contains(&(row.object.to_owned(), row.field.to_owned()))
+                    && !OPTIONAL.contains(&row.field)
             }
         })
         .map(|row| format!("{} {}", row.object, row.field))
         .collect();
-    assert!(missing.is_empty(), "documented fields without an own fixture:\n{}", missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "documented fields without an own fixture:\n{}",
+        missing.join("\n")
+    );
 }
 
 /// Page fields documented by name only (profile fields, beta/legacy messaging fields): the
 /// coverage table lists them, one profile field and `changed_fields` stand for the rest.
 const OPTIONAL: &[&str] = &[
-    "affiliation", "attire", "awards", "bio", "birthday", "business_integrity", "category", "checkins",
-    "company_overview", "conversations", "culinary_team", "current_location", "description", "email", "founded",
-    "general_info", "general_manager", "group_feed", "hometown", "hours", "inbox_labels",
-    "invoice_access_bank_slip_events", "invoice_access_invoice_change", "invoice_access_invoice_draft_change",
-    "invoice_access_onboarding_status_active", "location", "members", "merchant_review", "mission", "name",
-    "page_about_story", "page_change_proposal", "page_upcoming_change", "parking", "payment_options", "personal_info",
-    "personal_interests", "phone", "picture", "price_range", "product_review", "products", "public_transit",
-    "publisher_subscriptions", "website", "message_context", "messaging_customer_information",
-    "messaging_in_thread_lead_form_submit", "send_cart",
+    "affiliation",
+    "attire",
+    "awards",
+    "bio",
+    "birthday",
+    "business_integrity",
+    "category",
+    "checkins",
+    "company_overview",
+    "conversations",
+    "culinary_team",
+    "current_location",
+    "description",
+    "email",
+    "founded",
+    "general_info",
+    "general_manager",
+    "group_feed",
+    "hometown",
+    "hours",
+    "inbox_labels",
+    "invoice_access_bank_slip_events",
+    "invoice_access_invoice_change",
+    "invoice_access_invoice_draft_change",
+    "invoice_access_onboarding_status_active",
+    "location",
+    "members",
+    "merchant_review",
+    "mission",
+    "name",
+    "page_about_story",
+    "page_change_proposal",
+    "page_upcoming_change",
+    "parking",
+    "payment_options",
+    "personal_info",
+    "personal_interests",
+    "phone",
+    "picture",
+    "price_range",
+    "product_review",
+    "products",
+    "public_transit",
+    "publisher_subscriptions",
+    "website",
+    "message_context",
+    "messaging_customer_information",
+    "messaging_in_thread_lead_form_submit",
+    "send_cart",
 ];

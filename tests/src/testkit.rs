@@ -11,7 +11,9 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use metahook_receiver::app::{self, Running};
-use metahook_receiver::config::{Config, EndpointConfig, FileSinkConfig, Limits, SinkConfig, SpoolConfig};
+use metahook_receiver::config::{
+    Config, EndpointConfig, FileSinkConfig, Limits, SinkConfig, SpoolConfig,
+};
 use metahook_receiver::verify;
 
 use crate::bench::client;
@@ -48,7 +50,8 @@ pub fn config_in(dir: &Path) -> Result<Config> {
     let secrets = dir.join("secrets");
     std::fs::create_dir_all(&secrets).context("creating secrets dir")?;
     std::fs::write(secrets.join("app-secret"), SECRET).context("writing app secret")?;
-    std::fs::write(secrets.join("verify-token"), format!("{VERIFY_TOKEN}\n")).context("writing verify token")?;
+    std::fs::write(secrets.join("verify-token"), format!("{VERIFY_TOKEN}\n"))
+        .context("writing verify token")?;
     Ok(Config {
         listen: "127.0.0.1:0".parse()?,
         endpoints: vec![EndpointConfig {
@@ -63,8 +66,17 @@ pub fn config_in(dir: &Path) -> Result<Config> {
             verify_token_env: None,
             legacy_sha1_signature: false,
         }],
-        spool: SpoolConfig { dir: dir.join("spool"), dedup_window: Duration::from_secs(3600), max_group_requests: 1024 },
-        sinks: vec![SinkConfig { name: "local".into(), file: Some(FileSinkConfig { path: dir.join("events.jsonl") }) }],
+        spool: SpoolConfig {
+            dir: dir.join("spool"),
+            dedup_window: Duration::from_secs(3600),
+            max_group_requests: 1024,
+        },
+        sinks: vec![SinkConfig {
+            name: "local".into(),
+            file: Some(FileSinkConfig {
+                path: dir.join("events.jsonl"),
+            }),
+        }],
         limits: Limits::default(),
         log_message_text: false,
         shutdown_grace: Duration::from_secs(5),
@@ -96,7 +108,11 @@ impl TestReceiver {
         tweak(&mut config, dir.path());
         config.validate()?;
         let running = app::start(config).await?;
-        Ok(TestReceiver { addr: running.addr, dir, running: Some(running) })
+        Ok(TestReceiver {
+            addr: running.addr,
+            dir,
+            running: Some(running),
+        })
     }
 
     /// The running receiver.
@@ -112,12 +128,25 @@ impl TestReceiver {
     /// POSTs `body` to the endpoint, signed with [`SECRET`].
     pub async fn post(&self, body: &[u8]) -> Result<Reply> {
         let signature = verify::sign(SECRET, body);
-        self.post_with(PATH, &[("x-hub-signature-256", signature.as_str())], body).await
+        self.post_with(PATH, &[("x-hub-signature-256", signature.as_str())], body)
+            .await
     }
 
     /// POSTs `body` to `path` with exactly these extra headers.
-    pub async fn post_with(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Reply> {
-        request(self.addr, Method::POST, path, headers, Bytes::copy_from_slice(body)).await
+    pub async fn post_with(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Reply> {
+        request(
+            self.addr,
+            Method::POST,
+            path,
+            headers,
+            Bytes::copy_from_slice(body),
+        )
+        .await
     }
 
     /// GETs `path_and_query`.
@@ -126,7 +155,11 @@ impl TestReceiver {
     }
 
     /// Waits until the file sink holds at least `count` events; returns them all.
-    pub async fn wait_for_events(&self, count: usize, timeout: Duration) -> Result<Vec<serde_json::Value>> {
+    pub async fn wait_for_events(
+        &self,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<Vec<serde_json::Value>> {
         wait_for_lines(&self.events_path(), count, timeout).await
     }
 
@@ -149,31 +182,61 @@ impl TestReceiver {
 /// The value of `sample` (e.g. `metahook_requests_total{code="200",endpoint="meta",method="POST"}`).
 pub fn metric_value(text: &str, sample: &str) -> Option<f64> {
     text.lines()
-        .find_map(|line| line.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|line| {
+            line.strip_prefix(sample)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .and_then(|value| value.trim().parse().ok())
 }
 
 /// Sends one request on a fresh connection and reads the whole response (10 s bound).
-pub async fn request(addr: SocketAddr, method: Method, path: &str, headers: &[(&str, &str)], body: Bytes) -> Result<Reply> {
+pub async fn request(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<Reply> {
     let attempt = async {
         let mut connection = client::connect(addr).await?;
-        let mut builder = Request::builder().method(method).uri(path).header(http::header::HOST, addr.to_string());
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, addr.to_string());
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
         let request = builder.body(Full::new(body)).context("building request")?;
         connection.ready().await.context("connection not ready")?;
-        let response = connection.send_request(request).await.context("sending request")?;
+        let response = connection
+            .send_request(request)
+            .await
+            .context("sending request")?;
         let status = response.status();
         let headers = response.headers().clone();
-        let body = response.into_body().collect().await.context("reading response")?.to_bytes();
-        Ok(Reply { status, headers, body })
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .context("reading response")?
+            .to_bytes();
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
     };
-    tokio::time::timeout(Duration::from_secs(10), attempt).await.context("request timed out")?
+    tokio::time::timeout(Duration::from_secs(10), attempt)
+        .await
+        .context("request timed out")?
 }
 
 /// Waits until the JSON-lines file at `path` holds at least `count` complete lines.
-pub async fn wait_for_lines(path: &Path, count: usize, timeout: Duration) -> Result<Vec<serde_json::Value>> {
+pub async fn wait_for_lines(
+    path: &Path,
+    count: usize,
+    timeout: Duration,
+) -> Result<Vec<serde_json::Value>> {
     let deadline = Instant::now() + timeout;
     loop {
         let lines = read_events(path)?;
@@ -181,7 +244,11 @@ pub async fn wait_for_lines(path: &Path, count: usize, timeout: Duration) -> Res
             return Ok(lines);
         }
         if Instant::now() > deadline {
-            bail!("{} holds {} events, expected at least {count}", path.display(), lines.len());
+            bail!(
+                "{} holds {} events, expected at least {count}",
+                path.display(),
+                lines.len()
+            );
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -198,16 +265,21 @@ pub fn read_events(path: &Path) -> Result<Vec<serde_json::Value>> {
     complete
         .lines()
         .enumerate()
-        .map(|(i, line)| serde_json::from_str(line).with_context(|| format!("{} line {} is not JSON: {line}", path.display(), i + 1)))
+        .map(|(i, line)| {
+            serde_json::from_str(line)
+                .with_context(|| format!("{} line {} is not JSON: {line}", path.display(), i + 1))
+        })
         .collect()
 }
 
 /// The shared Meta fixtures: `META_FIXTURES_DIR`, else `../shared/fixtures/meta` beside the
 /// repository. `None` when absent (the test that needs them says so and skips).
 pub fn shared_fixtures_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("META_FIXTURES_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/meta")
-    });
+    let dir = std::env::var_os("META_FIXTURES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/meta")
+        });
     dir.join("INDEX.tsv").is_file().then_some(dir)
 }
 
@@ -222,10 +294,16 @@ pub fn receiver_bin() -> Result<PathBuf> {
         return Ok(PathBuf::from(path));
     }
     let exe = std::env::current_exe().context("locating the test executable")?;
-    let profile_dir = exe.parent().and_then(Path::parent).context("test executable has no profile directory")?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test executable has no profile directory")?;
     let bin = profile_dir.join("metahook-receiver");
     if !bin.is_file() {
-        bail!("{} is missing: build it first (cargo build -p metahook-receiver), or set METAHOOK_RECEIVER_BIN", bin.display());
+        bail!(
+            "{} is missing: build it first (cargo build -p metahook-receiver), or set METAHOOK_RECEIVER_BIN",
+            bin.display()
+        );
     }
     Ok(bin)
 }

@@ -2,6 +2,8 @@
 //! request that got a 200 is in the file sink exactly once, with no torn line. And SIGTERM:
 //! drain and exit 0.
 
+#![allow(clippy::print_stderr)] // tests report skips and figures on stderr
+
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -30,7 +32,9 @@ fn write_config(dir: &Path, port: u16) -> Result<std::path::PathBuf> {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 struct Receiver(Child);
@@ -47,12 +51,16 @@ impl Receiver {
         let receiver = Receiver(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(reply) = testkit::request(addr, Method::GET, "/readyz", &[], bytes::Bytes::new()).await {
-                if reply.status == StatusCode::OK {
-                    return Ok(receiver);
-                }
+            if let Ok(reply) =
+                testkit::request(addr, Method::GET, "/readyz", &[], bytes::Bytes::new()).await
+                && reply.status == StatusCode::OK
+            {
+                return Ok(receiver);
             }
-            ensure!(Instant::now() < deadline, "receiver never became ready on {addr}");
+            ensure!(
+                Instant::now() < deadline,
+                "receiver never became ready on {addr}"
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
@@ -89,9 +97,13 @@ async fn load(addr: SocketAddr, round: usize, tasks: usize, acked: Arc<Mutex<Vec
                     let payload = body(&prefix, count);
                     let signature = verify::sign(SECRET, &payload);
                     let headers = [("x-hub-signature-256", signature.as_str())];
-                    match testkit::request(addr, Method::POST, PATH, &headers, payload.into()).await {
+                    match testkit::request(addr, Method::POST, PATH, &headers, payload.into()).await
+                    {
                         Ok(reply) if reply.status == StatusCode::OK => {
-                            acked.lock().await.extend((0..count).map(|i| format!("{prefix}.{i}")));
+                            acked
+                                .lock()
+                                .await
+                                .extend((0..count).map(|i| format!("{prefix}.{i}")));
                         }
                         _ => return,
                     }
@@ -105,7 +117,9 @@ async fn load(addr: SocketAddr, round: usize, tasks: usize, acked: Arc<Mutex<Vec
 }
 
 fn pseudo_random_millis(low: u64, high: u64) -> u64 {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| u64::from(d.subsec_nanos()));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()));
     low + nanos % (high - low)
 }
 
@@ -122,10 +136,16 @@ async fn kill_9_under_load_loses_and_doubles_nothing() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(pseudo_random_millis(300, 900))).await;
         receiver.0.kill().context("kill -9")?;
         receiver.0.wait()?;
-        tokio::time::timeout(Duration::from_secs(15), load).await.context("load did not stop")??;
+        tokio::time::timeout(Duration::from_secs(15), load)
+            .await
+            .context("load did not stop")??;
     }
     let acked: Vec<String> = acked.lock().await.clone();
-    ensure!(acked.len() > 100, "too little load to mean anything: {} acknowledged events", acked.len());
+    ensure!(
+        acked.len() > 100,
+        "too little load to mean anything: {} acknowledged events",
+        acked.len()
+    );
 
     // Restart once more: the file sink resumes from its cursor and catches up.
     let mut receiver = Receiver::spawn(&config, addr).await?;
@@ -135,37 +155,67 @@ async fn kill_9_under_load_loses_and_doubles_nothing() -> Result<()> {
         let text = std::fs::read_to_string(&events_path).unwrap_or_default();
         let mut counts: HashMap<String, usize> = HashMap::new();
         for line in text.lines() {
-            let event: serde_json::Value = serde_json::from_str(line).with_context(|| format!("torn or invalid line: {line}"))?;
-            *counts.entry(event["id"].as_str().unwrap_or("").to_owned()).or_default() += 1;
+            let event: serde_json::Value = serde_json::from_str(line)
+                .with_context(|| format!("torn or invalid line: {line}"))?;
+            *counts
+                .entry(event["id"].as_str().unwrap_or("").to_owned())
+                .or_default() += 1;
         }
         if acked.iter().all(|id| counts.contains_key(id)) {
-            ensure!(text.ends_with('\n'), "the file does not end with a complete line");
+            ensure!(
+                text.ends_with('\n'),
+                "the file does not end with a complete line"
+            );
             break counts;
         }
         if Instant::now() > deadline {
             let missing = acked.iter().filter(|id| !counts.contains_key(*id)).count();
-            bail!("{missing} of {} acknowledged events never reached the file", acked.len());
+            bail!(
+                "{missing} of {} acknowledged events never reached the file",
+                acked.len()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let doubled: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).map(|(id, n)| format!("{id} x{n}")).collect();
-    ensure!(doubled.is_empty(), "events written more than once: {doubled:?}");
+    let doubled: Vec<_> = counts
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(id, n)| format!("{id} x{n}"))
+        .collect();
+    ensure!(
+        doubled.is_empty(),
+        "events written more than once: {doubled:?}"
+    );
     let unique: HashSet<&String> = acked.iter().collect();
-    ensure!(unique.len() == acked.len(), "test bug: acknowledged ids repeat");
-    eprintln!("{} acknowledged events across 4 kill -9 restarts: all present exactly once ({} lines)", acked.len(), counts.len());
+    ensure!(
+        unique.len() == acked.len(),
+        "test bug: acknowledged ids repeat"
+    );
+    eprintln!(
+        "{} acknowledged events across 4 kill -9 restarts: all present exactly once ({} lines)",
+        acked.len(),
+        counts.len()
+    );
     terminate(&mut receiver.0)?;
     Ok(())
 }
 
 fn terminate(child: &mut Child) -> Result<std::process::ExitStatus> {
-    let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().context("kill -TERM")?;
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .context("kill -TERM")?;
     ensure!(status.success(), "kill -TERM failed");
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if let Some(status) = child.try_wait()? {
             return Ok(status);
         }
-        ensure!(Instant::now() < deadline, "receiver did not exit within 15 s of SIGTERM");
+        ensure!(
+            Instant::now() < deadline,
+            "receiver did not exit within 15 s of SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -179,7 +229,14 @@ async fn sigterm_drains_and_exits_zero() -> Result<()> {
     let mut receiver = Receiver::spawn(&config, addr).await?;
     let payload = body("wamid.sigterm", 2);
     let signature = verify::sign(SECRET, &payload);
-    let reply = testkit::request(addr, Method::POST, PATH, &[("x-hub-signature-256", &signature)], payload.into()).await?;
+    let reply = testkit::request(
+        addr,
+        Method::POST,
+        PATH,
+        &[("x-hub-signature-256", &signature)],
+        payload.into(),
+    )
+    .await?;
     assert_eq!(reply.status, StatusCode::OK);
     let status = terminate(&mut receiver.0)?;
     assert_eq!(status.code(), Some(0), "exit status after SIGTERM");

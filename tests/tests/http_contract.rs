@@ -1,6 +1,8 @@
 //! The receiver's HTTP contract over real sockets: handshake, signatures, bodies, limits,
 //! probes and metrics. Every bad input has its own test and its exact status.
 
+#![allow(clippy::print_stderr)] // tests report skips and figures on stderr
+
 use std::time::Duration;
 
 use anyhow::Result;
@@ -12,8 +14,15 @@ use tokio::net::TcpStream;
 
 const BODY: &[u8] = br#"{"object":"whatsapp_business_account","entry":[{"id":"100200300400500","changes":[{"field":"messages","value":{"messaging_product":"whatsapp","metadata":{"display_phone_number":"15550001111","phone_number_id":"200300400500600"},"contacts":[{"profile":{"name":"Ada Lovelace"},"wa_id":"15551234567"}],"messages":[{"from":"15551234567","id":"wamid.contract.1","timestamp":"1700000000","type":"text","text":{"body":"Order 42 arrived?"}}]}}]}]}"#;
 
-async fn post_signed_as(receiver: &TestReceiver, signature: &str, body: &[u8]) -> Result<StatusCode> {
-    Ok(receiver.post_with(PATH, &[("x-hub-signature-256", signature)], body).await?.status)
+async fn post_signed_as(
+    receiver: &TestReceiver,
+    signature: &str,
+    body: &[u8],
+) -> Result<StatusCode> {
+    Ok(receiver
+        .post_with(PATH, &[("x-hub-signature-256", signature)], body)
+        .await?
+        .status)
 }
 
 #[tokio::test]
@@ -24,15 +33,23 @@ async fn signed_post_is_accepted_and_reaches_the_file_sink() -> Result<()> {
     let events = receiver.wait_for_events(1, Duration::from_secs(5)).await?;
     assert_eq!(events[0]["id"], "wamid.contract.1");
     assert_eq!(events[0]["message"]["text"], "Order 42 arrived?");
-    assert_eq!(events[0]["conversation"]["participant"]["id"], "15551234567");
+    assert_eq!(
+        events[0]["conversation"]["participant"]["id"],
+        "15551234567"
+    );
     Ok(())
 }
 
 #[tokio::test]
 async fn missing_signature_is_401() -> Result<()> {
     let receiver = TestReceiver::start().await?;
-    assert_eq!(receiver.post_with(PATH, &[], BODY).await?.status, StatusCode::UNAUTHORIZED);
-    let failures = receiver.metric(r#"metahook_signature_failures_total{endpoint="meta",reason="missing"}"#).await?;
+    assert_eq!(
+        receiver.post_with(PATH, &[], BODY).await?.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let failures = receiver
+        .metric(r#"metahook_signature_failures_total{endpoint="meta",reason="missing"}"#)
+        .await?;
     assert_eq!(failures, 1.0);
     Ok(())
 }
@@ -41,8 +58,13 @@ async fn missing_signature_is_401() -> Result<()> {
 async fn wrong_signature_is_403() -> Result<()> {
     let receiver = TestReceiver::start().await?;
     let signature = verify::sign(SECRET, b"another body");
-    assert_eq!(post_signed_as(&receiver, &signature, BODY).await?, StatusCode::FORBIDDEN);
-    let failures = receiver.metric(r#"metahook_signature_failures_total{endpoint="meta",reason="mismatch"}"#).await?;
+    assert_eq!(
+        post_signed_as(&receiver, &signature, BODY).await?,
+        StatusCode::FORBIDDEN
+    );
+    let failures = receiver
+        .metric(r#"metahook_signature_failures_total{endpoint="meta",reason="mismatch"}"#)
+        .await?;
     assert_eq!(failures, 1.0);
     Ok(())
 }
@@ -51,7 +73,10 @@ async fn wrong_signature_is_403() -> Result<()> {
 async fn signature_with_the_wrong_secret_is_403() -> Result<()> {
     let receiver = TestReceiver::start().await?;
     let signature = verify::sign(b"not-the-app-secret", BODY);
-    assert_eq!(post_signed_as(&receiver, &signature, BODY).await?, StatusCode::FORBIDDEN);
+    assert_eq!(
+        post_signed_as(&receiver, &signature, BODY).await?,
+        StatusCode::FORBIDDEN
+    );
     Ok(())
 }
 
@@ -59,7 +84,10 @@ async fn signature_with_the_wrong_secret_is_403() -> Result<()> {
 async fn odd_length_signature_is_403() -> Result<()> {
     let receiver = TestReceiver::start().await?;
     let signature = verify::sign(SECRET, BODY);
-    assert_eq!(post_signed_as(&receiver, &signature[..signature.len() - 1], BODY).await?, StatusCode::FORBIDDEN);
+    assert_eq!(
+        post_signed_as(&receiver, &signature[..signature.len() - 1], BODY).await?,
+        StatusCode::FORBIDDEN
+    );
     Ok(())
 }
 
@@ -67,7 +95,10 @@ async fn odd_length_signature_is_403() -> Result<()> {
 async fn non_hex_signature_is_403() -> Result<()> {
     let receiver = TestReceiver::start().await?;
     let signature = format!("sha256={}", "g".repeat(64));
-    assert_eq!(post_signed_as(&receiver, &signature, BODY).await?, StatusCode::FORBIDDEN);
+    assert_eq!(
+        post_signed_as(&receiver, &signature, BODY).await?,
+        StatusCode::FORBIDDEN
+    );
     Ok(())
 }
 
@@ -75,7 +106,10 @@ async fn non_hex_signature_is_403() -> Result<()> {
 async fn wrong_prefix_signature_is_403() -> Result<()> {
     let receiver = TestReceiver::start().await?;
     let signature = verify::sign(SECRET, BODY).replace("sha256=", "sha1=");
-    assert_eq!(post_signed_as(&receiver, &signature, BODY).await?, StatusCode::FORBIDDEN);
+    assert_eq!(
+        post_signed_as(&receiver, &signature, BODY).await?,
+        StatusCode::FORBIDDEN
+    );
     Ok(())
 }
 
@@ -84,7 +118,10 @@ async fn uppercase_hex_signature_is_accepted() -> Result<()> {
     let receiver = TestReceiver::start().await?;
     let signature = verify::sign(SECRET, BODY);
     let upper = format!("sha256={}", signature["sha256=".len()..].to_uppercase());
-    assert_eq!(post_signed_as(&receiver, &upper, BODY).await?, StatusCode::OK);
+    assert_eq!(
+        post_signed_as(&receiver, &upper, BODY).await?,
+        StatusCode::OK
+    );
     Ok(())
 }
 
@@ -92,7 +129,10 @@ async fn uppercase_hex_signature_is_accepted() -> Result<()> {
 async fn previous_secret_is_accepted_only_while_configured() -> Result<()> {
     let without = TestReceiver::start().await?;
     let old = verify::sign(PREVIOUS_SECRET, BODY);
-    assert_eq!(post_signed_as(&without, &old, BODY).await?, StatusCode::FORBIDDEN);
+    assert_eq!(
+        post_signed_as(&without, &old, BODY).await?,
+        StatusCode::FORBIDDEN
+    );
 
     let with = TestReceiver::start_with(|config, dir| {
         let file = dir.join("secrets/previous-app-secret");
@@ -101,14 +141,21 @@ async fn previous_secret_is_accepted_only_while_configured() -> Result<()> {
     })
     .await?;
     assert_eq!(post_signed_as(&with, &old, BODY).await?, StatusCode::OK);
-    assert_eq!(with.post(BODY).await?.status, StatusCode::OK, "the current secret still works");
+    assert_eq!(
+        with.post(BODY).await?.status,
+        StatusCode::OK,
+        "the current secret still works"
+    );
     Ok(())
 }
 
 #[tokio::test]
 async fn secret_file_change_takes_effect_without_restart() -> Result<()> {
     let receiver = TestReceiver::start().await?;
-    std::fs::write(receiver.dir.path().join("secrets/app-secret"), "rotated-secret\n")?;
+    std::fs::write(
+        receiver.dir.path().join("secrets/app-secret"),
+        "rotated-secret\n",
+    )?;
     let rotated = verify::sign(b"rotated-secret", BODY);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
@@ -116,10 +163,17 @@ async fn secret_file_change_takes_effect_without_restart() -> Result<()> {
         if status == StatusCode::OK {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "rotated secret never accepted (last {status})");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rotated secret never accepted (last {status})"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(receiver.post(BODY).await?.status, StatusCode::FORBIDDEN, "the replaced secret is refused");
+    assert_eq!(
+        receiver.post(BODY).await?.status,
+        StatusCode::FORBIDDEN,
+        "the replaced secret is refused"
+    );
     Ok(())
 }
 
@@ -127,14 +181,26 @@ async fn secret_file_change_takes_effect_without_restart() -> Result<()> {
 async fn legacy_sha1_signature_only_where_enabled() -> Result<()> {
     let sha1 = verify::sign_with(verify::Algorithm::Sha1, SECRET, BODY);
     let default = TestReceiver::start().await?;
-    let reply = default.post_with(PATH, &[("x-hub-signature", &sha1)], BODY).await?;
+    let reply = default
+        .post_with(PATH, &[("x-hub-signature", &sha1)], BODY)
+        .await?;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
 
-    let opted_in = TestReceiver::start_with(|config, _| config.endpoints[0].legacy_sha1_signature = true).await?;
-    let reply = opted_in.post_with(PATH, &[("x-hub-signature", &sha1)], BODY).await?;
+    let opted_in =
+        TestReceiver::start_with(|config, _| config.endpoints[0].legacy_sha1_signature = true)
+            .await?;
+    let reply = opted_in
+        .post_with(PATH, &[("x-hub-signature", &sha1)], BODY)
+        .await?;
     assert_eq!(reply.status, StatusCode::OK);
     let wrong = verify::sign_with(verify::Algorithm::Sha1, b"nope", BODY);
-    assert_eq!(opted_in.post_with(PATH, &[("x-hub-signature", &wrong)], BODY).await?.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        opted_in
+            .post_with(PATH, &[("x-hub-signature", &wrong)], BODY)
+            .await?
+            .status,
+        StatusCode::FORBIDDEN
+    );
     Ok(())
 }
 
@@ -142,18 +208,28 @@ async fn legacy_sha1_signature_only_where_enabled() -> Result<()> {
 async fn handshake_echoes_the_challenge() -> Result<()> {
     let receiver = TestReceiver::start().await?;
     let reply = receiver
-        .get(&format!("{PATH}?hub.mode=subscribe&hub.verify_token={VERIFY_TOKEN}&hub.challenge=1158201444"))
+        .get(&format!(
+            "{PATH}?hub.mode=subscribe&hub.verify_token={VERIFY_TOKEN}&hub.challenge=1158201444"
+        ))
         .await?;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.text(), "1158201444");
-    assert!(reply.headers["content-type"].to_str()?.starts_with("text/plain"));
+    assert!(
+        reply.headers["content-type"]
+            .to_str()?
+            .starts_with("text/plain")
+    );
     Ok(())
 }
 
 #[tokio::test]
 async fn handshake_with_wrong_verify_token_is_403() -> Result<()> {
     let receiver = TestReceiver::start().await?;
-    let reply = receiver.get(&format!("{PATH}?hub.mode=subscribe&hub.verify_token=wrong&hub.challenge=1")).await?;
+    let reply = receiver
+        .get(&format!(
+            "{PATH}?hub.mode=subscribe&hub.verify_token=wrong&hub.challenge=1"
+        ))
+        .await?;
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
     assert!(!reply.text().contains(VERIFY_TOKEN));
     Ok(())
@@ -163,7 +239,9 @@ async fn handshake_with_wrong_verify_token_is_403() -> Result<()> {
 async fn handshake_with_other_mode_is_403() -> Result<()> {
     let receiver = TestReceiver::start().await?;
     let reply = receiver
-        .get(&format!("{PATH}?hub.mode=unsubscribe&hub.verify_token={VERIFY_TOKEN}&hub.challenge=1"))
+        .get(&format!(
+            "{PATH}?hub.mode=unsubscribe&hub.verify_token={VERIFY_TOKEN}&hub.challenge=1"
+        ))
         .await?;
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
     Ok(())
@@ -172,14 +250,20 @@ async fn handshake_with_other_mode_is_403() -> Result<()> {
 #[tokio::test]
 async fn non_json_body_is_400() -> Result<()> {
     let receiver = TestReceiver::start().await?;
-    assert_eq!(receiver.post(b"object=page&entry=1").await?.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        receiver.post(b"object=page&entry=1").await?.status,
+        StatusCode::BAD_REQUEST
+    );
     Ok(())
 }
 
 #[tokio::test]
 async fn truncated_json_is_400() -> Result<()> {
     let receiver = TestReceiver::start().await?;
-    assert_eq!(receiver.post(&BODY[..BODY.len() / 2]).await?.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        receiver.post(&BODY[..BODY.len() / 2]).await?.status,
+        StatusCode::BAD_REQUEST
+    );
     Ok(())
 }
 
@@ -202,7 +286,8 @@ async fn empty_body_is_400() -> Result<()> {
 
 #[tokio::test]
 async fn oversized_body_is_413_without_reading_it() -> Result<()> {
-    let receiver = TestReceiver::start_with(|config, _| config.limits.max_body_bytes = 1024).await?;
+    let receiver =
+        TestReceiver::start_with(|config, _| config.limits.max_body_bytes = 1024).await?;
     let big = vec![b' '; 64 * 1024];
     let reply = receiver.post(&big).await?;
     assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
@@ -210,7 +295,10 @@ async fn oversized_body_is_413_without_reading_it() -> Result<()> {
     // Declared small enough is not trusted: a body that grows past the limit is cut too.
     let mut stream = TcpStream::connect(receiver.addr).await?;
     stream
-        .write_all(format!("POST {PATH} HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n").as_bytes())
+        .write_all(
+            format!("POST {PATH} HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n")
+                .as_bytes(),
+        )
         .await?;
     for _ in 0..4 {
         stream.write_all(b"200\r\n").await?;
@@ -225,10 +313,16 @@ async fn oversized_body_is_413_without_reading_it() -> Result<()> {
 
 #[tokio::test]
 async fn slow_body_is_408() -> Result<()> {
-    let receiver = TestReceiver::start_with(|config, _| config.limits.request_timeout = Duration::from_millis(300)).await?;
+    let receiver = TestReceiver::start_with(|config, _| {
+        config.limits.request_timeout = Duration::from_millis(300);
+    })
+    .await?;
     let mut stream = TcpStream::connect(receiver.addr).await?;
     stream
-        .write_all(format!("POST {PATH} HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{{\"obj").as_bytes())
+        .write_all(
+            format!("POST {PATH} HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{{\"obj")
+                .as_bytes(),
+        )
         .await?;
     let mut head = [0u8; 12];
     tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut head)).await??;
@@ -238,15 +332,27 @@ async fn slow_body_is_408() -> Result<()> {
 
 #[tokio::test]
 async fn slow_headers_close_the_connection() -> Result<()> {
-    let receiver = TestReceiver::start_with(|config, _| config.limits.header_read_timeout = Duration::from_millis(300)).await?;
+    let receiver = TestReceiver::start_with(|config, _| {
+        config.limits.header_read_timeout = Duration::from_millis(300);
+    })
+    .await?;
     let mut stream = TcpStream::connect(receiver.addr).await?;
-    stream.write_all(format!("POST {PATH} HTTP/1.1\r\nhost: x\r\n").as_bytes()).await?;
+    stream
+        .write_all(format!("POST {PATH} HTTP/1.1\r\nhost: x\r\n").as_bytes())
+        .await?;
     let mut rest = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
-    assert!(read.is_ok(), "the connection was not closed after the header timeout");
+    assert!(
+        read.is_ok(),
+        "the connection was not closed after the header timeout"
+    );
     // Whatever hyper sends (nothing, or a 408), it is never a 2xx and the socket is closed.
     assert!(!String::from_utf8_lossy(&rest).starts_with("HTTP/1.1 2"));
-    assert_eq!(receiver.get("/healthz").await?.status, StatusCode::OK, "the receiver is unaffected");
+    assert_eq!(
+        receiver.get("/healthz").await?.status,
+        StatusCode::OK,
+        "the receiver is unaffected"
+    );
     Ok(())
 }
 
@@ -256,7 +362,9 @@ async fn over_max_in_flight_is_503_with_retry_after() -> Result<()> {
     // Holds the one slot: headers sent, body never completed.
     let mut holder = TcpStream::connect(receiver.addr).await?;
     holder
-        .write_all(format!("POST {PATH} HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{{").as_bytes())
+        .write_all(
+            format!("POST {PATH} HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{{").as_bytes(),
+        )
         .await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let reply = receiver.post(BODY).await?;
@@ -266,7 +374,10 @@ async fn over_max_in_flight_is_503_with_retry_after() -> Result<()> {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(35);
     while receiver.post(BODY).await?.status != StatusCode::OK {
-        assert!(std::time::Instant::now() < deadline, "the slot was never released");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot was never released"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
@@ -275,7 +386,14 @@ async fn over_max_in_flight_is_503_with_retry_after() -> Result<()> {
 #[tokio::test]
 async fn wrong_method_is_405() -> Result<()> {
     let receiver = TestReceiver::start().await?;
-    let reply = metahook_tests::testkit::request(receiver.addr, http::Method::PUT, PATH, &[], bytes::Bytes::new()).await?;
+    let reply = metahook_tests::testkit::request(
+        receiver.addr,
+        http::Method::PUT,
+        PATH,
+        &[],
+        bytes::Bytes::new(),
+    )
+    .await?;
     assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(reply.headers["allow"], "GET, POST");
     Ok(())
@@ -284,7 +402,13 @@ async fn wrong_method_is_405() -> Result<()> {
 #[tokio::test]
 async fn unknown_path_is_404() -> Result<()> {
     let receiver = TestReceiver::start().await?;
-    assert_eq!(receiver.post_with("/webhooks/other", &[], BODY).await?.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        receiver
+            .post_with("/webhooks/other", &[], BODY)
+            .await?
+            .status,
+        StatusCode::NOT_FOUND
+    );
     Ok(())
 }
 
@@ -295,10 +419,20 @@ async fn unknown_object_and_field_are_kept_as_unknown_events() -> Result<()> {
     assert_eq!(receiver.post(body).await?.status, StatusCode::OK);
     let events = receiver.wait_for_events(1, Duration::from_secs(5)).await?;
     assert_eq!(events[0]["kind"], "unknown");
-    assert!(events[0]["error"].as_str().unwrap_or("").contains("hologram"));
+    assert!(
+        events[0]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("hologram")
+    );
     let line = std::fs::read_to_string(receiver.events_path())?;
-    assert!(line.contains("18446744073709551617"), "big integers are kept digit for digit: {line}");
-    let unknown = receiver.metric(r#"metahook_unknown_events_total{endpoint="meta",field="beam",object="hologram"}"#).await?;
+    assert!(
+        line.contains("18446744073709551617"),
+        "big integers are kept digit for digit: {line}"
+    );
+    let unknown = receiver
+        .metric(r#"metahook_unknown_events_total{endpoint="meta",field="beam",object="hologram"}"#)
+        .await?;
     assert_eq!(unknown, 1.0);
     Ok(())
 }
@@ -312,7 +446,12 @@ async fn redelivery_is_stored_once() -> Result<()> {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let events = metahook_tests::testkit::read_events(&receiver.events_path())?;
     assert_eq!(events.len(), 1);
-    assert_eq!(receiver.metric(r#"metahook_duplicates_total{endpoint="meta"}"#).await?, 1.0);
+    assert_eq!(
+        receiver
+            .metric(r#"metahook_duplicates_total{endpoint="meta"}"#)
+            .await?,
+        1.0
+    );
     Ok(())
 }
 
@@ -323,7 +462,11 @@ async fn probes_and_metrics() -> Result<()> {
     assert_eq!(receiver.get("/readyz").await?.status, StatusCode::OK);
     receiver.post(BODY).await?;
     let metrics = receiver.get("/metrics").await?;
-    assert!(metrics.headers["content-type"].to_str()?.starts_with("text/plain; version=0.0.4"));
+    assert!(
+        metrics.headers["content-type"]
+            .to_str()?
+            .starts_with("text/plain; version=0.0.4")
+    );
     let text = metrics.text();
     for name in [
         "metahook_requests_total",
@@ -335,7 +478,10 @@ async fn probes_and_metrics() -> Result<()> {
     ] {
         assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
     }
-    assert!(!text.contains(std::str::from_utf8(SECRET)?), "no secret in metrics");
+    assert!(
+        !text.contains(std::str::from_utf8(SECRET)?),
+        "no secret in metrics"
+    );
     assert_eq!(
         receiver.metric(r#"metahook_events_total{endpoint="meta",field="messages",kind="message",platform="whatsapp"}"#).await?,
         1.0
@@ -365,8 +511,15 @@ async fn promtool_accepts_the_metrics() -> Result<()> {
         .spawn()?;
     std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), &text)?;
     let output = child.wait_with_output()?;
-    let findings = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success() && findings.trim().is_empty(), "promtool findings:\n{findings}");
+    let findings = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && findings.trim().is_empty(),
+        "promtool findings:\n{findings}"
+    );
     Ok(())
 }
 
@@ -380,10 +533,19 @@ fn which(program: &str) -> Result<std::path::PathBuf> {
 
 #[tokio::test]
 async fn draining_turns_readiness_off_and_finishes() -> Result<()> {
-    let mut receiver = TestReceiver::start_with(|config, _| config.shutdown_delay = Duration::from_millis(500)).await?;
+    let mut receiver =
+        TestReceiver::start_with(|config, _| config.shutdown_delay = Duration::from_millis(500))
+            .await?;
     receiver.running().expect("running").shutdown();
-    assert_eq!(receiver.get("/readyz").await?.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(receiver.post(BODY).await?.status, StatusCode::OK, "still serving during the delay");
+    assert_eq!(
+        receiver.get("/readyz").await?.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        receiver.post(BODY).await?.status,
+        StatusCode::OK,
+        "still serving during the delay"
+    );
     receiver.stop().await?;
     let events = metahook_tests::testkit::read_events(&receiver.events_path())?;
     assert_eq!(events.len(), 1, "delivered before exit");

@@ -126,7 +126,8 @@ impl UnixTime {
     pub fn to_rfc3339(self) -> Option<String> {
         let nanos = i128::from(self.millis()) * 1_000_000;
         let at = time::OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()?;
-        at.format(&time::format_description::well_known::Rfc3339).ok()
+        at.format(&time::format_description::well_known::Rfc3339)
+            .ok()
     }
 }
 
@@ -147,9 +148,9 @@ where
     T: de::DeserializeOwned,
 {
     match serde_json::Value::deserialize(deserializer)? {
-        value @ serde_json::Value::Object(_) => {
-            serde_json::from_value(value).map(Some).map_err(de::Error::custom)
-        }
+        value @ serde_json::Value::Object(_) => serde_json::from_value(value)
+            .map(Some)
+            .map_err(de::Error::custom),
         _ => Ok(None),
     }
 }
@@ -175,7 +176,12 @@ mod tests {
     fn num_reads_numeric_strings_and_placeholders() {
         assert_eq!(serde_json::from_str::<Num>(r#""38""#).expect("num").0, 38.0);
         assert_eq!(serde_json::from_str::<Num>("4.5").expect("num").0, 4.5);
-        assert!(serde_json::from_str::<Num>(r#""<LATITUDE>""#).expect("num").0.is_nan());
+        assert!(
+            serde_json::from_str::<Num>(r#""<LATITUDE>""#)
+                .expect("num")
+                .0
+                .is_nan()
+        );
         assert!(serde_json::from_str::<Num>(r#"{"x": 1}"#).is_err());
     }
 
@@ -207,6 +213,9 @@ mod tests {
         let secs: UnixTime = serde_json::from_str(r#""1671644824""#).expect("seconds");
         let millis: UnixTime = serde_json::from_str("1458668856463").expect("millis");
         assert_eq!(secs.to_rfc3339().as_deref(), Some("2022-12-21T17:47:04Z"));
-        assert_eq!(millis.to_rfc3339().as_deref(), Some("2016-03-22T17:47:36.463Z"));
+        assert_eq!(
+            millis.to_rfc3339().as_deref(),
+            Some("2016-03-22T17:47:36.463Z")
+        );
     }
 }

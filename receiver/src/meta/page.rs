@@ -6,7 +6,14 @@ use serde::{Deserialize, Serialize};
 use super::lenient::{Id, Num, UnixTime};
 
 /// Page change fields with a typed value here.
-pub const CHANGE_FIELDS: &[&str] = &["feed", "leadgen", "live_videos", "mention", "ratings", "videos"];
+pub const CHANGE_FIELDS: &[&str] = &[
+    "feed",
+    "leadgen",
+    "live_videos",
+    "mention",
+    "ratings",
+    "videos",
+];
 
 /// Page profile and other documented fields whose change is reported as `kind: change`
 /// (Page webhooks reference).

@@ -30,10 +30,13 @@ impl Scope<'_> {
             }
             "page" => self.page_change(field, change_raw, value, kinds[0]),
             "instagram" => self.instagram_change(field, change_raw, value, kinds[0]),
-            "permissions" => parse_or_default::<PermissionValue>(value).map(|_| self.event(field, Kind::Change, change_raw)),
+            "permissions" => parse_or_default::<PermissionValue>(value)
+                .map(|_| self.event(field, Kind::Change, change_raw)),
             _ => Ok(self.event(field, Kind::Change, change_raw)),
         };
-        out.push(result.unwrap_or_else(|err| self.unknown(field, change_raw, format!("{field} value: {err}"))));
+        out.push(result.unwrap_or_else(|err| {
+            self.unknown(field, change_raw, format!("{field} value: {err}"))
+        }));
     }
 
     fn page_change(
@@ -60,16 +63,24 @@ impl Scope<'_> {
                 {
                     event.id = format!("{comment}:{verb}");
                 }
-                event.conversation = actor(feed.from.as_ref().and_then(|f| f.id.as_ref()), feed.from.as_ref().and_then(|f| f.name.clone()));
+                event.conversation = actor(
+                    feed.from.as_ref().and_then(|f| f.id.as_ref()),
+                    feed.from.as_ref().and_then(|f| f.name.clone()),
+                );
                 let (id, reply_to) = match kind {
-                    Kind::Comment => (&feed.comment_id, feed.parent_id.as_ref().or(feed.post_id.as_ref())),
+                    Kind::Comment => (
+                        &feed.comment_id,
+                        feed.parent_id.as_ref().or(feed.post_id.as_ref()),
+                    ),
                     Kind::Reaction => (&None, feed.comment_id.as_ref().or(feed.post_id.as_ref())),
                     _ => (&feed.post_id, None),
                 };
                 event.message = Some(Message {
                     id: id.as_ref().map(|id| id.0.clone()),
                     kind: if kind == Kind::Reaction {
-                        feed.reaction_type.clone().unwrap_or_else(|| item.to_owned())
+                        feed.reaction_type
+                            .clone()
+                            .unwrap_or_else(|| item.to_owned())
                     } else {
                         item.to_owned()
                     },
@@ -102,7 +113,10 @@ impl Scope<'_> {
                 };
                 event.conversation = actor(who.as_ref(), name);
                 event.message = Some(Message {
-                    id: rating.comment_id.or(rating.open_graph_story_id).map(|id| id.0),
+                    id: rating
+                        .comment_id
+                        .or(rating.open_graph_story_id)
+                        .map(|id| id.0),
                     kind: rating.item.unwrap_or_else(|| "rating".to_owned()),
                     text: rating.review_text.or(rating.message),
                     ..Message::default()
@@ -148,7 +162,10 @@ impl Scope<'_> {
                     id: comment.id.map(|id| id.0),
                     kind: "comment".to_owned(),
                     text: comment.text,
-                    reply_to: comment.parent_id.or(comment.media.and_then(|m| m.id)).map(|id| id.0),
+                    reply_to: comment
+                        .parent_id
+                        .or(comment.media.and_then(|m| m.id))
+                        .map(|id| id.0),
                     ..Message::default()
                 });
                 Ok(event)
@@ -186,6 +203,10 @@ fn actor(id: Option<&Id>, name: Option<String>) -> Option<Conversation> {
     }
     Some(Conversation {
         id: None,
-        participant: Some(Participant { id: id.map(|id| id.0.clone()), name, user_id: None }),
+        participant: Some(Participant {
+            id: id.map(|id| id.0.clone()),
+            name,
+            user_id: None,
+        }),
     })
 }

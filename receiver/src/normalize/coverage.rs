@@ -97,9 +97,10 @@ fn messaging_kinds(field: &str) -> &'static [Kind] {
         "messaging_account_linking" => &[AccountLinking],
         "messaging_handovers" | "messaging_handover" => &[Handover],
         "messaging_policy_enforcement" => &[PolicyEnforcement],
-        "messaging_checkout_updates" | "messaging_payments" | "messaging_pre_checkouts" | "send_cart" => {
-            &[Payment]
-        }
+        "messaging_checkout_updates"
+        | "messaging_payments"
+        | "messaging_pre_checkouts"
+        | "send_cart" => &[Payment],
         "messaging_game_plays" => &[GamePlay],
         "messaging_feedback" | "response_feedback" => &[Feedback],
         "standby" => &[Message, Echo, Delivery, Read, Reaction, Postback, Handover],
@@ -114,13 +115,25 @@ pub static COVERAGE: std::sync::LazyLock<Vec<CoverageRow>> = std::sync::LazyLock
         let mut fields = fields.to_vec();
         fields.sort_unstable();
         for field in fields {
-            rows.push(CoverageRow { object, platform, field, kinds: field_kinds(object, field) });
+            rows.push(CoverageRow {
+                object,
+                platform,
+                field,
+                kinds: field_kinds(object, field),
+            });
         }
     };
-    add("whatsapp_business_account", Platform::Whatsapp, whatsapp::FIELDS);
+    add(
+        "whatsapp_business_account",
+        Platform::Whatsapp,
+        whatsapp::FIELDS,
+    );
     add("page", Platform::Messenger, messaging::MESSENGER_FIELDS);
-    let page_changes: Vec<&'static str> =
-        page::CHANGE_FIELDS.iter().chain(page::PROFILE_FIELDS).copied().collect();
+    let page_changes: Vec<&'static str> = page::CHANGE_FIELDS
+        .iter()
+        .chain(page::PROFILE_FIELDS)
+        .copied()
+        .collect();
     add("page", Platform::Facebook, &page_changes);
     let instagram_fields: Vec<&'static str> = instagram::CHANGE_FIELDS
         .iter()
@@ -133,3 +146,24 @@ pub static COVERAGE: std::sync::LazyLock<Vec<CoverageRow>> = std::sync::LazyLock
     }
     rows
 });
+
+/// The coverage table (Markdown) published in docs/event-schema.md.
+pub fn coverage_markdown() -> String {
+    let mut out = String::from("| object | platform | field | kinds |\n|---|---|---|---|\n");
+    for row in COVERAGE.iter() {
+        let kinds: Vec<&str> = row.kinds.iter().map(|k| k.as_str()).collect();
+        let field = if row.field == "*" {
+            "any field"
+        } else {
+            row.field
+        };
+        out.push_str(&format!(
+            "| `{}` | {} | `{}` | {} |\n",
+            row.object,
+            row.platform.as_str(),
+            field,
+            kinds.join(", ")
+        ));
+    }
+    out
+}

@@ -22,7 +22,11 @@ impl Scope<'_> {
         };
         let Some((key, field, kind)) = classify(&item, instagram) else {
             let event_key = unknown_event_key(raw);
-            let field = if standby { "standby" } else { event_key.as_deref().unwrap_or("") };
+            let field = if standby {
+                "standby"
+            } else {
+                event_key.as_deref().unwrap_or("")
+            };
             let note = match &event_key {
                 Some(key) => format!("messaging item has an undocumented event key {key:?}"),
                 None => "messaging item has no event key".to_owned(),
@@ -37,7 +41,11 @@ impl Scope<'_> {
         let mut event = scope.event(field, kind, raw);
         scope.set_time(&mut event, item.timestamp);
         // The person is the sender, except on echoes, which the page itself sent.
-        let person = if kind == Kind::Echo { &item.recipient } else { &item.sender };
+        let person = if kind == Kind::Echo {
+            &item.recipient
+        } else {
+            &item.sender
+        };
         event.conversation = person.as_ref().map(conversation);
         match key {
             "message" => {
@@ -62,7 +70,10 @@ impl Scope<'_> {
             }
             "reaction" => {
                 event.message = item.reaction.as_ref().map(|reaction| Message {
-                    kind: reaction.action.clone().unwrap_or_else(|| "react".to_owned()),
+                    kind: reaction
+                        .action
+                        .clone()
+                        .unwrap_or_else(|| "react".to_owned()),
                     text: reaction.emoji.clone().or_else(|| reaction.reaction.clone()),
                     reply_to: reaction.mid.clone(),
                     ..Message::default()
@@ -91,7 +102,11 @@ impl Scope<'_> {
         Scope {
             ctx: self.ctx,
             object: self.object,
-            platform: if instagram { Platform::Instagram } else { Platform::Messenger },
+            platform: if instagram {
+                Platform::Instagram
+            } else {
+                Platform::Messenger
+            },
             account_id: self.account_id.clone(),
             entry_time: self.entry_time,
         }
@@ -111,7 +126,11 @@ fn classify(item: &Item, instagram: bool) -> Option<(&'static str, &'static str,
         });
     }
     let found = if item.message_edit.is_some() {
-        ("message_edit", pick("message_edits", "message_edit"), Kind::Edit)
+        (
+            "message_edit",
+            pick("message_edits", "message_edit"),
+            Kind::Edit,
+        )
     } else if item.delivery.is_some() {
         ("delivery", "message_deliveries", Kind::Delivery)
     } else if item.read.is_some() {
@@ -122,21 +141,45 @@ fn classify(item: &Item, instagram: bool) -> Option<(&'static str, &'static str,
         ("postback", "messaging_postbacks", Kind::Postback)
     } else if let Some(optin) = &item.optin {
         let stop = optin.notification_messages_status.as_deref() == Some("STOP_NOTIFICATIONS");
-        ("optin", "messaging_optins", if stop { Kind::Optout } else { Kind::Optin })
+        (
+            "optin",
+            "messaging_optins",
+            if stop { Kind::Optout } else { Kind::Optin },
+        )
     } else if item.referral.is_some() {
-        ("referral", pick("messaging_referrals", "messaging_referral"), Kind::Referral)
+        (
+            "referral",
+            pick("messaging_referrals", "messaging_referral"),
+            Kind::Referral,
+        )
     } else if item.account_linking.is_some() {
-        ("account_linking", "messaging_account_linking", Kind::AccountLinking)
+        (
+            "account_linking",
+            "messaging_account_linking",
+            Kind::AccountLinking,
+        )
     } else if item.pass_thread_control.is_some()
         || item.take_thread_control.is_some()
         || item.request_thread_control.is_some()
         || item.app_roles.is_some()
     {
-        ("handover", pick("messaging_handovers", "messaging_handover"), Kind::Handover)
+        (
+            "handover",
+            pick("messaging_handovers", "messaging_handover"),
+            Kind::Handover,
+        )
     } else if item.policy_enforcement.is_some() || item.policy_enforcement_legacy.is_some() {
-        ("policy_enforcement", "messaging_policy_enforcement", Kind::PolicyEnforcement)
+        (
+            "policy_enforcement",
+            "messaging_policy_enforcement",
+            Kind::PolicyEnforcement,
+        )
     } else if item.checkout_update.is_some() {
-        ("checkout_update", "messaging_checkout_updates", Kind::Payment)
+        (
+            "checkout_update",
+            "messaging_checkout_updates",
+            Kind::Payment,
+        )
     } else if item.payment.is_some() {
         ("payment", "messaging_payments", Kind::Payment)
     } else if item.pre_checkout.is_some() {
@@ -156,14 +199,20 @@ fn classify(item: &Item, instagram: bool) -> Option<(&'static str, &'static str,
 /// The key that names an undocumented item's event (anything but sender, recipient, timestamp).
 fn unknown_event_key(raw: &RawValue) -> Option<String> {
     let map: serde_json::Map<String, serde_json::Value> = parse(raw).ok()?;
-    map.keys().find(|k| !matches!(k.as_str(), "sender" | "recipient" | "timestamp")).cloned()
+    map.keys()
+        .find(|k| !matches!(k.as_str(), "sender" | "recipient" | "timestamp"))
+        .cloned()
 }
 
 fn conversation(party: &Party) -> Conversation {
     Conversation {
         id: None,
         participant: Some(Participant {
-            id: party.id.as_ref().or(party.user_ref.as_ref()).map(Id::to_string),
+            id: party
+                .id
+                .as_ref()
+                .or(party.user_ref.as_ref())
+                .map(Id::to_string),
             name: None,
             user_id: None,
         }),
@@ -176,8 +225,16 @@ fn unified_message(message: &ItemMessage, kind: Kind) -> Message {
         .iter()
         .map(|a| Attachment {
             kind: a.kind.clone().unwrap_or_default(),
-            id: a.payload.as_ref().and_then(|p| p.sticker_id.as_ref().or(p.reel_video_id.as_ref())).map(Id::to_string),
-            url: a.payload.as_ref().and_then(|p| p.url.clone()).or_else(|| a.url.clone()),
+            id: a
+                .payload
+                .as_ref()
+                .and_then(|p| p.sticker_id.as_ref().or(p.reel_video_id.as_ref()))
+                .map(Id::to_string),
+            url: a
+                .payload
+                .as_ref()
+                .and_then(|p| p.url.clone())
+                .or_else(|| a.url.clone()),
             mime_type: None,
         })
         .collect();
@@ -193,7 +250,17 @@ fn unified_message(message: &ItemMessage, kind: Kind) -> Message {
         "unknown".to_owned()
     };
     let reply_to = message.reply_to.as_ref().and_then(|r| {
-        r.mid.clone().or_else(|| r.story.as_ref().and_then(|s| s.id.as_ref().map(Id::to_string)))
+        r.mid.clone().or_else(|| {
+            r.story
+                .as_ref()
+                .and_then(|s| s.id.as_ref().map(Id::to_string))
+        })
     });
-    Message { id: message.mid.clone(), kind: message_type, text: message.text.clone(), attachments, reply_to }
+    Message {
+        id: message.mid.clone(),
+        kind: message_type,
+        text: message.text.clone(),
+        attachments,
+        reply_to,
+    }
 }

@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-pub use coverage::{COVERAGE, CoverageRow, field_kinds};
+pub use coverage::{COVERAGE, CoverageRow, coverage_markdown, field_kinds};
 
 use crate::event::{Event, Kind, Platform};
 use crate::meta::envelope::{Change, Entry, Envelope};
@@ -70,7 +70,10 @@ pub fn normalize(body: &[u8], ctx: &Context<'_>) -> Result<Vec<Event>, BodyError
     let object = envelope
         .object
         .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok());
-    let entries = match envelope.entry.map(|raw| (raw, parse::<Vec<&RawValue>>(raw))) {
+    let entries = match envelope
+        .entry
+        .map(|raw| (raw, parse::<Vec<&RawValue>>(raw)))
+    {
         Some((_, Ok(entries))) => entries,
         Some((raw, Err(err))) => {
             let scope = Scope::new(ctx, object.as_deref().unwrap_or(""), None);
@@ -88,7 +91,7 @@ pub fn normalize(body: &[u8], ctx: &Context<'_>) -> Result<Vec<Event>, BodyError
     }
     if let Some(accepted) = ctx.objects {
         for event in &mut out {
-            if !accepted.iter().any(|o| *o == event.object) {
+            if !accepted.contains(&event.object) {
                 event.kind = Kind::Unknown;
                 event.error = Some(format!(
                     "object {:?} is not among the objects endpoint {:?} accepts",
@@ -120,7 +123,11 @@ fn normalize_entry(ctx: &Context<'_>, object: Option<&str>, raw: &RawValue, out:
         }
     };
     let object = object.or(entry.object.as_deref()).unwrap_or("");
-    let account_id = entry.id.as_ref().or(entry.uid.as_ref()).map(|id| id.0.clone());
+    let account_id = entry
+        .id
+        .as_ref()
+        .or(entry.uid.as_ref())
+        .map(|id| id.0.clone());
     let mut scope = Scope::new(ctx, object, account_id);
     scope.entry_time = entry.time;
     let before = out.len();
@@ -129,7 +136,11 @@ fn normalize_entry(ctx: &Context<'_>, object: Option<&str>, raw: &RawValue, out:
         for change_raw in changes {
             match parse::<Change<'_>>(change_raw) {
                 Ok(change) => {
-                    let field = change.field.as_deref().or(entry.field.as_deref()).unwrap_or("");
+                    let field = change
+                        .field
+                        .as_deref()
+                        .or(entry.field.as_deref())
+                        .unwrap_or("");
                     scope.change(field, change_raw, change.value, out);
                 }
                 Err(err) => out.push(scope.unknown("", change_raw, format!("change: {err}"))),
@@ -142,7 +153,11 @@ fn normalize_entry(ctx: &Context<'_>, object: Option<&str>, raw: &RawValue, out:
         }
     }
     for field in entry.changed_fields.iter().flatten() {
-        let kind = if field_kinds(object, field).is_empty() { Kind::Unknown } else { Kind::Change };
+        let kind = if field_kinds(object, field).is_empty() {
+            Kind::Unknown
+        } else {
+            Kind::Change
+        };
         let mut event = scope.event(field, kind, raw);
         event.id = scope.hash_id(field, &format!("{}\u{0}{field}", raw.get()));
         if kind == Kind::Unknown {
@@ -241,7 +256,10 @@ impl<'c> Scope<'c> {
 /// event per line; the value (every key, every digit) is unchanged.
 fn compact(raw: &RawValue) -> Box<RawValue> {
     let text = raw.get();
-    if !text.bytes().any(|b| matches!(b, b' ' | b'\n' | b'\r' | b'\t')) {
+    if !text
+        .bytes()
+        .any(|b| matches!(b, b' ' | b'\n' | b'\r' | b'\t'))
+    {
         return raw.to_owned();
     }
     let mut out = String::with_capacity(text.len());

@@ -9,12 +9,17 @@ use crate::event::{
 };
 use crate::meta::lenient::Id;
 use crate::meta::whatsapp::{
-    AccountNotification, Call, Contact, Error, ItemsValue, MESSAGE_TYPES, Media, Metadata,
-    Message as WaMessage, StatusUpdate, UserPreference,
+    AccountNotification, Call, Contact, Error, ItemsValue, MESSAGE_TYPES, Media,
+    Message as WaMessage, Metadata, StatusUpdate, UserPreference,
 };
 
 /// Fields whose value holds lists of items rather than one notification.
-const ITEM_FIELDS: &[&str] = &["messages", "smb_message_echoes", "calls", "user_preferences"];
+const ITEM_FIELDS: &[&str] = &[
+    "messages",
+    "smb_message_echoes",
+    "calls",
+    "user_preferences",
+];
 
 impl Scope<'_> {
     pub(super) fn whatsapp_change(
@@ -28,7 +33,9 @@ impl Scope<'_> {
         if !ITEM_FIELDS.contains(&field) {
             match parse_or_default::<AccountNotification>(value) {
                 Ok(_) => out.push(self.event(field, kinds[0], change_raw)),
-                Err(err) => out.push(self.unknown(field, change_raw, format!("{field} value: {err}"))),
+                Err(err) => {
+                    out.push(self.unknown(field, change_raw, format!("{field} value: {err}")));
+                }
             }
             return;
         }
@@ -48,7 +55,11 @@ impl Scope<'_> {
         for raw in &items.messages {
             out.push(self.wa_message(field, raw, &items.contacts));
         }
-        let status_kind = if field == "calls" { Kind::Call } else { Kind::Status };
+        let status_kind = if field == "calls" {
+            Kind::Call
+        } else {
+            Kind::Status
+        };
         for raw in &items.statuses {
             out.push(self.wa_status(field, raw, status_kind, &items.contacts));
         }
@@ -98,7 +109,10 @@ impl Scope<'_> {
         }
         self.set_time(&mut event, message.timestamp);
         let sender = message.from.as_ref().map(|id| id.0.as_str());
-        event.conversation = Some(conversation(None, participant(sender, message.from_user_id.as_deref(), contacts)));
+        event.conversation = Some(conversation(
+            None,
+            participant(sender, message.from_user_id.as_deref(), contacts),
+        ));
         if kind == Kind::Message && !message.errors.is_empty() {
             event.status = Some(Status {
                 value: message.kind.clone().unwrap_or_default(),
@@ -120,7 +134,10 @@ impl Scope<'_> {
         }
         self.set_time(&mut event, message.timestamp);
         let to = message.to.as_ref().map(|id| id.0.as_str());
-        event.conversation = Some(conversation(None, participant(to, message.to_user_id.as_deref(), contacts)));
+        event.conversation = Some(conversation(
+            None,
+            participant(to, message.to_user_id.as_deref(), contacts),
+        ));
         event.message = Some(wa_message_body(&message));
         event
     }
@@ -149,7 +166,10 @@ impl Scope<'_> {
             kind: status.kind.clone().unwrap_or_else(|| "message".to_owned()),
             ..Message::default()
         });
-        event.status = Some(Status { value, errors: status.errors.iter().map(status_error).collect() });
+        event.status = Some(Status {
+            value,
+            errors: status.errors.iter().map(status_error).collect(),
+        });
         event
     }
 
@@ -163,9 +183,19 @@ impl Scope<'_> {
             event.id = format!("{id}:{what}");
         }
         self.set_time(&mut event, call.timestamp);
-        let other = if call.direction.as_deref() == Some("BUSINESS_INITIATED") { &call.to } else { &call.from };
-        event.conversation = Some(conversation(None, participant(other.as_ref().map(|id| id.0.as_str()), None, contacts)));
-        event.status = call.event.map(|value| Status { value, errors: Vec::new() });
+        let other = if call.direction.as_deref() == Some("BUSINESS_INITIATED") {
+            &call.to
+        } else {
+            &call.from
+        };
+        event.conversation = Some(conversation(
+            None,
+            participant(other.as_ref().map(|id| id.0.as_str()), None, contacts),
+        ));
+        event.status = call.event.map(|value| Status {
+            value,
+            errors: Vec::new(),
+        });
         event
     }
 
@@ -177,12 +207,21 @@ impl Scope<'_> {
         let kind = match preference.value.as_deref() {
             Some("stop") => Kind::Optout,
             Some("resume") => Kind::Optin,
-            other => return self.unknown(field, raw, format!("undocumented preference value {other:?}")),
+            other => {
+                return self.unknown(
+                    field,
+                    raw,
+                    format!("undocumented preference value {other:?}"),
+                );
+            }
         };
         let mut event = self.event(field, kind, raw);
         self.set_time(&mut event, preference.timestamp);
         let who = preference.wa_id.as_ref().map(|id| id.0.as_str());
-        event.conversation = Some(conversation(None, participant(who, preference.user_id.as_deref(), contacts)));
+        event.conversation = Some(conversation(
+            None,
+            participant(who, preference.user_id.as_deref(), contacts),
+        ));
         event
     }
 }
@@ -190,12 +229,18 @@ impl Scope<'_> {
 fn business_phone(metadata: &Metadata) -> BusinessPhone {
     BusinessPhone {
         id: metadata.phone_number_id.as_ref().map(|id| id.0.clone()),
-        display_number: metadata.display_phone_number.as_ref().map(|id| id.0.clone()),
+        display_number: metadata
+            .display_phone_number
+            .as_ref()
+            .map(|id| id.0.clone()),
     }
 }
 
 fn conversation(id: Option<String>, participant: Participant) -> Conversation {
-    Conversation { id, participant: Some(participant) }
+    Conversation {
+        id,
+        participant: Some(participant),
+    }
 }
 
 /// The person: their WhatsApp id if given, else the business-scoped user id; the name from
@@ -205,14 +250,22 @@ fn participant(wa_id: Option<&str>, user_id: Option<&str>, contacts: &[Contact])
         .iter()
         .find(|c| wa_id.is_some() && c.wa_id.as_ref().map(Id::as_str) == wa_id)
         .or_else(|| user_id.and_then(|u| contacts.iter().find(|c| c.user_id.as_deref() == Some(u))))
-        .or(if contacts.len() == 1 { contacts.first() } else { None });
-    let user_id = user_id.map(str::to_owned).or_else(|| contact.and_then(|c| c.user_id.clone()));
+        .or(if contacts.len() == 1 {
+            contacts.first()
+        } else {
+            None
+        });
+    let user_id = user_id
+        .map(str::to_owned)
+        .or_else(|| contact.and_then(|c| c.user_id.clone()));
     Participant {
         id: wa_id
             .map(str::to_owned)
             .or_else(|| contact.and_then(|c| c.wa_id.as_ref().map(|id| id.0.clone())))
             .or_else(|| user_id.clone()),
-        name: contact.and_then(|c| c.profile.as_ref()).and_then(|p| p.name.clone()),
+        name: contact
+            .and_then(|c| c.profile.as_ref())
+            .and_then(|p| p.name.clone()),
         user_id,
     }
 }
@@ -253,7 +306,9 @@ fn wa_message_body(message: &WaMessage) -> Message {
         .iter()
         .filter_map(|(name, media)| media.as_ref().map(|m| media_attachment(name, m)))
         .collect();
-    let caption = media.iter().find_map(|(_, m)| m.as_ref().and_then(|m| m.caption.clone()));
+    let caption = media
+        .iter()
+        .find_map(|(_, m)| m.as_ref().and_then(|m| m.caption.clone()));
     let interactive = message.interactive.as_ref().and_then(|i| {
         i.button_reply
             .as_ref()
@@ -273,18 +328,43 @@ fn wa_message_body(message: &WaMessage) -> Message {
         .or_else(|| message.order.as_ref().and_then(|o| o.text.clone()))
         .or_else(|| message.system.as_ref().and_then(|s| s.body.clone()))
         .or_else(|| {
-            message.edit.as_ref().and_then(|e| e.message.as_deref()).map(wa_message_body).and_then(|m| m.text)
+            message
+                .edit
+                .as_ref()
+                .and_then(|e| e.message.as_deref())
+                .map(wa_message_body)
+                .and_then(|m| m.text)
         });
     let reply_to = message
         .reaction
         .as_ref()
         .and_then(|r| r.message_id.clone())
-        .or_else(|| message.edit.as_ref().and_then(|e| e.original_message_id.clone()))
-        .or_else(|| message.revoke.as_ref().and_then(|r| r.original_message_id.clone()))
+        .or_else(|| {
+            message
+                .edit
+                .as_ref()
+                .and_then(|e| e.original_message_id.clone())
+        })
+        .or_else(|| {
+            message
+                .revoke
+                .as_ref()
+                .and_then(|r| r.original_message_id.clone())
+        })
         .or_else(|| message.context.as_ref().and_then(|c| c.id.clone()));
     let mut attachments = attachments;
     if let Some(location) = &message.location {
-        attachments.push(Attachment { kind: "location".to_owned(), url: location.url.clone(), ..Attachment::default() });
+        attachments.push(Attachment {
+            kind: "location".to_owned(),
+            url: location.url.clone(),
+            ..Attachment::default()
+        });
     }
-    Message { id: message.id.clone(), kind, text, attachments, reply_to }
+    Message {
+        id: message.id.clone(),
+        kind,
+        text,
+        attachments,
+        reply_to,
+    }
 }

@@ -25,11 +25,18 @@ pub struct FileSink {
 impl FileSink {
     /// A sink writing to `path` (created on open, with its parent directories).
     pub fn new(path: PathBuf) -> FileSink {
-        FileSink { path, file: None, len: 0 }
+        FileSink {
+            path,
+            file: None,
+            len: 0,
+        }
     }
 
     fn io(&self, what: &str, source: std::io::Error) -> SinkError {
-        SinkError::Io { context: format!("{what} {}", self.path.display()), source }
+        SinkError::Io {
+            context: format!("{what} {}", self.path.display()),
+            source,
+        }
     }
 }
 
@@ -40,7 +47,12 @@ impl Sink for FileSink {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent)?;
             }
-            let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)?;
             let current = file.metadata()?.len();
             let len = if state > 0 && current >= state {
                 if current > state {
@@ -107,7 +119,11 @@ mod tests {
     use super::*;
 
     fn event(seq: u64, text: &str) -> Spooled {
-        Spooled { seq, received_millis: 0, json: text.as_bytes().to_vec() }
+        Spooled {
+            seq,
+            received_millis: 0,
+            json: text.as_bytes().to_vec(),
+        }
     }
 
     #[tokio::test]
@@ -116,9 +132,14 @@ mod tests {
         let path = dir.path().join("out/events.jsonl");
         let mut sink = FileSink::new(path.clone());
         sink.open(0).await.expect("open");
-        let committed = sink.deliver(&[event(1, "{\"a\":1}")]).await.expect("deliver");
-        sink.deliver(&[event(2, "{\"b\":2}")]).await.expect("deliver, not committed");
-        std::fs::OpenOptions::new()
+        let committed = sink
+            .deliver(&[event(1, "{\"a\":1}")])
+            .await
+            .expect("deliver");
+        sink.deliver(&[event(2, "{\"b\":2}")])
+            .await
+            .expect("deliver, not committed");
+        OpenOptions::new()
             .append(true)
             .open(&path)
             .and_then(|mut f| std::io::Write::write_all(&mut f, b"{\"torn\":"))
@@ -126,7 +147,10 @@ mod tests {
 
         let mut reopened = FileSink::new(path.clone());
         reopened.open(committed).await.expect("reopen");
-        reopened.deliver(&[event(2, "{\"b\":2}")]).await.expect("redeliver");
+        reopened
+            .deliver(&[event(2, "{\"b\":2}")])
+            .await
+            .expect("redeliver");
         assert_eq!(read_lines(&path).expect("read"), ["{\"a\":1}", "{\"b\":2}"]);
     }
 
@@ -138,6 +162,9 @@ mod tests {
         let mut sink = FileSink::new(path.clone());
         sink.open(0).await.expect("open");
         sink.deliver(&[event(1, "{}")]).await.expect("deliver");
-        assert_eq!(read_lines(&path).expect("read"), ["old line without newline", "{}"]);
+        assert_eq!(
+            read_lines(&path).expect("read"),
+            ["old line without newline", "{}"]
+        );
     }
 }

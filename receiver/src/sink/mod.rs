@@ -46,12 +46,19 @@ pub trait Sink: Send + 'static {
     /// Prepares to deliver after a cursor whose state is `state` (0 = never delivered).
     fn open(&mut self, state: u64) -> impl Future<Output = Result<(), SinkError>> + Send;
     /// Delivers a batch in order; returns the state to commit with the cursor.
-    fn deliver(&mut self, batch: &[Spooled]) -> impl Future<Output = Result<u64, SinkError>> + Send;
+    fn deliver(&mut self, batch: &[Spooled])
+    -> impl Future<Output = Result<u64, SinkError>> + Send;
 }
 
 /// Runs a sink until `shutdown` turns true and everything spooled by then is delivered
 /// (or, while the sink is failing, until shutdown).
-pub async fn consume<S: Sink>(name: String, mut sink: S, spool: Arc<Spool>, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) {
+pub async fn consume<S: Sink>(
+    name: String,
+    mut sink: S,
+    spool: Arc<Spool>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut head = spool.subscribe();
     let mut backoff = MIN_BACKOFF;
     let mut cursor = loop {
@@ -68,7 +75,9 @@ pub async fn consume<S: Sink>(name: String, mut sink: S, spool: Arc<Spool>, metr
     };
     backoff = MIN_BACKOFF;
     let lag = metrics.sink_lag.with_label_values(&[&name]);
-    let delivered = metrics.sink_deliveries.with_label_values(&[&name, "success"]);
+    let delivered = metrics
+        .sink_deliveries
+        .with_label_values(&[&name, "success"]);
     let failed = metrics.sink_deliveries.with_label_values(&[&name, "error"]);
     let duration = metrics.sink_delivery_duration.with_label_values(&[&name]);
     loop {
@@ -76,20 +85,21 @@ pub async fn consume<S: Sink>(name: String, mut sink: S, spool: Arc<Spool>, metr
         lag.set(head.borrow().saturating_sub(cursor.seq) as f64);
         let reader = Arc::clone(&spool);
         let after = cursor.seq;
-        let batch = match tokio::task::spawn_blocking(move || reader.read_after(after, BATCH_SIZE)).await {
-            Ok(Ok(batch)) => batch,
-            Ok(Err(err)) => {
-                tracing::error!(sink = %name, error = %err, "cannot read the spool");
-                if wait(&mut shutdown, backoff).await {
+        let batch =
+            match tokio::task::spawn_blocking(move || reader.read_after(after, BATCH_SIZE)).await {
+                Ok(Ok(batch)) => batch,
+                Ok(Err(err)) => {
+                    tracing::error!(sink = %name, error = %err, "cannot read the spool");
+                    if wait(&mut shutdown, backoff).await {
+                        return;
+                    }
+                    continue;
+                }
+                Err(err) => {
+                    tracing::error!(sink = %name, error = %err, "spool read task failed");
                     return;
                 }
-                continue;
-            }
-            Err(err) => {
-                tracing::error!(sink = %name, error = %err, "spool read task failed");
-                return;
-            }
-        };
+            };
         let Some(last) = batch.last().map(|e| e.seq) else {
             if *shutdown.borrow() {
                 return;
@@ -127,7 +137,11 @@ pub async fn consume<S: Sink>(name: String, mut sink: S, spool: Arc<Spool>, metr
     }
 }
 
-async fn open_at_cursor<S: Sink>(name: &str, sink: &mut S, spool: &Arc<Spool>) -> Result<Cursor, SinkError> {
+async fn open_at_cursor<S: Sink>(
+    name: &str,
+    sink: &mut S,
+    spool: &Arc<Spool>,
+) -> Result<Cursor, SinkError> {
     let reader = Arc::clone(spool);
     let owned = name.to_owned();
     let cursor = tokio::task::spawn_blocking(move || reader.cursor(&owned)).await??;

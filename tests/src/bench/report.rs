@@ -212,7 +212,7 @@ fn print_targets(measurements: &[Measurement]) {
         format!("p99 ratio (≤ {TARGET_MAX_P99_RATIO:.2}×)"),
         format!("peak RSS (≤ {TARGET_MAX_RSS_MIB:.0} MiB)"),
     );
-    let (mut met, mut total) = (0, 0);
+    let (mut met, mut total, mut unjudged) = (0, 0, 0);
     let mut judge = |ok: bool| {
         total += 1;
         if ok {
@@ -235,6 +235,7 @@ fn print_targets(measurements: &[Measurement]) {
                 format!("{p99:.2}× {}", judge(p99 <= TARGET_MAX_P99_RATIO)),
             )
         } else {
+            unjudged += 2;
             ("n/a (failed run)".to_owned(), "n/a (failed run)".to_owned())
         };
         let rss = receiver.peak_rss_mib();
@@ -244,7 +245,14 @@ fn print_targets(measurements: &[Measurement]) {
             format!("{rss:.1} MiB {}", judge(rss <= TARGET_MAX_RSS_MIB)),
         );
     }
-    println!("targets met: {met} of {total}");
+    if unjudged == 0 {
+        println!("targets met: {met} of {total}");
+    } else {
+        println!(
+            "targets met: {met} of {}, of which {unjudged} not judged (failed runs)",
+            total + unjudged
+        );
+    }
 }
 
 /// First failure of each run with errors, servers that needed killing, and runs where the

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The README's test command: installs and starts what the tests need, then runs every check
+# and test of the workspace. Safe to run repeatedly; needs root for package installs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Compiled dependencies outlive the clone (CI runs in a fresh clone each time).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/metahook/target}"
+mkdir -p "$CARGO_TARGET_DIR"
+export CARGO_TERM_COLOR=never RUST_BACKTRACE=1
+
+log() { printf '\n== %s\n' "$*"; }
+
+apt_updated=""
+apt_install() {
+  # Installs Debian packages that are missing; never fatal (tests that need them say so).
+  local missing=()
+  for package in "$@"; do dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" != 0 ]; then echo "not root: cannot install ${missing[*]}"; return 0; fi
+  if [ -z "$apt_updated" ]; then apt-get update -qq || true; apt_updated=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || echo "could not install ${missing[*]}"
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+ensure_nats() {
+  port_open 4222 && return 0
+  apt_install nats-server
+  if command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ]; then
+    local bin; bin=$(command -v nats-server || echo /usr/sbin/nats-server)
+    mkdir -p /var/lib/metahook-nats
+    "$bin" -a 127.0.0.1 -p 4222 -js -sd /var/lib/metahook-nats >/var/log/metahook-nats.log 2>&1 &
+    for _ in $(seq 50); do port_open 4222 && return 0; sleep 0.1; done
+  fi
+  echo "NATS is not available on 127.0.0.1:4222"
+}
+
+ensure_postgres() {
+  port_open 5432 && return 0
+  apt_install postgresql
+  if [ -d /etc/postgresql ]; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+    for _ in $(seq 50); do port_open 5432 && return 0; sleep 0.2; done
+  fi
+  echo "PostgreSQL is not available on 127.0.0.1:5432"
+}
+
+log "services and tools"
+apt_install prometheus   # promtool, for the metrics lint test
+ensure_nats
+ensure_postgres
+
+log "format"
+cargo fmt --all -- --check
+
+log "lint"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+log "build"
+cargo build --workspace --bins --locked
+
+log "tests"
+cargo test --workspace --locked --no-fail-fast
