@@ -14,7 +14,7 @@ use metahook_receiver::{app, verify};
 ///
 /// Configuration keys are described in docs/configuration.md.
 #[derive(Debug, Parser)]
-#[command(version, propagate_version = true)]
+#[command(version, propagate_version = true, after_long_help = CONFIG_KEYS)]
 struct Cli {
     /// The YAML configuration file.
     #[arg(
@@ -33,6 +33,34 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
 }
+
+/// Every configuration key, for `--help` (docs/configuration.md has the details; a test
+/// keeps both in step with the config type).
+const CONFIG_KEYS: &str = "\
+Configuration keys (YAML; durations like 500ms, 30s, 24h):
+  listen                          address:port for webhooks, /metrics, /healthz, /readyz
+  endpoints[]                     one per Meta app:
+    name                          label in logs, metrics and events
+    path                          URL path Meta is pointed at
+    objects                       accepted objects (absent: all)
+    app_secret_file | app_secret_env            app secret (env: VAR or VAR:-default)
+    previous_app_secret_file | previous_app_secret_env   also accepted (rotation)
+    verify_token_file | verify_token_env        token of the GET handshake
+    legacy_sha1_signature         also accept X-Hub-Signature (sha1)
+  spool.dir                       spool directory (redb, fsync'd group commits)
+  spool.dedup_window              redeliveries of a body within it are stored once [24h]
+  spool.max_group_requests        requests per group commit [1024]
+  sinks[].name                    sink name (its cursor and metrics label)
+  sinks[].file.path               JSON-lines file
+  limits.max_body_bytes           413 above [4194304]
+  limits.header_read_timeout      connection closed after [10s]
+  limits.request_timeout          408 after [30s]
+  limits.max_in_flight            503 + Retry-After above [1024]
+  limits.retry_after_seconds      Retry-After on 503 [5]
+  log_message_text                log message texts [false]
+  shutdown_grace                  SIGTERM drain limit [25s]
+  shutdown_delay                  keep accepting after readiness turns off [0s]
+  secret_reload_interval          secret files re-read every [2s]";
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {

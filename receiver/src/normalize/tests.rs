@@ -1,1 +1,221 @@
+use super::*;
 
+fn ctx() -> Context<'static> {
+    Context {
+        endpoint: "test",
+        received_at: "2026-01-01T00:00:00Z",
+        objects: None,
+    }
+}
+
+fn run(body: &str) -> Vec<Event> {
+    normalize(body.as_bytes(), &ctx()).expect("normalizes")
+}
+
+#[test]
+fn bodies_that_are_not_objects_are_rejected() {
+    let reject = |body: &str| {
+        normalize(body.as_bytes(), &ctx())
+            .expect_err(body)
+            .to_string()
+    };
+    assert!(reject("").contains("empty"));
+    assert!(reject("  \n").contains("empty"));
+    assert!(reject("{\"object\":").contains("not valid JSON"));
+    assert!(reject("[{}]").contains("array"));
+    assert!(reject("\"page\"").contains("string"));
+    assert!(reject("42").contains("number"));
+    assert!(reject("{} trailing").contains("not valid JSON"));
+}
+
+#[test]
+fn envelope_problems_become_one_unknown_event() {
+    let no_entry = run(r#"{"object":"page"}"#);
+    assert_eq!(no_entry.len(), 1);
+    assert_eq!(no_entry[0].kind, Kind::Unknown);
+    assert_eq!(no_entry[0].raw.get(), r#"{"object":"page"}"#);
+
+    let not_array = run(r#"{"object":"page","entry":{"id":"1"}}"#);
+    assert_eq!(not_array[0].kind, Kind::Unknown);
+    assert!(
+        not_array[0]
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("not an array")
+    );
+
+    let bad_entry = run(r#"{"object":"page","entry":[{"id":{"x":1},"changes":[]}]}"#);
+    assert_eq!(bad_entry[0].kind, Kind::Unknown);
+
+    assert!(
+        run(r#"{"object":"page","entry":[]}"#).is_empty(),
+        "an empty batch has no events"
+    );
+}
+
+#[test]
+fn raw_keeps_every_digit_and_string_whitespace() {
+    let events = run(
+        "{\"object\":\"page\",\"entry\":[{\"id\":\"1\",\"time\":1,\"changes\":[\n  {\"field\": \"feed\",\n   \"value\": {\"item\": \"status\", \"verb\": \"add\", \"message\": \"two  spaces\\n\\u00e4\", \"big\": 123456789012345678901234567890}}\n]}]}",
+    );
+    assert_eq!(
+        events[0].raw.get(),
+        r#"{"field":"feed","value":{"item":"status","verb":"add","message":"two  spaces\n\u00e4","big":123456789012345678901234567890}}"#
+    );
+    assert_eq!(events[0].kind, Kind::Post);
+}
+
+#[test]
+fn ids_are_stable_and_distinct() {
+    let body = r#"{"object":"page","entry":[{"id":"9","time":1,"changes":[{"field":"feed","value":{"item":"status","verb":"add","post_id":"9_1"}},{"field":"feed","value":{"item":"status","verb":"add","post_id":"9_2"}}]}]}"#;
+    let first = run(body);
+    let again = run(body);
+    assert_eq!(first[0].id, again[0].id);
+    assert_ne!(first[0].id, first[1].id);
+    assert_eq!(first[0].id.len(), 64, "hash ids are hex SHA-256");
+}
+
+#[test]
+fn whatsapp_message_and_status_ids_and_participants() {
+    let body = r#"{"object":"whatsapp_business_account","entry":[{"id":"100","changes":[{"field":"messages","value":{
+        "messaging_product":"whatsapp","metadata":{"display_phone_number":"15550001111","phone_number_id":"200"},
+        "contacts":[{"profile":{"name":"Ada"},"wa_id":"15551234567"}],
+        "messages":[{"from":"15551234567","id":"wamid.A","timestamp":"1700000000","type":"text","text":{"body":"hi"}}],
+        "statuses":[{"id":"wamid.B","status":"failed","timestamp":"1700000001","recipient_id":"15557654321",
+                     "errors":[{"code":131051,"title":"Unsupported"}]}]}}]}]}"#;
+    let events = run(body);
+    assert_eq!(events.len(), 2);
+    let message = &events[0];
+    assert_eq!(
+        (message.id.as_str(), message.kind),
+        ("wamid.A", Kind::Message)
+    );
+    assert_eq!(
+        message.message.as_ref().and_then(|m| m.text.as_deref()),
+        Some("hi")
+    );
+    let participant = message
+        .conversation
+        .as_ref()
+        .and_then(|c| c.participant.as_ref())
+        .expect("participant");
+    assert_eq!(
+        (participant.id.as_deref(), participant.name.as_deref()),
+        (Some("15551234567"), Some("Ada"))
+    );
+    assert_eq!(message.occurred_at.as_deref(), Some("2023-11-14T22:13:20Z"));
+    assert_eq!(
+        message
+            .business_phone
+            .as_ref()
+            .and_then(|p| p.id.as_deref()),
+        Some("200")
+    );
+    let status = &events[1];
+    assert_eq!(
+        (status.id.as_str(), status.kind),
+        ("wamid.B:failed", Kind::Status)
+    );
+    let value = status.status.as_ref().expect("status");
+    assert_eq!(value.value, "failed");
+    assert_eq!(value.errors[0].code, Some(131_051));
+    let recipient = status
+        .conversation
+        .as_ref()
+        .and_then(|c| c.participant.as_ref())
+        .and_then(|p| p.id.as_deref());
+    assert_eq!(recipient, Some("15557654321"));
+}
+
+#[test]
+fn a_malformed_item_spoils_only_itself() {
+    let body = r#"{"object":"whatsapp_business_account","entry":[{"id":"100","changes":[{"field":"messages","value":{
+        "messages":[{"id":"wamid.bad","type":"text","text":5},{"id":"wamid.good","type":"text","text":{"body":"ok"}}]}}]}]}"#;
+    let events = run(body);
+    assert_eq!(
+        events.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        [Kind::Unknown, Kind::Message]
+    );
+    assert!(events[0].error.as_deref().unwrap_or("").contains("message"));
+}
+
+#[test]
+fn undocumented_types_and_keys_are_unknown_with_a_note() {
+    let wa = run(
+        r#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{"messages":[{"id":"w","type":"hologram"}]}}]}]}"#,
+    );
+    assert_eq!(wa[0].kind, Kind::Unknown);
+    assert!(wa[0].error.as_deref().unwrap_or("").contains("hologram"));
+    let messenger = run(
+        r#"{"object":"page","entry":[{"id":"1","messaging":[{"sender":{"id":"2"},"recipient":{"id":"1"},"timestamp":1,"teleport":{}}]}]}"#,
+    );
+    assert_eq!(
+        (messenger[0].kind, messenger[0].field.as_str()),
+        (Kind::Unknown, "teleport")
+    );
+    assert_eq!(messenger[0].platform, Platform::Messenger);
+}
+
+#[test]
+fn misplaced_object_and_field_are_read_from_the_entry() {
+    let events = run(
+        r#"{"entry":[{"id":"1","time":1745337174,"object":"whatsapp_business_account","field":"account_update","changes":[{"value":{"event":"PARTNER_APP_INSTALLED"}}]}]}"#,
+    );
+    assert_eq!(events[0].object, "whatsapp_business_account");
+    assert_eq!(
+        (events[0].field.as_str(), events[0].kind),
+        ("account_update", Kind::AccountUpdate)
+    );
+}
+
+#[test]
+fn objects_outside_the_endpoint_are_kept_as_unknown() {
+    let accepted = ["page".to_owned()];
+    let ctx = Context {
+        objects: Some(&accepted),
+        ..ctx()
+    };
+    let body = br#"{"object":"instagram","entry":[{"id":"1","changes":[{"field":"comments","value":{"id":"c","text":"hi"}}]}]}"#;
+    let events = normalize(body, &ctx).expect("normalizes");
+    assert_eq!(events[0].kind, Kind::Unknown);
+    assert!(
+        events[0]
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("instagram")
+    );
+}
+
+#[test]
+fn messenger_echo_participant_is_the_recipient() {
+    let events = run(
+        r#"{"object":"page","entry":[{"id":"1","time":1,"messaging":[{"sender":{"id":"PAGE"},"recipient":{"id":"USER"},"timestamp":1458668856463,"message":{"mid":"m.1","is_echo":true,"text":"hello"}}]}]}"#,
+    );
+    let echo = &events[0];
+    assert_eq!(
+        (echo.kind, echo.field.as_str(), echo.id.as_str()),
+        (Kind::Echo, "message_echoes", "m.1")
+    );
+    let participant = echo
+        .conversation
+        .as_ref()
+        .and_then(|c| c.participant.as_ref())
+        .and_then(|p| p.id.as_deref());
+    assert_eq!(participant, Some("USER"));
+}
+
+#[test]
+fn changed_fields_yield_one_change_each() {
+    let events = run(
+        r#"{"object":"user","entry":[{"uid":"7","id":"7","time":1,"changed_fields":["email","feed"]}]}"#,
+    );
+    assert_eq!(events.len(), 2);
+    assert!(
+        events
+            .iter()
+            .all(|e| e.kind == Kind::Change && e.platform == Platform::Graph)
+    );
+    assert_ne!(events[0].id, events[1].id);
+}

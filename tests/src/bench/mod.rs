@@ -113,6 +113,7 @@ pub fn main(args: Args) -> Result<()> {
         date: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         nproc,
         cpu_model: cpu_model(),
+        load_average: load_average(),
         pinning: pinning.clone(),
         connections: args.connections,
         warmup: args.warmup,
@@ -244,6 +245,12 @@ async fn interrupted() -> Result<&'static str> {
         _ = interrupt.recv() => "SIGINT",
         _ = terminate.recv() => "SIGTERM",
     })
+}
+
+/// The 1-minute load average from /proc/loadavg.
+fn load_average() -> Option<String> {
+    let loadavg = std::fs::read_to_string("/proc/loadavg").ok()?;
+    loadavg.split_whitespace().next().map(str::to_owned)
 }
 
 /// The CPU model from /proc/cpuinfo, to tell readers what hardware the figures are from.

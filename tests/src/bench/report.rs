@@ -35,6 +35,8 @@ pub struct Setup {
     pub nproc: usize,
     /// CPU model, if /proc/cpuinfo names one.
     pub cpu_model: Option<String>,
+    /// 1-minute load average before the runs, to show whether the machine was otherwise busy.
+    pub load_average: Option<String>,
     /// Whether and where processes are pinned.
     pub pinning: Pinning,
     /// Concurrent keep-alive connections.
@@ -78,6 +80,9 @@ pub struct CpuUse {
 /// Above this many cores the load generator is considered saturated.
 const SATURATED_CORES: f64 = 0.9;
 
+/// Below this many cores a process was clearly waiting rather than computing.
+const IDLE_CORES: f64 = 0.7;
+
 impl Measurement {
     fn peak_rss_mib(&self) -> f64 {
         self.peak_rss_kib as f64 / 1024.0
@@ -93,12 +98,17 @@ impl Measurement {
 pub fn print_setup(setup: &Setup) {
     println!("metahook benchmark, {}", setup.date);
     println!(
-        "machine: nproc {}{}",
+        "machine: nproc {}{}{}",
         setup.nproc,
         setup
             .cpu_model
             .as_deref()
             .map(|model| format!(", {model}"))
+            .unwrap_or_default(),
+        setup
+            .load_average
+            .as_deref()
+            .map(|load| format!(", load average {load} before the runs"))
             .unwrap_or_default()
     );
     println!("CPU pinning: {}", setup.pinning);
@@ -267,6 +277,16 @@ fn print_notes(measurements: &[Measurement]) {
                 m.server.label(),
                 m.cpu.load_generator * 100.0,
                 m.cpu.server * 100.0
+            );
+        } else if m.cpu.load_generator < IDLE_CORES && m.cpu.server < IDLE_CORES {
+            println!(
+                "note: {} / {}: neither the server ({:.0}% CPU) nor the load generator ({:.0}%) \
+                 was CPU-bound; the limit was elsewhere (disk waits, or other processes \
+                 competing for the CPUs)",
+                m.body.label(),
+                m.server.label(),
+                m.cpu.server * 100.0,
+                m.cpu.load_generator * 100.0
             );
         }
         if let Some(failure) = &m.load.first_failure {

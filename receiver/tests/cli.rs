@@ -1,0 +1,143 @@
+//! The binary's command line: help lists every configuration key, `sign` reproduces Meta's
+//! signature, `check-config` accepts the example and names the bad key of a broken config.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use metahook_receiver::config::Config;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_metahook-receiver"))
+}
+
+fn repo(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+/// Every key of a fully populated configuration, as dotted leaf names.
+fn config_keys() -> BTreeSet<String> {
+    let mut config =
+        Config::parse(include_str!("../../examples/local.yaml")).expect("example config");
+    let endpoint = &mut config.endpoints[0];
+    endpoint.previous_app_secret_env = Some("X".into());
+    endpoint.legacy_sha1_signature = true;
+    let value = serde_json::to_value(&config).expect("config as JSON");
+    let mut keys = BTreeSet::new();
+    collect(&value, "", &mut keys);
+    keys
+}
+
+fn collect(value: &serde_json::Value, prefix: &str, keys: &mut BTreeSet<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, child) in map {
+                let name = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                if child.is_object()
+                    || child
+                        .as_array()
+                        .is_some_and(|a| a.first().is_some_and(serde_json::Value::is_object))
+                {
+                    collect(child, &name, keys);
+                }
+                keys.insert(name);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for item in items {
+                collect(item, prefix, keys);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn help_and_docs_describe_every_config_key() {
+    let help = bin().arg("--help").output().expect("run --help");
+    assert!(help.status.success());
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let docs =
+        std::fs::read_to_string(repo("docs/configuration.md")).expect("docs/configuration.md");
+    for key in config_keys() {
+        let leaf = key.rsplit('.').next().unwrap_or(&key);
+        assert!(help.contains(leaf), "--help does not mention {key}");
+        // A key is described in a table row of its own (`leaf`) or as part of a dotted name.
+        assert!(
+            docs.contains(&format!("`{leaf}`")) || docs.contains(&format!("`{leaf}.")),
+            "docs/configuration.md does not describe {key}"
+        );
+    }
+    for command in ["run", "check-config", "sign"] {
+        assert!(help.contains(command), "--help does not list {command}");
+    }
+}
+
+#[test]
+fn sign_reproduces_the_known_vector() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("secret"), "TEST_APP_SECRET\n").expect("secret");
+    std::fs::write(dir.path().join("body"), "test").expect("body");
+    let out = bin()
+        .args(["sign", "--secret-file"])
+        .arg(dir.path().join("secret"))
+        .arg(dir.path().join("body"))
+        .output()
+        .expect("run sign");
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "sha256=0c61947b610d4f45e65f3d680e26027121ec2413e77598bcb6cfc6e0d9888221"
+    );
+}
+
+#[test]
+fn check_config_accepts_the_example_and_names_bad_keys() {
+    let ok = bin()
+        .arg("--config")
+        .arg(repo("examples/local.yaml"))
+        .arg("check-config")
+        .output()
+        .expect("run");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "listen: 127.0.0.1:0\nendpoints:\n  - name: a\n    path: /a\n    app_secret_file: /nonexistent/secret\n    verify_token_env: T:-t\nspool: {dir: x}\n").expect("write");
+    let out = bin()
+        .arg("--config")
+        .arg(&bad)
+        .arg("check-config")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("/nonexistent/secret") && stderr.contains("endpoint a"),
+        "{stderr}"
+    );
+
+    std::fs::write(
+        &bad,
+        "listen: 127.0.0.1:0\nendpoints: []\nspool: {dir: x}\n",
+    )
+    .expect("write");
+    let out = bin()
+        .arg("--config")
+        .arg(&bad)
+        .arg("check-config")
+        .output()
+        .expect("run");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("endpoints"),
+        "names the key"
+    );
+}
