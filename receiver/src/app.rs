@@ -153,23 +153,17 @@ async fn update_gauges(spool: Arc<Spool>, metrics: Arc<Metrics>, mut stop: watch
             _ = ticker.tick() => {}
             _ = stop.changed() => return,
         }
-        let reader = Arc::clone(&spool);
-        match tokio::task::spawn_blocking(move || reader.stats()).await {
-            Ok(Ok(stats)) => {
-                metrics
-                    .spool_events
-                    .set(i64::try_from(stats.events).unwrap_or(i64::MAX));
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
-                #[allow(clippy::cast_precision_loss)]
-                let age = stats
-                    .oldest_received_millis
-                    .map_or(0.0, |at| now.saturating_sub(at) as f64 / 1000.0);
-                metrics.spool_oldest_age.set(age);
-            }
-            Ok(Err(err)) => tracing::warn!(error = %err, "cannot read spool statistics"),
-            Err(err) => tracing::warn!(error = %err, "spool statistics task failed"),
-        }
+        let stats = spool.stats();
+        metrics
+            .spool_events
+            .set(i64::try_from(stats.events).unwrap_or(i64::MAX));
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+        #[allow(clippy::cast_precision_loss)]
+        let age = stats
+            .oldest_received_millis
+            .map_or(0.0, |at| now.saturating_sub(at) as f64 / 1000.0);
+        metrics.spool_oldest_age.set(age);
     }
 }

@@ -89,10 +89,16 @@ pub struct EndpointConfig {
 pub struct SpoolConfig {
     /// Directory of the spool database (created if absent).
     pub dir: PathBuf,
-    /// How long delivered bodies are remembered to store a redelivery of the same body once
-    /// (Meta resends what it saw no 200 for); 0 disables.
+    /// How long accepted requests are remembered, to store a redelivery of the same signed
+    /// body once (Meta resends what it saw no 200 for); 0 disables.
     #[serde(default = "default_dedup_window", with = "humantime_serde")]
     pub dedup_window: Duration,
+    /// Most requests remembered for dedup (oldest forgotten first), bounding memory.
+    #[serde(default = "default_dedup_max_entries")]
+    pub dedup_max_entries: usize,
+    /// Size at which a new segment file is started (compaction deletes whole segments).
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: u64,
     /// Most requests committed together in one fsync (group commit).
     #[serde(default = "default_max_group")]
     pub max_group_requests: usize,
@@ -157,7 +163,13 @@ fn default_secret_reload_interval() -> Duration {
     Duration::from_secs(2)
 }
 fn default_dedup_window() -> Duration {
-    Duration::from_secs(24 * 3600)
+    Duration::from_secs(3600)
+}
+fn default_dedup_max_entries() -> usize {
+    100_000
+}
+fn default_segment_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 fn default_max_group() -> usize {
     1024
@@ -333,6 +345,9 @@ impl Config {
                     "set exactly one sink kind: file",
                 ));
             }
+        }
+        if self.spool.segment_bytes < 4096 {
+            return Err(invalid("spool.segment_bytes", "must be at least 4096"));
         }
         if self.spool.max_group_requests == 0 {
             return Err(invalid("spool.max_group_requests", "must be at least 1"));

@@ -47,8 +47,10 @@ Configuration keys (YAML; durations like 500ms, 30s, 24h):
     previous_app_secret_file | previous_app_secret_env   also accepted (rotation)
     verify_token_file | verify_token_env        token of the GET handshake
     legacy_sha1_signature         also accept X-Hub-Signature (sha1)
-  spool.dir                       spool directory (redb, fsync'd group commits)
-  spool.dedup_window              redeliveries of a body within it are stored once [24h]
+  spool.dir                       spool directory (segment log, fsync'd group commits)
+  spool.dedup_window              redeliveries of a body within it are stored once [1h]
+  spool.dedup_max_entries         requests remembered for dedup at most [100000]
+  spool.segment_bytes             size of a segment file [67108864]
   spool.max_group_requests        requests per group commit [1024]
   sinks[].name                    sink name (its cursor and metrics label)
   sinks[].file.path               JSON-lines file

@@ -26,7 +26,7 @@ use crate::event::{Event, Kind};
 use crate::metrics::Metrics;
 use crate::normalize;
 use crate::secrets::{SecretError, SecretStore};
-use crate::spool::{Record, Spool};
+use crate::spool::{Key, Spool};
 use crate::verify::{self, Algorithm, SignatureError};
 
 /// One configured endpoint and its live secrets.
@@ -327,20 +327,15 @@ impl Receiver {
                 &secrets.app_secrets,
             ),
         };
-        if let Err(err) = checked {
-            self.metrics
-                .signature_failures
-                .with_label_values(&[name, err.reason()])
-                .inc();
-            outcome.outcome = "signature_rejected";
-            outcome.detail = Some(err.to_string());
-            let status = match err {
-                SignatureError::Missing => StatusCode::UNAUTHORIZED,
-                SignatureError::Malformed(_) | SignatureError::Mismatch => StatusCode::FORBIDDEN,
-            };
-            return response(status, format!("{err}\n"));
-        }
-
+        // The verified HMAC identifies the body: a redelivery has the same one (dedup key).
+        let key = match checked {
+            Ok(digest) => {
+                let mut key: Key = [0; 16];
+                key.copy_from_slice(&digest[..16]);
+                key
+            }
+            Err(err) => return self.refuse_signature(name, err, outcome),
+        };
         let received_at = now_rfc3339();
         let context = normalize::Context {
             endpoint: name,
@@ -355,7 +350,7 @@ impl Receiver {
                 return response(StatusCode::BAD_REQUEST, format!("{err}\n"));
             }
         };
-        let records = match self.records(dedup_keys(name, &body, events.len()), &events, outcome) {
+        let records = match self.records(&events, outcome) {
             Ok(records) => records,
             Err(err) => {
                 outcome.outcome = "encode_error";
@@ -364,7 +359,7 @@ impl Receiver {
             }
         };
         let committing = Instant::now();
-        match self.spool.append(records).await {
+        match self.spool.append(key, records).await {
             Ok(stored) => {
                 self.metrics
                     .spool_commit_duration
@@ -397,14 +392,32 @@ impl Receiver {
         }
     }
 
+    fn refuse_signature(
+        &self,
+        endpoint: &str,
+        err: SignatureError,
+        outcome: &mut Outcome,
+    ) -> HttpResponse {
+        self.metrics
+            .signature_failures
+            .with_label_values(&[endpoint, err.reason()])
+            .inc();
+        outcome.outcome = "signature_rejected";
+        outcome.detail = Some(err.to_string());
+        let status = match err {
+            SignatureError::Missing => StatusCode::UNAUTHORIZED,
+            SignatureError::Malformed(_) | SignatureError::Mismatch => StatusCode::FORBIDDEN,
+        };
+        response(status, format!("{err}\n"))
+    }
+
     fn records(
         &self,
-        keys: Vec<String>,
         events: &[Event],
         outcome: &mut Outcome,
-    ) -> Result<Vec<Record>, serde_json::Error> {
+    ) -> Result<Vec<Vec<u8>>, serde_json::Error> {
         let mut records = Vec::with_capacity(events.len());
-        for (event, key) in events.iter().zip(keys) {
+        for event in events {
             if event.kind == Kind::Unknown {
                 outcome.unknown += 1;
             }
@@ -413,10 +426,7 @@ impl Receiver {
             {
                 outcome.texts.push(text);
             }
-            records.push(Record {
-                key,
-                json: serde_json::to_vec(event)?,
-            });
+            records.push(serde_json::to_vec(event)?);
         }
         Ok(records)
     }
@@ -442,23 +452,6 @@ impl Receiver {
             }
         }
     }
-}
-
-/// Spool dedup keys: a digest of the whole signed body plus the item's position in it.
-///
-/// Meta redelivers a webhook it saw no 200 for by sending the same body again, so a
-/// redelivery maps to the same keys and is stored once. Two different deliveries that carry
-/// an identical item (Meta batches freely; doc examples repeat items) are both kept: dedup
-/// must never drop a distinct delivery. Items also carry a stable event `id`, by which sinks
-/// that can (NATS `Nats-Msg-Id`, PostgreSQL upsert) de-duplicate across deliveries.
-fn dedup_keys(endpoint: &str, body: &[u8], count: usize) -> Vec<String> {
-    use sha2::{Digest, Sha256};
-    let mut hasher = Sha256::new();
-    hasher.update(endpoint.as_bytes());
-    hasher.update([0]);
-    hasher.update(body);
-    let digest = hex::encode(&hasher.finalize()[..16]);
-    (0..count).map(|i| format!("{digest}:{i}")).collect()
 }
 
 fn method_not_allowed(allow: &'static str) -> HttpResponse {

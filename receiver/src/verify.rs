@@ -65,13 +65,14 @@ impl Algorithm {
 }
 
 /// Checks a signature header value against the body under each secret (current first,
-/// then the previous one during a rotation window).
+/// then the previous one during a rotation window). Returns the verified digest, which
+/// identifies the body (a redelivery carries the same one).
 pub fn verify_signature<S: AsRef<[u8]>>(
     algorithm: Algorithm,
     header: Option<&[u8]>,
     body: &[u8],
     secrets: &[S],
-) -> Result<(), SignatureError> {
+) -> Result<Vec<u8>, SignatureError> {
     let header = header.ok_or(SignatureError::Missing)?;
     let expected = decode_header(algorithm, header)?;
     let matched = secrets.iter().any(|secret| {
@@ -82,7 +83,7 @@ pub fn verify_signature<S: AsRef<[u8]>>(
         }
     });
     if matched {
-        Ok(())
+        Ok(expected)
     } else {
         Err(SignatureError::Mismatch)
     }
@@ -207,8 +208,9 @@ mod tests {
     fn accepts_either_hex_case_and_rejects_the_rest() {
         let good = sign(SECRET, b"body");
         let upper = format!("sha256={}", good["sha256=".len()..].to_uppercase());
-        let verify =
-            |h: &str| verify_signature(Algorithm::Sha256, Some(h.as_bytes()), b"body", &[SECRET]);
+        let verify = |h: &str| {
+            verify_signature(Algorithm::Sha256, Some(h.as_bytes()), b"body", &[SECRET]).map(|_| ())
+        };
         assert_eq!(verify(&good), Ok(()));
         assert_eq!(verify(&upper), Ok(()));
         assert_eq!(
@@ -234,7 +236,7 @@ mod tests {
             Err(SignatureError::Mismatch)
         );
         assert_eq!(
-            verify_signature::<&[u8]>(Algorithm::Sha256, None, b"body", &[SECRET]),
+            verify_signature::<&[u8]>(Algorithm::Sha256, None, b"body", &[SECRET]).map(|_| ()),
             Err(SignatureError::Missing)
         );
     }
@@ -244,7 +246,8 @@ mod tests {
         let header = sign(b"old", b"body");
         let both: [&[u8]; 2] = [SECRET, b"old"];
         assert_eq!(
-            verify_signature(Algorithm::Sha256, Some(header.as_bytes()), b"body", &both),
+            verify_signature(Algorithm::Sha256, Some(header.as_bytes()), b"body", &both)
+                .map(|_| ()),
             Ok(())
         );
         assert_eq!(
@@ -253,7 +256,8 @@ mod tests {
                 Some(header.as_bytes()),
                 b"body",
                 &[SECRET]
-            ),
+            )
+            .map(|_| ()),
             Err(SignatureError::Mismatch)
         );
     }

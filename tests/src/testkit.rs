@@ -69,6 +69,8 @@ pub fn config_in(dir: &Path) -> Result<Config> {
         spool: SpoolConfig {
             dir: dir.join("spool"),
             dedup_window: Duration::from_secs(3600),
+            dedup_max_entries: 100_000,
+            segment_bytes: 64 * 1024 * 1024,
             max_group_requests: 1024,
         },
         sinks: vec![SinkConfig {

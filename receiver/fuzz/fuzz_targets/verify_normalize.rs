@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
 
     // A correctly signed body always verifies, then normalizes or is rejected as a whole.
     let signature = verify::sign(SECRET, data);
-    assert_eq!(verify::verify_signature(Algorithm::Sha256, Some(signature.as_bytes()), data, &[SECRET]), Ok(()));
+    assert!(verify::verify_signature(Algorithm::Sha256, Some(signature.as_bytes()), data, &[SECRET]).is_ok());
     let ctx = Context { endpoint: "fuzz", received_at: "2026-01-01T00:00:00Z", objects: None };
     if let Ok(events) = normalize(data, &ctx) {
         for event in events {

@@ -100,6 +100,7 @@ pub async fn consume<S: Sink>(
                     return;
                 }
             };
+        spool.set_pending(&name, batch.first().map(|e| e.received_millis));
         let Some(last) = batch.last().map(|e| e.seq) else {
             if *shutdown.borrow() {
                 return;
