@@ -162,7 +162,7 @@ impl Spool {
         let listed = segment::list(&dir).map_err(io(format!("cannot list {}", dir.display())))?;
         for (first_seq, path) in listed {
             let scan = segment::recover(&path, first_seq, |frame| {
-                recent.insert(frame.key, frame.received_millis, now)
+                recent.insert(frame.key, frame.received_millis, now);
             })
             .map_err(io(format!("cannot recover {}", path.display())))?;
             next_seq = next_seq.max(scan.last_seq.map_or(first_seq, |last| last + 1));
@@ -210,7 +210,7 @@ impl Spool {
 
         let (head, _) = watch::channel(next_seq - 1);
         let shared = Arc::new(Shared {
-            dir: dir.clone(),
+            dir,
             cursor_dir,
             sinks: sinks.to_vec(),
             segments: RwLock::new(segments),
@@ -552,7 +552,7 @@ impl Writer {
                 continue;
             }
             for json in &append.events {
-                if seq % INDEX_EVERY == 0 {
+                if seq.is_multiple_of(INDEX_EVERY) {
                     new_index.push((seq, self.active_len + self.buffer.len() as u64));
                 }
                 segment::encode(&mut self.buffer, seq, now, &append.key, json);
@@ -572,10 +572,10 @@ impl Writer {
                 .sync_data()
                 .map_err(io("cannot fsync the active segment"))?;
             self.active_len += self.buffer.len() as u64;
-            if let Ok(mut segments) = self.shared.segments.write() {
-                if let Some(last) = segments.last_mut() {
-                    last.index.extend(new_index);
-                }
+            if let Ok(mut segments) = self.shared.segments.write()
+                && let Some(last) = segments.last_mut()
+            {
+                last.index.extend(new_index);
             }
             self.next_seq = seq;
             self.shared.head.send_replace(seq - 1);
