@@ -102,6 +102,10 @@ pub struct SpoolConfig {
     /// Most requests committed together in one fsync (group commit).
     #[serde(default = "default_max_group")]
     pub max_group_requests: usize,
+    /// How long a group commit may wait for requests that are being verified and
+    /// normalized right now, so they share its fsync. Never waits when none are.
+    #[serde(default = "default_group_commit_wait", with = "humantime_serde")]
+    pub group_commit_wait: Duration,
 }
 
 /// One delivery target. Exactly one kind (`file`, ...) is set.
@@ -170,6 +174,9 @@ fn default_dedup_max_entries() -> usize {
 }
 fn default_segment_bytes() -> u64 {
     64 * 1024 * 1024
+}
+fn default_group_commit_wait() -> Duration {
+    Duration::from_millis(1)
 }
 fn default_max_group() -> usize {
     1024

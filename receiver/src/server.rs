@@ -308,6 +308,8 @@ impl Receiver {
             Ok(Ok(collected)) => collected.to_bytes(),
         };
 
+        // From here on the request is CPU work only: let the spool writer wait for it.
+        let preparing = self.spool.prepare();
         let secrets = endpoint.secrets.current();
         let sha256 = parts.headers.get(verify::SIGNATURE_HEADER);
         let legacy = parts.headers.get(verify::LEGACY_SIGNATURE_HEADER);
@@ -359,7 +361,7 @@ impl Receiver {
             }
         };
         let committing = Instant::now();
-        match self.spool.append(key, records).await {
+        match preparing.append(key, records).await {
             Ok(stored) => {
                 self.metrics
                     .spool_commit_duration

@@ -19,6 +19,11 @@ use crate::spool::{Cursor, Spool, SpoolError, Spooled};
 
 /// Events per delivered batch.
 pub const BATCH_SIZE: usize = 512;
+/// After a batch smaller than [`BATCH_SIZE`], how long a sink waits for more events before
+/// reading again. Delivery is off the 200 path, so a few milliseconds of delay cost nothing,
+/// while delivering (and fsyncing, and committing the cursor) per group commit would double
+/// the receiver's I/O. Full batches never wait, so a sink keeps up at any rate.
+pub const LINGER: Duration = Duration::from_millis(20);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -120,6 +125,10 @@ pub async fn consume<S: Sink>(
                 delivered.inc_by(count);
                 cursor = next;
                 backoff = MIN_BACKOFF;
+                if batch.len() < BATCH_SIZE && !*shutdown.borrow() {
+                    // Shutdown interrupts the wait: what is left is delivered at once.
+                    wait(&mut shutdown, LINGER).await;
+                }
             }
             Err(err) => {
                 failed.inc_by(count);

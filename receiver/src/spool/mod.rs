@@ -34,7 +34,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use std::sync::atomic::AtomicUsize;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, watch};
 
 pub use cursor::Cursor;
 pub use segment::Key;
@@ -119,6 +122,11 @@ struct Shared {
     pending: Mutex<HashMap<String, Option<u64>>>,
     head: watch::Sender<u64>,
     poisoned: AtomicBool,
+    /// Requests being verified and normalized, about to append: the writer waits a little
+    /// for them so they share the next fsync (see `group_commit_wait`).
+    preparing: AtomicUsize,
+    /// The writer thread, to unpark it.
+    writer_thread: std::sync::OnceLock<std::thread::Thread>,
 }
 
 /// The spool; see the module docs.
@@ -218,8 +226,12 @@ impl Spool {
             pending: Mutex::new(HashMap::new()),
             head,
             poisoned: AtomicBool::new(false),
+            preparing: AtomicUsize::new(0),
+            writer_thread: std::sync::OnceLock::new(),
         });
-        let (tx, rx) = mpsc::channel::<Append>(config.max_group_requests.max(1) * 2);
+        // Unbounded, but bounded in practice: each in-flight request (limits.max_in_flight)
+        // sends at most one append.
+        let (tx, rx) = mpsc::channel::<Append>();
         let mut writer = Writer {
             shared: Arc::clone(&shared),
             active,
@@ -227,19 +239,31 @@ impl Spool {
             next_seq,
             segment_bytes: config.segment_bytes,
             max_group: config.max_group_requests.max(1),
+            group_wait: config.group_commit_wait,
             recent,
             buffer: Vec::new(),
             _lock: lock,
         };
         let thread = std::thread::Builder::new()
             .name("spool-writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || writer.run(&rx))
             .map_err(io("cannot start the spool writer thread"))?;
+        let _ = shared.writer_thread.set(thread.thread().clone());
         Ok(Spool {
             shared,
             appends: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(thread)),
         })
+    }
+
+    /// Announces a request that will append soon (it is being verified and normalized), so
+    /// the writer can include it in the next group; the guard's drop withdraws it.
+    pub fn prepare(&self) -> Preparing<'_> {
+        self.shared.preparing.fetch_add(1, Ordering::SeqCst);
+        Preparing {
+            spool: self,
+            active: true,
+        }
     }
 
     /// Stores a request's events durably; returns once they are fsync'd (sharing the fsync
@@ -249,27 +273,10 @@ impl Spool {
         key: Key,
         events: Vec<Vec<u8>>,
     ) -> Result<AppendOutcome, SpoolError> {
-        if events.is_empty() {
-            return Ok(AppendOutcome::default());
-        }
-        if self.is_poisoned() {
-            return Err(SpoolError::Poisoned);
-        }
-        let sender = self
-            .appends
-            .lock()
-            .map_err(|_| SpoolError::Closed)?
-            .clone()
-            .ok_or(SpoolError::Closed)?;
-        let (reply, answer) = oneshot::channel();
-        sender
-            .send(Append { key, events, reply })
-            .await
-            .map_err(|_| SpoolError::Closed)?;
-        answer.await.map_err(|_| SpoolError::Closed)?
+        self.prepare().append(key, events).await
     }
 
-    /// Whether a failed fsync stopped the spool.
+    /// Whether a failed fsync stopped the spool.    /// Whether a failed fsync stopped the spool.
     pub fn is_poisoned(&self) -> bool {
         self.shared.poisoned.load(Ordering::SeqCst)
     }
@@ -437,6 +444,62 @@ impl Spool {
     }
 }
 
+/// A request announced with [`Spool::prepare`].
+#[derive(Debug)]
+pub struct Preparing<'a> {
+    spool: &'a Spool,
+    active: bool,
+}
+
+impl Preparing<'_> {
+    /// Withdraws the announcement; true when it was the last one.
+    fn withdraw(&mut self) -> bool {
+        std::mem::take(&mut self.active)
+            && self.spool.shared.preparing.fetch_sub(1, Ordering::SeqCst) == 1
+    }
+
+    /// Appends the request's events; see [`Spool::append`].
+    pub async fn append(
+        mut self,
+        key: Key,
+        events: Vec<Vec<u8>>,
+    ) -> Result<AppendOutcome, SpoolError> {
+        if events.is_empty() {
+            return Ok(AppendOutcome::default());
+        }
+        if self.spool.is_poisoned() {
+            return Err(SpoolError::Poisoned);
+        }
+        let sender = self
+            .spool
+            .appends
+            .lock()
+            .map_err(|_| SpoolError::Closed)?
+            .clone()
+            .ok_or(SpoolError::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        let sent = sender.send(Append { key, events, reply });
+        if self.withdraw() {
+            // The last request the writer may be waiting for: end its wait.
+            if let Some(writer) = self.spool.shared.writer_thread.get() {
+                writer.unpark();
+            }
+        }
+        sent.map_err(|_| SpoolError::Closed)?;
+        answer.await.map_err(|_| SpoolError::Closed)?
+    }
+}
+
+impl Drop for Preparing<'_> {
+    fn drop(&mut self) {
+        if self.withdraw() {
+            if let Some(writer) = self.spool.shared.writer_thread.get() {
+                writer.unpark();
+            }
+        }
+    }
+}
+
 impl Drop for Spool {
     fn drop(&mut self) {
         self.close();
@@ -492,22 +555,18 @@ struct Writer {
     next_seq: u64,
     segment_bytes: u64,
     max_group: usize,
+    group_wait: Duration,
     recent: dedup::Recent,
     buffer: Vec<u8>,
     _lock: File,
 }
 
 impl Writer {
-    fn run(&mut self, mut appends: mpsc::Receiver<Append>) {
+    fn run(&mut self, appends: &mpsc::Receiver<Append>) {
         let mut group = Vec::with_capacity(self.max_group);
-        while let Some(first) = appends.blocking_recv() {
+        while let Ok(first) = appends.recv() {
             group.push(first);
-            while group.len() < self.max_group {
-                match appends.try_recv() {
-                    Ok(next) => group.push(next),
-                    Err(_) => break,
-                }
-            }
+            self.gather(appends, &mut group);
             let result = self.commit(&group);
             match result {
                 Ok(outcomes) => {
@@ -527,6 +586,27 @@ impl Writer {
         }
         if let Err(err) = self.active.sync_all() {
             tracing::error!(error = %err, "final spool sync failed");
+        }
+    }
+
+    /// Adds what is queued to the group, then, while other requests are about to append,
+    /// waits for them up to `group_wait`: one fsync for all instead of one each. The wait is
+    /// a park that only the last of those requests ends (see [`Preparing::append`]), so the
+    /// handlers are not preempted by a writer waking once per arrival.
+    fn gather(&self, appends: &mpsc::Receiver<Append>, group: &mut Vec<Append>) {
+        let deadline = Instant::now() + self.group_wait;
+        while self.shared.preparing.load(Ordering::SeqCst) > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            std::thread::park_timeout(deadline - now);
+        }
+        while group.len() < self.max_group {
+            match appends.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
         }
     }
 

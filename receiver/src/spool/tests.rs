@@ -7,6 +7,7 @@ fn config(dir: &Path) -> SpoolConfig {
         dir: dir.to_owned(),
         dedup_window: Duration::from_secs(60),
         dedup_max_entries: 1000,
+        group_commit_wait: Duration::from_millis(1),
         segment_bytes: 4096,
         max_group_requests: 64,
     }
