@@ -452,10 +452,15 @@ pub struct Preparing<'a> {
 }
 
 impl Preparing<'_> {
-    /// Withdraws the announcement; true when it was the last one.
-    fn withdraw(&mut self) -> bool {
-        std::mem::take(&mut self.active)
-            && self.spool.shared.preparing.fetch_sub(1, Ordering::SeqCst) == 1
+    /// Withdraws the announcement; the last one withdrawn ends the writer's wait for it.
+    fn withdraw(&mut self) {
+        let shared = &self.spool.shared;
+        if std::mem::take(&mut self.active)
+            && shared.preparing.fetch_sub(1, Ordering::SeqCst) == 1
+            && let Some(writer) = shared.writer_thread.get()
+        {
+            writer.unpark();
+        }
     }
 
     /// Appends the request's events; see [`Spool::append`].
@@ -479,12 +484,7 @@ impl Preparing<'_> {
             .ok_or(SpoolError::Closed)?;
         let (reply, answer) = oneshot::channel();
         let sent = sender.send(Append { key, events, reply });
-        if self.withdraw() {
-            // The last request the writer may be waiting for: end its wait.
-            if let Some(writer) = self.spool.shared.writer_thread.get() {
-                writer.unpark();
-            }
-        }
+        self.withdraw();
         sent.map_err(|_| SpoolError::Closed)?;
         answer.await.map_err(|_| SpoolError::Closed)?
     }
@@ -492,11 +492,7 @@ impl Preparing<'_> {
 
 impl Drop for Preparing<'_> {
     fn drop(&mut self) {
-        if self.withdraw() {
-            if let Some(writer) = self.spool.shared.writer_thread.get() {
-                writer.unpark();
-            }
-        }
+        self.withdraw();
     }
 }
 
