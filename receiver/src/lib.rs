@@ -8,6 +8,7 @@
 //! - [`event`]: the unified event schema.
 
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod event;
 pub mod meta;

@@ -64,7 +64,7 @@ pub struct Args {
     #[arg(long, default_value_t = 64)]
     pub connections: usize,
 
-    /// Receiver binary [default: metahook-receiver next to this executable].
+    /// Receiver binary [default: this program in receiver mode, which runs the same code].
     #[arg(long, value_name = "PATH")]
     pub receiver_bin: Option<PathBuf>,
 
@@ -80,6 +80,10 @@ pub struct Args {
     #[arg(long = "baseline-server", hide = true, requires = "secret_file")]
     pub baseline_server: Option<SocketAddr>,
 
+    /// Internal: run as the receiver with this config file (see `servers::RECEIVER_FLAG`).
+    #[arg(long = "receiver-server", hide = true, value_name = "CONFIG")]
+    pub receiver_server: Option<PathBuf>,
+
     /// Internal: app secret file for the baseline server.
     #[arg(long, hide = true)]
     pub secret_file: Option<PathBuf>,
@@ -88,6 +92,17 @@ pub struct Args {
 /// Runs the program for parsed `args`: either the whole benchmark or, when re-executed with
 /// the hidden flag, the baseline server.
 pub fn main(args: Args) -> Result<()> {
+    if let Some(config) = args.receiver_server {
+        let argv = [
+            "metahook-receiver".into(),
+            "--config".into(),
+            config.into_os_string(),
+        ];
+        std::process::exit(i32::from(metahook_receiver::cli::status_with::<
+            _,
+            std::ffi::OsString,
+        >(argv)));
+    }
     if let Some(addr) = args.baseline_server {
         let secret_file = args
             .secret_file

@@ -21,6 +21,8 @@ const VERIFY_TOKEN: &str = "bench-verify-token-8e41";
 
 /// Hidden flag that turns the bench binary into the baseline server.
 pub const BASELINE_FLAG: &str = "--baseline-server";
+/// Hidden flag that makes this executable run as the receiver, with a config file.
+pub const RECEIVER_FLAG: &str = "--receiver-server";
 
 /// Hidden flag naming the baseline's secret file.
 pub const SECRET_FILE_FLAG: &str = "--secret-file";
@@ -49,35 +51,36 @@ impl ServerKind {
 pub struct Programs {
     /// This executable, re-executed with [`BASELINE_FLAG`].
     pub bench: PathBuf,
-    /// The receiver binary, unless the receiver is skipped.
-    pub receiver: Option<PathBuf>,
+    /// How the receiver runs, unless it is skipped.
+    pub receiver: Option<ReceiverProgram>,
+}
+
+/// The receiver under test.
+#[derive(Debug, Clone)]
+pub enum ReceiverProgram {
+    /// This executable re-executed with [`RECEIVER_FLAG`]: it runs
+    /// `metahook_receiver::cli`, the very code of the `metahook-receiver` binary, built with
+    /// the same profile, so `cargo run --release --bin bench` needs no other build step.
+    SelfExec,
+    /// A given `metahook-receiver` binary (`--receiver-bin`).
+    External(PathBuf),
 }
 
 impl Programs {
-    /// Resolves the binaries. The receiver defaults to `metahook-receiver` next to this
-    /// executable, i.e. in the same cargo target directory and profile. It is checked up
-    /// front so a missing build fails in a second rather than after the baseline runs.
+    /// Resolves the programs. The receiver defaults to this executable in receiver mode; a
+    /// `--receiver-bin` is checked up front so a wrong path fails in a second rather than
+    /// after the baseline runs.
     pub fn resolve(receiver_bin: Option<PathBuf>, skip_receiver: bool) -> Result<Self> {
         let bench = std::env::current_exe().context("locating the bench executable")?;
-        let receiver = if skip_receiver {
-            None
-        } else {
-            let path = match receiver_bin {
-                Some(path) => path,
-                None => bench
-                    .parent()
-                    .context("bench executable has no parent directory")?
-                    .join("metahook-receiver"),
-            };
-            if !path.is_file() {
-                bail!(
-                    "receiver binary not found at {}: build it with \
-                     `cargo build --release -p metahook-receiver` (same CARGO_TARGET_DIR), \
-                     pass --receiver-bin PATH, or use --baseline-only",
-                    path.display()
-                );
+        let receiver = match (skip_receiver, receiver_bin) {
+            (true, _) => None,
+            (false, None) => Some(ReceiverProgram::SelfExec),
+            (false, Some(path)) => {
+                if !path.is_file() {
+                    bail!("receiver binary not found at {}", path.display());
+                }
+                Some(ReceiverProgram::External(path))
             }
-            Some(path)
         };
         Ok(Self { bench, receiver })
     }
@@ -126,12 +129,17 @@ pub fn launch(kind: ServerKind, programs: &Programs, cpu: Option<usize>) -> Resu
             ],
         ),
         ServerKind::Receiver => {
-            let program = programs
-                .receiver
-                .as_deref()
-                .context("receiver requested but no receiver binary resolved")?;
             let config = write_receiver_config(dir.path(), addr, &secret_file)?;
-            (program, vec!["--config".into(), config.into()])
+            match &programs.receiver {
+                Some(ReceiverProgram::External(path)) => {
+                    (path.as_path(), vec!["--config".into(), config.into()])
+                }
+                Some(ReceiverProgram::SelfExec) => (
+                    programs.bench.as_path(),
+                    vec![RECEIVER_FLAG.into(), config.into()],
+                ),
+                None => bail!("receiver requested but skipped"),
+            }
         }
     };
     let process = ServerProcess::spawn(kind.label(), program, &args, cpu, dir.path())?;

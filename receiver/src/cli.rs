@@ -1,0 +1,227 @@
+//! The `metahook-receiver` command line: `run` (default), `check-config`, `sign`.
+//!
+//! It lives in the library so that the binary and the benchmark (which re-executes itself
+//! as a receiver) run exactly the same code.
+
+use std::io::Read as _;
+use std::path::PathBuf;
+
+use crate::config::Config;
+use crate::{app, verify};
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Receives Meta webhooks (WhatsApp, Messenger, Instagram, Facebook Pages), verifies each
+/// request's X-Hub-Signature-256, normalizes every item into one event schema and stores it
+/// durably (fsync) before answering 200; sinks then deliver the events.
+///
+/// Configuration keys are described in docs/configuration.md.
+#[derive(Debug, Parser)]
+#[command(version, propagate_version = true, after_long_help = CONFIG_KEYS)]
+struct Cli {
+    /// The YAML configuration file.
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "METAHOOK_CONFIG",
+        value_name = "FILE"
+    )]
+    config: Option<PathBuf>,
+
+    /// Log format: one JSON object per line (default), or human-readable text.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Json, env = "METAHOOK_LOG_FORMAT")]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Every configuration key, for `--help` (docs/configuration.md has the details; a test
+/// keeps both in step with the config type).
+const CONFIG_KEYS: &str = "\
+Configuration keys (YAML; durations like 500ms, 30s, 24h):
+  listen                          address:port for webhooks, /metrics, /healthz, /readyz
+  endpoints[]                     one per Meta app:
+    name                          label in logs, metrics and events
+    path                          URL path Meta is pointed at
+    objects                       accepted objects (absent: all)
+    app_secret_file | app_secret_env            app secret (env: VAR or VAR:-default)
+    previous_app_secret_file | previous_app_secret_env   also accepted (rotation)
+    verify_token_file | verify_token_env        token of the GET handshake
+    legacy_sha1_signature         also accept X-Hub-Signature (sha1)
+  spool.dir                       spool directory (segment log, fsync'd group commits)
+  spool.dedup_window              redeliveries of a body within it are stored once [1h]
+  spool.dedup_max_entries         requests remembered for dedup at most [100000]
+  spool.segment_bytes             size of a segment file [67108864]
+  spool.max_group_requests        requests per group commit [1024]
+  spool.group_commit_wait         wait for requests about to append [1ms]
+  sinks[].name                    sink name (its cursor and metrics label)
+  sinks[].file.path               JSON-lines file
+  limits.max_body_bytes           413 above [4194304]
+  limits.header_read_timeout      connection closed after [10s]
+  limits.request_timeout          408 after [30s]
+  limits.max_in_flight            503 + Retry-After above [1024]
+  limits.retry_after_seconds      Retry-After on 503 [5]
+  log_message_text                log message texts [false]
+  shutdown_grace                  SIGTERM drain limit [25s]
+  shutdown_delay                  keep accepting after readiness turns off [0s]
+  secret_reload_interval          secret files re-read every [2s]";
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the receiver (the default when no command is given).
+    Run,
+    /// Validate the configuration and read every secret it names, then exit.
+    CheckConfig,
+    /// Print the X-Hub-Signature-256 header value Meta would send for a body.
+    ///
+    /// Example: curl -H "X-Hub-Signature-256: $(metahook-receiver sign --secret-file s body.json)" ...
+    Sign {
+        /// File holding the app secret (trailing newlines are ignored).
+        #[arg(long, value_name = "FILE")]
+        secret_file: PathBuf,
+        /// The body to sign, byte for byte; `-` or absent reads standard input.
+        #[arg(value_name = "BODY_FILE")]
+        body: Option<PathBuf>,
+    },
+}
+
+/// Runs the command line given by `args` (the program name first), as the binary does.
+pub fn main_with<I, T>(args: I) -> std::process::ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    std::process::ExitCode::from(status_with(args))
+}
+
+/// [`main_with`], returning the exit status as a number (for callers that must
+/// `std::process::exit` with it). Logs are flushed before it returns.
+pub fn status_with<I, T>(args: I) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(err) => {
+            // --help and --version end here too, with exit code 0.
+            let _ = err.print();
+            return if err.use_stderr() { 2 } else { 0 };
+        }
+    };
+    // Held until exit: dropping it flushes the log lines still buffered.
+    let _log_guard = init_logging(cli.log_format);
+    match run(cli) {
+        Ok(()) => 0,
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "metahook-receiver failed");
+            1
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Sign { secret_file, body } => {
+            let secret = std::fs::read(&secret_file)
+                .with_context(|| format!("cannot read secret file {}", secret_file.display()))?;
+            let secret = secret.trim_ascii_end();
+            let body = match body.filter(|p| p.as_os_str() != "-") {
+                Some(path) => std::fs::read(&path)
+                    .with_context(|| format!("cannot read body file {}", path.display()))?,
+                None => {
+                    let mut buffer = Vec::new();
+                    std::io::stdin()
+                        .read_to_end(&mut buffer)
+                        .context("cannot read the body from standard input")?;
+                    buffer
+                }
+            };
+            println!("{}", verify::sign(secret, &body));
+            Ok(())
+        }
+        Command::CheckConfig => {
+            let config = load(cli.config.as_deref())?;
+            for endpoint in &config.endpoints {
+                crate::secrets::SecretStore::load(endpoint)
+                    .with_context(|| format!("endpoint {}", endpoint.name))?;
+            }
+            println!(
+                "configuration is valid: {} endpoint(s), {} sink(s), listening on {}",
+                config.endpoints.len(),
+                config.sinks.len(),
+                config.listen
+            );
+            Ok(())
+        }
+        Command::Run => {
+            let config = load(cli.config.as_deref())?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(serve(config))
+        }
+    }
+}
+
+fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    let path = path.context("no configuration: pass --config FILE (try examples/local.yaml)")?;
+    Ok(Config::load(path)?)
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let running = app::start(config).await?;
+    wait_for_signal().await?;
+    tracing::info!("shutting down: readiness off, draining connections");
+    running.shutdown();
+    running.wait().await
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
+}
+
+/// JSON (or text) log lines on standard error, written by a background thread through a
+/// buffer: one line per request at tens of thousands of requests a second would otherwise
+/// cost a write system call each on the request path. Lines are never dropped (a full
+/// queue blocks the logger); those still buffered are lost only with the process (kill -9).
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(64 * 1024)
+        .thread_name("log-writer")
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        LogFormat::Text => builder.init(),
+    }
+    guard
+}
