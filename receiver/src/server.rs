@@ -118,9 +118,9 @@ impl Receiver {
         self.metrics.ready.set(i64::from(ready));
     }
 
-    /// Whether /readyz answers 200.
+    /// Whether /readyz answers 200: started, not draining, and the spool can still write.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        self.ready.load(Ordering::SeqCst) && !self.spool.is_poisoned()
     }
 
     /// The endpoints, for the secret reloader.
