@@ -372,7 +372,9 @@ impl Receiver {
                         .with_label_values(&[name])
                         .inc_by(u64::try_from(stored.duplicates).unwrap_or(u64::MAX));
                 }
-                self.count_events(name, &events);
+                if stored.stored > 0 {
+                    self.count_events(name, &events);
+                }
                 outcome.outcome = "accepted";
                 outcome.events = stored.stored;
                 outcome.duplicates = stored.duplicates;
