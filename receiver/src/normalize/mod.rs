@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 pub use coverage::{COVERAGE, CoverageRow, coverage_markdown, field_kinds};
 
 use crate::event::{Event, Kind, Platform};
-use crate::meta::envelope::{Change, Entry, Envelope};
+use crate::meta::envelope::{Change, Entries, Entry, Envelope};
 use crate::meta::lenient::UnixTime;
 
 /// Why a body was rejected as a whole (HTTP 400).
@@ -50,44 +50,79 @@ pub struct Context<'a> {
 
 /// Turns a verified body into events; see the module docs.
 pub fn normalize(body: &[u8], ctx: &Context<'_>) -> Result<Vec<Event>, BodyError> {
+    let mut out = collect(body, ctx)?;
+    for event in out.iter_mut().filter(|e| e.id.is_empty()) {
+        event.id = hash_id(
+            &event.object,
+            event.account_id.as_deref(),
+            &event.field,
+            event.raw.get(),
+        );
+    }
+    if let Some(accepted) = ctx.objects {
+        for event in &mut out {
+            if !accepted.contains(&event.object) {
+                event.kind = Kind::Unknown;
+                event.error = Some(format!(
+                    "object {:?} is not among the objects endpoint {:?} accepts",
+                    event.object, ctx.endpoint
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The events of a body, before ids are completed and the endpoint's objects applied.
+fn collect(body: &[u8], ctx: &Context<'_>) -> Result<Vec<Event>, BodyError> {
     let first = body.iter().copied().find(|b| !b.is_ascii_whitespace());
     let Some(first) = first else {
         return Err(BodyError::Empty);
     };
-    let root: &RawValue = serde_json::from_slice(body).map_err(BodyError::NotJson)?;
     if first != b'{' {
+        serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(BodyError::NotJson)?;
         return Err(BodyError::NotObject(json_type_name(first)));
     }
     let mut out = Vec::new();
-    let envelope: Envelope<'_> = match serde_json::from_str(root.get()) {
+    // One pass reads the envelope, validates the whole body and splits the entries.
+    let envelope: Envelope<'_> = match serde_json::from_slice(body) {
         Ok(envelope) => envelope,
         Err(err) => {
+            // Valid JSON that is not a readable envelope (duplicate keys, ...) is kept.
+            let root: &RawValue =
+                serde_json::from_slice(body).map_err(|_| BodyError::NotJson(err))?;
             let scope = Scope::new(ctx, "", None);
-            out.push(scope.unknown("", root, format!("envelope: {err}")));
+            out.push(scope.unknown("", root, "the envelope cannot be read".to_owned()));
             return Ok(out);
         }
     };
     let object = envelope
         .object
         .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok());
-    let entries = match envelope
-        .entry
-        .map(|raw| (raw, parse::<Vec<&RawValue>>(raw)))
-    {
-        Some((_, Ok(entries))) => entries,
-        Some((raw, Err(err))) => {
+    let entries = match envelope.entry {
+        Some(Entries::List(entries)) => entries,
+        found => {
+            let note = if found.is_some() {
+                "entry is not an array"
+            } else {
+                "the body has no entry"
+            };
+            let root: &RawValue = serde_json::from_slice(body).map_err(BodyError::NotJson)?;
             let scope = Scope::new(ctx, object.as_deref().unwrap_or(""), None);
-            out.push(scope.unknown("", raw, format!("entry is not an array: {err}")));
-            return Ok(out);
-        }
-        None => {
-            let scope = Scope::new(ctx, object.as_deref().unwrap_or(""), None);
-            out.push(scope.unknown("", root, "the body has no entry".to_owned()));
+            out.push(scope.unknown("", root, note.to_owned()));
             return Ok(out);
         }
     };
     for entry_raw in entries {
         normalize_entry(ctx, object.as_deref(), entry_raw, &mut out);
+    }
+    for event in out.iter_mut().filter(|e| e.id.is_empty()) {
+        event.id = hash_id(
+            &event.object,
+            event.account_id.as_deref(),
+            &event.field,
+            event.raw.get(),
+        );
     }
     if let Some(accepted) = ctx.objects {
         for event in &mut out {
@@ -134,6 +169,11 @@ fn normalize_entry(ctx: &Context<'_>, object: Option<&str>, raw: &RawValue, out:
 
     if let Some(changes) = &entry.changes {
         for change_raw in changes {
+            if object == "whatsapp_business_account"
+                && scope.whatsapp_fast(entry.field.as_deref(), change_raw, out)
+            {
+                continue;
+            }
             match parse::<Change<'_>>(change_raw) {
                 Ok(change) => {
                     let field = change
@@ -159,7 +199,12 @@ fn normalize_entry(ctx: &Context<'_>, object: Option<&str>, raw: &RawValue, out:
             Kind::Change
         };
         let mut event = scope.event(field, kind, raw);
-        event.id = scope.hash_id(field, &format!("{}\u{0}{field}", raw.get()));
+        event.id = hash_id(
+            object,
+            scope.account_id.as_deref(),
+            field,
+            &format!("{}\u{0}{field}", raw.get()),
+        );
         if kind == Kind::Unknown {
             event.error = Some(undocumented(object, field));
         }
@@ -211,11 +256,13 @@ impl<'c> Scope<'c> {
         }
     }
 
-    /// A new event with the common fields; its id is the hash of the item.
+    /// A new event with the common fields; unless a builder sets the platform's own id,
+    /// `normalize` sets the hash of the item (computed only for those that need it).
     fn event(&self, field: &str, kind: Kind, raw: &RawValue) -> Event {
         let raw = compact(raw);
         Event {
-            id: self.hash_id(field, raw.get()),
+            // Filled in by `normalize` unless a builder sets the platform's own id.
+            id: String::new(),
             platform: self.platform,
             object: self.object.to_owned(),
             field: field.to_owned(),
@@ -239,52 +286,76 @@ impl<'c> Scope<'c> {
         event.error = Some(error);
         event
     }
-
-    /// `sha256(object, entry id, field, item bytes)`, hex: stable across Meta's retries.
-    fn hash_id(&self, field: &str, item: &str) -> String {
-        let mut hasher = Sha256::new();
-        for part in [self.object, self.account_id.as_deref().unwrap_or(""), field] {
-            hasher.update(part.as_bytes());
-            hasher.update([0]);
-        }
-        hasher.update(item.as_bytes());
-        hex::encode(hasher.finalize())
-    }
 }
 
 /// The item's JSON with whitespace outside strings removed, so a JSON-lines file keeps one
-/// event per line; the value (every key, every digit) is unchanged.
+/// event per line; the value (every key, every digit) is unchanged. Meta sends compact JSON,
+/// so the usual case is one scan and no copy.
 fn compact(raw: &RawValue) -> Box<RawValue> {
-    let text = raw.get();
-    if !text
-        .bytes()
-        .any(|b| matches!(b, b' ' | b'\n' | b'\r' | b'\t'))
-    {
+    let bytes = raw.get().as_bytes();
+    let Some(first) = first_insignificant_whitespace(bytes) else {
         return raw.to_owned();
-    }
-    let mut out = String::with_capacity(text.len());
+    };
+    let mut out = Vec::with_capacity(bytes.len());
+    out.extend_from_slice(&bytes[..first]);
     let mut in_string = false;
     let mut escaped = false;
-    for c in text.chars() {
+    for &b in &bytes[first..] {
         if in_string {
-            out.push(c);
+            out.push(b);
             if escaped {
                 escaped = false;
-            } else if c == '\\' {
+            } else if b == b'\\' {
                 escaped = true;
-            } else if c == '"' {
+            } else if b == b'"' {
                 in_string = false;
             }
-        } else if c == '"' {
+        } else if b == b'"' {
             in_string = true;
-            out.push(c);
-        } else if !matches!(c, ' ' | '\n' | '\r' | '\t') {
-            out.push(c);
+            out.push(b);
+        } else if !matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
+            out.push(b);
         }
     }
-    // Removing insignificant whitespace from valid JSON leaves valid JSON; fall back to
-    // the original bytes rather than fail if that ever did not hold.
-    RawValue::from_string(out).unwrap_or_else(|_| raw.to_owned())
+    // Removing insignificant whitespace from valid JSON leaves valid UTF-8 JSON (only ASCII
+    // bytes outside strings are dropped); fall back to the original rather than fail.
+    String::from_utf8(out)
+        .ok()
+        .and_then(|text| RawValue::from_string(text).ok())
+        .unwrap_or_else(|| raw.to_owned())
+}
+
+/// Where the first whitespace outside a string is, if any.
+fn first_insignificant_whitespace(bytes: &[u8]) -> Option<usize> {
+    let mut in_string = false;
+    let mut escaped = false;
+    for (i, &b) in bytes.iter().enumerate() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
+            return Some(i);
+        }
+    }
+    None
+}
+
+/// `sha256(object, entry id, field, item bytes)`, hex: stable across Meta's retries.
+fn hash_id(object: &str, account_id: Option<&str>, field: &str, item: &str) -> String {
+    let mut hasher = Sha256::new();
+    for part in [object, account_id.unwrap_or(""), field] {
+        hasher.update(part.as_bytes());
+        hasher.update([0]);
+    }
+    hasher.update(item.as_bytes());
+    hex::encode(hasher.finalize())
 }
 
 #[cfg(test)]

@@ -13,6 +13,17 @@ use crate::meta::whatsapp::{
     Message as WaMessage, Metadata, StatusUpdate, UserPreference,
 };
 
+/// A WhatsApp change read in one pass, its value taken as an item list. Any value that is
+/// an object reads (every key is optional); anything else sends the change down the
+/// general path, which reports it precisely.
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct WaItemsChange<'a> {
+    #[serde(default)]
+    field: Option<String>,
+    #[serde(default, borrow)]
+    value: Option<ItemsValue<'a>>,
+}
+
 /// Fields whose value holds lists of items rather than one notification.
 const ITEM_FIELDS: &[&str] = &[
     "messages",
@@ -43,13 +54,41 @@ impl Scope<'_> {
             out.push(self.unknown(field, change_raw, format!("{field} change has no value")));
             return;
         };
-        let items: ItemsValue<'_> = match parse(value) {
-            Ok(items) => items,
-            Err(err) => {
-                out.push(self.unknown(field, change_raw, format!("{field} value: {err}")));
-                return;
-            }
+        match parse::<ItemsValue<'_>>(value) {
+            Ok(items) => self.whatsapp_items(field, change_raw, &items, out),
+            Err(err) => out.push(self.unknown(field, change_raw, format!("{field} value: {err}"))),
+        }
+    }
+
+    /// The fast path for the common case: a change of an item-carrying field parsed in one
+    /// pass ([`WaItemsChange`]). Returns false when the change must take the general path.
+    pub(super) fn whatsapp_fast(
+        &self,
+        entry_field: Option<&str>,
+        change_raw: &RawValue,
+        out: &mut Vec<Event>,
+    ) -> bool {
+        let Ok(change) = parse::<WaItemsChange<'_>>(change_raw) else {
+            return false;
         };
+        let field = change.field.as_deref().or(entry_field).unwrap_or("");
+        match change.value {
+            Some(items) if ITEM_FIELDS.contains(&field) => {
+                self.whatsapp_items(field, change_raw, &items, out);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// One event per item of an item-carrying field's value.
+    fn whatsapp_items(
+        &self,
+        field: &str,
+        change_raw: &RawValue,
+        items: &ItemsValue<'_>,
+        out: &mut Vec<Event>,
+    ) {
         let phone = items.metadata.as_ref().map(business_phone);
         let before = out.len();
         for raw in &items.messages {
