@@ -116,25 +116,6 @@ fn collect(body: &[u8], ctx: &Context<'_>) -> Result<Vec<Event>, BodyError> {
     for entry_raw in entries {
         normalize_entry(ctx, object.as_deref(), entry_raw, &mut out);
     }
-    for event in out.iter_mut().filter(|e| e.id.is_empty()) {
-        event.id = hash_id(
-            &event.object,
-            event.account_id.as_deref(),
-            &event.field,
-            event.raw.get(),
-        );
-    }
-    if let Some(accepted) = ctx.objects {
-        for event in &mut out {
-            if !accepted.contains(&event.object) {
-                event.kind = Kind::Unknown;
-                event.error = Some(format!(
-                    "object {:?} is not among the objects endpoint {:?} accepts",
-                    event.object, ctx.endpoint
-                ));
-            }
-        }
-    }
     Ok(out)
 }
 
