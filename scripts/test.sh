@@ -51,6 +51,13 @@ apt_install prometheus   # promtool, for the metrics lint test
 ensure_nats
 ensure_postgres
 
+fixtures="${META_FIXTURES_DIR:-../shared/fixtures/meta}"
+if [ -f "$fixtures/INDEX.tsv" ]; then
+  echo "shared Meta fixtures: $fixtures"
+else
+  echo "NOTE: shared Meta fixtures not found at $fixtures: the conformance tests skip themselves"
+fi
+
 log "format"
 cargo fmt --all -- --check
 
