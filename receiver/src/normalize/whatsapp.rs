@@ -33,6 +33,7 @@ const ITEM_FIELDS: &[&str] = &[
 ];
 
 impl Scope<'_> {
+    /// One change of a WhatsApp Business Account (the general path; see `whatsapp_fast`).
     pub(super) fn whatsapp_change(
         &self,
         field: &str,
