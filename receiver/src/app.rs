@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::server::{self, Receiver};
-use crate::sink::{self, file::FileSink};
+use crate::sink::{self, file::FileSink, nats::NatsSink};
 use crate::spool::Spool;
 
 /// How often spool gauges are refreshed.
@@ -69,15 +69,22 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let (sinks_stop, sinks_stop_rx) = watch::channel(false);
     let mut sink_tasks = Vec::new();
     for sink_config in &config.sinks {
+        let name = sink_config.name.clone();
+        let (spool, metrics, stop) = (
+            Arc::clone(&spool),
+            Arc::clone(&metrics),
+            sinks_stop_rx.clone(),
+        );
         if let Some(file) = &sink_config.file {
-            let task = sink::consume(
-                sink_config.name.clone(),
-                FileSink::new(file.path.clone()),
-                Arc::clone(&spool),
-                Arc::clone(&metrics),
-                sinks_stop_rx.clone(),
-            );
-            sink_tasks.push(tokio::spawn(task));
+            let sink = FileSink::new(file.path.clone());
+            sink_tasks.push(tokio::spawn(sink::consume(
+                name, sink, spool, metrics, stop,
+            )));
+        } else if let Some(nats) = &sink_config.nats {
+            let sink = NatsSink::new(nats.clone());
+            sink_tasks.push(tokio::spawn(sink::consume(
+                name, sink, spool, metrics, stop,
+            )));
         }
     }
     let reloader = tokio::spawn(reload_secrets(

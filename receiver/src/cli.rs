@@ -58,6 +58,10 @@ Configuration keys (YAML; durations like 500ms, 30s, 24h):
   spool.group_commit_wait         wait for requests about to append [1ms]
   sinks[].name                    sink name (its cursor and metrics label)
   sinks[].file.path               JSON-lines file
+  sinks[].nats.url                NATS server (JetStream publish, Nats-Msg-Id = event id)
+  sinks[].nats.subject            subject template [meta.{platform}.{field}.{kind}]
+  sinks[].nats.stream             stream name (required with create_stream)
+  sinks[].nats.create_stream      create the stream if absent [false]
   limits.max_body_bytes           413 above [4194304]
   limits.header_read_timeout      connection closed after [10s]
   limits.request_timeout          408 after [30s]

@@ -117,7 +117,47 @@ pub struct SinkConfig {
     /// JSON lines, one event per line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<FileSinkConfig>,
+    /// NATS JetStream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats: Option<NatsSinkConfig>,
 }
+
+impl SinkConfig {
+    /// How many sink kinds are set (exactly one is valid).
+    fn kinds(&self) -> usize {
+        usize::from(self.file.is_some()) + usize::from(self.nats.is_some())
+    }
+}
+
+/// The `nats` sink: each event is published to JetStream with `Nats-Msg-Id` = event id, so
+/// the stream drops redeliveries within its duplicate window; the cursor advances only
+/// after JetStream acknowledged every event of a batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSinkConfig {
+    /// Server URL, e.g. `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// Subject template; `{platform}`, `{object}`, `{field}`, `{kind}` and `{endpoint}` are
+    /// replaced by the event's values (characters other than letters, digits, `_` and `-`
+    /// become `_`).
+    #[serde(default = "default_nats_subject")]
+    pub subject: String,
+    /// The stream the subjects belong to; required with `create_stream`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// Create the stream (subjects: the template with each placeholder token as `*`) if it
+    /// does not exist.
+    #[serde(default)]
+    pub create_stream: bool,
+}
+
+fn default_nats_subject() -> String {
+    "meta.{platform}.{field}.{kind}".to_owned()
+}
+
+/// Placeholders a NATS subject template may use.
+pub const SUBJECT_PLACEHOLDERS: &[&str] =
+    &["{platform}", "{object}", "{field}", "{kind}", "{endpoint}"];
 
 /// The `file` sink.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -346,11 +386,14 @@ impl Config {
                     format!("{:?} is used by another sink", sink.name),
                 ));
             }
-            if sink.file.is_none() {
+            if sink.kinds() != 1 {
                 return Err(invalid(
                     format!("sinks[{i}]"),
-                    "set exactly one sink kind: file",
+                    "set exactly one sink kind: file or nats",
                 ));
+            }
+            if let Some(nats) = &sink.nats {
+                validate_nats(i, nats)?;
             }
         }
         if self.spool.segment_bytes < 4096 {
@@ -366,6 +409,42 @@ impl Config {
             return Err(invalid("limits.max_body_bytes", "must be at least 1"));
         }
         Ok(())
+    }
+}
+
+fn validate_nats(i: usize, nats: &NatsSinkConfig) -> Result<(), ConfigError> {
+    let key = |k: &str| format!("sinks[{i}].nats.{k}");
+    if nats.url.trim().is_empty() {
+        return Err(invalid(key("url"), "must not be empty"));
+    }
+    let mut rest = nats.subject.clone();
+    for placeholder in SUBJECT_PLACEHOLDERS {
+        rest = rest.replace(placeholder, "x");
+    }
+    if nats.subject.is_empty()
+        || rest.contains(['{', '}', ' ', '*', '>'])
+        || rest.split('.').any(str::is_empty)
+    {
+        return Err(invalid(
+            key("subject"),
+            format!(
+                "{:?} must be dot-separated tokens using only {}",
+                nats.subject,
+                SUBJECT_PLACEHOLDERS.join(", ")
+            ),
+        ));
+    }
+    match &nats.stream {
+        Some(stream) if stream.is_empty() || stream.contains(['.', ' ', '*', '>', '/', '\\']) => {
+            Err(invalid(
+                key("stream"),
+                format!("{stream:?} is not a valid stream name"),
+            ))
+        }
+        None if nats.create_stream => {
+            Err(invalid(key("stream"), "required with create_stream: true"))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -79,6 +79,7 @@ pub fn config_in(dir: &Path) -> Result<Config> {
             file: Some(FileSinkConfig {
                 path: dir.join("events.jsonl"),
             }),
+            nats: None,
         }],
         limits: Limits::default(),
         log_message_text: false,

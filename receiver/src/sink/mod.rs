@@ -7,6 +7,7 @@
 //! exponential backoff, so nothing is skipped and (for the file sink) nothing is doubled.
 
 pub mod file;
+pub mod nats;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -37,6 +38,14 @@ pub enum SinkError {
         context: String,
         /// Why it failed.
         source: std::io::Error,
+    },
+    /// A remote system refused or did not answer.
+    #[error("{context}: {message}")]
+    Remote {
+        /// What was being done, and where.
+        context: String,
+        /// What the remote side said.
+        message: String,
     },
     /// Reading or committing the spool failed.
     #[error(transparent)]

@@ -1,0 +1,292 @@
+//! The `nats` sink against real NATS servers: every event of the repository's fixtures
+//! reaches JetStream once, per kind as in the file sink; a second delivery of the same events
+//! adds nothing; an outage of the server (one this test starts) loses nothing.
+
+#![allow(clippy::print_stderr)] // tests report on stderr
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use futures_util::StreamExt;
+use http::StatusCode;
+use metahook_receiver::config::{NatsSinkConfig, SinkConfig};
+use metahook_tests::testkit::{self, TestReceiver};
+
+const SHARED_NATS: &str = "nats://127.0.0.1:4222";
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{prefix}{}x{nanos}", std::process::id())
+}
+
+fn nats_sink(url: &str, stream: &str, subject_prefix: &str) -> SinkConfig {
+    SinkConfig {
+        name: "bus".into(),
+        file: None,
+        nats: Some(NatsSinkConfig {
+            url: url.to_owned(),
+            subject: format!("{subject_prefix}.{{platform}}.{{field}}.{{kind}}"),
+            stream: Some(stream.to_owned()),
+            create_stream: true,
+        }),
+    }
+}
+
+/// Messages in `stream` per subject.
+async fn subject_counts(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+) -> Result<BTreeMap<String, usize>> {
+    let stream = js.get_stream(stream).await.context("get stream")?;
+    let mut subjects = stream
+        .info_with_subjects(">")
+        .await
+        .context("stream subjects")?;
+    let mut counts = BTreeMap::new();
+    while let Some(entry) = subjects.next().await {
+        let (subject, count) = entry.context("subject count")?;
+        counts.insert(subject, count);
+    }
+    Ok(counts)
+}
+
+async fn stream_messages(js: &async_nats::jetstream::Context, stream: &str) -> Result<u64> {
+    let mut stream = js.get_stream(stream).await.context("get stream")?;
+    Ok(stream.info().await.context("stream info")?.state.messages)
+}
+
+/// Waits until the sink named `bus` has delivered `count` events in total.
+async fn wait_delivered(receiver: &TestReceiver, count: usize, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let sample = r#"metahook_sink_deliveries_total{result="success",sink="bus"}"#;
+    loop {
+        let delivered = receiver.metric(sample).await.unwrap_or(0.0);
+        #[allow(clippy::cast_precision_loss)]
+        if delivered >= count as f64 {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the nats sink delivered {delivered} of {count} events"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The number of events the own fixtures yield, from their INDEX.tsv.
+fn indexed_events() -> Result<usize> {
+    let index = std::fs::read_to_string(testkit::own_fixtures_dir().join("INDEX.tsv"))?;
+    index
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            l.split('\t')
+                .nth(4)
+                .unwrap_or("")
+                .parse::<usize>()
+                .context("events column")
+        })
+        .sum()
+}
+
+fn own_fixture_bodies() -> Result<Vec<Vec<u8>>> {
+    let dir = testkit::own_fixtures_dir();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|p| std::fs::read(p).with_context(|| p.display().to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_reaches_jetstream_once() -> Result<()> {
+    let client = async_nats::connect(SHARED_NATS)
+        .await
+        .context("NATS with JetStream must run on 127.0.0.1:4222 (scripts/test.sh starts it)")?;
+    let js = async_nats::jetstream::new(client);
+    let stream = unique("METAHOOK_TEST_");
+    let prefix = unique("mhtest");
+    let receiver = TestReceiver::start_with(|config, _| {
+        config.sinks.push(nats_sink(SHARED_NATS, &stream, &prefix));
+    })
+    .await?;
+
+    let bodies = own_fixture_bodies()?;
+    for body in &bodies {
+        let reply = receiver.post(body).await?;
+        ensure!(
+            reply.status == StatusCode::OK,
+            "fixture answered {}",
+            reply.status
+        );
+    }
+    let stored = indexed_events()?;
+    let events = receiver
+        .wait_for_events(stored, Duration::from_secs(30))
+        .await?;
+    ensure!(
+        events.len() == stored,
+        "the file sink holds {} events, INDEX.tsv lists {stored}",
+        events.len()
+    );
+    wait_delivered(&receiver, stored, Duration::from_secs(30)).await?;
+
+    // Per kind, JetStream holds what the file holds (one message per distinct event id).
+    let mut seen = HashSet::new();
+    let mut file_kinds: BTreeMap<String, usize> = BTreeMap::new();
+    for event in &events {
+        if seen.insert(event["id"].as_str().unwrap_or("").to_owned()) {
+            *file_kinds
+                .entry(event["kind"].as_str().unwrap_or("").to_owned())
+                .or_default() += 1;
+        }
+    }
+    let mut stream_kinds: BTreeMap<String, usize> = BTreeMap::new();
+    for (subject, count) in subject_counts(&js, &stream).await? {
+        let kind = subject.rsplit('.').next().unwrap_or("").to_owned();
+        *stream_kinds.entry(kind).or_default() += count;
+    }
+    assert_eq!(
+        stream_kinds, file_kinds,
+        "per-kind counts: JetStream vs file sink"
+    );
+    let first = stream_messages(&js, &stream).await?;
+    assert_eq!(first, seen.len() as u64);
+
+    // The same events again (different bytes, so the spool stores them): nothing new in NATS.
+    for body in &bodies {
+        let mut again = body.clone();
+        again.push(b'\n');
+        ensure!(receiver.post(&again).await?.status == StatusCode::OK);
+    }
+    wait_delivered(&receiver, 2 * stored, Duration::from_secs(30)).await?;
+    assert_eq!(
+        stream_messages(&js, &stream).await?,
+        first,
+        "redelivery added messages"
+    );
+    eprintln!(
+        "{stored} events from {} fixtures: {first} distinct ids in JetStream, none added by redelivery",
+        bodies.len()
+    );
+    js.delete_stream(&stream)
+        .await
+        .context("delete test stream")?;
+    Ok(())
+}
+
+/// A NATS server of this test's own, so it can be stopped.
+struct PrivateNats {
+    child: Child,
+}
+
+impl PrivateNats {
+    fn start(port: u16, store: &Path) -> Result<PrivateNats> {
+        let bin = [
+            "/usr/sbin/nats-server",
+            "/usr/bin/nats-server",
+            "/usr/local/bin/nats-server",
+        ]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .context("nats-server is not installed (scripts/test.sh installs it)")?;
+        let child = Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nats-server")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("nats-server did not listen on {port}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(PrivateNats { child })
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn body(n: usize) -> Vec<u8> {
+    format!(r#"{{"object":"whatsapp_business_account","entry":[{{"id":"100200300400500","changes":[{{"field":"messages","value":{{"messaging_product":"whatsapp","messages":[{{"from":"15551234567","id":"wamid.outage.{n}","timestamp":"1700000000","type":"text","text":{{"body":"outage {n}"}}}}]}}}}]}}]}}"#).into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_loses_nothing() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let store = dir.path().join("jetstream");
+    let server = PrivateNats::start(port, &store)?;
+    let receiver = TestReceiver::start_with(|config, _| {
+        config.sinks.push(nats_sink(&url, "OUTAGE", "outage"));
+    })
+    .await?;
+    for n in 0..20 {
+        ensure!(receiver.post(&body(n)).await?.status == StatusCode::OK);
+    }
+    wait_delivered(&receiver, 20, Duration::from_secs(20)).await?;
+
+    drop(server);
+    for n in 20..50 {
+        let reply = receiver.post(&body(n)).await?;
+        ensure!(
+            reply.status == StatusCode::OK,
+            "200s continue while NATS is down: {}",
+            reply.status
+        );
+    }
+    receiver
+        .wait_for_events(50, Duration::from_secs(10))
+        .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let lag = receiver
+        .metric(r#"metahook_sink_lag_events{sink="bus"}"#)
+        .await?;
+    assert!(lag > 0.0, "lag rises during the outage: {lag}");
+
+    let _server = PrivateNats::start(port, &store)?;
+    let client = async_nats::connect(url.as_str()).await?;
+    let js = async_nats::jetstream::new(client);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if stream_messages(&js, "OUTAGE").await.unwrap_or(0) == 50 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the backlog never drained into NATS"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while receiver
+        .metric(r#"metahook_sink_lag_events{sink="bus"}"#)
+        .await?
+        > 0.0
+    {
+        ensure!(Instant::now() < deadline, "lag did not return to zero");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
