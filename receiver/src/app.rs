@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::server::{self, Receiver};
-use crate::sink::{self, file::FileSink, nats::NatsSink};
+use crate::sink::{self, file::FileSink, nats::NatsSink, postgres::PostgresSink};
 use crate::spool::Spool;
 
 /// How often spool gauges are refreshed.
@@ -82,6 +82,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             )));
         } else if let Some(nats) = &sink_config.nats {
             let sink = NatsSink::new(nats.clone());
+            sink_tasks.push(tokio::spawn(sink::consume(
+                name, sink, spool, metrics, stop,
+            )));
+        } else if let Some(postgres) = &sink_config.postgres {
+            let sink = PostgresSink::new(postgres.clone());
             sink_tasks.push(tokio::spawn(sink::consume(
                 name, sink, spool, metrics, stop,
             )));

@@ -62,6 +62,8 @@ Configuration keys (YAML; durations like 500ms, 30s, 24h):
   sinks[].nats.subject            subject template [meta.{platform}.{field}.{kind}]
   sinks[].nats.stream             stream name (required with create_stream)
   sinks[].nats.create_stream      create the stream if absent [false]
+  sinks[].postgres.url            PostgreSQL connection URL (the unified message store)
+  sinks[].postgres.schema         schema of its tables, migrated at start [metahook]
   limits.max_body_bytes           413 above [4194304]
   limits.header_read_timeout      connection closed after [10s]
   limits.request_timeout          408 after [30s]

@@ -120,12 +120,33 @@ pub struct SinkConfig {
     /// NATS JetStream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nats: Option<NatsSinkConfig>,
+    /// PostgreSQL, the unified message store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresSinkConfig>,
+}
+
+/// The `postgres` sink: events and their projections (conversations, messages, engagement)
+/// upserted idempotently by event id; migrations run at start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSinkConfig {
+    /// Connection URL, e.g. `postgres://postgres@127.0.0.1:5432/test`.
+    pub url: String,
+    /// The schema holding the tables (created if absent).
+    #[serde(default = "default_postgres_schema")]
+    pub schema: String,
+}
+
+fn default_postgres_schema() -> String {
+    "metahook".to_owned()
 }
 
 impl SinkConfig {
     /// How many sink kinds are set (exactly one is valid).
     fn kinds(&self) -> usize {
-        usize::from(self.file.is_some()) + usize::from(self.nats.is_some())
+        usize::from(self.file.is_some())
+            + usize::from(self.nats.is_some())
+            + usize::from(self.postgres.is_some())
     }
 }
 
@@ -389,11 +410,28 @@ impl Config {
             if sink.kinds() != 1 {
                 return Err(invalid(
                     format!("sinks[{i}]"),
-                    "set exactly one sink kind: file or nats",
+                    "set exactly one sink kind: file, nats or postgres",
                 ));
             }
             if let Some(nats) = &sink.nats {
                 validate_nats(i, nats)?;
+            }
+            if let Some(postgres) = &sink.postgres {
+                let schema = &postgres.schema;
+                let valid = schema
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+                    && schema
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                    && schema.len() <= 63;
+                if !valid {
+                    return Err(invalid(
+                        format!("sinks[{i}].postgres.schema"),
+                        format!("{schema:?} must be a lowercase SQL identifier: a-z, 0-9, _"),
+                    ));
+                }
             }
         }
         if self.spool.segment_bytes < 4096 {

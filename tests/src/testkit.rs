@@ -80,6 +80,7 @@ pub fn config_in(dir: &Path) -> Result<Config> {
                 path: dir.join("events.jsonl"),
             }),
             nats: None,
+            postgres: None,
         }],
         limits: Limits::default(),
         log_message_text: false,

@@ -28,6 +28,7 @@ fn nats_sink(url: &str, stream: &str, subject_prefix: &str) -> SinkConfig {
     SinkConfig {
         name: "bus".into(),
         file: None,
+        postgres: None,
         nats: Some(NatsSinkConfig {
             url: url.to_owned(),
             subject: format!("{subject_prefix}.{{platform}}.{{field}}.{{kind}}"),

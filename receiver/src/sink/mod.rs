@@ -8,6 +8,7 @@
 
 pub mod file;
 pub mod nats;
+pub mod postgres;
 
 use std::future::Future;
 use std::sync::Arc;

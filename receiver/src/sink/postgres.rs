@@ -1,0 +1,405 @@
+//! The `postgres` sink: the unified message store.
+//!
+//! Every event lands in `events` (the event as jsonb, keyed by event id), and is projected
+//! into `conversations`, `messages` (with a delivery status that only moves forward) and
+//! `engagement` (comments, mentions, reactions, ratings, leads, opt-ins and opt-outs). A batch
+//! is one transaction of idempotent upserts, so a redelivery changes nothing. Migrations run
+//! at start, under an advisory lock, recorded in `schema_migrations`. docs/postgres.md
+//! describes the tables.
+
+use tokio_postgres::{Client, NoTls};
+
+use super::{Sink, SinkError};
+use crate::config::PostgresSinkConfig;
+use crate::event::{Event, Kind};
+use crate::spool::Spooled;
+
+/// Delivery status ranks: a status only replaces a lower one.
+fn status_rank(status: &str) -> i32 {
+    match status {
+        "sent" => 1,
+        "delivered" => 2,
+        "read" => 3,
+        "played" => 4,
+        "failed" => 5,
+        _ => 0,
+    }
+}
+
+/// The schema, version by version. Each runs once, in order, in one transaction.
+const MIGRATIONS: &[&str] = &[r"
+CREATE TABLE {s}.events (
+    id          text PRIMARY KEY,
+    platform    text NOT NULL,
+    object      text NOT NULL,
+    field       text NOT NULL,
+    kind        text NOT NULL,
+    account_id  text,
+    occurred_at timestamptz,
+    received_at timestamptz NOT NULL,
+    endpoint    text NOT NULL,
+    event       jsonb NOT NULL
+);
+CREATE INDEX events_platform_kind_idx ON {s}.events (platform, kind, occurred_at);
+CREATE TABLE {s}.conversations (
+    platform         text NOT NULL,
+    account_id       text NOT NULL,
+    participant_id   text NOT NULL,
+    participant_name text,
+    first_event_at   timestamptz,
+    last_event_at    timestamptz,
+    PRIMARY KEY (platform, account_id, participant_id)
+);
+CREATE TABLE {s}.messages (
+    id             text PRIMARY KEY,
+    platform       text NOT NULL,
+    account_id     text,
+    participant_id text,
+    direction      text NOT NULL,
+    type           text,
+    text           text,
+    reply_to       text,
+    sent_at        timestamptz,
+    status         text,
+    status_rank    integer NOT NULL DEFAULT 0,
+    status_at      timestamptz,
+    errors         jsonb,
+    event_id       text NOT NULL
+);
+CREATE TABLE {s}.engagement (
+    event_id       text PRIMARY KEY,
+    platform       text NOT NULL,
+    kind           text NOT NULL,
+    account_id     text,
+    participant_id text,
+    target_id      text,
+    text           text,
+    occurred_at    timestamptz
+);
+"];
+
+/// Writes events into PostgreSQL.
+#[derive(Debug)]
+pub struct PostgresSink {
+    config: PostgresSinkConfig,
+    client: Option<Client>,
+}
+
+impl PostgresSink {
+    /// A sink for `config`; it connects (and migrates) on open.
+    pub fn new(config: PostgresSinkConfig) -> PostgresSink {
+        PostgresSink {
+            config,
+            client: None,
+        }
+    }
+
+    fn remote(&self, what: &str, err: impl std::fmt::Display) -> SinkError {
+        SinkError::Remote {
+            context: format!("{what} (schema {})", self.config.schema),
+            message: err.to_string(),
+        }
+    }
+
+    fn sql(&self, template: &str) -> String {
+        template.replace("{s}", &self.config.schema)
+    }
+
+    async fn migrate(&self, client: &mut Client) -> Result<(), SinkError> {
+        let txn = client
+            .transaction()
+            .await
+            .map_err(|e| self.remote("cannot begin migration", e))?;
+        // One migrator at a time across receivers sharing the database.
+        txn.execute(
+            "SELECT pg_advisory_xact_lock(hashtext($1))",
+            &[&format!("metahook:{}", self.config.schema)],
+        )
+        .await
+        .map_err(|e| self.remote("cannot lock for migration", e))?;
+        txn.batch_execute(&self.sql(
+            "CREATE SCHEMA IF NOT EXISTS {s};
+             CREATE TABLE IF NOT EXISTS {s}.schema_migrations (
+                 version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now());",
+        ))
+        .await
+        .map_err(|e| self.remote("cannot create the schema", e))?;
+        let row = txn
+            .query_one(
+                &self.sql("SELECT COALESCE(max(version), 0) FROM {s}.schema_migrations"),
+                &[],
+            )
+            .await
+            .map_err(|e| self.remote("cannot read schema_migrations", e))?;
+        let applied: i32 = row.get(0);
+        for (index, migration) in MIGRATIONS.iter().enumerate() {
+            let version = i32::try_from(index + 1).unwrap_or(i32::MAX);
+            if version <= applied {
+                continue;
+            }
+            txn.batch_execute(&self.sql(migration))
+                .await
+                .map_err(|e| self.remote(&format!("migration {version} failed"), e))?;
+            txn.execute(
+                &self.sql("INSERT INTO {s}.schema_migrations (version) VALUES ($1)"),
+                &[&version],
+            )
+            .await
+            .map_err(|e| self.remote("cannot record migration", e))?;
+            tracing::info!(schema = %self.config.schema, version, "applied PostgreSQL migration");
+        }
+        txn.commit()
+            .await
+            .map_err(|e| self.remote("cannot commit migration", e))
+    }
+}
+
+impl Sink for PostgresSink {
+    async fn open(&mut self, _state: u64) -> Result<(), SinkError> {
+        if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
+            return Ok(());
+        }
+        let (mut client, connection) = tokio_postgres::connect(&self.config.url, NoTls)
+            .await
+            .map_err(|e| self.remote("cannot connect to PostgreSQL", e))?;
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::warn!(error = %err, "PostgreSQL connection ended");
+            }
+        });
+        self.migrate(&mut client).await?;
+        self.client = Some(client);
+        Ok(())
+    }
+
+    async fn deliver(&mut self, batch: &[Spooled]) -> Result<u64, SinkError> {
+        let events: Vec<Event> = batch
+            .iter()
+            .map(|e| serde_json::from_slice(&e.json))
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.remote("spooled event is not an event", e))?;
+        let statements = Statements::new(&self.config.schema);
+        let Some(client) = self.client.as_mut() else {
+            return Err(SinkError::Remote {
+                context: "PostgreSQL sink is not open".into(),
+                message: "not connected".into(),
+            });
+        };
+        let result = upsert(client, &statements, &events).await;
+        if result.is_err() && client.is_closed() {
+            self.client = None;
+        }
+        result.map_err(|e| SinkError::Remote {
+            context: format!("cannot store events (schema {})", self.config.schema),
+            message: e.to_string(),
+        })?;
+        Ok(0)
+    }
+}
+
+/// The batch's SQL, with the schema filled in.
+struct Statements {
+    events: String,
+    conversation: String,
+    message: String,
+    status: String,
+    engagement: String,
+}
+
+impl Statements {
+    fn new(schema: &str) -> Statements {
+        let s = |t: &str| t.replace("{s}", schema);
+        Statements {
+            events: s("INSERT INTO {s}.events
+                 (id, platform, object, field, kind, account_id, occurred_at, received_at, endpoint, event)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                      $7::text[]::timestamptz[], $8::text[]::timestamptz[], $9::text[], $10::text[]::jsonb[])
+                 ON CONFLICT (id) DO NOTHING"),
+            conversation: s("INSERT INTO {s}.conversations AS c
+                 (platform, account_id, participant_id, participant_name, first_event_at, last_event_at)
+                 VALUES ($1, $2, $3, $4, $5::text::timestamptz, $5::text::timestamptz)
+                 ON CONFLICT (platform, account_id, participant_id) DO UPDATE SET
+                   participant_name = COALESCE(EXCLUDED.participant_name, c.participant_name),
+                   first_event_at = LEAST(c.first_event_at, EXCLUDED.first_event_at),
+                   last_event_at = GREATEST(c.last_event_at, EXCLUDED.last_event_at)"),
+            message: s("INSERT INTO {s}.messages AS m
+                 (id, platform, account_id, participant_id, direction, type, text, reply_to, sent_at, event_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::text::timestamptz, $10)
+                 ON CONFLICT (id) DO UPDATE SET
+                   participant_id = COALESCE(m.participant_id, EXCLUDED.participant_id),
+                   type = COALESCE(m.type, EXCLUDED.type),
+                   text = COALESCE(m.text, EXCLUDED.text),
+                   reply_to = COALESCE(m.reply_to, EXCLUDED.reply_to),
+                   sent_at = COALESCE(m.sent_at, EXCLUDED.sent_at)"),
+            status: s("INSERT INTO {s}.messages AS m
+                 (id, platform, account_id, participant_id, direction, status, status_rank, status_at, errors, event_id)
+                 VALUES ($1, $2, $3, $4, 'out', $5, $6, $7::text::timestamptz, $8::text::jsonb, $9)
+                 ON CONFLICT (id) DO UPDATE SET
+                   status = EXCLUDED.status, status_rank = EXCLUDED.status_rank, status_at = EXCLUDED.status_at,
+                   errors = COALESCE(EXCLUDED.errors, m.errors)
+                 WHERE m.status_rank < EXCLUDED.status_rank"),
+            engagement: s("INSERT INTO {s}.engagement
+                 (event_id, platform, kind, account_id, participant_id, target_id, text, occurred_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::timestamptz)
+                 ON CONFLICT (event_id) DO NOTHING"),
+        }
+    }
+}
+
+/// One transaction: every event, then its projections. Only events newly inserted are
+/// projected, so a redelivered event cannot move anything (its status included).
+async fn upsert(
+    client: &mut Client,
+    sql: &Statements,
+    events: &[Event],
+) -> Result<(), tokio_postgres::Error> {
+    let txn = client.transaction().await?;
+    let column = |f: &dyn Fn(&Event) -> Option<String>| {
+        events.iter().map(f).collect::<Vec<Option<String>>>()
+    };
+    let ids = column(&|e| Some(e.id.clone()));
+    let inserted = txn
+        .query(
+            &format!("{} RETURNING id", sql.events),
+            &[
+                &ids,
+                &column(&|e| Some(e.platform.as_str().to_owned())),
+                &column(&|e| Some(e.object.clone())),
+                &column(&|e| Some(e.field.clone())),
+                &column(&|e| Some(e.kind.as_str().to_owned())),
+                &column(&|e| e.account_id.clone()),
+                &column(&|e| e.occurred_at.clone()),
+                &column(&|e| Some(e.received_at.clone())),
+                &column(&|e| Some(e.endpoint.clone())),
+                &column(&|e| serde_json::to_string(e).ok()),
+            ],
+        )
+        .await?;
+    let new: std::collections::HashSet<String> =
+        inserted.iter().map(|row| row.get::<_, String>(0)).collect();
+    let (conversation, message, status, engagement) = tokio::try_join!(
+        txn.prepare(&sql.conversation),
+        txn.prepare(&sql.message),
+        txn.prepare(&sql.status),
+        txn.prepare(&sql.engagement),
+    )?;
+    let mut seen = std::collections::HashSet::new();
+    for event in events
+        .iter()
+        .filter(|e| new.contains(&e.id) && seen.insert(e.id.clone()))
+    {
+        let platform = event.platform.as_str();
+        let account = event.account_id.as_deref().unwrap_or("");
+        let participant = event
+            .conversation
+            .as_ref()
+            .and_then(|c| c.participant.as_ref());
+        let participant_id = participant.and_then(|p| p.id.as_deref());
+        let at = event
+            .occurred_at
+            .as_deref()
+            .or(Some(event.received_at.as_str()));
+        if let Some(pid) = participant_id {
+            let name = participant.and_then(|p| p.name.as_deref());
+            txn.execute(&conversation, &[&platform, &account, &pid, &name, &at])
+                .await?;
+        }
+        let body = event.message.as_ref();
+        match event.kind {
+            Kind::Message | Kind::Echo => {
+                if let Some(id) = body.and_then(|m| m.id.as_deref()) {
+                    let direction = if event.kind == Kind::Echo {
+                        "out"
+                    } else {
+                        "in"
+                    };
+                    let kind = body.map(|m| m.kind.as_str());
+                    let text = body.and_then(|m| m.text.as_deref());
+                    let reply_to = body.and_then(|m| m.reply_to.as_deref());
+                    txn.execute(
+                        &message,
+                        &[
+                            &id,
+                            &platform,
+                            &account,
+                            &participant_id,
+                            &direction,
+                            &kind,
+                            &text,
+                            &reply_to,
+                            &at,
+                            &event.id,
+                        ],
+                    )
+                    .await?;
+                }
+            }
+            Kind::Status => {
+                if let (Some(id), Some(value)) =
+                    (body.and_then(|m| m.id.as_deref()), event.status.as_ref())
+                {
+                    let errors = (!value.errors.is_empty())
+                        .then(|| serde_json::to_string(&value.errors).unwrap_or_default());
+                    let rank = status_rank(&value.value);
+                    txn.execute(
+                        &status,
+                        &[
+                            &id,
+                            &platform,
+                            &account,
+                            &participant_id,
+                            &value.value,
+                            &rank,
+                            &at,
+                            &errors,
+                            &event.id,
+                        ],
+                    )
+                    .await?;
+                }
+            }
+            Kind::Comment
+            | Kind::Mention
+            | Kind::Reaction
+            | Kind::Rating
+            | Kind::Lead
+            | Kind::Optin
+            | Kind::Optout
+            | Kind::LiveComment => {
+                let target = body.and_then(|m| m.reply_to.as_deref().or(m.id.as_deref()));
+                let text = body.and_then(|m| m.text.as_deref());
+                txn.execute(
+                    &engagement,
+                    &[
+                        &event.id,
+                        &platform,
+                        &event.kind.as_str(),
+                        &account,
+                        &participant_id,
+                        &target,
+                        &text,
+                        &at,
+                    ],
+                )
+                .await?;
+            }
+            _ => {}
+        }
+    }
+    txn.commit().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_only_move_forward() {
+        let order: Vec<i32> = ["sent", "delivered", "read", "played", "failed"]
+            .iter()
+            .map(|s| status_rank(s))
+            .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(status_rank("deleted"), 0);
+    }
+}

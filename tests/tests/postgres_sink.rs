@@ -1,0 +1,268 @@
+//! The `postgres` sink against the real PostgreSQL server: every fixture event is stored
+//! once (per kind as in the file sink), a redelivery changes nothing, a message's status only
+//! moves forward, and migrations are idempotent.
+
+#![allow(clippy::print_stderr)] // tests report on stderr
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use http::StatusCode;
+use metahook_receiver::config::{PostgresSinkConfig, SinkConfig};
+use metahook_tests::testkit::{self, TestReceiver};
+use tokio_postgres::NoTls;
+
+const URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+fn unique_schema() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("metahook_test_{}_{nanos}", std::process::id())
+}
+
+fn postgres_sink(schema: &str) -> SinkConfig {
+    SinkConfig {
+        name: "store".into(),
+        file: None,
+        nats: None,
+        postgres: Some(PostgresSinkConfig {
+            url: URL.to_owned(),
+            schema: schema.to_owned(),
+        }),
+    }
+}
+
+async fn connect() -> Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(URL, NoTls).await.context(
+        "PostgreSQL must run on 127.0.0.1:5432 with database test (scripts/test.sh starts it)",
+    )?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+async fn wait_delivered(receiver: &TestReceiver, count: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let sample = r#"metahook_sink_deliveries_total{result="success",sink="store"}"#;
+    loop {
+        let delivered = receiver.metric(sample).await.unwrap_or(0.0);
+        #[allow(clippy::cast_precision_loss)]
+        if delivered >= count as f64 {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the postgres sink delivered {delivered} of {count} events"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn count(db: &tokio_postgres::Client, sql: &str) -> Result<i64> {
+    Ok(db
+        .query_one(sql, &[])
+        .await
+        .with_context(|| sql.to_owned())?
+        .get(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_is_stored_once() -> Result<()> {
+    let db = connect().await?;
+    let schema = unique_schema();
+    let receiver =
+        TestReceiver::start_with(|config, _| config.sinks.push(postgres_sink(&schema))).await?;
+    let dir = testkit::own_fixtures_dir();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    let bodies: Vec<Vec<u8>> = files.iter().map(std::fs::read).collect::<Result<_, _>>()?;
+    for body in &bodies {
+        ensure!(receiver.post(body).await?.status == StatusCode::OK);
+    }
+    let index = std::fs::read_to_string(dir.join("INDEX.tsv"))?;
+    let expected: usize = index
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split('\t').nth(4)?.parse::<usize>().ok())
+        .sum();
+    let events = receiver
+        .wait_for_events(expected, Duration::from_secs(30))
+        .await?;
+    wait_delivered(&receiver, expected).await?;
+
+    let mut seen = HashSet::new();
+    let mut file_kinds: BTreeMap<String, i64> = BTreeMap::new();
+    for event in &events {
+        if seen.insert(event["id"].as_str().unwrap_or("").to_owned()) {
+            *file_kinds
+                .entry(event["kind"].as_str().unwrap_or("").to_owned())
+                .or_default() += 1;
+        }
+    }
+    let rows = db
+        .query(
+            &format!("SELECT kind, count(*) FROM {schema}.events GROUP BY kind"),
+            &[],
+        )
+        .await?;
+    let stored: BTreeMap<String, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        stored, file_kinds,
+        "per-kind counts: PostgreSQL vs file sink"
+    );
+
+    let tables = ["events", "conversations", "messages", "engagement"];
+    let mut before = Vec::new();
+    for table in tables {
+        before.push(count(&db, &format!("SELECT count(*) FROM {schema}.{table}")).await?);
+    }
+    assert!(
+        before.iter().all(|n| *n > 0),
+        "every table is filled: {before:?}"
+    );
+    let raw_ok = count(
+        &db,
+        &format!("SELECT count(*) FROM {schema}.events WHERE event ? 'raw'"),
+    )
+    .await?;
+    assert_eq!(
+        raw_ok, before[0],
+        "the whole event, raw included, is stored as jsonb"
+    );
+
+    // The same events again (new bytes, so the spool stores them): nothing changes.
+    for body in &bodies {
+        let mut again = body.clone();
+        again.push(b'\n');
+        ensure!(receiver.post(&again).await?.status == StatusCode::OK);
+    }
+    wait_delivered(&receiver, 2 * expected).await?;
+    for (table, n) in tables.iter().zip(&before) {
+        assert_eq!(
+            count(&db, &format!("SELECT count(*) FROM {schema}.{table}")).await?,
+            *n,
+            "{table} changed on redelivery"
+        );
+    }
+    eprintln!(
+        "{expected} events from {} fixtures stored once; redelivery changed nothing ({before:?})",
+        bodies.len()
+    );
+    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await?;
+    Ok(())
+}
+
+fn status_body(wamid: &str, status: &str, at: u32) -> Vec<u8> {
+    let errors = if status == "failed" {
+        r#","errors":[{"code":131026,"title":"Message undeliverable"}]"#
+    } else {
+        ""
+    };
+    format!(
+        r#"{{"object":"whatsapp_business_account","entry":[{{"id":"100200300400500","changes":[{{"field":"messages","value":{{"messaging_product":"whatsapp","statuses":[{{"id":"{wamid}","status":"{status}","timestamp":"{at}","recipient_id":"15551234567"{errors}}}]}}}}]}}]}}"#
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_only_moves_forward() -> Result<()> {
+    let db = connect().await?;
+    let schema = unique_schema();
+    let receiver =
+        TestReceiver::start_with(|config, _| config.sinks.push(postgres_sink(&schema))).await?;
+    let status_of = |wamid: &'static str| {
+        let sql = format!("SELECT status FROM {schema}.messages WHERE id = '{wamid}'");
+        let db = &db;
+        async move { Ok::<String, anyhow::Error>(db.query_one(&sql, &[]).await?.get(0)) }
+    };
+    let mut delivered = 0;
+    for (status, at) in [
+        ("read", 1_700_000_300),
+        ("delivered", 1_700_000_200),
+        ("sent", 1_700_000_100),
+    ] {
+        ensure!(
+            receiver
+                .post(&status_body("wamid.mono.1", status, at))
+                .await?
+                .status
+                == StatusCode::OK
+        );
+        delivered += 1;
+        wait_delivered(&receiver, delivered).await?;
+    }
+    assert_eq!(
+        status_of("wamid.mono.1").await?,
+        "read",
+        "late sent/delivered do not move read back"
+    );
+
+    for (status, at) in [("sent", 1_700_000_100), ("failed", 1_700_000_200)] {
+        ensure!(
+            receiver
+                .post(&status_body("wamid.mono.2", status, at))
+                .await?
+                .status
+                == StatusCode::OK
+        );
+        delivered += 1;
+        wait_delivered(&receiver, delivered).await?;
+    }
+    assert_eq!(status_of("wamid.mono.2").await?, "failed");
+    let errors: Option<serde_json::Value> = db
+        .query_one(
+            &format!("SELECT errors::text FROM {schema}.messages WHERE id = 'wamid.mono.2'"),
+            &[],
+        )
+        .await?
+        .get::<_, Option<String>>(0)
+        .map(|t| serde_json::from_str(&t))
+        .transpose()?;
+    assert_eq!(
+        errors.as_ref().and_then(|e| e[0]["code"].as_i64()),
+        Some(131_026),
+        "failed is recorded with its errors"
+    );
+    drop(receiver);
+
+    // Migrations are idempotent: a second receiver on the same schema starts and stores.
+    let again =
+        TestReceiver::start_with(|config, _| config.sinks.push(postgres_sink(&schema))).await?;
+    ensure!(
+        again
+            .post(&status_body("wamid.mono.3", "sent", 1_700_000_100))
+            .await?
+            .status
+            == StatusCode::OK
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count(
+        &db,
+        &format!("SELECT count(*) FROM {schema}.messages WHERE id = 'wamid.mono.3'"),
+    )
+    .await?
+        == 0
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "the second receiver never stored"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        count(
+            &db,
+            &format!("SELECT count(*) FROM {schema}.schema_migrations")
+        )
+        .await?,
+        1
+    );
+    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await?;
+    Ok(())
+}
