@@ -57,6 +57,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .context("spool open task failed")?
         .with_context(|| format!("cannot open the spool in {}", config.spool.dir.display()))?;
     let spool = Arc::new(spool);
+    metrics
+        .spool_limit_bytes
+        .set(i64::try_from(config.spool.max_bytes).unwrap_or(i64::MAX));
     let receiver = Receiver::new(&config, Arc::clone(&spool), Arc::clone(&metrics))
         .map_err(|(endpoint, err)| anyhow::anyhow!("endpoint {endpoint}: {err}"))?;
     let receiver = Arc::new(receiver);
@@ -166,6 +169,9 @@ async fn update_gauges(spool: Arc<Spool>, metrics: Arc<Metrics>, mut stop: watch
             _ = stop.changed() => return,
         }
         let stats = spool.stats();
+        metrics
+            .spool_bytes
+            .set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
         metrics
             .spool_events
             .set(i64::try_from(stats.events).unwrap_or(i64::MAX));

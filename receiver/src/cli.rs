@@ -54,6 +54,7 @@ Configuration keys (YAML; durations like 500ms, 30s, 24h):
   spool.dedup_window              redeliveries of a body within it are stored once [1h]
   spool.dedup_max_entries         requests remembered for dedup at most [100000]
   spool.segment_bytes             size of a segment file [67108864]
+  spool.max_bytes                 503 + Retry-After while the spool holds more [0 = no limit]
   spool.max_group_requests        requests per group commit [1024]
   spool.group_commit_wait         wait for requests about to append [1ms]
   sinks[].name                    sink name (its cursor and metrics label)

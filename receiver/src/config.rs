@@ -96,6 +96,10 @@ pub struct SpoolConfig {
     /// Most requests remembered for dedup (oldest forgotten first), bounding memory.
     #[serde(default = "default_dedup_max_entries")]
     pub dedup_max_entries: usize,
+    /// Most bytes of undelivered events the spool holds; beyond it requests get 503 with
+    /// Retry-After (Meta retries) until the sinks catch up. 0: no limit.
+    #[serde(default)]
+    pub max_bytes: u64,
     /// Size at which a new segment file is started (compaction deletes whole segments).
     #[serde(default = "default_segment_bytes")]
     pub segment_bytes: u64,

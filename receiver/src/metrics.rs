@@ -35,6 +35,10 @@ pub struct Metrics {
     pub spool_events: IntGauge,
     /// `metahook_spool_oldest_event_age_seconds`.
     pub spool_oldest_age: Gauge,
+    /// `metahook_spool_bytes`.
+    pub spool_bytes: IntGauge,
+    /// `metahook_spool_limit_bytes`.
+    pub spool_limit_bytes: IntGauge,
     /// `metahook_spool_commit_duration_seconds`.
     pub spool_commit_duration: Histogram,
     /// `metahook_sink_deliveries_total{sink,result}`.
@@ -117,6 +121,16 @@ impl Metrics {
             "Age of the oldest event not yet delivered by every sink (0 when none).",
         )?;
         registry.register(Box::new(spool_oldest_age.clone()))?;
+        let spool_bytes = IntGauge::new(
+            "metahook_spool_bytes",
+            "Bytes the spool's segment files take.",
+        )?;
+        registry.register(Box::new(spool_bytes.clone()))?;
+        let spool_limit_bytes = IntGauge::new(
+            "metahook_spool_limit_bytes",
+            "The spool's size limit (spool.max_bytes; 0 = none): past it requests get 503.",
+        )?;
+        registry.register(Box::new(spool_limit_bytes.clone()))?;
         let spool_commit_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "metahook_spool_commit_duration_seconds",
@@ -174,6 +188,8 @@ impl Metrics {
             duplicates,
             spool_events,
             spool_oldest_age,
+            spool_bytes,
+            spool_limit_bytes,
             spool_commit_duration,
             sink_deliveries,
             sink_delivery_duration,

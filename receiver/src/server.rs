@@ -381,7 +381,11 @@ impl Receiver {
                 response(StatusCode::OK, "EVENT_RECEIVED\n")
             }
             Err(err) => {
-                outcome.outcome = "spool_error";
+                outcome.outcome = if matches!(err, crate::spool::SpoolError::Full { .. }) {
+                    "spool_full"
+                } else {
+                    "spool_error"
+                };
                 outcome.detail = Some(err.to_string());
                 let mut reply = response(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -70,6 +70,7 @@ pub fn config_in(dir: &Path) -> Result<Config> {
             dir: dir.join("spool"),
             dedup_window: Duration::from_secs(3600),
             dedup_max_entries: 100_000,
+            max_bytes: 0,
             group_commit_wait: Duration::from_millis(1),
             segment_bytes: 64 * 1024 * 1024,
             max_group_requests: 1024,

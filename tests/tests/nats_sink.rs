@@ -291,3 +291,55 @@ async fn an_outage_loses_nothing() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_answers_503_then_recovers() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let store = dir.path().join("jetstream");
+    // NATS is down from the start: the sink cannot deliver, the spool fills.
+    let receiver = TestReceiver::start_with(|config, _| {
+        config.sinks.push(nats_sink(&url, "FULL", "full"));
+        config.spool.max_bytes = 64 * 1024;
+        config.spool.segment_bytes = 4096;
+    })
+    .await?;
+    let mut accepted = 0;
+    let mut refused = None;
+    for n in 0..500 {
+        let reply = receiver.post(&body(n)).await?;
+        if reply.status == StatusCode::OK {
+            accepted += 1;
+        } else {
+            refused = Some(reply);
+            break;
+        }
+    }
+    let refused = refused.context("the spool never filled")?;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.headers["retry-after"], "5");
+    assert!(accepted > 10, "accepted before the limit: {accepted}");
+    assert_eq!(
+        receiver.get("/healthz").await?.status,
+        StatusCode::OK,
+        "no crash"
+    );
+
+    let _server = PrivateNats::start(port, &store)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if receiver.post(&body(10_000)).await?.status == StatusCode::OK {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the spool never accepted again after NATS returned"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_delivered(&receiver, accepted + 1, Duration::from_secs(60)).await?;
+    Ok(())
+}

@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -59,6 +59,12 @@ pub enum SpoolError {
     /// An earlier fsync failed; nothing more is written until a restart.
     #[error("spool: an earlier write failed to reach disk; restart the receiver")]
     Poisoned,
+    /// The spool holds `spool.max_bytes` of undelivered events: a sink is behind.
+    #[error("spool: full ({limit} bytes of undelivered events); a sink is not keeping up")]
+    Full {
+        /// The configured limit.
+        limit: u64,
+    },
     /// The writer is gone (shutting down).
     #[error("spool: closed")]
     Closed,
@@ -96,6 +102,8 @@ pub struct SpoolStats {
     pub events: u64,
     /// When the oldest of them was accepted (Unix millis), as the sinks last saw it.
     pub oldest_received_millis: Option<u64>,
+    /// Bytes the segments take.
+    pub bytes: u64,
 }
 
 struct Append {
@@ -111,6 +119,8 @@ struct SegmentInfo {
     path: PathBuf,
     /// (seq, offset) every [`INDEX_EVERY`] records and at the first.
     index: Vec<(u64, u64)>,
+    /// Bytes of valid records in the file.
+    bytes: u64,
 }
 
 struct Shared {
@@ -127,6 +137,10 @@ struct Shared {
     preparing: AtomicUsize,
     /// The writer thread, to unpark it.
     writer_thread: std::sync::OnceLock<std::thread::Thread>,
+    /// Bytes in all segments.
+    bytes: AtomicU64,
+    /// `spool.max_bytes` (0: no limit).
+    max_bytes: u64,
 }
 
 /// The spool; see the module docs.
@@ -178,6 +192,7 @@ impl Spool {
                 first_seq,
                 path,
                 index: scan.index,
+                bytes: scan.valid_len,
             });
         }
         let oldest = segments.first().map_or(next_seq, |s| s.first_seq);
@@ -216,6 +231,7 @@ impl Spool {
             .map_err(io("cannot stat the active segment"))?
             .len();
 
+        let total_bytes = segments.iter().map(|s| s.bytes).sum();
         let (head, _) = watch::channel(next_seq - 1);
         let shared = Arc::new(Shared {
             dir,
@@ -228,6 +244,8 @@ impl Spool {
             poisoned: AtomicBool::new(false),
             preparing: AtomicUsize::new(0),
             writer_thread: std::sync::OnceLock::new(),
+            bytes: AtomicU64::new(total_bytes),
+            max_bytes: config.max_bytes,
         });
         // Unbounded, but bounded in practice: each in-flight request (limits.max_in_flight)
         // sends at most one append.
@@ -380,7 +398,9 @@ impl Spool {
                 .map_err(|_| SpoolError::Closed)?;
             let mut removed = Vec::new();
             while segments.len() > 1 && segments[1].first_seq <= low.saturating_add(1) {
-                removed.push(segments.remove(0).path);
+                let segment = segments.remove(0);
+                self.shared.bytes.fetch_sub(segment.bytes, Ordering::SeqCst);
+                removed.push(segment.path);
             }
             removed
         };
@@ -429,6 +449,7 @@ impl Spool {
         SpoolStats {
             events,
             oldest_received_millis: oldest,
+            bytes: self.shared.bytes.load(Ordering::SeqCst),
         }
     }
 
@@ -539,6 +560,7 @@ fn create_segment(dir: &Path, first_seq: u64) -> Result<(File, SegmentInfo), Spo
             first_seq,
             path,
             index: Vec::new(),
+            bytes: 0,
         },
     ))
 }
@@ -568,7 +590,7 @@ impl Writer {
                 Ok(outcomes) => {
                     for (append, outcome) in group.drain(..).zip(outcomes) {
                         // A waiter that gave up (client gone) no longer needs its answer.
-                        let _ = append.reply.send(Ok(outcome));
+                        let _ = append.reply.send(outcome);
                     }
                 }
                 Err(err) => {
@@ -607,7 +629,10 @@ impl Writer {
     }
 
     /// Writes a group with one write and one fdatasync.
-    fn commit(&mut self, group: &[Append]) -> Result<Vec<AppendOutcome>, SpoolError> {
+    fn commit(
+        &mut self,
+        group: &[Append],
+    ) -> Result<Vec<Result<AppendOutcome, SpoolError>>, SpoolError> {
         if self.shared.poisoned.load(Ordering::SeqCst) {
             return Err(SpoolError::Poisoned);
         }
@@ -621,10 +646,21 @@ impl Writer {
             let repeated = append.key != [0; 16]
                 && (self.recent.contains(&append.key, now) || accepted_keys.contains(&append.key));
             if repeated {
-                outcomes.push(AppendOutcome {
+                outcomes.push(Ok(AppendOutcome {
                     stored: 0,
                     duplicates: append.events.len(),
-                });
+                }));
+                continue;
+            }
+            let size: usize = append
+                .events
+                .iter()
+                .map(|e| e.len() + segment::FRAME_HEADER + segment::PAYLOAD_HEADER)
+                .sum();
+            let limit = self.shared.max_bytes;
+            let held = self.shared.bytes.load(Ordering::SeqCst) + (self.buffer.len() + size) as u64;
+            if limit > 0 && held > limit {
+                outcomes.push(Err(SpoolError::Full { limit }));
                 continue;
             }
             for json in &append.events {
@@ -635,10 +671,10 @@ impl Writer {
                 seq += 1;
             }
             accepted_keys.push(append.key);
-            outcomes.push(AppendOutcome {
+            outcomes.push(Ok(AppendOutcome {
                 stored: append.events.len(),
                 duplicates: 0,
-            });
+            }));
         }
         if !self.buffer.is_empty() {
             self.active
@@ -647,11 +683,14 @@ impl Writer {
             self.active
                 .sync_data()
                 .map_err(io("cannot fsync the active segment"))?;
-            self.active_len += self.buffer.len() as u64;
+            let written = self.buffer.len() as u64;
+            self.active_len += written;
+            self.shared.bytes.fetch_add(written, Ordering::SeqCst);
             if let Ok(mut segments) = self.shared.segments.write()
                 && let Some(last) = segments.last_mut()
             {
                 last.index.extend(new_index);
+                last.bytes += written;
             }
             self.next_seq = seq;
             self.shared.head.send_replace(seq - 1);

@@ -7,6 +7,7 @@ fn config(dir: &Path) -> SpoolConfig {
         dir: dir.to_owned(),
         dedup_window: Duration::from_secs(60),
         dedup_max_entries: 1000,
+        max_bytes: 0,
         group_commit_wait: Duration::from_millis(1),
         segment_bytes: 4096,
         max_group_requests: 64,
@@ -179,4 +180,47 @@ fn a_second_receiver_cannot_open_the_same_spool() {
     let _first = Spool::open(&config(dir.path()), &[]).expect("open");
     let second = Spool::open(&config(dir.path()), &[]).expect_err("locked");
     assert!(second.to_string().contains("in use"), "{second}");
+}
+
+#[tokio::test]
+async fn a_full_spool_refuses_until_sinks_catch_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = SpoolConfig {
+        max_bytes: 8192,
+        ..config(dir.path())
+    };
+    let spool = Spool::open(&config, &["a".to_owned()]).expect("open");
+    let big = "y".repeat(1500);
+    let mut stored = 0u64;
+    let mut refused = None;
+    for i in 0..20u8 {
+        match spool.append([i + 1; 16], events(&[&big])).await {
+            Ok(outcome) => stored += outcome.stored as u64,
+            Err(err) => {
+                refused = Some(err);
+                break;
+            }
+        }
+    }
+    assert!(
+        matches!(refused, Some(SpoolError::Full { limit: 8192 })),
+        "{refused:?}"
+    );
+    assert!(stored >= 4, "accepted up to the limit: {stored}");
+    assert!(!spool.is_poisoned(), "full is not a failure");
+    // The sink delivers everything: whole segments are deleted and appends fit again.
+    spool
+        .commit_cursor(
+            "a",
+            Cursor {
+                seq: stored,
+                state: 0,
+            },
+        )
+        .expect("cursor");
+    assert!(spool.stats().bytes < 8192);
+    spool
+        .append([99; 16], events(&[&big]))
+        .await
+        .expect("accepted again");
 }
