@@ -19,11 +19,11 @@ use tokio::sync::Mutex;
 
 const PATH: &str = "/webhooks/whatsapp";
 
-fn write_config(dir: &Path, port: u16) -> Result<std::path::PathBuf> {
+fn write_config(dir: &Path, port: u16, extra_sinks: &str) -> Result<std::path::PathBuf> {
     std::fs::write(dir.join("app-secret"), SECRET)?;
     std::fs::write(dir.join("verify-token"), "token")?;
     let config = format!(
-        "listen: 127.0.0.1:{port}\nendpoints:\n  - name: whatsapp\n    path: {PATH}\n    app_secret_file: {d}/app-secret\n    verify_token_file: {d}/verify-token\nspool:\n  dir: {d}/spool\nsinks:\n  - name: local\n    file: {{path: {d}/events.jsonl}}\nshutdown_grace: 10s\n",
+        "listen: 127.0.0.1:{port}\nendpoints:\n  - name: whatsapp\n    path: {PATH}\n    app_secret_file: {d}/app-secret\n    verify_token_file: {d}/verify-token\nspool:\n  dir: {d}/spool\nsinks:\n  - name: local\n    file: {{path: {d}/events.jsonl}}\n{extra_sinks}shutdown_grace: 10s\n",
         d = dir.display()
     );
     let path = dir.join("config.yaml");
@@ -128,7 +128,16 @@ async fn kill_9_under_load_loses_and_doubles_nothing() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let port = free_port()?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let config = write_config(dir.path(), port)?;
+    // Besides the file: JetStream and PostgreSQL, each must hold every event exactly once.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let stream = format!("METAHOOK_CRASH_{}_{nanos}", std::process::id());
+    let schema = format!("metahook_crash_{}_{nanos}", std::process::id());
+    let sinks = format!(
+        "  - name: bus\n    nats: {{url: \"nats://127.0.0.1:4222\", subject: \"crash{nanos}.{{platform}}.{{field}}.{{kind}}\", stream: {stream}, create_stream: true}}\n  - name: store\n    postgres: {{url: \"postgres://postgres@127.0.0.1:5432/test\", schema: {schema}}}\n"
+    );
+    let config = write_config(dir.path(), port, &sinks)?;
     let acked = Arc::new(Mutex::new(Vec::new()));
     for round in 0..4 {
         let mut receiver = Receiver::spawn(&config, addr).await?;
@@ -191,12 +200,69 @@ async fn kill_9_under_load_loses_and_doubles_nothing() -> Result<()> {
         unique.len() == acked.len(),
         "test bug: acknowledged ids repeat"
     );
+    // JetStream and PostgreSQL catch up to the file: one message / row per distinct event.
+    let distinct = counts.len() as u64;
+    let client = async_nats::connect("nats://127.0.0.1:4222")
+        .await
+        .context("NATS on 4222")?;
+    let js = async_nats::jetstream::new(client);
+    let (db, connection) = tokio_postgres::connect(
+        "postgres://postgres@127.0.0.1:5432/test",
+        tokio_postgres::NoTls,
+    )
+    .await
+    .context("PostgreSQL on 5432")?;
+    tokio::spawn(connection);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let in_stream = match js.get_stream(&stream).await {
+            Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+            Err(_) => 0,
+        };
+        let in_db: i64 = match db
+            .query_one(
+                &format!("SELECT count(DISTINCT id) FROM {schema}.events"),
+                &[],
+            )
+            .await
+        {
+            Ok(row) => row.get(0),
+            Err(_) => 0,
+        };
+        if in_stream == distinct && u64::try_from(in_db).unwrap_or(0) == distinct {
+            break;
+        }
+        ensure!(
+            in_stream <= distinct,
+            "JetStream holds {in_stream} messages for {distinct} distinct events"
+        );
+        ensure!(
+            Instant::now() < deadline,
+            "JetStream {in_stream} / PostgreSQL {in_db} of {distinct} events"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let acked_in_db: i64 = db
+        .query_one(
+            &format!("SELECT count(*) FROM {schema}.events WHERE id = ANY($1)"),
+            &[&acked],
+        )
+        .await?
+        .get(0);
+    ensure!(
+        usize::try_from(acked_in_db).unwrap_or(0) == acked.len(),
+        "{acked_in_db} of {} acknowledged events in PostgreSQL",
+        acked.len()
+    );
     eprintln!(
-        "{} acknowledged events across 4 kill -9 restarts: all present exactly once ({} lines)",
+        "{} acknowledged events across 4 kill -9 restarts: exactly once in the file ({} lines), JetStream and PostgreSQL",
         acked.len(),
         counts.len()
     );
     terminate(&mut receiver.0)?;
+    let _ = js.delete_stream(&stream).await;
+    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await?;
     Ok(())
 }
 
@@ -225,7 +291,7 @@ async fn sigterm_drains_and_exits_zero() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let port = free_port()?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let config = write_config(dir.path(), port)?;
+    let config = write_config(dir.path(), port, "")?;
     let mut receiver = Receiver::spawn(&config, addr).await?;
     let payload = body("wamid.sigterm", 2);
     let signature = verify::sign(SECRET, &payload);
