@@ -169,6 +169,23 @@ impl TestReceiver {
         wait_for_lines(&self.events_path(), count, timeout).await
     }
 
+    /// Waits until the sink `sink` has delivered `count` events in total (per its metric).
+    pub async fn wait_delivered(&self, sink: &str, count: usize, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let sample = format!(r#"metahook_sink_deliveries_total{{result="success",sink="{sink}"}}"#);
+        loop {
+            let delivered = self.metric(&sample).await.unwrap_or(0.0);
+            #[allow(clippy::cast_precision_loss)]
+            if delivered >= count as f64 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("sink {sink} delivered {delivered} of {count} events");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// A metric's value from /metrics (the sample whose name-and-labels text is given).
     pub async fn metric(&self, sample: &str) -> Result<f64> {
         let text = self.get("/metrics").await?.text();
@@ -292,6 +309,39 @@ pub fn shared_fixtures_dir() -> Option<PathBuf> {
 /// The repository's own fixtures.
 pub fn own_fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../receiver/tests/fixtures/meta")
+}
+
+/// The bodies of the repository's own fixtures, in file-name order.
+pub fn own_fixture_bodies() -> Result<Vec<Vec<u8>>> {
+    let dir = own_fixtures_dir();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|p| std::fs::read(p).with_context(|| p.display().to_string()))
+        .collect()
+}
+
+/// How many events the own fixtures yield, from their INDEX.tsv.
+pub fn own_fixture_events() -> Result<usize> {
+    let index = std::fs::read_to_string(own_fixtures_dir().join("INDEX.tsv"))
+        .context("reading INDEX.tsv")?;
+    index
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            l.split('\t')
+                .nth(4)
+                .unwrap_or("")
+                .parse::<usize>()
+                .context("INDEX.tsv events column")
+        })
+        .sum()
 }
 
 /// The `metahook-receiver` binary of this build (built by scripts/test.sh before the tests).

@@ -61,52 +61,8 @@ async fn stream_messages(js: &async_nats::jetstream::Context, stream: &str) -> R
     Ok(stream.info().await.context("stream info")?.state.messages)
 }
 
-/// Waits until the sink named `bus` has delivered `count` events in total.
 async fn wait_delivered(receiver: &TestReceiver, count: usize, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    let sample = r#"metahook_sink_deliveries_total{result="success",sink="bus"}"#;
-    loop {
-        let delivered = receiver.metric(sample).await.unwrap_or(0.0);
-        #[allow(clippy::cast_precision_loss)]
-        if delivered >= count as f64 {
-            return Ok(());
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "the nats sink delivered {delivered} of {count} events"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The number of events the own fixtures yield, from their INDEX.tsv.
-fn indexed_events() -> Result<usize> {
-    let index = std::fs::read_to_string(testkit::own_fixtures_dir().join("INDEX.tsv"))?;
-    index
-        .lines()
-        .skip(1)
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            l.split('\t')
-                .nth(4)
-                .unwrap_or("")
-                .parse::<usize>()
-                .context("events column")
-        })
-        .sum()
-}
-
-fn own_fixture_bodies() -> Result<Vec<Vec<u8>>> {
-    let dir = testkit::own_fixtures_dir();
-    let mut files: Vec<_> = std::fs::read_dir(&dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .map(|p| std::fs::read(p).with_context(|| p.display().to_string()))
-        .collect()
+    receiver.wait_delivered("bus", count, timeout).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,7 +78,7 @@ async fn every_event_reaches_jetstream_once() -> Result<()> {
     })
     .await?;
 
-    let bodies = own_fixture_bodies()?;
+    let bodies = testkit::own_fixture_bodies()?;
     for body in &bodies {
         let reply = receiver.post(body).await?;
         ensure!(
@@ -131,7 +87,7 @@ async fn every_event_reaches_jetstream_once() -> Result<()> {
             reply.status
         );
     }
-    let stored = indexed_events()?;
+    let stored = testkit::own_fixture_events()?;
     let events = receiver
         .wait_for_events(stored, Duration::from_secs(30))
         .await?;

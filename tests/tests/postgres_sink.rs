@@ -43,20 +43,9 @@ async fn connect() -> Result<tokio_postgres::Client> {
 }
 
 async fn wait_delivered(receiver: &TestReceiver, count: usize) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let sample = r#"metahook_sink_deliveries_total{result="success",sink="store"}"#;
-    loop {
-        let delivered = receiver.metric(sample).await.unwrap_or(0.0);
-        #[allow(clippy::cast_precision_loss)]
-        if delivered >= count as f64 {
-            return Ok(());
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "the postgres sink delivered {delivered} of {count} events"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    receiver
+        .wait_delivered("store", count, Duration::from_secs(30))
+        .await
 }
 
 async fn count(db: &tokio_postgres::Client, sql: &str) -> Result<i64> {
@@ -73,22 +62,11 @@ async fn every_event_is_stored_once() -> Result<()> {
     let schema = unique_schema();
     let receiver =
         TestReceiver::start_with(|config, _| config.sinks.push(postgres_sink(&schema))).await?;
-    let dir = testkit::own_fixtures_dir();
-    let mut files: Vec<_> = std::fs::read_dir(&dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    files.sort();
-    let bodies: Vec<Vec<u8>> = files.iter().map(std::fs::read).collect::<Result<_, _>>()?;
+    let bodies = testkit::own_fixture_bodies()?;
     for body in &bodies {
         ensure!(receiver.post(body).await?.status == StatusCode::OK);
     }
-    let index = std::fs::read_to_string(dir.join("INDEX.tsv"))?;
-    let expected: usize = index
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split('\t').nth(4)?.parse::<usize>().ok())
-        .sum();
+    let expected = testkit::own_fixture_events()?;
     let events = receiver
         .wait_for_events(expected, Duration::from_secs(30))
         .await?;
