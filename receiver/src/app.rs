@@ -13,8 +13,9 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::server::{self, Receiver};
-use crate::sink::{self, file::FileSink, nats::NatsSink, postgres::PostgresSink};
+use crate::sink::{self, Consumer, file::FileSink, nats::NatsSink, postgres::PostgresSink};
 use crate::spool::Spool;
+use crate::spool::dead_letters::DeadLetters;
 
 /// How often spool gauges are refreshed.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
@@ -71,29 +72,34 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let (stop, stop_rx) = watch::channel(false);
     let (sinks_stop, sinks_stop_rx) = watch::channel(false);
     let mut sink_tasks = Vec::new();
+    let dead_letters = DeadLetters::new(&config.spool.dir);
     for sink_config in &config.sinks {
-        let name = sink_config.name.clone();
-        let (spool, metrics, stop) = (
-            Arc::clone(&spool),
-            Arc::clone(&metrics),
-            sinks_stop_rx.clone(),
-        );
-        if let Some(file) = &sink_config.file {
-            let sink = FileSink::new(file.path.clone());
-            sink_tasks.push(tokio::spawn(sink::consume(
-                name, sink, spool, metrics, stop,
-            )));
+        let consumer = Consumer {
+            name: sink_config.name.clone(),
+            spool: Arc::clone(&spool),
+            metrics: Arc::clone(&metrics),
+            retry: sink_config.retry.clone(),
+            dead_letters: dead_letters.clone(),
+        };
+        let stop = sinks_stop_rx.clone();
+        let task = if let Some(file) = &sink_config.file {
+            tokio::spawn(sink::consume(
+                consumer,
+                FileSink::new(file.path.clone()),
+                stop,
+            ))
         } else if let Some(nats) = &sink_config.nats {
-            let sink = NatsSink::new(nats.clone());
-            sink_tasks.push(tokio::spawn(sink::consume(
-                name, sink, spool, metrics, stop,
-            )));
+            tokio::spawn(sink::consume(consumer, NatsSink::new(nats.clone()), stop))
         } else if let Some(postgres) = &sink_config.postgres {
-            let sink = PostgresSink::new(postgres.clone());
-            sink_tasks.push(tokio::spawn(sink::consume(
-                name, sink, spool, metrics, stop,
-            )));
-        }
+            tokio::spawn(sink::consume(
+                consumer,
+                PostgresSink::new(postgres.clone()),
+                stop,
+            ))
+        } else {
+            continue;
+        };
+        sink_tasks.push(task);
     }
     let reloader = tokio::spawn(reload_secrets(
         Arc::clone(&receiver),

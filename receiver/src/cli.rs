@@ -65,6 +65,8 @@ Configuration keys (YAML; durations like 500ms, 30s, 24h):
   sinks[].nats.create_stream      create the stream if absent [false]
   sinks[].postgres.url            PostgreSQL connection URL (the unified message store)
   sinks[].postgres.schema         schema of its tables, migrated at start [metahook]
+  sinks[].retry.max_attempts      attempts per batch before dead letters [20; 0 = forever]
+  sinks[].retry.max_backoff       longest wait between attempts [5m]
   limits.max_body_bytes           413 above [4194304]
   limits.header_read_timeout      connection closed after [10s]
   limits.request_timeout          408 after [30s]
@@ -74,6 +76,28 @@ Configuration keys (YAML; durations like 500ms, 30s, 24h):
   shutdown_grace                  SIGTERM drain limit [25s]
   shutdown_delay                  keep accepting after readiness turns off [0s]
   secret_reload_interval          secret files re-read every [2s]";
+
+#[derive(Debug, Subcommand)]
+enum DlqAction {
+    /// One line per dead letter: seq, event id, kind, attempts, when, why.
+    List(DlqTarget),
+    /// Print dead-lettered events as JSON, one per line.
+    Show(DlqTarget),
+    /// Queue dead letters for redelivery by the running receiver.
+    Retry(DlqTarget),
+    /// Delete dead letters.
+    Purge(DlqTarget),
+}
+
+#[derive(Debug, clap::Args)]
+struct DlqTarget {
+    /// The sink, by its configured name.
+    #[arg(long)]
+    sink: String,
+    /// Only these spool sequence numbers (repeatable); all when absent.
+    #[arg(long = "seq", value_name = "SEQ")]
+    seqs: Vec<u64>,
+}
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -87,6 +111,14 @@ enum Command {
     Run,
     /// Validate the configuration and read every secret it names, then exit.
     CheckConfig,
+    /// Inspect, retry or purge a sink's dead letters (events it gave up on).
+    ///
+    /// Works beside a running receiver: `retry` queues the events and the running receiver
+    /// delivers them through the sink again.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// Print the X-Hub-Signature-256 header value Meta would send for a body.
     ///
     /// Example: curl -H "X-Hub-Signature-256: $(metahook-receiver sign --secret-file s body.json)" ...
@@ -155,6 +187,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", verify::sign(secret, &body));
             Ok(())
         }
+        Command::Dlq { action } => {
+            let config = load(cli.config.as_deref())?;
+            dead_letters(&config, &action)
+        }
         Command::CheckConfig => {
             let config = load(cli.config.as_deref())?;
             for endpoint in &config.endpoints {
@@ -178,6 +214,63 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(serve(config))
         }
     }
+}
+
+fn dead_letters(config: &Config, action: &DlqAction) -> anyhow::Result<()> {
+    let (DlqAction::List(target)
+    | DlqAction::Show(target)
+    | DlqAction::Retry(target)
+    | DlqAction::Purge(target)) = action;
+    if !config.sinks.iter().any(|s| s.name == target.sink) {
+        let names: Vec<&str> = config.sinks.iter().map(|s| s.name.as_str()).collect();
+        anyhow::bail!(
+            "no sink named {:?} in the configuration (sinks: {})",
+            target.sink,
+            names.join(", ")
+        );
+    }
+    let store = crate::spool::dead_letters::DeadLetters::new(&config.spool.dir);
+    let seqs = (!target.seqs.is_empty()).then_some(target.seqs.as_slice());
+    let sink = target.sink.as_str();
+    let chosen = |entries: Vec<crate::spool::dead_letters::DeadLetter>| {
+        entries
+            .into_iter()
+            .filter(|e| seqs.is_none_or(|s| s.contains(&e.seq)))
+            .collect::<Vec<_>>()
+    };
+    match action {
+        DlqAction::List(_) => {
+            for entry in chosen(store.list(sink)?) {
+                let event: serde_json::Value =
+                    serde_json::from_str(entry.event.get()).unwrap_or_default();
+                println!(
+                    "{}\t{}\t{}\t{} attempts\t{}\t{}",
+                    entry.seq,
+                    event["id"].as_str().unwrap_or(""),
+                    event["kind"].as_str().unwrap_or(""),
+                    entry.attempts,
+                    entry.dead_at,
+                    entry.reason
+                );
+            }
+        }
+        DlqAction::Show(_) => {
+            for entry in chosen(store.list(sink)?) {
+                println!("{}", entry.event.get());
+            }
+        }
+        DlqAction::Retry(_) => {
+            let queued = store.request_retry(sink, seqs)?;
+            println!(
+                "{queued} dead letter(s) of sink {sink} queued; the running receiver delivers them again"
+            );
+        }
+        DlqAction::Purge(_) => {
+            let purged = store.purge(sink, seqs)?;
+            println!("{purged} dead letter(s) of sink {sink} deleted");
+        }
+    }
+    Ok(())
 }
 
 fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {

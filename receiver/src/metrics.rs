@@ -47,6 +47,8 @@ pub struct Metrics {
     pub sink_delivery_duration: HistogramVec,
     /// `metahook_sink_lag_events{sink}`.
     pub sink_lag: GaugeVec,
+    /// `metahook_dead_letter_events_total{sink}`.
+    pub dead_letters: IntCounterVec,
     /// `metahook_build_info{version}`.
     pub build_info: GaugeVec,
     /// `metahook_ready`.
@@ -162,6 +164,12 @@ impl Metrics {
             &["sink"],
         )?;
         registry.register(Box::new(sink_lag.clone()))?;
+        let dead_letters = counter(
+            &registry,
+            "metahook_dead_letter_events_total",
+            "Events a sink gave up on after its retries, moved to the dead letters.",
+            &["sink"],
+        )?;
         let build_info = GaugeVec::new(
             Opts::new(
                 "metahook_build_info",
@@ -194,6 +202,7 @@ impl Metrics {
             sink_deliveries,
             sink_delivery_duration,
             sink_lag,
+            dead_letters,
             build_info,
             ready,
             dynamic_labels: Mutex::new(HashSet::new()),

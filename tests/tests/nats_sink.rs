@@ -29,6 +29,7 @@ fn nats_sink(url: &str, stream: &str, subject_prefix: &str) -> SinkConfig {
         name: "bus".into(),
         file: None,
         postgres: None,
+        retry: metahook_receiver::config::RetryConfig::default(),
         nats: Some(NatsSinkConfig {
             url: url.to_owned(),
             subject: format!("{subject_prefix}.{{platform}}.{{field}}.{{kind}}"),
@@ -297,5 +298,118 @@ async fn a_full_spool_answers_503_then_recovers() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     wait_delivered(&receiver, accepted + 1, Duration::from_secs(60)).await?;
+    Ok(())
+}
+
+/// Runs `metahook-receiver --config CONFIG dlq ARGS...`; returns its standard output.
+fn dlq(config: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new(testkit::receiver_bin()?)
+        .arg("--config")
+        .arg(config)
+        .arg("dlq")
+        .args(args)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "dlq {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_up_events_become_dead_letters_and_retry_delivers_them() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let config_path = dir.path().join("receiver.yaml");
+    // NATS is down: two attempts, then the batch goes to the dead letters.
+    let receiver = TestReceiver::start_with(|config, _| {
+        let mut sink = nats_sink(&url, "DEAD", "dead");
+        sink.retry.max_attempts = 2;
+        sink.retry.max_backoff = Duration::from_millis(200);
+        config.sinks.push(sink);
+        std::fs::write(&config_path, config.to_yaml().expect("yaml")).expect("write config");
+    })
+    .await?;
+    for n in 0..5 {
+        ensure!(receiver.post(&body(100 + n)).await?.status == StatusCode::OK);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while receiver
+        .metric(r#"metahook_dead_letter_events_total{sink="bus"}"#)
+        .await
+        .unwrap_or(0.0)
+        < 5.0
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "the events never became dead letters"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while receiver
+        .metric(r#"metahook_sink_lag_events{sink="bus"}"#)
+        .await?
+        > 0.0
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "the cursor did not move past the dead letters"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let listed = dlq(&config_path, &["list", "--sink", "bus"])?;
+    let lines: Vec<&str> = listed.lines().collect();
+    assert_eq!(lines.len(), 5, "{listed}");
+    assert!(
+        listed.contains("wamid.outage.100") && listed.contains("2 attempts"),
+        "{listed}"
+    );
+    let first_seq = lines[0].split('\t').next().context("seq column")?;
+    let shown = dlq(&config_path, &["show", "--sink", "bus", "--seq", first_seq])?;
+    let event: serde_json::Value = serde_json::from_str(shown.trim())?;
+    assert_eq!(event["kind"], "message");
+    dlq(
+        &config_path,
+        &["purge", "--sink", "bus", "--seq", first_seq],
+    )?;
+    assert_eq!(
+        dlq(&config_path, &["list", "--sink", "bus"])?
+            .lines()
+            .count(),
+        4
+    );
+    let unknown = Command::new(testkit::receiver_bin()?)
+        .arg("--config")
+        .arg(&config_path)
+        .args(["dlq", "list", "--sink", "nope"])
+        .output()?;
+    assert!(!unknown.status.success() && String::from_utf8_lossy(&unknown.stderr).contains("bus"));
+
+    // NATS is back; an operator retries: the four are delivered, the dead letters are empty.
+    let _server = PrivateNats::start(port, &dir.path().join("jetstream"))?;
+    assert!(dlq(&config_path, &["retry", "--sink", "bus"])?.starts_with("4 "));
+    let client = async_nats::connect(url.as_str()).await?;
+    let js = async_nats::jetstream::new(client);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stream_messages(&js, "DEAD").await.unwrap_or(0) < 4 {
+        ensure!(
+            Instant::now() < deadline,
+            "retried dead letters never reached NATS"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stream_messages(&js, "DEAD").await?, 4);
+    assert_eq!(
+        dlq(&config_path, &["list", "--sink", "bus"])?
+            .lines()
+            .count(),
+        0
+    );
     Ok(())
 }

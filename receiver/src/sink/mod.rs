@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use crate::config::RetryConfig;
 use crate::metrics::Metrics;
+use crate::spool::dead_letters::{DeadLetter, DeadLetters};
 use crate::spool::{Cursor, Spool, SpoolError, Spooled};
 
 /// Events per delivered batch.
@@ -27,7 +29,8 @@ pub const BATCH_SIZE: usize = 512;
 /// the receiver's I/O. Full batches never wait, so a sink keeps up at any rate.
 pub const LINGER: Duration = Duration::from_millis(20);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often an idle sink looks for dead letters queued for retry.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 /// A delivery failure, retried with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -65,47 +68,67 @@ pub trait Sink: Send + 'static {
     -> impl Future<Output = Result<u64, SinkError>> + Send;
 }
 
+/// What a consumer needs besides its sink.
+#[derive(Debug, Clone)]
+pub struct Consumer {
+    /// The sink's name (its cursor, metrics label and dead-letter file).
+    pub name: String,
+    /// The spool it reads.
+    pub spool: Arc<Spool>,
+    /// Where metrics go.
+    pub metrics: Arc<Metrics>,
+    /// Retries before dead letters.
+    pub retry: RetryConfig,
+    /// Where given-up events go.
+    pub dead_letters: DeadLetters,
+}
+
 /// Runs a sink until `shutdown` turns true and everything spooled by then is delivered
-/// (or, while the sink is failing, until shutdown).
+/// (or, while the sink is failing, until shutdown). A batch that fails `retry.max_attempts`
+/// times becomes dead letters and the cursor moves past it; `dlq retry` sends dead letters
+/// back through this loop.
 pub async fn consume<S: Sink>(
-    name: String,
+    consumer: Consumer,
     mut sink: S,
-    spool: Arc<Spool>,
-    metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let Consumer {
+        name,
+        spool,
+        metrics,
+        retry,
+        dead_letters,
+    } = consumer;
     let mut head = spool.subscribe();
-    let mut backoff = MIN_BACKOFF;
-    let mut cursor = loop {
-        match open_at_cursor(&name, &mut sink, &spool).await {
-            Ok(cursor) => break cursor,
-            Err(err) => {
-                tracing::error!(sink = %name, error = %err, "cannot open sink; retrying");
-                if wait(&mut shutdown, backoff).await {
-                    return;
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        }
-    };
-    backoff = MIN_BACKOFF;
     let lag = metrics.sink_lag.with_label_values(&[&name]);
     let delivered = metrics
         .sink_deliveries
         .with_label_values(&[&name, "success"]);
     let failed = metrics.sink_deliveries.with_label_values(&[&name, "error"]);
+    let dead = metrics.dead_letters.with_label_values(&[&name]);
     let duration = metrics.sink_delivery_duration.with_label_values(&[&name]);
+    let mut open = false;
     loop {
+        let committed = spool.cursor(&name).unwrap_or_default();
         #[allow(clippy::cast_precision_loss)]
-        lag.set(head.borrow().saturating_sub(cursor.seq) as f64);
-        let reader = Arc::clone(&spool);
-        let after = cursor.seq;
-        let batch =
+        lag.set(head.borrow().saturating_sub(committed.seq) as f64);
+
+        // Dead letters an operator sent back (`dlq retry`), before new events.
+        let retries = match dead_letters.take_retries(&name) {
+            Ok(retries) => retries,
+            Err(err) => {
+                tracing::error!(sink = %name, error = %err, "cannot read dead letters queued for retry");
+                Vec::new()
+            }
+        };
+        let (batch, from_dead_letters) = if retries.is_empty() {
+            let reader = Arc::clone(&spool);
+            let after = committed.seq;
             match tokio::task::spawn_blocking(move || reader.read_after(after, BATCH_SIZE)).await {
-                Ok(Ok(batch)) => batch,
+                Ok(Ok(batch)) => (batch, false),
                 Ok(Err(err)) => {
                     tracing::error!(sink = %name, error = %err, "cannot read the spool");
-                    if wait(&mut shutdown, backoff).await {
+                    if wait(&mut shutdown, MIN_BACKOFF).await {
                         return;
                     }
                     continue;
@@ -114,8 +137,21 @@ pub async fn consume<S: Sink>(
                     tracing::error!(sink = %name, error = %err, "spool read task failed");
                     return;
                 }
-            };
-        spool.set_pending(&name, batch.first().map(|e| e.received_millis));
+            }
+        } else {
+            let batch = retries
+                .iter()
+                .map(|d| Spooled {
+                    seq: d.seq,
+                    received_millis: 0,
+                    json: d.event.get().as_bytes().to_vec(),
+                })
+                .collect();
+            (batch, true)
+        };
+        if !from_dead_letters {
+            spool.set_pending(&name, batch.first().map(|e| e.received_millis));
+        }
         let Some(last) = batch.last().map(|e| e.seq) else {
             if *shutdown.borrow() {
                 return;
@@ -123,38 +159,153 @@ pub async fn consume<S: Sink>(
             tokio::select! {
                 _ = head.changed() => {}
                 _ = shutdown.changed() => {}
+                // Also notices retries queued by `dlq retry` while idle.
+                () = tokio::time::sleep(IDLE_CHECK) => {}
             }
             continue;
         };
-        let started = Instant::now();
-        let result = deliver_and_commit(&name, &mut sink, &spool, &batch, last).await;
-        duration.observe(started.elapsed().as_secs_f64());
+
         let count = u64::try_from(batch.len()).unwrap_or(u64::MAX);
-        match result {
-            Ok(next) => {
-                delivered.inc_by(count);
-                cursor = next;
-                backoff = MIN_BACKOFF;
-                if batch.len() < BATCH_SIZE && !*shutdown.borrow() {
-                    // Shutdown interrupts the wait: what is left is delivered at once.
-                    wait(&mut shutdown, LINGER).await;
+        let mut attempts = 0u32;
+        loop {
+            let started = Instant::now();
+            let result = attempt(
+                &name,
+                &mut sink,
+                &spool,
+                &batch,
+                last,
+                &mut open,
+                from_dead_letters,
+            )
+            .await;
+            duration.observe(started.elapsed().as_secs_f64());
+            let err = match result {
+                Ok(()) => {
+                    delivered.inc_by(count);
+                    if from_dead_letters {
+                        if let Err(err) = dead_letters.retried(&name) {
+                            tracing::error!(sink = %name, error = %err, "delivered retried dead letters but cannot clear them");
+                        }
+                        tracing::info!(sink = %name, events = batch.len(), "retried dead letters delivered");
+                    }
+                    break;
+                }
+                Err(err) => err,
+            };
+            failed.inc_by(count);
+            open = false;
+            attempts += 1;
+            if !from_dead_letters && retry.max_attempts > 0 && attempts >= retry.max_attempts {
+                match bury(&name, &spool, &dead_letters, &batch, last, attempts, &err) {
+                    Ok(()) => {
+                        dead.inc_by(count);
+                        tracing::error!(sink = %name, error = %err, events = batch.len(), attempts, "giving up: events moved to the dead letters");
+                        break;
+                    }
+                    Err(bury_err) => {
+                        tracing::error!(sink = %name, error = %bury_err, "cannot write dead letters; retrying the batch");
+                    }
                 }
             }
-            Err(err) => {
-                failed.inc_by(count);
-                tracing::warn!(sink = %name, error = %err, events = batch.len(), retry_in_ms = backoff.as_millis(), "delivery failed; will retry");
-                if wait(&mut shutdown, backoff).await {
-                    return;
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                // Resume from what is durably committed, whatever the failure left behind.
-                match open_at_cursor(&name, &mut sink, &spool).await {
-                    Ok(committed) => cursor = committed,
-                    Err(err) => tracing::error!(sink = %name, error = %err, "cannot reopen sink"),
-                }
+            let delay = backoff(attempts, retry.max_backoff);
+            tracing::warn!(sink = %name, error = %err, events = batch.len(), attempts, retry_in_ms = delay.as_millis(), "delivery failed; will retry");
+            if wait(&mut shutdown, delay).await {
+                return;
             }
         }
+        if batch.len() < BATCH_SIZE && !*shutdown.borrow() {
+            // Shutdown interrupts the wait: what is left is delivered at once.
+            wait(&mut shutdown, LINGER).await;
+        }
     }
+}
+
+/// One delivery attempt: (re)open the sink at its committed cursor if needed, deliver, and
+/// commit the cursor (past `last` for spool batches; only the sink's new state for retried
+/// dead letters, which are behind the cursor).
+async fn attempt<S: Sink>(
+    name: &str,
+    sink: &mut S,
+    spool: &Arc<Spool>,
+    batch: &[Spooled],
+    last: u64,
+    open: &mut bool,
+    from_dead_letters: bool,
+) -> Result<(), SinkError> {
+    if !*open {
+        open_at_cursor(name, sink, spool).await?;
+        *open = true;
+    }
+    let state = sink.deliver(batch).await?;
+    let committed = spool.cursor(name)?;
+    let seq = if from_dead_letters {
+        committed.seq
+    } else {
+        last
+    };
+    let writer = Arc::clone(spool);
+    let owned = name.to_owned();
+    tokio::task::spawn_blocking(move || writer.commit_cursor(&owned, Cursor { seq, state }))
+        .await??;
+    Ok(())
+}
+
+/// Moves a batch to the dead letters and the cursor past it (with the committed state).
+fn bury(
+    name: &str,
+    spool: &Spool,
+    dead_letters: &DeadLetters,
+    batch: &[Spooled],
+    last: u64,
+    attempts: u32,
+    err: &SinkError,
+) -> Result<(), SinkError> {
+    let dead_at = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let entries: Vec<DeadLetter> = batch
+        .iter()
+        .filter_map(|e| {
+            let json = String::from_utf8(e.json.clone()).ok()?;
+            let event = serde_json::value::RawValue::from_string(json).ok()?;
+            Some(DeadLetter {
+                seq: e.seq,
+                reason: err.to_string(),
+                attempts,
+                dead_at: dead_at.clone(),
+                event,
+            })
+        })
+        .collect();
+    dead_letters
+        .append(name, &entries)
+        .map_err(|source| SinkError::Io {
+            context: format!("cannot write dead letters of sink {name}"),
+            source,
+        })?;
+    let committed = spool.cursor(name)?;
+    spool.commit_cursor(
+        name,
+        Cursor {
+            seq: last,
+            state: committed.state,
+        },
+    )?;
+    Ok(())
+}
+
+/// Exponential backoff from [`MIN_BACKOFF`], capped, with ±25% jitter so that sinks and
+/// receivers retrying together spread out.
+fn backoff(attempts: u32, max: Duration) -> Duration {
+    let base = MIN_BACKOFF
+        .saturating_mul(1u32 << attempts.saturating_sub(1).min(20))
+        .min(max);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let factor = 0.75 + f64::from(nanos % 1000) / 2000.0;
+    base.mul_f64(factor)
 }
 
 async fn open_at_cursor<S: Sink>(
@@ -166,21 +317,6 @@ async fn open_at_cursor<S: Sink>(
     let owned = name.to_owned();
     let cursor = tokio::task::spawn_blocking(move || reader.cursor(&owned)).await??;
     sink.open(cursor.state).await?;
-    Ok(cursor)
-}
-
-async fn deliver_and_commit<S: Sink>(
-    name: &str,
-    sink: &mut S,
-    spool: &Arc<Spool>,
-    batch: &[Spooled],
-    last: u64,
-) -> Result<Cursor, SinkError> {
-    let state = sink.deliver(batch).await?;
-    let cursor = Cursor { seq: last, state };
-    let writer = Arc::clone(spool);
-    let owned = name.to_owned();
-    tokio::task::spawn_blocking(move || writer.commit_cursor(&owned, cursor)).await??;
     Ok(cursor)
 }
 

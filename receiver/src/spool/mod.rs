@@ -22,6 +22,7 @@
 //!   be trusted) and readiness turns false until a restart.
 
 pub mod cursor;
+pub mod dead_letters;
 pub mod dedup;
 pub mod segment;
 
