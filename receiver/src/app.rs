@@ -13,7 +13,9 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::server::{self, Receiver};
-use crate::sink::{self, Consumer, file::FileSink, nats::NatsSink, postgres::PostgresSink};
+use crate::sink::{
+    self, Consumer, file::FileSink, http::HttpSink, nats::NatsSink, postgres::PostgresSink,
+};
 use crate::spool::Spool;
 use crate::spool::dead_letters::DeadLetters;
 
@@ -90,6 +92,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             ))
         } else if let Some(nats) = &sink_config.nats {
             tokio::spawn(sink::consume(consumer, NatsSink::new(nats.clone()), stop))
+        } else if let Some(http) = &sink_config.http {
+            tokio::spawn(sink::consume(consumer, HttpSink::new(http.clone()), stop))
         } else if let Some(postgres) = &sink_config.postgres {
             tokio::spawn(sink::consume(
                 consumer,

@@ -65,6 +65,12 @@ Configuration keys (YAML; durations like 500ms, 30s, 24h):
   sinks[].nats.create_stream      create the stream if absent [false]
   sinks[].postgres.url            PostgreSQL connection URL (the unified message store)
   sinks[].postgres.schema         schema of its tables, migrated at start [metahook]
+  sinks[].http.url                POST each event as JSON (Idempotency-Key = event id)
+  sinks[].http.signing_secret_file  secret of the X-Metahook-Signature HMAC
+  sinks[].http.timeout            per POST [10s]
+  sinks[].http.concurrency        POSTs in flight [8]
+  sinks[].http.ca_file            CAs for the service's certificate [system]
+  sinks[].http.client_cert_file | client_key_file   mTLS to the service
   sinks[].retry.max_attempts      attempts per batch before dead letters [20; 0 = forever]
   sinks[].retry.max_backoff       longest wait between attempts [5m]
   limits.max_body_bytes           413 above [4194304]

@@ -127,9 +127,46 @@ pub struct SinkConfig {
     /// PostgreSQL, the unified message store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postgres: Option<PostgresSinkConfig>,
+    /// HTTP POST to the user's service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSinkConfig>,
     /// How a failing batch is retried before its events become dead letters.
     #[serde(default)]
     pub retry: RetryConfig,
+}
+
+/// The `http` sink: POST each event as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSinkConfig {
+    /// The URL events are POSTed to.
+    pub url: String,
+    /// File with the secret of the `X-Metahook-Signature` HMAC (no header when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_secret_file: Option<PathBuf>,
+    /// Time one POST may take before it is retried.
+    #[serde(default = "default_http_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// POSTs in flight at once.
+    #[serde(default = "default_http_concurrency")]
+    pub concurrency: usize,
+    /// PEM bundle of the CAs the server's certificate must chain to (default: the system's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate, for mTLS to the service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_file: Option<PathBuf>,
+}
+
+fn default_http_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_http_concurrency() -> usize {
+    8
 }
 
 /// Retries of a failing sink: exponential backoff with jitter, then dead letters.
@@ -183,6 +220,7 @@ impl SinkConfig {
         usize::from(self.file.is_some())
             + usize::from(self.nats.is_some())
             + usize::from(self.postgres.is_some())
+            + usize::from(self.http.is_some())
     }
 }
 
@@ -446,11 +484,25 @@ impl Config {
             if sink.kinds() != 1 {
                 return Err(invalid(
                     format!("sinks[{i}]"),
-                    "set exactly one sink kind: file, nats or postgres",
+                    "set exactly one sink kind: file, nats, postgres or http",
                 ));
             }
             if let Some(nats) = &sink.nats {
                 validate_nats(i, nats)?;
+            }
+            if let Some(http) = &sink.http {
+                if !(http.url.starts_with("http://") || http.url.starts_with("https://")) {
+                    return Err(invalid(
+                        format!("sinks[{i}].http.url"),
+                        format!("{:?} must be an http:// or https:// URL", http.url),
+                    ));
+                }
+                if http.client_cert_file.is_some() != http.client_key_file.is_some() {
+                    return Err(invalid(
+                        format!("sinks[{i}].http.client_cert_file"),
+                        "client_cert_file and client_key_file go together",
+                    ));
+                }
             }
             if let Some(postgres) = &sink.postgres {
                 let schema = &postgres.schema;

@@ -82,6 +82,7 @@ pub fn config_in(dir: &Path) -> Result<Config> {
             }),
             nats: None,
             postgres: None,
+            http: None,
             retry: metahook_receiver::config::RetryConfig::default(),
         }],
         limits: Limits::default(),

@@ -29,6 +29,7 @@ fn nats_sink(url: &str, stream: &str, subject_prefix: &str) -> SinkConfig {
         name: "bus".into(),
         file: None,
         postgres: None,
+        http: None,
         retry: metahook_receiver::config::RetryConfig::default(),
         nats: Some(NatsSinkConfig {
             url: url.to_owned(),

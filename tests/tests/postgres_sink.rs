@@ -27,6 +27,7 @@ fn postgres_sink(schema: &str) -> SinkConfig {
         name: "store".into(),
         file: None,
         nats: None,
+        http: None,
         retry: metahook_receiver::config::RetryConfig::default(),
         postgres: Some(PostgresSinkConfig {
             url: URL.to_owned(),

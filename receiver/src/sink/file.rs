@@ -11,7 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{Sink, SinkError};
+use super::{Delivered, Sink, SinkError};
 use crate::spool::Spooled;
 
 /// Appends events to a JSON-lines file.
@@ -79,7 +79,7 @@ impl Sink for FileSink {
         Ok(())
     }
 
-    async fn deliver(&mut self, batch: &[Spooled]) -> Result<u64, SinkError> {
+    async fn deliver(&mut self, batch: &[Spooled]) -> Result<Delivered, SinkError> {
         let Some(file) = self.file.clone() else {
             return Err(self.io("file sink is not open", std::io::Error::other("not open")));
         };
@@ -97,7 +97,7 @@ impl Sink for FileSink {
         .await?
         .map_err(|e| self.io("cannot write file sink", e))?;
         self.len = offset + written;
-        Ok(self.len)
+        Ok(Delivered::all(self.len))
     }
 }
 
@@ -146,7 +146,7 @@ mod tests {
             .expect("torn write");
 
         let mut reopened = FileSink::new(path.clone());
-        reopened.open(committed).await.expect("reopen");
+        reopened.open(committed.state).await.expect("reopen");
         reopened
             .deliver(&[event(2, "{\"b\":2}")])
             .await

@@ -7,6 +7,7 @@
 //! exponential backoff, so nothing is skipped and (for the file sink) nothing is doubled.
 
 pub mod file;
+pub mod http;
 pub mod nats;
 pub mod postgres;
 
@@ -51,6 +52,16 @@ pub enum SinkError {
         /// What the remote side said.
         message: String,
     },
+    /// The remote asked to wait before the next attempt (e.g. HTTP 429 with Retry-After).
+    #[error("{context}: {message} (asked to retry after {after:?})")]
+    Throttled {
+        /// What was being done, and where.
+        context: String,
+        /// What the remote side said.
+        message: String,
+        /// How long it asked to wait.
+        after: Duration,
+    },
     /// Reading or committing the spool failed.
     #[error(transparent)]
     Spool(#[from] SpoolError),
@@ -63,9 +74,32 @@ pub enum SinkError {
 pub trait Sink: Send + 'static {
     /// Prepares to deliver after a cursor whose state is `state` (0 = never delivered).
     fn open(&mut self, state: u64) -> impl Future<Output = Result<(), SinkError>> + Send;
-    /// Delivers a batch in order; returns the state to commit with the cursor.
-    fn deliver(&mut self, batch: &[Spooled])
-    -> impl Future<Output = Result<u64, SinkError>> + Send;
+    /// Delivers a batch; returns the state to commit with the cursor and the events the
+    /// destination refused for good (they become dead letters at once). An error means the
+    /// whole batch is retried.
+    fn deliver(
+        &mut self,
+        batch: &[Spooled],
+    ) -> impl Future<Output = Result<Delivered, SinkError>> + Send;
+}
+
+/// The result of a delivered batch.
+#[derive(Debug, Default)]
+pub struct Delivered {
+    /// The sink's resume state, committed with the cursor.
+    pub state: u64,
+    /// Events the destination refused permanently: (seq, why).
+    pub rejected: Vec<(u64, String)>,
+}
+
+impl Delivered {
+    /// Everything delivered; `state` to commit.
+    pub fn all(state: u64) -> Delivered {
+        Delivered {
+            state,
+            rejected: Vec::new(),
+        }
+    }
 }
 
 /// What a consumer needs besides its sink.
@@ -177,12 +211,17 @@ pub async fn consume<S: Sink>(
                 last,
                 &mut open,
                 from_dead_letters,
+                &dead_letters,
             )
             .await;
             duration.observe(started.elapsed().as_secs_f64());
             let err = match result {
-                Ok(()) => {
-                    delivered.inc_by(count);
+                Ok(rejected) => {
+                    if !rejected.is_empty() {
+                        dead.inc_by(u64::try_from(rejected.len()).unwrap_or(u64::MAX));
+                        tracing::error!(sink = %name, events = rejected.len(), reason = %rejected[0].1, "destination refused events: moved to the dead letters");
+                    }
+                    delivered.inc_by(count - u64::try_from(rejected.len()).unwrap_or(0));
                     if from_dead_letters {
                         if let Err(err) = dead_letters.retried(&name) {
                             tracing::error!(sink = %name, error = %err, "delivered retried dead letters but cannot clear them");
@@ -208,7 +247,10 @@ pub async fn consume<S: Sink>(
                     }
                 }
             }
-            let delay = backoff(attempts, retry.max_backoff);
+            let mut delay = backoff(attempts, retry.max_backoff);
+            if let SinkError::Throttled { after, .. } = &err {
+                delay = delay.max(*after);
+            }
             tracing::warn!(sink = %name, error = %err, events = batch.len(), attempts, retry_in_ms = delay.as_millis(), "delivery failed; will retry");
             if wait(&mut shutdown, delay).await {
                 return;
@@ -224,6 +266,7 @@ pub async fn consume<S: Sink>(
 /// One delivery attempt: (re)open the sink at its committed cursor if needed, deliver, and
 /// commit the cursor (past `last` for spool batches; only the sink's new state for retried
 /// dead letters, which are behind the cursor).
+#[allow(clippy::too_many_arguments)]
 async fn attempt<S: Sink>(
     name: &str,
     sink: &mut S,
@@ -232,12 +275,25 @@ async fn attempt<S: Sink>(
     last: u64,
     open: &mut bool,
     from_dead_letters: bool,
-) -> Result<(), SinkError> {
+    dead_letters: &DeadLetters,
+) -> Result<Vec<(u64, String)>, SinkError> {
     if !*open {
         open_at_cursor(name, sink, spool).await?;
         *open = true;
     }
-    let state = sink.deliver(batch).await?;
+    let Delivered { state, rejected } = sink.deliver(batch).await?;
+    if !rejected.is_empty() {
+        let refused: Vec<(&Spooled, &str)> = rejected
+            .iter()
+            .filter_map(|(seq, why)| {
+                batch
+                    .iter()
+                    .find(|e| e.seq == *seq)
+                    .map(|e| (e, why.as_str()))
+            })
+            .collect();
+        write_dead_letters(name, dead_letters, &refused, 1)?;
+    }
     let committed = spool.cursor(name)?;
     let seq = if from_dead_letters {
         committed.seq
@@ -248,7 +304,7 @@ async fn attempt<S: Sink>(
     let owned = name.to_owned();
     tokio::task::spawn_blocking(move || writer.commit_cursor(&owned, Cursor { seq, state }))
         .await??;
-    Ok(())
+    Ok(rejected)
 }
 
 /// Moves a batch to the dead letters and the cursor past it (with the committed state).
@@ -261,17 +317,38 @@ fn bury(
     attempts: u32,
     err: &SinkError,
 ) -> Result<(), SinkError> {
+    let reason = err.to_string();
+    let entries: Vec<(&Spooled, &str)> = batch.iter().map(|e| (e, reason.as_str())).collect();
+    write_dead_letters(name, dead_letters, &entries, attempts)?;
+    let committed = spool.cursor(name)?;
+    spool.commit_cursor(
+        name,
+        Cursor {
+            seq: last,
+            state: committed.state,
+        },
+    )?;
+    Ok(())
+}
+
+/// Appends events to a sink's dead letters, each with why it was given up.
+fn write_dead_letters(
+    name: &str,
+    dead_letters: &DeadLetters,
+    events: &[(&Spooled, &str)],
+    attempts: u32,
+) -> Result<(), SinkError> {
     let dead_at = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
-    let entries: Vec<DeadLetter> = batch
+    let entries: Vec<DeadLetter> = events
         .iter()
-        .filter_map(|e| {
+        .filter_map(|(e, reason)| {
             let json = String::from_utf8(e.json.clone()).ok()?;
             let event = serde_json::value::RawValue::from_string(json).ok()?;
             Some(DeadLetter {
                 seq: e.seq,
-                reason: err.to_string(),
+                reason: (*reason).to_owned(),
                 attempts,
                 dead_at: dead_at.clone(),
                 event,
@@ -283,16 +360,7 @@ fn bury(
         .map_err(|source| SinkError::Io {
             context: format!("cannot write dead letters of sink {name}"),
             source,
-        })?;
-    let committed = spool.cursor(name)?;
-    spool.commit_cursor(
-        name,
-        Cursor {
-            seq: last,
-            state: committed.state,
-        },
-    )?;
-    Ok(())
+        })
 }
 
 /// Exponential backoff from [`MIN_BACKOFF`], capped, with ±25% jitter so that sinks and

@@ -9,7 +9,7 @@ use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use serde::Deserialize;
 
-use super::{Sink, SinkError};
+use super::{Delivered, Sink, SinkError};
 use crate::config::NatsSinkConfig;
 use crate::spool::Spooled;
 
@@ -78,7 +78,7 @@ impl Sink for NatsSink {
         Ok(())
     }
 
-    async fn deliver(&mut self, batch: &[Spooled]) -> Result<u64, SinkError> {
+    async fn deliver(&mut self, batch: &[Spooled]) -> Result<Delivered, SinkError> {
         let Some(context) = self.context.clone() else {
             return Err(self.remote("NATS sink is not open", "not connected"));
         };
@@ -99,7 +99,7 @@ impl Sink for NatsSink {
             ack.await
                 .map_err(|e| self.remote("no acknowledgement from JetStream", e))?;
         }
-        Ok(0)
+        Ok(Delivered::all(0))
     }
 }
 

@@ -9,7 +9,7 @@
 
 use tokio_postgres::{Client, NoTls};
 
-use super::{Sink, SinkError};
+use super::{Delivered, Sink, SinkError};
 use crate::config::PostgresSinkConfig;
 use crate::event::{Event, Kind};
 use crate::spool::Spooled;
@@ -172,7 +172,7 @@ impl Sink for PostgresSink {
         Ok(())
     }
 
-    async fn deliver(&mut self, batch: &[Spooled]) -> Result<u64, SinkError> {
+    async fn deliver(&mut self, batch: &[Spooled]) -> Result<Delivered, SinkError> {
         let events: Vec<Event> = batch
             .iter()
             .map(|e| serde_json::from_slice(&e.json))
@@ -193,7 +193,7 @@ impl Sink for PostgresSink {
             context: format!("cannot store events (schema {})", self.config.schema),
             message: e.to_string(),
         })?;
-        Ok(0)
+        Ok(Delivered::all(0))
     }
 }
 

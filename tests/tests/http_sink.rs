@@ -1,0 +1,357 @@
+//! The `http` sink against a real HTTP server run by the test, which can be told to succeed,
+//! fail (5xx, 429 with Retry-After, 4xx), hang, or go away.
+
+#![allow(clippy::print_stderr)] // tests report on stderr
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use metahook_receiver::config::{HttpSinkConfig, RetryConfig, SinkConfig};
+use metahook_receiver::verify;
+use metahook_tests::testkit::{self, TestReceiver};
+use tokio::net::TcpListener;
+
+const SIGNING_SECRET: &[u8] = b"downstream-signing-secret";
+
+/// How the downstream service answers.
+#[derive(Debug, Clone)]
+enum Mode {
+    Accept,
+    Status(u16, Option<u64>),
+    Hang,
+}
+
+/// One request the service received.
+#[derive(Debug, Clone)]
+struct Received {
+    idempotency_key: String,
+    signature: String,
+    body: Bytes,
+}
+
+#[derive(Debug)]
+struct State {
+    mode: Mode,
+    refuse: HashMap<String, u16>,
+    received: Vec<Received>,
+}
+
+/// The downstream service.
+struct Downstream {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Downstream {
+    async fn start(addr: SocketAddr, state: Arc<Mutex<State>>) -> Result<Downstream> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .context("binding the downstream service")?;
+        let addr = listener.local_addr()?;
+        let serving = Arc::clone(&state);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = Arc::clone(&serving);
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        let state = Arc::clone(&state);
+                        async move { Ok::<_, Infallible>(answer(&state, request).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(Downstream { addr, state, task })
+    }
+
+    fn set(&self, mode: Mode) {
+        self.state.lock().expect("state").mode = mode;
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.state.lock().expect("state").received.clone()
+    }
+
+    fn stop(self) -> Arc<Mutex<State>> {
+        self.task.abort();
+        self.state
+    }
+}
+
+async fn answer(state: &Mutex<State>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let (key, signature) = (header("idempotency-key"), header("x-metahook-signature"));
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mode = {
+        let state = state.lock().expect("state");
+        match state.refuse.get(&key) {
+            Some(code) => Mode::Status(*code, None),
+            None => state.mode.clone(),
+        }
+    };
+    let (status, retry_after) = match mode {
+        Mode::Accept => {
+            state.lock().expect("state").received.push(Received {
+                idempotency_key: key,
+                signature,
+                body,
+            });
+            (200, None)
+        }
+        Mode::Status(code, after) => (code, after),
+        Mode::Hang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            (200, None)
+        }
+    };
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if let Some(after) = retry_after {
+        response.headers_mut().insert("retry-after", after.into());
+    }
+    response
+}
+
+fn new_state() -> Arc<Mutex<State>> {
+    Arc::new(Mutex::new(State {
+        mode: Mode::Accept,
+        refuse: HashMap::new(),
+        received: Vec::new(),
+    }))
+}
+
+fn http_sink(addr: SocketAddr, dir: &Path) -> SinkConfig {
+    let secret = dir.join("signing-secret");
+    std::fs::write(&secret, SIGNING_SECRET).expect("write signing secret");
+    SinkConfig {
+        name: "crm".into(),
+        file: None,
+        nats: None,
+        postgres: None,
+        http: Some(HttpSinkConfig {
+            url: format!("http://{addr}/hooks"),
+            signing_secret_file: Some(secret),
+            timeout: Duration::from_millis(500),
+            concurrency: 4,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+        }),
+        retry: RetryConfig {
+            max_attempts: 0,
+            max_backoff: Duration::from_millis(200),
+        },
+    }
+}
+
+fn body(n: usize) -> Vec<u8> {
+    format!(r#"{{"object":"whatsapp_business_account","entry":[{{"id":"100200300400500","changes":[{{"field":"messages","value":{{"messaging_product":"whatsapp","messages":[{{"from":"15551234567","id":"wamid.http.{n}","timestamp":"1700000000","type":"text","text":{{"body":"http {n}"}}}}]}}}}]}}]}}"#).into_bytes()
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        ensure!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Ok(())
+}
+
+fn ids(received: &[Received]) -> Vec<String> {
+    received.iter().map(|r| r.idempotency_key.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivers_signed_events_with_idempotency_keys() -> Result<()> {
+    let downstream = Downstream::start("127.0.0.1:0".parse()?, new_state()).await?;
+    let receiver =
+        TestReceiver::start_with(|config, dir| config.sinks.push(http_sink(downstream.addr, dir)))
+            .await?;
+    for n in 0..3 {
+        ensure!(receiver.post(&body(n)).await?.status == StatusCode::OK);
+    }
+    wait_until("3 events arrive", Duration::from_secs(20), || {
+        downstream.received().len() >= 3
+    })
+    .await?;
+    for request in downstream.received() {
+        let event: serde_json::Value = serde_json::from_slice(&request.body)?;
+        assert_eq!(
+            request.idempotency_key,
+            event["id"].as_str().unwrap_or(""),
+            "Idempotency-Key is the event id"
+        );
+        assert_eq!(
+            request.signature,
+            verify::sign(SIGNING_SECRET, &request.body),
+            "X-Metahook-Signature verifies"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_5xx_429_and_hangs_then_delivers() -> Result<()> {
+    let downstream = Downstream::start("127.0.0.1:0".parse()?, new_state()).await?;
+    downstream.set(Mode::Status(503, None));
+    let receiver =
+        TestReceiver::start_with(|config, dir| config.sinks.push(http_sink(downstream.addr, dir)))
+            .await?;
+    ensure!(receiver.post(&body(10)).await?.status == StatusCode::OK);
+    let failures = r#"metahook_sink_deliveries_total{result="error",sink="crm"}"#;
+    for (mode, at_least) in [
+        (Mode::Status(429, Some(1)), 2.0),
+        (Mode::Hang, 3.0),
+        (Mode::Status(408, None), 4.0),
+    ] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while receiver.metric(failures).await.unwrap_or(0.0) < at_least - 1.0 {
+            ensure!(Instant::now() < deadline, "no failed attempt recorded");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        downstream.set(mode);
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    downstream.set(Mode::Accept);
+    wait_until("the event arrives", Duration::from_secs(30), || {
+        ids(&downstream.received()).contains(&"wamid.http.10".to_owned())
+    })
+    .await?;
+    assert_eq!(
+        receiver
+            .metric(r#"metahook_dead_letter_events_total{sink="crm"}"#)
+            .await
+            .unwrap_or(0.0),
+        0.0
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_4xx_is_a_dead_letter_and_dlq_retry_delivers_it() -> Result<()> {
+    let state = new_state();
+    state
+        .lock()
+        .expect("state")
+        .refuse
+        .insert("wamid.http.20".into(), 422);
+    let downstream = Downstream::start("127.0.0.1:0".parse()?, state).await?;
+    let config_path =
+        std::env::temp_dir().join(format!("metahook-http-sink-{}.yaml", std::process::id()));
+    let receiver = TestReceiver::start_with(|config, dir| {
+        config.sinks.push(http_sink(downstream.addr, dir));
+        std::fs::write(&config_path, config.to_yaml().expect("yaml")).expect("write config");
+    })
+    .await?;
+    ensure!(receiver.post(&body(20)).await?.status == StatusCode::OK);
+    ensure!(receiver.post(&body(21)).await?.status == StatusCode::OK);
+    wait_until(
+        "the accepted event arrives",
+        Duration::from_secs(20),
+        || ids(&downstream.received()).contains(&"wamid.http.21".to_owned()),
+    )
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while receiver
+        .metric(r#"metahook_dead_letter_events_total{sink="crm"}"#)
+        .await
+        .unwrap_or(0.0)
+        < 1.0
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "the refused event never became a dead letter"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let dlq = |action: &str| -> Result<String> {
+        let out = Command::new(testkit::receiver_bin()?)
+            .arg("--config")
+            .arg(&config_path)
+            .args(["dlq", action, "--sink", "crm"])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "dlq {action}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    let listed = dlq("list")?;
+    assert!(
+        listed.contains("wamid.http.20") && listed.contains("422"),
+        "{listed}"
+    );
+
+    downstream.state.lock().expect("state").refuse.clear();
+    dlq("retry")?;
+    wait_until("the retried event arrives", Duration::from_secs(20), || {
+        ids(&downstream.received()).contains(&"wamid.http.20".to_owned())
+    })
+    .await?;
+    assert!(dlq("list")?.trim().is_empty());
+    let _ = std::fs::remove_file(&config_path);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_of_the_service_loses_nothing() -> Result<()> {
+    let downstream = Downstream::start("127.0.0.1:0".parse()?, new_state()).await?;
+    let addr = downstream.addr;
+    let receiver =
+        TestReceiver::start_with(|config, dir| config.sinks.push(http_sink(addr, dir))).await?;
+    let state = downstream.stop();
+    for n in 30..40 {
+        ensure!(
+            receiver.post(&body(n)).await?.status == StatusCode::OK,
+            "200s continue while the service is down"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while receiver
+        .metric(r#"metahook_sink_lag_events{sink="crm"}"#)
+        .await?
+        < 1.0
+    {
+        ensure!(Instant::now() < deadline, "lag never rose");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let downstream = Downstream::start(addr, state).await?;
+    wait_until("the backlog drains", Duration::from_secs(30), || {
+        let got = ids(&downstream.received());
+        (30..40).all(|n| got.contains(&format!("wamid.http.{n}")))
+    })
+    .await?;
+    Ok(())
+}
