@@ -1,4 +1,5 @@
 //! Support code for metahook's end-to-end tests and the `bench` program.
 
 pub mod bench;
+pub mod downstream;
 pub mod testkit;

@@ -134,8 +134,14 @@ async fn kill_9_under_load_loses_and_doubles_nothing() -> Result<()> {
         .map_or(0, |d| d.subsec_nanos());
     let stream = format!("METAHOOK_CRASH_{}_{nanos}", std::process::id());
     let schema = format!("metahook_crash_{}_{nanos}", std::process::id());
+    let downstream = metahook_tests::downstream::Downstream::start(
+        "127.0.0.1:0".parse()?,
+        metahook_tests::downstream::new_state(),
+    )
+    .await?;
     let sinks = format!(
-        "  - name: bus\n    nats: {{url: \"nats://127.0.0.1:4222\", subject: \"crash{nanos}.{{platform}}.{{field}}.{{kind}}\", stream: {stream}, create_stream: true}}\n  - name: store\n    postgres: {{url: \"postgres://postgres@127.0.0.1:5432/test\", schema: {schema}}}\n"
+        "  - name: crm\n    http: {{url: \"http://{http}/hooks\", timeout: 2s}}\n    retry: {{max_attempts: 0, max_backoff: 500ms}}\n  - name: bus\n    nats: {{url: \"nats://127.0.0.1:4222\", subject: \"crash{nanos}.{{platform}}.{{field}}.{{kind}}\", stream: {stream}, create_stream: true}}\n  - name: store\n    postgres: {{url: \"postgres://postgres@127.0.0.1:5432/test\", schema: {schema}}}\n",
+        http = downstream.addr
     );
     let config = write_config(dir.path(), port, &sinks)?;
     let acked = Arc::new(Mutex::new(Vec::new()));
@@ -254,8 +260,27 @@ async fn kill_9_under_load_loses_and_doubles_nothing() -> Result<()> {
         "{acked_in_db} of {} acknowledged events in PostgreSQL",
         acked.len()
     );
+    // The HTTP sink: every acknowledged event at least once (its Idempotency-Key lets the
+    // service drop repeats).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got: HashSet<String> = downstream
+            .received()
+            .into_iter()
+            .map(|r| r.idempotency_key)
+            .collect();
+        let missing = acked.iter().filter(|id| !got.contains(*id)).count();
+        if missing == 0 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{missing} acknowledged events never reached the HTTP sink"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     eprintln!(
-        "{} acknowledged events across 4 kill -9 restarts: exactly once in the file ({} lines), JetStream and PostgreSQL",
+        "{} acknowledged events across 4 kill -9 restarts: exactly once in the file ({} lines), JetStream and PostgreSQL, at least once over HTTP",
         acked.len(),
         counts.len()
     );

@@ -3,153 +3,19 @@
 
 #![allow(clippy::print_stderr)] // tests report on stderr
 
-use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use anyhow::{Result, ensure};
+use http::StatusCode;
 use metahook_receiver::config::{HttpSinkConfig, RetryConfig, SinkConfig};
 use metahook_receiver::verify;
+use metahook_tests::downstream::{Downstream, Mode, Received, new_state};
 use metahook_tests::testkit::{self, TestReceiver};
-use tokio::net::TcpListener;
 
 const SIGNING_SECRET: &[u8] = b"downstream-signing-secret";
-
-/// How the downstream service answers.
-#[derive(Debug, Clone)]
-enum Mode {
-    Accept,
-    Status(u16, Option<u64>),
-    Hang,
-}
-
-/// One request the service received.
-#[derive(Debug, Clone)]
-struct Received {
-    idempotency_key: String,
-    signature: String,
-    body: Bytes,
-}
-
-#[derive(Debug)]
-struct State {
-    mode: Mode,
-    refuse: HashMap<String, u16>,
-    received: Vec<Received>,
-}
-
-/// The downstream service.
-struct Downstream {
-    addr: SocketAddr,
-    state: Arc<Mutex<State>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Downstream {
-    async fn start(addr: SocketAddr, state: Arc<Mutex<State>>) -> Result<Downstream> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .context("binding the downstream service")?;
-        let addr = listener.local_addr()?;
-        let serving = Arc::clone(&state);
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let state = Arc::clone(&serving);
-                tokio::spawn(async move {
-                    let service = service_fn(move |request: Request<Incoming>| {
-                        let state = Arc::clone(&state);
-                        async move { Ok::<_, Infallible>(answer(&state, request).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Ok(Downstream { addr, state, task })
-    }
-
-    fn set(&self, mode: Mode) {
-        self.state.lock().expect("state").mode = mode;
-    }
-
-    fn received(&self) -> Vec<Received> {
-        self.state.lock().expect("state").received.clone()
-    }
-
-    fn stop(self) -> Arc<Mutex<State>> {
-        self.task.abort();
-        self.state
-    }
-}
-
-async fn answer(state: &Mutex<State>, request: Request<Incoming>) -> Response<Full<Bytes>> {
-    let header = |name: &str| {
-        request
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned()
-    };
-    let (key, signature) = (header("idempotency-key"), header("x-metahook-signature"));
-    let body = request
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let mode = {
-        let state = state.lock().expect("state");
-        match state.refuse.get(&key) {
-            Some(code) => Mode::Status(*code, None),
-            None => state.mode.clone(),
-        }
-    };
-    let (status, retry_after) = match mode {
-        Mode::Accept => {
-            state.lock().expect("state").received.push(Received {
-                idempotency_key: key,
-                signature,
-                body,
-            });
-            (200, None)
-        }
-        Mode::Status(code, after) => (code, after),
-        Mode::Hang => {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-            (200, None)
-        }
-    };
-    let mut response = Response::new(Full::new(Bytes::new()));
-    *response.status_mut() =
-        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    if let Some(after) = retry_after {
-        response.headers_mut().insert("retry-after", after.into());
-    }
-    response
-}
-
-fn new_state() -> Arc<Mutex<State>> {
-    Arc::new(Mutex::new(State {
-        mode: Mode::Accept,
-        refuse: HashMap::new(),
-        received: Vec::new(),
-    }))
-}
 
 fn http_sink(addr: SocketAddr, dir: &Path) -> SinkConfig {
     let secret = dir.join("signing-secret");

@@ -1,0 +1,175 @@
+//! A downstream HTTP service for sink tests: it records what it receives and can be told to
+//! accept, answer an error status (optionally with Retry-After), hang, refuse chosen event
+//! ids, or go away and come back on the same address.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+/// How the downstream service answers.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// 200, and the request is recorded.
+    Accept,
+    /// This status, with this Retry-After.
+    Status(u16, Option<u64>),
+    /// Never answers.
+    Hang,
+}
+
+/// One request the service received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// `Idempotency-Key`.
+    pub idempotency_key: String,
+    /// `X-Metahook-Signature`.
+    pub signature: String,
+    /// The body.
+    pub body: Bytes,
+}
+
+/// What the service does and did.
+#[derive(Debug)]
+pub struct State {
+    /// How it answers.
+    pub mode: Mode,
+    /// Event ids (Idempotency-Key) answered with this status instead.
+    pub refuse: HashMap<String, u16>,
+    /// Requests it accepted.
+    pub received: Vec<Received>,
+}
+
+/// The downstream service.
+#[derive(Debug)]
+pub struct Downstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its state, shared with the test.
+    pub state: Arc<Mutex<State>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Downstream {
+    /// Serves on `addr` (port 0 for any) with `state`.
+    pub async fn start(addr: SocketAddr, state: Arc<Mutex<State>>) -> Result<Downstream> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .context("binding the downstream service")?;
+        let addr = listener.local_addr()?;
+        let serving = Arc::clone(&state);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = Arc::clone(&serving);
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        let state = Arc::clone(&state);
+                        async move { Ok::<_, Infallible>(answer(&state, request).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(Downstream { addr, state, task })
+    }
+
+    /// Changes how it answers.
+    pub fn set(&self, mode: Mode) {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .mode = mode;
+    }
+
+    /// What it accepted so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .received
+            .clone()
+    }
+
+    /// Stops listening (an outage); the state can start it again.
+    pub fn stop(self) -> Arc<Mutex<State>> {
+        self.task.abort();
+        self.state
+    }
+}
+
+async fn answer(state: &Mutex<State>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let (key, signature) = (header("idempotency-key"), header("x-metahook-signature"));
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mode = {
+        let state = state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match state.refuse.get(&key) {
+            Some(code) => Mode::Status(*code, None),
+            None => state.mode.clone(),
+        }
+    };
+    let (status, retry_after) = match mode {
+        Mode::Accept => {
+            state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .received
+                .push(Received {
+                    idempotency_key: key,
+                    signature,
+                    body,
+                });
+            (200, None)
+        }
+        Mode::Status(code, after) => (code, after),
+        Mode::Hang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            (200, None)
+        }
+    };
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if let Some(after) = retry_after {
+        response.headers_mut().insert("retry-after", after.into());
+    }
+    response
+}
+
+/// A fresh state that accepts everything.
+pub fn new_state() -> Arc<Mutex<State>> {
+    Arc::new(Mutex::new(State {
+        mode: Mode::Accept,
+        refuse: HashMap::new(),
+        received: Vec::new(),
+    }))
+}
