@@ -40,8 +40,20 @@ ensure_postgres() {
   port_open 5432 && return 0
   apt_install postgresql
   if [ -d /etc/postgresql ]; then
-    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
-    for _ in $(seq 50); do port_open 5432 && return 0; sleep 0.2; done
+    local version; version=$(ls /etc/postgresql | head -n1)
+    # The tests connect as postgres without a password to database `test` on 127.0.0.1,
+    # as on the machines where PostgreSQL runs from the start; set that up when we start it.
+    local hba="/etc/postgresql/$version/main/pg_hba.conf"
+    if [ -f "$hba" ] && ! grep -q '^host all all 127.0.0.1/32 trust' "$hba"; then
+      sed -i '1i host all all 127.0.0.1/32 trust' "$hba"
+    fi
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    for _ in $(seq 50); do port_open 5432 && break; sleep 0.2; done
+    if port_open 5432; then
+      su postgres -c "psql -tAc \"SELECT 1 FROM pg_database WHERE datname = 'test'\"" | grep -q 1 \
+        || su postgres -c "createdb test" || true
+      return 0
+    fi
   fi
   echo "PostgreSQL is not available on 127.0.0.1:5432"
 }
