@@ -10,9 +10,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, DeliveryMode};
 use crate::metrics::Metrics;
 use crate::server::{self, Receiver};
+use crate::sink::direct::DirectSinks;
 use crate::sink::{
     self, Consumer, file::FileSink, http::HttpSink, nats::NatsSink, postgres::PostgresSink,
 };
@@ -63,8 +64,21 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     metrics
         .spool_limit_bytes
         .set(i64::try_from(config.spool.max_bytes).unwrap_or(i64::MAX));
-    let receiver = Receiver::new(&config, Arc::clone(&spool), Arc::clone(&metrics))
-        .map_err(|(endpoint, err)| anyhow::anyhow!("endpoint {endpoint}: {err}"))?;
+    let dead_letters = DeadLetters::new(&config.spool.dir);
+    let direct = (config.delivery.mode == DeliveryMode::Direct).then(|| {
+        Arc::new(DirectSinks::new(
+            &config.sinks,
+            dead_letters.clone(),
+            Arc::clone(&metrics),
+        ))
+    });
+    let receiver = Receiver::new(
+        &config,
+        Arc::clone(&spool),
+        direct.clone(),
+        Arc::clone(&metrics),
+    )
+    .map_err(|(endpoint, err)| anyhow::anyhow!("endpoint {endpoint}: {err}"))?;
     let receiver = Arc::new(receiver);
     let listener = TcpListener::bind(config.listen)
         .await
@@ -74,8 +88,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let (stop, stop_rx) = watch::channel(false);
     let (sinks_stop, sinks_stop_rx) = watch::channel(false);
     let mut sink_tasks = Vec::new();
-    let dead_letters = DeadLetters::new(&config.spool.dir);
-    for sink_config in &config.sinks {
+    // In direct mode the request path delivers; no consumer reads the spool.
+    let consumed = if direct.is_some() {
+        &[][..]
+    } else {
+        &config.sinks[..]
+    };
+    for sink_config in consumed {
         let consumer = Consumer {
             name: sink_config.name.clone(),
             spool: Arc::clone(&spool),

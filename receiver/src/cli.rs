@@ -50,6 +50,7 @@ Configuration keys (YAML; durations like 500ms, 30s, 24h):
     previous_app_secret_file | previous_app_secret_env   also accepted (rotation)
     verify_token_file | verify_token_env        token of the GET handshake
     legacy_sha1_signature         also accept X-Hub-Signature (sha1)
+  delivery.mode                   spool (200 once fsync'd) | direct (200 once every sink acked) [spool]
   spool.dir                       spool directory (segment log, fsync'd group commits)
   spool.dedup_window              redeliveries of a body within it are stored once [1h]
   spool.dedup_max_entries         requests remembered for dedup at most [100000]

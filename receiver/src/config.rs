@@ -27,6 +27,9 @@ pub struct Config {
     pub endpoints: Vec<EndpointConfig>,
     /// The durable spool every accepted event is written to before the 200.
     pub spool: SpoolConfig,
+    /// Spool the events (default), or deliver them to every sink before answering.
+    #[serde(default, skip_serializing_if = "DeliveryConfig::is_default")]
+    pub delivery: DeliveryConfig,
     /// Where spooled events are delivered.
     #[serde(default)]
     pub sinks: Vec<SinkConfig>,
@@ -46,6 +49,33 @@ pub struct Config {
     /// How often secret files are re-read (rotation without restart).
     #[serde(default = "default_secret_reload_interval", with = "humantime_serde")]
     pub secret_reload_interval: Duration,
+}
+
+/// How accepted events reach the sinks.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// `spool` or `direct`.
+    #[serde(default)]
+    pub mode: DeliveryMode,
+}
+
+impl DeliveryConfig {
+    fn is_default(&self) -> bool {
+        *self == DeliveryConfig::default()
+    }
+}
+
+/// The delivery mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryMode {
+    /// 200 once the events are fsync'd in the spool; sinks consume it independently.
+    #[default]
+    Spool,
+    /// No spool: 200 once every sink acknowledged the events, 503 (Meta retries) when one
+    /// did not. For sinks that are durable themselves (e.g. JetStream with replicas).
+    Direct,
 }
 
 /// One webhook endpoint: a path, the Meta app's secrets and the objects it accepts.
@@ -521,6 +551,12 @@ impl Config {
                     ));
                 }
             }
+        }
+        if self.delivery.mode == DeliveryMode::Direct && self.sinks.is_empty() {
+            return Err(invalid(
+                "delivery.mode",
+                "direct delivery needs at least one sink",
+            ));
         }
         if self.spool.segment_bytes < 4096 {
             return Err(invalid("spool.segment_bytes", "must be at least 4096"));

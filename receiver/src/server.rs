@@ -26,6 +26,7 @@ use crate::event::{Event, Kind};
 use crate::metrics::Metrics;
 use crate::normalize;
 use crate::secrets::{SecretError, SecretStore};
+use crate::sink::direct::DirectSinks;
 use crate::spool::{Key, Spool};
 use crate::verify::{self, Algorithm, SignatureError};
 
@@ -43,6 +44,8 @@ pub struct Endpoint {
 pub struct Receiver {
     endpoints: HashMap<String, Arc<Endpoint>>,
     spool: Arc<Spool>,
+    /// Set in `delivery.mode: direct`: events go to the sinks instead of the spool.
+    direct: Option<Arc<DirectSinks>>,
     metrics: Arc<Metrics>,
     limits: Limits,
     in_flight: Semaphore,
@@ -88,6 +91,7 @@ impl Receiver {
     pub fn new(
         config: &Config,
         spool: Arc<Spool>,
+        direct: Option<Arc<DirectSinks>>,
         metrics: Arc<Metrics>,
     ) -> Result<Receiver, (String, SecretError)> {
         let mut endpoints = HashMap::new();
@@ -104,6 +108,7 @@ impl Receiver {
         Ok(Receiver {
             endpoints,
             spool,
+            direct,
             metrics,
             limits: config.limits.clone(),
             in_flight: Semaphore::new(config.limits.max_in_flight),
@@ -360,6 +365,30 @@ impl Receiver {
                 return response(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode events\n");
             }
         };
+        if let Some(direct) = &self.direct {
+            drop(preparing);
+            return match direct.deliver(&records).await {
+                Ok(()) => {
+                    self.count_events(name, &events);
+                    outcome.outcome = "accepted";
+                    outcome.events = events.len();
+                    response(StatusCode::OK, "EVENT_RECEIVED\n")
+                }
+                Err(err) => {
+                    outcome.outcome = "sink_error";
+                    outcome.detail = Some(err.to_string());
+                    let mut reply = response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "a sink did not accept the events; retry later\n",
+                    );
+                    reply.headers_mut().insert(
+                        RETRY_AFTER,
+                        HeaderValue::from(self.limits.retry_after_seconds),
+                    );
+                    reply
+                }
+            };
+        }
         let committing = Instant::now();
         match preparing.append(key, records).await {
             Ok(stored) => {

@@ -66,6 +66,7 @@ pub fn config_in(dir: &Path) -> Result<Config> {
             verify_token_env: None,
             legacy_sha1_signature: false,
         }],
+        delivery: metahook_receiver::config::DeliveryConfig::default(),
         spool: SpoolConfig {
             dir: dir.join("spool"),
             dedup_window: Duration::from_secs(3600),

@@ -414,3 +414,45 @@ async fn given_up_events_become_dead_letters_and_retry_delivers_them() -> Result
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_delivery_answers_after_the_puback_and_503_without_nats() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let store = dir.path().join("jetstream");
+    let receiver = TestReceiver::start_with(|config, _| {
+        config.delivery.mode = metahook_receiver::config::DeliveryMode::Direct;
+        config.sinks.push(nats_sink(&url, "DIRECT", "direct"));
+    })
+    .await?;
+    // NATS is down: no sink acknowledges, so no 200.
+    let reply = receiver.post(&body(500)).await?;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.headers["retry-after"], "5");
+
+    let _server = PrivateNats::start(port, &store)?;
+    let client = async_nats::connect(url.as_str()).await?;
+    let js = async_nats::jetstream::new(client);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if receiver.post(&body(501)).await?.status == StatusCode::OK {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "direct delivery never succeeded once NATS was up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The 200 came after the PubAck and the file write: both hold the event right away.
+    assert_eq!(stream_messages(&js, "DIRECT").await?, 1);
+    let events = testkit::read_events(&receiver.events_path())?;
+    assert!(
+        events.iter().any(|e| e["id"] == "wamid.outage.501"),
+        "the file sink was written before the 200"
+    );
+    Ok(())
+}

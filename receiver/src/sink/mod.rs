@@ -6,6 +6,7 @@
 //! failure the sink is reopened from its last committed state and the batch retried with
 //! exponential backoff, so nothing is skipped and (for the file sink) nothing is doubled.
 
+pub mod direct;
 pub mod file;
 pub mod http;
 pub mod nats;
@@ -332,7 +333,7 @@ fn bury(
 }
 
 /// Appends events to a sink's dead letters, each with why it was given up.
-fn write_dead_letters(
+pub(crate) fn write_dead_letters(
     name: &str,
     dead_letters: &DeadLetters,
     events: &[(&Spooled, &str)],

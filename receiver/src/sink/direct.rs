@@ -1,0 +1,160 @@
+//! `delivery.mode: direct`: no spool; a request's events are delivered to every sink before
+//! the answer, which is 200 only when all of them acknowledged (503 otherwise, and Meta
+//! retries). Each sink serves one request at a time.
+
+use std::time::SystemTime;
+
+use tokio::sync::Mutex;
+
+use super::file::FileSink;
+use super::http::HttpSink;
+use super::nats::NatsSink;
+use super::postgres::PostgresSink;
+use super::{Delivered, Sink, SinkError, write_dead_letters};
+use crate::config::SinkConfig;
+use crate::metrics::Metrics;
+use crate::spool::Spooled;
+use crate::spool::dead_letters::DeadLetters;
+
+/// Any sink, for delivery on the request path.
+#[derive(Debug)]
+enum AnySink {
+    File(FileSink),
+    Http(HttpSink),
+    Nats(NatsSink),
+    Postgres(PostgresSink),
+}
+
+impl AnySink {
+    fn from_config(config: &SinkConfig) -> Option<AnySink> {
+        if let Some(file) = &config.file {
+            Some(AnySink::File(FileSink::new(file.path.clone())))
+        } else if let Some(http) = &config.http {
+            Some(AnySink::Http(HttpSink::new(http.clone())))
+        } else if let Some(nats) = &config.nats {
+            Some(AnySink::Nats(NatsSink::new(nats.clone())))
+        } else {
+            config
+                .postgres
+                .as_ref()
+                .map(|postgres| AnySink::Postgres(PostgresSink::new(postgres.clone())))
+        }
+    }
+
+    async fn open(&mut self) -> Result<(), SinkError> {
+        match self {
+            AnySink::File(sink) => sink.open(0).await,
+            AnySink::Http(sink) => sink.open(0).await,
+            AnySink::Nats(sink) => sink.open(0).await,
+            AnySink::Postgres(sink) => sink.open(0).await,
+        }
+    }
+
+    async fn deliver(&mut self, batch: &[Spooled]) -> Result<Delivered, SinkError> {
+        match self {
+            AnySink::File(sink) => sink.deliver(batch).await,
+            AnySink::Http(sink) => sink.deliver(batch).await,
+            AnySink::Nats(sink) => sink.deliver(batch).await,
+            AnySink::Postgres(sink) => sink.deliver(batch).await,
+        }
+    }
+}
+
+/// A sink on the request path: the sink and whether it is open.
+#[derive(Debug)]
+struct Slot {
+    sink: AnySink,
+    open: bool,
+}
+
+/// Every configured sink, delivered to on the request path.
+#[derive(Debug)]
+pub struct DirectSinks {
+    sinks: Vec<(String, Mutex<Slot>)>,
+    dead_letters: DeadLetters,
+    metrics: std::sync::Arc<Metrics>,
+}
+
+impl DirectSinks {
+    /// The sinks of `configs`.
+    pub fn new(
+        configs: &[SinkConfig],
+        dead_letters: DeadLetters,
+        metrics: std::sync::Arc<Metrics>,
+    ) -> DirectSinks {
+        let sinks = configs
+            .iter()
+            .filter_map(|c| {
+                AnySink::from_config(c)
+                    .map(|sink| (c.name.clone(), Mutex::new(Slot { sink, open: false })))
+            })
+            .collect();
+        DirectSinks {
+            sinks,
+            dead_letters,
+            metrics,
+        }
+    }
+
+    /// Delivers a request's events to every sink; `Ok` only when all acknowledged. Events a
+    /// sink refused for good become its dead letters (the request still succeeds).
+    pub async fn deliver(&self, events: &[Vec<u8>]) -> Result<(), SinkError> {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+        let batch: Vec<Spooled> = events
+            .iter()
+            .enumerate()
+            .map(|(i, json)| Spooled {
+                seq: i as u64,
+                received_millis: now,
+                json: json.clone(),
+            })
+            .collect();
+        let count = u64::try_from(batch.len()).unwrap_or(u64::MAX);
+        for (name, slot) in &self.sinks {
+            let mut slot = slot.lock().await;
+            let result = async {
+                if !slot.open {
+                    slot.sink.open().await?;
+                    slot.open = true;
+                }
+                slot.sink.deliver(&batch).await
+            }
+            .await;
+            match result {
+                Ok(Delivered { rejected, .. }) => {
+                    if !rejected.is_empty() {
+                        let refused: Vec<(&Spooled, &str)> = rejected
+                            .iter()
+                            .filter_map(|(seq, why)| {
+                                batch
+                                    .iter()
+                                    .find(|e| e.seq == *seq)
+                                    .map(|e| (e, why.as_str()))
+                            })
+                            .collect();
+                        write_dead_letters(name, &self.dead_letters, &refused, 1)?;
+                        self.metrics
+                            .dead_letters
+                            .with_label_values(&[name])
+                            .inc_by(u64::try_from(refused.len()).unwrap_or(0));
+                    }
+                    self.metrics
+                        .sink_deliveries
+                        .with_label_values(&[name, "success"])
+                        .inc_by(count);
+                }
+                Err(err) => {
+                    slot.open = false;
+                    self.metrics
+                        .sink_deliveries
+                        .with_label_values(&[name, "error"])
+                        .inc_by(count);
+                    return Err(err);
+                }
+            }
+        }
+        Ok(())
+    }
+}
