@@ -13,6 +13,7 @@
 pub mod baseline;
 pub mod bodies;
 pub mod client;
+pub mod drain;
 pub mod load;
 pub mod process;
 pub mod report;
@@ -68,6 +69,11 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub receiver_bin: Option<PathBuf>,
 
+    /// Skip the run with NATS and PostgreSQL sinks (it is skipped anyway when they do not
+    /// answer on 127.0.0.1:4222 and :5432).
+    #[arg(long)]
+    pub no_sinks: bool,
+
     /// Measure only the baseline (e.g. while the receiver is not built).
     #[arg(long)]
     pub baseline_only: bool,
@@ -112,7 +118,8 @@ pub fn main(args: Args) -> Result<()> {
     ensure!(args.connections > 0, "--connections must be at least 1");
     ensure!(!args.duration.is_zero(), "--duration must be positive");
 
-    let programs = Programs::resolve(args.receiver_bin.clone(), args.baseline_only)?;
+    let mut programs = Programs::resolve(args.receiver_bin.clone(), args.baseline_only)?;
+    programs.with_sinks = !args.no_sinks && drain::services_available();
     let templates = BodyKind::ALL
         .into_iter()
         .map(|kind| Ok((kind, BodyTemplate::new(kind)?)))
@@ -209,12 +216,17 @@ async fn measure(
         warmup: args.warmup,
         duration: args.duration,
     };
+    let load_started = std::time::Instant::now();
     let (load, cpu) = tokio::join!(
         load::run(&plan, bodies),
         cpu_during_window(&launched.process, args.warmup, args.duration)
     );
     let (load, cpu) = (load?, cpu?);
     launched.process.ensure_running()?;
+    let drains = match &launched.sink_targets {
+        Some(_) => drain::measure(addr, load_started).await?,
+        None => Vec::new(),
+    };
     let peak_rss_kib = launched.process.peak_rss_kib()?;
     let stopped = launched.process.stop().await?;
     // Only now: the server must be gone before its spool and sink files are deleted.
@@ -222,6 +234,9 @@ async fn measure(
         .dir
         .close()
         .context("removing the run's temporary directory")?;
+    if let Some(targets) = &launched.sink_targets {
+        drain::clean_up(targets).await?;
+    }
     Ok(Measurement {
         body,
         server,
@@ -229,6 +244,7 @@ async fn measure(
         peak_rss_kib,
         cpu,
         stopped,
+        drains,
     })
 }
 

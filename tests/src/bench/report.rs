@@ -66,6 +66,8 @@ pub struct Measurement {
     pub cpu: CpuUse,
     /// How the server ended.
     pub stopped: Stopped,
+    /// How fast the NATS and PostgreSQL sinks drained (runs with sinks only).
+    pub drains: Vec<super::drain::Drain>,
 }
 
 /// CPU used during a measurement window, in cores (1.0 = one CPU fully busy).
@@ -157,7 +159,71 @@ pub fn print_results(measurements: &[Measurement]) {
          100% = one CPU)"
     );
     print_targets(measurements);
+    print_sinks(measurements);
     print_notes(measurements);
+}
+
+/// Targets of the delivery issue: events/s into JetStream and PostgreSQL, and the 200 path
+/// with every sink on against the baseline.
+const TARGET_JETSTREAM_EVENTS: f64 = 20_000.0;
+const TARGET_POSTGRES_EVENTS: f64 = 10_000.0;
+const TARGET_SINKS_THROUGHPUT_RATIO: f64 = 0.5;
+
+/// The runs with sinks: their req/s against the baseline, and each sink's drain rate.
+fn print_sinks(measurements: &[Measurement]) {
+    let runs: Vec<&Measurement> = measurements
+        .iter()
+        .filter(|m| m.server == ServerKind::ReceiverSinks)
+        .collect();
+    if runs.is_empty() {
+        println!(
+            "receiver with NATS + PostgreSQL sinks: not measured (services absent or --no-sinks)"
+        );
+        return;
+    }
+    println!();
+    println!("receiver with file + NATS JetStream + PostgreSQL sinks:");
+    for run in runs {
+        let baseline = measurements
+            .iter()
+            .find(|m| m.body == run.body && m.server == ServerKind::Baseline);
+        if let Some(baseline) = baseline {
+            let ratio = run.load.requests_per_sec() / baseline.load.requests_per_sec();
+            let verdict = if ratio >= TARGET_SINKS_THROUGHPUT_RATIO {
+                "met"
+            } else {
+                "missed"
+            };
+            println!(
+                "  {:<12} 200 path {ratio:.2}× baseline (≥ {TARGET_SINKS_THROUGHPUT_RATIO:.2}×) {verdict}",
+                run.body.label()
+            );
+        }
+        for drain in &run.drains {
+            let target = if drain.sink == "bus" {
+                TARGET_JETSTREAM_EVENTS
+            } else {
+                TARGET_POSTGRES_EVENTS
+            };
+            let into = if drain.sink == "bus" {
+                "JetStream"
+            } else {
+                "PostgreSQL"
+            };
+            let verdict = if drain.rate() >= target {
+                "met"
+            } else {
+                "missed"
+            };
+            println!(
+                "  {:<12} into {into:<10} {:>9.0} events/s ({} events in {:.1} s; ≥ {target:.0}) {verdict}",
+                run.body.label(),
+                drain.rate(),
+                drain.events,
+                drain.elapsed.as_secs_f64(),
+            );
+        }
+    }
 }
 
 /// Fails if any run had too many failed requests to be trusted.

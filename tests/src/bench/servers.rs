@@ -34,6 +34,8 @@ pub enum ServerKind {
     Baseline,
     /// `metahook-receiver`.
     Receiver,
+    /// `metahook-receiver` with the file, NATS JetStream and PostgreSQL sinks on.
+    ReceiverSinks,
 }
 
 impl ServerKind {
@@ -42,6 +44,7 @@ impl ServerKind {
         match self {
             Self::Baseline => "baseline",
             Self::Receiver => "receiver",
+            Self::ReceiverSinks => "rcv+sinks",
         }
     }
 }
@@ -53,6 +56,8 @@ pub struct Programs {
     pub bench: PathBuf,
     /// How the receiver runs, unless it is skipped.
     pub receiver: Option<ReceiverProgram>,
+    /// Also measure the receiver with NATS and PostgreSQL sinks.
+    pub with_sinks: bool,
 }
 
 /// The receiver under test.
@@ -82,7 +87,11 @@ impl Programs {
                 Some(ReceiverProgram::External(path))
             }
         };
-        Ok(Self { bench, receiver })
+        Ok(Self {
+            bench,
+            receiver,
+            with_sinks: false,
+        })
     }
 
     /// The server kinds to measure, in run order.
@@ -90,6 +99,9 @@ impl Programs {
         let mut kinds = vec![ServerKind::Baseline];
         if self.receiver.is_some() {
             kinds.push(ServerKind::Receiver);
+            if self.with_sinks {
+                kinds.push(ServerKind::ReceiverSinks);
+            }
         }
         kinds
     }
@@ -105,7 +117,23 @@ pub struct Launched {
     pub addr: SocketAddr,
     /// Its scratch directory, deleted on drop.
     pub dir: TempDir,
+    /// The JetStream stream and PostgreSQL schema of a `ReceiverSinks` run.
+    pub sink_targets: Option<SinkTargets>,
 }
+
+/// Where a `ReceiverSinks` run delivers, named uniquely so runs never mix.
+#[derive(Debug, Clone)]
+pub struct SinkTargets {
+    /// JetStream stream (created by the receiver).
+    pub stream: String,
+    /// PostgreSQL schema (migrated by the receiver).
+    pub schema: String,
+}
+
+/// NATS (JetStream) the `ReceiverSinks` run publishes to.
+pub const NATS_URL: &str = "nats://127.0.0.1:4222";
+/// PostgreSQL the `ReceiverSinks` run stores into.
+pub const POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 /// Starts `kind` on a free loopback port, pinned to `cpu` if given.
 pub fn launch(kind: ServerKind, programs: &Programs, cpu: Option<usize>) -> Result<Launched> {
@@ -115,6 +143,15 @@ pub fn launch(kind: ServerKind, programs: &Programs, cpu: Option<usize>) -> Resu
         .context("creating a temporary directory")?;
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
     let secret_file = dir.path().join("app-secret");
+    let sink_targets = (kind == ServerKind::ReceiverSinks).then(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        SinkTargets {
+            stream: format!("BENCH_{}_{nanos}", std::process::id()),
+            schema: format!("bench_{}_{nanos}", std::process::id()),
+        }
+    });
     std::fs::write(&secret_file, APP_SECRET)
         .with_context(|| format!("writing {}", secret_file.display()))?;
 
@@ -128,8 +165,23 @@ pub fn launch(kind: ServerKind, programs: &Programs, cpu: Option<usize>) -> Resu
                 secret_file.into(),
             ],
         ),
-        ServerKind::Receiver => {
-            let config = write_receiver_config(dir.path(), addr, &secret_file)?;
+        ServerKind::Receiver | ServerKind::ReceiverSinks => {
+            let extra = match &sink_targets {
+                Some(targets) => format!(
+                    "  - name: bus\n    nats: {{url: {nats}, subject: {subject}, stream: {stream}, create_stream: true}}\n  \
+                     - name: store\n    postgres: {{url: {pg}, schema: {schema}}}\n",
+                    nats = quoted(NATS_URL),
+                    subject = quoted(&format!(
+                        "{}.{{platform}}.{{field}}.{{kind}}",
+                        targets.schema
+                    )),
+                    stream = quoted(&targets.stream),
+                    pg = quoted(POSTGRES_URL),
+                    schema = quoted(&targets.schema),
+                ),
+                None => String::new(),
+            };
+            let config = write_receiver_config(dir.path(), addr, &secret_file, &extra)?;
             match &programs.receiver {
                 Some(ReceiverProgram::External(path)) => {
                     (path.as_path(), vec!["--config".into(), config.into()])
@@ -143,13 +195,23 @@ pub fn launch(kind: ServerKind, programs: &Programs, cpu: Option<usize>) -> Resu
         }
     };
     let process = ServerProcess::spawn(kind.label(), program, &args, cpu, dir.path())?;
-    Ok(Launched { process, addr, dir })
+    Ok(Launched {
+        process,
+        addr,
+        dir,
+        sink_targets,
+    })
 }
 
 /// Writes the receiver's `config.yaml` (and its verify-token file) into `dir`. Paths are
 /// written as JSON strings, which YAML reads as double-quoted scalars, so unusual temp-dir
 /// names cannot break the file.
-fn write_receiver_config(dir: &Path, addr: SocketAddr, secret_file: &Path) -> Result<PathBuf> {
+fn write_receiver_config(
+    dir: &Path,
+    addr: SocketAddr,
+    secret_file: &Path,
+    extra_sinks: &str,
+) -> Result<PathBuf> {
     let verify_token_file = dir.join("verify-token");
     std::fs::write(&verify_token_file, VERIFY_TOKEN)
         .with_context(|| format!("writing {}", verify_token_file.display()))?;
@@ -168,7 +230,7 @@ fn write_receiver_config(dir: &Path, addr: SocketAddr, secret_file: &Path) -> Re
            dir: {spool}\n\
          sinks:\n  \
            - name: local\n    \
-             file: {{path: {events}}}\n",
+             file: {{path: {events}}}\n{extra_sinks}",
         listen = quoted(&addr.to_string()),
         path = quoted(super::WEBHOOK_PATH),
         secret = quoted_path(secret_file)?,
@@ -204,7 +266,8 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let addr: SocketAddr = "127.0.0.1:4321".parse()?;
         let secret = dir.path().join("app-secret");
-        let config = std::fs::read_to_string(write_receiver_config(dir.path(), addr, &secret)?)?;
+        let config =
+            std::fs::read_to_string(write_receiver_config(dir.path(), addr, &secret, "")?)?;
         let root = dir.path().display();
         let expected = format!(
             "listen: \"127.0.0.1:4321\"\n\
