@@ -197,12 +197,14 @@ impl Sink for PostgresSink {
     }
 }
 
-/// The batch's SQL, with the schema filled in.
+/// The batch's SQL, with the schema filled in. Every statement takes one array per column
+/// (`UNNEST`), so a batch is five round trips whatever its size; rows that share a key
+/// within the batch are folded in SQL first (`ON CONFLICT DO UPDATE` may touch a row once).
 struct Statements {
     events: String,
-    conversation: String,
-    message: String,
-    status: String,
+    conversations: String,
+    messages: String,
+    statuses: String,
     engagement: String,
 }
 
@@ -214,35 +216,71 @@ impl Statements {
                  (id, platform, object, field, kind, account_id, occurred_at, received_at, endpoint, event)
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                                       $7::text[]::timestamptz[], $8::text[]::timestamptz[], $9::text[], $10::text[]::jsonb[])
-                 ON CONFLICT (id) DO NOTHING"),
-            conversation: s("INSERT INTO {s}.conversations AS c
+                 ON CONFLICT (id) DO NOTHING
+                 RETURNING id"),
+            conversations: s("INSERT INTO {s}.conversations AS c
                  (platform, account_id, participant_id, participant_name, first_event_at, last_event_at)
-                 VALUES ($1, $2, $3, $4, $5::text::timestamptz, $5::text::timestamptz)
+                 SELECT platform, account, participant, max(name), min(at), max(at)
+                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]::timestamptz[])
+                      AS t(platform, account, participant, name, at)
+                 GROUP BY platform, account, participant
                  ON CONFLICT (platform, account_id, participant_id) DO UPDATE SET
                    participant_name = COALESCE(EXCLUDED.participant_name, c.participant_name),
                    first_event_at = LEAST(c.first_event_at, EXCLUDED.first_event_at),
                    last_event_at = GREATEST(c.last_event_at, EXCLUDED.last_event_at)"),
-            message: s("INSERT INTO {s}.messages AS m
+            messages: s("INSERT INTO {s}.messages AS m
                  (id, platform, account_id, participant_id, direction, type, text, reply_to, sent_at, event_id)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::text::timestamptz, $10)
+                 SELECT DISTINCT ON (id) id, platform, account, participant, direction, type, text, reply_to, at, event_id
+                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                             $8::text[], $9::text[]::timestamptz[], $10::text[]) WITH ORDINALITY
+                      AS t(id, platform, account, participant, direction, type, text, reply_to, at, event_id, ord)
+                 ORDER BY id, ord
                  ON CONFLICT (id) DO UPDATE SET
                    participant_id = COALESCE(m.participant_id, EXCLUDED.participant_id),
                    type = COALESCE(m.type, EXCLUDED.type),
                    text = COALESCE(m.text, EXCLUDED.text),
                    reply_to = COALESCE(m.reply_to, EXCLUDED.reply_to),
                    sent_at = COALESCE(m.sent_at, EXCLUDED.sent_at)"),
-            status: s("INSERT INTO {s}.messages AS m
+            statuses: s("INSERT INTO {s}.messages AS m
                  (id, platform, account_id, participant_id, direction, status, status_rank, status_at, errors, event_id)
-                 VALUES ($1, $2, $3, $4, 'out', $5, $6, $7::text::timestamptz, $8::text::jsonb, $9)
+                 SELECT DISTINCT ON (id) id, platform, account, participant, 'out', status, rank, at, errors, event_id
+                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
+                             $7::text[]::timestamptz[], $8::text[]::jsonb[], $9::text[])
+                      AS t(id, platform, account, participant, status, rank, at, errors, event_id)
+                 ORDER BY id, rank DESC
                  ON CONFLICT (id) DO UPDATE SET
                    status = EXCLUDED.status, status_rank = EXCLUDED.status_rank, status_at = EXCLUDED.status_at,
                    errors = COALESCE(EXCLUDED.errors, m.errors)
                  WHERE m.status_rank < EXCLUDED.status_rank"),
             engagement: s("INSERT INTO {s}.engagement
                  (event_id, platform, kind, account_id, participant_id, target_id, text, occurred_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::timestamptz)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                      $7::text[], $8::text[]::timestamptz[])
                  ON CONFLICT (event_id) DO NOTHING"),
         }
+    }
+}
+
+/// Columns of one projection, filled event by event.
+struct Columns<const N: usize> {
+    text: [Vec<Option<String>>; N],
+}
+
+impl<const N: usize> Columns<N> {
+    fn new() -> Self {
+        Columns {
+            text: std::array::from_fn(|_| Vec::new()),
+        }
+    }
+
+    fn push(&mut self, row: [Option<&str>; N]) {
+        for (column, value) in self.text.iter_mut().zip(row) {
+            column.push(value.map(str::to_owned));
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.text[0].is_empty()
     }
 }
 
@@ -254,42 +292,46 @@ async fn upsert(
     events: &[Event],
 ) -> Result<(), tokio_postgres::Error> {
     let txn = client.transaction().await?;
-    let column = |f: &dyn Fn(&Event) -> Option<String>| {
-        events.iter().map(f).collect::<Vec<Option<String>>>()
-    };
-    let ids = column(&|e| Some(e.id.clone()));
-    let inserted = txn
-        .query(
-            &format!("{} RETURNING id", sql.events),
-            &[
-                &ids,
-                &column(&|e| Some(e.platform.as_str().to_owned())),
-                &column(&|e| Some(e.object.clone())),
-                &column(&|e| Some(e.field.clone())),
-                &column(&|e| Some(e.kind.as_str().to_owned())),
-                &column(&|e| e.account_id.clone()),
-                &column(&|e| e.occurred_at.clone()),
-                &column(&|e| Some(e.received_at.clone())),
-                &column(&|e| Some(e.endpoint.clone())),
-                &column(&|e| serde_json::to_string(e).ok()),
-            ],
-        )
-        .await?;
+    let mut rows = Columns::<10>::new();
+    let serialized: Vec<Option<String>> = events
+        .iter()
+        .map(|e| serde_json::to_string(e).ok())
+        .collect();
+    for (event, json) in events.iter().zip(&serialized) {
+        rows.push([
+            Some(&event.id),
+            Some(event.platform.as_str()),
+            Some(&event.object),
+            Some(&event.field),
+            Some(event.kind.as_str()),
+            event.account_id.as_deref(),
+            event.occurred_at.as_deref(),
+            Some(&event.received_at),
+            Some(&event.endpoint),
+            json.as_deref(),
+        ]);
+    }
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = rows
+        .text
+        .iter()
+        .map(|c| c as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
+    let inserted = txn.query(&sql.events, &params).await?;
     let new: std::collections::HashSet<String> =
         inserted.iter().map(|row| row.get::<_, String>(0)).collect();
-    let (conversation, message, status, engagement) = tokio::try_join!(
-        txn.prepare(&sql.conversation),
-        txn.prepare(&sql.message),
-        txn.prepare(&sql.status),
-        txn.prepare(&sql.engagement),
-    )?;
+
+    let mut conversations = Columns::<5>::new();
+    let mut messages = Columns::<10>::new();
+    let mut statuses = Columns::<8>::new();
+    let mut ranks: Vec<i32> = Vec::new();
+    let mut engagement = Columns::<8>::new();
     let mut seen = std::collections::HashSet::new();
     for event in events
         .iter()
-        .filter(|e| new.contains(&e.id) && seen.insert(e.id.clone()))
+        .filter(|e| new.contains(&e.id) && seen.insert(e.id.as_str()))
     {
-        let platform = event.platform.as_str();
-        let account = event.account_id.as_deref().unwrap_or("");
+        let platform = Some(event.platform.as_str());
+        let account = Some(event.account_id.as_deref().unwrap_or(""));
         let participant = event
             .conversation
             .as_ref()
@@ -299,10 +341,14 @@ async fn upsert(
             .occurred_at
             .as_deref()
             .or(Some(event.received_at.as_str()));
-        if let Some(pid) = participant_id {
-            let name = participant.and_then(|p| p.name.as_deref());
-            txn.execute(&conversation, &[&platform, &account, &pid, &name, &at])
-                .await?;
+        if participant_id.is_some() {
+            conversations.push([
+                platform,
+                account,
+                participant_id,
+                participant.and_then(|p| p.name.as_deref()),
+                at,
+            ]);
         }
         let body = event.message.as_ref();
         match event.kind {
@@ -313,25 +359,18 @@ async fn upsert(
                     } else {
                         "in"
                     };
-                    let kind = body.map(|m| m.kind.as_str());
-                    let text = body.and_then(|m| m.text.as_deref());
-                    let reply_to = body.and_then(|m| m.reply_to.as_deref());
-                    txn.execute(
-                        &message,
-                        &[
-                            &id,
-                            &platform,
-                            &account,
-                            &participant_id,
-                            &direction,
-                            &kind,
-                            &text,
-                            &reply_to,
-                            &at,
-                            &event.id,
-                        ],
-                    )
-                    .await?;
+                    messages.push([
+                        Some(id),
+                        platform,
+                        account,
+                        participant_id,
+                        Some(direction),
+                        body.map(|m| m.kind.as_str()),
+                        body.and_then(|m| m.text.as_deref()),
+                        body.and_then(|m| m.reply_to.as_deref()),
+                        at,
+                        Some(&event.id),
+                    ]);
                 }
             }
             Kind::Status => {
@@ -340,22 +379,17 @@ async fn upsert(
                 {
                     let errors = (!value.errors.is_empty())
                         .then(|| serde_json::to_string(&value.errors).unwrap_or_default());
-                    let rank = status_rank(&value.value);
-                    txn.execute(
-                        &status,
-                        &[
-                            &id,
-                            &platform,
-                            &account,
-                            &participant_id,
-                            &value.value,
-                            &rank,
-                            &at,
-                            &errors,
-                            &event.id,
-                        ],
-                    )
-                    .await?;
+                    statuses.push([
+                        Some(id),
+                        platform,
+                        account,
+                        participant_id,
+                        Some(&value.value),
+                        at,
+                        errors.as_deref(),
+                        Some(&event.id),
+                    ]);
+                    ranks.push(status_rank(&value.value));
                 }
             }
             Kind::Comment
@@ -366,25 +400,52 @@ async fn upsert(
             | Kind::Optin
             | Kind::Optout
             | Kind::LiveComment => {
-                let target = body.and_then(|m| m.reply_to.as_deref().or(m.id.as_deref()));
-                let text = body.and_then(|m| m.text.as_deref());
-                txn.execute(
-                    &engagement,
-                    &[
-                        &event.id,
-                        &platform,
-                        &event.kind.as_str(),
-                        &account,
-                        &participant_id,
-                        &target,
-                        &text,
-                        &at,
-                    ],
-                )
-                .await?;
+                engagement.push([
+                    Some(&event.id),
+                    platform,
+                    Some(event.kind.as_str()),
+                    account,
+                    participant_id,
+                    body.and_then(|m| m.reply_to.as_deref().or(m.id.as_deref())),
+                    body.and_then(|m| m.text.as_deref()),
+                    at,
+                ]);
             }
             _ => {}
         }
+    }
+    if !conversations.is_empty() {
+        let c = &conversations.text;
+        txn.execute(&sql.conversations, &[&c[0], &c[1], &c[2], &c[3], &c[4]])
+            .await?;
+    }
+    if !messages.is_empty() {
+        let m = &messages.text;
+        txn.execute(
+            &sql.messages,
+            &[
+                &m[0], &m[1], &m[2], &m[3], &m[4], &m[5], &m[6], &m[7], &m[8], &m[9],
+            ],
+        )
+        .await?;
+    }
+    if !statuses.is_empty() {
+        let s = &statuses.text;
+        txn.execute(
+            &sql.statuses,
+            &[
+                &s[0], &s[1], &s[2], &s[3], &s[4], &ranks, &s[5], &s[6], &s[7],
+            ],
+        )
+        .await?;
+    }
+    if !engagement.is_empty() {
+        let e = &engagement.text;
+        txn.execute(
+            &sql.engagement,
+            &[&e[0], &e[1], &e[2], &e[3], &e[4], &e[5], &e[6], &e[7]],
+        )
+        .await?;
     }
     txn.commit().await
 }
