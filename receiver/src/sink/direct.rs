@@ -10,7 +10,7 @@ use super::file::FileSink;
 use super::http::HttpSink;
 use super::nats::NatsSink;
 use super::postgres::PostgresSink;
-use super::{Delivered, Sink, SinkError, write_dead_letters};
+use super::{Delivered, Sink, SinkError, bury_rejected};
 use crate::config::SinkConfig;
 use crate::metrics::Metrics;
 use crate::spool::Spooled;
@@ -125,20 +125,11 @@ impl DirectSinks {
             match result {
                 Ok(Delivered { rejected, .. }) => {
                     if !rejected.is_empty() {
-                        let refused: Vec<(&Spooled, &str)> = rejected
-                            .iter()
-                            .filter_map(|(seq, why)| {
-                                batch
-                                    .iter()
-                                    .find(|e| e.seq == *seq)
-                                    .map(|e| (e, why.as_str()))
-                            })
-                            .collect();
-                        write_dead_letters(name, &self.dead_letters, &refused, 1)?;
+                        bury_rejected(name, &self.dead_letters, &batch, &rejected)?;
                         self.metrics
                             .dead_letters
                             .with_label_values(&[name])
-                            .inc_by(u64::try_from(refused.len()).unwrap_or(0));
+                            .inc_by(u64::try_from(rejected.len()).unwrap_or(0));
                     }
                     self.metrics
                         .sink_deliveries

@@ -283,18 +283,7 @@ async fn attempt<S: Sink>(
         *open = true;
     }
     let Delivered { state, rejected } = sink.deliver(batch).await?;
-    if !rejected.is_empty() {
-        let refused: Vec<(&Spooled, &str)> = rejected
-            .iter()
-            .filter_map(|(seq, why)| {
-                batch
-                    .iter()
-                    .find(|e| e.seq == *seq)
-                    .map(|e| (e, why.as_str()))
-            })
-            .collect();
-        write_dead_letters(name, dead_letters, &refused, 1)?;
-    }
+    bury_rejected(name, dead_letters, batch, &rejected)?;
     let committed = spool.cursor(name)?;
     let seq = if from_dead_letters {
         committed.seq
@@ -330,6 +319,28 @@ fn bury(
         },
     )?;
     Ok(())
+}
+
+/// Moves the events a destination refused for good (by seq) to the sink's dead letters.
+pub(crate) fn bury_rejected(
+    name: &str,
+    dead_letters: &DeadLetters,
+    batch: &[Spooled],
+    rejected: &[(u64, String)],
+) -> Result<(), SinkError> {
+    if rejected.is_empty() {
+        return Ok(());
+    }
+    let refused: Vec<(&Spooled, &str)> = rejected
+        .iter()
+        .filter_map(|(seq, why)| {
+            batch
+                .iter()
+                .find(|e| e.seq == *seq)
+                .map(|e| (e, why.as_str()))
+        })
+        .collect();
+    write_dead_letters(name, dead_letters, &refused, 1)
 }
 
 /// Appends events to a sink's dead letters, each with why it was given up.
