@@ -261,15 +261,10 @@ impl Receiver {
         let name = endpoint.config.name.as_str();
         let Ok(_permit) = self.in_flight.try_acquire() else {
             outcome.outcome = "overloaded";
-            let mut reply = closing(
+            return self.retry_later(closing(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too many requests in flight; retry later\n",
-            );
-            reply.headers_mut().insert(
-                RETRY_AFTER,
-                HeaderValue::from(self.limits.retry_after_seconds),
-            );
-            return reply;
+            ));
         };
         let (parts, body) = request.into_parts();
         let declared = parts
@@ -377,15 +372,10 @@ impl Receiver {
                 Err(err) => {
                     outcome.outcome = "sink_error";
                     outcome.detail = Some(err.to_string());
-                    let mut reply = response(
+                    self.retry_later(response(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "a sink did not accept the events; retry later\n",
-                    );
-                    reply.headers_mut().insert(
-                        RETRY_AFTER,
-                        HeaderValue::from(self.limits.retry_after_seconds),
-                    );
-                    reply
+                    ))
                 }
             };
         }
@@ -416,17 +406,21 @@ impl Receiver {
                     "spool_error"
                 };
                 outcome.detail = Some(err.to_string());
-                let mut reply = response(
+                self.retry_later(response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "cannot store events; retry later\n",
-                );
-                reply.headers_mut().insert(
-                    RETRY_AFTER,
-                    HeaderValue::from(self.limits.retry_after_seconds),
-                );
-                reply
+                ))
             }
         }
+    }
+
+    /// A 503 that tells Meta when to retry.
+    fn retry_later(&self, mut reply: HttpResponse) -> HttpResponse {
+        reply.headers_mut().insert(
+            RETRY_AFTER,
+            HeaderValue::from(self.limits.retry_after_seconds),
+        );
+        reply
     }
 
     fn refuse_signature(

@@ -274,16 +274,12 @@ impl<'c> Scope<'c> {
 /// so the usual case is one scan and no copy.
 fn compact(raw: &RawValue) -> Box<RawValue> {
     let bytes = raw.get().as_bytes();
-    let Some(first) = first_insignificant_whitespace(bytes) else {
-        return raw.to_owned();
-    };
-    let mut out = Vec::with_capacity(bytes.len());
-    out.extend_from_slice(&bytes[..first]);
+    // Allocated only at the first whitespace outside a string; until then nothing is copied.
+    let mut out: Option<Vec<u8>> = None;
     let mut in_string = false;
     let mut escaped = false;
-    for &b in &bytes[first..] {
-        if in_string {
-            out.push(b);
+    for (i, &b) in bytes.iter().enumerate() {
+        let keep = if in_string {
             if escaped {
                 escaped = false;
             } else if b == b'\\' {
@@ -291,41 +287,32 @@ fn compact(raw: &RawValue) -> Box<RawValue> {
             } else if b == b'"' {
                 in_string = false;
             }
+            true
         } else if b == b'"' {
             in_string = true;
-            out.push(b);
-        } else if !matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
-            out.push(b);
+            true
+        } else {
+            !matches!(b, b' ' | b'\n' | b'\r' | b'\t')
+        };
+        match (&mut out, keep) {
+            (Some(out), true) => out.push(b),
+            (None, false) => {
+                let mut copy = Vec::with_capacity(bytes.len());
+                copy.extend_from_slice(&bytes[..i]);
+                out = Some(copy);
+            }
+            _ => {}
         }
     }
+    let Some(out) = out else {
+        return raw.to_owned();
+    };
     // Removing insignificant whitespace from valid JSON leaves valid UTF-8 JSON (only ASCII
     // bytes outside strings are dropped); fall back to the original rather than fail.
     String::from_utf8(out)
         .ok()
         .and_then(|text| RawValue::from_string(text).ok())
         .unwrap_or_else(|| raw.to_owned())
-}
-
-/// Where the first whitespace outside a string is, if any.
-fn first_insignificant_whitespace(bytes: &[u8]) -> Option<usize> {
-    let mut in_string = false;
-    let mut escaped = false;
-    for (i, &b) in bytes.iter().enumerate() {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-        } else if b == b'"' {
-            in_string = true;
-        } else if matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
-            return Some(i);
-        }
-    }
-    None
 }
 
 /// `sha256(object, entry id, field, item bytes)`, hex: stable across Meta's retries.
