@@ -82,7 +82,17 @@ Configuration keys (YAML; durations like 500ms, 30s, 24h):
   log_message_text                log message texts [false]
   shutdown_grace                  SIGTERM drain limit [25s]
   shutdown_delay                  keep accepting after readiness turns off [0s]
-  secret_reload_interval          secret files re-read every [2s]";
+  secret_reload_interval          secret files re-read every [2s]
+  metrics_listen                  extra plain-HTTP address for /metrics, /healthz, /readyz
+  tls.cert_file | tls.key_file    serving certificate chain and key (PEM, reloaded on change)
+  tls.mode                        server | mutual (client certificate required) [server]
+  tls.client_ca_file              CA bundle client certificates must chain to (mutual)
+  tls.allowed_client_names        client CN / DNS SAN accepted [client.webhooks.fbclientcerts.com]
+  tls.reload_interval             certificate files checked every [10s]
+  trusted_proxy.cidrs             ingress addresses whose client-certificate headers are believed
+  trusted_proxy.allowed_client_names  CN accepted in the subject DN header [client.webhooks.fbclientcerts.com]
+  trusted_proxy.verify_header     verdict header [ssl-client-verify]
+  trusted_proxy.subject_header    subject DN header [ssl-client-subject-dn]";
 
 #[derive(Debug, Subcommand)]
 enum DlqAction {

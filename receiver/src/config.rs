@@ -49,6 +49,88 @@ pub struct Config {
     /// How often secret files are re-read (rotation without restart).
     #[serde(default = "default_secret_reload_interval", with = "humantime_serde")]
     pub secret_reload_interval: Duration,
+    /// Serve HTTPS (and optionally require Meta's client certificate) on `listen`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// Accept the client-certificate verdict of an ingress that terminated mTLS, only from
+    /// these addresses (instead of `tls.mode: mutual`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_proxy: Option<TrustedProxyConfig>,
+    /// A second, plain-HTTP listener serving only /metrics, /healthz and /readyz, for
+    /// Prometheus and kubelet probes when `listen` requires a client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// The name Meta's webhook client certificate carries (CN and DNS SAN).
+pub const META_CLIENT_NAME: &str = "client.webhooks.fbclientcerts.com";
+
+/// TLS on the webhook listener. Keys `cert_file`, `key_file`, `mode`, `client_ca_file` and
+/// `allowed_client_names` are a contract for tests outside the repository: keep them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain served to clients (re-read when the file changes).
+    pub cert_file: PathBuf,
+    /// PEM private key of `cert_file` (re-read when the file changes).
+    pub key_file: PathBuf,
+    /// `server` (HTTPS only) or `mutual` (the client must present an allowed certificate).
+    #[serde(default)]
+    pub mode: TlsMode,
+    /// PEM bundle of the CAs a client certificate must chain to (`mutual`); Meta's CA is
+    /// configuration, never compiled in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<PathBuf>,
+    /// Names accepted in the client certificate's subject CN or DNS SANs (`mutual`).
+    #[serde(default = "default_allowed_client_names")]
+    pub allowed_client_names: Vec<String>,
+    /// How often the certificate, key and CA files are checked for changes.
+    #[serde(default = "default_tls_reload_interval", with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+/// What the TLS listener demands of clients.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsMode {
+    /// HTTPS; clients are not asked for a certificate.
+    #[default]
+    Server,
+    /// HTTPS; webhook requests need a client certificate chaining to `client_ca_file`
+    /// whose CN or DNS SAN is in `allowed_client_names`.
+    Mutual,
+}
+
+/// An ingress (e.g. ingress-nginx) that terminates mTLS and passes its verdict in headers.
+/// Keys `cidrs` and `allowed_client_names` are a contract: keep them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedProxyConfig {
+    /// Peer addresses whose verdict headers are believed; from anywhere else the headers
+    /// are rejected (403) and counted.
+    pub cidrs: Vec<ipnet::IpNet>,
+    /// Names accepted in the subject DN the proxy passes (its CN component).
+    #[serde(default = "default_allowed_client_names")]
+    pub allowed_client_names: Vec<String>,
+    /// Header carrying the proxy's verification result (`SUCCESS` when verified).
+    #[serde(default = "default_verify_header")]
+    pub verify_header: String,
+    /// Header carrying the client certificate's subject DN.
+    #[serde(default = "default_subject_header")]
+    pub subject_header: String,
+}
+
+fn default_allowed_client_names() -> Vec<String> {
+    vec![META_CLIENT_NAME.to_owned()]
+}
+fn default_tls_reload_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_verify_header() -> String {
+    "ssl-client-verify".to_owned()
+}
+fn default_subject_header() -> String {
+    "ssl-client-subject-dn".to_owned()
 }
 
 /// How accepted events reach the sinks.
@@ -569,6 +651,65 @@ impl Config {
         }
         if self.limits.max_body_bytes == 0 {
             return Err(invalid("limits.max_body_bytes", "must be at least 1"));
+        }
+        self.validate_tls()?;
+        if self.metrics_listen.is_some() && self.metrics_listen == Some(self.listen) {
+            return Err(invalid(
+                "metrics_listen",
+                "must differ from listen (it is a second listener)",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        if let Some(tls) = &self.tls {
+            if tls.mode == TlsMode::Mutual {
+                if tls.client_ca_file.is_none() {
+                    return Err(invalid(
+                        "tls.client_ca_file",
+                        "tls.mode: mutual needs the CA bundle client certificates chain to",
+                    ));
+                }
+                if tls.allowed_client_names.is_empty() {
+                    return Err(invalid(
+                        "tls.allowed_client_names",
+                        "tls.mode: mutual needs at least one accepted name",
+                    ));
+                }
+                if self.trusted_proxy.is_some() {
+                    return Err(invalid(
+                        "trusted_proxy",
+                        "choose one: tls.mode: mutual checks the certificate itself, \
+                         trusted_proxy believes an ingress that checked it",
+                    ));
+                }
+            }
+            if tls.reload_interval.is_zero() {
+                return Err(invalid("tls.reload_interval", "must be more than 0"));
+            }
+        }
+        if let Some(proxy) = &self.trusted_proxy {
+            if proxy.cidrs.is_empty() {
+                return Err(invalid(
+                    "trusted_proxy.cidrs",
+                    "at least one address range is required",
+                ));
+            }
+            if proxy.allowed_client_names.is_empty() {
+                return Err(invalid(
+                    "trusted_proxy.allowed_client_names",
+                    "at least one accepted name is required",
+                ));
+            }
+            for (key, header) in [
+                ("trusted_proxy.verify_header", &proxy.verify_header),
+                ("trusted_proxy.subject_header", &proxy.subject_header),
+            ] {
+                if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                    return Err(invalid(key, format!("{header:?} is not a header name")));
+                }
+            }
         }
         Ok(())
     }

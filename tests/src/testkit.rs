@@ -91,6 +91,9 @@ pub fn config_in(dir: &Path) -> Result<Config> {
         shutdown_grace: Duration::from_secs(5),
         shutdown_delay: Duration::ZERO,
         secret_reload_interval: Duration::from_millis(100),
+        tls: None,
+        trusted_proxy: None,
+        metrics_listen: None,
     })
 }
 
