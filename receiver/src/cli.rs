@@ -65,6 +65,7 @@ Configuration keys (YAML; durations like 500ms, 30s, 24h):
   sinks[].nats.stream             stream name (required with create_stream)
   sinks[].nats.create_stream      create the stream if absent [false]
   sinks[].postgres.url            PostgreSQL connection URL (the unified message store)
+  sinks[].postgres.url_file       file holding the URL instead (re-read at reconnect)
   sinks[].postgres.schema         schema of its tables, migrated at start [metahook]
   sinks[].http.url                POST each event as JSON (Idempotency-Key = event id)
   sinks[].http.signing_secret_file  secret of the X-Metahook-Signature HMAC

@@ -316,7 +316,12 @@ fn default_max_backoff() -> Duration {
 #[serde(deny_unknown_fields)]
 pub struct PostgresSinkConfig {
     /// Connection URL, e.g. `postgres://postgres@127.0.0.1:5432/test`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub url: String,
+    /// File holding the connection URL instead (a mounted Secret, since a URL can carry a
+    /// password); re-read at every reconnect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_file: Option<PathBuf>,
     /// The schema holding the tables (created if absent).
     #[serde(default = "default_postgres_schema")]
     pub schema: String,
@@ -626,6 +631,12 @@ impl Config {
                         .chars()
                         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
                     && schema.len() <= 63;
+                if postgres.url.trim().is_empty() == postgres.url_file.is_none() {
+                    return Err(invalid(
+                        format!("sinks[{i}].postgres.url"),
+                        "set exactly one of url and url_file",
+                    ));
+                }
                 if !valid {
                     return Err(invalid(
                         format!("sinks[{i}].postgres.schema"),

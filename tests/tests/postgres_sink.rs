@@ -31,6 +31,7 @@ fn postgres_sink(schema: &str) -> SinkConfig {
         retry: metahook_receiver::config::RetryConfig::default(),
         postgres: Some(PostgresSinkConfig {
             url: URL.to_owned(),
+            url_file: None,
             schema: schema.to_owned(),
         }),
     }

@@ -159,7 +159,17 @@ impl Sink for PostgresSink {
         if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
             return Ok(());
         }
-        let (mut client, connection) = tokio_postgres::connect(&self.config.url, NoTls)
+        let url = match &self.config.url_file {
+            Some(file) => std::fs::read_to_string(file)
+                .map_err(|source| SinkError::Io {
+                    context: format!("cannot read postgres.url_file {}", file.display()),
+                    source,
+                })?
+                .trim()
+                .to_owned(),
+            None => self.config.url.clone(),
+        };
+        let (mut client, connection) = tokio_postgres::connect(&url, NoTls)
             .await
             .map_err(|e| self.remote("cannot connect to PostgreSQL", e))?;
         tokio::spawn(async move {
