@@ -1,0 +1,559 @@
+//! The `WebhookSubscription` custom resource (metahook.io/v1alpha1).
+//!
+//! Static checks live in the CRD as CEL rules (`x-kubernetes-validations`) so the API
+//! server rejects a bad spec at `kubectl apply`, naming the field; checks that need the
+//! cluster (a referenced Secret exists) become status conditions instead.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::core::Rule;
+use kube::{CustomResource, KubeSchema};
+use metahook_receiver::config::META_CLIENT_NAME;
+use metahook_receiver::normalize::COVERAGE;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The API group of metahook's resources.
+pub const GROUP: &str = "metahook.io";
+
+/// Paths the receiver serves itself (mirrors the receiver's `RESERVED_PATHS`).
+const RESERVED_PATHS_CEL: &str = "['/metrics', '/healthz', '/readyz']";
+
+/// A Meta webhook subscription: one endpoint of one Meta app, reconciled into a receiver
+/// with its secrets, certificates, Service and monitoring.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "metahook.io",
+    version = "v1alpha1",
+    kind = "WebhookSubscription",
+    namespaced,
+    shortname = "whsub",
+    category = "metahook",
+    status = "WebhookSubscriptionStatus",
+    doc = "A Meta webhook subscription (WhatsApp, Facebook Page, Instagram) reconciled into a secured, observable metahook receiver.",
+    printcolumn(name = "Object", type_ = "string", json_path = ".spec.object"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name.size() <= 47").message("metadata.name: at most 47 characters, so the names of the objects made from it (name + '-verify-token') stay valid")
+)]
+#[x_kube(validation = object_rule())]
+#[x_kube(validation = fields_rule())]
+#[x_kube(
+    validation = Rule::new("self.delivery.mode != 'direct' || size(self.delivery.sinks) > 0")
+        .message("delivery.sinks: direct delivery needs at least one sink")
+)]
+#[x_kube(
+    validation = Rule::new("self.delivery.mode != 'direct' || !has(self.delivery.spool)")
+        .message("delivery.spool: direct delivery keeps no spool volume")
+)]
+#[x_kube(
+    validation = Rule::new("self.receiver.mode != 'sidecar' || (!has(self.ingress) && !self.monitoring.serviceMonitor && !has(self.delivery.spool))")
+        .message("receiver.mode: a sidecar runs in your own pod: ingress, monitoring.serviceMonitor and delivery.spool do not apply")
+)]
+#[x_kube(
+    validation = Rule::new("!has(self.ingress) || self.ingress.tlsTermination != 'passthrough' || self.tls.mode != 'none'")
+        .message("ingress.tlsTermination: passthrough needs tls.mode server or mutual (the receiver terminates TLS)")
+)]
+#[x_kube(
+    validation = Rule::new("self.tls.mode != 'mutual' || !has(self.ingress) || self.ingress.tlsTermination != 'ingress' || size(self.ingress.trustedProxyCIDRs) > 0")
+        .message("ingress.trustedProxyCIDRs: when the ingress terminates mutual TLS the receiver must know the ingress's addresses")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookSubscriptionSpec {
+    /// Meta's object, as in the Graph API subscription: whatsapp_business_account, page,
+    /// instagram, or another Graph object (user, permissions, application, ...).
+    #[schemars(length(min = 1, max = 64))]
+    pub object: String,
+    /// The subscribed fields (e.g. messages, feed, leadgen). Checked against the fields
+    /// metahook knows for the object; Graph objects accept any field name.
+    #[schemars(length(min = 1, max = 128), inner(length(min = 1, max = 64)))]
+    pub fields: Vec<String>,
+    /// URL path Meta is pointed at. Defaults to /webhooks/whatsapp, /webhooks/facebook-page,
+    /// /webhooks/instagram or /webhooks/<object>.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = path_rule())]
+    #[schemars(length(max = 256))]
+    pub path: Option<String>,
+    /// The Meta app secret that signs every delivery (X-Hub-Signature-256).
+    pub app_secret_ref: SecretKeyRef,
+    /// The previous app secret, still accepted while Meta switches to the new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_app_secret_ref: Option<SecretKeyRef>,
+    /// The verify token of Meta's GET handshake. When absent, the operator generates one
+    /// (32 random bytes, URL-safe) in the Secret `<name>-verify-token`, key `verify-token`,
+    /// and never regenerates it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_token_ref: Option<SecretKeyRef>,
+    /// How accepted events are stored and where they are delivered.
+    #[serde(default)]
+    pub delivery: DeliverySpec,
+    /// TLS on the receiver: none, server (HTTPS) or mutual (Meta's client certificate).
+    #[serde(default)]
+    pub tls: TlsSpec,
+    /// An Ingress routing the public host to the receiver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressSpec>,
+    /// The receiver workload.
+    #[serde(default)]
+    pub receiver: ReceiverSpec,
+    /// Prometheus integration.
+    #[serde(default)]
+    pub monitoring: MonitoringSpec,
+}
+
+/// A key of a Secret in the subscription's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key within the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// Storage and delivery of accepted events.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliverySpec {
+    /// spool: answer Meta once the events are fsync'd in the receiver's spool, then deliver;
+    /// direct: answer once every sink acknowledged them (no spool).
+    #[serde(default)]
+    pub mode: DeliveryModeSpec,
+    /// A persistent spool: set, the receiver is a StatefulSet with a PersistentVolumeClaim
+    /// per replica; unset, the spool is an emptyDir (lost with the pod).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool: Option<SpoolSpec>,
+    /// Where events are delivered. Names are unique.
+    #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    #[schemars(length(max = 16))]
+    pub sinks: Vec<SinkSpec>,
+    /// Retries before an event goes to the dead letters (per sink unless the sink sets its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
+}
+
+/// How accepted events reach the sinks.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryModeSpec {
+    /// 200 once fsync'd in the spool; sinks consume it on their own.
+    #[default]
+    Spool,
+    /// 200 once every sink acknowledged.
+    Direct,
+}
+
+/// A persistent spool volume.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SpoolSpec {
+    /// Size of each replica's volume, e.g. 1Gi.
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+(\\\\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$')").message("delivery.spool.size: a quantity such as 1Gi"))]
+    pub size: String,
+    /// StorageClass of the volumes; the cluster's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+/// One sink: set exactly one of nats, http, postgres, file.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("[has(self.nats), has(self.http), has(self.postgres), has(self.file)].filter(x, x).size() == 1")
+        .message("delivery.sinks[]: set exactly one sink kind: nats, http, postgres or file")
+)]
+pub struct SinkSpec {
+    /// The sink's name (its cursor, metrics label and dead-letter file).
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$')").message("delivery.sinks[].name: lowercase letters, digits, '-' and '_'"))]
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// Publish to NATS JetStream (Nats-Msg-Id = event id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats: Option<NatsSinkSpec>,
+    /// POST each event as JSON (Idempotency-Key = event id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSinkSpec>,
+    /// Store events, conversations, messages and engagement in PostgreSQL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresSinkSpec>,
+    /// Append JSON lines to a file on the receiver's data volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileSinkSpec>,
+    /// Retries of this sink (overrides delivery.retry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
+}
+
+/// NATS JetStream sink.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NatsSinkSpec {
+    /// Server URL, e.g. nats://nats.nats:4222.
+    #[schemars(length(min = 1))]
+    pub url: String,
+    /// Subject template; placeholders {platform}, {object}, {field}, {kind}, {endpoint}.
+    /// Default meta.{platform}.{field}.{kind}.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// The stream (required with createStream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// Create the stream when absent.
+    #[serde(default)]
+    pub create_stream: bool,
+}
+
+/// HTTP sink.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpSinkSpec {
+    /// The URL each event is POSTed to.
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("delivery.sinks[].http.url: an http:// or https:// URL"))]
+    pub url: String,
+    /// Secret of the X-Metahook-Signature HMAC over each body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_secret_ref: Option<SecretKeyRef>,
+    /// PEM CA bundle that signed the service's certificate (the system's roots otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_ref: Option<SecretKeyRef>,
+}
+
+/// PostgreSQL sink.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresSinkSpec {
+    /// The connection URL (postgres://user:password@host/db), kept in a Secret since it
+    /// holds a password.
+    pub url_secret_ref: SecretKeyRef,
+    /// Schema of metahook's tables (migrated at start). Default metahook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+}
+
+/// File sink.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FileSinkSpec {
+    /// File name on the receiver's data volume (/var/lib/metahook/files/).
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9._-]+$') && self != '.' && self != '..'").message("delivery.sinks[].file.name: a plain file name"))]
+    pub name: String,
+}
+
+/// Retries before dead letters.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RetrySpec {
+    /// Attempts per batch before its events go to the dead letters; 0 retries forever.
+    /// Default 20.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// Longest wait between attempts, e.g. 5m. Default 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$')").message("delivery.retry.maxBackoff: a duration such as 30s, 5m or 1h"))]
+    pub max_backoff: Option<String>,
+}
+
+/// TLS on the receiver.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.mode != 'mutual' || has(self.clientCARef)")
+        .message("tls.clientCARef: tls.mode mutual needs the CA bundle Meta's client certificate chains to")
+)]
+#[x_kube(
+    validation = Rule::new("self.mode != 'none' || (!has(self.secretRef) && !has(self.clientCARef))")
+        .message("tls.mode: secretRef and clientCARef need tls.mode server or mutual")
+)]
+pub struct TlsSpec {
+    /// none: plain HTTP (TLS ends before the receiver); server: HTTPS; mutual: HTTPS and
+    /// Meta's client certificate required.
+    #[serde(default)]
+    pub mode: TlsModeSpec,
+    /// A kubernetes.io/tls Secret to serve (e.g. issued by cert-manager), used as it is.
+    /// When absent, the operator issues a certificate from the namespace's metahook CA and
+    /// renews it at two thirds of its lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretRef>,
+    /// The CA bundle client certificates must chain to (Meta's CA), for mutual.
+    #[serde(
+        default,
+        rename = "clientCARef",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub client_ca_ref: Option<SecretKeyRef>,
+    /// Names accepted in the client certificate's CN or DNS SANs.
+    #[serde(default = "default_allowed_client_names")]
+    #[schemars(length(min = 1))]
+    pub allowed_client_names: Vec<String>,
+}
+
+impl Default for TlsSpec {
+    fn default() -> Self {
+        TlsSpec {
+            mode: TlsModeSpec::None,
+            secret_ref: None,
+            client_ca_ref: None,
+            allowed_client_names: default_allowed_client_names(),
+        }
+    }
+}
+
+fn default_allowed_client_names() -> Vec<String> {
+    vec![META_CLIENT_NAME.to_owned()]
+}
+
+/// What TLS the receiver speaks.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsModeSpec {
+    /// Plain HTTP.
+    #[default]
+    None,
+    /// HTTPS.
+    Server,
+    /// HTTPS with a required client certificate.
+    Mutual,
+}
+
+/// A Secret in the subscription's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SecretRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// An Ingress (ingress-nginx annotations) for the public host.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSpec {
+    /// The public host Meta calls, e.g. hooks.example.com.
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("ingress.host: a DNS name"))]
+    pub host: String,
+    /// The IngressClass, e.g. nginx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+    /// passthrough: the ingress forwards TLS untouched and the receiver terminates it
+    /// (needs tls.mode server or mutual); ingress: the ingress terminates TLS (and checks
+    /// the client certificate when tls.mode is mutual).
+    #[serde(default)]
+    pub tls_termination: TlsTerminationSpec,
+    /// The kubernetes.io/tls Secret the ingress serves for host (tlsTermination ingress);
+    /// it must be publicly trusted, since Meta calls it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret_name: Option<String>,
+    /// Addresses of the ingress controller's pods, whose client-certificate headers the
+    /// receiver believes (tlsTermination ingress with tls.mode mutual).
+    #[serde(default, rename = "trustedProxyCIDRs")]
+    pub trusted_proxy_cidrs: Vec<String>,
+    /// Extra annotations on the Ingress.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Where TLS from Meta ends.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsTerminationSpec {
+    /// At the ingress.
+    #[default]
+    Ingress,
+    /// At the receiver (ingress-nginx ssl-passthrough).
+    Passthrough,
+}
+
+/// The receiver workload.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReceiverSpec {
+    /// deployment: the operator runs the receiver; sidecar: it prepares the configuration,
+    /// Secrets and certificates for a receiver container in your own pod (docs/sidecar.md).
+    #[serde(default)]
+    pub mode: ReceiverModeSpec,
+    /// Receiver pods. Above 1 a PodDisruptionBudget keeps one available.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1, max = 100))]
+    pub replicas: i32,
+    /// Receiver image; the operator's --receiver-image when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// CPU and memory requests and limits of the receiver container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+impl Default for ReceiverSpec {
+    fn default() -> Self {
+        ReceiverSpec {
+            mode: ReceiverModeSpec::Deployment,
+            replicas: default_replicas(),
+            image: None,
+            resources: None,
+        }
+    }
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+/// Who runs the receiver.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ReceiverModeSpec {
+    /// A Deployment (or StatefulSet with a persistent spool) and a Service.
+    #[default]
+    Deployment,
+    /// A container in your own pod.
+    Sidecar,
+}
+
+/// Prometheus integration.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitoringSpec {
+    /// Create a ServiceMonitor (when the monitoring.coreos.com API exists on the cluster).
+    #[serde(default)]
+    pub service_monitor: bool,
+}
+
+/// What the operator observed and did.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookSubscriptionStatus {
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The callback URL to register with Meta.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Where the verify token is (the given one or the generated one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_token: Option<SecretKeyRef>,
+    /// Receiver pods, from the workload's status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receiver: Option<ReceiverStatus>,
+    /// The serving certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CertificateStatus>,
+    /// Ready, SecretsResolved, CertificateReady, ReceiverAvailable.
+    #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// Receiver pods.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReceiverStatus {
+    /// Pods the workload wants.
+    pub replicas: i32,
+    /// Pods passing /readyz.
+    pub ready_replicas: i32,
+}
+
+/// The serving certificate.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateStatus {
+    /// The kubernetes.io/tls Secret holding it.
+    pub secret_name: String,
+    /// Its expiry (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
+    /// When the operator renews it (RFC 3339); absent for a user-provided certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_at: Option<String>,
+}
+
+/// Objects metahook documents (others are accepted by the receiver as `unknown`, but a
+/// subscription names what Meta will send).
+pub fn documented_objects() -> Vec<&'static str> {
+    let mut objects: Vec<&'static str> = COVERAGE.iter().map(|row| row.object).collect();
+    objects.dedup();
+    objects
+}
+
+/// Fields metahook documents for an object; `None` where any field is accepted (Graph
+/// objects, whose fields are the app's own).
+pub fn documented_fields(object: &str) -> Option<Vec<&'static str>> {
+    let fields: Vec<&'static str> = COVERAGE
+        .iter()
+        .filter(|row| row.object == object)
+        .map(|row| row.field)
+        .collect();
+    if fields.is_empty() || fields.contains(&"*") {
+        None
+    } else {
+        Some(fields)
+    }
+}
+
+fn cel_list(items: &[&str]) -> String {
+    let quoted: Vec<String> = items.iter().map(|item| format!("'{item}'")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+fn object_rule() -> Rule {
+    Rule::new(format!(
+        "self.object in {}",
+        cel_list(&documented_objects())
+    ))
+    .message("object: not an object Meta sends webhooks for (see docs/crd-reference.md)")
+}
+
+/// One rule per documented object with a closed field list, generated from the receiver's
+/// coverage table so the CRD and the normalizer never disagree.
+fn fields_rule() -> Rule {
+    let mut clauses = Vec::new();
+    for object in documented_objects() {
+        if let Some(fields) = documented_fields(object) {
+            clauses.push(format!(
+                "(self.object != '{object}' || self.fields.all(f, f in {}))",
+                cel_list(&fields)
+            ));
+        }
+    }
+    Rule::new(clauses.join(" && "))
+        .message("fields: a field is not documented for this object (see docs/crd-reference.md)")
+}
+
+fn path_rule() -> Rule {
+    Rule::new(format!(
+        "self.matches('^/[A-Za-z0-9._~/-]*$') && !(self in {RESERVED_PATHS_CEL})"
+    ))
+    .message("path: starts with '/', holds only A-Z a-z 0-9 . _ ~ / -, and is not /metrics, /healthz or /readyz")
+}
+
+impl WebhookSubscriptionSpec {
+    /// The endpoint path: the spec's, or the default for the object.
+    pub fn effective_path(&self) -> String {
+        if let Some(path) = &self.path {
+            return path.clone();
+        }
+        match self.object.as_str() {
+            "whatsapp_business_account" => "/webhooks/whatsapp".to_owned(),
+            "page" => "/webhooks/facebook-page".to_owned(),
+            "instagram" => "/webhooks/instagram".to_owned(),
+            other => format!("/webhooks/{}", other.replace('_', "-")),
+        }
+    }
+}
+
+/// The CRD as YAML, as committed in crds/webhooksubscription.yaml.
+pub fn crd_yaml() -> Result<String, serde_saphyr::SerializeError> {
+    use kube::CustomResourceExt;
+    let body = serde_saphyr::to_string(&WebhookSubscription::crd())?;
+    Ok(format!(
+        "# Generated by `cargo run -p metahook-operator --bin crdgen`; do not edit.\n{body}"
+    ))
+}

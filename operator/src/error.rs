@@ -1,0 +1,55 @@
+//! One error type for the operator; each variant is a `reason` label of
+//! `metahook_operator_reconcile_errors_total`.
+
+/// Why a reconciliation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The Kubernetes API refused or failed a request.
+    #[error("kubernetes API: {context}: {source}")]
+    Kube {
+        /// What was being done, e.g. `apply Deployment acme/wa`.
+        context: String,
+        /// The client's error.
+        #[source]
+        source: Box<kube::Error>,
+    },
+    /// The receiver configuration built from the spec is not valid.
+    #[error("receiver configuration: {0}")]
+    Config(#[from] metahook_receiver::config::ConfigError),
+    /// A certificate could not be made or read.
+    #[error("certificate: {0}")]
+    Certificate(String),
+    /// The object lacks what the API server always sets (namespace, uid).
+    #[error("object {0}")]
+    Incomplete(String),
+    /// Serializing an object failed.
+    #[error("serializing {context}: {source}")]
+    Serialize {
+        /// What.
+        context: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Error {
+    /// The `reason` label.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube { .. } => "kube_api",
+            Error::Config(_) => "config",
+            Error::Certificate(_) => "certificate",
+            Error::Incomplete(_) => "incomplete_object",
+            Error::Serialize { .. } => "serialize",
+        }
+    }
+
+    /// Wraps a client error with what was being done.
+    pub fn kube(context: impl Into<String>, source: kube::Error) -> Error {
+        Error::Kube {
+            context: context.into(),
+            source: Box::new(source),
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! The metahook operator: reconciles `WebhookSubscription` resources into receivers.
+//!
+//! # Layout
+//!
+//! - [`crd`]: the custom resource, its CEL rules and printer columns.
+//! - [`resources`]: pure builders, spec → the objects the operator applies (ConfigMap,
+//!   Secrets, Deployment or StatefulSet, Service, Ingress, ServiceMonitor, PDB). No I/O.
+//! - [`certs`]: the namespace CA and serving certificates (rcgen), and when to renew them.
+//! - [`status`]: conditions and the status written back.
+//! - [`controller`]: the reconcile loop: reads what it needs, applies what the builders
+//!   produce with server-side apply, publishes Events, writes status.
+//! - [`metrics`]: the operator's Prometheus metrics and its /metrics, /healthz, /readyz.
+//! - [`error`]: one error enum, whose variants are the `reason` metric label.
+
+pub mod certs;
+pub mod controller;
+pub mod crd;
+pub mod error;
+pub mod metrics;
+pub mod resources;
+pub mod status;
+
+pub use crd::{WebhookSubscription, WebhookSubscriptionSpec, WebhookSubscriptionStatus};
+pub use error::Error;
+
+/// The field manager of every server-side apply.
+pub const FIELD_MANAGER: &str = "metahook-operator";

@@ -1,0 +1,255 @@
+//! Pure builders: a subscription (plus what the controller resolved) → the objects the
+//! operator applies. No I/O here, so every object is asserted field by field in tests.
+//!
+//! One file per object family: [`config`] (the receiver's configuration), [`secrets`]
+//! (verify token, serving certificate), [`workload`] (Deployment or StatefulSet),
+//! [`service`], [`ingress`], [`monitoring`] (ServiceMonitor, PodDisruptionBudget).
+
+pub mod config;
+pub mod ingress;
+pub mod monitoring;
+pub mod secrets;
+pub mod service;
+pub mod workload;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::{Resource, ResourceExt};
+use sha2::{Digest, Sha256};
+
+use crate::crd::{SecretKeyRef, TlsModeSpec, TlsTerminationSpec, WebhookSubscription};
+use crate::error::Error;
+
+/// Port of the webhook listener, plain HTTP.
+pub const HTTP_PORT: i32 = 8080;
+/// Port of the webhook listener with TLS.
+pub const HTTPS_PORT: i32 = 8443;
+/// Port of the plain-HTTP /metrics, /healthz, /readyz listener.
+pub const METRICS_PORT: i32 = 9090;
+/// Where the ConfigMap is mounted.
+pub const CONFIG_DIR: &str = "/etc/metahook/config";
+/// The configuration file's key in the ConfigMap.
+pub const CONFIG_KEY: &str = "config.yaml";
+/// Where referenced Secret keys are mounted: `<dir>/<secret>/<key>`.
+pub const SECRETS_DIR: &str = "/etc/metahook/secrets";
+/// The receiver's data volume (spool, file sinks).
+pub const DATA_DIR: &str = "/var/lib/metahook";
+/// The key of the generated verify token.
+pub const VERIFY_TOKEN_KEY: &str = "verify-token";
+/// The pod-template annotation that rolls receivers when their inputs change.
+pub const CONFIG_HASH_ANNOTATION: &str = "metahook.io/config-hash";
+/// The label naming the subscription an object belongs to.
+pub const SUBSCRIPTION_LABEL: &str = "metahook.io/subscription";
+
+/// Everything the builders need besides the spec, resolved by the controller.
+#[derive(Debug, Clone)]
+pub struct Inputs<'a> {
+    /// The subscription.
+    pub sub: &'a WebhookSubscription,
+    /// Its name.
+    pub name: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// The receiver image (the spec's or the operator's default).
+    pub image: String,
+    /// Where the verify token is: the spec's reference or the generated Secret.
+    pub verify_token: SecretKeyRef,
+    /// The kubernetes.io/tls Secret the receiver serves (tls.mode server or mutual).
+    pub tls_secret: Option<String>,
+    /// A digest of the referenced Secrets' contents, so receivers roll when they change.
+    pub secrets_digest: String,
+}
+
+impl<'a> Inputs<'a> {
+    /// Inputs for `sub`, which must carry a name and namespace (as from the API server).
+    pub fn new(
+        sub: &'a WebhookSubscription,
+        default_image: &str,
+        tls_secret: Option<String>,
+        secrets_digest: String,
+    ) -> Result<Inputs<'a>, Error> {
+        let name = sub.name_any();
+        let namespace = sub.namespace().ok_or_else(|| {
+            Error::Incomplete(format!("WebhookSubscription {name} has no namespace"))
+        })?;
+        let verify_token = sub
+            .spec
+            .verify_token_ref
+            .clone()
+            .unwrap_or_else(|| SecretKeyRef {
+                name: verify_token_secret_name(&name),
+                key: VERIFY_TOKEN_KEY.to_owned(),
+            });
+        let image = sub
+            .spec
+            .receiver
+            .image
+            .clone()
+            .filter(|image| !image.is_empty())
+            .unwrap_or_else(|| default_image.to_owned());
+        Ok(Inputs {
+            sub,
+            name,
+            namespace,
+            image,
+            verify_token,
+            tls_secret,
+            secrets_digest,
+        })
+    }
+
+    /// Does the receiver itself speak TLS?
+    pub fn receiver_tls(&self) -> bool {
+        self.sub.spec.tls.mode != TlsModeSpec::None
+    }
+
+    /// Does the receiver itself check the client certificate (rather than an ingress)?
+    pub fn receiver_checks_client(&self) -> bool {
+        self.sub.spec.tls.mode == TlsModeSpec::Mutual && !self.ingress_terminates()
+    }
+
+    /// Does an Ingress terminate Meta's TLS?
+    pub fn ingress_terminates(&self) -> bool {
+        self.sub
+            .spec
+            .ingress
+            .as_ref()
+            .is_some_and(|ingress| ingress.tls_termination == TlsTerminationSpec::Ingress)
+    }
+
+    /// The webhook container port.
+    pub fn webhook_port(&self) -> i32 {
+        if self.receiver_tls() {
+            HTTPS_PORT
+        } else {
+            HTTP_PORT
+        }
+    }
+
+    /// The webhook port's name, which tells its scheme (`https` or `http`).
+    pub fn webhook_port_name(&self) -> &'static str {
+        if self.receiver_tls() { "https" } else { "http" }
+    }
+
+    /// The Service port of the webhook listener.
+    pub fn service_port(&self) -> i32 {
+        if self.receiver_tls() { 443 } else { 80 }
+    }
+
+    /// Labels on every object made for this subscription.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        let mut labels = self.selector_labels();
+        labels.insert(
+            "app.kubernetes.io/managed-by".to_owned(),
+            crate::FIELD_MANAGER.to_owned(),
+        );
+        labels.insert(
+            "app.kubernetes.io/component".to_owned(),
+            "receiver".to_owned(),
+        );
+        labels
+    }
+
+    /// The labels selecting this subscription's receiver pods.
+    pub fn selector_labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (
+                "app.kubernetes.io/name".to_owned(),
+                "metahook-receiver".to_owned(),
+            ),
+            ("app.kubernetes.io/instance".to_owned(), self.name.clone()),
+            (SUBSCRIPTION_LABEL.to_owned(), self.name.clone()),
+        ])
+    }
+
+    /// Metadata of an owned object: name, namespace, labels, controller owner reference.
+    pub fn meta(&self, name: String) -> Result<ObjectMeta, Error> {
+        Ok(ObjectMeta {
+            name: Some(name),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(self.labels()),
+            owner_references: Some(vec![owner_reference(self.sub)?]),
+            ..ObjectMeta::default()
+        })
+    }
+
+    /// Every Secret key the receiver reads, by Secret: mounted at
+    /// `SECRETS_DIR/<secret>/<key>`.
+    pub fn mounted_secret_keys(&self) -> BTreeMap<String, BTreeSet<String>> {
+        let mut keys: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for reference in self.secret_refs() {
+            keys.entry(reference.name)
+                .or_default()
+                .insert(reference.key);
+        }
+        if let Some(secret) = &self.tls_secret {
+            let entry = keys.entry(secret.clone()).or_default();
+            entry.insert("tls.crt".to_owned());
+            entry.insert("tls.key".to_owned());
+        }
+        keys
+    }
+
+    /// The Secret keys the spec references (and the verify token), for resolution.
+    pub fn secret_refs(&self) -> Vec<SecretKeyRef> {
+        let spec = &self.sub.spec;
+        let mut refs = vec![spec.app_secret_ref.clone()];
+        refs.extend(spec.previous_app_secret_ref.clone());
+        refs.push(self.verify_token.clone());
+        for sink in &spec.delivery.sinks {
+            if let Some(http) = &sink.http {
+                refs.extend(http.signing_secret_ref.clone());
+                refs.extend(http.ca_ref.clone());
+            }
+            if let Some(postgres) = &sink.postgres {
+                refs.push(postgres.url_secret_ref.clone());
+            }
+        }
+        if self.receiver_checks_client() {
+            refs.extend(spec.tls.client_ca_ref.clone());
+        }
+        refs
+    }
+}
+
+/// The file a mounted Secret key appears as in the receiver's container.
+pub fn secret_path(reference: &SecretKeyRef) -> String {
+    format!("{SECRETS_DIR}/{}/{}", reference.name, reference.key)
+}
+
+/// The controller owner reference to the subscription (garbage collection, and the
+/// controller's `owns` watches).
+pub fn owner_reference(sub: &WebhookSubscription) -> Result<OwnerReference, Error> {
+    sub.controller_owner_ref(&()).ok_or_else(|| {
+        Error::Incomplete(format!(
+            "WebhookSubscription {} has no uid (not read from the API server?)",
+            sub.name_any()
+        ))
+    })
+}
+
+/// Name of the generated verify-token Secret.
+pub fn verify_token_secret_name(name: &str) -> String {
+    format!("{name}-verify-token")
+}
+
+/// Name of the operator-issued serving certificate's Secret.
+pub fn tls_secret_name(name: &str) -> String {
+    format!("{name}-tls")
+}
+
+/// Name of the receiver's ConfigMap.
+pub fn config_map_name(name: &str) -> String {
+    format!("{name}-receiver")
+}
+
+/// Hex SHA-256 of some parts, each length-prefixed so their boundaries count.
+pub fn digest<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part);
+    }
+    hex::encode(hasher.finalize())
+}

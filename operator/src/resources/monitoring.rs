@@ -1,0 +1,93 @@
+//! Objects of APIs a cluster may lack: ServiceMonitor (monitoring.coreos.com) and the
+//! PodDisruptionBudget (policy/v1, or policy/v1beta1 on old clusters). Built as JSON for
+//! the API version the controller discovered.
+
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use serde_json::json;
+
+use super::Inputs;
+use crate::error::Error;
+
+/// Which optional APIs the cluster serves (discovered, never assumed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    /// monitoring.coreos.com/v1 ServiceMonitor.
+    pub service_monitor: bool,
+    /// The PodDisruptionBudget API version, if any.
+    pub pdb: Option<PdbVersion>,
+}
+
+/// Where PodDisruptionBudgets live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PdbVersion {
+    /// policy/v1 (Kubernetes 1.21+).
+    V1,
+    /// policy/v1beta1 (older clusters).
+    V1beta1,
+}
+
+/// The ServiceMonitor API.
+pub fn service_monitor_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor"),
+        "servicemonitors",
+    )
+}
+
+/// The PodDisruptionBudget API of a version.
+pub fn pdb_resource(version: PdbVersion) -> ApiResource {
+    let version = match version {
+        PdbVersion::V1 => "v1",
+        PdbVersion::V1beta1 => "v1beta1",
+    };
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("policy", version, "PodDisruptionBudget"),
+        "poddisruptionbudgets",
+    )
+}
+
+fn dynamic(
+    resource: &ApiResource,
+    inputs: &Inputs<'_>,
+    spec: serde_json::Value,
+) -> Result<DynamicObject, Error> {
+    let mut object = DynamicObject::new(&inputs.name, resource).data(json!({"spec": spec}));
+    object.metadata = inputs.meta(inputs.name.clone())?;
+    Ok(object)
+}
+
+/// A ServiceMonitor scraping the receivers' metrics port, when asked for and served.
+pub fn service_monitor(
+    inputs: &Inputs<'_>,
+    capabilities: Capabilities,
+) -> Result<Option<DynamicObject>, Error> {
+    if !inputs.sub.spec.monitoring.service_monitor || !capabilities.service_monitor {
+        return Ok(None);
+    }
+    let spec = json!({
+        "selector": {"matchLabels": inputs.selector_labels()},
+        "endpoints": [{"port": "metrics", "path": "/metrics", "interval": "30s"}],
+    });
+    dynamic(&service_monitor_resource(), inputs, spec).map(Some)
+}
+
+/// A PodDisruptionBudget keeping one receiver up during voluntary disruptions, when there
+/// is more than one replica (with one, it would block node drains forever).
+pub fn pod_disruption_budget(
+    inputs: &Inputs<'_>,
+    capabilities: Capabilities,
+) -> Result<Option<(ApiResource, DynamicObject)>, Error> {
+    let Some(version) = capabilities.pdb else {
+        return Ok(None);
+    };
+    if inputs.sub.spec.receiver.replicas <= 1 {
+        return Ok(None);
+    }
+    let resource = pdb_resource(version);
+    let spec = json!({
+        "minAvailable": 1,
+        "selector": {"matchLabels": inputs.selector_labels()},
+    });
+    let object = dynamic(&resource, inputs, spec)?;
+    Ok(Some((resource, object)))
+}

@@ -1,0 +1,99 @@
+//! Secrets the operator creates: the generated verify token, the serving certificate, and
+//! the namespace's CA.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use super::{Inputs, VERIFY_TOKEN_KEY};
+use crate::certs::{CaMaterial, ServingCertificate};
+use crate::error::Error;
+
+/// Name of the namespace's CA Secret.
+pub const CA_SECRET_NAME: &str = "metahook-ca";
+/// Annotation on a serving-certificate Secret: the SHA-256 of the CA certificate that
+/// signed it, so a replaced CA re-issues its certificates.
+pub const CA_FINGERPRINT_ANNOTATION: &str = "metahook.io/ca-fingerprint";
+
+/// A new verify token: 32 random bytes, URL-safe base64 without padding (43 characters,
+/// safe in a query string as Meta sends it).
+pub fn generate_verify_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The generated verify-token Secret, owned by the subscription.
+pub fn verify_token_secret(inputs: &Inputs<'_>, token: &str) -> Result<Secret, Error> {
+    Ok(Secret {
+        metadata: inputs.meta(super::verify_token_secret_name(&inputs.name))?,
+        type_: Some("Opaque".to_owned()),
+        data: Some(BTreeMap::from([(
+            VERIFY_TOKEN_KEY.to_owned(),
+            ByteString(token.as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
+    })
+}
+
+/// The serving certificate's kubernetes.io/tls Secret (tls.crt holds the leaf then the CA,
+/// ca.crt the CA alone, for clients inside the cluster).
+pub fn serving_secret(inputs: &Inputs<'_>, cert: &ServingCertificate) -> Result<Secret, Error> {
+    let mut metadata = inputs.meta(super::tls_secret_name(&inputs.name))?;
+    metadata.annotations = Some(BTreeMap::from([(
+        CA_FINGERPRINT_ANNOTATION.to_owned(),
+        cert.ca_fingerprint.clone(),
+    )]));
+    Ok(Secret {
+        metadata,
+        type_: Some("kubernetes.io/tls".to_owned()),
+        data: Some(BTreeMap::from([
+            (
+                "tls.crt".to_owned(),
+                ByteString(format!("{}{}", cert.cert_pem, cert.ca_pem).into_bytes()),
+            ),
+            (
+                "tls.key".to_owned(),
+                ByteString(cert.key_pem.clone().into_bytes()),
+            ),
+            (
+                "ca.crt".to_owned(),
+                ByteString(cert.ca_pem.clone().into_bytes()),
+            ),
+        ])),
+        ..Secret::default()
+    })
+}
+
+/// The namespace's CA Secret. Shared by every subscription of the namespace, so it has no
+/// owner: deleting one subscription must not revoke the others' certificates.
+pub fn ca_secret(namespace: &str, ca: &CaMaterial) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(CA_SECRET_NAME.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(BTreeMap::from([
+                (
+                    "app.kubernetes.io/managed-by".to_owned(),
+                    crate::FIELD_MANAGER.to_owned(),
+                ),
+                ("app.kubernetes.io/component".to_owned(), "ca".to_owned()),
+            ])),
+            ..ObjectMeta::default()
+        },
+        type_: Some("kubernetes.io/tls".to_owned()),
+        data: Some(BTreeMap::from([
+            (
+                "tls.crt".to_owned(),
+                ByteString(ca.cert_pem.clone().into_bytes()),
+            ),
+            (
+                "tls.key".to_owned(),
+                ByteString(ca.key_pem.clone().into_bytes()),
+            ),
+        ])),
+        ..Secret::default()
+    }
+}

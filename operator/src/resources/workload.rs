@@ -1,0 +1,297 @@
+//! The receiver's pods: a Deployment, or a StatefulSet with a PersistentVolumeClaim per
+//! replica when the spool is persistent.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment, StatefulSet,
+    StatefulSetSpec,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    HTTPGetAction, KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
+    SecretProjection, SecurityContext, Volume, VolumeMount, VolumeProjection,
+    VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{
+    CONFIG_DIR, CONFIG_HASH_ANNOTATION, CONFIG_KEY, DATA_DIR, Inputs, METRICS_PORT, SECRETS_DIR,
+};
+use crate::error::Error;
+
+/// The user and group the receiver runs as (non-root).
+pub const RUN_AS: i64 = 65532;
+/// Seconds Kubernetes waits after SIGTERM: the receiver's shutdown_delay (5s) and
+/// shutdown_grace (25s), plus margin.
+pub const TERMINATION_GRACE_SECONDS: i64 = 40;
+
+/// The receiver's workload.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Workload {
+    /// emptyDir spool.
+    Deployment(Box<Deployment>),
+    /// Persistent spool, one PersistentVolumeClaim per replica.
+    StatefulSet(Box<StatefulSet>),
+}
+
+/// The pod template: one `receiver` container, hardened, with its configuration, Secrets
+/// and data volume, and a hash of its inputs so it rolls when they change.
+pub fn pod_template(inputs: &Inputs<'_>, config_hash: &str) -> PodTemplateSpec {
+    let persistent = inputs.sub.spec.delivery.spool.is_some();
+    let mut volumes = vec![
+        Volume {
+            name: "config".to_owned(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: super::config_map_name(&inputs.name),
+                items: Some(vec![KeyToPath {
+                    key: CONFIG_KEY.to_owned(),
+                    path: CONFIG_KEY.to_owned(),
+                    mode: None,
+                }]),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        secrets_volume(inputs),
+    ];
+    if !persistent {
+        volumes.push(Volume {
+            name: "data".to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        });
+    }
+    let scheme = if inputs.receiver_tls() {
+        "HTTPS"
+    } else {
+        "HTTP"
+    };
+    let probe = |path: &str, period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String(inputs.webhook_port_name().to_owned()),
+            scheme: Some(scheme.to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    };
+    let container = Container {
+        name: "receiver".to_owned(),
+        image: Some(inputs.image.clone()),
+        args: Some(vec![
+            "--config".to_owned(),
+            format!("{CONFIG_DIR}/{CONFIG_KEY}"),
+        ]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some(inputs.webhook_port_name().to_owned()),
+                container_port: inputs.webhook_port(),
+                protocol: Some("TCP".to_owned()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("metrics".to_owned()),
+                container_port: METRICS_PORT,
+                protocol: Some("TCP".to_owned()),
+                ..ContainerPort::default()
+            },
+        ]),
+        liveness_probe: Some(probe("/healthz", 10, 3)),
+        readiness_probe: Some(probe("/readyz", 5, 2)),
+        resources: Some(
+            inputs
+                .sub
+                .spec
+                .receiver
+                .resources
+                .clone()
+                .unwrap_or_else(default_resources),
+        ),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            privileged: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                add: None,
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "config".to_owned(),
+                mount_path: CONFIG_DIR.to_owned(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "secrets".to_owned(),
+                mount_path: SECRETS_DIR.to_owned(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "data".to_owned(),
+                mount_path: DATA_DIR.to_owned(),
+                ..VolumeMount::default()
+            },
+        ]),
+        ..Container::default()
+    };
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(inputs.labels()),
+            annotations: Some(BTreeMap::from([(
+                CONFIG_HASH_ANNOTATION.to_owned(),
+                config_hash.to_owned(),
+            )])),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![container],
+            volumes: Some(volumes),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(RUN_AS),
+                run_as_group: Some(RUN_AS),
+                fs_group: Some(RUN_AS),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".to_owned(),
+                    localhost_profile: None,
+                }),
+                ..PodSecurityContext::default()
+            }),
+            ..PodSpec::default()
+        }),
+    }
+}
+
+/// One projected volume holding exactly the Secret keys the receiver reads, each at
+/// `<secret>/<key>`: nothing else of those Secrets reaches the pod.
+fn secrets_volume(inputs: &Inputs<'_>) -> Volume {
+    let sources = inputs
+        .mounted_secret_keys()
+        .into_iter()
+        .map(|(secret, keys)| VolumeProjection {
+            secret: Some(SecretProjection {
+                name: secret.clone(),
+                items: Some(
+                    keys.into_iter()
+                        .map(|key| KeyToPath {
+                            path: format!("{secret}/{key}"),
+                            key,
+                            mode: None,
+                        })
+                        .collect(),
+                ),
+                optional: Some(false),
+            }),
+            ..VolumeProjection::default()
+        })
+        .collect();
+    Volume {
+        name: "secrets".to_owned(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(sources),
+            // Readable by the receiver's group only.
+            default_mode: Some(0o440),
+        }),
+        ..Volume::default()
+    }
+}
+
+/// Requests and limits when the spec gives none: enough for a receiver at a few thousand
+/// requests per second (docs/benchmarks.md measured about 36 MiB peak RSS).
+pub fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), Quantity("100m".to_owned())),
+            ("memory".to_owned(), Quantity("64Mi".to_owned())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_owned(),
+            Quantity("256Mi".to_owned()),
+        )])),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// The workload for the subscription (not called in sidecar mode).
+pub fn workload(inputs: &Inputs<'_>, config_hash: &str) -> Result<Workload, Error> {
+    let metadata = inputs.meta(inputs.name.clone())?;
+    let selector = LabelSelector {
+        match_labels: Some(inputs.selector_labels()),
+        match_expressions: None,
+    };
+    let replicas = Some(inputs.sub.spec.receiver.replicas);
+    let template = pod_template(inputs, config_hash);
+    Ok(match &inputs.sub.spec.delivery.spool {
+        None => Workload::Deployment(Box::new(Deployment {
+            metadata,
+            spec: Some(DeploymentSpec {
+                replicas,
+                selector,
+                template,
+                // Never below the wanted replicas while rolling: a pod drains its spool on
+                // SIGTERM before it exits.
+                strategy: Some(DeploymentStrategy {
+                    type_: Some("RollingUpdate".to_owned()),
+                    rolling_update: Some(RollingUpdateDeployment {
+                        max_unavailable: Some(IntOrString::Int(0)),
+                        max_surge: Some(IntOrString::Int(1)),
+                    }),
+                }),
+                revision_history_limit: Some(5),
+                ..DeploymentSpec::default()
+            }),
+            status: None,
+        })),
+        Some(spool) => {
+            let mut requests = BTreeMap::new();
+            requests.insert("storage".to_owned(), Quantity(spool.size.clone()));
+            let claim = PersistentVolumeClaim {
+                metadata: ObjectMeta {
+                    name: Some("data".to_owned()),
+                    labels: Some(inputs.labels()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(PersistentVolumeClaimSpec {
+                    access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
+                    storage_class_name: spool.storage_class_name.clone(),
+                    resources: Some(VolumeResourceRequirements {
+                        requests: Some(requests),
+                        limits: None,
+                    }),
+                    ..PersistentVolumeClaimSpec::default()
+                }),
+                status: None,
+            };
+            Workload::StatefulSet(Box::new(StatefulSet {
+                metadata,
+                spec: Some(StatefulSetSpec {
+                    replicas,
+                    selector,
+                    service_name: Some(inputs.name.clone()),
+                    template,
+                    volume_claim_templates: Some(vec![claim]),
+                    // Receivers do not need each other: start and stop them all at once.
+                    pod_management_policy: Some("Parallel".to_owned()),
+                    revision_history_limit: Some(5),
+                    ..StatefulSetSpec::default()
+                }),
+                status: None,
+            }))
+        }
+    })
+}
