@@ -13,6 +13,7 @@
 //! - [`error`]: one error enum, whose variants are the `reason` metric label.
 
 pub mod certs;
+pub mod cli;
 pub mod controller;
 pub mod crd;
 pub mod error;

@@ -1,1 +1,205 @@
-//! metrics
+//! The operator's metrics, and the small HTTP server for /metrics, /healthz and /readyz.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::error::Error;
+
+/// The operator's metrics.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    reconciliations: IntCounterVec,
+    errors: IntCounterVec,
+    duration: HistogramVec,
+    certificate_expiry: GaugeVec,
+    /// 1 while this replica holds the leader Lease.
+    pub leader: IntGauge,
+}
+
+impl Metrics {
+    /// Registers every series (label values that are known up front start at 0).
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let reconciliations = IntCounterVec::new(
+            Opts::new(
+                "metahook_operator_reconciliations_total",
+                "Reconciliations of WebhookSubscriptions, by result.",
+            ),
+            &["result"],
+        )?;
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "metahook_operator_reconcile_errors_total",
+                "Failed reconciliations, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "metahook_operator_reconcile_duration_seconds",
+                "Time one reconciliation took.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &[],
+        )?;
+        let certificate_expiry = GaugeVec::new(
+            Opts::new(
+                "metahook_operator_certificate_expiry_timestamp_seconds",
+                "When each subscription's serving certificate expires (Unix time).",
+            ),
+            &["namespace", "name"],
+        )?;
+        let leader = IntGauge::new(
+            "metahook_operator_leader",
+            "1 while this replica holds the leader Lease and reconciles.",
+        )?;
+        registry.register(Box::new(reconciliations.clone()))?;
+        registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(certificate_expiry.clone()))?;
+        registry.register(Box::new(leader.clone()))?;
+        for result in ["success", "error"] {
+            reconciliations.with_label_values(&[result]);
+        }
+        for reason in [
+            "kube_api",
+            "config",
+            "certificate",
+            "incomplete_object",
+            "serialize",
+        ] {
+            errors.with_label_values(&[reason]);
+        }
+        Ok(Metrics {
+            registry,
+            reconciliations,
+            errors,
+            duration,
+            certificate_expiry,
+            leader,
+        })
+    }
+
+    /// Counts one reconciliation and its duration.
+    pub fn reconciled(&self, result: Result<(), &Error>, took: Duration) {
+        self.duration
+            .with_label_values::<&str>(&[])
+            .observe(took.as_secs_f64());
+        match result {
+            Ok(()) => self.reconciliations.with_label_values(&["success"]).inc(),
+            Err(err) => {
+                self.reconciliations.with_label_values(&["error"]).inc();
+                self.errors.with_label_values(&[err.metric_label()]).inc();
+            }
+        }
+    }
+
+    /// Records a subscription's certificate expiry.
+    pub fn certificate_expires(&self, namespace: &str, name: &str, unix_seconds: i64) {
+        self.certificate_expiry
+            .with_label_values(&[namespace, name])
+            .set(unix_seconds as f64);
+    }
+
+    /// Forgets a subscription's certificate (deleted, or TLS turned off).
+    pub fn forget_certificate(&self, namespace: &str, name: &str) {
+        let _ = self
+            .certificate_expiry
+            .remove_label_values(&[namespace, name]);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(err) = encoder.encode(&self.registry.gather(), &mut buffer) {
+            tracing::error!(error = %err, "encoding metrics failed");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+/// Serves /metrics, /healthz (alive) and /readyz (`ready` is true) until the task ends.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
+    tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                tracing::warn!(error = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                    let response = respond(request.uri().path(), &metrics, &ready);
+                    async move { Ok::<_, Infallible>(response) }
+                });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(err) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await
+            {
+                tracing::debug!(error = %err, "metrics connection ended");
+            }
+        });
+    }
+}
+
+fn respond(path: &str, metrics: &Metrics, ready: &AtomicBool) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match path {
+        "/metrics" => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics.render(),
+        ),
+        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        "/readyz" if ready.load(Ordering::Relaxed) => {
+            (StatusCode::OK, "text/plain", "ready\n".to_owned())
+        }
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready\n".to_owned(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_owned(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = http::HeaderValue::from_str(content_type) {
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_TYPE, value);
+    }
+    response
+}

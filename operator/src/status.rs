@@ -1,1 +1,273 @@
-//! status
+//! The status the operator writes: conditions keyed by type (server-side apply merges
+//! them), each with a reason and a message that names what is missing.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use time::OffsetDateTime;
+
+use crate::crd::{CertificateStatus, ReceiverStatus, SecretKeyRef, WebhookSubscriptionStatus};
+
+/// All is well: Meta can be pointed at `status.endpoint`.
+pub const READY: &str = "Ready";
+/// Every referenced Secret and key exists.
+pub const SECRETS_RESOLVED: &str = "SecretsResolved";
+/// The serving certificate exists and is valid (or TLS is off).
+pub const CERTIFICATE_READY: &str = "CertificateReady";
+/// At least one receiver pod passes its readiness probe.
+pub const RECEIVER_AVAILABLE: &str = "ReceiverAvailable";
+
+/// A referenced Secret or key that does not exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Missing {
+    /// The reference.
+    pub reference: SecretKeyRef,
+    /// Whether the whole Secret is absent (else only the key).
+    pub secret_absent: bool,
+}
+
+impl Missing {
+    /// "Secret acme/meta-app not found" or "Secret acme/meta-app has no key app-secret".
+    pub fn describe(&self, namespace: &str) -> String {
+        if self.secret_absent {
+            format!(
+                "Secret {namespace}/{} not found (wanted for key {})",
+                self.reference.name, self.reference.key
+            )
+        } else {
+            format!(
+                "Secret {namespace}/{} has no key {}",
+                self.reference.name, self.reference.key
+            )
+        }
+    }
+}
+
+/// The certificate as observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertificateState {
+    /// tls.mode none.
+    NotRequired,
+    /// In place.
+    Ready(CertificateStatus),
+    /// Not usable; the message says why.
+    Failed(String),
+    /// Not looked at, since something earlier failed.
+    Unknown,
+}
+
+/// The receiver as observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReceiverState {
+    /// Runs in the user's pod; the operator does not observe it.
+    Sidecar,
+    /// The workload's pods.
+    Workload {
+        /// `Deployment` or `StatefulSet`.
+        kind: &'static str,
+        /// Wanted pods.
+        replicas: i32,
+        /// Pods passing /readyz.
+        ready_replicas: i32,
+    },
+    /// Not applied, since something earlier failed.
+    Unknown,
+}
+
+/// What one reconciliation found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    /// Missing Secrets or keys (empty when all resolved).
+    pub missing: Vec<Missing>,
+    /// The certificate.
+    pub certificate: CertificateState,
+    /// The receiver.
+    pub receiver: ReceiverState,
+    /// The callback URL.
+    pub endpoint: Option<String>,
+    /// The verify token's location.
+    pub verify_token: Option<SecretKeyRef>,
+}
+
+struct Wanted {
+    type_: &'static str,
+    ok: bool,
+    reason: String,
+    message: String,
+}
+
+/// The status for what was observed. Conditions whose status did not change keep their
+/// lastTransitionTime from `previous`.
+pub fn build(
+    previous: Option<&WebhookSubscriptionStatus>,
+    generation: Option<i64>,
+    namespace: &str,
+    observed: &Observed,
+    now: OffsetDateTime,
+) -> WebhookSubscriptionStatus {
+    let secrets = if observed.missing.is_empty() {
+        Wanted {
+            type_: SECRETS_RESOLVED,
+            ok: true,
+            reason: "Resolved".to_owned(),
+            message: "every referenced Secret key exists".to_owned(),
+        }
+    } else {
+        let described: Vec<String> = observed
+            .missing
+            .iter()
+            .map(|m| m.describe(namespace))
+            .collect();
+        Wanted {
+            type_: SECRETS_RESOLVED,
+            ok: false,
+            reason: if observed.missing.iter().any(|m| m.secret_absent) {
+                "SecretNotFound".to_owned()
+            } else {
+                "SecretKeyNotFound".to_owned()
+            },
+            message: described.join("; "),
+        }
+    };
+    let certificate = match &observed.certificate {
+        CertificateState::NotRequired => Wanted {
+            type_: CERTIFICATE_READY,
+            ok: true,
+            reason: "TLSDisabled".to_owned(),
+            message: "tls.mode is none: the receiver speaks plain HTTP".to_owned(),
+        },
+        CertificateState::Ready(cert) => Wanted {
+            type_: CERTIFICATE_READY,
+            ok: true,
+            reason: "Issued".to_owned(),
+            message: format!(
+                "certificate in Secret {namespace}/{} valid until {}",
+                cert.secret_name,
+                cert.not_after.as_deref().unwrap_or("(unknown)")
+            ),
+        },
+        CertificateState::Failed(message) => Wanted {
+            type_: CERTIFICATE_READY,
+            ok: false,
+            reason: "CertificateInvalid".to_owned(),
+            message: message.clone(),
+        },
+        CertificateState::Unknown => Wanted {
+            type_: CERTIFICATE_READY,
+            ok: false,
+            reason: "Pending".to_owned(),
+            message: "waiting for the referenced Secrets".to_owned(),
+        },
+    };
+    let receiver = match &observed.receiver {
+        ReceiverState::Sidecar => Wanted {
+            type_: RECEIVER_AVAILABLE,
+            ok: true,
+            reason: "Sidecar".to_owned(),
+            message: "receiver.mode is sidecar: it runs in your own pod (docs/sidecar.md)"
+                .to_owned(),
+        },
+        ReceiverState::Workload {
+            kind,
+            replicas,
+            ready_replicas,
+        } => Wanted {
+            type_: RECEIVER_AVAILABLE,
+            ok: *ready_replicas >= 1,
+            reason: if *ready_replicas >= 1 {
+                "Available".to_owned()
+            } else {
+                "NoReadyReplicas".to_owned()
+            },
+            message: format!("{ready_replicas} of {replicas} receiver pods of {kind} ready"),
+        },
+        ReceiverState::Unknown => Wanted {
+            type_: RECEIVER_AVAILABLE,
+            ok: false,
+            reason: "NotApplied".to_owned(),
+            message: "the receiver is not applied until its Secrets and certificate are ready"
+                .to_owned(),
+        },
+    };
+    let failing = [&secrets, &certificate, &receiver]
+        .into_iter()
+        .find(|wanted| !wanted.ok);
+    let ready = match failing {
+        None => Wanted {
+            type_: READY,
+            ok: true,
+            reason: "Ready".to_owned(),
+            message: match &observed.endpoint {
+                Some(endpoint) => format!("register {endpoint} with Meta"),
+                None => "ready".to_owned(),
+            },
+        },
+        Some(first) => Wanted {
+            type_: READY,
+            ok: false,
+            reason: format!("{}False", first.type_),
+            message: first.message.clone(),
+        },
+    };
+    let conditions = [ready, secrets, certificate, receiver]
+        .into_iter()
+        .map(|wanted| condition(previous, generation, wanted, now))
+        .collect();
+    WebhookSubscriptionStatus {
+        observed_generation: generation,
+        endpoint: observed.endpoint.clone(),
+        verify_token: observed.verify_token.clone(),
+        receiver: match &observed.receiver {
+            ReceiverState::Workload {
+                replicas,
+                ready_replicas,
+                ..
+            } => Some(ReceiverStatus {
+                replicas: *replicas,
+                ready_replicas: *ready_replicas,
+            }),
+            _ => None,
+        },
+        certificate: match &observed.certificate {
+            CertificateState::Ready(cert) => Some(cert.clone()),
+            _ => None,
+        },
+        conditions,
+    }
+}
+
+fn condition(
+    previous: Option<&WebhookSubscriptionStatus>,
+    generation: Option<i64>,
+    wanted: Wanted,
+    now: OffsetDateTime,
+) -> Condition {
+    let status = if wanted.ok { "True" } else { "False" };
+    let unchanged = previous
+        .and_then(|p| p.conditions.iter().find(|c| c.type_ == wanted.type_))
+        .filter(|c| c.status == status);
+    let last_transition_time = match unchanged {
+        Some(c) => c.last_transition_time.clone(),
+        None => Time(timestamp(now)),
+    };
+    Condition {
+        last_transition_time,
+        message: wanted.message,
+        observed_generation: generation,
+        reason: wanted.reason,
+        status: status.to_owned(),
+        type_: wanted.type_.to_owned(),
+    }
+}
+
+/// A whole-second timestamp (what the API server stores for conditions).
+pub fn timestamp(t: OffsetDateTime) -> Timestamp {
+    Timestamp::from_second(t.unix_timestamp()).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// Is the Ready condition True?
+pub fn is_ready(status: &WebhookSubscriptionStatus) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == READY && c.status == "True")
+}

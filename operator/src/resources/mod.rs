@@ -253,3 +253,24 @@ pub fn digest<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
     }
     hex::encode(hasher.finalize())
 }
+
+/// Names of every Secret a subscription references (not those the operator makes), so a
+/// change to one of them triggers a reconciliation.
+pub fn referenced_secrets(sub: &WebhookSubscription) -> BTreeSet<String> {
+    let spec = &sub.spec;
+    let mut names = BTreeSet::from([spec.app_secret_ref.name.clone()]);
+    names.extend(spec.previous_app_secret_ref.iter().map(|r| r.name.clone()));
+    names.extend(spec.verify_token_ref.iter().map(|r| r.name.clone()));
+    names.extend(spec.tls.secret_ref.iter().map(|r| r.name.clone()));
+    names.extend(spec.tls.client_ca_ref.iter().map(|r| r.name.clone()));
+    for sink in &spec.delivery.sinks {
+        if let Some(http) = &sink.http {
+            names.extend(http.signing_secret_ref.iter().map(|r| r.name.clone()));
+            names.extend(http.ca_ref.iter().map(|r| r.name.clone()));
+        }
+        if let Some(postgres) = &sink.postgres {
+            names.insert(postgres.url_secret_ref.name.clone());
+        }
+    }
+    names
+}

@@ -49,9 +49,9 @@ pub fn pdb_resource(version: PdbVersion) -> ApiResource {
 fn dynamic(
     resource: &ApiResource,
     inputs: &Inputs<'_>,
-    spec: serde_json::Value,
+    spec: &serde_json::Value,
 ) -> Result<DynamicObject, Error> {
-    let mut object = DynamicObject::new(&inputs.name, resource).data(json!({"spec": spec}));
+    let mut object = DynamicObject::new(&inputs.name, resource).data(json!({ "spec": spec }));
     object.metadata = inputs.meta(inputs.name.clone())?;
     Ok(object)
 }
@@ -68,7 +68,7 @@ pub fn service_monitor(
         "selector": {"matchLabels": inputs.selector_labels()},
         "endpoints": [{"port": "metrics", "path": "/metrics", "interval": "30s"}],
     });
-    dynamic(&service_monitor_resource(), inputs, spec).map(Some)
+    dynamic(&service_monitor_resource(), inputs, &spec).map(Some)
 }
 
 /// A PodDisruptionBudget keeping one receiver up during voluntary disruptions, when there
@@ -88,6 +88,6 @@ pub fn pod_disruption_budget(
         "minAvailable": 1,
         "selector": {"matchLabels": inputs.selector_labels()},
     });
-    let object = dynamic(&resource, inputs, spec)?;
+    let object = dynamic(&resource, inputs, &spec)?;
     Ok(Some((resource, object)))
 }
