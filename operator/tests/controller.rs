@@ -1,0 +1,835 @@
+//! Controller scenarios against the scripted mock API: every request the operator makes
+//! is asserted by method and path, its body checked, and answered as the API server would.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use kube::runtime::controller::Action;
+use metahook_operator::certs::{self, CaMaterial};
+use metahook_operator::controller::{self, RESYNC};
+use metahook_operator::resources::monitoring::{Capabilities, PdbVersion};
+use metahook_operator::resources::secrets::{CA_FINGERPRINT_ANNOTATION, CA_SECRET_NAME};
+use metahook_receiver::config::Config;
+use serde_json::{Value, json};
+use support::*;
+
+const NS: &str = "acme";
+const CORE: &str = "/api/v1/namespaces/acme";
+const APPS: &str = "/apis/apps/v1/namespaces/acme";
+const NET: &str = "/apis/networking.k8s.io/v1/namespaces/acme";
+const SUBS: &str = "/apis/metahook.io/v1alpha1/namespaces/acme/webhooksubscriptions";
+
+fn whatsapp_spec() -> Value {
+    json!({
+        "object": "whatsapp_business_account",
+        "fields": ["messages", "message_template_status_update"],
+        "appSecretRef": {"name": "meta-app", "key": "app-secret"},
+        "delivery": {"sinks": [{"name": "bus", "nats": {"url": "nats://nats.nats:4222"}}]},
+    })
+}
+
+fn app_secret() -> Value {
+    secret(NS, "meta-app", &[("app-secret", b"s3cret")])
+}
+
+fn token_secret() -> Value {
+    secret(
+        NS,
+        "wa-verify-token",
+        &[("verify-token", b"existing-token")],
+    )
+}
+
+/// The requests of a pass once the Secrets resolved, for a plain-HTTP Deployment.
+fn workload_steps(ready_replicas: i32) -> Vec<Expect> {
+    vec![
+        apply(format!("{CORE}/configmaps/wa-receiver"), Reply::Echo(None)),
+        apply(
+            format!("{APPS}/deployments/wa"),
+            Reply::Echo(Some(
+                json!({"replicas": 1, "readyReplicas": ready_replicas}),
+            )),
+        ),
+        delete_absent(format!("{APPS}/statefulsets/wa")),
+        apply(format!("{CORE}/services/wa"), Reply::Echo(None)),
+        delete_absent(format!("{NET}/ingresses/wa")),
+    ]
+}
+
+fn status_step() -> Expect {
+    let sub = serde_json::to_value(subscription("wa", NS, &whatsapp_spec())).expect("json");
+    apply(format!("{SUBS}/wa/status"), Reply::Onto(sub))
+}
+
+#[tokio::test]
+async fn create_generates_the_token_and_applies_every_object() {
+    let sub = subscription("wa", NS, &whatsapp_spec());
+    let mut script = vec![
+        get(
+            format!("{CORE}/secrets/wa-verify-token"),
+            Reply::Error(404, "NotFound"),
+        ),
+        apply(format!("{CORE}/secrets/wa-verify-token"), Reply::Echo(None)),
+        event(NS),
+        get(
+            format!("{CORE}/secrets/meta-app"),
+            Reply::Object(app_secret()),
+        ),
+        get(
+            format!("{CORE}/secrets/wa-verify-token"),
+            Reply::Object(token_secret()),
+        ),
+    ];
+    script.extend(workload_steps(0));
+    script.push(status_step());
+    let api = MockApi::start(script, Capabilities::default(), test_now());
+    let action = controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("reconcile");
+    assert_eq!(action, Action::requeue(RESYNC));
+    let served = api.finish().await;
+
+    // The verify token: 32 random bytes, URL-safe, owned by the subscription.
+    let token_secret = body_of(
+        &served,
+        &Method::PATCH,
+        &format!("{CORE}/secrets/wa-verify-token"),
+    );
+    let token = String::from_utf8(secret_value(token_secret, "verify-token")).expect("utf-8");
+    assert_eq!(token.len(), 43, "32 bytes in unpadded base64: {token}");
+    assert!(
+        token
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    );
+    assert_eq!(
+        token_secret["metadata"]["ownerReferences"][0]["kind"],
+        "WebhookSubscription"
+    );
+    assert_eq!(
+        token_secret["metadata"]["ownerReferences"][0]["controller"],
+        true
+    );
+    let generated = &served[2].body;
+    assert_eq!(generated["reason"], "VerifyTokenGenerated");
+    assert_eq!(generated["regarding"]["name"], "wa");
+
+    // The ConfigMap holds the receiver's own config type, naming the mounted files.
+    let config_map = body_of(
+        &served,
+        &Method::PATCH,
+        &format!("{CORE}/configmaps/wa-receiver"),
+    );
+    let yaml = config_map["data"]["config.yaml"]
+        .as_str()
+        .expect("config.yaml");
+    let config = Config::parse(yaml).expect("the receiver accepts the config");
+    let endpoint = &config.endpoints[0];
+    assert_eq!(endpoint.name, "acme/wa");
+    assert_eq!(endpoint.path, "/webhooks/whatsapp");
+    assert_eq!(
+        endpoint.objects.as_deref(),
+        Some(&["whatsapp_business_account".to_owned()][..])
+    );
+    assert_eq!(
+        endpoint.app_secret_file.as_deref(),
+        Some(std::path::Path::new(
+            "/etc/metahook/secrets/meta-app/app-secret"
+        ))
+    );
+    assert_eq!(
+        endpoint.verify_token_file.as_deref(),
+        Some(std::path::Path::new(
+            "/etc/metahook/secrets/wa-verify-token/verify-token"
+        ))
+    );
+    assert_eq!(config.sinks[0].name, "bus");
+    assert_eq!(
+        config.sinks[0].nats.as_ref().map(|n| n.url.as_str()),
+        Some("nats://nats.nats:4222")
+    );
+    assert!(config.tls.is_none());
+
+    // The Deployment.
+    let deployment = body_of(&served, &Method::PATCH, &format!("{APPS}/deployments/wa"));
+    assert_eq!(deployment["metadata"]["ownerReferences"][0]["name"], "wa");
+    let template = &deployment["spec"]["template"];
+    let hash = template["metadata"]["annotations"]["metahook.io/config-hash"]
+        .as_str()
+        .expect("config hash");
+    assert_eq!(hash.len(), 64);
+    let container = &template["spec"]["containers"][0];
+    assert_eq!(container["image"], "metahook-receiver:test");
+    assert_eq!(container["readinessProbe"]["httpGet"]["scheme"], "HTTP");
+
+    // The Service and the status.
+    let service = body_of(&served, &Method::PATCH, &format!("{CORE}/services/wa"));
+    assert_eq!(service["spec"]["ports"][0]["name"], "http");
+    assert_eq!(service["spec"]["ports"][0]["port"], 80);
+    let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
+    assert_eq!(status["status"]["observedGeneration"], 3);
+    assert_eq!(
+        status["status"]["endpoint"],
+        "http://wa.acme.svc:80/webhooks/whatsapp"
+    );
+    assert_eq!(status["status"]["verifyToken"]["name"], "wa-verify-token");
+    assert_eq!(condition(status, "SecretsResolved")["status"], "True");
+    assert_eq!(
+        condition(status, "CertificateReady")["reason"],
+        "TLSDisabled"
+    );
+    // Never Ready before the workload is available.
+    assert_eq!(condition(status, "ReceiverAvailable")["status"], "False");
+    assert_eq!(
+        condition(status, "ReceiverAvailable")["message"],
+        "0 of 1 receiver pods of Deployment ready"
+    );
+    assert_eq!(condition(status, "Ready")["status"], "False");
+    assert_eq!(
+        condition(status, "Ready")["reason"],
+        "ReceiverAvailableFalse"
+    );
+}
+
+#[tokio::test]
+async fn an_existing_token_is_kept_and_ready_follows_the_workload() {
+    let sub = subscription("wa", NS, &whatsapp_spec());
+    let mut script = vec![
+        get(
+            format!("{CORE}/secrets/wa-verify-token"),
+            Reply::Object(token_secret()),
+        ),
+        apply(format!("{CORE}/secrets/wa-verify-token"), Reply::Echo(None)),
+        get(
+            format!("{CORE}/secrets/meta-app"),
+            Reply::Object(app_secret()),
+        ),
+        get(
+            format!("{CORE}/secrets/wa-verify-token"),
+            Reply::Object(token_secret()),
+        ),
+    ];
+    script.extend(workload_steps(1));
+    script.push(status_step());
+    // Becoming Ready is an Event too.
+    script.push(event(NS));
+    let api = MockApi::start(script, Capabilities::default(), test_now());
+    controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("reconcile");
+    let served = api.finish().await;
+    let token_secret = body_of(
+        &served,
+        &Method::PATCH,
+        &format!("{CORE}/secrets/wa-verify-token"),
+    );
+    assert_eq!(
+        secret_value(token_secret, "verify-token"),
+        b"existing-token"
+    );
+    let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
+    assert_eq!(condition(status, "ReceiverAvailable")["status"], "True");
+    assert_eq!(condition(status, "Ready")["status"], "True");
+    assert_eq!(
+        condition(status, "Ready")["message"],
+        "register http://wa.acme.svc:80/webhooks/whatsapp with Meta"
+    );
+    assert_eq!(
+        served.last().map(|s| &s.body["reason"]),
+        Some(&json!("Ready"))
+    );
+}
+
+/// Runs a steady-state pass and returns the Deployment's config hash.
+async fn config_hash_of(spec: Value, app_secret_value: &[u8]) -> String {
+    let mut spec = spec;
+    spec["verifyTokenRef"] = json!({"name": "meta-app", "key": "verify-token"});
+    let sub = subscription("wa", NS, &spec);
+    let app = secret(
+        NS,
+        "meta-app",
+        &[("app-secret", app_secret_value), ("verify-token", b"t")],
+    );
+    let mut script = vec![get(format!("{CORE}/secrets/meta-app"), Reply::Object(app))];
+    script.extend(workload_steps(1));
+    script.push(status_step());
+    script.push(event(NS));
+    let api = MockApi::start(script, Capabilities::default(), test_now());
+    controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("reconcile");
+    let served = api.finish().await;
+    let deployment = body_of(&served, &Method::PATCH, &format!("{APPS}/deployments/wa"));
+    deployment["spec"]["template"]["metadata"]["annotations"]["metahook.io/config-hash"]
+        .as_str()
+        .expect("hash")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_spec_or_secret_change_changes_the_config_hash() {
+    let base = config_hash_of(whatsapp_spec(), b"s3cret").await;
+    assert_eq!(
+        base,
+        config_hash_of(whatsapp_spec(), b"s3cret").await,
+        "deterministic"
+    );
+    let mut more_fields = whatsapp_spec();
+    more_fields["fields"] = json!([
+        "messages",
+        "message_template_status_update",
+        "account_update"
+    ]);
+    let mut other_path = whatsapp_spec();
+    other_path["path"] = json!("/hooks/wa");
+    for (what, hash) in [
+        ("path", config_hash_of(other_path, b"s3cret").await),
+        (
+            "app secret",
+            config_hash_of(whatsapp_spec(), b"rotated").await,
+        ),
+    ] {
+        assert_ne!(base, hash, "{what} changed but the pods would not roll");
+    }
+    // Fields are Meta-side (the subscription), not the receiver's: same config.
+    assert_eq!(base, config_hash_of(more_fields, b"s3cret").await);
+}
+
+#[tokio::test]
+async fn a_missing_secret_is_named_and_nothing_is_applied() {
+    let mut spec = whatsapp_spec();
+    spec["previousAppSecretRef"] = json!({"name": "meta-app", "key": "previous"});
+    let sub = subscription("wa", NS, &spec);
+    let script = vec![
+        get(
+            format!("{CORE}/secrets/wa-verify-token"),
+            Reply::Object(token_secret()),
+        ),
+        apply(format!("{CORE}/secrets/wa-verify-token"), Reply::Echo(None)),
+        // meta-app holds app-secret but not previous.
+        get(
+            format!("{CORE}/secrets/meta-app"),
+            Reply::Object(app_secret()),
+        ),
+        get(
+            format!("{CORE}/secrets/wa-verify-token"),
+            Reply::Object(token_secret()),
+        ),
+        event(NS),
+        status_step(),
+    ];
+    let api = MockApi::start(script, Capabilities::default(), test_now());
+    let action = controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("reconcile");
+    assert_eq!(action, Action::requeue(controller::MISSING_SECRET_RETRY));
+    let served = api.finish().await;
+    let warning = &served[4].body;
+    assert_eq!(warning["type"], "Warning");
+    assert_eq!(warning["reason"], "SecretNotResolved");
+    assert_eq!(warning["note"], "Secret acme/meta-app has no key previous");
+    let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
+    let resolved = condition(status, "SecretsResolved");
+    assert_eq!(resolved["status"], "False");
+    assert_eq!(resolved["reason"], "SecretKeyNotFound");
+    assert_eq!(
+        resolved["message"],
+        "Secret acme/meta-app has no key previous"
+    );
+    assert_eq!(condition(status, "Ready")["status"], "False");
+    assert_eq!(condition(status, "Ready")["reason"], "SecretsResolvedFalse");
+    assert_eq!(
+        condition(status, "ReceiverAvailable")["reason"],
+        "NotApplied"
+    );
+}
+
+#[tokio::test]
+async fn an_absent_secret_is_named() {
+    let sub = subscription("wa", NS, &whatsapp_spec());
+    let script = vec![
+        get(
+            format!("{CORE}/secrets/wa-verify-token"),
+            Reply::Object(token_secret()),
+        ),
+        apply(format!("{CORE}/secrets/wa-verify-token"), Reply::Echo(None)),
+        get(
+            format!("{CORE}/secrets/meta-app"),
+            Reply::Error(404, "NotFound"),
+        ),
+        get(
+            format!("{CORE}/secrets/wa-verify-token"),
+            Reply::Object(token_secret()),
+        ),
+        event(NS),
+        status_step(),
+    ];
+    let api = MockApi::start(script, Capabilities::default(), test_now());
+    controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("reconcile");
+    let served = api.finish().await;
+    let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
+    let resolved = condition(status, "SecretsResolved");
+    assert_eq!(resolved["reason"], "SecretNotFound");
+    assert_eq!(
+        resolved["message"],
+        "Secret acme/meta-app not found (wanted for key app-secret)"
+    );
+}
+
+fn tls_spec() -> Value {
+    let mut spec = whatsapp_spec();
+    spec["verifyTokenRef"] = json!({"name": "meta-app", "key": "verify-token"});
+    spec["tls"] = json!({"mode": "server"});
+    spec
+}
+
+fn app_with_token() -> Value {
+    secret(
+        NS,
+        "meta-app",
+        &[("app-secret", b"s3cret"), ("verify-token", b"t")],
+    )
+}
+
+fn ca_secret(ca: &CaMaterial) -> Value {
+    secret(
+        NS,
+        CA_SECRET_NAME,
+        &[
+            ("tls.crt", ca.cert_pem.as_bytes()),
+            ("tls.key", ca.key_pem.as_bytes()),
+        ],
+    )
+}
+
+fn names() -> BTreeSet<String> {
+    certs::serving_names("wa", NS, None)
+}
+
+fn tls_workload_steps() -> Vec<Expect> {
+    vec![
+        apply(format!("{CORE}/configmaps/wa-receiver"), Reply::Echo(None)),
+        apply(
+            format!("{APPS}/deployments/wa"),
+            Reply::Echo(Some(json!({"replicas": 1, "readyReplicas": 1}))),
+        ),
+        delete_absent(format!("{APPS}/statefulsets/wa")),
+        apply(format!("{CORE}/services/wa"), Reply::Echo(None)),
+        delete_absent(format!("{NET}/ingresses/wa")),
+        status_step(),
+        event(NS),
+    ]
+}
+
+#[tokio::test]
+async fn first_tls_pass_creates_the_ca_and_issues_a_certificate() {
+    let sub = subscription("wa", NS, &tls_spec());
+    let mut script = vec![
+        get(
+            format!("{CORE}/secrets/meta-app"),
+            Reply::Object(app_with_token()),
+        ),
+        get(
+            format!("{CORE}/secrets/{CA_SECRET_NAME}"),
+            Reply::Error(404, "NotFound"),
+        ),
+        create(format!("{CORE}/secrets"), Reply::Created),
+        get(
+            format!("{CORE}/secrets/wa-tls"),
+            Reply::Error(404, "NotFound"),
+        ),
+        apply(format!("{CORE}/secrets/wa-tls"), Reply::Echo(None)),
+        event(NS),
+    ];
+    script.extend(tls_workload_steps());
+    let now = test_now();
+    let api = MockApi::start(script, Capabilities::default(), now);
+    let action = controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("reconcile");
+    let served = api.finish().await;
+
+    let ca = body_of(&served, &Method::POST, &format!("{CORE}/secrets"));
+    assert_eq!(ca["metadata"]["name"], CA_SECRET_NAME);
+    assert!(
+        ca["metadata"]["ownerReferences"].is_null(),
+        "the CA is shared: no owner"
+    );
+    let ca = CaMaterial {
+        cert_pem: String::from_utf8(secret_value(ca, "tls.crt")).expect("pem"),
+        key_pem: String::from_utf8(secret_value(ca, "tls.key")).expect("pem"),
+    };
+    let tls = body_of(&served, &Method::PATCH, &format!("{CORE}/secrets/wa-tls"));
+    assert_eq!(tls["type"], "kubernetes.io/tls");
+    assert_eq!(
+        tls["metadata"]["annotations"][CA_FINGERPRINT_ANNOTATION],
+        ca.fingerprint().expect("fingerprint")
+    );
+    let info = certs::inspect(&secret_value(tls, "tls.crt")).expect("a certificate");
+    assert_eq!(info.dns_names, names());
+    assert!(info.not_before <= now && info.not_after > now + Duration::from_secs(89 * 86400));
+    assert_eq!(secret_value(tls, "ca.crt"), ca.cert_pem.as_bytes());
+    assert_eq!(served[5].body["reason"], "CertificateIssued");
+
+    // The receiver serves it, the probes speak HTTPS, the Service port says so.
+    let config_map = body_of(
+        &served,
+        &Method::PATCH,
+        &format!("{CORE}/configmaps/wa-receiver"),
+    );
+    let config =
+        Config::parse(config_map["data"]["config.yaml"].as_str().expect("yaml")).expect("config");
+    let tls_config = config.tls.expect("tls");
+    assert_eq!(
+        tls_config.cert_file,
+        std::path::Path::new("/etc/metahook/secrets/wa-tls/tls.crt")
+    );
+    assert_eq!(
+        tls_config.key_file,
+        std::path::Path::new("/etc/metahook/secrets/wa-tls/tls.key")
+    );
+    assert_eq!(config.listen.port(), 8443);
+    let deployment = body_of(&served, &Method::PATCH, &format!("{APPS}/deployments/wa"));
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["livenessProbe"]["httpGet"]["scheme"], "HTTPS");
+    assert_eq!(container["ports"][0]["name"], "https");
+    let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
+    assert_eq!(status["status"]["certificate"]["secretName"], "wa-tls");
+    assert_eq!(condition(status, "CertificateReady")["status"], "True");
+    assert_eq!(
+        status["status"]["endpoint"],
+        "https://wa.acme.svc:443/webhooks/whatsapp"
+    );
+    // Requeued at the renewal instant (two thirds of 90 days, from five minutes ago).
+    let renew_at = certs::renew_at(info.not_before, info.not_after);
+    let expected = Duration::from_secs((renew_at - now).whole_seconds().unsigned_abs());
+    assert_eq!(action, Action::requeue(expected.min(RESYNC)));
+}
+
+fn existing_tls(ca: &CaMaterial, issued_at: time::OffsetDateTime) -> Value {
+    let cert = ca
+        .issue(&names(), issued_at, Duration::from_secs(90 * 86400))
+        .expect("issue");
+    let mut secret = secret(
+        NS,
+        "wa-tls",
+        &[
+            (
+                "tls.crt",
+                format!("{}{}", cert.cert_pem, cert.ca_pem).as_bytes(),
+            ),
+            ("tls.key", cert.key_pem.as_bytes()),
+            ("ca.crt", cert.ca_pem.as_bytes()),
+        ],
+    );
+    secret["metadata"]["annotations"] =
+        json!({ CA_FINGERPRINT_ANNOTATION: ca.fingerprint().expect("fingerprint") });
+    secret
+}
+
+#[tokio::test]
+async fn a_certificate_due_for_renewal_is_reissued_with_an_event() {
+    let issued_at = test_now();
+    let ca = CaMaterial::generate(NS, issued_at).expect("ca");
+    let now = issued_at + Duration::from_secs(61 * 86400);
+    let sub = subscription("wa", NS, &tls_spec());
+    let mut script = vec![
+        get(
+            format!("{CORE}/secrets/meta-app"),
+            Reply::Object(app_with_token()),
+        ),
+        get(
+            format!("{CORE}/secrets/{CA_SECRET_NAME}"),
+            Reply::Object(ca_secret(&ca)),
+        ),
+        get(
+            format!("{CORE}/secrets/wa-tls"),
+            Reply::Object(existing_tls(&ca, issued_at)),
+        ),
+        apply(format!("{CORE}/secrets/wa-tls"), Reply::Echo(None)),
+        event(NS),
+    ];
+    script.extend(tls_workload_steps());
+    let api = MockApi::start(script, Capabilities::default(), now);
+    controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("reconcile");
+    let served = api.finish().await;
+    let renewed = &served[4].body;
+    assert_eq!(renewed["reason"], "CertificateRenewed");
+    assert!(
+        renewed["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("two thirds of its lifetime passed")),
+        "{renewed}"
+    );
+    let tls = body_of(&served, &Method::PATCH, &format!("{CORE}/secrets/wa-tls"));
+    let info = certs::inspect(&secret_value(tls, "tls.crt")).expect("certificate");
+    assert!(
+        info.not_before > issued_at + Duration::from_secs(60 * 86400),
+        "a new certificate"
+    );
+}
+
+#[tokio::test]
+async fn a_valid_certificate_is_kept_and_requeued_at_its_renewal() {
+    let issued_at = test_now();
+    let ca = CaMaterial::generate(NS, issued_at).expect("ca");
+    // Five minutes before the renewal instant: kept, and requeued for that instant
+    // rather than the ten-minute resync.
+    let now = issued_at + Duration::from_secs(60 * 86400 - 400);
+    let sub = subscription("wa", NS, &tls_spec());
+    let existing = existing_tls(&ca, issued_at);
+    let info = certs::inspect(&secret_value(&existing, "tls.crt")).expect("certificate");
+    let mut script = vec![
+        get(
+            format!("{CORE}/secrets/meta-app"),
+            Reply::Object(app_with_token()),
+        ),
+        get(
+            format!("{CORE}/secrets/{CA_SECRET_NAME}"),
+            Reply::Object(ca_secret(&ca)),
+        ),
+        get(format!("{CORE}/secrets/wa-tls"), Reply::Object(existing)),
+    ];
+    script.extend(tls_workload_steps());
+    let api = MockApi::start(script, Capabilities::default(), now);
+    let action = controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("reconcile");
+    api.finish().await;
+    let renew_at = certs::renew_at(info.not_before, info.not_after);
+    let expected = Duration::from_secs((renew_at - now).whole_seconds().unsigned_abs());
+    assert!(expected < RESYNC);
+    assert_eq!(action, Action::requeue(expected));
+}
+
+#[tokio::test]
+async fn a_certificate_from_another_ca_is_reissued() {
+    let issued_at = test_now();
+    let old_ca = CaMaterial::generate(NS, issued_at).expect("ca");
+    let ca = CaMaterial::generate(NS, issued_at).expect("ca");
+    let sub = subscription("wa", NS, &tls_spec());
+    let mut script = vec![
+        get(
+            format!("{CORE}/secrets/meta-app"),
+            Reply::Object(app_with_token()),
+        ),
+        get(
+            format!("{CORE}/secrets/{CA_SECRET_NAME}"),
+            Reply::Object(ca_secret(&ca)),
+        ),
+        get(
+            format!("{CORE}/secrets/wa-tls"),
+            Reply::Object(existing_tls(&old_ca, issued_at)),
+        ),
+        apply(format!("{CORE}/secrets/wa-tls"), Reply::Echo(None)),
+        event(NS),
+    ];
+    script.extend(tls_workload_steps());
+    let api = MockApi::start(script, Capabilities::default(), issued_at);
+    controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("reconcile");
+    let served = api.finish().await;
+    assert!(
+        served[4].body["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("issued by another CA"))
+    );
+}
+
+#[tokio::test]
+async fn a_ca_created_concurrently_is_read_back() {
+    let now = test_now();
+    let ca = CaMaterial::generate(NS, now).expect("ca");
+    let sub = subscription("wa", NS, &tls_spec());
+    let mut script = vec![
+        get(
+            format!("{CORE}/secrets/meta-app"),
+            Reply::Object(app_with_token()),
+        ),
+        get(
+            format!("{CORE}/secrets/{CA_SECRET_NAME}"),
+            Reply::Error(404, "NotFound"),
+        ),
+        create(
+            format!("{CORE}/secrets"),
+            Reply::Error(409, "AlreadyExists"),
+        ),
+        get(
+            format!("{CORE}/secrets/{CA_SECRET_NAME}"),
+            Reply::Object(ca_secret(&ca)),
+        ),
+        get(
+            format!("{CORE}/secrets/wa-tls"),
+            Reply::Error(404, "NotFound"),
+        ),
+        apply(format!("{CORE}/secrets/wa-tls"), Reply::Echo(None)),
+        event(NS),
+    ];
+    script.extend(tls_workload_steps());
+    let api = MockApi::start(script, Capabilities::default(), now);
+    controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("reconcile");
+    let served = api.finish().await;
+    let tls = body_of(&served, &Method::PATCH, &format!("{CORE}/secrets/wa-tls"));
+    assert_eq!(
+        tls["metadata"]["annotations"][CA_FINGERPRINT_ANNOTATION],
+        ca.fingerprint().expect("fingerprint"),
+        "signed by the CA the other writer created"
+    );
+}
+
+#[tokio::test]
+async fn deletion_is_left_to_the_garbage_collector() {
+    let mut sub = subscription("wa", NS, &whatsapp_spec());
+    sub.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        test_now_timestamp(),
+    ));
+    let api = MockApi::start(vec![], Capabilities::default(), test_now());
+    let action = controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("reconcile");
+    assert_eq!(action, Action::await_change());
+    assert!(api.finish().await.is_empty(), "no request while deleting");
+}
+
+#[tokio::test]
+async fn persistent_spool_replicas_and_monitoring_where_the_cluster_serves_them() {
+    let mut spec = whatsapp_spec();
+    spec["verifyTokenRef"] = json!({"name": "meta-app", "key": "verify-token"});
+    spec["delivery"]["spool"] = json!({"size": "2Gi", "storageClassName": "fast"});
+    spec["receiver"] = json!({"replicas": 2});
+    spec["monitoring"] = json!({"serviceMonitor": true});
+    spec["ingress"] =
+        json!({"host": "hooks.example.com", "className": "nginx", "tlsSecretName": "hooks-public"});
+    let sub = subscription("wa", NS, &spec);
+    let script = vec![
+        get(
+            format!("{CORE}/secrets/meta-app"),
+            Reply::Object(app_with_token()),
+        ),
+        apply(format!("{CORE}/configmaps/wa-receiver"), Reply::Echo(None)),
+        apply(
+            format!("{APPS}/statefulsets/wa"),
+            Reply::Echo(Some(json!({"replicas": 2, "readyReplicas": 2}))),
+        ),
+        delete_absent(format!("{APPS}/deployments/wa")),
+        apply(format!("{CORE}/services/wa"), Reply::Echo(None)),
+        apply(format!("{NET}/ingresses/wa"), Reply::Echo(None)),
+        apply(
+            "/apis/monitoring.coreos.com/v1/namespaces/acme/servicemonitors/wa",
+            Reply::Echo(None),
+        ),
+        apply(
+            "/apis/policy/v1beta1/namespaces/acme/poddisruptionbudgets/wa",
+            Reply::Echo(None),
+        ),
+        status_step(),
+        event(NS),
+    ];
+    let capabilities = Capabilities {
+        service_monitor: true,
+        pdb: Some(PdbVersion::V1beta1),
+    };
+    let api = MockApi::start(script, capabilities, test_now());
+    controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("reconcile");
+    let served = api.finish().await;
+    let stateful_set = body_of(&served, &Method::PATCH, &format!("{APPS}/statefulsets/wa"));
+    let claim = &stateful_set["spec"]["volumeClaimTemplates"][0];
+    assert_eq!(claim["metadata"]["name"], "data");
+    assert_eq!(claim["spec"]["resources"]["requests"]["storage"], "2Gi");
+    assert_eq!(claim["spec"]["storageClassName"], "fast");
+    assert_eq!(stateful_set["spec"]["replicas"], 2);
+    let monitor = body_of(
+        &served,
+        &Method::PATCH,
+        "/apis/monitoring.coreos.com/v1/namespaces/acme/servicemonitors/wa",
+    );
+    assert_eq!(monitor["kind"], "ServiceMonitor");
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+    let pdb = body_of(
+        &served,
+        &Method::PATCH,
+        "/apis/policy/v1beta1/namespaces/acme/poddisruptionbudgets/wa",
+    );
+    assert_eq!(pdb["apiVersion"], "policy/v1beta1");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
+    assert_eq!(
+        status["status"]["endpoint"],
+        "https://hooks.example.com/webhooks/whatsapp"
+    );
+    assert_eq!(
+        status["status"]["receiver"],
+        json!({"replicas": 2, "readyReplicas": 2})
+    );
+}
+
+#[tokio::test]
+async fn sidecar_mode_prepares_configuration_but_runs_nothing() {
+    let mut spec = whatsapp_spec();
+    spec["verifyTokenRef"] = json!({"name": "meta-app", "key": "verify-token"});
+    spec["receiver"] = json!({"mode": "sidecar"});
+    let sub = subscription("wa", NS, &spec);
+    let script = vec![
+        get(
+            format!("{CORE}/secrets/meta-app"),
+            Reply::Object(app_with_token()),
+        ),
+        apply(format!("{CORE}/configmaps/wa-receiver"), Reply::Echo(None)),
+        delete_absent(format!("{APPS}/deployments/wa")),
+        delete_absent(format!("{APPS}/statefulsets/wa")),
+        delete_absent(format!("{CORE}/services/wa")),
+        delete_absent(format!("{NET}/ingresses/wa")),
+        status_step(),
+        event(NS),
+    ];
+    let api = MockApi::start(script, Capabilities::default(), test_now());
+    controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("reconcile");
+    let served = api.finish().await;
+    let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
+    assert_eq!(condition(status, "ReceiverAvailable")["reason"], "Sidecar");
+    assert!(status["status"]["endpoint"].is_null());
+}
+
+#[tokio::test]
+async fn api_errors_fail_the_pass_and_back_off() {
+    let sub = Arc::new(subscription("wa", NS, &whatsapp_spec()));
+    let script = vec![get(
+        format!("{CORE}/secrets/wa-verify-token"),
+        Reply::Error(500, "InternalError"),
+    )];
+    let api = MockApi::start(script, Capabilities::default(), test_now());
+    let err = controller::reconcile(sub.clone(), api.ctx.clone())
+        .await
+        .expect_err("a 500 fails the pass");
+    assert_eq!(err.metric_label(), "kube_api");
+    assert!(
+        err.to_string().contains("get Secret wa-verify-token"),
+        "{err}"
+    );
+    let first = controller::error_policy(sub.clone(), &err, api.ctx.clone());
+    let second = controller::error_policy(sub.clone(), &err, api.ctx.clone());
+    assert_eq!(first, Action::requeue(Duration::from_secs(5)));
+    assert_eq!(second, Action::requeue(Duration::from_secs(10)));
+    let metrics = api.ctx.metrics.render();
+    assert!(
+        metrics.contains("metahook_operator_reconcile_errors_total{reason=\"kube_api\"} 1"),
+        "{metrics}"
+    );
+    api.finish().await;
+    assert_eq!(controller::backoff(20), Duration::from_secs(300));
+}

@@ -1,0 +1,321 @@
+//! A scripted mock of the Kubernetes API (kube's tower-test pattern, as in
+//! kube-rs/controller-rs): each expected request is asserted by method and path, its body
+//! recorded, and answered as the API server would.
+
+#![allow(dead_code)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use kube::Client;
+use kube::client::Body;
+use metahook_operator::WebhookSubscription;
+use metahook_operator::controller::{Context, Settings};
+use metahook_operator::metrics::Metrics;
+use metahook_operator::resources::monitoring::Capabilities;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// How one expected request is answered.
+pub enum Reply {
+    /// 200 with this object.
+    Object(Value),
+    /// 200 echoing the request body, with server fields (uid, resourceVersion) filled and
+    /// this value merged in as `status` when given.
+    Echo(Option<Value>),
+    /// 201 echoing the request body.
+    Created,
+    /// 200 with this object, its top-level keys replaced by the request body's (what a
+    /// status apply returns: the whole object with the new status).
+    Onto(Value),
+    /// An API error Status with this code and reason.
+    Error(u16, &'static str),
+}
+
+/// One expected request.
+pub struct Expect {
+    /// GET, PATCH, POST, DELETE.
+    pub method: Method,
+    /// The URI path, e.g. `/api/v1/namespaces/ns/secrets/name`.
+    pub path: String,
+    /// The answer.
+    pub reply: Reply,
+}
+
+/// A request the mock served: method, path and query, and body as JSON (Null if empty).
+#[derive(Debug, Clone)]
+pub struct Served {
+    /// The method.
+    pub method: Method,
+    /// The path.
+    pub path: String,
+    /// The query string.
+    pub query: String,
+    /// The body.
+    pub body: Value,
+}
+
+/// Expect a GET.
+pub fn get(path: impl Into<String>, reply: Reply) -> Expect {
+    Expect {
+        method: Method::GET,
+        path: path.into(),
+        reply,
+    }
+}
+
+/// Expect a server-side apply (PATCH).
+pub fn apply(path: impl Into<String>, reply: Reply) -> Expect {
+    Expect {
+        method: Method::PATCH,
+        path: path.into(),
+        reply,
+    }
+}
+
+/// Expect a create (POST).
+pub fn create(path: impl Into<String>, reply: Reply) -> Expect {
+    Expect {
+        method: Method::POST,
+        path: path.into(),
+        reply,
+    }
+}
+
+/// Expect a DELETE answered 404 (nothing to delete).
+pub fn delete_absent(path: impl Into<String>) -> Expect {
+    Expect {
+        method: Method::DELETE,
+        path: path.into(),
+        reply: Reply::Error(404, "NotFound"),
+    }
+}
+
+/// Expect an Event to be published in the namespace.
+pub fn event(namespace: &str) -> Expect {
+    create(
+        format!("/apis/events.k8s.io/v1/namespaces/{namespace}/events"),
+        Reply::Created,
+    )
+}
+
+fn status_body(code: u16, reason: &str, path: &str) -> Value {
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": format!("{path}: {reason}"),
+        "reason": reason,
+        "code": code,
+    })
+}
+
+fn with_server_fields(mut object: Value, status: Option<Value>) -> Value {
+    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.entry("uid")
+            .or_insert(json!("00000000-0000-0000-0000-00000000c41d"));
+        meta.insert("resourceVersion".into(), json!("2"));
+    }
+    if let Some(status) = status {
+        object["status"] = status;
+    }
+    object
+}
+
+/// Serves `script` in order on `handle`, recording every request; panics on the first
+/// request that differs from the script, and on any request after it.
+async fn serve(mut handle: Handle, script: Vec<Expect>, served: Arc<Mutex<Vec<Served>>>) {
+    for (step, expect) in script.into_iter().enumerate() {
+        let Some((request, send)) = handle.next_request().await else {
+            panic!(
+                "step {step}: the operator stopped calling the API; expected {} {}",
+                expect.method, expect.path
+            );
+        };
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let query = request.uri().query().unwrap_or_default().to_owned();
+        let bytes = request
+            .into_body()
+            .collect_bytes()
+            .await
+            .expect("request body");
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).expect("request body is JSON")
+        };
+        served.lock().expect("lock").push(Served {
+            method: method.clone(),
+            path: path.clone(),
+            query: query.clone(),
+            body: body.clone(),
+        });
+        assert_eq!(
+            (&method, path.as_str()),
+            (&expect.method, expect.path.as_str()),
+            "step {step}: unexpected request (query {query})"
+        );
+        if method == Method::PATCH {
+            assert!(
+                query.contains("fieldManager=metahook-operator") && query.contains("force=true"),
+                "step {step}: {path} is not a forced server-side apply by metahook-operator: {query}"
+            );
+        }
+        let (code, reply) = match expect.reply {
+            Reply::Object(object) => (200, object),
+            Reply::Echo(status) => (200, with_server_fields(body, status)),
+            Reply::Created => (201, with_server_fields(body, None)),
+            Reply::Onto(mut object) => {
+                if let (Some(target), Some(fields)) = (object.as_object_mut(), body.as_object()) {
+                    for (key, value) in fields {
+                        target.insert(key.clone(), value.clone());
+                    }
+                }
+                (200, object)
+            }
+            Reply::Error(code, reason) => (code, status_body(code, reason, &path)),
+        };
+        let response = Response::builder()
+            .status(StatusCode::from_u16(code).expect("status code"))
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(&reply).expect("reply JSON")))
+            .expect("response");
+        send.send_response(response);
+    }
+    // Nothing more may be asked.
+    if let Ok(Some((request, _))) =
+        tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await
+    {
+        panic!(
+            "unexpected request after the script: {} {}",
+            request.method(),
+            request.uri()
+        );
+    }
+}
+
+/// A mock API server and a Context whose client talks to it.
+pub struct MockApi {
+    /// The operator's context.
+    pub ctx: Arc<Context>,
+    served: Arc<Mutex<Vec<Served>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The time tests run at.
+pub fn test_now() -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(1_790_000_000).expect("time")
+}
+
+impl MockApi {
+    /// Starts serving `script`, with the clock at `now`.
+    pub fn start(script: Vec<Expect>, capabilities: Capabilities, now: OffsetDateTime) -> MockApi {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, "default");
+        let served = Arc::new(Mutex::new(Vec::new()));
+        let task = tokio::spawn(serve(handle, script, served.clone()));
+        let mut ctx = Context::new(
+            client,
+            Arc::new(Metrics::new().expect("metrics")),
+            Settings {
+                receiver_image: "metahook-receiver:test".to_owned(),
+                certificate_lifetime: Duration::from_secs(90 * 24 * 3600),
+            },
+            capabilities,
+            Some("test".to_owned()),
+        );
+        ctx.clock = Box::new(move || now);
+        MockApi {
+            ctx: Arc::new(ctx),
+            served,
+            task,
+        }
+    }
+
+    /// Waits until the script is done (panicking like the script did), then returns every
+    /// request served.
+    pub async fn finish(self) -> Vec<Served> {
+        let MockApi { ctx, served, task } = self;
+        drop(ctx);
+        if let Err(err) = task.await {
+            std::panic::resume_unwind(err.into_panic());
+        }
+        served.lock().map(|s| s.clone()).expect("lock")
+    }
+}
+
+/// The body of the `n`th served request with this method and path.
+pub fn body_of<'a>(served: &'a [Served], method: &Method, path: &str) -> &'a Value {
+    &served
+        .iter()
+        .find(|s| s.method == *method && s.path == path)
+        .unwrap_or_else(|| panic!("no {method} {path} was served"))
+        .body
+}
+
+/// A subscription as the API server returns it (uid, generation, namespace set).
+pub fn subscription(name: &str, namespace: &str, spec: &Value) -> WebhookSubscription {
+    serde_json::from_value(json!({
+        "apiVersion": "metahook.io/v1alpha1",
+        "kind": "WebhookSubscription",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "uid": "11111111-2222-3333-4444-555555555555",
+            "generation": 3,
+            "resourceVersion": "7",
+        },
+        "spec": spec,
+    }))
+    .expect("a valid WebhookSubscription")
+}
+
+/// A Secret object with these string keys.
+pub fn secret(namespace: &str, name: &str, data: &[(&str, &[u8])]) -> Value {
+    use base64::Engine;
+    let data: serde_json::Map<String, Value> = data
+        .iter()
+        .map(|(key, value)| {
+            (
+                (*key).to_owned(),
+                json!(base64::engine::general_purpose::STANDARD.encode(value)),
+            )
+        })
+        .collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace, "uid": "secret-uid", "resourceVersion": "1"},
+        "type": "Opaque",
+        "data": data,
+    })
+}
+
+/// Decodes a base64 `data` entry of a Secret body.
+pub fn secret_value(secret: &Value, key: &str) -> Vec<u8> {
+    use base64::Engine;
+    let encoded = secret["data"][key]
+        .as_str()
+        .unwrap_or_else(|| panic!("Secret has no data key {key}: {secret}"));
+    base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .expect("base64")
+}
+
+/// The condition of a type in a status body.
+pub fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+        .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
+}
+
+/// [`test_now`] as the API's timestamp type.
+pub fn test_now_timestamp() -> k8s_openapi::jiff::Timestamp {
+    metahook_operator::status::timestamp(test_now())
+}
