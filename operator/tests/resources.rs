@@ -1,0 +1,557 @@
+//! The pure builders, asserted field by field: spec → the objects the operator applies.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use k8s_openapi::api::core::v1::{PodSpec, Volume};
+use metahook_operator::WebhookSubscription;
+use metahook_operator::certs;
+use metahook_operator::resources::config::{config_map, receiver_config};
+use metahook_operator::resources::ingress::ingress;
+use metahook_operator::resources::monitoring::{
+    Capabilities, PdbVersion, pod_disruption_budget, service_monitor,
+};
+use metahook_operator::resources::service::{endpoint_url, service};
+use metahook_operator::resources::workload::{Workload, workload};
+use metahook_operator::resources::{Inputs, tls_secret_name};
+use metahook_receiver::config::{META_CLIENT_NAME, TlsMode};
+use serde_json::{Value, json};
+use support::subscription;
+
+fn spec() -> Value {
+    json!({
+        "object": "page",
+        "fields": ["feed", "leadgen", "messages"],
+        "appSecretRef": {"name": "meta-app", "key": "app-secret"},
+        "verifyTokenRef": {"name": "meta-app", "key": "verify-token"},
+        "delivery": {
+            "sinks": [
+                {"name": "crm", "http": {"url": "https://crm.internal/hooks",
+                    "signingSecretRef": {"name": "crm", "key": "key"}}},
+                {"name": "db", "postgres": {"urlSecretRef": {"name": "pg", "key": "url"}}},
+                {"name": "audit", "file": {"name": "events.jsonl"}},
+            ],
+            "retry": {"maxAttempts": 7, "maxBackoff": "1m"},
+        },
+    })
+}
+
+fn inputs<'a>(sub: &'a WebhookSubscription) -> Inputs<'a> {
+    let tls = (sub.spec.tls.mode != metahook_operator::crd::TlsModeSpec::None).then(|| {
+        sub.spec
+            .tls
+            .secret_ref
+            .as_ref()
+            .map_or_else(|| tls_secret_name("fb"), |r| r.name.clone())
+    });
+    Inputs::new(sub, "metahook-receiver:test", tls, "digest".to_owned()).expect("inputs")
+}
+
+fn pod_spec(sub: &WebhookSubscription) -> PodSpec {
+    match workload(&inputs(sub), "hash").expect("workload") {
+        Workload::Deployment(d) => d.spec.and_then(|s| s.template.spec),
+        Workload::StatefulSet(s) => s.spec.and_then(|s| s.template.spec),
+    }
+    .expect("pod spec")
+}
+
+fn volume<'a>(pod: &'a PodSpec, name: &str) -> &'a Volume {
+    pod.volumes
+        .as_ref()
+        .and_then(|v| v.iter().find(|v| v.name == name))
+        .unwrap_or_else(|| panic!("no volume {name}"))
+}
+
+/// Every projected Secret key, as (secret, key, path).
+fn projected(pod: &PodSpec) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    let sources = volume(pod, "secrets")
+        .projected
+        .as_ref()
+        .and_then(|p| p.sources.clone())
+        .unwrap_or_default();
+    for source in sources {
+        let secret = source.secret.expect("secret source");
+        for item in secret.items.unwrap_or_default() {
+            out.push((secret.name.clone(), item.key, item.path));
+        }
+    }
+    out
+}
+
+#[test]
+fn labels_and_owner_references_on_every_object() {
+    let sub = subscription("fb", "acme", &spec());
+    let inputs = inputs(&sub);
+    let config = receiver_config(&inputs).expect("config");
+    let expected_labels = BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "metahook-receiver".to_owned(),
+        ),
+        ("app.kubernetes.io/instance".to_owned(), "fb".to_owned()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            "metahook-operator".to_owned(),
+        ),
+        (
+            "app.kubernetes.io/component".to_owned(),
+            "receiver".to_owned(),
+        ),
+        ("metahook.io/subscription".to_owned(), "fb".to_owned()),
+    ]);
+    let Workload::Deployment(deployment) = workload(&inputs, "hash").expect("workload") else {
+        panic!("no spool size: a Deployment");
+    };
+    let metas = [
+        config_map(&inputs, &config).expect("configmap").metadata,
+        deployment.metadata.clone(),
+        service(&inputs).expect("service").metadata,
+    ];
+    for meta in metas {
+        assert_eq!(meta.namespace.as_deref(), Some("acme"));
+        assert_eq!(meta.labels.as_ref(), Some(&expected_labels));
+        let owner = &meta.owner_references.expect("owner")[0];
+        assert_eq!(owner.api_version, "metahook.io/v1alpha1");
+        assert_eq!(owner.kind, "WebhookSubscription");
+        assert_eq!(owner.name, "fb");
+        assert_eq!(owner.uid, "11111111-2222-3333-4444-555555555555");
+        assert_eq!(owner.controller, Some(true));
+    }
+    let spec = deployment.spec.expect("spec");
+    let selector = spec.selector.match_labels.expect("selector");
+    assert_eq!(
+        selector.len(),
+        3,
+        "selector labels never change: {selector:?}"
+    );
+    assert_eq!(
+        spec.template.metadata.and_then(|m| m.annotations),
+        Some(BTreeMap::from([(
+            "metahook.io/config-hash".to_owned(),
+            "hash".to_owned()
+        )]))
+    );
+    let strategy = spec
+        .strategy
+        .expect("strategy")
+        .rolling_update
+        .expect("rolling");
+    assert_eq!(
+        strategy.max_unavailable,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0))
+    );
+}
+
+#[test]
+fn pods_are_hardened_and_probed() {
+    let sub = subscription("fb", "acme", &spec());
+    let pod = pod_spec(&sub);
+    let security = pod.security_context.as_ref().expect("pod security");
+    assert_eq!(security.run_as_non_root, Some(true));
+    assert_eq!(security.run_as_user, Some(65532));
+    assert_eq!(security.fs_group, Some(65532));
+    assert_eq!(
+        security.seccomp_profile.as_ref().map(|s| s.type_.as_str()),
+        Some("RuntimeDefault")
+    );
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    assert_eq!(pod.termination_grace_period_seconds, Some(40));
+    let container = &pod.containers[0];
+    assert_eq!(container.name, "receiver");
+    assert_eq!(container.image.as_deref(), Some("metahook-receiver:test"));
+    assert_eq!(
+        container.args,
+        Some(vec![
+            "--config".to_owned(),
+            "/etc/metahook/config/config.yaml".to_owned()
+        ])
+    );
+    let security = container
+        .security_context
+        .as_ref()
+        .expect("container security");
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(security.privileged, Some(false));
+    assert_eq!(
+        security.capabilities.as_ref().and_then(|c| c.drop.clone()),
+        Some(vec!["ALL".to_owned()])
+    );
+    for (probe, path) in [
+        (&container.liveness_probe, "/healthz"),
+        (&container.readiness_probe, "/readyz"),
+    ] {
+        let get = probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .expect("httpGet");
+        assert_eq!(get.path.as_deref(), Some(path));
+        assert_eq!(get.scheme.as_deref(), Some("HTTP"));
+        assert_eq!(
+            get.port,
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("http".to_owned())
+        );
+    }
+    let ports: Vec<(Option<&str>, i32)> = container
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| (p.name.as_deref(), p.container_port))
+        .collect();
+    assert_eq!(ports, vec![(Some("http"), 8080), (Some("metrics"), 9090)]);
+    // The spec gave no resources: the defaults.
+    let resources = container.resources.as_ref().expect("resources");
+    assert!(
+        resources
+            .requests
+            .as_ref()
+            .is_some_and(|r| r.contains_key("memory"))
+    );
+    assert!(
+        resources
+            .limits
+            .as_ref()
+            .is_some_and(|r| r.contains_key("memory"))
+    );
+    // emptyDir spool without a size.
+    assert!(volume(&pod, "data").empty_dir.is_some());
+}
+
+#[test]
+fn only_the_referenced_secret_keys_are_mounted_and_named_in_the_config() {
+    let sub = subscription("fb", "acme", &spec());
+    let inputs = inputs(&sub);
+    let pod = pod_spec(&sub);
+    let mut mounted = projected(&pod);
+    mounted.sort();
+    let expected: Vec<(String, String, String)> = [
+        ("crm", "key"),
+        ("meta-app", "app-secret"),
+        ("meta-app", "verify-token"),
+        ("pg", "url"),
+    ]
+    .iter()
+    .map(|(s, k)| ((*s).to_owned(), (*k).to_owned(), format!("{s}/{k}")))
+    .collect();
+    assert_eq!(mounted, expected);
+    let config = receiver_config(&inputs).expect("config");
+    let sinks: BTreeMap<&str, _> = config.sinks.iter().map(|s| (s.name.as_str(), s)).collect();
+    let http = sinks["crm"].http.as_ref().expect("http");
+    assert_eq!(http.url, "https://crm.internal/hooks");
+    assert_eq!(
+        http.signing_secret_file.as_deref(),
+        Some(Path::new("/etc/metahook/secrets/crm/key"))
+    );
+    let postgres = sinks["db"].postgres.as_ref().expect("postgres");
+    assert_eq!(
+        postgres.url_file.as_deref(),
+        Some(Path::new("/etc/metahook/secrets/pg/url"))
+    );
+    assert!(postgres.url.is_empty(), "the password stays in the Secret");
+    assert_eq!(
+        sinks["audit"].file.as_ref().map(|f| f.path.as_path()),
+        Some(Path::new("/var/lib/metahook/files/events.jsonl"))
+    );
+    for sink in &config.sinks {
+        assert_eq!(
+            sink.retry.max_attempts, 7,
+            "delivery.retry applies to {}",
+            sink.name
+        );
+        assert_eq!(sink.retry.max_backoff, std::time::Duration::from_secs(60));
+    }
+    assert_eq!(config.spool.dir, Path::new("/var/lib/metahook/spool"));
+    assert_eq!(config.metrics_listen.map(|a| a.port()), Some(9090));
+    assert_eq!(config.endpoints[0].path, "/webhooks/facebook-page");
+    assert_eq!(config.endpoints[0].objects, Some(vec!["page".to_owned()]));
+}
+
+#[test]
+fn a_spool_size_makes_a_stateful_set_with_a_claim() {
+    let mut spec = spec();
+    spec["delivery"]["spool"] = json!({"size": "5Gi"});
+    let sub = subscription("fb", "acme", &spec);
+    let Workload::StatefulSet(set) = workload(&inputs(&sub), "hash").expect("workload") else {
+        panic!("a spool size makes a StatefulSet");
+    };
+    let spec = set.spec.expect("spec");
+    assert_eq!(spec.service_name.as_deref(), Some("fb"));
+    assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
+    let claim = &spec.volume_claim_templates.expect("claims")[0];
+    assert_eq!(claim.metadata.name.as_deref(), Some("data"));
+    let claim_spec = claim.spec.as_ref().expect("claim spec");
+    assert_eq!(
+        claim_spec.access_modes,
+        Some(vec!["ReadWriteOnce".to_owned()])
+    );
+    assert_eq!(claim_spec.storage_class_name, None);
+    assert_eq!(
+        claim_spec
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("storage"))
+            .map(|q| q.0.as_str()),
+        Some("5Gi")
+    );
+    let pod = spec.template.spec.expect("pod");
+    assert!(
+        pod.volumes.iter().flatten().all(|v| v.name != "data"),
+        "the claim, not an emptyDir, is the data volume"
+    );
+}
+
+#[test]
+fn serving_certificate_names_cover_the_service_and_the_host() {
+    let names = certs::serving_names("fb", "acme", Some("hooks.example.com"));
+    let expected: Vec<&str> = vec![
+        "fb",
+        "fb.acme",
+        "fb.acme.svc",
+        "fb.acme.svc.cluster.local",
+        "hooks.example.com",
+    ];
+    assert_eq!(
+        names.iter().map(String::as_str).collect::<Vec<_>>(),
+        expected
+    );
+    let now = support::test_now();
+    let ca = certs::CaMaterial::generate("acme", now).expect("ca");
+    let cert = ca
+        .issue(&names, now, std::time::Duration::from_secs(90 * 86400))
+        .expect("issue");
+    let info = certs::inspect(cert.cert_pem.as_bytes()).expect("inspect");
+    assert_eq!(info.dns_names, names);
+    assert_eq!(
+        certs::renew_at(info.not_before, info.not_after),
+        info.not_before + (info.not_after - info.not_before) * 2 / 3
+    );
+}
+
+fn mutual_spec(termination: &str) -> Value {
+    let mut spec = spec();
+    spec["tls"] = json!({
+        "mode": "mutual",
+        "clientCARef": {"name": "meta-client-ca", "key": "ca.crt"},
+    });
+    spec["ingress"] = json!({
+        "host": "hooks.example.com",
+        "className": "nginx",
+        "tlsTermination": termination,
+        "tlsSecretName": "hooks-public",
+        "trustedProxyCIDRs": ["10.0.0.0/8"],
+    });
+    spec
+}
+
+#[test]
+fn mutual_tls_at_the_receiver_mounts_the_certificate_and_ca_and_names_them() {
+    let sub = subscription("fb", "acme", &mutual_spec("passthrough"));
+    let inputs = inputs(&sub);
+    let config = receiver_config(&inputs).expect("config");
+    let tls = config.tls.as_ref().expect("tls");
+    assert_eq!(tls.mode, TlsMode::Mutual);
+    assert_eq!(
+        tls.cert_file,
+        Path::new("/etc/metahook/secrets/fb-tls/tls.crt")
+    );
+    assert_eq!(
+        tls.key_file,
+        Path::new("/etc/metahook/secrets/fb-tls/tls.key")
+    );
+    assert_eq!(
+        tls.client_ca_file.as_deref(),
+        Some(Path::new("/etc/metahook/secrets/meta-client-ca/ca.crt"))
+    );
+    assert_eq!(tls.allowed_client_names, vec![META_CLIENT_NAME.to_owned()]);
+    assert!(config.trusted_proxy.is_none());
+    assert_eq!(config.listen.port(), 8443);
+
+    // Every file the config names is mounted.
+    let pod = pod_spec(&sub);
+    let mounted: Vec<String> = projected(&pod)
+        .into_iter()
+        .map(|(_, _, path)| format!("/etc/metahook/secrets/{path}"))
+        .collect();
+    for file in [
+        &tls.cert_file,
+        &tls.key_file,
+        tls.client_ca_file.as_ref().expect("ca"),
+    ] {
+        assert!(
+            mounted.iter().any(|m| Path::new(m) == file.as_path()),
+            "{} is not mounted: {mounted:?}",
+            file.display()
+        );
+    }
+    let container = &pod.containers[0];
+    let readiness = container
+        .readiness_probe
+        .as_ref()
+        .and_then(|p| p.http_get.as_ref())
+        .expect("probe");
+    assert_eq!(readiness.scheme.as_deref(), Some("HTTPS"));
+    let service = service(&inputs).expect("service").spec.expect("spec");
+    let port = &service.ports.expect("ports")[0];
+    assert_eq!(
+        (
+            port.name.as_deref(),
+            port.port,
+            port.app_protocol.as_deref()
+        ),
+        (Some("https"), 443, Some("https"))
+    );
+
+    // The ingress passes TLS through to the receiver.
+    let ingress = ingress(&inputs).expect("ingress").expect("wanted");
+    let annotations = ingress.metadata.annotations.expect("annotations");
+    assert_eq!(
+        annotations
+            .get("nginx.ingress.kubernetes.io/ssl-passthrough")
+            .map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(
+        annotations
+            .get("nginx.ingress.kubernetes.io/backend-protocol")
+            .map(String::as_str),
+        Some("HTTPS")
+    );
+    assert!(!annotations.contains_key("nginx.ingress.kubernetes.io/auth-tls-verify-client"));
+    assert!(
+        ingress.spec.expect("spec").tls.is_none(),
+        "passthrough: no TLS at the ingress"
+    );
+    assert_eq!(
+        endpoint_url(&inputs),
+        "https://hooks.example.com/webhooks/facebook-page"
+    );
+}
+
+#[test]
+fn mutual_tls_at_the_ingress_verifies_there_and_trusts_its_headers() {
+    let sub = subscription("fb", "acme", &mutual_spec("ingress"));
+    let inputs = inputs(&sub);
+    let config = receiver_config(&inputs).expect("config");
+    let tls = config
+        .tls
+        .as_ref()
+        .expect("the ingress re-encrypts to the receiver");
+    assert_eq!(tls.mode, TlsMode::Server);
+    assert!(tls.client_ca_file.is_none());
+    let proxy = config.trusted_proxy.as_ref().expect("trusted_proxy");
+    assert_eq!(
+        proxy
+            .cidrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        vec!["10.0.0.0/8".to_owned()]
+    );
+    assert_eq!(
+        proxy.allowed_client_names,
+        vec![META_CLIENT_NAME.to_owned()]
+    );
+    assert_eq!(proxy.verify_header, "ssl-client-verify");
+    assert_eq!(proxy.subject_header, "ssl-client-subject-dn");
+    // The CA is the ingress's business, not mounted in the receiver.
+    let pod = pod_spec(&sub);
+    assert!(
+        projected(&pod)
+            .iter()
+            .all(|(secret, _, _)| secret != "meta-client-ca")
+    );
+
+    let ingress = ingress(&inputs).expect("ingress").expect("wanted");
+    let annotations = ingress.metadata.annotations.clone().expect("annotations");
+    let get = |key: &str| {
+        annotations
+            .get(&format!("nginx.ingress.kubernetes.io/{key}"))
+            .map(String::as_str)
+    };
+    assert_eq!(get("auth-tls-verify-client"), Some("on"));
+    assert_eq!(get("auth-tls-secret"), Some("acme/meta-client-ca"));
+    assert_eq!(get("auth-tls-verify-depth"), Some("2"));
+    assert_eq!(get("auth-tls-pass-certificate-to-upstream"), Some("true"));
+    assert_eq!(get("backend-protocol"), Some("HTTPS"));
+    assert_eq!(get("ssl-passthrough"), None);
+    let spec = ingress.spec.expect("spec");
+    assert_eq!(spec.ingress_class_name.as_deref(), Some("nginx"));
+    let tls = &spec.tls.expect("tls")[0];
+    assert_eq!(tls.secret_name.as_deref(), Some("hooks-public"));
+    assert_eq!(tls.hosts, Some(vec!["hooks.example.com".to_owned()]));
+    let rule = &spec.rules.expect("rules")[0];
+    assert_eq!(rule.host.as_deref(), Some("hooks.example.com"));
+    let path = &rule.http.as_ref().expect("http").paths[0];
+    assert_eq!(path.path.as_deref(), Some("/webhooks/facebook-page"));
+    assert_eq!(path.path_type, "Exact");
+    let backend = path.backend.service.as_ref().expect("service backend");
+    assert_eq!(backend.name, "fb");
+    assert_eq!(
+        backend.port.as_ref().and_then(|p| p.name.as_deref()),
+        Some("https")
+    );
+}
+
+#[test]
+fn plain_http_has_no_tls_anywhere() {
+    let sub = subscription("fb", "acme", &spec());
+    let inputs = inputs(&sub);
+    let config = receiver_config(&inputs).expect("config");
+    assert!(config.tls.is_none() && config.trusted_proxy.is_none());
+    assert_eq!(config.listen.port(), 8080);
+    assert!(ingress(&inputs).expect("ingress").is_none());
+    assert_eq!(
+        endpoint_url(&inputs),
+        "http://fb.acme.svc:80/webhooks/facebook-page"
+    );
+}
+
+#[test]
+fn monitoring_objects_follow_the_spec_and_the_cluster() {
+    let mut spec = spec();
+    spec["monitoring"] = json!({"serviceMonitor": true});
+    spec["receiver"] = json!({"replicas": 3});
+    let sub = subscription("fb", "acme", &spec);
+    let inputs = inputs(&sub);
+    let none = Capabilities::default();
+    assert!(
+        service_monitor(&inputs, none).expect("sm").is_none(),
+        "API absent: never assumed"
+    );
+    assert!(pod_disruption_budget(&inputs, none).expect("pdb").is_none());
+    let all = Capabilities {
+        service_monitor: true,
+        pdb: Some(PdbVersion::V1),
+    };
+    let monitor = service_monitor(&inputs, all).expect("sm").expect("wanted");
+    assert_eq!(
+        monitor.types.as_ref().map(|t| t.api_version.as_str()),
+        Some("monitoring.coreos.com/v1")
+    );
+    assert_eq!(monitor.data["spec"]["endpoints"][0]["port"], "metrics");
+    assert_eq!(
+        monitor.data["spec"]["selector"]["matchLabels"]["metahook.io/subscription"],
+        "fb"
+    );
+    let (resource, pdb) = pod_disruption_budget(&inputs, all)
+        .expect("pdb")
+        .expect("wanted");
+    assert_eq!(resource.api_version, "policy/v1");
+    assert_eq!(pdb.data["spec"]["minAvailable"], 1);
+    assert_eq!(
+        pdb.metadata.owner_references.as_ref().map(Vec::len),
+        Some(1)
+    );
+
+    // One replica: no budget (it would block node drains).
+    let single = subscription("fb", "acme", &self::spec());
+    assert!(
+        pod_disruption_budget(&self::inputs(&single), all)
+            .expect("pdb")
+            .is_none()
+    );
+}
