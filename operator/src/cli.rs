@@ -110,8 +110,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         .context("no Kubernetes client configuration (in-cluster, KUBECONFIG or ~/.kube/config)")?;
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
     let ready = Arc::new(AtomicBool::new(false));
+    let listener = crate::metrics::bind(cli.metrics_addr).await?;
     let server = tokio::spawn(crate::metrics::serve(
-        cli.metrics_addr,
+        listener,
         metrics.clone(),
         ready.clone(),
     ));

@@ -134,16 +134,21 @@ impl Metrics {
     }
 }
 
-/// Serves /metrics, /healthz (alive) and /readyz (`ready` is true) until the task ends.
-pub async fn serve(
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
-) -> anyhow::Result<()> {
+/// Binds the address of /metrics, /healthz and /readyz.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
-    tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
+    Ok(listener)
+}
+
+/// Serves /metrics, /healthz (alive) and /readyz (`ready` is true) until the task ends.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,

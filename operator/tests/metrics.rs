@@ -1,0 +1,101 @@
+//! The operator's /metrics, /healthz and /readyz on a real socket, and its exposition
+//! checked by `promtool check metrics` where promtool is installed (scripts/test.sh
+//! installs it).
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use metahook_operator::Error;
+use metahook_operator::metrics::{self, Metrics};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+#[tokio::test]
+async fn metrics_health_and_readiness_over_http() {
+    let metrics = Arc::new(Metrics::new().expect("metrics"));
+    metrics.reconciled(Ok(()), Duration::from_millis(12));
+    metrics.reconciled(
+        Err(&Error::Certificate("bad key".to_owned())),
+        Duration::from_millis(3),
+    );
+    metrics.certificate_expires("acme", "wa", 1_800_000_000);
+    let ready = Arc::new(AtomicBool::new(false));
+    let listener = metrics::bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(metrics::serve(listener, metrics.clone(), ready.clone()));
+
+    assert_eq!(get(addr, "/healthz").await.0, 200);
+    assert_eq!(get(addr, "/readyz").await.0, 503);
+    ready.store(true, Ordering::Relaxed);
+    assert_eq!(get(addr, "/readyz").await.0, 200);
+    assert_eq!(get(addr, "/nothing").await.0, 404);
+    let (code, body) = get(addr, "/metrics").await;
+    assert_eq!(code, 200);
+    for line in [
+        "metahook_operator_reconciliations_total{result=\"success\"} 1",
+        "metahook_operator_reconciliations_total{result=\"error\"} 1",
+        "metahook_operator_reconcile_errors_total{reason=\"certificate\"} 1",
+        "metahook_operator_reconcile_errors_total{reason=\"kube_api\"} 0",
+        "metahook_operator_reconcile_duration_seconds_count 2",
+        "metahook_operator_certificate_expiry_timestamp_seconds{name=\"wa\",namespace=\"acme\"} 1800000000",
+        "metahook_operator_leader 0",
+    ] {
+        assert!(body.contains(line), "missing {line:?} in:\n{body}");
+    }
+    server.abort();
+
+    let promtool = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("promtool"))
+            .find(|candidate| candidate.is_file())
+    });
+    let Some(promtool) = promtool else {
+        println!("promtool not installed: exposition lint skipped (scripts/test.sh installs it)");
+        return;
+    };
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(body.as_bytes())
+        .expect("write");
+    let output = child.wait_with_output().expect("promtool output");
+    let findings = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && findings.trim().is_empty(),
+        "promtool check metrics: {findings}"
+    );
+}
