@@ -1,5 +1,6 @@
-//! Assembly: opens the spool, starts the sinks, the secret reloader, the gauges and the
-//! server, and shuts them down in order (server drained, then sinks, then the spool).
+//! Assembly: opens the spool, starts the sinks, the secret and TLS reloaders, the gauges
+//! and the listeners, and shuts them down in order (listeners drained, then sinks, then the
+//! spool).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,13 +13,14 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, DeliveryMode};
 use crate::metrics::Metrics;
-use crate::server::{self, Receiver};
+use crate::server::{self, Listener, Receiver, Role};
 use crate::sink::direct::DirectSinks;
 use crate::sink::{
     self, Consumer, file::FileSink, http::HttpSink, nats::NatsSink, postgres::PostgresSink,
 };
 use crate::spool::Spool;
 use crate::spool::dead_letters::DeadLetters;
+use crate::tls::{self, TlsServer};
 
 /// How often spool gauges are refreshed.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
@@ -28,6 +30,8 @@ const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 pub struct Running {
     /// The address it listens on (useful with port 0).
     pub addr: SocketAddr,
+    /// The address of the probes-only `metrics_listen` listener, when configured.
+    pub metrics_addr: Option<SocketAddr>,
     /// The shared handler (readiness, metrics).
     pub receiver: Arc<Receiver>,
     stop: watch::Sender<bool>,
@@ -50,6 +54,11 @@ impl Running {
 /// Starts a receiver for `config`; returns once it is listening and ready.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::new().context("cannot create metrics")?);
+    // Before anything else starts: a bad certificate file fails the start, naming the key.
+    let tls_server = match &config.tls {
+        Some(settings) => Some(Arc::new(TlsServer::load(settings, Arc::clone(&metrics))?)),
+        None => None,
+    };
     let sink_names: Vec<String> = config.sinks.iter().map(|s| s.name.clone()).collect();
     if sink_names.is_empty() {
         tracing::warn!("no sinks configured: events are kept in the spool until a sink is added");
@@ -77,13 +86,25 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Arc::clone(&spool),
         direct.clone(),
         Arc::clone(&metrics),
-    )
-    .map_err(|(endpoint, err)| anyhow::anyhow!("endpoint {endpoint}: {err}"))?;
+    )?;
     let receiver = Arc::new(receiver);
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr().context("listener has no address")?;
+    let metrics_listener = match config.metrics_listen {
+        Some(at) => Some(
+            TcpListener::bind(at)
+                .await
+                .with_context(|| format!("metrics_listen: cannot listen on {at}"))?,
+        ),
+        None => None,
+    };
+    let metrics_addr = metrics_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()
+        .context("metrics listener has no address")?;
 
     let (stop, stop_rx) = watch::channel(false);
     let (sinks_stop, sinks_stop_rx) = watch::channel(false);
@@ -134,15 +155,48 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Arc::clone(&metrics),
         stop_rx.clone(),
     ));
+    let tls_reloader = match (&tls_server, &config.tls) {
+        (Some(server), Some(settings)) => Some(tokio::spawn(tls::watch_files(
+            Arc::clone(server),
+            settings.reload_interval,
+            stop_rx.clone(),
+        ))),
+        _ => None,
+    };
 
     receiver.set_ready(true);
-    tracing::info!(listen = %addr, endpoints = config.endpoints.len(), sinks = config.sinks.len(), "receiver ready");
+    let tls_mode = config.tls.as_ref().map(|t| t.mode);
+    tracing::info!(listen = %addr, metrics_listen = ?metrics_addr, tls = ?tls_mode, trusted_proxy = config.trusted_proxy.is_some(), endpoints = config.endpoints.len(), sinks = config.sinks.len(), "receiver ready");
 
     let grace = config.shutdown_grace;
     let delay = config.shutdown_delay;
     let serving = Arc::clone(&receiver);
+    let webhooks = Listener {
+        tcp: listener,
+        role: Role::Webhooks,
+        tls: tls_server,
+    };
     let task = tokio::spawn(async move {
-        server::serve(listener, serving, stop_rx, delay, grace).await;
+        let probes = async {
+            if let Some(tcp) = metrics_listener {
+                let probes = Listener {
+                    tcp,
+                    role: Role::Probes,
+                    tls: None,
+                };
+                server::serve(probes, Arc::clone(&serving), stop_rx.clone(), delay, grace).await;
+            }
+        };
+        tokio::join!(
+            server::serve(
+                webhooks,
+                Arc::clone(&serving),
+                stop_rx.clone(),
+                delay,
+                grace
+            ),
+            probes
+        );
         let deadline = tokio::time::Instant::now() + grace;
         let _ = sinks_stop.send(true);
         for task in sink_tasks {
@@ -154,6 +208,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
         reloader.abort();
         gauges.abort();
+        if let Some(tls_reloader) = tls_reloader {
+            tls_reloader.abort();
+        }
         tokio::task::spawn_blocking(move || spool.close())
             .await
             .context("spool close task failed")?;
@@ -162,6 +219,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     });
     Ok(Running {
         addr,
+        metrics_addr,
         receiver,
         stop,
         task,

@@ -86,7 +86,7 @@ Configuration keys (YAML; durations like 500ms, 30s, 24h):
   secret_reload_interval          secret files re-read every [2s]
   metrics_listen                  extra plain-HTTP address for /metrics, /healthz, /readyz
   tls.cert_file | tls.key_file    serving certificate chain and key (PEM, reloaded on change)
-  tls.mode                        server | mutual (client certificate required) [server]
+  tls.mode                        server | mutual (client certificate required on endpoint paths) [server]
   tls.client_ca_file              CA bundle client certificates must chain to (mutual)
   tls.allowed_client_names        client CN / DNS SAN accepted [client.webhooks.fbclientcerts.com]
   tls.reload_interval             certificate files checked every [10s]
@@ -215,8 +215,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 crate::secrets::SecretStore::load(endpoint)
                     .with_context(|| format!("endpoint {}", endpoint.name))?;
             }
+            if let Some(tls) = &config.tls {
+                crate::tls::check(tls)?;
+            }
+            let scheme = match &config.tls {
+                Some(tls) if tls.mode == crate::config::TlsMode::Mutual => "https, mutual TLS",
+                Some(_) => "https",
+                None => "http",
+            };
             println!(
-                "configuration is valid: {} endpoint(s), {} sink(s), listening on {}",
+                "configuration is valid: {} endpoint(s), {} sink(s), listening on {} ({scheme})",
                 config.endpoints.len(),
                 config.sinks.len(),
                 config.listen

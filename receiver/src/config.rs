@@ -664,7 +664,8 @@ impl Config {
             return Err(invalid("limits.max_body_bytes", "must be at least 1"));
         }
         self.validate_tls()?;
-        if self.metrics_listen.is_some() && self.metrics_listen == Some(self.listen) {
+        // Port 0 picks a free port for each listener, so both may say 127.0.0.1:0.
+        if self.metrics_listen == Some(self.listen) && self.listen.port() != 0 {
             return Err(invalid(
                 "metrics_listen",
                 "must differ from listen (it is a second listener)",

@@ -6,9 +6,11 @@
 //! - [`meta`]: typed, lenient models of Meta's payloads, one module per product.
 //! - [`normalize`]: a verified body becomes one [`event::Event`] per leaf item (pure).
 //! - [`event`]: the unified event schema.
+//! - [`tls`], [`client_auth`], [`trusted_proxy`]: HTTPS, and who may call the endpoints.
 
 pub mod app;
 pub mod cli;
+pub mod client_auth;
 pub mod config;
 pub mod event;
 pub mod meta;
@@ -18,4 +20,6 @@ pub mod secrets;
 pub mod server;
 pub mod sink;
 pub mod spool;
+pub mod tls;
+pub mod trusted_proxy;
 pub mod verify;

@@ -12,6 +12,8 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
+use crate::client_auth::Rejection;
+
 /// Distinct payload-derived label values admitted before the rest read `other`.
 const MAX_DYNAMIC_LABELS: usize = 256;
 
@@ -53,6 +55,13 @@ pub struct Metrics {
     pub build_info: GaugeVec,
     /// `metahook_ready`.
     pub ready: IntGauge,
+    /// `metahook_tls_client_rejections_total{reason}`.
+    pub tls_client_rejections: IntCounterVec,
+    /// `metahook_tls_reload_errors_total{file}`.
+    pub tls_reload_errors: IntCounterVec,
+    /// `metahook_tls_certificate_expiry_timestamp_seconds`, registered only with TLS on (a
+    /// 0 would read as "expired long ago" to an expiry alert).
+    pub tls_certificate_expiry: Gauge,
     dynamic_labels: Mutex<HashSet<String>>,
 }
 
@@ -186,6 +195,28 @@ impl Metrics {
             "1 while the receiver is ready for traffic, 0 while starting or draining.",
         )?;
         registry.register(Box::new(ready.clone()))?;
+        let tls_client_rejections = counter(
+            &registry,
+            "metahook_tls_client_rejections_total",
+            "Requests or TLS handshakes refused for their client certificate, by reason.",
+            &["reason"],
+        )?;
+        for rejection in Rejection::ALL {
+            tls_client_rejections.with_label_values(&[rejection.reason()]);
+        }
+        let tls_reload_errors = counter(
+            &registry,
+            "metahook_tls_reload_errors_total",
+            "Changed TLS files that could not be loaded (the previous material stays in force).",
+            &["file"],
+        )?;
+        for file in ["certificate", "client_ca"] {
+            tls_reload_errors.with_label_values(&[file]);
+        }
+        let tls_certificate_expiry = Gauge::new(
+            "metahook_tls_certificate_expiry_timestamp_seconds",
+            "When the serving certificate in force expires (notAfter, Unix seconds).",
+        )?;
         Ok(Metrics {
             registry,
             requests,
@@ -205,8 +236,22 @@ impl Metrics {
             dead_letters,
             build_info,
             ready,
+            tls_client_rejections,
+            tls_reload_errors,
+            tls_certificate_expiry,
             dynamic_labels: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// Exposes `metahook_tls_certificate_expiry_timestamp_seconds` (once TLS is configured).
+    pub fn register_tls(&self) -> prometheus::Result<()> {
+        match self
+            .registry
+            .register(Box::new(self.tls_certificate_expiry.clone()))
+        {
+            Ok(()) | Err(prometheus::Error::AlreadyReg) => Ok(()),
+            Err(err) => Err(err),
+        }
     }
 
     /// A payload-derived name as a label value: kept when short and well formed and

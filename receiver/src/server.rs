@@ -1,7 +1,9 @@
 //! HTTP: routing, limits, the webhook handler, and graceful shutdown.
 //!
 //! [`Receiver::handle`] is the whole request path and takes any body type, so tests can
-//! drive it without a socket; [`serve`] runs it on a TCP listener with hyper.
+//! drive it without a socket; [`serve`] runs it on a TCP listener with hyper, in plain HTTP
+//! or over TLS ([`crate::tls`]), as the webhook listener or as the probes-only
+//! `metrics_listen` one. Requests on endpoint paths pass [`crate::client_auth`] first.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -21,13 +23,15 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-use crate::config::{Config, EndpointConfig, Limits};
+use crate::client_auth::{ClientAuth, Peer, Refusal};
+use crate::config::{Config, ConfigError, EndpointConfig, Limits};
 use crate::event::{Event, Kind};
 use crate::metrics::Metrics;
 use crate::normalize;
 use crate::secrets::{SecretError, SecretStore};
 use crate::sink::direct::DirectSinks;
 use crate::spool::{Key, Spool};
+use crate::tls::TlsServer;
 use crate::verify::{self, Algorithm, SignatureError};
 
 /// One configured endpoint and its live secrets.
@@ -51,6 +55,41 @@ pub struct Receiver {
     in_flight: Semaphore,
     ready: AtomicBool,
     log_message_text: bool,
+    client_auth: ClientAuth,
+}
+
+/// Why a [`Receiver`] cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiverError {
+    /// An endpoint's secrets cannot be read.
+    #[error("endpoint {endpoint}: {source}")]
+    Secrets {
+        /// The endpoint's name.
+        endpoint: String,
+        /// Why.
+        source: SecretError,
+    },
+    /// The client-authentication settings cannot be used.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `listen`: the webhook endpoints and the probes.
+    Webhooks,
+    /// `metrics_listen`: /metrics, /healthz and /readyz only.
+    Probes,
+}
+
+/// The connection a request arrived on: who is at the other end, and which listener.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// The peer and its verified client certificate, if any.
+    pub peer: Peer,
+    /// The listener.
+    pub role: Role,
 }
 
 /// What happened to a request, for its log line.
@@ -93,10 +132,13 @@ impl Receiver {
         spool: Arc<Spool>,
         direct: Option<Arc<DirectSinks>>,
         metrics: Arc<Metrics>,
-    ) -> Result<Receiver, (String, SecretError)> {
+    ) -> Result<Receiver, ReceiverError> {
         let mut endpoints = HashMap::new();
         for endpoint in &config.endpoints {
-            let secrets = SecretStore::load(endpoint).map_err(|e| (endpoint.name.clone(), e))?;
+            let secrets = SecretStore::load(endpoint).map_err(|source| ReceiverError::Secrets {
+                endpoint: endpoint.name.clone(),
+                source,
+            })?;
             endpoints.insert(
                 endpoint.path.clone(),
                 Arc::new(Endpoint {
@@ -114,6 +156,7 @@ impl Receiver {
             in_flight: Semaphore::new(config.limits.max_in_flight),
             ready: AtomicBool::new(false),
             log_message_text: config.log_message_text,
+            client_auth: ClientAuth::from_config(config)?,
         })
     }
 
@@ -133,8 +176,8 @@ impl Receiver {
         self.endpoints.values()
     }
 
-    /// Answers one request: the whole receiver contract.
-    pub async fn handle<B>(&self, request: Request<B>) -> HttpResponse
+    /// Answers one request that arrived on `connection`: the whole receiver contract.
+    pub async fn handle<B>(&self, request: Request<B>, connection: &Connection) -> HttpResponse
     where
         B: Body<Data = Bytes> + Send,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -143,7 +186,7 @@ impl Receiver {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
         let mut outcome = Outcome::default();
-        let response = self.route(request, &mut outcome).await;
+        let response = self.route(request, connection, &mut outcome).await;
         let status = response.status();
         let endpoint = outcome.endpoint.as_deref().unwrap_or("none");
         let method_label = match method {
@@ -175,7 +218,12 @@ impl Receiver {
         response
     }
 
-    async fn route<B>(&self, request: Request<B>, outcome: &mut Outcome) -> HttpResponse
+    async fn route<B>(
+        &self,
+        request: Request<B>,
+        connection: &Connection,
+        outcome: &mut Outcome,
+    ) -> HttpResponse
     where
         B: Body<Data = Bytes> + Send,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -210,11 +258,22 @@ impl Receiver {
             }
             _ => {}
         }
+        if connection.role == Role::Probes {
+            outcome.outcome = "not_found";
+            return response(
+                StatusCode::NOT_FOUND,
+                "this listener serves only /metrics, /healthz and /readyz\n",
+            );
+        }
         let Some(endpoint) = self.endpoints.get(path).cloned() else {
             outcome.outcome = "not_found";
             return response(StatusCode::NOT_FOUND, "no webhook endpoint at this path\n");
         };
         outcome.endpoint = Some(endpoint.config.name.clone());
+        // Before the body is read: a refused client never gets anything spooled.
+        if let Err(refusal) = self.client_auth.check(&connection.peer, request.headers()) {
+            return self.refuse_client(&endpoint.config.name, &connection.peer, &refusal, outcome);
+        }
         match *request.method() {
             Method::GET => self.handshake(&endpoint, request.uri().query(), outcome),
             Method::POST => self.webhook(&endpoint, request, outcome).await,
@@ -414,6 +473,25 @@ impl Receiver {
         }
     }
 
+    /// A 403 for a client the certificate policy refused: counted, logged with the peer.
+    fn refuse_client(
+        &self,
+        endpoint: &str,
+        peer: &Peer,
+        refusal: &Refusal,
+        outcome: &mut Outcome,
+    ) -> HttpResponse {
+        let reason = refusal.reason.reason();
+        self.metrics
+            .tls_client_rejections
+            .with_label_values(&[reason])
+            .inc();
+        tracing::warn!(target: "metahook::client_auth", reason, peer = %peer.addr, endpoint, detail = %refusal.detail, "client refused");
+        outcome.outcome = "client_refused";
+        outcome.detail = Some(format!("{reason}: {}", refusal.detail));
+        closing(StatusCode::FORBIDDEN, refusal.reason.message())
+    }
+
     /// A 503 that tells Meta when to retry.
     fn retry_later(&self, mut reply: HttpResponse) -> HttpResponse {
         reply.headers_mut().insert(
@@ -499,16 +577,47 @@ fn now_rfc3339() -> String {
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
 }
 
+/// A bound listener and how its connections are served.
+#[derive(Debug)]
+pub struct Listener {
+    /// The bound socket.
+    pub tcp: TcpListener,
+    /// What it serves.
+    pub role: Role,
+    /// TLS, when connections are HTTPS.
+    pub tls: Option<Arc<TlsServer>>,
+}
+
+/// The hyper service of one connection: every request goes to `handler` with the
+/// connection's facts.
+fn connection_service(
+    handler: Arc<Receiver>,
+    connection: Arc<Connection>,
+) -> impl hyper::service::Service<
+    Request<hyper::body::Incoming>,
+    Response = HttpResponse,
+    Error = Infallible,
+    Future = impl Future<Output = Result<HttpResponse, Infallible>> + Send,
+> + Clone {
+    service_fn(move |request| {
+        let handler = Arc::clone(&handler);
+        let connection = Arc::clone(&connection);
+        async move { Ok::<_, Infallible>(handler.handle(request, &connection).await) }
+    })
+}
+
 /// Serves `receiver` on `listener` until `stop` turns true; then keeps accepting for `delay`
 /// (while load balancers notice /readyz failing), stops accepting, and waits up to `grace`
-/// for open connections to finish their requests.
+/// for open connections to finish their requests. Over TLS, the handshake runs in the
+/// connection's own task, bounded by `limits.header_read_timeout`.
 pub async fn serve(
-    listener: TcpListener,
+    listener: Listener,
     receiver: Arc<Receiver>,
     mut stop: watch::Receiver<bool>,
     delay: Duration,
     grace: Duration,
 ) {
+    let Listener { tcp, role, tls } = listener;
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder
@@ -524,7 +633,7 @@ pub async fn serve(
             }
         };
         tokio::select! {
-            accepted = listener.accept() => {
+            accepted = tcp.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(accepted) => accepted,
                     Err(err) => {
@@ -536,16 +645,35 @@ pub async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let handler = Arc::clone(&receiver);
-                let service = service_fn(move |request| {
-                    let handler = Arc::clone(&handler);
-                    async move { Ok::<_, Infallible>(handler.handle(request).await) }
-                });
-                let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-                tokio::spawn(async move {
-                    if let Err(err) = connection.await {
-                        tracing::debug!(peer = %peer, error = %err, "connection ended with an error");
+                match &tls {
+                    None => {
+                        let connection = Arc::new(Connection { peer: Peer::plain(peer), role });
+                        let service = connection_service(handler, connection);
+                        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                        tokio::spawn(async move {
+                            if let Err(err) = connection.await {
+                                tracing::debug!(peer = %peer, error = %err, "connection ended with an error");
+                            }
+                        });
                     }
-                });
+                    Some(tls) => {
+                        // Watched from now: a shutdown waits for handshakes in progress too.
+                        let watcher = graceful.watcher();
+                        let tls = Arc::clone(tls);
+                        let builder = builder.clone();
+                        let timeout = receiver.limits.header_read_timeout;
+                        tokio::spawn(async move {
+                            let Some((stream, verified)) = tls.accept(stream, peer, timeout).await else {
+                                return;
+                            };
+                            let connection = Arc::new(Connection { peer: verified, role });
+                            let service = connection_service(handler, connection);
+                            if let Err(err) = watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await {
+                                tracing::debug!(peer = %peer, error = %err, "connection ended with an error");
+                            }
+                        });
+                    }
+                }
             }
             changed = stop.changed(), if stop_accepting_at.is_none() => {
                 if changed.is_err() || *stop.borrow() {
@@ -555,9 +683,9 @@ pub async fn serve(
             () = until_stop => break,
         }
     }
-    drop(listener);
+    drop(tcp);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(grace) => tracing::warn!(grace_seconds = grace.as_secs(), "grace period over with connections still open"),
+        () = graceful.shutdown() => tracing::info!(listener = ?role, "all connections closed"),
+        () = tokio::time::sleep(grace) => tracing::warn!(listener = ?role, grace_seconds = grace.as_secs(), "grace period over with connections still open"),
     }
 }
