@@ -2,4 +2,5 @@
 
 pub mod bench;
 pub mod downstream;
+pub mod pki;
 pub mod testkit;

@@ -1,5 +1,5 @@
 //! Test support: a receiver started in-process on `127.0.0.1:0` with its own temporary
-//! directory, secrets and file sink, a small HTTP client that keeps response headers, and
+//! directory, secrets and file sink, a small HTTP(S) client that keeps response headers, and
 //! the locations of the shared Meta fixtures and of the receiver binary.
 
 use std::net::SocketAddr;
@@ -16,7 +16,7 @@ use metahook_receiver::config::{
 };
 use metahook_receiver::verify;
 
-use crate::bench::client;
+use crate::bench::client::{self, Transport};
 
 /// The app secret every test receiver uses.
 pub const SECRET: &[u8] = b"test-app-secret";
@@ -132,6 +132,15 @@ impl TestReceiver {
         self.running.as_ref()
     }
 
+    /// Where /metrics is read: the `metrics_listen` listener when configured (plain HTTP
+    /// even when the webhook listener is HTTPS), else the webhook listener.
+    pub fn probes_addr(&self) -> SocketAddr {
+        self.running
+            .as_ref()
+            .and_then(|r| r.metrics_addr)
+            .unwrap_or(self.addr)
+    }
+
     /// The file sink's path.
     pub fn events_path(&self) -> PathBuf {
         self.dir.path().join("events.jsonl")
@@ -166,6 +175,33 @@ impl TestReceiver {
         request(self.addr, Method::GET, path_and_query, &[], Bytes::new()).await
     }
 
+    /// POSTs `body` to the endpoint over `transport`, signed with [`SECRET`].
+    pub async fn post_over(&self, transport: &Transport, body: &[u8]) -> Result<Reply> {
+        let signature = verify::sign(SECRET, body);
+        request_over(
+            self.addr,
+            transport,
+            Method::POST,
+            PATH,
+            &[("x-hub-signature-256", signature.as_str())],
+            Bytes::copy_from_slice(body),
+        )
+        .await
+    }
+
+    /// GETs `path_and_query` over `transport`.
+    pub async fn get_over(&self, transport: &Transport, path_and_query: &str) -> Result<Reply> {
+        request_over(
+            self.addr,
+            transport,
+            Method::GET,
+            path_and_query,
+            &[],
+            Bytes::new(),
+        )
+        .await
+    }
+
     /// Waits until the file sink holds at least `count` events; returns them all.
     pub async fn wait_for_events(
         &self,
@@ -192,9 +228,18 @@ impl TestReceiver {
         }
     }
 
-    /// A metric's value from /metrics (the sample whose name-and-labels text is given).
+    /// A metric's value from /metrics (the sample whose name-and-labels text is given), read
+    /// from [`TestReceiver::probes_addr`].
     pub async fn metric(&self, sample: &str) -> Result<f64> {
-        let text = self.get("/metrics").await?.text();
+        let text = request(
+            self.probes_addr(),
+            Method::GET,
+            "/metrics",
+            &[],
+            Bytes::new(),
+        )
+        .await?
+        .text();
         metric_value(&text, sample).with_context(|| format!("no sample {sample} in\n{text}"))
     }
 
@@ -226,8 +271,20 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: Bytes,
 ) -> Result<Reply> {
+    request_over(addr, &Transport::Plain, method, path, headers, body).await
+}
+
+/// [`request`] over `transport` (plain HTTP or HTTPS).
+pub async fn request_over(
+    addr: SocketAddr,
+    transport: &Transport,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<Reply> {
     let attempt = async {
-        let mut connection = client::connect(addr).await?;
+        let mut connection = client::connect_with(addr, transport).await?;
         let mut builder = Request::builder()
             .method(method)
             .uri(path)
@@ -258,6 +315,40 @@ pub async fn request(
     tokio::time::timeout(Duration::from_secs(10), attempt)
         .await
         .context("request timed out")?
+}
+
+/// Runs `promtool check metrics` on an exposition: `Ok(None)` when promtool is not
+/// installed (scripts/test.sh installs it), else its findings (empty when clean).
+pub fn promtool_findings(exposition: &[u8]) -> Result<Option<String>> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let Some(promtool) = std::env::split_paths(&path)
+        .map(|dir| dir.join("promtool"))
+        .find(|candidate| candidate.is_file())
+    else {
+        return Ok(None);
+    };
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("starting promtool")?;
+    std::io::Write::write_all(
+        child.stdin.as_mut().context("promtool's stdin")?,
+        exposition,
+    )
+    .context("writing to promtool")?;
+    let output = child.wait_with_output().context("waiting for promtool")?;
+    let findings = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if !output.status.success() && findings.trim().is_empty() {
+        bail!("promtool failed with {}", output.status);
+    }
+    Ok(Some(findings.trim().to_owned()))
 }
 
 /// Waits until the JSON-lines file at `path` holds at least `count` complete lines.

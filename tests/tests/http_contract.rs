@@ -493,42 +493,18 @@ async fn probes_and_metrics() -> Result<()> {
 /// message, where promtool is not installed; scripts/test.sh installs it).
 #[tokio::test]
 async fn promtool_accepts_the_metrics() -> Result<()> {
-    let Ok(promtool) = which("promtool") else {
-        eprintln!("SKIP promtool_accepts_the_metrics: promtool is not installed");
-        return Ok(());
-    };
     let receiver = TestReceiver::start().await?;
     receiver.post(BODY).await?;
     receiver.post_with(PATH, &[], BODY).await?;
     receiver.wait_for_events(1, Duration::from_secs(5)).await?;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let text = receiver.get("/metrics").await?.body;
-    let mut child = std::process::Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), &text)?;
-    let output = child.wait_with_output()?;
-    let findings = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        output.status.success() && findings.trim().is_empty(),
-        "promtool findings:\n{findings}"
-    );
+    let Some(findings) = metahook_tests::testkit::promtool_findings(&text)? else {
+        eprintln!("SKIP promtool_accepts_the_metrics: promtool is not installed");
+        return Ok(());
+    };
+    assert!(findings.is_empty(), "promtool findings:\n{findings}");
     Ok(())
-}
-
-fn which(program: &str) -> Result<std::path::PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
-        .ok_or_else(|| anyhow::anyhow!("{program} not found"))
 }
 
 #[tokio::test]
