@@ -179,6 +179,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     };
 
     let controller = watches(&client, subscriptions, cli.namespace.as_deref());
+    tokio::spawn(forget_deleted(controller.store(), metrics.clone()));
     controller
         .shutdown_on_signal()
         .graceful_shutdown_on(lost)
@@ -254,6 +255,23 @@ fn subscriptions_of_secret(
         })
         .map(|sub| ObjectRef::from_obj(sub.as_ref()))
         .collect()
+}
+
+/// Drops metric series of deleted subscriptions every minute (a deleted subscription
+/// has no finalizer, so no reconciliation sees it go).
+async fn forget_deleted(store: Store<WebhookSubscription>, metrics: Arc<Metrics>) {
+    let mut interval = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        interval.tick().await;
+        let existing: std::collections::BTreeSet<(String, String)> = store
+            .state()
+            .iter()
+            .map(|sub| (sub.namespace().unwrap_or_default(), sub.name_any()))
+            .collect();
+        metrics.retain_certificates(|namespace, name| {
+            existing.contains(&(namespace.to_owned(), name.to_owned()))
+        });
+    }
 }
 
 /// Re-discovers the optional APIs every 5 minutes (Prometheus Operator installed later).

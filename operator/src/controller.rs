@@ -290,6 +290,16 @@ async fn reconcile_inner(sub: &WebhookSubscription, ctx: &Context) -> Result<Act
             });
         }
     }
+    if provisional.ingress_terminates()
+        && sub.spec.tls.mode == TlsModeSpec::Mutual
+        && let Some(ca) = &sub.spec.tls.client_ca_ref
+    {
+        // ingress-nginx reads the bundle of auth-tls-secret from its ca.crt key.
+        refs.push(SecretKeyRef {
+            name: ca.name.clone(),
+            key: "ca.crt".to_owned(),
+        });
+    }
     let (missing, mut digest_parts, fetched) = resolve(&secrets, &refs).await?;
     let mut observed = Observed {
         missing,

@@ -1,9 +1,10 @@
 //! The operator's metrics, and the small HTTP server for /metrics, /healthz and /readyz.
 
+use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -25,6 +26,9 @@ pub struct Metrics {
     errors: IntCounterVec,
     duration: HistogramVec,
     certificate_expiry: GaugeVec,
+    /// The (namespace, name) labels of `certificate_expiry`, so deleted subscriptions'
+    /// series can be dropped (a stale expiry would fire alerts).
+    certificate_labels: Arc<Mutex<BTreeSet<(String, String)>>>,
     /// 1 while this replica holds the leader Lease.
     pub leader: IntGauge,
 }
@@ -91,6 +95,7 @@ impl Metrics {
             errors,
             duration,
             certificate_expiry,
+            certificate_labels: Arc::default(),
             leader,
         })
     }
@@ -114,6 +119,9 @@ impl Metrics {
         self.certificate_expiry
             .with_label_values(&[namespace, name])
             .set(unix_seconds as f64);
+        if let Ok(mut labels) = self.certificate_labels.lock() {
+            labels.insert((namespace.to_owned(), name.to_owned()));
+        }
     }
 
     /// Forgets a subscription's certificate (deleted, or TLS turned off).
@@ -121,6 +129,24 @@ impl Metrics {
         let _ = self
             .certificate_expiry
             .remove_label_values(&[namespace, name]);
+        if let Ok(mut labels) = self.certificate_labels.lock() {
+            labels.remove(&(namespace.to_owned(), name.to_owned()));
+        }
+    }
+
+    /// Forgets the certificates of subscriptions that no longer exist.
+    pub fn retain_certificates(&self, exists: impl Fn(&str, &str) -> bool) {
+        let gone: Vec<(String, String)> = match self.certificate_labels.lock() {
+            Ok(labels) => labels
+                .iter()
+                .filter(|(namespace, name)| !exists(namespace, name))
+                .cloned()
+                .collect(),
+            Err(_) => return,
+        };
+        for (namespace, name) in gone {
+            self.forget_certificate(&namespace, &name);
+        }
     }
 
     /// The Prometheus text exposition.

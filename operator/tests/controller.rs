@@ -833,3 +833,38 @@ async fn api_errors_fail_the_pass_and_back_off() {
     api.finish().await;
     assert_eq!(controller::backoff(20), Duration::from_secs(300));
 }
+
+#[tokio::test]
+async fn mutual_tls_at_the_ingress_needs_the_ca_under_ca_crt() {
+    let mut spec = tls_spec();
+    spec["tls"] =
+        json!({"mode": "mutual", "clientCARef": {"name": "meta-client-ca", "key": "meta.pem"}});
+    spec["ingress"] = json!({
+        "host": "hooks.example.com",
+        "tlsTermination": "ingress",
+        "trustedProxyCIDRs": ["10.0.0.0/8"],
+    });
+    let sub = subscription("wa", NS, &spec);
+    let script = vec![
+        get(
+            format!("{CORE}/secrets/meta-app"),
+            Reply::Object(app_with_token()),
+        ),
+        get(
+            format!("{CORE}/secrets/meta-client-ca"),
+            Reply::Object(secret(NS, "meta-client-ca", &[("meta.pem", b"PEM")])),
+        ),
+        event(NS),
+        status_step(),
+    ];
+    let api = MockApi::start(script, Capabilities::default(), test_now());
+    controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("reconcile");
+    let served = api.finish().await;
+    let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
+    assert_eq!(
+        condition(status, "SecretsResolved")["message"],
+        "Secret acme/meta-client-ca has no key ca.crt"
+    );
+}

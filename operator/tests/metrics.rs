@@ -99,3 +99,17 @@ async fn metrics_health_and_readiness_over_http() {
         "promtool check metrics: {findings}"
     );
 }
+
+#[test]
+fn deleted_subscriptions_lose_their_certificate_series() {
+    let metrics = Metrics::new().expect("metrics");
+    metrics.certificate_expires("acme", "kept", 1_800_000_000);
+    metrics.certificate_expires("acme", "deleted", 1_800_000_000);
+    metrics.retain_certificates(|namespace, name| namespace == "acme" && name == "kept");
+    let text = metrics.render();
+    assert!(text.contains("name=\"kept\""), "{text}");
+    assert!(
+        !text.contains("name=\"deleted\""),
+        "a stale expiry would fire alerts: {text}"
+    );
+}
