@@ -18,6 +18,7 @@ pub mod controller;
 pub mod crd;
 pub mod error;
 pub mod metrics;
+pub mod reference;
 pub mod resources;
 pub mod status;
 
