@@ -4,8 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use kube::CustomResourceExt;
+use kube::core::cel::{ErrorKind, ValidationError, ValidationErrors, Validator};
 use metahook_operator::WebhookSubscription;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 fn repo_file(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -105,4 +106,680 @@ fn schema() -> Value {
         .and_then(|schema| schema.open_api_v3_schema.as_ref())
         .expect("the CRD has an openAPIV3Schema");
     serde_json::to_value(schema).expect("schema as JSON")
+}
+
+/// Every `x-kubernetes-validations` message in the schema, with the path carrying it.
+fn rule_messages(node: &Value, path: &str, out: &mut Vec<(String, String)>) {
+    for rule in node["x-kubernetes-validations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let message = rule["message"].as_str().unwrap_or_default().to_owned();
+        out.push((path.to_owned(), message));
+    }
+    for (name, child) in node["properties"].as_object().into_iter().flatten() {
+        let child_path = if path.is_empty() {
+            name.clone()
+        } else {
+            format!("{path}.{name}")
+        };
+        rule_messages(child, &child_path, out);
+    }
+    if node["items"].is_object() {
+        rule_messages(&node["items"], &format!("{path}[]"), out);
+    }
+}
+
+/// JSON merge patch (RFC 7386): objects merge, `null` removes, anything else replaces.
+fn merge(target: &mut Value, patch: &Value) {
+    match (target.as_object_mut(), patch.as_object()) {
+        (Some(target), Some(patch)) => {
+            for (key, value) in patch {
+                if value.is_null() {
+                    target.remove(key);
+                } else {
+                    merge(target.entry(key.clone()).or_insert(Value::Null), value);
+                }
+            }
+        }
+        _ => *target = patch.clone(),
+    }
+}
+
+/// A valid subscription as the API server stores it (defaulted fields spelled out), with
+/// `patch` merged in.
+fn subscription(patch: &Value) -> Value {
+    let mut object = json!({
+        "apiVersion": "metahook.io/v1alpha1",
+        "kind": "WebhookSubscription",
+        "metadata": {"name": "acme-whatsapp", "namespace": "messaging"},
+        "spec": {
+            "object": "whatsapp_business_account",
+            "fields": ["messages"],
+            "appSecretRef": {"name": "meta-app", "key": "app-secret"},
+            "delivery": {
+                "mode": "spool",
+                "sinks": [{"name": "bus", "nats": {"url": "nats://nats.nats:4222", "createStream": false}}],
+            },
+            "tls": {"mode": "none", "allowedClientNames": ["client.webhooks.fbclientcerts.com"]},
+            "receiver": {"mode": "deployment", "replicas": 1},
+            "monitoring": {"serviceMonitor": false},
+        },
+    });
+    merge(&mut object, patch);
+    object
+}
+
+/// `subscription` with a patch of the spec.
+fn with_spec(spec: &Value) -> Value {
+    subscription(&json!({ "spec": spec }))
+}
+
+/// A sink list holding one sink.
+fn sinks(sink: &Value) -> Value {
+    json!({"delivery": {"sinks": [sink]}})
+}
+
+fn validate(schema: &Value, object: &Value) -> Result<(), Vec<ValidationError>> {
+    Validator::new()
+        .validate(schema, object, None)
+        .map_err(ValidationErrors::into_vec)
+}
+
+/// One CEL rule: objects it accepts and objects it rejects with its message at `field_path`.
+struct Case {
+    /// How the rule's message starts.
+    message: &'static str,
+    /// Where the API server reports it.
+    field_path: &'static str,
+    valid: Vec<(&'static str, Value)>,
+    invalid: Vec<(&'static str, Value)>,
+}
+
+#[allow(clippy::too_many_lines)] // one table of every rule
+fn cases() -> Vec<Case> {
+    let long_name = "a".repeat(48);
+    let longest_name = "a".repeat(47);
+    vec![
+        Case {
+            message: "metadata.name: at most 47 characters",
+            field_path: "",
+            valid: vec![(
+                "47 characters",
+                subscription(&json!({"metadata": {"name": longest_name}})),
+            )],
+            invalid: vec![(
+                "48 characters",
+                subscription(&json!({"metadata": {"name": long_name}})),
+            )],
+        },
+        Case {
+            message: "object: not an object Meta sends webhooks for",
+            field_path: "spec",
+            valid: vec![
+                (
+                    "page",
+                    with_spec(&json!({"object": "page", "fields": ["feed"]})),
+                ),
+                (
+                    "instagram",
+                    with_spec(&json!({"object": "instagram", "fields": ["comments"]})),
+                ),
+                (
+                    "Graph object user",
+                    with_spec(&json!({"object": "user", "fields": ["email"]})),
+                ),
+            ],
+            invalid: vec![
+                (
+                    "whatsapp (the object is whatsapp_business_account)",
+                    with_spec(&json!({"object": "whatsapp"})),
+                ),
+                (
+                    "facebook_page",
+                    with_spec(&json!({"object": "facebook_page", "fields": ["feed"]})),
+                ),
+            ],
+        },
+        Case {
+            message: "fields: a field is not documented for this object",
+            field_path: "spec",
+            valid: vec![
+                (
+                    "WhatsApp fields",
+                    with_spec(&json!({"fields": [
+                        "messages", "message_template_status_update", "account_update",
+                    ]})),
+                ),
+                (
+                    "page with Lead Ads and Messenger fields",
+                    with_spec(&json!({"object": "page", "fields": [
+                        "feed", "leadgen", "mention", "ratings", "messages", "messaging_postbacks",
+                    ]})),
+                ),
+                (
+                    "instagram fields",
+                    with_spec(&json!({"object": "instagram", "fields": [
+                        "comments", "mentions", "messages", "story_insights",
+                    ]})),
+                ),
+                (
+                    "Graph object permissions accepts any field",
+                    with_spec(&json!({"object": "permissions", "fields": [
+                        "email", "pages_manage_metadata", "anything_at_all",
+                    ]})),
+                ),
+            ],
+            invalid: vec![
+                (
+                    "page with statuses (a WhatsApp messages value, not a field)",
+                    with_spec(&json!({"object": "page", "fields": ["feed", "statuses"]})),
+                ),
+                (
+                    "whatsapp_business_account with leadgen (a page field)",
+                    with_spec(&json!({"fields": ["messages", "leadgen"]})),
+                ),
+                (
+                    "instagram with feed (a page field)",
+                    with_spec(&json!({"object": "instagram", "fields": ["feed"]})),
+                ),
+            ],
+        },
+        Case {
+            message: "delivery.sinks: direct delivery needs at least one sink",
+            field_path: "spec",
+            valid: vec![(
+                "direct with one sink",
+                with_spec(&json!({"delivery": {"mode": "direct"}})),
+            )],
+            invalid: vec![(
+                "direct with no sinks",
+                with_spec(&json!({"delivery": {"mode": "direct", "sinks": []}})),
+            )],
+        },
+        Case {
+            message: "delivery.spool: direct delivery keeps no spool volume",
+            field_path: "spec",
+            valid: vec![(
+                "spool mode with a persistent spool",
+                with_spec(&json!({"delivery": {"spool": {"size": "1Gi"}}})),
+            )],
+            invalid: vec![(
+                "direct with a spool",
+                with_spec(&json!({"delivery": {"mode": "direct", "spool": {"size": "1Gi"}}})),
+            )],
+        },
+        Case {
+            message: "receiver.mode: a sidecar runs in your own pod",
+            field_path: "spec",
+            valid: vec![
+                (
+                    "sidecar",
+                    with_spec(&json!({"receiver": {"mode": "sidecar"}})),
+                ),
+                (
+                    "sidecar with TLS",
+                    with_spec(&json!({"receiver": {"mode": "sidecar"}, "tls": {"mode": "server"}})),
+                ),
+            ],
+            invalid: vec![
+                (
+                    "sidecar with an ingress",
+                    with_spec(&json!({
+                        "receiver": {"mode": "sidecar"},
+                        "ingress": {"host": "hooks.example.com", "tlsTermination": "ingress", "trustedProxyCIDRs": []},
+                    })),
+                ),
+                (
+                    "sidecar with a ServiceMonitor",
+                    with_spec(
+                        &json!({"receiver": {"mode": "sidecar"}, "monitoring": {"serviceMonitor": true}}),
+                    ),
+                ),
+                (
+                    "sidecar with a persistent spool",
+                    with_spec(
+                        &json!({"receiver": {"mode": "sidecar"}, "delivery": {"spool": {"size": "1Gi"}}}),
+                    ),
+                ),
+            ],
+        },
+        Case {
+            message: "ingress.tlsTermination: passthrough needs tls.mode server or mutual",
+            field_path: "spec",
+            valid: vec![
+                (
+                    "passthrough with tls server",
+                    with_spec(&json!({
+                        "tls": {"mode": "server"},
+                        "ingress": {"host": "hooks.example.com", "tlsTermination": "passthrough", "trustedProxyCIDRs": []},
+                    })),
+                ),
+                (
+                    "ingress termination with tls none",
+                    with_spec(&json!({
+                        "ingress": {"host": "hooks.example.com", "tlsTermination": "ingress", "trustedProxyCIDRs": []},
+                    })),
+                ),
+            ],
+            invalid: vec![(
+                "passthrough with tls none",
+                with_spec(&json!({
+                    "ingress": {"host": "hooks.example.com", "tlsTermination": "passthrough", "trustedProxyCIDRs": []},
+                })),
+            )],
+        },
+        Case {
+            message: "ingress.trustedProxyCIDRs: when the ingress terminates mutual TLS",
+            field_path: "spec",
+            valid: vec![
+                (
+                    "mutual at the ingress with the ingress's addresses",
+                    with_spec(&json!({
+                        "tls": {"mode": "mutual", "clientCARef": {"name": "meta-client-ca", "key": "ca.crt"}},
+                        "ingress": {"host": "hooks.example.com", "tlsTermination": "ingress", "trustedProxyCIDRs": ["10.0.0.0/8"]},
+                    })),
+                ),
+                (
+                    "mutual through passthrough needs no proxy addresses",
+                    with_spec(&json!({
+                        "tls": {"mode": "mutual", "clientCARef": {"name": "meta-client-ca", "key": "ca.crt"}},
+                        "ingress": {"host": "hooks.example.com", "tlsTermination": "passthrough", "trustedProxyCIDRs": []},
+                    })),
+                ),
+            ],
+            invalid: vec![(
+                "mutual at the ingress without trustedProxyCIDRs",
+                with_spec(&json!({
+                    "tls": {"mode": "mutual", "clientCARef": {"name": "meta-client-ca", "key": "ca.crt"}},
+                    "ingress": {"host": "hooks.example.com", "tlsTermination": "ingress", "trustedProxyCIDRs": []},
+                })),
+            )],
+        },
+        Case {
+            message: "tls.clientCARef: tls.mode mutual needs the CA bundle",
+            field_path: "spec.tls",
+            valid: vec![(
+                "mutual with clientCARef",
+                with_spec(
+                    &json!({"tls": {"mode": "mutual", "clientCARef": {"name": "meta-client-ca", "key": "ca.crt"}}}),
+                ),
+            )],
+            invalid: vec![(
+                "mutual without clientCARef",
+                with_spec(&json!({"tls": {"mode": "mutual"}})),
+            )],
+        },
+        Case {
+            message: "tls.mode: secretRef and clientCARef need tls.mode server or mutual",
+            field_path: "spec.tls",
+            valid: vec![(
+                "server with secretRef",
+                with_spec(
+                    &json!({"tls": {"mode": "server", "secretRef": {"name": "hooks-example-com-tls"}}}),
+                ),
+            )],
+            invalid: vec![
+                (
+                    "none with secretRef",
+                    with_spec(&json!({"tls": {"secretRef": {"name": "hooks-example-com-tls"}}})),
+                ),
+                (
+                    "none with clientCARef",
+                    with_spec(
+                        &json!({"tls": {"clientCARef": {"name": "meta-client-ca", "key": "ca.crt"}}}),
+                    ),
+                ),
+            ],
+        },
+        Case {
+            message: "delivery.sinks[]: set exactly one sink kind",
+            field_path: "spec.delivery.sinks[0]",
+            valid: vec![
+                (
+                    "http",
+                    with_spec(&sinks(
+                        &json!({"name": "crm", "http": {"url": "https://crm.internal/hooks"}}),
+                    )),
+                ),
+                (
+                    "postgres",
+                    with_spec(&sinks(
+                        &json!({"name": "db", "postgres": {"urlSecretRef": {"name": "pg", "key": "url"}}}),
+                    )),
+                ),
+                (
+                    "file",
+                    with_spec(&sinks(
+                        &json!({"name": "audit", "file": {"name": "events.jsonl"}}),
+                    )),
+                ),
+            ],
+            invalid: vec![
+                ("no kind", with_spec(&sinks(&json!({"name": "bus"})))),
+                (
+                    "nats and http",
+                    with_spec(&sinks(&json!({
+                        "name": "bus",
+                        "nats": {"url": "nats://nats.nats:4222", "createStream": false},
+                        "http": {"url": "https://crm.internal/hooks"},
+                    }))),
+                ),
+            ],
+        },
+        Case {
+            message: "delivery.sinks[].name: lowercase letters, digits, '-' and '_'",
+            field_path: "spec.delivery.sinks[0].name",
+            valid: vec![(
+                "crm_hooks-2",
+                with_spec(&sinks(
+                    &json!({"name": "crm_hooks-2", "http": {"url": "https://crm.internal/hooks"}}),
+                )),
+            )],
+            invalid: vec![
+                (
+                    "upper case",
+                    with_spec(&sinks(
+                        &json!({"name": "Bus", "nats": {"url": "nats://n:4222"}}),
+                    )),
+                ),
+                (
+                    "leading dash",
+                    with_spec(&sinks(
+                        &json!({"name": "-bus", "nats": {"url": "nats://n:4222"}}),
+                    )),
+                ),
+                (
+                    "trailing dash",
+                    with_spec(&sinks(
+                        &json!({"name": "bus-", "nats": {"url": "nats://n:4222"}}),
+                    )),
+                ),
+                (
+                    "dot",
+                    with_spec(&sinks(
+                        &json!({"name": "bus.events", "nats": {"url": "nats://n:4222"}}),
+                    )),
+                ),
+            ],
+        },
+        Case {
+            message: "delivery.sinks[].http.url: an http:// or https:// URL",
+            field_path: "spec.delivery.sinks[0].http.url",
+            valid: vec![(
+                "http inside the cluster",
+                with_spec(&sinks(
+                    &json!({"name": "crm", "http": {"url": "http://crm.crm.svc:8080/hooks"}}),
+                )),
+            )],
+            invalid: vec![
+                (
+                    "ftp",
+                    with_spec(&sinks(
+                        &json!({"name": "crm", "http": {"url": "ftp://crm.internal/hooks"}}),
+                    )),
+                ),
+                (
+                    "no scheme",
+                    with_spec(&sinks(
+                        &json!({"name": "crm", "http": {"url": "crm.internal/hooks"}}),
+                    )),
+                ),
+            ],
+        },
+        Case {
+            message: "delivery.sinks[].file.name: a plain file name",
+            field_path: "spec.delivery.sinks[0].file.name",
+            valid: vec![(
+                "events.jsonl",
+                with_spec(&sinks(
+                    &json!({"name": "audit", "file": {"name": "events.jsonl"}}),
+                )),
+            )],
+            invalid: vec![
+                (
+                    "a path",
+                    with_spec(&sinks(
+                        &json!({"name": "audit", "file": {"name": "audit/events.jsonl"}}),
+                    )),
+                ),
+                (
+                    "..",
+                    with_spec(&sinks(&json!({"name": "audit", "file": {"name": ".."}}))),
+                ),
+                (
+                    "escape",
+                    with_spec(&sinks(
+                        &json!({"name": "audit", "file": {"name": "../../etc/passwd"}}),
+                    )),
+                ),
+            ],
+        },
+        Case {
+            message: "delivery.retry.maxBackoff: a duration such as 30s, 5m or 1h",
+            field_path: "spec.delivery.retry.maxBackoff",
+            valid: vec![
+                (
+                    "5m",
+                    with_spec(
+                        &json!({"delivery": {"retry": {"maxAttempts": 20, "maxBackoff": "5m"}}}),
+                    ),
+                ),
+                (
+                    "1h30m",
+                    with_spec(&json!({"delivery": {"retry": {"maxBackoff": "1h30m"}}})),
+                ),
+                (
+                    "500ms",
+                    with_spec(&json!({"delivery": {"retry": {"maxBackoff": "500ms"}}})),
+                ),
+            ],
+            invalid: vec![
+                (
+                    "no unit",
+                    with_spec(&json!({"delivery": {"retry": {"maxBackoff": "300"}}})),
+                ),
+                (
+                    "days",
+                    with_spec(&json!({"delivery": {"retry": {"maxBackoff": "1d"}}})),
+                ),
+                (
+                    "words",
+                    with_spec(&json!({"delivery": {"retry": {"maxBackoff": "5 minutes"}}})),
+                ),
+            ],
+        },
+        Case {
+            message: "delivery.retry.maxBackoff: a duration such as 30s, 5m or 1h",
+            field_path: "spec.delivery.sinks[0].retry.maxBackoff",
+            valid: vec![(
+                "a sink's own 30s",
+                with_spec(&sinks(
+                    &json!({"name": "bus", "nats": {"url": "nats://n:4222"}, "retry": {"maxBackoff": "30s"}}),
+                )),
+            )],
+            invalid: vec![(
+                "a sink's own 30 seconds",
+                with_spec(&sinks(
+                    &json!({"name": "bus", "nats": {"url": "nats://n:4222"}, "retry": {"maxBackoff": "30 seconds"}}),
+                )),
+            )],
+        },
+        Case {
+            message: "delivery.spool.size: a quantity such as 1Gi",
+            field_path: "spec.delivery.spool.size",
+            valid: vec![
+                (
+                    "1Gi",
+                    with_spec(&json!({"delivery": {"spool": {"size": "1Gi"}}})),
+                ),
+                (
+                    "1.5Gi",
+                    with_spec(
+                        &json!({"delivery": {"spool": {"size": "1.5Gi", "storageClassName": "fast"}}}),
+                    ),
+                ),
+                (
+                    "500M",
+                    with_spec(&json!({"delivery": {"spool": {"size": "500M"}}})),
+                ),
+            ],
+            invalid: vec![
+                (
+                    "GB",
+                    with_spec(&json!({"delivery": {"spool": {"size": "1GB"}}})),
+                ),
+                (
+                    "space",
+                    with_spec(&json!({"delivery": {"spool": {"size": "1 Gi"}}})),
+                ),
+                (
+                    "negative",
+                    with_spec(&json!({"delivery": {"spool": {"size": "-1Gi"}}})),
+                ),
+                (
+                    "empty",
+                    with_spec(&json!({"delivery": {"spool": {"size": ""}}})),
+                ),
+            ],
+        },
+        Case {
+            message: "ingress.host: a DNS name",
+            field_path: "spec.ingress.host",
+            valid: vec![(
+                "hooks.example.com",
+                with_spec(
+                    &json!({"ingress": {"host": "hooks.example.com", "tlsTermination": "ingress", "trustedProxyCIDRs": []}}),
+                ),
+            )],
+            invalid: vec![
+                (
+                    "upper case",
+                    with_spec(
+                        &json!({"ingress": {"host": "Hooks.Example.com", "tlsTermination": "ingress", "trustedProxyCIDRs": []}}),
+                    ),
+                ),
+                (
+                    "a URL",
+                    with_spec(
+                        &json!({"ingress": {"host": "https://hooks.example.com", "tlsTermination": "ingress", "trustedProxyCIDRs": []}}),
+                    ),
+                ),
+                (
+                    "underscore",
+                    with_spec(
+                        &json!({"ingress": {"host": "hooks_example.com", "tlsTermination": "ingress", "trustedProxyCIDRs": []}}),
+                    ),
+                ),
+            ],
+        },
+        Case {
+            message: "path: starts with '/'",
+            field_path: "spec.path",
+            valid: vec![
+                (
+                    "/webhooks/whatsapp",
+                    with_spec(&json!({"path": "/webhooks/whatsapp"})),
+                ),
+                (
+                    "/meta/v1/hooks~acme",
+                    with_spec(&json!({"path": "/meta/v1/hooks~acme"})),
+                ),
+            ],
+            invalid: vec![
+                (
+                    "/metrics (reserved)",
+                    with_spec(&json!({"path": "/metrics"})),
+                ),
+                (
+                    "/healthz (reserved)",
+                    with_spec(&json!({"path": "/healthz"})),
+                ),
+                ("/readyz (reserved)", with_spec(&json!({"path": "/readyz"}))),
+                ("relative", with_spec(&json!({"path": "webhooks/whatsapp"}))),
+                (
+                    "query string",
+                    with_spec(&json!({"path": "/webhooks?object=page"})),
+                ),
+                ("space", with_spec(&json!({"path": "/web hooks"}))),
+            ],
+        },
+    ]
+}
+
+#[test]
+fn every_cel_rule_accepts_the_valid_and_rejects_the_invalid() {
+    let schema = schema();
+    let mut failures = Vec::new();
+    for case in cases() {
+        for (label, object) in &case.valid {
+            if let Err(errors) = validate(&schema, object) {
+                let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                failures.push(format!("[{}] {label}: rejected: {errors:?}", case.message));
+            }
+        }
+        for (label, object) in &case.invalid {
+            match validate(&schema, object) {
+                Ok(()) => failures.push(format!("[{}] {label}: accepted", case.message)),
+                Err(errors) => {
+                    let expected = errors.len() == 1
+                        && errors.iter().all(|e| {
+                            e.kind == ErrorKind::ValidationFailure
+                                && e.field_path == case.field_path
+                                && e.message.starts_with(case.message)
+                        });
+                    if !expected {
+                        let errors: Vec<String> = errors
+                            .iter()
+                            .map(|e| format!("{:?} at {:?}: {}", e.kind, e.field_path, e.message))
+                            .collect();
+                        failures.push(format!(
+                            "[{}] {label}: expected only this rule at {:?}, got {errors:?}",
+                            case.message, case.field_path
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn every_cel_rule_has_a_case() {
+    let mut rules = Vec::new();
+    rule_messages(&schema(), "", &mut rules);
+    let cases = cases();
+    let untested: Vec<String> = rules
+        .iter()
+        .filter(|(_, message)| !cases.iter().any(|c| message.starts_with(c.message)))
+        .map(|(path, message)| format!("{path}: {message}"))
+        .collect();
+    assert!(
+        untested.is_empty(),
+        "CEL rules without a case: {untested:#?}"
+    );
+}
+
+#[test]
+fn the_rust_defaults_are_the_schema_defaults() {
+    // A minimal manifest read through the Rust types (which fill the defaults) passes the
+    // rules exactly as the API server's defaulting would let it.
+    let manifest = json!({
+        "apiVersion": "metahook.io/v1alpha1",
+        "kind": "WebhookSubscription",
+        "metadata": {"name": "acme-page", "namespace": "messaging"},
+        "spec": {"object": "page", "fields": ["feed"], "appSecretRef": {"name": "meta-app", "key": "app-secret"}},
+    });
+    let typed: WebhookSubscription = serde_json::from_value(manifest.clone()).expect("typed");
+    let filled = serde_json::to_value(&typed).expect("as JSON");
+    let schema = schema();
+    assert_eq!(validate(&schema, &filled), Ok(()));
+    assert_eq!(validate(&schema, &manifest), Ok(()));
+    let spec = &filled["spec"];
+    assert_eq!(spec["tls"]["mode"], "none");
+    assert_eq!(spec["delivery"]["mode"], "spool");
+    assert_eq!(spec["receiver"]["mode"], "deployment");
+    assert_eq!(spec["monitoring"]["serviceMonitor"], false);
 }
