@@ -3,9 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use kube::CustomResourceExt;
 use kube::core::cel::{ErrorKind, ValidationError, ValidationErrors, Validator};
+use kube::{CustomResourceExt, ResourceExt};
 use metahook_operator::WebhookSubscription;
+use metahook_operator::crd::TlsModeSpec;
+use metahook_operator::resources::{self, Inputs};
 use serde_json::{Value, json};
 
 fn repo_file(relative: &str) -> PathBuf {
@@ -782,4 +784,58 @@ fn the_rust_defaults_are_the_schema_defaults() {
     assert_eq!(spec["delivery"]["mode"], "spool");
     assert_eq!(spec["receiver"]["mode"], "deployment");
     assert_eq!(spec["monitoring"]["serviceMonitor"], false);
+}
+
+/// The sample subscriptions in examples/ (local.yaml is a receiver configuration).
+const EXAMPLES: &[&str] = &[
+    "whatsapp.yaml",
+    "facebook-page.yaml",
+    "instagram.yaml",
+    "mtls.yaml",
+    "sidecar.yaml",
+];
+
+#[test]
+fn every_example_subscription_is_accepted() {
+    let listed: Vec<String> = std::fs::read_dir(repo_file("examples"))
+        .expect("examples/")
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name.ends_with(".yaml") && name != "local.yaml")
+        .collect();
+    for name in &listed {
+        assert!(
+            EXAMPLES.contains(&name.as_str()),
+            "examples/{name} is not checked: add it to EXAMPLES"
+        );
+    }
+    let schema = schema();
+    for name in EXAMPLES {
+        let path = repo_file(&format!("examples/{name}"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        // As kubectl sends it (the validator applies the schema's defaults) ...
+        let raw: Value =
+            serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{name} as YAML: {e}"));
+        if let Err(errors) = validate(&schema, &raw) {
+            panic!("examples/{name} is refused: {errors:#?}");
+        }
+        // ... and as the operator reads it.
+        let sub: WebhookSubscription = serde_saphyr::from_str(&text)
+            .unwrap_or_else(|e| panic!("{name} as a WebhookSubscription: {e}"));
+        let typed = serde_json::to_value(&sub).expect("as JSON");
+        if let Err(errors) = validate(&schema, &typed) {
+            panic!("examples/{name} (typed) is refused: {errors:#?}");
+        }
+        // The operator can build a receiver configuration from it.
+        let tls_secret = (sub.spec.tls.mode != TlsModeSpec::None).then(|| {
+            sub.spec.tls.secret_ref.as_ref().map_or_else(
+                || resources::tls_secret_name(&sub.name_any()),
+                |secret| secret.name.clone(),
+            )
+        });
+        let inputs = Inputs::new(&sub, "metahook-receiver:test", tls_secret, String::new())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        if let Err(e) = resources::config::receiver_config(&inputs) {
+            panic!("examples/{name}: the operator cannot configure a receiver from it: {e}");
+        }
+    }
 }
