@@ -247,3 +247,49 @@ async fn a_status_only_moves_forward() -> Result<()> {
         .await?;
     Ok(())
 }
+
+/// The URL can come from a file (a mounted Secret: URLs carry passwords), as the operator
+/// configures it; while the file is missing the sink retries rather than failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_url_can_come_from_a_file() -> Result<()> {
+    let db = connect().await?;
+    let schema = unique_schema();
+    let dir = tempfile::tempdir()?;
+    let url_file = dir.path().join("url");
+    let receiver = TestReceiver::start_with(|config, _| {
+        let mut sink = postgres_sink(&schema);
+        if let Some(postgres) = sink.postgres.as_mut() {
+            postgres.url = String::new();
+            postgres.url_file = Some(url_file.clone());
+        }
+        config.sinks.push(sink);
+    })
+    .await?;
+    let body = testkit::own_fixture_bodies()?
+        .into_iter()
+        .next()
+        .context("an own fixture")?;
+    ensure!(receiver.post(&body).await?.status == StatusCode::OK);
+    // Not deliverable until the file exists; then delivered.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::write(&url_file, format!("{URL}\n"))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stored = db
+            .query_opt(
+                "SELECT 1 FROM information_schema.tables WHERE table_schema = $1 AND table_name = 'events'",
+                &[&schema],
+            )
+            .await?
+            .is_some();
+        if stored && count(&db, &format!("SELECT count(*) FROM {schema}.events")).await? > 0 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "events never reached PostgreSQL via url_file"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
