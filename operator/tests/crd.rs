@@ -839,3 +839,75 @@ fn every_example_subscription_is_accepted() {
         }
     }
 }
+
+/// The YAML between `<!-- snippet:begin -->` and `<!-- snippet:end -->` in docs/sidecar.md.
+fn sidecar_snippet() -> Value {
+    let text = std::fs::read_to_string(repo_file("docs/sidecar.md")).expect("docs/sidecar.md");
+    let begin = text
+        .find("<!-- snippet:begin -->")
+        .expect("snippet:begin marker");
+    let end = text
+        .find("<!-- snippet:end -->")
+        .expect("snippet:end marker");
+    let block = &text[begin..end];
+    let yaml = block
+        .split_once("```yaml\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(yaml, _)| yaml)
+        .expect("a yaml block between the markers");
+    serde_saphyr::from_str(yaml).expect("the snippet is YAML")
+}
+
+#[test]
+fn sidecar_snippet_uses_the_operators_paths_and_ports() {
+    use metahook_operator::resources::workload::RUN_AS;
+    use metahook_operator::resources::{
+        CONFIG_DIR, CONFIG_KEY, DATA_DIR, HTTP_PORT, METRICS_PORT, SECRETS_DIR,
+    };
+    let pod = sidecar_snippet();
+    let receiver = pod["containers"]
+        .as_array()
+        .and_then(|containers| containers.iter().find(|c| c["name"] == "receiver"))
+        .expect("a container named receiver");
+    assert_eq!(
+        receiver["args"],
+        json!(["--config", format!("{CONFIG_DIR}/{CONFIG_KEY}")])
+    );
+    let mounts: Vec<(&str, &str)> = receiver["volumeMounts"]
+        .as_array()
+        .expect("volumeMounts")
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap_or(""),
+                m["mountPath"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            ("config", CONFIG_DIR),
+            ("secrets", SECRETS_DIR),
+            ("data", DATA_DIR)
+        ]
+    );
+    let ports: Vec<i64> = receiver["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .filter_map(|p| p["containerPort"].as_i64())
+        .collect();
+    assert_eq!(ports, [i64::from(HTTP_PORT), i64::from(METRICS_PORT)]);
+    assert_eq!(pod["securityContext"]["runAsUser"], json!(RUN_AS));
+    assert_eq!(pod["securityContext"]["fsGroup"], json!(RUN_AS));
+    let config_volume = pod["volumes"]
+        .as_array()
+        .and_then(|volumes| volumes.iter().find(|v| v["name"] == "config"))
+        .expect("the config volume");
+    assert_eq!(
+        config_volume["configMap"]["name"],
+        resources::config_map_name("acme-support-inbox")
+    );
+    assert_eq!(config_volume["configMap"]["items"][0]["key"], CONFIG_KEY);
+}
