@@ -41,29 +41,29 @@ const RESERVED_PATHS_CEL: &str = "['/metrics', '/healthz', '/readyz']";
     ),
     printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new("self.metadata.name.size() <= 47").message("metadata.name: at most 47 characters, so the names of the objects made from it (name + '-verify-token') stay valid")
+    validation = Rule::new("self.metadata.name.size() <= 47").message("metadata.name: at most 47 characters, so the names and label values made from it (e.g. NAME-verify-token) stay within 63")
 )]
 #[x_kube(validation = object_rule())]
 #[x_kube(validation = fields_rule())]
 #[x_kube(
     validation = Rule::new("self.delivery.mode != 'direct' || size(self.delivery.sinks) > 0")
-        .message("delivery.sinks: direct delivery needs at least one sink")
+        .message("direct delivery needs at least one sink").field_path(".delivery.sinks")
 )]
 #[x_kube(
     validation = Rule::new("self.delivery.mode != 'direct' || !has(self.delivery.spool)")
-        .message("delivery.spool: direct delivery keeps no spool volume")
+        .message("direct delivery keeps no spool volume").field_path(".delivery.spool")
 )]
 #[x_kube(
     validation = Rule::new("self.receiver.mode != 'sidecar' || (!has(self.ingress) && !self.monitoring.serviceMonitor && !has(self.delivery.spool))")
-        .message("receiver.mode: a sidecar runs in your own pod: ingress, monitoring.serviceMonitor and delivery.spool do not apply")
+        .message("a sidecar runs in your own pod: ingress, monitoring.serviceMonitor and delivery.spool do not apply").field_path(".receiver.mode")
 )]
 #[x_kube(
     validation = Rule::new("!has(self.ingress) || self.ingress.tlsTermination != 'passthrough' || self.tls.mode != 'none'")
-        .message("ingress.tlsTermination: passthrough needs tls.mode server or mutual (the receiver terminates TLS)")
+        .message("passthrough needs tls.mode server or mutual (the receiver terminates TLS)").field_path(".ingress.tlsTermination")
 )]
 #[x_kube(
     validation = Rule::new("self.tls.mode != 'mutual' || !has(self.ingress) || self.ingress.tlsTermination != 'ingress' || size(self.ingress.trustedProxyCIDRs) > 0")
-        .message("ingress.trustedProxyCIDRs: when the ingress terminates mutual TLS the receiver must know the ingress's addresses")
+        .message("when the ingress terminates mutual TLS the receiver must know the ingress's addresses").field_path(".ingress.trustedProxyCIDRs")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookSubscriptionSpec {
@@ -157,7 +157,8 @@ pub enum DeliveryModeSpec {
 #[serde(rename_all = "camelCase")]
 pub struct SpoolSpec {
     /// Size of each replica's volume, e.g. 1Gi.
-    #[x_kube(validation = Rule::new("self.matches('^[0-9]+(\\\\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$')").message("delivery.spool.size: a quantity such as 1Gi"))]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+(\\\\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$')").message("a quantity such as 1Gi"))]
+    #[schemars(length(min = 1, max = 32))]
     pub size: String,
     /// StorageClass of the volumes; the cluster's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -169,11 +170,11 @@ pub struct SpoolSpec {
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = Rule::new("[has(self.nats), has(self.http), has(self.postgres), has(self.file)].filter(x, x).size() == 1")
-        .message("delivery.sinks[]: set exactly one sink kind: nats, http, postgres or file")
+        .message("set exactly one sink kind: nats, http, postgres or file")
 )]
 pub struct SinkSpec {
     /// The sink's name (its cursor, metrics label and dead-letter file).
-    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$')").message("delivery.sinks[].name: lowercase letters, digits, '-' and '_'"))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$')").message("lowercase letters, digits, '-' and '_'"))]
     #[schemars(length(min = 1, max = 63))]
     pub name: String,
     /// Publish to NATS JetStream (Nats-Msg-Id = event id).
@@ -196,6 +197,10 @@ pub struct SinkSpec {
 /// NATS JetStream sink.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!self.createStream || has(self.stream)")
+        .message("createStream needs the stream's name").field_path(".stream")
+)]
 pub struct NatsSinkSpec {
     /// Server URL, e.g. nats://nats.nats:4222.
     #[schemars(length(min = 1))]
@@ -217,7 +222,8 @@ pub struct NatsSinkSpec {
 #[serde(rename_all = "camelCase")]
 pub struct HttpSinkSpec {
     /// The URL each event is POSTed to.
-    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("delivery.sinks[].http.url: an http:// or https:// URL"))]
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("an http:// or https:// URL"))]
+    #[schemars(length(min = 1, max = 2048))]
     pub url: String,
     /// Secret of the X-Metahook-Signature HMAC over each body.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -244,7 +250,8 @@ pub struct PostgresSinkSpec {
 #[serde(rename_all = "camelCase")]
 pub struct FileSinkSpec {
     /// File name on the receiver's data volume (/var/lib/metahook/files/).
-    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9._-]+$') && self != '.' && self != '..'").message("delivery.sinks[].file.name: a plain file name"))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9._-]+$') && self != '.' && self != '..'").message("a plain file name"))]
+    #[schemars(length(min = 1, max = 128))]
     pub name: String,
 }
 
@@ -258,7 +265,8 @@ pub struct RetrySpec {
     pub max_attempts: Option<u32>,
     /// Longest wait between attempts, e.g. 5m. Default 5m.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$')").message("delivery.retry.maxBackoff: a duration such as 30s, 5m or 1h"))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$')").message("a duration such as 30s, 5m or 1h"))]
+    #[schemars(length(min = 1, max = 32))]
     pub max_backoff: Option<String>,
 }
 
@@ -267,11 +275,11 @@ pub struct RetrySpec {
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = Rule::new("self.mode != 'mutual' || has(self.clientCARef)")
-        .message("tls.clientCARef: tls.mode mutual needs the CA bundle Meta's client certificate chains to")
+        .message("tls.mode mutual needs the CA bundle Meta's client certificate chains to").field_path(".clientCARef")
 )]
 #[x_kube(
     validation = Rule::new("self.mode != 'none' || (!has(self.secretRef) && !has(self.clientCARef))")
-        .message("tls.mode: secretRef and clientCARef need tls.mode server or mutual")
+        .message("secretRef and clientCARef need tls.mode server or mutual").field_path(".mode")
 )]
 pub struct TlsSpec {
     /// none: plain HTTP (TLS ends before the receiver); server: HTTPS; mutual: HTTPS and
@@ -337,7 +345,8 @@ pub struct SecretRef {
 #[serde(rename_all = "camelCase")]
 pub struct IngressSpec {
     /// The public host Meta calls, e.g. hooks.example.com.
-    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("ingress.host: a DNS name"))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("a DNS name"))]
+    #[schemars(length(min = 1, max = 253))]
     pub host: String,
     /// The IngressClass, e.g. nginx.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -508,7 +517,8 @@ fn object_rule() -> Rule {
         "self.object in {}",
         cel_list(&documented_objects())
     ))
-    .message("object: not an object Meta sends webhooks for (see docs/crd-reference.md)")
+    .message("not an object Meta sends webhooks for (see docs/crd-reference.md)")
+    .field_path(".object")
 }
 
 /// One rule per documented object with a closed field list, generated from the receiver's
@@ -524,14 +534,15 @@ fn fields_rule() -> Rule {
         }
     }
     Rule::new(clauses.join(" && "))
-        .message("fields: a field is not documented for this object (see docs/crd-reference.md)")
+        .message("a field is not documented for this object (see docs/crd-reference.md)")
+        .field_path(".fields")
 }
 
 fn path_rule() -> Rule {
     Rule::new(format!(
         "self.matches('^/[A-Za-z0-9._~/-]*$') && !(self in {RESERVED_PATHS_CEL})"
     ))
-    .message("path: starts with '/', holds only A-Z a-z 0-9 . _ ~ / -, and is not /metrics, /healthz or /readyz")
+    .message("starts with '/', holds only A-Z a-z 0-9 . _ ~ / -, and is not /metrics, /healthz or /readyz")
 }
 
 impl WebhookSubscriptionSpec {
