@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::bodies::SignedBodies;
-use super::client::{self, Connection};
+use super::client::{self, Connection, Transport};
 use super::signature::SIGNATURE_HEADER;
 
 /// A request not answered within this time counts as failed and its connection is replaced,
@@ -45,6 +45,8 @@ pub struct LoadPlan {
     pub warmup: Duration,
     /// Measured period.
     pub duration: Duration,
+    /// Plain HTTP or TLS (with or without a client certificate).
+    pub transport: Transport,
 }
 
 /// What one measurement window produced.
@@ -149,8 +151,8 @@ pub async fn run(plan: &LoadPlan, bodies: &Arc<SignedBodies>) -> Result<LoadResu
     let mut tasks = JoinSet::new();
     for _ in 0..plan.connections {
         let bodies = Arc::clone(bodies);
-        let (addr, path) = (plan.addr, plan.path);
-        tasks.spawn(async move { drive_connection(addr, path, &bodies, window).await });
+        let (addr, path, transport) = (plan.addr, plan.path, plan.transport.clone());
+        tasks.spawn(async move { drive_connection(addr, path, &transport, &bodies, window).await });
     }
     let mut total = Tally::new()?;
     while let Some(joined) = tasks.join_next().await {
@@ -169,6 +171,7 @@ pub async fn run(plan: &LoadPlan, bodies: &Arc<SignedBodies>) -> Result<LoadResu
 async fn drive_connection(
     addr: SocketAddr,
     path: &'static str,
+    transport: &Transport,
     bodies: &SignedBodies,
     window: Window,
 ) -> Result<Tally> {
@@ -178,7 +181,9 @@ async fn drive_connection(
     while Instant::now() < window.end {
         let mut open = match connection.take() {
             Some(open) if !open.is_closed() => open,
-            _ => match tokio::time::timeout(REQUEST_TIMEOUT, client::connect(addr)).await {
+            _ => match tokio::time::timeout(REQUEST_TIMEOUT, client::connect_with(addr, transport))
+                .await
+            {
                 Ok(Ok(open)) => open,
                 outcome => {
                     if window.contains(Instant::now()) {
@@ -291,6 +296,7 @@ mod tests {
                 connections: 4,
                 warmup: Duration::from_millis(50),
                 duration: Duration::from_millis(300),
+                transport: Transport::Plain,
             };
             let result = run(&plan, &bodies).await?;
             assert_eq!(result.failed, 0, "{:?}", result.first_failure);
@@ -308,6 +314,7 @@ mod tests {
             connections: 1,
             warmup: Duration::ZERO,
             duration: Duration::from_millis(100),
+            transport: Transport::Plain,
         };
         let rejected = run(&plan, &wrong).await?;
         assert_eq!(rejected.succeeded, 0);

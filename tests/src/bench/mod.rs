@@ -6,9 +6,12 @@
 //! text message and a 15 KB batch) each server is started fresh as a child process, driven
 //! for a fixed time, sampled for peak RSS and stopped; then one table is printed.
 //!
+//! The receiver is also run over HTTPS and mutual TLS ([`tls`]), judged against itself in
+//! plain HTTP in the same invocation.
+//!
 //! Modules by concept: [`bodies`] and [`signature`] make the requests, [`baseline`] is the
 //! reference server, [`client`] and [`load`] generate load, [`process`] and [`servers`] run
-//! the children, [`report`] prints and judges the figures.
+//! the children, [`tls`] makes the certificates, [`report`] prints and judges the figures.
 
 pub mod baseline;
 pub mod bodies;
@@ -19,6 +22,7 @@ pub mod process;
 pub mod report;
 pub mod servers;
 pub mod signature;
+pub mod tls;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -78,6 +82,15 @@ pub struct Args {
     #[arg(long)]
     pub baseline_only: bool,
 
+    /// Skip the receiver's HTTPS and mutual-TLS runs.
+    #[arg(long, conflicts_with = "tls_only")]
+    pub no_tls: bool,
+
+    /// Measure only the receiver in plain HTTP, HTTPS and mutual TLS (no baseline, no
+    /// sinks), for the TLS / plain ratios.
+    #[arg(long, conflicts_with = "baseline_only")]
+    pub tls_only: bool,
+
     /// Do not pin the servers and the load generator to separate CPUs.
     #[arg(long)]
     pub no_pin: bool,
@@ -119,7 +132,11 @@ pub fn main(args: Args) -> Result<()> {
     ensure!(!args.duration.is_zero(), "--duration must be positive");
 
     let mut programs = Programs::resolve(args.receiver_bin.clone(), args.baseline_only)?;
-    programs.with_sinks = !args.no_sinks && drain::services_available();
+    programs.with_sinks = !args.no_sinks && !args.tls_only && drain::services_available();
+    programs.tls_only = args.tls_only;
+    if !args.no_tls && !args.baseline_only {
+        programs.tls = Some(tls::BenchTls::new().context("generating the TLS runs' certificates")?);
+    }
     let templates = BodyKind::ALL
         .into_iter()
         .map(|kind| Ok((kind, BodyTemplate::new(kind)?)))
@@ -145,6 +162,7 @@ pub fn main(args: Args) -> Result<()> {
             .map(|(kind, template)| (*kind, template.len(), template.messages()))
             .collect(),
         baseline_only: programs.receiver.is_none(),
+        runs: programs.kinds().iter().map(|k| k.label()).collect(),
     });
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -207,7 +225,7 @@ async fn measure(
     let addr = launched.addr;
     launched
         .process
-        .wait_healthy(addr, HEALTH_PATH, READY_TIMEOUT)
+        .wait_healthy(addr, &launched.probe, HEALTH_PATH, READY_TIMEOUT)
         .await?;
     let plan = LoadPlan {
         addr,
@@ -215,6 +233,7 @@ async fn measure(
         connections: args.connections,
         warmup: args.warmup,
         duration: args.duration,
+        transport: launched.transport.clone(),
     };
     let load_started = std::time::Instant::now();
     let (load, cpu) = tokio::join!(

@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use tokio::time::Instant;
 
-use super::client;
+use super::client::{self, Transport};
 
 /// How long a server gets to exit after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(15);
@@ -200,11 +200,12 @@ impl ServerProcess {
         })
     }
 
-    /// Polls `GET /healthz` until it answers 200. Fails early if the child exits, and after
-    /// `timeout` otherwise, naming the binary and quoting its stderr.
+    /// Polls `GET /healthz` over `transport` until it answers 200. Fails early if the child
+    /// exits, and after `timeout` otherwise, naming the binary and quoting its stderr.
     pub async fn wait_healthy(
         &mut self,
         addr: SocketAddr,
+        transport: &Transport,
         path: &str,
         timeout: Duration,
     ) -> Result<()> {
@@ -218,7 +219,7 @@ impl ServerProcess {
                     self.stderr_tail()
                 );
             }
-            let last = match client::get(addr, path, Duration::from_secs(1)).await {
+            let last = match client::get_with(addr, transport, path, Duration::from_secs(1)).await {
                 Ok(reply) if reply.status.is_success() => return Ok(()),
                 Ok(reply) => format!("HTTP {}", reply.status),
                 Err(err) => format!("{err:#}"),

@@ -49,6 +49,8 @@ pub struct Setup {
     pub bodies: Vec<(BodyKind, usize, usize)>,
     /// Whether the receiver is skipped.
     pub baseline_only: bool,
+    /// The servers measured, in order.
+    pub runs: Vec<&'static str>,
 }
 
 /// One server measured with one body.
@@ -130,6 +132,14 @@ pub fn print_setup(setup: &Setup) {
     if setup.baseline_only {
         println!("receiver: skipped (--baseline-only)");
     }
+    println!("runs per body: {}", setup.runs.join(", "));
+    if setup.runs.contains(&"rcv+tls") {
+        println!(
+            "rcv+tls / rcv+mtls: the receiver over HTTPS (tls.mode: server) and with mutual TLS \
+             (the load presents a client certificate); rustls + ring on both sides, ECDSA P-256 \
+             certificates (rcgen), handshakes during the warm-up"
+        );
+    }
     println!();
 }
 
@@ -159,8 +169,67 @@ pub fn print_results(measurements: &[Measurement]) {
          100% = one CPU)"
     );
     print_targets(measurements);
+    print_tls(measurements);
     print_sinks(measurements);
     print_notes(measurements);
+}
+
+/// TLS and mTLS throughput must be at least this fraction of the plain receiver's.
+const TARGET_TLS_THROUGHPUT_RATIO: f64 = 0.8;
+
+/// The HTTPS and mTLS runs against the plain receiver of the same body.
+fn print_tls(measurements: &[Measurement]) {
+    let runs: Vec<&Measurement> = measurements
+        .iter()
+        .filter(|m| matches!(m.server, ServerKind::ReceiverTls | ServerKind::ReceiverMtls))
+        .collect();
+    if runs.is_empty() {
+        println!("receiver over TLS: not measured (--no-tls)");
+        return;
+    }
+    println!();
+    println!(
+        "{:<12} {:<9} {:<28} {:<20} {:<20}",
+        "TLS / plain",
+        "server",
+        format!("req/s ratio (≥ {TARGET_TLS_THROUGHPUT_RATIO:.2}×)"),
+        "p50 ratio",
+        "p99 ratio"
+    );
+    for run in runs {
+        let plain = measurements
+            .iter()
+            .find(|m| m.body == run.body && m.server == ServerKind::Receiver);
+        let Some(plain) = plain else { continue };
+        if !(plain.reliable() && run.reliable()) {
+            println!(
+                "{:<12} {:<9} n/a (failed run)",
+                run.body.label(),
+                run.server.label()
+            );
+            continue;
+        }
+        let throughput = run.load.requests_per_sec() / plain.load.requests_per_sec();
+        let verdict = if throughput >= TARGET_TLS_THROUGHPUT_RATIO {
+            "met"
+        } else {
+            "missed"
+        };
+        println!(
+            "{:<12} {:<9} {:<28} {:<20} {:<20}",
+            run.body.label(),
+            run.server.label(),
+            format!("{throughput:.2}× {verdict}"),
+            format!(
+                "{:.2}×",
+                run.load.latency_ms(0.50) / plain.load.latency_ms(0.50)
+            ),
+            format!(
+                "{:.2}×",
+                run.load.latency_ms(0.99) / plain.load.latency_ms(0.99)
+            ),
+        );
+    }
 }
 
 /// Targets of the delivery issue: events/s into JetStream and PostgreSQL, and the 200 path
@@ -278,7 +347,7 @@ fn print_targets(measurements: &[Measurement]) {
         .collect();
     println!();
     if pairs.is_empty() {
-        println!("receiver/baseline ratios: not computed (receiver not measured)");
+        println!("receiver/baseline ratios: not computed (baseline or receiver not measured)");
         return;
     }
     println!(

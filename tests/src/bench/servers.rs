@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use tempfile::TempDir;
 
+use super::client::Transport;
 use super::process::{ServerProcess, free_port};
+use super::tls::BenchTls;
 
 /// App secret both servers verify with (invented for the benchmark).
 pub const APP_SECRET: &[u8] = b"bench-app-secret-5f0c9a7e21d84b36";
@@ -36,6 +38,10 @@ pub enum ServerKind {
     Receiver,
     /// `metahook-receiver` with the file, NATS JetStream and PostgreSQL sinks on.
     ReceiverSinks,
+    /// `metahook-receiver` serving HTTPS (`tls.mode: server`).
+    ReceiverTls,
+    /// `metahook-receiver` requiring Meta's client certificate (`tls.mode: mutual`).
+    ReceiverMtls,
 }
 
 impl ServerKind {
@@ -45,6 +51,8 @@ impl ServerKind {
             Self::Baseline => "baseline",
             Self::Receiver => "receiver",
             Self::ReceiverSinks => "rcv+sinks",
+            Self::ReceiverTls => "rcv+tls",
+            Self::ReceiverMtls => "rcv+mtls",
         }
     }
 }
@@ -58,6 +66,10 @@ pub struct Programs {
     pub receiver: Option<ReceiverProgram>,
     /// Also measure the receiver with NATS and PostgreSQL sinks.
     pub with_sinks: bool,
+    /// Certificates for the HTTPS and mTLS runs; `None` skips them.
+    pub tls: Option<BenchTls>,
+    /// Measure only the receiver in plain HTTP, TLS and mTLS (no baseline, no sinks).
+    pub tls_only: bool,
 }
 
 /// The receiver under test.
@@ -91,15 +103,23 @@ impl Programs {
             bench,
             receiver,
             with_sinks: false,
+            tls: None,
+            tls_only: false,
         })
     }
 
     /// The server kinds to measure, in run order.
     pub fn kinds(&self) -> Vec<ServerKind> {
-        let mut kinds = vec![ServerKind::Baseline];
+        let mut kinds = Vec::new();
+        if !self.tls_only {
+            kinds.push(ServerKind::Baseline);
+        }
         if self.receiver.is_some() {
             kinds.push(ServerKind::Receiver);
-            if self.with_sinks {
+            if self.tls.is_some() {
+                kinds.extend([ServerKind::ReceiverTls, ServerKind::ReceiverMtls]);
+            }
+            if self.with_sinks && !self.tls_only {
                 kinds.push(ServerKind::ReceiverSinks);
             }
         }
@@ -119,6 +139,10 @@ pub struct Launched {
     pub dir: TempDir,
     /// The JetStream stream and PostgreSQL schema of a `ReceiverSinks` run.
     pub sink_targets: Option<SinkTargets>,
+    /// How the load generator connects (with the client certificate in the mTLS run).
+    pub transport: Transport,
+    /// How the health check connects (never with a client certificate).
+    pub probe: Transport,
 }
 
 /// Where a `ReceiverSinks` run delivers, named uniquely so runs never mix.
@@ -165,8 +189,11 @@ pub fn launch(kind: ServerKind, programs: &Programs, cpu: Option<usize>) -> Resu
                 secret_file.into(),
             ],
         ),
-        ServerKind::Receiver | ServerKind::ReceiverSinks => {
-            let extra = match &sink_targets {
+        ServerKind::Receiver
+        | ServerKind::ReceiverSinks
+        | ServerKind::ReceiverTls
+        | ServerKind::ReceiverMtls => {
+            let mut extra = match &sink_targets {
                 Some(targets) => format!(
                     "  - name: bus\n    nats: {{url: {nats}, subject: {subject}, stream: {stream}, create_stream: true}}\n  \
                      - name: store\n    postgres: {{url: {pg}, schema: {schema}}}\n",
@@ -181,6 +208,13 @@ pub fn launch(kind: ServerKind, programs: &Programs, cpu: Option<usize>) -> Resu
                 ),
                 None => String::new(),
             };
+            if let Some(mutual) = tls_mode(kind) {
+                let tls = programs
+                    .tls
+                    .as_ref()
+                    .context("a TLS run without certificates")?;
+                extra.push_str(&tls.config_section(dir.path(), mutual)?);
+            }
             let config = write_receiver_config(dir.path(), addr, &secret_file, &extra)?;
             match &programs.receiver {
                 Some(ReceiverProgram::External(path)) => {
@@ -194,23 +228,38 @@ pub fn launch(kind: ServerKind, programs: &Programs, cpu: Option<usize>) -> Resu
             }
         }
     };
+    let (transport, probe) = match (tls_mode(kind), &programs.tls) {
+        (Some(mutual), Some(tls)) => (tls.transport(mutual)?, tls.transport(false)?),
+        _ => (Transport::Plain, Transport::Plain),
+    };
     let process = ServerProcess::spawn(kind.label(), program, &args, cpu, dir.path())?;
     Ok(Launched {
         process,
         addr,
         dir,
         sink_targets,
+        transport,
+        probe,
     })
 }
 
-/// Writes the receiver's `config.yaml` (and its verify-token file) into `dir`. Paths are
-/// written as JSON strings, which YAML reads as double-quoted scalars, so unusual temp-dir
-/// names cannot break the file.
+/// For a TLS run, whether it is mutual; `None` for plain HTTP.
+fn tls_mode(kind: ServerKind) -> Option<bool> {
+    match kind {
+        ServerKind::ReceiverTls => Some(false),
+        ServerKind::ReceiverMtls => Some(true),
+        _ => None,
+    }
+}
+
+/// Writes the receiver's `config.yaml` (and its verify-token file) into `dir`; `extra` is
+/// appended (more sinks, a `tls:` section). Paths are written as JSON strings, which YAML
+/// reads as double-quoted scalars, so unusual temp-dir names cannot break the file.
 fn write_receiver_config(
     dir: &Path,
     addr: SocketAddr,
     secret_file: &Path,
-    extra_sinks: &str,
+    extra: &str,
 ) -> Result<PathBuf> {
     let verify_token_file = dir.join("verify-token");
     std::fs::write(&verify_token_file, VERIFY_TOKEN)
@@ -230,7 +279,7 @@ fn write_receiver_config(
            dir: {spool}\n\
          sinks:\n  \
            - name: local\n    \
-             file: {{path: {events}}}\n{extra_sinks}",
+             file: {{path: {events}}}\n{extra}",
         listen = quoted(&addr.to_string()),
         path = quoted(super::WEBHOOK_PATH),
         secret = quoted_path(secret_file)?,
@@ -279,6 +328,31 @@ mod tests {
         );
         assert_eq!(config, expected);
         assert!(dir.path().join("spool").is_dir());
+        Ok(())
+    }
+
+    #[test]
+    fn tls_runs_write_a_configuration_the_receiver_loads() -> Result<()> {
+        let tls = BenchTls::new()?;
+        for mutual in [false, true] {
+            let dir = tempfile::tempdir()?;
+            let section = tls.config_section(dir.path(), mutual)?;
+            let path = write_receiver_config(
+                dir.path(),
+                "127.0.0.1:4321".parse()?,
+                &dir.path().join("app-secret"),
+                &section,
+            )?;
+            let config = metahook_receiver::config::Config::load(&path)?;
+            let settings = config.tls.context("tls section")?;
+            let expected = if mutual {
+                metahook_receiver::config::TlsMode::Mutual
+            } else {
+                metahook_receiver::config::TlsMode::Server
+            };
+            assert_eq!(settings.mode, expected);
+            metahook_receiver::tls::check(&settings)?;
+        }
         Ok(())
     }
 }
