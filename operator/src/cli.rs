@@ -179,7 +179,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     };
 
     let controller = watches(&client, subscriptions, cli.namespace.as_deref());
-    tokio::spawn(forget_deleted(controller.store(), metrics.clone()));
+    tokio::spawn(forget_deleted(
+        controller.store(),
+        metrics.clone(),
+        ctx.clone(),
+    ));
     controller
         .shutdown_on_signal()
         .graceful_shutdown_on(lost)
@@ -257,9 +261,13 @@ fn subscriptions_of_secret(
         .collect()
 }
 
-/// Drops metric series of deleted subscriptions every minute (a deleted subscription
+/// Drops metric series and remembered state of deleted subscriptions every minute (a deleted subscription
 /// has no finalizer, so no reconciliation sees it go).
-async fn forget_deleted(store: Store<WebhookSubscription>, metrics: Arc<Metrics>) {
+async fn forget_deleted(
+    store: Store<WebhookSubscription>,
+    metrics: Arc<Metrics>,
+    ctx: Arc<Context>,
+) {
     let mut interval = tokio::time::interval(Duration::from_secs(60));
     loop {
         interval.tick().await;
@@ -270,6 +278,9 @@ async fn forget_deleted(store: Store<WebhookSubscription>, metrics: Arc<Metrics>
             .collect();
         metrics.retain_certificates(|namespace, name| {
             existing.contains(&(namespace.to_owned(), name.to_owned()))
+        });
+        ctx.forget_deleted(|sub| {
+            existing.contains(&(sub.namespace.clone().unwrap_or_default(), sub.name.clone()))
         });
     }
 }

@@ -11,7 +11,7 @@
 //!    PodDisruptionBudget (applied when wanted, deleted when not);
 //! 5. the status.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -75,6 +75,9 @@ pub struct Context {
     pub clock: Box<dyn Fn() -> OffsetDateTime + Send + Sync>,
     /// Consecutive failures per subscription, for the error policy's backoff.
     failures: Mutex<HashMap<ObjectRef<WebhookSubscription>, u32>>,
+    /// Kinds of unwanted children this process deleted or found absent, per subscription,
+    /// so later passes skip the DELETE (a fresh process, e.g. a new leader, deletes once).
+    absent: Mutex<HashSet<(ObjectRef<WebhookSubscription>, &'static str)>>,
 }
 
 impl Debug for Context {
@@ -109,6 +112,33 @@ impl Context {
             capabilities: Mutex::new(capabilities),
             clock: Box::new(OffsetDateTime::now_utc),
             failures: Mutex::new(HashMap::new()),
+            absent: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Forgets what is remembered about subscriptions that no longer exist.
+    pub fn forget_deleted(&self, exists: impl Fn(&ObjectRef<WebhookSubscription>) -> bool) {
+        if let Ok(mut failures) = self.failures.lock() {
+            failures.retain(|sub, _| exists(sub));
+        }
+        if let Ok(mut absent) = self.absent.lock() {
+            absent.retain(|(sub, _)| exists(sub));
+        }
+    }
+
+    fn known_absent(&self, sub: &ObjectRef<WebhookSubscription>, kind: &'static str) -> bool {
+        self.absent
+            .lock()
+            .is_ok_and(|absent| absent.contains(&(sub.clone(), kind)))
+    }
+
+    fn set_absent(&self, sub: &ObjectRef<WebhookSubscription>, kind: &'static str, absent: bool) {
+        if let Ok(mut set) = self.absent.lock() {
+            if absent {
+                set.insert((sub.clone(), kind));
+            } else {
+                set.remove(&(sub.clone(), kind));
+            }
         }
     }
 
@@ -224,19 +254,30 @@ async fn apply_dynamic(
     Ok(())
 }
 
-/// Deletes an object that is no longer wanted; absent is fine.
-async fn delete_unwanted<K>(api: &Api<K>, name: &str, what: &str) -> Result<(), Error>
+/// Deletes an object that is no longer wanted; absent is fine. Skipped when this process
+/// already saw it absent for the subscription.
+async fn delete_unwanted<K>(
+    ctx: &Context,
+    sub: &ObjectRef<WebhookSubscription>,
+    api: &Api<K>,
+    name: &str,
+    kind: &'static str,
+) -> Result<(), Error>
 where
     K: Resource + DeserializeOwned + Clone + Debug,
 {
+    if ctx.known_absent(sub, kind) {
+        return Ok(());
+    }
     match api.delete(name, &DeleteParams::background()).await {
         Ok(_) => {
-            tracing::info!(%name, kind = what, "deleted an object the subscription no longer wants");
-            Ok(())
+            tracing::info!(%name, kind, "deleted an object the subscription no longer wants");
         }
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(e) => Err(Error::kube(format!("delete {what} {name}"), e)),
+        Err(kube::Error::Api(status)) if status.code == 404 => {}
+        Err(e) => return Err(Error::kube(format!("delete {kind} {name}"), e)),
     }
+    ctx.set_absent(sub, kind, true);
+    Ok(())
 }
 
 async fn publish(
@@ -270,12 +311,15 @@ async fn reconcile_inner(sub: &WebhookSubscription, ctx: &Context) -> Result<Act
     let namespace = sub
         .namespace()
         .ok_or_else(|| Error::Incomplete(format!("WebhookSubscription {name} has no namespace")))?;
+    let sub_ref = ObjectRef::from_obj(sub);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let provisional = Inputs::new(sub, &ctx.settings.receiver_image, None, String::new())?;
 
     // 1. The verify token, generated once when not given.
+    let mut known = BTreeMap::new();
     if sub.spec.verify_token_ref.is_none() {
-        ensure_verify_token(ctx, sub, &provisional, &secrets).await?;
+        let secret = ensure_verify_token(ctx, sub, &provisional, &secrets).await?;
+        known.insert(resources::verify_token_secret_name(&name), secret);
     }
 
     // 2. Every referenced Secret key.
@@ -300,7 +344,7 @@ async fn reconcile_inner(sub: &WebhookSubscription, ctx: &Context) -> Result<Act
             key: "ca.crt".to_owned(),
         });
     }
-    let (missing, mut digest_parts, fetched) = resolve(&secrets, &refs).await?;
+    let (missing, mut digest_parts, fetched) = resolve(&secrets, &refs, known).await?;
     let mut observed = Observed {
         missing,
         certificate: CertificateState::Unknown,
@@ -398,8 +442,8 @@ async fn reconcile_inner(sub: &WebhookSubscription, ctx: &Context) -> Result<Act
         secrets_digest,
     )?;
     let config = resources::config::receiver_config(&inputs)?;
-    let config_map = resources::config::config_map(&inputs, &config)?;
     let config_yaml = config.to_yaml()?;
+    let config_map = resources::config::config_map(&inputs, &config_yaml)?;
     let config_hash = resources::digest([config_yaml.as_bytes(), inputs.secrets_digest.as_bytes()]);
     apply(
         &Api::<ConfigMap>::namespaced(ctx.client.clone(), &namespace),
@@ -414,14 +458,15 @@ async fn reconcile_inner(sub: &WebhookSubscription, ctx: &Context) -> Result<Act
     let capabilities = ctx.capabilities();
     if sub.spec.receiver.mode == ReceiverModeSpec::Sidecar {
         observed.receiver = ReceiverState::Sidecar;
-        delete_unwanted(&deployments, &name, "Deployment").await?;
-        delete_unwanted(&stateful_sets, &name, "StatefulSet").await?;
-        delete_unwanted(&services, &name, "Service").await?;
+        delete_unwanted(ctx, &sub_ref, &deployments, &name, "Deployment").await?;
+        delete_unwanted(ctx, &sub_ref, &stateful_sets, &name, "StatefulSet").await?;
+        delete_unwanted(ctx, &sub_ref, &services, &name, "Service").await?;
     } else {
         observed.receiver = match resources::workload::workload(&inputs, &config_hash)? {
             Workload::Deployment(deployment) => {
                 let applied = apply(&deployments, &deployment).await?;
-                delete_unwanted(&stateful_sets, &name, "StatefulSet").await?;
+                ctx.set_absent(&sub_ref, "Deployment", false);
+                delete_unwanted(ctx, &sub_ref, &stateful_sets, &name, "StatefulSet").await?;
                 let status = applied.status.unwrap_or_default();
                 ReceiverState::Workload {
                     kind: "Deployment",
@@ -431,7 +476,8 @@ async fn reconcile_inner(sub: &WebhookSubscription, ctx: &Context) -> Result<Act
             }
             Workload::StatefulSet(stateful_set) => {
                 let applied = apply(&stateful_sets, &stateful_set).await?;
-                delete_unwanted(&deployments, &name, "Deployment").await?;
+                ctx.set_absent(&sub_ref, "StatefulSet", false);
+                delete_unwanted(ctx, &sub_ref, &deployments, &name, "Deployment").await?;
                 let status = applied.status.unwrap_or_default();
                 ReceiverState::Workload {
                     kind: "StatefulSet",
@@ -441,24 +487,27 @@ async fn reconcile_inner(sub: &WebhookSubscription, ctx: &Context) -> Result<Act
             }
         };
         apply(&services, &resources::service::service(&inputs)?).await?;
+        ctx.set_absent(&sub_ref, "Service", false);
         observed.endpoint = Some(resources::service::endpoint_url(&inputs));
     }
     match resources::ingress::ingress(&inputs)? {
         Some(ingress) if sub.spec.receiver.mode != ReceiverModeSpec::Sidecar => {
             apply(&ingresses, &ingress).await?;
+            ctx.set_absent(&sub_ref, "Ingress", false);
         }
-        _ => delete_unwanted(&ingresses, &name, "Ingress").await?,
+        _ => delete_unwanted(ctx, &sub_ref, &ingresses, &name, "Ingress").await?,
     }
     if capabilities.service_monitor {
         let resource = monitoring::service_monitor_resource();
         match monitoring::service_monitor(&inputs, capabilities)? {
             Some(object) => {
                 apply_dynamic(&ctx.client, &namespace, &resource, &object).await?;
+                ctx.set_absent(&sub_ref, "ServiceMonitor", false);
             }
             None => {
                 let api: Api<DynamicObject> =
                     Api::namespaced_with(ctx.client.clone(), &namespace, &resource);
-                delete_unwanted(&api, &name, "ServiceMonitor").await?;
+                delete_unwanted(ctx, &sub_ref, &api, &name, "ServiceMonitor").await?;
             }
         }
     }
@@ -471,12 +520,13 @@ async fn reconcile_inner(sub: &WebhookSubscription, ctx: &Context) -> Result<Act
         match wanted {
             Some((resource, object)) => {
                 apply_dynamic(&ctx.client, &namespace, &resource, &object).await?;
+                ctx.set_absent(&sub_ref, "PodDisruptionBudget", false);
             }
             None => {
                 let resource = monitoring::pdb_resource(version);
                 let api: Api<DynamicObject> =
                     Api::namespaced_with(ctx.client.clone(), &namespace, &resource);
-                delete_unwanted(&api, &name, "PodDisruptionBudget").await?;
+                delete_unwanted(ctx, &sub_ref, &api, &name, "PodDisruptionBudget").await?;
             }
         }
     }
@@ -486,14 +536,15 @@ async fn reconcile_inner(sub: &WebhookSubscription, ctx: &Context) -> Result<Act
     Ok(Action::requeue(requeue))
 }
 
-/// Reads the generated verify token, or makes it; applies its Secret either way (labels
-/// and owner reference), never changing an existing token.
+/// Reads the generated verify token, or makes it, and returns its Secret. The Secret is
+/// applied when the token is new or the Secret lacks this subscription's owner reference;
+/// an existing token is never changed.
 async fn ensure_verify_token(
     ctx: &Context,
     sub: &WebhookSubscription,
     inputs: &Inputs<'_>,
     secrets: &Api<Secret>,
-) -> Result<(), Error> {
+) -> Result<Secret, Error> {
     let name = resources::verify_token_secret_name(&inputs.name);
     let existing = secrets
         .get_opt(&name)
@@ -509,11 +560,20 @@ async fn ensure_verify_token(
         Some(token) => (token, false),
         None => (secret_objects::generate_verify_token(), true),
     };
-    apply(
-        secrets,
-        &secret_objects::verify_token_secret(inputs, &token)?,
-    )
-    .await?;
+    let owned = existing.as_ref().is_some_and(|secret| {
+        secret
+            .owner_references()
+            .iter()
+            .any(|owner| Some(&owner.uid) == sub.uid().as_ref() && owner.controller == Some(true))
+    });
+    let desired = secret_objects::verify_token_secret(inputs, &token)?;
+    let secret = match existing {
+        Some(existing) if owned && !generated => existing,
+        _ => {
+            apply(secrets, &desired).await?;
+            desired
+        }
+    };
     if generated {
         publish(
             ctx,
@@ -528,16 +588,18 @@ async fn ensure_verify_token(
         )
         .await;
     }
-    Ok(())
+    Ok(secret)
 }
 
 type Fetched = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
 
-/// GETs each referenced Secret once (in name order) and checks its keys. Returns what is
-/// missing, the referenced values (for the pods' rollout hash) and the data by Secret.
+/// GETs each referenced Secret once (in name order; those in `known` were just read or
+/// written) and checks its keys. Returns what is missing, the referenced values (for the
+/// pods' rollout hash) and the data by Secret.
 async fn resolve(
     secrets: &Api<Secret>,
     refs: &[SecretKeyRef],
+    mut known: BTreeMap<String, Secret>,
 ) -> Result<(Vec<Missing>, Vec<Vec<u8>>, Fetched), Error> {
     let mut by_secret: BTreeMap<&str, Vec<&SecretKeyRef>> = BTreeMap::new();
     for reference in refs {
@@ -550,10 +612,13 @@ async fn resolve(
     let mut digest_parts = Vec::new();
     let mut fetched = Fetched::new();
     for (name, wanted) in by_secret {
-        let secret = secrets
-            .get_opt(name)
-            .await
-            .map_err(|e| Error::kube(format!("get Secret {name}"), e))?;
+        let secret = match known.remove(name) {
+            Some(secret) => Some(secret),
+            None => secrets
+                .get_opt(name)
+                .await
+                .map_err(|e| Error::kube(format!("get Secret {name}"), e))?,
+        };
         let Some(secret) = secret else {
             for reference in wanted {
                 if !missing.iter().any(|m: &Missing| m.reference == *reference) {

@@ -79,10 +79,6 @@ async fn create_generates_the_token_and_applies_every_object() {
             format!("{CORE}/secrets/meta-app"),
             Reply::Object(app_secret()),
         ),
-        get(
-            format!("{CORE}/secrets/wa-verify-token"),
-            Reply::Object(token_secret()),
-        ),
     ];
     script.extend(workload_steps(0));
     script.push(status_step());
@@ -208,10 +204,6 @@ async fn an_existing_token_is_kept_and_ready_follows_the_workload() {
             format!("{CORE}/secrets/meta-app"),
             Reply::Object(app_secret()),
         ),
-        get(
-            format!("{CORE}/secrets/wa-verify-token"),
-            Reply::Object(token_secret()),
-        ),
     ];
     script.extend(workload_steps(1));
     script.push(status_step());
@@ -315,10 +307,6 @@ async fn a_missing_secret_is_named_and_nothing_is_applied() {
             format!("{CORE}/secrets/meta-app"),
             Reply::Object(app_secret()),
         ),
-        get(
-            format!("{CORE}/secrets/wa-verify-token"),
-            Reply::Object(token_secret()),
-        ),
         event(NS),
         status_step(),
     ];
@@ -328,7 +316,7 @@ async fn a_missing_secret_is_named_and_nothing_is_applied() {
         .expect("reconcile");
     assert_eq!(action, Action::requeue(controller::MISSING_SECRET_RETRY));
     let served = api.finish().await;
-    let warning = &served[4].body;
+    let warning = &served[3].body;
     assert_eq!(warning["type"], "Warning");
     assert_eq!(warning["reason"], "SecretNotResolved");
     assert_eq!(warning["note"], "Secret acme/meta-app has no key previous");
@@ -360,10 +348,6 @@ async fn an_absent_secret_is_named() {
         get(
             format!("{CORE}/secrets/meta-app"),
             Reply::Error(404, "NotFound"),
-        ),
-        get(
-            format!("{CORE}/secrets/wa-verify-token"),
-            Reply::Object(token_secret()),
         ),
         event(NS),
         status_step(),
@@ -866,5 +850,68 @@ async fn mutual_tls_at_the_ingress_needs_the_ca_under_ca_crt() {
     assert_eq!(
         condition(status, "SecretsResolved")["message"],
         "Secret acme/meta-client-ca has no key ca.crt"
+    );
+}
+
+#[tokio::test]
+async fn an_owned_token_is_read_once_and_absent_children_are_not_deleted_twice() {
+    let sub = subscription("wa", NS, &whatsapp_spec());
+    // The generated token Secret as the operator applied it: owned by the subscription.
+    let mut owned_token = token_secret();
+    owned_token["metadata"]["ownerReferences"] = json!([{
+        "apiVersion": "metahook.io/v1alpha1",
+        "kind": "WebhookSubscription",
+        "name": "wa",
+        "uid": "11111111-2222-3333-4444-555555555555",
+        "controller": true,
+        "blockOwnerDeletion": true,
+    }]);
+    let pass = |deletes: bool| {
+        let mut steps = vec![
+            get(
+                format!("{CORE}/secrets/wa-verify-token"),
+                Reply::Object(owned_token.clone()),
+            ),
+            get(
+                format!("{CORE}/secrets/meta-app"),
+                Reply::Object(app_secret()),
+            ),
+        ];
+        steps.extend(
+            workload_steps(1)
+                .into_iter()
+                .filter(|step| deletes || step.method != Method::DELETE),
+        );
+        steps.push(status_step());
+        steps
+    };
+    // First pass: deletes the unwanted kinds once (absent: 404); becomes Ready.
+    let mut script = pass(true);
+    script.push(event(NS));
+    // Second pass on the same process: the token is read once and not re-applied, and
+    // what was absent is not deleted again.
+    script.extend(pass(false));
+    let api = MockApi::start(script, Capabilities::default(), test_now());
+    controller::reconcile(Arc::new(sub.clone()), api.ctx.clone())
+        .await
+        .expect("first pass");
+    // As the watch would deliver it after the first pass: Ready (no second Ready Event).
+    let mut ready = sub;
+    ready.status = Some(
+        serde_json::from_value(json!({"conditions": [{
+            "type": "Ready", "status": "True", "reason": "Ready", "message": "",
+            "lastTransitionTime": "2026-09-21T00:00:00Z",
+        }]}))
+        .expect("status"),
+    );
+    controller::reconcile(Arc::new(ready), api.ctx.clone())
+        .await
+        .expect("second pass");
+    let served = api.finish().await;
+    assert!(
+        served
+            .iter()
+            .all(|s| !(s.method == Method::PATCH && s.path.ends_with("/secrets/wa-verify-token"))),
+        "an owned, existing token Secret is not re-applied"
     );
 }

@@ -106,7 +106,9 @@ fn labels_and_owner_references_on_every_object() {
         panic!("no spool size: a Deployment");
     };
     let metas = [
-        config_map(&inputs, &config).expect("configmap").metadata,
+        config_map(&inputs, &config.to_yaml().expect("yaml"))
+            .expect("configmap")
+            .metadata,
         deployment.metadata.clone(),
         service(&inputs).expect("service").metadata,
     ];

@@ -132,11 +132,14 @@ fn sink_config(sink: &SinkSpec, default_retry: Option<&RetrySpec>) -> Value {
     out
 }
 
-/// The ConfigMap holding the configuration as YAML.
-pub fn config_map(inputs: &Inputs<'_>, config: &Config) -> Result<ConfigMap, Error> {
+/// The ConfigMap holding the configuration's YAML (`Config::to_yaml`).
+pub fn config_map(inputs: &Inputs<'_>, config_yaml: &str) -> Result<ConfigMap, Error> {
     Ok(ConfigMap {
         metadata: inputs.meta(super::config_map_name(&inputs.name))?,
-        data: Some(BTreeMap::from([(CONFIG_KEY.to_owned(), config.to_yaml()?)])),
+        data: Some(BTreeMap::from([(
+            CONFIG_KEY.to_owned(),
+            config_yaml.to_owned(),
+        )])),
         ..ConfigMap::default()
     })
 }
