@@ -189,12 +189,13 @@ fn print_tls(measurements: &[Measurement]) {
     }
     println!();
     println!(
-        "{:<12} {:<9} {:<28} {:<20} {:<20}",
+        "{:<12} {:<9} {:<28} {:<12} {:<12} {:<16}",
         "TLS / plain",
         "server",
         format!("req/s ratio (≥ {TARGET_TLS_THROUGHPUT_RATIO:.2}×)"),
         "p50 ratio",
-        "p99 ratio"
+        "p99 ratio",
+        "srv CPU/request"
     );
     for run in runs {
         let plain = measurements
@@ -215,8 +216,11 @@ fn print_tls(measurements: &[Measurement]) {
         } else {
             "missed"
         };
+        // Server CPU per request: less sensitive than req/s to other processes taking
+        // the server's CPU away during one run but not the other.
+        let cpu_per_request = |m: &Measurement| m.cpu.server / m.load.requests_per_sec();
         println!(
-            "{:<12} {:<9} {:<28} {:<20} {:<20}",
+            "{:<12} {:<9} {:<28} {:<12} {:<12} {:<16}",
             run.body.label(),
             run.server.label(),
             format!("{throughput:.2}× {verdict}"),
@@ -228,8 +232,14 @@ fn print_tls(measurements: &[Measurement]) {
                 "{:.2}×",
                 run.load.latency_ms(0.99) / plain.load.latency_ms(0.99)
             ),
+            format!(
+                "{:.2}× ({:.0} µs)",
+                cpu_per_request(run) / cpu_per_request(plain),
+                cpu_per_request(run) * 1e6
+            ),
         );
     }
+    println!("(srv CPU/request: the server's CPU time per answered request, against plain HTTP)");
 }
 
 /// Targets of the delivery issue: events/s into JetStream and PostgreSQL, and the 200 path
