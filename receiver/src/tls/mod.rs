@@ -50,6 +50,10 @@ use crate::metrics::Metrics;
 /// SHA-256 of the bytes a piece of material was built from.
 type Digest = [u8; 32];
 
+/// Reads of changing files per check before giving up until the next one (see
+/// `TlsServer::refresh`).
+const MAX_READS: usize = 3;
+
 /// One piece of material in force, with the content it came from and the content (or read
 /// error) last refused, so a bad file is reported once rather than at every check.
 #[derive(Debug)]
@@ -318,42 +322,53 @@ impl TlsServer {
 
     /// Re-reads one piece of material: `read` gives the content's digest and bytes, `parse`
     /// turns them into the value. True when a new value is now in `tracked`.
+    ///
+    /// Content that does not parse is read once more before it is refused: the files may be
+    /// in the middle of a replacement (a certificate read just before its key was swapped),
+    /// and only content that stays the same across two reads counts as an error.
     fn refresh<T, B>(
         &self,
         tracked: &mut Tracked<T>,
         file: &'static str,
-        read: impl FnOnce() -> Result<(Digest, B), TlsError>,
-        parse: impl FnOnce(&B) -> Result<T, TlsError>,
+        read: impl Fn() -> Result<(Digest, B), TlsError>,
+        parse: impl Fn(&B) -> Result<T, TlsError>,
     ) -> bool {
-        let (digest, bytes) = match read() {
-            Ok(read) => read,
-            Err(err) => {
-                self.refuse(tracked, file, err.to_string(), &err);
+        let mut current = read();
+        for _ in 0..MAX_READS {
+            let (digest, bytes) = match current {
+                Ok(read) => read,
+                Err(err) => {
+                    self.refuse(tracked, file, err.to_string(), &err);
+                    return false;
+                }
+            };
+            if digest == tracked.digest {
+                tracked.refused = None;
                 return false;
             }
-        };
-        if digest == tracked.digest {
-            tracked.refused = None;
-            return false;
-        }
-        let seen = hex(&digest);
-        if tracked.refused.as_deref() == Some(seen.as_str()) {
-            return false;
-        }
-        match parse(&bytes) {
-            Ok(value) => {
-                *tracked = Tracked {
-                    value,
-                    digest,
-                    refused: None,
-                };
-                true
+            let seen = hex(&digest);
+            if tracked.refused.as_deref() == Some(seen.as_str()) {
+                return false;
             }
-            Err(err) => {
-                self.refuse(tracked, file, seen, &err);
-                false
+            match parse(&bytes) {
+                Ok(value) => {
+                    *tracked = Tracked {
+                        value,
+                        digest,
+                        refused: None,
+                    };
+                    return true;
+                }
+                Err(err) => match read() {
+                    Ok(again) if again.0 != digest => current = Ok(again),
+                    _ => {
+                        self.refuse(tracked, file, seen, &err);
+                        return false;
+                    }
+                },
             }
         }
+        false
     }
 
     /// Counts and logs a reload that failed, once per distinct content or read error.
@@ -409,5 +424,108 @@ pub async fn watch_files(server: Arc<TlsServer>, every: Duration, mut stop: watc
         {
             tracing::error!("the TLS reload task panicked; the previous material stays in force");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    /// A server over a self-signed certificate, for exercising the reload bookkeeping.
+    fn server(dir: &Path) -> (TlsServer, Arc<Metrics>) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("certificate");
+        std::fs::write(dir.join("tls.crt"), cert.pem()).expect("write cert");
+        std::fs::write(dir.join("tls.key"), key.serialize_pem()).expect("write key");
+        let settings = TlsConfig {
+            cert_file: dir.join("tls.crt"),
+            key_file: dir.join("tls.key"),
+            mode: TlsMode::Server,
+            client_ca_file: None,
+            allowed_client_names: Vec::new(),
+            reload_interval: Duration::from_secs(1),
+        };
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let server = TlsServer::load(&settings, Arc::clone(&metrics)).expect("load");
+        (server, metrics)
+    }
+
+    /// Reads that return `contents` in turn (the last one repeats); "good" parses.
+    fn reads<'a>(
+        contents: &'a [(u8, &'a str)],
+        count: &'a Cell<usize>,
+    ) -> impl Fn() -> Result<(Digest, &'a str), TlsError> + 'a {
+        move || {
+            let n = count.get();
+            count.set(n + 1);
+            let (tag, text) = contents[n.min(contents.len() - 1)];
+            Ok(([tag; 32], text))
+        }
+    }
+
+    fn parse(text: &&str) -> Result<u32, TlsError> {
+        if *text == "good" {
+            Ok(7)
+        } else {
+            Err(TlsError::Missing {
+                key: CERT_KEY,
+                message: "bad",
+            })
+        }
+    }
+
+    #[test]
+    fn a_pair_read_mid_replacement_is_read_again_not_refused() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (server, metrics) = server(dir.path());
+        let errors = metrics
+            .tls_reload_errors
+            .with_label_values(&["certificate"]);
+        let mut tracked = Tracked {
+            value: 0u32,
+            digest: [0; 32],
+            refused: None,
+        };
+        let count = Cell::new(0);
+        let swapping = [(1, "half swapped"), (2, "good")];
+        assert!(server.refresh(&mut tracked, "certificate", reads(&swapping, &count), parse));
+        assert_eq!((tracked.value, tracked.digest[0], errors.get()), (7, 2, 0));
+
+        // Bad content that stays the same is refused, and counted once however often seen.
+        let count = Cell::new(0);
+        let broken = [(3, "broken")];
+        for _ in 0..3 {
+            assert!(!server.refresh(&mut tracked, "certificate", reads(&broken, &count), parse));
+        }
+        assert_eq!((tracked.value, errors.get()), (7, 1));
+        // Back to the content in force: nothing to do, and the refusal is forgotten.
+        let count = Cell::new(0);
+        assert!(!server.refresh(
+            &mut tracked,
+            "certificate",
+            reads(&[(2, "good")], &count),
+            parse
+        ));
+        assert_eq!(tracked.refused, None);
+    }
+
+    #[test]
+    fn reload_keeps_the_certificate_when_the_new_one_is_unusable() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (server, metrics) = server(dir.path());
+        let before = Arc::clone(&server.current.load());
+        assert!(!server.reload(), "unchanged files");
+        std::fs::write(dir.path().join("tls.crt"), "garbage").expect("write");
+        assert!(!server.reload());
+        assert!(Arc::ptr_eq(&before, &server.current.load()));
+        let errors = metrics
+            .tls_reload_errors
+            .with_label_values(&["certificate"]);
+        assert_eq!(errors.get(), 1);
     }
 }
