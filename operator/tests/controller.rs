@@ -517,11 +517,13 @@ fn existing_tls(ca: &CaMaterial, issued_at: time::OffsetDateTime) -> Value {
     secret
 }
 
-#[tokio::test]
-async fn a_certificate_due_for_renewal_is_reissued_with_an_event() {
-    let issued_at = test_now();
-    let ca = CaMaterial::generate(NS, issued_at).expect("ca");
-    let now = issued_at + Duration::from_secs(61 * 86400);
+/// A TLS pass where the namespace CA is `ca` and `wa-tls` holds `existing`, which the
+/// operator is expected to re-issue (with an Event); returns the requests served.
+async fn reissuing_pass(
+    ca: &CaMaterial,
+    existing: Value,
+    now: time::OffsetDateTime,
+) -> Vec<Served> {
     let sub = subscription("wa", NS, &tls_spec());
     let mut script = vec![
         get(
@@ -530,12 +532,9 @@ async fn a_certificate_due_for_renewal_is_reissued_with_an_event() {
         ),
         get(
             format!("{CORE}/secrets/{CA_SECRET_NAME}"),
-            Reply::Object(ca_secret(&ca)),
+            Reply::Object(ca_secret(ca)),
         ),
-        get(
-            format!("{CORE}/secrets/wa-tls"),
-            Reply::Object(existing_tls(&ca, issued_at)),
-        ),
+        get(format!("{CORE}/secrets/wa-tls"), Reply::Object(existing)),
         apply(format!("{CORE}/secrets/wa-tls"), Reply::Echo(None)),
         event(NS),
     ];
@@ -544,7 +543,15 @@ async fn a_certificate_due_for_renewal_is_reissued_with_an_event() {
     controller::reconcile(Arc::new(sub), api.ctx.clone())
         .await
         .expect("reconcile");
-    let served = api.finish().await;
+    api.finish().await
+}
+
+#[tokio::test]
+async fn a_certificate_due_for_renewal_is_reissued_with_an_event() {
+    let issued_at = test_now();
+    let ca = CaMaterial::generate(NS, issued_at).expect("ca");
+    let now = issued_at + Duration::from_secs(61 * 86400);
+    let served = reissuing_pass(&ca, existing_tls(&ca, issued_at), now).await;
     let renewed = &served[4].body;
     assert_eq!(renewed["reason"], "CertificateRenewed");
     assert!(
@@ -599,29 +606,7 @@ async fn a_certificate_from_another_ca_is_reissued() {
     let issued_at = test_now();
     let old_ca = CaMaterial::generate(NS, issued_at).expect("ca");
     let ca = CaMaterial::generate(NS, issued_at).expect("ca");
-    let sub = subscription("wa", NS, &tls_spec());
-    let mut script = vec![
-        get(
-            format!("{CORE}/secrets/meta-app"),
-            Reply::Object(app_with_token()),
-        ),
-        get(
-            format!("{CORE}/secrets/{CA_SECRET_NAME}"),
-            Reply::Object(ca_secret(&ca)),
-        ),
-        get(
-            format!("{CORE}/secrets/wa-tls"),
-            Reply::Object(existing_tls(&old_ca, issued_at)),
-        ),
-        apply(format!("{CORE}/secrets/wa-tls"), Reply::Echo(None)),
-        event(NS),
-    ];
-    script.extend(tls_workload_steps());
-    let api = MockApi::start(script, Capabilities::default(), issued_at);
-    controller::reconcile(Arc::new(sub), api.ctx.clone())
-        .await
-        .expect("reconcile");
-    let served = api.finish().await;
+    let served = reissuing_pass(&ca, existing_tls(&old_ca, issued_at), issued_at).await;
     assert!(
         served[4].body["note"]
             .as_str()
