@@ -77,7 +77,7 @@ pub struct Context {
     failures: Mutex<HashMap<ObjectRef<WebhookSubscription>, u32>>,
     /// Kinds of unwanted children this process deleted or found absent, per subscription,
     /// so later passes skip the DELETE (a fresh process, e.g. a new leader, deletes once).
-    absent: Mutex<HashSet<(ObjectRef<WebhookSubscription>, &'static str)>>,
+    absent: Mutex<HashSet<(ObjectRef<WebhookSubscription>, String)>>,
 }
 
 impl Debug for Context {
@@ -126,18 +126,18 @@ impl Context {
         }
     }
 
-    fn known_absent(&self, sub: &ObjectRef<WebhookSubscription>, kind: &'static str) -> bool {
+    fn known_absent(&self, sub: &ObjectRef<WebhookSubscription>, kind: &str) -> bool {
         self.absent
             .lock()
-            .is_ok_and(|absent| absent.contains(&(sub.clone(), kind)))
+            .is_ok_and(|absent| absent.contains(&(sub.clone(), kind.to_owned())))
     }
 
-    fn set_absent(&self, sub: &ObjectRef<WebhookSubscription>, kind: &'static str, absent: bool) {
+    fn set_absent(&self, sub: &ObjectRef<WebhookSubscription>, kind: &str, absent: bool) {
         if let Ok(mut set) = self.absent.lock() {
             if absent {
-                set.insert((sub.clone(), kind));
+                set.insert((sub.clone(), kind.to_owned()));
             } else {
-                set.remove(&(sub.clone(), kind));
+                set.remove(&(sub.clone(), kind.to_owned()));
             }
         }
     }
@@ -238,6 +238,22 @@ where
                 e,
             )
         })
+}
+
+/// Applies a child kind that is deleted when unwanted, and remembers it is present.
+async fn apply_child<K>(
+    ctx: &Context,
+    sub: &ObjectRef<WebhookSubscription>,
+    api: &Api<K>,
+    object: &K,
+) -> Result<K, Error>
+where
+    K: Resource + Serialize + DeserializeOwned + Clone + Debug,
+    K::DynamicType: Default,
+{
+    let applied = apply(api, object).await?;
+    ctx.set_absent(sub, &K::kind(&K::DynamicType::default()), false);
+    Ok(applied)
 }
 
 async fn apply_dynamic(
@@ -464,8 +480,7 @@ async fn reconcile_inner(sub: &WebhookSubscription, ctx: &Context) -> Result<Act
     } else {
         observed.receiver = match resources::workload::workload(&inputs, &config_hash)? {
             Workload::Deployment(deployment) => {
-                let applied = apply(&deployments, &deployment).await?;
-                ctx.set_absent(&sub_ref, "Deployment", false);
+                let applied = apply_child(ctx, &sub_ref, &deployments, &deployment).await?;
                 delete_unwanted(ctx, &sub_ref, &stateful_sets, &name, "StatefulSet").await?;
                 let status = applied.status.unwrap_or_default();
                 ReceiverState::Workload {
@@ -475,8 +490,7 @@ async fn reconcile_inner(sub: &WebhookSubscription, ctx: &Context) -> Result<Act
                 }
             }
             Workload::StatefulSet(stateful_set) => {
-                let applied = apply(&stateful_sets, &stateful_set).await?;
-                ctx.set_absent(&sub_ref, "StatefulSet", false);
+                let applied = apply_child(ctx, &sub_ref, &stateful_sets, &stateful_set).await?;
                 delete_unwanted(ctx, &sub_ref, &deployments, &name, "Deployment").await?;
                 let status = applied.status.unwrap_or_default();
                 ReceiverState::Workload {
@@ -486,14 +500,18 @@ async fn reconcile_inner(sub: &WebhookSubscription, ctx: &Context) -> Result<Act
                 }
             }
         };
-        apply(&services, &resources::service::service(&inputs)?).await?;
-        ctx.set_absent(&sub_ref, "Service", false);
+        apply_child(
+            ctx,
+            &sub_ref,
+            &services,
+            &resources::service::service(&inputs)?,
+        )
+        .await?;
         observed.endpoint = Some(resources::service::endpoint_url(&inputs));
     }
     match resources::ingress::ingress(&inputs)? {
         Some(ingress) if sub.spec.receiver.mode != ReceiverModeSpec::Sidecar => {
-            apply(&ingresses, &ingress).await?;
-            ctx.set_absent(&sub_ref, "Ingress", false);
+            apply_child(ctx, &sub_ref, &ingresses, &ingress).await?;
         }
         _ => delete_unwanted(ctx, &sub_ref, &ingresses, &name, "Ingress").await?,
     }
