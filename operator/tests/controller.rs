@@ -900,3 +900,45 @@ async fn an_owned_token_is_read_once_and_absent_children_are_not_deleted_twice()
         "an owned, existing token Secret is not re-applied"
     );
 }
+
+#[tokio::test]
+async fn a_user_certificate_that_is_not_one_is_reported_and_nothing_is_applied() {
+    let mut spec = tls_spec();
+    spec["tls"]["secretRef"] = json!({"name": "hooks-tls"});
+    let sub = subscription("wa", NS, &spec);
+    let script = vec![
+        get(
+            format!("{CORE}/secrets/hooks-tls"),
+            Reply::Object(secret(
+                NS,
+                "hooks-tls",
+                &[("tls.crt", b"not a certificate"), ("tls.key", b"key")],
+            )),
+        ),
+        get(
+            format!("{CORE}/secrets/meta-app"),
+            Reply::Object(app_with_token()),
+        ),
+        event(NS),
+        status_step(),
+    ];
+    let api = MockApi::start(script, Capabilities::default(), test_now());
+    controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("reconcile");
+    let served = api.finish().await;
+    assert_eq!(served[2].body["reason"], "CertificateInvalid");
+    let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
+    let certificate = condition(status, "CertificateReady");
+    assert_eq!(certificate["status"], "False");
+    assert!(
+        certificate["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("Secret acme/hooks-tls key tls.crt:")),
+        "{certificate}"
+    );
+    assert_eq!(
+        condition(status, "Ready")["reason"],
+        "CertificateReadyFalse"
+    );
+}
