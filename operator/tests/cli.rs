@@ -1,0 +1,61 @@
+//! The `metahook-operator` binary: its flags, and a clear error without a cluster.
+
+use std::process::Command;
+
+fn operator() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_metahook-operator"))
+}
+
+#[test]
+fn help_lists_every_flag() {
+    let output = operator().arg("--help").output().expect("run");
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for flag in [
+        "--receiver-image",
+        "--metrics-addr",
+        "--namespace",
+        "--no-leader-election",
+        "--lease-namespace",
+        "--lease-name",
+        "--identity",
+        "--certificate-lifetime",
+        "--log-format",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
+        assert!(
+            include_str!("../../docs/operator.md").contains(&format!("`{flag}`")),
+            "{flag} missing from docs/operator.md"
+        );
+    }
+}
+
+#[test]
+fn without_a_cluster_it_says_what_is_missing() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let output = operator()
+        .args(["--log-format", "text", "--metrics-addr", "127.0.0.1:0"])
+        .env("HOME", home.path())
+        .env("KUBECONFIG", home.path().join("no-such-kubeconfig"))
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("no Kubernetes client configuration"),
+        "unclear error: {stderr}"
+    );
+}
+
+#[test]
+fn a_bad_flag_value_is_named() {
+    let output = operator()
+        .args(["--certificate-lifetime", "soon"])
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--certificate-lifetime"), "{stderr}");
+}
