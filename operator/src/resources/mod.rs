@@ -18,7 +18,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
-use crate::crd::{SecretKeyRef, TlsModeSpec, TlsTerminationSpec, WebhookSubscription};
+use crate::crd::{
+    SecretKeyRef, TlsModeSpec, TlsTerminationSpec, WebhookSubscription, WebhookSubscriptionSpec,
+};
 use crate::error::Error;
 
 /// Port of the webhook listener, plain HTTP.
@@ -197,15 +199,7 @@ impl<'a> Inputs<'a> {
         let mut refs = vec![spec.app_secret_ref.clone()];
         refs.extend(spec.previous_app_secret_ref.clone());
         refs.push(self.verify_token.clone());
-        for sink in &spec.delivery.sinks {
-            if let Some(http) = &sink.http {
-                refs.extend(http.signing_secret_ref.clone());
-                refs.extend(http.ca_ref.clone());
-            }
-            if let Some(postgres) = &sink.postgres {
-                refs.push(postgres.url_secret_ref.clone());
-            }
-        }
+        refs.extend(sink_secret_refs(spec).cloned());
         if self.receiver_checks_client() {
             refs.extend(spec.tls.client_ca_ref.clone());
         }
@@ -263,14 +257,21 @@ pub fn referenced_secrets(sub: &WebhookSubscription) -> BTreeSet<String> {
     names.extend(spec.verify_token_ref.iter().map(|r| r.name.clone()));
     names.extend(spec.tls.secret_ref.iter().map(|r| r.name.clone()));
     names.extend(spec.tls.client_ca_ref.iter().map(|r| r.name.clone()));
-    for sink in &spec.delivery.sinks {
-        if let Some(http) = &sink.http {
-            names.extend(http.signing_secret_ref.iter().map(|r| r.name.clone()));
-            names.extend(http.ca_ref.iter().map(|r| r.name.clone()));
-        }
-        if let Some(postgres) = &sink.postgres {
-            names.insert(postgres.url_secret_ref.name.clone());
-        }
-    }
+    names.extend(sink_secret_refs(spec).map(|r| r.name.clone()));
     names
+}
+
+/// The Secret keys the sinks read: HTTP signing secrets and CA bundles, PostgreSQL URLs.
+fn sink_secret_refs(spec: &WebhookSubscriptionSpec) -> impl Iterator<Item = &SecretKeyRef> {
+    spec.delivery.sinks.iter().flat_map(|sink| {
+        let http = sink
+            .http
+            .iter()
+            .flat_map(|http| http.signing_secret_ref.iter().chain(http.ca_ref.iter()));
+        let postgres = sink
+            .postgres
+            .iter()
+            .map(|postgres| &postgres.url_secret_ref);
+        http.chain(postgres)
+    })
 }
