@@ -59,7 +59,8 @@ ensure_postgres() {
 }
 
 log "services and tools"
-apt_install prometheus   # promtool, for the metrics lint test
+bash scripts/install-tools.sh
+export METAHOOK_TOOLS_DIR="${METAHOOK_TOOLS_DIR:-/var/cache/metahook/tools}"
 ensure_nats
 ensure_postgres
 

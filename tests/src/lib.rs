@@ -4,3 +4,4 @@ pub mod bench;
 pub mod downstream;
 pub mod pki;
 pub mod testkit;
+pub mod tools;
