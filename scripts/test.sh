@@ -80,5 +80,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log "build"
 cargo build --workspace --bins --locked
 
+log "images"
+# Static release binaries in FROM scratch images (localhost/metahook-*:<version>); the image
+# tests run them with podman.
+bash scripts/build-images.sh
+
 log "tests"
 cargo test --workspace --locked --no-fail-fast

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use futures_util::StreamExt;
+use futures_util::{FutureExt as _, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
@@ -32,12 +32,14 @@ pub struct Cli {
     /// Receiver image for subscriptions that name none.
     #[arg(long, env = "METAHOOK_RECEIVER_IMAGE", default_value = concat!("metahook-receiver:", env!("CARGO_PKG_VERSION")))]
     pub receiver_image: String,
-    /// Address of /metrics, /healthz and /readyz.
-    #[arg(long, env = "METAHOOK_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    /// Address of /metrics, /healthz and /readyz (8081, so it does not collide with a
+    /// receiver on its default 8080 on the same machine).
+    #[arg(long, env = "METAHOOK_METRICS_ADDR", default_value = "0.0.0.0:8081")]
     pub metrics_addr: SocketAddr,
-    /// Watch only this namespace (all namespaces when absent).
-    #[arg(long, env = "WATCH_NAMESPACE")]
-    pub namespace: Option<String>,
+    /// Watch only these namespaces, comma-separated (all namespaces when absent), so the
+    /// operator can run with Roles in those namespaces instead of a ClusterRole.
+    #[arg(long = "namespace", env = "WATCH_NAMESPACE", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
     /// Run without the leader Lease (a single replica, e.g. on a laptop).
     #[arg(long)]
     pub no_leader_election: bool,
@@ -117,14 +119,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         ready.clone(),
     ));
 
-    let subscriptions: Api<WebhookSubscription> = match &cli.namespace {
-        Some(namespace) => Api::namespaced(client.clone(), namespace),
-        None => Api::all(client.clone()),
-    };
-    subscriptions
-        .list(&ListParams::default().limit(1))
-        .await
-        .context("cannot list WebhookSubscriptions: is the CRD installed (kubectl apply -f crds/webhooksubscription.yaml) and may this account list them?")?;
+    let scopes = watch_scopes(&cli.namespaces);
+    for scope in &scopes {
+        let subscriptions: Api<WebhookSubscription> = scope.api(&client);
+        subscriptions
+            .list(&ListParams::default().limit(1))
+            .await
+            .with_context(|| format!("cannot list WebhookSubscriptions in {scope}: is the CRD installed (kubectl apply -f crds/webhooksubscription.yaml) and may this account list them?"))?;
+    }
     let capabilities = controller::discover(&client).await?;
     tracing::info!(?capabilities, "discovered optional APIs");
 
@@ -176,25 +178,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let lost = async move {
         lost_leadership.await;
         led_flag.store(false, Ordering::Relaxed);
-    };
+    }
+    .boxed()
+    .shared();
 
-    let controller = watches(&client, subscriptions, cli.namespace.as_deref());
+    // One controller per watched namespace (or one for the whole cluster), all sharing the
+    // context, so a namespaced install needs no cluster-wide read access.
+    let controllers: Vec<Controller<WebhookSubscription>> =
+        scopes.iter().map(|scope| watches(&client, scope)).collect();
     tokio::spawn(forget_deleted(
-        controller.store(),
+        controllers.iter().map(Controller::store).collect(),
         metrics.clone(),
         ctx.clone(),
     ));
-    controller
-        .shutdown_on_signal()
-        .graceful_shutdown_on(lost)
-        .run(controller::reconcile, controller::error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((object, _)) => tracing::debug!(subscription = %object, "reconciled"),
-                Err(err) => tracing::debug!(error = %err, "controller event"),
-            }
-        })
-        .await;
+    let runs = controllers.into_iter().map(|controller| {
+        controller
+            .shutdown_on_signal()
+            .graceful_shutdown_on(lost.clone())
+            .run(controller::reconcile, controller::error_policy, ctx.clone())
+            .for_each(|result| async move {
+                match result {
+                    Ok((object, _)) => tracing::debug!(subscription = %object, "reconciled"),
+                    Err(err) => tracing::debug!(error = %err, "controller event"),
+                }
+            })
+    });
+    futures_util::future::join_all(runs).await;
     metrics.leader.set(0);
     server.abort();
     if !led.load(Ordering::Relaxed) {
@@ -204,36 +213,74 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The controller with its watches: subscriptions, the objects they own, and Secrets
-/// (their own, and any a subscription references, so a created or rotated Secret
-/// triggers a pass at once).
-fn watches(
-    client: &Client,
-    subscriptions: Api<WebhookSubscription>,
-    namespace: Option<&str>,
-) -> Controller<WebhookSubscription> {
-    fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+/// Where the operator watches: the whole cluster, or one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchScope {
+    /// Every namespace (needs a ClusterRole).
+    Cluster,
+    /// One namespace (a Role there is enough).
+    Namespace(String),
+}
+
+impl WatchScope {
+    /// An API of kind `K` within this scope.
+    fn api<K>(&self, client: &Client) -> Api<K>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
         K::DynamicType: Default,
     {
-        match namespace {
-            Some(namespace) => Api::namespaced(client.clone(), namespace),
-            None => Api::all(client.clone()),
+        match self {
+            WatchScope::Cluster => Api::all(client.clone()),
+            WatchScope::Namespace(namespace) => Api::namespaced(client.clone(), namespace),
         }
     }
+}
+
+impl std::fmt::Display for WatchScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WatchScope::Cluster => f.write_str("all namespaces"),
+            WatchScope::Namespace(namespace) => write!(f, "namespace {namespace}"),
+        }
+    }
+}
+
+/// The scopes for `--namespace`: the cluster when none is named, else each distinct
+/// non-empty namespace once.
+pub fn watch_scopes(namespaces: &[String]) -> Vec<WatchScope> {
+    let mut named: Vec<String> = namespaces
+        .iter()
+        .map(|namespace| namespace.trim().to_owned())
+        .filter(|namespace| !namespace.is_empty())
+        .collect();
+    named.sort();
+    named.dedup();
+    if named.is_empty() {
+        vec![WatchScope::Cluster]
+    } else {
+        named.into_iter().map(WatchScope::Namespace).collect()
+    }
+}
+
+/// The controller with its watches: subscriptions, the objects they own, and Secrets
+/// (their own, and any a subscription references, so a created or rotated Secret
+/// triggers a pass at once).
+fn watches(client: &Client, scope: &WatchScope) -> Controller<WebhookSubscription> {
     let managed =
         watcher::Config::default().labels("app.kubernetes.io/managed-by=metahook-operator");
-    let controller = Controller::new(subscriptions, watcher::Config::default().any_semantic());
+    let controller = Controller::new(
+        scope.api::<WebhookSubscription>(client),
+        watcher::Config::default().any_semantic(),
+    );
     let store = controller.store();
     controller
-        .owns(api::<Deployment>(client, namespace), managed.clone())
-        .owns(api::<StatefulSet>(client, namespace), managed.clone())
-        .owns(api::<Service>(client, namespace), managed.clone())
-        .owns(api::<ConfigMap>(client, namespace), managed.clone())
-        .owns(api::<Ingress>(client, namespace), managed)
+        .owns(scope.api::<Deployment>(client), managed.clone())
+        .owns(scope.api::<StatefulSet>(client), managed.clone())
+        .owns(scope.api::<Service>(client), managed.clone())
+        .owns(scope.api::<ConfigMap>(client), managed.clone())
+        .owns(scope.api::<Ingress>(client), managed)
         .watches(
-            api::<Secret>(client, namespace),
+            scope.api::<Secret>(client),
             watcher::Config::default(),
             move |secret| subscriptions_of_secret(&store, &secret),
         )
@@ -264,19 +311,19 @@ fn subscriptions_of_secret(
 /// Drops metric series and remembered state of deleted subscriptions every minute (a deleted subscription
 /// has no finalizer, so no reconciliation sees it go).
 async fn forget_deleted(
-    store: Store<WebhookSubscription>,
+    stores: Vec<Store<WebhookSubscription>>,
     metrics: Arc<Metrics>,
     ctx: Arc<Context>,
 ) {
     let mut interval = tokio::time::interval(Duration::from_secs(60));
     loop {
         interval.tick().await;
-        let existing: std::collections::BTreeSet<(String, String)> = store
-            .state()
+        let existing: std::collections::BTreeSet<(String, String)> = stores
             .iter()
+            .flat_map(Store::state)
             .map(|sub| (sub.namespace().unwrap_or_default(), sub.name_any()))
             .collect();
-        metrics.retain_certificates(|namespace, name| {
+        metrics.retain_subscriptions(|namespace, name| {
             existing.contains(&(namespace.to_owned(), name.to_owned()))
         });
         ctx.forget_deleted(|sub| {

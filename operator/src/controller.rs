@@ -842,6 +842,8 @@ async fn write_status(
     api.patch_status(&name, &apply_params(), &Patch::Apply(&patch))
         .await
         .map_err(|e| Error::kube(format!("apply status of WebhookSubscription {name}"), e))?;
+    ctx.metrics
+        .record_conditions(namespace, &name, &status.conditions);
     if ready && !was_ready {
         publish(
             ctx,

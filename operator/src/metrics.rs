@@ -11,12 +11,16 @@ use anyhow::Context as _;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
 
 use crate::error::Error;
+
+/// The statuses a Kubernetes condition can have.
+const CONDITION_STATUSES: [&str; 3] = ["True", "False", "Unknown"];
 
 /// The operator's metrics.
 #[derive(Debug, Clone)]
@@ -29,6 +33,10 @@ pub struct Metrics {
     /// The (namespace, name) labels of `certificate_expiry`, so deleted subscriptions'
     /// series can be dropped (a stale expiry would fire alerts).
     certificate_labels: Arc<Mutex<BTreeSet<(String, String)>>>,
+    subscription_condition: GaugeVec,
+    /// The (namespace, name, condition) labels of `subscription_condition`, dropped with
+    /// their subscription (a deleted subscription must not stay "not Ready" in alerts).
+    condition_labels: Arc<Mutex<BTreeSet<(String, String, String)>>>,
     /// 1 while this replica holds the leader Lease.
     pub leader: IntGauge,
 }
@@ -68,6 +76,14 @@ impl Metrics {
             ),
             &["namespace", "name"],
         )?;
+        let subscription_condition = GaugeVec::new(
+            Opts::new(
+                "metahook_operator_subscription_condition",
+                "1 for the current status (True, False, Unknown) of each condition of each \
+                 WebhookSubscription, 0 for the other two.",
+            ),
+            &["namespace", "name", "condition", "status"],
+        )?;
         let leader = IntGauge::new(
             "metahook_operator_leader",
             "1 while this replica holds the leader Lease and reconciles.",
@@ -76,6 +92,7 @@ impl Metrics {
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(certificate_expiry.clone()))?;
+        registry.register(Box::new(subscription_condition.clone()))?;
         registry.register(Box::new(leader.clone()))?;
         for result in ["success", "error"] {
             reconciliations.with_label_values(&[result]);
@@ -96,6 +113,8 @@ impl Metrics {
             duration,
             certificate_expiry,
             certificate_labels: Arc::default(),
+            subscription_condition,
+            condition_labels: Arc::default(),
             leader,
         })
     }
@@ -134,8 +153,30 @@ impl Metrics {
         }
     }
 
-    /// Forgets the certificates of subscriptions that no longer exist.
-    pub fn retain_certificates(&self, exists: impl Fn(&str, &str) -> bool) {
+    /// Records the status of each of a subscription's conditions: the series of its
+    /// current status is 1, those of the other two statuses 0, so both "how many are not
+    /// Ready" and "since when" are plain PromQL.
+    pub fn record_conditions(&self, namespace: &str, name: &str, conditions: &[Condition]) {
+        for condition in conditions {
+            for status in CONDITION_STATUSES {
+                let value = if condition.status == status { 1.0 } else { 0.0 };
+                self.subscription_condition
+                    .with_label_values(&[namespace, name, &condition.type_, status])
+                    .set(value);
+            }
+            if let Ok(mut labels) = self.condition_labels.lock() {
+                labels.insert((
+                    namespace.to_owned(),
+                    name.to_owned(),
+                    condition.type_.clone(),
+                ));
+            }
+        }
+    }
+
+    /// Forgets every per-subscription series (certificate expiry, conditions) of the
+    /// subscriptions that no longer exist.
+    pub fn retain_subscriptions(&self, exists: impl Fn(&str, &str) -> bool) {
         let gone: Vec<(String, String)> = match self.certificate_labels.lock() {
             Ok(labels) => labels
                 .iter()
@@ -146,6 +187,25 @@ impl Metrics {
         };
         for (namespace, name) in gone {
             self.forget_certificate(&namespace, &name);
+        }
+        let gone: Vec<(String, String, String)> = match self.condition_labels.lock() {
+            Ok(mut labels) => {
+                let gone = labels
+                    .iter()
+                    .filter(|(namespace, name, _)| !exists(namespace, name))
+                    .cloned()
+                    .collect();
+                labels.retain(|(namespace, name, _)| exists(namespace, name));
+                gone
+            }
+            Err(_) => return,
+        };
+        for (namespace, name, condition) in gone {
+            for status in CONDITION_STATUSES {
+                let _ = self
+                    .subscription_condition
+                    .remove_label_values(&[&namespace, &name, &condition, status]);
+            }
         }
     }
 

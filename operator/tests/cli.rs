@@ -59,3 +59,28 @@ fn a_bad_flag_value_is_named() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--certificate-lifetime"), "{stderr}");
 }
+
+#[test]
+fn metrics_listen_on_8081_so_a_receiver_on_its_default_8080_does_not_collide() {
+    use clap::Parser as _;
+    let cli = metahook_operator::cli::Cli::try_parse_from(["metahook-operator"]).expect("parse");
+    assert_eq!(cli.metrics_addr.port(), 8081);
+}
+
+#[test]
+fn namespace_takes_a_comma_separated_list_and_absent_means_the_cluster() {
+    use clap::Parser as _;
+    use metahook_operator::cli::{Cli, WatchScope, watch_scopes};
+    let cli = Cli::try_parse_from(["metahook-operator", "--namespace", "team-b,team-a,team-b"])
+        .expect("parse");
+    assert_eq!(
+        watch_scopes(&cli.namespaces),
+        vec![
+            WatchScope::Namespace("team-a".to_owned()),
+            WatchScope::Namespace("team-b".to_owned())
+        ]
+    );
+    let cli = Cli::try_parse_from(["metahook-operator"]).expect("parse");
+    assert_eq!(watch_scopes(&cli.namespaces), vec![WatchScope::Cluster]);
+    assert_eq!(watch_scopes(&[String::new()]), vec![WatchScope::Cluster]);
+}

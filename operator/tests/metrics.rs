@@ -105,11 +105,63 @@ fn deleted_subscriptions_lose_their_certificate_series() {
     let metrics = Metrics::new().expect("metrics");
     metrics.certificate_expires("acme", "kept", 1_800_000_000);
     metrics.certificate_expires("acme", "deleted", 1_800_000_000);
-    metrics.retain_certificates(|namespace, name| namespace == "acme" && name == "kept");
+    metrics.retain_subscriptions(|namespace, name| namespace == "acme" && name == "kept");
     let text = metrics.render();
     assert!(text.contains("name=\"kept\""), "{text}");
     assert!(
         !text.contains("name=\"deleted\""),
         "a stale expiry would fire alerts: {text}"
+    );
+}
+
+#[test]
+fn conditions_are_one_per_current_status_and_leave_with_their_subscription() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    let condition = |type_: &str, status: &str| Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: "Test".to_owned(),
+        message: String::new(),
+        last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+        observed_generation: None,
+    };
+    let metrics = Metrics::new().expect("metrics");
+    metrics.record_conditions(
+        "acme",
+        "kept",
+        &[
+            condition("Ready", "False"),
+            condition("SecretsResolved", "True"),
+        ],
+    );
+    metrics.record_conditions("acme", "deleted", &[condition("Ready", "True")]);
+    let text = metrics.render();
+    let sample = |name: &str, condition: &str, status: &str| {
+        format!(
+            "metahook_operator_subscription_condition{{condition=\"{condition}\",name=\"{name}\",namespace=\"acme\",status=\"{status}\"}}"
+        )
+    };
+    for (name, condition, status, value) in [
+        ("kept", "Ready", "False", 1),
+        ("kept", "Ready", "True", 0),
+        ("kept", "Ready", "Unknown", 0),
+        ("kept", "SecretsResolved", "True", 1),
+        ("deleted", "Ready", "True", 1),
+    ] {
+        let line = format!("{} {value}", sample(name, condition, status));
+        assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+    }
+    // A later pass that finds the subscription Ready moves the 1.
+    metrics.record_conditions("acme", "kept", &[condition("Ready", "True")]);
+    let text = metrics.render();
+    assert!(text.contains(&format!("{} 1", sample("kept", "Ready", "True"))));
+    assert!(text.contains(&format!("{} 0", sample("kept", "Ready", "False"))));
+
+    metrics.retain_subscriptions(|namespace, name| namespace == "acme" && name == "kept");
+    let text = metrics.render();
+    assert!(text.contains("name=\"kept\""), "{text}");
+    assert!(
+        !text.contains("name=\"deleted\""),
+        "a deleted subscription would stay in alerts: {text}"
     );
 }
