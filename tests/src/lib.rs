@@ -3,5 +3,6 @@
 pub mod bench;
 pub mod downstream;
 pub mod pki;
+pub mod promql;
 pub mod testkit;
 pub mod tools;
