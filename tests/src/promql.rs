@@ -1,5 +1,6 @@
 //! Just enough PromQL reading for the monitoring tests: which metrics an expression selects,
-//! so the alert rules and dashboard panels can be checked against the metrics that exist.
+//! and which an exposition offers, so the alert rules and dashboard panels can be checked
+//! against the metrics that exist.
 //! Whether an expression parses at all is promtool's to say, not this module's.
 
 use std::collections::BTreeSet;
@@ -92,6 +93,21 @@ pub fn metric_names(expr: &str) -> BTreeSet<String> {
         }
     }
     names
+}
+
+/// The metric names of a Prometheus text exposition: each sample's name, and each
+/// `# TYPE` family (so a histogram counts by its base name and its `_bucket`, `_sum` and
+/// `_count` series).
+pub fn exposition_names(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter_map(|line| match line.strip_prefix("# TYPE ") {
+            Some(rest) => rest.split_whitespace().next(),
+            None if line.starts_with('#') => None,
+            None => line.split(['{', ' ']).next(),
+        })
+        .filter(|name| !name.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The index after the string literal starting at `start`.

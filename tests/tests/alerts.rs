@@ -190,21 +190,7 @@ fn operator_metrics() -> Result<BTreeSet<String>> {
             observed_generation: None,
         }],
     );
-    Ok(exposition_names(&metrics.render()))
-}
-
-/// The metric names of a Prometheus text exposition: each sample's name, and each
-/// `# TYPE` family (a histogram's `_bucket`, `_sum` and `_count` count by their base name).
-fn exposition_names(text: &str) -> BTreeSet<String> {
-    text.lines()
-        .filter_map(|line| match line.strip_prefix("# TYPE ") {
-            Some(rest) => rest.split_whitespace().next(),
-            None if line.starts_with('#') => None,
-            None => line.split(['{', ' ']).next(),
-        })
-        .filter(|name| !name.is_empty())
-        .map(str::to_owned)
-        .collect()
+    Ok(promql::exposition_names(&metrics.render()))
 }
 
 #[test]
