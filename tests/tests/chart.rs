@@ -761,3 +761,39 @@ fn operator_gets_its_flags_env_and_probes() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn notes_tell_the_next_step() -> Result<()> {
+    // helm 4 renders NOTES.txt without a cluster (`--dry-run=client`); helm 3 wants one.
+    let output = run_in(
+        "helm4",
+        &[
+            "install",
+            RELEASE,
+            ".",
+            "--namespace",
+            NAMESPACE,
+            "--dry-run=client",
+        ],
+        &chart_dir(),
+    )?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let notes = text
+        .split("NOTES:")
+        .nth(1)
+        .context("helm install --dry-run printed no NOTES")?;
+    for needle in [
+        "create secret generic",
+        "kubectl apply -f examples/whatsapp.yaml",
+        "kubectl get whsub",
+        "docs/quickstart.md",
+        "http://metahook-metrics.metahook-system.svc:8081/metrics",
+        "kubectl apply --server-side -f metahook/crds/webhooksubscription.yaml",
+    ] {
+        ensure!(
+            notes.contains(needle),
+            "NOTES.txt lacks `{needle}`:\n{notes}"
+        );
+    }
+    Ok(())
+}
