@@ -26,12 +26,19 @@ else "<release>-<chart>"; at most 63 characters (a DNS label).
 {{- end }}
 
 {{/* Labels on every object of the release. */}}
-{{- define "metahook.labels" -}}
+{{- define "metahook.commonLabels" -}}
 helm.sh/chart: {{ include "metahook.chart" . }}
-{{ include "metahook.selectorLabels" . }}
+app.kubernetes.io/name: {{ include "metahook.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: metahook
+{{- end }}
+
+{{/* Labels on the operator's objects (all but the alert rules and dashboards). */}}
+{{- define "metahook.labels" -}}
+{{ include "metahook.commonLabels" . }}
+app.kubernetes.io/component: operator
 {{- end }}
 
 {{/* The operator pods' labels, and the selector of its Deployment and Service. */}}
