@@ -263,6 +263,21 @@ fn prometheus_rule_carries_the_rules_file_groups() -> Result<()> {
 }
 
 #[test]
+fn operator_service_monitor_keeps_the_subscription_labels() -> Result<()> {
+    // The operator's series label subscriptions by `namespace` and `name`; without
+    // honorLabels Prometheus overwrites `namespace` with the operator's own.
+    for helm in HELMS {
+        let objects = render(helm, &["--set", "metrics.serviceMonitor.enabled=true"])?;
+        let monitor = one_of_kind(&objects, "ServiceMonitor")?;
+        ensure!(
+            monitor["spec"]["endpoints"][0]["honorLabels"] == json!(true),
+            "{helm}: the operator's ServiceMonitor lacks honorLabels: true"
+        );
+    }
+    Ok(())
+}
+
+#[test]
 fn one_dashboard_config_map_per_dashboard_file() -> Result<()> {
     let dir = chart_dir().join("dashboards");
     let mut files = BTreeSet::new();
