@@ -270,10 +270,13 @@ Business Platform, Facebook Pages and Messenger (Lead Ads included), Instagram.
 ## Install
 
 ```sh
-helm install metahook charts/metahook --namespace metahook-system --create-namespace
-kubectl create secret generic meta-app --from-literal=app-secret="$APP_SECRET"
+scripts/build-images.sh --push registry.example.com/metahook   # no public registry: build and push
+helm install metahook charts/metahook --namespace metahook-system --create-namespace \
+  --set image.registry=registry.example.com/metahook
+kubectl create namespace messaging   # examples/whatsapp.yaml's header lists the Secrets it reads
+kubectl -n messaging create secret generic meta-whatsapp-app --from-literal=app-secret="$APP_SECRET"
 kubectl apply -f examples/whatsapp.yaml
-kubectl get whsub
+kubectl -n messaging get whsub
 ```
 
 [docs/quickstart.md](../../docs/quickstart.md) goes from an empty cluster to an event in a
