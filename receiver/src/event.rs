@@ -45,6 +45,15 @@ pub struct Event {
     /// A delivery status (`sent`, `delivered`, `read`, `failed`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
+    /// A Lead Ads submission's ids (Page `leadgen`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lead: Option<Lead>,
+    /// The ad, link or plugin a conversation started from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub referral: Option<Referral>,
+    /// The media or post a comment, mention or reaction is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<Media>,
     /// Why the item could not be read as its documented shape (only on `kind: unknown`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -206,15 +215,20 @@ pub struct Conversation {
 }
 
 /// The person on the other side: WhatsApp `from`/`wa_id`/`recipient_id` (or the business-scoped
-/// user id when no phone number is given), Messenger PSID or Instagram IGSID.
+/// user id when no phone number is given), Messenger PSID or Instagram IGSID; on a Page or
+/// Instagram change, its author (`from`, `sender_id`, `reviewer_id`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct Participant {
     /// The person's id on the platform.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    /// The person's profile name, where Meta includes it.
+    /// The person's profile name, where Meta includes it (`from.name`, `sender_name`,
+    /// `reviewer_name`, WhatsApp `contacts[].profile.name`; an Instagram username).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The Instagram username (`from.username`), which Instagram gives instead of a name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
     /// WhatsApp's business-scoped user id (`contacts[].user_id`), where present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
@@ -238,6 +252,11 @@ pub struct Message {
     /// The id of the message this one replies to or acts on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
+    /// The value the business set on what the person chose, which bots route on: a quick
+    /// reply's or postback's `payload`, a template button's `payload`, an interactive reply's
+    /// `id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
 }
 
 /// A media item or other attachment.
@@ -265,6 +284,100 @@ pub struct Status {
     /// Errors Meta attached (a failed message's reasons).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<StatusError>,
+    /// How Meta prices the message (WhatsApp `pricing`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pricing: Option<Pricing>,
+    /// The conversation the message opened or belongs to (WhatsApp `conversation`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation: Option<StatusConversation>,
+}
+
+/// WhatsApp's pricing of a message, as its status reports it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct Pricing {
+    /// `marketing`, `utility`, `authentication`, `service`, `referral_conversion`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    /// Whether the message is charged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billable: Option<bool>,
+    /// `pricing_model`: `CBP` (per conversation) or `PMP` (per message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+}
+
+/// The WhatsApp conversation a status belongs to.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct StatusConversation {
+    /// Conversation id (also in `conversation.id` of the event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// `origin.type`: what opened it (`marketing`, `utility`, `service`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// When it expires (RFC 3339, from `expiration_timestamp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+/// A Lead Ads submission. The answers are fetched with `GET /{leadgen_id}`; the webhook
+/// carries only these ids.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct Lead {
+    /// The lead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leadgen_id: Option<String>,
+    /// The form it was submitted with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub form_id: Option<String>,
+    /// The ad.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ad_id: Option<String>,
+    /// The ad group (ad set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adgroup_id: Option<String>,
+    /// The Page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_id: Option<String>,
+    /// When it was submitted (RFC 3339, from `created_time`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_time: Option<String>,
+}
+
+/// Where a conversation came from: a Messenger / Instagram referral (ad, m.me / ig.me link,
+/// chat plugin) or a Click-to-WhatsApp ad or post.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct Referral {
+    /// Messenger / Instagram `source` (`ADS`, `SHORTLINK`, `CUSTOMER_CHAT_PLUGIN`, ...);
+    /// WhatsApp `source_type` (`ad` or `post`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Messenger / Instagram `type` (`OPEN_THREAD`).
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The `ref` parameter of the link, ad or plugin.
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// The ad: Messenger / Instagram `ad_id`, WhatsApp `source_id` when `source_type` is `ad`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ad_id: Option<String>,
+    /// WhatsApp's click id, for conversion reporting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctwa_clid: Option<String>,
+    /// WhatsApp `source_url` (the ad or post); Messenger `referer_uri` (the chat plugin's page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_url: Option<String>,
+}
+
+/// The Instagram media or Page post an item is about.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct Media {
+    /// Media id (Instagram `media.id` / `media_id`) or post id (Page `post_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Instagram `media_product_type`: `FEED`, `REELS`, `STORY`, `AD`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_type: Option<String>,
 }
 
 /// One of Meta's error objects.

@@ -85,9 +85,18 @@ pub struct FeedValue {
     /// `add`, `edited`, `edit`, `remove`, `hide`, `unhide`, `block`, `unblock`, `mute`, ...
     #[serde(default)]
     pub verb: Option<String>,
-    /// Who did it.
+    /// Who did it (the current shape).
     #[serde(default)]
     pub from: Option<Actor>,
+    /// Who did it (the older shape, still delivered to apps on older API versions).
+    #[serde(default)]
+    pub sender_id: Option<Id>,
+    /// Their name (older shape).
+    #[serde(default)]
+    pub sender_name: Option<String>,
+    /// Who liked (the legacy `like` item's only actor key).
+    #[serde(default)]
+    pub user_id: Option<Id>,
     /// The post.
     #[serde(default)]
     pub post_id: Option<Id>,
@@ -156,6 +165,9 @@ pub struct MentionValue {
     /// Comment id.
     #[serde(default)]
     pub comment_id: Option<Id>,
+    /// Who mentioned (the current shape).
+    #[serde(default)]
+    pub from: Option<Actor>,
     /// Who mentioned.
     #[serde(default)]
     pub sender_id: Option<Id>,
@@ -179,6 +191,9 @@ pub struct RatingsValue {
     /// `add`, `edit`, `edited`, `remove`.
     #[serde(default)]
     pub verb: Option<String>,
+    /// Who did it (the current shape of comments and reactions).
+    #[serde(default)]
+    pub from: Option<Actor>,
     /// Reviewer (`reviewer_id`).
     #[serde(default)]
     pub reviewer_id: Option<Id>,
@@ -206,6 +221,9 @@ pub struct RatingsValue {
     /// The review story.
     #[serde(default)]
     pub open_graph_story_id: Option<Id>,
+    /// The review a comment or reaction is on.
+    #[serde(default)]
+    pub post_id: Option<Id>,
     /// Comment id.
     #[serde(default)]
     pub comment_id: Option<Id>,

@@ -3,7 +3,7 @@
 use serde_json::value::RawValue;
 
 use super::{Scope, parse_or_default, undocumented};
-use crate::event::{Conversation, Event, Kind, Message, Participant};
+use crate::event::{Conversation, Event, Kind, Lead, Media, Message, Participant};
 use crate::meta::graph::PermissionValue;
 use crate::meta::instagram::{CommentValue, MentionValue as IgMentionValue, StoryInsightsValue};
 use crate::meta::lenient::{Id, UnixTime};
@@ -63,10 +63,21 @@ impl Scope<'_> {
                 {
                     event.id = format!("{comment}:{verb}");
                 }
-                event.conversation = actor(
-                    feed.from.as_ref().and_then(|f| f.id.as_ref()),
-                    feed.from.as_ref().and_then(|f| f.name.clone()),
+                let from = feed.from.as_ref();
+                event.conversation = author(
+                    &[
+                        from.and_then(|f| f.id.as_ref()),
+                        feed.sender_id.as_ref(),
+                        feed.user_id.as_ref(),
+                    ],
+                    &[
+                        from.and_then(|f| f.name.as_ref()),
+                        feed.sender_name.as_ref(),
+                    ],
                 );
+                if matches!(kind, Kind::Comment | Kind::Reaction) {
+                    event.media = media(feed.post_id.as_ref(), None);
+                }
                 let (id, reply_to) = match kind {
                     Kind::Comment => (
                         &feed.comment_id,
@@ -94,7 +105,15 @@ impl Scope<'_> {
                 let mention: MentionValue = parse_or_default(value)?;
                 let mut event = self.event(field, Kind::Mention, raw);
                 self.set_time(&mut event, mention.created_time);
-                event.conversation = actor(mention.sender_id.as_ref(), mention.sender_name);
+                let from = mention.from.as_ref();
+                event.conversation = author(
+                    &[from.and_then(|f| f.id.as_ref()), mention.sender_id.as_ref()],
+                    &[
+                        from.and_then(|f| f.name.as_ref()),
+                        mention.sender_name.as_ref(),
+                    ],
+                );
+                event.media = media(mention.post_id.as_ref(), None);
                 event.message = Some(Message {
                     id: mention.comment_id.or(mention.post_id).map(|id| id.0),
                     kind: mention.item.unwrap_or_else(|| "post".to_owned()),
@@ -107,11 +126,30 @@ impl Scope<'_> {
                 let rating: RatingsValue = parse_or_default(value)?;
                 let mut event = self.event(field, Kind::Rating, raw);
                 self.set_time(&mut event, rating.created_time);
-                let (who, name) = match rating.reviewer_id {
-                    Some(id) => (Some(id), rating.reviewer_name),
-                    None => (rating.sender_id, rating.sender_name),
-                };
-                event.conversation = actor(who.as_ref(), name);
+                // The one who acted: a comment's or reaction's sender comes before the
+                // reviewer, whose review it may be about.
+                let from = rating.from.as_ref();
+                event.conversation = author(
+                    &[
+                        from.and_then(|f| f.id.as_ref()),
+                        rating.sender_id.as_ref(),
+                        rating.reviewer_id.as_ref(),
+                    ],
+                    &[
+                        from.and_then(|f| f.name.as_ref()),
+                        rating.sender_name.as_ref(),
+                        rating.reviewer_name.as_ref(),
+                    ],
+                );
+                if rating.item.as_deref() != Some("rating") {
+                    event.media = media(
+                        rating
+                            .post_id
+                            .as_ref()
+                            .or(rating.open_graph_story_id.as_ref()),
+                        None,
+                    );
+                }
                 event.message = Some(Message {
                     id: rating
                         .comment_id
@@ -127,8 +165,28 @@ impl Scope<'_> {
                 let lead: LeadgenValue = parse_or_default(value)?;
                 let mut event = self.event(field, Kind::Lead, raw);
                 self.set_time(&mut event, lead.created_time);
-                if let Some(id) = lead.leadgen_id {
+                if let Some(id) = &lead.leadgen_id {
                     event.id = format!("leadgen:{id}");
+                }
+                let text = |id: Option<Id>| id.map(|id| id.0);
+                let typed = Lead {
+                    leadgen_id: text(lead.leadgen_id),
+                    form_id: text(lead.form_id),
+                    ad_id: text(lead.ad_id),
+                    adgroup_id: text(lead.adgroup_id),
+                    page_id: text(lead.page_id),
+                    created_time: lead.created_time.and_then(UnixTime::to_rfc3339),
+                };
+                // A change without a value (seen in the wild) has no ids: no empty `lead`.
+                let ids = [
+                    &typed.leadgen_id,
+                    &typed.form_id,
+                    &typed.ad_id,
+                    &typed.adgroup_id,
+                    &typed.page_id,
+                ];
+                if ids.iter().any(|id| id.is_some()) {
+                    event.lead = Some(typed);
                 }
                 Ok(event)
             }
@@ -154,9 +212,15 @@ impl Scope<'_> {
                 if let Some(id) = &comment.id {
                     event.id = format!("{id}:{field}");
                 }
-                event.conversation = actor(
-                    comment.from.as_ref().and_then(|f| f.id.as_ref()),
-                    comment.from.as_ref().and_then(|f| f.username.clone()),
+                let from = comment.from.as_ref();
+                let username = from.and_then(|f| f.username.clone());
+                // `name` keeps the username, as before `username` existed.
+                event.conversation =
+                    actor(from.and_then(|f| f.id.as_ref()), username.clone(), username);
+                let about = comment.media.as_ref();
+                event.media = media(
+                    about.and_then(|m| m.id.as_ref()),
+                    about.and_then(|m| m.media_product_type.clone()),
                 );
                 event.message = Some(Message {
                     id: comment.id.map(|id| id.0),
@@ -173,6 +237,7 @@ impl Scope<'_> {
             "mentions" => {
                 let mention: IgMentionValue = parse_or_default(value)?;
                 let mut event = self.event(field, Kind::Mention, raw);
+                event.media = media(mention.media_id.as_ref(), None);
                 event.message = Some(Message {
                     id: mention.comment_id.or(mention.media_id).map(|id| id.0),
                     kind: "mention".to_owned(),
@@ -196,9 +261,19 @@ impl Scope<'_> {
     }
 }
 
+/// The author of a Page change from whichever shape Meta sent: `from {id, name}` (current),
+/// `sender_id` / `sender_name` (older API versions, still delivered), `reviewer_id` /
+/// `reviewer_name` (a rating), `user_id` (a legacy like). The first id present wins, and the
+/// first name, in the caller's order.
+fn author(ids: &[Option<&Id>], names: &[Option<&String>]) -> Option<Conversation> {
+    let id = ids.iter().find_map(|id| *id);
+    let name = names.iter().find_map(|name| *name).cloned();
+    actor(id, name, None)
+}
+
 /// A conversation whose participant is the actor of a change.
-fn actor(id: Option<&Id>, name: Option<String>) -> Option<Conversation> {
-    if id.is_none() && name.is_none() {
+fn actor(id: Option<&Id>, name: Option<String>, username: Option<String>) -> Option<Conversation> {
+    if id.is_none() && name.is_none() && username.is_none() {
         return None;
     }
     Some(Conversation {
@@ -206,7 +281,19 @@ fn actor(id: Option<&Id>, name: Option<String>) -> Option<Conversation> {
         participant: Some(Participant {
             id: id.map(|id| id.0.clone()),
             name,
+            username,
             user_id: None,
         }),
+    })
+}
+
+/// The media or post an item is about, when its id or type is known.
+fn media(id: Option<&Id>, product_type: Option<String>) -> Option<Media> {
+    if id.is_none() && product_type.is_none() {
+        return None;
+    }
+    Some(Media {
+        id: id.map(|id| id.0.clone()),
+        product_type,
     })
 }

@@ -3,9 +3,11 @@
 use serde_json::value::RawValue;
 
 use super::{Scope, parse};
-use crate::event::{Attachment, Conversation, Event, Kind, Message, Participant, Platform};
+use crate::event::{
+    Attachment, Conversation, Event, Kind, Message, Participant, Platform, Referral,
+};
 use crate::meta::lenient::Id;
-use crate::meta::messaging::{Item, Message as ItemMessage, Party};
+use crate::meta::messaging::{Item, Message as ItemMessage, Party, Referral as ItemReferral};
 
 impl Scope<'_> {
     /// One messaging or standby item.
@@ -47,6 +49,14 @@ impl Scope<'_> {
             &item.sender
         };
         event.conversation = person.as_ref().map(conversation);
+        // A referral arrives on its own, inside the first message, or with a Get Started
+        // postback; wherever it is, it says where the conversation came from.
+        event.referral = item
+            .referral
+            .as_ref()
+            .or_else(|| item.message.as_ref().and_then(|m| m.referral.as_ref()))
+            .or_else(|| item.postback.as_ref().and_then(|p| p.referral.as_ref()))
+            .map(referral);
         match key {
             "message" => {
                 if let Some(message) = &item.message {
@@ -88,6 +98,7 @@ impl Scope<'_> {
                         id: postback.mid.clone(),
                         kind: "postback".to_owned(),
                         text: postback.title.clone(),
+                        payload: postback.payload.clone(),
                         ..Message::default()
                     });
                 }
@@ -213,9 +224,19 @@ fn conversation(party: &Party) -> Conversation {
                 .as_ref()
                 .or(party.user_ref.as_ref())
                 .map(Id::to_string),
-            name: None,
-            user_id: None,
+            ..Participant::default()
         }),
+    }
+}
+
+fn referral(referral: &ItemReferral) -> Referral {
+    Referral {
+        source: referral.source.clone(),
+        kind: referral.kind.clone(),
+        reference: referral.reference.clone(),
+        ad_id: referral.ad_id.as_ref().map(Id::to_string),
+        ctwa_clid: None,
+        source_url: referral.referer_uri.clone(),
     }
 }
 
@@ -262,5 +283,6 @@ fn unified_message(message: &ItemMessage, kind: Kind) -> Message {
         text: message.text.clone(),
         attachments,
         reply_to,
+        payload: message.quick_reply.as_ref().and_then(|q| q.payload.clone()),
     }
 }

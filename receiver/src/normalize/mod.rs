@@ -256,6 +256,9 @@ impl<'c> Scope<'c> {
             conversation: None,
             message: None,
             status: None,
+            lead: None,
+            referral: None,
+            media: None,
             error: None,
             raw,
         }

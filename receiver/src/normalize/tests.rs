@@ -219,3 +219,59 @@ fn changed_fields_yield_one_change_each() {
     );
     assert_ne!(events[0].id, events[1].id);
 }
+
+fn participant_of(event: &Event) -> (Option<&str>, Option<&str>) {
+    let participant = event
+        .conversation
+        .as_ref()
+        .and_then(|c| c.participant.as_ref());
+    (
+        participant.and_then(|p| p.id.as_deref()),
+        participant.and_then(|p| p.name.as_deref()),
+    )
+}
+
+#[test]
+fn the_author_comes_from_whichever_shape_meta_sent() {
+    let events = run(r#"{"object":"page","entry":[{"id":"1","time":1,"changes":[
+            {"field":"feed","value":{"item":"comment","verb":"add","post_id":"1_2","from":{"id":"F","name":"From"},"sender_id":"S","sender_name":"Sender"}},
+            {"field":"feed","value":{"item":"photo","verb":"add","post_id":"1_3","sender_id":5,"sender_name":"Sender"}},
+            {"field":"ratings","value":{"item":"comment","verb":"add","post_id":"1_4","sender_id":"S","reviewer_id":"R","reviewer_name":"Reviewer"}},
+            {"field":"ratings","value":{"item":"rating","verb":"add","reviewer_id":"R","reviewer_name":"Reviewer"}}]}]}"#);
+    assert_eq!(participant_of(&events[0]), (Some("F"), Some("From")));
+    assert_eq!(participant_of(&events[1]), (Some("5"), Some("Sender")));
+    // A comment on a review: the commenter acted, not the reviewer.
+    assert_eq!(participant_of(&events[2]).0, Some("S"));
+    assert_eq!(participant_of(&events[3]), (Some("R"), Some("Reviewer")));
+    assert_eq!(
+        events[2].media.as_ref().and_then(|m| m.id.as_deref()),
+        Some("1_4")
+    );
+    assert!(events[3].media.is_none(), "a rating is not about a post");
+}
+
+#[test]
+fn a_whatsapp_referral_from_a_post_names_no_ad() {
+    let events = run(
+        r#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{"messages":[
+            {"from":"1555","id":"wamid.P","timestamp":"1","type":"text","text":{"body":"hi"},"referral":{"source_type":"post","source_id":"1_2","source_url":"https://fb.me/p"}},
+            {"from":"1555","id":"wamid.A","timestamp":"1","type":"text","text":{"body":"hi"},"referral":{"source_type":"ad","source_id":"777","ctwa_clid":"C"}}]}}]}]}"#,
+    );
+    let post = events[0].referral.as_ref().expect("referral");
+    assert_eq!(post.source.as_deref(), Some("post"));
+    assert_eq!(post.ad_id, None, "a post id is not an ad id");
+    assert_eq!(post.source_url.as_deref(), Some("https://fb.me/p"));
+    let ad = events[1].referral.as_ref().expect("referral");
+    assert_eq!(
+        (ad.ad_id.as_deref(), ad.ctwa_clid.as_deref()),
+        (Some("777"), Some("C"))
+    );
+}
+
+#[test]
+fn a_leadgen_change_without_value_has_no_lead() {
+    let events =
+        run(r#"{"object":"page","entry":[{"id":"1","time":1,"changes":[{"field":"leadgen"}]}]}"#);
+    assert_eq!(events[0].kind, Kind::Lead);
+    assert!(events[0].lead.is_none());
+}

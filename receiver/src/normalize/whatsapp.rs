@@ -5,12 +5,13 @@ use serde_json::value::RawValue;
 
 use super::{Scope, parse, parse_or_default};
 use crate::event::{
-    Attachment, BusinessPhone, Conversation, Event, Kind, Message, Participant, Status, StatusError,
+    Attachment, BusinessPhone, Conversation, Event, Kind, Message, Participant, Pricing, Referral,
+    Status, StatusConversation, StatusError,
 };
-use crate::meta::lenient::Id;
+use crate::meta::lenient::{Id, UnixTime};
 use crate::meta::whatsapp::{
     AccountNotification, Call, Contact, Error, ItemsValue, MESSAGE_TYPES, Media,
-    Message as WaMessage, Metadata, StatusUpdate, UserPreference,
+    Message as WaMessage, Metadata, Referral as WaReferral, StatusUpdate, UserPreference,
 };
 
 /// A WhatsApp change read in one pass, its value taken as an item list. Any value that is
@@ -121,6 +122,7 @@ impl Scope<'_> {
                 event.status = Some(Status {
                     value: "error".to_owned(),
                     errors: items.errors.iter().map(status_error).collect(),
+                    ..Status::default()
                 });
                 out.push(event);
             }
@@ -157,8 +159,10 @@ impl Scope<'_> {
             event.status = Some(Status {
                 value: message.kind.clone().unwrap_or_default(),
                 errors: message.errors.iter().map(status_error).collect(),
+                ..Status::default()
             });
         }
+        event.referral = message.referral.as_ref().map(referral);
         event.message = Some(wa_message_body(&message));
         event
     }
@@ -209,6 +213,21 @@ impl Scope<'_> {
         event.status = Some(Status {
             value,
             errors: status.errors.iter().map(status_error).collect(),
+            pricing: status.pricing.as_ref().map(|p| Pricing {
+                category: p.category.clone(),
+                billable: p.billable,
+                model: p.pricing_model.clone(),
+            }),
+            conversation: status.conversation.as_ref().map(|c| StatusConversation {
+                id: c.id.clone(),
+                origin: c
+                    .origin
+                    .as_ref()
+                    .and_then(|o| o.get("type"))
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_owned),
+                expires_at: c.expiration_timestamp.and_then(UnixTime::to_rfc3339),
+            }),
         });
         event
     }
@@ -234,7 +253,7 @@ impl Scope<'_> {
         ));
         event.status = call.event.map(|value| Status {
             value,
-            errors: Vec::new(),
+            ..Status::default()
         });
         event
     }
@@ -306,7 +325,29 @@ fn participant(wa_id: Option<&str>, user_id: Option<&str>, contacts: &[Contact])
         name: contact
             .and_then(|c| c.profile.as_ref())
             .and_then(|p| p.name.clone()),
+        username: None,
         user_id,
+    }
+}
+
+/// A Click-to-WhatsApp referral. `source_id` names the ad only when `source_type` says the
+/// conversation started from an ad (a post's id stays in `raw`).
+fn referral(referral: &WaReferral) -> Referral {
+    let from_ad = referral
+        .source_type
+        .as_deref()
+        .is_some_and(|t| t.eq_ignore_ascii_case("ad"));
+    Referral {
+        source: referral.source_type.clone(),
+        kind: None,
+        reference: None,
+        ad_id: referral
+            .source_id
+            .as_ref()
+            .filter(|_| from_ad)
+            .map(|id| id.0.clone()),
+        ctwa_clid: referral.ctwa_clid.clone(),
+        source_url: referral.source_url.clone(),
     }
 }
 
@@ -400,11 +441,26 @@ fn wa_message_body(message: &WaMessage) -> Message {
             ..Attachment::default()
         });
     }
+    // What a bot routes on: a template button's payload, an interactive reply's id.
+    let payload = message
+        .button
+        .as_ref()
+        .and_then(|b| b.payload.clone())
+        .or_else(|| {
+            message.interactive.as_ref().and_then(|i| {
+                i.button_reply
+                    .as_ref()
+                    .or(i.list_reply.as_ref())
+                    .and_then(|choice| choice.id.as_ref())
+                    .map(|id| id.0.clone())
+            })
+        });
     Message {
         id: message.id.clone(),
         kind,
         text,
         attachments,
         reply_to,
+        payload,
     }
 }
