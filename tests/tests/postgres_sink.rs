@@ -235,14 +235,189 @@ async fn a_status_only_moves_forward() -> Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Each migration is recorded once (two: the tables, then the typed-field projections).
     assert_eq!(
         count(
             &db,
             &format!("SELECT count(*) FROM {schema}.schema_migrations")
         )
         .await?,
-        1
+        2
     );
+    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await?;
+    Ok(())
+}
+
+fn status_with_pricing(wamid: &str, status: &str, at: u32, pricing: bool) -> Vec<u8> {
+    let extra = if pricing {
+        r#","conversation":{"id":"conv-42","expiration_timestamp":"1767312000","origin":{"type":"marketing"}},"pricing":{"billable":true,"pricing_model":"PMP","category":"marketing"}"#
+    } else {
+        ""
+    };
+    format!(
+        r#"{{"object":"whatsapp_business_account","entry":[{{"id":"100200300400500","changes":[{{"field":"messages","value":{{"messaging_product":"whatsapp","statuses":[{{"id":"{wamid}","status":"{status}","timestamp":"{at}","recipient_id":"15551234567"{extra}}}]}}}}]}}]}}"#
+    )
+    .into_bytes()
+}
+
+/// The typed fields reach their projections: a comment's author (older `sender_id` shape),
+/// name and post in `engagement`; a lead's ids in `leads`; a payload and a referral on an
+/// incoming message; pricing and conversation on the message a status is about, kept when a
+/// later status has none and filled when a late, lower status brings them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_fields_are_projected() -> Result<()> {
+    let db = connect().await?;
+    let schema = unique_schema();
+    let receiver =
+        TestReceiver::start_with(|config, _| config.sinks.push(postgres_sink(&schema))).await?;
+    let mut bodies = Vec::new();
+    for file in [
+        "facebook__feed.comment.add.sender_id.json",
+        "facebook__ratings.rating.add.from.json",
+        "facebook__leadgen.json",
+        "whatsapp__messages.button.json",
+        "whatsapp__messages.text.referral_ad.json",
+    ] {
+        let path = testkit::own_fixtures_dir().join(file);
+        bodies.push(std::fs::read(&path).with_context(|| path.display().to_string())?);
+    }
+    bodies.push(status_with_pricing(
+        "wamid.price.1",
+        "sent",
+        1_700_000_100,
+        true,
+    ));
+    bodies.push(status_with_pricing(
+        "wamid.price.1",
+        "read",
+        1_700_000_300,
+        false,
+    ));
+    bodies.push(status_with_pricing(
+        "wamid.price.2",
+        "read",
+        1_700_000_300,
+        false,
+    ));
+    bodies.push(status_with_pricing(
+        "wamid.price.2",
+        "sent",
+        1_700_000_100,
+        true,
+    ));
+    for (delivered, body) in bodies.iter().enumerate() {
+        ensure!(receiver.post(body).await?.status == StatusCode::OK);
+        // One at a time: the status order is part of what is tested.
+        wait_delivered(&receiver, delivered + 1).await?;
+    }
+    let row = |sql: String| {
+        let db = &db;
+        async move { db.query_one(&sql, &[]).await.with_context(|| sql.clone()) }
+    };
+
+    let comment = row(format!(
+        "SELECT participant_id, participant_name, media_id, text FROM {schema}.engagement
+         WHERE kind = 'comment' AND participant_id = '6001002003004008'"
+    ))
+    .await?;
+    assert_eq!(
+        (
+            comment.get::<_, Option<String>>(1).as_deref(),
+            comment.get::<_, Option<String>>(2).as_deref(),
+            comment.get::<_, Option<String>>(3).as_deref(),
+        ),
+        (
+            Some("Charles Babbage"),
+            Some("200300400500600_123456789012345"),
+            Some("Is the brass one in stock?")
+        ),
+        "a comment's author (sender_id shape), name and post"
+    );
+    let rating: Option<String> = row(format!(
+        "SELECT participant_id FROM {schema}.engagement WHERE kind = 'rating'"
+    ))
+    .await?
+    .get(0);
+    assert_eq!(
+        rating.as_deref(),
+        Some("6001002003004008"),
+        "a rating's author (from shape)"
+    );
+
+    let lead = row(format!(
+        "SELECT form_id, ad_id, adgroup_id, page_id, created_time = to_timestamp(1767236200), event_id
+         FROM {schema}.leads WHERE leadgen_id = '900800700600500'"
+    ))
+    .await?;
+    let ids: Vec<Option<String>> = (0..4).map(|i| lead.get(i)).collect();
+    assert_eq!(
+        ids,
+        [
+            Some("900800700600501".to_owned()),
+            Some("120200300400500602".to_owned()),
+            Some("120200300400500603".to_owned()),
+            Some("200300400500600".to_owned())
+        ],
+        "a lead's form, ad, ad group and page"
+    );
+    assert!(lead.get::<_, bool>(4), "created_time");
+    assert_eq!(lead.get::<_, String>(5), "leadgen:900800700600500");
+
+    let payload: Option<String> = row(format!(
+        "SELECT payload FROM {schema}.messages WHERE id = 'wamid.MH0000ADA0000000000000016'"
+    ))
+    .await?
+    .get(0);
+    assert_eq!(
+        payload.as_deref(),
+        Some("RESCHEDULE_42"),
+        "a button's payload"
+    );
+    let referral = row(format!(
+        "SELECT referral->>'source', referral->>'ad_id', referral->>'ctwa_clid' IS NOT NULL
+         FROM {schema}.messages WHERE id = 'wamid.MH0000ADA0000000000000004'"
+    ))
+    .await?;
+    assert_eq!(
+        (
+            referral.get::<_, Option<String>>(0).as_deref(),
+            referral.get::<_, Option<String>>(1).as_deref(),
+            referral.get::<_, bool>(2)
+        ),
+        (Some("ad"), Some("120200300400500600"), true),
+        "a Click-to-WhatsApp referral"
+    );
+
+    for wamid in ["wamid.price.1", "wamid.price.2"] {
+        let priced = row(format!(
+            "SELECT status, pricing_category, pricing_billable, pricing_model, conversation_id,
+                    conversation_origin, conversation_expires_at = to_timestamp(1767312000)
+             FROM {schema}.messages WHERE id = '{wamid}'"
+        ))
+        .await?;
+        assert_eq!(
+            (
+                priced.get::<_, String>(0),
+                priced.get::<_, Option<String>>(1),
+                priced.get::<_, Option<bool>>(2),
+                priced.get::<_, Option<String>>(3),
+                priced.get::<_, Option<String>>(4),
+                priced.get::<_, Option<String>>(5),
+                priced.get::<_, Option<bool>>(6),
+            ),
+            (
+                "read".to_owned(),
+                Some("marketing".to_owned()),
+                Some(true),
+                Some("PMP".to_owned()),
+                Some("conv-42".to_owned()),
+                Some("marketing".to_owned()),
+                Some(true)
+            ),
+            "{wamid}: the status moves forward only, its pricing stays whatever the order"
+        );
+    }
     db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
         .await?;
     Ok(())

@@ -1,8 +1,9 @@
 //! The `postgres` sink: the unified message store.
 //!
 //! Every event lands in `events` (the event as jsonb, keyed by event id), and is projected
-//! into `conversations`, `messages` (with a delivery status that only moves forward) and
-//! `engagement` (comments, mentions, reactions, ratings, leads, opt-ins and opt-outs). A batch
+//! into `conversations`, `messages` (with a delivery status that only moves forward, and
+//! WhatsApp pricing), `engagement` (comments, mentions, reactions, ratings, leads, opt-ins and
+//! opt-outs, with their author and the post they are about) and `leads` (Lead Ads ids). A batch
 //! is one transaction of idempotent upserts, so a redelivery changes nothing. Migrations run
 //! at start, under an advisory lock, recorded in `schema_migrations`. docs/postgres.md
 //! describes the tables.
@@ -27,7 +28,8 @@ fn status_rank(status: &str) -> i32 {
 }
 
 /// The schema, version by version. Each runs once, in order, in one transaction.
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE {s}.events (
     id          text PRIMARY KEY,
     platform    text NOT NULL,
@@ -76,7 +78,34 @@ CREATE TABLE {s}.engagement (
     text           text,
     occurred_at    timestamptz
 );
-"];
+",
+    r"
+ALTER TABLE {s}.engagement
+    ADD COLUMN participant_name text,
+    ADD COLUMN media_id         text;
+CREATE INDEX engagement_participant_idx ON {s}.engagement (platform, account_id, participant_id);
+ALTER TABLE {s}.messages
+    ADD COLUMN payload                 text,
+    ADD COLUMN referral                jsonb,
+    ADD COLUMN pricing_category        text,
+    ADD COLUMN pricing_billable        boolean,
+    ADD COLUMN pricing_model           text,
+    ADD COLUMN conversation_id         text,
+    ADD COLUMN conversation_origin     text,
+    ADD COLUMN conversation_expires_at timestamptz;
+CREATE TABLE {s}.leads (
+    leadgen_id   text PRIMARY KEY,
+    account_id   text,
+    form_id      text,
+    ad_id        text,
+    adgroup_id   text,
+    page_id      text,
+    created_time timestamptz,
+    event_id     text NOT NULL
+);
+CREATE INDEX leads_form_idx ON {s}.leads (form_id, created_time);
+",
+];
 
 /// Writes events into PostgreSQL.
 #[derive(Debug)]
@@ -208,14 +237,16 @@ impl Sink for PostgresSink {
 }
 
 /// The batch's SQL, with the schema filled in. Every statement takes one array per column
-/// (`UNNEST`), so a batch is five round trips whatever its size; rows that share a key
-/// within the batch are folded in SQL first (`ON CONFLICT DO UPDATE` may touch a row once).
+/// (`UNNEST`), so a batch is at most seven round trips whatever its size; rows that share a
+/// key within the batch are folded in SQL first (`ON CONFLICT DO UPDATE` may touch a row once).
 struct Statements {
     events: String,
     conversations: String,
     messages: String,
     statuses: String,
+    pricing: String,
     engagement: String,
+    leads: String,
 }
 
 impl Statements {
@@ -239,18 +270,24 @@ impl Statements {
                    first_event_at = LEAST(c.first_event_at, EXCLUDED.first_event_at),
                    last_event_at = GREATEST(c.last_event_at, EXCLUDED.last_event_at)"),
             messages: s("INSERT INTO {s}.messages AS m
-                 (id, platform, account_id, participant_id, direction, type, text, reply_to, sent_at, event_id)
-                 SELECT DISTINCT ON (id) id, platform, account, participant, direction, type, text, reply_to, at, event_id
+                 (id, platform, account_id, participant_id, direction, type, text, reply_to, sent_at, event_id,
+                  payload, referral)
+                 SELECT DISTINCT ON (id) id, platform, account, participant, direction, type, text, reply_to, at,
+                        event_id, payload, referral
                  FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                             $8::text[], $9::text[]::timestamptz[], $10::text[]) WITH ORDINALITY
-                      AS t(id, platform, account, participant, direction, type, text, reply_to, at, event_id, ord)
+                             $8::text[], $9::text[]::timestamptz[], $10::text[], $11::text[], $12::text[]::jsonb[])
+                      WITH ORDINALITY
+                      AS t(id, platform, account, participant, direction, type, text, reply_to, at, event_id,
+                           payload, referral, ord)
                  ORDER BY id, ord
                  ON CONFLICT (id) DO UPDATE SET
                    participant_id = COALESCE(m.participant_id, EXCLUDED.participant_id),
                    type = COALESCE(m.type, EXCLUDED.type),
                    text = COALESCE(m.text, EXCLUDED.text),
                    reply_to = COALESCE(m.reply_to, EXCLUDED.reply_to),
-                   sent_at = COALESCE(m.sent_at, EXCLUDED.sent_at)"),
+                   sent_at = COALESCE(m.sent_at, EXCLUDED.sent_at),
+                   payload = COALESCE(m.payload, EXCLUDED.payload),
+                   referral = COALESCE(m.referral, EXCLUDED.referral)"),
             statuses: s("INSERT INTO {s}.messages AS m
                  (id, platform, account_id, participant_id, direction, status, status_rank, status_at, errors, event_id)
                  SELECT DISTINCT ON (id) id, platform, account, participant, 'out', status, rank, at, errors, event_id
@@ -262,11 +299,35 @@ impl Statements {
                    status = EXCLUDED.status, status_rank = EXCLUDED.status_rank, status_at = EXCLUDED.status_at,
                    errors = COALESCE(EXCLUDED.errors, m.errors)
                  WHERE m.status_rank < EXCLUDED.status_rank"),
+            // Runs after `statuses`, so the row exists. Pricing and conversation belong to
+            // the message, not to one status: whichever status carries them first fills them,
+            // whatever its rank, and a later one never blanks them.
+            pricing: s("UPDATE {s}.messages AS m SET
+                   pricing_category = COALESCE(m.pricing_category, t.category),
+                   pricing_billable = COALESCE(m.pricing_billable, t.billable),
+                   pricing_model = COALESCE(m.pricing_model, t.model),
+                   conversation_id = COALESCE(m.conversation_id, t.conversation),
+                   conversation_origin = COALESCE(m.conversation_origin, t.origin),
+                   conversation_expires_at = COALESCE(m.conversation_expires_at, t.expires_at)
+                 FROM (SELECT id, max(category) AS category, bool_or(billable) AS billable, max(model) AS model,
+                              max(conversation) AS conversation, max(origin) AS origin,
+                              max(expires_at) AS expires_at
+                       FROM UNNEST($1::text[], $2::text[], $3::text[]::boolean[], $4::text[], $5::text[],
+                                   $6::text[], $7::text[]::timestamptz[])
+                            AS u(id, category, billable, model, conversation, origin, expires_at)
+                       GROUP BY id) AS t
+                 WHERE m.id = t.id"),
             engagement: s("INSERT INTO {s}.engagement
-                 (event_id, platform, kind, account_id, participant_id, target_id, text, occurred_at)
+                 (event_id, platform, kind, account_id, participant_id, target_id, text, occurred_at,
+                  participant_name, media_id)
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                      $7::text[], $8::text[]::timestamptz[])
+                                      $7::text[], $8::text[]::timestamptz[], $9::text[], $10::text[])
                  ON CONFLICT (event_id) DO NOTHING"),
+            leads: s("INSERT INTO {s}.leads
+                 (leadgen_id, account_id, form_id, ad_id, adgroup_id, page_id, created_time, event_id)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                      $7::text[]::timestamptz[], $8::text[])
+                 ON CONFLICT (leadgen_id) DO NOTHING"),
         }
     }
 }
@@ -331,10 +392,12 @@ async fn upsert(
         inserted.iter().map(|row| row.get::<_, String>(0)).collect();
 
     let mut conversations = Columns::<5>::new();
-    let mut messages = Columns::<10>::new();
+    let mut messages = Columns::<12>::new();
     let mut statuses = Columns::<8>::new();
     let mut ranks: Vec<i32> = Vec::new();
-    let mut engagement = Columns::<8>::new();
+    let mut pricing = Columns::<7>::new();
+    let mut engagement = Columns::<10>::new();
+    let mut leads = Columns::<8>::new();
     let mut seen = std::collections::HashSet::new();
     for event in events
         .iter()
@@ -369,6 +432,10 @@ async fn upsert(
                     } else {
                         "in"
                     };
+                    let referral = event
+                        .referral
+                        .as_ref()
+                        .and_then(|r| serde_json::to_string(r).ok());
                     messages.push([
                         Some(id),
                         platform,
@@ -380,6 +447,8 @@ async fn upsert(
                         body.and_then(|m| m.reply_to.as_deref()),
                         at,
                         Some(&event.id),
+                        body.and_then(|m| m.payload.as_deref()),
+                        referral.as_deref(),
                     ]);
                 }
             }
@@ -400,6 +469,20 @@ async fn upsert(
                         Some(&event.id),
                     ]);
                     ranks.push(status_rank(&value.value));
+                    if value.pricing.is_some() || value.conversation.is_some() {
+                        let price = value.pricing.as_ref();
+                        let billable = price.and_then(|p| p.billable).map(|b| b.to_string());
+                        let talk = value.conversation.as_ref();
+                        pricing.push([
+                            Some(id),
+                            price.and_then(|p| p.category.as_deref()),
+                            billable.as_deref(),
+                            price.and_then(|p| p.model.as_deref()),
+                            talk.and_then(|c| c.id.as_deref()),
+                            talk.and_then(|c| c.origin.as_deref()),
+                            talk.and_then(|c| c.expires_at.as_deref()),
+                        ]);
+                    }
                 }
             }
             Kind::Comment
@@ -419,7 +502,25 @@ async fn upsert(
                     body.and_then(|m| m.reply_to.as_deref().or(m.id.as_deref())),
                     body.and_then(|m| m.text.as_deref()),
                     at,
+                    participant.and_then(|p| p.name.as_deref()),
+                    event.media.as_ref().and_then(|m| m.id.as_deref()),
                 ]);
+                if let Some(lead) = event
+                    .lead
+                    .as_ref()
+                    .filter(|l| event.kind == Kind::Lead && l.leadgen_id.is_some())
+                {
+                    leads.push([
+                        lead.leadgen_id.as_deref(),
+                        account,
+                        lead.form_id.as_deref(),
+                        lead.ad_id.as_deref(),
+                        lead.adgroup_id.as_deref(),
+                        lead.page_id.as_deref(),
+                        lead.created_time.as_deref(),
+                        Some(&event.id),
+                    ]);
+                }
             }
             _ => {}
         }
@@ -434,7 +535,8 @@ async fn upsert(
         txn.execute(
             &sql.messages,
             &[
-                &m[0], &m[1], &m[2], &m[3], &m[4], &m[5], &m[6], &m[7], &m[8], &m[9],
+                &m[0], &m[1], &m[2], &m[3], &m[4], &m[5], &m[6], &m[7], &m[8], &m[9], &m[10],
+                &m[11],
             ],
         )
         .await?;
@@ -449,11 +551,29 @@ async fn upsert(
         )
         .await?;
     }
+    if !pricing.is_empty() {
+        let p = &pricing.text;
+        txn.execute(
+            &sql.pricing,
+            &[&p[0], &p[1], &p[2], &p[3], &p[4], &p[5], &p[6]],
+        )
+        .await?;
+    }
     if !engagement.is_empty() {
         let e = &engagement.text;
         txn.execute(
             &sql.engagement,
-            &[&e[0], &e[1], &e[2], &e[3], &e[4], &e[5], &e[6], &e[7]],
+            &[
+                &e[0], &e[1], &e[2], &e[3], &e[4], &e[5], &e[6], &e[7], &e[8], &e[9],
+            ],
+        )
+        .await?;
+    }
+    if !leads.is_empty() {
+        let l = &leads.text;
+        txn.execute(
+            &sql.leads,
+            &[&l[0], &l[1], &l[2], &l[3], &l[4], &l[5], &l[6], &l[7]],
         )
         .await?;
     }
