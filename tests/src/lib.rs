@@ -1,6 +1,7 @@
 //! Support code for metahook's end-to-end tests and the `bench` program.
 
 pub mod bench;
+pub mod cluster;
 pub mod downstream;
 pub mod pki;
 pub mod testkit;
