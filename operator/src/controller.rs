@@ -782,6 +782,15 @@ async fn ensure_serving_certificate(
         Some(reason) => {
             let issued = ca.issue(&names, now, ctx.settings.certificate_lifetime)?;
             let secret = secret_objects::serving_secret(inputs, &issued)?;
+            // The rollout digest covers tls.crt exactly as stored (leaf and CA), as later
+            // passes read it back: digesting the leaf alone here rolled every new
+            // receiver a second time on the next pass.
+            let stored = secret
+                .data
+                .as_ref()
+                .and_then(|data| data.get("tls.crt"))
+                .map(|value| value.0.clone())
+                .unwrap_or_default();
             apply(secrets, &secret).await?;
             let renewed = existing.is_some();
             publish(
@@ -798,11 +807,7 @@ async fn ensure_serving_certificate(
                 ),
             )
             .await;
-            (
-                issued.not_before,
-                issued.not_after,
-                issued.cert_pem.into_bytes(),
-            )
+            (issued.not_before, issued.not_after, stored)
         }
     };
     let renew_at = certs::renew_at(not_before, not_after);

@@ -496,6 +496,81 @@ async fn first_tls_pass_creates_the_ca_and_issues_a_certificate() {
     assert_eq!(action, Action::requeue(expected.min(RESYNC)));
 }
 
+fn config_hash_in(served: &[Served]) -> String {
+    let deployment = body_of(served, &Method::PATCH, &format!("{APPS}/deployments/wa"));
+    deployment["spec"]["template"]["metadata"]["annotations"]["metahook.io/config-hash"]
+        .as_str()
+        .expect("config hash")
+        .to_owned()
+}
+
+/// Found on a real API server: the pass that issues the serving certificate digested the
+/// leaf alone, later passes the Secret's tls.crt (leaf and CA), so every new subscription
+/// with an operator-issued certificate rolled its pods a second time.
+#[tokio::test]
+async fn the_pass_after_issuing_a_certificate_keeps_the_config_hash() {
+    let now = test_now();
+    let mut script = vec![
+        get(
+            format!("{CORE}/secrets/meta-app"),
+            Reply::Object(app_with_token()),
+        ),
+        get(
+            format!("{CORE}/secrets/{CA_SECRET_NAME}"),
+            Reply::Error(404, "NotFound"),
+        ),
+        create(format!("{CORE}/secrets"), Reply::Created),
+        get(
+            format!("{CORE}/secrets/wa-tls"),
+            Reply::Error(404, "NotFound"),
+        ),
+        apply(format!("{CORE}/secrets/wa-tls"), Reply::Echo(None)),
+        event(NS),
+    ];
+    script.extend(tls_workload_steps());
+    let api = MockApi::start(script, Capabilities::default(), now);
+    controller::reconcile(
+        Arc::new(subscription("wa", NS, &tls_spec())),
+        api.ctx.clone(),
+    )
+    .await
+    .expect("first pass");
+    let first = api.finish().await;
+    let ca = body_of(&first, &Method::POST, &format!("{CORE}/secrets")).clone();
+    let tls = body_of(&first, &Method::PATCH, &format!("{CORE}/secrets/wa-tls")).clone();
+
+    // The next pass reads back what the first one wrote, and keeps it.
+    let mut script = vec![
+        get(
+            format!("{CORE}/secrets/meta-app"),
+            Reply::Object(app_with_token()),
+        ),
+        get(
+            format!("{CORE}/secrets/{CA_SECRET_NAME}"),
+            Reply::Object(ca),
+        ),
+        get(format!("{CORE}/secrets/wa-tls"), Reply::Object(tls)),
+    ];
+    script.extend(tls_workload_steps());
+    let api = MockApi::start(
+        script,
+        Capabilities::default(),
+        now + Duration::from_secs(5),
+    );
+    controller::reconcile(
+        Arc::new(subscription("wa", NS, &tls_spec())),
+        api.ctx.clone(),
+    )
+    .await
+    .expect("second pass");
+    let second = api.finish().await;
+    assert_eq!(
+        config_hash_in(&first),
+        config_hash_in(&second),
+        "the pod template must not change when nothing did"
+    );
+}
+
 fn existing_tls(ca: &CaMaterial, issued_at: time::OffsetDateTime) -> Value {
     let cert = ca
         .issue(&names(), issued_at, Duration::from_secs(90 * 86400))
