@@ -125,6 +125,10 @@ build() {
   note "built in $((SECONDS - started)) s: $bin_dir"
 }
 
+# Is the process running? (An exited daemon whose new parent has not reaped it yet is a
+# zombie, which `kill -0` still finds.)
+alive() { [ -e "/proc/$1" ] && ! grep -q '^[0-9]* ([^)]*) Z' "/proc/$1/stat" 2>/dev/null; }
+
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # A loopback port nothing listens on now (from a range clear of the usual services).
@@ -156,7 +160,7 @@ wait_for() {
 check_alive() {
   local dir=$1 name pid
   while read -r name pid; do
-    if ! kill -0 "$pid" 2>/dev/null; then
+    if ! alive "$pid"; then
       tail -n 20 "$dir/$name.log" >&2 || true
       stop "$dir" >/dev/null 2>&1 || true
       die "$name exited during start-up (log: $dir/$name.log)"
@@ -251,8 +255,10 @@ start() {
   if [ -n "${METAHOOK_KUBE_OWNER_PID:-}" ]; then
     local owner=$METAHOOK_KUBE_OWNER_PID
     (
-      while kill -0 "$owner" 2>/dev/null && [ -f "$dir/pids" ]; do sleep 1; done
+      while alive "$owner" && [ -f "$dir/pids" ]; do sleep 1; done
       stop "$dir"
+      # METAHOOK_KUBE_REMOVE=1: the directory was only the owner's (logs go with it).
+      [ "${METAHOOK_KUBE_REMOVE:-}" = 1 ] && rm -rf "$dir"
     ) </dev/null >"$dir/watchdog.log" 2>&1 &
     disown
   fi
@@ -289,8 +295,8 @@ stop() {
   # Reverse order: the controller manager and API server before etcd.
   tac "$dir/pids" | while read -r name pid; do
     kill -TERM "$pid" 2>/dev/null || continue
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do alive "$pid" || break; sleep 0.1; done
+    alive "$pid" && { note "$name ($pid) ignored SIGTERM for 10s: killing it"; kill -KILL "$pid" 2>/dev/null || true; }
   done
   rm -f "$dir/pids"
 }

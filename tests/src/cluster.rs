@@ -71,6 +71,7 @@ impl Cluster {
             // The script's watchdog stops the cluster when this process is gone, however
             // it ends (a shared cluster lives in a static, which is never dropped).
             .env("METAHOOK_KUBE_OWNER_PID", std::process::id().to_string())
+            .env("METAHOOK_KUBE_REMOVE", "1")
             .stdin(Stdio::null())
             .output()
             .context("running scripts/kube-apiserver.sh start")?;
