@@ -291,6 +291,50 @@ async fn a_spec_or_secret_change_changes_the_config_hash() {
     assert_eq!(base, config_hash_of(more_fields, b"s3cret").await);
 }
 
+/// Found on a real API server (1.20): an apply that creates a Service can answer 409
+/// AlreadyExists when another create of the same name lands between the server's read
+/// and its create (its Service storage creates on update without retrying; a request the
+/// client retried after a timeout is such a create). The object then exists: applying
+/// again updates it, rather than failing the pass and waiting out a backoff.
+#[tokio::test]
+async fn an_apply_that_races_a_create_is_applied_again() {
+    let mut spec = whatsapp_spec();
+    spec["verifyTokenRef"] = json!({"name": "meta-app", "key": "verify-token"});
+    let sub = subscription("wa", NS, &spec);
+    let script = vec![
+        get(
+            format!("{CORE}/secrets/meta-app"),
+            Reply::Object(app_with_token()),
+        ),
+        apply(format!("{CORE}/configmaps/wa-receiver"), Reply::Echo(None)),
+        apply(
+            format!("{APPS}/deployments/wa"),
+            Reply::Echo(Some(json!({"replicas": 1, "readyReplicas": 0}))),
+        ),
+        delete_absent(format!("{APPS}/statefulsets/wa")),
+        apply(
+            format!("{CORE}/services/wa"),
+            Reply::Error(409, "AlreadyExists"),
+        ),
+        apply(format!("{CORE}/services/wa"), Reply::Echo(None)),
+        delete_absent(format!("{NET}/ingresses/wa")),
+        status_step(),
+    ];
+    let api = MockApi::start(script, Capabilities::default(), test_now());
+    let action = controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("the pass succeeds");
+    assert_eq!(action, Action::requeue(RESYNC));
+    let served = api.finish().await;
+    let services: Vec<&Value> = served
+        .iter()
+        .filter(|s| s.path == format!("{CORE}/services/wa"))
+        .map(|s| &s.body)
+        .collect();
+    assert_eq!(services.len(), 2);
+    assert_eq!(services[0], services[1], "the same apply, again");
+}
+
 #[tokio::test]
 async fn a_missing_secret_is_named_and_nothing_is_applied() {
     let mut spec = whatsapp_spec();
