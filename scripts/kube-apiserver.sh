@@ -71,6 +71,8 @@ build() {
   local work="$cache_root/$kube_version/build"
   rm -rf "$work"
   mkdir -p "$work/download"
+  # apt fetches as _apt where it may write (else it warns and fetches as root).
+  id _apt >/dev/null 2>&1 && chown _apt "$work/download"
   # The Debian revision (-1.1+deb12u1, ...) may move with security updates; the upstream
   # version is what the cache is keyed on.
   (cd "$work/download" && apt-get source --download-only kubernetes >/dev/null) \
