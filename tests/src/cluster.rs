@@ -109,6 +109,26 @@ impl Cluster {
     pub async fn client(&self) -> Result<Client> {
         client_for(&self.kubeconfig).await
     }
+
+    /// Writes to `path` a kubeconfig for this cluster that authenticates with `token`
+    /// (e.g. a ServiceAccount's, so an operator run with it meets RBAC as in a pod).
+    pub fn kubeconfig_with_token(&self, token: &str, path: &Path) -> Result<PathBuf> {
+        let mut config = Kubeconfig::read_from(&self.kubeconfig)
+            .with_context(|| format!("reading {}", self.kubeconfig.display()))?;
+        if config.auth_infos.is_empty() {
+            bail!("{} has no user to replace", self.kubeconfig.display());
+        }
+        for user in &mut config.auth_infos {
+            let auth = kube::config::AuthInfo {
+                token: Some(token.to_owned().into()),
+                ..kube::config::AuthInfo::default()
+            };
+            user.auth_info = Some(auth);
+        }
+        let yaml = serde_saphyr::to_string(&config).context("serializing the kubeconfig")?;
+        std::fs::write(path, yaml).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path.to_path_buf())
+    }
 }
 
 impl Drop for Cluster {

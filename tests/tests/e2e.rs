@@ -1157,3 +1157,104 @@ async fn concurrent_applies_that_create_a_service_can_answer_already_exists() ->
     );
     Ok(())
 }
+
+/// RBAC is enforced for ServiceAccount tokens (the chart's RBAC test builds on this):
+/// a ServiceAccount without bindings may not list WebhookSubscriptions, and may once a
+/// Role allows it.
+#[tokio::test]
+async fn a_service_account_token_meets_rbac() -> Result<()> {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+
+    let cluster = Cluster::shared()?;
+    let admin = cluster.client().await?;
+    install_crd(&admin).await?;
+    let namespace = format!("e2e-rbac-{}", run_suffix());
+    create_namespace(&admin, &namespace).await?;
+    let account = ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some("e2e-reader".to_owned()),
+            ..ObjectMeta::default()
+        },
+        ..ServiceAccount::default()
+    };
+    Api::<ServiceAccount>::namespaced(admin.clone(), &namespace)
+        .create(&PostParams::default(), &account)
+        .await
+        .context("creating the ServiceAccount")?;
+    // 1.20's token controller (kube-controller-manager) writes a token Secret per account.
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &namespace);
+    let token = wait_for("the ServiceAccount's token Secret", WAIT, None, || {
+        let secrets = secrets.clone();
+        async move {
+            let list = secrets.list(&ListParams::default()).await?;
+            Ok(list.items.into_iter().find_map(|secret| {
+                let for_account = secret
+                    .annotations()
+                    .get("kubernetes.io/service-account.name")
+                    .is_some_and(|name| name == "e2e-reader");
+                let token = secret.data.as_ref()?.get("token")?.0.clone();
+                for_account.then(|| String::from_utf8_lossy(&token).into_owned())
+            }))
+        }
+    })
+    .await?;
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = cluster.kubeconfig_with_token(&token, &dir.path().join("kubeconfig"))?;
+    let reader = metahook_tests::cluster::client_for(&kubeconfig).await?;
+    let subscriptions: Api<WebhookSubscription> = Api::namespaced(reader, &namespace);
+    match subscriptions.list(&ListParams::default()).await {
+        Err(kube::Error::Api(status)) if status.code == 403 => {}
+        other => bail!("an account without bindings listed WebhookSubscriptions: {other:?}"),
+    }
+
+    let role = Role {
+        metadata: ObjectMeta {
+            name: Some("e2e-reader".to_owned()),
+            ..ObjectMeta::default()
+        },
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec!["metahook.io".to_owned()]),
+            resources: Some(vec!["webhooksubscriptions".to_owned()]),
+            verbs: vec!["list".to_owned()],
+            ..PolicyRule::default()
+        }]),
+    };
+    Api::<Role>::namespaced(admin.clone(), &namespace)
+        .create(&PostParams::default(), &role)
+        .await
+        .context("creating the Role")?;
+    let binding = RoleBinding {
+        metadata: ObjectMeta {
+            name: Some("e2e-reader".to_owned()),
+            ..ObjectMeta::default()
+        },
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_owned(),
+            kind: "Role".to_owned(),
+            name: "e2e-reader".to_owned(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".to_owned(),
+            name: "e2e-reader".to_owned(),
+            namespace: Some(namespace.clone()),
+            ..Subject::default()
+        }]),
+    };
+    Api::<RoleBinding>::namespaced(admin.clone(), &namespace)
+        .create(&PostParams::default(), &binding)
+        .await
+        .context("creating the RoleBinding")?;
+    wait_for("the Role to take effect", WAIT, None, || {
+        let subscriptions = subscriptions.clone();
+        async move {
+            Ok(subscriptions
+                .list(&ListParams::default())
+                .await
+                .ok()
+                .map(|_| ()))
+        }
+    })
+    .await?;
+    Ok(())
+}
