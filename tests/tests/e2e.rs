@@ -1023,7 +1023,9 @@ async fn deleting_the_subscription_collects_everything_it_owned() -> Result<()> 
     let replica_sets: Api<ReplicaSet> = Api::namespaced(world.client.clone(), &namespace);
     wait_for(
         "garbage collection of the subscription's objects",
-        WAIT,
+        // The garbage collector re-reads the API's kinds every 30 s: on a fresh cluster
+        // it may learn of WebhookSubscriptions only then.
+        2 * WAIT,
         Some(&world.operator),
         || {
             let (client, namespace, uid) = (world.client.clone(), namespace.clone(), uid.clone());
