@@ -9,6 +9,10 @@
 #                                         DIR/kubeconfig (admin, system:masters) and DIR/pids
 #   scripts/kube-apiserver.sh stop DIR    stop what `start DIR` started
 #
+# With METAHOOK_KUBE_OWNER_PID set, `start` leaves a watchdog that stops the cluster once
+# that process is gone (and removes DIR too with METAHOOK_KUBE_REMOVE=1): the tests' way
+# to never leak a control plane, however the test binary ends.
+#
 # Why built from source: no registry with Kubernetes release binaries is reachable from the
 # machines this runs on, but Debian's `kubernetes` source package (1.20.5+really1.20.2, the
 # full upstream tree with vendor/) and Go 1.19 are. The build takes ~10 minutes on 2 cores,
@@ -16,6 +20,7 @@
 # non-zero with the reason: the e2e tests then fail loudly instead of skipping.
 set -euo pipefail
 
+self="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cache_root="${METAHOOK_KUBE_CACHE:-/var/cache/metahook/kube}"
 # The Debian source version whose binaries we build and cache.
 kube_version="${METAHOOK_KUBE_VERSION:-1.20.5+really1.20.2}"
@@ -254,15 +259,10 @@ start() {
 
   # With METAHOOK_KUBE_OWNER_PID, a watchdog stops everything once that process is gone
   # (a test binary that panics, is killed, or keeps its cluster in a static).
+  # In a session of its own, so that whatever kills the owner's process group (and with
+  # it the daemons) does not take the watchdog along before it cleaned up.
   if [ -n "${METAHOOK_KUBE_OWNER_PID:-}" ]; then
-    local owner=$METAHOOK_KUBE_OWNER_PID
-    (
-      while alive "$owner" && [ -f "$dir/pids" ]; do sleep 1; done
-      stop "$dir"
-      # METAHOOK_KUBE_REMOVE=1: the directory was only the owner's (logs go with it).
-      [ "${METAHOOK_KUBE_REMOVE:-}" = 1 ] && rm -rf "$dir"
-    ) </dev/null >"$dir/watchdog.log" 2>&1 &
-    disown
+    setsid bash "$self" watch "$METAHOOK_KUBE_OWNER_PID" "$dir" </dev/null >"$dir/watchdog.log" 2>&1 &
   fi
   echo "$dir/kubeconfig"
 }
@@ -298,9 +298,21 @@ stop() {
   tac "$dir/pids" | while read -r name pid; do
     kill -TERM "$pid" 2>/dev/null || continue
     for _ in $(seq 100); do alive "$pid" || break; sleep 0.1; done
-    alive "$pid" && { note "$name ($pid) ignored SIGTERM for 10s: killing it"; kill -KILL "$pid" 2>/dev/null || true; }
+    if alive "$pid"; then
+      note "$name ($pid) ignored SIGTERM for 10s: killing it"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
   done
   rm -f "$dir/pids"
+}
+
+# Stops what `start DIR` started once process OWNER is gone (or `stop DIR` ran); with
+# METAHOOK_KUBE_REMOVE=1 also removes DIR, which was the owner's alone.
+watch() {
+  local owner=$1 dir=$2
+  while alive "$owner" && [ -f "$dir/pids" ]; do sleep 1; done
+  stop "$dir"
+  if [ "${METAHOOK_KUBE_REMOVE:-}" = 1 ]; then rm -rf "$dir"; fi
 }
 
 case "${1:-}" in
@@ -308,5 +320,6 @@ case "${1:-}" in
   bin-dir) have_binaries || die "not built: run scripts/kube-apiserver.sh build"; echo "$bin_dir" ;;
   start) [ -n "${2:-}" ] || die "usage: $0 start DIR"; start "$2" ;;
   stop) [ -n "${2:-}" ] || die "usage: $0 stop DIR"; stop "$2" ;;
+  watch) [ -n "${3:-}" ] || die "usage: $0 watch OWNER-PID DIR"; watch "$2" "$3" ;;
   *) die "usage: $0 build | bin-dir | start DIR | stop DIR" ;;
 esac
