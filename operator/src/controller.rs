@@ -224,20 +224,36 @@ fn apply_params() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()
 }
 
+/// Is this the answer of an apply that raced a create of the same object?
+///
+/// An apply of an absent object is a create on the server, decided by a read first; a
+/// create landing in between (a request the client retried after a timeout, another
+/// replica, a user) makes it answer 409 AlreadyExists. Kubernetes' generic storage retries
+/// that as an update, but not every kind's: 1.20's Services, for one, do not. The object
+/// exists by then, so applying again updates it.
+fn raced_a_create(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 409 && status.reason == "AlreadyExists")
+}
+
 async fn apply<K>(api: &Api<K>, object: &K) -> Result<K, Error>
 where
     K: Resource + Serialize + DeserializeOwned + Clone + Debug,
     K::DynamicType: Default,
 {
     let name = object.meta().name.clone().unwrap_or_default();
-    api.patch(&name, &apply_params(), &Patch::Apply(object))
+    let what = || format!("apply {} {name}", K::kind(&K::DynamicType::default()));
+    match api
+        .patch(&name, &apply_params(), &Patch::Apply(object))
         .await
-        .map_err(|e| {
-            Error::kube(
-                format!("apply {} {name}", K::kind(&K::DynamicType::default())),
-                e,
-            )
-        })
+    {
+        Err(error) if raced_a_create(&error) => {
+            tracing::info!(%name, "apply raced a create of the same object; applying again");
+            api.patch(&name, &apply_params(), &Patch::Apply(object))
+                .await
+                .map_err(|e| Error::kube(what(), e))
+        }
+        result => result.map_err(|e| Error::kube(what(), e)),
+    }
 }
 
 /// Applies a child kind that is deleted when unwanted, and remembers it is present.
@@ -264,9 +280,18 @@ async fn apply_dynamic(
 ) -> Result<(), Error> {
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, resource);
     let name = object.name_any();
-    api.patch(&name, &apply_params(), &Patch::Apply(object))
-        .await
-        .map_err(|e| Error::kube(format!("apply {} {name}", resource.kind), e))?;
+    let mut result = api
+        .patch(&name, &apply_params(), &Patch::Apply(object))
+        .await;
+    if let Err(error) = &result
+        && raced_a_create(error)
+    {
+        tracing::info!(%name, "apply raced a create of the same object; applying again");
+        result = api
+            .patch(&name, &apply_params(), &Patch::Apply(object))
+            .await;
+    }
+    result.map_err(|e| Error::kube(format!("apply {} {name}", resource.kind), e))?;
     Ok(())
 }
 
@@ -782,6 +807,15 @@ async fn ensure_serving_certificate(
         Some(reason) => {
             let issued = ca.issue(&names, now, ctx.settings.certificate_lifetime)?;
             let secret = secret_objects::serving_secret(inputs, &issued)?;
+            // The rollout digest covers tls.crt exactly as stored (leaf and CA), as later
+            // passes read it back: digesting the leaf alone here rolled every new
+            // receiver a second time on the next pass.
+            let stored = secret
+                .data
+                .as_ref()
+                .and_then(|data| data.get("tls.crt"))
+                .map(|value| value.0.clone())
+                .unwrap_or_default();
             apply(secrets, &secret).await?;
             let renewed = existing.is_some();
             publish(
@@ -798,11 +832,7 @@ async fn ensure_serving_certificate(
                 ),
             )
             .await;
-            (
-                issued.not_before,
-                issued.not_after,
-                issued.cert_pem.into_bytes(),
-            )
+            (issued.not_before, issued.not_after, stored)
         }
     };
     let renew_at = certs::renew_at(not_before, not_after);

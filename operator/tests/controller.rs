@@ -291,6 +291,50 @@ async fn a_spec_or_secret_change_changes_the_config_hash() {
     assert_eq!(base, config_hash_of(more_fields, b"s3cret").await);
 }
 
+/// Found on a real API server (1.20): an apply that creates a Service can answer 409
+/// AlreadyExists when another create of the same name lands between the server's read
+/// and its create (its Service storage creates on update without retrying; a request the
+/// client retried after a timeout is such a create). The object then exists: applying
+/// again updates it, rather than failing the pass and waiting out a backoff.
+#[tokio::test]
+async fn an_apply_that_races_a_create_is_applied_again() {
+    let mut spec = whatsapp_spec();
+    spec["verifyTokenRef"] = json!({"name": "meta-app", "key": "verify-token"});
+    let sub = subscription("wa", NS, &spec);
+    let script = vec![
+        get(
+            format!("{CORE}/secrets/meta-app"),
+            Reply::Object(app_with_token()),
+        ),
+        apply(format!("{CORE}/configmaps/wa-receiver"), Reply::Echo(None)),
+        apply(
+            format!("{APPS}/deployments/wa"),
+            Reply::Echo(Some(json!({"replicas": 1, "readyReplicas": 0}))),
+        ),
+        delete_absent(format!("{APPS}/statefulsets/wa")),
+        apply(
+            format!("{CORE}/services/wa"),
+            Reply::Error(409, "AlreadyExists"),
+        ),
+        apply(format!("{CORE}/services/wa"), Reply::Echo(None)),
+        delete_absent(format!("{NET}/ingresses/wa")),
+        status_step(),
+    ];
+    let api = MockApi::start(script, Capabilities::default(), test_now());
+    let action = controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("the pass succeeds");
+    assert_eq!(action, Action::requeue(RESYNC));
+    let served = api.finish().await;
+    let services: Vec<&Value> = served
+        .iter()
+        .filter(|s| s.path == format!("{CORE}/services/wa"))
+        .map(|s| &s.body)
+        .collect();
+    assert_eq!(services.len(), 2);
+    assert_eq!(services[0], services[1], "the same apply, again");
+}
+
 #[tokio::test]
 async fn a_missing_secret_is_named_and_nothing_is_applied() {
     let mut spec = whatsapp_spec();
@@ -494,6 +538,81 @@ async fn first_tls_pass_creates_the_ca_and_issues_a_certificate() {
     let renew_at = certs::renew_at(info.not_before, info.not_after);
     let expected = Duration::from_secs((renew_at - now).whole_seconds().unsigned_abs());
     assert_eq!(action, Action::requeue(expected.min(RESYNC)));
+}
+
+fn config_hash_in(served: &[Served]) -> String {
+    let deployment = body_of(served, &Method::PATCH, &format!("{APPS}/deployments/wa"));
+    deployment["spec"]["template"]["metadata"]["annotations"]["metahook.io/config-hash"]
+        .as_str()
+        .expect("config hash")
+        .to_owned()
+}
+
+/// Found on a real API server: the pass that issues the serving certificate digested the
+/// leaf alone, later passes the Secret's tls.crt (leaf and CA), so every new subscription
+/// with an operator-issued certificate rolled its pods a second time.
+#[tokio::test]
+async fn the_pass_after_issuing_a_certificate_keeps_the_config_hash() {
+    let now = test_now();
+    let mut script = vec![
+        get(
+            format!("{CORE}/secrets/meta-app"),
+            Reply::Object(app_with_token()),
+        ),
+        get(
+            format!("{CORE}/secrets/{CA_SECRET_NAME}"),
+            Reply::Error(404, "NotFound"),
+        ),
+        create(format!("{CORE}/secrets"), Reply::Created),
+        get(
+            format!("{CORE}/secrets/wa-tls"),
+            Reply::Error(404, "NotFound"),
+        ),
+        apply(format!("{CORE}/secrets/wa-tls"), Reply::Echo(None)),
+        event(NS),
+    ];
+    script.extend(tls_workload_steps());
+    let api = MockApi::start(script, Capabilities::default(), now);
+    controller::reconcile(
+        Arc::new(subscription("wa", NS, &tls_spec())),
+        api.ctx.clone(),
+    )
+    .await
+    .expect("first pass");
+    let first = api.finish().await;
+    let ca = body_of(&first, &Method::POST, &format!("{CORE}/secrets")).clone();
+    let tls = body_of(&first, &Method::PATCH, &format!("{CORE}/secrets/wa-tls")).clone();
+
+    // The next pass reads back what the first one wrote, and keeps it.
+    let mut script = vec![
+        get(
+            format!("{CORE}/secrets/meta-app"),
+            Reply::Object(app_with_token()),
+        ),
+        get(
+            format!("{CORE}/secrets/{CA_SECRET_NAME}"),
+            Reply::Object(ca),
+        ),
+        get(format!("{CORE}/secrets/wa-tls"), Reply::Object(tls)),
+    ];
+    script.extend(tls_workload_steps());
+    let api = MockApi::start(
+        script,
+        Capabilities::default(),
+        now + Duration::from_secs(5),
+    );
+    controller::reconcile(
+        Arc::new(subscription("wa", NS, &tls_spec())),
+        api.ctx.clone(),
+    )
+    .await
+    .expect("second pass");
+    let second = api.finish().await;
+    assert_eq!(
+        config_hash_in(&first),
+        config_hash_in(&second),
+        "the pod template must not change when nothing did"
+    );
 }
 
 fn existing_tls(ca: &CaMaterial, issued_at: time::OffsetDateTime) -> Value {

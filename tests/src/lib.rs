@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod chart;
+pub mod cluster;
 pub mod downstream;
 pub mod pki;
 pub mod promql;
