@@ -144,6 +144,34 @@ impl Drop for Cluster {
     }
 }
 
+/// A token of ServiceAccount `namespace/name` from the TokenRequest API (valid one hour),
+/// as the kubelet gets one for a pod's projected service-account volume: an operator run
+/// with it meets the same RBAC as in a pod. The API exists since 1.20 on every cluster,
+/// where the legacy token Secrets are no longer created since 1.24.
+pub async fn service_account_token(client: &Client, namespace: &str, name: &str) -> Result<String> {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: Vec::new(),
+            expiration_seconds: Some(3600),
+            ..TokenRequestSpec::default()
+        },
+        ..TokenRequest::default()
+    };
+    let api: kube::Api<ServiceAccount> = kube::Api::namespaced(client.clone(), namespace);
+    let answer = api
+        .create_token_request(name, &kube::api::PostParams::default(), &request)
+        .await
+        .with_context(|| format!("requesting a token of ServiceAccount {namespace}/{name}"))?;
+    answer
+        .status
+        .map(|status| status.token)
+        .filter(|token| !token.is_empty())
+        .with_context(|| format!("the TokenRequest for {namespace}/{name} returned no token"))
+}
+
 /// A client for the cluster of a kubeconfig file.
 pub async fn client_for(kubeconfig: &Path) -> Result<Client> {
     let parsed = Kubeconfig::read_from(kubeconfig)

@@ -29,6 +29,10 @@ use metahook_tests::pki::Ca;
 use metahook_tests::tools::repo_root;
 use serde_json::json;
 
+mod chart;
+mod leader;
+mod pods;
+
 /// Bound of every wait for the operator or a controller (generous: 2 shared cores).
 const WAIT: Duration = Duration::from_secs(60);
 const CRD_NAME: &str = "webhooksubscriptions.metahook.io";
@@ -447,6 +451,37 @@ async fn world_with(
     let cluster = Cluster::shared()?;
     let client = cluster.client().await?;
     install_crd(&client).await?;
+    let prepared = prepare(&client, prefix, only, tweak).await?;
+    let operator = Operator::start(cluster, &prepared.watched())?;
+    let subscriptions = create_subscriptions(&client, &prepared.subscriptions).await?;
+    Ok(World {
+        client,
+        operator,
+        subscriptions,
+    })
+}
+
+/// The examples moved to a test's namespaces, not yet created.
+struct Prepared {
+    namespaces: Vec<String>,
+    subscriptions: Vec<WebhookSubscription>,
+}
+
+impl Prepared {
+    fn watched(&self) -> Vec<&str> {
+        self.namespaces.iter().map(String::as_str).collect()
+    }
+}
+
+/// Creates the examples' namespaces under `prefix` (plus a per-run suffix) with the
+/// Secrets their header comments list, and returns the subscriptions moved there (with
+/// `tweak` applied), for the caller to create once its operator runs.
+async fn prepare(
+    client: &Client,
+    prefix: &str,
+    only: Option<&str>,
+    tweak: impl Fn(&mut WebhookSubscription),
+) -> Result<Prepared> {
     // A suffix per run: a cluster given by METAHOOK_KUBECONFIG keeps earlier runs' objects.
     let prefix = format!("{prefix}-{}", run_suffix());
     let ca = Ca::new("e2e example CA")?;
@@ -462,11 +497,11 @@ async fn world_with(
             .context("example without namespace")?;
         let namespace = format!("{prefix}-{original}");
         if !namespaces.contains(&namespace) {
-            create_namespace(&client, &namespace).await?;
+            create_namespace(client, &namespace).await?;
             namespaces.push(namespace.clone());
         }
         for secret in example.secrets.iter().filter(|s| s.namespace == original) {
-            match create_secret(&client, &namespace, secret, &ca).await {
+            match create_secret(client, &namespace, secret, &ca).await {
                 Ok(()) => {}
                 // Two examples of one namespace list the same Secret.
                 Err(err)
@@ -482,14 +517,23 @@ async fn world_with(
         subscriptions.push(subscription);
     }
     ensure!(!subscriptions.is_empty(), "no example named {only:?}");
-    let watched: Vec<&str> = namespaces.iter().map(String::as_str).collect();
-    let operator = Operator::start(cluster, &watched)?;
+    Ok(Prepared {
+        namespaces,
+        subscriptions,
+    })
+}
+
+/// Creates `subscriptions`; returns them as the API server stored them.
+async fn create_subscriptions(
+    client: &Client,
+    subscriptions: &[WebhookSubscription],
+) -> Result<Vec<WebhookSubscription>> {
     let mut created = Vec::new();
     for subscription in subscriptions {
         let namespace = subscription.namespace().context("namespace")?;
         let api: Api<WebhookSubscription> = Api::namespaced(client.clone(), &namespace);
         created.push(
-            api.create(&PostParams::default(), &subscription)
+            api.create(&PostParams::default(), subscription)
                 .await
                 .with_context(|| {
                     format!(
@@ -499,11 +543,7 @@ async fn world_with(
                 })?,
         );
     }
-    Ok(World {
-        client,
-        operator,
-        subscriptions: created,
-    })
+    Ok(created)
 }
 
 /// Five hex digits that differ between runs.
