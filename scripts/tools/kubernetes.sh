@@ -1,4 +1,4 @@
-# A real Kubernetes control plane for the end-to-end tests (tests/tests/e2e.rs): etcd from
+# A real Kubernetes control plane for the end-to-end tests (tests/tests/e2e/): etcd from
 # Debian, kube-apiserver and kube-controller-manager 1.20 built from Debian's source package
 # by scripts/kube-apiserver.sh into /var/cache/metahook/kube (about 10 minutes the first
 # time on 2 cores, nothing once cached). A failed build is reported here and not fatal: the

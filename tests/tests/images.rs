@@ -6,14 +6,14 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
 use http::{Method, StatusCode};
+use metahook_tests::podman::{Container, podman, podman_ok};
 use metahook_tests::testkit::{self, read_events};
-use metahook_tests::tools;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const SECRET: &str = "image-test-app-secret";
@@ -23,31 +23,6 @@ fn image(component: &str) -> String {
     format!("localhost/metahook-{component}:{VERSION}")
 }
 
-/// `podman` on the vfs storage buildah wrote the images to, with runc (crun fails on this
-/// host's hybrid cgroups).
-fn podman(args: &[&str]) -> Result<Output> {
-    let program = tools::find("podman")?;
-    Command::new(&program)
-        .args(["--storage-driver", "vfs", "--runtime", "runc"])
-        .args(args)
-        .output()
-        .with_context(|| format!("starting {}", program.display()))
-}
-
-fn podman_ok(args: &[&str]) -> Result<String> {
-    let output = podman(args)?;
-    if !output.status.success() {
-        bail!(
-            "`podman {}` failed with {}: {}{}",
-            args.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
 /// Fails with the command that builds the image when it is missing.
 fn require_image(component: &str) -> Result<()> {
     let name = image(component);
@@ -55,26 +30,6 @@ fn require_image(component: &str) -> Result<()> {
         bail!("image {name} is missing: run scripts/build-images.sh (scripts/test.sh does)");
     }
     Ok(())
-}
-
-/// A container removed (with its logs printed) when the test ends, pass or fail.
-struct Container {
-    name: String,
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        // Captured by the test harness: shown when the test fails.
-        if let Ok(output) = podman(&["logs", &self.name]) {
-            println!(
-                "--- logs of {}:\n{}{}",
-                self.name,
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        let _ = podman(&["rm", "--force", "--time", "2", &self.name]);
-    }
 }
 
 fn free_port() -> Result<u16> {

@@ -2,12 +2,15 @@
 //! kube-controller-manager 1.20 from `scripts/kube-apiserver.sh`; see `metahook_tests::cluster`):
 //! what kube's mock API cannot prove — structural schemas, server-side apply merges, the
 //! status subresource, owner references and garbage collection, and the Deployment
-//! controller's view of the pod template.
+//! controller's view of the pod template. The modules add the chart installed with the real
+//! helm and its RBAC ([`chart`]), the rendered pods run with podman with the test playing
+//! the kubelet ([`pods`]), and leader election between two replicas ([`leader`]).
 //!
 //! Each test works in namespaces of its own (the examples' namespaces, prefixed) with an
 //! operator process of its own restricted to them, so the tests share one cluster and run
-//! in parallel. No kubelet runs: pods are never started here, so receivers never become
-//! available (the podman tests cover the pods).
+//! in parallel (the cluster-wide chart install gets a cluster of its own). No kubelet runs:
+//! pods are created by the ReplicaSet controller but never started, except where [`pods`]
+//! runs one.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
