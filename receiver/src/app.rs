@@ -15,9 +15,7 @@ use crate::config::{Config, DeliveryMode};
 use crate::metrics::Metrics;
 use crate::server::{self, Listener, Receiver, Role};
 use crate::sink::direct::DirectSinks;
-use crate::sink::{
-    self, Consumer, file::FileSink, http::HttpSink, nats::NatsSink, postgres::PostgresSink,
-};
+use crate::sink::{self, Consumer};
 use crate::spool::Spool;
 use crate::spool::dead_letters::DeadLetters;
 use crate::tls::{self, TlsServer};
@@ -123,27 +121,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             retry: sink_config.retry.clone(),
             dead_letters: dead_letters.clone(),
         };
-        let stop = sinks_stop_rx.clone();
-        let task = if let Some(file) = &sink_config.file {
-            tokio::spawn(sink::consume(
-                consumer,
-                FileSink::new(file.path.clone()),
-                stop,
-            ))
-        } else if let Some(nats) = &sink_config.nats {
-            tokio::spawn(sink::consume(consumer, NatsSink::new(nats.clone()), stop))
-        } else if let Some(http) = &sink_config.http {
-            tokio::spawn(sink::consume(consumer, HttpSink::new(http.clone()), stop))
-        } else if let Some(postgres) = &sink_config.postgres {
-            tokio::spawn(sink::consume(
-                consumer,
-                PostgresSink::new(postgres.clone()),
-                stop,
-            ))
-        } else {
-            continue;
-        };
-        sink_tasks.push(task);
+        let sink = sink_config.kind.build();
+        sink_tasks.push(tokio::spawn(sink::consume(
+            consumer,
+            sink,
+            sinks_stop_rx.clone(),
+        )));
     }
     let reloader = tokio::spawn(reload_secrets(
         Arc::clone(&receiver),

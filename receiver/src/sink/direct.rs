@@ -6,59 +6,12 @@ use std::time::SystemTime;
 
 use tokio::sync::Mutex;
 
-use super::file::FileSink;
-use super::http::HttpSink;
-use super::nats::NatsSink;
-use super::postgres::PostgresSink;
+use super::kind::AnySink;
 use super::{Delivered, Sink, SinkError, bury_rejected};
 use crate::config::SinkConfig;
 use crate::metrics::Metrics;
 use crate::spool::Spooled;
 use crate::spool::dead_letters::DeadLetters;
-
-/// Any sink, for delivery on the request path.
-#[derive(Debug)]
-enum AnySink {
-    File(FileSink),
-    Http(HttpSink),
-    Nats(NatsSink),
-    Postgres(PostgresSink),
-}
-
-impl AnySink {
-    fn from_config(config: &SinkConfig) -> Option<AnySink> {
-        if let Some(file) = &config.file {
-            Some(AnySink::File(FileSink::new(file.path.clone())))
-        } else if let Some(http) = &config.http {
-            Some(AnySink::Http(HttpSink::new(http.clone())))
-        } else if let Some(nats) = &config.nats {
-            Some(AnySink::Nats(NatsSink::new(nats.clone())))
-        } else {
-            config
-                .postgres
-                .as_ref()
-                .map(|postgres| AnySink::Postgres(PostgresSink::new(postgres.clone())))
-        }
-    }
-
-    async fn open(&mut self) -> Result<(), SinkError> {
-        match self {
-            AnySink::File(sink) => sink.open(0).await,
-            AnySink::Http(sink) => sink.open(0).await,
-            AnySink::Nats(sink) => sink.open(0).await,
-            AnySink::Postgres(sink) => sink.open(0).await,
-        }
-    }
-
-    async fn deliver(&mut self, batch: &[Spooled]) -> Result<Delivered, SinkError> {
-        match self {
-            AnySink::File(sink) => sink.deliver(batch).await,
-            AnySink::Http(sink) => sink.deliver(batch).await,
-            AnySink::Nats(sink) => sink.deliver(batch).await,
-            AnySink::Postgres(sink) => sink.deliver(batch).await,
-        }
-    }
-}
 
 /// A sink on the request path: the sink and whether it is open.
 #[derive(Debug)]
@@ -84,9 +37,9 @@ impl DirectSinks {
     ) -> DirectSinks {
         let sinks = configs
             .iter()
-            .filter_map(|c| {
-                AnySink::from_config(c)
-                    .map(|sink| (c.name.clone(), Mutex::new(Slot { sink, open: false })))
+            .map(|c| {
+                let sink = c.kind.build();
+                (c.name.clone(), Mutex::new(Slot { sink, open: false }))
             })
             .collect();
         DirectSinks {
@@ -116,7 +69,7 @@ impl DirectSinks {
             let mut slot = slot.lock().await;
             let result = async {
                 if !slot.open {
-                    slot.sink.open().await?;
+                    slot.sink.open(0).await?;
                     slot.open = true;
                 }
                 slot.sink.deliver(&batch).await

@@ -9,6 +9,7 @@
 pub mod direct;
 pub mod file;
 pub mod http;
+pub mod kind;
 pub mod nats;
 pub mod postgres;
 
