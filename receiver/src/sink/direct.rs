@@ -2,28 +2,22 @@
 //! the answer, which is 200 only when all of them acknowledged (503 otherwise, and Meta
 //! retries). Each sink serves one request at a time.
 
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use tokio::sync::Mutex;
 
 use super::kind::AnySink;
-use super::{Delivered, Sink, SinkError, bury_rejected};
+use super::{Delivered, Reopening, SinkError, bury, refused};
 use crate::config::SinkConfig;
 use crate::metrics::Metrics;
+use crate::metrics::events::{AfterFailure, BatchDelivered, DeliveryFailed, EventsRefused};
 use crate::spool::Spooled;
 use crate::spool::dead_letters::DeadLetters;
-
-/// A sink on the request path: the sink and whether it is open.
-#[derive(Debug)]
-struct Slot {
-    sink: AnySink,
-    open: bool,
-}
 
 /// Every configured sink, delivered to on the request path.
 #[derive(Debug)]
 pub struct DirectSinks {
-    sinks: Vec<(String, Mutex<Slot>)>,
+    sinks: Vec<(String, Mutex<Reopening<AnySink>>)>,
     dead_letters: DeadLetters,
     metrics: std::sync::Arc<Metrics>,
 }
@@ -37,10 +31,7 @@ impl DirectSinks {
     ) -> DirectSinks {
         let sinks = configs
             .iter()
-            .map(|c| {
-                let sink = c.kind.build();
-                (c.name.clone(), Mutex::new(Slot { sink, open: false }))
-            })
+            .map(|c| (c.name.clone(), Mutex::new(Reopening::new(c.kind.build()))))
             .collect();
         DirectSinks {
             sinks,
@@ -64,37 +55,34 @@ impl DirectSinks {
                 json: json.clone(),
             })
             .collect();
-        let count = u64::try_from(batch.len()).unwrap_or(u64::MAX);
-        for (name, slot) in &self.sinks {
-            let mut slot = slot.lock().await;
-            let result = async {
-                if !slot.open {
-                    slot.sink.open(0).await?;
-                    slot.open = true;
-                }
-                slot.sink.deliver(&batch).await
-            }
-            .await;
-            match result {
+        for (name, sink) in &self.sinks {
+            let mut sink = sink.lock().await;
+            let started = Instant::now();
+            match sink.deliver(0, &batch).await {
                 Ok(Delivered { rejected, .. }) => {
-                    if !rejected.is_empty() {
-                        bury_rejected(name, &self.dead_letters, &batch, &rejected)?;
-                        self.metrics
-                            .dead_letters
-                            .with_label_values(&[name])
-                            .inc_by(u64::try_from(rejected.len()).unwrap_or(0));
+                    bury(&self.dead_letters, name, &refused(&batch, &rejected), 1).await?;
+                    self.metrics.emit(BatchDelivered {
+                        sink: name,
+                        events: batch.len(),
+                        refused: rejected.len(),
+                        elapsed: started.elapsed(),
+                    });
+                    if let Some((_, reason)) = rejected.first() {
+                        self.metrics.emit(EventsRefused {
+                            sink: name,
+                            events: rejected.len(),
+                            reason,
+                        });
                     }
-                    self.metrics
-                        .sink_deliveries
-                        .with_label_values(&[name, "success"])
-                        .inc_by(count);
                 }
                 Err(err) => {
-                    slot.open = false;
-                    self.metrics
-                        .sink_deliveries
-                        .with_label_values(&[name, "error"])
-                        .inc_by(count);
+                    self.metrics.emit(DeliveryFailed {
+                        sink: name,
+                        events: batch.len(),
+                        error: &err,
+                        elapsed: started.elapsed(),
+                        then: AfterFailure::AnswerUnavailable,
+                    });
                     return Err(err);
                 }
             }
