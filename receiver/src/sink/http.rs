@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::{Delivered, Sink, SinkError};
 use crate::config::{ConfigError, invalid};
 use crate::spool::Spooled;
-use crate::verify;
+use crate::{secrets, verify};
 
 /// The `http` sink: POST each event as JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -214,18 +214,12 @@ impl Sink for HttpSink {
     async fn open(&mut self, _state: u64) -> Result<(), SinkError> {
         // Re-read on every (re)open: a rotated signing secret is picked up after a failure.
         self.secret = match &self.config.signing_secret_file {
-            Some(path) => {
-                let mut secret = read(path).map_err(|e| {
-                    self.failure(
-                        &format!("cannot read signing_secret_file {}", path.display()),
-                        e,
-                    )
-                })?;
-                while matches!(secret.last(), Some(b'\n' | b'\r')) {
-                    secret.pop();
-                }
-                Some(secret)
-            }
+            Some(path) => Some(secrets::read_file(path).map_err(|e| {
+                self.failure(
+                    &format!("cannot read signing_secret_file {}", path.display()),
+                    e,
+                )
+            })?),
             None => None,
         };
         if self.client.is_none() {

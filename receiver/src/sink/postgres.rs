@@ -15,6 +15,7 @@ use tokio_postgres::{Client, NoTls};
 use super::{Delivered, Sink, SinkError};
 use crate::config::{ConfigError, invalid};
 use crate::event::{Event, Kind};
+use crate::secrets;
 use crate::spool::Spooled;
 
 /// The `postgres` sink: events and their projections (conversations, messages, engagement)
@@ -227,13 +228,15 @@ impl Sink for PostgresSink {
             return Ok(());
         }
         let url = match &self.config.url_file {
-            Some(file) => std::fs::read_to_string(file)
-                .map_err(|source| SinkError::Io {
-                    context: format!("cannot read postgres.url_file {}", file.display()),
-                    source,
-                })?
-                .trim()
-                .to_owned(),
+            Some(file) => {
+                let url = secrets::read_file(file).map_err(|e| {
+                    self.remote(
+                        &format!("cannot read postgres.url_file {}", file.display()),
+                        e,
+                    )
+                })?;
+                String::from_utf8_lossy(&url).trim().to_owned()
+            }
             None => self.config.url.clone(),
         };
         let (mut client, connection) = tokio_postgres::connect(&url, NoTls)
