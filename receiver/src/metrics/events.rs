@@ -269,54 +269,34 @@ impl InternalEvent for SinkLag<'_> {
 }
 
 /// A sink delivered a batch: `metahook_sink_deliveries_total{result="success"}` (the events
-/// it did not refuse) and `metahook_sink_delivery_duration_seconds`.
+/// it did not refuse), `metahook_sink_delivery_duration_seconds`, and for events the
+/// destination refused for good (dead letters at once) `metahook_dead_letter_events_total`
+/// and an error line.
 #[derive(Debug)]
 pub struct BatchDelivered<'a> {
     /// The sink.
     pub sink: &'a str,
     /// Events in the batch.
     pub events: usize,
-    /// Of them, refused for good (see [`EventsRefused`]).
-    pub refused: usize,
+    /// Of them, refused for good: (seq, why).
+    pub refused: &'a [(u64, String)],
     /// The attempt's duration.
     pub elapsed: Duration,
 }
 
 impl InternalEvent for BatchDelivered<'_> {
     fn emit(self, metrics: &Metrics) {
-        metrics
-            .sink_delivery_duration
-            .with_label_values(&[self.sink])
-            .observe(self.elapsed.as_secs_f64());
-        metrics
-            .sink_deliveries
-            .with_label_values(&[self.sink, "success"])
-            .inc_by(count(self.events.saturating_sub(self.refused)));
-    }
-}
-
-/// A destination refused events for good; they became dead letters at once:
-/// `metahook_dead_letter_events_total` and an error line.
-#[derive(Debug)]
-pub struct EventsRefused<'a> {
-    /// The sink.
-    pub sink: &'a str,
-    /// How many.
-    pub events: usize,
-    /// The first one's reason.
-    pub reason: &'a str,
-}
-
-impl InternalEvent for EventsRefused<'_> {
-    fn emit(self, metrics: &Metrics) {
-        if self.events == 0 {
-            return;
+        let sink = self.sink;
+        let delivered = self.events.saturating_sub(self.refused.len());
+        count_attempt(metrics, sink, "success", delivered, self.elapsed);
+        if let Some((_, reason)) = self.refused.first() {
+            let events = self.refused.len();
+            metrics
+                .dead_letters
+                .with_label_values(&[sink])
+                .inc_by(count(events));
+            tracing::error!(sink = %sink, events, reason = %reason, "destination refused events: moved to the dead letters");
         }
-        metrics
-            .dead_letters
-            .with_label_values(&[self.sink])
-            .inc_by(count(self.events));
-        tracing::error!(sink = %self.sink, events = self.events, reason = %self.reason, "destination refused events: moved to the dead letters");
     }
 }
 
@@ -359,14 +339,7 @@ pub struct DeliveryFailed<'a> {
 impl InternalEvent for DeliveryFailed<'_> {
     fn emit(self, metrics: &Metrics) {
         let (sink, events, error) = (self.sink, self.events, self.error);
-        metrics
-            .sink_delivery_duration
-            .with_label_values(&[sink])
-            .observe(self.elapsed.as_secs_f64());
-        metrics
-            .sink_deliveries
-            .with_label_values(&[sink, "error"])
-            .inc_by(count(events));
+        count_attempt(metrics, sink, "error", events, self.elapsed);
         match self.then {
             AfterFailure::Retry { attempts, after } => {
                 tracing::warn!(sink = %sink, error = %error, events, attempts, retry_in_ms = after.as_millis(), "delivery failed; will retry");
@@ -424,6 +397,18 @@ impl InternalEvent for CertificateInForce {
         #[allow(clippy::cast_precision_loss)] // seconds since 1970 fit a f64 exactly
         metrics.tls_certificate_expiry.set(self.not_after as f64);
     }
+}
+
+/// One delivery attempt: its duration, and its events by result (`success`, `error`).
+fn count_attempt(metrics: &Metrics, sink: &str, result: &str, events: usize, elapsed: Duration) {
+    metrics
+        .sink_delivery_duration
+        .with_label_values(&[sink])
+        .observe(elapsed.as_secs_f64());
+    metrics
+        .sink_deliveries
+        .with_label_values(&[sink, result])
+        .inc_by(count(events));
 }
 
 fn count(n: usize) -> u64 {

@@ -10,9 +10,7 @@ use tokio::sync::watch;
 use super::{Delivered, Reopening, Sink, SinkError, bury, refused};
 use crate::config::RetryConfig;
 use crate::metrics::Metrics;
-use crate::metrics::events::{
-    AfterFailure, BatchDelivered, DeliveryFailed, EventsRefused, SinkLag,
-};
+use crate::metrics::events::{AfterFailure, BatchDelivered, DeliveryFailed, SinkLag};
 use crate::spool::dead_letters::DeadLetters;
 use crate::spool::{Cursor, Spool, Spooled};
 
@@ -181,16 +179,9 @@ impl Consumer {
                     self.metrics.emit(BatchDelivered {
                         sink: name,
                         events,
-                        refused: rejected.len(),
+                        refused: &rejected,
                         elapsed: started.elapsed(),
                     });
-                    if let Some((_, reason)) = rejected.first() {
-                        self.metrics.emit(EventsRefused {
-                            sink: name,
-                            events: rejected.len(),
-                            reason,
-                        });
-                    }
                     if let Source::DeadLetters = batch.source {
                         self.retried(events).await;
                     }

@@ -10,7 +10,7 @@ use super::kind::AnySink;
 use super::{Delivered, Reopening, SinkError, bury, refused};
 use crate::config::SinkConfig;
 use crate::metrics::Metrics;
-use crate::metrics::events::{AfterFailure, BatchDelivered, DeliveryFailed, EventsRefused};
+use crate::metrics::events::{AfterFailure, BatchDelivered, DeliveryFailed};
 use crate::spool::Spooled;
 use crate::spool::dead_letters::DeadLetters;
 
@@ -64,16 +64,9 @@ impl DirectSinks {
                     self.metrics.emit(BatchDelivered {
                         sink: name,
                         events: batch.len(),
-                        refused: rejected.len(),
+                        refused: &rejected,
                         elapsed: started.elapsed(),
                     });
-                    if let Some((_, reason)) = rejected.first() {
-                        self.metrics.emit(EventsRefused {
-                            sink: name,
-                            events: rejected.len(),
-                            reason,
-                        });
-                    }
                 }
                 Err(err) => {
                     self.metrics.emit(DeliveryFailed {
