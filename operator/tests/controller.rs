@@ -145,7 +145,10 @@ async fn create_generates_the_token_and_applies_every_object() {
     );
     assert_eq!(config.sinks[0].name, "bus");
     assert_eq!(
-        config.sinks[0].nats.as_ref().map(|n| n.url.as_str()),
+        match &config.sinks[0].kind {
+            metahook_receiver::config::SinkKind::Nats(n) => Some(n.url.as_str()),
+            _ => None,
+        },
         Some("nats://nats.nats:4222")
     );
     assert!(config.tls.is_none());

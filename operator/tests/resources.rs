@@ -16,7 +16,7 @@ use metahook_operator::resources::monitoring::{
 use metahook_operator::resources::service::{endpoint_url, service};
 use metahook_operator::resources::workload::{Workload, workload};
 use metahook_operator::resources::{Inputs, tls_secret_name};
-use metahook_receiver::config::{META_CLIENT_NAME, TlsMode};
+use metahook_receiver::config::{META_CLIENT_NAME, SinkKind, TlsMode};
 use serde_json::{Value, json};
 use support::subscription;
 
@@ -241,20 +241,27 @@ fn only_the_referenced_secret_keys_are_mounted_and_named_in_the_config() {
     assert_eq!(mounted, expected);
     let config = receiver_config(&inputs).expect("config");
     let sinks: BTreeMap<&str, _> = config.sinks.iter().map(|s| (s.name.as_str(), s)).collect();
-    let http = sinks["crm"].http.as_ref().expect("http");
+    let SinkKind::Http(http) = &sinks["crm"].kind else {
+        panic!("http")
+    };
     assert_eq!(http.url, "https://crm.internal/hooks");
     assert_eq!(
         http.signing_secret_file.as_deref(),
         Some(Path::new("/etc/metahook/secrets/crm/key"))
     );
-    let postgres = sinks["db"].postgres.as_ref().expect("postgres");
+    let SinkKind::Postgres(postgres) = &sinks["db"].kind else {
+        panic!("postgres")
+    };
     assert_eq!(
         postgres.url_file.as_deref(),
         Some(Path::new("/etc/metahook/secrets/pg/url"))
     );
     assert!(postgres.url.is_empty(), "the password stays in the Secret");
     assert_eq!(
-        sinks["audit"].file.as_ref().map(|f| f.path.as_path()),
+        match &sinks["audit"].kind {
+            SinkKind::File(f) => Some(f.path.as_path()),
+            _ => None,
+        },
         Some(Path::new("/var/lib/metahook/files/events.jsonl"))
     );
     for sink in &config.sinks {

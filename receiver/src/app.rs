@@ -1,6 +1,6 @@
-//! Assembly: opens the spool, starts the sinks, the secret and TLS reloaders, the gauges
-//! and the listeners, and shuts them down in order (listeners drained, then sinks, then the
-//! spool).
+//! Assembly: opens the spool (or, in direct mode, the sinks), starts the sink consumers, the
+//! secret and TLS reloaders, the gauges and the listeners, and shuts them down in order
+//! (listeners drained, then sinks, then the spool).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,13 +11,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::acceptor::Acceptor;
 use crate::config::{Config, DeliveryMode};
 use crate::metrics::Metrics;
+use crate::metrics::events::{SpoolLimit, SpoolSampled};
 use crate::server::{self, Listener, Receiver, Role};
 use crate::sink::direct::DirectSinks;
-use crate::sink::{
-    self, Consumer, file::FileSink, http::HttpSink, nats::NatsSink, postgres::PostgresSink,
-};
+use crate::sink::{self, Consumer};
 use crate::spool::Spool;
 use crate::spool::dead_letters::DeadLetters;
 use crate::tls::{self, TlsServer};
@@ -59,35 +59,27 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Some(settings) => Some(Arc::new(TlsServer::load(settings, Arc::clone(&metrics))?)),
         None => None,
     };
-    let sink_names: Vec<String> = config.sinks.iter().map(|s| s.name.clone()).collect();
-    if sink_names.is_empty() {
+    if config.sinks.is_empty() {
         tracing::warn!("no sinks configured: events are kept in the spool until a sink is added");
     }
-    let spool_config = config.spool.clone();
-    let names = sink_names.clone();
-    let spool = tokio::task::spawn_blocking(move || Spool::open(&spool_config, &names))
-        .await
-        .context("spool open task failed")?
-        .with_context(|| format!("cannot open the spool in {}", config.spool.dir.display()))?;
-    let spool = Arc::new(spool);
-    metrics
-        .spool_limit_bytes
-        .set(i64::try_from(config.spool.max_bytes).unwrap_or(i64::MAX));
+    metrics.emit(SpoolLimit {
+        bytes: config.spool.max_bytes,
+    });
     let dead_letters = DeadLetters::new(&config.spool.dir);
-    let direct = (config.delivery.mode == DeliveryMode::Direct).then(|| {
-        Arc::new(DirectSinks::new(
+    let acceptor = match config.delivery.mode {
+        DeliveryMode::Spool => Acceptor::Spool(Arc::new(open_spool(&config).await?)),
+        DeliveryMode::Direct => Acceptor::Direct(DirectSinks::new(
             &config.sinks,
             dead_letters.clone(),
             Arc::clone(&metrics),
-        ))
-    });
-    let receiver = Receiver::new(
-        &config,
-        Arc::clone(&spool),
-        direct.clone(),
-        Arc::clone(&metrics),
-    )?;
-    let receiver = Arc::new(receiver);
+        )),
+    };
+    // Direct delivery happens on the request path: no spool, no consumers.
+    let spool = match &acceptor {
+        Acceptor::Spool(spool) => Some(Arc::clone(spool)),
+        Acceptor::Direct(_) => None,
+    };
+    let receiver = Arc::new(Receiver::new(&config, acceptor, Arc::clone(&metrics))?);
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -109,50 +101,32 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let (stop, stop_rx) = watch::channel(false);
     let (sinks_stop, sinks_stop_rx) = watch::channel(false);
     let mut sink_tasks = Vec::new();
-    // In direct mode the request path delivers; no consumer reads the spool.
-    let consumed = if direct.is_some() {
-        &[][..]
-    } else {
-        &config.sinks[..]
-    };
-    for sink_config in consumed {
-        let consumer = Consumer {
-            name: sink_config.name.clone(),
-            spool: Arc::clone(&spool),
-            metrics: Arc::clone(&metrics),
-            retry: sink_config.retry.clone(),
-            dead_letters: dead_letters.clone(),
-        };
-        let stop = sinks_stop_rx.clone();
-        let task = if let Some(file) = &sink_config.file {
-            tokio::spawn(sink::consume(
+    let mut gauges = None;
+    if let Some(spool) = &spool {
+        for sink_config in &config.sinks {
+            let consumer = Consumer {
+                name: sink_config.name.clone(),
+                spool: Arc::clone(spool),
+                metrics: Arc::clone(&metrics),
+                retry: sink_config.retry.clone(),
+                dead_letters: dead_letters.clone(),
+            };
+            let sink = sink_config.kind.build();
+            sink_tasks.push(tokio::spawn(sink::consume(
                 consumer,
-                FileSink::new(file.path.clone()),
-                stop,
-            ))
-        } else if let Some(nats) = &sink_config.nats {
-            tokio::spawn(sink::consume(consumer, NatsSink::new(nats.clone()), stop))
-        } else if let Some(http) = &sink_config.http {
-            tokio::spawn(sink::consume(consumer, HttpSink::new(http.clone()), stop))
-        } else if let Some(postgres) = &sink_config.postgres {
-            tokio::spawn(sink::consume(
-                consumer,
-                PostgresSink::new(postgres.clone()),
-                stop,
-            ))
-        } else {
-            continue;
-        };
-        sink_tasks.push(task);
+                sink,
+                sinks_stop_rx.clone(),
+            )));
+        }
+        gauges = Some(tokio::spawn(update_gauges(
+            Arc::clone(spool),
+            Arc::clone(&metrics),
+            stop_rx.clone(),
+        )));
     }
     let reloader = tokio::spawn(reload_secrets(
         Arc::clone(&receiver),
         config.secret_reload_interval,
-        stop_rx.clone(),
-    ));
-    let gauges = tokio::spawn(update_gauges(
-        Arc::clone(&spool),
-        Arc::clone(&metrics),
         stop_rx.clone(),
     ));
     let tls_reloader = match (&tls_server, &config.tls) {
@@ -207,13 +181,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             }
         }
         reloader.abort();
-        gauges.abort();
+        if let Some(gauges) = gauges {
+            gauges.abort();
+        }
         if let Some(tls_reloader) = tls_reloader {
             tls_reloader.abort();
         }
-        tokio::task::spawn_blocking(move || spool.close())
-            .await
-            .context("spool close task failed")?;
+        if let Some(spool) = spool {
+            tokio::task::spawn_blocking(move || spool.close())
+                .await
+                .context("spool close task failed")?;
+        }
         tracing::info!("receiver stopped");
         Ok(())
     });
@@ -248,6 +226,16 @@ async fn reload_secrets(receiver: Arc<Receiver>, every: Duration, mut stop: watc
     }
 }
 
+/// Opens the spool (blocking: recovery reads every segment) with a cursor per sink.
+async fn open_spool(config: &Config) -> anyhow::Result<Spool> {
+    let spool_config = config.spool.clone();
+    let names: Vec<String> = config.sinks.iter().map(|s| s.name.clone()).collect();
+    tokio::task::spawn_blocking(move || Spool::open(&spool_config, &names))
+        .await
+        .context("spool open task failed")?
+        .with_context(|| format!("cannot open the spool in {}", config.spool.dir.display()))
+}
+
 async fn update_gauges(spool: Arc<Spool>, metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
     let mut ticker = tokio::time::interval(GAUGE_INTERVAL);
     loop {
@@ -256,19 +244,16 @@ async fn update_gauges(spool: Arc<Spool>, metrics: Arc<Metrics>, mut stop: watch
             _ = stop.changed() => return,
         }
         let stats = spool.stats();
-        metrics
-            .spool_bytes
-            .set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
-        metrics
-            .spool_events
-            .set(i64::try_from(stats.events).unwrap_or(i64::MAX));
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
-        #[allow(clippy::cast_precision_loss)]
-        let age = stats
-            .oldest_received_millis
-            .map_or(0.0, |at| now.saturating_sub(at) as f64 / 1000.0);
-        metrics.spool_oldest_age.set(age);
+        let oldest_age = stats.oldest_received_millis.map_or(Duration::ZERO, |at| {
+            Duration::from_millis(now.saturating_sub(at))
+        });
+        metrics.emit(SpoolSampled {
+            bytes: stats.bytes,
+            events: stats.events,
+            oldest_age,
+        });
     }
 }

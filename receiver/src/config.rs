@@ -14,6 +14,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::sink::file::FileSinkConfig;
+pub use crate::sink::http::HttpSinkConfig;
+use crate::sink::kind::SinkEntry;
+pub use crate::sink::kind::SinkKind;
+pub use crate::sink::nats::{NatsSinkConfig, SUBJECT_PLACEHOLDERS};
+pub use crate::sink::postgres::PostgresSinkConfig;
+
 /// Paths the receiver serves itself; endpoints may not use them.
 pub const RESERVED_PATHS: &[&str] = &["/metrics", "/healthz", "/readyz"];
 
@@ -31,7 +38,7 @@ pub struct Config {
     #[serde(default, skip_serializing_if = "DeliveryConfig::is_default")]
     pub delivery: DeliveryConfig,
     /// Where spooled events are delivered.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::sink::kind::deserialize_sinks")]
     pub sinks: Vec<SinkConfig>,
     /// Request limits.
     #[serde(default)]
@@ -62,6 +69,28 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
 }
 
+impl Config {
+    /// A configuration with every optional key at its default (what an empty YAML key
+    /// means), for programs that build one (the operator, tests).
+    pub fn new(listen: SocketAddr, endpoints: Vec<EndpointConfig>, spool: SpoolConfig) -> Config {
+        Config {
+            listen,
+            endpoints,
+            spool,
+            delivery: DeliveryConfig::default(),
+            sinks: Vec::new(),
+            limits: Limits::default(),
+            log_message_text: false,
+            shutdown_grace: default_shutdown_grace(),
+            shutdown_delay: Duration::ZERO,
+            secret_reload_interval: default_secret_reload_interval(),
+            tls: None,
+            trusted_proxy: None,
+            metrics_listen: None,
+        }
+    }
+}
+
 /// The name Meta's webhook client certificate carries (CN and DNS SAN).
 pub const META_CLIENT_NAME: &str = "client.webhooks.fbclientcerts.com";
 
@@ -87,6 +116,20 @@ pub struct TlsConfig {
     /// How often the certificate, key and CA files are checked for changes.
     #[serde(default = "default_tls_reload_interval", with = "humantime_serde")]
     pub reload_interval: Duration,
+}
+
+impl TlsConfig {
+    /// HTTPS with this certificate and key, no client certificates asked for.
+    pub fn new(cert_file: PathBuf, key_file: PathBuf) -> TlsConfig {
+        TlsConfig {
+            cert_file,
+            key_file,
+            mode: TlsMode::Server,
+            client_ca_file: None,
+            allowed_client_names: default_allowed_client_names(),
+            reload_interval: default_tls_reload_interval(),
+        }
+    }
 }
 
 /// What the TLS listener demands of clients.
@@ -118,6 +161,18 @@ pub struct TrustedProxyConfig {
     /// Header carrying the client certificate's subject DN.
     #[serde(default = "default_subject_header")]
     pub subject_header: String,
+}
+
+impl TrustedProxyConfig {
+    /// Believe ingress-nginx's default verdict headers from `cidrs`, for Meta's client name.
+    pub fn new(cidrs: Vec<ipnet::IpNet>) -> TrustedProxyConfig {
+        TrustedProxyConfig {
+            cidrs,
+            allowed_client_names: default_allowed_client_names(),
+            verify_header: default_verify_header(),
+            subject_header: default_subject_header(),
+        }
+    }
 }
 
 fn default_allowed_client_names() -> Vec<String> {
@@ -224,61 +279,32 @@ pub struct SpoolConfig {
     pub group_commit_wait: Duration,
 }
 
-/// One delivery target. Exactly one kind (`file`, ...) is set.
+impl SpoolConfig {
+    /// A spool in `dir` with the default limits.
+    pub fn new(dir: PathBuf) -> SpoolConfig {
+        SpoolConfig {
+            dir,
+            dedup_window: default_dedup_window(),
+            dedup_max_entries: default_dedup_max_entries(),
+            max_bytes: 0,
+            segment_bytes: default_segment_bytes(),
+            max_group_requests: default_max_group(),
+            group_commit_wait: default_group_commit_wait(),
+        }
+    }
+}
+
+/// One delivery target: a name, exactly one kind, and its retries. In YAML the kind is the
+/// one key among `file`, `nats`, `postgres`, `http` ([`SinkKind`] lists them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "SinkEntry", into = "SinkEntry")]
 pub struct SinkConfig {
     /// Names the sink's cursor in the spool, its metrics and its logs.
     pub name: String,
-    /// JSON lines, one event per line.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub file: Option<FileSinkConfig>,
-    /// NATS JetStream.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nats: Option<NatsSinkConfig>,
-    /// PostgreSQL, the unified message store.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub postgres: Option<PostgresSinkConfig>,
-    /// HTTP POST to the user's service.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http: Option<HttpSinkConfig>,
+    /// What the sink is, with its own settings.
+    pub kind: SinkKind,
     /// How a failing batch is retried before its events become dead letters.
-    #[serde(default)]
     pub retry: RetryConfig,
-}
-
-/// The `http` sink: POST each event as JSON.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpSinkConfig {
-    /// The URL events are POSTed to.
-    pub url: String,
-    /// File with the secret of the `X-Metahook-Signature` HMAC (no header when absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signing_secret_file: Option<PathBuf>,
-    /// Time one POST may take before it is retried.
-    #[serde(default = "default_http_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
-    /// POSTs in flight at once.
-    #[serde(default = "default_http_concurrency")]
-    pub concurrency: usize,
-    /// PEM bundle of the CAs the server's certificate must chain to (default: the system's).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<PathBuf>,
-    /// PEM client certificate, for mTLS to the service.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_cert_file: Option<PathBuf>,
-    /// PEM private key of the client certificate.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_key_file: Option<PathBuf>,
-}
-
-fn default_http_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-
-fn default_http_concurrency() -> usize {
-    8
 }
 
 /// Retries of a failing sink: exponential backoff with jitter, then dead letters.
@@ -308,75 +334,6 @@ fn default_max_attempts() -> u32 {
 
 fn default_max_backoff() -> Duration {
     Duration::from_secs(300)
-}
-
-/// The `postgres` sink: events and their projections (conversations, messages, engagement)
-/// upserted idempotently by event id; migrations run at start.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PostgresSinkConfig {
-    /// Connection URL, e.g. `postgres://postgres@127.0.0.1:5432/test`.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub url: String,
-    /// File holding the connection URL instead (a mounted Secret, since a URL can carry a
-    /// password); re-read at every reconnect.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url_file: Option<PathBuf>,
-    /// The schema holding the tables (created if absent).
-    #[serde(default = "default_postgres_schema")]
-    pub schema: String,
-}
-
-fn default_postgres_schema() -> String {
-    "metahook".to_owned()
-}
-
-impl SinkConfig {
-    /// How many sink kinds are set (exactly one is valid).
-    fn kinds(&self) -> usize {
-        usize::from(self.file.is_some())
-            + usize::from(self.nats.is_some())
-            + usize::from(self.postgres.is_some())
-            + usize::from(self.http.is_some())
-    }
-}
-
-/// The `nats` sink: each event is published to JetStream with `Nats-Msg-Id` = event id, so
-/// the stream drops redeliveries within its duplicate window; the cursor advances only
-/// after JetStream acknowledged every event of a batch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NatsSinkConfig {
-    /// Server URL, e.g. `nats://127.0.0.1:4222`.
-    pub url: String,
-    /// Subject template; `{platform}`, `{object}`, `{field}`, `{kind}` and `{endpoint}` are
-    /// replaced by the event's values (characters other than letters, digits, `_` and `-`
-    /// become `_`).
-    #[serde(default = "default_nats_subject")]
-    pub subject: String,
-    /// The stream the subjects belong to; required with `create_stream`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stream: Option<String>,
-    /// Create the stream (subjects: the template with each placeholder token as `*`) if it
-    /// does not exist.
-    #[serde(default)]
-    pub create_stream: bool,
-}
-
-fn default_nats_subject() -> String {
-    "meta.{platform}.{field}.{kind}".to_owned()
-}
-
-/// Placeholders a NATS subject template may use.
-pub const SUBJECT_PLACEHOLDERS: &[&str] =
-    &["{platform}", "{object}", "{field}", "{kind}", "{endpoint}"];
-
-/// The `file` sink.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileSinkConfig {
-    /// The JSON-lines file (created if absent, appended to).
-    pub path: PathBuf,
 }
 
 /// Request limits. Over a limit the answer is 413, 408 or 503 (Meta retries 5xx later).
@@ -478,7 +435,8 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+/// A [`ConfigError::Invalid`] naming `key`.
+pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         message: message.into(),
@@ -598,52 +556,7 @@ impl Config {
                     format!("{:?} is used by another sink", sink.name),
                 ));
             }
-            if sink.kinds() != 1 {
-                return Err(invalid(
-                    format!("sinks[{i}]"),
-                    "set exactly one sink kind: file, nats, postgres or http",
-                ));
-            }
-            if let Some(nats) = &sink.nats {
-                validate_nats(i, nats)?;
-            }
-            if let Some(http) = &sink.http {
-                if !(http.url.starts_with("http://") || http.url.starts_with("https://")) {
-                    return Err(invalid(
-                        format!("sinks[{i}].http.url"),
-                        format!("{:?} must be an http:// or https:// URL", http.url),
-                    ));
-                }
-                if http.client_cert_file.is_some() != http.client_key_file.is_some() {
-                    return Err(invalid(
-                        format!("sinks[{i}].http.client_cert_file"),
-                        "client_cert_file and client_key_file go together",
-                    ));
-                }
-            }
-            if let Some(postgres) = &sink.postgres {
-                let schema = &postgres.schema;
-                let valid = schema
-                    .chars()
-                    .next()
-                    .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-                    && schema
-                        .chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-                    && schema.len() <= 63;
-                if postgres.url.trim().is_empty() == postgres.url_file.is_none() {
-                    return Err(invalid(
-                        format!("sinks[{i}].postgres.url"),
-                        "set exactly one of url and url_file",
-                    ));
-                }
-                if !valid {
-                    return Err(invalid(
-                        format!("sinks[{i}].postgres.schema"),
-                        format!("{schema:?} must be a lowercase SQL identifier: a-z, 0-9, _"),
-                    ));
-                }
-            }
+            sink.kind.validate(i)?;
         }
         if self.delivery.mode == DeliveryMode::Direct && self.sinks.is_empty() {
             return Err(invalid(
@@ -727,42 +640,6 @@ impl Config {
     }
 }
 
-fn validate_nats(i: usize, nats: &NatsSinkConfig) -> Result<(), ConfigError> {
-    let key = |k: &str| format!("sinks[{i}].nats.{k}");
-    if nats.url.trim().is_empty() {
-        return Err(invalid(key("url"), "must not be empty"));
-    }
-    let mut rest = nats.subject.clone();
-    for placeholder in SUBJECT_PLACEHOLDERS {
-        rest = rest.replace(placeholder, "x");
-    }
-    if nats.subject.is_empty()
-        || rest.contains(['{', '}', ' ', '*', '>'])
-        || rest.split('.').any(str::is_empty)
-    {
-        return Err(invalid(
-            key("subject"),
-            format!(
-                "{:?} must be dot-separated tokens using only {}",
-                nats.subject,
-                SUBJECT_PLACEHOLDERS.join(", ")
-            ),
-        ));
-    }
-    match &nats.stream {
-        Some(stream) if stream.is_empty() || stream.contains(['.', ' ', '*', '>', '/', '\\']) => {
-            Err(invalid(
-                key("stream"),
-                format!("{stream:?} is not a valid stream name"),
-            ))
-        }
-        None if nats.create_stream => {
-            Err(invalid(key("stream"), "required with create_stream: true"))
-        }
-        _ => Ok(()),
-    }
-}
-
 fn exactly_one<A, B>(
     key_a: &str,
     key_b: &str,
@@ -810,7 +687,10 @@ sinks:
         assert_eq!(config.endpoints[0].path, "/webhooks/meta");
         assert_eq!(config.limits.max_body_bytes, 4 * 1024 * 1024);
         assert_eq!(
-            config.sinks[0].file.as_ref().map(|f| f.path.clone()),
+            match &config.sinks[0].kind {
+                SinkKind::File(file) => Some(file.path.clone()),
+                _ => None,
+            },
             Some(PathBuf::from("data/events.jsonl"))
         );
     }

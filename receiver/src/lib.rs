@@ -8,6 +8,7 @@
 //! - [`event`]: the unified event schema.
 //! - [`tls`], [`client_auth`], [`trusted_proxy`]: HTTPS, and who may call the endpoints.
 
+pub mod acceptor;
 pub mod app;
 pub mod cli;
 pub mod client_auth;

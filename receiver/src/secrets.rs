@@ -46,13 +46,7 @@ impl SecretSource {
     /// Reads the secret now.
     pub fn read(&self) -> Result<Vec<u8>, SecretError> {
         let value = match self {
-            SecretSource::File(path) => {
-                let bytes = std::fs::read(path).map_err(|source| SecretError::File {
-                    path: path.clone(),
-                    source,
-                })?;
-                trim_newlines(bytes)
-            }
+            SecretSource::File(path) => read_file(path)?,
             SecretSource::Env { var, default } => match std::env::var(var) {
                 Ok(value) => value.into_bytes(),
                 Err(_) => match default {
@@ -88,11 +82,18 @@ impl SecretSource {
     }
 }
 
-fn trim_newlines(mut bytes: Vec<u8>) -> Vec<u8> {
+/// Reads a secret file (a mounted Secret key), without its trailing newlines
+/// (`echo secret > file` is common). The one reader of secret files: endpoint secrets, the
+/// HTTP sink's signing secret, the PostgreSQL sink's URL.
+pub fn read_file(path: &Path) -> Result<Vec<u8>, SecretError> {
+    let mut bytes = std::fs::read(path).map_err(|source| SecretError::File {
+        path: path.to_owned(),
+        source,
+    })?;
     while matches!(bytes.last(), Some(b'\n' | b'\r')) {
         bytes.pop();
     }
-    bytes
+    Ok(bytes)
 }
 
 /// A secret that could not be read.

@@ -23,16 +23,20 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
+use crate::acceptor::{AcceptError, Acceptor};
 use crate::client_auth::{ClientAuth, Peer, Refusal};
-use crate::config::{Config, ConfigError, EndpointConfig, Limits};
+use crate::config::{Config, ConfigError, EndpointConfig, Limits, RESERVED_PATHS};
 use crate::event::{Event, Kind};
 use crate::metrics::Metrics;
+use crate::metrics::events::{
+    ClientRefused, EventsAccepted, ReadinessChanged, RequestAnswered, SignatureRefused,
+    SpoolCommitted,
+};
 use crate::normalize;
 use crate::secrets::{SecretError, SecretStore};
-use crate::sink::direct::DirectSinks;
-use crate::spool::{Key, Spool};
+use crate::spool::Key;
 use crate::tls::TlsServer;
-use crate::verify::{self, Algorithm, SignatureError};
+use crate::verify::{self, Algorithm, HandshakeError, SignatureError};
 
 /// One configured endpoint and its live secrets.
 #[derive(Debug)]
@@ -47,9 +51,8 @@ pub struct Endpoint {
 #[derive(Debug)]
 pub struct Receiver {
     endpoints: HashMap<String, Arc<Endpoint>>,
-    spool: Arc<Spool>,
-    /// Set in `delivery.mode: direct`: events go to the sinks instead of the spool.
-    direct: Option<Arc<DirectSinks>>,
+    /// Where verified events go before the 200: the spool, or the sinks directly.
+    acceptor: Acceptor,
     metrics: Arc<Metrics>,
     limits: Limits,
     in_flight: Semaphore,
@@ -92,45 +95,182 @@ pub struct Connection {
     pub role: Role,
 }
 
-/// What happened to a request, for its log line.
+/// What became of a request. Each outcome's status code, its name (the `outcome` of the
+/// request's log line) and its answer are written once, in the methods below.
+#[derive(Debug)]
+enum Outcome {
+    /// `/healthz`: the process is alive.
+    Health,
+    /// `/readyz`.
+    Readiness { ready: bool },
+    /// `/metrics`.
+    Metrics,
+    /// The path does not serve this method.
+    MethodNotAllowed { allow: &'static str },
+    /// No endpoint here, or an endpoint path asked on the probes-only listener.
+    NotFound { probes_only: bool },
+    /// The verification handshake passed: the challenge is echoed.
+    Handshake { challenge: String },
+    /// The verification handshake failed.
+    HandshakeRefused(HandshakeError),
+    /// The client-certificate policy refused the client (before the body is read).
+    ClientRefused(Refusal),
+    /// `limits.max_in_flight` requests are being processed.
+    Overloaded,
+    /// The body exceeds `limits.max_body_bytes`.
+    TooLarge,
+    /// The body did not arrive within `limits.request_timeout`.
+    Timeout,
+    /// The body could not be read.
+    BodyError(String),
+    /// The signature is missing, malformed or wrong.
+    SignatureRejected(SignatureError),
+    /// The body is not a JSON object.
+    BadBody(String),
+    /// The events could not be serialized.
+    EncodeError(String),
+    /// The events are durable, or every sink acknowledged them.
+    Accepted { events: usize, duplicates: usize },
+    /// The events were not accepted (spool full or failing, or a sink refused them).
+    NotAccepted(AcceptError),
+}
+
+impl Outcome {
+    /// The `outcome` of the request's log line.
+    fn name(&self) -> &'static str {
+        match self {
+            Outcome::Health => "health",
+            Outcome::Readiness { .. } => "readiness",
+            Outcome::Metrics => "metrics",
+            Outcome::MethodNotAllowed { .. } => "method_not_allowed",
+            Outcome::NotFound { .. } => "not_found",
+            Outcome::Handshake { .. } => "handshake",
+            Outcome::HandshakeRefused(_) => "handshake_refused",
+            Outcome::ClientRefused(_) => "client_refused",
+            Outcome::Overloaded => "overloaded",
+            Outcome::TooLarge => "too_large",
+            Outcome::Timeout => "timeout",
+            Outcome::BodyError(_) => "body_error",
+            Outcome::SignatureRejected(_) => "signature_rejected",
+            Outcome::BadBody(_) => "bad_body",
+            Outcome::EncodeError(_) => "encode_error",
+            Outcome::Accepted { .. } => "accepted",
+            Outcome::NotAccepted(AcceptError::SpoolFull(_)) => "spool_full",
+            Outcome::NotAccepted(AcceptError::Spool(_)) => "spool_error",
+            Outcome::NotAccepted(AcceptError::Sink(_)) => "sink_error",
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Outcome::Health
+            | Outcome::Readiness { ready: true }
+            | Outcome::Metrics
+            | Outcome::Handshake { .. }
+            | Outcome::Accepted { .. } => StatusCode::OK,
+            Outcome::BodyError(_) | Outcome::BadBody(_) => StatusCode::BAD_REQUEST,
+            Outcome::SignatureRejected(SignatureError::Missing) => StatusCode::UNAUTHORIZED,
+            Outcome::SignatureRejected(_)
+            | Outcome::HandshakeRefused(_)
+            | Outcome::ClientRefused(_) => StatusCode::FORBIDDEN,
+            Outcome::NotFound { .. } => StatusCode::NOT_FOUND,
+            Outcome::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Outcome::Timeout => StatusCode::REQUEST_TIMEOUT,
+            Outcome::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Outcome::EncodeError(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Outcome::Readiness { ready: false } | Outcome::Overloaded | Outcome::NotAccepted(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+
+    /// The answer's body (`/metrics` is encoded by the caller).
+    fn body(&self) -> Bytes {
+        match self {
+            Outcome::Health => Bytes::from_static(b"ok\n"),
+            Outcome::Readiness { ready: true } => Bytes::from_static(b"ready\n"),
+            Outcome::Readiness { ready: false } => Bytes::from_static(b"not ready\n"),
+            Outcome::Metrics => Bytes::new(),
+            Outcome::MethodNotAllowed { .. } => Bytes::from_static(b"method not allowed\n"),
+            Outcome::NotFound { probes_only: true } => {
+                Bytes::from_static(b"this listener serves only /metrics, /healthz and /readyz\n")
+            }
+            Outcome::NotFound { probes_only: false } => {
+                Bytes::from_static(b"no webhook endpoint at this path\n")
+            }
+            Outcome::Handshake { challenge } => Bytes::from(challenge.clone()),
+            Outcome::HandshakeRefused(err) => format!("verification refused: {err}\n").into(),
+            Outcome::ClientRefused(refusal) => {
+                Bytes::from_static(refusal.reason.message().as_bytes())
+            }
+            Outcome::Overloaded => {
+                Bytes::from_static(b"too many requests in flight; retry later\n")
+            }
+            Outcome::TooLarge => Bytes::from_static(b"body exceeds the configured maximum\n"),
+            Outcome::Timeout => {
+                Bytes::from_static(b"the body did not arrive within the request timeout\n")
+            }
+            Outcome::BodyError(_) => Bytes::from_static(b"the body could not be read\n"),
+            Outcome::SignatureRejected(err) => format!("{err}\n").into(),
+            Outcome::BadBody(err) => format!("{err}\n").into(),
+            Outcome::EncodeError(_) => Bytes::from_static(b"cannot encode events\n"),
+            Outcome::Accepted { .. } => Bytes::from_static(b"EVENT_RECEIVED\n"),
+            Outcome::NotAccepted(AcceptError::Sink(_)) => {
+                Bytes::from_static(b"a sink did not accept the events; retry later\n")
+            }
+            Outcome::NotAccepted(_) => Bytes::from_static(b"cannot store events; retry later\n"),
+        }
+    }
+
+    /// Why the request was refused, for its log line.
+    fn detail(&self) -> Option<String> {
+        match self {
+            Outcome::HandshakeRefused(err) => Some(err.to_string()),
+            Outcome::ClientRefused(refusal) => {
+                Some(format!("{}: {}", refusal.reason.reason(), refusal.detail))
+            }
+            Outcome::SignatureRejected(err) => Some(err.to_string()),
+            Outcome::BodyError(err) | Outcome::BadBody(err) | Outcome::EncodeError(err) => {
+                Some(err.clone())
+            }
+            Outcome::NotAccepted(err) => Some(err.to_string()),
+            _ => None,
+        }
+    }
+
+    /// Answers after which the connection is closed: the rest of the body was not read.
+    fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            Outcome::ClientRefused(_)
+                | Outcome::Overloaded
+                | Outcome::TooLarge
+                | Outcome::Timeout
+                | Outcome::BodyError(_)
+        )
+    }
+
+    /// 503s that tell Meta when to retry (`Retry-After`).
+    fn retry_later(&self) -> bool {
+        matches!(self, Outcome::Overloaded | Outcome::NotAccepted(_))
+    }
+}
+
+/// What the request's log line says besides its outcome.
 #[derive(Debug, Default)]
-struct Outcome {
+struct Seen {
     endpoint: Option<String>,
-    outcome: &'static str,
-    events: usize,
-    duplicates: usize,
     unknown: usize,
-    detail: Option<String>,
     texts: Vec<String>,
 }
 
 type HttpResponse = Response<Full<Bytes>>;
 
-fn response(status: StatusCode, body: impl Into<Bytes>) -> HttpResponse {
-    let mut response = Response::new(Full::new(body.into()));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
-
-/// A response after which the connection is closed: the rest of the body was not read.
-fn closing(status: StatusCode, body: &'static str) -> HttpResponse {
-    let mut response = response(status, body);
-    response
-        .headers_mut()
-        .insert(CONNECTION, HeaderValue::from_static("close"));
-    response
-}
-
 impl Receiver {
     /// Builds the handler; reads every endpoint's secrets (failing names the endpoint).
     pub fn new(
         config: &Config,
-        spool: Arc<Spool>,
-        direct: Option<Arc<DirectSinks>>,
+        acceptor: Acceptor,
         metrics: Arc<Metrics>,
     ) -> Result<Receiver, ReceiverError> {
         let mut endpoints = HashMap::new();
@@ -149,8 +289,7 @@ impl Receiver {
         }
         Ok(Receiver {
             endpoints,
-            spool,
-            direct,
+            acceptor,
             metrics,
             limits: config.limits.clone(),
             in_flight: Semaphore::new(config.limits.max_in_flight),
@@ -163,12 +302,12 @@ impl Receiver {
     /// Marks the receiver ready (or not: while starting and draining).
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
-        self.metrics.ready.set(i64::from(ready));
+        self.metrics.emit(ReadinessChanged { ready });
     }
 
     /// Whether /readyz answers 200: started, not draining, and the spool can still write.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst) && !self.spool.is_poisoned()
+        self.ready.load(Ordering::SeqCst) && self.acceptor.is_healthy()
     }
 
     /// The endpoints, for the secret reloader.
@@ -185,35 +324,70 @@ impl Receiver {
         let started = Instant::now();
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
-        let mut outcome = Outcome::default();
-        let response = self.route(request, connection, &mut outcome).await;
-        let status = response.status();
-        let endpoint = outcome.endpoint.as_deref().unwrap_or("none");
-        let method_label = match method {
-            Method::GET => "GET",
-            Method::POST => "POST",
-            Method::HEAD => "HEAD",
-            _ => "other",
-        };
-        self.metrics
-            .requests
-            .with_label_values(&[endpoint, method_label, status.as_str()])
-            .inc();
-        let elapsed = started.elapsed();
-        if outcome.endpoint.is_some() {
-            self.metrics
-                .request_duration
-                .with_label_values(&[endpoint])
-                .observe(elapsed.as_secs_f64());
+        let mut seen = Seen::default();
+        let outcome = self.route(request, connection, &mut seen).await;
+        let endpoint = seen.endpoint.as_deref();
+        match (&outcome, endpoint) {
+            (Outcome::ClientRefused(refusal), Some(endpoint)) => self.metrics.emit(ClientRefused {
+                reason: refusal.reason,
+                peer: connection.peer.addr,
+                endpoint: Some(endpoint),
+                detail: &refusal.detail,
+            }),
+            (Outcome::SignatureRejected(err), Some(endpoint)) => {
+                self.metrics.emit(SignatureRefused {
+                    endpoint,
+                    reason: err.reason(),
+                });
+            }
+            _ => {}
         }
-        let duration_ms = elapsed.as_secs_f64() * 1000.0;
-        let detail = outcome.detail.as_deref().unwrap_or("");
-        if self.log_message_text && !outcome.texts.is_empty() {
-            tracing::info!(target: "metahook::request", endpoint, method = %method, path, status = status.as_u16(), outcome = outcome.outcome, events = outcome.events, duplicates = outcome.duplicates, unknown = outcome.unknown, duration_ms, detail, texts = ?outcome.texts, "request");
-        } else if matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics") {
-            tracing::debug!(target: "metahook::request", endpoint, method = %method, path, status = status.as_u16(), outcome = outcome.outcome, duration_ms, "request");
-        } else {
-            tracing::info!(target: "metahook::request", endpoint, method = %method, path, status = status.as_u16(), outcome = outcome.outcome, events = outcome.events, duplicates = outcome.duplicates, unknown = outcome.unknown, duration_ms, detail, "request");
+        let response = self.respond(&outcome);
+        let (events, duplicates) = match outcome {
+            Outcome::Accepted { events, duplicates } => (events, duplicates),
+            _ => (0, 0),
+        };
+        self.metrics.emit(RequestAnswered {
+            endpoint,
+            method: &method,
+            path: &path,
+            status: response.status(),
+            outcome: outcome.name(),
+            probe: RESERVED_PATHS.contains(&path.as_str()),
+            events,
+            duplicates,
+            unknown: seen.unknown,
+            detail: outcome.detail().as_deref().unwrap_or(""),
+            texts: &seen.texts,
+            elapsed: started.elapsed(),
+        });
+        response
+    }
+
+    /// The HTTP answer of an outcome.
+    fn respond(&self, outcome: &Outcome) -> HttpResponse {
+        let (body, content_type) = match outcome {
+            Outcome::Metrics => (
+                Bytes::from(self.metrics.encode()),
+                "text/plain; version=0.0.4; charset=utf-8",
+            ),
+            _ => (outcome.body(), "text/plain; charset=utf-8"),
+        };
+        let mut response = Response::new(Full::new(body));
+        *response.status_mut() = outcome.status();
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        if let Outcome::MethodNotAllowed { allow } = outcome {
+            headers.insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        if outcome.closes_connection() {
+            headers.insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        if outcome.retry_later() {
+            headers.insert(
+                RETRY_AFTER,
+                HeaderValue::from(self.limits.retry_after_seconds),
+            );
         }
         response
     }
@@ -222,8 +396,8 @@ impl Receiver {
         &self,
         request: Request<B>,
         connection: &Connection,
-        outcome: &mut Outcome,
-    ) -> HttpResponse
+        seen: &mut Seen,
+    ) -> Outcome
     where
         B: Body<Data = Bytes> + Send,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -231,99 +405,50 @@ impl Receiver {
         let path = request.uri().path();
         let get = matches!(*request.method(), Method::GET | Method::HEAD);
         match path {
-            "/healthz" if get => {
-                outcome.outcome = "health";
-                return response(StatusCode::OK, "ok\n");
-            }
+            "/healthz" if get => return Outcome::Health,
             "/readyz" if get => {
-                outcome.outcome = "readiness";
-                return if self.is_ready() {
-                    response(StatusCode::OK, "ready\n")
-                } else {
-                    response(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                return Outcome::Readiness {
+                    ready: self.is_ready(),
                 };
             }
-            "/metrics" if get => {
-                outcome.outcome = "metrics";
-                let mut reply = response(StatusCode::OK, self.metrics.encode());
-                reply.headers_mut().insert(
-                    CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                );
-                return reply;
-            }
-            "/healthz" | "/readyz" | "/metrics" => {
-                outcome.outcome = "method_not_allowed";
-                return method_not_allowed("GET, HEAD");
+            "/metrics" if get => return Outcome::Metrics,
+            probe if RESERVED_PATHS.contains(&probe) => {
+                return Outcome::MethodNotAllowed { allow: "GET, HEAD" };
             }
             _ => {}
         }
         if connection.role == Role::Probes {
-            outcome.outcome = "not_found";
-            return response(
-                StatusCode::NOT_FOUND,
-                "this listener serves only /metrics, /healthz and /readyz\n",
-            );
+            return Outcome::NotFound { probes_only: true };
         }
         let Some(endpoint) = self.endpoints.get(path).cloned() else {
-            outcome.outcome = "not_found";
-            return response(StatusCode::NOT_FOUND, "no webhook endpoint at this path\n");
+            return Outcome::NotFound { probes_only: false };
         };
-        outcome.endpoint = Some(endpoint.config.name.clone());
+        seen.endpoint = Some(endpoint.config.name.clone());
         // Before the body is read: a refused client never gets anything spooled.
         if let Err(refusal) = self.client_auth.check(&connection.peer, request.headers()) {
-            return self.refuse_client(&endpoint.config.name, &connection.peer, &refusal, outcome);
+            return Outcome::ClientRefused(refusal);
         }
         match *request.method() {
-            Method::GET => self.handshake(&endpoint, request.uri().query(), outcome),
-            Method::POST => self.webhook(&endpoint, request, outcome).await,
-            _ => {
-                outcome.outcome = "method_not_allowed";
-                method_not_allowed("GET, POST")
+            Method::GET => {
+                let secrets = endpoint.secrets.current();
+                match verify::handshake(request.uri().query(), &secrets.verify_token) {
+                    Ok(challenge) => Outcome::Handshake { challenge },
+                    Err(err) => Outcome::HandshakeRefused(err),
+                }
             }
+            Method::POST => self.webhook(&endpoint, request, seen).await,
+            _ => Outcome::MethodNotAllowed { allow: "GET, POST" },
         }
     }
 
-    fn handshake(
-        &self,
-        endpoint: &Endpoint,
-        query: Option<&str>,
-        outcome: &mut Outcome,
-    ) -> HttpResponse {
-        let secrets = endpoint.secrets.current();
-        match verify::handshake(query, &secrets.verify_token) {
-            Ok(challenge) => {
-                outcome.outcome = "handshake";
-                response(StatusCode::OK, challenge)
-            }
-            Err(err) => {
-                outcome.outcome = "handshake_refused";
-                outcome.detail = Some(err.to_string());
-                response(
-                    StatusCode::FORBIDDEN,
-                    format!("verification refused: {err}\n"),
-                )
-            }
-        }
-    }
-
-    async fn webhook<B>(
-        &self,
-        endpoint: &Endpoint,
-        request: Request<B>,
-        outcome: &mut Outcome,
-    ) -> HttpResponse
+    async fn webhook<B>(&self, endpoint: &Endpoint, request: Request<B>, seen: &mut Seen) -> Outcome
     where
         B: Body<Data = Bytes> + Send,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let name = endpoint.config.name.as_str();
         let Ok(_permit) = self.in_flight.try_acquire() else {
-            outcome.outcome = "overloaded";
-            return self.retry_later(closing(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many requests in flight; retry later\n",
-            ));
+            return Outcome::Overloaded;
         };
         let (parts, body) = request.into_parts();
         let declared = parts
@@ -332,11 +457,7 @@ impl Receiver {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|len| len > self.limits.max_body_bytes) {
-            outcome.outcome = "too_large";
-            return closing(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body exceeds the configured maximum\n",
-            );
+            return Outcome::TooLarge;
         }
         let limit = usize::try_from(self.limits.max_body_bytes).unwrap_or(usize::MAX);
         let body = match tokio::time::timeout(
@@ -345,30 +466,16 @@ impl Receiver {
         )
         .await
         {
-            Err(_) => {
-                outcome.outcome = "timeout";
-                return closing(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "the body did not arrive within the request timeout\n",
-                );
-            }
+            Err(_) => return Outcome::Timeout,
             Ok(Err(err)) if err.downcast_ref::<LengthLimitError>().is_some() => {
-                outcome.outcome = "too_large";
-                return closing(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body exceeds the configured maximum\n",
-                );
+                return Outcome::TooLarge;
             }
-            Ok(Err(err)) => {
-                outcome.outcome = "body_error";
-                outcome.detail = Some(err.to_string());
-                return closing(StatusCode::BAD_REQUEST, "the body could not be read\n");
-            }
+            Ok(Err(err)) => return Outcome::BodyError(err.to_string()),
             Ok(Ok(collected)) => collected.to_bytes(),
         };
 
         // From here on the request is CPU work only: let the spool writer wait for it.
-        let preparing = self.spool.prepare();
+        let pending = self.acceptor.prepare();
         let secrets = endpoint.secrets.current();
         let sha256 = parts.headers.get(verify::SIGNATURE_HEADER);
         let legacy = parts.headers.get(verify::LEGACY_SIGNATURE_HEADER);
@@ -395,7 +502,7 @@ impl Receiver {
                 key.copy_from_slice(&digest[..16]);
                 key
             }
-            Err(err) => return self.refuse_signature(name, err, outcome),
+            Err(err) => return Outcome::SignatureRejected(err),
         };
         let received_at = now_rfc3339();
         let context = normalize::Context {
@@ -405,170 +512,51 @@ impl Receiver {
         };
         let events = match normalize::normalize(&body, &context) {
             Ok(events) => events,
-            Err(err) => {
-                outcome.outcome = "bad_body";
-                outcome.detail = Some(err.to_string());
-                return response(StatusCode::BAD_REQUEST, format!("{err}\n"));
-            }
+            Err(err) => return Outcome::BadBody(err.to_string()),
         };
-        let records = match self.records(&events, outcome) {
+        let records = match self.records(&events, seen) {
             Ok(records) => records,
-            Err(err) => {
-                outcome.outcome = "encode_error";
-                outcome.detail = Some(err.to_string());
-                return response(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode events\n");
-            }
+            Err(err) => return Outcome::EncodeError(err.to_string()),
         };
-        if let Some(direct) = &self.direct {
-            drop(preparing);
-            return match direct.deliver(&records).await {
-                Ok(()) => {
-                    self.count_events(name, &events);
-                    outcome.outcome = "accepted";
-                    outcome.events = events.len();
-                    response(StatusCode::OK, "EVENT_RECEIVED\n")
+        match pending.accept(key, records).await {
+            Ok(accepted) => {
+                if let Some(waited) = accepted.committed_in {
+                    self.metrics.emit(SpoolCommitted { waited });
                 }
-                Err(err) => {
-                    outcome.outcome = "sink_error";
-                    outcome.detail = Some(err.to_string());
-                    self.retry_later(response(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "a sink did not accept the events; retry later\n",
-                    ))
+                self.metrics.emit(EventsAccepted {
+                    endpoint: name,
+                    events: &events,
+                    stored: accepted.stored > 0,
+                    duplicates: accepted.duplicates,
+                });
+                Outcome::Accepted {
+                    events: accepted.stored,
+                    duplicates: accepted.duplicates,
                 }
-            };
-        }
-        let committing = Instant::now();
-        match preparing.append(key, records).await {
-            Ok(stored) => {
-                self.metrics
-                    .spool_commit_duration
-                    .observe(committing.elapsed().as_secs_f64());
-                if stored.duplicates > 0 {
-                    self.metrics
-                        .duplicates
-                        .with_label_values(&[name])
-                        .inc_by(u64::try_from(stored.duplicates).unwrap_or(u64::MAX));
-                }
-                if stored.stored > 0 {
-                    self.count_events(name, &events);
-                }
-                outcome.outcome = "accepted";
-                outcome.events = stored.stored;
-                outcome.duplicates = stored.duplicates;
-                response(StatusCode::OK, "EVENT_RECEIVED\n")
             }
-            Err(err) => {
-                outcome.outcome = if matches!(err, crate::spool::SpoolError::Full { .. }) {
-                    "spool_full"
-                } else {
-                    "spool_error"
-                };
-                outcome.detail = Some(err.to_string());
-                self.retry_later(response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "cannot store events; retry later\n",
-                ))
-            }
+            Err(err) => Outcome::NotAccepted(err),
         }
-    }
-
-    /// A 403 for a client the certificate policy refused: counted, logged with the peer.
-    fn refuse_client(
-        &self,
-        endpoint: &str,
-        peer: &Peer,
-        refusal: &Refusal,
-        outcome: &mut Outcome,
-    ) -> HttpResponse {
-        let reason = refusal.reason.reason();
-        self.metrics
-            .tls_client_rejections
-            .with_label_values(&[reason])
-            .inc();
-        tracing::warn!(target: "metahook::client_auth", reason, peer = %peer.addr, endpoint, detail = %refusal.detail, "client refused");
-        outcome.outcome = "client_refused";
-        outcome.detail = Some(format!("{reason}: {}", refusal.detail));
-        closing(StatusCode::FORBIDDEN, refusal.reason.message())
-    }
-
-    /// A 503 that tells Meta when to retry.
-    fn retry_later(&self, mut reply: HttpResponse) -> HttpResponse {
-        reply.headers_mut().insert(
-            RETRY_AFTER,
-            HeaderValue::from(self.limits.retry_after_seconds),
-        );
-        reply
-    }
-
-    fn refuse_signature(
-        &self,
-        endpoint: &str,
-        err: SignatureError,
-        outcome: &mut Outcome,
-    ) -> HttpResponse {
-        self.metrics
-            .signature_failures
-            .with_label_values(&[endpoint, err.reason()])
-            .inc();
-        outcome.outcome = "signature_rejected";
-        outcome.detail = Some(err.to_string());
-        let status = match err {
-            SignatureError::Missing => StatusCode::UNAUTHORIZED,
-            SignatureError::Malformed(_) | SignatureError::Mismatch => StatusCode::FORBIDDEN,
-        };
-        response(status, format!("{err}\n"))
     }
 
     fn records(
         &self,
         events: &[Event],
-        outcome: &mut Outcome,
+        seen: &mut Seen,
     ) -> Result<Vec<Vec<u8>>, serde_json::Error> {
         let mut records = Vec::with_capacity(events.len());
         for event in events {
             if event.kind == Kind::Unknown {
-                outcome.unknown += 1;
+                seen.unknown += 1;
             }
             if self.log_message_text
                 && let Some(text) = event.message.as_ref().and_then(|m| m.text.clone())
             {
-                outcome.texts.push(text);
+                seen.texts.push(text);
             }
             records.push(serde_json::to_vec(event)?);
         }
         Ok(records)
     }
-
-    fn count_events(&self, endpoint: &str, events: &[Event]) {
-        for event in events {
-            let field = self.metrics.label(&event.field);
-            self.metrics
-                .events
-                .with_label_values(&[
-                    endpoint,
-                    event.platform.as_str(),
-                    field,
-                    event.kind.as_str(),
-                ])
-                .inc();
-            if event.kind == Kind::Unknown {
-                let object = self.metrics.label(&event.object);
-                self.metrics
-                    .unknown_events
-                    .with_label_values(&[endpoint, object, field])
-                    .inc();
-            }
-        }
-    }
-}
-
-fn method_not_allowed(allow: &'static str) -> HttpResponse {
-    let mut reply = response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-    reply
-        .headers_mut()
-        .insert(ALLOW, HeaderValue::from_static(allow));
-    reply
 }
 
 fn now_rfc3339() -> String {
@@ -687,5 +675,294 @@ pub async fn serve(
     tokio::select! {
         () = graceful.shutdown() => tracing::info!(listener = ?role, "all connections closed"),
         () = tokio::time::sleep(grace) => tracing::warn!(listener = ?role, grace_seconds = grace.as_secs(), "grace period over with connections still open"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::path::Path;
+
+    use futures_util::stream;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+
+    use super::*;
+    use crate::config::{SpoolConfig, TrustedProxyConfig};
+    use crate::sink::direct::DirectSinks;
+    use crate::spool::Spool;
+    use crate::spool::dead_letters::DeadLetters;
+
+    const SECRET: &[u8] = b"app-secret";
+    const BODY: &str = r#"{"object":"page","entry":[{"id":"1","time":1700000000,"changes":[{"field":"feed","value":{"item":"status","verb":"add"}}]}]}"#;
+
+    fn config(dir: &Path) -> Config {
+        std::fs::write(dir.join("secret"), SECRET).expect("secret");
+        std::fs::write(dir.join("token"), "tok").expect("token");
+        let endpoint = EndpointConfig {
+            name: "wa".into(),
+            path: "/wa".into(),
+            objects: None,
+            app_secret_file: Some(dir.join("secret")),
+            app_secret_env: None,
+            previous_app_secret_file: None,
+            previous_app_secret_env: None,
+            verify_token_file: Some(dir.join("token")),
+            verify_token_env: None,
+            legacy_sha1_signature: false,
+        };
+        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut config = Config::new(addr, vec![endpoint], SpoolConfig::new(dir.join("spool")));
+        config.limits.max_in_flight = 1;
+        config.limits.max_body_bytes = 4096;
+        config.limits.request_timeout = Duration::from_millis(200);
+        config
+    }
+
+    fn spooled(config: &Config) -> Receiver {
+        let spool = Spool::open(&config.spool, &[]).expect("spool");
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let receiver = Receiver::new(config, Acceptor::Spool(Arc::new(spool)), metrics);
+        receiver.expect("receiver")
+    }
+
+    fn connection(role: Role) -> Connection {
+        Connection {
+            peer: Peer::plain(SocketAddr::from(([127, 0, 0, 1], 40000))),
+            role,
+        }
+    }
+
+    fn request(method: Method, uri: &str, body: &str, signed: bool) -> Request<Full<Bytes>> {
+        let mut request = Request::builder().method(method).uri(uri);
+        if signed {
+            request = request.header(
+                verify::SIGNATURE_HEADER,
+                verify::sign(SECRET, body.as_bytes()),
+            );
+        }
+        request
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .expect("request")
+    }
+
+    async fn answer<B>(
+        receiver: &Receiver,
+        request: Request<B>,
+    ) -> (StatusCode, String, http::HeaderMap)
+    where
+        B: Body<Data = Bytes> + Send,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let response = receiver.handle(request, &connection(Role::Webhooks)).await;
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.expect("body").to_bytes();
+        let text = String::from_utf8(bytes.to_vec()).expect("utf8");
+        (parts.status, text, parts.headers)
+    }
+
+    #[tokio::test]
+    async fn probes_answer_without_an_endpoint() {
+        let dir = tempfile::tempdir().expect("dir");
+        let receiver = spooled(&config(dir.path()));
+        let get = |path: &str| request(Method::GET, path, "", false);
+        assert_eq!(answer(&receiver, get("/healthz")).await.0, StatusCode::OK);
+        let (status, body, _) = answer(&receiver, get("/readyz")).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        );
+        receiver.set_ready(true);
+        assert_eq!(answer(&receiver, get("/readyz")).await.1, "ready\n");
+        let (status, body, headers) = answer(&receiver, get("/metrics")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("metahook_requests_total"), "{body}");
+        assert_eq!(
+            headers[CONTENT_TYPE],
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
+        let (status, _, headers) =
+            answer(&receiver, request(Method::POST, "/healthz", "", false)).await;
+        assert_eq!(
+            (status, &headers[ALLOW]),
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                &HeaderValue::from_static("GET, HEAD")
+            )
+        );
+        let (status, body, _) = answer(&receiver, get("/nowhere")).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::NOT_FOUND, "no webhook endpoint at this path\n")
+        );
+        let probes = receiver.handle(get("/wa"), &connection(Role::Probes)).await;
+        assert_eq!(probes.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn the_handshake_echoes_the_challenge_only_for_the_token() {
+        let dir = tempfile::tempdir().expect("dir");
+        let receiver = spooled(&config(dir.path()));
+        let query = "/wa?hub.mode=subscribe&hub.verify_token=tok&hub.challenge=42";
+        let (status, body, _) = answer(&receiver, request(Method::GET, query, "", false)).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "42"));
+        let wrong = query.replace("tok", "bad");
+        let (status, body, _) = answer(&receiver, request(Method::GET, &wrong, "", false)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(body.starts_with("verification refused"), "{body}");
+        let (status, _, headers) = answer(&receiver, request(Method::PUT, "/wa", "", false)).await;
+        assert_eq!(
+            (status, &headers[ALLOW]),
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                &HeaderValue::from_static("GET, POST")
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn posts_are_accepted_once_and_refused_for_each_fault() {
+        let dir = tempfile::tempdir().expect("dir");
+        let receiver = spooled(&config(dir.path()));
+        let post = |body: &str, signed| request(Method::POST, "/wa", body, signed);
+        let (status, body, _) = answer(&receiver, post(BODY, true)).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, "EVENT_RECEIVED\n")
+        );
+        let (status, _, _) = answer(&receiver, post(BODY, true)).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "a redelivery is a duplicate, answered 200"
+        );
+        let metrics = String::from_utf8(receiver.metrics.encode()).expect("utf8");
+        assert!(
+            metrics.contains(r#"metahook_duplicates_total{endpoint="wa"} 1"#),
+            "{metrics}"
+        );
+        assert_eq!(
+            answer(&receiver, post(BODY, false)).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        let mut forged = post(BODY, false);
+        forged.headers_mut().insert(
+            verify::SIGNATURE_HEADER,
+            HeaderValue::from_static("sha256=00"),
+        );
+        assert_eq!(answer(&receiver, forged).await.0, StatusCode::FORBIDDEN);
+        assert_eq!(
+            answer(&receiver, post("[1]", true)).await.0,
+            StatusCode::BAD_REQUEST
+        );
+        let mut declared = post(BODY, true);
+        declared
+            .headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from_static("999999"));
+        let (status, _, headers) = answer(&receiver, declared).await;
+        assert_eq!(
+            (status, &headers[CONNECTION]),
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &HeaderValue::from_static("close")
+            )
+        );
+        let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(5000));
+        assert_eq!(
+            answer(&receiver, post(&big, true)).await.0,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        let broken = StreamBody::new(stream::iter([Err::<Frame<Bytes>, _>(
+            std::io::Error::other("reset"),
+        )]));
+        let request = Request::post("/wa").body(broken).expect("request");
+        assert_eq!(answer(&receiver, request).await.0, StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn a_slow_body_times_out_and_holds_the_only_slot_meanwhile() {
+        let dir = tempfile::tempdir().expect("dir");
+        let receiver = Arc::new(spooled(&config(dir.path())));
+        let pending = StreamBody::new(stream::pending::<Result<Frame<Bytes>, std::io::Error>>());
+        let slow = Request::post("/wa").body(pending).expect("request");
+        let handler = Arc::clone(&receiver);
+        let slow = tokio::spawn(async move { answer(&handler, slow).await.0 });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (status, _, headers) =
+            answer(&receiver, request(Method::POST, "/wa", BODY, true)).await;
+        assert_eq!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "max_in_flight is 1"
+        );
+        assert_eq!(headers[RETRY_AFTER], "5");
+        assert_eq!(
+            slow.await.expect("slow request"),
+            StatusCode::REQUEST_TIMEOUT
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_spool_and_a_failing_direct_sink_ask_meta_to_retry() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut full = config(dir.path());
+        full.spool.max_bytes = 1; // less than any request
+        let receiver = spooled(&full);
+        let post = |body: &str| request(Method::POST, "/wa", body, true);
+        let (status, body, headers) = answer(&receiver, post(BODY)).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot store events; retry later\n"
+            )
+        );
+        assert!(headers.contains_key(RETRY_AFTER));
+
+        let mut direct = config(dir.path());
+        direct.delivery.mode = crate::config::DeliveryMode::Direct;
+        direct.sinks.push(crate::config::SinkConfig {
+            name: "down".into(),
+            kind: crate::config::SinkKind::Http(crate::config::HttpSinkConfig::new(
+                "http://127.0.0.1:1/",
+            )),
+            retry: crate::config::RetryConfig::default(),
+        });
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let sinks = DirectSinks::new(
+            &direct.sinks,
+            DeadLetters::new(dir.path()),
+            Arc::clone(&metrics),
+        );
+        let receiver = Receiver::new(&direct, Acceptor::Direct(sinks), metrics).expect("receiver");
+        let (status, body, headers) = answer(&receiver, post(BODY)).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "a sink did not accept the events; retry later\n"
+            )
+        );
+        assert!(headers.contains_key(RETRY_AFTER));
+    }
+
+    #[tokio::test]
+    async fn a_client_outside_the_trusted_proxy_is_refused_before_its_body() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut proxied = config(dir.path());
+        let cidr = "10.0.0.0/8".parse().expect("cidr");
+        proxied.trusted_proxy = Some(TrustedProxyConfig::new(vec![cidr]));
+        let receiver = spooled(&proxied);
+        let (status, _, headers) =
+            answer(&receiver, request(Method::POST, "/wa", BODY, true)).await;
+        assert_eq!(
+            (status, &headers[CONNECTION]),
+            (StatusCode::FORBIDDEN, &HeaderValue::from_static("close"))
+        );
+        let metrics = String::from_utf8(receiver.metrics.encode()).expect("utf8");
+        assert!(
+            metrics.contains(r#"metahook_tls_client_rejections_total{reason="untrusted_proxy"} 1"#),
+            "{metrics}"
+        );
     }
 }

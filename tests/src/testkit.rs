@@ -12,7 +12,7 @@ use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use metahook_receiver::app::{self, Running};
 use metahook_receiver::config::{
-    Config, EndpointConfig, FileSinkConfig, Limits, SinkConfig, SpoolConfig,
+    Config, EndpointConfig, FileSinkConfig, Limits, SinkConfig, SinkKind, SpoolConfig,
 };
 use metahook_receiver::verify;
 
@@ -78,12 +78,9 @@ pub fn config_in(dir: &Path) -> Result<Config> {
         },
         sinks: vec![SinkConfig {
             name: "local".into(),
-            file: Some(FileSinkConfig {
+            kind: SinkKind::File(FileSinkConfig {
                 path: dir.join("events.jsonl"),
             }),
-            nats: None,
-            postgres: None,
-            http: None,
             retry: metahook_receiver::config::RetryConfig::default(),
         }],
         limits: Limits::default(),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use metahook_receiver::config::{HttpSinkConfig, RetryConfig, SinkConfig};
+use metahook_receiver::config::{HttpSinkConfig, RetryConfig, SinkConfig, SinkKind};
 use metahook_tests::promql;
 use metahook_tests::testkit::{self, PATH, TestReceiver};
 use metahook_tests::tools::{find, repo_root, run};
@@ -331,10 +331,7 @@ async fn prometheus_fires_the_alerts_on_a_live_receiver() -> Result<()> {
     let mut receiver = TestReceiver::start_with(|config, _| {
         config.sinks.push(SinkConfig {
             name: "crm".into(),
-            file: None,
-            nats: None,
-            postgres: None,
-            http: Some(HttpSinkConfig {
+            kind: SinkKind::Http(HttpSinkConfig {
                 url: format!("http://{closed}/hooks"),
                 signing_secret_file: None,
                 timeout: Duration::from_millis(500),

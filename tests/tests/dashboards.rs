@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use metahook_receiver::config::{
-    HttpSinkConfig, META_CLIENT_NAME, RetryConfig, SinkConfig, TlsConfig, TlsMode,
+    HttpSinkConfig, META_CLIENT_NAME, RetryConfig, SinkConfig, SinkKind, TlsConfig, TlsMode,
 };
 use metahook_tests::bench::client::Transport;
 use metahook_tests::pki::{self, Ca, Versions};
@@ -243,10 +243,7 @@ fn failing_sink() -> Result<SinkConfig> {
         .context("finding a free port")?;
     Ok(SinkConfig {
         name: "crm".into(),
-        file: None,
-        nats: None,
-        postgres: None,
-        http: Some(HttpSinkConfig {
+        kind: SinkKind::Http(HttpSinkConfig {
             url: format!("http://{closed}/hooks"),
             signing_secret_file: None,
             timeout: Duration::from_millis(500),

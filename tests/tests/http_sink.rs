@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use http::StatusCode;
-use metahook_receiver::config::{HttpSinkConfig, RetryConfig, SinkConfig};
+use metahook_receiver::config::{HttpSinkConfig, RetryConfig, SinkConfig, SinkKind};
 use metahook_receiver::verify;
 use metahook_tests::downstream::{Downstream, Mode, Received, new_state};
 use metahook_tests::testkit::{self, TestReceiver};
@@ -22,10 +22,7 @@ fn http_sink(addr: SocketAddr, dir: &Path) -> SinkConfig {
     std::fs::write(&secret, SIGNING_SECRET).expect("write signing secret");
     SinkConfig {
         name: "crm".into(),
-        file: None,
-        nats: None,
-        postgres: None,
-        http: Some(HttpSinkConfig {
+        kind: SinkKind::Http(HttpSinkConfig {
             url: format!("http://{addr}/hooks"),
             signing_secret_file: Some(secret),
             timeout: Duration::from_millis(500),

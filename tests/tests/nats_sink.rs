@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use futures_util::StreamExt;
 use http::StatusCode;
-use metahook_receiver::config::{NatsSinkConfig, SinkConfig};
+use metahook_receiver::config::{NatsSinkConfig, SinkConfig, SinkKind};
 use metahook_tests::testkit::{self, TestReceiver};
 
 const SHARED_NATS: &str = "nats://127.0.0.1:4222";
@@ -27,11 +27,8 @@ fn unique(prefix: &str) -> String {
 fn nats_sink(url: &str, stream: &str, subject_prefix: &str) -> SinkConfig {
     SinkConfig {
         name: "bus".into(),
-        file: None,
-        postgres: None,
-        http: None,
         retry: metahook_receiver::config::RetryConfig::default(),
-        nats: Some(NatsSinkConfig {
+        kind: SinkKind::Nats(NatsSinkConfig {
             url: url.to_owned(),
             subject: format!("{subject_prefix}.{{platform}}.{{field}}.{{kind}}"),
             stream: Some(stream.to_owned()),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use http::StatusCode;
-use metahook_receiver::config::{PostgresSinkConfig, SinkConfig};
+use metahook_receiver::config::{PostgresSinkConfig, SinkConfig, SinkKind};
 use metahook_tests::testkit::{self, TestReceiver};
 use tokio_postgres::NoTls;
 
@@ -25,11 +25,8 @@ fn unique_schema() -> String {
 fn postgres_sink(schema: &str) -> SinkConfig {
     SinkConfig {
         name: "store".into(),
-        file: None,
-        nats: None,
-        http: None,
         retry: metahook_receiver::config::RetryConfig::default(),
-        postgres: Some(PostgresSinkConfig {
+        kind: SinkKind::Postgres(PostgresSinkConfig {
             url: URL.to_owned(),
             url_file: None,
             schema: schema.to_owned(),
@@ -433,7 +430,7 @@ async fn the_url_can_come_from_a_file() -> Result<()> {
     let url_file = dir.path().join("url");
     let receiver = TestReceiver::start_with(|config, _| {
         let mut sink = postgres_sink(&schema);
-        if let Some(postgres) = sink.postgres.as_mut() {
+        if let SinkKind::Postgres(postgres) = &mut sink.kind {
             postgres.url = String::new();
             postgres.url_file = Some(url_file.clone());
         }

@@ -2,134 +2,208 @@
 //! not two) and written into a ConfigMap.
 
 use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use metahook_receiver::config::{Config, ConfigError};
-use serde_json::{Value, json};
+use metahook_receiver::config::{
+    Config, ConfigError, DeliveryConfig, DeliveryMode, EndpointConfig, FileSinkConfig,
+    HttpSinkConfig, NatsSinkConfig, PostgresSinkConfig, RetryConfig, SinkConfig, SinkKind,
+    SpoolConfig, TlsConfig, TlsMode, TrustedProxyConfig,
+};
 
 use super::{CONFIG_KEY, DATA_DIR, HTTP_PORT, HTTPS_PORT, Inputs, METRICS_PORT, secret_path};
-use crate::crd::{DeliveryModeSpec, RetrySpec, SinkSpec};
+use crate::crd::{DeliveryModeSpec, RetrySpec, SecretKeyRef, SinkSpec, TlsModeSpec};
 use crate::error::Error;
 
-/// The receiver configuration for a subscription.
-///
-/// Built as JSON and read through the receiver's deserializer, so the receiver's defaults
-/// and `deny_unknown_fields` apply exactly as to a hand-written file, then validated.
+/// Kubernetes removes a terminating pod from the Service's endpoints asynchronously: the
+/// receiver keeps accepting this long after /readyz turns 503.
+const SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
+/// Within the pod's default 30 s termination grace period.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
+
+/// The receiver configuration for a subscription: every key the spec does not set keeps
+/// the receiver's default, and the result passes the receiver's own validation.
 pub fn receiver_config(inputs: &Inputs<'_>) -> Result<Config, Error> {
     let spec = &inputs.sub.spec;
-    let mut endpoint = json!({
-        "name": format!("{}/{}", inputs.namespace, inputs.name),
-        "path": spec.effective_path(),
-        "objects": [spec.object],
-        "app_secret_file": secret_path(&spec.app_secret_ref),
-        "verify_token_file": secret_path(&inputs.verify_token),
-    });
-    if let Some(previous) = &spec.previous_app_secret_ref {
-        endpoint["previous_app_secret_file"] = json!(secret_path(previous));
-    }
-    let sinks: Vec<Value> = spec
-        .delivery
-        .sinks
-        .iter()
-        .map(|sink| sink_config(sink, spec.delivery.retry.as_ref()))
-        .collect();
+    let endpoint = EndpointConfig {
+        name: format!("{}/{}", inputs.namespace, inputs.name),
+        path: spec.effective_path(),
+        objects: Some(vec![spec.object.clone()]),
+        app_secret_file: Some(mounted(&spec.app_secret_ref)),
+        app_secret_env: None,
+        previous_app_secret_file: spec.previous_app_secret_ref.as_ref().map(mounted),
+        previous_app_secret_env: None,
+        verify_token_file: Some(mounted(&inputs.verify_token)),
+        verify_token_env: None,
+        legacy_sha1_signature: false,
+    };
     let port = if inputs.receiver_tls() {
         HTTPS_PORT
     } else {
         HTTP_PORT
     };
-    let mut config = json!({
-        "listen": format!("0.0.0.0:{port}"),
-        "metrics_listen": format!("0.0.0.0:{METRICS_PORT}"),
-        "endpoints": [endpoint],
-        "spool": {"dir": format!("{DATA_DIR}/spool")},
-        "delivery": {"mode": match spec.delivery.mode {
-            DeliveryModeSpec::Spool => "spool",
-            DeliveryModeSpec::Direct => "direct",
-        }},
-        "sinks": sinks,
-        // Kubernetes removes a terminating pod from the Service's endpoints asynchronously:
-        // keep accepting for a moment after /readyz turns 503.
-        "shutdown_delay": "5s",
-        "shutdown_grace": "25s",
-    });
+    let spool = SpoolConfig::new(PathBuf::from(format!("{DATA_DIR}/spool")));
+    let mut config = Config::new(any_address(port)?, vec![endpoint], spool);
+    config.metrics_listen = Some(any_address(METRICS_PORT)?);
+    config.delivery = DeliveryConfig {
+        mode: match spec.delivery.mode {
+            DeliveryModeSpec::Spool => DeliveryMode::Spool,
+            DeliveryModeSpec::Direct => DeliveryMode::Direct,
+        },
+    };
+    config.sinks = spec
+        .delivery
+        .sinks
+        .iter()
+        .enumerate()
+        .map(|(i, sink)| sink_config(i, sink, spec.delivery.retry.as_ref()))
+        .collect::<Result<_, _>>()?;
+    config.shutdown_delay = SHUTDOWN_DELAY;
+    config.shutdown_grace = SHUTDOWN_GRACE;
     if let Some(secret) = &inputs.tls_secret {
-        let mut tls = json!({
-            "cert_file": format!("{}/{secret}/tls.crt", super::SECRETS_DIR),
-            "key_file": format!("{}/{secret}/tls.key", super::SECRETS_DIR),
-            "mode": "server",
-        });
+        let dir = format!("{}/{secret}", super::SECRETS_DIR);
+        let mut tls = TlsConfig::new(
+            PathBuf::from(format!("{dir}/tls.crt")),
+            PathBuf::from(format!("{dir}/tls.key")),
+        );
         if inputs.receiver_checks_client()
             && let Some(ca) = &spec.tls.client_ca_ref
         {
-            tls["mode"] = json!("mutual");
-            tls["client_ca_file"] = json!(secret_path(ca));
-            tls["allowed_client_names"] = json!(spec.tls.allowed_client_names);
+            tls.mode = TlsMode::Mutual;
+            tls.client_ca_file = Some(mounted(ca));
+            tls.allowed_client_names
+                .clone_from(&spec.tls.allowed_client_names);
         }
-        config["tls"] = tls;
+        config.tls = Some(tls);
     }
-    if spec.tls.mode == crate::crd::TlsModeSpec::Mutual
+    if spec.tls.mode == TlsModeSpec::Mutual
         && inputs.ingress_terminates()
         && let Some(ingress) = &spec.ingress
     {
-        config["trusted_proxy"] = json!({
-            "cidrs": ingress.trusted_proxy_cidrs,
-            "allowed_client_names": spec.tls.allowed_client_names,
-        });
+        let cidrs = ingress
+            .trusted_proxy_cidrs
+            .iter()
+            .map(|cidr| {
+                cidr.parse()
+                    .map_err(|e| invalid("trusted_proxy.cidrs", format!("{cidr:?}: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        let mut proxy = TrustedProxyConfig::new(cidrs);
+        proxy
+            .allowed_client_names
+            .clone_from(&spec.tls.allowed_client_names);
+        config.trusted_proxy = Some(proxy);
     }
-    let config: Config = serde_json::from_value(config).map_err(|e| {
-        Error::Config(ConfigError::Invalid {
-            key: "(built from the WebhookSubscription)".to_owned(),
-            message: e.to_string(),
-        })
-    })?;
     config.validate()?;
     Ok(config)
 }
 
-fn sink_config(sink: &SinkSpec, default_retry: Option<&RetrySpec>) -> Value {
-    let mut out = json!({"name": sink.name});
-    if let Some(nats) = &sink.nats {
-        let mut value = json!({"url": nats.url, "create_stream": nats.create_stream});
-        if let Some(subject) = &nats.subject {
-            value["subject"] = json!(subject);
+/// The receiver's sink for a CRD sink, with the sink's retries or else the delivery's.
+fn sink_config(
+    index: usize,
+    sink: &SinkSpec,
+    default_retry: Option<&RetrySpec>,
+) -> Result<SinkConfig, Error> {
+    let mut kinds = sink_kinds(sink, &mut Vec::new()).into_iter();
+    let (Some(kind), None) = (kinds.next(), kinds.next()) else {
+        return Err(invalid(
+            format!("sinks[{index}]"),
+            "set exactly one sink kind: nats, http, postgres or file",
+        ));
+    };
+    let retry = match sink.retry.as_ref().or(default_retry) {
+        Some(spec) => retry_config(index, spec)?,
+        None => RetryConfig::default(),
+    };
+    Ok(SinkConfig {
+        name: sink.name.clone(),
+        kind,
+        retry,
+    })
+}
+
+/// Every kind a CRD sink sets (the CRD's rule allows one), as the receiver's [`SinkKind`].
+/// Each Secret key a kind reads is pushed to `secrets` as its path is written, so the
+/// Secrets mounted and the files configured come from the same lines.
+pub(crate) fn sink_kinds<'a>(
+    sink: &'a SinkSpec,
+    secrets: &mut Vec<&'a SecretKeyRef>,
+) -> Vec<SinkKind> {
+    let SinkSpec {
+        name: _,
+        nats,
+        http,
+        postgres,
+        file,
+        retry: _,
+    } = sink;
+    let mut mount = |reference: &'a SecretKeyRef| {
+        secrets.push(reference);
+        mounted(reference)
+    };
+    let nats = nats.as_ref().map(|spec| {
+        let mut nats = NatsSinkConfig::new(&spec.url);
+        if let Some(subject) = &spec.subject {
+            nats.subject.clone_from(subject);
         }
-        if let Some(stream) = &nats.stream {
-            value["stream"] = json!(stream);
+        nats.stream.clone_from(&spec.stream);
+        nats.create_stream = spec.create_stream;
+        SinkKind::Nats(nats)
+    });
+    let http = http.as_ref().map(|spec| {
+        let mut http = HttpSinkConfig::new(&spec.url);
+        http.signing_secret_file = spec.signing_secret_ref.as_ref().map(&mut mount);
+        http.ca_file = spec.ca_ref.as_ref().map(&mut mount);
+        SinkKind::Http(http)
+    });
+    let postgres = postgres.as_ref().map(|spec| {
+        let mut postgres = PostgresSinkConfig::url_file(mount(&spec.url_secret_ref));
+        if let Some(schema) = &spec.schema {
+            postgres.schema.clone_from(schema);
         }
-        out["nats"] = value;
+        SinkKind::Postgres(postgres)
+    });
+    let file = file.as_ref().map(|spec| {
+        SinkKind::File(FileSinkConfig {
+            path: PathBuf::from(format!("{DATA_DIR}/files/{}", spec.name)),
+        })
+    });
+    [nats, http, postgres, file].into_iter().flatten().collect()
+}
+
+fn retry_config(index: usize, spec: &RetrySpec) -> Result<RetryConfig, Error> {
+    let mut retry = RetryConfig::default();
+    if let Some(attempts) = spec.max_attempts {
+        retry.max_attempts = attempts;
     }
-    if let Some(http) = &sink.http {
-        let mut value = json!({"url": http.url});
-        if let Some(secret) = &http.signing_secret_ref {
-            value["signing_secret_file"] = json!(secret_path(secret));
-        }
-        if let Some(ca) = &http.ca_ref {
-            value["ca_file"] = json!(secret_path(ca));
-        }
-        out["http"] = value;
+    if let Some(backoff) = &spec.max_backoff {
+        retry.max_backoff = humantime::parse_duration(backoff).map_err(|e| {
+            invalid(
+                format!("sinks[{index}].retry.max_backoff"),
+                format!("{backoff:?}: {e}"),
+            )
+        })?;
     }
-    if let Some(postgres) = &sink.postgres {
-        let mut value = json!({"url_file": secret_path(&postgres.url_secret_ref)});
-        if let Some(schema) = &postgres.schema {
-            value["schema"] = json!(schema);
-        }
-        out["postgres"] = value;
-    }
-    if let Some(file) = &sink.file {
-        out["file"] = json!({"path": format!("{DATA_DIR}/files/{}", file.name)});
-    }
-    if let Some(retry) = sink.retry.as_ref().or(default_retry) {
-        let mut value = json!({});
-        if let Some(attempts) = retry.max_attempts {
-            value["max_attempts"] = json!(attempts);
-        }
-        if let Some(backoff) = &retry.max_backoff {
-            value["max_backoff"] = json!(backoff);
-        }
-        out["retry"] = value;
-    }
-    out
+    Ok(retry)
+}
+
+/// The file a mounted Secret key appears as.
+fn mounted(reference: &SecretKeyRef) -> PathBuf {
+    PathBuf::from(secret_path(reference))
+}
+
+fn any_address(port: i32) -> Result<SocketAddr, Error> {
+    let port = u16::try_from(port).map_err(|e| invalid("listen", e.to_string()))?;
+    Ok(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> Error {
+    Error::Config(ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    })
 }
 
 /// The ConfigMap holding the configuration's YAML (`Config::to_yaml`).

@@ -261,17 +261,12 @@ pub fn referenced_secrets(sub: &WebhookSubscription) -> BTreeSet<String> {
     names
 }
 
-/// The Secret keys the sinks read: HTTP signing secrets and CA bundles, PostgreSQL URLs.
+/// The Secret keys the sinks read (HTTP signing secrets and CA bundles, PostgreSQL URLs):
+/// those [`config::sink_kinds`] writes into the receiver's configuration.
 fn sink_secret_refs(spec: &WebhookSubscriptionSpec) -> impl Iterator<Item = &SecretKeyRef> {
-    spec.delivery.sinks.iter().flat_map(|sink| {
-        let http = sink
-            .http
-            .iter()
-            .flat_map(|http| http.signing_secret_ref.iter().chain(http.ca_ref.iter()));
-        let postgres = sink
-            .postgres
-            .iter()
-            .map(|postgres| &postgres.url_secret_ref);
-        http.chain(postgres)
-    })
+    let mut refs = Vec::new();
+    for sink in &spec.delivery.sinks {
+        config::sink_kinds(sink, &mut refs);
+    }
+    refs.into_iter()
 }

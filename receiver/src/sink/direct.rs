@@ -2,75 +2,22 @@
 //! the answer, which is 200 only when all of them acknowledged (503 otherwise, and Meta
 //! retries). Each sink serves one request at a time.
 
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use tokio::sync::Mutex;
 
-use super::file::FileSink;
-use super::http::HttpSink;
-use super::nats::NatsSink;
-use super::postgres::PostgresSink;
-use super::{Delivered, Sink, SinkError, bury_rejected};
+use super::kind::AnySink;
+use super::{Delivered, Reopening, SinkError, bury, refused};
 use crate::config::SinkConfig;
 use crate::metrics::Metrics;
+use crate::metrics::events::{AfterFailure, BatchDelivered, DeliveryFailed};
 use crate::spool::Spooled;
 use crate::spool::dead_letters::DeadLetters;
-
-/// Any sink, for delivery on the request path.
-#[derive(Debug)]
-enum AnySink {
-    File(FileSink),
-    Http(HttpSink),
-    Nats(NatsSink),
-    Postgres(PostgresSink),
-}
-
-impl AnySink {
-    fn from_config(config: &SinkConfig) -> Option<AnySink> {
-        if let Some(file) = &config.file {
-            Some(AnySink::File(FileSink::new(file.path.clone())))
-        } else if let Some(http) = &config.http {
-            Some(AnySink::Http(HttpSink::new(http.clone())))
-        } else if let Some(nats) = &config.nats {
-            Some(AnySink::Nats(NatsSink::new(nats.clone())))
-        } else {
-            config
-                .postgres
-                .as_ref()
-                .map(|postgres| AnySink::Postgres(PostgresSink::new(postgres.clone())))
-        }
-    }
-
-    async fn open(&mut self) -> Result<(), SinkError> {
-        match self {
-            AnySink::File(sink) => sink.open(0).await,
-            AnySink::Http(sink) => sink.open(0).await,
-            AnySink::Nats(sink) => sink.open(0).await,
-            AnySink::Postgres(sink) => sink.open(0).await,
-        }
-    }
-
-    async fn deliver(&mut self, batch: &[Spooled]) -> Result<Delivered, SinkError> {
-        match self {
-            AnySink::File(sink) => sink.deliver(batch).await,
-            AnySink::Http(sink) => sink.deliver(batch).await,
-            AnySink::Nats(sink) => sink.deliver(batch).await,
-            AnySink::Postgres(sink) => sink.deliver(batch).await,
-        }
-    }
-}
-
-/// A sink on the request path: the sink and whether it is open.
-#[derive(Debug)]
-struct Slot {
-    sink: AnySink,
-    open: bool,
-}
 
 /// Every configured sink, delivered to on the request path.
 #[derive(Debug)]
 pub struct DirectSinks {
-    sinks: Vec<(String, Mutex<Slot>)>,
+    sinks: Vec<(String, Mutex<Reopening<AnySink>>)>,
     dead_letters: DeadLetters,
     metrics: std::sync::Arc<Metrics>,
 }
@@ -84,10 +31,7 @@ impl DirectSinks {
     ) -> DirectSinks {
         let sinks = configs
             .iter()
-            .filter_map(|c| {
-                AnySink::from_config(c)
-                    .map(|sink| (c.name.clone(), Mutex::new(Slot { sink, open: false })))
-            })
+            .map(|c| (c.name.clone(), Mutex::new(Reopening::new(c.kind.build()))))
             .collect();
         DirectSinks {
             sinks,
@@ -111,37 +55,27 @@ impl DirectSinks {
                 json: json.clone(),
             })
             .collect();
-        let count = u64::try_from(batch.len()).unwrap_or(u64::MAX);
-        for (name, slot) in &self.sinks {
-            let mut slot = slot.lock().await;
-            let result = async {
-                if !slot.open {
-                    slot.sink.open().await?;
-                    slot.open = true;
-                }
-                slot.sink.deliver(&batch).await
-            }
-            .await;
-            match result {
+        for (name, sink) in &self.sinks {
+            let mut sink = sink.lock().await;
+            let started = Instant::now();
+            match sink.deliver(0, &batch).await {
                 Ok(Delivered { rejected, .. }) => {
-                    if !rejected.is_empty() {
-                        bury_rejected(name, &self.dead_letters, &batch, &rejected)?;
-                        self.metrics
-                            .dead_letters
-                            .with_label_values(&[name])
-                            .inc_by(u64::try_from(rejected.len()).unwrap_or(0));
-                    }
-                    self.metrics
-                        .sink_deliveries
-                        .with_label_values(&[name, "success"])
-                        .inc_by(count);
+                    bury(&self.dead_letters, name, &refused(&batch, &rejected), 1).await?;
+                    self.metrics.emit(BatchDelivered {
+                        sink: name,
+                        events: batch.len(),
+                        refused: &rejected,
+                        elapsed: started.elapsed(),
+                    });
                 }
                 Err(err) => {
-                    slot.open = false;
-                    self.metrics
-                        .sink_deliveries
-                        .with_label_values(&[name, "error"])
-                        .inc_by(count);
+                    self.metrics.emit(DeliveryFailed {
+                        sink: name,
+                        events: batch.len(),
+                        error: &err,
+                        elapsed: started.elapsed(),
+                        then: AfterFailure::AnswerUnavailable,
+                    });
                     return Err(err);
                 }
             }

@@ -6,16 +6,89 @@
 //! connection errors are retried (the whole batch, honouring `Retry-After`); any other 4xx
 //! is a permanent refusal and the event becomes a dead letter at once.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use reqwest::StatusCode;
+use serde::{Deserialize, Serialize};
 
 use super::{Delivered, Sink, SinkError};
-use crate::config::HttpSinkConfig;
+use crate::config::{ConfigError, invalid};
 use crate::spool::Spooled;
-use crate::verify;
+use crate::{secrets, verify};
+
+/// The `http` sink: POST each event as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSinkConfig {
+    /// The URL events are POSTed to.
+    pub url: String,
+    /// File with the secret of the `X-Metahook-Signature` HMAC (no header when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_secret_file: Option<PathBuf>,
+    /// Time one POST may take before it is retried.
+    #[serde(default = "default_http_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// POSTs in flight at once.
+    #[serde(default = "default_http_concurrency")]
+    pub concurrency: usize,
+    /// PEM bundle of the CAs the server's certificate must chain to (default: the system's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate, for mTLS to the service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_file: Option<PathBuf>,
+}
+
+fn default_http_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_http_concurrency() -> usize {
+    8
+}
+
+impl HttpSinkConfig {
+    /// POSTs to `url` with the default timeout and concurrency, unsigned, over the system's
+    /// roots.
+    pub fn new(url: impl Into<String>) -> HttpSinkConfig {
+        HttpSinkConfig {
+            url: url.into(),
+            signing_secret_file: None,
+            timeout: default_http_timeout(),
+            concurrency: default_http_concurrency(),
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+        }
+    }
+
+    /// Checks the URL's scheme and the client certificate pair (`key`: `sinks[i].http`).
+    pub(crate) fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return Err(invalid(
+                format!("{key}.url"),
+                format!("{:?} must be an http:// or https:// URL", self.url),
+            ));
+        }
+        if self.client_cert_file.is_some() != self.client_key_file.is_some() {
+            return Err(invalid(
+                format!("{key}.client_cert_file"),
+                "client_cert_file and client_key_file go together",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The sink; it builds its client and reads its secret when the consumer starts.
+    pub(crate) fn build(&self) -> HttpSink {
+        HttpSink::new(self.clone())
+    }
+}
 
 /// Delivers events to an HTTP endpoint.
 #[derive(Debug)]
@@ -141,18 +214,12 @@ impl Sink for HttpSink {
     async fn open(&mut self, _state: u64) -> Result<(), SinkError> {
         // Re-read on every (re)open: a rotated signing secret is picked up after a failure.
         self.secret = match &self.config.signing_secret_file {
-            Some(path) => {
-                let mut secret = read(path).map_err(|e| {
-                    self.failure(
-                        &format!("cannot read signing_secret_file {}", path.display()),
-                        e,
-                    )
-                })?;
-                while matches!(secret.last(), Some(b'\n' | b'\r')) {
-                    secret.pop();
-                }
-                Some(secret)
-            }
+            Some(path) => Some(secrets::read_file(path).map_err(|e| {
+                self.failure(
+                    &format!("cannot read signing_secret_file {}", path.display()),
+                    e,
+                )
+            })?),
             None => None,
         };
         if self.client.is_none() {

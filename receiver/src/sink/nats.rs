@@ -7,11 +7,97 @@
 
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Delivered, Sink, SinkError};
-use crate::config::NatsSinkConfig;
+use crate::config::{ConfigError, invalid};
 use crate::spool::Spooled;
+
+/// The `nats` sink: each event is published to JetStream with `Nats-Msg-Id` = event id, so
+/// the stream drops redeliveries within its duplicate window; the cursor advances only
+/// after JetStream acknowledged every event of a batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSinkConfig {
+    /// Server URL, e.g. `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// Subject template; `{platform}`, `{object}`, `{field}`, `{kind}` and `{endpoint}` are
+    /// replaced by the event's values (characters other than letters, digits, `_` and `-`
+    /// become `_`).
+    #[serde(default = "default_nats_subject")]
+    pub subject: String,
+    /// The stream the subjects belong to; required with `create_stream`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// Create the stream (subjects: the template with each placeholder token as `*`) if it
+    /// does not exist.
+    #[serde(default)]
+    pub create_stream: bool,
+}
+
+fn default_nats_subject() -> String {
+    "meta.{platform}.{field}.{kind}".to_owned()
+}
+
+impl NatsSinkConfig {
+    /// Publishes to `url` with the default subject template and no stream management.
+    pub fn new(url: impl Into<String>) -> NatsSinkConfig {
+        NatsSinkConfig {
+            url: url.into(),
+            subject: default_nats_subject(),
+            stream: None,
+            create_stream: false,
+        }
+    }
+
+    /// Checks the URL, the subject template and the stream name (`key`: `sinks[i].nats`).
+    pub(crate) fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("{key}.{k}");
+        if self.url.trim().is_empty() {
+            return Err(invalid(key("url"), "must not be empty"));
+        }
+        let mut rest = self.subject.clone();
+        for placeholder in SUBJECT_PLACEHOLDERS {
+            rest = rest.replace(placeholder, "x");
+        }
+        if self.subject.is_empty()
+            || rest.contains(['{', '}', ' ', '*', '>'])
+            || rest.split('.').any(str::is_empty)
+        {
+            return Err(invalid(
+                key("subject"),
+                format!(
+                    "{:?} must be dot-separated tokens using only {}",
+                    self.subject,
+                    SUBJECT_PLACEHOLDERS.join(", ")
+                ),
+            ));
+        }
+        match &self.stream {
+            Some(stream)
+                if stream.is_empty() || stream.contains(['.', ' ', '*', '>', '/', '\\']) =>
+            {
+                Err(invalid(
+                    key("stream"),
+                    format!("{stream:?} is not a valid stream name"),
+                ))
+            }
+            None if self.create_stream => {
+                Err(invalid(key("stream"), "required with create_stream: true"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The sink; it connects when the consumer starts.
+    pub(crate) fn build(&self) -> NatsSink {
+        NatsSink::new(self.clone())
+    }
+}
+
+/// Placeholders a NATS subject template may use.
+pub const SUBJECT_PLACEHOLDERS: &[&str] =
+    &["{platform}", "{object}", "{field}", "{kind}", "{endpoint}"];
 
 /// Publishes events to NATS JetStream.
 #[derive(Debug)]

@@ -8,12 +8,80 @@
 //! at start, under an advisory lock, recorded in `schema_migrations`. docs/postgres.md
 //! describes the tables.
 
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
 use tokio_postgres::{Client, NoTls};
 
 use super::{Delivered, Sink, SinkError};
-use crate::config::PostgresSinkConfig;
+use crate::config::{ConfigError, invalid};
 use crate::event::{Event, Kind};
+use crate::secrets;
 use crate::spool::Spooled;
+
+/// The `postgres` sink: events and their projections (conversations, messages, engagement)
+/// upserted idempotently by event id; migrations run at start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSinkConfig {
+    /// Connection URL, e.g. `postgres://postgres@127.0.0.1:5432/test`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub url: String,
+    /// File holding the connection URL instead (a mounted Secret, since a URL can carry a
+    /// password); re-read at every reconnect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_file: Option<PathBuf>,
+    /// The schema holding the tables (created if absent).
+    #[serde(default = "default_postgres_schema")]
+    pub schema: String,
+}
+
+fn default_postgres_schema() -> String {
+    "metahook".to_owned()
+}
+
+impl PostgresSinkConfig {
+    /// Connects with the URL held in `url_file`, into the default schema.
+    pub fn url_file(url_file: PathBuf) -> PostgresSinkConfig {
+        PostgresSinkConfig {
+            url: String::new(),
+            url_file: Some(url_file),
+            schema: default_postgres_schema(),
+        }
+    }
+
+    /// Checks that one URL source is set and that the schema is a plain SQL identifier
+    /// (it is written into the statements).
+    pub(crate) fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        let schema = &self.schema;
+        let valid = schema
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && schema
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            && schema.len() <= 63;
+        if self.url.trim().is_empty() == self.url_file.is_none() {
+            return Err(invalid(
+                format!("{key}.url"),
+                "set exactly one of url and url_file",
+            ));
+        }
+        if !valid {
+            return Err(invalid(
+                format!("{key}.schema"),
+                format!("{schema:?} must be a lowercase SQL identifier: a-z, 0-9, _"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The sink; it connects and migrates when the consumer starts.
+    pub(crate) fn build(&self) -> PostgresSink {
+        PostgresSink::new(self.clone())
+    }
+}
 
 /// Delivery status ranks: a status only replaces a lower one.
 fn status_rank(status: &str) -> i32 {
@@ -189,13 +257,15 @@ impl Sink for PostgresSink {
             return Ok(());
         }
         let url = match &self.config.url_file {
-            Some(file) => std::fs::read_to_string(file)
-                .map_err(|source| SinkError::Io {
-                    context: format!("cannot read postgres.url_file {}", file.display()),
-                    source,
-                })?
-                .trim()
-                .to_owned(),
+            Some(file) => {
+                let url = secrets::read_file(file).map_err(|e| {
+                    self.remote(
+                        &format!("cannot read postgres.url_file {}", file.display()),
+                        e,
+                    )
+                })?;
+                String::from_utf8_lossy(&url).trim().to_owned()
+            }
             None => self.config.url.clone(),
         };
         let (mut client, connection) = tokio_postgres::connect(&url, NoTls)

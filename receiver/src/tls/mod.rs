@@ -46,6 +46,7 @@ use self::material::{CA_KEY, CERT_KEY, KEY_KEY};
 use crate::client_auth::{Peer, Rejection};
 use crate::config::{TlsConfig, TlsMode};
 use crate::metrics::Metrics;
+use crate::metrics::events::{CertificateInForce, ClientRefused, TlsReloadFailed};
 
 /// SHA-256 of the bytes a piece of material was built from.
 type Digest = [u8; 32];
@@ -222,13 +223,12 @@ impl TlsServer {
             Ok(Ok(stream)) => stream,
             Ok(Err(err)) => {
                 match rejection(&err) {
-                    Some(reason) => {
-                        self.metrics
-                            .tls_client_rejections
-                            .with_label_values(&[reason.reason()])
-                            .inc();
-                        tracing::warn!(target: "metahook::client_auth", reason = reason.reason(), peer = %addr, detail = %err, "client certificate refused in the TLS handshake");
-                    }
+                    Some(reason) => self.metrics.emit(ClientRefused {
+                        reason,
+                        peer: addr,
+                        endpoint: None,
+                        detail: &err,
+                    }),
                     None => {
                         tracing::debug!(peer = %addr, error = %err, "TLS handshake failed");
                     }
@@ -310,11 +310,11 @@ impl TlsServer {
                 true
             }
             Err(err) => {
-                self.metrics
-                    .tls_reload_errors
-                    .with_label_values(&["certificate"])
-                    .inc();
-                tracing::error!(error = %err, "cannot build the new TLS configuration; keeping the previous one");
+                self.metrics.emit(TlsReloadFailed {
+                    file: "certificate",
+                    error: &err,
+                    building: true,
+                });
                 false
             }
         }
@@ -383,11 +383,11 @@ impl TlsServer {
             return;
         }
         tracked.refused = Some(seen);
-        self.metrics
-            .tls_reload_errors
-            .with_label_values(&[file])
-            .inc();
-        tracing::error!(file, error = %err, "cannot reload TLS material; the previous one stays in force");
+        self.metrics.emit(TlsReloadFailed {
+            file,
+            error: err,
+            building: false,
+        });
     }
 
     /// Logs the serving certificate in force and sets its expiry gauge.
@@ -395,10 +395,9 @@ impl TlsServer {
         let Some(summary) = certified.cert.first().and_then(names::summary) else {
             return;
         };
-        #[allow(clippy::cast_precision_loss)] // seconds since 1970 fit a f64 exactly
-        self.metrics
-            .tls_certificate_expiry
-            .set(summary.not_after as f64);
+        self.metrics.emit(CertificateInForce {
+            not_after: summary.not_after,
+        });
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         if summary.not_after <= now {
             tracing::warn!(subject = %summary.subject, serial = %summary.serial, not_after = summary.not_after, "the serving certificate has expired");
@@ -483,9 +482,7 @@ mod tests {
     fn a_pair_read_mid_replacement_is_read_again_not_refused() {
         let dir = tempfile::tempdir().expect("dir");
         let (server, metrics) = server(dir.path());
-        let errors = metrics
-            .tls_reload_errors
-            .with_label_values(&["certificate"]);
+        let errors = || metrics.tls_reload_errors("certificate");
         let mut tracked = Tracked {
             value: 0u32,
             digest: [0; 32],
@@ -494,7 +491,7 @@ mod tests {
         let count = Cell::new(0);
         let swapping = [(1, "half swapped"), (2, "good")];
         assert!(server.refresh(&mut tracked, "certificate", reads(&swapping, &count), parse));
-        assert_eq!((tracked.value, tracked.digest[0], errors.get()), (7, 2, 0));
+        assert_eq!((tracked.value, tracked.digest[0], errors()), (7, 2, 0));
 
         // Bad content that stays the same is refused, and counted once however often seen.
         let count = Cell::new(0);
@@ -502,7 +499,7 @@ mod tests {
         for _ in 0..3 {
             assert!(!server.refresh(&mut tracked, "certificate", reads(&broken, &count), parse));
         }
-        assert_eq!((tracked.value, errors.get()), (7, 1));
+        assert_eq!((tracked.value, errors()), (7, 1));
         // Back to the content in force: nothing to do, and the refusal is forgotten.
         let count = Cell::new(0);
         assert!(!server.refresh(
@@ -523,9 +520,6 @@ mod tests {
         std::fs::write(dir.path().join("tls.crt"), "garbage").expect("write");
         assert!(!server.reload());
         assert!(Arc::ptr_eq(&before, &server.current.load()));
-        let errors = metrics
-            .tls_reload_errors
-            .with_label_values(&["certificate"]);
-        assert_eq!(errors.get(), 1);
+        assert_eq!(metrics.tls_reload_errors("certificate"), 1);
     }
 }

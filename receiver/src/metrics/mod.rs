@@ -3,6 +3,11 @@
 //! Labels are bounded sets: endpoint and sink names come from the configuration, kinds and
 //! platforms are closed enums, and object / field names from payloads pass through
 //! [`Metrics::label`], which admits only a bounded number of distinct well-formed names.
+//!
+//! The vectors are private: the rest of the receiver reports what happened as an
+//! [`events`] value, which writes the log line and the metrics together.
+
+pub mod events;
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -22,46 +27,44 @@ const MAX_DYNAMIC_LABELS: usize = 256;
 pub struct Metrics {
     registry: Registry,
     /// `metahook_requests_total{endpoint,method,code}`.
-    pub requests: IntCounterVec,
+    requests: IntCounterVec,
     /// `metahook_signature_failures_total{endpoint,reason}`.
-    pub signature_failures: IntCounterVec,
+    signature_failures: IntCounterVec,
     /// `metahook_request_duration_seconds{endpoint}`.
-    pub request_duration: HistogramVec,
+    request_duration: HistogramVec,
     /// `metahook_events_total{endpoint,platform,field,kind}`.
-    pub events: IntCounterVec,
+    events: IntCounterVec,
     /// `metahook_unknown_events_total{endpoint,object,field}`.
-    pub unknown_events: IntCounterVec,
+    unknown_events: IntCounterVec,
     /// `metahook_duplicates_total{endpoint}`.
-    pub duplicates: IntCounterVec,
+    duplicates: IntCounterVec,
     /// `metahook_spool_events`.
-    pub spool_events: IntGauge,
+    spool_events: IntGauge,
     /// `metahook_spool_oldest_event_age_seconds`.
-    pub spool_oldest_age: Gauge,
+    spool_oldest_age: Gauge,
     /// `metahook_spool_bytes`.
-    pub spool_bytes: IntGauge,
+    spool_bytes: IntGauge,
     /// `metahook_spool_limit_bytes`.
-    pub spool_limit_bytes: IntGauge,
+    spool_limit_bytes: IntGauge,
     /// `metahook_spool_commit_duration_seconds`.
-    pub spool_commit_duration: Histogram,
+    spool_commit_duration: Histogram,
     /// `metahook_sink_deliveries_total{sink,result}`.
-    pub sink_deliveries: IntCounterVec,
+    sink_deliveries: IntCounterVec,
     /// `metahook_sink_delivery_duration_seconds{sink}`.
-    pub sink_delivery_duration: HistogramVec,
+    sink_delivery_duration: HistogramVec,
     /// `metahook_sink_lag_events{sink}`.
-    pub sink_lag: GaugeVec,
+    sink_lag: GaugeVec,
     /// `metahook_dead_letter_events_total{sink}`.
-    pub dead_letters: IntCounterVec,
-    /// `metahook_build_info{version}`.
-    pub build_info: GaugeVec,
+    dead_letters: IntCounterVec,
     /// `metahook_ready`.
-    pub ready: IntGauge,
+    ready: IntGauge,
     /// `metahook_tls_client_rejections_total{reason}`.
-    pub tls_client_rejections: IntCounterVec,
+    tls_client_rejections: IntCounterVec,
     /// `metahook_tls_reload_errors_total{file}`.
-    pub tls_reload_errors: IntCounterVec,
+    tls_reload_errors: IntCounterVec,
     /// `metahook_tls_certificate_expiry_timestamp_seconds`, registered only with TLS on (a
     /// 0 would read as "expired long ago" to an expiry alert).
-    pub tls_certificate_expiry: Gauge,
+    tls_certificate_expiry: Gauge,
     dynamic_labels: Mutex<HashSet<String>>,
 }
 
@@ -234,13 +237,23 @@ impl Metrics {
             sink_delivery_duration,
             sink_lag,
             dead_letters,
-            build_info,
             ready,
             tls_client_rejections,
             tls_reload_errors,
             tls_certificate_expiry,
             dynamic_labels: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// Reports an event: its log line and its metrics.
+    pub fn emit(&self, event: impl events::InternalEvent) {
+        event.emit(self);
+    }
+
+    /// `metahook_tls_reload_errors_total{file}`, for tests.
+    #[cfg(test)]
+    pub(crate) fn tls_reload_errors(&self, file: &str) -> u64 {
+        self.tls_reload_errors.with_label_values(&[file]).get()
     }
 
     /// Exposes `metahook_tls_certificate_expiry_timestamp_seconds` (once TLS is configured).

@@ -1,0 +1,420 @@
+//! Internal events: each one writes its log line and its metrics together, so a log line
+//! and the counter an alert watches can never disagree (vector's `internal_events`).
+//! Callers say what happened ([`Metrics::emit`]); only this module knows which metric
+//! vectors and labels that touches.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+
+use super::Metrics;
+use crate::client_auth::Rejection;
+use crate::event::{Event, Kind};
+
+/// What a log line shows with `%`: an error, a detail.
+pub trait Shown: std::fmt::Display + std::fmt::Debug {}
+
+impl<T: std::fmt::Display + std::fmt::Debug + ?Sized> Shown for T {}
+
+/// Something that happened, written to the log and the metrics at once.
+pub trait InternalEvent {
+    /// Writes the event's log line (if any) and its metrics.
+    fn emit(self, metrics: &Metrics);
+}
+
+/// An answered request: `metahook_requests_total`, `metahook_request_duration_seconds` and
+/// the `metahook::request` log line.
+#[derive(Debug)]
+pub struct RequestAnswered<'a> {
+    /// The endpoint's name; `None` for probes and unknown paths.
+    pub endpoint: Option<&'a str>,
+    /// The request's method.
+    pub method: &'a Method,
+    /// The request's path.
+    pub path: &'a str,
+    /// The answer's status.
+    pub status: StatusCode,
+    /// The outcome's name (`accepted`, `signature_rejected`, ...).
+    pub outcome: &'static str,
+    /// Whether the path is a probe's (logged at debug level).
+    pub probe: bool,
+    /// Events stored.
+    pub events: usize,
+    /// Events of a redelivered body, not stored again.
+    pub duplicates: usize,
+    /// Events of kind `unknown`.
+    pub unknown: usize,
+    /// Why the request was refused, if it was.
+    pub detail: &'a str,
+    /// Message texts, when `log_message_text` is on.
+    pub texts: &'a [String],
+    /// Request to response.
+    pub elapsed: Duration,
+}
+
+impl InternalEvent for RequestAnswered<'_> {
+    fn emit(self, metrics: &Metrics) {
+        let endpoint = self.endpoint.unwrap_or("none");
+        let method = match *self.method {
+            Method::GET => "GET",
+            Method::POST => "POST",
+            Method::HEAD => "HEAD",
+            _ => "other",
+        };
+        metrics
+            .requests
+            .with_label_values(&[endpoint, method, self.status.as_str()])
+            .inc();
+        if self.endpoint.is_some() {
+            metrics
+                .request_duration
+                .with_label_values(&[endpoint])
+                .observe(self.elapsed.as_secs_f64());
+        }
+        let (path, status, outcome, detail) =
+            (self.path, self.status.as_u16(), self.outcome, self.detail);
+        let (events, duplicates, unknown) = (self.events, self.duplicates, self.unknown);
+        let duration_ms = self.elapsed.as_secs_f64() * 1000.0;
+        let method = self.method;
+        if !self.texts.is_empty() {
+            tracing::info!(target: "metahook::request", endpoint, method = %method, path, status, outcome, events, duplicates, unknown, duration_ms, detail, texts = ?self.texts, "request");
+        } else if self.probe {
+            tracing::debug!(target: "metahook::request", endpoint, method = %method, path, status, outcome, duration_ms, "request");
+        } else {
+            tracing::info!(target: "metahook::request", endpoint, method = %method, path, status, outcome, events, duplicates, unknown, duration_ms, detail, "request");
+        }
+    }
+}
+
+/// A client refused for its certificate, per request (endpoint paths) or in the TLS
+/// handshake: `metahook_tls_client_rejections_total{reason}` and a `metahook::client_auth`
+/// warning with the peer.
+#[derive(Debug)]
+pub struct ClientRefused<'a> {
+    /// Why.
+    pub reason: Rejection,
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// The endpoint asked for; `None` when refused in the handshake.
+    pub endpoint: Option<&'a str>,
+    /// Details: names seen, header values, the TLS error.
+    pub detail: &'a dyn Shown,
+}
+
+impl InternalEvent for ClientRefused<'_> {
+    fn emit(self, metrics: &Metrics) {
+        let reason = self.reason.reason();
+        metrics
+            .tls_client_rejections
+            .with_label_values(&[reason])
+            .inc();
+        let (peer, detail) = (self.peer, self.detail);
+        match self.endpoint {
+            Some(endpoint) => {
+                tracing::warn!(target: "metahook::client_auth", reason, peer = %peer, endpoint, detail = %detail, "client refused");
+            }
+            None => {
+                tracing::warn!(target: "metahook::client_auth", reason, peer = %peer, detail = %detail, "client certificate refused in the TLS handshake");
+            }
+        }
+    }
+}
+
+/// A POST refused for its signature: `metahook_signature_failures_total` (the request's
+/// own log line says why).
+#[derive(Debug)]
+pub struct SignatureRefused<'a> {
+    /// The endpoint.
+    pub endpoint: &'a str,
+    /// `missing`, `malformed` or `mismatch`.
+    pub reason: &'static str,
+}
+
+impl InternalEvent for SignatureRefused<'_> {
+    fn emit(self, metrics: &Metrics) {
+        metrics
+            .signature_failures
+            .with_label_values(&[self.endpoint, self.reason])
+            .inc();
+    }
+}
+
+/// A request's events, accepted: `metahook_events_total`, `metahook_unknown_events_total`
+/// and `metahook_duplicates_total`.
+#[derive(Debug)]
+pub struct EventsAccepted<'a> {
+    /// The endpoint.
+    pub endpoint: &'a str,
+    /// The request's events; counted only when `stored` (not a redelivery).
+    pub events: &'a [Event],
+    /// Whether they were stored (false: every one was a duplicate).
+    pub stored: bool,
+    /// Events of a redelivered body, not stored again.
+    pub duplicates: usize,
+}
+
+impl InternalEvent for EventsAccepted<'_> {
+    fn emit(self, metrics: &Metrics) {
+        let endpoint = self.endpoint;
+        if self.duplicates > 0 {
+            metrics
+                .duplicates
+                .with_label_values(&[endpoint])
+                .inc_by(count(self.duplicates));
+        }
+        if !self.stored {
+            return;
+        }
+        for event in self.events {
+            let field = metrics.label(&event.field);
+            metrics
+                .events
+                .with_label_values(&[
+                    endpoint,
+                    event.platform.as_str(),
+                    field,
+                    event.kind.as_str(),
+                ])
+                .inc();
+            if event.kind == Kind::Unknown {
+                let object = metrics.label(&event.object);
+                metrics
+                    .unknown_events
+                    .with_label_values(&[endpoint, object, field])
+                    .inc();
+            }
+        }
+    }
+}
+
+/// A request's group commit finished: `metahook_spool_commit_duration_seconds`.
+#[derive(Debug)]
+pub struct SpoolCommitted {
+    /// How long the request waited for its fsync.
+    pub waited: Duration,
+}
+
+impl InternalEvent for SpoolCommitted {
+    fn emit(self, metrics: &Metrics) {
+        metrics
+            .spool_commit_duration
+            .observe(self.waited.as_secs_f64());
+    }
+}
+
+/// The spool's size, sampled: `metahook_spool_bytes`, `metahook_spool_events`,
+/// `metahook_spool_oldest_event_age_seconds`.
+#[derive(Debug)]
+pub struct SpoolSampled {
+    /// Bytes of segment files.
+    pub bytes: u64,
+    /// Events not yet delivered by every sink.
+    pub events: u64,
+    /// Age of the oldest of them.
+    pub oldest_age: Duration,
+}
+
+impl InternalEvent for SpoolSampled {
+    fn emit(self, metrics: &Metrics) {
+        metrics.spool_bytes.set(gauge(self.bytes));
+        metrics.spool_events.set(gauge(self.events));
+        metrics.spool_oldest_age.set(self.oldest_age.as_secs_f64());
+    }
+}
+
+/// The spool was opened with this size limit: `metahook_spool_limit_bytes`.
+#[derive(Debug)]
+pub struct SpoolLimit {
+    /// `spool.max_bytes` (0: none).
+    pub bytes: u64,
+}
+
+impl InternalEvent for SpoolLimit {
+    fn emit(self, metrics: &Metrics) {
+        metrics.spool_limit_bytes.set(gauge(self.bytes));
+    }
+}
+
+/// Readiness changed: `metahook_ready`.
+#[derive(Debug)]
+pub struct ReadinessChanged {
+    /// Ready for traffic?
+    pub ready: bool,
+}
+
+impl InternalEvent for ReadinessChanged {
+    fn emit(self, metrics: &Metrics) {
+        metrics.ready.set(i64::from(self.ready));
+    }
+}
+
+/// How far a sink is behind the spool: `metahook_sink_lag_events{sink}`.
+#[derive(Debug)]
+pub struct SinkLag<'a> {
+    /// The sink.
+    pub sink: &'a str,
+    /// Events it has not delivered.
+    pub events: u64,
+}
+
+impl InternalEvent for SinkLag<'_> {
+    fn emit(self, metrics: &Metrics) {
+        #[allow(clippy::cast_precision_loss)]
+        metrics
+            .sink_lag
+            .with_label_values(&[self.sink])
+            .set(self.events as f64);
+    }
+}
+
+/// A sink delivered a batch: `metahook_sink_deliveries_total{result="success"}` (the events
+/// it did not refuse), `metahook_sink_delivery_duration_seconds`, and for events the
+/// destination refused for good (dead letters at once) `metahook_dead_letter_events_total`
+/// and an error line.
+#[derive(Debug)]
+pub struct BatchDelivered<'a> {
+    /// The sink.
+    pub sink: &'a str,
+    /// Events in the batch.
+    pub events: usize,
+    /// Of them, refused for good: (seq, why).
+    pub refused: &'a [(u64, String)],
+    /// The attempt's duration.
+    pub elapsed: Duration,
+}
+
+impl InternalEvent for BatchDelivered<'_> {
+    fn emit(self, metrics: &Metrics) {
+        let sink = self.sink;
+        let delivered = self.events.saturating_sub(self.refused.len());
+        count_attempt(metrics, sink, "success", delivered, self.elapsed);
+        if let Some((_, reason)) = self.refused.first() {
+            let events = self.refused.len();
+            metrics
+                .dead_letters
+                .with_label_values(&[sink])
+                .inc_by(count(events));
+            tracing::error!(sink = %sink, events, reason = %reason, "destination refused events: moved to the dead letters");
+        }
+    }
+}
+
+/// What follows a failed delivery.
+#[derive(Debug, Clone, Copy)]
+pub enum AfterFailure {
+    /// The consumer retries the batch after `after`.
+    Retry {
+        /// Attempts so far.
+        attempts: u32,
+        /// The backoff.
+        after: Duration,
+    },
+    /// The consumer gave up: the batch became dead letters.
+    GiveUp {
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// Direct delivery: the request is answered 503 and Meta sends it again.
+    AnswerUnavailable,
+}
+
+/// A sink failed to deliver a batch: `metahook_sink_deliveries_total{result="error"}`,
+/// `metahook_sink_delivery_duration_seconds`, on giving up
+/// `metahook_dead_letter_events_total`, and a line saying what comes next.
+#[derive(Debug)]
+pub struct DeliveryFailed<'a> {
+    /// The sink.
+    pub sink: &'a str,
+    /// Events in the batch.
+    pub events: usize,
+    /// Why.
+    pub error: &'a dyn Shown,
+    /// The attempt's duration.
+    pub elapsed: Duration,
+    /// What happens next.
+    pub then: AfterFailure,
+}
+
+impl InternalEvent for DeliveryFailed<'_> {
+    fn emit(self, metrics: &Metrics) {
+        let (sink, events, error) = (self.sink, self.events, self.error);
+        count_attempt(metrics, sink, "error", events, self.elapsed);
+        match self.then {
+            AfterFailure::Retry { attempts, after } => {
+                tracing::warn!(sink = %sink, error = %error, events, attempts, retry_in_ms = after.as_millis(), "delivery failed; will retry");
+            }
+            AfterFailure::GiveUp { attempts } => {
+                metrics
+                    .dead_letters
+                    .with_label_values(&[sink])
+                    .inc_by(count(events));
+                tracing::error!(sink = %sink, error = %error, events, attempts, "giving up: events moved to the dead letters");
+            }
+            AfterFailure::AnswerUnavailable => {
+                tracing::warn!(sink = %sink, error = %error, events, "delivery failed; the request is answered 503 and Meta retries it");
+            }
+        }
+    }
+}
+
+/// A TLS file changed but cannot be used; the previous material stays in force:
+/// `metahook_tls_reload_errors_total{file}` and an error line.
+#[derive(Debug)]
+pub struct TlsReloadFailed<'a> {
+    /// `certificate` or `client_ca`.
+    pub file: &'static str,
+    /// Why.
+    pub error: &'a dyn Shown,
+    /// Whether the files were read but the configuration could not be built from them.
+    pub building: bool,
+}
+
+impl InternalEvent for TlsReloadFailed<'_> {
+    fn emit(self, metrics: &Metrics) {
+        metrics
+            .tls_reload_errors
+            .with_label_values(&[self.file])
+            .inc();
+        let (file, error) = (self.file, self.error);
+        if self.building {
+            tracing::error!(error = %error, "cannot build the new TLS configuration; keeping the previous one");
+        } else {
+            tracing::error!(file, error = %error, "cannot reload TLS material; the previous one stays in force");
+        }
+    }
+}
+
+/// The serving certificate in force: `metahook_tls_certificate_expiry_timestamp_seconds`.
+#[derive(Debug)]
+pub struct CertificateInForce {
+    /// Its notAfter, Unix seconds.
+    pub not_after: i64,
+}
+
+impl InternalEvent for CertificateInForce {
+    fn emit(self, metrics: &Metrics) {
+        #[allow(clippy::cast_precision_loss)] // seconds since 1970 fit a f64 exactly
+        metrics.tls_certificate_expiry.set(self.not_after as f64);
+    }
+}
+
+/// One delivery attempt: its duration, and its events by result (`success`, `error`).
+fn count_attempt(metrics: &Metrics, sink: &str, result: &str, events: usize, elapsed: Duration) {
+    metrics
+        .sink_delivery_duration
+        .with_label_values(&[sink])
+        .observe(elapsed.as_secs_f64());
+    metrics
+        .sink_deliveries
+        .with_label_values(&[sink, result])
+        .inc_by(count(events));
+}
+
+fn count(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+fn gauge(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}

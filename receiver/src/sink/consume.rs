@@ -1,0 +1,574 @@
+//! The delivery loop: one task per sink reads the spool after its cursor, delivers, and
+//! commits the cursor with the sink's resume state; failures are retried with backoff, then
+//! dead-lettered. Every fsync (cursor commits, dead letters) runs on a blocking thread.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::{Delivered, Reopening, Sink, SinkError, bury, refused};
+use crate::config::RetryConfig;
+use crate::metrics::Metrics;
+use crate::metrics::events::{AfterFailure, BatchDelivered, DeliveryFailed, SinkLag};
+use crate::spool::dead_letters::DeadLetters;
+use crate::spool::{Cursor, Spool, Spooled};
+
+/// Events per delivered batch.
+pub const BATCH_SIZE: usize = 512;
+/// After a batch smaller than [`BATCH_SIZE`], how long a sink waits for more events before
+/// reading again. Delivery is off the 200 path, so a few milliseconds of delay cost nothing,
+/// while delivering (and fsyncing, and committing the cursor) per group commit would double
+/// the receiver's I/O. Full batches never wait, so a sink keeps up at any rate.
+pub const LINGER: Duration = Duration::from_millis(20);
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// How often an idle sink looks for dead letters queued for retry.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// What a consumer needs besides its sink.
+#[derive(Debug, Clone)]
+pub struct Consumer {
+    /// The sink's name (its cursor, metrics label and dead-letter file).
+    pub name: String,
+    /// The spool it reads.
+    pub spool: Arc<Spool>,
+    /// Where metrics go.
+    pub metrics: Arc<Metrics>,
+    /// Retries before dead letters.
+    pub retry: RetryConfig,
+    /// Where given-up events go.
+    pub dead_letters: DeadLetters,
+}
+
+/// A batch to deliver, and where it came from.
+#[derive(Debug)]
+struct Batch {
+    events: Vec<Spooled>,
+    source: Source,
+}
+
+/// Where a batch came from decides where the cursor goes after it.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// Read after the cursor: the cursor moves to `last`.
+    Spool { last: u64 },
+    /// Sent back by `dlq retry`: behind the cursor, which stays (only the sink's state moves).
+    DeadLetters,
+}
+
+/// Runs a sink until `shutdown` turns true and everything spooled by then is delivered
+/// (or, while the sink is failing, until shutdown). A batch that fails `retry.max_attempts`
+/// times becomes dead letters and the cursor moves past it; `dlq retry` sends dead letters
+/// back through this loop.
+pub async fn consume<S: Sink>(consumer: Consumer, sink: S, mut shutdown: watch::Receiver<bool>) {
+    let mut head = consumer.spool.subscribe();
+    let mut sink = Reopening::new(sink);
+    loop {
+        let committed = consumer.spool.cursor(&consumer.name).unwrap_or_default();
+        let lag = head.borrow().saturating_sub(committed.seq);
+        consumer.metrics.emit(SinkLag {
+            sink: &consumer.name,
+            events: lag,
+        });
+        let batch = match consumer.next_batch(committed.seq).await {
+            Ok(batch) => batch,
+            Err(NextBatch::Retry) => {
+                if wait(&mut shutdown, MIN_BACKOFF).await {
+                    return;
+                }
+                continue;
+            }
+            Err(NextBatch::Stop) => return,
+        };
+        let Some(batch) = batch else {
+            if *shutdown.borrow() {
+                return;
+            }
+            tokio::select! {
+                _ = head.changed() => {}
+                _ = shutdown.changed() => {}
+                // Also notices retries queued by `dlq retry` while idle.
+                () = tokio::time::sleep(IDLE_CHECK) => {}
+            }
+            continue;
+        };
+        if !consumer.deliver(&mut sink, &batch, &mut shutdown).await {
+            return;
+        }
+        if batch.events.len() < BATCH_SIZE && !*shutdown.borrow() {
+            // Shutdown interrupts the wait: what is left is delivered at once.
+            wait(&mut shutdown, LINGER).await;
+        }
+    }
+}
+
+/// Why no batch was read.
+enum NextBatch {
+    /// Reading failed; try again after a pause.
+    Retry,
+    /// The reading task itself failed: stop the consumer.
+    Stop,
+}
+
+impl Consumer {
+    /// Dead letters queued for retry (`dlq retry`) first, else the spool after `after`;
+    /// `None` when there is nothing to deliver.
+    async fn next_batch(&self, after: u64) -> Result<Option<Batch>, NextBatch> {
+        let (store, name) = (self.dead_letters.clone(), self.name.clone());
+        let retries = match tokio::task::spawn_blocking(move || store.take_retries(&name)).await {
+            Ok(Ok(retries)) => retries,
+            Ok(Err(err)) => {
+                tracing::error!(sink = %self.name, error = %err, "cannot read dead letters queued for retry");
+                Vec::new()
+            }
+            Err(err) => {
+                tracing::error!(sink = %self.name, error = %err, "dead-letter read task failed");
+                return Err(NextBatch::Stop);
+            }
+        };
+        if !retries.is_empty() {
+            let events = retries
+                .iter()
+                .map(|d| Spooled {
+                    seq: d.seq,
+                    received_millis: 0,
+                    json: d.event.get().as_bytes().to_vec(),
+                })
+                .collect();
+            return Ok(Some(Batch {
+                events,
+                source: Source::DeadLetters,
+            }));
+        }
+        let reader = Arc::clone(&self.spool);
+        let events =
+            match tokio::task::spawn_blocking(move || reader.read_after(after, BATCH_SIZE)).await {
+                Ok(Ok(events)) => events,
+                Ok(Err(err)) => {
+                    tracing::error!(sink = %self.name, error = %err, "cannot read the spool");
+                    return Err(NextBatch::Retry);
+                }
+                Err(err) => {
+                    tracing::error!(sink = %self.name, error = %err, "spool read task failed");
+                    return Err(NextBatch::Stop);
+                }
+            };
+        self.spool
+            .set_pending(&self.name, events.first().map(|e| e.received_millis));
+        Ok(events.last().map(|e| e.seq).map(|last| Batch {
+            source: Source::Spool { last },
+            events,
+        }))
+    }
+
+    /// Delivers `batch`, retrying with backoff until it is delivered or dead-lettered;
+    /// false when shutdown interrupted a wait between attempts.
+    async fn deliver<S: Sink>(
+        &self,
+        sink: &mut Reopening<S>,
+        batch: &Batch,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let name = self.name.as_str();
+        let events = batch.events.len();
+        let mut attempts = 0u32;
+        loop {
+            let started = Instant::now();
+            let err = match self.attempt(sink, batch).await {
+                Ok(rejected) => {
+                    self.metrics.emit(BatchDelivered {
+                        sink: name,
+                        events,
+                        refused: &rejected,
+                        elapsed: started.elapsed(),
+                    });
+                    if let Source::DeadLetters = batch.source {
+                        self.retried(events).await;
+                    }
+                    return true;
+                }
+                Err(err) => err,
+            };
+            let elapsed = started.elapsed();
+            sink.close();
+            attempts += 1;
+            if let Source::Spool { last } = batch.source
+                && self.retry.max_attempts > 0
+                && attempts >= self.retry.max_attempts
+            {
+                match self.give_up(batch, last, attempts, &err).await {
+                    Ok(()) => {
+                        self.metrics.emit(DeliveryFailed {
+                            sink: name,
+                            events,
+                            error: &err,
+                            elapsed,
+                            then: AfterFailure::GiveUp { attempts },
+                        });
+                        return true;
+                    }
+                    Err(bury_err) => {
+                        tracing::error!(sink = %name, error = %bury_err, "cannot write dead letters; retrying the batch");
+                    }
+                }
+            }
+            let mut delay = backoff(attempts, self.retry.max_backoff);
+            if let SinkError::Throttled { after, .. } = &err {
+                delay = delay.max(*after);
+            }
+            self.metrics.emit(DeliveryFailed {
+                sink: name,
+                events,
+                error: &err,
+                elapsed,
+                then: AfterFailure::Retry {
+                    attempts,
+                    after: delay,
+                },
+            });
+            if wait(shutdown, delay).await {
+                return false;
+            }
+        }
+    }
+
+    /// One attempt: deliver (reopening the sink at its committed state if needed), bury
+    /// what the destination refused, and commit the cursor.
+    async fn attempt<S: Sink>(
+        &self,
+        sink: &mut Reopening<S>,
+        batch: &Batch,
+    ) -> Result<Vec<(u64, String)>, SinkError> {
+        let committed = self.spool.cursor(&self.name)?;
+        let Delivered { state, rejected } = sink.deliver(committed.state, &batch.events).await?;
+        bury(
+            &self.dead_letters,
+            &self.name,
+            &refused(&batch.events, &rejected),
+            1,
+        )
+        .await?;
+        let seq = match batch.source {
+            Source::Spool { last } => last,
+            Source::DeadLetters => committed.seq,
+        };
+        self.commit(Cursor { seq, state }).await?;
+        Ok(rejected)
+    }
+
+    /// Moves a batch to the dead letters and the cursor past it (with the committed state).
+    async fn give_up(
+        &self,
+        batch: &Batch,
+        last: u64,
+        attempts: u32,
+        err: &SinkError,
+    ) -> Result<(), SinkError> {
+        let reason = err.to_string();
+        let entries: Vec<(&Spooled, &str)> =
+            batch.events.iter().map(|e| (e, reason.as_str())).collect();
+        bury(&self.dead_letters, &self.name, &entries, attempts).await?;
+        let committed = self.spool.cursor(&self.name)?;
+        self.commit(Cursor {
+            seq: last,
+            state: committed.state,
+        })
+        .await
+    }
+
+    /// Commits the cursor durably (fsync) on a blocking thread.
+    async fn commit(&self, cursor: Cursor) -> Result<(), SinkError> {
+        let (spool, name) = (Arc::clone(&self.spool), self.name.clone());
+        tokio::task::spawn_blocking(move || spool.commit_cursor(&name, cursor)).await??;
+        Ok(())
+    }
+
+    /// Retried dead letters were delivered: forget them.
+    async fn retried(&self, events: usize) {
+        let (store, name) = (self.dead_letters.clone(), self.name.clone());
+        match tokio::task::spawn_blocking(move || store.retried(&name)).await {
+            Ok(Ok(())) => {
+                tracing::info!(sink = %self.name, events, "retried dead letters delivered");
+            }
+            Ok(Err(err)) => {
+                tracing::error!(sink = %self.name, error = %err, "delivered retried dead letters but cannot clear them");
+            }
+            Err(err) => {
+                tracing::error!(sink = %self.name, error = %err, "dead-letter task failed");
+            }
+        }
+    }
+}
+
+/// Exponential backoff from [`MIN_BACKOFF`], capped, with ±25% jitter so that sinks and
+/// receivers retrying together spread out.
+fn backoff(attempts: u32, max: Duration) -> Duration {
+    let base = MIN_BACKOFF
+        .saturating_mul(1u32 << attempts.saturating_sub(1).min(20))
+        .min(max);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let factor = 0.75 + f64::from(nanos % 1000) / 2000.0;
+    base.mul_f64(factor)
+}
+
+/// Sleeps for `delay`; returns true when shutdown was requested meanwhile.
+async fn wait(shutdown: &mut watch::Receiver<bool>, delay: Duration) -> bool {
+    if *shutdown.borrow() {
+        return true;
+    }
+    tokio::select! {
+        () = tokio::time::sleep(delay) => *shutdown.borrow(),
+        _ = shutdown.changed() => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::config::SpoolConfig;
+
+    /// What the in-memory sink was asked to do.
+    #[derive(Debug, Default)]
+    struct Calls {
+        opens: Vec<u64>,
+        attempts: u32,
+        delivered: Vec<u64>,
+    }
+
+    /// A sink in memory: fails its first `fail_first` deliveries (all with `always_fail`),
+    /// refuses the events in `refuse`, and counts delivered events as its state.
+    #[derive(Debug, Default)]
+    struct MemorySink {
+        fail_first: u32,
+        always_fail: bool,
+        refuse: Vec<u64>,
+        state: u64,
+        calls: Arc<Mutex<Calls>>,
+    }
+
+    impl Sink for MemorySink {
+        async fn open(&mut self, state: u64) -> Result<(), SinkError> {
+            self.calls.lock().expect("calls").opens.push(state);
+            self.state = state;
+            Ok(())
+        }
+
+        async fn deliver(&mut self, batch: &[Spooled]) -> Result<Delivered, SinkError> {
+            let mut calls = self.calls.lock().expect("calls");
+            calls.attempts += 1;
+            if self.always_fail || calls.attempts <= self.fail_first {
+                return Err(SinkError::Remote {
+                    context: "memory".into(),
+                    message: "down".into(),
+                });
+            }
+            let mut rejected = Vec::new();
+            for event in batch {
+                if self.refuse.contains(&event.seq) {
+                    rejected.push((event.seq, "refused".to_owned()));
+                } else {
+                    calls.delivered.push(event.seq);
+                }
+            }
+            self.state += batch.len() as u64;
+            Ok(Delivered {
+                state: self.state,
+                rejected,
+            })
+        }
+    }
+
+    struct Setup {
+        _dir: tempfile::TempDir,
+        consumer: Consumer,
+        calls: Arc<Mutex<Calls>>,
+    }
+
+    /// A spool holding `events` events (seqs 1..=events) and a consumer `mem` of it.
+    async fn setup(events: usize, max_attempts: u32) -> Setup {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(&SpoolConfig::new(dir.path().join("spool")), &["mem".into()])
+            .expect("spool");
+        let records = (0..events)
+            .map(|i| format!(r#"{{"id":"e{i}"}}"#).into_bytes())
+            .collect();
+        spool.append([0; 16], records).await.expect("append");
+        let consumer = Consumer {
+            name: "mem".into(),
+            spool: Arc::new(spool),
+            metrics: Arc::new(Metrics::new().expect("metrics")),
+            retry: RetryConfig {
+                max_attempts,
+                max_backoff: Duration::from_millis(10),
+            },
+            dead_letters: DeadLetters::new(dir.path()),
+        };
+        Setup {
+            _dir: dir,
+            consumer,
+            calls: Arc::default(),
+        }
+    }
+
+    /// Runs the consumer until its cursor reaches `seq`, then shuts it down.
+    async fn run_until(setup: &Setup, mut sink: MemorySink, seq: u64) {
+        sink.calls = Arc::clone(&setup.calls);
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(consume(setup.consumer.clone(), sink, stopped));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while setup.consumer.spool.cursor("mem").expect("cursor").seq < seq {
+            assert!(Instant::now() < deadline, "the cursor never reached {seq}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop.send(true).expect("stop");
+        task.await.expect("consumer task");
+    }
+
+    /// The value of a sample of `name` whose labels include `labels`, from /metrics.
+    fn sample(setup: &Setup, name: &str, labels: &[&str]) -> f64 {
+        let text = String::from_utf8(setup.consumer.metrics.encode()).expect("utf8");
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .find(|l| labels.iter().all(|label| l.contains(label)))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    #[tokio::test]
+    async fn delivers_and_commits_the_cursor_with_the_sinks_state() {
+        let setup = setup(3, 5).await;
+        run_until(&setup, MemorySink::default(), 3).await;
+        let cursor = setup.consumer.spool.cursor("mem").expect("cursor");
+        assert_eq!((cursor.seq, cursor.state), (3, 3));
+        let calls = setup.calls.lock().expect("calls");
+        assert_eq!(calls.opens, [0]);
+        assert_eq!(calls.delivered, [1, 2, 3]);
+        let sink = r#"sink="mem""#;
+        let success = [sink, r#"result="success""#];
+        assert_eq!(
+            sample(&setup, "metahook_sink_deliveries_total", &success),
+            3.0
+        );
+        assert_eq!(
+            sample(
+                &setup,
+                "metahook_sink_delivery_duration_seconds_count",
+                &[sink]
+            ),
+            1.0
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_is_retried_after_reopening_at_the_committed_state() {
+        let setup = setup(3, 5).await;
+        let sink = MemorySink {
+            fail_first: 2,
+            ..MemorySink::default()
+        };
+        run_until(&setup, sink, 3).await;
+        let calls = setup.calls.lock().expect("calls");
+        assert_eq!(calls.opens, [0, 0, 0], "reopened after each failure");
+        assert_eq!(calls.delivered, [1, 2, 3], "delivered once");
+        let errors = [r#"sink="mem""#, r#"result="error""#];
+        assert_eq!(
+            sample(&setup, "metahook_sink_deliveries_total", &errors),
+            6.0
+        );
+        assert_eq!(
+            setup.consumer.dead_letters.list("mem").expect("list").len(),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_failing_max_attempts_times_becomes_dead_letters() {
+        let setup = setup(3, 2).await;
+        let sink = MemorySink {
+            always_fail: true,
+            ..MemorySink::default()
+        };
+        run_until(&setup, sink, 3).await;
+        assert_eq!(setup.calls.lock().expect("calls").attempts, 2);
+        let cursor = setup.consumer.spool.cursor("mem").expect("cursor");
+        assert_eq!(
+            (cursor.seq, cursor.state),
+            (3, 0),
+            "past the batch, state kept"
+        );
+        let dead = setup.consumer.dead_letters.list("mem").expect("list");
+        assert_eq!(dead.iter().map(|d| d.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        assert!(
+            dead.iter()
+                .all(|d| d.attempts == 2 && d.reason.contains("down"))
+        );
+        assert_eq!(
+            sample(
+                &setup,
+                "metahook_dead_letter_events_total",
+                &[r#"sink="mem""#]
+            ),
+            3.0
+        );
+    }
+
+    #[tokio::test]
+    async fn events_the_destination_refuses_become_dead_letters_at_once() {
+        let setup = setup(3, 5).await;
+        let sink = MemorySink {
+            refuse: vec![2],
+            ..MemorySink::default()
+        };
+        run_until(&setup, sink, 3).await;
+        assert_eq!(setup.calls.lock().expect("calls").delivered, [1, 3]);
+        let dead = setup.consumer.dead_letters.list("mem").expect("list");
+        assert_eq!(dead.len(), 1);
+        assert_eq!((dead[0].seq, dead[0].attempts), (2, 1));
+        assert_eq!(dead[0].reason, "refused");
+        let success = [r#"sink="mem""#, r#"result="success""#];
+        assert_eq!(
+            sample(&setup, "metahook_sink_deliveries_total", &success),
+            2.0
+        );
+    }
+
+    #[tokio::test]
+    async fn retried_dead_letters_are_delivered_and_the_cursor_stays() {
+        let setup = setup(2, 1).await;
+        let failing = MemorySink {
+            always_fail: true,
+            ..MemorySink::default()
+        };
+        run_until(&setup, failing, 2).await;
+        let queued = setup.consumer.dead_letters.request_retry("mem", None);
+        assert_eq!(queued.expect("retry"), 2);
+        *setup.calls.lock().expect("calls") = Calls::default();
+        let (stop, stopped) = watch::channel(false);
+        let healthy = MemorySink {
+            calls: Arc::clone(&setup.calls),
+            ..MemorySink::default()
+        };
+        let task = tokio::spawn(consume(setup.consumer.clone(), healthy, stopped));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while setup.calls.lock().expect("calls").delivered.len() < 2 {
+            assert!(Instant::now() < deadline, "retries never delivered");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop.send(true).expect("stop");
+        task.await.expect("consumer task");
+        assert_eq!(setup.calls.lock().expect("calls").delivered, [1, 2]);
+        let cursor = setup.consumer.spool.cursor("mem").expect("cursor");
+        assert_eq!((cursor.seq, cursor.state), (2, 2), "only the state moved");
+        let left = setup
+            .consumer
+            .dead_letters
+            .take_retries("mem")
+            .expect("retries");
+        assert!(left.is_empty(), "cleared once delivered");
+    }
+}
