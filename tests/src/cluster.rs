@@ -189,22 +189,7 @@ fn script() -> PathBuf {
 /// The `metahook-operator` binary of this build (scripts/test.sh builds every binary
 /// before the tests), or `METAHOOK_OPERATOR_BIN`.
 pub fn operator_bin() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("METAHOOK_OPERATOR_BIN") {
-        return Ok(PathBuf::from(path));
-    }
-    let exe = std::env::current_exe().context("locating the test executable")?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test executable has no profile directory")?;
-    let bin = profile_dir.join("metahook-operator");
-    if !bin.is_file() {
-        bail!(
-            "{} is missing: build it first (cargo build -p metahook-operator), or set METAHOOK_OPERATOR_BIN",
-            bin.display()
-        );
-    }
-    Ok(bin)
+    crate::testkit::workspace_bin("metahook-operator", "METAHOOK_OPERATOR_BIN")
 }
 
 /// `metahook-operator` running as a local process (as the README's "without a cluster

@@ -12,7 +12,8 @@ use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use metahook_receiver::app::{self, Running};
 use metahook_receiver::config::{
-    Config, EndpointConfig, FileSinkConfig, Limits, SinkConfig, SinkKind, SpoolConfig,
+    Config, EndpointConfig, FileSinkConfig, HttpSinkConfig, Limits, RetryConfig, SinkConfig,
+    SinkKind, SpoolConfig,
 };
 use metahook_receiver::verify;
 
@@ -81,7 +82,7 @@ pub fn config_in(dir: &Path) -> Result<Config> {
             kind: SinkKind::File(FileSinkConfig {
                 path: dir.join("events.jsonl"),
             }),
-            retry: metahook_receiver::config::RetryConfig::default(),
+            retry: RetryConfig::default(),
         }],
         limits: Limits::default(),
         log_message_text: false,
@@ -440,7 +441,13 @@ pub fn own_fixture_events() -> Result<usize> {
 
 /// The `metahook-receiver` binary of this build (built by scripts/test.sh before the tests).
 pub fn receiver_bin() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("METAHOOK_RECEIVER_BIN") {
+    workspace_bin("metahook-receiver", "METAHOOK_RECEIVER_BIN")
+}
+
+/// A binary of this build: `env_override` when set, else `name` in the profile directory of
+/// the running test executable (scripts/test.sh builds every binary before the tests).
+pub fn workspace_bin(name: &str, env_override: &str) -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os(env_override) {
         return Ok(PathBuf::from(path));
     }
     let exe = std::env::current_exe().context("locating the test executable")?;
@@ -448,12 +455,36 @@ pub fn receiver_bin() -> Result<PathBuf> {
         .parent()
         .and_then(Path::parent)
         .context("test executable has no profile directory")?;
-    let bin = profile_dir.join("metahook-receiver");
+    let bin = profile_dir.join(name);
     if !bin.is_file() {
         bail!(
-            "{} is missing: build it first (cargo build -p metahook-receiver), or set METAHOOK_RECEIVER_BIN",
+            "{} is missing: build it first (cargo build --bins), or set {env_override}",
             bin.display()
         );
     }
     Ok(bin)
+}
+
+/// An HTTP sink named `name` whose destination is a closed local port: every attempt fails,
+/// and after two attempts its events become dead letters (for alert and metric tests).
+pub fn failing_http_sink(name: &str) -> Result<SinkConfig> {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .context("finding a free port")?;
+    Ok(SinkConfig {
+        name: name.into(),
+        kind: SinkKind::Http(HttpSinkConfig {
+            url: format!("http://{closed}/hooks"),
+            signing_secret_file: None,
+            timeout: Duration::from_millis(500),
+            concurrency: 1,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+        }),
+        retry: RetryConfig {
+            max_attempts: 2,
+            max_backoff: Duration::from_millis(100),
+        },
+    })
 }

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use metahook_receiver::config::{HttpSinkConfig, RetryConfig, SinkConfig, SinkKind};
 use metahook_tests::promql;
 use metahook_tests::testkit::{self, PATH, TestReceiver};
 use metahook_tests::tools::{find, repo_root, run};
@@ -327,24 +326,9 @@ async fn prometheus_fires_the_alerts_on_a_live_receiver() -> Result<()> {
     let started = Instant::now();
     // An HTTP sink whose destination is down: every attempt fails, and after two attempts
     // the events become dead letters.
-    let closed = free_port()?;
+    let sink = testkit::failing_http_sink("crm")?;
     let mut receiver = TestReceiver::start_with(|config, _| {
-        config.sinks.push(SinkConfig {
-            name: "crm".into(),
-            kind: SinkKind::Http(HttpSinkConfig {
-                url: format!("http://{closed}/hooks"),
-                signing_secret_file: None,
-                timeout: Duration::from_millis(500),
-                concurrency: 1,
-                ca_file: None,
-                client_cert_file: None,
-                client_key_file: None,
-            }),
-            retry: RetryConfig {
-                max_attempts: 2,
-                max_backoff: Duration::from_millis(100),
-            },
-        });
+        config.sinks.push(sink);
     })
     .await?;
 

@@ -13,9 +13,7 @@ use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use metahook_receiver::config::{
-    HttpSinkConfig, META_CLIENT_NAME, RetryConfig, SinkConfig, SinkKind, TlsConfig, TlsMode,
-};
+use metahook_receiver::config::{META_CLIENT_NAME, TlsConfig, TlsMode};
 use metahook_tests::bench::client::Transport;
 use metahook_tests::pki::{self, Ca, Versions};
 use metahook_tests::promql;
@@ -236,29 +234,6 @@ fn every_query_parses() -> Result<()> {
     Ok(())
 }
 
-/// An HTTP sink whose destination is down, giving up after two attempts.
-fn failing_sink() -> Result<SinkConfig> {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .context("finding a free port")?;
-    Ok(SinkConfig {
-        name: "crm".into(),
-        kind: SinkKind::Http(HttpSinkConfig {
-            url: format!("http://{closed}/hooks"),
-            signing_secret_file: None,
-            timeout: Duration::from_millis(500),
-            concurrency: 1,
-            ca_file: None,
-            client_cert_file: None,
-            client_key_file: None,
-        }),
-        retry: RetryConfig {
-            max_attempts: 2,
-            max_backoff: Duration::from_millis(100),
-        },
-    })
-}
-
 const MESSAGE: &[u8] = br#"{"object":"whatsapp_business_account","entry":[{"id":"100200300400500","changes":[{"field":"messages","value":{"messaging_product":"whatsapp","messages":[{"from":"15551234567","id":"wamid.dashboards.1","timestamp":"1700000000","type":"text","text":{"body":"hello"}}]}}]}]}"#;
 const UNKNOWN: &[u8] = br#"{"object":"brand_new_object","entry":[{"id":"1","time":1700000000,"changes":[{"field":"brand_new_field","value":{"a":1}}]}]}"#;
 
@@ -268,7 +243,7 @@ async fn receiver_metrics() -> Result<BTreeSet<String>> {
     let certs = tempfile::tempdir().context("creating temp dir")?;
     let ca = Ca::new("metahook dashboards test CA")?;
     let (cert_file, key_file) = ca.server("127.0.0.1")?.write(certs.path(), "serving")?;
-    let sink = failing_sink()?;
+    let sink = testkit::failing_http_sink("crm")?;
     let mut receiver = TestReceiver::start_with(move |config, _| {
         config.tls = Some(TlsConfig {
             cert_file,
