@@ -18,9 +18,11 @@ pub mod controller;
 pub mod crd;
 pub mod error;
 pub mod metrics;
-pub mod reference;
+pub mod operator;
+pub mod crd_reference;
 pub mod resources;
 pub mod status;
+pub mod watch;
 
 pub use crd::{WebhookSubscription, WebhookSubscriptionSpec, WebhookSubscriptionStatus};
 pub use error::Error;
