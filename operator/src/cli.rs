@@ -89,4 +89,3 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.init(),
     }
 }
-

@@ -105,4 +105,3 @@ fn subscriptions_of_secret(
         .map(|sub| ObjectRef::from_obj(sub.as_ref()))
         .collect()
 }
-

@@ -10,7 +10,7 @@ use std::time::Duration;
 use http::Method;
 use kube::runtime::controller::Action;
 use metahook_operator::certs::{self, CaMaterial};
-use metahook_operator::controller::{self, RESYNC};
+use metahook_operator::controller::{self, RESYNC, registration};
 use metahook_operator::resources::monitoring::{Capabilities, PdbVersion};
 use metahook_operator::resources::secrets::{CA_FINGERPRINT_ANNOTATION, CA_SECRET_NAME};
 use metahook_receiver::config::Config;
@@ -786,11 +786,73 @@ async fn deletion_is_left_to_the_garbage_collector() {
         test_now_timestamp(),
     ));
     let api = MockApi::start(vec![], Capabilities::default(), test_now());
+    let graph = api.graph.clone();
     let action = controller::reconcile(Arc::new(sub), api.ctx.clone())
         .await
         .expect("reconcile");
     assert_eq!(action, Action::await_change());
     assert!(api.finish().await.is_empty(), "no request while deleting");
+    assert!(
+        graph.calls().is_empty(),
+        "no Graph call without the finalizer"
+    );
+}
+
+#[tokio::test]
+async fn a_pass_makes_no_graph_call_while_no_spec_field_asks_for_registration() {
+    let sub = subscription("wa", NS, &whatsapp_spec());
+    assert_eq!(registration::requested(&sub), None);
+    let mut script = vec![
+        get(
+            format!("{CORE}/secrets/wa-verify-token"),
+            Reply::Object(token_secret()),
+        ),
+        apply(format!("{CORE}/secrets/wa-verify-token"), Reply::Echo(None)),
+        get(
+            format!("{CORE}/secrets/meta-app"),
+            Reply::Object(app_secret()),
+        ),
+    ];
+    script.extend(workload_steps(1));
+    script.push(status_step());
+    script.push(event(NS));
+    let api = MockApi::start(script, Capabilities::default(), test_now());
+    let graph = api.graph.clone();
+    controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("reconcile");
+    let served = api.finish().await;
+    assert!(graph.calls().is_empty(), "Graph calls: {:?}", graph.calls());
+    assert!(
+        served
+            .iter()
+            .all(|s| s.body["metadata"].get("finalizers").is_none()),
+        "no finalizer is added"
+    );
+}
+
+#[tokio::test]
+async fn deletion_with_the_registration_finalizer_unregisters_then_removes_it() {
+    let mut sub = subscription("wa", NS, &whatsapp_spec());
+    sub.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        test_now_timestamp(),
+    ));
+    sub.metadata.finalizers = Some(vec![registration::FINALIZER.to_owned()]);
+    let stored = serde_json::to_value(&sub).expect("json");
+    let api = MockApi::start(
+        vec![apply(format!("{SUBS}/wa"), Reply::Onto(stored))],
+        Capabilities::default(),
+        test_now(),
+    );
+    let graph = api.graph.clone();
+    let action = controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("reconcile");
+    assert_eq!(action, Action::await_change());
+    let served = api.finish().await;
+    assert_eq!(graph.calls(), ["unsubscribe whatsapp_business_account"]);
+    let patch = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa"));
+    assert_eq!(patch["metadata"]["finalizers"], json!([]));
 }
 
 #[tokio::test]
