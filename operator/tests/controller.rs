@@ -194,9 +194,9 @@ async fn create_generates_the_token_and_applies_every_object() {
     );
 }
 
-#[tokio::test]
-async fn an_existing_token_is_kept_and_ready_follows_the_workload() {
-    let sub = subscription("wa", NS, &whatsapp_spec());
+/// A pass with the generated token already there (applied again for its owner
+/// reference), its Deployment ready, becoming Ready.
+fn existing_token_pass() -> Vec<Expect> {
     let mut script = vec![
         get(
             format!("{CORE}/secrets/wa-verify-token"),
@@ -212,6 +212,13 @@ async fn an_existing_token_is_kept_and_ready_follows_the_workload() {
     script.push(status_step());
     // Becoming Ready is an Event too.
     script.push(event(NS));
+    script
+}
+
+#[tokio::test]
+async fn an_existing_token_is_kept_and_ready_follows_the_workload() {
+    let sub = subscription("wa", NS, &whatsapp_spec());
+    let script = existing_token_pass();
     let api = MockApi::start(script, Capabilities::default(), test_now());
     controller::reconcile(Arc::new(sub), api.ctx.clone())
         .await
@@ -779,12 +786,21 @@ async fn a_ca_created_concurrently_is_read_back() {
     );
 }
 
-#[tokio::test]
-async fn deletion_is_left_to_the_garbage_collector() {
+/// The subscription as the API server returns it once deleted (with a finalizer left).
+fn being_deleted(finalizers: &[&str]) -> metahook_operator::WebhookSubscription {
     let mut sub = subscription("wa", NS, &whatsapp_spec());
     sub.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
         test_now_timestamp(),
     ));
+    if !finalizers.is_empty() {
+        sub.metadata.finalizers = Some(finalizers.iter().map(|&f| f.to_owned()).collect());
+    }
+    sub
+}
+
+#[tokio::test]
+async fn deletion_is_left_to_the_garbage_collector() {
+    let sub = being_deleted(&[]);
     let api = MockApi::start(vec![], Capabilities::default(), test_now());
     let graph = api.graph.clone();
     let action = controller::reconcile(Arc::new(sub), api.ctx.clone())
@@ -802,20 +818,7 @@ async fn deletion_is_left_to_the_garbage_collector() {
 async fn a_pass_makes_no_graph_call_while_no_spec_field_asks_for_registration() {
     let sub = subscription("wa", NS, &whatsapp_spec());
     assert_eq!(registration::requested(&sub), None);
-    let mut script = vec![
-        get(
-            format!("{CORE}/secrets/wa-verify-token"),
-            Reply::Object(token_secret()),
-        ),
-        apply(format!("{CORE}/secrets/wa-verify-token"), Reply::Echo(None)),
-        get(
-            format!("{CORE}/secrets/meta-app"),
-            Reply::Object(app_secret()),
-        ),
-    ];
-    script.extend(workload_steps(1));
-    script.push(status_step());
-    script.push(event(NS));
+    let script = existing_token_pass();
     let api = MockApi::start(script, Capabilities::default(), test_now());
     let graph = api.graph.clone();
     controller::reconcile(Arc::new(sub), api.ctx.clone())
@@ -833,11 +836,7 @@ async fn a_pass_makes_no_graph_call_while_no_spec_field_asks_for_registration() 
 
 #[tokio::test]
 async fn deletion_with_the_registration_finalizer_unregisters_then_removes_it() {
-    let mut sub = subscription("wa", NS, &whatsapp_spec());
-    sub.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-        test_now_timestamp(),
-    ));
-    sub.metadata.finalizers = Some(vec![registration::FINALIZER.to_owned()]);
+    let sub = being_deleted(&[registration::FINALIZER]);
     let stored = serde_json::to_value(&sub).expect("json");
     let api = MockApi::start(
         vec![apply(format!("{SUBS}/wa"), Reply::Onto(stored))],

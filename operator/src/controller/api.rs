@@ -3,6 +3,7 @@
 
 use std::fmt::Debug;
 
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::core::{ApiResource, DynamicObject};
 use kube::runtime::events::{Event, EventType};
@@ -16,6 +17,14 @@ use super::children::Child;
 use crate::FIELD_MANAGER;
 use crate::crd::WebhookSubscription;
 use crate::error::Error;
+
+/// Reads a Secret; absent is `None`.
+pub(super) async fn get_secret(secrets: &Api<Secret>, name: &str) -> Result<Option<Secret>, Error> {
+    secrets
+        .get_opt(name)
+        .await
+        .map_err(|e| Error::kube(format!("get Secret {name}"), e))
+}
 
 pub(super) fn apply_params() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()

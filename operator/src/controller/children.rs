@@ -44,8 +44,8 @@ impl Child {
             Child::StatefulSet => StatefulSet::KIND,
             Child::Service => Service::KIND,
             Child::Ingress => Ingress::KIND,
-            Child::ServiceMonitor => "ServiceMonitor",
-            Child::PodDisruptionBudget => "PodDisruptionBudget",
+            Child::ServiceMonitor => monitoring::SERVICE_MONITOR_KIND,
+            Child::PodDisruptionBudget => monitoring::PDB_KIND,
         }
     }
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 
+use super::api::get_secret;
 use super::token::Token;
 use crate::crd::{SecretKeyRef, WebhookSubscription};
 use crate::error::Error;
@@ -62,10 +63,7 @@ async fn resolve(
     for (name, wanted) in by_secret {
         let secret = match known.remove(name) {
             Some(secret) => Some(secret),
-            None => secrets
-                .get_opt(name)
-                .await
-                .map_err(|e| Error::kube(format!("get Secret {name}"), e))?,
+            None => get_secret(secrets, name).await?,
         };
         let Some(secret) = secret else {
             for reference in wanted {

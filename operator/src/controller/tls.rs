@@ -10,7 +10,7 @@ use kube::runtime::events::EventType;
 use time::OffsetDateTime;
 
 use super::Context;
-use super::api::{apply, publish};
+use super::api::{apply, get_secret, publish};
 use crate::certs::{self, CaMaterial};
 use crate::crd::{CertificateStatus, TlsModeSpec, WebhookSubscription};
 use crate::error::Error;
@@ -112,11 +112,7 @@ async fn ensure_ca(
             key_pem: get("tls.key")?,
         })
     };
-    if let Some(secret) = secrets
-        .get_opt(CA_SECRET_NAME)
-        .await
-        .map_err(|e| Error::kube(format!("get Secret {CA_SECRET_NAME}"), e))?
-    {
+    if let Some(secret) = get_secret(secrets, CA_SECRET_NAME).await? {
         return read(&secret);
     }
     let ca = CaMaterial::generate(namespace, now)?;
@@ -156,10 +152,7 @@ async fn ensure_serving_certificate(
     let secret_name = resources::tls_secret_name(&inputs.name);
     let host = sub.spec.ingress.as_ref().map(|i| i.host.as_str());
     let names = certs::serving_names(&inputs.name, &inputs.namespace, host);
-    let existing = secrets
-        .get_opt(&secret_name)
-        .await
-        .map_err(|e| Error::kube(format!("get Secret {secret_name}"), e))?;
+    let existing = get_secret(secrets, &secret_name).await?;
     let existing_cert = existing
         .as_ref()
         .and_then(|s| s.data.as_ref())

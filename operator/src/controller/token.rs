@@ -6,7 +6,7 @@ use kube::api::Api;
 use kube::runtime::events::EventType;
 
 use super::Context;
-use super::api::{apply, publish};
+use super::api::{apply, get_secret, publish};
 use crate::crd::WebhookSubscription;
 use crate::error::Error;
 use crate::resources::secrets as secret_objects;
@@ -46,10 +46,7 @@ async fn ensure_verify_token(
     secrets: &Api<Secret>,
 ) -> Result<Secret, Error> {
     let name = resources::verify_token_secret_name(&inputs.name);
-    let existing = secrets
-        .get_opt(&name)
-        .await
-        .map_err(|e| Error::kube(format!("get Secret {name}"), e))?;
+    let existing = get_secret(secrets, &name).await?;
     let token = existing
         .as_ref()
         .and_then(|secret| secret.data.as_ref())

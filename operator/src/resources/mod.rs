@@ -75,14 +75,7 @@ impl<'a> Inputs<'a> {
         let namespace = sub.namespace().ok_or_else(|| {
             Error::Incomplete(format!("WebhookSubscription {name} has no namespace"))
         })?;
-        let verify_token = sub
-            .spec
-            .verify_token_ref
-            .clone()
-            .unwrap_or_else(|| SecretKeyRef {
-                name: verify_token_secret_name(&name),
-                key: VERIFY_TOKEN_KEY.to_owned(),
-            });
+        let verify_token = verify_token_ref(sub).key;
         let image = sub
             .spec
             .receiver
@@ -233,17 +226,7 @@ pub fn secret_references(sub: &WebhookSubscription) -> Vec<SecretReference> {
     };
     let mut refs = vec![from_spec(&spec.app_secret_ref)];
     refs.extend(spec.previous_app_secret_ref.iter().map(from_spec));
-    refs.push(match &spec.verify_token_ref {
-        Some(key) => from_spec(key),
-        None => SecretReference {
-            key: SecretKeyRef {
-                name: verify_token_secret_name(&sub.name_any()),
-                key: VERIFY_TOKEN_KEY.to_owned(),
-            },
-            reader: Reader::Receiver,
-            source: Source::GeneratedToken,
-        },
-    });
+    refs.push(verify_token_ref(sub));
     refs.extend(sink_secret_refs(spec).map(from_spec));
     if spec.tls.mode != TlsModeSpec::None {
         let (name, source) = match &spec.tls.secret_ref {
@@ -278,6 +261,25 @@ pub fn secret_references(sub: &WebhookSubscription) -> Vec<SecretReference> {
         });
     }
     refs
+}
+
+/// The verify token: the spec's reference, or the key of the Secret the operator generates.
+fn verify_token_ref(sub: &WebhookSubscription) -> SecretReference {
+    match &sub.spec.verify_token_ref {
+        Some(key) => SecretReference {
+            key: key.clone(),
+            reader: Reader::Receiver,
+            source: Source::Spec,
+        },
+        None => SecretReference {
+            key: SecretKeyRef {
+                name: verify_token_secret_name(&sub.name_any()),
+                key: VERIFY_TOKEN_KEY.to_owned(),
+            },
+            reader: Reader::Receiver,
+            source: Source::GeneratedToken,
+        },
+    }
 }
 
 /// Does an Ingress terminate Meta's TLS?
