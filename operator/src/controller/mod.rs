@@ -15,8 +15,8 @@
 //!    field asks for it yet, so it makes no request);
 //! 6. [`status`]: the status.
 //!
-//! [`api`] holds the requests the steps share (apply, delete, Events); [`discovery`] the
-//! optional APIs the cluster serves.
+//! `api.rs` holds the requests the steps share (apply, delete, Events); `discovery.rs`
+//! finds the optional APIs the cluster serves.
 
 mod api;
 pub mod children;
