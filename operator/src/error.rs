@@ -22,6 +22,15 @@ pub enum Error {
     /// The object lacks what the API server always sets (namespace, uid).
     #[error("object {0}")]
     Incomplete(String),
+    /// A Graph API call failed (registration with Meta; see
+    /// [`crate::controller::registration`]).
+    #[error("Graph API: {call}: {message}")]
+    Graph {
+        /// The call, e.g. `subscribe`.
+        call: &'static str,
+        /// Why it failed.
+        message: String,
+    },
     /// Serializing an object failed.
     #[error("serializing {context}: {source}")]
     Serialize {
@@ -41,9 +50,20 @@ impl Error {
             Error::Config(_) => "config",
             Error::Certificate(_) => "certificate",
             Error::Incomplete(_) => "incomplete_object",
+            Error::Graph { .. } => "graph_api",
             Error::Serialize { .. } => "serialize",
         }
     }
+
+    /// Every `reason` label, so each series exists from the start.
+    pub const METRIC_LABELS: [&'static str; 6] = [
+        "kube_api",
+        "config",
+        "certificate",
+        "incomplete_object",
+        "graph_api",
+        "serialize",
+    ];
 
     /// Wraps a client error with what was being done.
     pub fn kube(context: impl Into<String>, source: kube::Error) -> Error {

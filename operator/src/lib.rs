@@ -7,8 +7,12 @@
 //!   Secrets, Deployment or StatefulSet, Service, Ingress, ServiceMonitor, PDB). No I/O.
 //! - [`certs`]: the namespace CA and serving certificates (rcgen), and when to renew them.
 //! - [`status`]: conditions and the status written back.
-//! - [`controller`]: the reconcile loop: reads what it needs, applies what the builders
-//!   produce with server-side apply, publishes Events, writes status.
+//! - [`controller`]: the reconcile loop, one file a step (token, secrets, TLS, children,
+//!   Graph registration, status): reads what it needs, applies what the builders produce
+//!   with server-side apply, publishes Events, writes status.
+//! - [`cli`]: the flags and `main`; [`operator`]: `run()`, leader election and the
+//!   background tasks; [`watch`]: the watch scopes and each controller's watches.
+//! - [`crd_reference`]: docs/crd-reference.md, rendered from the CRD.
 //! - [`metrics`]: the operator's Prometheus metrics and its /metrics, /healthz, /readyz.
 //! - [`error`]: one error enum, whose variants are the `reason` metric label.
 
@@ -16,11 +20,13 @@ pub mod certs;
 pub mod cli;
 pub mod controller;
 pub mod crd;
+pub mod crd_reference;
 pub mod error;
 pub mod metrics;
-pub mod reference;
+pub mod operator;
 pub mod resources;
 pub mod status;
+pub mod watch;
 
 pub use crd::{WebhookSubscription, WebhookSubscriptionSpec, WebhookSubscriptionStatus};
 pub use error::Error;

@@ -97,13 +97,7 @@ impl Metrics {
         for result in ["success", "error"] {
             reconciliations.with_label_values(&[result]);
         }
-        for reason in [
-            "kube_api",
-            "config",
-            "certificate",
-            "incomplete_object",
-            "serialize",
-        ] {
+        for reason in Error::METRIC_LABELS {
             errors.with_label_values(&[reason]);
         }
         Ok(Metrics {

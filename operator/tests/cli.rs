@@ -70,7 +70,8 @@ fn metrics_listen_on_8081_so_a_receiver_on_its_default_8080_does_not_collide() {
 #[test]
 fn namespace_takes_a_comma_separated_list_and_absent_means_the_cluster() {
     use clap::Parser as _;
-    use metahook_operator::cli::{Cli, WatchScope, watch_scopes};
+    use metahook_operator::cli::Cli;
+    use metahook_operator::watch::{WatchScope, watch_scopes};
     let cli = Cli::try_parse_from(["metahook-operator", "--namespace", "team-b,team-a,team-b"])
         .expect("parse");
     assert_eq!(

@@ -10,7 +10,7 @@ use std::time::Duration;
 use http::Method;
 use kube::runtime::controller::Action;
 use metahook_operator::certs::{self, CaMaterial};
-use metahook_operator::controller::{self, RESYNC};
+use metahook_operator::controller::{self, RESYNC, registration};
 use metahook_operator::resources::monitoring::{Capabilities, PdbVersion};
 use metahook_operator::resources::secrets::{CA_FINGERPRINT_ANNOTATION, CA_SECRET_NAME};
 use metahook_receiver::config::Config;
@@ -194,9 +194,9 @@ async fn create_generates_the_token_and_applies_every_object() {
     );
 }
 
-#[tokio::test]
-async fn an_existing_token_is_kept_and_ready_follows_the_workload() {
-    let sub = subscription("wa", NS, &whatsapp_spec());
+/// A pass with the generated token already there (applied again for its owner
+/// reference), its Deployment ready, becoming Ready.
+fn existing_token_pass() -> Vec<Expect> {
     let mut script = vec![
         get(
             format!("{CORE}/secrets/wa-verify-token"),
@@ -212,6 +212,13 @@ async fn an_existing_token_is_kept_and_ready_follows_the_workload() {
     script.push(status_step());
     // Becoming Ready is an Event too.
     script.push(event(NS));
+    script
+}
+
+#[tokio::test]
+async fn an_existing_token_is_kept_and_ready_follows_the_workload() {
+    let sub = subscription("wa", NS, &whatsapp_spec());
+    let script = existing_token_pass();
     let api = MockApi::start(script, Capabilities::default(), test_now());
     controller::reconcile(Arc::new(sub), api.ctx.clone())
         .await
@@ -779,18 +786,72 @@ async fn a_ca_created_concurrently_is_read_back() {
     );
 }
 
-#[tokio::test]
-async fn deletion_is_left_to_the_garbage_collector() {
+/// The subscription as the API server returns it once deleted (with a finalizer left).
+fn being_deleted(finalizers: &[&str]) -> metahook_operator::WebhookSubscription {
     let mut sub = subscription("wa", NS, &whatsapp_spec());
     sub.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
         test_now_timestamp(),
     ));
+    if !finalizers.is_empty() {
+        sub.metadata.finalizers = Some(finalizers.iter().map(|&f| f.to_owned()).collect());
+    }
+    sub
+}
+
+#[tokio::test]
+async fn deletion_is_left_to_the_garbage_collector() {
+    let sub = being_deleted(&[]);
     let api = MockApi::start(vec![], Capabilities::default(), test_now());
+    let graph = api.graph.clone();
     let action = controller::reconcile(Arc::new(sub), api.ctx.clone())
         .await
         .expect("reconcile");
     assert_eq!(action, Action::await_change());
     assert!(api.finish().await.is_empty(), "no request while deleting");
+    assert!(
+        graph.calls().is_empty(),
+        "no Graph call without the finalizer"
+    );
+}
+
+#[tokio::test]
+async fn a_pass_makes_no_graph_call_while_no_spec_field_asks_for_registration() {
+    let sub = subscription("wa", NS, &whatsapp_spec());
+    assert_eq!(registration::requested(&sub), None);
+    let script = existing_token_pass();
+    let api = MockApi::start(script, Capabilities::default(), test_now());
+    let graph = api.graph.clone();
+    controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("reconcile");
+    let served = api.finish().await;
+    assert!(graph.calls().is_empty(), "Graph calls: {:?}", graph.calls());
+    assert!(
+        served
+            .iter()
+            .all(|s| s.body["metadata"].get("finalizers").is_none()),
+        "no finalizer is added"
+    );
+}
+
+#[tokio::test]
+async fn deletion_with_the_registration_finalizer_unregisters_then_removes_it() {
+    let sub = being_deleted(&[registration::FINALIZER]);
+    let stored = serde_json::to_value(&sub).expect("json");
+    let api = MockApi::start(
+        vec![apply(format!("{SUBS}/wa"), Reply::Onto(stored))],
+        Capabilities::default(),
+        test_now(),
+    );
+    let graph = api.graph.clone();
+    let action = controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("reconcile");
+    assert_eq!(action, Action::await_change());
+    let served = api.finish().await;
+    assert_eq!(graph.calls(), ["unsubscribe whatsapp_business_account"]);
+    let patch = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa"));
+    assert_eq!(patch["metadata"]["finalizers"], json!([]));
 }
 
 #[tokio::test]

@@ -57,7 +57,7 @@ fn committed_crd_matches_the_code() {
 fn crd_reference_matches_the_code() {
     check_generated(
         "docs/crd-reference.md",
-        &metahook_operator::reference::crd_reference_markdown(),
+        &metahook_operator::crd_reference::crd_reference_markdown(),
         "METAHOOK_UPDATE_DOCS=1 cargo test -p metahook-operator --test crd",
     );
 }

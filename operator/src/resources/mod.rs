@@ -75,14 +75,7 @@ impl<'a> Inputs<'a> {
         let namespace = sub.namespace().ok_or_else(|| {
             Error::Incomplete(format!("WebhookSubscription {name} has no namespace"))
         })?;
-        let verify_token = sub
-            .spec
-            .verify_token_ref
-            .clone()
-            .unwrap_or_else(|| SecretKeyRef {
-                name: verify_token_secret_name(&name),
-                key: VERIFY_TOKEN_KEY.to_owned(),
-            });
+        let verify_token = verify_token_ref(sub).key;
         let image = sub
             .spec
             .receiver
@@ -113,11 +106,7 @@ impl<'a> Inputs<'a> {
 
     /// Does an Ingress terminate Meta's TLS?
     pub fn ingress_terminates(&self) -> bool {
-        self.sub
-            .spec
-            .ingress
-            .as_ref()
-            .is_some_and(|ingress| ingress.tls_termination == TlsTerminationSpec::Ingress)
+        ingress_terminates(&self.sub.spec)
     }
 
     /// The webhook container port.
@@ -180,31 +169,124 @@ impl<'a> Inputs<'a> {
     /// `SECRETS_DIR/<secret>/<key>`.
     pub fn mounted_secret_keys(&self) -> BTreeMap<String, BTreeSet<String>> {
         let mut keys: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for reference in self.secret_refs() {
-            keys.entry(reference.name)
-                .or_default()
-                .insert(reference.key);
-        }
-        if let Some(secret) = &self.tls_secret {
-            let entry = keys.entry(secret.clone()).or_default();
-            entry.insert("tls.crt".to_owned());
-            entry.insert("tls.key".to_owned());
+        for reference in secret_references(self.sub) {
+            if reference.reader == Reader::Receiver {
+                keys.entry(reference.key.name)
+                    .or_default()
+                    .insert(reference.key.key);
+            }
         }
         keys
     }
+}
 
-    /// The Secret keys the spec references (and the verify token), for resolution.
-    pub fn secret_refs(&self) -> Vec<SecretKeyRef> {
-        let spec = &self.sub.spec;
-        let mut refs = vec![spec.app_secret_ref.clone()];
-        refs.extend(spec.previous_app_secret_ref.clone());
-        refs.push(self.verify_token.clone());
-        refs.extend(sink_secret_refs(spec).cloned());
-        if self.receiver_checks_client() {
-            refs.extend(spec.tls.client_ca_ref.clone());
+/// Who reads a referenced Secret key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reader {
+    /// The receiver: the key is mounted at `SECRETS_DIR/<secret>/<key>`.
+    Receiver,
+    /// The ingress controller (the client CA bundle of mutual TLS it terminates).
+    Ingress,
+}
+
+/// Where a referenced Secret comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Named in the spec: the user makes it.
+    Spec,
+    /// The verify token the operator generates when the spec names none.
+    GeneratedToken,
+    /// The serving certificate the operator issues when the spec names none.
+    IssuedCertificate,
+}
+
+/// One Secret key a subscription needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretReference {
+    /// The Secret and key.
+    pub key: SecretKeyRef,
+    /// Who reads it.
+    pub reader: Reader,
+    /// Who makes it.
+    pub source: Source,
+}
+
+/// Every Secret key a subscription needs, the one list that mounting (the receiver's
+/// keys), resolution (the controller checks and digests all but the issued certificate,
+/// which it makes itself), and the Secret watch (the names the spec references) use: the
+/// app secrets, the verify token, the sinks' keys, the serving certificate when the
+/// receiver speaks TLS, and the client CA of mutual TLS (for the receiver, or for the
+/// ingress controller when an Ingress terminates TLS: ingress-nginx reads `ca.crt`).
+pub fn secret_references(sub: &WebhookSubscription) -> Vec<SecretReference> {
+    let spec = &sub.spec;
+    let from_spec = |key: &SecretKeyRef| SecretReference {
+        key: key.clone(),
+        reader: Reader::Receiver,
+        source: Source::Spec,
+    };
+    let mut refs = vec![from_spec(&spec.app_secret_ref)];
+    refs.extend(spec.previous_app_secret_ref.iter().map(from_spec));
+    refs.push(verify_token_ref(sub));
+    refs.extend(sink_secret_refs(spec).map(from_spec));
+    if spec.tls.mode != TlsModeSpec::None {
+        let (name, source) = match &spec.tls.secret_ref {
+            Some(secret) => (secret.name.clone(), Source::Spec),
+            None => (tls_secret_name(&sub.name_any()), Source::IssuedCertificate),
+        };
+        for key in ["tls.crt", "tls.key"] {
+            refs.push(SecretReference {
+                key: SecretKeyRef {
+                    name: name.clone(),
+                    key: key.to_owned(),
+                },
+                reader: Reader::Receiver,
+                source,
+            });
         }
-        refs
     }
+    if spec.tls.mode == TlsModeSpec::Mutual
+        && let Some(ca) = &spec.tls.client_ca_ref
+    {
+        refs.push(if ingress_terminates(spec) {
+            SecretReference {
+                key: SecretKeyRef {
+                    name: ca.name.clone(),
+                    key: "ca.crt".to_owned(),
+                },
+                reader: Reader::Ingress,
+                source: Source::Spec,
+            }
+        } else {
+            from_spec(ca)
+        });
+    }
+    refs
+}
+
+/// The verify token: the spec's reference, or the key of the Secret the operator generates.
+fn verify_token_ref(sub: &WebhookSubscription) -> SecretReference {
+    match &sub.spec.verify_token_ref {
+        Some(key) => SecretReference {
+            key: key.clone(),
+            reader: Reader::Receiver,
+            source: Source::Spec,
+        },
+        None => SecretReference {
+            key: SecretKeyRef {
+                name: verify_token_secret_name(&sub.name_any()),
+                key: VERIFY_TOKEN_KEY.to_owned(),
+            },
+            reader: Reader::Receiver,
+            source: Source::GeneratedToken,
+        },
+    }
+}
+
+/// Does an Ingress terminate Meta's TLS?
+fn ingress_terminates(spec: &WebhookSubscriptionSpec) -> bool {
+    spec.ingress
+        .as_ref()
+        .is_some_and(|ingress| ingress.tls_termination == TlsTerminationSpec::Ingress)
 }
 
 /// The file a mounted Secret key appears as in the receiver's container.
@@ -249,16 +331,14 @@ pub fn digest<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
 }
 
 /// Names of every Secret a subscription references (not those the operator makes), so a
-/// change to one of them triggers a reconciliation.
+/// change to one of them triggers a reconciliation: the spec's entries of
+/// [`secret_references`].
 pub fn referenced_secrets(sub: &WebhookSubscription) -> BTreeSet<String> {
-    let spec = &sub.spec;
-    let mut names = BTreeSet::from([spec.app_secret_ref.name.clone()]);
-    names.extend(spec.previous_app_secret_ref.iter().map(|r| r.name.clone()));
-    names.extend(spec.verify_token_ref.iter().map(|r| r.name.clone()));
-    names.extend(spec.tls.secret_ref.iter().map(|r| r.name.clone()));
-    names.extend(spec.tls.client_ca_ref.iter().map(|r| r.name.clone()));
-    names.extend(sink_secret_refs(spec).map(|r| r.name.clone()));
-    names
+    secret_references(sub)
+        .into_iter()
+        .filter(|reference| reference.source == Source::Spec)
+        .map(|reference| reference.key.name)
+        .collect()
 }
 
 /// The Secret keys the sinks read (HTTP signing secrets and CA bundles, PostgreSQL URLs):

@@ -26,10 +26,15 @@ pub enum PdbVersion {
     V1beta1,
 }
 
+/// The ServiceMonitor kind.
+pub const SERVICE_MONITOR_KIND: &str = "ServiceMonitor";
+/// The PodDisruptionBudget kind.
+pub const PDB_KIND: &str = "PodDisruptionBudget";
+
 /// The ServiceMonitor API.
 pub fn service_monitor_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor"),
+        &GroupVersionKind::gvk("monitoring.coreos.com", "v1", SERVICE_MONITOR_KIND),
         "servicemonitors",
     )
 }
@@ -41,7 +46,7 @@ pub fn pdb_resource(version: PdbVersion) -> ApiResource {
         PdbVersion::V1beta1 => "v1beta1",
     };
     ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("policy", version, "PodDisruptionBudget"),
+        &GroupVersionKind::gvk("policy", version, PDB_KIND),
         "poddisruptionbudgets",
     )
 }

@@ -11,6 +11,7 @@ use http::{Method, Request, Response, StatusCode};
 use kube::Client;
 use kube::client::Body;
 use metahook_operator::WebhookSubscription;
+use metahook_operator::controller::registration::{GraphApi, Registration};
 use metahook_operator::controller::{Context, Settings};
 use metahook_operator::metrics::Metrics;
 use metahook_operator::resources::monitoring::Capabilities;
@@ -199,10 +200,48 @@ async fn serve(mut handle: Handle, script: Vec<Expect>, served: Arc<Mutex<Vec<Se
     }
 }
 
+/// A Graph API client that records its calls (`subscribe <object>`, `unsubscribe
+/// <object>`) and succeeds.
+#[derive(Debug, Default)]
+pub struct RecordingGraph {
+    calls: Mutex<Vec<String>>,
+}
+
+impl RecordingGraph {
+    /// The calls made so far.
+    pub fn calls(&self) -> Vec<String> {
+        self.calls.lock().expect("lock").clone()
+    }
+
+    fn record(&self, call: String) {
+        self.calls.lock().expect("lock").push(call);
+    }
+}
+
+impl GraphApi for RecordingGraph {
+    fn subscribe<'a>(
+        &'a self,
+        registration: &'a Registration,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), metahook_operator::Error>> {
+        self.record(format!("subscribe {}", registration.object));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn unsubscribe<'a>(
+        &'a self,
+        object: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), metahook_operator::Error>> {
+        self.record(format!("unsubscribe {object}"));
+        Box::pin(async { Ok(()) })
+    }
+}
+
 /// A mock API server and a Context whose client talks to it.
 pub struct MockApi {
     /// The operator's context.
     pub ctx: Arc<Context>,
+    /// The context's Graph API client.
+    pub graph: Arc<RecordingGraph>,
     served: Arc<Mutex<Vec<Served>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -230,8 +269,11 @@ impl MockApi {
             Some("test".to_owned()),
         );
         ctx.clock = Box::new(move || now);
+        let graph = Arc::new(RecordingGraph::default());
+        ctx.graph = graph.clone();
         MockApi {
             ctx: Arc::new(ctx),
+            graph,
             served,
             task,
         }
@@ -240,7 +282,9 @@ impl MockApi {
     /// Waits until the script is done (panicking like the script did), then returns every
     /// request served.
     pub async fn finish(self) -> Vec<Served> {
-        let MockApi { ctx, served, task } = self;
+        let MockApi {
+            ctx, served, task, ..
+        } = self;
         drop(ctx);
         if let Err(err) = task.await {
             std::panic::resume_unwind(err.into_panic());

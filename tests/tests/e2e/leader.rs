@@ -10,7 +10,7 @@ use metahook_tests::cluster::Operator;
 use super::pods::{report_ready, the_pod, wait_available};
 use super::*;
 
-/// The operator's Lease duration and grace (operator/src/cli.rs: `with_duration(15)`,
+/// The operator's Lease duration and grace (operator/src/operator.rs: `with_duration(15)`,
 /// `with_grace(5)`): a standby may take an unrenewed Lease after both.
 const LEASE_SECONDS: u64 = 15 + 5;
 

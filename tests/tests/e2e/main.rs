@@ -1135,7 +1135,7 @@ async fn an_operator_issued_certificate_rolls_the_pods_once() -> Result<()> {
     Ok(())
 }
 
-/// Why the operator applies again after a 409 AlreadyExists (operator/src/controller.rs,
+/// Why the operator applies again after a 409 AlreadyExists (operator/src/controller/api.rs,
 /// `raced_a_create`): on this server, applies that create the same Service at once can
 /// answer AlreadyExists — its Service storage reads, then creates, without retrying —
 /// where ConfigMaps (generic storage) never do. Counts both; the Service count is shown,

@@ -1,0 +1,292 @@
+//! The reconcile loop: read what the builders need, apply what they produce with
+//! server-side apply, publish Events, write status.
+//!
+//! One pass, in order, one file a step, each returning a named struct (each step's
+//! requests are fixed, so the mock-API tests script them):
+//! 1. [`token`]: the generated verify token (GET, then apply) when `verifyTokenRef` is
+//!    absent;
+//! 2. [`secrets`]: every referenced Secret (GET each, in name order); missing ones end the
+//!    pass with `SecretsResolved=False` naming them, leaving running receivers untouched;
+//! 3. [`tls`]: the namespace CA (GET, created if absent) and the serving certificate (GET,
+//!    re-issued when absent, for other names or CA, or past two thirds of its lifetime);
+//! 4. [`children`]: the ConfigMap, the workload, the Service, then Ingress, ServiceMonitor
+//!    and PodDisruptionBudget (applied when wanted, deleted when not);
+//! 5. [`registration`]: registration with Meta's Graph API, behind a finalizer (no spec
+//!    field asks for it yet, so it makes no request);
+//! 6. [`status`]: the status.
+//!
+//! `api.rs` holds the requests the steps share (apply, delete, Events); `discovery.rs`
+//! finds the optional APIs the cluster serves.
+
+mod api;
+pub mod children;
+mod discovery;
+pub mod registration;
+pub mod secrets;
+pub mod status;
+pub mod tls;
+pub mod token;
+
+pub use discovery::discover;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Client, Resource, ResourceExt};
+use time::OffsetDateTime;
+
+use self::children::Child;
+use self::registration::{GraphApi, Unconfigured};
+use crate::FIELD_MANAGER;
+use crate::crd::WebhookSubscription;
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::resources::monitoring::Capabilities;
+use crate::resources::{self, Inputs};
+use crate::status::{CertificateState, Observed, ReceiverState};
+
+/// How often a subscription is reconciled when nothing changes (drift is undone then).
+pub const RESYNC: Duration = Duration::from_secs(10 * 60);
+/// Retry after a missing Secret (its creation also triggers a pass, through the watch).
+pub const MISSING_SECRET_RETRY: Duration = Duration::from_secs(5 * 60);
+
+/// Settings of the operator process.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The receiver image when a subscription names none.
+    pub receiver_image: String,
+    /// Lifetime of the serving certificates the operator issues.
+    pub certificate_lifetime: Duration,
+}
+
+/// What every reconciliation shares.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Publishes Kubernetes Events.
+    pub recorder: Recorder,
+    /// The operator's metrics.
+    pub metrics: Arc<Metrics>,
+    /// Process settings.
+    pub settings: Settings,
+    /// Optional APIs the cluster serves.
+    pub capabilities: Mutex<Capabilities>,
+    /// The clock (tests move it to make certificates due).
+    pub clock: Box<dyn Fn() -> OffsetDateTime + Send + Sync>,
+    /// The Graph API client of registration (tests record the calls).
+    pub graph: Arc<dyn GraphApi>,
+    /// Consecutive failures per subscription, for the error policy's backoff.
+    failures: Mutex<HashMap<ObjectRef<WebhookSubscription>, u32>>,
+    /// Kinds of unwanted children this process deleted or found absent, per subscription,
+    /// so later passes skip the DELETE (a fresh process, e.g. a new leader, deletes once).
+    absent: Mutex<HashSet<(ObjectRef<WebhookSubscription>, Child)>>,
+}
+
+impl Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// A context on the real clock.
+    pub fn new(
+        client: Client,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+        capabilities: Capabilities,
+        instance: Option<String>,
+    ) -> Context {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.to_owned(),
+                instance,
+            },
+        );
+        Context {
+            client,
+            recorder,
+            metrics,
+            settings,
+            capabilities: Mutex::new(capabilities),
+            clock: Box::new(OffsetDateTime::now_utc),
+            graph: Arc::new(Unconfigured),
+            failures: Mutex::new(HashMap::new()),
+            absent: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Forgets what is remembered about subscriptions that no longer exist.
+    pub fn forget_deleted(&self, exists: impl Fn(&ObjectRef<WebhookSubscription>) -> bool) {
+        if let Ok(mut failures) = self.failures.lock() {
+            failures.retain(|sub, _| exists(sub));
+        }
+        if let Ok(mut absent) = self.absent.lock() {
+            absent.retain(|(sub, _)| exists(sub));
+        }
+    }
+
+    fn known_absent(&self, sub: &ObjectRef<WebhookSubscription>, child: Child) -> bool {
+        self.absent
+            .lock()
+            .is_ok_and(|absent| absent.contains(&(sub.clone(), child)))
+    }
+
+    fn set_absent(&self, sub: &ObjectRef<WebhookSubscription>, child: Child, absent: bool) {
+        if let Ok(mut set) = self.absent.lock() {
+            if absent {
+                set.insert((sub.clone(), child));
+            } else {
+                set.remove(&(sub.clone(), child));
+            }
+        }
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.capabilities
+            .lock()
+            .map(|c| *c)
+            .unwrap_or_else(|poisoned| *poisoned.into_inner())
+    }
+}
+
+/// Reconciles one subscription; counts it and its duration.
+pub async fn reconcile(sub: Arc<WebhookSubscription>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&sub, &ctx).await;
+    ctx.metrics
+        .reconciled(result.as_ref().map(|_| ()), started.elapsed());
+    if result.is_ok()
+        && let Ok(mut failures) = ctx.failures.lock()
+    {
+        failures.remove(&ObjectRef::from_obj(sub.as_ref()));
+    }
+    result
+}
+
+/// Retries a failed subscription with exponential backoff: 5 s doubling to 5 min.
+#[allow(clippy::needless_pass_by_value)] // the signature kube's Controller::run wants
+pub fn error_policy(sub: Arc<WebhookSubscription>, error: &Error, ctx: Arc<Context>) -> Action {
+    let attempts = match ctx.failures.lock() {
+        Ok(mut failures) => {
+            let count = failures
+                .entry(ObjectRef::from_obj(sub.as_ref()))
+                .or_insert(0);
+            *count = count.saturating_add(1);
+            *count
+        }
+        Err(_) => 1,
+    };
+    let delay = backoff(attempts);
+    tracing::warn!(
+        subscription = %ObjectRef::from_obj(sub.as_ref()),
+        error = %error,
+        attempts,
+        retry_in = ?delay,
+        "reconciliation failed"
+    );
+    Action::requeue(delay)
+}
+
+/// The wait before attempt `attempts + 1`.
+pub fn backoff(attempts: u32) -> Duration {
+    let seconds = 5u64.saturating_mul(1u64 << attempts.saturating_sub(1).min(6));
+    Duration::from_secs(seconds.min(300))
+}
+
+async fn reconcile_inner(sub: &WebhookSubscription, ctx: &Context) -> Result<Action, Error> {
+    if sub.meta().deletion_timestamp.is_some() {
+        return registration::finalize(ctx, sub).await;
+    }
+    let now = (ctx.clock)();
+    let name = sub.name_any();
+    let namespace = sub
+        .namespace()
+        .ok_or_else(|| Error::Incomplete(format!("WebhookSubscription {name} has no namespace")))?;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let provisional = Inputs::new(sub, &ctx.settings.receiver_image, None, String::new())?;
+
+    // 1. The verify token, generated once when not given.
+    let token = token::step(ctx, sub, &provisional, &secrets).await?;
+
+    // 2. Every referenced Secret key.
+    let resolved = secrets::step(sub, token, &secrets).await?;
+    let mut observed = Observed {
+        missing: resolved.missing,
+        certificate: CertificateState::Unknown,
+        receiver: ReceiverState::Unknown,
+        endpoint: None,
+        verify_token: Some(provisional.verify_token.clone()),
+    };
+    if !observed.missing.is_empty() {
+        let described: Vec<String> = observed
+            .missing
+            .iter()
+            .map(|m| m.describe(&namespace))
+            .collect();
+        api::publish(
+            ctx,
+            sub,
+            EventType::Warning,
+            "SecretNotResolved",
+            "Resolve",
+            described.join("; "),
+        )
+        .await;
+        status::step(ctx, sub, &namespace, &observed, now).await?;
+        return Ok(Action::requeue(MISSING_SECRET_RETRY));
+    }
+
+    // 3. TLS.
+    let tls = tls::step(ctx, sub, &provisional, &secrets, &resolved.data, now).await?;
+    observed.certificate = tls.certificate;
+    if let CertificateState::Failed(message) = &observed.certificate {
+        api::publish(
+            ctx,
+            sub,
+            EventType::Warning,
+            "CertificateInvalid",
+            "Certificate",
+            message.clone(),
+        )
+        .await;
+        status::step(ctx, sub, &namespace, &observed, now).await?;
+        return Ok(Action::requeue(MISSING_SECRET_RETRY));
+    }
+    let mut requeue = RESYNC;
+    if let Some(renew_at) = tls.renew_at {
+        let until = (renew_at - now).whole_seconds().max(1);
+        requeue = requeue.min(Duration::from_secs(until.unsigned_abs()));
+    }
+    let mut digest_parts = resolved.digest_parts;
+    digest_parts.extend(tls.digest_part);
+
+    // 4. Configuration, workload and the other children.
+    let secrets_digest = resources::digest(digest_parts.iter().map(Vec::as_slice));
+    let inputs = Inputs::new(
+        sub,
+        &ctx.settings.receiver_image,
+        tls.secret,
+        secrets_digest,
+    )?;
+    let children = children::step(ctx, sub, &inputs).await?;
+    observed.receiver = children.receiver;
+    observed.endpoint = children.endpoint;
+
+    // 5. Registration with the Graph API (none is requested yet).
+    registration::step(ctx, sub).await?;
+
+    // 6. Status.
+    status::step(ctx, sub, &namespace, &observed, now).await?;
+    Ok(Action::requeue(requeue))
+}

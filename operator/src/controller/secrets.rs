@@ -1,0 +1,109 @@
+//! Step 2: every Secret key the subscription references (all of
+//! [`secret_references`] but the serving certificate the operator issues itself).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+
+use super::api::get_secret;
+use super::token::Token;
+use crate::crd::{SecretKeyRef, WebhookSubscription};
+use crate::error::Error;
+use crate::resources::{Source, secret_references};
+use crate::status::Missing;
+
+/// What resolution found.
+#[derive(Debug, Default)]
+pub struct Resolved {
+    /// The keys that are missing (the pass ends with `SecretsResolved=False`).
+    pub missing: Vec<Missing>,
+    /// Each referenced key's name and value, for the pods' rollout digest.
+    pub digest_parts: Vec<Vec<u8>>,
+    /// The data of each Secret read, by name.
+    pub data: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+}
+
+/// Resolves every referenced Secret key; the generated token's Secret is not read again.
+pub(super) async fn step(
+    sub: &WebhookSubscription,
+    token: Token,
+    secrets: &Api<Secret>,
+) -> Result<Resolved, Error> {
+    let refs: Vec<SecretKeyRef> = secret_references(sub)
+        .into_iter()
+        .filter(|reference| reference.source != Source::IssuedCertificate)
+        .map(|reference| reference.key)
+        .collect();
+    let known = token
+        .generated
+        .map(|secret| (secret.metadata.name.clone().unwrap_or_default(), secret))
+        .into_iter()
+        .collect();
+    resolve(secrets, &refs, known).await
+}
+
+/// GETs each referenced Secret once (in name order; those in `known` were just read or
+/// written) and checks its keys.
+async fn resolve(
+    secrets: &Api<Secret>,
+    refs: &[SecretKeyRef],
+    mut known: BTreeMap<String, Secret>,
+) -> Result<Resolved, Error> {
+    let mut by_secret: BTreeMap<&str, Vec<&SecretKeyRef>> = BTreeMap::new();
+    for reference in refs {
+        by_secret
+            .entry(reference.name.as_str())
+            .or_default()
+            .push(reference);
+    }
+    let mut missing = Vec::new();
+    let mut digest_parts = Vec::new();
+    let mut fetched = BTreeMap::new();
+    for (name, wanted) in by_secret {
+        let secret = match known.remove(name) {
+            Some(secret) => Some(secret),
+            None => get_secret(secrets, name).await?,
+        };
+        let Some(secret) = secret else {
+            for reference in wanted {
+                if !missing.iter().any(|m: &Missing| m.reference == *reference) {
+                    missing.push(Missing {
+                        reference: reference.clone(),
+                        secret_absent: true,
+                    });
+                }
+            }
+            continue;
+        };
+        let mut data: BTreeMap<String, Vec<u8>> = secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(key, value)| (key, value.0))
+            .collect();
+        for (key, value) in secret.string_data.unwrap_or_default() {
+            data.insert(key, value.into_bytes());
+        }
+        let mut sorted = wanted.clone();
+        sorted.sort();
+        sorted.dedup();
+        for reference in sorted {
+            if let Some(value) = data.get(&reference.key) {
+                digest_parts.push(format!("{}/{}", reference.name, reference.key).into_bytes());
+                digest_parts.push(value.clone());
+            } else if !missing.iter().any(|m: &Missing| m.reference == *reference) {
+                missing.push(Missing {
+                    reference: reference.clone(),
+                    secret_absent: false,
+                });
+            }
+        }
+        fetched.insert(name.to_owned(), data);
+    }
+    Ok(Resolved {
+        missing,
+        digest_parts,
+        data: fetched,
+    })
+}

@@ -1,0 +1,89 @@
+//! Step 1: the generated verify token, when the spec names none.
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::events::EventType;
+
+use super::Context;
+use super::api::{apply, get_secret, publish};
+use crate::crd::WebhookSubscription;
+use crate::error::Error;
+use crate::resources::secrets as secret_objects;
+use crate::resources::{self, Inputs, VERIFY_TOKEN_KEY};
+
+/// What the token step leaves for the next: the generated token's Secret, just read or
+/// written (so resolution does not GET it again), or none when the spec names the token.
+#[derive(Debug, Default)]
+pub struct Token {
+    /// The generated verify token's Secret.
+    pub generated: Option<Secret>,
+}
+
+/// Reads or makes the generated verify token when the spec names none (a GET, then an
+/// apply when the token is new or the Secret lacks this subscription's owner reference).
+pub(super) async fn step(
+    ctx: &Context,
+    sub: &WebhookSubscription,
+    inputs: &Inputs<'_>,
+    secrets: &Api<Secret>,
+) -> Result<Token, Error> {
+    if sub.spec.verify_token_ref.is_some() {
+        return Ok(Token::default());
+    }
+    Ok(Token {
+        generated: Some(ensure_verify_token(ctx, sub, inputs, secrets).await?),
+    })
+}
+
+/// Reads the generated verify token, or makes it, and returns its Secret. The Secret is
+/// applied when the token is new or the Secret lacks this subscription's owner reference;
+/// an existing token is never changed.
+async fn ensure_verify_token(
+    ctx: &Context,
+    sub: &WebhookSubscription,
+    inputs: &Inputs<'_>,
+    secrets: &Api<Secret>,
+) -> Result<Secret, Error> {
+    let name = resources::verify_token_secret_name(&inputs.name);
+    let existing = get_secret(secrets, &name).await?;
+    let token = existing
+        .as_ref()
+        .and_then(|secret| secret.data.as_ref())
+        .and_then(|data| data.get(VERIFY_TOKEN_KEY))
+        .and_then(|value| String::from_utf8(value.0.clone()).ok())
+        .filter(|token| !token.is_empty());
+    let (token, generated) = match token {
+        Some(token) => (token, false),
+        None => (secret_objects::generate_verify_token(), true),
+    };
+    let owned = existing.as_ref().is_some_and(|secret| {
+        secret
+            .owner_references()
+            .iter()
+            .any(|owner| Some(&owner.uid) == sub.uid().as_ref() && owner.controller == Some(true))
+    });
+    let desired = secret_objects::verify_token_secret(inputs, &token)?;
+    let secret = match existing {
+        Some(existing) if owned && !generated => existing,
+        _ => {
+            apply(secrets, &desired).await?;
+            desired
+        }
+    };
+    if generated {
+        publish(
+            ctx,
+            sub,
+            EventType::Normal,
+            "VerifyTokenGenerated",
+            "Create",
+            format!(
+                "generated the verify token in Secret {}/{name}, key {VERIFY_TOKEN_KEY}",
+                inputs.namespace
+            ),
+        )
+        .await;
+    }
+    Ok(secret)
+}

@@ -1,0 +1,183 @@
+//! The running operator: its metrics listener, leader election, one controller per
+//! watched scope (with the watches of [`crate::watch`]), and the background tasks that
+//! forget deleted subscriptions and re-discover optional APIs.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures_util::{FutureExt as _, StreamExt};
+use kube::api::{Api, ListParams};
+use kube::runtime::Controller;
+use kube::runtime::reflector::Store;
+use kube::{Client, ResourceExt};
+use kube_lease_manager::LeaseManagerBuilder;
+
+use crate::cli::Cli;
+use crate::controller::{self, Context, Settings};
+use crate::crd::WebhookSubscription;
+use crate::metrics::Metrics;
+use crate::watch::{watch_scopes, watches};
+
+/// Runs the operator until SIGTERM, or until this replica loses the leader Lease (then it
+/// exits with an error so Kubernetes restarts it and it campaigns again).
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = Client::try_default()
+        .await
+        .context("no Kubernetes client configuration (in-cluster, KUBECONFIG or ~/.kube/config)")?;
+    let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+    let ready = Arc::new(AtomicBool::new(false));
+    let listener = crate::metrics::bind(cli.metrics_addr).await?;
+    let server = tokio::spawn(crate::metrics::serve(
+        listener,
+        metrics.clone(),
+        ready.clone(),
+    ));
+
+    let scopes = watch_scopes(&cli.namespaces);
+    for scope in &scopes {
+        let subscriptions: Api<WebhookSubscription> = scope.api(&client);
+        subscriptions
+            .list(&ListParams::default().limit(1))
+            .await
+            .with_context(|| format!("cannot list WebhookSubscriptions in {scope}: is the CRD installed (kubectl apply -f crds/webhooksubscription.yaml) and may this account list them?"))?;
+    }
+    let capabilities = controller::discover(&client).await?;
+    tracing::info!(?capabilities, "discovered optional APIs");
+
+    let identity = cli.identity.clone().unwrap_or_else(default_identity);
+    let settings = Settings {
+        receiver_image: cli.receiver_image.clone(),
+        certificate_lifetime: cli.certificate_lifetime,
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        metrics.clone(),
+        settings,
+        capabilities,
+        Some(identity.clone()),
+    ));
+    tokio::spawn(refresh_capabilities(client.clone(), ctx.clone()));
+    // Standby replicas are ready too: they serve metrics and wait for the Lease.
+    ready.store(true, Ordering::Relaxed);
+
+    let lost_leadership: std::pin::Pin<Box<dyn Future<Output = ()> + Send + Sync>> =
+        if cli.no_leader_election {
+            Box::pin(std::future::pending())
+        } else {
+            let manager = LeaseManagerBuilder::new(client.clone(), &cli.lease_name)
+                .with_namespace(&cli.lease_namespace)
+                .with_identity(&identity)
+                .with_duration(15)
+                .with_grace(5)
+                .build()
+                .await
+                .context("setting up leader election")?;
+            let (mut leader, _task) = manager.watch().await;
+            tracing::info!(lease = %cli.lease_name, %identity, "waiting for the leader Lease");
+            while !*leader.borrow_and_update() {
+                leader.changed().await.context("leader election stopped")?;
+            }
+            tracing::info!(%identity, "holding the leader Lease: reconciling");
+            Box::pin(async move {
+                loop {
+                    if leader.changed().await.is_err() || !*leader.borrow_and_update() {
+                        return;
+                    }
+                }
+            })
+        };
+    metrics.leader.set(1);
+    let led = Arc::new(AtomicBool::new(true));
+    let led_flag = led.clone();
+    let lost = async move {
+        lost_leadership.await;
+        led_flag.store(false, Ordering::Relaxed);
+    }
+    .boxed()
+    .shared();
+
+    // One controller per watched namespace (or one for the whole cluster), all sharing the
+    // context, so a namespaced install needs no cluster-wide read access.
+    let controllers: Vec<Controller<WebhookSubscription>> =
+        scopes.iter().map(|scope| watches(&client, scope)).collect();
+    tokio::spawn(forget_deleted(
+        controllers.iter().map(Controller::store).collect(),
+        metrics.clone(),
+        ctx.clone(),
+    ));
+    let runs = controllers.into_iter().map(|controller| {
+        controller
+            .shutdown_on_signal()
+            .graceful_shutdown_on(lost.clone())
+            .run(controller::reconcile, controller::error_policy, ctx.clone())
+            .for_each(|result| async move {
+                match result {
+                    Ok((object, _)) => tracing::debug!(subscription = %object, "reconciled"),
+                    Err(err) => tracing::debug!(error = %err, "controller event"),
+                }
+            })
+    });
+    futures_util::future::join_all(runs).await;
+    metrics.leader.set(0);
+    server.abort();
+    if !led.load(Ordering::Relaxed) {
+        anyhow::bail!("lost the leader Lease; exiting so a restart campaigns again");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Drops metric series and remembered state of deleted subscriptions every minute (a deleted subscription
+/// has no finalizer, so no reconciliation sees it go).
+async fn forget_deleted(
+    stores: Vec<Store<WebhookSubscription>>,
+    metrics: Arc<Metrics>,
+    ctx: Arc<Context>,
+) {
+    let mut interval = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        interval.tick().await;
+        let existing: std::collections::BTreeSet<(String, String)> = stores
+            .iter()
+            .flat_map(Store::state)
+            .map(|sub| (sub.namespace().unwrap_or_default(), sub.name_any()))
+            .collect();
+        metrics.retain_subscriptions(|namespace, name| {
+            existing.contains(&(namespace.to_owned(), name.to_owned()))
+        });
+        ctx.forget_deleted(|sub| {
+            existing.contains(&(sub.namespace.clone().unwrap_or_default(), sub.name.clone()))
+        });
+    }
+}
+
+/// Re-discovers the optional APIs every 5 minutes (Prometheus Operator installed later).
+async fn refresh_capabilities(client: Client, ctx: Arc<Context>) {
+    let mut interval = tokio::time::interval(Duration::from_secs(300));
+    interval.tick().await;
+    loop {
+        interval.tick().await;
+        match controller::discover(&client).await {
+            Ok(found) => {
+                if let Ok(mut capabilities) = ctx.capabilities.lock()
+                    && *capabilities != found
+                {
+                    tracing::info!(?found, "optional APIs changed");
+                    *capabilities = found;
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "API discovery failed; keeping the last result");
+            }
+        }
+    }
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "metahook-operator".to_owned());
+    format!("{host}-{}", std::process::id())
+}
