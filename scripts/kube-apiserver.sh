@@ -138,11 +138,15 @@ alive() { [ -e "/proc/$1" ] && ! grep -q '^[0-9]* ([^)]*) Z' "/proc/$1/stat" 2>/
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# A loopback port nothing listens on now (from a range clear of the usual services).
+# A loopback port nothing listens on now, below the kernel's ephemeral range: a port from
+# that range can be taken, between this check and the bind, by any outgoing connection
+# (kube-apiserver's own to etcd among them) or by a test binding 127.0.0.1:0.
 free_port() {
-  local port
+  local port low
+  low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+  [ "$low" -gt 12000 ] || die "the ephemeral port range starts at $low: no room below it for the cluster's ports"
   for _ in $(seq 200); do
-    port=$((20000 + RANDOM % 20000))
+    port=$((10000 + RANDOM % (low - 10000)))
     port_open "$port" || { echo "$port"; return 0; }
   done
   die "no free loopback port found"
