@@ -80,6 +80,7 @@ Configuration keys (YAML; durations like 500ms, 30s, 24h):
   limits.request_timeout          408 after [30s]
   limits.max_in_flight            503 + Retry-After above [1024]
   limits.retry_after_seconds      Retry-After on 503 [5]
+  limits.max_json_depth           400 for bodies nested deeper [128]
   log_message_text                log message texts [false]
   shutdown_grace                  SIGTERM drain limit [25s]
   shutdown_delay                  keep accepting after readiness turns off [0s]

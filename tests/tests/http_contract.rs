@@ -284,6 +284,61 @@ async fn empty_body_is_400() -> Result<()> {
     Ok(())
 }
 
+/// A signed Page body whose messaging item nests `levels` arrays in total.
+fn nested_body(levels: usize) -> Vec<u8> {
+    // The envelope, entry array, entry, messaging array and item are 5 levels.
+    let inner = levels - 5;
+    format!(
+        r#"{{"object":"page","entry":[{{"id":"1","time":1700000000,"messaging":[{{"x":{}{}}}]}}]}}"#,
+        "[".repeat(inner),
+        "]".repeat(inner)
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn too_deep_body_is_400_and_nothing_is_stored() -> Result<()> {
+    let receiver = TestReceiver::start().await?;
+    for levels in [129, 100_000] {
+        let reply = receiver.post(&nested_body(levels)).await?;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{levels} levels");
+        assert_eq!(
+            reply.text(),
+            "the body nests arrays and objects deeper than 128 levels (limits.max_json_depth); \
+             Meta's payloads nest about 10\n"
+        );
+    }
+    // 128 levels (the default limit) are accepted; the deep bodies left nothing behind.
+    assert_eq!(
+        receiver.post(&nested_body(128)).await?.status,
+        StatusCode::OK
+    );
+    assert_eq!(receiver.post(BODY).await?.status, StatusCode::OK);
+    let events = receiver.wait_for_events(2, Duration::from_secs(5)).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let events_now = metahook_tests::testkit::read_events(&receiver.events_path())?;
+    assert_eq!(events_now.len(), 2, "{events:?}");
+    assert_eq!(events_now[1]["id"], "wamid.contract.1");
+    Ok(())
+}
+
+#[tokio::test]
+async fn max_json_depth_is_configurable() -> Result<()> {
+    let receiver = TestReceiver::start_with(|config, _| config.limits.max_json_depth = 16).await?;
+    let reply = receiver.post(&nested_body(17)).await?;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(
+        reply.text().contains("deeper than 16 levels"),
+        "{}",
+        reply.text()
+    );
+    assert_eq!(
+        receiver.post(&nested_body(16)).await?.status,
+        StatusCode::OK
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn oversized_body_is_413_without_reading_it() -> Result<()> {
     let receiver =

@@ -275,3 +275,20 @@ fn a_leadgen_change_without_value_has_no_lead() {
     assert_eq!(events[0].kind, Kind::Lead);
     assert!(events[0].lead.is_none());
 }
+
+#[test]
+fn depth_counts_arrays_and_objects_but_not_brackets_in_strings() {
+    let nested = |levels: usize| format!("{}{}", "[".repeat(levels), "]".repeat(levels));
+    assert!(check_depth(b"{}", 1).is_ok());
+    assert!(check_depth(nested(128).as_bytes(), 128).is_ok());
+    let err = check_depth(nested(129).as_bytes(), 128).expect_err("129 levels");
+    assert_eq!(
+        err.to_string(),
+        "the body nests arrays and objects deeper than 128 levels (limits.max_json_depth); \
+         Meta's payloads nest about 10"
+    );
+    // Brackets inside strings, escaped quotes included, are not nesting.
+    let quoted = format!(r#"{{"a":"\"{}"}}"#, "[{".repeat(500));
+    assert!(check_depth(quoted.as_bytes(), 2).is_ok());
+    assert!(check_depth(br#"{"a":{"b":{}}}"#, 2).is_err());
+}
