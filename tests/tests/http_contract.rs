@@ -493,6 +493,40 @@ async fn unknown_object_and_field_are_kept_as_unknown_events() -> Result<()> {
 }
 
 #[tokio::test]
+async fn unrecognized_values_keep_their_documented_kind_and_are_counted() -> Result<()> {
+    let receiver = TestReceiver::start().await?;
+    let hologram = br#"{"object":"whatsapp_business_account","entry":[{"id":"100200300400500","changes":[{"field":"messages","value":{"messaging_product":"whatsapp","metadata":{"phone_number_id":"200300400500600"},"contacts":[{"profile":{"name":"Ada"},"wa_id":"15551234567"}],"messages":[{"from":"15551234567","id":"wamid.hologram.1","timestamp":"1700000000","type":"hologram","hologram":{"frames":24}}]}}]}]}"#;
+    let signup = br#"{"object":"whatsapp_business_account","entry":[{"id":"100200300400500","changes":[{"field":"user_preferences","value":{"messaging_product":"whatsapp","metadata":{"phone_number_id":"200300400500600"},"user_preferences":[{"wa_id":"15551234567","category":"marketing_messages","value":"signup","timestamp":1700000001}]}}]}]}"#;
+    assert_eq!(receiver.post(hologram).await?.status, StatusCode::OK);
+    assert_eq!(receiver.post(signup).await?.status, StatusCode::OK);
+    let events = receiver.wait_for_events(2, Duration::from_secs(5)).await?;
+    let message = &events[0];
+    assert_eq!(message["kind"], "message");
+    assert_eq!(message["id"], "wamid.hologram.1");
+    assert_eq!(message["message"]["type"], "hologram");
+    assert_eq!(message["conversation"]["participant"]["id"], "15551234567");
+    assert_eq!(message["occurred_at"], "2023-11-14T22:13:20Z");
+    let preference = &events[1];
+    assert_eq!(preference["kind"], "preference");
+    assert_eq!(preference["field"], "user_preferences");
+    assert_eq!(preference["status"]["value"], "signup");
+    assert_eq!(
+        preference["conversation"]["participant"]["id"],
+        "15551234567"
+    );
+    for field in ["messages.type", "user_preferences.value"] {
+        let sample = format!(r#"metahook_unrecognized_values_total{{field="{field}"}}"#);
+        assert_eq!(receiver.metric(&sample).await?, 1.0, "{sample}");
+    }
+    let unknown = receiver
+        .metric(r#"metahook_unknown_events_total{endpoint="meta",field="messages",object="whatsapp_business_account"}"#)
+        .await
+        .unwrap_or(0.0);
+    assert_eq!(unknown, 0.0);
+    Ok(())
+}
+
+#[tokio::test]
 async fn redelivery_is_stored_once() -> Result<()> {
     let receiver = TestReceiver::start().await?;
     assert_eq!(receiver.post(BODY).await?.status, StatusCode::OK);

@@ -18,6 +18,7 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 pub use coverage::{COVERAGE, CoverageRow, coverage_markdown, field_kinds};
+pub use whatsapp::unrecognized_value;
 
 use crate::event::{Event, Kind, Platform};
 use crate::meta::envelope::{Change, Entries, Entry, Envelope};
