@@ -19,7 +19,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(version, propagate_version = true, after_long_help = CONFIG_KEYS)]
 struct Cli {
-    /// The YAML configuration file.
+    /// The YAML configuration file; without it, the embedded default (examples/local.yaml).
     #[arg(
         long,
         short,
@@ -80,6 +80,7 @@ Configuration keys (YAML; durations like 500ms, 30s, 24h):
   limits.request_timeout          408 after [30s]
   limits.max_in_flight            503 + Retry-After above [1024]
   limits.retry_after_seconds      Retry-After on 503 [5]
+  limits.max_json_depth           400 for bodies nested deeper [128]
   log_message_text                log message texts [false]
   shutdown_grace                  SIGTERM drain limit [25s]
   shutdown_delay                  keep accepting after readiness turns off [0s]
@@ -179,10 +180,28 @@ where
     match run(cli) {
         Ok(()) => 0,
         Err(err) => {
-            tracing::error!(error = format!("{err:#}"), "metahook-receiver failed");
+            tracing::error!(error = error_chain(&err), "metahook-receiver failed");
             1
         }
     }
+}
+
+/// The error and its causes joined by `: `, each cause once: a message that already ends
+/// with its cause's text (`cannot read …: No such file or directory (os error 2)`) is not
+/// followed by that cause again.
+pub fn error_chain(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -258,6 +277,26 @@ fn dead_letters(config: &Config, action: &DlqAction) -> anyhow::Result<()> {
     let store = crate::spool::dead_letters::DeadLetters::new(&config.spool.dir);
     let seqs = (!target.seqs.is_empty()).then_some(target.seqs.as_slice());
     let sink = target.sink.as_str();
+    if let Some(seqs) = seqs {
+        let present: Vec<u64> = store.list(sink)?.iter().map(|e| e.seq).collect();
+        let missing: Vec<String> = seqs
+            .iter()
+            .filter(|seq| !present.contains(seq))
+            .map(u64::to_string)
+            .collect();
+        if !missing.is_empty() {
+            let held = if present.is_empty() {
+                "it holds none".to_owned()
+            } else {
+                let list: Vec<String> = present.iter().map(u64::to_string).collect();
+                format!("it holds seq {}", list.join(", "))
+            };
+            anyhow::bail!(
+                "sink {sink} has no dead letter with seq {} ({held}; `dlq list --sink {sink}` lists them)",
+                missing.join(", ")
+            );
+        }
+    }
     let chosen = |entries: Vec<crate::spool::dead_letters::DeadLetter>| {
         entries
             .into_iter()
@@ -299,9 +338,22 @@ fn dead_letters(config: &Config, action: &DlqAction) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The embedded default configuration: examples/local.yaml, compiled in.
+pub const EMBEDDED_CONFIG: &str = include_str!("../../examples/local.yaml");
+
 fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
-    let path = path.context("no configuration: pass --config FILE (try examples/local.yaml)")?;
-    Ok(Config::load(path)?)
+    match path {
+        Some(path) => Ok(Config::load(path)?),
+        None => {
+            tracing::info!(
+                "no --config given: running the embedded default (examples/local.yaml: \
+                 127.0.0.1:8080, spool and data/events.jsonl under ./data, demo secrets \
+                 unless METAHOOK_APP_SECRET / METAHOOK_VERIFY_TOKEN are set)"
+            );
+            Config::parse(EMBEDDED_CONFIG)
+                .context("the embedded default configuration (examples/local.yaml)")
+        }
+    }
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

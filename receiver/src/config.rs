@@ -355,6 +355,10 @@ pub struct Limits {
     /// Seconds suggested in Retry-After on 503.
     #[serde(default = "default_retry_after")]
     pub retry_after_seconds: u32,
+    /// Deepest nesting of arrays and objects a body may have; deeper bodies get 400 and
+    /// nothing is stored (consumers such as `jq` and Python refuse very deep lines).
+    #[serde(default = "default_max_json_depth")]
+    pub max_json_depth: usize,
 }
 
 impl Default for Limits {
@@ -365,6 +369,7 @@ impl Default for Limits {
             request_timeout: default_request_timeout(),
             max_in_flight: default_max_in_flight(),
             retry_after_seconds: default_retry_after(),
+            max_json_depth: default_max_json_depth(),
         }
     }
 }
@@ -404,6 +409,9 @@ fn default_max_in_flight() -> usize {
 }
 fn default_retry_after() -> u32 {
     5
+}
+fn default_max_json_depth() -> usize {
+    128
 }
 
 /// A configuration that cannot be used, naming the file and the bad key.
@@ -572,6 +580,12 @@ impl Config {
         }
         if self.limits.max_in_flight == 0 {
             return Err(invalid("limits.max_in_flight", "must be at least 1"));
+        }
+        if self.limits.max_json_depth < 16 {
+            return Err(invalid(
+                "limits.max_json_depth",
+                "must be at least 16 (Meta's payloads nest about 10 levels deep)",
+            ));
         }
         if self.limits.max_body_bytes == 0 {
             return Err(invalid("limits.max_body_bytes", "must be at least 1"));

@@ -155,6 +155,9 @@ kinds! {
     LiveComment => "live_comment",
     /// A message the business itself sent (Messenger/Instagram echo, WhatsApp SMB echo).
     Echo => "echo",
+    /// A WhatsApp marketing-messages preference whose value is neither `stop` nor `resume`
+    /// (e.g. `signup`): the value is in `status.value`.
+    Preference => "preference",
     /// A message was edited.
     Edit => "edit",
     /// A message was deleted (unsent) by its sender.

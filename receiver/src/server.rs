@@ -504,6 +504,9 @@ impl Receiver {
             }
             Err(err) => return Outcome::SignatureRejected(err),
         };
+        if let Err(err) = normalize::check_depth(&body, self.limits.max_json_depth) {
+            return Outcome::BadBody(err.to_string());
+        }
         let received_at = now_rfc3339();
         let context = normalize::Context {
             endpoint: name,

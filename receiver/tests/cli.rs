@@ -143,3 +143,81 @@ fn check_config_accepts_the_example_and_names_bad_keys() {
         "names the key"
     );
 }
+
+#[test]
+fn without_config_the_embedded_default_runs_and_says_so() {
+    let out = bin()
+        .env_remove("METAHOOK_CONFIG")
+        .args(["--log-format", "text", "check-config"])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "no --config given: running the embedded default (examples/local.yaml: \
+             127.0.0.1:8080, spool and data/events.jsonl under ./data, demo secrets \
+             unless METAHOOK_APP_SECRET / METAHOOK_VERIFY_TOKEN are set)"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "configuration is valid: 3 endpoint(s), 1 sink(s), listening on 127.0.0.1:8080 (http)\n"
+    );
+}
+
+#[test]
+fn each_os_cause_is_printed_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = bin()
+        .arg("--config")
+        .arg(dir.path().join("absent.yaml"))
+        .arg("check-config")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "cannot read config file {}: No such file or directory (os error 2)",
+            dir.path().join("absent.yaml").display()
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn dlq_show_of_a_missing_entry_fails_and_says_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("c.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:0\nendpoints:\n  - name: a\n    path: /a\n    app_secret_env: S:-s\n    verify_token_env: T:-t\nspool: {{dir: {}}}\nsinks:\n  - name: local\n    file: {{path: {}}}\n",
+            dir.path().join("spool").display(),
+            dir.path().join("events.jsonl").display()
+        ),
+    )
+    .expect("write");
+    let out = bin()
+        .arg("--config")
+        .arg(&config)
+        .args(["dlq", "show", "--sink", "local", "--seq", "99"])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr.contains(
+            "sink local has no dead letter with seq 99 (it holds none; `dlq list --sink local` lists them)"
+        ),
+        "{stderr}"
+    );
+}

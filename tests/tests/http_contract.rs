@@ -284,6 +284,61 @@ async fn empty_body_is_400() -> Result<()> {
     Ok(())
 }
 
+/// A signed Page body whose messaging item nests `levels` arrays in total.
+fn nested_body(levels: usize) -> Vec<u8> {
+    // The envelope, entry array, entry, messaging array and item are 5 levels.
+    let inner = levels - 5;
+    format!(
+        r#"{{"object":"page","entry":[{{"id":"1","time":1700000000,"messaging":[{{"x":{}{}}}]}}]}}"#,
+        "[".repeat(inner),
+        "]".repeat(inner)
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn too_deep_body_is_400_and_nothing_is_stored() -> Result<()> {
+    let receiver = TestReceiver::start().await?;
+    for levels in [129, 100_000] {
+        let reply = receiver.post(&nested_body(levels)).await?;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{levels} levels");
+        assert_eq!(
+            reply.text(),
+            "the body nests arrays and objects deeper than 128 levels (limits.max_json_depth); \
+             Meta's payloads nest about 10\n"
+        );
+    }
+    // 128 levels (the default limit) are accepted; the deep bodies left nothing behind.
+    assert_eq!(
+        receiver.post(&nested_body(128)).await?.status,
+        StatusCode::OK
+    );
+    assert_eq!(receiver.post(BODY).await?.status, StatusCode::OK);
+    let events = receiver.wait_for_events(2, Duration::from_secs(5)).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let events_now = metahook_tests::testkit::read_events(&receiver.events_path())?;
+    assert_eq!(events_now.len(), 2, "{events:?}");
+    assert_eq!(events_now[1]["id"], "wamid.contract.1");
+    Ok(())
+}
+
+#[tokio::test]
+async fn max_json_depth_is_configurable() -> Result<()> {
+    let receiver = TestReceiver::start_with(|config, _| config.limits.max_json_depth = 16).await?;
+    let reply = receiver.post(&nested_body(17)).await?;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(
+        reply.text().contains("deeper than 16 levels"),
+        "{}",
+        reply.text()
+    );
+    assert_eq!(
+        receiver.post(&nested_body(16)).await?.status,
+        StatusCode::OK
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn oversized_body_is_413_without_reading_it() -> Result<()> {
     let receiver =
@@ -434,6 +489,40 @@ async fn unknown_object_and_field_are_kept_as_unknown_events() -> Result<()> {
         .metric(r#"metahook_unknown_events_total{endpoint="meta",field="beam",object="hologram"}"#)
         .await?;
     assert_eq!(unknown, 1.0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn unrecognized_values_keep_their_documented_kind_and_are_counted() -> Result<()> {
+    let receiver = TestReceiver::start().await?;
+    let hologram = br#"{"object":"whatsapp_business_account","entry":[{"id":"100200300400500","changes":[{"field":"messages","value":{"messaging_product":"whatsapp","metadata":{"phone_number_id":"200300400500600"},"contacts":[{"profile":{"name":"Ada"},"wa_id":"15551234567"}],"messages":[{"from":"15551234567","id":"wamid.hologram.1","timestamp":"1700000000","type":"hologram","hologram":{"frames":24}}]}}]}]}"#;
+    let signup = br#"{"object":"whatsapp_business_account","entry":[{"id":"100200300400500","changes":[{"field":"user_preferences","value":{"messaging_product":"whatsapp","metadata":{"phone_number_id":"200300400500600"},"user_preferences":[{"wa_id":"15551234567","category":"marketing_messages","value":"signup","timestamp":1700000001}]}}]}]}"#;
+    assert_eq!(receiver.post(hologram).await?.status, StatusCode::OK);
+    assert_eq!(receiver.post(signup).await?.status, StatusCode::OK);
+    let events = receiver.wait_for_events(2, Duration::from_secs(5)).await?;
+    let message = &events[0];
+    assert_eq!(message["kind"], "message");
+    assert_eq!(message["id"], "wamid.hologram.1");
+    assert_eq!(message["message"]["type"], "hologram");
+    assert_eq!(message["conversation"]["participant"]["id"], "15551234567");
+    assert_eq!(message["occurred_at"], "2023-11-14T22:13:20Z");
+    let preference = &events[1];
+    assert_eq!(preference["kind"], "preference");
+    assert_eq!(preference["field"], "user_preferences");
+    assert_eq!(preference["status"]["value"], "signup");
+    assert_eq!(
+        preference["conversation"]["participant"]["id"],
+        "15551234567"
+    );
+    for field in ["messages.type", "user_preferences.value"] {
+        let sample = format!(r#"metahook_unrecognized_values_total{{field="{field}"}}"#);
+        assert_eq!(receiver.metric(&sample).await?, 1.0, "{sample}");
+    }
+    let unknown = receiver
+        .metric(r#"metahook_unknown_events_total{endpoint="meta",field="messages",object="whatsapp_business_account"}"#)
+        .await
+        .unwrap_or(0.0);
+    assert_eq!(unknown, 0.0);
     Ok(())
 }
 

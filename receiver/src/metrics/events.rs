@@ -184,6 +184,14 @@ impl InternalEvent for EventsAccepted<'_> {
                     .with_label_values(&[endpoint, object, field])
                     .inc();
             }
+            if let Some(holder) = crate::normalize::unrecognized_value(event) {
+                metrics
+                    .unrecognized_values
+                    .with_label_values(&[holder])
+                    .inc();
+                let id = event.id.as_str();
+                tracing::info!(target: "metahook::normalize", endpoint, field = holder, id, "a value this receiver does not know (Meta added it since); the event keeps its documented kind and carries the value");
+            }
         }
     }
 }

@@ -36,6 +36,8 @@ pub struct Metrics {
     events: IntCounterVec,
     /// `metahook_unknown_events_total{endpoint,object,field}`.
     unknown_events: IntCounterVec,
+    /// `metahook_unrecognized_values_total{field}`.
+    unrecognized_values: IntCounterVec,
     /// `metahook_duplicates_total{endpoint}`.
     duplicates: IntCounterVec,
     /// `metahook_spool_events`.
@@ -118,6 +120,12 @@ impl Metrics {
             "metahook_unknown_events_total",
             "Events of an undocumented object, field or type, or not in their documented shape.",
             &["endpoint", "object", "field"],
+        )?;
+        let unrecognized_values = counter(
+            &registry,
+            "metahook_unrecognized_values_total",
+            "Events of a documented kind holding a value Meta added since (a message type, a preference value), by the field holding it.",
+            &["field"],
         )?;
         let duplicates = counter(
             &registry,
@@ -227,6 +235,7 @@ impl Metrics {
             request_duration,
             events,
             unknown_events,
+            unrecognized_values,
             duplicates,
             spool_events,
             spool_oldest_age,

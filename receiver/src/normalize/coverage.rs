@@ -52,7 +52,7 @@ pub fn field_kinds(object: &str, field: &str) -> &'static [Kind] {
             | "phone_number_name_update" => &[AccountUpdate],
             "security" => &[Security],
             "history" | "smb_app_state_sync" => &[History],
-            "user_preferences" => &[Optout, Optin],
+            "user_preferences" => &[Optout, Optin, Preference],
             "automatic_events" => &[AutomaticEvent],
             "calls" => &[Call],
             "flows" => &[Flow],

@@ -18,6 +18,7 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 pub use coverage::{COVERAGE, CoverageRow, coverage_markdown, field_kinds};
+pub use whatsapp::unrecognized_value;
 
 use crate::event::{Event, Kind, Platform};
 use crate::meta::envelope::{Change, Entries, Entry, Envelope};
@@ -35,6 +36,49 @@ pub enum BodyError {
     /// Valid JSON, but not an object (an array, string, number, ...).
     #[error("the body is JSON but not an object (found {0}); Meta sends one object per request")]
     NotObject(&'static str),
+    /// Arrays and objects nest deeper than `limits.max_json_depth`.
+    #[error(
+        "the body nests arrays and objects deeper than {limit} levels (limits.max_json_depth); \
+         Meta's payloads nest about 10"
+    )]
+    TooDeep {
+        /// The configured limit.
+        limit: usize,
+    },
+}
+
+/// Refuses a body whose arrays and objects nest deeper than `limit` (the top-level object
+/// is level 1). One pass over the bytes, building nothing: it runs before
+/// [`normalize`], which would otherwise store a deep body as an `unknown` event that
+/// `jq` and Python's `json` cannot read back. Invalid JSON is left to [`normalize`].
+pub fn check_depth(body: &[u8], limit: usize) -> Result<(), BodyError> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in body {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > limit {
+                    return Err(BodyError::TooDeep { limit });
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// What normalization needs to know about the request.

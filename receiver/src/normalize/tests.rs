@@ -141,12 +141,7 @@ fn a_malformed_item_spoils_only_itself() {
 }
 
 #[test]
-fn undocumented_types_and_keys_are_unknown_with_a_note() {
-    let wa = run(
-        r#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{"messages":[{"id":"w","type":"hologram"}]}}]}]}"#,
-    );
-    assert_eq!(wa[0].kind, Kind::Unknown);
-    assert!(wa[0].error.as_deref().unwrap_or("").contains("hologram"));
+fn undocumented_keys_are_unknown_with_a_note() {
     let messenger = run(
         r#"{"object":"page","entry":[{"id":"1","messaging":[{"sender":{"id":"2"},"recipient":{"id":"1"},"timestamp":1,"teleport":{}}]}]}"#,
     );
@@ -274,4 +269,66 @@ fn a_leadgen_change_without_value_has_no_lead() {
         run(r#"{"object":"page","entry":[{"id":"1","time":1,"changes":[{"field":"leadgen"}]}]}"#);
     assert_eq!(events[0].kind, Kind::Lead);
     assert!(events[0].lead.is_none());
+}
+
+#[test]
+fn depth_counts_arrays_and_objects_but_not_brackets_in_strings() {
+    let nested = |levels: usize| format!("{}{}", "[".repeat(levels), "]".repeat(levels));
+    assert!(check_depth(b"{}", 1).is_ok());
+    assert!(check_depth(nested(128).as_bytes(), 128).is_ok());
+    let err = check_depth(nested(129).as_bytes(), 128).expect_err("129 levels");
+    assert_eq!(
+        err.to_string(),
+        "the body nests arrays and objects deeper than 128 levels (limits.max_json_depth); \
+         Meta's payloads nest about 10"
+    );
+    // Brackets inside strings, escaped quotes included, are not nesting.
+    let quoted = format!(r#"{{"a":"\"{}"}}"#, "[{".repeat(500));
+    assert!(check_depth(quoted.as_bytes(), 2).is_ok());
+    assert!(check_depth(br#"{"a":{"b":{}}}"#, 2).is_err());
+}
+
+#[test]
+fn an_unrecognized_message_type_is_a_message_with_its_type_carried() {
+    let events = run(
+        r#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{"metadata":{"phone_number_id":"9"},"contacts":[{"profile":{"name":"Ada"},"wa_id":"155"}],"messages":[{"from":"155","id":"wamid.H","timestamp":"1700000000","type":"hologram","hologram":{"frames":24}}]}}]}]}"#,
+    );
+    let event = &events[0];
+    assert_eq!(event.kind, Kind::Message);
+    assert_eq!(event.id, "wamid.H");
+    assert_eq!(event.error, None);
+    assert_eq!(event.occurred_at.as_deref(), Some("2023-11-14T22:13:20Z"));
+    let message = event.message.as_ref().expect("message");
+    assert_eq!(message.kind, "hologram");
+    assert_eq!(participant_of(event), (Some("155"), Some("Ada")));
+    assert_eq!(unrecognized_value(event), Some("messages.type"));
+    assert!(event.raw.get().contains(r#""frames":24"#));
+}
+
+#[test]
+fn an_unrecognized_preference_value_keeps_the_preference_kind() {
+    let events = run(
+        r#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"user_preferences","value":{"user_preferences":[{"wa_id":"155","category":"marketing_messages","value":"signup","timestamp":1700000000}]}}]}]}"#,
+    );
+    let event = &events[0];
+    assert_eq!(event.kind, Kind::Preference);
+    assert_eq!(event.error, None);
+    assert_eq!(
+        event.status.as_ref().map(|s| s.value.as_str()),
+        Some("signup")
+    );
+    assert_eq!(participant_of(event).0, Some("155"));
+    assert_eq!(event.occurred_at.as_deref(), Some("2023-11-14T22:13:20Z"));
+    assert_eq!(unrecognized_value(event), Some("user_preferences.value"));
+    let stop = run(
+        r#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"user_preferences","value":{"user_preferences":[{"wa_id":"155","value":"stop","timestamp":1700000000}]}}]}]}"#,
+    );
+    assert_eq!(
+        (stop[0].kind, unrecognized_value(&stop[0])),
+        (Kind::Optout, None)
+    );
+    let none = run(
+        r#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"user_preferences","value":{"user_preferences":[{"wa_id":"155"}]}}]}]}"#,
+    );
+    assert_eq!(none[0].kind, Kind::Unknown, "a preference without a value");
 }

@@ -141,8 +141,8 @@ impl Scope<'_> {
             Some("reaction") => Kind::Reaction,
             Some("edit") => Kind::Edit,
             Some("revoke") => Kind::Delete,
-            Some(t) if MESSAGE_TYPES.contains(&t) => Kind::Message,
-            Some(t) => return self.unknown(field, raw, format!("undocumented message type {t:?}")),
+            // A type Meta added since: still a message, its type carried as-is.
+            Some(_) => Kind::Message,
             None => return self.unknown(field, raw, "message has no type".to_owned()),
         };
         let mut event = self.event(field, kind, raw);
@@ -266,15 +266,17 @@ impl Scope<'_> {
         let kind = match preference.value.as_deref() {
             Some("stop") => Kind::Optout,
             Some("resume") => Kind::Optin,
-            other => {
-                return self.unknown(
-                    field,
-                    raw,
-                    format!("undocumented preference value {other:?}"),
-                );
-            }
+            // A value Meta added since (`signup`, ...): carried in `status.value`.
+            Some(_) => Kind::Preference,
+            None => return self.unknown(field, raw, "user preference has no value".to_owned()),
         };
         let mut event = self.event(field, kind, raw);
+        if kind == Kind::Preference {
+            event.status = preference.value.map(|value| Status {
+                value,
+                ..Status::default()
+            });
+        }
         self.set_time(&mut event, preference.timestamp);
         let who = preference.wa_id.as_ref().map(|id| id.0.as_str());
         event.conversation = Some(conversation(
@@ -462,5 +464,26 @@ fn wa_message_body(message: &WaMessage) -> Message {
         attachments,
         reply_to,
         payload,
+    }
+}
+
+/// Which documented field of `event` holds a value this receiver does not recognize (one
+/// Meta added since), for `metahook_unrecognized_values_total{field}`: a bounded set of
+/// names. The event keeps its documented kind and carries the value as-is.
+pub fn unrecognized_value(event: &Event) -> Option<&'static str> {
+    if event.platform != crate::event::Platform::Whatsapp {
+        return None;
+    }
+    match event.kind {
+        Kind::Preference => Some("user_preferences.value"),
+        Kind::Message
+            if event
+                .message
+                .as_ref()
+                .is_some_and(|m| !MESSAGE_TYPES.contains(&m.kind.as_str())) =>
+        {
+            Some("messages.type")
+        }
+        _ => None,
     }
 }

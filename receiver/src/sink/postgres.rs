@@ -562,6 +562,7 @@ async fn upsert(
             | Kind::Lead
             | Kind::Optin
             | Kind::Optout
+            | Kind::Preference
             | Kind::LiveComment => {
                 engagement.push([
                     Some(&event.id),
