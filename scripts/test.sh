@@ -11,16 +11,9 @@ export CARGO_TERM_COLOR=never RUST_BACKTRACE=1
 
 log() { printf '\n== %s\n' "$*"; }
 
-apt_updated=""
-apt_install() {
-  # Installs Debian packages that are missing; never fatal (tests that need them say so).
-  local missing=()
-  for package in "$@"; do dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package"); done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  if [ "$(id -u)" != 0 ]; then echo "not root: cannot install ${missing[*]}"; return 0; fi
-  if [ -z "$apt_updated" ]; then apt-get update -qq || true; apt_updated=1; fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || echo "could not install ${missing[*]}"
-}
+# apt_install and the tools' cache directory, shared with scripts/install-tools.sh.
+# shellcheck source=tools/common.sh
+. scripts/tools/common.sh
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -60,7 +53,6 @@ ensure_postgres() {
 
 log "services and tools"
 bash scripts/install-tools.sh
-export METAHOOK_TOOLS_DIR="${METAHOOK_TOOLS_DIR:-/var/cache/metahook/tools}"
 ensure_nats
 ensure_postgres
 

@@ -450,24 +450,9 @@ fn names() -> BTreeSet<String> {
     certs::serving_names("wa", NS, None)
 }
 
-fn tls_workload_steps() -> Vec<Expect> {
-    vec![
-        apply(format!("{CORE}/configmaps/wa-receiver"), Reply::Echo(None)),
-        apply(
-            format!("{APPS}/deployments/wa"),
-            Reply::Echo(Some(json!({"replicas": 1, "readyReplicas": 1}))),
-        ),
-        delete_absent(format!("{APPS}/statefulsets/wa")),
-        apply(format!("{CORE}/services/wa"), Reply::Echo(None)),
-        delete_absent(format!("{NET}/ingresses/wa")),
-        status_step(),
-        event(NS),
-    ]
-}
-
-#[tokio::test]
-async fn first_tls_pass_creates_the_ca_and_issues_a_certificate() {
-    let sub = subscription("wa", NS, &tls_spec());
+/// The requests of a first pass with `tls.mode` on: no CA yet (created), no serving
+/// certificate yet (issued, with an Event), then the workload.
+fn first_tls_pass_script() -> Vec<Expect> {
     let mut script = vec![
         get(
             format!("{CORE}/secrets/meta-app"),
@@ -486,6 +471,28 @@ async fn first_tls_pass_creates_the_ca_and_issues_a_certificate() {
         event(NS),
     ];
     script.extend(tls_workload_steps());
+    script
+}
+
+fn tls_workload_steps() -> Vec<Expect> {
+    vec![
+        apply(format!("{CORE}/configmaps/wa-receiver"), Reply::Echo(None)),
+        apply(
+            format!("{APPS}/deployments/wa"),
+            Reply::Echo(Some(json!({"replicas": 1, "readyReplicas": 1}))),
+        ),
+        delete_absent(format!("{APPS}/statefulsets/wa")),
+        apply(format!("{CORE}/services/wa"), Reply::Echo(None)),
+        delete_absent(format!("{NET}/ingresses/wa")),
+        status_step(),
+        event(NS),
+    ]
+}
+
+#[tokio::test]
+async fn first_tls_pass_creates_the_ca_and_issues_a_certificate() {
+    let sub = subscription("wa", NS, &tls_spec());
+    let script = first_tls_pass_script();
     let now = test_now();
     let api = MockApi::start(script, Capabilities::default(), now);
     let action = controller::reconcile(Arc::new(sub), api.ctx.clone())
@@ -564,24 +571,7 @@ fn config_hash_in(served: &[Served]) -> String {
 #[tokio::test]
 async fn the_pass_after_issuing_a_certificate_keeps_the_config_hash() {
     let now = test_now();
-    let mut script = vec![
-        get(
-            format!("{CORE}/secrets/meta-app"),
-            Reply::Object(app_with_token()),
-        ),
-        get(
-            format!("{CORE}/secrets/{CA_SECRET_NAME}"),
-            Reply::Error(404, "NotFound"),
-        ),
-        create(format!("{CORE}/secrets"), Reply::Created),
-        get(
-            format!("{CORE}/secrets/wa-tls"),
-            Reply::Error(404, "NotFound"),
-        ),
-        apply(format!("{CORE}/secrets/wa-tls"), Reply::Echo(None)),
-        event(NS),
-    ];
-    script.extend(tls_workload_steps());
+    let script = first_tls_pass_script();
     let api = MockApi::start(script, Capabilities::default(), now);
     controller::reconcile(
         Arc::new(subscription("wa", NS, &tls_spec())),

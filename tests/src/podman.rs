@@ -4,15 +4,19 @@
 
 use std::process::{Command, Output};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use crate::tools;
 
-/// `podman ARGS` with the storage driver and runtime of this host.
+/// The storage driver and runtime of this host, before every podman command.
+const HOST_FLAGS: [&str; 4] = ["--storage-driver", "vfs", "--runtime", "runc"];
+
+/// `podman ARGS` with the storage driver and runtime of this host; the caller judges the
+/// exit status.
 pub fn podman(args: &[&str]) -> Result<Output> {
     let program = tools::find("podman")?;
     Command::new(&program)
-        .args(["--storage-driver", "vfs", "--runtime", "runc"])
+        .args(HOST_FLAGS)
         .args(args)
         .output()
         .with_context(|| format!("starting {}", program.display()))
@@ -20,16 +24,8 @@ pub fn podman(args: &[&str]) -> Result<Output> {
 
 /// [`podman`], failing with its output when it exits non-zero; returns its stdout.
 pub fn podman_ok(args: &[&str]) -> Result<String> {
-    let output = podman(args)?;
-    if !output.status.success() {
-        bail!(
-            "`podman {}` failed with {}: {}{}",
-            args.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    let all: Vec<&str> = HOST_FLAGS.iter().chain(args).copied().collect();
+    let output = tools::run("podman", &all)?;
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 

@@ -229,7 +229,13 @@ impl TestReceiver {
     /// A metric's value from /metrics (the sample whose name-and-labels text is given), read
     /// from [`TestReceiver::probes_addr`].
     pub async fn metric(&self, sample: &str) -> Result<f64> {
-        let text = request(
+        let text = self.metrics_text().await?;
+        metric_value(&text, sample).with_context(|| format!("no sample {sample} in\n{text}"))
+    }
+
+    /// The whole /metrics exposition, read from [`TestReceiver::probes_addr`].
+    pub async fn metrics_text(&self) -> Result<String> {
+        Ok(request(
             self.probes_addr(),
             Method::GET,
             "/metrics",
@@ -237,8 +243,7 @@ impl TestReceiver {
             Bytes::new(),
         )
         .await?
-        .text();
-        metric_value(&text, sample).with_context(|| format!("no sample {sample} in\n{text}"))
+        .text())
     }
 
     /// Shuts the receiver down and waits for it.

@@ -288,15 +288,7 @@ async fn receiver_metrics() -> Result<BTreeSet<String>> {
         ensure!(Instant::now() < deadline, "no dead letter after 20 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let text = testkit::request(
-        receiver.probes_addr(),
-        Method::GET,
-        "/metrics",
-        &[],
-        Bytes::new(),
-    )
-    .await?
-    .text();
+    let text = receiver.metrics_text().await?;
     receiver.stop().await?;
     Ok(promql::exposition_names(&text))
 }
