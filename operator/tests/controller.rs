@@ -1129,11 +1129,25 @@ async fn past_the_bound_the_finalizer_gives_up_with_an_event_naming_what_was_lef
     script.push(event(NS));
     script.push(apply(format!("{SUBS}/wa"), Reply::Onto(stored)));
     let late = test_now() + time::Duration::seconds(UNREGISTER_TIMEOUT.as_secs() as i64 + 1);
-    let api = MockApi::start(script, Capabilities::default(), late);
-    *api.graph.fail.lock().expect("lock") = Some(metahook_operator::graph::GraphError::transport(
-        "GET /5550001/subscribed_apps",
-        "error sending request: connection refused",
-    ));
+    // A real client of a Graph API that is not there: a port just released.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let unreachable =
+        metahook_operator::graph::GraphClient::new(metahook_operator::graph::GraphSettings {
+            base_url: format!("http://{closed}"),
+            api_version: "v23.0".to_owned(),
+            timeout: Duration::from_secs(2),
+            max_attempts: 2,
+            retry_backoff: Duration::from_millis(10),
+        })
+        .expect("client");
+    let api = MockApi::start_with_graph(
+        script,
+        Capabilities::default(),
+        late,
+        Some(Arc::new(unreachable)),
+    );
     let action = controller::reconcile(Arc::new(sub), api.ctx.clone())
         .await
         .expect("gives up");
@@ -1144,7 +1158,7 @@ async fn past_the_bound_the_finalizer_gives_up_with_an_event_naming_what_was_lef
     let note = served[2].body["note"].as_str().expect("note");
     assert!(
         note.contains("left at Meta: app 1234 subscription to whatsapp_business_account fields messages; subscribed_apps of WABA 5550001")
-            && note.contains("connection refused"),
+            && note.contains(&format!("GET /5550001/subscribed_apps: error sending request for url (http://{closed}/v23.0/5550001/subscribed_apps)")),
         "{note}"
     );
     let patch = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa"));

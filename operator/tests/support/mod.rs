@@ -398,6 +398,17 @@ pub fn test_now() -> OffsetDateTime {
 impl MockApi {
     /// Starts serving `script`, with the clock at `now`.
     pub fn start(script: Vec<Expect>, capabilities: Capabilities, now: OffsetDateTime) -> MockApi {
+        Self::start_with_graph(script, capabilities, now, None)
+    }
+
+    /// [`MockApi::start`] with this Graph API client instead of the recording one (whose
+    /// handle `graph` then records nothing).
+    pub fn start_with_graph(
+        script: Vec<Expect>,
+        capabilities: Capabilities,
+        now: OffsetDateTime,
+        client_override: Option<Arc<dyn GraphApi>>,
+    ) -> MockApi {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, "default");
         let served = Arc::new(Mutex::new(Vec::new()));
@@ -415,7 +426,7 @@ impl MockApi {
         );
         ctx.clock = Box::new(move || now);
         let graph = Arc::new(RecordingGraph::default());
-        ctx.graph = graph.clone();
+        ctx.graph = client_override.unwrap_or_else(|| graph.clone());
         MockApi {
             ctx: Arc::new(ctx),
             graph,
