@@ -35,6 +35,7 @@ use serde_json::json;
 mod chart;
 mod leader;
 mod pods;
+mod registration;
 
 /// Bound of every wait for the operator or a controller (generous: 2 shared cores).
 const WAIT: Duration = Duration::from_secs(60);
