@@ -41,6 +41,31 @@ pub struct Cli {
     /// Lifetime of the serving certificates the operator issues (renewed at two thirds).
     #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
     pub certificate_lifetime: Duration,
+    /// Base URL of Meta's Graph API (tests point it at a local fake).
+    #[arg(
+        long,
+        env = "METAHOOK_GRAPH_URL",
+        default_value = "https://graph.facebook.com"
+    )]
+    pub graph_url: String,
+    /// Graph API version of registration calls.
+    #[arg(long, env = "METAHOOK_GRAPH_API_VERSION", default_value = "v23.0")]
+    pub graph_api_version: String,
+    /// Timeout of one Graph API request (a subscribe includes Meta's verification GET of
+    /// the callback).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub graph_timeout: Duration,
+    /// Attempts of one Graph API call when Meta answers 5xx, a rate limit or nothing;
+    /// after them the pass fails and the controller backs off (5 s doubling to 5 min).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub graph_max_attempts: u32,
+    /// First wait between those attempts (doubling; four times as long after a rate limit).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub graph_retry_backoff: Duration,
+    /// How long after a deletion the finalizer keeps trying to unregister from Meta before
+    /// it removes itself anyway, with a Warning Event naming what it left behind.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub graph_unregister_timeout: Duration,
     /// Log lines as JSON (default) or text.
     #[arg(long, default_value = "json")]
     pub log_format: LogFormat,

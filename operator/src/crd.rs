@@ -65,6 +65,26 @@ const RESERVED_PATHS_CEL: &str = "['/metrics', '/healthz', '/readyz']";
     validation = Rule::new("self.tls.mode != 'mutual' || !has(self.ingress) || self.ingress.tlsTermination != 'ingress' || size(self.ingress.trustedProxyCIDRs) > 0")
         .message("when the ingress terminates mutual TLS the receiver must know the ingress's addresses").field_path(".ingress.trustedProxyCIDRs")
 )]
+#[x_kube(
+    validation = Rule::new("!has(self.registration) || has(self.registration.callbackURL) || (self.receiver.mode != 'sidecar' && has(self.ingress))")
+        .message("registration needs a public callback: set registration.callbackURL, or an ingress whose host Meta can reach").field_path(".registration.callbackURL")
+)]
+#[x_kube(
+    validation = Rule::new("!has(self.registration) || !has(self.registration.fields) || self.registration.fields.all(f, f in self.fields)")
+        .message("registration.fields must be among spec.fields (the fields the receiver accepts)").field_path(".registration.fields")
+)]
+#[x_kube(
+    validation = Rule::new("!has(self.registration) || size(self.registration.pages) == 0 || self.object in ['page', 'instagram']")
+        .message("registration.pages needs object page or instagram").field_path(".registration.pages")
+)]
+#[x_kube(
+    validation = Rule::new("!has(self.registration) || size(self.registration.whatsappBusinessAccounts) == 0 || self.object == 'whatsapp_business_account'")
+        .message("registration.whatsappBusinessAccounts needs object whatsapp_business_account").field_path(".registration.whatsappBusinessAccounts")
+)]
+#[x_kube(
+    validation = Rule::new("!has(self.registration) || !has(oldSelf.registration) || (self.object == oldSelf.object && self.registration.appId == oldSelf.registration.appId)")
+        .message("object and registration.appId cannot change while registered: remove registration first (which unregisters) or recreate the subscription").field_path(".registration.appId")
+)]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookSubscriptionSpec {
     /// Meta's object, as in the Graph API subscription: whatsapp_business_account, page,
@@ -106,10 +126,105 @@ pub struct WebhookSubscriptionSpec {
     /// Prometheus integration.
     #[serde(default)]
     pub monitoring: MonitoringSpec,
+    /// Registration of the callback with Meta through the Graph API: the operator
+    /// subscribes the app once the receiver is ready, converges it when the spec changes,
+    /// and unregisters it when the subscription is deleted (docs/registration.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration: Option<RegistrationSpec>,
+}
+
+/// What the operator registers with Meta, and the tokens it needs for each edge.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.appSubscription || size(self.pages) > 0 || size(self.whatsappBusinessAccounts) > 0")
+        .message("registration manages nothing: set appSubscription, pages or whatsappBusinessAccounts")
+)]
+#[x_kube(
+    validation = Rule::new("!has(self.callbackURL) || size(self.callbackURL) <= 200 || !self.whatsappBusinessAccounts.exists(w, w.overrideCallback)")
+        .message("Meta accepts a WhatsApp callback override of at most 200 characters").field_path(".callbackURL")
+)]
+pub struct RegistrationSpec {
+    /// The Meta app's id (App Dashboard, App settings, Basic).
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+$')").message("a numeric Meta app id"))]
+    #[schemars(length(min = 1, max = 32))]
+    pub app_id: String,
+    /// The URL Meta calls. Default: status.endpoint, which is https://<ingress.host><path>
+    /// with an ingress (required without one).
+    #[serde(
+        default,
+        rename = "callbackURL",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[x_kube(validation = Rule::new("self.startsWith('https://')").message("Meta calls only https:// callback URLs"))]
+    #[schemars(length(min = 9, max = 2048))]
+    pub callback_url: Option<String>,
+    /// The fields registered with Meta. Default: spec.fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub fields: Option<Vec<String>>,
+    /// The app secret making the app access token `{appId}|{secret}` of the app's
+    /// subscriptions edge. Default: spec.appSecretRef.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_secret_ref: Option<SecretKeyRef>,
+    /// Manage the app's subscription to spec.object (`POST /{app-id}/subscriptions`):
+    /// the callback URL, the verify token and the fields. Turn off when another
+    /// subscription or a person owns the app's callback (e.g. several WABAs, each with
+    /// its own callback override). Default true.
+    #[serde(default = "default_true")]
+    pub app_subscription: bool,
+    /// Pages (object page) or Instagram accounts (object instagram) to subscribe the app
+    /// to (`POST /{id}/subscribed_apps?subscribed_fields=…`). Ids are unique.
+    #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["id".into()]))]
+    #[schemars(length(max = 64))]
+    pub pages: Vec<PageRegistrationSpec>,
+    /// WhatsApp Business Accounts to subscribe the app to (`POST
+    /// /{waba-id}/subscribed_apps`), with or without a callback override. Ids are unique.
+    #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["id".into()]))]
+    #[schemars(length(max = 64))]
+    pub whatsapp_business_accounts: Vec<WabaRegistrationSpec>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// A Page or Instagram account whose `subscribed_apps` edge the operator manages.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PageRegistrationSpec {
+    /// The Page id (or Instagram account id).
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+$')").message("a numeric Page or Instagram account id"))]
+    #[schemars(length(min = 1, max = 32))]
+    pub id: String,
+    /// A Page access token of the app (pages_manage_metadata; leads_retrieval for lead
+    /// enrichment) or an Instagram user token.
+    pub access_token_ref: SecretKeyRef,
+}
+
+/// A WhatsApp Business Account whose `subscribed_apps` edge the operator manages.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct WabaRegistrationSpec {
+    /// The WhatsApp Business Account id.
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+$')").message("a numeric WhatsApp Business Account id"))]
+    #[schemars(length(min = 1, max = 32))]
+    pub id: String,
+    /// A system-user or business token with whatsapp_business_management.
+    pub access_token_ref: SecretKeyRef,
+    /// Point this WABA's message-level fields (messages, calls, ...) at this
+    /// subscription's callback with a per-WABA override, instead of the app's callback.
+    /// Template and account-level fields still go to the app's callback. Default false.
+    #[serde(default)]
+    pub override_callback: bool,
 }
 
 /// A key of a Secret in the subscription's namespace.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord,
+)]
 pub struct SecretKeyRef {
     /// The Secret's name.
     #[schemars(length(min = 1, max = 253))]
@@ -454,10 +569,76 @@ pub struct WebhookSubscriptionStatus {
     /// The serving certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<CertificateStatus>,
-    /// Ready, SecretsResolved, CertificateReady, ReceiverAvailable.
+    /// What the operator registered with Meta (spec.registration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration: Option<RegistrationStatus>,
+    /// Ready, SecretsResolved, CertificateReady, ReceiverAvailable, and Registered with
+    /// spec.registration.
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+}
+
+/// What is registered with Meta: what the operator owns there, so it changes or removes
+/// only that.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistrationStatus {
+    /// The app.
+    pub app_id: String,
+    /// The object of the app subscription.
+    pub object: String,
+    /// The app subscription's fields the operator registered (empty when it manages no
+    /// app subscription).
+    #[serde(default)]
+    pub registered_fields: Vec<String>,
+    /// The callback URL registered.
+    #[serde(
+        default,
+        rename = "callbackURL",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub callback_url: Option<String>,
+    /// SHA-256 (hex, first 16 characters) of the verify token registered, so a rotated
+    /// token is registered again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_token_digest: Option<String>,
+    /// The app secret the app token was made from (for unregistering).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_secret_ref: Option<SecretKeyRef>,
+    /// Pages and Instagram accounts subscribed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pages: Vec<RegisteredNode>,
+    /// WhatsApp Business Accounts subscribed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub whatsapp_business_accounts: Vec<RegisteredNode>,
+    /// When Meta last accepted a change (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_registered_time: Option<String>,
+    /// The last Graph API error (Meta's message and fbtrace_id); absent once a pass
+    /// succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// A Page, Instagram account or WABA the app is subscribed to by the operator.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RegisteredNode {
+    /// Its id.
+    pub id: String,
+    /// The token used (for unregistering).
+    pub access_token_ref: SecretKeyRef,
+    /// The subscribed_fields the operator set (Pages and Instagram).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<String>,
+    /// The callback override set (WABAs).
+    #[serde(
+        default,
+        rename = "overrideCallbackURL",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub override_callback_url: Option<String>,
 }
 
 /// Receiver pods.

@@ -24,13 +24,8 @@ pub enum Error {
     Incomplete(String),
     /// A Graph API call failed (registration with Meta; see
     /// [`crate::controller::registration`]).
-    #[error("Graph API: {call}: {message}")]
-    Graph {
-        /// The call, e.g. `subscribe`.
-        call: &'static str,
-        /// Why it failed.
-        message: String,
-    },
+    #[error("Graph API: {0}")]
+    Graph(#[from] crate::graph::GraphError),
     /// Serializing an object failed.
     #[error("serializing {context}: {source}")]
     Serialize {
@@ -50,7 +45,7 @@ impl Error {
             Error::Config(_) => "config",
             Error::Certificate(_) => "certificate",
             Error::Incomplete(_) => "incomplete_object",
-            Error::Graph { .. } => "graph_api",
+            Error::Graph(_) => "graph_api",
             Error::Serialize { .. } => "serialize",
         }
     }

@@ -14,6 +14,8 @@
 //!   background tasks; [`watch`]: the watch scopes and each controller's watches.
 //! - [`crd_reference`]: docs/crd-reference.md, rendered from the CRD.
 //! - [`metrics`]: the operator's Prometheus metrics and its /metrics, /healthz, /readyz.
+//! - [`graph`]: Meta's Graph API calls of webhook registration, as a trait and an HTTP
+//!   client.
 //! - [`error`]: one error enum, whose variants are the `reason` metric label.
 
 pub mod certs;
@@ -22,6 +24,7 @@ pub mod controller;
 pub mod crd;
 pub mod crd_reference;
 pub mod error;
+pub mod graph;
 pub mod metrics;
 pub mod operator;
 pub mod resources;

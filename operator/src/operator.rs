@@ -17,6 +17,7 @@ use kube_lease_manager::LeaseManagerBuilder;
 use crate::cli::Cli;
 use crate::controller::{self, Context, Settings};
 use crate::crd::WebhookSubscription;
+use crate::graph::{GraphClient, GraphSettings};
 use crate::metrics::Metrics;
 use crate::watch::{watch_scopes, watches};
 
@@ -50,14 +51,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings {
         receiver_image: cli.receiver_image.clone(),
         certificate_lifetime: cli.certificate_lifetime,
+        unregister_timeout: cli.graph_unregister_timeout,
     };
-    let ctx = Arc::new(Context::new(
+    let mut ctx = Context::new(
         client.clone(),
         metrics.clone(),
         settings,
         capabilities,
         Some(identity.clone()),
-    ));
+    );
+    ctx.graph = Arc::new(
+        GraphClient::new(GraphSettings {
+            base_url: cli.graph_url.clone(),
+            api_version: cli.graph_api_version.clone(),
+            timeout: cli.graph_timeout,
+            max_attempts: cli.graph_max_attempts,
+            retry_backoff: cli.graph_retry_backoff,
+        })
+        .context("building the Graph API client")?,
+    );
+    let ctx = Arc::new(ctx);
     tokio::spawn(refresh_capabilities(client.clone(), ctx.clone()));
     // Standby replicas are ready too: they serve metrics and wait for the Lease.
     ready.store(true, Ordering::Relaxed);

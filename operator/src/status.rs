@@ -5,7 +5,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use time::OffsetDateTime;
 
-use crate::crd::{CertificateStatus, ReceiverStatus, SecretKeyRef, WebhookSubscriptionStatus};
+use crate::crd::{
+    CertificateStatus, ReceiverStatus, RegistrationStatus, SecretKeyRef, WebhookSubscriptionStatus,
+};
+use crate::graph::GraphError;
 
 /// All is well: Meta can be pointed at `status.endpoint`.
 pub const READY: &str = "Ready";
@@ -15,6 +18,46 @@ pub const SECRETS_RESOLVED: &str = "SecretsResolved";
 pub const CERTIFICATE_READY: &str = "CertificateReady";
 /// At least one receiver pod passes its readiness probe.
 pub const RECEIVER_AVAILABLE: &str = "ReceiverAvailable";
+/// Meta holds the registration spec.registration asks for (only with spec.registration).
+pub const REGISTERED: &str = "Registered";
+
+/// Registration with Meta as one pass left it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum RegistrationState {
+    /// No spec.registration (and nothing left registered).
+    #[default]
+    NotRequested,
+    /// Not attempted yet (the receiver is not ready); the last registration stays.
+    Waiting {
+        /// What was registered before.
+        previous: Option<RegistrationStatus>,
+        /// Why it waits.
+        message: String,
+    },
+    /// Meta holds what the spec asks.
+    Registered {
+        /// What is registered.
+        status: RegistrationStatus,
+        /// A summary for the condition.
+        message: String,
+    },
+    /// The spec cannot be registered as it is (e.g. an empty token).
+    Failed {
+        /// What is registered.
+        status: RegistrationStatus,
+        /// Why.
+        message: String,
+    },
+    /// The Graph API refused or failed; the pass fails after the status is written.
+    GraphFailed {
+        /// What is registered (partial progress included).
+        status: RegistrationStatus,
+        /// Meta's message and fbtrace_id.
+        message: String,
+        /// The error.
+        error: GraphError,
+    },
+}
 
 /// A referenced Secret or key that does not exist.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +129,8 @@ pub struct Observed {
     pub endpoint: Option<String>,
     /// The verify token's location.
     pub verify_token: Option<SecretKeyRef>,
+    /// Registration with Meta.
+    pub registration: RegistrationState,
 }
 
 struct Wanted {
@@ -208,10 +253,49 @@ pub fn build(
             message: first.message.clone(),
         },
     };
+    let registered = match &observed.registration {
+        RegistrationState::NotRequested => None,
+        RegistrationState::Waiting { message, .. } => Some(Wanted {
+            type_: REGISTERED,
+            ok: false,
+            reason: "WaitingForReceiver".to_owned(),
+            message: message.clone(),
+        }),
+        RegistrationState::Registered { message, .. } => Some(Wanted {
+            type_: REGISTERED,
+            ok: true,
+            reason: "Registered".to_owned(),
+            message: message.clone(),
+        }),
+        RegistrationState::Failed { message, .. } => Some(Wanted {
+            type_: REGISTERED,
+            ok: false,
+            reason: "InvalidRegistration".to_owned(),
+            message: message.clone(),
+        }),
+        RegistrationState::GraphFailed { message, error, .. } => Some(Wanted {
+            type_: REGISTERED,
+            ok: false,
+            reason: if error.is_rate_limit() {
+                "RateLimited".to_owned()
+            } else {
+                "GraphAPIError".to_owned()
+            },
+            message: message.clone(),
+        }),
+    };
     let conditions = [ready, secrets, certificate, receiver]
         .into_iter()
+        .chain(registered)
         .map(|wanted| condition(previous, generation, wanted, now))
         .collect();
+    let registration = match &observed.registration {
+        RegistrationState::NotRequested => None,
+        RegistrationState::Waiting { previous, .. } => previous.clone(),
+        RegistrationState::Registered { status, .. }
+        | RegistrationState::Failed { status, .. }
+        | RegistrationState::GraphFailed { status, .. } => Some(status.clone()),
+    };
     WebhookSubscriptionStatus {
         observed_generation: generation,
         endpoint: observed.endpoint.clone(),
@@ -231,6 +315,7 @@ pub fn build(
             CertificateState::Ready(cert) => Some(cert.clone()),
             _ => None,
         },
+        registration,
         conditions,
     }
 }

@@ -805,9 +805,9 @@ async fn deletion_is_left_to_the_garbage_collector() {
 }
 
 #[tokio::test]
-async fn a_pass_makes_no_graph_call_while_no_spec_field_asks_for_registration() {
+async fn a_pass_without_registration_makes_no_graph_call_and_adds_no_finalizer() {
     let sub = subscription("wa", NS, &whatsapp_spec());
-    assert_eq!(registration::requested(&sub), None);
+    assert!(registration::requested(&sub).is_none());
     let script = existing_token_pass();
     let api = MockApi::start(script, Capabilities::default(), test_now());
     let graph = api.graph.clone();
@@ -822,24 +822,345 @@ async fn a_pass_makes_no_graph_call_while_no_spec_field_asks_for_registration() 
             .all(|s| s.body["metadata"].get("finalizers").is_none()),
         "no finalizer is added"
     );
+    let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
+    assert!(status["status"].get("registration").is_none());
+    assert!(
+        status["status"]["conditions"]
+            .as_array()
+            .is_some_and(|c| c.iter().all(|c| c["type"] != "Registered"))
+    );
+}
+
+const CALLBACK: &str = "https://hooks.example.com/webhooks/whatsapp";
+
+/// A WhatsApp subscription registering the app and one WABA with a callback override.
+fn registering_spec() -> Value {
+    let mut spec = whatsapp_spec();
+    spec["registration"] = json!({
+        "appId": "1234",
+        "callbackURL": CALLBACK,
+        "whatsappBusinessAccounts": [{
+            "id": "5550001",
+            "accessTokenRef": {"name": "wa-system-user", "key": "token"},
+            "overrideCallback": true,
+        }],
+    });
+    spec
+}
+
+/// The requests of a pass of [`registering_spec`] up to the workload.
+fn registering_pass_until_workload(ready_replicas: i32) -> Vec<Expect> {
+    let mut script = vec![
+        get(
+            format!("{CORE}/secrets/wa-verify-token"),
+            Reply::Object(token_secret()),
+        ),
+        apply(format!("{CORE}/secrets/wa-verify-token"), Reply::Echo(None)),
+        get(
+            format!("{CORE}/secrets/meta-app"),
+            Reply::Object(app_secret()),
+        ),
+        get(
+            format!("{CORE}/secrets/wa-system-user"),
+            Reply::Object(secret(NS, "wa-system-user", &[("token", b"su-token")])),
+        ),
+    ];
+    script.extend(workload_steps(ready_replicas));
+    script
+}
+
+fn stored(spec: &Value) -> Value {
+    serde_json::to_value(subscription("wa", NS, spec)).expect("json")
+}
+
+#[tokio::test]
+async fn registration_waits_for_a_ready_receiver() {
+    let spec = registering_spec();
+    let sub = subscription("wa", NS, &spec);
+    let mut script = registering_pass_until_workload(0);
+    script.push(apply(
+        format!("{SUBS}/wa/status"),
+        Reply::Onto(stored(&spec)),
+    ));
+    let api = MockApi::start(script, Capabilities::default(), test_now());
+    let graph = api.graph.clone();
+    let action = controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("reconcile");
+    assert_eq!(action, Action::requeue(controller::WAIT_FOR_RECEIVER));
+    let served = api.finish().await;
+    assert!(graph.calls().is_empty(), "{:?}", graph.calls());
+    let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
+    let registered = condition(status, "Registered");
+    assert_eq!(registered["status"], "False");
+    assert_eq!(registered["reason"], "WaitingForReceiver");
+}
+
+#[tokio::test]
+async fn a_ready_receiver_is_registered_behind_the_finalizer() {
+    let spec = registering_spec();
+    let sub = subscription("wa", NS, &spec);
+    let mut script = registering_pass_until_workload(1);
+    script.push(apply(format!("{SUBS}/wa"), Reply::Onto(stored(&spec))));
+    script.push(event(NS));
+    script.push(apply(
+        format!("{SUBS}/wa/status"),
+        Reply::Onto(stored(&spec)),
+    ));
+    script.push(event(NS));
+    let api = MockApi::start(script, Capabilities::default(), test_now());
+    let graph = api.graph.clone();
+    controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("reconcile");
+    let served = api.finish().await;
+    assert_eq!(
+        graph.calls(),
+        [
+            "GET /1234/subscriptions".to_owned(),
+            format!(
+                "POST /1234/subscriptions object=whatsapp_business_account fields=message_template_status_update,messages callback_url={CALLBACK}"
+            ),
+            "GET /5550001/subscribed_apps".to_owned(),
+            format!("POST /5550001/subscribed_apps override={CALLBACK}"),
+        ]
+    );
+    let finalizer = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa"));
+    assert_eq!(
+        finalizer["metadata"]["finalizers"],
+        json!([registration::FINALIZER])
+    );
+    // The finalizer goes on before the first Graph call: the Event follows it.
+    assert_eq!(served[10].body["reason"], "Registered");
+    let note = served[10].body["note"].as_str().expect("note");
+    assert!(note.contains("subscribed app 1234 to whatsapp_business_account fields message_template_status_update,messages"), "{note}");
+    assert!(
+        note.contains("WABA 5550001 with callback override"),
+        "{note}"
+    );
+    let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
+    let registration = &status["status"]["registration"];
+    assert_eq!(registration["appId"], "1234");
+    assert_eq!(registration["callbackURL"], CALLBACK);
+    assert_eq!(
+        registration["registeredFields"],
+        json!(["message_template_status_update", "messages"])
+    );
+    assert_eq!(
+        registration["verifyTokenDigest"],
+        registration::token_digest("existing-token")
+    );
+    assert_eq!(
+        registration["whatsappBusinessAccounts"],
+        json!([{"id": "5550001", "accessTokenRef": {"name": "wa-system-user", "key": "token"}, "overrideCallbackURL": CALLBACK}])
+    );
+    assert_eq!(registration["lastRegisteredTime"], "2026-09-21T14:13:20Z");
+    assert!(registration.get("lastError").is_none());
+    let registered = condition(status, "Registered");
+    assert_eq!(registered["status"], "True");
+    assert_eq!(
+        registered["message"],
+        format!(
+            "app 1234 receives whatsapp_business_account fields message_template_status_update,messages at {CALLBACK}; WABA 5550001 overridden to {CALLBACK}"
+        )
+    );
+}
+
+fn graph_error() -> metahook_operator::graph::GraphError {
+    metahook_operator::graph::GraphError {
+        call: "POST /1234/subscriptions".to_owned(),
+        status: Some(400),
+        message: "(#2200) callback verification failed: HTTP Status Code = 403".to_owned(),
+        meta: Some(Box::new(metahook_operator::graph::MetaErrorFields {
+            kind: Some("OAuthException".to_owned()),
+            code: Some(2200),
+            subcode: None,
+            fbtrace_id: Some("AbC123".to_owned()),
+        })),
+    }
+}
+
+#[tokio::test]
+async fn a_graph_error_is_reported_with_metas_message_and_fails_the_pass() {
+    let spec = registering_spec();
+    let sub = subscription("wa", NS, &spec);
+    let mut script = registering_pass_until_workload(1);
+    script.push(apply(format!("{SUBS}/wa"), Reply::Onto(stored(&spec))));
+    script.push(event(NS));
+    script.push(apply(
+        format!("{SUBS}/wa/status"),
+        Reply::Onto(stored(&spec)),
+    ));
+    script.push(event(NS));
+    let api = MockApi::start(script, Capabilities::default(), test_now());
+    *api.graph.fail.lock().expect("lock") = Some(graph_error());
+    let error = controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect_err("the pass fails");
+    assert_eq!(error.metric_label(), "graph_api");
+    let served = api.finish().await;
+    assert_eq!(served[10].body["reason"], "RegistrationFailed");
+    let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
+    let registered = condition(status, "Registered");
+    assert_eq!(registered["status"], "False");
+    assert_eq!(registered["reason"], "GraphAPIError");
+    let message = registered["message"].as_str().expect("message");
+    assert!(
+        message.contains("callback verification failed") && message.contains("fbtrace_id AbC123"),
+        "{message}"
+    );
+    assert_eq!(status["status"]["registration"]["lastError"], message);
+    // Ready is about the receiver: still True.
+    assert_eq!(condition(status, "Ready")["status"], "True");
+}
+
+/// A subscription being deleted whose status records a registration.
+fn registered_being_deleted() -> metahook_operator::WebhookSubscription {
+    let mut sub = being_deleted(&[registration::FINALIZER]);
+    sub.spec = serde_json::from_value(registering_spec()).expect("spec");
+    sub.status = Some(
+        serde_json::from_value(json!({
+            "registration": {
+                "appId": "1234",
+                "object": "whatsapp_business_account",
+                "registeredFields": ["messages"],
+                "appSecretRef": {"name": "meta-app", "key": "app-secret"},
+                "whatsappBusinessAccounts": [{"id": "5550001", "accessTokenRef": {"name": "wa-system-user", "key": "token"}}],
+            },
+            "conditions": [],
+        }))
+        .expect("status"),
+    );
+    sub
+}
+
+fn deletion_reads() -> Vec<Expect> {
+    vec![
+        get(
+            format!("{CORE}/secrets/meta-app"),
+            Reply::Object(app_secret()),
+        ),
+        get(
+            format!("{CORE}/secrets/wa-system-user"),
+            Reply::Object(secret(NS, "wa-system-user", &[("token", b"su-token")])),
+        ),
+    ]
 }
 
 #[tokio::test]
 async fn deletion_with_the_registration_finalizer_unregisters_then_removes_it() {
-    let sub = being_deleted(&[registration::FINALIZER]);
+    let sub = registered_being_deleted();
     let stored = serde_json::to_value(&sub).expect("json");
-    let api = MockApi::start(
-        vec![apply(format!("{SUBS}/wa"), Reply::Onto(stored))],
-        Capabilities::default(),
-        test_now(),
-    );
+    let mut script = deletion_reads();
+    script.push(event(NS));
+    script.push(apply(format!("{SUBS}/wa"), Reply::Onto(stored)));
+    let api = MockApi::start(script, Capabilities::default(), test_now());
     let graph = api.graph.clone();
+    graph.app.lock().expect("lock").insert(
+        "whatsapp_business_account".to_owned(),
+        (
+            CALLBACK.to_owned(),
+            vec!["messages".to_owned(), "account_update".to_owned()],
+        ),
+    );
+    graph.nodes.lock().expect("lock").insert(
+        "5550001".to_owned(),
+        metahook_operator::graph::SubscribedApp {
+            app_id: "1234".to_owned(),
+            subscribed_fields: vec![],
+            override_callback_uri: None,
+        },
+    );
     let action = controller::reconcile(Arc::new(sub), api.ctx.clone())
         .await
         .expect("reconcile");
     assert_eq!(action, Action::await_change());
     let served = api.finish().await;
-    assert_eq!(graph.calls(), ["unsubscribe whatsapp_business_account"]);
+    assert_eq!(
+        graph.calls(),
+        [
+            "GET /5550001/subscribed_apps",
+            "DELETE /5550001/subscribed_apps",
+            "GET /1234/subscriptions",
+            "DELETE /1234/subscriptions object=whatsapp_business_account fields=messages",
+        ]
+    );
+    assert_eq!(
+        graph.app.lock().expect("lock")["whatsapp_business_account"].1,
+        ["account_update"],
+        "a field the operator did not register stays"
+    );
+    assert_eq!(served[2].body["reason"], "Unregistered");
+    let patch = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa"));
+    assert_eq!(patch["metadata"]["finalizers"], json!([]));
+}
+
+#[tokio::test]
+async fn an_unreachable_graph_api_within_the_bound_keeps_the_finalizer() {
+    let sub = registered_being_deleted();
+    let mut script = deletion_reads();
+    script.push(event(NS));
+    let api = MockApi::start(
+        script,
+        Capabilities::default(),
+        test_now() + time::Duration::seconds(10),
+    );
+    *api.graph.fail.lock().expect("lock") = Some(metahook_operator::graph::GraphError::transport(
+        "GET /5550001/subscribed_apps",
+        "error sending request: connection refused",
+    ));
+    let error = controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect_err("retried later");
+    assert_eq!(error.metric_label(), "graph_api");
+    let served = api.finish().await;
+    assert_eq!(served[2].body["reason"], "UnregistrationFailed");
+    assert!(
+        served.iter().all(|s| s.method != Method::PATCH),
+        "finalizer kept"
+    );
+}
+
+#[tokio::test]
+async fn past_the_bound_the_finalizer_gives_up_with_an_event_naming_what_was_left() {
+    let sub = registered_being_deleted();
+    let stored = serde_json::to_value(&sub).expect("json");
+    let mut script = deletion_reads();
+    script.push(event(NS));
+    script.push(apply(format!("{SUBS}/wa"), Reply::Onto(stored)));
+    let late = test_now() + time::Duration::seconds(UNREGISTER_TIMEOUT.as_secs() as i64 + 1);
+    // A real client of a Graph API that is not there: a port just released.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let unreachable =
+        metahook_operator::graph::GraphClient::new(metahook_operator::graph::GraphSettings {
+            base_url: format!("http://{closed}"),
+            api_version: "v23.0".to_owned(),
+            timeout: Duration::from_secs(2),
+            max_attempts: 2,
+            retry_backoff: Duration::from_millis(10),
+        })
+        .expect("client");
+    let api = MockApi::start_with_graph(
+        script,
+        Capabilities::default(),
+        late,
+        Some(Arc::new(unreachable)),
+    );
+    let action = controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("gives up");
+    assert_eq!(action, Action::await_change());
+    let served = api.finish().await;
+    assert_eq!(served[2].body["reason"], "UnregistrationAbandoned");
+    assert_eq!(served[2].body["type"], "Warning");
+    let note = served[2].body["note"].as_str().expect("note");
+    assert!(
+        note.contains("left at Meta: app 1234 subscription to whatsapp_business_account fields messages; subscribed_apps of WABA 5550001")
+            && note.contains(&format!("GET /5550001/subscribed_apps: error sending request for url (http://{closed}/v23.0/5550001/subscribed_apps)")),
+        "{note}"
+    );
     let patch = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa"));
     assert_eq!(patch["metadata"]["finalizers"], json!([]));
 }

@@ -723,7 +723,219 @@ fn cases() -> Vec<Case> {
                 ("space", with_spec(&json!({"path": "/web hooks"}))),
             ],
         },
+        Case {
+            message: "registration needs a public callback",
+            field_path: "spec.registration.callbackURL",
+            valid: vec![
+                (
+                    "callbackURL",
+                    with_spec(&json!({"registration": registration(&json!({}))})),
+                ),
+                (
+                    "an ingress host",
+                    with_spec(&json!({
+                        "ingress": {"host": "hooks.example.com", "tlsTermination": "ingress", "trustedProxyCIDRs": []},
+                        "registration": registration(&json!({"callbackURL": null})),
+                    })),
+                ),
+            ],
+            invalid: vec![(
+                "neither",
+                with_spec(&json!({"registration": registration(&json!({"callbackURL": null}))})),
+            )],
+        },
+        Case {
+            message: "registration.fields must be among spec.fields",
+            field_path: "spec.registration.fields",
+            valid: vec![(
+                "a subset",
+                with_spec(&json!({"registration": registration(&json!({"fields": ["messages"]}))})),
+            )],
+            invalid: vec![(
+                "a field the receiver does not subscribe",
+                with_spec(
+                    &json!({"registration": registration(&json!({"fields": ["messages", "calls"]}))}),
+                ),
+            )],
+        },
+        Case {
+            message: "registration.pages needs object page or instagram",
+            field_path: "spec.registration.pages",
+            valid: vec![(
+                "page",
+                with_spec(&json!({
+                    "object": "page", "fields": ["feed"],
+                    "registration": registration(&json!({"pages": [{"id": "111", "accessTokenRef": {"name": "p", "key": "t"}}]})),
+                })),
+            )],
+            invalid: vec![(
+                "whatsapp_business_account",
+                with_spec(&json!({
+                    "registration": registration(&json!({"pages": [{"id": "111", "accessTokenRef": {"name": "p", "key": "t"}}]})),
+                })),
+            )],
+        },
+        Case {
+            message: "registration.whatsappBusinessAccounts needs object whatsapp_business_account",
+            field_path: "spec.registration.whatsappBusinessAccounts",
+            valid: vec![(
+                "whatsapp_business_account",
+                with_spec(
+                    &json!({"registration": registration(&json!({"whatsappBusinessAccounts": [waba(true)]}))}),
+                ),
+            )],
+            invalid: vec![(
+                "page",
+                with_spec(&json!({
+                    "object": "page", "fields": ["feed"],
+                    "registration": registration(&json!({"whatsappBusinessAccounts": [waba(false)]})),
+                })),
+            )],
+        },
+        Case {
+            // A transition rule: never evaluated on create (see
+            // registration_identity_cannot_change_while_registered for updates).
+            message: "object and registration.appId cannot change while registered",
+            field_path: "spec.registration.appId",
+            valid: vec![(
+                "a create",
+                with_spec(&json!({"registration": registration(&json!({}))})),
+            )],
+            invalid: vec![],
+        },
+        Case {
+            message: "registration manages nothing",
+            field_path: "spec.registration",
+            valid: vec![(
+                "only a WABA",
+                with_spec(
+                    &json!({"registration": registration(&json!({"appSubscription": false, "whatsappBusinessAccounts": [waba(true)]}))}),
+                ),
+            )],
+            invalid: vec![(
+                "no app subscription, Page or WABA",
+                with_spec(
+                    &json!({"registration": registration(&json!({"appSubscription": false}))}),
+                ),
+            )],
+        },
+        Case {
+            message: "Meta accepts a WhatsApp callback override of at most 200 characters",
+            field_path: "spec.registration.callbackURL",
+            valid: vec![
+                (
+                    "a long callback without override",
+                    with_spec(
+                        &json!({"registration": registration(&json!({"callbackURL": long_callback(201), "whatsappBusinessAccounts": [waba(false)]}))}),
+                    ),
+                ),
+                (
+                    "200 characters with override",
+                    with_spec(
+                        &json!({"registration": registration(&json!({"callbackURL": long_callback(200), "whatsappBusinessAccounts": [waba(true)]}))}),
+                    ),
+                ),
+            ],
+            invalid: vec![(
+                "201 characters with override",
+                with_spec(
+                    &json!({"registration": registration(&json!({"callbackURL": long_callback(201), "whatsappBusinessAccounts": [waba(true)]}))}),
+                ),
+            )],
+        },
+        Case {
+            message: "a numeric Meta app id",
+            field_path: "spec.registration.appId",
+            valid: vec![(
+                "digits",
+                with_spec(&json!({"registration": registration(&json!({"appId": "0987"}))})),
+            )],
+            invalid: vec![(
+                "a name",
+                with_spec(&json!({"registration": registration(&json!({"appId": "my-app"}))})),
+            )],
+        },
+        Case {
+            message: "Meta calls only https:// callback URLs",
+            field_path: "spec.registration.callbackURL",
+            valid: vec![(
+                "https",
+                with_spec(&json!({"registration": registration(&json!({}))})),
+            )],
+            invalid: vec![(
+                "http",
+                with_spec(
+                    &json!({"registration": registration(&json!({"callbackURL": "http://hooks.example.com/x"}))}),
+                ),
+            )],
+        },
+        Case {
+            message: "a numeric Page or Instagram account id",
+            field_path: "spec.registration.pages[0].id",
+            valid: vec![],
+            invalid: vec![(
+                "a name",
+                with_spec(&json!({
+                    "object": "page", "fields": ["feed"],
+                    "registration": registration(&json!({"pages": [{"id": "acme", "accessTokenRef": {"name": "p", "key": "t"}}]})),
+                })),
+            )],
+        },
+        Case {
+            message: "a numeric WhatsApp Business Account id",
+            field_path: "spec.registration.whatsappBusinessAccounts[0].id",
+            valid: vec![],
+            invalid: vec![(
+                "a name",
+                with_spec(
+                    &json!({"registration": registration(&json!({"whatsappBusinessAccounts": [{"id": "acme", "accessTokenRef": {"name": "w", "key": "t"}, "overrideCallback": false}]}))}),
+                ),
+            )],
+        },
     ]
+}
+
+/// A `spec.registration` as stored (defaults spelled out), with `patch` merged in.
+fn registration(patch: &Value) -> Value {
+    let mut object = json!({
+        "appId": "1234",
+        "callbackURL": "https://hooks.example.com/webhooks/whatsapp",
+        "appSubscription": true,
+        "pages": [],
+        "whatsappBusinessAccounts": [],
+    });
+    merge(&mut object, patch);
+    object
+}
+
+fn waba(override_callback: bool) -> Value {
+    json!({"id": "5550001", "accessTokenRef": {"name": "wa", "key": "token"}, "overrideCallback": override_callback})
+}
+
+fn long_callback(length: usize) -> String {
+    let prefix = "https://hooks.example.com/";
+    format!("{prefix}{}", "a".repeat(length - prefix.len()))
+}
+
+#[test]
+fn registration_identity_cannot_change_while_registered() {
+    let schema = schema();
+    let old = with_spec(&json!({"registration": registration(&json!({}))}));
+    let check = |new: &Value| Validator::new().validate(&schema, new, Some(&old));
+    assert_eq!(check(&old).map_err(ValidationErrors::into_vec), Ok(()));
+    let other_app = with_spec(&json!({"registration": registration(&json!({"appId": "999"}))}));
+    let errors = check(&other_app).expect_err("appId changed").into_vec();
+    assert!(
+        errors.len() == 1
+            && errors[0].field_path == "spec.registration.appId"
+            && errors[0]
+                .message
+                .starts_with("object and registration.appId cannot change while registered"),
+        "{errors:?}"
+    );
+    // Removing the registration (which unregisters) is allowed.
+    let removed = with_spec(&json!({}));
+    assert_eq!(check(&removed).map_err(ValidationErrors::into_vec), Ok(()));
 }
 
 #[test]

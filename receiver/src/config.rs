@@ -67,6 +67,10 @@ pub struct Config {
     /// Prometheus and kubelet probes when `listen` requires a client certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Optional enrichment of events before the sinks (Lead Ads answers; see
+    /// [`crate::enrich`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrichment: Option<crate::enrich::EnrichmentConfig>,
 }
 
 impl Config {
@@ -87,6 +91,7 @@ impl Config {
             tls: None,
             trusted_proxy: None,
             metrics_listen: None,
+            enrichment: None,
         }
     }
 }
@@ -591,6 +596,9 @@ impl Config {
             return Err(invalid("limits.max_body_bytes", "must be at least 1"));
         }
         self.validate_tls()?;
+        if let Some(enrichment) = &self.enrichment {
+            enrichment.validate()?;
+        }
         // Port 0 picks a free port for each listener, so both may say 127.0.0.1:0.
         if self.metrics_listen == Some(self.listen) && self.listen.port() != 0 {
             return Err(invalid(

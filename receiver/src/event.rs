@@ -323,8 +323,9 @@ pub struct StatusConversation {
     pub expires_at: Option<String>,
 }
 
-/// A Lead Ads submission. The answers are fetched with `GET /{leadgen_id}`; the webhook
-/// carries only these ids.
+/// A Lead Ads submission. The webhook carries only ids; with Lead Ads enrichment
+/// (`enrichment.lead_ads`) the receiver fetches the answers with `GET /{leadgen_id}` and
+/// adds `field_data` and `campaign_id` (absent when enrichment is off or failed).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct Lead {
     /// The lead.
@@ -345,6 +346,22 @@ pub struct Lead {
     /// When it was submitted (RFC 3339, from `created_time`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_time: Option<String>,
+    /// The campaign (from the Graph API, with enrichment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign_id: Option<String>,
+    /// The form's answers, as the Graph API returns them (with enrichment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field_data: Option<Vec<LeadAnswer>>,
+}
+
+/// One answer of a Lead Ads form (`field_data[]` of `GET /{leadgen_id}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LeadAnswer {
+    /// The question's key, e.g. `email`, `full_name` or a custom question's key.
+    pub name: String,
+    /// The answers (several for multiple-choice questions).
+    #[serde(default)]
+    pub values: Vec<String>,
 }
 
 /// Where a conversation came from: a Messenger / Instagram referral (ad, m.me / ig.me link,

@@ -6,6 +6,8 @@
 //! - [`meta`]: typed, lenient models of Meta's payloads, one module per product.
 //! - [`normalize`]: a verified body becomes one [`event::Event`] per leaf item (pure).
 //! - [`event`]: the unified event schema.
+//! - [`enrich`]: optional enrichment of events after the 200 (Lead Ads answers from the
+//!   Graph API).
 //! - [`tls`], [`client_auth`], [`trusted_proxy`]: HTTPS, and who may call the endpoints.
 
 pub mod acceptor;
@@ -13,6 +15,7 @@ pub mod app;
 pub mod cli;
 pub mod client_auth;
 pub mod config;
+pub mod enrich;
 pub mod event;
 pub mod meta;
 pub mod metrics;

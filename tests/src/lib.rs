@@ -4,6 +4,7 @@ pub mod bench;
 pub mod chart;
 pub mod cluster;
 pub mod downstream;
+pub mod fake_graph;
 pub mod pki;
 pub mod podman;
 pub mod promql;

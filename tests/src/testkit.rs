@@ -92,6 +92,7 @@ pub fn config_in(dir: &Path) -> Result<Config> {
         tls: None,
         trusted_proxy: None,
         metrics_listen: None,
+        enrichment: None,
     })
 }
 

@@ -85,7 +85,7 @@ system:discovery ClusterRoleBinding grants it to every authenticated account.
 {{- define "metahook.namespacedRules" -}}
 - apiGroups: ["metahook.io"]
   resources: ["webhooksubscriptions"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["metahook.io"]
   resources: ["webhooksubscriptions/status"]
   verbs: ["get", "patch"]

@@ -808,6 +808,7 @@ async fn main() -> Result<()> {
     let settings = Settings {
         receiver_image: concat!("metahook-receiver:", env!("CARGO_PKG_VERSION")).to_owned(),
         certificate_lifetime: metahook_operator::certs::SERVING_LIFETIME,
+        unregister_timeout: Duration::from_secs(600),
     };
     // A cluster with the Prometheus Operator and policy/v1.
     let capabilities = Capabilities {

@@ -11,8 +11,8 @@
 //!    re-issued when absent, for other names or CA, or past two thirds of its lifetime);
 //! 4. [`children`]: the ConfigMap, the workload, the Service, then Ingress, ServiceMonitor
 //!    and PodDisruptionBudget (applied when wanted, deleted when not);
-//! 5. [`registration`]: registration with Meta's Graph API, behind a finalizer (no spec
-//!    field asks for it yet, so it makes no request);
+//! 5. [`registration`]: registration with Meta's Graph API (spec.registration), once the
+//!    receiver is ready, behind a finalizer that unregisters on deletion;
 //! 6. [`status`]: the status.
 //!
 //! `api.rs` holds the requests the steps share (apply, delete, Events); `discovery.rs`
@@ -43,14 +43,14 @@ use kube::{Client, Resource, ResourceExt};
 use time::OffsetDateTime;
 
 use self::children::Child;
-use self::registration::{GraphApi, Unconfigured};
 use crate::FIELD_MANAGER;
 use crate::crd::WebhookSubscription;
 use crate::error::Error;
+use crate::graph::{GraphApi, Unconfigured};
 use crate::metrics::Metrics;
 use crate::resources::monitoring::Capabilities;
 use crate::resources::{self, Inputs};
-use crate::status::{CertificateState, Observed, ReceiverState};
+use crate::status::{CertificateState, Observed, ReceiverState, RegistrationState};
 
 /// How often a subscription is reconciled when nothing changes (drift is undone then).
 pub const RESYNC: Duration = Duration::from_secs(10 * 60);
@@ -64,6 +64,9 @@ pub struct Settings {
     pub receiver_image: String,
     /// Lifetime of the serving certificates the operator issues.
     pub certificate_lifetime: Duration,
+    /// How long after a deletion the finalizer keeps trying to unregister from Meta
+    /// before it gives up (with an Event naming what it left behind).
+    pub unregister_timeout: Duration,
 }
 
 /// What every reconciliation shares.
@@ -227,6 +230,7 @@ async fn reconcile_inner(sub: &WebhookSubscription, ctx: &Context) -> Result<Act
         receiver: ReceiverState::Unknown,
         endpoint: None,
         verify_token: Some(provisional.verify_token.clone()),
+        registration: waiting_registration(sub),
     };
     if !observed.missing.is_empty() {
         let described: Vec<String> = observed
@@ -283,10 +287,31 @@ async fn reconcile_inner(sub: &WebhookSubscription, ctx: &Context) -> Result<Act
     observed.receiver = children.receiver;
     observed.endpoint = children.endpoint;
 
-    // 5. Registration with the Graph API (none is requested yet).
-    registration::step(ctx, sub).await?;
+    // 5. Registration with the Graph API.
+    observed.registration = registration::step(ctx, sub, &observed, &resolved.data, now).await?;
 
-    // 6. Status.
+    // 6. Status; a Graph API failure then fails the pass, so the controller backs off.
     status::step(ctx, sub, &namespace, &observed, now).await?;
-    Ok(Action::requeue(requeue))
+    match observed.registration {
+        RegistrationState::GraphFailed { error, .. } => Err(Error::Graph(error)),
+        RegistrationState::Waiting { .. } => Ok(Action::requeue(requeue.min(WAIT_FOR_RECEIVER))),
+        _ => Ok(Action::requeue(requeue)),
+    }
+}
+
+/// Re-check after this while registration waits for a ready receiver (the workload's
+/// status change usually triggers a pass sooner, through the watch).
+pub const WAIT_FOR_RECEIVER: Duration = Duration::from_secs(30);
+
+/// The registration state of a pass that ends before step 5: what was registered stays in
+/// the status.
+fn waiting_registration(sub: &WebhookSubscription) -> RegistrationState {
+    let previous = sub.status.as_ref().and_then(|s| s.registration.clone());
+    if sub.spec.registration.is_none() && previous.is_none() {
+        return RegistrationState::NotRequested;
+    }
+    RegistrationState::Waiting {
+        previous,
+        message: "waiting for the receiver's Secrets and certificate".to_owned(),
+    }
 }

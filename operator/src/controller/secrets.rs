@@ -10,7 +10,7 @@ use super::api::get_secret;
 use super::token::Token;
 use crate::crd::{SecretKeyRef, WebhookSubscription};
 use crate::error::Error;
-use crate::resources::{Source, secret_references};
+use crate::resources::{Reader, Source, secret_references};
 use crate::status::Missing;
 
 /// What resolution found.
@@ -30,10 +30,10 @@ pub(super) async fn step(
     token: Token,
     secrets: &Api<Secret>,
 ) -> Result<Resolved, Error> {
-    let refs: Vec<SecretKeyRef> = secret_references(sub)
+    let refs: Vec<(SecretKeyRef, bool)> = secret_references(sub)
         .into_iter()
         .filter(|reference| reference.source != Source::IssuedCertificate)
-        .map(|reference| reference.key)
+        .map(|reference| (reference.key, reference.reader != Reader::Operator))
         .collect();
     let known = token
         .generated
@@ -44,19 +44,24 @@ pub(super) async fn step(
 }
 
 /// GETs each referenced Secret once (in name order; those in `known` were just read or
-/// written) and checks its keys.
+/// written) and checks its keys. Keys flagged `true` are part of the pods' rollout digest;
+/// the operator's own tokens are not (a rotated Page token restarts no receiver).
 async fn resolve(
     secrets: &Api<Secret>,
-    refs: &[SecretKeyRef],
+    refs: &[(SecretKeyRef, bool)],
     mut known: BTreeMap<String, Secret>,
 ) -> Result<Resolved, Error> {
     let mut by_secret: BTreeMap<&str, Vec<&SecretKeyRef>> = BTreeMap::new();
-    for reference in refs {
+    for (reference, _) in refs {
         by_secret
             .entry(reference.name.as_str())
             .or_default()
             .push(reference);
     }
+    let in_digest = |reference: &SecretKeyRef| {
+        refs.iter()
+            .any(|(candidate, digested)| *digested && candidate == reference)
+    };
     let mut missing = Vec::new();
     let mut digest_parts = Vec::new();
     let mut fetched = BTreeMap::new();
@@ -90,6 +95,9 @@ async fn resolve(
         sorted.dedup();
         for reference in sorted {
             if let Some(value) = data.get(&reference.key) {
+                if !in_digest(reference) {
+                    continue;
+                }
                 digest_parts.push(format!("{}/{}", reference.name, reference.key).into_bytes());
                 digest_parts.push(value.clone());
             } else if !missing.iter().any(|m: &Missing| m.reference == *reference) {

@@ -187,6 +187,9 @@ pub enum Reader {
     Receiver,
     /// The ingress controller (the client CA bundle of mutual TLS it terminates).
     Ingress,
+    /// The operator itself: the Graph API tokens of spec.registration (never mounted, and
+    /// not part of the pods' rollout digest).
+    Operator,
 }
 
 /// Where a referenced Secret comes from.
@@ -260,6 +263,34 @@ pub fn secret_references(sub: &WebhookSubscription) -> Vec<SecretReference> {
             from_spec(ca)
         });
     }
+    refs.extend(registration_refs(spec));
+    refs
+}
+
+/// The tokens registration needs: the app secret of the app token (when it is not the
+/// receiver's), each Page's and each WABA's token.
+fn registration_refs(spec: &WebhookSubscriptionSpec) -> Vec<SecretReference> {
+    let Some(registration) = &spec.registration else {
+        return Vec::new();
+    };
+    let operator = |key: &SecretKeyRef| SecretReference {
+        key: key.clone(),
+        reader: Reader::Operator,
+        source: Source::Spec,
+    };
+    let mut refs: Vec<SecretReference> = registration.app_secret_ref.iter().map(operator).collect();
+    refs.extend(
+        registration
+            .pages
+            .iter()
+            .map(|page| operator(&page.access_token_ref)),
+    );
+    refs.extend(
+        registration
+            .whatsapp_business_accounts
+            .iter()
+            .map(|waba| operator(&waba.access_token_ref)),
+    );
     refs
 }
 

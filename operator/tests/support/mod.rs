@@ -11,8 +11,10 @@ use http::{Method, Request, Response, StatusCode};
 use kube::Client;
 use kube::client::Body;
 use metahook_operator::WebhookSubscription;
-use metahook_operator::controller::registration::{GraphApi, Registration};
 use metahook_operator::controller::{Context, Settings};
+use metahook_operator::graph::{
+    AppSubscribe, AppSubscription, GraphApi, GraphError, NodeSubscribe, SubscribedApp,
+};
 use metahook_operator::metrics::Metrics;
 use metahook_operator::resources::monitoring::Capabilities;
 use serde_json::{Value, json};
@@ -200,39 +202,178 @@ async fn serve(mut handle: Handle, script: Vec<Expect>, served: Arc<Mutex<Vec<Se
     }
 }
 
-/// A Graph API client that records its calls (`subscribe <object>`, `unsubscribe
-/// <object>`) and succeeds.
+/// An in-memory Graph API: Meta's state (the app's subscriptions, the nodes'
+/// subscribed_apps) that the calls read and change, every call recorded, and an optional
+/// error answering every call (an unreachable or refusing Graph API).
 #[derive(Debug, Default)]
 pub struct RecordingGraph {
     calls: Mutex<Vec<String>>,
+    /// object → (callback, fields).
+    pub app: Mutex<std::collections::BTreeMap<String, (String, Vec<String>)>>,
+    /// node id → (app id, subscribed_fields, override).
+    pub nodes: Mutex<std::collections::BTreeMap<String, SubscribedApp>>,
+    /// When set, every call fails with it.
+    pub fail: Mutex<Option<GraphError>>,
 }
 
 impl RecordingGraph {
-    /// The calls made so far.
+    /// The calls made so far (`POST /APP/subscriptions object=... fields=...`, ...).
     pub fn calls(&self) -> Vec<String> {
         self.calls.lock().expect("lock").clone()
     }
 
-    fn record(&self, call: String) {
+    fn record(&self, call: String) -> Result<(), GraphError> {
         self.calls.lock().expect("lock").push(call);
+        match self.fail.lock().expect("lock").clone() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
     }
 }
 
+type GraphResult<'a, T> = futures_util::future::BoxFuture<'a, Result<T, GraphError>>;
+
 impl GraphApi for RecordingGraph {
-    fn subscribe<'a>(
+    fn app_subscriptions<'a>(
         &'a self,
-        registration: &'a Registration,
-    ) -> futures_util::future::BoxFuture<'a, Result<(), metahook_operator::Error>> {
-        self.record(format!("subscribe {}", registration.object));
-        Box::pin(async { Ok(()) })
+        app_id: &'a str,
+        _: &'a str,
+    ) -> GraphResult<'a, Vec<AppSubscription>> {
+        let result = self.record(format!("GET /{app_id}/subscriptions")).map(|()| {
+            self.app
+                .lock()
+                .expect("lock")
+                .iter()
+                .map(|(object, (callback, fields))| {
+                    serde_json::from_value(json!({
+                        "object": object,
+                        "callback_url": callback,
+                        "active": true,
+                        "fields": fields.iter().map(|f| json!({"name": f, "version": "v23.0"})).collect::<Vec<_>>(),
+                    }))
+                    .expect("subscription")
+                })
+                .collect()
+        });
+        Box::pin(async move { result })
     }
 
-    fn unsubscribe<'a>(
+    fn subscribe_app<'a>(
         &'a self,
+        app_id: &'a str,
+        _: &'a str,
+        request: &'a AppSubscribe,
+    ) -> GraphResult<'a, ()> {
+        let result = self
+            .record(format!(
+                "POST /{app_id}/subscriptions object={} fields={} callback_url={}",
+                request.object,
+                request.fields.join(","),
+                request.callback_url
+            ))
+            .map(|()| {
+                let mut app = self.app.lock().expect("lock");
+                let entry = app.entry(request.object.clone()).or_default();
+                entry.0 = request.callback_url.clone();
+                for field in &request.fields {
+                    if !entry.1.contains(field) {
+                        entry.1.push(field.clone());
+                    }
+                }
+            });
+        Box::pin(async move { result })
+    }
+
+    fn unsubscribe_app<'a>(
+        &'a self,
+        app_id: &'a str,
+        _: &'a str,
         object: &'a str,
-    ) -> futures_util::future::BoxFuture<'a, Result<(), metahook_operator::Error>> {
-        self.record(format!("unsubscribe {object}"));
-        Box::pin(async { Ok(()) })
+        fields: &'a [String],
+    ) -> GraphResult<'a, ()> {
+        let result = self
+            .record(format!(
+                "DELETE /{app_id}/subscriptions object={object} fields={}",
+                fields.join(",")
+            ))
+            .map(|()| {
+                let mut app = self.app.lock().expect("lock");
+                if let Some(entry) = app.get_mut(object) {
+                    entry.1.retain(|f| !fields.contains(f));
+                    if entry.1.is_empty() || fields.is_empty() {
+                        app.remove(object);
+                    }
+                }
+            });
+        Box::pin(async move { result })
+    }
+
+    fn subscribed_apps<'a>(
+        &'a self,
+        node_id: &'a str,
+        _: &'a str,
+    ) -> GraphResult<'a, Vec<SubscribedApp>> {
+        let result = self
+            .record(format!("GET /{node_id}/subscribed_apps"))
+            .map(|()| {
+                self.nodes
+                    .lock()
+                    .expect("lock")
+                    .get(node_id)
+                    .cloned()
+                    .into_iter()
+                    .collect()
+            });
+        Box::pin(async move { result })
+    }
+
+    fn subscribe_node<'a>(
+        &'a self,
+        node_id: &'a str,
+        _: &'a str,
+        request: &'a NodeSubscribe,
+    ) -> GraphResult<'a, ()> {
+        let (described, app) = match request {
+            NodeSubscribe::Fields(fields) => (
+                format!("subscribed_fields={}", fields.join(",")),
+                SubscribedApp {
+                    app_id: "1234".into(),
+                    subscribed_fields: fields.clone(),
+                    override_callback_uri: None,
+                },
+            ),
+            NodeSubscribe::Waba { override_callback } => (
+                format!(
+                    "override={}",
+                    override_callback
+                        .as_ref()
+                        .map_or("none", |(uri, _)| uri.as_str())
+                ),
+                SubscribedApp {
+                    app_id: "1234".into(),
+                    subscribed_fields: vec![],
+                    override_callback_uri: override_callback.as_ref().map(|(uri, _)| uri.clone()),
+                },
+            ),
+        };
+        let result = self
+            .record(format!("POST /{node_id}/subscribed_apps {described}"))
+            .map(|()| {
+                self.nodes
+                    .lock()
+                    .expect("lock")
+                    .insert(node_id.to_owned(), app);
+            });
+        Box::pin(async move { result })
+    }
+
+    fn unsubscribe_node<'a>(&'a self, node_id: &'a str, _: &'a str) -> GraphResult<'a, ()> {
+        let result = self
+            .record(format!("DELETE /{node_id}/subscribed_apps"))
+            .map(|()| {
+                self.nodes.lock().expect("lock").remove(node_id);
+            });
+        Box::pin(async move { result })
     }
 }
 
@@ -246,6 +387,9 @@ pub struct MockApi {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// The finalizer's bound in these tests.
+pub const UNREGISTER_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The time tests run at.
 pub fn test_now() -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(1_790_000_000).expect("time")
@@ -254,6 +398,17 @@ pub fn test_now() -> OffsetDateTime {
 impl MockApi {
     /// Starts serving `script`, with the clock at `now`.
     pub fn start(script: Vec<Expect>, capabilities: Capabilities, now: OffsetDateTime) -> MockApi {
+        Self::start_with_graph(script, capabilities, now, None)
+    }
+
+    /// [`MockApi::start`] with this Graph API client instead of the recording one (whose
+    /// handle `graph` then records nothing).
+    pub fn start_with_graph(
+        script: Vec<Expect>,
+        capabilities: Capabilities,
+        now: OffsetDateTime,
+        client_override: Option<Arc<dyn GraphApi>>,
+    ) -> MockApi {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, "default");
         let served = Arc::new(Mutex::new(Vec::new()));
@@ -264,13 +419,14 @@ impl MockApi {
             Settings {
                 receiver_image: "metahook-receiver:test".to_owned(),
                 certificate_lifetime: Duration::from_secs(90 * 24 * 3600),
+                unregister_timeout: UNREGISTER_TIMEOUT,
             },
             capabilities,
             Some("test".to_owned()),
         );
         ctx.clock = Box::new(move || now);
         let graph = Arc::new(RecordingGraph::default());
-        ctx.graph = graph.clone();
+        ctx.graph = client_override.unwrap_or_else(|| graph.clone());
         MockApi {
             ctx: Arc::new(ctx),
             graph,

@@ -300,6 +300,15 @@ impl Metrics {
         "other"
     }
 
+    /// Registers the metrics of a self-contained stage (e.g. [`crate::enrich`]) so
+    /// /metrics exposes them with the rest.
+    pub fn register(
+        &self,
+        collector: Box<dyn prometheus::core::Collector>,
+    ) -> prometheus::Result<()> {
+        self.registry.register(collector)
+    }
+
     /// The text exposition format.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();

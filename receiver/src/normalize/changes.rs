@@ -176,6 +176,7 @@ impl Scope<'_> {
                     adgroup_id: text(lead.adgroup_id),
                     page_id: text(lead.page_id),
                     created_time: lead.created_time.and_then(UnixTime::to_rfc3339),
+                    ..Lead::default()
                 };
                 // A change without a value (seen in the wild) has no ids: no empty `lead`.
                 let ids = [

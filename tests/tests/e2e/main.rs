@@ -4,7 +4,8 @@
 //! status subresource, owner references and garbage collection, and the Deployment
 //! controller's view of the pod template. The modules add the chart installed with the real
 //! helm and its RBAC ([`chart`]), the rendered pods run with podman with the test playing
-//! the kubelet ([`pods`]), and leader election between two replicas ([`leader`]).
+//! the kubelet ([`pods`]), leader election between two replicas ([`leader`]), and
+//! registration with a fake Graph API ([`registration`]).
 //!
 //! Each test works in namespaces of its own (the examples' namespaces, prefixed) with an
 //! operator process of its own restricted to them, so the tests share one cluster and run
@@ -35,6 +36,7 @@ use serde_json::json;
 mod chart;
 mod leader;
 mod pods;
+mod registration;
 
 /// Bound of every wait for the operator or a controller (generous: 2 shared cores).
 const WAIT: Duration = Duration::from_secs(60);

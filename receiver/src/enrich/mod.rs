@@ -1,0 +1,101 @@
+//! Enrichment: data added to normalized events after Meta's request was answered and
+//! before the sinks see them, so it never delays Meta (whose retries a slow answer would
+//! trigger) and never stops delivery: an event that cannot be enriched goes on as it is,
+//! and is counted.
+//!
+//! One enricher today, Lead Ads ([`lead_ads`]): a `leadgen` event carries only ids; the
+//! answers come from `GET /{leadgen-id}` with the Page's token. The delivery path calls
+//! [`Enricher::enrich`] on each batch of normalized events; an [`Enricher`] is built from
+//! the `enrichment` configuration key and registers its own metrics.
+
+pub mod config;
+pub mod lead_ads;
+
+use prometheus::{IntCounterVec, Opts};
+
+pub use self::config::{EnrichmentConfig, LeadAdsConfig, PageTokenConfig};
+use self::lead_ads::{LeadAds, LeadError};
+use crate::event::{Event, Kind};
+use crate::metrics::Metrics;
+
+/// Every `result` of `metahook_enrichment_total`, so each series exists from the start.
+pub const RESULTS: [&str; 3] = ["enriched", "failed", "no_token"];
+
+/// Why an enricher could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrichError {
+    /// The HTTP client could not be made.
+    #[error("enrichment.lead_ads: cannot build the HTTP client: {0}")]
+    Client(String),
+    /// The metric could not be registered.
+    #[error("enrichment: cannot register metahook_enrichment_total: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// The configured enrichers and their counter.
+#[derive(Debug)]
+pub struct Enricher {
+    lead_ads: Option<LeadAds>,
+    /// `metahook_enrichment_total{result}`.
+    total: IntCounterVec,
+}
+
+impl Enricher {
+    /// Builds the enrichers `config` turns on and registers
+    /// `metahook_enrichment_total{result}` in `metrics`. `config` was validated with the
+    /// rest of the configuration.
+    pub fn new(config: &EnrichmentConfig, metrics: &Metrics) -> Result<Enricher, EnrichError> {
+        let total = IntCounterVec::new(
+            Opts::new(
+                "metahook_enrichment_total",
+                "Events an enricher handled, by result: enriched, failed (delivered without the data), no_token (no token for the Page).",
+            ),
+            &["result"],
+        )?;
+        for result in RESULTS {
+            total.with_label_values(&[result]);
+        }
+        metrics.register(Box::new(total.clone()))?;
+        let lead_ads = config
+            .lead_ads
+            .as_ref()
+            .map(LeadAds::new)
+            .transpose()
+            .map_err(|e| EnrichError::Client(e.to_string()))?;
+        Ok(Enricher { lead_ads, total })
+    }
+
+    /// Whether any enricher is on (the delivery path may skip the call otherwise).
+    pub fn is_enabled(&self) -> bool {
+        self.lead_ads.is_some()
+    }
+
+    /// Enriches the events it can, concurrently, each within the enricher's own bound
+    /// (attempts × timeout plus backoff). Never fails: an event that cannot be enriched is
+    /// left as it was, logged and counted.
+    pub async fn enrich(&self, events: &mut [Event]) {
+        let Some(lead_ads) = &self.lead_ads else {
+            return;
+        };
+        let leads = events.iter_mut().filter(|event| {
+            event.kind == Kind::Lead
+                && event
+                    .lead
+                    .as_ref()
+                    .is_some_and(|lead| lead.leadgen_id.is_some())
+        });
+        let work = leads.map(|event| async move {
+            let result = lead_ads.enrich(event).await;
+            let label = match &result {
+                Ok(()) => "enriched",
+                Err(LeadError::NoToken { .. }) => "no_token",
+                Err(_) => "failed",
+            };
+            if let Err(error) = result {
+                tracing::warn!(event = %event.id, error = %error, "lead not enriched; delivered without its answers");
+            }
+            self.total.with_label_values(&[label]).inc();
+        });
+        futures_util::future::join_all(work).await;
+    }
+}

@@ -1,0 +1,598 @@
+//! A local fake of Meta's Graph API for registration and Lead Ads tests, on `127.0.0.1:0`.
+//!
+//! It keeps Meta's state (one app's subscriptions per object, the `subscribed_apps` edge of
+//! Pages, Instagram accounts and WABAs with their callback overrides, leads), checks each
+//! call's token the way Meta does (the app token `{app-id}|{app-secret}` for the app's
+//! edge, the node's own token elsewhere), answers in Meta's shapes including its error
+//! object, and — like Meta — verifies a callback with the `hub.mode=subscribe` GET before it
+//! answers a subscribe with success. Faults can be queued (a 500, a rate limit) and every
+//! request is logged with its arrival time, so tests can assert retries and their spacing.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use crate::testkit;
+
+/// One app subscription (`GET /{app-id}/subscriptions` entry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppSub {
+    /// The callback URL.
+    pub callback_url: String,
+    /// The fields.
+    pub fields: Vec<String>,
+    /// The verify token it was registered with.
+    pub verify_token: String,
+}
+
+/// The app's edge on a node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeEdge {
+    /// `subscribed_fields` (Pages, Instagram).
+    pub subscribed_fields: Vec<String>,
+    /// `override_callback_uri` (WABAs).
+    pub override_callback_uri: Option<String>,
+}
+
+/// A queued fault: the next matching request is answered with it.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    /// Only requests with this method (any when `None`).
+    pub method: Option<Method>,
+    /// The HTTP status.
+    pub status: u16,
+    /// The body (Meta's error object, or anything).
+    pub body: Value,
+}
+
+impl Fault {
+    /// An HTTP 500 with Meta's "unknown error" object (code 1).
+    pub fn server_error(method: Option<Method>) -> Fault {
+        Fault {
+            method,
+            status: 500,
+            body: meta_error("An unknown error has occurred.", "OAuthException", 1, None),
+        }
+    }
+
+    /// Meta's application rate limit (code 4).
+    pub fn rate_limit(method: Option<Method>) -> Fault {
+        Fault {
+            method,
+            status: 400,
+            body: meta_error(
+                "(#4) Application request limit reached",
+                "OAuthException",
+                4,
+                Some(2_446_079),
+            ),
+        }
+    }
+}
+
+/// One request the fake served.
+#[derive(Debug, Clone)]
+pub struct Logged {
+    /// The method.
+    pub method: Method,
+    /// The path without the version, e.g. `/1234/subscriptions`.
+    pub path: String,
+    /// The answer's status.
+    pub status: u16,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+/// Meta's state and the fake's knobs.
+#[derive(Debug, Default)]
+pub struct State {
+    /// The app id.
+    pub app_id: String,
+    /// The app secret (the app token is `{app_id}|{app_secret}`).
+    pub app_secret: String,
+    /// Each node's token (Page, Instagram account, WABA).
+    pub node_tokens: BTreeMap<String, String>,
+    /// The app's subscriptions by object.
+    pub subscriptions: BTreeMap<String, AppSub>,
+    /// The app's edges by node id.
+    pub nodes: BTreeMap<String, NodeEdge>,
+    /// Leads by leadgen id: (Page id, the lead object Meta returns).
+    pub leads: BTreeMap<String, (String, Value)>,
+    /// Faults answered before anything else, in order.
+    pub faults: VecDeque<Fault>,
+    /// Every request.
+    pub log: Vec<Logged>,
+}
+
+/// Meta's error object.
+pub fn meta_error(message: &str, kind: &str, code: i64, subcode: Option<i64>) -> Value {
+    let mut error = json!({
+        "message": message,
+        "type": kind,
+        "code": code,
+        "fbtrace_id": "AfakeTrace0",
+    });
+    if let Some(subcode) = subcode {
+        error["error_subcode"] = json!(subcode);
+    }
+    json!({ "error": error })
+}
+
+/// The fake Graph API, serving until dropped.
+#[derive(Debug)]
+pub struct FakeGraph {
+    /// Its address.
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeGraph {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The API version path segment tests use.
+pub const VERSION: &str = "v23.0";
+
+impl FakeGraph {
+    /// Serves one app with this secret.
+    pub async fn start(app_id: &str, app_secret: &str) -> Result<FakeGraph> {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding the fake Graph API")?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(Mutex::new(State {
+            app_id: app_id.to_owned(),
+            app_secret: app_secret.to_owned(),
+            ..State::default()
+        }));
+        let serving = Arc::clone(&state);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = Arc::clone(&serving);
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        let state = Arc::clone(&state);
+                        async move { Ok::<_, Infallible>(answer(&state, request).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(FakeGraph { addr, state, task })
+    }
+
+    /// Its base URL (without the version).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Reads or changes the state.
+    pub fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        f(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Gives a node (Page, Instagram account, WABA) its token.
+    pub fn add_node(&self, id: &str, token: &str) {
+        self.with(|s| s.node_tokens.insert(id.to_owned(), token.to_owned()));
+    }
+
+    /// Queues a fault.
+    pub fn push_fault(&self, fault: Fault) {
+        self.with(|s| s.faults.push_back(fault));
+    }
+
+    /// The app's subscription to an object.
+    pub fn subscription(&self, object: &str) -> Option<AppSub> {
+        self.with(|s| s.subscriptions.get(object).cloned())
+    }
+
+    /// The app's edge on a node.
+    pub fn edge(&self, id: &str) -> Option<NodeEdge> {
+        self.with(|s| s.nodes.get(id).cloned())
+    }
+
+    /// The requests so far.
+    pub fn log(&self) -> Vec<Logged> {
+        self.with(|s| s.log.clone())
+    }
+}
+
+type Answer = (u16, Value);
+
+async fn answer(state: &Arc<Mutex<State>>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let at = Instant::now();
+    let method = request.method().clone();
+    let full_path = request.uri().path().to_owned();
+    let query = request.uri().query().unwrap_or_default().to_owned();
+    let bearer = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("OAuth "))
+        })
+        .map(str::to_owned);
+    let content_type = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mut params: BTreeMap<String, String> = form_pairs(&query);
+    let mut json_body = Value::Null;
+    if content_type.starts_with("application/json") {
+        json_body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    } else if !body.is_empty() {
+        params.extend(form_pairs(&String::from_utf8_lossy(&body)));
+    }
+    let token = bearer.or_else(|| params.get("access_token").cloned());
+    let path = full_path
+        .strip_prefix(&format!("/{VERSION}"))
+        .unwrap_or(&full_path)
+        .to_owned();
+
+    let fault = {
+        let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+        let position = s
+            .faults
+            .iter()
+            .position(|f| f.method.as_ref().is_none_or(|m| *m == method));
+        position.and_then(|i| s.faults.remove(i))
+    };
+    let (status, reply) = match fault {
+        Some(fault) => (fault.status, fault.body),
+        None => route(state, &method, &path, &params, &json_body, token.as_deref()).await,
+    };
+    {
+        let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+        s.log.push(Logged {
+            method,
+            path,
+            status,
+            at,
+        });
+    }
+    Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(reply.to_string())))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+fn form_pairs(text: &str) -> BTreeMap<String, String> {
+    form_urlencoded::parse(text.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+fn invalid_token() -> Answer {
+    (
+        400,
+        meta_error(
+            "Invalid OAuth access token - Cannot parse access token",
+            "OAuthException",
+            190,
+            None,
+        ),
+    )
+}
+
+fn bad_param(message: &str) -> Answer {
+    (
+        400,
+        meta_error(&format!("(#100) {message}"), "OAuthException", 100, None),
+    )
+}
+
+fn success() -> Answer {
+    (200, json!({"success": true}))
+}
+
+fn split_fields(fields: &str) -> Vec<String> {
+    fields
+        .split(',')
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+async fn route(
+    state: &Arc<Mutex<State>>,
+    method: &Method,
+    path: &str,
+    params: &BTreeMap<String, String>,
+    json_body: &Value,
+    token: Option<&str>,
+) -> Answer {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (app_id, app_token, node_token) = {
+        let s = state.lock().unwrap_or_else(PoisonError::into_inner);
+        let node_token = segments
+            .first()
+            .and_then(|id| s.node_tokens.get(*id).cloned());
+        (
+            s.app_id.clone(),
+            format!("{}|{}", s.app_id, s.app_secret),
+            node_token,
+        )
+    };
+    match segments.as_slice() {
+        [id, "subscriptions"] if *id == app_id => {
+            if token != Some(app_token.as_str()) {
+                return invalid_token();
+            }
+            app_subscriptions(state, method, params).await
+        }
+        [id, "subscribed_apps"] => {
+            if node_token.is_none() || token != node_token.as_deref() {
+                return invalid_token();
+            }
+            subscribed_apps(state, method, id, params, json_body, &app_id).await
+        }
+        [id] if *method == Method::GET => lead(state, id, token),
+        _ => (
+            400,
+            meta_error("Unknown path components", "OAuthException", 2500, None),
+        ),
+    }
+}
+
+async fn app_subscriptions(
+    state: &Arc<Mutex<State>>,
+    method: &Method,
+    params: &BTreeMap<String, String>,
+) -> Answer {
+    match *method {
+        Method::GET => {
+            let s = state.lock().unwrap_or_else(PoisonError::into_inner);
+            let data: Vec<Value> = s
+                .subscriptions
+                .iter()
+                .map(|(object, sub)| {
+                    json!({
+                        "object": object,
+                        "callback_url": sub.callback_url,
+                        "active": true,
+                        "fields": sub.fields.iter().map(|f| json!({"name": f, "version": VERSION})).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            (200, json!({ "data": data }))
+        }
+        Method::POST => {
+            let (Some(object), Some(callback), Some(verify_token)) = (
+                params.get("object"),
+                params.get("callback_url"),
+                params.get("verify_token"),
+            ) else {
+                return bad_param("object, callback_url and verify_token are required");
+            };
+            let fields = split_fields(params.get("fields").map_or("", String::as_str));
+            if fields.is_empty() {
+                return bad_param("fields is required");
+            }
+            if let Err(answer) = verify_callback(callback, verify_token).await {
+                return answer;
+            }
+            let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+            let entry = s.subscriptions.entry(object.clone()).or_insert(AppSub {
+                callback_url: String::new(),
+                fields: Vec::new(),
+                verify_token: String::new(),
+            });
+            entry.callback_url = callback.clone();
+            entry.verify_token = verify_token.clone();
+            for field in fields {
+                if !entry.fields.contains(&field) {
+                    entry.fields.push(field);
+                }
+            }
+            success()
+        }
+        Method::DELETE => {
+            let Some(object) = params.get("object") else {
+                return bad_param("object is required");
+            };
+            let fields = split_fields(params.get("fields").map_or("", String::as_str));
+            let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+            if fields.is_empty() {
+                s.subscriptions.remove(object);
+            } else if let Some(entry) = s.subscriptions.get_mut(object) {
+                entry.fields.retain(|f| !fields.contains(f));
+                if entry.fields.is_empty() {
+                    s.subscriptions.remove(object);
+                }
+            }
+            success()
+        }
+        _ => bad_param("unsupported method"),
+    }
+}
+
+async fn subscribed_apps(
+    state: &Arc<Mutex<State>>,
+    method: &Method,
+    id: &str,
+    params: &BTreeMap<String, String>,
+    json_body: &Value,
+    app_id: &str,
+) -> Answer {
+    let is_waba = !json_body.is_null() || !params.contains_key("subscribed_fields");
+    match *method {
+        Method::GET => {
+            let s = state.lock().unwrap_or_else(PoisonError::into_inner);
+            let data: Vec<Value> = s
+                .nodes
+                .get(id)
+                .map(|edge| {
+                    if edge.subscribed_fields.is_empty() {
+                        let mut entry = json!({"whatsapp_business_api_data": {"id": app_id, "name": "metahook test app", "link": "https://example.invalid/app"}});
+                        if let Some(uri) = &edge.override_callback_uri {
+                            entry["override_callback_uri"] = json!(uri);
+                        }
+                        entry
+                    } else {
+                        json!({"id": app_id, "name": "metahook test app", "subscribed_fields": edge.subscribed_fields})
+                    }
+                })
+                .into_iter()
+                .collect();
+            (200, json!({ "data": data }))
+        }
+        Method::POST if is_waba => {
+            let uri = json_body
+                .get("override_callback_uri")
+                .and_then(Value::as_str);
+            let token = json_body.get("verify_token").and_then(Value::as_str);
+            let override_callback_uri = match (uri, token) {
+                (Some(uri), Some(token)) => {
+                    if uri.len() > 200 {
+                        return bad_param("override_callback_uri must be at most 200 characters");
+                    }
+                    if let Err(answer) = verify_callback(uri, token).await {
+                        return answer;
+                    }
+                    Some(uri.to_owned())
+                }
+                (Some(_), None) => {
+                    return bad_param("verify_token is required with override_callback_uri");
+                }
+                _ => None,
+            };
+            let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+            s.nodes.insert(
+                id.to_owned(),
+                NodeEdge {
+                    subscribed_fields: Vec::new(),
+                    override_callback_uri,
+                },
+            );
+            success()
+        }
+        Method::POST => {
+            let fields = split_fields(params.get("subscribed_fields").map_or("", String::as_str));
+            if fields.is_empty() {
+                return bad_param("subscribed_fields must be non-empty");
+            }
+            let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+            s.nodes.insert(
+                id.to_owned(),
+                NodeEdge {
+                    subscribed_fields: fields,
+                    override_callback_uri: None,
+                },
+            );
+            success()
+        }
+        Method::DELETE => {
+            let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+            s.nodes.remove(id);
+            success()
+        }
+        _ => bad_param("unsupported method"),
+    }
+}
+
+fn lead(state: &Arc<Mutex<State>>, id: &str, token: Option<&str>) -> Answer {
+    let s = state.lock().unwrap_or_else(PoisonError::into_inner);
+    let Some((page, lead)) = s.leads.get(id) else {
+        return (
+            400,
+            meta_error(
+                &format!("Unsupported get request. Object with ID '{id}' does not exist"),
+                "GraphMethodException",
+                100,
+                Some(33),
+            ),
+        );
+    };
+    if token.is_none() || s.node_tokens.get(page).map(String::as_str) != token {
+        return invalid_token();
+    }
+    (200, lead.clone())
+}
+
+/// Meta's verification GET of a callback: `hub.mode=subscribe`, the verify token and a
+/// challenge; the callback must answer 200 with the challenge. Only `http://` callbacks
+/// (the test receivers); the error is what Meta answers.
+async fn verify_callback(callback: &str, verify_token: &str) -> Result<(), Answer> {
+    let failed = |detail: String| {
+        (
+            400,
+            meta_error(
+                &format!("(#2200) callback verification failed: {detail}"),
+                "OAuthException",
+                2200,
+                Some(1_929_002),
+            ),
+        )
+    };
+    let Some(rest) = callback.strip_prefix("http://") else {
+        return Err(failed(format!(
+            "the fake verifies only http:// callbacks, not {callback}"
+        )));
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let Ok(addr) = authority.parse::<SocketAddr>() else {
+        return Err(failed(format!("cannot reach {authority}")));
+    };
+    let challenge = format!("{:016x}", rand_u64());
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("hub.mode", "subscribe")
+        .append_pair("hub.verify_token", verify_token)
+        .append_pair("hub.challenge", &challenge)
+        .finish();
+    let separator = if path.contains('?') { '&' } else { '?' };
+    let target = format!(
+        "{}{separator}{query}",
+        if path.is_empty() { "/" } else { path }
+    );
+    match testkit::request(addr, Method::GET, &target, &[], Bytes::new()).await {
+        Ok(reply) if reply.status == StatusCode::OK && reply.text() == challenge => Ok(()),
+        Ok(reply) => Err(failed(format!(
+            "Callback verification failed with the following errors: HTTP Status Code = {}; HTTP Message = {}",
+            reply.status.as_u16(),
+            reply.status.canonical_reason().unwrap_or("")
+        ))),
+        Err(error) => Err(failed(format!("Couldn't connect to server: {error:#}"))),
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish()
+}

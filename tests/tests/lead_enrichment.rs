@@ -1,0 +1,237 @@
+//! Lead Ads enrichment against the local fake Graph API: a normalized `leadgen` event gets
+//! its answers; a Graph failure, an unknown lead or a Page without a token leaves the event
+//! as it was (still delivered) and is counted in `metahook_enrichment_total{result}`.
+
+use std::time::{Duration, Instant};
+
+use http::Method;
+use metahook_receiver::enrich::{Enricher, EnrichmentConfig, LeadAdsConfig, PageTokenConfig};
+use metahook_receiver::event::{Event, LeadAnswer};
+use metahook_receiver::metrics::Metrics;
+use metahook_receiver::normalize::{self, Context};
+use metahook_tests::fake_graph::{self, FakeGraph, Fault};
+use metahook_tests::testkit::metric_value;
+use serde_json::json;
+
+const PAGE: &str = "111";
+const PAGE_TOKEN: &str = "page-111-token";
+
+fn leadgen_events(leadgen_ids: &[&str]) -> Vec<Event> {
+    let changes: Vec<_> = leadgen_ids
+        .iter()
+        .map(|id| {
+            json!({"field": "leadgen", "value": {
+                "leadgen_id": id, "page_id": PAGE, "form_id": "777", "adgroup_id": "888",
+                "ad_id": "999", "created_time": 1_790_000_000
+            }})
+        })
+        .collect();
+    let body = json!({"object": "page", "entry": [{"id": PAGE, "time": 1_790_000_000, "changes": changes}]});
+    normalize::normalize(
+        body.to_string().as_bytes(),
+        &Context {
+            endpoint: "meta",
+            received_at: "2026-12-01T00:00:00Z",
+            objects: None,
+        },
+    )
+    .expect("normalizes")
+}
+
+fn lead_object(id: &str) -> serde_json::Value {
+    json!({
+        "id": id,
+        "created_time": "2026-09-21T14:13:20+0000",
+        "ad_id": "999",
+        "form_id": "777",
+        "campaign_id": "555",
+        "field_data": [
+            {"name": "email", "values": ["ana@example.com"]},
+            {"name": "interests", "values": ["solar", "storage"]}
+        ]
+    })
+}
+
+async fn setup(dir: &tempfile::TempDir) -> (FakeGraph, Enricher, Metrics) {
+    let graph = FakeGraph::start("1234", "secret")
+        .await
+        .expect("fake graph");
+    graph.add_node(PAGE, PAGE_TOKEN);
+    graph.with(|s| {
+        s.leads
+            .insert("L1".into(), (PAGE.into(), lead_object("L1")));
+        s.leads
+            .insert("L2".into(), (PAGE.into(), lead_object("L2")));
+    });
+    let token_file = dir.path().join("page-111");
+    std::fs::write(&token_file, format!("{PAGE_TOKEN}\n")).expect("token file");
+    let mut lead_ads = LeadAdsConfig::new(vec![PageTokenConfig {
+        page_id: PAGE.into(),
+        token_file: Some(token_file),
+        token_env: None,
+    }]);
+    lead_ads.graph_url = graph.url();
+    lead_ads.api_version = fake_graph::VERSION.into();
+    lead_ads.retry_backoff = Duration::from_millis(50);
+    lead_ads.max_attempts = 3;
+    let config = EnrichmentConfig {
+        lead_ads: Some(lead_ads),
+    };
+    config.validate().expect("valid");
+    let metrics = Metrics::new().expect("metrics");
+    let enricher = Enricher::new(&config, &metrics).expect("enricher");
+    (graph, enricher, metrics)
+}
+
+fn count(metrics: &Metrics, result: &str) -> f64 {
+    let text = String::from_utf8(metrics.encode()).expect("utf-8");
+    metric_value(
+        &text,
+        &format!("metahook_enrichment_total{{result=\"{result}\"}}"),
+    )
+    .unwrap_or_else(|| panic!("no {result} series in {text}"))
+}
+
+#[tokio::test]
+async fn leadgen_events_get_their_answers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (graph, enricher, metrics) = setup(&dir).await;
+    assert_eq!(
+        count(&metrics, "enriched"),
+        0.0,
+        "series exist from the start"
+    );
+    let mut events = leadgen_events(&["L1", "L2"]);
+    enricher.enrich(&mut events).await;
+    for event in &events {
+        let lead = event.lead.as_ref().expect("lead");
+        assert_eq!(lead.campaign_id.as_deref(), Some("555"));
+        assert_eq!(
+            lead.field_data.as_deref(),
+            Some(
+                &[
+                    LeadAnswer {
+                        name: "email".into(),
+                        values: vec!["ana@example.com".into()]
+                    },
+                    LeadAnswer {
+                        name: "interests".into(),
+                        values: vec!["solar".into(), "storage".into()]
+                    },
+                ][..]
+            )
+        );
+        // The webhook's own ids and time stay.
+        assert_eq!(lead.adgroup_id.as_deref(), Some("888"));
+        assert_eq!(lead.created_time.as_deref(), Some("2026-09-21T14:13:20Z"));
+        let json = serde_json::to_value(event).expect("json");
+        assert_eq!(json["lead"]["field_data"][0]["name"], "email");
+    }
+    assert_eq!(count(&metrics, "enriched"), 2.0);
+    let gets = graph.log();
+    assert_eq!(gets.len(), 2);
+    assert!(
+        gets.iter()
+            .all(|l| l.method == Method::GET && l.status == 200)
+    );
+}
+
+#[tokio::test]
+async fn a_transient_failure_is_retried_with_backoff() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (graph, enricher, metrics) = setup(&dir).await;
+    graph.push_fault(Fault::server_error(None));
+    graph.push_fault(Fault::rate_limit(None));
+    let mut events = leadgen_events(&["L1"]);
+    enricher.enrich(&mut events).await;
+    assert!(
+        events[0]
+            .lead
+            .as_ref()
+            .and_then(|l| l.field_data.as_ref())
+            .is_some()
+    );
+    let log = graph.log();
+    let statuses: Vec<u16> = log.iter().map(|l| l.status).collect();
+    assert_eq!(statuses, [500, 400, 200]);
+    assert!(log[1].at - log[0].at >= Duration::from_millis(50));
+    assert!(log[2].at - log[1].at >= Duration::from_millis(100));
+    assert_eq!(count(&metrics, "enriched"), 1.0);
+}
+
+#[tokio::test]
+async fn graph_failures_leave_the_event_as_it_was_and_are_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (graph, enricher, metrics) = setup(&dir).await;
+    // Three 500s exhaust the attempts; an unknown lead is refused at once (code 100).
+    for _ in 0..3 {
+        graph.push_fault(Fault::server_error(None));
+    }
+    let mut events = leadgen_events(&["L1"]);
+    let started = Instant::now();
+    enricher.enrich(&mut events).await;
+    assert!(started.elapsed() < Duration::from_secs(5), "bounded");
+    let lead = events[0].lead.as_ref().expect("the webhook's ids stay");
+    assert!(lead.field_data.is_none() && lead.campaign_id.is_none());
+    assert_eq!(lead.leadgen_id.as_deref(), Some("L1"));
+    assert_eq!(count(&metrics, "failed"), 1.0);
+
+    let mut unknown = leadgen_events(&["NOPE"]);
+    let before = graph.log().len();
+    enricher.enrich(&mut unknown).await;
+    assert_eq!(
+        graph.log().len() - before,
+        1,
+        "a permanent error is not retried"
+    );
+    assert!(
+        unknown[0]
+            .lead
+            .as_ref()
+            .and_then(|l| l.field_data.as_ref())
+            .is_none()
+    );
+    assert_eq!(count(&metrics, "failed"), 2.0);
+
+    // An expired token (Meta answers 190) is a failure too; delivery goes on.
+    std::fs::write(dir.path().join("page-111"), "expired").expect("rotate");
+    let mut expired = leadgen_events(&["L2"]);
+    enricher.enrich(&mut expired).await;
+    assert!(
+        expired[0]
+            .lead
+            .as_ref()
+            .and_then(|l| l.field_data.as_ref())
+            .is_none()
+    );
+    assert_eq!(count(&metrics, "failed"), 3.0);
+    assert_eq!(count(&metrics, "enriched"), 0.0);
+}
+
+#[tokio::test]
+async fn a_page_without_a_token_is_counted_apart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (graph, enricher, metrics) = setup(&dir).await;
+    let body = json!({"object": "page", "entry": [{"id": "222", "time": 1, "changes": [
+        {"field": "leadgen", "value": {"leadgen_id": "L1", "page_id": "222"}}
+    ]}]});
+    let mut events = normalize::normalize(
+        body.to_string().as_bytes(),
+        &Context {
+            endpoint: "meta",
+            received_at: "2026-12-01T00:00:00Z",
+            objects: None,
+        },
+    )
+    .expect("normalizes");
+    enricher.enrich(&mut events).await;
+    assert!(
+        events[0]
+            .lead
+            .as_ref()
+            .and_then(|l| l.field_data.as_ref())
+            .is_none()
+    );
+    assert_eq!(count(&metrics, "no_token"), 1.0);
+    assert!(graph.log().is_empty(), "no call without a token");
+}

@@ -1,0 +1,445 @@
+//! Registration with Meta against the local fake Graph API (tests/src/fake_graph.rs), which
+//! verifies each callback against a real receiver before it answers, as Meta does: the
+//! operator's Graph client and its converge / unregister logic, end to end over HTTP.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use http::Method;
+use metahook_operator::controller::registration::{
+    self, Desired, DesiredNode, Tokens, converge, unregister,
+};
+use metahook_operator::crd::{RegisteredNode, RegistrationStatus, SecretKeyRef};
+use metahook_operator::graph::{GraphClient, GraphSettings};
+use metahook_tests::fake_graph::{self, FakeGraph, Fault};
+use metahook_tests::testkit::{PATH, TestReceiver, VERIFY_TOKEN};
+
+const APP: &str = "1234";
+const APP_SECRET: &str = "app-secret-value";
+const BACKOFF: Duration = Duration::from_millis(100);
+
+fn client(graph: &FakeGraph) -> GraphClient {
+    GraphClient::new(GraphSettings {
+        base_url: graph.url(),
+        api_version: fake_graph::VERSION.to_owned(),
+        timeout: Duration::from_secs(5),
+        max_attempts: 3,
+        retry_backoff: BACKOFF,
+    })
+    .expect("client")
+}
+
+fn key(name: &str) -> SecretKeyRef {
+    SecretKeyRef {
+        name: name.to_owned(),
+        key: "token".to_owned(),
+    }
+}
+
+fn desired(receiver: &TestReceiver, object: &str, fields: &[&str]) -> Desired {
+    Desired {
+        app_id: APP.to_owned(),
+        object: object.to_owned(),
+        callback_url: format!("http://{}{PATH}", receiver.addr),
+        fields: fields.iter().map(|f| (*f).to_owned()).collect(),
+        verify_token: VERIFY_TOKEN.to_owned(),
+        app_secret_ref: key("meta-app"),
+        app_token: format!("{APP}|{APP_SECRET}"),
+        app_subscription: true,
+        pages: Vec::new(),
+        wabas: Vec::new(),
+    }
+}
+
+fn tokens(pairs: &[(&str, &str)]) -> Tokens {
+    pairs
+        .iter()
+        .map(|(name, token)| (key(name), (*token).to_owned()))
+        .collect()
+}
+
+fn fields_of(graph: &FakeGraph, object: &str) -> BTreeSet<String> {
+    graph
+        .subscription(object)
+        .map(|s| s.fields.into_iter().collect())
+        .unwrap_or_default()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|i| (*i).to_owned()).collect()
+}
+
+#[tokio::test]
+async fn register_then_converge_after_a_fields_change_keeping_foreign_fields() {
+    let receiver = TestReceiver::start().await.expect("receiver");
+    let graph = FakeGraph::start(APP, APP_SECRET).await.expect("fake graph");
+    let client = client(&graph);
+
+    let first = converge(
+        &client,
+        &desired(&receiver, "page", &["feed", "leadgen"]),
+        None,
+    )
+    .await;
+    assert!(first.error.is_none(), "{:?}", first.error);
+    let sub = graph.subscription("page").expect("registered");
+    assert_eq!(sub.callback_url, format!("http://{}{PATH}", receiver.addr));
+    assert_eq!(sub.verify_token, VERIFY_TOKEN);
+    assert_eq!(fields_of(&graph, "page"), set(&["feed", "leadgen"]));
+    assert_eq!(first.status.registered_fields, ["feed", "leadgen"]);
+    assert_eq!(
+        first.status.verify_token_digest.as_deref(),
+        Some(registration::token_digest(VERIFY_TOKEN).as_str())
+    );
+    assert_eq!(first.changes.len(), 1, "{:?}", first.changes);
+
+    // A second pass finds Meta as wanted: only the GET.
+    let before = graph.log().len();
+    let again = converge(
+        &client,
+        &desired(&receiver, "page", &["feed", "leadgen"]),
+        Some(&first.status),
+    )
+    .await;
+    assert!(
+        again.error.is_none() && again.changes.is_empty(),
+        "{:?}",
+        again.changes
+    );
+    let log = graph.log();
+    assert_eq!(log.len() - before, 1);
+    assert_eq!(log[before].method, Method::GET);
+
+    // Someone subscribes `mention` by hand; the spec drops `feed` and adds `ratings`.
+    graph.with(|s| {
+        s.subscriptions
+            .get_mut("page")
+            .expect("page")
+            .fields
+            .push("mention".to_owned());
+    });
+    let changed = converge(
+        &client,
+        &desired(&receiver, "page", &["leadgen", "ratings"]),
+        Some(&first.status),
+    )
+    .await;
+    assert!(changed.error.is_none(), "{:?}", changed.error);
+    assert_eq!(
+        fields_of(&graph, "page"),
+        set(&["leadgen", "mention", "ratings"]),
+        "feed removed, ratings added, the hand-made mention kept"
+    );
+    assert_eq!(changed.status.registered_fields, ["leadgen", "ratings"]);
+
+    // Deleting removes only the operator's fields.
+    let mut status = changed.status.clone();
+    let mut changes = Vec::new();
+    unregister(
+        &client,
+        &mut status,
+        &tokens(&[("meta-app", APP_SECRET)]),
+        &mut changes,
+    )
+    .await
+    .expect("unregister");
+    assert_eq!(fields_of(&graph, "page"), set(&["mention"]));
+    assert!(status.registered_fields.is_empty());
+}
+
+#[tokio::test]
+async fn a_rotated_verify_token_or_moved_callback_is_registered_again() {
+    let receiver = TestReceiver::start().await.expect("receiver");
+    let graph = FakeGraph::start(APP, APP_SECRET).await.expect("fake graph");
+    let client = client(&graph);
+    let wanted = desired(&receiver, "page", &["feed"]);
+    let first = converge(&client, &wanted, None).await;
+    assert!(first.error.is_none(), "{:?}", first.error);
+    // Registered with another token before (its digest differs): POSTed again.
+    let mut previous = first.status.clone();
+    previous.verify_token_digest = Some(registration::token_digest("old-token"));
+    let rotated = converge(&client, &wanted, Some(&previous)).await;
+    assert!(rotated.error.is_none(), "{:?}", rotated.error);
+    assert_eq!(rotated.changes.len(), 1, "{:?}", rotated.changes);
+    // Meta holds another callback (changed by hand): POSTed again.
+    graph.with(|s| {
+        s.subscriptions.get_mut("page").expect("page").callback_url =
+            "https://elsewhere.example/x".into();
+    });
+    let moved = converge(&client, &wanted, Some(&rotated.status)).await;
+    assert!(moved.error.is_none(), "{:?}", moved.error);
+    assert_eq!(
+        graph.subscription("page").expect("page").callback_url,
+        wanted.callback_url
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_verify_token_fails_with_metas_message() {
+    let receiver = TestReceiver::start().await.expect("receiver");
+    let graph = FakeGraph::start(APP, APP_SECRET).await.expect("fake graph");
+    let client = client(&graph);
+    let mut wanted = desired(&receiver, "page", &["feed"]);
+    wanted.verify_token = "not-the-receivers-token".to_owned();
+    let result = converge(&client, &wanted, None).await;
+    let error = result.error.expect("verification fails");
+    assert_eq!(error.code(), Some(2200));
+    assert_eq!(error.fbtrace_id(), Some("AfakeTrace0"));
+    assert!(
+        error.message.contains("callback verification failed")
+            && error.message.contains("HTTP Status Code = 403"),
+        "{error}"
+    );
+    assert!(!error.is_transient(), "not retried");
+    assert_eq!(
+        graph
+            .log()
+            .iter()
+            .filter(|l| l.method == Method::POST)
+            .count(),
+        1
+    );
+    assert!(graph.subscription("page").is_none(), "nothing registered");
+    assert!(result.status.registered_fields.is_empty());
+}
+
+#[tokio::test]
+async fn a_wrong_app_secret_is_metas_invalid_token_error() {
+    let receiver = TestReceiver::start().await.expect("receiver");
+    let graph = FakeGraph::start(APP, APP_SECRET).await.expect("fake graph");
+    let client = client(&graph);
+    let mut wanted = desired(&receiver, "page", &["feed"]);
+    wanted.app_token = format!("{APP}|wrong");
+    let error = converge(&client, &wanted, None)
+        .await
+        .error
+        .expect("refused");
+    assert_eq!(error.code(), Some(190));
+    assert!(
+        error.message.contains("Invalid OAuth access token"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_server_error_and_a_rate_limit_are_retried_with_backoff() {
+    let receiver = TestReceiver::start().await.expect("receiver");
+    let graph = FakeGraph::start(APP, APP_SECRET).await.expect("fake graph");
+    let client = client(&graph);
+    graph.push_fault(Fault::server_error(Some(Method::POST)));
+    graph.push_fault(Fault::rate_limit(Some(Method::POST)));
+    let result = converge(&client, &desired(&receiver, "page", &["feed"]), None).await;
+    assert!(result.error.is_none(), "{:?}", result.error);
+    assert_eq!(fields_of(&graph, "page"), set(&["feed"]));
+    let posts: Vec<_> = graph
+        .log()
+        .into_iter()
+        .filter(|l| l.method == Method::POST)
+        .collect();
+    let statuses: Vec<u16> = posts.iter().map(|p| p.status).collect();
+    assert_eq!(statuses, [500, 400, 200]);
+    // 1st retry after the base backoff; after the rate limit, 4 × the doubled backoff.
+    let first_wait = posts[1].at - posts[0].at;
+    let second_wait = posts[2].at - posts[1].at;
+    assert!(first_wait >= BACKOFF, "{first_wait:?}");
+    assert!(second_wait >= BACKOFF * 8, "{second_wait:?}");
+
+    // Out of attempts: the error is Meta's, marked a rate limit.
+    for _ in 0..3 {
+        graph.push_fault(Fault::rate_limit(Some(Method::POST)));
+    }
+    let mut wanted = desired(&receiver, "page", &["feed", "mention"]);
+    wanted.fields.sort();
+    let error = converge(&client, &wanted, Some(&result.status))
+        .await
+        .error
+        .expect("rate limited");
+    assert!(error.is_rate_limit(), "{error}");
+    assert_eq!(error.code(), Some(4));
+}
+
+#[tokio::test]
+async fn waba_override_set_then_removed_and_unregistered() {
+    let receiver = TestReceiver::start().await.expect("receiver");
+    let graph = FakeGraph::start(APP, APP_SECRET).await.expect("fake graph");
+    graph.add_node("5550001", "system-user-token");
+    let client = client(&graph);
+    let mut wanted = desired(&receiver, "whatsapp_business_account", &["messages"]);
+    // The app's callback belongs to someone else; this subscription only overrides.
+    wanted.app_subscription = false;
+    wanted.wabas = vec![DesiredNode {
+        id: "5550001".to_owned(),
+        token_ref: key("wa-system-user"),
+        token: "system-user-token".to_owned(),
+        override_callback: true,
+    }];
+    let set_override = converge(&client, &wanted, None).await;
+    assert!(set_override.error.is_none(), "{:?}", set_override.error);
+    assert_eq!(
+        graph.edge("5550001").and_then(|e| e.override_callback_uri),
+        Some(wanted.callback_url.clone()),
+        "the override is set (and was verified against the receiver)"
+    );
+    assert!(graph.subscription("whatsapp_business_account").is_none());
+    assert_eq!(
+        set_override.status.whatsapp_business_accounts[0]
+            .override_callback_url
+            .as_deref(),
+        Some(wanted.callback_url.as_str())
+    );
+
+    wanted.wabas[0].override_callback = false;
+    let removed = converge(&client, &wanted, Some(&set_override.status)).await;
+    assert!(removed.error.is_none(), "{:?}", removed.error);
+    let edge = graph.edge("5550001").expect("still subscribed");
+    assert_eq!(edge.override_callback_uri, None, "override removed");
+    assert_eq!(
+        removed.status.whatsapp_business_accounts[0].override_callback_url,
+        None
+    );
+
+    let mut status = removed.status.clone();
+    let mut changes = Vec::new();
+    unregister(
+        &client,
+        &mut status,
+        &tokens(&[("wa-system-user", "system-user-token")]),
+        &mut changes,
+    )
+    .await
+    .expect("unregister");
+    assert!(graph.edge("5550001").is_none(), "edge removed");
+    assert!(status.whatsapp_business_accounts.is_empty());
+}
+
+#[tokio::test]
+async fn an_override_longer_than_metas_limit_is_refused() {
+    let graph = FakeGraph::start(APP, APP_SECRET).await.expect("fake graph");
+    graph.add_node("5550001", "system-user-token");
+    let client = client(&graph);
+    let receiver = TestReceiver::start().await.expect("receiver");
+    let mut wanted = desired(&receiver, "whatsapp_business_account", &["messages"]);
+    wanted.app_subscription = false;
+    wanted.callback_url = format!("http://{}/{}", receiver.addr, "x".repeat(200));
+    wanted.wabas = vec![DesiredNode {
+        id: "5550001".to_owned(),
+        token_ref: key("wa"),
+        token: "system-user-token".to_owned(),
+        override_callback: true,
+    }];
+    let error = converge(&client, &wanted, None)
+        .await
+        .error
+        .expect("refused");
+    assert_eq!(error.code(), Some(100));
+    assert!(error.message.contains("200 characters"), "{error}");
+}
+
+#[tokio::test]
+async fn page_edges_keep_other_fields_and_are_removed_on_delete() {
+    let receiver = TestReceiver::start().await.expect("receiver");
+    let graph = FakeGraph::start(APP, APP_SECRET).await.expect("fake graph");
+    graph.add_node("111", "page-111-token");
+    graph.add_node("222", "page-222-token");
+    let client = client(&graph);
+    // Page 222 already delivers `messages` to the app (set up by hand).
+    graph.with(|s| {
+        s.nodes.insert(
+            "222".to_owned(),
+            fake_graph::NodeEdge {
+                subscribed_fields: vec!["messages".to_owned()],
+                override_callback_uri: None,
+            },
+        );
+    });
+    let mut wanted = desired(&receiver, "page", &["feed", "leadgen"]);
+    wanted.pages = ["111", "222"]
+        .into_iter()
+        .map(|id| DesiredNode {
+            id: id.to_owned(),
+            token_ref: key(&format!("page-{id}")),
+            token: format!("page-{id}-token"),
+            override_callback: false,
+        })
+        .collect();
+    let result = converge(&client, &wanted, None).await;
+    assert!(result.error.is_none(), "{:?}", result.error);
+    let fields = |id: &str| -> BTreeSet<String> {
+        graph
+            .edge(id)
+            .map(|e| e.subscribed_fields.into_iter().collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(fields("111"), set(&["feed", "leadgen"]));
+    assert_eq!(fields("222"), set(&["feed", "leadgen", "messages"]));
+
+    let mut status = result.status.clone();
+    let mut changes = Vec::new();
+    unregister(
+        &client,
+        &mut status,
+        &tokens(&[
+            ("meta-app", APP_SECRET),
+            ("page-111", "page-111-token"),
+            ("page-222", "page-222-token"),
+        ]),
+        &mut changes,
+    )
+    .await
+    .expect("unregister");
+    assert!(
+        graph.edge("111").is_none(),
+        "the operator's edge is removed"
+    );
+    assert_eq!(
+        fields("222"),
+        set(&["messages"]),
+        "the hand-made field stays"
+    );
+    assert!(
+        graph.subscription("page").is_none(),
+        "app subscription removed"
+    );
+    assert_eq!(changes.len(), 3, "{changes:?}");
+}
+
+#[tokio::test]
+async fn an_unreachable_graph_api_leaves_the_registration_recorded() {
+    let graph = FakeGraph::start(APP, APP_SECRET).await.expect("fake graph");
+    let url = graph.url();
+    drop(graph);
+    let client = GraphClient::new(GraphSettings {
+        base_url: url,
+        api_version: fake_graph::VERSION.to_owned(),
+        timeout: Duration::from_secs(2),
+        max_attempts: 2,
+        retry_backoff: Duration::from_millis(10),
+    })
+    .expect("client");
+    let mut status = RegistrationStatus {
+        app_id: APP.to_owned(),
+        object: "page".to_owned(),
+        registered_fields: vec!["feed".to_owned()],
+        app_secret_ref: Some(key("meta-app")),
+        pages: vec![RegisteredNode {
+            id: "111".to_owned(),
+            access_token_ref: key("page-111"),
+            ..RegisteredNode::default()
+        }],
+        ..RegistrationStatus::default()
+    };
+    let mut changes = Vec::new();
+    let error = unregister(
+        &client,
+        &mut status,
+        &tokens(&[("meta-app", APP_SECRET), ("page-111", "t")]),
+        &mut changes,
+    )
+    .await
+    .expect_err("unreachable");
+    assert!(error.status.is_none() && error.is_transient(), "{error}");
+    assert_eq!(
+        registration::describe_left(&status),
+        "app 1234 subscription to page fields feed; subscribed_apps of 111"
+    );
+}
