@@ -149,6 +149,13 @@ impl ClientAuth {
         }
     }
 
+    /// Whether every request reaching an endpoint was verified as Meta's by its client
+    /// certificate (then limits per client address would only limit Meta, or the ingress
+    /// all of Meta's requests come through).
+    pub fn verifies_clients(&self) -> bool {
+        !matches!(self, ClientAuth::Open)
+    }
+
     /// Whether a request on an endpoint path from `peer` with `headers` may proceed.
     pub fn check(&self, peer: &Peer, headers: &HeaderMap) -> Result<(), Refusal> {
         match self {
