@@ -19,18 +19,34 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(version, propagate_version = true, after_long_help = CONFIG_KEYS)]
 struct Cli {
-    /// The YAML configuration file; without it, the embedded default (examples/local.yaml).
+    // Defaults, environment variables and values are said in the help's prose, not in
+    // clap's `[default: …]` annotations: in the long help those stand alone on a line and
+    // read like section headings.
+    /// The YAML configuration file (or METAHOOK_CONFIG); without either, the embedded
+    /// default (examples/local.yaml).
     #[arg(
         long,
         short,
         global = true,
         env = "METAHOOK_CONFIG",
+        hide_env = true,
         value_name = "FILE"
     )]
     config: Option<PathBuf>,
 
-    /// Log format: one JSON object per line (default), or human-readable text.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Json, env = "METAHOOK_LOG_FORMAT")]
+    /// Log format: json, one JSON object per line (the default), or text, for people (or
+    /// METAHOOK_LOG_FORMAT).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = LogFormat::Json,
+        env = "METAHOOK_LOG_FORMAT",
+        hide_env = true,
+        hide_default_value = true,
+        hide_possible_values = true,
+        value_name = "json|text"
+    )]
     log_format: LogFormat,
 
     #[command(subcommand)]
