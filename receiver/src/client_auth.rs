@@ -16,7 +16,8 @@
 //!   headers ([`crate::trusted_proxy`]).
 //!
 //! Every refusal is answered 403 before the body is read (nothing is spooled), counted in
-//! `metahook_tls_client_rejections_total{reason}` and logged with the peer address.
+//! `metahook_tls_client_rejections_total{reason}` and logged with the peer address, at the
+//! bounded rate of refused requests (`metrics::refusal_log`).
 
 use std::net::SocketAddr;
 

@@ -197,9 +197,7 @@ pub struct ClientRefused<'a> {
     pub reason: Rejection,
     /// The TCP peer.
     pub peer: SocketAddr,
-    /// The endpoint asked for; `None` when refused in the handshake.
-    pub endpoint: Option<&'a str>,
-    /// Details: names seen, header values, the TLS error.
+    /// The TLS error.
     pub detail: &'a dyn Shown,
 }
 
@@ -222,14 +220,7 @@ impl InternalEvent for ClientRefused<'_> {
         if !log_it {
             return;
         }
-        match self.endpoint {
-            Some(endpoint) => {
-                tracing::warn!(target: "metahook::client_auth", reason, peer = %peer, endpoint, detail = %detail, "client refused");
-            }
-            None => {
-                tracing::warn!(target: "metahook::client_auth", reason, peer = %peer, detail = %detail, "client certificate refused in the TLS handshake");
-            }
-        }
+        tracing::warn!(target: "metahook::client_auth", reason, peer = %peer, detail = %detail, "client certificate refused in the TLS handshake");
     }
 }
 
