@@ -31,8 +31,8 @@ use crate::config::{Config, ConfigError, EndpointConfig, Limits, RESERVED_PATHS}
 use crate::event::{Event, Kind};
 use crate::metrics::Metrics;
 use crate::metrics::events::{
-    AdmissionRefused, BodyBudgetSampled, EventsAccepted, ReadinessChanged, RequestAnswered,
-    RequestRefused, SignatureRefused, SpoolCommitted,
+    AdmissionRefused, BodyBudgetSampled, EndpointServed, EventsAccepted, ReadinessChanged,
+    RequestAnswered, RequestRefused, SignatureRefused, SpoolCommitted,
 };
 use crate::normalize;
 use crate::secrets::{SecretError, SecretStore};
@@ -344,6 +344,11 @@ impl Receiver {
                     secrets,
                 }),
             );
+        }
+        for endpoint in &config.endpoints {
+            metrics.emit(EndpointServed {
+                endpoint: &endpoint.name,
+            });
         }
         let client_auth = ClientAuth::from_config(config)?;
         Ok(Receiver {
@@ -985,6 +990,32 @@ mod tests {
             .body(broken)
             .expect("request");
         assert_eq!(answer(&receiver, request).await.0, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn every_admission_refusal_has_a_series_from_the_start() {
+        let outcomes = [
+            Outcome::Overloaded,
+            Outcome::PeerLimit,
+            Outcome::BodyBudget,
+            Outcome::TooLarge,
+            Outcome::Timeout,
+            Outcome::BodyError(String::new()),
+        ];
+        let reasons: Vec<&str> = outcomes
+            .iter()
+            .filter_map(Outcome::admission_refusal)
+            .collect();
+        assert_eq!(reasons, crate::metrics::events::ADMISSION_REASONS);
+        let dir = tempfile::tempdir().expect("dir");
+        let receiver = spooled(&config(dir.path()));
+        let metrics = String::from_utf8(receiver.metrics.encode()).expect("utf8");
+        for reason in reasons {
+            let sample = format!(
+                r#"metahook_admission_refusals_total{{endpoint="wa",reason="{reason}"}} 0"#
+            );
+            assert!(metrics.contains(&sample), "{sample} missing:\n{metrics}");
+        }
     }
 
     #[tokio::test]

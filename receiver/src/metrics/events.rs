@@ -254,6 +254,34 @@ pub struct AdmissionRefused<'a> {
     pub reason: &'static str,
 }
 
+/// Every `reason` of `metahook_admission_refusals_total`.
+pub const ADMISSION_REASONS: [&str; 6] = [
+    "in_flight",
+    "peer_limit",
+    "body_budget",
+    "too_large",
+    "body_timeout",
+    "body_error",
+];
+
+/// An endpoint is served: its `metahook_admission_refusals_total` series exist from the start
+/// at 0, so a rate sees the first refusal too.
+#[derive(Debug)]
+pub struct EndpointServed<'a> {
+    /// The endpoint.
+    pub endpoint: &'a str,
+}
+
+impl InternalEvent for EndpointServed<'_> {
+    fn emit(self, metrics: &Metrics) {
+        for reason in ADMISSION_REASONS {
+            metrics
+                .admission_refusals
+                .with_label_values(&[self.endpoint, reason]);
+        }
+    }
+}
+
 impl InternalEvent for AdmissionRefused<'_> {
     fn emit(self, metrics: &Metrics) {
         metrics
