@@ -182,7 +182,8 @@ enum LogFormat {
 enum Command {
     /// Run the receiver (the default when no command is given).
     Run,
-    /// Validate the configuration and read every secret it names, then exit.
+    /// Validate the configuration, read every secret and TLS file it names and check that
+    /// spool.dir can be created and written, then exit.
     CheckConfig,
     /// Inspect, retry or purge a sink's dead letters (events it gave up on).
     ///
