@@ -97,7 +97,9 @@ pub fn main() -> std::process::ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!(error = format!("{err:#}"), "metahook-operator failed");
+            // Each cause once: kube's errors repeat their source's text in their own.
+            let error = metahook_receiver::cli::error_chain(&err);
+            tracing::error!(error, "metahook-operator failed");
             std::process::ExitCode::FAILURE
         }
     }

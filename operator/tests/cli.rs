@@ -47,6 +47,17 @@ fn without_a_cluster_it_says_what_is_missing() {
         stderr.contains("no Kubernetes client configuration"),
         "unclear error: {stderr}"
     );
+    // Each cause once: kube's error repeats its source's text, which is not printed again.
+    for cause in [
+        "No such file or directory (os error 2)",
+        "failed to read an incluster environment variable",
+    ] {
+        assert_eq!(
+            stderr.matches(cause).count(),
+            1,
+            "{cause} repeated: {stderr}"
+        );
+    }
 }
 
 #[test]

@@ -14,7 +14,8 @@ use tokio::task::JoinHandle;
 use crate::acceptor::Acceptor;
 use crate::config::{Config, DeliveryMode};
 use crate::metrics::Metrics;
-use crate::metrics::events::{SpoolLimit, SpoolSampled};
+use crate::metrics::events::{RefusalLogTick, SpoolLimit, SpoolSampled};
+use crate::metrics::refusal_log;
 use crate::server::{self, Listener, Receiver, Role};
 use crate::sink::direct::DirectSinks;
 use crate::sink::{self, Consumer};
@@ -124,6 +125,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             stop_rx.clone(),
         )));
     }
+    let refusals = tokio::spawn(summarize_refusals(Arc::clone(&metrics), stop_rx.clone()));
     let reloader = tokio::spawn(reload_secrets(
         Arc::clone(&receiver),
         config.secret_reload_interval,
@@ -181,6 +183,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             }
         }
         reloader.abort();
+        refusals.abort();
+        metrics.emit(RefusalLogTick { closing: true });
         if let Some(gauges) = gauges {
             gauges.abort();
         }
@@ -202,6 +206,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         stop,
         task,
     })
+}
+
+/// Writes the refusal log's summary when a window ends, so the last window of a flood of
+/// refused requests is reported even when no request follows it.
+async fn summarize_refusals(metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(refusal_log::WINDOW / 2);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => metrics.emit(RefusalLogTick { closing: false }),
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 async fn reload_secrets(receiver: Arc<Receiver>, every: Duration, mut stop: watch::Receiver<bool>) {

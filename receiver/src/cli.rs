@@ -3,7 +3,7 @@
 //! It lives in the library so that the binary and the benchmark (which re-executes itself
 //! as a receiver) run exactly the same code.
 
-use std::io::Read as _;
+use std::io::{Read as _, Write as _};
 use std::path::PathBuf;
 
 use crate::config::Config;
@@ -19,18 +19,34 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(version, propagate_version = true, after_long_help = CONFIG_KEYS)]
 struct Cli {
-    /// The YAML configuration file; without it, the embedded default (examples/local.yaml).
+    // Defaults, environment variables and values are said in the help's prose, not in
+    // clap's `[default: …]` annotations: in the long help those stand alone on a line and
+    // read like section headings.
+    /// The YAML configuration file (or METAHOOK_CONFIG); without either, the embedded
+    /// default (examples/local.yaml).
     #[arg(
         long,
         short,
         global = true,
         env = "METAHOOK_CONFIG",
+        hide_env = true,
         value_name = "FILE"
     )]
     config: Option<PathBuf>,
 
-    /// Log format: one JSON object per line (default), or human-readable text.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Json, env = "METAHOOK_LOG_FORMAT")]
+    /// Log format: json, one JSON object per line (the default), or text, for people (or
+    /// METAHOOK_LOG_FORMAT).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = LogFormat::Json,
+        env = "METAHOOK_LOG_FORMAT",
+        hide_env = true,
+        hide_default_value = true,
+        hide_possible_values = true,
+        value_name = "json|text"
+    )]
     log_format: LogFormat,
 
     #[command(subcommand)]
@@ -40,61 +56,99 @@ struct Cli {
 /// Every configuration key, for `--help` (docs/configuration.md has the details; a test
 /// keeps both in step with the config type).
 const CONFIG_KEYS: &str = "\
-Configuration keys (YAML; durations like 500ms, 30s, 24h):
-  listen                          address:port for webhooks, /metrics, /healthz, /readyz
-  endpoints[]                     one per Meta app:
-    name                          label in logs, metrics and events
-    path                          URL path Meta is pointed at
-    objects                       accepted objects (absent: all)
-    app_secret_file | app_secret_env            app secret (env: VAR or VAR:-default)
-    previous_app_secret_file | previous_app_secret_env   also accepted (rotation)
-    verify_token_file | verify_token_env        token of the GET handshake
-    legacy_sha1_signature         also accept X-Hub-Signature (sha1)
-  delivery.mode                   spool (200 once fsync'd) | direct (200 once every sink acked) [spool]
-  spool.dir                       spool directory (segment log, fsync'd group commits)
-  spool.dedup_window              redeliveries of a body within it are stored once [1h]
-  spool.dedup_max_entries         requests remembered for dedup at most [100000]
-  spool.segment_bytes             size of a segment file [67108864]
-  spool.max_bytes                 503 + Retry-After while the spool holds more [0 = no limit]
-  spool.max_group_requests        requests per group commit [1024]
-  spool.group_commit_wait         wait for requests about to append [1ms]
-  sinks[].name                    sink name (its cursor and metrics label)
-  sinks[].file.path               JSON-lines file
-  sinks[].nats.url                NATS server (JetStream publish, Nats-Msg-Id = event id)
-  sinks[].nats.subject            subject template [meta.{platform}.{field}.{kind}]
-  sinks[].nats.stream             stream name (required with create_stream)
-  sinks[].nats.create_stream      create the stream if absent [false]
-  sinks[].postgres.url            PostgreSQL connection URL (the unified message store)
-  sinks[].postgres.url_file       file holding the URL instead (re-read at reconnect)
-  sinks[].postgres.schema         schema of its tables, migrated at start [metahook]
-  sinks[].http.url                POST each event as JSON (Idempotency-Key = event id)
-  sinks[].http.signing_secret_file  secret of the X-Metahook-Signature HMAC
-  sinks[].http.timeout            per POST [10s]
-  sinks[].http.concurrency        POSTs in flight [8]
-  sinks[].http.ca_file            CAs for the service's certificate [system]
-  sinks[].http.client_cert_file | client_key_file   mTLS to the service
-  sinks[].retry.max_attempts      attempts per batch before dead letters [20; 0 = forever]
-  sinks[].retry.max_backoff       longest wait between attempts [5m]
-  limits.max_body_bytes           413 above [4194304]
-  limits.header_read_timeout      connection closed after [10s]
-  limits.request_timeout          408 after [30s]
-  limits.max_in_flight            503 + Retry-After above [1024]
-  limits.retry_after_seconds      Retry-After on 503 [5]
-  limits.max_json_depth           400 for bodies nested deeper [128]
-  log_message_text                log message texts [false]
-  shutdown_grace                  SIGTERM drain limit [25s]
-  shutdown_delay                  keep accepting after readiness turns off [0s]
-  secret_reload_interval          secret files re-read every [2s]
-  metrics_listen                  extra plain-HTTP address for /metrics, /healthz, /readyz
-  tls.cert_file | tls.key_file    serving certificate chain and key (PEM, reloaded on change)
-  tls.mode                        server | mutual (client certificate required on endpoint paths) [server]
-  tls.client_ca_file              CA bundle client certificates must chain to (mutual)
-  tls.allowed_client_names        client CN / DNS SAN accepted [client.webhooks.fbclientcerts.com]
-  tls.reload_interval             certificate files checked every [10s]
-  trusted_proxy.cidrs             ingress addresses whose client-certificate headers are believed
-  trusted_proxy.allowed_client_names  CN accepted in the subject DN header [client.webhooks.fbclientcerts.com]
-  trusted_proxy.verify_header     verdict header [ssl-client-verify]
-  trusted_proxy.subject_header    subject DN header [ssl-client-subject-dn]";
+Configuration keys (YAML; durations like 500ms, 30s, 24h; the default follows
+\"default\" where there is one):
+  listen               HOST:PORT, :PORT or IP:PORT for webhooks and probes
+  endpoints[]          one per Meta app:
+    name               label in logs, metrics and events
+    path               URL path Meta is pointed at
+    objects            accepted objects, e.g. whatsapp_business_account, page,
+                       instagram; absent: all
+    app_secret_file, app_secret_env
+                       app secret (env: VAR or VAR:-default)
+    previous_app_secret_file, previous_app_secret_env
+                       also accepted (during a rotation)
+    verify_token_file, verify_token_env
+                       token of the GET handshake
+    legacy_sha1_signature
+                       also accept X-Hub-Signature (sha1); default false
+  delivery.mode        spool: 200 once fsync'd; direct: 200 once every sink
+                       acked; default spool
+  spool:
+    dir                spool directory (segment log, fsync'd group commits)
+    dedup_window       a body redelivered within it is stored once; default 1h
+    dedup_max_entries  requests remembered for dedup; default 100000
+    segment_bytes      size of a segment file; default 67108864
+    max_bytes          503 + Retry-After while the spool holds more; default 0
+                       (no limit)
+    max_group_requests requests per group commit; default 1024
+    group_commit_wait  wait for requests about to append; default 1ms
+  sinks[]:
+    name               sink name (its cursor and metrics label)
+    file.path          JSON-lines file
+    nats.url           NATS server (JetStream publish, Nats-Msg-Id = event id)
+    nats.subject       subject template; default meta.{platform}.{field}.{kind}
+    nats.stream        stream name (required with create_stream)
+    nats.create_stream create the stream if absent; default false
+    postgres.url       PostgreSQL connection URL (the unified message store)
+    postgres.url_file  file holding the URL instead (re-read at reconnect)
+    postgres.schema    schema of its tables (migrated at start); default
+                       metahook
+    http.url           POST each event as JSON (Idempotency-Key = event id)
+    http.signing_secret_file
+                       secret of the X-Metahook-Signature HMAC
+    http.timeout       per POST; default 10s
+    http.concurrency   POSTs in flight; default 8
+    http.ca_file       CAs for the service's certificate; default the system's
+    http.client_cert_file, http.client_key_file
+                       mTLS to the service
+    retry.max_attempts attempts per batch before dead letters; default 20
+                       (0: forever)
+    retry.max_backoff  longest wait between attempts; default 5m
+  limits:
+    max_body_bytes     413 above; default 4194304
+    header_read_timeout
+                       connection closed after; default 10s
+    request_timeout    408 after, however fast the body comes; default 30s
+    body_timeout       408 for a stalled body after; default 5s
+    min_body_bytes_per_second
+                       each this many body bytes extend body_timeout by 1s;
+                       default 65536
+    max_in_flight      503 + Retry-After above; default 1024
+    max_in_flight_per_peer
+                       429 above, per client address (IPv6: per /64);
+                       default 128
+    max_buffered_body_bytes
+                       503 when bodies being read would hold more; default
+                       33554432 (or max_body_bytes if larger)
+    retry_after_seconds
+                       Retry-After on 503 and 429; default 5
+    max_json_depth     400 for bodies nested deeper; default 128
+  log_message_text     log message texts; default false
+  shutdown_grace       SIGTERM drain limit; default 25s
+  shutdown_delay       keep accepting after readiness turns off; default 0s
+  secret_reload_interval
+                       secret files re-read every; default 2s
+  metrics_listen       extra plain-HTTP address for /metrics, /healthz, /readyz
+  tls:
+    cert_file, key_file
+                       serving certificate chain and key (PEM, reloaded when
+                       changed)
+    mode               server, or mutual (a client certificate is required on
+                       endpoint paths); default server
+    client_ca_file     CA bundle client certificates must chain to (mutual)
+    allowed_client_names
+                       client CN / DNS SAN accepted; default
+                       client.webhooks.fbclientcerts.com
+    reload_interval    certificate files checked every; default 10s
+  trusted_proxy:
+    cidrs              ingress addresses whose client-certificate headers are
+                       believed
+    allowed_client_names
+                       CN accepted in the subject DN header; default
+                       client.webhooks.fbclientcerts.com
+    verify_header      verdict header; default ssl-client-verify
+    subject_header     subject DN header; default ssl-client-subject-dn";
 
 #[derive(Debug, Subcommand)]
 enum DlqAction {
@@ -128,7 +182,8 @@ enum LogFormat {
 enum Command {
     /// Run the receiver (the default when no command is given).
     Run,
-    /// Validate the configuration and read every secret it names, then exit.
+    /// Validate the configuration, read every secret and TLS file it names and check that
+    /// spool.dir can be created and written, then exit.
     CheckConfig,
     /// Inspect, retry or purge a sink's dead letters (events it gave up on).
     ///
@@ -176,24 +231,39 @@ where
         }
     };
     // Held until exit: dropping it flushes the log lines still buffered.
-    let _log_guard = init_logging(cli.log_format);
+    let log_guard = init_logging(cli.log_format);
+    let format = cli.log_format;
     match run(cli) {
         Ok(()) => 0,
         Err(err) => {
-            tracing::error!(error = error_chain(&err), "metahook-receiver failed");
+            let chain = error_chain(&err);
+            match format {
+                LogFormat::Json => {
+                    tracing::error!(error = chain, "metahook-receiver failed");
+                }
+                LogFormat::Text => {
+                    // For a person: the message as it is, its lines (a YAML snippet with a
+                    // caret under the bad key) as lines, not one `\n`-escaped log field.
+                    // After the log lines still buffered, so the order stays.
+                    drop(log_guard);
+                    let mut stderr = std::io::stderr().lock();
+                    let _ = writeln!(stderr, "error: {chain}");
+                }
+            }
             1
         }
     }
 }
 
-/// The error and its causes joined by `: `, each cause once: a message that already ends
-/// with its cause's text (`cannot read …: No such file or directory (os error 2)`) is not
-/// followed by that cause again.
+/// The error and its causes joined by `: `, each cause once: a message that already holds
+/// its cause's text (`cannot read …: No such file or directory (os error 2)`, or kube's
+/// `failed to infer config: …, kubeconfig: (failed to read kubeconfig …)`) is not followed
+/// by that cause again.
 pub fn error_chain(err: &anyhow::Error) -> String {
     let mut out = String::new();
     for cause in err.chain() {
         let text = cause.to_string();
-        if out.ends_with(&text) {
+        if out.contains(&text) {
             continue;
         }
         if !out.is_empty() {
@@ -237,6 +307,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(tls) = &config.tls {
                 crate::tls::check(tls)?;
             }
+            check_writable_dir("spool.dir", &config.spool.dir)?;
             let scheme = match &config.tls {
                 Some(tls) if tls.mode == crate::config::TlsMode::Mutual => "https, mutual TLS",
                 Some(_) => "https",
@@ -259,6 +330,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(serve(config))
         }
     }
+}
+
+/// Checks that the receiver will be able to create `dir` (if absent) and write a file in it,
+/// leaving nothing behind: a file is written, synced and removed, and the directories this
+/// check created are removed again.
+fn check_writable_dir(key: &str, dir: &std::path::Path) -> anyhow::Result<()> {
+    // The directories to create, deepest first, up to the first one that exists.
+    let mut created = Vec::new();
+    let mut missing = Some(dir);
+    while let Some(path) = missing.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        created.push(path.to_owned());
+        missing = path.parent();
+    }
+    let result = (|| {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{key}: cannot create {}", dir.display()))?;
+        let probe = dir.join(format!(".metahook-check-config-{}", std::process::id()));
+        let written = std::fs::File::create(&probe)
+            .and_then(|mut file| {
+                std::io::Write::write_all(&mut file, b"check-config\n")?;
+                file.sync_all()
+            })
+            .with_context(|| format!("{key}: cannot write in {}", dir.display()));
+        let removed = std::fs::remove_file(&probe);
+        written?;
+        removed.with_context(|| format!("{key}: cannot remove {}", probe.display()))
+    })();
+    for path in &created {
+        // Only what this check created, and only while empty.
+        let _ = std::fs::remove_dir(path);
+    }
+    result
 }
 
 fn dead_letters(config: &Config, action: &DlqAction) -> anyhow::Result<()> {

@@ -16,7 +16,8 @@
 //!   headers ([`crate::trusted_proxy`]).
 //!
 //! Every refusal is answered 403 before the body is read (nothing is spooled), counted in
-//! `metahook_tls_client_rejections_total{reason}` and logged with the peer address.
+//! `metahook_tls_client_rejections_total{reason}` and logged with the peer address, at the
+//! bounded rate of refused requests (`metrics::refusal_log`).
 
 use std::net::SocketAddr;
 
@@ -147,6 +148,13 @@ impl ClientAuth {
             Some(proxy) => Ok(ClientAuth::Proxy(TrustedProxy::new(proxy)?)),
             None => Ok(ClientAuth::Open),
         }
+    }
+
+    /// Whether every request reaching an endpoint was verified as Meta's by its client
+    /// certificate (then limits per client address would only limit Meta, or the ingress
+    /// all of Meta's requests come through).
+    pub fn verifies_clients(&self) -> bool {
+        !matches!(self, ClientAuth::Open)
     }
 
     /// Whether a request on an endpoint path from `peer` with `headers` may proceed.

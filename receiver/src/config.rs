@@ -29,6 +29,8 @@ pub const RESERVED_PATHS: &[&str] = &["/metrics", "/healthz", "/readyz"];
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Address to listen on; serves the endpoints and /metrics, /healthz, /readyz.
+    /// `IP:PORT`, `HOST:PORT` (resolved at load) or `:PORT` ([`parse_listen`]).
+    #[serde(deserialize_with = "listen_address")]
     pub listen: SocketAddr,
     /// Webhook endpoints, one per Meta app (path + secrets).
     pub endpoints: Vec<EndpointConfig>,
@@ -65,12 +67,80 @@ pub struct Config {
     pub trusted_proxy: Option<TrustedProxyConfig>,
     /// A second, plain-HTTP listener serving only /metrics, /healthz and /readyz, for
     /// Prometheus and kubelet probes when `listen` requires a client certificate.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "metrics_listen_address"
+    )]
     pub metrics_listen: Option<SocketAddr>,
     /// Optional enrichment of events before the sinks (Lead Ads answers; see
     /// [`crate::enrich`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enrichment: Option<crate::enrich::EnrichmentConfig>,
+}
+
+/// A listen address as written in the configuration: `IP:PORT` (`127.0.0.1:8080`,
+/// `[::1]:8080`), `HOST:PORT` (`localhost:8080`, resolved now; its first IPv4 address when it
+/// has one, since that is what `localhost` users curl) or `:PORT` (every IPv4 interface,
+/// `0.0.0.0:PORT`).
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    let expected = || format!("expected HOST:PORT, :PORT or IP:PORT, got `{text}`");
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let (host, port) = text.rsplit_once(':').ok_or_else(expected)?;
+    let port: u16 = port.parse().map_err(|_| expected())?;
+    if host.is_empty() {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    let hostname = host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if !hostname {
+        return Err(expected());
+    }
+    let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .map_err(|err| format!("cannot resolve `{host}` (from `{text}`): {err}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|addr| addr.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| format!("`{host}` (from `{text}`) resolves to no address"))
+}
+
+/// An address key's value, whatever YAML type it has (`listen: 18080` is an integer to the
+/// parser, and deserves the same message as any other wrong address).
+fn address(key: &str, value: &serde_json::Value) -> Result<SocketAddr, String> {
+    let text = match value {
+        serde_json::Value::String(text) => text.trim().to_owned(),
+        other => other.to_string(),
+    };
+    parse_listen(&text).map_err(|message| format!("{key}: {message}"))
+}
+
+fn listen_address<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<SocketAddr, D::Error> {
+    let value = serde_json::Value::deserialize(deserializer)?;
+    address("listen", &value).map_err(serde::de::Error::custom)
+}
+
+fn metrics_listen_address<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    match Option::<serde_json::Value>::deserialize(deserializer)? {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(value) => address("metrics_listen", &value)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
 }
 
 impl Config {
@@ -351,12 +421,29 @@ pub struct Limits {
     /// Time a client has to send its request headers; then the connection is closed.
     #[serde(default = "default_header_timeout", with = "humantime_serde")]
     pub header_read_timeout: Duration,
-    /// Time a client has to send its whole body once headers arrived; then 408.
+    /// Time a client has to send its whole body once headers arrived, however fast it
+    /// sends; then 408.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Time a body has to arrive, extended while it arrives at `min_body_bytes_per_second`
+    /// (never beyond `request_timeout`); a stalled body is cut after it (408).
+    #[serde(default = "default_body_timeout", with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Each this many body bytes received extend the body's deadline by one second.
+    #[serde(default = "default_min_body_rate")]
+    pub min_body_bytes_per_second: u64,
     /// Requests processed at once; more get 503 with Retry-After.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// Requests in flight from one client address (IPv6: one /64); more get 429. Not
+    /// applied to clients verified by `tls.mode: mutual` or `trusted_proxy`.
+    #[serde(default = "default_max_in_flight_per_peer")]
+    pub max_in_flight_per_peer: usize,
+    /// Bytes of request bodies held at once (declared lengths are reserved before reading);
+    /// requests that do not fit get 503 with Retry-After before their body is read. Unset:
+    /// 32 MiB, or `max_body_bytes` where that is larger ([`Limits::buffered_body_limit`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_buffered_body_bytes: Option<u64>,
     /// Seconds suggested in Retry-After on 503.
     #[serde(default = "default_retry_after")]
     pub retry_after_seconds: u32,
@@ -372,7 +459,11 @@ impl Default for Limits {
             max_body_bytes: default_max_body(),
             header_read_timeout: default_header_timeout(),
             request_timeout: default_request_timeout(),
+            body_timeout: default_body_timeout(),
+            min_body_bytes_per_second: default_min_body_rate(),
             max_in_flight: default_max_in_flight(),
+            max_in_flight_per_peer: default_max_in_flight_per_peer(),
+            max_buffered_body_bytes: None,
             retry_after_seconds: default_retry_after(),
             max_json_depth: default_max_json_depth(),
         }
@@ -409,8 +500,29 @@ fn default_header_timeout() -> Duration {
 fn default_request_timeout() -> Duration {
     Duration::from_secs(30)
 }
+fn default_body_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_min_body_rate() -> u64 {
+    64 * 1024
+}
 fn default_max_in_flight() -> usize {
     1024
+}
+fn default_max_in_flight_per_peer() -> usize {
+    128
+}
+/// `limits.max_buffered_body_bytes` when unset (and `max_body_bytes` is not larger).
+pub const DEFAULT_MAX_BUFFERED_BODY_BYTES: u64 = 32 * 1024 * 1024;
+
+impl Limits {
+    /// The budget of buffered body bytes in force: `max_buffered_body_bytes`, or when unset
+    /// 32 MiB, raised to `max_body_bytes` so that a configuration written before the budget
+    /// existed keeps accepting its largest bodies.
+    pub fn buffered_body_limit(&self) -> u64 {
+        self.max_buffered_body_bytes
+            .unwrap_or_else(|| DEFAULT_MAX_BUFFERED_BODY_BYTES.max(self.max_body_bytes))
+    }
 }
 fn default_retry_after() -> u32 {
     5
@@ -438,6 +550,19 @@ pub enum ConfigError {
         /// The parser's message (with line and column).
         message: String,
     },
+    /// The file is a Kubernetes resource (a WebhookSubscription, say), not a receiver
+    /// configuration.
+    #[error(
+        "{path} is a Kubernetes resource ({kind}), not a receiver configuration: apply it with \
+         `kubectl apply -f {path}` (the operator runs the receivers it describes); --config and \
+         check-config read a receiver configuration such as examples/local.yaml"
+    )]
+    KubernetesResource {
+        /// The file.
+        path: PathBuf,
+        /// Its `kind` (and `apiVersion`).
+        kind: String,
+    },
     /// A value is not acceptable.
     #[error("config: {key}: {message}")]
     Invalid {
@@ -446,6 +571,24 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+}
+
+/// `Kind (apiVersion)` when `text` is a Kubernetes resource: top-level `apiVersion` and
+/// `kind`, which no receiver configuration has (read only after the configuration failed to
+/// parse, to say what the file is instead).
+fn kubernetes_kind(text: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Resource {
+        #[serde(rename = "apiVersion")]
+        api_version: String,
+        kind: String,
+    }
+    // A multi-document file (`---`): its first document tells.
+    let first = serde_saphyr::from_multiple::<serde_json::Value>(text)
+        .ok()
+        .and_then(|docs| docs.into_iter().next())?;
+    let resource: Resource = serde_json::from_value(first).ok()?;
+    Some(format!("{} {}", resource.kind, resource.api_version))
 }
 
 /// A [`ConfigError::Invalid`] naming `key`.
@@ -468,6 +611,10 @@ impl Config {
                 path: path.to_owned(),
                 message,
             },
+            ConfigError::KubernetesResource { kind, .. } => ConfigError::KubernetesResource {
+                path: path.to_owned(),
+                kind,
+            },
             other => other,
         })?;
         Ok(config)
@@ -475,9 +622,17 @@ impl Config {
 
     /// Parses and validates YAML text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
-            path: PathBuf::new(),
-            message: e.to_string(),
+        let config: Config = serde_saphyr::from_str(text).map_err(|e| {
+            if let Some(kind) = kubernetes_kind(text) {
+                return ConfigError::KubernetesResource {
+                    path: PathBuf::from("the file"),
+                    kind,
+                };
+            }
+            ConfigError::Parse {
+                path: PathBuf::new(),
+                message: e.to_string(),
+            }
         })?;
         config.validate()?;
         Ok(config)
@@ -546,13 +701,16 @@ impl Config {
                 &endpoint.verify_token_env,
                 true,
             )?;
-            if let Some(objects) = &endpoint.objects
-                && objects.is_empty()
-            {
-                return Err(invalid(
-                    key("objects"),
-                    "an empty list accepts nothing; omit it to accept every object",
-                ));
+            if let Some(objects) = &endpoint.objects {
+                if objects.is_empty() {
+                    return Err(invalid(
+                        key("objects"),
+                        "an empty list accepts nothing; omit it to accept every object",
+                    ));
+                }
+                for object in objects {
+                    check_object(&key("objects"), object)?;
+                }
             }
         }
         let mut sink_names = HashSet::new();
@@ -592,9 +750,7 @@ impl Config {
                 "must be at least 16 (Meta's payloads nest about 10 levels deep)",
             ));
         }
-        if self.limits.max_body_bytes == 0 {
-            return Err(invalid("limits.max_body_bytes", "must be at least 1"));
-        }
+        self.validate_limits()?;
         self.validate_tls()?;
         if let Some(enrichment) = &self.enrichment {
             enrichment.validate()?;
@@ -604,6 +760,41 @@ impl Config {
             return Err(invalid(
                 "metrics_listen",
                 "must differ from listen (it is a second listener)",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let limits = &self.limits;
+        if limits.max_body_bytes == 0 {
+            return Err(invalid("limits.max_body_bytes", "must be at least 1"));
+        }
+        if limits.max_in_flight_per_peer == 0 {
+            return Err(invalid(
+                "limits.max_in_flight_per_peer",
+                "must be at least 1",
+            ));
+        }
+        if let Some(budget) = limits.max_buffered_body_bytes
+            && budget < limits.max_body_bytes
+        {
+            return Err(invalid(
+                "limits.max_buffered_body_bytes",
+                format!(
+                    "{budget} is less than limits.max_body_bytes ({}): a body of the largest \
+                     size could never be read",
+                    limits.max_body_bytes
+                ),
+            ));
+        }
+        if limits.body_timeout.is_zero() {
+            return Err(invalid("limits.body_timeout", "must be more than 0"));
+        }
+        if limits.min_body_bytes_per_second == 0 {
+            return Err(invalid(
+                "limits.min_body_bytes_per_second",
+                "must be at least 1",
             ));
         }
         Ok(())
@@ -660,6 +851,44 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// An endpoint's `objects` item must be a Meta object name: a platform name there
+/// (`whatsapp`) would make every item of that platform an `unknown` event.
+fn check_object(key: &str, object: &str) -> Result<(), ConfigError> {
+    if crate::normalize::is_documented_object(object) {
+        return Ok(());
+    }
+    let suggestion = match object.to_ascii_lowercase().as_str() {
+        "whatsapp" | "wa" | "waba" | "whatsapp_business" | "whatsapp_business_api" => {
+            Some("whatsapp_business_account")
+        }
+        "facebook" | "fb" | "messenger" | "pages" | "facebook_page" | "facebook_pages" => {
+            Some("page")
+        }
+        "ig" | "insta" | "instagram_messaging" | "instagram_direct" => Some("instagram"),
+        "users" => Some("user"),
+        "permission" => Some("permissions"),
+        "app" | "applications" => Some("application"),
+        lower if crate::normalize::is_documented_object(lower) => {
+            // Meta's names are lowercase.
+            crate::normalize::documented_objects()
+                .into_iter()
+                .find(|known| *known == lower)
+        }
+        _ => None,
+    };
+    let hint = match suggestion {
+        Some(name) => format!("; did you mean `{name}`?"),
+        None => String::new(),
+    };
+    Err(invalid(
+        key,
+        format!(
+            "`{object}` is not a Meta webhook object{hint} (Meta's objects: {})",
+            crate::normalize::documented_objects().join(", ")
+        ),
+    ))
 }
 
 fn exactly_one<A, B>(

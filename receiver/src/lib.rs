@@ -11,6 +11,7 @@
 //! - [`tls`], [`client_auth`], [`trusted_proxy`]: HTTPS, and who may call the endpoints.
 
 pub mod acceptor;
+pub mod admission;
 pub mod app;
 pub mod cli;
 pub mod client_auth;

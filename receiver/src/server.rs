@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -14,23 +15,24 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::Full;
 use hyper::body::Body;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 use crate::acceptor::{AcceptError, Acceptor};
+use crate::admission::{self, Admission, BodyRefused, Refused};
 use crate::client_auth::{ClientAuth, Peer, Refusal};
 use crate::config::{Config, ConfigError, EndpointConfig, Limits, RESERVED_PATHS};
 use crate::event::{Event, Kind};
 use crate::metrics::Metrics;
 use crate::metrics::events::{
-    ClientRefused, EventsAccepted, ReadinessChanged, RequestAnswered, SignatureRefused,
-    SpoolCommitted,
+    AdmissionRefused, BodyBudgetSampled, EndpointServed, EventsAccepted, ReadinessChanged,
+    RequestAnswered, RequestRefused, SignatureRefused, SpoolCommitted,
 };
 use crate::normalize;
 use crate::secrets::{SecretError, SecretStore};
@@ -55,7 +57,8 @@ pub struct Receiver {
     acceptor: Acceptor,
     metrics: Arc<Metrics>,
     limits: Limits,
-    in_flight: Semaphore,
+    /// What a POST must pass before its body is read, and the body's bounds.
+    admission: Admission,
     ready: AtomicBool,
     log_message_text: bool,
     client_auth: ClientAuth,
@@ -117,9 +120,14 @@ enum Outcome {
     ClientRefused(Refusal),
     /// `limits.max_in_flight` requests are being processed.
     Overloaded,
+    /// `limits.max_in_flight_per_peer` requests from this client are being processed.
+    PeerLimit,
+    /// The body does not fit in `limits.max_buffered_body_bytes`.
+    BodyBudget,
     /// The body exceeds `limits.max_body_bytes`.
     TooLarge,
-    /// The body did not arrive within `limits.request_timeout`.
+    /// The body did not arrive within its deadline (`limits.body_timeout`,
+    /// `limits.min_body_bytes_per_second`, `limits.request_timeout`).
     Timeout,
     /// The body could not be read.
     BodyError(String),
@@ -148,6 +156,8 @@ impl Outcome {
             Outcome::HandshakeRefused(_) => "handshake_refused",
             Outcome::ClientRefused(_) => "client_refused",
             Outcome::Overloaded => "overloaded",
+            Outcome::PeerLimit => "peer_limit",
+            Outcome::BodyBudget => "body_budget",
             Outcome::TooLarge => "too_large",
             Outcome::Timeout => "timeout",
             Outcome::BodyError(_) => "body_error",
@@ -177,10 +187,12 @@ impl Outcome {
             Outcome::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Outcome::Timeout => StatusCode::REQUEST_TIMEOUT,
             Outcome::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Outcome::PeerLimit => StatusCode::TOO_MANY_REQUESTS,
             Outcome::EncodeError(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Outcome::Readiness { ready: false } | Outcome::Overloaded | Outcome::NotAccepted(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Outcome::Readiness { ready: false }
+            | Outcome::Overloaded
+            | Outcome::BodyBudget
+            | Outcome::NotAccepted(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -206,10 +218,14 @@ impl Outcome {
             Outcome::Overloaded => {
                 Bytes::from_static(b"too many requests in flight; retry later\n")
             }
-            Outcome::TooLarge => Bytes::from_static(b"body exceeds the configured maximum\n"),
-            Outcome::Timeout => {
-                Bytes::from_static(b"the body did not arrive within the request timeout\n")
+            Outcome::PeerLimit => {
+                Bytes::from_static(b"too many requests in flight from this client; retry later\n")
             }
+            Outcome::BodyBudget => {
+                Bytes::from_static(b"too many request bodies being received; retry later\n")
+            }
+            Outcome::TooLarge => Bytes::from_static(b"body exceeds the configured maximum\n"),
+            Outcome::Timeout => Bytes::from_static(b"the body did not arrive in time\n"),
             Outcome::BodyError(_) => Bytes::from_static(b"the body could not be read\n"),
             Outcome::SignatureRejected(err) => format!("{err}\n").into(),
             Outcome::BadBody(err) => format!("{err}\n").into(),
@@ -243,16 +259,58 @@ impl Outcome {
         matches!(
             self,
             Outcome::ClientRefused(_)
+                | Outcome::SignatureRejected(SignatureError::Missing)
                 | Outcome::Overloaded
+                | Outcome::PeerLimit
+                | Outcome::BodyBudget
                 | Outcome::TooLarge
                 | Outcome::Timeout
                 | Outcome::BodyError(_)
         )
     }
 
-    /// 503s that tell Meta when to retry (`Retry-After`).
+    /// 503s (and the per-client 429) that tell the client when to retry (`Retry-After`).
     fn retry_later(&self) -> bool {
-        matches!(self, Outcome::Overloaded | Outcome::NotAccepted(_))
+        matches!(
+            self,
+            Outcome::Overloaded
+                | Outcome::PeerLimit
+                | Outcome::BodyBudget
+                | Outcome::NotAccepted(_)
+        )
+    }
+
+    /// Requests anyone could send, refused before they proved to come from Meta: logged at a
+    /// bounded rate ([`crate::metrics::refusal_log`]).
+    fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Outcome::MethodNotAllowed { .. }
+                | Outcome::NotFound { .. }
+                | Outcome::HandshakeRefused(_)
+                | Outcome::ClientRefused(_)
+                | Outcome::Overloaded
+                | Outcome::PeerLimit
+                | Outcome::BodyBudget
+                | Outcome::TooLarge
+                | Outcome::Timeout
+                | Outcome::BodyError(_)
+                | Outcome::SignatureRejected(_)
+        )
+    }
+
+    /// The `reason` of `metahook_admission_refusals_total`, for requests refused by a limit
+    /// before or while their body was read.
+    fn admission_refusal(&self) -> Option<&'static str> {
+        match self {
+            Outcome::Overloaded => Some("in_flight"),
+            Outcome::PeerLimit => Some("peer_limit"),
+            Outcome::BodyBudget => Some("body_budget"),
+            Outcome::TooLarge => Some("too_large"),
+            Outcome::Timeout => Some("body_timeout"),
+            Outcome::BodyError(_) => Some("body_error"),
+            _ => None,
+        }
     }
 }
 
@@ -287,15 +345,21 @@ impl Receiver {
                 }),
             );
         }
+        for endpoint in &config.endpoints {
+            metrics.emit(EndpointServed {
+                endpoint: &endpoint.name,
+            });
+        }
+        let client_auth = ClientAuth::from_config(config)?;
         Ok(Receiver {
             endpoints,
             acceptor,
             metrics,
             limits: config.limits.clone(),
-            in_flight: Semaphore::new(config.limits.max_in_flight),
+            admission: Admission::new(&config.limits, !client_auth.verifies_clients()),
             ready: AtomicBool::new(false),
             log_message_text: config.log_message_text,
-            client_auth: ClientAuth::from_config(config)?,
+            client_auth,
         })
     }
 
@@ -328,17 +392,16 @@ impl Receiver {
         let outcome = self.route(request, connection, &mut seen).await;
         let endpoint = seen.endpoint.as_deref();
         match (&outcome, endpoint) {
-            (Outcome::ClientRefused(refusal), Some(endpoint)) => self.metrics.emit(ClientRefused {
-                reason: refusal.reason,
-                peer: connection.peer.addr,
-                endpoint: Some(endpoint),
-                detail: &refusal.detail,
-            }),
             (Outcome::SignatureRejected(err), Some(endpoint)) => {
                 self.metrics.emit(SignatureRefused {
                     endpoint,
                     reason: err.reason(),
                 });
+            }
+            (refused, Some(endpoint)) => {
+                if let Some(reason) = refused.admission_refusal() {
+                    self.metrics.emit(AdmissionRefused { endpoint, reason });
+                }
             }
             _ => {}
         }
@@ -347,7 +410,8 @@ impl Receiver {
             Outcome::Accepted { events, duplicates } => (events, duplicates),
             _ => (0, 0),
         };
-        self.metrics.emit(RequestAnswered {
+        let detail = outcome.detail();
+        let answered = RequestAnswered {
             endpoint,
             method: &method,
             path: &path,
@@ -357,10 +421,23 @@ impl Receiver {
             events,
             duplicates,
             unknown: seen.unknown,
-            detail: outcome.detail().as_deref().unwrap_or(""),
+            detail: detail.as_deref().unwrap_or(""),
             texts: &seen.texts,
             elapsed: started.elapsed(),
-        });
+        };
+        if outcome.is_refusal() {
+            let client = match &outcome {
+                Outcome::ClientRefused(refusal) => Some(refusal.reason),
+                _ => None,
+            };
+            self.metrics.emit(RequestRefused {
+                answered,
+                peer: connection.peer.addr,
+                client,
+            });
+        } else {
+            self.metrics.emit(answered);
+        }
         response
     }
 
@@ -368,7 +445,13 @@ impl Receiver {
     fn respond(&self, outcome: &Outcome) -> HttpResponse {
         let (body, content_type) = match outcome {
             Outcome::Metrics => (
-                Bytes::from(self.metrics.encode()),
+                {
+                    self.metrics.emit(BodyBudgetSampled {
+                        used: self.admission.buffered_bytes(),
+                        limit: self.admission.buffered_limit(),
+                    });
+                    Bytes::from(self.metrics.encode())
+                },
                 "text/plain; version=0.0.4; charset=utf-8",
             ),
             _ => (outcome.body(), "text/plain; charset=utf-8"),
@@ -436,42 +519,44 @@ impl Receiver {
                     Err(err) => Outcome::HandshakeRefused(err),
                 }
             }
-            Method::POST => self.webhook(&endpoint, request, seen).await,
+            Method::POST => {
+                self.webhook(&endpoint, request, connection.peer.addr.ip(), seen)
+                    .await
+            }
             _ => Outcome::MethodNotAllowed { allow: "GET, POST" },
         }
     }
 
-    async fn webhook<B>(&self, endpoint: &Endpoint, request: Request<B>, seen: &mut Seen) -> Outcome
+    async fn webhook<B>(
+        &self,
+        endpoint: &Endpoint,
+        request: Request<B>,
+        peer: IpAddr,
+        seen: &mut Seen,
+    ) -> Outcome
     where
         B: Body<Data = Bytes> + Send,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let name = endpoint.config.name.as_str();
-        let Ok(_permit) = self.in_flight.try_acquire() else {
-            return Outcome::Overloaded;
-        };
+        // Before the body is read (crate::admission): no signature header, no reading; then
+        // the concurrency limits and the byte budget.
         let (parts, body) = request.into_parts();
+        if !admission::has_signature_header(&parts.headers, endpoint.config.legacy_sha1_signature) {
+            return Outcome::SignatureRejected(SignatureError::Missing);
+        }
         let declared = parts
             .headers
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > self.limits.max_body_bytes) {
-            return Outcome::TooLarge;
-        }
-        let limit = usize::try_from(self.limits.max_body_bytes).unwrap_or(usize::MAX);
-        let body = match tokio::time::timeout(
-            self.limits.request_timeout,
-            Limited::new(body, limit).collect(),
-        )
-        .await
-        {
-            Err(_) => return Outcome::Timeout,
-            Ok(Err(err)) if err.downcast_ref::<LengthLimitError>().is_some() => {
-                return Outcome::TooLarge;
-            }
-            Ok(Err(err)) => return Outcome::BodyError(err.to_string()),
-            Ok(Ok(collected)) => collected.to_bytes(),
+        let mut ticket = match self.admission.admit(peer, declared) {
+            Ok(ticket) => ticket,
+            Err(refused) => return Outcome::from(refused),
+        };
+        let body = match ticket.read_body(body).await {
+            Ok(body) => body,
+            Err(refused) => return Outcome::from(refused),
         };
 
         // From here on the request is CPU work only: let the spool writer wait for it.
@@ -559,6 +644,28 @@ impl Receiver {
             records.push(serde_json::to_vec(event)?);
         }
         Ok(records)
+    }
+}
+
+impl From<Refused> for Outcome {
+    fn from(refused: Refused) -> Outcome {
+        match refused {
+            Refused::TooLarge => Outcome::TooLarge,
+            Refused::PeerLimit => Outcome::PeerLimit,
+            Refused::InFlight => Outcome::Overloaded,
+            Refused::BodyBudget => Outcome::BodyBudget,
+        }
+    }
+}
+
+impl From<BodyRefused> for Outcome {
+    fn from(refused: BodyRefused) -> Outcome {
+        match refused {
+            BodyRefused::TooLarge => Outcome::TooLarge,
+            BodyRefused::Timeout => Outcome::Timeout,
+            BodyRefused::BodyBudget => Outcome::BodyBudget,
+            BodyRefused::Read(err) => Outcome::BodyError(err),
+        }
     }
 }
 
@@ -687,7 +794,7 @@ mod tests {
     use std::path::Path;
 
     use futures_util::stream;
-    use http_body_util::StreamBody;
+    use http_body_util::{BodyExt, StreamBody};
     use hyper::body::Frame;
 
     use super::*;
@@ -878,8 +985,63 @@ mod tests {
         let broken = StreamBody::new(stream::iter([Err::<Frame<Bytes>, _>(
             std::io::Error::other("reset"),
         )]));
-        let request = Request::post("/wa").body(broken).expect("request");
+        let request = Request::post("/wa")
+            .header(verify::SIGNATURE_HEADER, "sha256=00")
+            .body(broken)
+            .expect("request");
         assert_eq!(answer(&receiver, request).await.0, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn every_admission_refusal_has_a_series_from_the_start() {
+        let outcomes = [
+            Outcome::Overloaded,
+            Outcome::PeerLimit,
+            Outcome::BodyBudget,
+            Outcome::TooLarge,
+            Outcome::Timeout,
+            Outcome::BodyError(String::new()),
+        ];
+        let reasons: Vec<&str> = outcomes
+            .iter()
+            .filter_map(Outcome::admission_refusal)
+            .collect();
+        assert_eq!(reasons, crate::metrics::events::ADMISSION_REASONS);
+        let dir = tempfile::tempdir().expect("dir");
+        let receiver = spooled(&config(dir.path()));
+        let metrics = String::from_utf8(receiver.metrics.encode()).expect("utf8");
+        for reason in reasons {
+            let sample = format!(
+                r#"metahook_admission_refusals_total{{endpoint="wa",reason="{reason}"}} 0"#
+            );
+            assert!(metrics.contains(&sample), "{sample} missing:\n{metrics}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unsigned_post_is_refused_without_reading_its_body() {
+        let dir = tempfile::tempdir().expect("dir");
+        let receiver = spooled(&config(dir.path()));
+        let polled = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&polled);
+        let body = StreamBody::new(stream::poll_fn(move |_| {
+            flag.store(true, Ordering::SeqCst);
+            std::task::Poll::Ready(None::<Result<Frame<Bytes>, std::io::Error>>)
+        }));
+        let request = Request::post("/wa")
+            .header(CONTENT_LENGTH, "1000")
+            .body(body)
+            .expect("request");
+        let (status, body, headers) = answer(&receiver, request).await;
+        assert_eq!(
+            (status, body.as_str(), &headers[CONNECTION]),
+            (
+                StatusCode::UNAUTHORIZED,
+                "the request has no X-Hub-Signature-256 header\n",
+                &HeaderValue::from_static("close")
+            )
+        );
+        assert!(!polled.load(Ordering::SeqCst), "the body was read");
     }
 
     #[tokio::test]
@@ -887,7 +1049,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let receiver = Arc::new(spooled(&config(dir.path())));
         let pending = StreamBody::new(stream::pending::<Result<Frame<Bytes>, std::io::Error>>());
-        let slow = Request::post("/wa").body(pending).expect("request");
+        let slow = Request::post("/wa")
+            .header(verify::SIGNATURE_HEADER, "sha256=00")
+            .body(pending)
+            .expect("request");
         let handler = Arc::clone(&receiver);
         let slow = tokio::spawn(async move { answer(&handler, slow).await.0 });
         tokio::time::sleep(Duration::from_millis(50)).await;

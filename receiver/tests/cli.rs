@@ -221,3 +221,246 @@ fn dlq_show_of_a_missing_entry_fails_and_says_so() {
         "{stderr}"
     );
 }
+
+/// A minimal configuration whose `listen`, `objects` and `spool.dir` lines are given.
+fn config_with(dir: &Path, listen: &str, objects: &str, spool: &Path) -> std::path::PathBuf {
+    let path = dir.join("config.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen: {listen}\nendpoints:\n  - name: a\n    path: /a\n{objects}    app_secret_env: S:-s\n    verify_token_env: T:-t\nspool:\n  dir: {}\n",
+            spool.display()
+        ),
+    )
+    .expect("write config");
+    path
+}
+
+/// Runs `check-config` on `config` with text logs: (success, stdout, stderr).
+fn check_config(config: &Path) -> (bool, String, String) {
+    let out = bin()
+        .args(["--log-format", "text", "--config"])
+        .arg(config)
+        .arg("check-config")
+        .output()
+        .expect("run");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_kubernetes_resource_is_recognized_and_the_way_to_apply_it_given() {
+    let example = repo("examples/whatsapp.yaml");
+    let (ok, _, stderr) = check_config(&example);
+    assert!(!ok);
+    let shown = example.display();
+    assert!(
+        stderr.contains(&format!(
+            "error: {shown} is a Kubernetes resource (WebhookSubscription metahook.io/v1alpha1), \
+             not a receiver configuration: apply it with `kubectl apply -f {shown}` (the \
+             operator runs the receivers it describes); --config and check-config read a \
+             receiver configuration such as examples/local.yaml"
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn text_format_errors_are_lines_with_the_snippet() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config_with(dir.path(), "18080", "", &dir.path().join("spool"));
+    let (ok, _, stderr) = check_config(&config);
+    assert!(!ok);
+    assert!(
+        stderr.contains("listen: expected HOST:PORT, :PORT or IP:PORT, got `18080`"),
+        "{stderr}"
+    );
+    // The snippet is lines of its own (the bad line, a caret under the value), not a
+    // `\n`-escaped log field.
+    assert!(
+        stderr.lines().any(|l| l.ends_with("| listen: 18080")),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.trim_start().starts_with("| ") && l.contains('^')),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("\\n"), "{stderr}");
+
+    // In JSON, the same error is one field of one line.
+    let out = bin()
+        .arg("--config")
+        .arg(&config)
+        .arg("check-config")
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line: serde_json::Value = serde_json::from_str(stderr.trim()).expect("one JSON line");
+    assert!(
+        line["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("got `18080`") && e.contains('\n')),
+        "{line}"
+    );
+}
+
+#[test]
+fn listen_takes_host_port_a_bare_port_or_ip_port_and_says_so_otherwise() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool");
+    for (listen, shown) in [
+        ("localhost:8080", "127.0.0.1:8080"),
+        ("\":8080\"", "0.0.0.0:8080"),
+        ("\"[::1]:8080\"", "[::1]:8080"),
+        ("127.0.0.1:8080", "127.0.0.1:8080"),
+    ] {
+        let (ok, stdout, stderr) = check_config(&config_with(dir.path(), listen, "", &spool));
+        assert!(ok, "{listen}: {stderr}");
+        assert_eq!(
+            stdout,
+            format!(
+                "configuration is valid: 1 endpoint(s), 0 sink(s), listening on {shown} (http)\n"
+            ),
+            "{listen}"
+        );
+    }
+    for (listen, message) in [
+        (
+            "18080",
+            "listen: expected HOST:PORT, :PORT or IP:PORT, got `18080`",
+        ),
+        (
+            "localhost",
+            "listen: expected HOST:PORT, :PORT or IP:PORT, got `localhost`",
+        ),
+        (
+            "\"http://localhost:8080\"",
+            "listen: expected HOST:PORT, :PORT or IP:PORT, got `http://localhost:8080`",
+        ),
+        (
+            "localhost:http",
+            "listen: expected HOST:PORT, :PORT or IP:PORT, got `localhost:http`",
+        ),
+        (
+            "no-such-host.invalid:8080",
+            "listen: cannot resolve `no-such-host.invalid` (from `no-such-host.invalid:8080`)",
+        ),
+    ] {
+        let (ok, _, stderr) = check_config(&config_with(dir.path(), listen, "", &spool));
+        assert!(!ok, "{listen}");
+        assert!(stderr.contains(message), "{listen}: {stderr}");
+    }
+    let config = config_with(dir.path(), "127.0.0.1:0", "", &spool);
+    let text = std::fs::read_to_string(&config).expect("read") + "metrics_listen: 9090\n";
+    std::fs::write(&config, text).expect("write");
+    let (ok, _, stderr) = check_config(&config);
+    assert!(!ok);
+    assert!(
+        stderr.contains("metrics_listen: expected HOST:PORT, :PORT or IP:PORT, got `9090`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn objects_must_be_meta_objects_and_a_platform_name_gets_a_suggestion() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool");
+    for (object, suggestion) in [
+        ("whatsapp", "; did you mean `whatsapp_business_account`?"),
+        ("messenger", "; did you mean `page`?"),
+        ("facebook", "; did you mean `page`?"),
+        ("ig", "; did you mean `instagram`?"),
+        ("Page", "; did you mean `page`?"),
+        ("tiktok", ""),
+    ] {
+        let objects = format!("    objects: [{object}]\n");
+        let (ok, _, stderr) =
+            check_config(&config_with(dir.path(), "127.0.0.1:0", &objects, &spool));
+        assert!(!ok, "{object}");
+        assert!(
+            stderr.contains(&format!(
+                "config: endpoints[0].objects: `{object}` is not a Meta webhook object{suggestion} (Meta's objects: whatsapp_business_account, page, instagram, "
+            )),
+            "{object}: {stderr}"
+        );
+    }
+    let objects = "    objects: [whatsapp_business_account, page, instagram, user, permissions]\n";
+    let (ok, _, stderr) = check_config(&config_with(dir.path(), "127.0.0.1:0", objects, &spool));
+    assert!(ok, "{stderr}");
+}
+
+#[test]
+fn check_config_checks_the_spool_dir_can_be_created_and_leaves_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Absent, two levels deep: created, written, and removed again.
+    let spool = dir.path().join("data").join("spool");
+    let (ok, _, stderr) = check_config(&config_with(dir.path(), "127.0.0.1:0", "", &spool));
+    assert!(ok, "{stderr}");
+    assert!(
+        !dir.path().join("data").exists(),
+        "check-config left its directories"
+    );
+    // Existing: written and left as it was.
+    std::fs::create_dir_all(&spool).expect("spool");
+    let (ok, _, stderr) = check_config(&config_with(dir.path(), "127.0.0.1:0", "", &spool));
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        std::fs::read_dir(&spool).expect("read").count(),
+        0,
+        "junk left"
+    );
+    // Under a regular file: it cannot be created (root, who may write anywhere, too).
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").expect("file");
+    let spool = file.join("spool");
+    let (ok, _, stderr) = check_config(&config_with(dir.path(), "127.0.0.1:0", "", &spool));
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!(
+            "error: spool.dir: cannot create {}: Not a directory (os error 20)",
+            spool.display()
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn help_defaults_never_stand_alone_like_section_headings() {
+    // A line that is only `[...]` (a wrapped `[spool]`, clap's `[default: json]`) reads like a
+    // heading. Argument placeholders (`[BODY_FILE]`, upper case) are clap's usage syntax.
+    let heading = |line: &str| {
+        let line = line.trim();
+        line.starts_with('[') && line.ends_with(']') && line.chars().any(|c| c.is_ascii_lowercase())
+    };
+    for command in [
+        &[][..],
+        &["run"],
+        &["check-config"],
+        &["sign"],
+        &["dlq"],
+        &["dlq", "list"],
+    ] {
+        for flag in ["--help", "-h"] {
+            for columns in ["60", "80", "100"] {
+                let out = bin()
+                    .args(command)
+                    .arg(flag)
+                    .env("COLUMNS", columns)
+                    .output()
+                    .expect("run");
+                let help = String::from_utf8_lossy(&out.stdout);
+                assert!(out.status.success(), "{command:?} {flag}");
+                let bad: Vec<&str> = help.lines().filter(|l| heading(l)).collect();
+                assert!(
+                    bad.is_empty(),
+                    "{command:?} {flag} at {columns} columns: {bad:?}\n{help}"
+                );
+            }
+        }
+    }
+}

@@ -351,7 +351,7 @@ async fn oversized_body_is_413_without_reading_it() -> Result<()> {
     let mut stream = TcpStream::connect(receiver.addr).await?;
     stream
         .write_all(
-            format!("POST {PATH} HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n")
+            format!("POST {PATH} HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nx-hub-signature-256: sha256=00\r\n\r\n")
                 .as_bytes(),
         )
         .await?;
@@ -375,7 +375,7 @@ async fn slow_body_is_408() -> Result<()> {
     let mut stream = TcpStream::connect(receiver.addr).await?;
     stream
         .write_all(
-            format!("POST {PATH} HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{{\"obj")
+            format!("POST {PATH} HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\nx-hub-signature-256: sha256=00\r\n\r\n{{\"obj")
                 .as_bytes(),
         )
         .await?;
@@ -414,11 +414,12 @@ async fn slow_headers_close_the_connection() -> Result<()> {
 #[tokio::test]
 async fn over_max_in_flight_is_503_with_retry_after() -> Result<()> {
     let receiver = TestReceiver::start_with(|config, _| config.limits.max_in_flight = 1).await?;
-    // Holds the one slot: headers sent, body never completed.
+    // Holds the one slot: headers (with a signature header, else it is refused at once)
+    // sent, body never completed.
     let mut holder = TcpStream::connect(receiver.addr).await?;
     holder
         .write_all(
-            format!("POST {PATH} HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{{").as_bytes(),
+            format!("POST {PATH} HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\nx-hub-signature-256: sha256=00\r\n\r\n{{").as_bytes(),
         )
         .await?;
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -55,6 +55,26 @@ pub struct RequestAnswered<'a> {
 
 impl InternalEvent for RequestAnswered<'_> {
     fn emit(self, metrics: &Metrics) {
+        self.count(metrics);
+        let endpoint = self.endpoint.unwrap_or("none");
+        let (path, status, outcome, detail) =
+            (self.path, self.status.as_u16(), self.outcome, self.detail);
+        let (events, duplicates, unknown) = (self.events, self.duplicates, self.unknown);
+        let duration_ms = self.elapsed.as_secs_f64() * 1000.0;
+        let method = self.method;
+        if !self.texts.is_empty() {
+            tracing::info!(target: "metahook::request", endpoint, method = %method, path, status, outcome, events, duplicates, unknown, duration_ms, detail, texts = ?self.texts, "request");
+        } else if self.probe {
+            tracing::debug!(target: "metahook::request", endpoint, method = %method, path, status, outcome, duration_ms, "request");
+        } else {
+            tracing::info!(target: "metahook::request", endpoint, method = %method, path, status, outcome, events, duplicates, unknown, duration_ms, detail, "request");
+        }
+    }
+}
+
+impl RequestAnswered<'_> {
+    /// `metahook_requests_total` and `metahook_request_duration_seconds`.
+    fn count(&self, metrics: &Metrics) {
         let endpoint = self.endpoint.unwrap_or("none");
         let method = match *self.method {
             Method::GET => "GET",
@@ -72,33 +92,112 @@ impl InternalEvent for RequestAnswered<'_> {
                 .with_label_values(&[endpoint])
                 .observe(self.elapsed.as_secs_f64());
         }
-        let (path, status, outcome, detail) =
-            (self.path, self.status.as_u16(), self.outcome, self.detail);
-        let (events, duplicates, unknown) = (self.events, self.duplicates, self.unknown);
-        let duration_ms = self.elapsed.as_secs_f64() * 1000.0;
-        let method = self.method;
-        if !self.texts.is_empty() {
-            tracing::info!(target: "metahook::request", endpoint, method = %method, path, status, outcome, events, duplicates, unknown, duration_ms, detail, texts = ?self.texts, "request");
-        } else if self.probe {
-            tracing::debug!(target: "metahook::request", endpoint, method = %method, path, status, outcome, duration_ms, "request");
+    }
+}
+
+/// A refused request (no or a bad signature, a refused client, over a limit, too slow, no
+/// such endpoint): counted like any [`RequestAnswered`], but logged at a bounded rate
+/// ([`super::refusal_log`]), since anyone can send these as fast as they like.
+#[derive(Debug)]
+pub struct RequestRefused<'a> {
+    /// The request and its answer.
+    pub answered: RequestAnswered<'a>,
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// Why the client-certificate policy refused it, when it did
+    /// (`metahook_tls_client_rejections_total{reason}` and a `metahook::client_auth` warning).
+    pub client: Option<Rejection>,
+}
+
+impl InternalEvent for RequestRefused<'_> {
+    fn emit(self, metrics: &Metrics) {
+        let answered = self.answered;
+        answered.count(metrics);
+        if let Some(rejection) = self.client {
+            metrics
+                .tls_client_rejections
+                .with_label_values(&[rejection.reason()])
+                .inc();
+        }
+        let (log_it, ended) =
+            metrics
+                .refusal_log
+                .admit(std::time::Instant::now(), answered.outcome, Some(self.peer));
+        if let Some(summary) = ended {
+            log_summary(&summary);
+        }
+        if !log_it {
+            return;
+        }
+        let endpoint = answered.endpoint.unwrap_or("none");
+        let (path, status, outcome, detail) = (
+            answered.path,
+            answered.status.as_u16(),
+            answered.outcome,
+            answered.detail,
+        );
+        let (method, peer) = (answered.method, self.peer);
+        let duration_ms = answered.elapsed.as_secs_f64() * 1000.0;
+        if let Some(rejection) = self.client {
+            let reason = rejection.reason();
+            tracing::warn!(target: "metahook::client_auth", reason, peer = %peer, endpoint, detail, "client refused");
+        }
+        if answered.probe {
+            tracing::debug!(target: "metahook::request", endpoint, method = %method, path, status, outcome, peer = %peer, duration_ms, "request");
         } else {
-            tracing::info!(target: "metahook::request", endpoint, method = %method, path, status, outcome, events, duplicates, unknown, duration_ms, detail, "request");
+            tracing::info!(target: "metahook::request", endpoint, method = %method, path, status, outcome, peer = %peer, duration_ms, detail, "request");
         }
     }
 }
 
-/// A client refused for its certificate, per request (endpoint paths) or in the TLS
-/// handshake: `metahook_tls_client_rejections_total{reason}` and a `metahook::client_auth`
-/// warning with the peer.
+/// The summary line of refusals not logged one by one.
+fn log_summary(summary: &super::refusal_log::Summary) {
+    let suppressed = summary.suppressed;
+    let by_outcome = summary.by_outcome.as_str();
+    let window_seconds = summary.window.as_secs();
+    match summary.sample_peer {
+        Some(peer) => {
+            tracing::warn!(target: "metahook::request", suppressed, by_outcome, sample_peer = %peer, window_seconds, "refused requests not logged one by one (counted in the metrics)");
+        }
+        None => {
+            tracing::warn!(target: "metahook::request", suppressed, by_outcome, window_seconds, "refused requests not logged one by one (counted in the metrics)");
+        }
+    }
+}
+
+/// Time passed: the summary of the refusal log's window, if it ended with refusals not
+/// logged (app.rs ticks this every few seconds so a flood's last window is reported too).
+#[derive(Debug)]
+pub struct RefusalLogTick {
+    /// The receiver is stopping: end the window now, over or not.
+    pub closing: bool,
+}
+
+impl InternalEvent for RefusalLogTick {
+    fn emit(self, metrics: &Metrics) {
+        let now = std::time::Instant::now();
+        let summary = if self.closing {
+            metrics.refusal_log.finish(now)
+        } else {
+            metrics.refusal_log.flush(now)
+        };
+        if let Some(summary) = summary {
+            log_summary(&summary);
+        }
+    }
+}
+
+/// A client refused for its certificate in the TLS handshake:
+/// `metahook_tls_client_rejections_total{reason}` and a `metahook::client_auth` warning with
+/// the peer, at the bounded rate of refusals. (Refused on an endpoint path, a request is a
+/// [`RequestRefused`].)
 #[derive(Debug)]
 pub struct ClientRefused<'a> {
     /// Why.
     pub reason: Rejection,
     /// The TCP peer.
     pub peer: SocketAddr,
-    /// The endpoint asked for; `None` when refused in the handshake.
-    pub endpoint: Option<&'a str>,
-    /// Details: names seen, header values, the TLS error.
+    /// The TLS error.
     pub detail: &'a dyn Shown,
 }
 
@@ -110,14 +209,18 @@ impl InternalEvent for ClientRefused<'_> {
             .with_label_values(&[reason])
             .inc();
         let (peer, detail) = (self.peer, self.detail);
-        match self.endpoint {
-            Some(endpoint) => {
-                tracing::warn!(target: "metahook::client_auth", reason, peer = %peer, endpoint, detail = %detail, "client refused");
-            }
-            None => {
-                tracing::warn!(target: "metahook::client_auth", reason, peer = %peer, detail = %detail, "client certificate refused in the TLS handshake");
-            }
+        let (log_it, ended) = metrics.refusal_log.admit(
+            std::time::Instant::now(),
+            "tls_handshake_refused",
+            Some(peer),
+        );
+        if let Some(summary) = ended {
+            log_summary(&summary);
         }
+        if !log_it {
+            return;
+        }
+        tracing::warn!(target: "metahook::client_auth", reason, peer = %peer, detail = %detail, "client certificate refused in the TLS handshake");
     }
 }
 
@@ -137,6 +240,71 @@ impl InternalEvent for SignatureRefused<'_> {
             .signature_failures
             .with_label_values(&[self.endpoint, self.reason])
             .inc();
+    }
+}
+
+/// A POST refused by a request limit before or while its body was read (`limits.*`,
+/// [`crate::admission`]): `metahook_admission_refusals_total{endpoint,reason}` (the request's
+/// own log line says which).
+#[derive(Debug)]
+pub struct AdmissionRefused<'a> {
+    /// The endpoint.
+    pub endpoint: &'a str,
+    /// `in_flight`, `peer_limit`, `body_budget`, `too_large`, `body_timeout` or `body_error`.
+    pub reason: &'static str,
+}
+
+/// Every `reason` of `metahook_admission_refusals_total`.
+pub const ADMISSION_REASONS: [&str; 6] = [
+    "in_flight",
+    "peer_limit",
+    "body_budget",
+    "too_large",
+    "body_timeout",
+    "body_error",
+];
+
+/// An endpoint is served: its `metahook_admission_refusals_total` series exist from the start
+/// at 0, so a rate sees the first refusal too.
+#[derive(Debug)]
+pub struct EndpointServed<'a> {
+    /// The endpoint.
+    pub endpoint: &'a str,
+}
+
+impl InternalEvent for EndpointServed<'_> {
+    fn emit(self, metrics: &Metrics) {
+        for reason in ADMISSION_REASONS {
+            metrics
+                .admission_refusals
+                .with_label_values(&[self.endpoint, reason]);
+        }
+    }
+}
+
+impl InternalEvent for AdmissionRefused<'_> {
+    fn emit(self, metrics: &Metrics) {
+        metrics
+            .admission_refusals
+            .with_label_values(&[self.endpoint, self.reason])
+            .inc();
+    }
+}
+
+/// The budget of buffered body bytes, sampled when /metrics is read:
+/// `metahook_buffered_body_bytes`, `metahook_buffered_body_limit_bytes`.
+#[derive(Debug)]
+pub struct BodyBudgetSampled {
+    /// Bytes reserved now.
+    pub used: u64,
+    /// The budget.
+    pub limit: u64,
+}
+
+impl InternalEvent for BodyBudgetSampled {
+    fn emit(self, metrics: &Metrics) {
+        metrics.buffered_body_bytes.set(gauge(self.used));
+        metrics.buffered_body_limit.set(gauge(self.limit));
     }
 }
 

@@ -8,6 +8,7 @@
 //! [`events`] value, which writes the log line and the metrics together.
 
 pub mod events;
+pub mod refusal_log;
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -30,6 +31,12 @@ pub struct Metrics {
     requests: IntCounterVec,
     /// `metahook_signature_failures_total{endpoint,reason}`.
     signature_failures: IntCounterVec,
+    /// `metahook_admission_refusals_total{endpoint,reason}`.
+    admission_refusals: IntCounterVec,
+    /// `metahook_buffered_body_bytes`.
+    buffered_body_bytes: IntGauge,
+    /// `metahook_buffered_body_limit_bytes`.
+    buffered_body_limit: IntGauge,
     /// `metahook_request_duration_seconds{endpoint}`.
     request_duration: HistogramVec,
     /// `metahook_events_total{endpoint,platform,field,kind}`.
@@ -68,6 +75,8 @@ pub struct Metrics {
     /// 0 would read as "expired long ago" to an expiry alert).
     tls_certificate_expiry: Gauge,
     dynamic_labels: Mutex<HashSet<String>>,
+    /// Refused requests are logged at a bounded rate.
+    refusal_log: refusal_log::RefusalLog,
 }
 
 fn counter(
@@ -100,6 +109,22 @@ impl Metrics {
             "POSTs rejected for a missing, malformed or mismatching signature.",
             &["endpoint", "reason"],
         )?;
+        let admission_refusals = counter(
+            &registry,
+            "metahook_admission_refusals_total",
+            "POSTs refused by a request limit before or while their body was read, by reason.",
+            &["endpoint", "reason"],
+        )?;
+        let buffered_body_bytes = IntGauge::new(
+            "metahook_buffered_body_bytes",
+            "Bytes of request bodies reserved now (declared lengths of bodies being read, and bodies held).",
+        )?;
+        registry.register(Box::new(buffered_body_bytes.clone()))?;
+        let buffered_body_limit = IntGauge::new(
+            "metahook_buffered_body_limit_bytes",
+            "The budget of buffered body bytes (limits.max_buffered_body_bytes): past it POSTs get 503.",
+        )?;
+        registry.register(Box::new(buffered_body_limit.clone()))?;
         let request_duration = HistogramVec::new(
             HistogramOpts::new(
                 "metahook_request_duration_seconds",
@@ -232,6 +257,9 @@ impl Metrics {
             registry,
             requests,
             signature_failures,
+            admission_refusals,
+            buffered_body_bytes,
+            buffered_body_limit,
             request_duration,
             events,
             unknown_events,
@@ -251,6 +279,7 @@ impl Metrics {
             tls_reload_errors,
             tls_certificate_expiry,
             dynamic_labels: Mutex::new(HashSet::new()),
+            refusal_log: refusal_log::RefusalLog::new(),
         })
     }
 

@@ -19,6 +19,19 @@ pub struct CoverageRow {
     pub kinds: &'static [Kind],
 }
 
+/// Whether `object` is one Meta documents (and this receiver types): what an endpoint's
+/// `objects` may name.
+pub fn is_documented_object(object: &str) -> bool {
+    platform_of(object).is_some()
+}
+
+/// The documented objects, in the coverage table's order.
+pub fn documented_objects() -> Vec<&'static str> {
+    let mut objects: Vec<&'static str> = COVERAGE.iter().map(|row| row.object).collect();
+    objects.dedup();
+    objects
+}
+
 /// The product an object belongs to; `None` for an undocumented object.
 pub(crate) fn platform_of(object: &str) -> Option<Platform> {
     match object {

@@ -17,7 +17,9 @@ use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-pub use coverage::{COVERAGE, CoverageRow, coverage_markdown, field_kinds};
+pub use coverage::{
+    COVERAGE, CoverageRow, coverage_markdown, documented_objects, field_kinds, is_documented_object,
+};
 pub use whatsapp::unrecognized_value;
 
 use crate::event::{Event, Kind, Platform};

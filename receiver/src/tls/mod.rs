@@ -226,7 +226,6 @@ impl TlsServer {
                     Some(reason) => self.metrics.emit(ClientRefused {
                         reason,
                         peer: addr,
-                        endpoint: None,
                         detail: &err,
                     }),
                     None => {
