@@ -71,6 +71,7 @@ Configuration keys (YAML; durations like 500ms, 30s, 24h):
   sinks[].http.signing_secret_file  secret of the X-Metahook-Signature HMAC
   sinks[].http.timeout            per POST [10s]
   sinks[].http.concurrency        POSTs in flight [8]
+  sinks[].http.batch_size         events per POST; above 1 a JSON array [1, at most 1000]
   sinks[].http.ca_file            CAs for the service's certificate [system]
   sinks[].http.client_cert_file | client_key_file   mTLS to the service
   sinks[].retry.max_attempts      attempts per batch before dead letters [20; 0 = forever]
