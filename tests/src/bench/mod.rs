@@ -12,6 +12,8 @@
 //! Modules by concept: [`bodies`] and [`signature`] make the requests, [`baseline`] is the
 //! reference server, [`client`] and [`load`] generate load, [`process`] and [`servers`] run
 //! the children, [`tls`] makes the certificates, [`report`] prints and judges the figures.
+//! [`sink_drain`] (`--sink-drain`) measures how fast the NATS and PostgreSQL sinks drain a
+//! spooled backlog, apart from the 200 path.
 
 pub mod baseline;
 pub mod bodies;

@@ -302,9 +302,7 @@ fn write_config(
     );
     for phase in PHASES {
         for (name, kind) in phase.sinks {
-            let targets = live
-                .filter(|(p, _)| p.label == phase.label)
-                .map(|(_, t)| t);
+            let targets = live.filter(|(p, _)| p.label == phase.label).map(|(_, t)| t);
             let sink = match (kind, targets) {
                 (Kind::Nats, Some(t)) => format!(
                     "nats: {{url: {}, subject: {}, stream: {}, create_stream: true}}",
