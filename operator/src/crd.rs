@@ -295,7 +295,8 @@ pub struct SinkSpec {
     /// Publish to NATS JetStream (Nats-Msg-Id = event id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nats: Option<NatsSinkSpec>,
-    /// POST each event as JSON (Idempotency-Key = event id).
+    /// POST each event as JSON (Idempotency-Key = event id), or batchSize events per JSON
+    /// array.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpSinkSpec>,
     /// Store events, conversations, messages and engagement in PostgreSQL.
@@ -346,6 +347,11 @@ pub struct HttpSinkSpec {
     /// PEM CA bundle that signed the service's certificate (the system's roots otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_ref: Option<SecretKeyRef>,
+    /// Events per POST. Absent or 1: each event is one JSON object. More: JSON arrays of up
+    /// to this many events, each keeping its id, for services that accept them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub batch_size: Option<u32>,
 }
 
 /// PostgreSQL sink.

@@ -564,3 +564,19 @@ fn monitoring_objects_follow_the_spec_and_the_cluster() {
             .is_none()
     );
 }
+
+#[test]
+fn an_http_sinks_batch_size_reaches_the_receiver_config() {
+    let batch_size = |spec: &Value| {
+        let sub = subscription("fb", "acme", spec);
+        let config = receiver_config(&inputs(&sub)).expect("config");
+        match &config.sinks[0].kind {
+            SinkKind::Http(http) => http.batch_size,
+            other => panic!("not http: {other:?}"),
+        }
+    };
+    assert_eq!(batch_size(&spec()), 1, "one event per POST by default");
+    let mut arrays = spec();
+    arrays["delivery"]["sinks"][0]["http"]["batchSize"] = json!(50);
+    assert_eq!(batch_size(&arrays), 50);
+}

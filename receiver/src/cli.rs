@@ -99,6 +99,8 @@ Configuration keys (YAML; durations like 500ms, 30s, 24h; the default follows
                        secret of the X-Metahook-Signature HMAC
     http.timeout       per POST; default 10s
     http.concurrency   POSTs in flight; default 8
+    http.batch_size    events per POST; above 1, one JSON array (at most 1000);
+                       default 1
     http.ca_file       CAs for the service's certificate; default the system's
     http.client_cert_file, http.client_key_file
                        mTLS to the service

@@ -44,7 +44,8 @@ pub struct Received {
 pub struct State {
     /// How it answers.
     pub mode: Mode,
-    /// Event ids (Idempotency-Key) answered with this status instead.
+    /// Event ids answered with this status instead: a request whose Idempotency-Key is one
+    /// of them, or whose body holds an event with that id (`"id":"<id>"`, batch arrays).
     pub refuse: HashMap<String, u16>,
     /// Requests it accepted.
     pub received: Vec<Received>,
@@ -132,8 +133,12 @@ async fn answer(state: &Mutex<State>, request: Request<Incoming>) -> Response<Fu
         let state = state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match state.refuse.get(&key) {
-            Some(code) => Mode::Status(*code, None),
+        let refused = state
+            .refuse
+            .iter()
+            .find(|(id, _)| **id == key || contains(&body, format!(r#""id":"{id}""#).as_bytes()));
+        match refused {
+            Some((_, code)) => Mode::Status(*code, None),
             None => state.mode.clone(),
         }
     };
@@ -163,6 +168,11 @@ async fn answer(state: &Mutex<State>, request: Request<Incoming>) -> Response<Fu
         response.headers_mut().insert("retry-after", after.into());
     }
     response
+}
+
+/// Whether `needle` occurs in `haystack`.
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// A fresh state that accepts everything.

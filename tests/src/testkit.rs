@@ -484,6 +484,7 @@ pub fn failing_http_sink(name: &str) -> Result<SinkConfig> {
             signing_secret_file: None,
             timeout: Duration::from_millis(500),
             concurrency: 1,
+            batch_size: 1,
             ca_file: None,
             client_cert_file: None,
             client_key_file: None,

@@ -27,6 +27,7 @@ fn http_sink(addr: SocketAddr, dir: &Path) -> SinkConfig {
             signing_secret_file: Some(secret),
             timeout: Duration::from_millis(500),
             concurrency: 4,
+            batch_size: 1,
             ca_file: None,
             client_cert_file: None,
             client_key_file: None,
@@ -216,5 +217,107 @@ async fn an_outage_of_the_service_loses_nothing() -> Result<()> {
         (30..40).all(|n| got.contains(&format!("wamid.http.{n}")))
     })
     .await?;
+    Ok(())
+}
+
+/// The ids of the events in a batch request's body (a JSON array).
+fn array_ids(request: &Received) -> Result<Vec<String>> {
+    let events: Vec<serde_json::Value> = serde_json::from_slice(&request.body)?;
+    Ok(events
+        .iter()
+        .map(|e| e["id"].as_str().unwrap_or("").to_owned())
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_mode_posts_signed_arrays_retries_and_splits_refusals() -> Result<()> {
+    use sha2::{Digest, Sha256};
+
+    let state = new_state();
+    // Refused on its own (422): the array holding it is split, only it becomes a dead letter.
+    state
+        .lock()
+        .expect("state")
+        .refuse
+        .insert("wamid.http.47".into(), 422);
+    let downstream = Downstream::start("127.0.0.1:0".parse()?, state).await?;
+    // Unavailable first: every array is retried until the service accepts.
+    downstream.set(Mode::Status(503, None));
+    let receiver = TestReceiver::start_with(|config, dir| {
+        let mut sink = http_sink(downstream.addr, dir);
+        if let SinkKind::Http(http) = &mut sink.kind {
+            http.batch_size = 5;
+        }
+        config.sinks.push(sink);
+    })
+    .await?;
+    for n in 40..52 {
+        ensure!(receiver.post(&body(n)).await?.status == StatusCode::OK);
+    }
+    let failures = r#"metahook_sink_deliveries_total{result="error",sink="crm"}"#;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while receiver.metric(failures).await.unwrap_or(0.0) < 12.0 {
+        ensure!(Instant::now() < deadline, "the 503s were not retried");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(downstream.received().is_empty(), "nothing accepted yet");
+    downstream.set(Mode::Accept);
+    let expected: Vec<String> = (40..52)
+        .filter(|n| *n != 47)
+        .map(|n| format!("wamid.http.{n}"))
+        .collect();
+    wait_until("11 events arrive", Duration::from_secs(30), || {
+        let got: Vec<String> = downstream
+            .received()
+            .iter()
+            .flat_map(|r| array_ids(r).unwrap_or_default())
+            .collect();
+        expected.iter().all(|id| got.contains(id))
+    })
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while receiver
+        .metric(r#"metahook_dead_letter_events_total{sink="crm"}"#)
+        .await
+        .unwrap_or(0.0)
+        < 1.0
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "the refused event never became a dead letter"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mut delivered = Vec::new();
+    for request in downstream.received() {
+        let ids = array_ids(&request)?;
+        ensure!(
+            (1..=5).contains(&ids.len()),
+            "an array of 1 to 5 events: {}",
+            ids.len()
+        );
+        assert_eq!(
+            request.signature,
+            verify::sign(SIGNING_SECRET, &request.body),
+            "X-Metahook-Signature covers the whole array"
+        );
+        let mut key = Sha256::new();
+        for id in &ids {
+            key.update(id.as_bytes());
+            key.update(b"\n");
+        }
+        assert_eq!(request.idempotency_key, hex::encode(key.finalize()));
+        delivered.extend(ids);
+    }
+    delivered.sort();
+    delivered.dedup();
+    assert_eq!(delivered, expected, "every accepted event, with its own id");
+    assert_eq!(
+        receiver
+            .metric(r#"metahook_dead_letter_events_total{sink="crm"}"#)
+            .await?,
+        1.0,
+        "only the refused event is a dead letter"
+    );
     Ok(())
 }

@@ -174,6 +174,19 @@ impl PrivateNats {
     }
 }
 
+impl PrivateNats {
+    /// Stops the server with SIGTERM (it closes its clients and its store) and waits.
+    fn terminate(mut self) -> Result<()> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .context("running kill -TERM")?;
+        ensure!(status.success(), "kill -TERM nats-server failed");
+        self.child.wait().context("waiting for nats-server")?;
+        Ok(())
+    }
+}
+
 impl Drop for PrivateNats {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -451,5 +464,189 @@ async fn direct_delivery_answers_after_the_puback_and_503_without_nats() -> Resu
         events.iter().any(|e| e["id"] == "wamid.outage.501"),
         "the file sink was written before the 200"
     );
+    Ok(())
+}
+
+/// A body with `count` WhatsApp messages, ids `wamid.window.{first}` onwards.
+fn many(first: usize, count: usize) -> Vec<u8> {
+    let messages: Vec<String> = (first..first + count)
+        .map(|n| format!(r#"{{"from":"15551234567","id":"wamid.window.{n}","timestamp":"1700000000","type":"text","text":{{"body":"window {n}"}}}}"#))
+        .collect();
+    format!(r#"{{"object":"whatsapp_business_account","entry":[{{"id":"100200300400500","changes":[{{"field":"messages","value":{{"messaging_product":"whatsapp","messages":[{}]}}}}]}}]}}"#, messages.join(",")).into_bytes()
+}
+
+/// The receiver binary on `config`, killed (SIGKILL) on drop.
+struct ReceiverProcess(Child);
+
+impl ReceiverProcess {
+    async fn start(config: &Path, addr: std::net::SocketAddr) -> Result<ReceiverProcess> {
+        let child = Command::new(testkit::receiver_bin()?)
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting metahook-receiver")?;
+        let receiver = ReceiverProcess(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready =
+                testkit::request(addr, http::Method::GET, "/readyz", &[], Vec::new().into()).await;
+            if ready.is_ok_and(|r| r.status == StatusCode::OK) {
+                return Ok(receiver);
+            }
+            ensure!(Instant::now() < deadline, "the receiver never became ready");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Drop for ReceiverProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Messages in the stream and its last sequence (0, 0 while it cannot be read).
+async fn stream_state(url: &str, stream: &str) -> (u64, u64) {
+    let Ok(client) = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .max_reconnects(Some(1))
+        .connect(url)
+        .await
+    else {
+        return (0, 0);
+    };
+    let js = async_nats::jetstream::new(client);
+    let Ok(mut stream) = js.get_stream(stream).await else {
+        return (0, 0);
+    };
+    stream
+        .info()
+        .await
+        .map_or((0, 0), |i| (i.state.messages, i.state.last_sequence))
+}
+
+/// Polls the stream until it holds at least `at_least` messages; returns the count seen.
+async fn wait_stream(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    at_least: u64,
+) -> Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let count = stream_messages(js, stream).await.unwrap_or(0);
+        if count >= at_least {
+            return Ok(count);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the stream never held {at_least} messages ({count})"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Many batches in flight (a backlog of several spool batches, each published through the
+/// PubAck window): NATS stopped while PubAcks are pending, then the receiver killed (-9)
+/// while PubAcks are pending; after both restarts the stream holds every event once and
+/// never stored a duplicate (its last sequence equals its message count).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_broker_then_killing_the_receiver_mid_window_loses_and_doubles_nothing()
+-> Result<()> {
+    const REQUESTS: usize = 200;
+    const PER_REQUEST: usize = 100;
+    let total = (REQUESTS * PER_REQUEST) as u64;
+    let dir = tempfile::tempdir()?;
+    let free = || -> Result<u16> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
+    };
+    let (nats_port, port) = (free()?, free()?);
+    let url = format!("nats://127.0.0.1:{nats_port}");
+    let store = dir.path().join("jetstream");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    std::fs::write(dir.path().join("app-secret"), testkit::SECRET)?;
+    std::fs::write(dir.path().join("verify-token"), "token")?;
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: {addr}\nendpoints:\n  - name: whatsapp\n    path: /webhooks/whatsapp\n    \
+             app_secret_file: {d}/app-secret\n    verify_token_file: {d}/verify-token\n\
+             spool:\n  dir: {d}/spool\nsinks:\n  - name: bus\n    nats: {{url: \"{url}\", \
+             subject: \"window.{{platform}}.{{field}}.{{kind}}\", stream: WINDOW, create_stream: true}}\n    \
+             retry: {{max_attempts: 0, max_backoff: 300ms}}\n",
+            d = dir.path().display()
+        ),
+    )?;
+
+    // A backlog while NATS is down: the sink will drain it in full batches.
+    let receiver = ReceiverProcess::start(&config, addr).await?;
+    for r in 0..REQUESTS {
+        let payload = many(r * PER_REQUEST, PER_REQUEST);
+        let signature = metahook_receiver::verify::sign(testkit::SECRET, &payload);
+        let reply = testkit::request(
+            addr,
+            http::Method::POST,
+            "/webhooks/whatsapp",
+            &[("x-hub-signature-256", signature.as_str())],
+            payload.into(),
+        )
+        .await?;
+        ensure!(
+            reply.status == StatusCode::OK,
+            "request {r}: {}",
+            reply.status
+        );
+    }
+
+    // The broker goes away while the window is in flight.
+    let server = PrivateNats::start(nats_port, &store)?;
+    let js = async_nats::jetstream::new(async_nats::connect(url.as_str()).await?);
+    let before_broker_kill = wait_stream(&js, "WINDOW", 1).await?;
+    drop(js);
+    server.terminate()?;
+    ensure!(
+        before_broker_kill < total,
+        "the backlog drained before NATS was stopped ({before_broker_kill}): nothing was in flight"
+    );
+
+    // Back; then the receiver dies (kill -9) while the window is in flight.
+    let server = PrivateNats::start(nats_port, &store)?;
+    let js = async_nats::jetstream::new(async_nats::connect(url.as_str()).await?);
+    let resumed = stream_messages(&js, "WINDOW").await.unwrap_or(0);
+    let before_receiver_kill = wait_stream(&js, "WINDOW", resumed + 1).await?;
+    drop(receiver);
+    ensure!(
+        before_receiver_kill < total,
+        "the backlog drained before the receiver was killed ({before_receiver_kill})"
+    );
+    let _receiver = ReceiverProcess::start(&config, addr).await?;
+    wait_stream(&js, "WINDOW", total).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics =
+            testkit::request(addr, http::Method::GET, "/metrics", &[], Vec::new().into()).await?;
+        let lag = testkit::metric_value(&metrics.text(), r#"metahook_sink_lag_events{sink="bus"}"#);
+        if lag == Some(0.0) {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the lag never returned to zero: {lag:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (messages, last_sequence) = stream_state(&url, "WINDOW").await;
+    eprintln!(
+        "{total} events: {before_broker_kill} in the stream when NATS was stopped, \
+         {before_receiver_kill} when the receiver was; {messages} messages, last sequence {last_sequence}"
+    );
+    assert_eq!(messages, total, "every event once");
+    assert_eq!(last_sequence, total, "no duplicate was ever stored");
+    drop(server);
     Ok(())
 }

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use http::StatusCode;
 use metahook_receiver::config::{PostgresSinkConfig, SinkConfig, SinkKind};
+use metahook_receiver::sink::Sink;
+use metahook_receiver::sink::postgres::PostgresSink;
+use metahook_receiver::spool::Spooled;
 use metahook_tests::testkit::{self, TestReceiver};
 use tokio_postgres::NoTls;
 
@@ -463,5 +466,157 @@ async fn the_url_can_come_from_a_file() -> Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    Ok(())
+}
+
+/// An event as the spool holds it: a WhatsApp message (`status: None`) or a status of the
+/// message `wamid`.
+fn spooled(seq: u64, id: &str, wamid: &str, status: Option<&str>) -> Spooled {
+    let (kind, status) = match status {
+        Some(value) => ("status", format!(r#","status":{{"value":"{value}"}}"#)),
+        None => ("message", String::new()),
+    };
+    let json = format!(
+        r#"{{"id":"{id}","platform":"whatsapp","object":"whatsapp_business_account","field":"messages","kind":"{kind}","account_id":"100200300400500","occurred_at":"2023-11-14T22:13:20Z","received_at":"2026-12-01T10:00:00Z","endpoint":"whatsapp","conversation":{{"participant":{{"id":"15551234567","name":"Copy Test"}}}},"message":{{"id":"{wamid}","type":"text","text":"copy {seq}"}}{status},"raw":{{"seq":{seq}}}}}"#
+    );
+    Spooled {
+        seq,
+        received_millis: 0,
+        json: json.into_bytes(),
+    }
+}
+
+/// The `COPY` path at the sink itself: a batch delivered twice (a redelivery after a crash
+/// between the commit and the cursor) stores nothing twice, a batch holding one id twice
+/// keeps the first, and a status delivered again or late never moves a message's status
+/// back; the stored jsonb is the spooled event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_copy_batch_changes_nothing() -> Result<()> {
+    let db = connect().await?;
+    let schema = unique_schema();
+    let mut sink = PostgresSink::new(PostgresSinkConfig {
+        url: URL.to_owned(),
+        url_file: None,
+        schema: schema.clone(),
+    });
+    sink.open(0).await?;
+    let counts = || async {
+        let mut counts = Vec::new();
+        for table in ["events", "messages", "conversations"] {
+            counts.push(count(&db, &format!("SELECT count(*) FROM {schema}.{table}")).await?);
+        }
+        anyhow::Ok(counts)
+    };
+    let status = || async {
+        let row = db
+            .query_one(
+                &format!(
+                    "SELECT status, status_rank FROM {schema}.messages WHERE id = 'wamid.copy.out'"
+                ),
+                &[],
+            )
+            .await?;
+        anyhow::Ok((row.get::<_, String>(0), row.get::<_, i32>(1)))
+    };
+
+    // Many rows (several COPY messages), one id twice, and two statuses of one message.
+    let mut batch: Vec<Spooled> = (0..3000)
+        .map(|n| {
+            spooled(
+                n,
+                &format!("wamid.copy.{n}"),
+                &format!("wamid.copy.{n}"),
+                None,
+            )
+        })
+        .collect();
+    let mut duplicate = spooled(3000, "wamid.copy.7", "wamid.copy.7", None);
+    duplicate.json = String::from_utf8(duplicate.json)?
+        .replace(r#""text":"copy 3000""#, r#""text":"second copy""#)
+        .into_bytes();
+    batch.push(duplicate);
+    batch.push(spooled(
+        3001,
+        "wamid.copy.out:read",
+        "wamid.copy.out",
+        Some("read"),
+    ));
+    batch.push(spooled(
+        3002,
+        "wamid.copy.out:sent",
+        "wamid.copy.out",
+        Some("sent"),
+    ));
+    sink.deliver(&batch).await?;
+    let first = counts().await?;
+    assert_eq!(first, [3002, 3001, 1], "events, messages, conversations");
+    assert_eq!(status().await?, ("read".to_owned(), 3));
+    let text: String = db
+        .query_one(
+            &format!("SELECT text FROM {schema}.messages WHERE id = 'wamid.copy.7'"),
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(
+        text, "copy 7",
+        "of one id twice in a batch, the first is kept"
+    );
+    let same: bool = db
+        .query_one(
+            &format!("SELECT event = $1::text::jsonb FROM {schema}.events WHERE id = 'wamid.copy.out:read'"),
+            &[&String::from_utf8(batch[3001].json.clone())?],
+        )
+        .await?
+        .get(0);
+    assert!(same, "the stored jsonb is the spooled event");
+
+    // The same batch again: nothing changes.
+    sink.deliver(&batch).await?;
+    assert_eq!(counts().await?, first, "a redelivered batch added rows");
+    assert_eq!(status().await?, ("read".to_owned(), 3));
+
+    // A late, lower status (new event) and the read one again: read stays; failed moves on.
+    let late = [
+        spooled(
+            4000,
+            "wamid.copy.out:delivered",
+            "wamid.copy.out",
+            Some("delivered"),
+        ),
+        spooled(4001, "wamid.copy.out:read", "wamid.copy.out", Some("read")),
+    ];
+    sink.deliver(&late).await?;
+    assert_eq!(
+        status().await?,
+        ("read".to_owned(), 3),
+        "a late delivered does not move read back"
+    );
+    sink.deliver(&[spooled(
+        4002,
+        "wamid.copy.out:failed",
+        "wamid.copy.out",
+        Some("failed"),
+    )])
+    .await?;
+    assert_eq!(status().await?, ("failed".to_owned(), 5));
+    assert_eq!(
+        counts().await?[0],
+        3004,
+        "two new status events, nothing else"
+    );
+
+    // A new connection (as after a restart) redelivers: still nothing twice.
+    let mut again = PostgresSink::new(PostgresSinkConfig {
+        url: URL.to_owned(),
+        url_file: None,
+        schema: schema.clone(),
+    });
+    again.open(0).await?;
+    again.deliver(&batch).await?;
+    assert_eq!(counts().await?, [3004, 3001, 1]);
+    assert_eq!(status().await?, ("failed".to_owned(), 5));
+    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await?;
     Ok(())
 }

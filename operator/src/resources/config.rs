@@ -156,6 +156,9 @@ pub(crate) fn sink_kinds<'a>(
         let mut http = HttpSinkConfig::new(&spec.url);
         http.signing_secret_file = spec.signing_secret_ref.as_ref().map(&mut mount);
         http.ca_file = spec.ca_ref.as_ref().map(&mut mount);
+        if let Some(batch_size) = spec.batch_size {
+            http.batch_size = usize::try_from(batch_size).unwrap_or(usize::MAX);
+        }
         SinkKind::Http(http)
     });
     let postgres = postgres.as_ref().map(|spec| {

@@ -14,9 +14,10 @@ use crate::metrics::events::{AfterFailure, BatchDelivered, DeliveryFailed, SinkL
 use crate::spool::dead_letters::DeadLetters;
 use crate::spool::{Cursor, Spool, Spooled};
 
-/// Events per delivered batch.
+/// Events per delivered batch, unless the sink asks for another size
+/// ([`Sink::batch_size`]).
 pub const BATCH_SIZE: usize = 512;
-/// After a batch smaller than [`BATCH_SIZE`], how long a sink waits for more events before
+/// After a batch smaller than the sink's batch size, how long a sink waits for more events before
 /// reading again. Delivery is off the 200 path, so a few milliseconds of delay cost nothing,
 /// while delivering (and fsyncing, and committing the cursor) per group commit would double
 /// the receiver's I/O. Full batches never wait, so a sink keeps up at any rate.
@@ -63,6 +64,7 @@ enum Source {
 pub async fn consume<S: Sink>(consumer: Consumer, sink: S, mut shutdown: watch::Receiver<bool>) {
     let mut head = consumer.spool.subscribe();
     let mut sink = Reopening::new(sink);
+    let batch_size = sink.batch_size();
     loop {
         let committed = consumer.spool.cursor(&consumer.name).unwrap_or_default();
         let lag = head.borrow().saturating_sub(committed.seq);
@@ -70,7 +72,7 @@ pub async fn consume<S: Sink>(consumer: Consumer, sink: S, mut shutdown: watch::
             sink: &consumer.name,
             events: lag,
         });
-        let batch = match consumer.next_batch(committed.seq).await {
+        let batch = match consumer.next_batch(committed.seq, batch_size).await {
             Ok(batch) => batch,
             Err(NextBatch::Retry) => {
                 if wait(&mut shutdown, MIN_BACKOFF).await {
@@ -95,7 +97,7 @@ pub async fn consume<S: Sink>(consumer: Consumer, sink: S, mut shutdown: watch::
         if !consumer.deliver(&mut sink, &batch, &mut shutdown).await {
             return;
         }
-        if batch.events.len() < BATCH_SIZE && !*shutdown.borrow() {
+        if batch.events.len() < batch_size && !*shutdown.borrow() {
             // Shutdown interrupts the wait: what is left is delivered at once.
             wait(&mut shutdown, LINGER).await;
         }
@@ -111,9 +113,9 @@ enum NextBatch {
 }
 
 impl Consumer {
-    /// Dead letters queued for retry (`dlq retry`) first, else the spool after `after`;
-    /// `None` when there is nothing to deliver.
-    async fn next_batch(&self, after: u64) -> Result<Option<Batch>, NextBatch> {
+    /// Dead letters queued for retry (`dlq retry`) first, else up to `max` events of the
+    /// spool after `after`; `None` when there is nothing to deliver.
+    async fn next_batch(&self, after: u64, max: usize) -> Result<Option<Batch>, NextBatch> {
         let (store, name) = (self.dead_letters.clone(), self.name.clone());
         let retries = match tokio::task::spawn_blocking(move || store.take_retries(&name)).await {
             Ok(Ok(retries)) => retries,
@@ -141,18 +143,18 @@ impl Consumer {
             }));
         }
         let reader = Arc::clone(&self.spool);
-        let events =
-            match tokio::task::spawn_blocking(move || reader.read_after(after, BATCH_SIZE)).await {
-                Ok(Ok(events)) => events,
-                Ok(Err(err)) => {
-                    tracing::error!(sink = %self.name, error = %err, "cannot read the spool");
-                    return Err(NextBatch::Retry);
-                }
-                Err(err) => {
-                    tracing::error!(sink = %self.name, error = %err, "spool read task failed");
-                    return Err(NextBatch::Stop);
-                }
-            };
+        let events = match tokio::task::spawn_blocking(move || reader.read_after(after, max)).await
+        {
+            Ok(Ok(events)) => events,
+            Ok(Err(err)) => {
+                tracing::error!(sink = %self.name, error = %err, "cannot read the spool");
+                return Err(NextBatch::Retry);
+            }
+            Err(err) => {
+                tracing::error!(sink = %self.name, error = %err, "spool read task failed");
+                return Err(NextBatch::Stop);
+            }
+        };
         self.spool
             .set_pending(&self.name, events.first().map(|e| e.received_millis));
         Ok(events.last().map(|e| e.seq).map(|last| Batch {

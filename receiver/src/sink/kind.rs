@@ -94,6 +94,15 @@ impl Sink for AnySink {
             AnySink::Http(sink) => sink.deliver(batch).await,
         }
     }
+
+    fn batch_size(&self) -> usize {
+        match self {
+            AnySink::File(sink) => sink.batch_size(),
+            AnySink::Nats(sink) => sink.batch_size(),
+            AnySink::Postgres(sink) => sink.batch_size(),
+            AnySink::Http(sink) => sink.batch_size(),
+        }
+    }
 }
 
 /// A `sinks[]` entry as written in YAML: one optional key per kind.

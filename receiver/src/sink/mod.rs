@@ -71,6 +71,13 @@ pub trait Sink: Send + 'static {
         &mut self,
         batch: &[Spooled],
     ) -> impl Future<Output = Result<Delivered, SinkError>> + Send;
+    /// Events the consumer reads for one `deliver`. A sink that keeps the destination busy
+    /// within a batch (NATS publishes ahead of its acknowledgements) takes larger batches, so
+    /// the stop between batches (the last acknowledgements, the cursor's fsync, the next
+    /// read) is paid rarely.
+    fn batch_size(&self) -> usize {
+        BATCH_SIZE
+    }
 }
 
 /// The result of a delivered batch.
@@ -121,6 +128,11 @@ impl<S: Sink> Reopening<S> {
             self.open = false;
         }
         delivered
+    }
+
+    /// Events per batch for this sink ([`Sink::batch_size`]).
+    pub(crate) fn batch_size(&self) -> usize {
+        self.sink.batch_size().max(1)
     }
 
     /// Reopens before the next delivery (something after the delivery failed).

@@ -1,9 +1,15 @@
 //! The `nats` sink: JetStream publish with `Nats-Msg-Id` = event id.
 //!
-//! A batch is published pipelined (every message sent, then every PubAck awaited); the
-//! cursor moves only when all were acknowledged. A batch retried after a failure is
-//! de-duplicated by JetStream through the message ids (within the stream's duplicate window),
-//! so a restart or an outage delivers each event into the stream once.
+//! A batch is published through a sliding window: up to [`WINDOW`] messages are published
+//! ahead of their PubAcks, and the oldest PubAck is awaited only when the window is full, so
+//! publishing never stops to wait for a whole group of acknowledgements. The consumer hands
+//! this sink large batches ([`BATCH`] events), so the one full stop per batch (the last
+//! PubAcks, then the cursor's fsync) is rare. The cursor moves only when every PubAck of a
+//! batch arrived; after a failure the batch is published again from its first event, and
+//! JetStream drops what it already stored through the message ids (within the stream's
+//! duplicate window), so a restart or an outage delivers each event into the stream once.
+
+use std::collections::VecDeque;
 
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
@@ -95,6 +101,14 @@ impl NatsSinkConfig {
     }
 }
 
+/// Events the consumer reads per batch for this sink: the cursor's fsync and the wait for
+/// the last PubAcks are paid once per batch.
+pub const BATCH: usize = 4096;
+
+/// PubAcks awaited at most at once: how far publishing runs ahead of the acknowledgements.
+/// Below async-nats' own limit of pending acks (5,000), which fails a publish beyond it.
+pub const WINDOW: usize = 1024;
+
 /// Placeholders a NATS subject template may use.
 pub const SUBJECT_PLACEHOLDERS: &[&str] =
     &["{platform}", "{object}", "{field}", "{kind}", "{endpoint}"];
@@ -168,8 +182,13 @@ impl Sink for NatsSink {
         let Some(context) = self.context.clone() else {
             return Err(self.remote("NATS sink is not open", "not connected"));
         };
-        let mut acks = Vec::with_capacity(batch.len());
+        let mut pending = VecDeque::with_capacity(WINDOW.min(batch.len()));
         for event in batch {
+            if pending.len() >= WINDOW
+                && let Some(oldest) = pending.pop_front()
+            {
+                self.acknowledged(oldest).await?;
+            }
             let head: Head<'_> = serde_json::from_slice(&event.json)
                 .map_err(|e| self.remote("spooled event is not an event", e))?;
             let subject = render_subject(&self.config.subject, &head);
@@ -179,13 +198,29 @@ impl Sink for NatsSink {
                 .publish_with_headers(subject, headers, Bytes::copy_from_slice(&event.json))
                 .await
                 .map_err(|e| self.remote("cannot publish", e))?;
-            acks.push(ack);
+            pending.push_back(ack);
         }
-        for ack in acks {
-            ack.await
-                .map_err(|e| self.remote("no acknowledgement from JetStream", e))?;
+        for ack in pending {
+            self.acknowledged(ack).await?;
         }
         Ok(Delivered::all(0))
+    }
+
+    fn batch_size(&self) -> usize {
+        BATCH
+    }
+}
+
+impl NatsSink {
+    /// Waits for one PubAck. On an error the PubAcks still pending are dropped (async-nats
+    /// collects them in the background) and the whole batch is published again.
+    async fn acknowledged(
+        &self,
+        ack: jetstream::context::PublishAckFuture,
+    ) -> Result<(), SinkError> {
+        ack.await
+            .map(drop)
+            .map_err(|e| self.remote("no acknowledgement from JetStream", e))
     }
 }
 

@@ -4,14 +4,19 @@
 //! into `conversations`, `messages` (with a delivery status that only moves forward, and
 //! WhatsApp pricing), `engagement` (comments, mentions, reactions, ratings, leads, opt-ins and
 //! opt-outs, with their author and the post they are about) and `leads` (Lead Ads ids). A batch
-//! is one transaction of idempotent upserts, so a redelivery changes nothing. Migrations run
-//! at start, under an advisory lock, recorded in `schema_migrations`. docs/postgres.md
-//! describes the tables.
+//! is one transaction: the events are streamed with a binary `COPY` into a temporary staging
+//! table, moved into `events` by one `INSERT ... SELECT ... ON CONFLICT DO NOTHING`, and only
+//! the events that were new are projected (idempotent upserts), so a redelivery changes
+//! nothing. Migrations run at start, under an advisory lock, recorded in `schema_migrations`.
+//! docs/postgres.md describes the tables.
 
 use std::path::PathBuf;
 
+use bytes::{BufMut, BytesMut};
 use serde::{Deserialize, Serialize};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+use tokio_postgres::{Client, NoTls, Statement};
 
 use super::{Delivered, Sink, SinkError};
 use crate::config::{ConfigError, invalid};
@@ -175,11 +180,25 @@ CREATE INDEX leads_form_idx ON {s}.leads (form_id, created_time);
 ",
 ];
 
+/// Events per batch (one transaction): the commit's WAL flush and the round trips of a
+/// batch are shared by more events than the consumer's default batch.
+pub const BATCH: usize = 2048;
+
+/// The temporary table a batch is copied into (one per connection, emptied at each commit).
+const STAGING: &str = "metahook_events_staging";
+
 /// Writes events into PostgreSQL.
 #[derive(Debug)]
 pub struct PostgresSink {
     config: PostgresSinkConfig,
-    client: Option<Client>,
+    session: Option<Session>,
+}
+
+/// A connection with its staging table created and the batch's statements prepared.
+#[derive(Debug)]
+struct Session {
+    client: Client,
+    statements: Statements,
 }
 
 impl PostgresSink {
@@ -187,7 +206,7 @@ impl PostgresSink {
     pub fn new(config: PostgresSinkConfig) -> PostgresSink {
         PostgresSink {
             config,
-            client: None,
+            session: None,
         }
     }
 
@@ -253,9 +272,10 @@ impl PostgresSink {
 
 impl Sink for PostgresSink {
     async fn open(&mut self, _state: u64) -> Result<(), SinkError> {
-        if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
+        if self.session.as_ref().is_some_and(|s| !s.client.is_closed()) {
             return Ok(());
         }
+        self.session = None;
         let url = match &self.config.url_file {
             Some(file) => {
                 let url = secrets::read_file(file).map_err(|e| {
@@ -277,7 +297,21 @@ impl Sink for PostgresSink {
             }
         });
         self.migrate(&mut client).await?;
-        self.client = Some(client);
+        client
+            .batch_execute(&format!(
+                "CREATE TEMPORARY TABLE IF NOT EXISTS {STAGING} (
+                     ord integer NOT NULL, id text NOT NULL, platform text NOT NULL,
+                     object text NOT NULL, field text NOT NULL, kind text NOT NULL,
+                     account_id text, occurred_at text, received_at text NOT NULL,
+                     endpoint text NOT NULL, event jsonb NOT NULL
+                 ) ON COMMIT DELETE ROWS"
+            ))
+            .await
+            .map_err(|e| self.remote("cannot create the staging table", e))?;
+        let statements = Statements::prepare(&client, &self.config.schema)
+            .await
+            .map_err(|e| self.remote("cannot prepare the batch statements", e))?;
+        self.session = Some(Session { client, statements });
         Ok(())
     }
 
@@ -287,16 +321,15 @@ impl Sink for PostgresSink {
             .map(|e| serde_json::from_slice(&e.json))
             .collect::<Result<_, _>>()
             .map_err(|e| self.remote("spooled event is not an event", e))?;
-        let statements = Statements::new(&self.config.schema);
-        let Some(client) = self.client.as_mut() else {
+        let Some(session) = self.session.as_mut() else {
             return Err(SinkError::Remote {
                 context: "PostgreSQL sink is not open".into(),
                 message: "not connected".into(),
             });
         };
-        let result = upsert(client, &statements, &events).await;
-        if result.is_err() && client.is_closed() {
-            self.client = None;
+        let result = upsert(session, batch, &events).await;
+        if result.is_err() && session.client.is_closed() {
+            self.session = None;
         }
         result.map_err(|e| SinkError::Remote {
             context: format!("cannot store events (schema {})", self.config.schema),
@@ -304,32 +337,64 @@ impl Sink for PostgresSink {
         })?;
         Ok(Delivered::all(0))
     }
+
+    fn batch_size(&self) -> usize {
+        BATCH
+    }
 }
 
-/// The batch's SQL, with the schema filled in. Every statement takes one array per column
-/// (`UNNEST`), so a batch is at most seven round trips whatever its size; rows that share a
-/// key within the batch are folded in SQL first (`ON CONFLICT DO UPDATE` may touch a row once).
+/// The batch's SQL with the schema filled in, prepared once per connection. The events go
+/// through `COPY` and one `INSERT ... SELECT`; every projection takes one array per column
+/// (`UNNEST`), so a batch is a fixed number of round trips whatever its size; rows that share
+/// a key within the batch are folded in SQL first (`ON CONFLICT DO UPDATE` may touch a row
+/// once).
+#[derive(Debug)]
 struct Statements {
-    events: String,
-    conversations: String,
-    messages: String,
-    statuses: String,
-    pricing: String,
-    engagement: String,
-    leads: String,
+    copy: Statement,
+    events: Statement,
+    conversations: Statement,
+    messages: Statement,
+    statuses: Statement,
+    pricing: Statement,
+    engagement: Statement,
+    leads: Statement,
 }
+
+/// The staging table's columns, in `COPY` order, with their types.
+const STAGING_COLUMNS: &str =
+    "ord, id, platform, object, field, kind, account_id, occurred_at, received_at, endpoint, event";
+const STAGING_TYPES: &[Type] = &[
+    Type::INT4,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::JSONB,
+];
 
 impl Statements {
-    fn new(schema: &str) -> Statements {
+    async fn prepare(client: &Client, schema: &str) -> Result<Statements, tokio_postgres::Error> {
         let s = |t: &str| t.replace("{s}", schema);
-        Statements {
-            events: s("INSERT INTO {s}.events
+        Ok(Statements {
+            copy: client
+                .prepare(&format!(
+                    "COPY {STAGING} ({STAGING_COLUMNS}) FROM STDIN (FORMAT binary)"
+                ))
+                .await?,
+            // In batch order, so that of two events with one id the first is kept.
+            events: client.prepare(&s(&format!("INSERT INTO {{s}}.events
                  (id, platform, object, field, kind, account_id, occurred_at, received_at, endpoint, event)
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                      $7::text[]::timestamptz[], $8::text[]::timestamptz[], $9::text[], $10::text[]::jsonb[])
+                 SELECT id, platform, object, field, kind, account_id, occurred_at::timestamptz,
+                        received_at::timestamptz, endpoint, event
+                 FROM {STAGING} ORDER BY ord
                  ON CONFLICT (id) DO NOTHING
-                 RETURNING id"),
-            conversations: s("INSERT INTO {s}.conversations AS c
+                 RETURNING id"))).await?,
+            conversations: client.prepare(&s("INSERT INTO {s}.conversations AS c
                  (platform, account_id, participant_id, participant_name, first_event_at, last_event_at)
                  SELECT platform, account, participant, max(name), min(at), max(at)
                  FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]::timestamptz[])
@@ -338,8 +403,8 @@ impl Statements {
                  ON CONFLICT (platform, account_id, participant_id) DO UPDATE SET
                    participant_name = COALESCE(EXCLUDED.participant_name, c.participant_name),
                    first_event_at = LEAST(c.first_event_at, EXCLUDED.first_event_at),
-                   last_event_at = GREATEST(c.last_event_at, EXCLUDED.last_event_at)"),
-            messages: s("INSERT INTO {s}.messages AS m
+                   last_event_at = GREATEST(c.last_event_at, EXCLUDED.last_event_at)")).await?,
+            messages: client.prepare(&s("INSERT INTO {s}.messages AS m
                  (id, platform, account_id, participant_id, direction, type, text, reply_to, sent_at, event_id,
                   payload, referral)
                  SELECT DISTINCT ON (id) id, platform, account, participant, direction, type, text, reply_to, at,
@@ -357,8 +422,8 @@ impl Statements {
                    reply_to = COALESCE(m.reply_to, EXCLUDED.reply_to),
                    sent_at = COALESCE(m.sent_at, EXCLUDED.sent_at),
                    payload = COALESCE(m.payload, EXCLUDED.payload),
-                   referral = COALESCE(m.referral, EXCLUDED.referral)"),
-            statuses: s("INSERT INTO {s}.messages AS m
+                   referral = COALESCE(m.referral, EXCLUDED.referral)")).await?,
+            statuses: client.prepare(&s("INSERT INTO {s}.messages AS m
                  (id, platform, account_id, participant_id, direction, status, status_rank, status_at, errors, event_id)
                  SELECT DISTINCT ON (id) id, platform, account, participant, 'out', status, rank, at, errors, event_id
                  FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
@@ -368,11 +433,11 @@ impl Statements {
                  ON CONFLICT (id) DO UPDATE SET
                    status = EXCLUDED.status, status_rank = EXCLUDED.status_rank, status_at = EXCLUDED.status_at,
                    errors = COALESCE(EXCLUDED.errors, m.errors)
-                 WHERE m.status_rank < EXCLUDED.status_rank"),
+                 WHERE m.status_rank < EXCLUDED.status_rank")).await?,
             // Runs after `statuses`, so the row exists. Pricing and conversation belong to
             // the message, not to one status: whichever status carries them first fills them,
             // whatever its rank, and a later one never blanks them.
-            pricing: s("UPDATE {s}.messages AS m SET
+            pricing: client.prepare(&s("UPDATE {s}.messages AS m SET
                    pricing_category = COALESCE(m.pricing_category, t.category),
                    pricing_billable = COALESCE(m.pricing_billable, t.billable),
                    pricing_model = COALESCE(m.pricing_model, t.model),
@@ -386,19 +451,19 @@ impl Statements {
                                    $6::text[], $7::text[]::timestamptz[])
                             AS u(id, category, billable, model, conversation, origin, expires_at)
                        GROUP BY id) AS t
-                 WHERE m.id = t.id"),
-            engagement: s("INSERT INTO {s}.engagement
+                 WHERE m.id = t.id")).await?,
+            engagement: client.prepare(&s("INSERT INTO {s}.engagement
                  (event_id, platform, kind, account_id, participant_id, target_id, text, occurred_at,
                   participant_name, media_id)
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                                       $7::text[], $8::text[]::timestamptz[], $9::text[], $10::text[])
-                 ON CONFLICT (event_id) DO NOTHING"),
-            leads: s("INSERT INTO {s}.leads
+                 ON CONFLICT (event_id) DO NOTHING")).await?,
+            leads: client.prepare(&s("INSERT INTO {s}.leads
                  (leadgen_id, account_id, form_id, ad_id, adgroup_id, page_id, created_time, event_id)
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                                       $7::text[]::timestamptz[], $8::text[])
-                 ON CONFLICT (leadgen_id) DO NOTHING"),
-        }
+                 ON CONFLICT (leadgen_id) DO NOTHING")).await?,
+        })
     }
 }
 
@@ -425,39 +490,61 @@ impl<const N: usize> Columns<N> {
     }
 }
 
-/// One transaction: every event, then its projections. Only events newly inserted are
-/// projected, so a redelivered event cannot move anything (its status included).
+/// An event's JSON as a `jsonb` value in binary form (format version 1, then the text): the
+/// spooled bytes are sent as they are, not parsed and serialized again here.
+#[derive(Debug)]
+struct Jsonb<'a>(&'a [u8]);
+
+impl ToSql for Jsonb<'_> {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.put_u8(1);
+        out.put_slice(self.0);
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB
+    }
+
+    to_sql_checked!();
+}
+
+/// One transaction: every event through the staging table, then the projections of those
+/// that were new. Only events newly inserted are projected, so a redelivered event cannot
+/// move anything (its status included).
 async fn upsert(
-    client: &mut Client,
-    sql: &Statements,
+    session: &mut Session,
+    batch: &[Spooled],
     events: &[Event],
 ) -> Result<(), tokio_postgres::Error> {
-    let txn = client.transaction().await?;
-    let mut rows = Columns::<10>::new();
-    let serialized: Vec<Option<String>> = events
-        .iter()
-        .map(|e| serde_json::to_string(e).ok())
-        .collect();
-    for (event, json) in events.iter().zip(&serialized) {
-        rows.push([
-            Some(&event.id),
-            Some(event.platform.as_str()),
-            Some(&event.object),
-            Some(&event.field),
-            Some(event.kind.as_str()),
-            event.account_id.as_deref(),
-            event.occurred_at.as_deref(),
-            Some(&event.received_at),
-            Some(&event.endpoint),
-            json.as_deref(),
-        ]);
+    let sql = &session.statements;
+    let txn = session.client.transaction().await?;
+    let sink = txn.copy_in(&sql.copy).await?;
+    let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, STAGING_TYPES));
+    for ((ord, event), spooled) in (0i32..).zip(events).zip(batch) {
+        writer
+            .as_mut()
+            .write(&[
+                &ord,
+                &event.id,
+                &event.platform.as_str(),
+                &event.object,
+                &event.field,
+                &event.kind.as_str(),
+                &event.account_id,
+                &event.occurred_at,
+                &event.received_at,
+                &event.endpoint,
+                &Jsonb(&spooled.json),
+            ])
+            .await?;
     }
-    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = rows
-        .text
-        .iter()
-        .map(|c| c as &(dyn tokio_postgres::types::ToSql + Sync))
-        .collect();
-    let inserted = txn.query(&sql.events, &params).await?;
+    writer.finish().await?;
+    let inserted = txn.query(&sql.events, &[]).await?;
     let new: std::collections::HashSet<String> =
         inserted.iter().map(|row| row.get::<_, String>(0)).collect();
 

@@ -241,7 +241,7 @@ async fn drive_connection(
 }
 
 /// A signed webhook POST as Meta sends it.
-fn webhook_request(
+pub(crate) fn webhook_request(
     path: &str,
     authority: &str,
     body: Bytes,

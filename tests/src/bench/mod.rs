@@ -12,6 +12,8 @@
 //! Modules by concept: [`bodies`] and [`signature`] make the requests, [`baseline`] is the
 //! reference server, [`client`] and [`load`] generate load, [`process`] and [`servers`] run
 //! the children, [`tls`] makes the certificates, [`report`] prints and judges the figures.
+//! [`sink_drain`] (`--sink-drain`) measures how fast the NATS and PostgreSQL sinks drain a
+//! spooled backlog, apart from the 200 path.
 
 pub mod baseline;
 pub mod bodies;
@@ -22,6 +24,7 @@ pub mod process;
 pub mod report;
 pub mod servers;
 pub mod signature;
+pub mod sink_drain;
 pub mod tls;
 
 use std::io::Write;
@@ -48,7 +51,7 @@ pub const WEBHOOK_PATH: &str = "/webhooks/whatsapp";
 pub const HEALTH_PATH: &str = "/healthz";
 
 /// How long a freshly started server may take to answer its health check.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Command line of the bench program.
 #[derive(Debug, Parser)]
@@ -95,6 +98,20 @@ pub struct Args {
     #[arg(long)]
     pub no_pin: bool,
 
+    /// Measure only how fast the NATS and PostgreSQL sinks drain a spooled backlog (see
+    /// `sink_drain`): spool `--drain-events` events, then time each sink's drain.
+    #[arg(long, conflicts_with_all = ["baseline_only", "tls_only"])]
+    pub sink_drain: bool,
+
+    /// Events spooled for `--sink-drain`.
+    #[arg(long, default_value_t = 100_000, requires = "sink_drain")]
+    pub drain_events: u64,
+
+    /// Send the 15 KB batch body (ten events per request) for `--sink-drain` instead of the
+    /// 1.4 KB text body.
+    #[arg(long, requires = "sink_drain")]
+    pub drain_batch_body: bool,
+
     /// Internal: run as the baseline server on this address.
     #[arg(long = "baseline-server", hide = true, requires = "secret_file")]
     pub baseline_server: Option<SocketAddr>,
@@ -132,6 +149,28 @@ pub fn main(args: Args) -> Result<()> {
     ensure!(!args.duration.is_zero(), "--duration must be positive");
 
     let mut programs = Programs::resolve(args.receiver_bin.clone(), args.baseline_only)?;
+    if args.sink_drain {
+        ensure!(args.drain_events > 0, "--drain-events must be at least 1");
+        ensure!(
+            drain::services_available(),
+            "--sink-drain needs NATS on 127.0.0.1:4222 and PostgreSQL on 127.0.0.1:5432"
+        );
+        let body = if args.drain_batch_body {
+            BodyKind::Batch
+        } else {
+            BodyKind::Text
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("building the drain runtime")?;
+        return runtime.block_on(async {
+            tokio::select! {
+                drained = sink_drain::run(&programs, body, args.drain_events) => drained,
+                signal = interrupted() => Err(anyhow!("interrupted by {}", signal?)),
+            }
+        });
+    }
     programs.with_sinks = !args.no_sinks && !args.tls_only && drain::services_available();
     programs.tls_only = args.tls_only;
     if !args.no_tls && !args.baseline_only {
@@ -298,7 +337,7 @@ async fn interrupted() -> Result<&'static str> {
 }
 
 /// The 1-minute load average from /proc/loadavg.
-fn load_average() -> Option<String> {
+pub(crate) fn load_average() -> Option<String> {
     let loadavg = std::fs::read_to_string("/proc/loadavg").ok()?;
     loadavg.split_whitespace().next().map(str::to_owned)
 }
