@@ -115,7 +115,11 @@ impl Normalizer {
             .and_then(|(_, key)| record::source_of(&key));
         match newest {
             Some(seq) if seq > head => {
-                tracing::error!(event_log_names = seq, intake_head = head, "the event log names intake records the intake log does not hold (was spool/intake removed?); resuming after the intake cursor");
+                tracing::error!(
+                    event_log_names = seq,
+                    intake_head = head,
+                    "the event log names intake records the intake log does not hold (was spool/intake removed?); resuming after the intake cursor"
+                );
                 committed
             }
             Some(seq) => seq.max(committed),
@@ -132,6 +136,9 @@ impl Normalizer {
         let mut reported = watermark;
         tracing::info!(after = watermark, "normalization stage started");
         loop {
+            // Read before the records: stop is set only once every request was answered, so
+            // if it was set before this read, the read sees every accepted request.
+            let stopping = *stop.borrow();
             let records = match self.intake.read_after(watermark, BATCH) {
                 Ok(records) => records,
                 Err(err) => {
@@ -145,22 +152,22 @@ impl Normalizer {
                     self.commit(watermark);
                     committed = watermark;
                 }
-                if *stop.borrow() {
+                if stopping {
                     return;
                 }
-                runtime.block_on(async {
-                    tokio::select! {
-                        _ = head.changed() => {}
-                        _ = stop.changed() => {}
-                        () = tokio::time::sleep(COMMIT_EVERY) => {}
-                    }
-                });
+                wait_for(
+                    async {
+                        tokio::select! {
+                            _ = head.changed() => {}
+                            _ = stop.changed() => {}
+                        }
+                    },
+                    COMMIT_EVERY,
+                );
                 continue;
             };
-            let mut normalized: Vec<Normalized> = records
-                .iter()
-                .map(|r| self.normalize(r, runtime))
-                .collect();
+            let mut normalized: Vec<Normalized> =
+                records.iter().map(|r| self.normalize(r, runtime)).collect();
             drop(records);
             // Counted before the append, so a metric never lags an event a sink already
             // delivered; a batch retried after a failed append is not counted again.
@@ -179,12 +186,7 @@ impl Normalizer {
                     if *stop.borrow() {
                         return;
                     }
-                    runtime.block_on(async {
-                        tokio::select! {
-                            _ = stop.changed() => {}
-                            () = tokio::time::sleep(COMMIT_EVERY) => {}
-                        }
-                    });
+                    wait_for(stop.changed(), COMMIT_EVERY);
                 } else {
                     std::thread::sleep(RETRY_AFTER);
                 }
@@ -207,7 +209,10 @@ impl Normalizer {
                     .objects
                     .get(request.endpoint)
                     .and_then(|o| o.as_deref());
-                (request.endpoint.to_owned(), normalize_request(&request, objects))
+                (
+                    request.endpoint.to_owned(),
+                    normalize_request(&request, objects),
+                )
             }
             Err(err) => {
                 tracing::error!(seq = stored.seq, error = %err, "an intake record cannot be read; kept whole as an unknown event");
@@ -281,8 +286,9 @@ pub fn normalize_request(request: &RawRequest<'_>, objects: Option<&[String]>) -
         received_at: &received_at,
         objects,
     };
-    let normalized =
-        std::panic::catch_unwind(AssertUnwindSafe(|| normalize::normalize(request.body, &ctx)));
+    let normalized = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        normalize::normalize(request.body, &ctx)
+    }));
     match normalized {
         Ok(Ok(events)) => events,
         Ok(Err(err)) => {
@@ -324,6 +330,32 @@ pub fn message_texts(events: &[Event], enabled: bool) -> Vec<String> {
         .collect()
 }
 
+/// Polls `future` on this thread until it completes or `timeout` passes. The stage waits
+/// this way, not with the runtime's timers, so it never depends on the runtime being
+/// alive (a test's runtime may end before the stage is stopped).
+fn wait_for<F: Future>(future: F, timeout: Duration) {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut context = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    let deadline = Instant::now() + timeout;
+    loop {
+        if future.as_mut().poll(&mut context).is_ready() {
+            return;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return;
+        }
+        std::thread::park_timeout(deadline - now);
+    }
+}
+
 /// Gives this thread the nice value [`NICE`] (Linux: `setpriority` on a thread id
 /// applies to that thread only). Failing only costs priority, so it is logged and ignored.
 fn lower_priority() {
@@ -355,7 +387,8 @@ mod tests {
             error.starts_with("the stored body cannot be normalized: the body is not valid JSON"),
             "{error}"
         );
-        let raw: String = serde_json::from_str(event.raw.get()).expect("raw is the body as a string");
+        let raw: String =
+            serde_json::from_str(event.raw.get()).expect("raw is the body as a string");
         assert_eq!(raw.as_bytes(), request.body);
         assert_eq!(event.id.len(), 64, "a content hash");
     }
@@ -402,7 +435,9 @@ mod tests {
         let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
         Logs {
             intake: Arc::new(Spool::open_intake(&config, CONSUMER, &total).expect("intake")),
-            events: Arc::new(Spool::open_events(&config, &["file".into()], &total).expect("events")),
+            events: Arc::new(
+                Spool::open_events(&config, &["file".into()], &total).expect("events"),
+            ),
         }
     }
 

@@ -33,9 +33,9 @@ use crate::metrics::events::{
 };
 use crate::normalize;
 use crate::normalizer;
-use crate::spool::record::{self, RawRequest};
 use crate::secrets::{SecretError, SecretStore};
 use crate::spool::Key;
+use crate::spool::record::{self, RawRequest};
 use crate::tls::TlsServer;
 use crate::verify::{self, Algorithm, HandshakeError, SignatureError};
 

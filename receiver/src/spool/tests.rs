@@ -230,7 +230,10 @@ async fn filled(dir: &Path, count: u8) {
     let spool = Spool::open(&config(dir), &["a".to_owned()]).expect("open");
     let big = "z".repeat(1500);
     for i in 1..=count {
-        spool.append([i; 16], events(&[&big])).await.expect("append");
+        spool
+            .append([i; 16], events(&[&big]))
+            .await
+            .expect("append");
     }
     spool.close();
 }
@@ -256,14 +259,24 @@ async fn start_up_reads_only_the_newest_segment() {
         length as u64,
         "the damaged sealed segment was not read (nor truncated) at start-up"
     );
-    assert_eq!(*spool.subscribe().borrow(), 30, "the head comes from the tail");
+    assert_eq!(
+        *spool.subscribe().borrow(),
+        30,
+        "the head comes from the tail"
+    );
     assert_eq!(spool.recovered_tail().map(|(seq, _)| seq), Some(30));
     // Dedup keys of sealed segments come from their .keys files, not their records.
     let again = spool
-        .append([u8::try_from(old_first).expect("small seq"); 16], events(&["x"]))
+        .append(
+            [u8::try_from(old_first).expect("small seq"); 16],
+            events(&["x"]),
+        )
         .await
         .expect("redelivery");
-    assert_eq!(again.duplicates, 1, "a key of the damaged segment is still known");
+    assert_eq!(
+        again.duplicates, 1,
+        "a key of the damaged segment is still known"
+    );
     // Reading goes past the damage: the records before it, then the next segment's.
     let read = seqs(&spool.read_after(0, 100).expect("read"));
     assert!(read.contains(&1) && read.contains(&30), "{read:?}");
@@ -282,7 +295,10 @@ async fn a_missing_keys_file_is_rebuilt_from_its_segment() {
     std::fs::remove_file(segment::keys_path(oldest)).expect("remove .keys");
     let spool = Spool::open(&config(dir.path()), &["a".to_owned()]).expect("reopen");
     let again = spool
-        .append([u8::try_from(*first).expect("small seq"); 16], events(&["x"]))
+        .append(
+            [u8::try_from(*first).expect("small seq"); 16],
+            events(&["x"]),
+        )
         .await
         .expect("redelivery");
     assert_eq!(again.duplicates, 1);
@@ -310,12 +326,17 @@ async fn sealed_segments_are_indexed_as_they_are_read() {
     };
     {
         let spool = Spool::open(&next, &["a".to_owned()]).expect("reopen");
-        spool.append([2; 16], events(&["late"])).await.expect("append");
+        spool
+            .append([2; 16], events(&["late"]))
+            .await
+            .expect("append");
         spool.close();
     }
     let spool = Spool::open(&next, &["a".to_owned()]).expect("reopen again");
     assert!(
-        spool.shared.segments.read().expect("segments")[0].index.is_empty(),
+        spool.shared.segments.read().expect("segments")[0]
+            .index
+            .is_empty(),
         "a sealed segment is not indexed at start-up"
     );
     let mut after = 0;

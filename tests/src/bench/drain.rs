@@ -103,9 +103,7 @@ pub async fn file_caught_up(path: &Path, lines: u64, load_started: Instant) -> R
             return Ok(load_started.elapsed());
         }
         if Instant::now() > deadline {
-            bail!(
-                "the file sink holds {seen} of {lines} events 5 minutes after the load started"
-            );
+            bail!("the file sink holds {seen} of {lines} events 5 minutes after the load started");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -79,7 +79,12 @@ pub async fn measure(programs: &Programs, cpu: Option<usize>, mib: u64, runs: us
         let started = Instant::now();
         let mut process: ServerProcess = launched.0;
         process
-            .wait_healthy(launched.1, &Transport::Plain, "/readyz", Duration::from_secs(60))
+            .wait_healthy(
+                launched.1,
+                &Transport::Plain,
+                "/readyz",
+                Duration::from_secs(60),
+            )
             .await?;
         let ready = started.elapsed();
         println!(
