@@ -47,7 +47,7 @@ use crate::spool::{Cursor, Key, Spool, Spooled};
 /// The intake log's one consumer: this stage (its cursor's name).
 pub const CONSUMER: &str = "normalizer";
 /// Intake records read and appended per batch.
-pub const BATCH: usize = 256;
+pub const BATCH: usize = 128;
 /// How often the intake cursor is committed while busy.
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
 /// After a failed append, before trying the same records again.

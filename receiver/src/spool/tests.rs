@@ -340,9 +340,7 @@ async fn sealed_segments_are_indexed_as_they_are_read() {
         "a sealed segment is not indexed at start-up"
     );
     let mut after = 0;
-    let mut seen = Vec::new();
     while let Some(last) = spool.read_after(after, 50).expect("read").last() {
-        seen.push(last.seq);
         after = last.seq;
     }
     assert_eq!(after, 301);
