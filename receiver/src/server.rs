@@ -501,11 +501,6 @@ impl Receiver {
         if let Err(err) = normalize::validate(&body) {
             return Outcome::BadBody(err.to_string());
         }
-        let context = |received_at| normalize::Context {
-            endpoint: name,
-            received_at,
-            objects: endpoint.config.objects.as_deref(),
-        };
         match pending {
             Pending::Spool(preparing) => {
                 let request = RawRequest {
@@ -539,7 +534,12 @@ impl Receiver {
             }
             Pending::Direct(sinks) => {
                 let received_at = now_rfc3339();
-                let events = match normalize::normalize(&body, &context(&received_at)) {
+                let context = normalize::Context {
+                    endpoint: name,
+                    received_at: &received_at,
+                    objects: endpoint.config.objects.as_deref(),
+                };
+                let events = match normalize::normalize(&body, &context) {
                     Ok(events) => events,
                     Err(err) => return Outcome::BadBody(err.to_string()),
                 };
