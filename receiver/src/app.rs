@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -13,9 +14,11 @@ use tokio::task::JoinHandle;
 
 use crate::acceptor::Acceptor;
 use crate::config::{Config, DeliveryMode};
+use crate::enrich::Enricher;
 use crate::metrics::Metrics;
 use crate::metrics::events::{RefusalLogTick, SpoolLimit, SpoolSampled};
 use crate::metrics::refusal_log;
+use crate::normalizer::{self, Normalizer};
 use crate::server::{self, Listener, Receiver, Role};
 use crate::sink::direct::DirectSinks;
 use crate::sink::{self, Consumer};
@@ -68,18 +71,25 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     });
     let dead_letters = DeadLetters::new(&config.spool.dir);
     let acceptor = match config.delivery.mode {
-        DeliveryMode::Spool => Acceptor::Spool(Arc::new(open_spool(&config).await?)),
+        DeliveryMode::Spool => {
+            let (intake, events) = open_spool(&config).await?;
+            Acceptor::Spool {
+                intake: Arc::new(intake),
+                events: Arc::new(events),
+            }
+        }
         DeliveryMode::Direct => Acceptor::Direct(DirectSinks::new(
             &config.sinks,
             dead_letters.clone(),
             Arc::clone(&metrics),
         )),
     };
-    // Direct delivery happens on the request path: no spool, no consumers.
-    let spool = match &acceptor {
-        Acceptor::Spool(spool) => Some(Arc::clone(spool)),
+    // Direct delivery happens on the request path: no spool, no stage, no consumers.
+    let logs = match &acceptor {
+        Acceptor::Spool { intake, events } => Some((Arc::clone(intake), Arc::clone(events))),
         Acceptor::Direct(_) => None,
     };
+    let spool = logs.as_ref().map(|(_, events)| Arc::clone(events));
     let receiver = Arc::new(Receiver::new(&config, acceptor, Arc::clone(&metrics))?);
     let listener = TcpListener::bind(config.listen)
         .await
@@ -101,8 +111,25 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let (stop, stop_rx) = watch::channel(false);
     let (sinks_stop, sinks_stop_rx) = watch::channel(false);
+    let (normalizer_stop, normalizer_stop_rx) = watch::channel(false);
     let mut sink_tasks = Vec::new();
     let mut gauges = None;
+    let mut normalizer = None;
+    if let Some((intake, events)) = &logs {
+        let stage = Normalizer {
+            intake: Arc::clone(intake),
+            events: Arc::clone(events),
+            objects: Normalizer::objects_of(&config.endpoints),
+            metrics: Arc::clone(&metrics),
+            log_message_text: config.log_message_text,
+            enricher: enricher(&config, &metrics)?,
+        };
+        normalizer = Some(
+            stage
+                .start(normalizer_stop_rx)
+                .context("cannot start the normalization thread")?,
+        );
+    }
     if let Some(spool) = &spool {
         for sink_config in &config.sinks {
             let consumer = Consumer {
@@ -174,6 +201,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             probes
         );
         let deadline = tokio::time::Instant::now() + grace;
+        // Every request answered by now is normalized before the sinks are told to stop,
+        // so they deliver it too.
+        let _ = normalizer_stop.send(true);
+        if let Some(stage) = normalizer {
+            let joined = tokio::task::spawn_blocking(move || stage.join());
+            match tokio::time::timeout_at(deadline, joined).await {
+                Err(_) => tracing::warn!(
+                    "normalization did not finish within the grace period; it resumes on restart"
+                ),
+                Ok(Ok(Err(_))) => tracing::error!("the normalization thread panicked"),
+                Ok(_) => {}
+            }
+        }
         let _ = sinks_stop.send(true);
         for task in sink_tasks {
             if tokio::time::timeout_at(deadline, task).await.is_err() {
@@ -191,10 +231,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         if let Some(tls_reloader) = tls_reloader {
             tls_reloader.abort();
         }
-        if let Some(spool) = spool {
-            tokio::task::spawn_blocking(move || spool.close())
-                .await
-                .context("spool close task failed")?;
+        if let Some((intake, events)) = logs {
+            drop(spool);
+            tokio::task::spawn_blocking(move || {
+                intake.close();
+                events.close();
+            })
+            .await
+            .context("spool close task failed")?;
         }
         tracing::info!("receiver stopped");
         Ok(())
@@ -221,6 +265,21 @@ async fn summarize_refusals(metrics: Arc<Metrics>, mut stop: watch::Receiver<boo
     }
 }
 
+/// The normalization stage's enricher, when `enrichment` is configured (its metric exists
+/// only then).
+fn enricher(
+    config: &Config,
+    metrics: &Metrics,
+) -> anyhow::Result<Option<Arc<dyn normalizer::Enrich>>> {
+    let Some(enrichment) = &config.enrichment else {
+        return Ok(None);
+    };
+    let enricher = Enricher::new(enrichment, metrics).context("cannot start enrichment")?;
+    Ok(enricher
+        .is_enabled()
+        .then(|| Arc::new(enricher) as Arc<dyn normalizer::Enrich>))
+}
+
 async fn reload_secrets(receiver: Arc<Receiver>, every: Duration, mut stop: watch::Receiver<bool>) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -243,14 +302,23 @@ async fn reload_secrets(receiver: Arc<Receiver>, every: Duration, mut stop: watc
     }
 }
 
-/// Opens the spool (blocking: recovery reads every segment) with a cursor per sink.
-async fn open_spool(config: &Config) -> anyhow::Result<Spool> {
+/// Opens the intake log and the event log (a cursor per sink), counting their bytes
+/// together. Blocking (recovery reads each log's newest segment), so on a blocking thread.
+async fn open_spool(config: &Config) -> anyhow::Result<(Spool, Spool)> {
     let spool_config = config.spool.clone();
     let names: Vec<String> = config.sinks.iter().map(|s| s.name.clone()).collect();
-    tokio::task::spawn_blocking(move || Spool::open(&spool_config, &names))
-        .await
-        .context("spool open task failed")?
-        .with_context(|| format!("cannot open the spool in {}", config.spool.dir.display()))
+    let started = std::time::Instant::now();
+    let opened = tokio::task::spawn_blocking(move || {
+        let total = Arc::new(AtomicU64::new(0));
+        let intake = Spool::open_intake(&spool_config, normalizer::CONSUMER, &total)?;
+        let events = Spool::open_events(&spool_config, &names, &total)?;
+        Ok::<_, crate::spool::SpoolError>((intake, events))
+    })
+    .await
+    .context("spool open task failed")?
+    .with_context(|| format!("cannot open the spool in {}", config.spool.dir.display()))?;
+    tracing::info!(dir = %config.spool.dir.display(), elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "spool opened");
+    Ok(opened)
 }
 
 async fn update_gauges(spool: Arc<Spool>, metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {

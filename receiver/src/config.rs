@@ -754,6 +754,12 @@ impl Config {
         self.validate_tls()?;
         if let Some(enrichment) = &self.enrichment {
             enrichment.validate()?;
+            if self.delivery.mode == DeliveryMode::Direct {
+                return Err(invalid(
+                    "enrichment",
+                    "needs delivery.mode: spool (direct mode delivers before the 200, and enrichment must never delay Meta's request)",
+                ));
+            }
         }
         // Port 0 picks a free port for each listener, so both may say 127.0.0.1:0.
         if self.metrics_listen == Some(self.listen) && self.listen.port() != 0 {
@@ -943,6 +949,20 @@ sinks:
                 _ => None,
             },
             Some(PathBuf::from("data/events.jsonl"))
+        );
+    }
+
+    #[test]
+    fn enrichment_needs_the_spool() {
+        let enriched = format!(
+            "{CONTRACT}enrichment:\n  lead_ads:\n    page_tokens:\n      - {{page_id: '1', token_env: T}}\n"
+        );
+        Config::parse(&enriched).expect("enrichment in spool mode");
+        let direct = format!("{enriched}delivery: {{mode: direct}}\n");
+        let err = Config::parse(&direct).expect_err("direct").to_string();
+        assert!(
+            err.contains("enrichment") && err.contains("delivery.mode: spool"),
+            "{err}"
         );
     }
 

@@ -5,6 +5,7 @@
 //! - [`verify`]: the GET handshake and the `X-Hub-Signature-256` check (pure).
 //! - [`meta`]: typed, lenient models of Meta's payloads, one module per product.
 //! - [`normalize`]: a verified body becomes one [`event::Event`] per leaf item (pure).
+//! - [`normalizer`]: the stage that normalizes accepted requests after the 200.
 //! - [`event`]: the unified event schema.
 //! - [`enrich`]: optional enrichment of events after the 200 (Lead Ads answers from the
 //!   Graph API).
@@ -21,6 +22,7 @@ pub mod event;
 pub mod meta;
 pub mod metrics;
 pub mod normalize;
+pub mod normalizer;
 pub mod secrets;
 pub mod server;
 pub mod sink;

@@ -24,19 +24,20 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::acceptor::{AcceptError, Acceptor};
+use crate::acceptor::{self, AcceptError, Acceptor, Pending};
 use crate::admission::{self, Admission, BodyRefused, Refused};
 use crate::client_auth::{ClientAuth, Peer, Refusal};
 use crate::config::{Config, ConfigError, EndpointConfig, Limits, RESERVED_PATHS};
-use crate::event::{Event, Kind};
 use crate::metrics::Metrics;
 use crate::metrics::events::{
     AdmissionRefused, BodyBudgetSampled, EndpointServed, EventsAccepted, ReadinessChanged,
-    RequestAnswered, RequestRefused, SignatureRefused, SpoolCommitted,
+    RequestAnswered, RequestNormalized, RequestRefused, SignatureRefused, SpoolCommitted,
 };
 use crate::normalize;
+use crate::normalizer;
 use crate::secrets::{SecretError, SecretStore};
 use crate::spool::Key;
+use crate::spool::record::{self, RawRequest};
 use crate::tls::TlsServer;
 use crate::verify::{self, Algorithm, HandshakeError, SignatureError};
 
@@ -135,10 +136,9 @@ enum Outcome {
     SignatureRejected(SignatureError),
     /// The body is not a JSON object.
     BadBody(String),
-    /// The events could not be serialized.
-    EncodeError(String),
-    /// The events are durable, or every sink acknowledged them.
-    Accepted { events: usize, duplicates: usize },
+    /// The request is durable (or a redelivery of one), or every sink acknowledged its
+    /// events.
+    Accepted,
     /// The events were not accepted (spool full or failing, or a sink refused them).
     NotAccepted(AcceptError),
 }
@@ -163,8 +163,7 @@ impl Outcome {
             Outcome::BodyError(_) => "body_error",
             Outcome::SignatureRejected(_) => "signature_rejected",
             Outcome::BadBody(_) => "bad_body",
-            Outcome::EncodeError(_) => "encode_error",
-            Outcome::Accepted { .. } => "accepted",
+            Outcome::Accepted => "accepted",
             Outcome::NotAccepted(AcceptError::SpoolFull(_)) => "spool_full",
             Outcome::NotAccepted(AcceptError::Spool(_)) => "spool_error",
             Outcome::NotAccepted(AcceptError::Sink(_)) => "sink_error",
@@ -177,7 +176,7 @@ impl Outcome {
             | Outcome::Readiness { ready: true }
             | Outcome::Metrics
             | Outcome::Handshake { .. }
-            | Outcome::Accepted { .. } => StatusCode::OK,
+            | Outcome::Accepted => StatusCode::OK,
             Outcome::BodyError(_) | Outcome::BadBody(_) => StatusCode::BAD_REQUEST,
             Outcome::SignatureRejected(SignatureError::Missing) => StatusCode::UNAUTHORIZED,
             Outcome::SignatureRejected(_)
@@ -188,7 +187,6 @@ impl Outcome {
             Outcome::Timeout => StatusCode::REQUEST_TIMEOUT,
             Outcome::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Outcome::PeerLimit => StatusCode::TOO_MANY_REQUESTS,
-            Outcome::EncodeError(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Outcome::Readiness { ready: false }
             | Outcome::Overloaded
             | Outcome::BodyBudget
@@ -229,8 +227,7 @@ impl Outcome {
             Outcome::BodyError(_) => Bytes::from_static(b"the body could not be read\n"),
             Outcome::SignatureRejected(err) => format!("{err}\n").into(),
             Outcome::BadBody(err) => format!("{err}\n").into(),
-            Outcome::EncodeError(_) => Bytes::from_static(b"cannot encode events\n"),
-            Outcome::Accepted { .. } => Bytes::from_static(b"EVENT_RECEIVED\n"),
+            Outcome::Accepted => Bytes::from_static(b"EVENT_RECEIVED\n"),
             Outcome::NotAccepted(AcceptError::Sink(_)) => {
                 Bytes::from_static(b"a sink did not accept the events; retry later\n")
             }
@@ -246,9 +243,7 @@ impl Outcome {
                 Some(format!("{}: {}", refusal.reason.reason(), refusal.detail))
             }
             Outcome::SignatureRejected(err) => Some(err.to_string()),
-            Outcome::BodyError(err) | Outcome::BadBody(err) | Outcome::EncodeError(err) => {
-                Some(err.clone())
-            }
+            Outcome::BodyError(err) | Outcome::BadBody(err) => Some(err.clone()),
             Outcome::NotAccepted(err) => Some(err.to_string()),
             _ => None,
         }
@@ -318,8 +313,8 @@ impl Outcome {
 #[derive(Debug, Default)]
 struct Seen {
     endpoint: Option<String>,
-    unknown: usize,
-    texts: Vec<String>,
+    bytes: usize,
+    duplicate: bool,
 }
 
 type HttpResponse = Response<Full<Bytes>>;
@@ -406,10 +401,6 @@ impl Receiver {
             _ => {}
         }
         let response = self.respond(&outcome);
-        let (events, duplicates) = match outcome {
-            Outcome::Accepted { events, duplicates } => (events, duplicates),
-            _ => (0, 0),
-        };
         let detail = outcome.detail();
         let answered = RequestAnswered {
             endpoint,
@@ -418,11 +409,9 @@ impl Receiver {
             status: response.status(),
             outcome: outcome.name(),
             probe: RESERVED_PATHS.contains(&path.as_str()),
-            events,
-            duplicates,
-            unknown: seen.unknown,
+            bytes: seen.bytes,
+            duplicate: seen.duplicate,
             detail: detail.as_deref().unwrap_or(""),
-            texts: &seen.texts,
             elapsed: started.elapsed(),
         };
         if outcome.is_refusal() {
@@ -561,6 +550,7 @@ impl Receiver {
 
         // From here on the request is CPU work only: let the spool writer wait for it.
         let pending = self.acceptor.prepare();
+        seen.bytes = body.len();
         let secrets = endpoint.secrets.current();
         let sha256 = parts.headers.get(verify::SIGNATURE_HEADER);
         let legacy = parts.headers.get(verify::LEGACY_SIGNATURE_HEADER);
@@ -592,58 +582,74 @@ impl Receiver {
         if let Err(err) = normalize::check_depth(&body, self.limits.max_json_depth) {
             return Outcome::BadBody(err.to_string());
         }
-        let received_at = now_rfc3339();
-        let context = normalize::Context {
-            endpoint: name,
-            received_at: &received_at,
-            objects: endpoint.config.objects.as_deref(),
-        };
-        let events = match normalize::normalize(&body, &context) {
-            Ok(events) => events,
-            Err(err) => return Outcome::BadBody(err.to_string()),
-        };
-        let records = match self.records(&events, seen) {
-            Ok(records) => records,
-            Err(err) => return Outcome::EncodeError(err.to_string()),
-        };
-        match pending.accept(key, records).await {
-            Ok(accepted) => {
-                if let Some(waited) = accepted.committed_in {
-                    self.metrics.emit(SpoolCommitted { waited });
+        // The only check of the content before the 200: a JSON object (no DOM built).
+        if let Err(err) = normalize::validate(&body) {
+            return Outcome::BadBody(err.to_string());
+        }
+        match pending {
+            Pending::Spool(preparing) => {
+                let request = RawRequest {
+                    received_nanos: record::now_nanos(),
+                    endpoint: name,
+                    body: &body,
+                };
+                match acceptor::store(preparing, key, &request).await {
+                    Ok(stored) => {
+                        self.metrics.emit(SpoolCommitted {
+                            waited: stored.committed_in,
+                        });
+                        if stored.duplicate {
+                            seen.duplicate = true;
+                            // Rare (Meta's retries): its events are counted, never stored.
+                            let events = normalizer::normalize_request(
+                                &request,
+                                endpoint.config.objects.as_deref(),
+                            );
+                            self.metrics.emit(EventsAccepted {
+                                endpoint: name,
+                                events: &events,
+                                stored: false,
+                                duplicates: events.len(),
+                            });
+                        }
+                        Outcome::Accepted
+                    }
+                    Err(err) => Outcome::NotAccepted(err),
+                }
+            }
+            Pending::Direct(sinks) => {
+                let received_at = now_rfc3339();
+                let context = normalize::Context {
+                    endpoint: name,
+                    received_at: &received_at,
+                    objects: endpoint.config.objects.as_deref(),
+                };
+                let events = match normalize::normalize(&body, &context) {
+                    Ok(events) => events,
+                    Err(err) => return Outcome::BadBody(err.to_string()),
+                };
+                let records: Vec<Vec<u8>> =
+                    events.iter().filter_map(normalizer::serialize).collect();
+                if let Err(err) = sinks.deliver(&records).await {
+                    return Outcome::NotAccepted(AcceptError::Sink(err));
                 }
                 self.metrics.emit(EventsAccepted {
                     endpoint: name,
                     events: &events,
-                    stored: accepted.stored > 0,
-                    duplicates: accepted.duplicates,
+                    stored: true,
+                    duplicates: 0,
                 });
-                Outcome::Accepted {
-                    events: accepted.stored,
-                    duplicates: accepted.duplicates,
-                }
+                let texts = normalizer::message_texts(&events, self.log_message_text);
+                self.metrics.emit(RequestNormalized {
+                    endpoint: name,
+                    seq: None,
+                    events: events.len(),
+                    unknown: normalizer::unknown_count(&events),
+                    texts: &texts,
+                });
+                Outcome::Accepted
             }
-            Err(err) => Outcome::NotAccepted(err),
         }
-    }
-
-    fn records(
-        &self,
-        events: &[Event],
-        seen: &mut Seen,
-    ) -> Result<Vec<Vec<u8>>, serde_json::Error> {
-        let mut records = Vec::with_capacity(events.len());
-        for event in events {
-            if event.kind == Kind::Unknown {
-                seen.unknown += 1;
-            }
-            if self.log_message_text
-                && let Some(text) = event.message.as_ref().and_then(|m| m.text.clone())
-            {
-                seen.texts.push(text);
-            }
-            records.push(serde_json::to_vec(event)?);
-        }
-        Ok(records)
     }
 }
 
@@ -830,10 +836,15 @@ mod tests {
     }
 
     fn spooled(config: &Config) -> Receiver {
-        let spool = Spool::open(&config.spool, &[]).expect("spool");
+        let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let intake = Spool::open_intake(&config.spool, "normalizer", &total).expect("intake");
+        let events = Spool::open_events(&config.spool, &[], &total).expect("events");
         let metrics = Arc::new(Metrics::new().expect("metrics"));
-        let receiver = Receiver::new(config, Acceptor::Spool(Arc::new(spool)), metrics);
-        receiver.expect("receiver")
+        let acceptor = Acceptor::Spool {
+            intake: Arc::new(intake),
+            events: Arc::new(events),
+        };
+        Receiver::new(config, acceptor, metrics).expect("receiver")
     }
 
     fn connection(role: Role) -> Connection {

@@ -493,6 +493,26 @@ async fn unknown_object_and_field_are_kept_as_unknown_events() -> Result<()> {
     Ok(())
 }
 
+/// Normalization runs after the 200: a JSON object it cannot read as an envelope (here a
+/// duplicate key) is answered 200 and still reaches the sinks, as one `unknown` event
+/// carrying why.
+#[tokio::test]
+async fn a_body_whose_normalization_fails_after_the_200_is_an_unknown_event() -> Result<()> {
+    let receiver = TestReceiver::start().await?;
+    let body = br#"{"object":"page","object":"page","entry":[]}"#;
+    assert_eq!(receiver.post(body).await?.status, StatusCode::OK);
+    let events = receiver.wait_for_events(1, Duration::from_secs(5)).await?;
+    assert_eq!(events[0]["kind"], "unknown");
+    assert_eq!(events[0]["error"], "the envelope cannot be read");
+    assert_eq!(events[0]["endpoint"], "meta");
+    let line = std::fs::read_to_string(receiver.events_path())?;
+    assert!(
+        line.contains(r#""raw":{"object":"page","object":"page","entry":[]}"#),
+        "the body is kept whole: {line}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn unrecognized_values_keep_their_documented_kind_and_are_counted() -> Result<()> {
     let receiver = TestReceiver::start().await?;

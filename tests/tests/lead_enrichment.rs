@@ -235,3 +235,76 @@ async fn a_page_without_a_token_is_counted_apart() {
     assert_eq!(count(&metrics, "no_token"), 1.0);
     assert!(graph.log().is_empty(), "no call without a token");
 }
+
+/// The whole path: a signed `leadgen` webhook is answered 200 at once, and the event the
+/// file sink receives carries the lead's answers; a lead the Graph API refuses is delivered
+/// without them and counted. The enricher runs in the receiver's normalization stage.
+#[tokio::test]
+async fn a_receiver_delivers_leadgen_events_with_their_answers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (graph, _, _) = setup(&dir).await;
+    let token_file = dir.path().join("page-111");
+    let graph_url = graph.url();
+    let receiver = metahook_tests::testkit::TestReceiver::start_with(|config, _| {
+        let mut lead_ads = LeadAdsConfig::new(vec![PageTokenConfig {
+            page_id: PAGE.into(),
+            token_file: Some(token_file),
+            token_env: None,
+        }]);
+        lead_ads.graph_url = graph_url;
+        lead_ads.api_version = fake_graph::VERSION.into();
+        lead_ads.retry_backoff = Duration::from_millis(50);
+        lead_ads.max_attempts = 2;
+        config.enrichment = Some(EnrichmentConfig {
+            lead_ads: Some(lead_ads),
+        });
+    })
+    .await
+    .expect("receiver");
+    let body = |id: &str| {
+        json!({"object": "page", "entry": [{"id": PAGE, "time": 1_790_000_000, "changes": [
+            {"field": "leadgen", "value": {"leadgen_id": id, "page_id": PAGE, "form_id": "777",
+             "ad_id": "999", "created_time": 1_790_000_000}}
+        ]}]})
+        .to_string()
+    };
+    let reply = receiver.post(body("L1").as_bytes()).await.expect("post");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let reply = receiver.post(body("NOPE").as_bytes()).await.expect("post");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let events = receiver
+        .wait_for_events(2, Duration::from_secs(20))
+        .await
+        .expect("two events delivered");
+    let by_id = |id: &str| {
+        events
+            .iter()
+            .find(|e| e["lead"]["leadgen_id"] == id)
+            .unwrap_or_else(|| panic!("no event of lead {id} in {events:?}"))
+    };
+    let enriched = by_id("L1");
+    assert_eq!(enriched["kind"], "lead");
+    assert_eq!(enriched["lead"]["campaign_id"], "555");
+    assert_eq!(enriched["lead"]["field_data"][0]["name"], "email");
+    assert_eq!(
+        enriched["lead"]["field_data"][1]["values"],
+        json!(["solar", "storage"])
+    );
+    let refused = by_id("NOPE");
+    assert!(refused["lead"].get("field_data").is_none(), "{refused}");
+    assert_eq!(refused["lead"]["form_id"], "777", "the webhook's own ids stay");
+    assert_eq!(
+        receiver
+            .metric("metahook_enrichment_total{result=\"enriched\"}")
+            .await
+            .expect("metric"),
+        1.0
+    );
+    assert_eq!(
+        receiver
+            .metric("metahook_enrichment_total{result=\"failed\"}")
+            .await
+            .expect("metric"),
+        1.0
+    );
+}

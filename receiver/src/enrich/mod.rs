@@ -4,9 +4,12 @@
 //! and is counted.
 //!
 //! One enricher today, Lead Ads ([`lead_ads`]): a `leadgen` event carries only ids; the
-//! answers come from `GET /{leadgen-id}` with the Page's token. The delivery path calls
-//! [`Enricher::enrich`] on each batch of normalized events; an [`Enricher`] is built from
-//! the `enrichment` configuration key and registers its own metrics.
+//! answers come from `GET /{leadgen-id}` with the Page's token. The normalization stage
+//! ([`crate::normalizer`]) calls [`Enricher::enrich`] on each request's events after the
+//! 200 and before they are appended for the sinks. Direct mode has no such stage (its
+//! events are delivered before the 200), so `enrichment` needs `delivery.mode: spool`. An
+//! [`Enricher`] is built from the `enrichment` configuration key and registers its own
+//! metrics.
 
 pub mod config;
 pub mod lead_ads;
@@ -17,6 +20,17 @@ pub use self::config::{EnrichmentConfig, LeadAdsConfig, PageTokenConfig};
 use self::lead_ads::{LeadAds, LeadError};
 use crate::event::{Event, Kind};
 use crate::metrics::Metrics;
+
+/// The normalization stage's hook (crate::normalizer): every record's events pass here
+/// after normalization and before they are appended for the sinks.
+impl crate::normalizer::Enrich for Enricher {
+    fn enrich<'a>(
+        &'a self,
+        events: &'a mut [Event],
+    ) -> crate::normalizer::BoxFuture<'a, ()> {
+        Box::pin(Enricher::enrich(self, events))
+    }
+}
 
 /// Every `result` of `metahook_enrichment_total`, so each series exists from the start.
 pub const RESULTS: [&str; 3] = ["enriched", "failed", "no_token"];

@@ -24,7 +24,8 @@ pub trait InternalEvent {
 }
 
 /// An answered request: `metahook_requests_total`, `metahook_request_duration_seconds` and
-/// the `metahook::request` log line.
+/// the `metahook::request` log line. In spool mode the 200 comes before normalization, so
+/// the line tells the body's size, not its events (see [`RequestNormalized`]).
 #[derive(Debug)]
 pub struct RequestAnswered<'a> {
     /// The endpoint's name; `None` for probes and unknown paths.
@@ -39,16 +40,12 @@ pub struct RequestAnswered<'a> {
     pub outcome: &'static str,
     /// Whether the path is a probe's (logged at debug level).
     pub probe: bool,
-    /// Events stored.
-    pub events: usize,
-    /// Events of a redelivered body, not stored again.
-    pub duplicates: usize,
-    /// Events of kind `unknown`.
-    pub unknown: usize,
+    /// Bytes of the body read (0 when none was).
+    pub bytes: usize,
+    /// Whether the body was a redelivery, not stored again.
+    pub duplicate: bool,
     /// Why the request was refused, if it was.
     pub detail: &'a str,
-    /// Message texts, when `log_message_text` is on.
-    pub texts: &'a [String],
     /// Request to response.
     pub elapsed: Duration,
 }
@@ -59,15 +56,13 @@ impl InternalEvent for RequestAnswered<'_> {
         let endpoint = self.endpoint.unwrap_or("none");
         let (path, status, outcome, detail) =
             (self.path, self.status.as_u16(), self.outcome, self.detail);
-        let (events, duplicates, unknown) = (self.events, self.duplicates, self.unknown);
+        let (bytes, duplicate) = (self.bytes, self.duplicate);
         let duration_ms = self.elapsed.as_secs_f64() * 1000.0;
-        let method = self.method;
-        if !self.texts.is_empty() {
-            tracing::info!(target: "metahook::request", endpoint, method = %method, path, status, outcome, events, duplicates, unknown, duration_ms, detail, texts = ?self.texts, "request");
-        } else if self.probe {
-            tracing::debug!(target: "metahook::request", endpoint, method = %method, path, status, outcome, duration_ms, "request");
+        let method = self.method.as_str();
+        if self.probe {
+            tracing::debug!(target: "metahook::request", endpoint, method, path, status, outcome, duration_ms, "request");
         } else {
-            tracing::info!(target: "metahook::request", endpoint, method = %method, path, status, outcome, events, duplicates, unknown, duration_ms, detail, "request");
+            tracing::info!(target: "metahook::request", endpoint, method, path, status, outcome, bytes, duplicate, duration_ms, detail, "request");
         }
     }
 }
@@ -146,6 +141,37 @@ impl InternalEvent for RequestRefused<'_> {
             tracing::debug!(target: "metahook::request", endpoint, method = %method, path, status, outcome, peer = %peer, duration_ms, "request");
         } else {
             tracing::info!(target: "metahook::request", endpoint, method = %method, path, status, outcome, peer = %peer, duration_ms, detail, "request");
+        }
+    }
+}
+
+/// A request's events were made (after its 200 in spool mode, before it in direct mode):
+/// the `metahook::normalize` log line, at info when it has something to show (unknown
+/// events, or message texts with `log_message_text`), else at debug.
+#[derive(Debug)]
+pub struct RequestNormalized<'a> {
+    /// The endpoint.
+    pub endpoint: &'a str,
+    /// The request's intake seq (spool mode).
+    pub seq: Option<u64>,
+    /// Events made.
+    pub events: usize,
+    /// Of them, of kind `unknown`.
+    pub unknown: usize,
+    /// Message texts, when `log_message_text` is on.
+    pub texts: &'a [String],
+}
+
+impl InternalEvent for RequestNormalized<'_> {
+    fn emit(self, _metrics: &Metrics) {
+        let (endpoint, events, unknown) = (self.endpoint, self.events, self.unknown);
+        let seq = self.seq.unwrap_or(0);
+        if !self.texts.is_empty() {
+            tracing::info!(target: "metahook::normalize", endpoint, seq, events, unknown, texts = ?self.texts, "normalized");
+        } else if unknown > 0 {
+            tracing::info!(target: "metahook::normalize", endpoint, seq, events, unknown, "normalized");
+        } else {
+            tracing::debug!(target: "metahook::normalize", endpoint, seq, events, unknown, "normalized");
         }
     }
 }
@@ -309,7 +335,8 @@ impl InternalEvent for BodyBudgetSampled {
 }
 
 /// A request's events, accepted: `metahook_events_total`, `metahook_unknown_events_total`
-/// and `metahook_duplicates_total`.
+/// and `metahook_duplicates_total`. In spool mode it is emitted by the normalization
+/// stage once the events are in the event log (a redelivery, by the request handler).
 #[derive(Debug)]
 pub struct EventsAccepted<'a> {
     /// The endpoint.

@@ -119,8 +119,31 @@ pub fn normalize(body: &[u8], ctx: &Context<'_>) -> Result<Vec<Event>, BodyError
     Ok(out)
 }
 
-/// The events of a body, before ids are completed and the endpoint's objects applied.
-fn collect(body: &[u8], ctx: &Context<'_>) -> Result<Vec<Event>, BodyError> {
+/// Checks, without building a DOM, that `body` is one the receiver accepts (HTTP 200):
+/// exactly the bodies for which [`normalize`] returns events rather than a [`BodyError`].
+/// It runs before the 200; [`normalize`] runs after, from the stored bytes. Both go
+/// through [`read`], so they cannot disagree.
+pub fn validate(body: &[u8]) -> Result<(), BodyError> {
+    read(body).map(drop)
+}
+
+/// What the top level of a body holds.
+enum Read<'a> {
+    /// The envelope's `object` and its entries, raw.
+    Entries {
+        object: Option<String>,
+        entries: Vec<&'a RawValue>,
+    },
+    /// A JSON object that is kept whole as one `unknown` event, and why.
+    Whole {
+        object: Option<String>,
+        root: &'a RawValue,
+        note: &'static str,
+    },
+}
+
+/// Reads the envelope of a body; the one place that decides whether a body is refused.
+fn read(body: &[u8]) -> Result<Read<'_>, BodyError> {
     let first = body.iter().copied().find(|b| !b.is_ascii_whitespace());
     let Some(first) = first else {
         return Err(BodyError::Empty);
@@ -129,7 +152,6 @@ fn collect(body: &[u8], ctx: &Context<'_>) -> Result<Vec<Event>, BodyError> {
         serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(BodyError::NotJson)?;
         return Err(BodyError::NotObject(json_type_name(first)));
     }
-    let mut out = Vec::new();
     // One pass reads the envelope, validates the whole body and splits the entries.
     let envelope: Envelope<'_> = match serde_json::from_slice(body) {
         Ok(envelope) => envelope,
@@ -137,16 +159,18 @@ fn collect(body: &[u8], ctx: &Context<'_>) -> Result<Vec<Event>, BodyError> {
             // Valid JSON that is not a readable envelope (duplicate keys, ...) is kept.
             let root: &RawValue =
                 serde_json::from_slice(body).map_err(|_| BodyError::NotJson(err))?;
-            let scope = Scope::new(ctx, "", None);
-            out.push(scope.unknown("", root, "the envelope cannot be read".to_owned()));
-            return Ok(out);
+            return Ok(Read::Whole {
+                object: None,
+                root,
+                note: "the envelope cannot be read",
+            });
         }
     };
     let object = envelope
         .object
         .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok());
-    let entries = match envelope.entry {
-        Some(Entries::List(entries)) => entries,
+    match envelope.entry {
+        Some(Entries::List(entries)) => Ok(Read::Entries { object, entries }),
         found => {
             let note = if found.is_some() {
                 "entry is not an array"
@@ -154,15 +178,47 @@ fn collect(body: &[u8], ctx: &Context<'_>) -> Result<Vec<Event>, BodyError> {
                 "the body has no entry"
             };
             let root: &RawValue = serde_json::from_slice(body).map_err(BodyError::NotJson)?;
+            Ok(Read::Whole { object, root, note })
+        }
+    }
+}
+
+/// The events of a body, before ids are completed and the endpoint's objects applied.
+fn collect(body: &[u8], ctx: &Context<'_>) -> Result<Vec<Event>, BodyError> {
+    let mut out = Vec::new();
+    match read(body)? {
+        Read::Whole { object, root, note } => {
             let scope = Scope::new(ctx, object.as_deref().unwrap_or(""), None);
             out.push(scope.unknown("", root, note.to_owned()));
-            return Ok(out);
         }
-    };
-    for entry_raw in entries {
-        normalize_entry(ctx, object.as_deref(), entry_raw, &mut out);
+        Read::Entries { object, entries } => {
+            for entry_raw in entries {
+                normalize_entry(ctx, object.as_deref(), entry_raw, &mut out);
+            }
+        }
     }
     Ok(out)
+}
+
+/// The whole body as one `unknown` event with `error`: what a stored body becomes when
+/// [`normalize`] cannot make events of it after the 200 (a body stored under other rules,
+/// or a fault in this receiver), so that nothing acknowledged is dropped silently. `raw`
+/// is the body when it is JSON, else the body as a JSON string (invalid UTF-8 replaced).
+pub fn unreadable(body: &[u8], ctx: &Context<'_>, error: String) -> Event {
+    let raw = std::str::from_utf8(body)
+        .ok()
+        .and_then(|text| serde_json::from_str::<&RawValue>(text).ok())
+        .map(compact)
+        .or_else(|| {
+            serde_json::to_string(&String::from_utf8_lossy(body))
+                .ok()
+                .and_then(|text| RawValue::from_string(text).ok())
+        })
+        .unwrap_or_else(|| RawValue::NULL.to_owned());
+    let scope = Scope::new(ctx, "", None);
+    let mut event = scope.unknown("", &raw, error);
+    event.id = hash_id("", None, "", event.raw.get());
+    event
 }
 
 fn json_type_name(first: u8) -> &'static str {

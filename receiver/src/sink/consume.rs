@@ -72,6 +72,9 @@ pub async fn consume<S: Sink>(consumer: Consumer, sink: S, mut shutdown: watch::
             sink: &consumer.name,
             events: lag,
         });
+        // Read before the spool: shutdown comes once everything to deliver is spooled, so if
+        // it came before this read, the read sees all of it.
+        let stopping = *shutdown.borrow();
         let batch = match consumer.next_batch(committed.seq, batch_size).await {
             Ok(batch) => batch,
             Err(NextBatch::Retry) => {
@@ -83,7 +86,7 @@ pub async fn consume<S: Sink>(consumer: Consumer, sink: S, mut shutdown: watch::
             Err(NextBatch::Stop) => return,
         };
         let Some(batch) = batch else {
-            if *shutdown.borrow() {
+            if stopping {
                 return;
             }
             tokio::select! {

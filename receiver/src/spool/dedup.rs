@@ -28,7 +28,8 @@ impl Recent {
         }
     }
 
-    fn enabled(&self) -> bool {
+    /// Whether it remembers anything (a window and a capacity are set).
+    pub fn enabled(&self) -> bool {
         self.window_millis > 0 && self.capacity > 0
     }
 

@@ -17,13 +17,24 @@
 //! - **Compaction**: a segment is deleted once every configured sink has passed it.
 //! - **Dedup** ([`dedup`]): a request whose key (its HMAC) was accepted within the window
 //!   is answered 200 without being stored again.
-//! - **Recovery**: on open, every segment is scanned and an incomplete tail truncated.
+//! - **Recovery** reads the tail only: the newest segment is scanned and an incomplete
+//!   tail truncated; older segments are *sealed* (fsync'd whole before the next one was
+//!   created), so their sizes and seq ranges come from their file names and lengths and
+//!   their sparse index is built while the sinks read them. A log that dedups keeps a
+//!   `.keys` file beside each segment (key and time of each record, fsync'd when the
+//!   segment is sealed), so the dedup window is rebuilt without reading the records.
 //!   After an fsync error the spool refuses further writes (the page cache can no longer
 //!   be trusted) and readiness turns false until a restart.
+//!
+//! The receiver runs two of these logs ([`Spool::open_intake`] and [`Spool::open`]): the
+//! *intake* log, one frame per accepted request, appended before the 200 (with dedup and
+//! `spool.max_bytes`), and the *event* log the sinks read, appended by the normalization
+//! stage ([`crate::normalizer`]). Both count their bytes into one total.
 
 pub mod cursor;
 pub mod dead_letters;
 pub mod dedup;
+pub mod record;
 pub mod segment;
 
 use std::collections::HashMap;
@@ -118,10 +129,25 @@ struct Append {
 struct SegmentInfo {
     first_seq: u64,
     path: PathBuf,
-    /// (seq, offset) every [`INDEX_EVERY`] records and at the first.
+    /// Known (seq, offset) points, sorted: every [`INDEX_EVERY`] records of the active
+    /// segment, and of a sealed one as far as a reader has gone (filled in by
+    /// [`Spool::read_after`]; a sealed segment is not read at start-up).
     index: Vec<(u64, u64)>,
     /// Bytes of valid records in the file.
     bytes: u64,
+}
+
+/// How a log is opened: the event log and the intake log differ only in these.
+#[derive(Debug, Clone)]
+struct LogOptions {
+    /// Where its `segments/` and `cursors/` are.
+    dir: PathBuf,
+    /// Whether appends are de-duplicated by key (and `.keys` files kept).
+    dedup: bool,
+    /// `spool.max_bytes` is checked against `total_bytes` (0: no limit).
+    max_bytes: u64,
+    /// Bytes of both logs, shared.
+    total_bytes: Arc<AtomicU64>,
 }
 
 struct Shared {
@@ -138,10 +164,12 @@ struct Shared {
     preparing: AtomicUsize,
     /// The writer thread, to unpark it.
     writer_thread: std::sync::OnceLock<std::thread::Thread>,
-    /// Bytes in all segments.
-    bytes: AtomicU64,
+    /// Bytes in the segments of this log and of its sibling (see [`LogOptions`]).
+    bytes: Arc<AtomicU64>,
     /// `spool.max_bytes` (0: no limit).
     max_bytes: u64,
+    /// Whether `.keys` files are kept beside the segments (a deduplicating log).
+    keys: bool,
 }
 
 /// The spool; see the module docs.
@@ -149,6 +177,8 @@ pub struct Spool {
     shared: Arc<Shared>,
     appends: Mutex<Option<mpsc::Sender<Append>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// The newest record found at open: (seq, key).
+    recovered_tail: Option<(u64, Key)>,
 }
 
 impl std::fmt::Debug for Spool {
@@ -167,35 +197,85 @@ fn now_millis() -> u64 {
 }
 
 impl Spool {
-    /// Opens (or creates) the spool in `config.dir` for the given sinks, recovers it, and
-    /// starts the group-commit writer. A sink new to this spool starts at the oldest event.
+    /// Opens (or creates) the event log in `config.dir` (`segments/`, `cursors/`) for the
+    /// given sinks, recovers it, and starts its group-commit writer. A sink new to this spool
+    /// starts at the oldest event. On its own (tests, tools) it counts only its own bytes
+    /// against `spool.max_bytes`; the receiver opens it with [`Spool::open_events`].
     pub fn open(config: &SpoolConfig, sinks: &[String]) -> Result<Spool, SpoolError> {
-        let dir = config.dir.join("segments");
-        let cursor_dir = config.dir.join("cursors");
+        let options = LogOptions {
+            dir: config.dir.clone(),
+            dedup: true,
+            max_bytes: config.max_bytes,
+            total_bytes: Arc::new(AtomicU64::new(0)),
+        };
+        Spool::open_log(config, &options, sinks)
+    }
+
+    /// The event log of a receiver: no dedup (the intake log did it), no limit of its own
+    /// (its events were accepted already), its bytes counted into `total_bytes`.
+    pub fn open_events(
+        config: &SpoolConfig,
+        sinks: &[String],
+        total_bytes: &Arc<AtomicU64>,
+    ) -> Result<Spool, SpoolError> {
+        let options = LogOptions {
+            dir: config.dir.clone(),
+            dedup: false,
+            max_bytes: 0,
+            total_bytes: Arc::clone(total_bytes),
+        };
+        Spool::open_log(config, &options, sinks)
+    }
+
+    /// The intake log of a receiver, in `config.dir/intake`: one frame per accepted
+    /// request, de-duplicated, refused once `total_bytes` (both logs) reaches
+    /// `spool.max_bytes`; its one consumer is `consumer` (the normalization stage).
+    pub fn open_intake(
+        config: &SpoolConfig,
+        consumer: &str,
+        total_bytes: &Arc<AtomicU64>,
+    ) -> Result<Spool, SpoolError> {
+        let options = LogOptions {
+            dir: config.dir.join("intake"),
+            dedup: true,
+            max_bytes: config.max_bytes,
+            total_bytes: Arc::clone(total_bytes),
+        };
+        Spool::open_log(config, &options, &[consumer.to_owned()])
+    }
+
+    fn open_log(
+        config: &SpoolConfig,
+        options: &LogOptions,
+        sinks: &[String],
+    ) -> Result<Spool, SpoolError> {
+        let dir = options.dir.join("segments");
+        let cursor_dir = options.dir.join("cursors");
         for d in [&dir, &cursor_dir] {
             std::fs::create_dir_all(d).map_err(io(format!("cannot create {}", d.display())))?;
         }
-        let lock = lock_dir(&config.dir)?;
-        let window = u64::try_from(config.dedup_window.as_millis()).unwrap_or(u64::MAX);
-        let mut recent = dedup::Recent::new(window, config.dedup_max_entries);
+        let lock = lock_dir(&options.dir)?;
+        let (window, capacity) = if options.dedup {
+            (
+                u64::try_from(config.dedup_window.as_millis()).unwrap_or(u64::MAX),
+                config.dedup_max_entries,
+            )
+        } else {
+            (0, 0)
+        };
+        let mut recent = dedup::Recent::new(window, capacity);
         let now = now_millis();
 
-        let mut segments = Vec::new();
-        let mut next_seq = 1;
         let listed = segment::list(&dir).map_err(io(format!("cannot list {}", dir.display())))?;
-        for (first_seq, path) in listed {
-            let scan = segment::recover(&path, first_seq, |frame| {
-                recent.insert(frame.key, frame.received_millis, now);
-            })
-            .map_err(io(format!("cannot recover {}", path.display())))?;
-            next_seq = next_seq.max(scan.last_seq.map_or(first_seq, |last| last + 1));
-            segments.push(SegmentInfo {
-                first_seq,
-                path,
-                index: scan.index,
-                bytes: scan.valid_len,
-            });
-        }
+        let recovered = recover_tail(&listed, options.dedup, |key, at| {
+            recent.insert(*key, at, now);
+        })?;
+        let Recovered {
+            mut segments,
+            next_seq,
+            tail,
+            newest_keys,
+        } = recovered;
         let oldest = segments.first().map_or(next_seq, |s| s.first_seq);
         let mut cursors = HashMap::new();
         for sink in sinks {
@@ -208,20 +288,14 @@ impl Spool {
             cursors.insert(sink.clone(), cursor);
         }
 
-        // Appends go to the last segment while it has room, else to a new one.
+        // Appends go to the newest segment; the writer rotates before a write once it is
+        // full, so the newest segment always holds the newest record (see `recover_tail`).
         let active = match segments.last() {
-            Some(last)
-                if std::fs::metadata(&last.path)
-                    .map(|m| m.len())
-                    .unwrap_or(u64::MAX)
-                    < config.segment_bytes =>
-            {
-                OpenOptions::new()
-                    .append(true)
-                    .open(&last.path)
-                    .map_err(io(format!("cannot open {}", last.path.display())))?
-            }
-            _ => {
+            Some(last) => OpenOptions::new()
+                .append(true)
+                .open(&last.path)
+                .map_err(io(format!("cannot open {}", last.path.display())))?,
+            None => {
                 let (file, info) = create_segment(&dir, next_seq)?;
                 segments.push(info);
                 file
@@ -231,8 +305,13 @@ impl Spool {
             .metadata()
             .map_err(io("cannot stat the active segment"))?
             .len();
+        let keys_file = match (options.dedup, segments.last()) {
+            (true, Some(last)) => Some(rewrite_keys(&last.path, &newest_keys)?),
+            _ => None,
+        };
 
-        let total_bytes = segments.iter().map(|s| s.bytes).sum();
+        let own_bytes: u64 = segments.iter().map(|s| s.bytes).sum();
+        options.total_bytes.fetch_add(own_bytes, Ordering::SeqCst);
         let (head, _) = watch::channel(next_seq - 1);
         let shared = Arc::new(Shared {
             dir,
@@ -245,22 +324,25 @@ impl Spool {
             poisoned: AtomicBool::new(false),
             preparing: AtomicUsize::new(0),
             writer_thread: std::sync::OnceLock::new(),
-            bytes: AtomicU64::new(total_bytes),
-            max_bytes: config.max_bytes,
+            bytes: Arc::clone(&options.total_bytes),
+            max_bytes: options.max_bytes,
+            keys: options.dedup,
         });
         // Unbounded, but bounded in practice: each in-flight request (limits.max_in_flight)
-        // sends at most one append.
+        // sends at most one append, the normalization stage one batch.
         let (tx, rx) = mpsc::channel::<Append>();
         let mut writer = Writer {
             shared: Arc::clone(&shared),
             active,
             active_len,
+            keys_file,
             next_seq,
             segment_bytes: config.segment_bytes,
             max_group: config.max_group_requests.max(1),
             group_wait: config.group_commit_wait,
             recent,
             buffer: Vec::new(),
+            keys_buffer: Vec::new(),
             _lock: lock,
         };
         let thread = std::thread::Builder::new()
@@ -272,7 +354,13 @@ impl Spool {
             shared,
             appends: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(thread)),
+            recovered_tail: tail,
         })
+    }
+
+    /// The newest record found when the log was opened: its seq and key.
+    pub fn recovered_tail(&self) -> Option<(u64, Key)> {
+        self.recovered_tail
     }
 
     /// Announces a request that will append soon (it is being verified and normalized), so
@@ -295,7 +383,34 @@ impl Spool {
         self.prepare().append(key, events).await
     }
 
-    /// Whether a failed fsync stopped the spool.    /// Whether a failed fsync stopped the spool.
+    /// Stores several requests' events, each with its own key, in order, and waits until
+    /// all are durable (they share group commits). Blocking: for a thread outside the
+    /// async runtime (the normalization stage).
+    pub fn append_blocking(&self, batch: Vec<(Key, Vec<Vec<u8>>)>) -> Result<(), SpoolError> {
+        if self.is_poisoned() {
+            return Err(SpoolError::Poisoned);
+        }
+        let sender = self
+            .appends
+            .lock()
+            .map_err(|_| SpoolError::Closed)?
+            .clone()
+            .ok_or(SpoolError::Closed)?;
+        let mut answers = Vec::with_capacity(batch.len());
+        for (key, events) in batch.into_iter().filter(|(_, e)| !e.is_empty()) {
+            let (reply, answer) = oneshot::channel();
+            sender
+                .send(Append { key, events, reply })
+                .map_err(|_| SpoolError::Closed)?;
+            answers.push(answer);
+        }
+        for answer in answers {
+            answer.blocking_recv().map_err(|_| SpoolError::Closed)??;
+        }
+        Ok(())
+    }
+
+    /// Whether a failed fsync stopped the spool.
     pub fn is_poisoned(&self) -> bool {
         self.shared.poisoned.load(Ordering::SeqCst)
     }
@@ -305,7 +420,8 @@ impl Spool {
         self.shared.head.subscribe()
     }
 
-    /// Up to `max` durable events after `after`, in order. Blocking.
+    /// Up to `max` durable events after `after`, in order. Blocking. Index points met on
+    /// the way are remembered, so the next read starts near its first event.
     pub fn read_after(&self, after: u64, max: usize) -> Result<Vec<Spooled>, SpoolError> {
         let head = *self.shared.head.borrow();
         let mut out = Vec::new();
@@ -343,7 +459,9 @@ impl Spool {
                 Err(err) => return Err(io(format!("cannot read {}", path.display()))(err)),
             };
             let mut expected = from_seq;
+            let mut found = Vec::new();
             while out.len() < max {
+                let at = reader.offset();
                 let frame = reader
                     .next_frame(Some(expected))
                     .map_err(io(format!("cannot read {}", path.display())))?;
@@ -351,8 +469,14 @@ impl Spool {
                 if frame.seq > head {
                     break;
                 }
+                if frame.seq.is_multiple_of(INDEX_EVERY) {
+                    found.push((frame.seq, at));
+                }
                 expected = frame.seq + 1;
                 if frame.seq >= want {
+                    if frame.seq > want {
+                        tracing::error!(segment = %path.display(), from = want, to = frame.seq - 1, "records missing from the spool (a damaged segment); skipping to the next readable one");
+                    }
                     want = frame.seq + 1;
                     out.push(Spooled {
                         seq: frame.seq,
@@ -361,8 +485,26 @@ impl Spool {
                     });
                 }
             }
+            self.remember_index(&path, &found);
         }
         Ok(out)
+    }
+
+    /// Adds index points found by a reader to its segment's index.
+    fn remember_index(&self, path: &Path, found: &[(u64, u64)]) {
+        if found.is_empty() {
+            return;
+        }
+        let Ok(mut segments) = self.shared.segments.write() else {
+            return;
+        };
+        if let Some(segment) = segments.iter_mut().find(|s| s.path == path) {
+            for point in found {
+                if let Err(at) = segment.index.binary_search(point) {
+                    segment.index.insert(at, *point);
+                }
+            }
+        }
     }
 
     /// A sink's cursor.
@@ -407,6 +549,16 @@ impl Spool {
         };
         for path in &removed {
             std::fs::remove_file(path).map_err(io(format!("cannot delete {}", path.display())))?;
+            if self.shared.keys {
+                match std::fs::remove_file(segment::keys_path(path)) {
+                    Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(io(format!("cannot delete the keys of {}", path.display()))(
+                            err,
+                        ));
+                    }
+                    _ => {}
+                }
+            }
         }
         if !removed.is_empty() {
             segment::sync_dir(&self.shared.dir).map_err(io("cannot sync the segment directory"))?;
@@ -566,17 +718,132 @@ fn create_segment(dir: &Path, first_seq: u64) -> Result<(File, SegmentInfo), Spo
     ))
 }
 
+/// What start-up found: the segments, the next seq, and the newest record's (seq, key).
+struct Recovered {
+    segments: Vec<SegmentInfo>,
+    next_seq: u64,
+    tail: Option<(u64, Key)>,
+    /// The newest segment's `.keys` content, rebuilt from its records (with `keys`).
+    newest_keys: Vec<u8>,
+}
+
+/// Recovers a log from its tail. The newest segment is scanned whole (it may end with a
+/// torn write, which is truncated); every older one was sealed — fsync'd whole before
+/// the next was created — so it is taken as it is, its last seq being the next one's
+/// first minus one, and is not read. If the newest segment is empty (a spool written
+/// before the writer rotated lazily), the one before is scanned too, without
+/// truncating, for the newest record. With `keys`, `each_key` gets every record's dedup
+/// key and time, oldest first: from the sealed segments' `.keys` files (or, when one
+/// is missing or short, from the segment itself), then from the scan.
+fn recover_tail(
+    listed: &[(u64, PathBuf)],
+    keys: bool,
+    mut each_key: impl FnMut(&Key, u64),
+) -> Result<Recovered, SpoolError> {
+    let mut segments = Vec::with_capacity(listed.len());
+    let Some(((newest_first, newest_path), sealed)) = listed.split_last() else {
+        return Ok(Recovered {
+            segments,
+            next_seq: 1,
+            tail: None,
+            newest_keys: Vec::new(),
+        });
+    };
+    for (i, (first_seq, path)) in sealed.iter().enumerate() {
+        let next_first = listed[i + 1].0;
+        let bytes = std::fs::metadata(path)
+            .map_err(io(format!("cannot stat {}", path.display())))?
+            .len();
+        if keys {
+            let records = next_first.saturating_sub(*first_seq);
+            let read = segment::read_keys(path, records)
+                .map_err(io(format!("cannot read the keys of {}", path.display())))?;
+            match read {
+                Some(entries) => entries.iter().for_each(|(k, at)| each_key(k, *at)),
+                None => {
+                    tracing::warn!(segment = %path.display(), "its .keys file is missing or short: reading the segment for dedup keys");
+                    let mut reader = FrameReader::open(path, 0)
+                        .map_err(io(format!("cannot read {}", path.display())))?;
+                    while let Some(frame) = reader
+                        .next_frame(None)
+                        .map_err(io(format!("cannot read {}", path.display())))?
+                    {
+                        each_key(&frame.key, frame.received_millis);
+                    }
+                }
+            }
+        }
+        segments.push(SegmentInfo {
+            first_seq: *first_seq,
+            path: path.clone(),
+            index: Vec::new(),
+            bytes,
+        });
+    }
+    let mut tail = None;
+    let mut newest_keys = Vec::new();
+    let scan = segment::recover(newest_path, *newest_first, |frame| {
+        if keys {
+            each_key(&frame.key, frame.received_millis);
+            segment::encode_key(&mut newest_keys, &frame.key, frame.received_millis);
+        }
+        tail = Some((frame.seq, frame.key));
+    })
+    .map_err(io(format!("cannot recover {}", newest_path.display())))?;
+    let next_seq = scan.last_seq.map_or(*newest_first, |last| last + 1);
+    if tail.is_none()
+        && let Some((first_seq, path)) = sealed.last()
+    {
+        let mut reader =
+            FrameReader::open(path, 0).map_err(io(format!("cannot read {}", path.display())))?;
+        let mut expected = *first_seq;
+        while let Some(frame) = reader
+            .next_frame(Some(expected))
+            .map_err(io(format!("cannot read {}", path.display())))?
+        {
+            expected = frame.seq + 1;
+            tail = Some((frame.seq, frame.key));
+        }
+    }
+    segments.push(SegmentInfo {
+        first_seq: *newest_first,
+        path: newest_path.clone(),
+        index: scan.index,
+        bytes: scan.valid_len,
+    });
+    Ok(Recovered {
+        segments,
+        next_seq,
+        tail,
+        newest_keys,
+    })
+}
+
+/// Rewrites the active segment's `.keys` file with `entries` (rebuilt from its records:
+/// the file may be behind or ahead of them after a crash) and opens it for appending.
+fn rewrite_keys(path: &Path, entries: &[u8]) -> Result<File, SpoolError> {
+    let keys = segment::keys_path(path);
+    std::fs::write(&keys, entries).map_err(io(format!("cannot write {}", keys.display())))?;
+    OpenOptions::new()
+        .append(true)
+        .open(&keys)
+        .map_err(io(format!("cannot open {}", keys.display())))
+}
+
 /// The single writer: group commit and segment rotation.
 struct Writer {
     shared: Arc<Shared>,
     active: File,
     active_len: u64,
+    /// The active segment's `.keys` file (deduplicating logs only).
+    keys_file: Option<File>,
     next_seq: u64,
     segment_bytes: u64,
     max_group: usize,
     group_wait: Duration,
     recent: dedup::Recent,
     buffer: Vec<u8>,
+    keys_buffer: Vec<u8>,
     _lock: File,
 }
 
@@ -629,7 +896,8 @@ impl Writer {
         }
     }
 
-    /// Writes a group with one write and one fdatasync.
+    /// Writes a group with one write and one fdatasync (rotating first if the active
+    /// segment is full, so a new segment is never empty).
     fn commit(
         &mut self,
         group: &[Append],
@@ -637,14 +905,20 @@ impl Writer {
         if self.shared.poisoned.load(Ordering::SeqCst) {
             return Err(SpoolError::Poisoned);
         }
+        if self.active_len >= self.segment_bytes {
+            self.rotate()?;
+        }
         let now = now_millis();
         self.buffer.clear();
+        self.keys_buffer.clear();
         let mut outcomes = Vec::with_capacity(group.len());
         let mut accepted_keys: Vec<Key> = Vec::new();
         let mut new_index = Vec::new();
         let mut seq = self.next_seq;
+        let dedup = self.recent.enabled();
         for append in group {
-            let repeated = append.key != [0; 16]
+            let repeated = dedup
+                && append.key != [0; 16]
                 && (self.recent.contains(&append.key, now) || accepted_keys.contains(&append.key));
             if repeated {
                 outcomes.push(Ok(AppendOutcome {
@@ -669,15 +943,25 @@ impl Writer {
                     new_index.push((seq, self.active_len + self.buffer.len() as u64));
                 }
                 segment::encode(&mut self.buffer, seq, now, &append.key, json);
+                if self.keys_file.is_some() {
+                    segment::encode_key(&mut self.keys_buffer, &append.key, now);
+                }
                 seq += 1;
             }
-            accepted_keys.push(append.key);
+            if dedup {
+                accepted_keys.push(append.key);
+            }
             outcomes.push(Ok(AppendOutcome {
                 stored: append.events.len(),
                 duplicates: 0,
             }));
         }
         if !self.buffer.is_empty() {
+            // The keys first: a `.keys` file is only trusted once its segment is sealed.
+            if let Some(keys) = &mut self.keys_file {
+                keys.write_all(&self.keys_buffer)
+                    .map_err(io("cannot write the active segment's keys"))?;
+            }
             self.active
                 .write_all(&self.buffer)
                 .map_err(io("cannot write the active segment"))?;
@@ -699,17 +983,30 @@ impl Writer {
         for key in accepted_keys {
             self.recent.insert(key, now, now);
         }
-        if self.active_len >= self.segment_bytes {
-            self.rotate()?;
-        }
         Ok(outcomes)
     }
 
+    /// Seals the full active segment (fsync'd whole, with its `.keys`) and starts the next.
     fn rotate(&mut self) -> Result<(), SpoolError> {
         self.active
             .sync_all()
             .map_err(io("cannot sync the full segment"))?;
+        if let Some(keys) = &self.keys_file {
+            keys.sync_all()
+                .map_err(io("cannot sync the full segment's keys"))?;
+        }
         let (file, info) = create_segment(&self.shared.dir, self.next_seq)?;
+        if self.keys_file.is_some() {
+            let keys = segment::keys_path(&info.path);
+            self.keys_file = Some(
+                OpenOptions::new()
+                    .create(true)
+                    .truncate(true)
+                    .write(true)
+                    .open(&keys)
+                    .map_err(io(format!("cannot create {}", keys.display())))?,
+            );
+        }
         self.active = file;
         self.active_len = 0;
         if let Ok(mut segments) = self.shared.segments.write() {

@@ -54,6 +54,45 @@ pub fn encode(out: &mut Vec<u8>, seq: u64, received_millis: u64, key: &Key, json
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// Bytes of one `.keys` entry: the record's dedup key and its time (u64 LE millis).
+pub const KEY_ENTRY: usize = 16 + 8;
+
+/// The `.keys` file beside a segment: one [`KEY_ENTRY`] per record, in seq order, so the
+/// dedup window is rebuilt at start-up without reading the records themselves.
+pub fn keys_path(segment: &Path) -> PathBuf {
+    segment.with_extension("keys")
+}
+
+/// Appends one `.keys` entry to `out`.
+pub fn encode_key(out: &mut Vec<u8>, key: &Key, received_millis: u64) {
+    out.extend_from_slice(key);
+    out.extend_from_slice(&received_millis.to_le_bytes());
+}
+
+/// The entries of a sealed segment's `.keys` file holding `records` records; `None` when
+/// the file is missing or does not hold exactly that many (then read the segment).
+pub fn read_keys(segment: &Path, records: u64) -> std::io::Result<Option<Vec<(Key, u64)>>> {
+    let bytes = match std::fs::read(keys_path(segment)) {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    if u64::try_from(bytes.len()).ok() != records.checked_mul(KEY_ENTRY as u64) {
+        return Ok(None);
+    }
+    let entries = bytes
+        .chunks_exact(KEY_ENTRY)
+        .map(|entry| {
+            let mut key = [0u8; 16];
+            key.copy_from_slice(&entry[..16]);
+            let mut at = [0u8; 8];
+            at.copy_from_slice(&entry[16..]);
+            (key, u64::from_le_bytes(at))
+        })
+        .collect();
+    Ok(Some(entries))
+}
+
 /// The path of the segment starting at `first_seq`.
 pub fn path(dir: &Path, first_seq: u64) -> PathBuf {
     dir.join(format!("{first_seq:020}.log"))

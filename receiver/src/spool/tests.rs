@@ -224,3 +224,130 @@ async fn a_full_spool_refuses_until_sinks_catch_up() {
         .await
         .expect("accepted again");
 }
+
+/// Appends `count` 1.5 KB records with keys 1..=count into 4 KB segments, then closes.
+async fn filled(dir: &Path, count: u8) {
+    let spool = Spool::open(&config(dir), &["a".to_owned()]).expect("open");
+    let big = "z".repeat(1500);
+    for i in 1..=count {
+        spool
+            .append([i; 16], events(&[&big]))
+            .await
+            .expect("append");
+    }
+    spool.close();
+}
+
+#[tokio::test]
+async fn start_up_reads_only_the_newest_segment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    filled(dir.path(), 30).await;
+    let listed = segment::list(&dir.path().join("segments")).expect("list");
+    assert!(listed.len() >= 8, "{} segments", listed.len());
+    // Damage the middle of an old, sealed segment. A start-up that read every segment
+    // would notice and cut it there; one that reads only the newest does not.
+    let (old_first, old) = listed[1].clone();
+    let mut bytes = std::fs::read(&old).expect("read");
+    let length = bytes.len();
+    let middle = length / 2;
+    bytes[middle..middle + 16].fill(0xee);
+    std::fs::write(&old, &bytes).expect("damage");
+
+    let spool = Spool::open(&config(dir.path()), &["a".to_owned()]).expect("reopen");
+    assert_eq!(
+        std::fs::metadata(&old).expect("meta").len(),
+        length as u64,
+        "the damaged sealed segment was not read (nor truncated) at start-up"
+    );
+    assert_eq!(
+        *spool.subscribe().borrow(),
+        30,
+        "the head comes from the tail"
+    );
+    assert_eq!(spool.recovered_tail().map(|(seq, _)| seq), Some(30));
+    // Dedup keys of sealed segments come from their .keys files, not their records.
+    let again = spool
+        .append(
+            [u8::try_from(old_first).expect("small seq"); 16],
+            events(&["x"]),
+        )
+        .await
+        .expect("redelivery");
+    assert_eq!(
+        again.duplicates, 1,
+        "a key of the damaged segment is still known"
+    );
+    // Reading goes past the damage: the records before it, then the next segment's.
+    let read = seqs(&spool.read_after(0, 100).expect("read"));
+    assert!(read.contains(&1) && read.contains(&30), "{read:?}");
+    assert!(
+        !read.contains(&(old_first + 1)),
+        "the damaged record is skipped: {read:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_keys_file_is_rebuilt_from_its_segment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    filled(dir.path(), 12).await;
+    let listed = segment::list(&dir.path().join("segments")).expect("list");
+    let (first, oldest) = &listed[0];
+    std::fs::remove_file(segment::keys_path(oldest)).expect("remove .keys");
+    let spool = Spool::open(&config(dir.path()), &["a".to_owned()]).expect("reopen");
+    let again = spool
+        .append(
+            [u8::try_from(*first).expect("small seq"); 16],
+            events(&["x"]),
+        )
+        .await
+        .expect("redelivery");
+    assert_eq!(again.duplicates, 1);
+}
+
+#[tokio::test]
+async fn sealed_segments_are_indexed_as_they_are_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let small = SpoolConfig {
+        segment_bytes: 1 << 20,
+        ..config(dir.path())
+    };
+    {
+        let spool = Spool::open(&small, &["a".to_owned()]).expect("open");
+        let batch: Vec<Vec<u8>> = (0..300)
+            .map(|i| format!("{{\"n\":{i}}}").into_bytes())
+            .collect();
+        spool.append([1; 16], batch).await.expect("append");
+        spool.close();
+    }
+    // A new segment after the first; at the next start the first is sealed, not read.
+    let next = SpoolConfig {
+        segment_bytes: 4096,
+        ..small
+    };
+    {
+        let spool = Spool::open(&next, &["a".to_owned()]).expect("reopen");
+        spool
+            .append([2; 16], events(&["late"]))
+            .await
+            .expect("append");
+        spool.close();
+    }
+    let spool = Spool::open(&next, &["a".to_owned()]).expect("reopen again");
+    assert!(
+        spool.shared.segments.read().expect("segments")[0]
+            .index
+            .is_empty(),
+        "a sealed segment is not indexed at start-up"
+    );
+    let mut after = 0;
+    while let Some(last) = spool.read_after(after, 50).expect("read").last() {
+        after = last.seq;
+    }
+    assert_eq!(after, 301);
+    let segments = spool.shared.segments.read().expect("segments");
+    assert!(
+        segments[0].index.len() >= 4,
+        "index points remembered: {:?}",
+        segments[0].index
+    );
+}

@@ -1,7 +1,10 @@
 //! How fast the receiver's NATS and PostgreSQL sinks drain what the load put in the spool:
 //! after the load stops, the receiver's /metrics is polled until each sink's lag is zero.
+//! And when the file sink holds every event the load got a 200 for (the sustained rate).
 
+use std::io::{Read, Seek, SeekFrom};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -78,6 +81,32 @@ pub async fn measure(addr: SocketAddr, load_started: Instant) -> Result<Vec<Drai
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(drains)
+}
+
+/// Waits until the file at `path` holds `lines` lines (the file sink caught up with
+/// everything the load got a 200 for); returns the time since `load_started`. Reads only
+/// what was appended since the last look. Gives up after 5 minutes.
+pub async fn file_caught_up(path: &Path, lines: u64, load_started: Instant) -> Result<Duration> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let (mut offset, mut seen) = (0u64, 0u64);
+    loop {
+        if let Ok(mut file) = std::fs::File::open(path) {
+            file.seek(SeekFrom::Start(offset))
+                .with_context(|| format!("seeking in {}", path.display()))?;
+            let mut appended = Vec::new();
+            file.read_to_end(&mut appended)
+                .with_context(|| format!("reading {}", path.display()))?;
+            offset += appended.len() as u64;
+            seen += appended.iter().filter(|b| **b == b'\n').count() as u64;
+        }
+        if seen >= lines {
+            return Ok(load_started.elapsed());
+        }
+        if Instant::now() > deadline {
+            bail!("the file sink holds {seen} of {lines} events 5 minutes after the load started");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Deletes the run's stream and schema.

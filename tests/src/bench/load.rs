@@ -54,6 +54,11 @@ pub struct LoadPlan {
 pub struct LoadResult {
     /// Requests answered with 2xx.
     pub succeeded: u64,
+    /// Requests answered with 2xx over the whole run, warm-up included (what the server
+    /// took in, for the sustained rate).
+    pub accepted: u64,
+    /// The whole run, warm-up included.
+    pub ran: Duration,
     /// Requests answered with another status, or failed at the connection level.
     pub failed: u64,
     /// Latency of successful requests, in microseconds.
@@ -104,6 +109,7 @@ impl Window {
 #[derive(Debug)]
 struct Tally {
     succeeded: u64,
+    accepted: u64,
     failed: u64,
     latency_micros: Histogram<u64>,
     first_failure: Option<String>,
@@ -113,6 +119,7 @@ impl Tally {
     fn new() -> Result<Self> {
         Ok(Self {
             succeeded: 0,
+            accepted: 0,
             failed: 0,
             latency_micros: Histogram::new_with_bounds(1, HISTOGRAM_MAX_MICROS, 3)
                 .context("creating latency histogram")?,
@@ -129,6 +136,7 @@ impl Tally {
 
     fn merge(&mut self, other: Self) -> Result<()> {
         self.succeeded += other.succeeded;
+        self.accepted += other.accepted;
         self.failed += other.failed;
         self.latency_micros
             .add(&other.latency_micros)
@@ -160,6 +168,8 @@ pub async fn run(plan: &LoadPlan, bodies: &Arc<SignedBodies>) -> Result<LoadResu
     }
     Ok(LoadResult {
         succeeded: total.succeeded,
+        accepted: total.accepted,
+        ran: start.elapsed(),
         failed: total.failed,
         latency_micros: total.latency_micros,
         measured: plan.duration,
@@ -206,6 +216,7 @@ async fn drive_connection(
         match outcome {
             Ok(Ok(reply)) if reply.status.is_success() => {
                 connection = Some(open);
+                tally.accepted += 1;
                 if counted {
                     tally.succeeded += 1;
                     let micros = u64::try_from((done - sent).as_micros()).unwrap_or(u64::MAX);

@@ -22,6 +22,7 @@ pub mod drain;
 pub mod load;
 pub mod process;
 pub mod report;
+pub mod restart;
 pub mod servers;
 pub mod signature;
 pub mod sink_drain;
@@ -93,6 +94,11 @@ pub struct Args {
     /// sinks), for the TLS / plain ratios.
     #[arg(long, conflicts_with = "baseline_only")]
     pub tls_only: bool,
+
+    /// Instead of the load runs: write this many MiB of undelivered events into a spool
+    /// and time the receiver's start on it (spawn to `GET /readyz` 200), three times.
+    #[arg(long, value_name = "MIB")]
+    pub restart_backlog_mib: Option<u64>,
 
     /// Do not pin the servers and the load generator to separate CPUs.
     #[arg(long)]
@@ -208,6 +214,9 @@ pub fn main(args: Args) -> Result<()> {
         .enable_all()
         .build()
         .context("building load generator tokio runtime")?;
+    if let Some(mib) = args.restart_backlog_mib {
+        return runtime.block_on(restart::measure(&programs, pinning.server_cpu(), mib, 3));
+    }
     let measurements = runtime.block_on(async {
         tokio::select! {
             measured = run_all(&args, &programs, &pinning, templates) => measured,
@@ -285,6 +294,15 @@ async fn measure(
         Some(_) => drain::measure(addr, load_started).await?,
         None => Vec::new(),
     };
+    // The plain receiver: until the file sink holds every event of every 200.
+    let caught_up = match server {
+        ServerKind::Receiver => {
+            let events = load.accepted * bodies.template().messages() as u64;
+            let path = launched.dir.path().join("events.jsonl");
+            Some(drain::file_caught_up(&path, events, load_started).await?)
+        }
+        _ => None,
+    };
     let peak_rss_kib = launched.process.peak_rss_kib()?;
     let stopped = launched.process.stop().await?;
     // Only now: the server must be gone before its spool and sink files are deleted.
@@ -303,6 +321,7 @@ async fn measure(
         cpu,
         stopped,
         drains,
+        caught_up,
     })
 }
 

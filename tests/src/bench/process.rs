@@ -264,6 +264,19 @@ impl ServerProcess {
         cpu_time_of(&self.pid()?.to_string())
     }
 
+    /// Kills the child at once (SIGKILL) and reaps it.
+    pub fn kill(mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child
+                .kill()
+                .with_context(|| format!("killing {}", self.label))?;
+            child
+                .wait()
+                .with_context(|| format!("reaping {}", self.label))?;
+        }
+        Ok(())
+    }
+
     /// Sends SIGTERM (via `kill`, as the workspace forbids unsafe code), waits up to
     /// [`STOP_GRACE`] for the child to exit, then kills it.
     pub async fn stop(mut self) -> Result<Stopped> {

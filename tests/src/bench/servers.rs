@@ -243,6 +243,32 @@ pub fn launch(kind: ServerKind, programs: &Programs, cpu: Option<usize>) -> Resu
     })
 }
 
+/// Starts the plain receiver with `dir` as its directory (configuration, logs, and the
+/// spool `dir/spool` as it is there), pinned to `cpu` if given; for the restart runs.
+pub fn launch_on(
+    dir: &Path,
+    programs: &Programs,
+    cpu: Option<usize>,
+) -> Result<(ServerProcess, SocketAddr)> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+    let secret_file = dir.join("app-secret");
+    std::fs::write(&secret_file, APP_SECRET)
+        .with_context(|| format!("writing {}", secret_file.display()))?;
+    let config = write_receiver_config(dir, addr, &secret_file, "")?;
+    let (program, args): (&Path, Vec<OsString>) = match &programs.receiver {
+        Some(ReceiverProgram::External(path)) => {
+            (path.as_path(), vec!["--config".into(), config.into()])
+        }
+        Some(ReceiverProgram::SelfExec) => (
+            programs.bench.as_path(),
+            vec![RECEIVER_FLAG.into(), config.into()],
+        ),
+        None => bail!("receiver requested but skipped"),
+    };
+    let process = ServerProcess::spawn("receiver", program, &args, cpu, dir)?;
+    Ok((process, addr))
+}
+
 /// For a TLS run, whether it is mutual; `None` for plain HTTP.
 fn tls_mode(kind: ServerKind) -> Option<bool> {
     match kind {
