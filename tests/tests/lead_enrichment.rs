@@ -292,7 +292,10 @@ async fn a_receiver_delivers_leadgen_events_with_their_answers() {
     );
     let refused = by_id("NOPE");
     assert!(refused["lead"].get("field_data").is_none(), "{refused}");
-    assert_eq!(refused["lead"]["form_id"], "777", "the webhook's own ids stay");
+    assert_eq!(
+        refused["lead"]["form_id"], "777",
+        "the webhook's own ids stay"
+    );
     assert_eq!(
         receiver
             .metric("metahook_enrichment_total{result=\"enriched\"}")

@@ -24,10 +24,7 @@ use crate::metrics::Metrics;
 /// The normalization stage's hook (crate::normalizer): every record's events pass here
 /// after normalization and before they are appended for the sinks.
 impl crate::normalizer::Enrich for Enricher {
-    fn enrich<'a>(
-        &'a self,
-        events: &'a mut [Event],
-    ) -> crate::normalizer::BoxFuture<'a, ()> {
+    fn enrich<'a>(&'a self, events: &'a mut [Event]) -> crate::normalizer::BoxFuture<'a, ()> {
         Box::pin(Enricher::enrich(self, events))
     }
 }
