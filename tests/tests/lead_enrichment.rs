@@ -2,6 +2,7 @@
 //! its answers; a Graph failure, an unknown lead or a Page without a token leaves the event
 //! as it was (still delivered) and is counted in `metahook_enrichment_total{result}`.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use http::Method;
@@ -52,6 +53,22 @@ fn lead_object(id: &str) -> serde_json::Value {
     })
 }
 
+/// Lead Ads enrichment of [`PAGE`] against `graph`, its token in `token_file`.
+fn enrichment(graph: &FakeGraph, token_file: PathBuf, max_attempts: u32) -> EnrichmentConfig {
+    let mut lead_ads = LeadAdsConfig::new(vec![PageTokenConfig {
+        page_id: PAGE.into(),
+        token_file: Some(token_file),
+        token_env: None,
+    }]);
+    lead_ads.graph_url = graph.url();
+    lead_ads.api_version = fake_graph::VERSION.into();
+    lead_ads.retry_backoff = Duration::from_millis(50);
+    lead_ads.max_attempts = max_attempts;
+    EnrichmentConfig {
+        lead_ads: Some(lead_ads),
+    }
+}
+
 async fn setup(dir: &tempfile::TempDir) -> (FakeGraph, Enricher, Metrics) {
     let graph = FakeGraph::start("1234", "secret")
         .await
@@ -65,18 +82,7 @@ async fn setup(dir: &tempfile::TempDir) -> (FakeGraph, Enricher, Metrics) {
     });
     let token_file = dir.path().join("page-111");
     std::fs::write(&token_file, format!("{PAGE_TOKEN}\n")).expect("token file");
-    let mut lead_ads = LeadAdsConfig::new(vec![PageTokenConfig {
-        page_id: PAGE.into(),
-        token_file: Some(token_file),
-        token_env: None,
-    }]);
-    lead_ads.graph_url = graph.url();
-    lead_ads.api_version = fake_graph::VERSION.into();
-    lead_ads.retry_backoff = Duration::from_millis(50);
-    lead_ads.max_attempts = 3;
-    let config = EnrichmentConfig {
-        lead_ads: Some(lead_ads),
-    };
+    let config = enrichment(&graph, token_file, 3);
     config.validate().expect("valid");
     let metrics = Metrics::new().expect("metrics");
     let enricher = Enricher::new(&config, &metrics).expect("enricher");
@@ -243,21 +249,9 @@ async fn a_page_without_a_token_is_counted_apart() {
 async fn a_receiver_delivers_leadgen_events_with_their_answers() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (graph, _, _) = setup(&dir).await;
-    let token_file = dir.path().join("page-111");
-    let graph_url = graph.url();
+    let enrichment = enrichment(&graph, dir.path().join("page-111"), 2);
     let receiver = metahook_tests::testkit::TestReceiver::start_with(|config, _| {
-        let mut lead_ads = LeadAdsConfig::new(vec![PageTokenConfig {
-            page_id: PAGE.into(),
-            token_file: Some(token_file),
-            token_env: None,
-        }]);
-        lead_ads.graph_url = graph_url;
-        lead_ads.api_version = fake_graph::VERSION.into();
-        lead_ads.retry_backoff = Duration::from_millis(50);
-        lead_ads.max_attempts = 2;
-        config.enrichment = Some(EnrichmentConfig {
-            lead_ads: Some(lead_ads),
-        });
+        config.enrichment = Some(enrichment);
     })
     .await
     .expect("receiver");
