@@ -700,6 +700,13 @@ fn operator_gets_its_flags_env_and_probes() -> Result<()> {
             "{helm}: {cli:?}"
         );
         ensure!(
+            cli.graph_url == "https://graph.facebook.com"
+                && cli.graph_api_version == "v23.0"
+                && cli.graph_timeout == std::time::Duration::from_secs(30)
+                && cli.graph_unregister_timeout == std::time::Duration::from_secs(600),
+            "{helm}: Graph API flags {cli:?}"
+        );
+        ensure!(
             container["image"] == "metahook-operator:0.1.0",
             "{helm}: image {}",
             container["image"]
@@ -748,7 +755,8 @@ fn operator_gets_its_flags_env_and_probes() -> Result<()> {
         );
         ensure!(deployment["spec"]["replicas"] == 2, "{helm}: replicas");
 
-        // Every option on: the registry prefix on both images, the namespaces, the port.
+        // Every option on: the registry prefix on both images, the namespaces, the port, the
+        // Graph API.
         let objects = render(helm, &["-f", ALL_ON])?;
         let container = operator_container(&objects)?;
         let cli = parse_operator_args(container)?;
@@ -762,6 +770,13 @@ fn operator_gets_its_flags_env_and_probes() -> Result<()> {
             container["image"]
         );
         ensure!(cli.metrics_addr.port() == 9100, "{helm}: {cli:?}");
+        ensure!(
+            cli.graph_url == "http://graph-fake.metahook-test.svc:8080"
+                && cli.graph_api_version == "v24.0"
+                && cli.graph_timeout == std::time::Duration::from_secs(10)
+                && cli.graph_unregister_timeout == std::time::Duration::from_secs(120),
+            "{helm}: Graph API flags {cli:?}"
+        );
         ensure!(
             args_of(container).contains(&"--namespace=team-a,team-b".to_owned()),
             "{helm}: {cli:?}"
