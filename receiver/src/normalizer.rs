@@ -134,6 +134,9 @@ impl Normalizer {
         let mut committed = self.intake.cursor(CONSUMER).map_or(0, |c| c.seq);
         let mut last_commit = Instant::now();
         let mut reported = watermark;
+        if watermark > committed {
+            self.complete_tail(runtime);
+        }
         tracing::info!(after = watermark, "normalization stage started");
         loop {
             // Read before the records: stop is set only once every request was answered, so
@@ -198,6 +201,48 @@ impl Normalizer {
                 committed = watermark;
                 last_commit = Instant::now();
             }
+        }
+    }
+
+    /// After a crash the event log's newest record may hold only the first events of its
+    /// intake record: a batch's write cut short (a `kill -9` stops a large `write` between
+    /// pages) before its fsync. Those that reached the log stay, and the rest are appended
+    /// now, so each event of the record is in the log exactly once (normalization is a pure
+    /// function of the stored request). Only a record past the intake cursor can be
+    /// incomplete: the cursor moves after the append it covers was fsync'd.
+    fn complete_tail(&self, runtime: &Handle) {
+        let Some(seq) = self
+            .events
+            .recovered_tail()
+            .and_then(|(_, key)| record::source_of(&key))
+        else {
+            return;
+        };
+        let present = self.events.recovered_tail_run();
+        let stored = match self.intake.read_after(seq.saturating_sub(1), 1) {
+            Ok(mut records) if records.first().is_some_and(|r| r.seq == seq) => records.remove(0),
+            Ok(_) => return,
+            Err(err) => {
+                tracing::error!(intake_seq = seq, error = %err, "cannot read the intake record of the event log's newest events; if a crash cut them short, the rest are missing");
+                return;
+            }
+        };
+        let mut normalized = self.normalize(&stored, runtime);
+        if normalized.json.len() <= present {
+            return;
+        }
+        let missing = normalized.json.split_off(present);
+        tracing::warn!(
+            intake_seq = seq,
+            present,
+            missing = missing.len(),
+            "the event log's newest request was cut short by a crash; appending its missing events"
+        );
+        if let Err(err) = self
+            .events
+            .append_blocking(vec![(record::source_key(seq), missing)])
+        {
+            tracing::error!(intake_seq = seq, error = %err, "cannot append the missing events of a request cut short by a crash");
         }
     }
 
@@ -485,6 +530,38 @@ mod tests {
                 event.id
             })
             .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_cut_short_in_the_event_log_is_completed_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let logs = open(dir.path());
+        accept(&logs, 1, &["m1", "m2", "m3"]).await;
+        // What a crash in the middle of the stage's write leaves: the request's first event
+        // in the event log, durable, the other two not, the intake cursor not moved.
+        let stored = logs.intake.read_after(0, 1).expect("read intake");
+        let request = RawRequest::decode(&stored[0].json).expect("decode");
+        let first = serialize(&normalize_request(&request, None)[0]).expect("json");
+        logs.events
+            .append(record::source_key(stored[0].seq), vec![first])
+            .await
+            .expect("append");
+        assert_eq!(ids(&logs), ["m1"]);
+        logs.intake.close();
+        logs.events.close();
+        drop(logs);
+
+        let logs = open(dir.path());
+        assert_eq!(logs.events.recovered_tail_run(), 1);
+        run_stage(&logs).await;
+        assert_eq!(ids(&logs), ["m1", "m2", "m3"], "each event once, in order");
+        // Started again: nothing is appended twice.
+        logs.intake.close();
+        logs.events.close();
+        drop(logs);
+        let logs = open(dir.path());
+        run_stage(&logs).await;
+        assert_eq!(ids(&logs), ["m1", "m2", "m3"]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

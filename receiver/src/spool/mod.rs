@@ -179,6 +179,8 @@ pub struct Spool {
     writer: Mutex<Option<JoinHandle<()>>>,
     /// The newest record found at open: (seq, key).
     recovered_tail: Option<(u64, Key)>,
+    /// How many records at the end carried that key at open.
+    recovered_tail_run: usize,
 }
 
 impl std::fmt::Debug for Spool {
@@ -274,6 +276,7 @@ impl Spool {
             mut segments,
             next_seq,
             tail,
+            tail_run,
             newest_keys,
         } = recovered;
         let oldest = segments.first().map_or(next_seq, |s| s.first_seq);
@@ -355,12 +358,19 @@ impl Spool {
             appends: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(thread)),
             recovered_tail: tail,
+            recovered_tail_run: tail_run,
         })
     }
 
     /// The newest record found when the log was opened: its seq and key.
     pub fn recovered_tail(&self) -> Option<(u64, Key)> {
         self.recovered_tail
+    }
+
+    /// How many records at the end of the log carried [`Self::recovered_tail`]'s key when
+    /// it was opened: of a request cut short by a crash, the events that reached the log.
+    pub fn recovered_tail_run(&self) -> usize {
+        self.recovered_tail_run
     }
 
     /// Announces a request that will append soon (it is being verified and normalized), so
@@ -723,6 +733,9 @@ struct Recovered {
     segments: Vec<SegmentInfo>,
     next_seq: u64,
     tail: Option<(u64, Key)>,
+    /// How many records at the very end carry the tail's key (a request's or an intake
+    /// record's events are consecutive records with one key).
+    tail_run: usize,
     /// The newest segment's `.keys` content, rebuilt from its records (with `keys`).
     newest_keys: Vec<u8>,
 }
@@ -735,6 +748,15 @@ struct Recovered {
 /// truncating, for the newest record. With `keys`, `each_key` gets every record's dedup
 /// key and time, oldest first: from the sealed segments' `.keys` files (or, when one
 /// is missing or short, from the segment itself), then from the scan.
+/// The length of the run of records with one key that ends at `frame`, given the run that
+/// ended at the record before it (`tail`).
+fn extend_run(tail: Option<(u64, Key)>, run: usize, frame: &segment::Frame) -> usize {
+    match tail {
+        Some((_, key)) if key == frame.key => run + 1,
+        _ => 1,
+    }
+}
+
 fn recover_tail(
     listed: &[(u64, PathBuf)],
     keys: bool,
@@ -746,6 +768,7 @@ fn recover_tail(
             segments,
             next_seq: 1,
             tail: None,
+            tail_run: 0,
             newest_keys: Vec::new(),
         });
     };
@@ -780,13 +803,15 @@ fn recover_tail(
             bytes,
         });
     }
-    let mut tail = None;
+    let mut tail: Option<(u64, Key)> = None;
+    let mut tail_run = 0;
     let mut newest_keys = Vec::new();
     let scan = segment::recover(newest_path, *newest_first, |frame| {
         if keys {
             each_key(&frame.key, frame.received_millis);
             segment::encode_key(&mut newest_keys, &frame.key, frame.received_millis);
         }
+        tail_run = extend_run(tail, tail_run, frame);
         tail = Some((frame.seq, frame.key));
     })
     .map_err(io(format!("cannot recover {}", newest_path.display())))?;
@@ -802,6 +827,7 @@ fn recover_tail(
             .map_err(io(format!("cannot read {}", path.display())))?
         {
             expected = frame.seq + 1;
+            tail_run = extend_run(tail, tail_run, &frame);
             tail = Some((frame.seq, frame.key));
         }
     }
@@ -815,6 +841,7 @@ fn recover_tail(
         segments,
         next_seq,
         tail,
+        tail_run,
         newest_keys,
     })
 }
