@@ -14,6 +14,7 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use metahook_receiver::config::{META_CLIENT_NAME, TlsConfig, TlsMode};
+use metahook_receiver::enrich::{EnrichmentConfig, LeadAdsConfig, PageTokenConfig};
 use metahook_tests::bench::client::Transport;
 use metahook_tests::pki::{self, Ca, Versions};
 use metahook_tests::promql;
@@ -255,6 +256,14 @@ async fn receiver_metrics() -> Result<BTreeSet<String>> {
         });
         config.metrics_listen = Some(([127, 0, 0, 1], 0).into());
         config.sinks.push(sink);
+        // Exports metahook_enrichment_total (no leadgen event is sent: no Graph call).
+        config.enrichment = Some(EnrichmentConfig {
+            lead_ads: Some(LeadAdsConfig::new(vec![PageTokenConfig {
+                page_id: "1".into(),
+                token_file: None,
+                token_env: Some("METAHOOK_DASHBOARD_TEST_PAGE_TOKEN".into()),
+            }])),
+        });
     })
     .await?;
     let https = Transport::Tls(pki::client_config(&[ca.der()], None, Versions::Both)?);
