@@ -3,7 +3,6 @@
 //! ids, or go away and come back on the same address.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,9 +12,9 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+
+use crate::testkit;
 
 /// How the downstream service answers.
 #[derive(Debug, Clone)]
@@ -68,23 +67,8 @@ impl Downstream {
             .await
             .context("binding the downstream service")?;
         let addr = listener.local_addr()?;
-        let serving = Arc::clone(&state);
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let state = Arc::clone(&serving);
-                tokio::spawn(async move {
-                    let service = service_fn(move |request: Request<Incoming>| {
-                        let state = Arc::clone(&state);
-                        async move { Ok::<_, Infallible>(answer(&state, request).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
+        let task = testkit::serve_http(listener, Arc::clone(&state), |state, request| async move {
+            answer(&state, request).await
         });
         Ok(Downstream { addr, state, task })
     }

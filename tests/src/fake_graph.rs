@@ -9,7 +9,6 @@
 //! request is logged with its arrival time, so tests can assert retries and their spacing.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
@@ -19,8 +18,6 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
@@ -160,23 +157,8 @@ impl FakeGraph {
             app_secret: app_secret.to_owned(),
             ..State::default()
         }));
-        let serving = Arc::clone(&state);
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let state = Arc::clone(&serving);
-                tokio::spawn(async move {
-                    let service = service_fn(move |request: Request<Incoming>| {
-                        let state = Arc::clone(&state);
-                        async move { Ok::<_, Infallible>(answer(&state, request).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
+        let task = testkit::serve_http(listener, Arc::clone(&state), |state, request| async move {
+            answer(&state, request).await
         });
         Ok(FakeGraph { addr, state, task })
     }

@@ -2,14 +2,19 @@
 //! directory, secrets and file sink, a small HTTP(S) client that keeps response headers, and
 //! the locations of the shared Meta fixtures and of the receiver binary.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
 use metahook_receiver::app::{self, Running};
 use metahook_receiver::config::{
     Config, EndpointConfig, FileSinkConfig, HttpSinkConfig, Limits, RetryConfig, SinkConfig,
@@ -265,6 +270,39 @@ pub fn metric_value(text: &str, sample: &str) -> Option<f64> {
                 .and_then(|rest| rest.strip_prefix(' '))
         })
         .and_then(|value| value.trim().parse().ok())
+}
+
+/// Serves HTTP/1.1 on `listener` until the returned task is aborted: each request goes to
+/// `answer` with the shared `state`. The loop of the tests' own services (the downstream
+/// HTTP service, the fake Graph API).
+pub fn serve_http<S, F, Fut>(
+    listener: tokio::net::TcpListener,
+    state: Arc<S>,
+    answer: F,
+) -> tokio::task::JoinHandle<()>
+where
+    S: Send + Sync + 'static,
+    F: Fn(Arc<S>, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let state = Arc::clone(&state);
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request: Request<Incoming>| {
+                    let answered = answer(Arc::clone(&state), request);
+                    async move { Ok::<_, Infallible>(answered.await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
 }
 
 /// Sends one request on a fresh connection and reads the whole response (10 s bound).
