@@ -67,11 +67,7 @@ pub async fn consume<S: Sink>(consumer: Consumer, sink: S, mut shutdown: watch::
     let batch_size = sink.batch_size();
     loop {
         let committed = consumer.spool.cursor(&consumer.name).unwrap_or_default();
-        let lag = head.borrow().saturating_sub(committed.seq);
-        consumer.metrics.emit(SinkLag {
-            sink: &consumer.name,
-            events: lag,
-        });
+        consumer.report_lag();
         // Read before the spool: shutdown comes once everything to deliver is spooled, so if
         // it came before this read, the read sees all of it.
         let stopping = *shutdown.borrow();
@@ -231,10 +227,23 @@ impl Consumer {
                     after: delay,
                 },
             });
+            // The lag read before this batch may predate its events: while the sink is
+            // failing, the gauge must show what is waiting.
+            self.report_lag();
             if wait(shutdown, delay).await {
                 return false;
             }
         }
+    }
+
+    /// `metahook_sink_lag_events`: events spooled and not yet delivered by this sink.
+    fn report_lag(&self) {
+        let committed = self.spool.cursor(&self.name).unwrap_or_default();
+        let head = *self.spool.subscribe().borrow();
+        self.metrics.emit(SinkLag {
+            sink: &self.name,
+            events: head.saturating_sub(committed.seq),
+        });
     }
 
     /// One attempt: deliver (reopening the sink at its committed state if needed), bury
