@@ -571,6 +571,9 @@ async fn probes_and_metrics() -> Result<()> {
     assert_eq!(receiver.get("/healthz").await?.status, StatusCode::OK);
     assert_eq!(receiver.get("/readyz").await?.status, StatusCode::OK);
     receiver.post(BODY).await?;
+    // metahook_events_total moves when the normalization stage has made the events (after
+    // the 200); they are in the file sink after that.
+    receiver.wait_for_events(1, Duration::from_secs(5)).await?;
     let metrics = receiver.get("/metrics").await?;
     assert!(
         metrics.headers["content-type"]
