@@ -820,16 +820,7 @@ async fn fetch_secrets(
     let mut data = SecretData::new();
     for name in names {
         if let Some(secret) = get_secret(&secrets, name).await? {
-            let mut keys: BTreeMap<String, Vec<u8>> = secret
-                .data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(key, value)| (key, value.0))
-                .collect();
-            for (key, value) in secret.string_data.unwrap_or_default() {
-                keys.insert(key, value.into_bytes());
-            }
-            data.insert(name.to_owned(), keys);
+            data.insert(name.to_owned(), super::secrets::keys_of(secret));
         }
     }
     Ok(data)

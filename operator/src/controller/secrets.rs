@@ -81,15 +81,7 @@ async fn resolve(
             }
             continue;
         };
-        let mut data: BTreeMap<String, Vec<u8>> = secret
-            .data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(key, value)| (key, value.0))
-            .collect();
-        for (key, value) in secret.string_data.unwrap_or_default() {
-            data.insert(key, value.into_bytes());
-        }
+        let data = keys_of(secret);
         let mut sorted = wanted.clone();
         sorted.sort();
         sorted.dedup();
@@ -114,4 +106,19 @@ async fn resolve(
         digest_parts,
         data: fetched,
     })
+}
+
+/// A Secret's keys and their bytes: `data`, with `stringData` over it (as the API server
+/// merges them).
+pub(super) fn keys_of(secret: Secret) -> BTreeMap<String, Vec<u8>> {
+    let mut keys: BTreeMap<String, Vec<u8>> = secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(key, value)| (key, value.0))
+        .collect();
+    for (key, value) in secret.string_data.unwrap_or_default() {
+        keys.insert(key, value.into_bytes());
+    }
+    keys
 }
