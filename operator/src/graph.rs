@@ -428,7 +428,7 @@ impl GraphClient {
         token: &str,
         body: Body,
     ) -> Result<Value, GraphError> {
-        let name = format!("{method} /{}", path.trim_start_matches('/'));
+        let name = call_name(&method, path);
         let mut attempt = 1;
         loop {
             match self.once(&name, &method, path, query, token, &body).await {
@@ -448,6 +448,20 @@ impl GraphClient {
                 Err(error) => return Err(error),
             }
         }
+    }
+
+    /// A mutation: one call whose answer must be Meta's `{"success": true}`.
+    async fn mutate(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, String)],
+        token: &str,
+        body: Body,
+    ) -> Result<(), GraphError> {
+        let name = call_name(&method, path);
+        let value = self.call(method, path, query, token, body).await?;
+        expect_success(name, &value)
     }
 
     async fn once(
@@ -513,6 +527,11 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     parts.join(": ")
 }
 
+/// How a call is named in errors and logs: `POST /{path}`.
+fn call_name(method: &reqwest::Method, path: &str) -> String {
+    format!("{method} /{}", path.trim_start_matches('/'))
+}
+
 /// Meta answers mutations with `{"success": true}`; anything else is a failure.
 fn expect_success(call: String, value: &Value) -> Result<(), GraphError> {
     if value.get("success").and_then(Value::as_bool) == Some(true) {
@@ -544,7 +563,7 @@ impl GraphApi for GraphClient {
             let value = self
                 .call(reqwest::Method::GET, &path, &[], app_token, Body::None)
                 .await?;
-            let call = format!("GET /{path}");
+            let call = call_name(&reqwest::Method::GET, &path);
             data(call.clone(), &value)?
                 .iter()
                 .map(|entry| {
@@ -571,16 +590,14 @@ impl GraphApi for GraphClient {
                 ("verify_token".to_owned(), request.verify_token.clone()),
                 ("include_values".to_owned(), "true".to_owned()),
             ];
-            let value = self
-                .call(
-                    reqwest::Method::POST,
-                    &path,
-                    &[],
-                    app_token,
-                    Body::Form(form),
-                )
-                .await?;
-            expect_success(format!("POST /{path}"), &value)
+            self.mutate(
+                reqwest::Method::POST,
+                &path,
+                &[],
+                app_token,
+                Body::Form(form),
+            )
+            .await
         })
     }
 
@@ -597,16 +614,14 @@ impl GraphApi for GraphClient {
             if !fields.is_empty() {
                 query.push(("fields", fields.join(",")));
             }
-            let value = self
-                .call(
-                    reqwest::Method::DELETE,
-                    &path,
-                    &query,
-                    app_token,
-                    Body::None,
-                )
-                .await?;
-            expect_success(format!("DELETE /{path}"), &value)
+            self.mutate(
+                reqwest::Method::DELETE,
+                &path,
+                &query,
+                app_token,
+                Body::None,
+            )
+            .await
         })
     }
 
@@ -620,7 +635,7 @@ impl GraphApi for GraphClient {
             let value = self
                 .call(reqwest::Method::GET, &path, &[], token, Body::None)
                 .await?;
-            Ok(data(format!("GET /{path}"), &value)?
+            Ok(data(call_name(&reqwest::Method::GET, &path), &value)?
                 .iter()
                 .filter_map(SubscribedApp::from_value)
                 .collect())
@@ -652,10 +667,8 @@ impl GraphApi for GraphClient {
                     override_callback: None,
                 } => (vec![], Body::None),
             };
-            let value = self
-                .call(reqwest::Method::POST, &path, &query, token, body)
-                .await?;
-            expect_success(format!("POST /{path}"), &value)
+            self.mutate(reqwest::Method::POST, &path, &query, token, body)
+                .await
         })
     }
 
@@ -666,10 +679,8 @@ impl GraphApi for GraphClient {
     ) -> BoxFuture<'a, Result<(), GraphError>> {
         Box::pin(async move {
             let path = format!("{node_id}/subscribed_apps");
-            let value = self
-                .call(reqwest::Method::DELETE, &path, &[], token, Body::None)
-                .await?;
-            expect_success(format!("DELETE /{path}"), &value)
+            self.mutate(reqwest::Method::DELETE, &path, &[], token, Body::None)
+                .await
         })
     }
 }
