@@ -869,6 +869,20 @@ fn registering_pass_until_workload(ready_replicas: i32) -> Vec<Expect> {
     script
 }
 
+/// A registering pass with a ready receiver: up to the workload, then the finalizer's
+/// patch, an Event, the status and an Event.
+fn registering_pass_with_ready_receiver(spec: &Value) -> Vec<Expect> {
+    let mut script = registering_pass_until_workload(1);
+    script.push(apply(format!("{SUBS}/wa"), Reply::Onto(stored(spec))));
+    script.push(event(NS));
+    script.push(apply(
+        format!("{SUBS}/wa/status"),
+        Reply::Onto(stored(spec)),
+    ));
+    script.push(event(NS));
+    script
+}
+
 fn stored(spec: &Value) -> Value {
     serde_json::to_value(subscription("wa", NS, spec)).expect("json")
 }
@@ -900,14 +914,7 @@ async fn registration_waits_for_a_ready_receiver() {
 async fn a_ready_receiver_is_registered_behind_the_finalizer() {
     let spec = registering_spec();
     let sub = subscription("wa", NS, &spec);
-    let mut script = registering_pass_until_workload(1);
-    script.push(apply(format!("{SUBS}/wa"), Reply::Onto(stored(&spec))));
-    script.push(event(NS));
-    script.push(apply(
-        format!("{SUBS}/wa/status"),
-        Reply::Onto(stored(&spec)),
-    ));
-    script.push(event(NS));
+    let script = registering_pass_with_ready_receiver(&spec);
     let api = MockApi::start(script, Capabilities::default(), test_now());
     let graph = api.graph.clone();
     controller::reconcile(Arc::new(sub), api.ctx.clone())
@@ -984,14 +991,7 @@ fn graph_error() -> metahook_operator::graph::GraphError {
 async fn a_graph_error_is_reported_with_metas_message_and_fails_the_pass() {
     let spec = registering_spec();
     let sub = subscription("wa", NS, &spec);
-    let mut script = registering_pass_until_workload(1);
-    script.push(apply(format!("{SUBS}/wa"), Reply::Onto(stored(&spec))));
-    script.push(event(NS));
-    script.push(apply(
-        format!("{SUBS}/wa/status"),
-        Reply::Onto(stored(&spec)),
-    ));
-    script.push(event(NS));
+    let script = registering_pass_with_ready_receiver(&spec);
     let api = MockApi::start(script, Capabilities::default(), test_now());
     *api.graph.fail.lock().expect("lock") = Some(graph_error());
     let error = controller::reconcile(Arc::new(sub), api.ctx.clone())
