@@ -39,6 +39,14 @@ fn leadgen_events(leadgen_ids: &[&str]) -> Vec<Event> {
     .expect("normalizes")
 }
 
+/// Whether the enricher added the lead's answers to `event`.
+fn has_answers(event: &Event) -> bool {
+    event
+        .lead
+        .as_ref()
+        .is_some_and(|lead| lead.field_data.is_some())
+}
+
 fn lead_object(id: &str) -> serde_json::Value {
     json!({
         "id": id,
@@ -150,13 +158,7 @@ async fn a_transient_failure_is_retried_with_backoff() {
     graph.push_fault(Fault::rate_limit(None));
     let mut events = leadgen_events(&["L1"]);
     enricher.enrich(&mut events).await;
-    assert!(
-        events[0]
-            .lead
-            .as_ref()
-            .and_then(|l| l.field_data.as_ref())
-            .is_some()
-    );
+    assert!(has_answers(&events[0]));
     let log = graph.log();
     let statuses: Vec<u16> = log.iter().map(|l| l.status).collect();
     assert_eq!(statuses, [500, 400, 200]);
@@ -190,26 +192,14 @@ async fn graph_failures_leave_the_event_as_it_was_and_are_counted() {
         1,
         "a permanent error is not retried"
     );
-    assert!(
-        unknown[0]
-            .lead
-            .as_ref()
-            .and_then(|l| l.field_data.as_ref())
-            .is_none()
-    );
+    assert!(!has_answers(&unknown[0]));
     assert_eq!(count(&metrics, "failed"), 2.0);
 
     // An expired token (Meta answers 190) is a failure too; delivery goes on.
     std::fs::write(dir.path().join("page-111"), "expired").expect("rotate");
     let mut expired = leadgen_events(&["L2"]);
     enricher.enrich(&mut expired).await;
-    assert!(
-        expired[0]
-            .lead
-            .as_ref()
-            .and_then(|l| l.field_data.as_ref())
-            .is_none()
-    );
+    assert!(!has_answers(&expired[0]));
     assert_eq!(count(&metrics, "failed"), 3.0);
     assert_eq!(count(&metrics, "enriched"), 0.0);
 }
@@ -231,13 +221,7 @@ async fn a_page_without_a_token_is_counted_apart() {
     )
     .expect("normalizes");
     enricher.enrich(&mut events).await;
-    assert!(
-        events[0]
-            .lead
-            .as_ref()
-            .and_then(|l| l.field_data.as_ref())
-            .is_none()
-    );
+    assert!(!has_answers(&events[0]));
     assert_eq!(count(&metrics, "no_token"), 1.0);
     assert!(graph.log().is_empty(), "no call without a token");
 }
