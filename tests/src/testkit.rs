@@ -217,18 +217,33 @@ impl TestReceiver {
 
     /// Waits until the sink `sink` has delivered `count` events in total (per its metric).
     pub async fn wait_delivered(&self, sink: &str, count: usize, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
         let sample = format!(r#"metahook_sink_deliveries_total{{result="success",sink="{sink}"}}"#);
+        #[allow(clippy::cast_precision_loss)]
+        let count = count as f64;
+        self.wait_metric_at_least(&sample, count, timeout, &format!("sink {sink} delivering"))
+            .await
+            .map(drop)
+    }
+
+    /// Waits until the sample `sample` of /metrics reaches `at_least` (an absent sample
+    /// counts as 0); fails after `timeout` saying `what` was awaited. Returns the value.
+    pub async fn wait_metric_at_least(
+        &self,
+        sample: &str,
+        at_least: f64,
+        timeout: Duration,
+        what: &str,
+    ) -> Result<f64> {
+        let deadline = Instant::now() + timeout;
         loop {
-            let delivered = self.metric(&sample).await.unwrap_or(0.0);
-            #[allow(clippy::cast_precision_loss)]
-            if delivered >= count as f64 {
-                return Ok(());
+            let value = self.metric(sample).await.unwrap_or(0.0);
+            if value >= at_least {
+                return Ok(value);
             }
             if Instant::now() > deadline {
-                bail!("sink {sink} delivered {delivered} of {count} events");
+                bail!("{what}: {sample} is {value}, not {at_least}, after {timeout:?}");
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
 

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
@@ -291,12 +291,14 @@ async fn receiver_metrics() -> Result<BTreeSet<String>> {
         reply.status
     );
     // The sink fails twice, then dead-letters the events.
-    let dead = r#"metahook_dead_letter_events_total{sink="crm"}"#;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while receiver.metric(dead).await.unwrap_or(0.0) < 1.0 {
-        ensure!(Instant::now() < deadline, "no dead letter after 20 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    receiver
+        .wait_metric_at_least(
+            r#"metahook_dead_letter_events_total{sink="crm"}"#,
+            1.0,
+            Duration::from_secs(20),
+            "no dead letter after 20 s",
+        )
+        .await?;
     let text = receiver.metrics_text().await?;
     receiver.stop().await?;
     Ok(promql::exposition_names(&text))

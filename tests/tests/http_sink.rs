@@ -99,11 +99,14 @@ async fn retries_5xx_429_and_hangs_then_delivers() -> Result<()> {
         (Mode::Hang, 3.0),
         (Mode::Status(408, None), 4.0),
     ] {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while receiver.metric(failures).await.unwrap_or(0.0) < at_least - 1.0 {
-            ensure!(Instant::now() < deadline, "no failed attempt recorded");
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        receiver
+            .wait_metric_at_least(
+                failures,
+                at_least - 1.0,
+                Duration::from_secs(20),
+                "no failed attempt recorded",
+            )
+            .await?;
         downstream.set(mode);
     }
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -146,19 +149,14 @@ async fn a_4xx_is_a_dead_letter_and_dlq_retry_delivers_it() -> Result<()> {
         || ids(&downstream.received()).contains(&"wamid.http.21".to_owned()),
     )
     .await?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while receiver
-        .metric(r#"metahook_dead_letter_events_total{sink="crm"}"#)
-        .await
-        .unwrap_or(0.0)
-        < 1.0
-    {
-        ensure!(
-            Instant::now() < deadline,
-            "the refused event never became a dead letter"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    receiver
+        .wait_metric_at_least(
+            r#"metahook_dead_letter_events_total{sink="crm"}"#,
+            1.0,
+            Duration::from_secs(20),
+            "the refused event never became a dead letter",
+        )
+        .await?;
     let dlq = |action: &str| -> Result<String> {
         let out = Command::new(testkit::receiver_bin()?)
             .arg("--config")
@@ -202,15 +200,14 @@ async fn an_outage_of_the_service_loses_nothing() -> Result<()> {
             "200s continue while the service is down"
         );
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while receiver
-        .metric(r#"metahook_sink_lag_events{sink="crm"}"#)
-        .await?
-        < 1.0
-    {
-        ensure!(Instant::now() < deadline, "lag never rose");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    receiver
+        .wait_metric_at_least(
+            r#"metahook_sink_lag_events{sink="crm"}"#,
+            1.0,
+            Duration::from_secs(10),
+            "lag never rose",
+        )
+        .await?;
     let downstream = Downstream::start(addr, state).await?;
     wait_until("the backlog drains", Duration::from_secs(30), || {
         let got = ids(&downstream.received());
@@ -255,11 +252,14 @@ async fn batch_mode_posts_signed_arrays_retries_and_splits_refusals() -> Result<
         ensure!(receiver.post(&body(n)).await?.status == StatusCode::OK);
     }
     let failures = r#"metahook_sink_deliveries_total{result="error",sink="crm"}"#;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while receiver.metric(failures).await.unwrap_or(0.0) < 12.0 {
-        ensure!(Instant::now() < deadline, "the 503s were not retried");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    receiver
+        .wait_metric_at_least(
+            failures,
+            12.0,
+            Duration::from_secs(20),
+            "the 503s were not retried",
+        )
+        .await?;
     assert!(downstream.received().is_empty(), "nothing accepted yet");
     downstream.set(Mode::Accept);
     let expected: Vec<String> = (40..52)
@@ -275,19 +275,14 @@ async fn batch_mode_posts_signed_arrays_retries_and_splits_refusals() -> Result<
         expected.iter().all(|id| got.contains(id))
     })
     .await?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while receiver
-        .metric(r#"metahook_dead_letter_events_total{sink="crm"}"#)
-        .await
-        .unwrap_or(0.0)
-        < 1.0
-    {
-        ensure!(
-            Instant::now() < deadline,
-            "the refused event never became a dead letter"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    receiver
+        .wait_metric_at_least(
+            r#"metahook_dead_letter_events_total{sink="crm"}"#,
+            1.0,
+            Duration::from_secs(20),
+            "the refused event never became a dead letter",
+        )
+        .await?;
     let mut delivered = Vec::new();
     for request in downstream.received() {
         let ids = array_ids(&request)?;

@@ -348,19 +348,14 @@ async fn given_up_events_become_dead_letters_and_retry_delivers_them() -> Result
     for n in 0..5 {
         ensure!(receiver.post(&body(100 + n)).await?.status == StatusCode::OK);
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while receiver
-        .metric(r#"metahook_dead_letter_events_total{sink="bus"}"#)
-        .await
-        .unwrap_or(0.0)
-        < 5.0
-    {
-        ensure!(
-            Instant::now() < deadline,
-            "the events never became dead letters"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    receiver
+        .wait_metric_at_least(
+            r#"metahook_dead_letter_events_total{sink="bus"}"#,
+            5.0,
+            Duration::from_secs(30),
+            "the events never became dead letters",
+        )
+        .await?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while receiver
         .metric(r#"metahook_sink_lag_events{sink="bus"}"#)
