@@ -304,10 +304,7 @@ impl Normalizer {
 
     /// Commits the intake cursor, letting the intake log delete normalized segments.
     fn commit(&self, watermark: u64) {
-        let cursor = Cursor {
-            seq: watermark,
-            state: 0,
-        };
+        let cursor = Cursor::at(watermark, 0);
         if let Err(err) = self.intake.commit_cursor(CONSUMER, cursor) {
             tracing::warn!(error = %err, "cannot commit the normalization cursor; the intake log keeps its segments until the next commit");
         }

@@ -246,15 +246,19 @@ impl Consumer {
         });
     }
 
-    /// One attempt: deliver (reopening the sink at its committed state if needed), bury
-    /// what the destination refused, and commit the cursor.
+    /// One attempt: deliver (reopening the sink at its committed state if needed, and
+    /// committing where it starts if it asks), bury what the destination refused, and commit
+    /// the cursor.
     async fn attempt<S: Sink>(
         &self,
         sink: &mut Reopening<S>,
         batch: &Batch,
     ) -> Result<Vec<(u64, String)>, SinkError> {
         let committed = self.spool.cursor(&self.name)?;
-        let Delivered { state, rejected } = sink.deliver(committed.state, &batch.events).await?;
+        if let Some(start) = sink.open(committed.state).await? {
+            self.commit(Cursor::at(committed.seq, start)).await?;
+        }
+        let Delivered { state, rejected } = sink.deliver(&batch.events).await?;
         bury(
             &self.dead_letters,
             &self.name,
@@ -266,7 +270,7 @@ impl Consumer {
             Source::Spool { last } => last,
             Source::DeadLetters => committed.seq,
         };
-        self.commit(Cursor { seq, state }).await?;
+        self.commit(Cursor::at(seq, state)).await?;
         Ok(rejected)
     }
 
@@ -344,11 +348,12 @@ mod tests {
 
     use super::*;
     use crate::config::SpoolConfig;
+    use crate::sink::file::FileSink;
 
     /// What the in-memory sink was asked to do.
     #[derive(Debug, Default)]
     struct Calls {
-        opens: Vec<u64>,
+        opens: Vec<Option<u64>>,
         attempts: u32,
         delivered: Vec<u64>,
     }
@@ -365,10 +370,10 @@ mod tests {
     }
 
     impl Sink for MemorySink {
-        async fn open(&mut self, state: u64) -> Result<(), SinkError> {
+        async fn open(&mut self, state: Option<u64>) -> Result<Option<u64>, SinkError> {
             self.calls.lock().expect("calls").opens.push(state);
-            self.state = state;
-            Ok(())
+            self.state = state.unwrap_or(0);
+            Ok(None)
         }
 
         async fn deliver(&mut self, batch: &[Spooled]) -> Result<Delivered, SinkError> {
@@ -431,6 +436,11 @@ mod tests {
     /// Runs the consumer until its cursor reaches `seq`, then shuts it down.
     async fn run_until(setup: &Setup, mut sink: MemorySink, seq: u64) {
         sink.calls = Arc::clone(&setup.calls);
+        run_sink_until(setup, sink, seq).await;
+    }
+
+    /// Runs the consumer of any sink until its cursor reaches `seq`, then shuts it down.
+    async fn run_sink_until<S: Sink>(setup: &Setup, sink: S, seq: u64) {
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(consume(setup.consumer.clone(), sink, stopped));
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -458,9 +468,9 @@ mod tests {
         let setup = setup(3, 5).await;
         run_until(&setup, MemorySink::default(), 3).await;
         let cursor = setup.consumer.spool.cursor("mem").expect("cursor");
-        assert_eq!((cursor.seq, cursor.state), (3, 3));
+        assert_eq!((cursor.seq, cursor.state), (3, Some(3)));
         let calls = setup.calls.lock().expect("calls");
-        assert_eq!(calls.opens, [0]);
+        assert_eq!(calls.opens, [None], "never committed before");
         assert_eq!(calls.delivered, [1, 2, 3]);
         let sink = r#"sink="mem""#;
         let success = [sink, r#"result="success""#];
@@ -487,7 +497,7 @@ mod tests {
         };
         run_until(&setup, sink, 3).await;
         let calls = setup.calls.lock().expect("calls");
-        assert_eq!(calls.opens, [0, 0, 0], "reopened after each failure");
+        assert_eq!(calls.opens, [None; 3], "reopened after each failure");
         assert_eq!(calls.delivered, [1, 2, 3], "delivered once");
         let errors = [r#"sink="mem""#, r#"result="error""#];
         assert_eq!(
@@ -512,8 +522,8 @@ mod tests {
         let cursor = setup.consumer.spool.cursor("mem").expect("cursor");
         assert_eq!(
             (cursor.seq, cursor.state),
-            (3, 0),
-            "past the batch, state kept"
+            (3, None),
+            "past the batch, no state made up"
         );
         let dead = setup.consumer.dead_letters.list("mem").expect("list");
         assert_eq!(dead.iter().map(|d| d.seq).collect::<Vec<_>>(), [1, 2, 3]);
@@ -577,12 +587,65 @@ mod tests {
         task.await.expect("consumer task");
         assert_eq!(setup.calls.lock().expect("calls").delivered, [1, 2]);
         let cursor = setup.consumer.spool.cursor("mem").expect("cursor");
-        assert_eq!((cursor.seq, cursor.state), (2, 2), "only the state moved");
+        assert_eq!(
+            (cursor.seq, cursor.state),
+            (2, Some(2)),
+            "only the state moved"
+        );
         let left = setup
             .consumer
             .dead_letters
             .take_retries("mem")
             .expect("retries");
         assert!(left.is_empty(), "cleared once delivered");
+    }
+
+    /// A file sink that dies (never answers again) right after its first write, before the
+    /// consumer could commit the cursor: a kill -9 at the worst moment.
+    struct DiesAfterWrite(FileSink);
+
+    impl Sink for DiesAfterWrite {
+        async fn open(&mut self, committed: Option<u64>) -> Result<Option<u64>, SinkError> {
+            self.0.open(committed).await
+        }
+
+        async fn deliver(&mut self, batch: &[Spooled]) -> Result<Delivered, SinkError> {
+            self.0.deliver(batch).await?;
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_crash_after_a_file_sinks_first_write_doubles_nothing() {
+        let setup = setup(3, 5).await;
+        let path = setup._dir.path().join("events.jsonl");
+        std::fs::write(&path, "{\"theirs\":true}\n").expect("a line already there");
+        let (_stop, stopped) = watch::channel(false);
+        let dying = DiesAfterWrite(FileSink::new(path.clone()));
+        let task = tokio::spawn(consume(setup.consumer.clone(), dying, stopped));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while crate::sink::file::read_lines(&path).expect("read").len() < 4 {
+            assert!(
+                Instant::now() < deadline,
+                "the first batch was never written"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        task.abort();
+        assert!(task.await.is_err(), "killed");
+        let cursor = setup.consumer.spool.cursor("mem").expect("cursor");
+        assert_eq!(cursor.seq, 0, "died before the cursor moved");
+
+        run_sink_until(&setup, FileSink::new(path.clone()), 3).await;
+        assert_eq!(
+            crate::sink::file::read_lines(&path).expect("read"),
+            [
+                r#"{"theirs":true}"#,
+                r#"{"id":"e0"}"#,
+                r#"{"id":"e1"}"#,
+                r#"{"id":"e2"}"#
+            ],
+            "every event once, the line before them kept"
+        );
     }
 }

@@ -58,7 +58,12 @@ impl DirectSinks {
         for (name, sink) in &self.sinks {
             let mut sink = sink.lock().await;
             let started = Instant::now();
-            match sink.deliver(0, &batch).await {
+            // No cursor here: a request is delivered again only when Meta retries it.
+            let delivered = match sink.open(None).await {
+                Ok(_) => sink.deliver(&batch).await,
+                Err(err) => Err(err),
+            };
+            match delivered {
                 Ok(Delivered { rejected, .. }) => {
                     bury(&self.dead_letters, name, &refused(&batch, &rejected), 1).await?;
                     self.metrics.emit(BatchDelivered {

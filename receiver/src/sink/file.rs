@@ -3,7 +3,10 @@
 //! Exactly once in the file, and never a torn line, across crashes: each batch is written at
 //! the file length recorded with the last committed cursor and fsync'd, then the new length
 //! is committed with the cursor. On open, anything beyond the recorded length (a batch whose
-//! cursor commit did not happen, or a torn write) is truncated and delivered again.
+//! cursor commit did not happen, or a torn write) is truncated and delivered again. A sink
+//! that starts elsewhere (its first use, where the file may hold lines of someone else's, or
+//! a file rotated under it) appends, and has its starting length committed before its first
+//! write, so the same holds from its first batch on.
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -65,7 +68,7 @@ impl FileSink {
 }
 
 impl Sink for FileSink {
-    async fn open(&mut self, state: u64) -> Result<(), SinkError> {
+    async fn open(&mut self, committed: Option<u64>) -> Result<Option<u64>, SinkError> {
         let path = self.path.clone();
         let opened = tokio::task::spawn_blocking(move || -> std::io::Result<(File, u64)> {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -78,21 +81,23 @@ impl Sink for FileSink {
                 .truncate(false)
                 .open(&path)?;
             let current = file.metadata()?.len();
-            let len = if state > 0 && current >= state {
-                if current > state {
-                    // Written but never committed: it will be delivered again.
-                    file.set_len(state)?;
-                    file.sync_all()?;
+            let len = match committed {
+                Some(state) if current >= state => {
+                    if current > state {
+                        // Written but never committed: it will be delivered again.
+                        file.set_len(state)?;
+                        file.sync_all()?;
+                    }
+                    state
                 }
-                state
-            } else {
-                // First use, or the file was rotated or truncated by someone else: append.
-                if current > 0 && !ends_with_newline(&file, current)? {
+                // First use (whatever the file holds is not ours), or the file was rotated
+                // or truncated by someone else: append, on a line of its own.
+                _ if current > 0 && !ends_with_newline(&file, current)? => {
                     file.write_all_at(b"\n", current)?;
                     file.sync_data()?;
-                    return Ok((file, current + 1));
+                    current + 1
                 }
-                current
+                _ => current,
             };
             Ok((file, len))
         })
@@ -100,7 +105,9 @@ impl Sink for FileSink {
         let (file, len) = opened.map_err(|e| self.io("cannot open file sink", e))?;
         self.file = Some(Arc::new(file));
         self.len = len;
-        Ok(())
+        // Starting anywhere but the committed length: that start must be committed before
+        // the first write, or a crash right after it would append the write again.
+        Ok((committed != Some(len)).then_some(len))
     }
 
     async fn deliver(&mut self, batch: &[Spooled]) -> Result<Delivered, SinkError> {
@@ -155,7 +162,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("out/events.jsonl");
         let mut sink = FileSink::new(path.clone());
-        sink.open(0).await.expect("open");
+        let start = sink.open(None).await.expect("open");
+        assert_eq!(start, Some(0), "a first use commits where it starts");
         let committed = sink
             .deliver(&[event(1, "{\"a\":1}")])
             .await
@@ -170,7 +178,8 @@ mod tests {
             .expect("torn write");
 
         let mut reopened = FileSink::new(path.clone());
-        reopened.open(committed.state).await.expect("reopen");
+        let start = reopened.open(Some(committed.state)).await.expect("reopen");
+        assert_eq!(start, None, "resumes at the committed length");
         reopened
             .deliver(&[event(2, "{\"b\":2}")])
             .await
@@ -179,12 +188,58 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_first_batch_never_committed_is_truncated_back_to_the_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("events.jsonl");
+        std::fs::write(&path, "{\"theirs\":1}\n").expect("write");
+        let mut sink = FileSink::new(path.clone());
+        let start = sink
+            .open(None)
+            .await
+            .expect("open")
+            .expect("a start to commit");
+        sink.deliver(&[event(1, "{\"a\":1}")])
+            .await
+            .expect("deliver, then crash before the cursor");
+
+        let mut reopened = FileSink::new(path.clone());
+        reopened.open(Some(start)).await.expect("reopen");
+        reopened
+            .deliver(&[event(1, "{\"a\":1}")])
+            .await
+            .expect("redeliver");
+        assert_eq!(
+            read_lines(&path).expect("read"),
+            ["{\"theirs\":1}", "{\"a\":1}"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_file_rotated_away_is_appended_to_and_its_start_committed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("events.jsonl");
+        std::fs::write(&path, "{}\n").expect("write");
+        let mut sink = FileSink::new(path.clone());
+        let start = sink.open(Some(4096)).await.expect("open");
+        assert_eq!(
+            start,
+            Some(3),
+            "shorter than committed: append and commit where"
+        );
+    }
+
+    #[tokio::test]
     async fn appends_to_a_foreign_file_on_a_new_line() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("events.jsonl");
         std::fs::write(&path, "old line without newline").expect("write");
         let mut sink = FileSink::new(path.clone());
-        sink.open(0).await.expect("open");
+        let start = sink.open(None).await.expect("open");
+        assert_eq!(
+            start,
+            Some(25),
+            "after the foreign line and its added newline"
+        );
         sink.deliver(&[event(1, "{}")]).await.expect("deliver");
         assert_eq!(
             read_lines(&path).expect("read"),

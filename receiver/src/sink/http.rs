@@ -282,7 +282,7 @@ fn read(path: &Path) -> std::io::Result<Vec<u8>> {
 }
 
 impl Sink for HttpSink {
-    async fn open(&mut self, _state: u64) -> Result<(), SinkError> {
+    async fn open(&mut self, _state: Option<u64>) -> Result<Option<u64>, SinkError> {
         // Re-read on every (re)open: a rotated signing secret is picked up after a failure.
         self.secret = match &self.config.signing_secret_file {
             Some(path) => Some(secrets::read_file(path).map_err(|e| {
@@ -296,7 +296,7 @@ impl Sink for HttpSink {
         if self.client.is_none() {
             self.client = Some(self.client()?);
         }
-        Ok(())
+        Ok(None)
     }
 
     async fn deliver(&mut self, batch: &[Spooled]) -> Result<Delivered, SinkError> {

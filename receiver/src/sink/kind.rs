@@ -77,7 +77,7 @@ pub enum AnySink {
 }
 
 impl Sink for AnySink {
-    async fn open(&mut self, state: u64) -> Result<(), SinkError> {
+    async fn open(&mut self, state: Option<u64>) -> Result<Option<u64>, SinkError> {
         match self {
             AnySink::File(sink) => sink.open(state).await,
             AnySink::Nats(sink) => sink.open(state).await,

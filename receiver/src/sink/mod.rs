@@ -62,8 +62,14 @@ pub enum SinkError {
 
 /// A delivery target.
 pub trait Sink: Send + 'static {
-    /// Prepares to deliver after a cursor whose state is `state` (0 = never delivered).
-    fn open(&mut self, state: u64) -> impl Future<Output = Result<(), SinkError>> + Send;
+    /// Prepares to deliver after a cursor whose state is `committed` (`None`: the sink never
+    /// committed one). Returns the state it starts from when that must be committed before
+    /// its first delivery: the file sink's length, so that a crash after its first write, and
+    /// before the cursor moved, truncates back to it instead of appending the batch twice.
+    fn open(
+        &mut self,
+        committed: Option<u64>,
+    ) -> impl Future<Output = Result<Option<u64>, SinkError>> + Send;
     /// Delivers a batch; returns the state to commit with the cursor and the events the
     /// destination refused for good (they become dead letters at once). An error means the
     /// whole batch is retried.
@@ -113,15 +119,24 @@ impl<S: Sink> Reopening<S> {
         Reopening { sink, open: false }
     }
 
-    /// Delivers `batch`, first opening the sink at `state` if it is closed.
-    pub(crate) async fn deliver(
-        &mut self,
-        state: u64,
-        batch: &[Spooled],
-    ) -> Result<Delivered, SinkError> {
+    /// Opens the sink at its committed state if it is closed; returns the state to commit
+    /// before the first delivery, if the sink needs one ([`Sink::open`]).
+    pub(crate) async fn open(&mut self, committed: Option<u64>) -> Result<Option<u64>, SinkError> {
+        if self.open {
+            return Ok(None);
+        }
+        let start = self.sink.open(committed).await?;
+        self.open = true;
+        Ok(start)
+    }
+
+    /// Delivers `batch` to the opened sink ([`Reopening::open`] first).
+    pub(crate) async fn deliver(&mut self, batch: &[Spooled]) -> Result<Delivered, SinkError> {
         if !self.open {
-            self.sink.open(state).await?;
-            self.open = true;
+            return Err(SinkError::Remote {
+                context: "delivering".to_owned(),
+                message: "the sink is not open".to_owned(),
+            });
         }
         let delivered = self.sink.deliver(batch).await;
         if delivered.is_err() {

@@ -155,9 +155,9 @@ impl NatsSink {
 }
 
 impl Sink for NatsSink {
-    async fn open(&mut self, _state: u64) -> Result<(), SinkError> {
+    async fn open(&mut self, _state: Option<u64>) -> Result<Option<u64>, SinkError> {
         if self.context.is_some() {
-            return Ok(());
+            return Ok(None);
         }
         let client = async_nats::connect(self.config.url.as_str())
             .await
@@ -175,7 +175,7 @@ impl Sink for NatsSink {
                 .map_err(|e| self.remote(&format!("cannot create stream {name}"), e))?;
         }
         self.context = Some(context);
-        Ok(())
+        Ok(None)
     }
 
     async fn deliver(&mut self, batch: &[Spooled]) -> Result<Delivered, SinkError> {

@@ -271,9 +271,9 @@ impl PostgresSink {
 }
 
 impl Sink for PostgresSink {
-    async fn open(&mut self, _state: u64) -> Result<(), SinkError> {
+    async fn open(&mut self, _state: Option<u64>) -> Result<Option<u64>, SinkError> {
         if self.session.as_ref().is_some_and(|s| !s.client.is_closed()) {
-            return Ok(());
+            return Ok(None);
         }
         self.session = None;
         let url = match &self.config.url_file {
@@ -312,7 +312,7 @@ impl Sink for PostgresSink {
             .await
             .map_err(|e| self.remote("cannot prepare the batch statements", e))?;
         self.session = Some(Session { client, statements });
-        Ok(())
+        Ok(None)
     }
 
     async fn deliver(&mut self, batch: &[Spooled]) -> Result<Delivered, SinkError> {

@@ -286,7 +286,7 @@ impl Spool {
                 .map_err(io(format!("cannot read the cursor of sink {sink}")))?;
             let cursor = cursor.unwrap_or(Cursor {
                 seq: oldest.saturating_sub(1),
-                state: 0,
+                state: None,
             });
             cursors.insert(sink.clone(), cursor);
         }

@@ -64,15 +64,12 @@ async fn appends_reads_dedups_and_compacts() {
     assert_eq!(spool.stats().events, 3);
 
     spool
-        .commit_cursor("a", Cursor { seq: 3, state: 7 })
+        .commit_cursor("a", Cursor::at(3, 7))
         .expect("cursor a");
-    assert_eq!(
-        spool.cursor("a").expect("cursor"),
-        Cursor { seq: 3, state: 7 }
-    );
+    assert_eq!(spool.cursor("a").expect("cursor"), Cursor::at(3, 7));
     assert_eq!(spool.stats().events, 3, "b has delivered nothing");
     spool
-        .commit_cursor("b", Cursor { seq: 2, state: 0 })
+        .commit_cursor("b", Cursor::at(2, 0))
         .expect("cursor b");
     assert_eq!(spool.stats().events, 1);
 }
@@ -98,9 +95,7 @@ async fn segments_rotate_and_are_deleted_once_every_sink_passed_them() {
         seqs(&spool.read_after(5, 100).expect("read across segments")),
         (6..=12).collect::<Vec<_>>()
     );
-    spool
-        .commit_cursor("a", Cursor { seq: 10, state: 0 })
-        .expect("cursor");
+    spool.commit_cursor("a", Cursor::at(10, 0)).expect("cursor");
     let after = std::fs::read_dir(&segments_dir).expect("dir").count();
     assert!(
         after < before,
@@ -119,9 +114,7 @@ async fn survives_reopen_with_cursors_dedup_and_a_torn_tail() {
             .append([7; 16], events(&["x", "y"]))
             .await
             .expect("append");
-        spool
-            .commit_cursor("a", Cursor { seq: 1, state: 3 })
-            .expect("cursor");
+        spool.commit_cursor("a", Cursor::at(1, 3)).expect("cursor");
         spool.close();
     }
     // A crash in the middle of a write leaves a partial frame at the end.
@@ -136,10 +129,7 @@ async fn survives_reopen_with_cursors_dedup_and_a_torn_tail() {
         .expect("torn write");
 
     let spool = Spool::open(&config(dir.path()), &sinks).expect("reopen");
-    assert_eq!(
-        spool.cursor("a").expect("cursor"),
-        Cursor { seq: 1, state: 3 }
-    );
+    assert_eq!(spool.cursor("a").expect("cursor"), Cursor::at(1, 3));
     assert_eq!(seqs(&spool.read_after(1, 10).expect("read")), [2]);
     let outcome = spool
         .append([7; 16], events(&["x", "y"]))
@@ -210,13 +200,7 @@ async fn a_full_spool_refuses_until_sinks_catch_up() {
     assert!(!spool.is_poisoned(), "full is not a failure");
     // The sink delivers everything: whole segments are deleted and appends fit again.
     spool
-        .commit_cursor(
-            "a",
-            Cursor {
-                seq: stored,
-                state: 0,
-            },
-        )
+        .commit_cursor("a", Cursor::at(stored, 0))
         .expect("cursor");
     assert!(spool.stats().bytes < 8192);
     spool
