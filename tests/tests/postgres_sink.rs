@@ -499,7 +499,7 @@ async fn a_redelivered_copy_batch_changes_nothing() -> Result<()> {
         url_file: None,
         schema: schema.clone(),
     });
-    sink.open(0).await?;
+    sink.open(None).await?;
     let counts = || async {
         let mut counts = Vec::new();
         for table in ["events", "messages", "conversations"] {
@@ -612,7 +612,7 @@ async fn a_redelivered_copy_batch_changes_nothing() -> Result<()> {
         url_file: None,
         schema: schema.clone(),
     });
-    again.open(0).await?;
+    again.open(None).await?;
     again.deliver(&batch).await?;
     assert_eq!(counts().await?, [3004, 3001, 1]);
     assert_eq!(status().await?, ("failed".to_owned(), 5));
