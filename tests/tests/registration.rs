@@ -272,6 +272,7 @@ async fn waba_override_set_then_removed_and_unregistered() {
         token_ref: key("wa-system-user"),
         token: "system-user-token".to_owned(),
         override_callback: true,
+        phone_numbers: Vec::new(),
     }];
     let set_override = converge(&client, &wanted, None).await;
     assert!(set_override.error.is_none(), "{:?}", set_override.error);
@@ -326,6 +327,7 @@ async fn an_override_longer_than_metas_limit_is_refused() {
         token_ref: key("wa"),
         token: "system-user-token".to_owned(),
         override_callback: true,
+        phone_numbers: Vec::new(),
     }];
     let error = converge(&client, &wanted, None)
         .await
@@ -360,6 +362,7 @@ async fn page_edges_keep_other_fields_and_are_removed_on_delete() {
             token_ref: key(&format!("page-{id}")),
             token: format!("page-{id}-token"),
             override_callback: false,
+            phone_numbers: Vec::new(),
         })
         .collect();
     let result = converge(&client, &wanted, None).await;
