@@ -141,7 +141,7 @@ pub struct WebhookSubscriptionSpec {
         .message("registration manages nothing: set appSubscription, pages or whatsappBusinessAccounts")
 )]
 #[x_kube(
-    validation = Rule::new("!has(self.callbackURL) || size(self.callbackURL) <= 200 || !self.whatsappBusinessAccounts.exists(w, w.overrideCallback)")
+    validation = Rule::new("!has(self.callbackURL) || size(self.callbackURL) <= 200 || !self.whatsappBusinessAccounts.exists(w, w.overrideCallback || (has(w.phoneNumbers) && size(w.phoneNumbers) > 0))")
         .message("Meta accepts a WhatsApp callback override of at most 200 characters").field_path(".callbackURL")
 )]
 pub struct RegistrationSpec {
@@ -219,6 +219,24 @@ pub struct WabaRegistrationSpec {
     /// Template and account-level fields still go to the app's callback. Default false.
     #[serde(default)]
     pub override_callback: bool,
+    /// Phone numbers of this WABA whose own callback override (`POST /{phone-number-id}`
+    /// with `webhook_configuration`) points at this subscription's callback, with this
+    /// WABA's token. Meta prefers a phone number's override to the WABA's. Ids are unique.
+    #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["id".into()]))]
+    #[schemars(length(max = 64))]
+    pub phone_numbers: Vec<PhoneNumberRegistrationSpec>,
+}
+
+/// A WhatsApp phone number whose callback override the operator manages.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PhoneNumberRegistrationSpec {
+    /// The phone number id (WhatsApp Manager, or `GET /{waba-id}/phone_numbers`), not the
+    /// phone number itself.
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+$')").message("a numeric WhatsApp phone number id"))]
+    #[schemars(length(min = 1, max = 32))]
+    pub id: String,
 }
 
 /// A key of a Secret in the subscription's namespace.
@@ -645,6 +663,21 @@ pub struct RegisteredNode {
         skip_serializing_if = "Option::is_none"
     )]
     pub override_callback_url: Option<String>,
+    /// For a WABA: its phone numbers whose callback override the operator set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phone_numbers: Vec<RegisteredPhoneNumber>,
+}
+
+/// A phone number whose callback override the operator set: removed only while Meta still
+/// holds this URL, so an override someone else set since is never touched.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RegisteredPhoneNumber {
+    /// The phone number id.
+    pub id: String,
+    /// The override URL set.
+    #[serde(rename = "overrideCallbackURL")]
+    pub override_callback_url: String,
 }
 
 /// Receiver pods.

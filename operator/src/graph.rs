@@ -1,7 +1,8 @@
 //! Meta's Graph API as the operator uses it: the calls of webhook registration (the app's
 //! `subscriptions` edge, the `subscribed_apps` edge of Pages, Instagram accounts and
-//! WhatsApp Business Accounts), Meta's request and response shapes, its error object, and a
-//! bounded retry of what Meta says is transient (5xx, rate limits).
+//! WhatsApp Business Accounts, a WhatsApp phone number's `webhook_configuration`), Meta's
+//! request and response shapes, its error object, and a bounded retry of what Meta says is
+//! transient (5xx, rate limits).
 //!
 //! [`GraphApi`] is the seam: the controller's registration step only speaks to it, the
 //! HTTP [`GraphClient`] implements it for the real API (or a local fake in tests), and
@@ -264,6 +265,38 @@ pub enum NodeSubscribe {
     },
 }
 
+/// A phone number's `webhook_configuration` (`GET /{phone-number-id}?fields=webhook_configuration`):
+/// the callback Meta uses at each level of the override hierarchy, `None` where unset.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WebhookConfiguration {
+    /// The phone number's own override (`phone_number`), tried first.
+    pub phone_number: Option<String>,
+    /// The WABA's override (`whatsapp_business_account`).
+    pub whatsapp_business_account: Option<String>,
+    /// The app's callback (`application`).
+    pub application: Option<String>,
+}
+
+impl WebhookConfiguration {
+    /// Reads Meta's answer; an absent `webhook_configuration` or key, or an empty string,
+    /// is an unset level.
+    pub fn from_value(value: &Value) -> WebhookConfiguration {
+        let config = value.get("webhook_configuration");
+        let level = |key: &str| {
+            config
+                .and_then(|c| c.get(key))
+                .and_then(Value::as_str)
+                .filter(|uri| !uri.is_empty())
+                .map(str::to_owned)
+        };
+        WebhookConfiguration {
+            phone_number: level("phone_number"),
+            whatsapp_business_account: level("whatsapp_business_account"),
+            application: level("application"),
+        }
+    }
+}
+
 /// The Graph API calls of registration. Tokens are passed per call: each edge needs its own
 /// (the app token for the app's subscriptions, a Page token for a Page, a system-user
 /// token for a WABA).
@@ -307,6 +340,28 @@ pub trait GraphApi: Send + Sync {
     fn unsubscribe_node<'a>(
         &'a self,
         node_id: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<(), GraphError>>;
+    /// `GET /{phone-number-id}?fields=webhook_configuration` (the WABA's token).
+    fn phone_webhook_configuration<'a>(
+        &'a self,
+        phone_id: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<WebhookConfiguration, GraphError>>;
+    /// `POST /{phone-number-id}` with `webhook_configuration: {override_callback_uri,
+    /// verify_token}`: Meta verifies the callback before it answers.
+    fn set_phone_override<'a>(
+        &'a self,
+        phone_id: &'a str,
+        token: &'a str,
+        callback_uri: &'a str,
+        verify_token: &'a str,
+    ) -> BoxFuture<'a, Result<(), GraphError>>;
+    /// `POST /{phone-number-id}` with an empty `override_callback_uri`: removes the phone
+    /// number's override (its messages go to the WABA's override or the app's callback).
+    fn remove_phone_override<'a>(
+        &'a self,
+        phone_id: &'a str,
         token: &'a str,
     ) -> BoxFuture<'a, Result<(), GraphError>>;
 }
@@ -366,6 +421,29 @@ impl GraphApi for Unconfigured {
         _: &'a str,
     ) -> BoxFuture<'a, Result<(), GraphError>> {
         unconfigured("DELETE subscribed_apps")
+    }
+    fn phone_webhook_configuration<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+    ) -> BoxFuture<'a, Result<WebhookConfiguration, GraphError>> {
+        unconfigured("GET webhook_configuration")
+    }
+    fn set_phone_override<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+        _: &'a str,
+        _: &'a str,
+    ) -> BoxFuture<'a, Result<(), GraphError>> {
+        unconfigured("POST webhook_configuration")
+    }
+    fn remove_phone_override<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+    ) -> BoxFuture<'a, Result<(), GraphError>> {
+        unconfigured("POST webhook_configuration")
     }
 }
 
@@ -683,6 +761,61 @@ impl GraphApi for GraphClient {
                 .await
         })
     }
+
+    fn phone_webhook_configuration<'a>(
+        &'a self,
+        phone_id: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<WebhookConfiguration, GraphError>> {
+        Box::pin(async move {
+            let query = [("fields", "webhook_configuration".to_owned())];
+            let value = self
+                .call(reqwest::Method::GET, phone_id, &query, token, Body::None)
+                .await?;
+            Ok(WebhookConfiguration::from_value(&value))
+        })
+    }
+
+    fn set_phone_override<'a>(
+        &'a self,
+        phone_id: &'a str,
+        token: &'a str,
+        callback_uri: &'a str,
+        verify_token: &'a str,
+    ) -> BoxFuture<'a, Result<(), GraphError>> {
+        Box::pin(async move {
+            let body = serde_json::json!({"webhook_configuration": {
+                "override_callback_uri": callback_uri,
+                "verify_token": verify_token,
+            }});
+            self.mutate(
+                reqwest::Method::POST,
+                phone_id,
+                &[],
+                token,
+                Body::Json(body),
+            )
+            .await
+        })
+    }
+
+    fn remove_phone_override<'a>(
+        &'a self,
+        phone_id: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<(), GraphError>> {
+        Box::pin(async move {
+            let body = serde_json::json!({"webhook_configuration": {"override_callback_uri": ""}});
+            self.mutate(
+                reqwest::Method::POST,
+                phone_id,
+                &[],
+                token,
+                Body::Json(body),
+            )
+            .await
+        })
+    }
 }
 
 #[cfg(test)]
@@ -727,6 +860,43 @@ mod tests {
         assert_eq!(
             SubscribedApp::from_value(&waba).and_then(|a| a.override_callback_uri),
             Some("https://x/y".into())
+        );
+    }
+
+    #[test]
+    fn a_phone_numbers_webhook_configuration_is_read_level_by_level() {
+        let all = serde_json::json!({
+            "webhook_configuration": {
+                "phone_number": "https://phone.example/hook",
+                "whatsapp_business_account": "https://waba.example/hook",
+                "application": "https://app.example/hook",
+            },
+            "id": "106540352242922",
+        });
+        assert_eq!(
+            WebhookConfiguration::from_value(&all),
+            WebhookConfiguration {
+                phone_number: Some("https://phone.example/hook".into()),
+                whatsapp_business_account: Some("https://waba.example/hook".into()),
+                application: Some("https://app.example/hook".into()),
+            }
+        );
+        // Meta leaves out the levels that are unset; an empty string is unset too.
+        let app_only = serde_json::json!({
+            "webhook_configuration": {"application": "https://app.example/hook", "phone_number": ""},
+            "id": "106540352242922",
+        });
+        assert_eq!(
+            WebhookConfiguration::from_value(&app_only),
+            WebhookConfiguration {
+                application: Some("https://app.example/hook".into()),
+                ..WebhookConfiguration::default()
+            }
+        );
+        let none = serde_json::json!({"id": "106540352242922"});
+        assert_eq!(
+            WebhookConfiguration::from_value(&none),
+            WebhookConfiguration::default()
         );
     }
 }

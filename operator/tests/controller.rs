@@ -973,6 +973,60 @@ async fn a_ready_receiver_is_registered_behind_the_finalizer() {
     );
 }
 
+/// [`registering_spec`] with a phone number of the WABA given its own callback override.
+fn registering_spec_with_phone() -> Value {
+    let mut spec = registering_spec();
+    spec["registration"]["whatsappBusinessAccounts"][0]["phoneNumbers"] =
+        json!([{"id": "7770001"}]);
+    spec
+}
+
+#[tokio::test]
+async fn a_phone_number_override_is_set_after_its_waba_and_recorded() {
+    let spec = registering_spec_with_phone();
+    let sub = subscription("wa", NS, &spec);
+    let script = registering_pass_with_ready_receiver(&spec);
+    let api = MockApi::start(script, Capabilities::default(), test_now());
+    let graph = api.graph.clone();
+    controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("reconcile");
+    let served = api.finish().await;
+    assert_eq!(
+        graph.calls()[2..],
+        [
+            "GET /5550001/subscribed_apps".to_owned(),
+            format!("POST /5550001/subscribed_apps override={CALLBACK}"),
+            "GET /7770001 fields=webhook_configuration".to_owned(),
+            format!("POST /7770001 override={CALLBACK}"),
+        ]
+    );
+    let note = served[10].body["note"].as_str().expect("note");
+    assert!(
+        note.contains(&format!(
+            "set the callback override of phone number 7770001 (WABA 5550001) to {CALLBACK}"
+        )),
+        "{note}"
+    );
+    let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
+    assert_eq!(
+        status["status"]["registration"]["whatsappBusinessAccounts"],
+        json!([{
+            "id": "5550001",
+            "accessTokenRef": {"name": "wa-system-user", "key": "token"},
+            "overrideCallbackURL": CALLBACK,
+            "phoneNumbers": [{"id": "7770001", "overrideCallbackURL": CALLBACK}],
+        }])
+    );
+    let message = condition(status, "Registered")["message"]
+        .as_str()
+        .expect("message");
+    assert!(
+        message.ends_with("; phone numbers 7770001 of WABA 5550001 overridden to their callback"),
+        "{message}"
+    );
+}
+
 fn graph_error() -> metahook_operator::graph::GraphError {
     metahook_operator::graph::GraphError {
         call: "POST /1234/subscriptions".to_owned(),
@@ -1091,6 +1145,78 @@ async fn deletion_with_the_registration_finalizer_unregisters_then_removes_it() 
         "a field the operator did not register stays"
     );
     assert_eq!(served[2].body["reason"], "Unregistered");
+    let patch = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa"));
+    assert_eq!(patch["metadata"]["finalizers"], json!([]));
+}
+
+#[tokio::test]
+async fn deletion_removes_the_phone_overrides_it_set_before_the_waba_edge() {
+    let mut sub = registered_being_deleted();
+    // Both recorded as set by this subscription; someone has since pointed 7770002
+    // elsewhere.
+    if let Some(registration) = sub.status.as_mut().and_then(|s| s.registration.as_mut()) {
+        registration.whatsapp_business_accounts[0].phone_numbers = ["7770001", "7770002"]
+            .into_iter()
+            .map(|id| metahook_operator::crd::RegisteredPhoneNumber {
+                id: id.to_owned(),
+                override_callback_url: CALLBACK.to_owned(),
+            })
+            .collect();
+    }
+    let stored = serde_json::to_value(&sub).expect("json");
+    let mut script = deletion_reads();
+    script.push(event(NS));
+    script.push(apply(format!("{SUBS}/wa"), Reply::Onto(stored)));
+    let api = MockApi::start(script, Capabilities::default(), test_now());
+    let graph = api.graph.clone();
+    graph.nodes.lock().expect("lock").insert(
+        "5550001".to_owned(),
+        metahook_operator::graph::SubscribedApp {
+            app_id: "1234".to_owned(),
+            subscribed_fields: vec![],
+            override_callback_uri: None,
+        },
+    );
+    {
+        let mut phones = graph.phones.lock().expect("lock");
+        phones.insert("7770001".to_owned(), CALLBACK.to_owned());
+        phones.insert(
+            "7770002".to_owned(),
+            "https://elsewhere.example/x".to_owned(),
+        );
+    }
+    let action = controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("reconcile");
+    assert_eq!(action, Action::await_change());
+    let served = api.finish().await;
+    assert_eq!(
+        graph.calls(),
+        [
+            "GET /7770001 fields=webhook_configuration",
+            "POST /7770001 override=none",
+            "GET /7770002 fields=webhook_configuration",
+            "GET /5550001/subscribed_apps",
+            "DELETE /5550001/subscribed_apps",
+            "GET /1234/subscriptions",
+        ]
+    );
+    assert_eq!(
+        graph
+            .phones
+            .lock()
+            .expect("lock")
+            .get("7770002")
+            .map(String::as_str),
+        Some("https://elsewhere.example/x"),
+        "an override someone else set stays"
+    );
+    let note = served[2].body["note"].as_str().expect("note");
+    assert!(
+        note.contains("removed the callback override of phone number 7770001 (WABA 5550001)")
+            && note.contains("left the callback override of phone number 7770002 (WABA 5550001) alone: Meta holds https://elsewhere.example/x"),
+        "{note}"
+    );
     let patch = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa"));
     assert_eq!(patch["metadata"]["finalizers"], json!([]));
 }

@@ -830,18 +830,38 @@ fn cases() -> Vec<Case> {
                     ),
                 ),
                 (
+                    "a long callback with an empty phone number list",
+                    with_spec(
+                        &json!({"registration": registration(&json!({"callbackURL": long_callback(201), "whatsappBusinessAccounts": [{"id": "5550001", "accessTokenRef": {"name": "wa", "key": "token"}, "overrideCallback": false, "phoneNumbers": []}]}))}),
+                    ),
+                ),
+                (
+                    "200 characters with a phone number override",
+                    with_spec(
+                        &json!({"registration": registration(&json!({"callbackURL": long_callback(200), "whatsappBusinessAccounts": [waba_with_phone("7770001")]}))}),
+                    ),
+                ),
+                (
                     "200 characters with override",
                     with_spec(
                         &json!({"registration": registration(&json!({"callbackURL": long_callback(200), "whatsappBusinessAccounts": [waba(true)]}))}),
                     ),
                 ),
             ],
-            invalid: vec![(
-                "201 characters with override",
-                with_spec(
-                    &json!({"registration": registration(&json!({"callbackURL": long_callback(201), "whatsappBusinessAccounts": [waba(true)]}))}),
+            invalid: vec![
+                (
+                    "201 characters with override",
+                    with_spec(
+                        &json!({"registration": registration(&json!({"callbackURL": long_callback(201), "whatsappBusinessAccounts": [waba(true)]}))}),
+                    ),
                 ),
-            )],
+                (
+                    "201 characters with a phone number override only",
+                    with_spec(
+                        &json!({"registration": registration(&json!({"callbackURL": long_callback(201), "whatsappBusinessAccounts": [waba_with_phone("7770001")]}))}),
+                    ),
+                ),
+            ],
         },
         Case {
             message: "a numeric Meta app id",
@@ -892,6 +912,22 @@ fn cases() -> Vec<Case> {
                 ),
             )],
         },
+        Case {
+            message: "a numeric WhatsApp phone number id",
+            field_path: "spec.registration.whatsappBusinessAccounts[0].phoneNumbers[0].id",
+            valid: vec![(
+                "digits",
+                with_spec(
+                    &json!({"registration": registration(&json!({"whatsappBusinessAccounts": [waba_with_phone("7770001")]}))}),
+                ),
+            )],
+            invalid: vec![(
+                "the phone number itself",
+                with_spec(
+                    &json!({"registration": registration(&json!({"whatsappBusinessAccounts": [waba_with_phone("+15550001111")]}))}),
+                ),
+            )],
+        },
     ]
 }
 
@@ -910,6 +946,11 @@ fn registration(patch: &Value) -> Value {
 
 fn waba(override_callback: bool) -> Value {
     json!({"id": "5550001", "accessTokenRef": {"name": "wa", "key": "token"}, "overrideCallback": override_callback})
+}
+
+/// A WABA without its own override, one of whose phone numbers gets one.
+fn waba_with_phone(phone_id: &str) -> Value {
+    json!({"id": "5550001", "accessTokenRef": {"name": "wa", "key": "token"}, "overrideCallback": false, "phoneNumbers": [{"id": phone_id}]})
 }
 
 fn long_callback(length: usize) -> String {

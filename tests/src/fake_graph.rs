@@ -1,9 +1,10 @@
 //! A local fake of Meta's Graph API for registration and Lead Ads tests, on `127.0.0.1:0`.
 //!
 //! It keeps Meta's state (one app's subscriptions per object, the `subscribed_apps` edge of
-//! Pages, Instagram accounts and WABAs with their callback overrides, leads), checks each
-//! call's token the way Meta does (the app token `{app-id}|{app-secret}` for the app's
-//! edge, the node's own token elsewhere), answers in Meta's shapes including its error
+//! Pages, Instagram accounts and WABAs with their callback overrides, WhatsApp phone
+//! numbers' `webhook_configuration`, leads), checks each call's token the way Meta does (the
+//! app token `{app-id}|{app-secret}` for the app's edge, the node's own token elsewhere, the
+//! WABA's for its phone numbers), answers in Meta's shapes including its error
 //! object, and — like Meta — verifies a callback with the `hub.mode=subscribe` GET before it
 //! answers a subscribe with success. Faults can be queued (a 500, a rate limit) and every
 //! request is logged with its arrival time, so tests can assert retries and their spacing.
@@ -41,6 +42,17 @@ pub struct NodeEdge {
     pub subscribed_fields: Vec<String>,
     /// `override_callback_uri` (WABAs).
     pub override_callback_uri: Option<String>,
+}
+
+/// A WhatsApp phone number of a WABA.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PhoneNumber {
+    /// The WABA it belongs to (whose token reads and changes it).
+    pub waba_id: String,
+    /// Its own callback override (`webhook_configuration.phone_number`).
+    pub override_callback_uri: Option<String>,
+    /// The verify token the override was set with.
+    pub verify_token: Option<String>,
 }
 
 /// A queued fault: the next matching request is answered with it.
@@ -105,6 +117,8 @@ pub struct State {
     pub subscriptions: BTreeMap<String, AppSub>,
     /// The app's edges by node id.
     pub nodes: BTreeMap<String, NodeEdge>,
+    /// Phone numbers by id.
+    pub phones: BTreeMap<String, PhoneNumber>,
     /// Leads by leadgen id: (Page id, the lead object Meta returns).
     pub leads: BTreeMap<String, (String, Value)>,
     /// Faults answered before anything else, in order.
@@ -176,6 +190,28 @@ impl FakeGraph {
     /// Gives a node (Page, Instagram account, WABA) its token.
     pub fn add_node(&self, id: &str, token: &str) {
         self.with(|s| s.node_tokens.insert(id.to_owned(), token.to_owned()));
+    }
+
+    /// Gives a WABA (added with [`FakeGraph::add_node`]) a phone number.
+    pub fn add_phone(&self, waba_id: &str, phone_id: &str) {
+        self.with(|s| {
+            s.phones.insert(
+                phone_id.to_owned(),
+                PhoneNumber {
+                    waba_id: waba_id.to_owned(),
+                    ..PhoneNumber::default()
+                },
+            )
+        });
+    }
+
+    /// A phone number's own callback override.
+    pub fn phone_override(&self, phone_id: &str) -> Option<String> {
+        self.with(|s| {
+            s.phones
+                .get(phone_id)
+                .and_then(|p| p.override_callback_uri.clone())
+        })
     }
 
     /// Queues a fault.
@@ -315,15 +351,21 @@ async fn route(
     token: Option<&str>,
 ) -> Answer {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let (app_id, app_token, node_token) = {
+    let (app_id, app_token, node_token, phone_token) = {
         let s = state.lock().unwrap_or_else(PoisonError::into_inner);
         let node_token = segments
             .first()
             .and_then(|id| s.node_tokens.get(*id).cloned());
+        // A phone number answers to its WABA's token.
+        let phone_token = segments
+            .first()
+            .and_then(|id| s.phones.get(*id))
+            .map(|phone| s.node_tokens.get(&phone.waba_id).cloned());
         (
             s.app_id.clone(),
             format!("{}|{}", s.app_id, s.app_secret),
             node_token,
+            phone_token,
         )
     };
     match segments.as_slice() {
@@ -338,6 +380,12 @@ async fn route(
                 return invalid_token();
             }
             subscribed_apps(state, method, id, params, json_body, &app_id).await
+        }
+        [id] if phone_token.is_some() => {
+            if token.is_none() || phone_token.flatten().as_deref() != token {
+                return invalid_token();
+            }
+            phone_number(state, method, id, params, json_body).await
         }
         [id] if *method == Method::GET => lead(state, id, token),
         _ => (
@@ -497,6 +545,80 @@ async fn subscribed_apps(
         Method::DELETE => {
             let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
             s.nodes.remove(id);
+            success()
+        }
+        _ => bad_param("unsupported method"),
+    }
+}
+
+/// `GET /{phone-number-id}?fields=webhook_configuration` (each level of Meta's override
+/// hierarchy, absent when unset) and `POST /{phone-number-id}` with `webhook_configuration`
+/// (an `override_callback_uri` is verified against the callback first; an empty one
+/// removes the override).
+async fn phone_number(
+    state: &Arc<Mutex<State>>,
+    method: &Method,
+    id: &str,
+    params: &BTreeMap<String, String>,
+    json_body: &Value,
+) -> Answer {
+    match *method {
+        Method::GET => {
+            let s = state.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(phone) = s.phones.get(id) else {
+                return bad_param("unknown phone number");
+            };
+            let mut answer = json!({"id": id});
+            let fields = split_fields(params.get("fields").map_or("", String::as_str));
+            if fields.iter().any(|f| f == "webhook_configuration") {
+                let mut config = serde_json::Map::new();
+                if let Some(uri) = &phone.override_callback_uri {
+                    config.insert("phone_number".to_owned(), json!(uri));
+                }
+                if let Some(uri) = s
+                    .nodes
+                    .get(&phone.waba_id)
+                    .and_then(|edge| edge.override_callback_uri.as_ref())
+                {
+                    config.insert("whatsapp_business_account".to_owned(), json!(uri));
+                }
+                if let Some(sub) = s.subscriptions.get("whatsapp_business_account") {
+                    config.insert("application".to_owned(), json!(sub.callback_url));
+                }
+                answer["webhook_configuration"] = Value::Object(config);
+            }
+            (200, answer)
+        }
+        Method::POST => {
+            let Some(config) = json_body.get("webhook_configuration") else {
+                return bad_param("webhook_configuration is required");
+            };
+            let Some(uri) = config.get("override_callback_uri").and_then(Value::as_str) else {
+                return bad_param("webhook_configuration needs override_callback_uri");
+            };
+            let verify_token = config.get("verify_token").and_then(Value::as_str);
+            if !uri.is_empty() {
+                let Some(verify_token) = verify_token else {
+                    return bad_param("verify_token is required with override_callback_uri");
+                };
+                if uri.len() > 200 {
+                    return bad_param("override_callback_uri must be at most 200 characters");
+                }
+                if let Err(answer) = verify_callback(uri, verify_token).await {
+                    return answer;
+                }
+            }
+            let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(phone) = s.phones.get_mut(id) else {
+                return bad_param("unknown phone number");
+            };
+            if uri.is_empty() {
+                phone.override_callback_uri = None;
+                phone.verify_token = None;
+            } else {
+                phone.override_callback_uri = Some(uri.to_owned());
+                phone.verify_token = verify_token.map(str::to_owned);
+            }
             success()
         }
         _ => bad_param("unsupported method"),

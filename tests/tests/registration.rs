@@ -272,6 +272,7 @@ async fn waba_override_set_then_removed_and_unregistered() {
         token_ref: key("wa-system-user"),
         token: "system-user-token".to_owned(),
         override_callback: true,
+        phone_numbers: Vec::new(),
     }];
     let set_override = converge(&client, &wanted, None).await;
     assert!(set_override.error.is_none(), "{:?}", set_override.error);
@@ -312,6 +313,206 @@ async fn waba_override_set_then_removed_and_unregistered() {
     assert!(status.whatsapp_business_accounts.is_empty());
 }
 
+/// A WhatsApp registration that only manages WABA 5550001 (no override of its own) and
+/// the overrides of these phone numbers.
+fn phones_wanted(receiver: &TestReceiver, phones: &[&str]) -> Desired {
+    let mut wanted = desired(receiver, "whatsapp_business_account", &["messages"]);
+    wanted.app_subscription = false;
+    wanted.wabas = vec![DesiredNode {
+        id: "5550001".to_owned(),
+        token_ref: key("wa-system-user"),
+        token: "system-user-token".to_owned(),
+        override_callback: false,
+        phone_numbers: phones.iter().map(|p| (*p).to_owned()).collect(),
+    }];
+    wanted
+}
+
+/// The fake with WABA 5550001 and its phone numbers 7770001 and 7770002.
+async fn graph_with_phones() -> FakeGraph {
+    let graph = FakeGraph::start(APP, APP_SECRET).await.expect("fake graph");
+    graph.add_node("5550001", "system-user-token");
+    graph.add_phone("5550001", "7770001");
+    graph.add_phone("5550001", "7770002");
+    graph
+}
+
+fn phone_ids(status: &RegistrationStatus) -> Vec<String> {
+    status
+        .whatsapp_business_accounts
+        .iter()
+        .flat_map(|w| w.phone_numbers.iter().map(|p| p.id.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_phone_number_override_is_set_then_removed_when_it_leaves_the_spec() {
+    let receiver = TestReceiver::start().await.expect("receiver");
+    let graph = graph_with_phones().await;
+    let client = client(&graph);
+    let wanted = phones_wanted(&receiver, &["7770001", "7770002"]);
+    let set = converge(&client, &wanted, None).await;
+    assert!(set.error.is_none(), "{:?}", set.error);
+    for phone in ["7770001", "7770002"] {
+        assert_eq!(
+            graph.phone_override(phone),
+            Some(wanted.callback_url.clone()),
+            "{phone}'s override is set (and was verified against the receiver)"
+        );
+        assert_eq!(
+            graph
+                .with(|s| s.phones[phone].verify_token.clone())
+                .as_deref(),
+            Some(VERIFY_TOKEN)
+        );
+    }
+    assert_eq!(
+        graph.edge("5550001").map(|e| e.override_callback_uri),
+        Some(None),
+        "the WABA is subscribed, without an override of its own"
+    );
+    assert_eq!(phone_ids(&set.status), ["7770001", "7770002"]);
+    assert_eq!(
+        set.status.whatsapp_business_accounts[0].phone_numbers[0].override_callback_url,
+        wanted.callback_url
+    );
+
+    // Nothing differs: only reads.
+    let before = graph.log().len();
+    let again = converge(&client, &wanted, Some(&set.status)).await;
+    assert!(
+        again.error.is_none() && again.changes.is_empty(),
+        "{:?}",
+        again.changes
+    );
+    assert!(
+        graph.log()[before..]
+            .iter()
+            .all(|l| l.method == Method::GET),
+        "{:?}",
+        &graph.log()[before..]
+    );
+
+    // Someone moves 7770001's override by hand: the spec lists it, so it is set again.
+    graph.with(|s| {
+        s.phones
+            .get_mut("7770001")
+            .expect("phone")
+            .override_callback_uri = Some("https://elsewhere.example/x".into());
+    });
+    let moved_back = converge(&client, &wanted, Some(&again.status)).await;
+    assert!(moved_back.error.is_none(), "{:?}", moved_back.error);
+    assert_eq!(
+        graph.phone_override("7770001"),
+        Some(wanted.callback_url.clone())
+    );
+
+    // 7770002 leaves the spec: its override goes, 7770001's stays.
+    let fewer = phones_wanted(&receiver, &["7770001"]);
+    let removed = converge(&client, &fewer, Some(&moved_back.status)).await;
+    assert!(removed.error.is_none(), "{:?}", removed.error);
+    assert_eq!(graph.phone_override("7770002"), None, "override removed");
+    assert_eq!(
+        graph.phone_override("7770001"),
+        Some(wanted.callback_url.clone())
+    );
+    assert_eq!(phone_ids(&removed.status), ["7770001"]);
+    assert!(
+        removed
+            .changes
+            .iter()
+            .any(|c| c == "removed the callback override of phone number 7770002 (WABA 5550001)"),
+        "{:?}",
+        removed.changes
+    );
+}
+
+#[tokio::test]
+async fn a_phone_override_someone_else_set_is_left_alone() {
+    let receiver = TestReceiver::start().await.expect("receiver");
+    let graph = graph_with_phones().await;
+    let client = client(&graph);
+    let set = converge(&client, &phones_wanted(&receiver, &["7770001"]), None).await;
+    assert!(set.error.is_none(), "{:?}", set.error);
+    // Someone points the phone number elsewhere, then it leaves the spec.
+    graph.with(|s| {
+        s.phones
+            .get_mut("7770001")
+            .expect("phone")
+            .override_callback_uri = Some("https://elsewhere.example/x".into());
+    });
+    let dropped = converge(&client, &phones_wanted(&receiver, &[]), Some(&set.status)).await;
+    assert!(dropped.error.is_none(), "{:?}", dropped.error);
+    assert_eq!(
+        graph.phone_override("7770001").as_deref(),
+        Some("https://elsewhere.example/x"),
+        "not the operator's to remove"
+    );
+    assert!(
+        graph
+            .log()
+            .iter()
+            .filter(|l| l.path == "/7770001" && l.method == Method::POST)
+            .count()
+            == 1,
+        "only the first pass's set: {:?}",
+        graph.log()
+    );
+    assert!(phone_ids(&dropped.status).is_empty(), "forgotten");
+    assert!(
+        dropped.changes.iter().any(|c| c.contains(
+            "left the callback override of phone number 7770001 (WABA 5550001) alone: Meta holds https://elsewhere.example/x"
+        )),
+        "{:?}",
+        dropped.changes
+    );
+}
+
+#[tokio::test]
+async fn unregistering_removes_the_phone_overrides_before_the_waba_edge() {
+    let receiver = TestReceiver::start().await.expect("receiver");
+    let graph = graph_with_phones().await;
+    let client = client(&graph);
+    let set = converge(
+        &client,
+        &phones_wanted(&receiver, &["7770001", "7770002"]),
+        None,
+    )
+    .await;
+    assert!(set.error.is_none(), "{:?}", set.error);
+    let before = graph.log().len();
+    let mut status = set.status.clone();
+    let mut changes = Vec::new();
+    unregister(
+        &client,
+        &mut status,
+        &tokens(&[("wa-system-user", "system-user-token")]),
+        &mut changes,
+    )
+    .await
+    .expect("unregister");
+    assert_eq!(graph.phone_override("7770001"), None);
+    assert_eq!(graph.phone_override("7770002"), None);
+    assert!(graph.edge("5550001").is_none(), "edge removed");
+    assert!(status.whatsapp_business_accounts.is_empty());
+    let calls: Vec<String> = graph.log()[before..]
+        .iter()
+        .map(|l| format!("{} {}", l.method, l.path))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            "GET /7770001",
+            "POST /7770001",
+            "GET /7770002",
+            "POST /7770002",
+            "GET /5550001/subscribed_apps",
+            "DELETE /5550001/subscribed_apps",
+        ]
+    );
+    assert_eq!(changes.len(), 3, "{changes:?}");
+}
+
 #[tokio::test]
 async fn an_override_longer_than_metas_limit_is_refused() {
     let graph = FakeGraph::start(APP, APP_SECRET).await.expect("fake graph");
@@ -326,6 +527,7 @@ async fn an_override_longer_than_metas_limit_is_refused() {
         token_ref: key("wa"),
         token: "system-user-token".to_owned(),
         override_callback: true,
+        phone_numbers: Vec::new(),
     }];
     let error = converge(&client, &wanted, None)
         .await
@@ -360,6 +562,7 @@ async fn page_edges_keep_other_fields_and_are_removed_on_delete() {
             token_ref: key(&format!("page-{id}")),
             token: format!("page-{id}-token"),
             override_callback: false,
+            phone_numbers: Vec::new(),
         })
         .collect();
     let result = converge(&client, &wanted, None).await;

@@ -3,8 +3,9 @@
 //!
 //! Each pass reads Meta's current state (GET) and changes only what differs from the
 //! spec: the app's subscription to the object (callback URL, verify token, fields), the
-//! `subscribed_apps` edge of each Page, Instagram account or WhatsApp Business Account, and
-//! the WABAs' callback overrides. What the operator registered is kept in
+//! `subscribed_apps` edge of each Page, Instagram account or WhatsApp Business Account, the
+//! WABAs' callback overrides and their phone numbers' overrides. What the operator
+//! registered is kept in
 //! `status.registration`; only that is ever changed or removed, so fields or edges made by
 //! hand or by another subscription stay untouched. Nothing is registered until the
 //! receiver is ready, since Meta verifies the callback at once.
@@ -25,7 +26,9 @@ use time::format_description::well_known::Rfc3339;
 use super::Context;
 use super::api::{apply_params, get_secret, publish};
 use crate::crd::WebhookSubscription;
-use crate::crd::{RegisteredNode, RegistrationSpec, RegistrationStatus, SecretKeyRef};
+use crate::crd::{
+    RegisteredNode, RegisteredPhoneNumber, RegistrationSpec, RegistrationStatus, SecretKeyRef,
+};
 use crate::error::Error;
 use crate::graph::{AppSubscribe, GraphApi, GraphError, NodeSubscribe};
 use crate::status::{Observed, ReceiverState, RegistrationState};
@@ -68,6 +71,8 @@ pub struct DesiredNode {
     pub token: String,
     /// For a WABA: set the callback override.
     pub override_callback: bool,
+    /// For a WABA: the phone numbers whose callback override to set (with its token).
+    pub phone_numbers: Vec<String>,
 }
 
 /// Everything a registration pass wants Meta to hold, tokens resolved.
@@ -130,12 +135,16 @@ impl Desired {
             .clone()
             .unwrap_or_else(|| sub.spec.app_secret_ref.clone());
         let app_secret = text(&app_secret_ref, "the app secret")?;
-        let node = |id: &str, token_ref: &SecretKeyRef, override_callback: bool| {
+        let node = |id: &str,
+                    token_ref: &SecretKeyRef,
+                    override_callback: bool,
+                    phone_numbers: Vec<String>| {
             Ok::<_, String>(DesiredNode {
                 id: id.to_owned(),
                 token_ref: token_ref.clone(),
                 token: text(token_ref, &format!("the token of {id}"))?,
                 override_callback,
+                phone_numbers,
             })
         };
         Ok(Desired {
@@ -150,12 +159,15 @@ impl Desired {
             pages: spec
                 .pages
                 .iter()
-                .map(|p| node(&p.id, &p.access_token_ref, false))
+                .map(|p| node(&p.id, &p.access_token_ref, false, Vec::new()))
                 .collect::<Result<_, _>>()?,
             wabas: spec
                 .whatsapp_business_accounts
                 .iter()
-                .map(|w| node(&w.id, &w.access_token_ref, w.override_callback))
+                .map(|w| {
+                    let phones = w.phone_numbers.iter().map(|p| p.id.clone()).collect();
+                    node(&w.id, &w.access_token_ref, w.override_callback, phones)
+                })
                 .collect::<Result<_, _>>()?,
         })
     }
@@ -329,6 +341,7 @@ async fn converge_into(
                 access_token_ref: page.token_ref.clone(),
                 fields: desired.fields.clone(),
                 override_callback_url: None,
+                phone_numbers: Vec::new(),
             },
         );
     }
@@ -363,6 +376,13 @@ async fn converge_into(
                 ),
             });
         }
+        // The phone overrides already set stay recorded until removed.
+        let phone_numbers = status
+            .whatsapp_business_accounts
+            .iter()
+            .find(|w| w.id == waba.id)
+            .map(|w| w.phone_numbers.clone())
+            .unwrap_or_default();
         upsert(
             &mut status.whatsapp_business_accounts,
             RegisteredNode {
@@ -370,14 +390,119 @@ async fn converge_into(
                 access_token_ref: waba.token_ref.clone(),
                 fields: Vec::new(),
                 override_callback_url: override_wanted,
+                phone_numbers,
             },
         );
+        converge_phones(graph, desired, waba, token_changed, status, changes).await?;
     }
     if !desired.wabas.is_empty() && !desired.app_subscription {
         status.verify_token_digest = Some(digest.clone());
     }
     // Edges dropped from the spec are removed by the caller with [`remove_nodes`], with
     // the tokens recorded for them.
+    Ok(())
+}
+
+/// Sets the callback override of each phone number the WABA lists (after its
+/// `subscribed_apps` edge is in place), then removes the overrides the operator set on
+/// phone numbers it no longer lists.
+async fn converge_phones(
+    graph: &dyn GraphApi,
+    desired: &Desired,
+    waba: &DesiredNode,
+    token_changed: bool,
+    status: &mut RegistrationStatus,
+    changes: &mut Vec<String>,
+) -> Result<(), GraphError> {
+    for phone in &waba.phone_numbers {
+        let config = graph
+            .phone_webhook_configuration(phone, &waba.token)
+            .await?;
+        if config.phone_number.as_deref() != Some(desired.callback_url.as_str()) || token_changed {
+            graph
+                .set_phone_override(
+                    phone,
+                    &waba.token,
+                    &desired.callback_url,
+                    &desired.verify_token,
+                )
+                .await?;
+            changes.push(format!(
+                "set the callback override of phone number {phone} (WABA {}) to {}",
+                waba.id, desired.callback_url
+            ));
+        }
+        if let Some(node) = status
+            .whatsapp_business_accounts
+            .iter_mut()
+            .find(|w| w.id == waba.id)
+        {
+            let recorded = RegisteredPhoneNumber {
+                id: phone.clone(),
+                override_callback_url: desired.callback_url.clone(),
+            };
+            match node.phone_numbers.iter_mut().find(|p| p.id == *phone) {
+                Some(existing) => *existing = recorded,
+                None => node.phone_numbers.push(recorded),
+            }
+            node.phone_numbers.sort_by(|a, b| a.id.cmp(&b.id));
+        }
+    }
+    let dropped: Vec<RegisteredPhoneNumber> = status
+        .whatsapp_business_accounts
+        .iter()
+        .filter(|w| w.id == waba.id)
+        .flat_map(|w| w.phone_numbers.iter())
+        .filter(|p| !waba.phone_numbers.contains(&p.id))
+        .cloned()
+        .collect();
+    remove_phones(graph, status, &waba.id, &dropped, &waba.token, changes).await
+}
+
+/// Removes the phone overrides the operator set, each only while Meta still holds the URL
+/// it set (an override someone else set since is left alone, and said so), forgetting each
+/// in `status` as it goes.
+async fn remove_phones(
+    graph: &dyn GraphApi,
+    status: &mut RegistrationStatus,
+    waba_id: &str,
+    phones: &[RegisteredPhoneNumber],
+    token: &str,
+    changes: &mut Vec<String>,
+) -> Result<(), GraphError> {
+    for phone in phones {
+        let config = graph.phone_webhook_configuration(&phone.id, token).await?;
+        match config.phone_number {
+            Some(uri) if uri == phone.override_callback_url => {
+                graph.remove_phone_override(&phone.id, token).await?;
+                changes.push(format!(
+                    "removed the callback override of phone number {} (WABA {waba_id})",
+                    phone.id
+                ));
+            }
+            Some(other) => {
+                tracing::warn!(
+                    phone_number = %phone.id,
+                    waba = %waba_id,
+                    current = %other,
+                    set = %phone.override_callback_url,
+                    "not removing a phone number's callback override someone else set"
+                );
+                changes.push(format!(
+                    "left the callback override of phone number {} (WABA {waba_id}) alone: Meta holds {other}, not {} as set by this subscription",
+                    phone.id, phone.override_callback_url
+                ));
+            }
+            None => {}
+        }
+        if let Some(node) = status
+            .whatsapp_business_accounts
+            .iter_mut()
+            .find(|w| w.id == waba_id)
+        {
+            node.phone_numbers.retain(|p| p.id != phone.id);
+        }
+    }
     Ok(())
 }
 
@@ -450,7 +575,8 @@ async fn remove_waba(
 pub type Tokens = BTreeMap<SecretKeyRef, String>;
 
 /// Removes the Page and WABA edges recorded in `status` but not kept in `keep_pages` /
-/// `keep_wabas`, updating `status` as each goes. Stops at the first error.
+/// `keep_wabas` (a WABA's phone overrides before its edge), updating `status` as each
+/// goes. Stops at the first error.
 pub async fn remove_nodes(
     graph: &dyn GraphApi,
     status: &mut RegistrationStatus,
@@ -473,6 +599,8 @@ pub async fn remove_nodes(
             continue;
         }
         let token = token_for(tokens, &node)?;
+        // The phone overrides first: they outrank the WABA's and outlive its edge.
+        remove_phones(graph, status, &node.id, &node.phone_numbers, token, changes).await?;
         changes.extend(remove_waba(graph, &app_id, &node, token).await?);
         status
             .whatsapp_business_accounts
@@ -497,7 +625,7 @@ fn token_for<'a>(tokens: &'a Tokens, node: &RegisteredNode) -> Result<&'a str, G
 }
 
 /// Removes everything `status` records: the app subscription's fields (Meta drops the
-/// object when none remains), the Page and WABA edges. `status` shrinks as parts go, so
+/// object when none remains), the Page and WABA edges and the phone overrides. `status` shrinks as parts go, so
 /// what is left in it is what is still registered.
 pub async fn unregister(
     graph: &dyn GraphApi,
@@ -576,6 +704,12 @@ pub fn describe_left(status: &RegistrationStatus) -> String {
                 waba.id
             )),
             None => parts.push(format!("subscribed_apps of WABA {}", waba.id)),
+        }
+        for phone in &waba.phone_numbers {
+            parts.push(format!(
+                "callback override of phone number {} (WABA {}, {})",
+                phone.id, waba.id, phone.override_callback_url
+            ));
         }
     }
     if parts.is_empty() {
@@ -767,6 +901,14 @@ fn registered_message(status: &RegistrationStatus) -> String {
             Some(uri) => format!("WABA {} overridden to {uri}", waba.id),
             None => format!("subscribed to WABA {}", waba.id),
         });
+        if !waba.phone_numbers.is_empty() {
+            let ids: Vec<&str> = waba.phone_numbers.iter().map(|p| p.id.as_str()).collect();
+            parts.push(format!(
+                "phone numbers {} of WABA {} overridden to their callback",
+                ids.join(","),
+                waba.id
+            ));
+        }
     }
     parts.join("; ")
 }

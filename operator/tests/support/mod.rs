@@ -14,6 +14,7 @@ use metahook_operator::WebhookSubscription;
 use metahook_operator::controller::{Context, Settings};
 use metahook_operator::graph::{
     AppSubscribe, AppSubscription, GraphApi, GraphError, NodeSubscribe, SubscribedApp,
+    WebhookConfiguration,
 };
 use metahook_operator::metrics::Metrics;
 use metahook_operator::resources::monitoring::Capabilities;
@@ -212,6 +213,8 @@ pub struct RecordingGraph {
     pub app: Mutex<std::collections::BTreeMap<String, (String, Vec<String>)>>,
     /// node id → (app id, subscribed_fields, override).
     pub nodes: Mutex<std::collections::BTreeMap<String, SubscribedApp>>,
+    /// phone number id → its own callback override.
+    pub phones: Mutex<std::collections::BTreeMap<String, String>>,
     /// When set, every call fails with it.
     pub fail: Mutex<Option<GraphError>>,
 }
@@ -372,6 +375,47 @@ impl GraphApi for RecordingGraph {
             .record(format!("DELETE /{node_id}/subscribed_apps"))
             .map(|()| {
                 self.nodes.lock().expect("lock").remove(node_id);
+            });
+        Box::pin(async move { result })
+    }
+
+    fn phone_webhook_configuration<'a>(
+        &'a self,
+        phone_id: &'a str,
+        _: &'a str,
+    ) -> GraphResult<'a, WebhookConfiguration> {
+        let result = self
+            .record(format!("GET /{phone_id} fields=webhook_configuration"))
+            .map(|()| WebhookConfiguration {
+                phone_number: self.phones.lock().expect("lock").get(phone_id).cloned(),
+                ..WebhookConfiguration::default()
+            });
+        Box::pin(async move { result })
+    }
+
+    fn set_phone_override<'a>(
+        &'a self,
+        phone_id: &'a str,
+        _: &'a str,
+        callback_uri: &'a str,
+        _: &'a str,
+    ) -> GraphResult<'a, ()> {
+        let result = self
+            .record(format!("POST /{phone_id} override={callback_uri}"))
+            .map(|()| {
+                self.phones
+                    .lock()
+                    .expect("lock")
+                    .insert(phone_id.to_owned(), callback_uri.to_owned());
+            });
+        Box::pin(async move { result })
+    }
+
+    fn remove_phone_override<'a>(&'a self, phone_id: &'a str, _: &'a str) -> GraphResult<'a, ()> {
+        let result = self
+            .record(format!("POST /{phone_id} override=none"))
+            .map(|()| {
+                self.phones.lock().expect("lock").remove(phone_id);
             });
         Box::pin(async move { result })
     }
