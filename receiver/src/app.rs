@@ -130,7 +130,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 .context("cannot start the normalization thread")?,
         );
     }
-    if let Some(spool) = &spool {
+    if let Some((intake, spool)) = &logs {
         for sink_config in &config.sinks {
             let consumer = Consumer {
                 name: sink_config.name.clone(),
@@ -147,6 +147,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             )));
         }
         gauges = Some(tokio::spawn(update_gauges(
+            Arc::clone(intake),
             Arc::clone(spool),
             Arc::clone(&metrics),
             stop_rx.clone(),
@@ -321,23 +322,38 @@ async fn open_spool(config: &Config) -> anyhow::Result<(Spool, Spool)> {
     Ok(opened)
 }
 
-async fn update_gauges(spool: Arc<Spool>, metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
+/// Samples both logs: the events the sinks have not delivered, the requests the
+/// normalization stage has not normalized, and the oldest of either.
+async fn update_gauges(
+    intake: Arc<Spool>,
+    spool: Arc<Spool>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut ticker = tokio::time::interval(GAUGE_INTERVAL);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = stop.changed() => return,
         }
-        let stats = spool.stats();
+        let (stats, waiting) = (spool.stats(), intake.stats());
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
-        let oldest_age = stats.oldest_received_millis.map_or(Duration::ZERO, |at| {
+        // The oldest of a request waiting for normalization and an event waiting for a
+        // sink (an event-log record carries when it was normalized).
+        let oldest = [waiting.oldest_received_millis, stats.oldest_received_millis]
+            .into_iter()
+            .flatten()
+            .min();
+        let oldest_age = oldest.map_or(Duration::ZERO, |at| {
             Duration::from_millis(now.saturating_sub(at))
         });
         metrics.emit(SpoolSampled {
+            // Both logs count their bytes together.
             bytes: stats.bytes,
             events: stats.events,
+            requests: waiting.events,
             oldest_age,
         });
     }

@@ -150,6 +150,12 @@ impl Normalizer {
                     continue;
                 }
             };
+            // For the gauges: what waits for normalization, and since when.
+            self.intake.set_progress(
+                CONSUMER,
+                watermark,
+                records.first().map(|r| r.received_millis),
+            );
             let Some(last) = records.last().map(|r| r.seq) else {
                 if committed < watermark {
                     self.commit(watermark);

@@ -407,14 +407,16 @@ impl InternalEvent for SpoolCommitted {
 }
 
 /// The spool's size, sampled: `metahook_spool_bytes`, `metahook_spool_events`,
-/// `metahook_spool_oldest_event_age_seconds`.
+/// `metahook_spool_requests_waiting`, `metahook_spool_oldest_event_age_seconds`.
 #[derive(Debug)]
 pub struct SpoolSampled {
     /// Bytes of segment files.
     pub bytes: u64,
     /// Events not yet delivered by every sink.
     pub events: u64,
-    /// Age of the oldest of them.
+    /// Accepted requests not yet normalized into events.
+    pub requests: u64,
+    /// Age of the oldest of either.
     pub oldest_age: Duration,
 }
 
@@ -422,6 +424,7 @@ impl InternalEvent for SpoolSampled {
     fn emit(self, metrics: &Metrics) {
         metrics.spool_bytes.set(gauge(self.bytes));
         metrics.spool_events.set(gauge(self.events));
+        metrics.spool_requests_waiting.set(gauge(self.requests));
         metrics.spool_oldest_age.set(self.oldest_age.as_secs_f64());
     }
 }

@@ -49,6 +49,8 @@ pub struct Metrics {
     duplicates: IntCounterVec,
     /// `metahook_spool_events`.
     spool_events: IntGauge,
+    /// `metahook_spool_requests_waiting`.
+    spool_requests_waiting: IntGauge,
     /// `metahook_spool_oldest_event_age_seconds`.
     spool_oldest_age: Gauge,
     /// `metahook_spool_bytes`.
@@ -163,9 +165,14 @@ impl Metrics {
             "Events in the spool not yet delivered by every sink.",
         )?;
         registry.register(Box::new(spool_events.clone()))?;
+        let spool_requests_waiting = IntGauge::new(
+            "metahook_spool_requests_waiting",
+            "Accepted requests (answered 200) not yet normalized into events for the sinks.",
+        )?;
+        registry.register(Box::new(spool_requests_waiting.clone()))?;
         let spool_oldest_age = Gauge::new(
             "metahook_spool_oldest_event_age_seconds",
-            "Age of the oldest event not yet delivered by every sink (0 when none).",
+            "Age of the oldest accepted request not yet normalized or event not yet delivered by every sink (0 when none).",
         )?;
         registry.register(Box::new(spool_oldest_age.clone()))?;
         let spool_bytes = IntGauge::new(
@@ -266,6 +273,7 @@ impl Metrics {
             unrecognized_values,
             duplicates,
             spool_events,
+            spool_requests_waiting,
             spool_oldest_age,
             spool_bytes,
             spool_limit_bytes,
@@ -380,6 +388,7 @@ mod tests {
         for name in [
             "metahook_requests_total",
             "metahook_spool_events",
+            "metahook_spool_requests_waiting",
             "metahook_build_info",
             "metahook_spool_oldest_event_age_seconds",
         ] {

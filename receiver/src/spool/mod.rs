@@ -157,6 +157,9 @@ struct Shared {
     segments: RwLock<Vec<SegmentInfo>>,
     cursors: Mutex<HashMap<String, Cursor>>,
     pending: Mutex<HashMap<String, Option<u64>>>,
+    /// How far each consumer has read and acted, committed or not (for the gauges only: a
+    /// consumer that commits rarely, like the normalization stage, is not shown behind).
+    progress: Mutex<HashMap<String, u64>>,
     head: watch::Sender<u64>,
     poisoned: AtomicBool,
     /// Requests being verified and normalized, about to append: the writer waits a little
@@ -323,6 +326,7 @@ impl Spool {
             segments: RwLock::new(segments),
             cursors: Mutex::new(cursors),
             pending: Mutex::new(HashMap::new()),
+            progress: Mutex::new(HashMap::new()),
             head,
             poisoned: AtomicBool::new(false),
             preparing: AtomicUsize::new(0),
@@ -583,9 +587,24 @@ impl Spool {
         }
     }
 
+    /// Records that a consumer has acted on everything up to `seq` (not yet committed) and
+    /// when the oldest record after it was accepted (`None`: caught up), for [`Spool::stats`].
+    pub fn set_progress(&self, consumer: &str, seq: u64, oldest_received_millis: Option<u64>) {
+        if let Ok(mut progress) = self.shared.progress.lock() {
+            progress.insert(consumer.to_owned(), seq);
+        }
+        self.set_pending(consumer, oldest_received_millis);
+    }
+
     /// Events not yet delivered everywhere, and the age of the oldest.
     pub fn stats(&self) -> SpoolStats {
         let head = *self.shared.head.borrow();
+        let progress = self
+            .shared
+            .progress
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_default();
         let low = self
             .shared
             .cursors
@@ -594,7 +613,10 @@ impl Spool {
                 self.shared
                     .sinks
                     .iter()
-                    .map(|s| c.get(s).map_or(0, |c| c.seq))
+                    .map(|s| {
+                        let committed = c.get(s).map_or(0, |c| c.seq);
+                        progress.get(s).map_or(committed, |p| committed.max(*p))
+                    })
                     .min()
                     .unwrap_or(head)
             })
