@@ -76,7 +76,11 @@ async fn appends_reads_dedups_and_compacts() {
     // Progress not yet committed counts for the gauges, never against a committed cursor.
     spool.set_progress("b", 3, None);
     assert_eq!(spool.stats().events, 0);
-    assert_eq!(spool.cursor("b").expect("cursor").seq, 2, "nothing committed");
+    assert_eq!(
+        spool.cursor("b").expect("cursor").seq,
+        2,
+        "nothing committed"
+    );
     spool.set_progress("b", 1, Some(42));
     let stats = spool.stats();
     assert_eq!(
