@@ -529,6 +529,25 @@ impl GraphClient {
     }
 
     /// A mutation: one call whose answer must be Meta's `{"success": true}`.
+    /// `POST /{phone-number-id}` with `{"webhook_configuration": configuration}`: sets a
+    /// phone number's override, or removes it with an empty `override_callback_uri`.
+    async fn post_webhook_configuration(
+        &self,
+        phone_id: &str,
+        token: &str,
+        configuration: Value,
+    ) -> Result<(), GraphError> {
+        let body = serde_json::json!({ "webhook_configuration": configuration });
+        self.mutate(
+            reqwest::Method::POST,
+            phone_id,
+            &[],
+            token,
+            Body::Json(body),
+        )
+        .await
+    }
+
     async fn mutate(
         &self,
         method: reqwest::Method,
@@ -783,20 +802,14 @@ impl GraphApi for GraphClient {
         callback_uri: &'a str,
         verify_token: &'a str,
     ) -> BoxFuture<'a, Result<(), GraphError>> {
-        Box::pin(async move {
-            let body = serde_json::json!({"webhook_configuration": {
+        Box::pin(self.post_webhook_configuration(
+            phone_id,
+            token,
+            serde_json::json!({
                 "override_callback_uri": callback_uri,
                 "verify_token": verify_token,
-            }});
-            self.mutate(
-                reqwest::Method::POST,
-                phone_id,
-                &[],
-                token,
-                Body::Json(body),
-            )
-            .await
-        })
+            }),
+        ))
     }
 
     fn remove_phone_override<'a>(
@@ -804,17 +817,11 @@ impl GraphApi for GraphClient {
         phone_id: &'a str,
         token: &'a str,
     ) -> BoxFuture<'a, Result<(), GraphError>> {
-        Box::pin(async move {
-            let body = serde_json::json!({"webhook_configuration": {"override_callback_uri": ""}});
-            self.mutate(
-                reqwest::Method::POST,
-                phone_id,
-                &[],
-                token,
-                Body::Json(body),
-            )
-            .await
-        })
+        Box::pin(self.post_webhook_configuration(
+            phone_id,
+            token,
+            serde_json::json!({"override_callback_uri": ""}),
+        ))
     }
 }
 

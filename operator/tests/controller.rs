@@ -869,6 +869,20 @@ fn registering_pass_until_workload(ready_replicas: i32) -> Vec<Expect> {
     script
 }
 
+/// Reconciles subscription `wa` of `spec` once, against a ready receiver (the script of
+/// [`registering_pass_with_ready_receiver`]); returns what the mock API served and the
+/// Graph API client that recorded the calls.
+async fn reconcile_registering(spec: &Value) -> (Vec<Served>, Arc<RecordingGraph>) {
+    let sub = subscription("wa", NS, spec);
+    let script = registering_pass_with_ready_receiver(spec);
+    let api = MockApi::start(script, Capabilities::default(), test_now());
+    let graph = api.graph.clone();
+    controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("reconcile");
+    (api.finish().await, graph)
+}
+
 /// A registering pass with a ready receiver: up to the workload, then the finalizer's
 /// patch, an Event, the status and an Event.
 fn registering_pass_with_ready_receiver(spec: &Value) -> Vec<Expect> {
@@ -913,14 +927,7 @@ async fn registration_waits_for_a_ready_receiver() {
 #[tokio::test]
 async fn a_ready_receiver_is_registered_behind_the_finalizer() {
     let spec = registering_spec();
-    let sub = subscription("wa", NS, &spec);
-    let script = registering_pass_with_ready_receiver(&spec);
-    let api = MockApi::start(script, Capabilities::default(), test_now());
-    let graph = api.graph.clone();
-    controller::reconcile(Arc::new(sub), api.ctx.clone())
-        .await
-        .expect("reconcile");
-    let served = api.finish().await;
+    let (served, graph) = reconcile_registering(&spec).await;
     assert_eq!(
         graph.calls(),
         [
@@ -984,14 +991,7 @@ fn registering_spec_with_phone() -> Value {
 #[tokio::test]
 async fn a_phone_number_override_is_set_after_its_waba_and_recorded() {
     let spec = registering_spec_with_phone();
-    let sub = subscription("wa", NS, &spec);
-    let script = registering_pass_with_ready_receiver(&spec);
-    let api = MockApi::start(script, Capabilities::default(), test_now());
-    let graph = api.graph.clone();
-    controller::reconcile(Arc::new(sub), api.ctx.clone())
-        .await
-        .expect("reconcile");
-    let served = api.finish().await;
+    let (served, graph) = reconcile_registering(&spec).await;
     assert_eq!(
         graph.calls()[2..],
         [
