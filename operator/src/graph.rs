@@ -529,6 +529,14 @@ impl GraphClient {
     }
 
     /// A mutation: one call whose answer must be Meta's `{"success": true}`.
+    /// `GET path`, a list call: the `data` array of its answer.
+    async fn list(&self, path: &str, token: &str) -> Result<Vec<Value>, GraphError> {
+        let value = self
+            .call(reqwest::Method::GET, path, &[], token, Body::None)
+            .await?;
+        data(call_name(&reqwest::Method::GET, path), value)
+    }
+
     /// `POST /{phone-number-id}` with `{"webhook_configuration": configuration}`: sets a
     /// phone number's override, or removes it with an empty `override_callback_uri`.
     async fn post_webhook_configuration(
@@ -642,11 +650,20 @@ fn expect_success(call: String, value: &Value) -> Result<(), GraphError> {
 }
 
 /// The `data` array of a list answer.
-fn data(call: String, value: &Value) -> Result<&Vec<Value>, GraphError> {
-    value
-        .get("data")
-        .and_then(Value::as_array)
-        .ok_or_else(|| GraphError::transport(call, format!("answer has no data array: {value}")))
+fn data(call: String, value: Value) -> Result<Vec<Value>, GraphError> {
+    match value {
+        Value::Object(mut answer) => match answer.remove("data") {
+            Some(Value::Array(items)) => Ok(items),
+            _ => Err(GraphError::transport(
+                call,
+                format!("answer has no data array: {}", Value::Object(answer)),
+            )),
+        },
+        other => Err(GraphError::transport(
+            call,
+            format!("answer has no data array: {other}"),
+        )),
+    }
 }
 
 impl GraphApi for GraphClient {
@@ -657,15 +674,13 @@ impl GraphApi for GraphClient {
     ) -> BoxFuture<'a, Result<Vec<AppSubscription>, GraphError>> {
         Box::pin(async move {
             let path = format!("{app_id}/subscriptions");
-            let value = self
-                .call(reqwest::Method::GET, &path, &[], app_token, Body::None)
-                .await?;
-            let call = call_name(&reqwest::Method::GET, &path);
-            data(call.clone(), &value)?
-                .iter()
+            self.list(&path, app_token)
+                .await?
+                .into_iter()
                 .map(|entry| {
-                    serde_json::from_value(entry.clone()).map_err(|e| {
-                        GraphError::transport(call.clone(), format!("subscription entry: {e}"))
+                    serde_json::from_value(entry).map_err(|e| {
+                        let call = call_name(&reqwest::Method::GET, &path);
+                        GraphError::transport(call, format!("subscription entry: {e}"))
                     })
                 })
                 .collect()
@@ -729,10 +744,9 @@ impl GraphApi for GraphClient {
     ) -> BoxFuture<'a, Result<Vec<SubscribedApp>, GraphError>> {
         Box::pin(async move {
             let path = format!("{node_id}/subscribed_apps");
-            let value = self
-                .call(reqwest::Method::GET, &path, &[], token, Body::None)
-                .await?;
-            Ok(data(call_name(&reqwest::Method::GET, &path), &value)?
+            Ok(self
+                .list(&path, token)
+                .await?
                 .iter()
                 .filter_map(SubscribedApp::from_value)
                 .collect())

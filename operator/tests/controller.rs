@@ -1101,14 +1101,29 @@ fn deletion_reads() -> Vec<Expect> {
     ]
 }
 
-#[tokio::test]
-async fn deletion_with_the_registration_finalizer_unregisters_then_removes_it() {
-    let sub = registered_being_deleted();
-    let stored = serde_json::to_value(&sub).expect("json");
+/// The mock API for a deletion pass of `sub` (the token reads, the Event, the finalizer's
+/// removal), with WABA 5550001 subscribed to the app on the Graph API side.
+fn start_deletion(sub: &metahook_operator::WebhookSubscription) -> MockApi {
+    let stored = serde_json::to_value(sub).expect("json");
     let mut script = deletion_reads();
     script.push(event(NS));
     script.push(apply(format!("{SUBS}/wa"), Reply::Onto(stored)));
     let api = MockApi::start(script, Capabilities::default(), test_now());
+    api.graph.nodes.lock().expect("lock").insert(
+        "5550001".to_owned(),
+        metahook_operator::graph::SubscribedApp {
+            app_id: "1234".to_owned(),
+            subscribed_fields: vec![],
+            override_callback_uri: None,
+        },
+    );
+    api
+}
+
+#[tokio::test]
+async fn deletion_with_the_registration_finalizer_unregisters_then_removes_it() {
+    let sub = registered_being_deleted();
+    let api = start_deletion(&sub);
     let graph = api.graph.clone();
     graph.app.lock().expect("lock").insert(
         "whatsapp_business_account".to_owned(),
@@ -1116,14 +1131,6 @@ async fn deletion_with_the_registration_finalizer_unregisters_then_removes_it() 
             CALLBACK.to_owned(),
             vec!["messages".to_owned(), "account_update".to_owned()],
         ),
-    );
-    graph.nodes.lock().expect("lock").insert(
-        "5550001".to_owned(),
-        metahook_operator::graph::SubscribedApp {
-            app_id: "1234".to_owned(),
-            subscribed_fields: vec![],
-            override_callback_uri: None,
-        },
     );
     let action = controller::reconcile(Arc::new(sub), api.ctx.clone())
         .await
@@ -1163,20 +1170,8 @@ async fn deletion_removes_the_phone_overrides_it_set_before_the_waba_edge() {
             })
             .collect();
     }
-    let stored = serde_json::to_value(&sub).expect("json");
-    let mut script = deletion_reads();
-    script.push(event(NS));
-    script.push(apply(format!("{SUBS}/wa"), Reply::Onto(stored)));
-    let api = MockApi::start(script, Capabilities::default(), test_now());
+    let api = start_deletion(&sub);
     let graph = api.graph.clone();
-    graph.nodes.lock().expect("lock").insert(
-        "5550001".to_owned(),
-        metahook_operator::graph::SubscribedApp {
-            app_id: "1234".to_owned(),
-            subscribed_fields: vec![],
-            override_callback_uri: None,
-        },
-    );
     {
         let mut phones = graph.phones.lock().expect("lock");
         phones.insert("7770001".to_owned(), CALLBACK.to_owned());

@@ -343,6 +343,7 @@ async fn converge_into(
                 override_callback_url: None,
                 phone_numbers: Vec::new(),
             },
+            |n| &n.id,
         );
     }
 
@@ -392,6 +393,7 @@ async fn converge_into(
                 override_callback_url: override_wanted,
                 phone_numbers,
             },
+            |n| &n.id,
         );
         converge_phones(graph, desired, waba, token_changed, status, changes).await?;
     }
@@ -441,11 +443,7 @@ async fn converge_phones(
                 id: phone.clone(),
                 override_callback_url: desired.callback_url.clone(),
             };
-            match node.phone_numbers.iter_mut().find(|p| p.id == *phone) {
-                Some(existing) => *existing = recorded,
-                None => node.phone_numbers.push(recorded),
-            }
-            node.phone_numbers.sort_by(|a, b| a.id.cmp(&b.id));
+            upsert(&mut node.phone_numbers, recorded, |p| &p.id);
         }
     }
     let dropped: Vec<RegisteredPhoneNumber> = status
@@ -510,12 +508,14 @@ fn join(fields: &BTreeSet<String>) -> String {
     fields.iter().cloned().collect::<Vec<_>>().join(",")
 }
 
-fn upsert(nodes: &mut Vec<RegisteredNode>, node: RegisteredNode) {
-    match nodes.iter_mut().find(|n| n.id == node.id) {
-        Some(existing) => *existing = node,
-        None => nodes.push(node),
+/// Replaces the entry of `items` with `item`'s id (`id_of`), or adds it; kept sorted by id
+/// so the status is stable.
+fn upsert<T>(items: &mut Vec<T>, item: T, id_of: impl Fn(&T) -> &str) {
+    match items.iter_mut().find(|i| id_of(i) == id_of(&item)) {
+        Some(existing) => *existing = item,
+        None => items.push(item),
     }
-    nodes.sort_by(|a, b| a.id.cmp(&b.id));
+    items.sort_by(|a, b| id_of(a).cmp(id_of(b)));
 }
 
 /// Removes a Page's or Instagram account's fields the operator set: the edge goes when
