@@ -320,6 +320,22 @@ where
     })
 }
 
+/// Waits until a receiver just started (a process or a container) answers `GET /readyz`
+/// on `addr` with 200; the error says what it answered last.
+pub async fn wait_ready(addr: SocketAddr, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    let mut last = String::from("no answer");
+    while Instant::now() < deadline {
+        match request(addr, Method::GET, "/readyz", &[], Bytes::new()).await {
+            Ok(reply) if reply.status == StatusCode::OK => return Ok(()),
+            Ok(reply) => last = format!("{} {}", reply.status, reply.text()),
+            Err(err) => last = format!("{err:#}"),
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    bail!("the receiver was not ready on {addr} within {within:?}: {last}")
+}
+
 /// Sends one request on a fresh connection and reads the whole response (10 s bound).
 pub async fn request(
     addr: SocketAddr,

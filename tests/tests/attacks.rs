@@ -271,16 +271,7 @@ impl Spawned {
             .context("spawning the receiver")?;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         let spawned = Spawned { child, addr, log };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while testkit::request(addr, Method::GET, "/readyz", &[], Bytes::new())
-            .await
-            .map(|r| r.status)
-            .ok()
-            != Some(StatusCode::OK)
-        {
-            ensure!(Instant::now() < deadline, "receiver never ready");
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        testkit::wait_ready(addr, Duration::from_secs(20)).await?;
         Ok(spawned)
     }
 

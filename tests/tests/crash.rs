@@ -49,20 +49,8 @@ impl Receiver {
             .spawn()
             .context("spawning metahook-receiver")?;
         let receiver = Receiver(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(reply) =
-                testkit::request(addr, Method::GET, "/readyz", &[], bytes::Bytes::new()).await
-                && reply.status == StatusCode::OK
-            {
-                return Ok(receiver);
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "receiver never became ready on {addr}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        testkit::wait_ready(addr, Duration::from_secs(20)).await?;
+        Ok(receiver)
     }
 }
 
@@ -123,6 +111,28 @@ fn pseudo_random_millis(low: u64, high: u64) -> u64 {
     low + nanos % (high - low)
 }
 
+/// One round: starts the receiver, loads it from `tasks` connections (ids of `round`, the
+/// acknowledged ones into `acked`), and kills it with SIGKILL after a pseudo-random time
+/// in `window` (milliseconds); returns once the load has stopped.
+async fn kill_9_during_load(
+    config: &Path,
+    addr: SocketAddr,
+    round: usize,
+    tasks: usize,
+    acked: &Arc<Mutex<Vec<String>>>,
+    (low, high): (u64, u64),
+) -> Result<()> {
+    let mut receiver = Receiver::spawn(config, addr).await?;
+    let load = tokio::spawn(load(addr, round, tasks, Arc::clone(acked)));
+    tokio::time::sleep(Duration::from_millis(pseudo_random_millis(low, high))).await;
+    receiver.0.kill().context("kill -9")?;
+    receiver.0.wait()?;
+    tokio::time::timeout(Duration::from_secs(15), load)
+        .await
+        .context("load did not stop")??;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_and_doubles_nothing() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -146,14 +156,7 @@ async fn kill_9_under_load_loses_and_doubles_nothing() -> Result<()> {
     let config = write_config(dir.path(), port, &sinks)?;
     let acked = Arc::new(Mutex::new(Vec::new()));
     for round in 0..4 {
-        let mut receiver = Receiver::spawn(&config, addr).await?;
-        let load = tokio::spawn(load(addr, round, 16, Arc::clone(&acked)));
-        tokio::time::sleep(Duration::from_millis(pseudo_random_millis(300, 900))).await;
-        receiver.0.kill().context("kill -9")?;
-        receiver.0.wait()?;
-        tokio::time::timeout(Duration::from_secs(15), load)
-            .await
-            .context("load did not stop")??;
+        kill_9_during_load(&config, addr, round, 16, &acked, (300, 900)).await?;
     }
     let acked: Vec<String> = acked.lock().await.clone();
     ensure!(
@@ -365,14 +368,7 @@ async fn kill_9_between_the_200_and_normalization_loses_nothing() -> Result<()> 
     let spool = dir.path().join("spool");
     let mut caught = false;
     for round in 0..6 {
-        let mut receiver = Receiver::spawn(&config, addr).await?;
-        let load = tokio::spawn(load(addr, round, 32, Arc::clone(&acked)));
-        tokio::time::sleep(Duration::from_millis(pseudo_random_millis(200, 400))).await;
-        receiver.0.kill().context("kill -9")?;
-        receiver.0.wait()?;
-        tokio::time::timeout(Duration::from_secs(15), load)
-            .await
-            .context("load did not stop")??;
+        kill_9_during_load(&config, addr, round, 32, &acked, (200, 400)).await?;
         let (accepted, _) = newest(&spool.join("intake/segments"))?;
         let (_, normalized) = newest(&spool.join("segments"))?;
         if accepted > normalized {

@@ -7,7 +7,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
@@ -188,7 +188,7 @@ async fn receiver_image_runs_locked_down_and_stores_a_signed_fixture() -> Result
     let container = Container { name };
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
 
-    wait_ready(addr, Duration::from_secs(30)).await?;
+    testkit::wait_ready(addr, Duration::from_secs(30)).await?;
     let challenge = testkit::request(
         addr,
         Method::GET,
@@ -246,19 +246,4 @@ async fn receiver_image_runs_locked_down_and_stores_a_signed_fixture() -> Result
     assert_eq!(exit.trim(), "0", "the receiver exits 0 on SIGTERM");
     assert_eq!(read_events(&events_path)?.len(), 1);
     Ok(())
-}
-
-/// Waits until `/readyz` answers 200 (the container has started and opened its spool).
-async fn wait_ready(addr: SocketAddr, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::from("no answer");
-    while Instant::now() < deadline {
-        match testkit::request(addr, Method::GET, "/readyz", &[], Bytes::new()).await {
-            Ok(reply) if reply.status == StatusCode::OK => return Ok(()),
-            Ok(reply) => last = format!("{} {}", reply.status, reply.text()),
-            Err(err) => last = format!("{err:#}"),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    bail!("the receiver container was not ready on {addr} within {timeout:?}: {last}")
 }

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use http::{Method, StatusCode};
@@ -46,16 +46,7 @@ async fn logs_of_a_run(dir: &Path, extra: &str) -> Result<Vec<serde_json::Value>
         .spawn()
         .context("spawning the receiver")?;
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while testkit::request(addr, Method::GET, "/readyz", &[], bytes::Bytes::new())
-        .await
-        .map(|r| r.status)
-        .ok()
-        != Some(StatusCode::OK)
-    {
-        ensure!(Instant::now() < deadline, "receiver never ready");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    testkit::wait_ready(addr, Duration::from_secs(20)).await?;
     let payload = body();
     let signature = verify::sign(SECRET, &payload);
     let ok = testkit::request(

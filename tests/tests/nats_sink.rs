@@ -483,16 +483,8 @@ impl ReceiverProcess {
             .spawn()
             .context("starting metahook-receiver")?;
         let receiver = ReceiverProcess(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let ready =
-                testkit::request(addr, http::Method::GET, "/readyz", &[], Vec::new().into()).await;
-            if ready.is_ok_and(|r| r.status == StatusCode::OK) {
-                return Ok(receiver);
-            }
-            ensure!(Instant::now() < deadline, "the receiver never became ready");
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        testkit::wait_ready(addr, Duration::from_secs(20)).await?;
+        Ok(receiver)
     }
 }
 

@@ -58,6 +58,21 @@ fn tokens(pairs: &[(&str, &str)]) -> Tokens {
         .collect()
 }
 
+/// Unregisters everything `status` records, with the tokens of these Secret keys; returns
+/// what the status still records and the changes made.
+async fn unregister_all(
+    client: &GraphClient,
+    status: &RegistrationStatus,
+    secrets: &[(&str, &str)],
+) -> (RegistrationStatus, Vec<String>) {
+    let mut status = status.clone();
+    let mut changes = Vec::new();
+    unregister(client, &mut status, &tokens(secrets), &mut changes)
+        .await
+        .expect("unregister");
+    (status, changes)
+}
+
 fn fields_of(graph: &FakeGraph, object: &str) -> BTreeSet<String> {
     graph
         .subscription(object)
@@ -133,16 +148,7 @@ async fn register_then_converge_after_a_fields_change_keeping_foreign_fields() {
     assert_eq!(changed.status.registered_fields, ["leadgen", "ratings"]);
 
     // Deleting removes only the operator's fields.
-    let mut status = changed.status.clone();
-    let mut changes = Vec::new();
-    unregister(
-        &client,
-        &mut status,
-        &tokens(&[("meta-app", APP_SECRET)]),
-        &mut changes,
-    )
-    .await
-    .expect("unregister");
+    let (status, _) = unregister_all(&client, &changed.status, &[("meta-app", APP_SECRET)]).await;
     assert_eq!(fields_of(&graph, "page"), set(&["mention"]));
     assert!(status.registered_fields.is_empty());
 }
@@ -299,16 +305,12 @@ async fn waba_override_set_then_removed_and_unregistered() {
         None
     );
 
-    let mut status = removed.status.clone();
-    let mut changes = Vec::new();
-    unregister(
+    let (status, _) = unregister_all(
         &client,
-        &mut status,
-        &tokens(&[("wa-system-user", "system-user-token")]),
-        &mut changes,
+        &removed.status,
+        &[("wa-system-user", "system-user-token")],
     )
-    .await
-    .expect("unregister");
+    .await;
     assert!(graph.edge("5550001").is_none(), "edge removed");
     assert!(status.whatsapp_business_accounts.is_empty());
 }
@@ -481,16 +483,12 @@ async fn unregistering_removes_the_phone_overrides_before_the_waba_edge() {
     .await;
     assert!(set.error.is_none(), "{:?}", set.error);
     let before = graph.log().len();
-    let mut status = set.status.clone();
-    let mut changes = Vec::new();
-    unregister(
+    let (status, changes) = unregister_all(
         &client,
-        &mut status,
-        &tokens(&[("wa-system-user", "system-user-token")]),
-        &mut changes,
+        &set.status,
+        &[("wa-system-user", "system-user-token")],
     )
-    .await
-    .expect("unregister");
+    .await;
     assert_eq!(graph.phone_override("7770001"), None);
     assert_eq!(graph.phone_override("7770002"), None);
     assert!(graph.edge("5550001").is_none(), "edge removed");
@@ -576,20 +574,16 @@ async fn page_edges_keep_other_fields_and_are_removed_on_delete() {
     assert_eq!(fields("111"), set(&["feed", "leadgen"]));
     assert_eq!(fields("222"), set(&["feed", "leadgen", "messages"]));
 
-    let mut status = result.status.clone();
-    let mut changes = Vec::new();
-    unregister(
+    let (_, changes) = unregister_all(
         &client,
-        &mut status,
-        &tokens(&[
+        &result.status,
+        &[
             ("meta-app", APP_SECRET),
             ("page-111", "page-111-token"),
             ("page-222", "page-222-token"),
-        ]),
-        &mut changes,
+        ],
     )
-    .await
-    .expect("unregister");
+    .await;
     assert!(
         graph.edge("111").is_none(),
         "the operator's edge is removed"
