@@ -52,24 +52,22 @@ pub enum BodyError {
 /// Refuses a body whose arrays and objects nest deeper than `limit` (the top-level object
 /// is level 1). One pass over the bytes, building nothing: it runs before
 /// [`normalize`], which would otherwise store a deep body as an `unknown` event that
-/// `jq` and Python's `json` cannot read back. Invalid JSON is left to [`normalize`].
+/// `jq` and Python's `json` cannot read back. Invalid JSON is left to [`validate`].
+///
+/// It runs on every request before the 200, so strings (most of a webhook's bytes: texts,
+/// ids, URLs) are skipped with `memchr` to their closing quote rather than looked at byte
+/// by byte (a byte loop took about 40% of a request handler's CPU on the 1.4 KB text body).
 pub fn check_depth(body: &[u8], limit: usize) -> Result<(), BodyError> {
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &byte in body {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if byte == b'\\' {
-                escaped = true;
-            } else if byte == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
+    let mut at = 0;
+    while let Some(&byte) = body.get(at) {
+        at += 1;
         match byte {
-            b'"' => in_string = true,
+            b'"' => match string_end(body, at) {
+                Some(end) => at = end,
+                // An unterminated string: not JSON, which `validate` says.
+                None => return Ok(()),
+            },
             b'{' | b'[' => {
                 depth += 1;
                 if depth > limit {
@@ -81,6 +79,19 @@ pub fn check_depth(body: &[u8], limit: usize) -> Result<(), BodyError> {
         }
     }
     Ok(())
+}
+
+/// Where the JSON string whose content starts at `from` ends: the offset just past its
+/// closing quote, or `None` if the body ends first.
+fn string_end(body: &[u8], mut from: usize) -> Option<usize> {
+    loop {
+        let found = from + memchr::memchr2(b'"', b'\\', body.get(from..)?)?;
+        if body[found] == b'"' {
+            return Some(found + 1);
+        }
+        // A backslash escapes the byte after it (`\"`, `\\`): skip both.
+        from = found + 2;
+    }
 }
 
 /// What normalization needs to know about the request.
