@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::metrics::events::{RefusalLogTick, SpoolLimit, SpoolSampled};
 use crate::metrics::refusal_log;
 use crate::normalizer::{self, Normalizer};
+use crate::priority::DeliveryRuntime;
 use crate::server::{self, Listener, Receiver, Role};
 use crate::sink::direct::DirectSinks;
 use crate::sink::{self, Consumer};
@@ -113,6 +114,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let (sinks_stop, sinks_stop_rx) = watch::channel(false);
     let (normalizer_stop, normalizer_stop_rx) = watch::channel(false);
     let mut sink_tasks = Vec::new();
+    let mut delivery = None;
     let mut gauges = None;
     let mut normalizer = None;
     if let Some((intake, events)) = &logs {
@@ -131,6 +133,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         );
     }
     if let Some((intake, spool)) = &logs {
+        // Off the 200 path, so on threads that yield the CPU to the request handlers.
+        let runtime = DeliveryRuntime::start().context("cannot start the delivery runtime")?;
         for sink_config in &config.sinks {
             let consumer = Consumer {
                 name: sink_config.name.clone(),
@@ -140,12 +144,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 dead_letters: dead_letters.clone(),
             };
             let sink = sink_config.kind.build();
-            sink_tasks.push(tokio::spawn(sink::consume(
+            sink_tasks.push(runtime.spawn(sink::consume(
                 consumer,
                 sink,
                 sinks_stop_rx.clone(),
             )));
         }
+        delivery = Some(runtime);
         gauges = Some(tokio::spawn(update_gauges(
             Arc::clone(intake),
             Arc::clone(spool),
@@ -223,6 +228,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 );
             }
         }
+        drop(delivery);
         reloader.abort();
         refusals.abort();
         metrics.emit(RefusalLogTick { closing: true });

@@ -6,6 +6,8 @@
 //! - [`meta`]: typed, lenient models of Meta's payloads, one module per product.
 //! - [`normalize`]: a verified body becomes one [`event::Event`] per leaf item (pure).
 //! - [`normalizer`]: the stage that normalizes accepted requests after the 200.
+//! - [`priority`]: the work after the 200 (the stage, the sink consumers) yields the CPU to
+//!   the request handlers.
 //! - [`event`]: the unified event schema.
 //! - [`enrich`]: optional enrichment of events after the 200 (Lead Ads answers from the
 //!   Graph API).
@@ -23,6 +25,7 @@ pub mod meta;
 pub mod metrics;
 pub mod normalize;
 pub mod normalizer;
+pub mod priority;
 pub mod secrets;
 pub mod server;
 pub mod sink;

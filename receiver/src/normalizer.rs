@@ -20,9 +20,9 @@
 //! The intake cursor (`intake/cursors/normalizer.cursor`) is committed about once a second
 //! and when idle; it only lets the intake log delete normalized segments.
 //!
-//! The thread runs at a lower CPU priority ([`NICE`]) than the request handlers: under a
-//! burst the 200s go first and normalization catches up after, with the requests durable
-//! in the intake meanwhile (`spool.max_bytes` bounds both logs together).
+//! The thread runs at a lower CPU priority than the request handlers ([`crate::priority`]):
+//! under a burst the 200s go first and normalization catches up after, with the requests
+//! durable in the intake meanwhile (`spool.max_bytes` bounds both logs together).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -41,6 +41,7 @@ use crate::event::{Event, Kind};
 use crate::metrics::Metrics;
 use crate::metrics::events::{EventsAccepted, RequestNormalized};
 use crate::normalize::{self, Context};
+use crate::priority;
 use crate::spool::record::{self, RawRequest};
 use crate::spool::{Cursor, Key, Spool, Spooled};
 
@@ -52,9 +53,6 @@ pub const BATCH: usize = 128;
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
 /// After a failed append, before trying the same records again.
 const RETRY_AFTER: Duration = Duration::from_millis(100);
-/// The stage's nice value: it yields the CPU to the request handlers when both want it
-/// (a weight about a tenth of theirs), without starving when the receiver is busy.
-pub const NICE: i32 = 10;
 
 /// A boxed future, for the object-safe [`Enrich`] hook.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -128,7 +126,7 @@ impl Normalizer {
     }
 
     fn run(self, runtime: &Handle, mut stop: watch::Receiver<bool>) {
-        lower_priority();
+        priority::lower_this_thread();
         let mut head = self.intake.subscribe();
         let mut watermark = self.watermark();
         let mut committed = self.intake.cursor(CONSUMER).map_or(0, |c| c.seq);
@@ -401,15 +399,6 @@ fn wait_for<F: Future>(future: F, timeout: Duration) {
             return;
         }
         std::thread::park_timeout(deadline - now);
-    }
-}
-
-/// Gives this thread the nice value [`NICE`] (Linux: `setpriority` on a thread id
-/// applies to that thread only). Failing only costs priority, so it is logged and ignored.
-fn lower_priority() {
-    let thread = rustix::thread::gettid();
-    if let Err(err) = rustix::process::setpriority_process(Some(thread), NICE) {
-        tracing::debug!(error = %err, "cannot lower the normalization thread's priority");
     }
 }
 
