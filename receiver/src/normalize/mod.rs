@@ -387,42 +387,32 @@ impl<'c> Scope<'c> {
 
 /// The item's JSON with whitespace outside strings removed, so a JSON-lines file keeps one
 /// event per line; the value (every key, every digit) is unchanged. Meta sends compact JSON,
-/// so the usual case is one scan and no copy.
+/// so the usual case is one scan and no copy; strings are skipped with `memchr`, as in
+/// [`check_depth`].
 fn compact(raw: &RawValue) -> Box<RawValue> {
     let bytes = raw.get().as_bytes();
     // Allocated only at the first whitespace outside a string; until then nothing is copied.
     let mut out: Option<Vec<u8>> = None;
-    let mut in_string = false;
-    let mut escaped = false;
-    for (i, &b) in bytes.iter().enumerate() {
-        let keep = if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
+    // Where the bytes not yet copied into `out` start.
+    let mut uncopied = 0;
+    let mut at = 0;
+    while let Some(&byte) = bytes.get(at) {
+        match byte {
+            // Unterminated (not JSON, which the parser refused already): kept whole.
+            b'"' => at = string_end(bytes, at + 1).unwrap_or(bytes.len()),
+            b' ' | b'\n' | b'\r' | b'\t' => {
+                out.get_or_insert_with(|| Vec::with_capacity(bytes.len()))
+                    .extend_from_slice(&bytes[uncopied..at]);
+                at += 1;
+                uncopied = at;
             }
-            true
-        } else if b == b'"' {
-            in_string = true;
-            true
-        } else {
-            !matches!(b, b' ' | b'\n' | b'\r' | b'\t')
-        };
-        match (&mut out, keep) {
-            (Some(out), true) => out.push(b),
-            (None, false) => {
-                let mut copy = Vec::with_capacity(bytes.len());
-                copy.extend_from_slice(&bytes[..i]);
-                out = Some(copy);
-            }
-            _ => {}
+            _ => at += 1,
         }
     }
-    let Some(out) = out else {
+    let Some(mut out) = out else {
         return raw.to_owned();
     };
+    out.extend_from_slice(&bytes[uncopied..]);
     // Removing insignificant whitespace from valid JSON leaves valid UTF-8 JSON (only ASCII
     // bytes outside strings are dropped); fall back to the original rather than fail.
     String::from_utf8(out)

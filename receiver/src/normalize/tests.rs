@@ -351,6 +351,51 @@ fn the_depth_check_agrees_with_a_byte_by_byte_scan() {
     }
 }
 
+/// The byte-by-byte definition of [`compact`]: whitespace outside strings dropped.
+fn compact_bytewise(json: &str) -> String {
+    let (mut out, mut in_string, mut escaped) = (String::new(), false, false);
+    for c in json.chars() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+        } else if matches!(c, ' ' | '\n' | '\r' | '\t') {
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[test]
+fn compacting_agrees_with_a_byte_by_byte_scan() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/meta");
+    let mut bodies = vec![
+        r#"{"a" : "x \" y\\" , "b":[1, 2],"c":"\\"}"#.to_owned(),
+        "[ \"\\\\\", \"tab\\t and spaces  \" ,\t\r\n {} ]".to_owned(),
+        r#"{"text":"  leading and trailing  "}"#.to_owned(),
+    ];
+    for entry in std::fs::read_dir(fixtures).expect("own fixtures") {
+        let body = std::fs::read_to_string(entry.expect("fixture").path()).expect("fixture");
+        // Some own fixtures are deliberately not JSON.
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(&body) else {
+            continue;
+        };
+        bodies.push(serde_json::to_string_pretty(&value).expect("pretty"));
+        bodies.push(body);
+    }
+    for body in &bodies {
+        let raw = RawValue::from_string(body.clone()).expect("valid JSON");
+        assert_eq!(compact(&raw).get(), compact_bytewise(body), "{body}");
+    }
+}
+
 #[test]
 fn an_unrecognized_message_type_is_a_message_with_its_type_carried() {
     let events = run(

@@ -116,6 +116,11 @@ pub fn list(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     Ok(segments)
 }
 
+/// A [`FrameReader`]'s buffer. Every read of the spool (the stage's, each sink's, many
+/// times a second each) opens a reader, so the buffer stays under glibc's default
+/// threshold for mapping fresh pages (128 KiB).
+const READ_BUFFER: usize = 64 * 1024;
+
 /// Reads frames sequentially from a position in a segment.
 #[derive(Debug)]
 pub struct FrameReader {
@@ -129,7 +134,7 @@ impl FrameReader {
         let mut file = File::open(path)?;
         file.seek(SeekFrom::Start(offset))?;
         Ok(FrameReader {
-            reader: BufReader::with_capacity(256 * 1024, file),
+            reader: BufReader::with_capacity(READ_BUFFER, file),
             offset,
         })
     }
@@ -141,8 +146,8 @@ impl FrameReader {
 
     /// The next valid frame; `None` at the end or at the first invalid frame.
     pub fn next_frame(&mut self, expected_seq: Option<u64>) -> std::io::Result<Option<Frame>> {
-        let mut header = [0u8; FRAME_HEADER];
-        if !read_full(&mut self.reader, &mut header)? {
+        let mut header = [0u8; FRAME_HEADER + PAYLOAD_HEADER];
+        if !read_full(&mut self.reader, &mut header[..FRAME_HEADER])? {
             return Ok(None);
         }
         let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
@@ -150,8 +155,19 @@ impl FrameReader {
         if !(PAYLOAD_HEADER..=MAX_FRAME).contains(&len) {
             return Ok(None);
         }
-        let mut payload = vec![0u8; len];
-        if !read_full(&mut self.reader, &mut payload)? || crc32fast::hash(&payload) != crc {
+        // The payload's header and its JSON are read apart, so the JSON lands where it is
+        // kept (no copy to strip the header).
+        let mut json = vec![0u8; len - PAYLOAD_HEADER];
+        if !read_full(&mut self.reader, &mut header[FRAME_HEADER..])?
+            || !read_full(&mut self.reader, &mut json)?
+        {
+            return Ok(None);
+        }
+        let payload = &header[FRAME_HEADER..];
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(payload);
+        hasher.update(&json);
+        if hasher.finalize() != crc {
             return Ok(None);
         }
         let seq = u64::from_le_bytes(payload[0..8].try_into().unwrap_or_default());
@@ -161,13 +177,12 @@ impl FrameReader {
         let received_millis = u64::from_le_bytes(payload[8..16].try_into().unwrap_or_default());
         let mut key = [0u8; 16];
         key.copy_from_slice(&payload[16..32]);
-        payload.drain(..PAYLOAD_HEADER);
         self.offset += (FRAME_HEADER + len) as u64;
         Ok(Some(Frame {
             seq,
             received_millis,
             key,
-            json: payload,
+            json,
         }))
     }
 }
