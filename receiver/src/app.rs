@@ -144,11 +144,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 dead_letters: dead_letters.clone(),
             };
             let sink = sink_config.kind.build();
-            sink_tasks.push(runtime.spawn(sink::consume(
-                consumer,
-                sink,
-                sinks_stop_rx.clone(),
-            )));
+            sink_tasks.push(runtime.spawn(sink::consume(consumer, sink, sinks_stop_rx.clone())));
         }
         delivery = Some(runtime);
         gauges = Some(tokio::spawn(update_gauges(
