@@ -114,7 +114,7 @@ mod tests {
         );
         assert_eq!(
             nice_of_this_thread(),
-            handlers,
+            caller,
             "the caller's thread is left alone"
         );
         // Dropped here, inside the test's runtime: must not panic.
