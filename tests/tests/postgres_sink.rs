@@ -620,3 +620,57 @@ async fn a_redelivered_copy_batch_changes_nothing() -> Result<()> {
         .await?;
     Ok(())
 }
+
+/// Large events (PostgreSQL compresses values over about 2 KB) are compressed with lz4
+/// where the server has it, pglz otherwise, and read back the same either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_events_are_compressed_with_lz4_where_the_server_has_it() -> Result<()> {
+    let db = connect().await?;
+    let lz4: bool = db
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_settings \
+             WHERE name = 'default_toast_compression' AND 'lz4' = ANY(enumvals))",
+            &[],
+        )
+        .await?
+        .get(0);
+    let schema = unique_schema();
+    let mut sink = PostgresSink::new(PostgresSinkConfig {
+        url: URL.to_owned(),
+        url_file: None,
+        schema: schema.clone(),
+    });
+    sink.open(None).await?;
+    let mut large = spooled(1, "wamid.large", "wamid.large", None);
+    let padding = "a long, repetitive message text ".repeat(300);
+    large.json = String::from_utf8(large.json)?
+        .replace(r#""text":"copy 1""#, &format!(r#""text":"{padding}""#))
+        .into_bytes();
+    sink.deliver(&[
+        large.clone(),
+        spooled(2, "wamid.small", "wamid.small", None),
+    ])
+    .await?;
+    let row = db
+        .query_one(
+            &format!(
+                "SELECT pg_column_compression(event), event::text FROM {schema}.events \
+                 WHERE id = 'wamid.large'"
+            ),
+            &[],
+        )
+        .await?;
+    let compression: Option<String> = row.get(0);
+    let expected = if lz4 { "lz4" } else { "pglz" };
+    assert_eq!(
+        compression.as_deref(),
+        Some(expected),
+        "server has lz4: {lz4}"
+    );
+    let stored: serde_json::Value = serde_json::from_str(row.get(1))?;
+    let spooled: serde_json::Value = serde_json::from_slice(&large.json)?;
+    assert_eq!(stored, spooled, "read back as spooled");
+    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await?;
+    Ok(())
+}
