@@ -185,7 +185,7 @@ CREATE INDEX leads_form_idx ON {s}.leads (form_id, created_time);
 /// PostgreSQL compresses a value over about 2 KB (most events: they carry their `raw`),
 /// with pglz unless told otherwise, and pglz was the largest cost of a drain: a quarter of
 /// the backend's CPU in `pglz_compress`; with lz4 (PostgreSQL 14+, when built with it) the
-/// drain ran 1.3–1.4× faster (docs/benchmarks.md). `default_toast_compression` applies to
+/// drain ran 1.13–1.17× faster (docs/benchmarks.md). `default_toast_compression` applies to
 /// this connection's writes only, the staging table's included: no table changes, existing
 /// rows keep their compression and every reader decompresses either. A server without lz4
 /// (or older than 14) keeps its own default, which costs only speed.
