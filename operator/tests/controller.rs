@@ -1101,14 +1101,20 @@ fn deletion_reads() -> Vec<Expect> {
     ]
 }
 
-/// The mock API for a deletion pass of `sub` (the token reads, the Event, the finalizer's
-/// removal), with WABA 5550001 subscribed to the app on the Graph API side.
-fn start_deletion(sub: &metahook_operator::WebhookSubscription) -> MockApi {
+/// A deletion pass of `sub` as the API server sees it: the token reads, the Event, the
+/// finalizer's removal.
+fn deletion_script(sub: &metahook_operator::WebhookSubscription) -> Vec<Expect> {
     let stored = serde_json::to_value(sub).expect("json");
     let mut script = deletion_reads();
     script.push(event(NS));
     script.push(apply(format!("{SUBS}/wa"), Reply::Onto(stored)));
-    let api = MockApi::start(script, Capabilities::default(), test_now());
+    script
+}
+
+/// The mock API for a deletion pass of `sub` ([`deletion_script`]), with WABA 5550001
+/// subscribed to the app on the Graph API side.
+fn start_deletion(sub: &metahook_operator::WebhookSubscription) -> MockApi {
+    let api = MockApi::start(deletion_script(sub), Capabilities::default(), test_now());
     api.graph.nodes.lock().expect("lock").insert(
         "5550001".to_owned(),
         metahook_operator::graph::SubscribedApp {
@@ -1118,6 +1124,23 @@ fn start_deletion(sub: &metahook_operator::WebhookSubscription) -> MockApi {
         },
     );
     api
+}
+
+/// Runs a deletion pass that ends with the finalizer removed (waiting for no change
+/// after); what the mock API served.
+async fn run_deletion(sub: metahook_operator::WebhookSubscription, api: MockApi) -> Vec<Served> {
+    let action = controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("reconcile");
+    assert_eq!(action, Action::await_change());
+    let served = api.finish().await;
+    let patch = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa"));
+    assert_eq!(
+        patch["metadata"]["finalizers"],
+        json!([]),
+        "finalizer removed"
+    );
+    served
 }
 
 #[tokio::test]
@@ -1132,11 +1155,7 @@ async fn deletion_with_the_registration_finalizer_unregisters_then_removes_it() 
             vec!["messages".to_owned(), "account_update".to_owned()],
         ),
     );
-    let action = controller::reconcile(Arc::new(sub), api.ctx.clone())
-        .await
-        .expect("reconcile");
-    assert_eq!(action, Action::await_change());
-    let served = api.finish().await;
+    let served = run_deletion(sub, api).await;
     assert_eq!(
         graph.calls(),
         [
@@ -1152,8 +1171,6 @@ async fn deletion_with_the_registration_finalizer_unregisters_then_removes_it() 
         "a field the operator did not register stays"
     );
     assert_eq!(served[2].body["reason"], "Unregistered");
-    let patch = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa"));
-    assert_eq!(patch["metadata"]["finalizers"], json!([]));
 }
 
 #[tokio::test]
@@ -1180,11 +1197,7 @@ async fn deletion_removes_the_phone_overrides_it_set_before_the_waba_edge() {
             "https://elsewhere.example/x".to_owned(),
         );
     }
-    let action = controller::reconcile(Arc::new(sub), api.ctx.clone())
-        .await
-        .expect("reconcile");
-    assert_eq!(action, Action::await_change());
-    let served = api.finish().await;
+    let served = run_deletion(sub, api).await;
     assert_eq!(
         graph.calls(),
         [
@@ -1212,8 +1225,6 @@ async fn deletion_removes_the_phone_overrides_it_set_before_the_waba_edge() {
             && note.contains("left the callback override of phone number 7770002 (WABA 5550001) alone: Meta holds https://elsewhere.example/x"),
         "{note}"
     );
-    let patch = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa"));
-    assert_eq!(patch["metadata"]["finalizers"], json!([]));
 }
 
 #[tokio::test]
@@ -1245,10 +1256,6 @@ async fn an_unreachable_graph_api_within_the_bound_keeps_the_finalizer() {
 #[tokio::test]
 async fn past_the_bound_the_finalizer_gives_up_with_an_event_naming_what_was_left() {
     let sub = registered_being_deleted();
-    let stored = serde_json::to_value(&sub).expect("json");
-    let mut script = deletion_reads();
-    script.push(event(NS));
-    script.push(apply(format!("{SUBS}/wa"), Reply::Onto(stored)));
     let late = test_now() + time::Duration::seconds(UNREGISTER_TIMEOUT.as_secs() as i64 + 1);
     // A real client of a Graph API that is not there: a port just released.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
@@ -1264,16 +1271,12 @@ async fn past_the_bound_the_finalizer_gives_up_with_an_event_naming_what_was_lef
         })
         .expect("client");
     let api = MockApi::start_with_graph(
-        script,
+        deletion_script(&sub),
         Capabilities::default(),
         late,
         Some(Arc::new(unreachable)),
     );
-    let action = controller::reconcile(Arc::new(sub), api.ctx.clone())
-        .await
-        .expect("gives up");
-    assert_eq!(action, Action::await_change());
-    let served = api.finish().await;
+    let served = run_deletion(sub, api).await;
     assert_eq!(served[2].body["reason"], "UnregistrationAbandoned");
     assert_eq!(served[2].body["type"], "Warning");
     let note = served[2].body["note"].as_str().expect("note");
@@ -1282,8 +1285,6 @@ async fn past_the_bound_the_finalizer_gives_up_with_an_event_naming_what_was_lef
             && note.contains(&format!("GET /5550001/subscribed_apps: error sending request for url (http://{closed}/v23.0/5550001/subscribed_apps)")),
         "{note}"
     );
-    let patch = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa"));
-    assert_eq!(patch["metadata"]["finalizers"], json!([]));
 }
 
 #[tokio::test]

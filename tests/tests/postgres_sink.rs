@@ -25,16 +25,27 @@ fn unique_schema() -> String {
     format!("metahook_test_{}_{nanos}", std::process::id())
 }
 
+fn store_config(schema: &str) -> PostgresSinkConfig {
+    PostgresSinkConfig {
+        url: URL.to_owned(),
+        url_file: None,
+        schema: schema.to_owned(),
+    }
+}
+
 fn postgres_sink(schema: &str) -> SinkConfig {
     SinkConfig {
         name: "store".into(),
         retry: metahook_receiver::config::RetryConfig::default(),
-        kind: SinkKind::Postgres(PostgresSinkConfig {
-            url: URL.to_owned(),
-            url_file: None,
-            schema: schema.to_owned(),
-        }),
+        kind: SinkKind::Postgres(store_config(schema)),
     }
+}
+
+/// The sink itself (no receiver), connected and migrated: a new connection each call.
+async fn open_sink(schema: &str) -> Result<PostgresSink> {
+    let mut sink = PostgresSink::new(store_config(schema));
+    sink.open(None).await?;
+    Ok(sink)
 }
 
 async fn connect() -> Result<tokio_postgres::Client> {
@@ -494,12 +505,7 @@ fn spooled(seq: u64, id: &str, wamid: &str, status: Option<&str>) -> Spooled {
 async fn a_redelivered_copy_batch_changes_nothing() -> Result<()> {
     let db = connect().await?;
     let schema = unique_schema();
-    let mut sink = PostgresSink::new(PostgresSinkConfig {
-        url: URL.to_owned(),
-        url_file: None,
-        schema: schema.clone(),
-    });
-    sink.open(None).await?;
+    let mut sink = open_sink(&schema).await?;
     let counts = || async {
         let mut counts = Vec::new();
         for table in ["events", "messages", "conversations"] {
@@ -607,12 +613,7 @@ async fn a_redelivered_copy_batch_changes_nothing() -> Result<()> {
     );
 
     // A new connection (as after a restart) redelivers: still nothing twice.
-    let mut again = PostgresSink::new(PostgresSinkConfig {
-        url: URL.to_owned(),
-        url_file: None,
-        schema: schema.clone(),
-    });
-    again.open(None).await?;
+    let mut again = open_sink(&schema).await?;
     again.deliver(&batch).await?;
     assert_eq!(counts().await?, [3004, 3001, 1]);
     assert_eq!(status().await?, ("failed".to_owned(), 5));
@@ -635,12 +636,7 @@ async fn large_events_are_compressed_with_lz4_where_the_server_has_it() -> Resul
         .await?
         .get(0);
     let schema = unique_schema();
-    let mut sink = PostgresSink::new(PostgresSinkConfig {
-        url: URL.to_owned(),
-        url_file: None,
-        schema: schema.clone(),
-    });
-    sink.open(None).await?;
+    let mut sink = open_sink(&schema).await?;
     let mut large = spooled(1, "wamid.large", "wamid.large", None);
     let padding = "a long, repetitive message text ".repeat(300);
     large.json = String::from_utf8(large.json)?
