@@ -133,20 +133,27 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         );
     }
     if let Some((intake, spool)) = &logs {
-        // Off the 200 path, so on threads that yield the CPU to the request handlers.
-        let runtime = DeliveryRuntime::start().context("cannot start the delivery runtime")?;
-        for sink_config in &config.sinks {
-            let consumer = Consumer {
-                name: sink_config.name.clone(),
-                spool: Arc::clone(spool),
-                metrics: Arc::clone(&metrics),
-                retry: sink_config.retry.clone(),
-                dead_letters: dead_letters.clone(),
-            };
-            let sink = sink_config.kind.build();
-            sink_tasks.push(runtime.spawn(sink::consume(consumer, sink, sinks_stop_rx.clone())));
+        // Off the 200 path, so on threads that yield the CPU to the request handlers; none
+        // started while no sink is configured.
+        if !config.sinks.is_empty() {
+            let runtime = DeliveryRuntime::start().context("cannot start the delivery runtime")?;
+            for sink_config in &config.sinks {
+                let consumer = Consumer {
+                    name: sink_config.name.clone(),
+                    spool: Arc::clone(spool),
+                    metrics: Arc::clone(&metrics),
+                    retry: sink_config.retry.clone(),
+                    dead_letters: dead_letters.clone(),
+                };
+                let sink = sink_config.kind.build();
+                sink_tasks.push(runtime.spawn(sink::consume(
+                    consumer,
+                    sink,
+                    sinks_stop_rx.clone(),
+                )));
+            }
+            delivery = Some(runtime);
         }
-        delivery = Some(runtime);
         gauges = Some(tokio::spawn(update_gauges(
             Arc::clone(intake),
             Arc::clone(spool),
