@@ -352,6 +352,11 @@ pub struct SpoolConfig {
     /// normalized right now, so they share its fsync. Never waits when none are.
     #[serde(default = "default_group_commit_wait", with = "humantime_serde")]
     pub group_commit_wait: Duration,
+    /// Whether new segments are written over space that is already allocated and synced
+    /// (a recycled segment, or one zero-filled in the background), so a group commit's
+    /// fsync needs no journal commit. Off: segments are appended to.
+    #[serde(default = "default_preallocate_segments")]
+    pub preallocate_segments: bool,
 }
 
 impl SpoolConfig {
@@ -365,6 +370,7 @@ impl SpoolConfig {
             segment_bytes: default_segment_bytes(),
             max_group_requests: default_max_group(),
             group_commit_wait: default_group_commit_wait(),
+            preallocate_segments: default_preallocate_segments(),
         }
     }
 }
@@ -487,6 +493,9 @@ fn default_segment_bytes() -> u64 {
 }
 fn default_group_commit_wait() -> Duration {
     Duration::from_millis(1)
+}
+fn default_preallocate_segments() -> bool {
+    true
 }
 fn default_max_group() -> usize {
     1024

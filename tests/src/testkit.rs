@@ -79,6 +79,7 @@ pub fn config_in(dir: &Path) -> Result<Config> {
             dedup_max_entries: 100_000,
             max_bytes: 0,
             group_commit_wait: Duration::from_millis(1),
+            preallocate_segments: true,
             segment_bytes: 64 * 1024 * 1024,
             max_group_requests: 1024,
         },

@@ -345,9 +345,13 @@ fn newest(dir: &Path) -> Result<(u64, u64)> {
     use metahook_receiver::spool::record::source_of;
     use metahook_receiver::spool::segment::{FrameReader, list};
     let (mut seq, mut source) = (0, 0);
-    for (_, path) in list(dir)? {
+    for (first, path) in list(dir)? {
+        // Frames chain by seq: what follows the last one (zeros, or a recycled segment's
+        // older records) is not read.
         let mut reader = FrameReader::open(&path, 0)?;
-        while let Some(frame) = reader.next_frame(None)? {
+        let mut expected = first;
+        while let Some(frame) = reader.next_frame(Some(expected))? {
+            expected = frame.seq + 1;
             seq = seq.max(frame.seq);
             source = source.max(source_of(&frame.key).unwrap_or(0));
         }

@@ -232,11 +232,27 @@ pub fn recover(path: &Path, first_seq: u64, mut each: impl FnMut(&Frame)) -> std
     scan.valid_len = reader.offset();
     let file = OpenOptions::new().write(true).open(path)?;
     if file.metadata()?.len() > scan.valid_len {
-        tracing::warn!(segment = %path.display(), valid_bytes = scan.valid_len, "truncating an incomplete tail (a write cut by a crash)");
+        if is_spare_space(path, scan.valid_len, expected)? {
+            tracing::debug!(segment = %path.display(), valid_bytes = scan.valid_len, "releasing the preallocated space after the last record");
+        } else {
+            tracing::warn!(segment = %path.display(), valid_bytes = scan.valid_len, "truncating an incomplete tail (a write cut by a crash)");
+        }
         file.set_len(scan.valid_len)?;
         file.sync_all()?;
     }
     Ok(scan)
+}
+
+/// Whether what follows the last valid record (at `offset`) is a spare's unused space:
+/// zeros, or a recycled segment's older records, rather than a torn write.
+fn is_spare_space(path: &Path, offset: u64, expected_seq: u64) -> std::io::Result<bool> {
+    let mut reader = FrameReader::open(path, offset)?;
+    let mut header = [0u8; FRAME_HEADER];
+    if !read_full(&mut reader.reader, &mut header)? || header == [0; FRAME_HEADER] {
+        return Ok(true);
+    }
+    let older = FrameReader::open(path, offset)?.next_frame(None)?;
+    Ok(older.is_some_and(|frame| frame.seq < expected_seq))
 }
 
 /// Makes a directory entry (a new or removed file) durable.
@@ -268,6 +284,59 @@ mod tests {
         );
         assert_eq!(scan.last_seq, Some(2));
         assert_eq!(std::fs::metadata(&file).expect("meta").len(), whole as u64);
+    }
+
+    #[test]
+    fn a_spares_zeros_or_older_records_after_the_last_record_are_never_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A recycled segment: records 10 and 11 written over one that held 3, 4 and 5,
+        // the old ones lying exactly where the next record would start.
+        let recycled = path(dir.path(), 10);
+        let mut bytes = Vec::new();
+        encode(&mut bytes, 10, 1, &[0; 16], b"{\"new\":10}");
+        encode(&mut bytes, 11, 1, &[0; 16], b"{\"new\":11}");
+        let written = bytes.len();
+        for seq in 3..=5 {
+            encode(&mut bytes, seq, 1, &[0; 16], b"{\"old\":1}");
+        }
+        std::fs::write(&recycled, &bytes).expect("write");
+        let mut reader = FrameReader::open(&recycled, 0).expect("open");
+        let mut read = Vec::new();
+        let mut expected = 10;
+        while let Some(frame) = reader.next_frame(Some(expected)).expect("read") {
+            expected = frame.seq + 1;
+            read.push(frame.seq);
+        }
+        assert_eq!(read, [10, 11], "a reader stops at the older records");
+        assert!(is_spare_space(&recycled, written as u64, 12).expect("peek"));
+        let scan = recover(&recycled, 10, |_| {}).expect("recover");
+        assert_eq!((scan.last_seq, scan.valid_len), (Some(11), written as u64));
+        assert_eq!(
+            std::fs::metadata(&recycled).expect("meta").len(),
+            written as u64,
+            "recovery cuts the segment after its last record"
+        );
+
+        // A zero-filled spare: records, then zeros.
+        let zeroed = path(dir.path(), 20);
+        let mut bytes = Vec::new();
+        encode(&mut bytes, 20, 1, &[0; 16], b"{}");
+        let written = bytes.len();
+        bytes.resize(4096, 0);
+        std::fs::write(&zeroed, &bytes).expect("write");
+        assert!(is_spare_space(&zeroed, written as u64, 21).expect("peek"));
+        let scan = recover(&zeroed, 20, |_| {}).expect("recover");
+        assert_eq!((scan.last_seq, scan.valid_len), (Some(20), written as u64));
+
+        // A torn write is told apart from both.
+        let torn = path(dir.path(), 30);
+        let mut bytes = Vec::new();
+        encode(&mut bytes, 30, 1, &[0; 16], b"{}");
+        let written = bytes.len();
+        encode(&mut bytes, 31, 1, &[0; 16], b"{\"cut\":true}");
+        bytes.truncate(bytes.len() - 4);
+        std::fs::write(&torn, &bytes).expect("write");
+        assert!(!is_spare_space(&torn, written as u64, 31).expect("peek"));
     }
 
     #[test]
