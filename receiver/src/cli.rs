@@ -83,8 +83,8 @@ Configuration keys (YAML; durations like 500ms, 30s, 24h; the default follows
                        (no limit)
     max_group_requests requests per group commit; default 1024
     group_commit_wait  wait for requests about to append; default 1ms
-    preallocate_segments write new segments over space allocated ahead
-                       (recycled or zero-filled); default true
+    preallocate_segments write each new segment over a delivered one
+                       (faster fsyncs); default true
   sinks[]:
     name               sink name (its cursor and metrics label)
     file.path          JSON-lines file

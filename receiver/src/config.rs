@@ -352,9 +352,9 @@ pub struct SpoolConfig {
     /// normalized right now, so they share its fsync. Never waits when none are.
     #[serde(default = "default_group_commit_wait", with = "humantime_serde")]
     pub group_commit_wait: Duration,
-    /// Whether new segments are written over space that is already allocated and synced
-    /// (a recycled segment, or one zero-filled in the background), so a group commit's
-    /// fsync needs no journal commit. Off: segments are appended to.
+    /// Whether one delivered segment is kept and the next segment written over it (space
+    /// already allocated and synced), so a group commit's fsync needs no journal commit.
+    /// Off: delivered segments are deleted and new ones appended to.
     #[serde(default = "default_preallocate_segments")]
     pub preallocate_segments: bool,
 }

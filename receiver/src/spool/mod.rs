@@ -15,11 +15,10 @@
 //! - **Cursors** ([`cursor`]): each sink's (last delivered seq, resume state), replaced
 //!   atomically; sinks read forward from their own cursor, independently.
 //! - **Compaction**: a segment is deleted once every configured sink has passed it, or
-//!   kept as the next segment's space.
-//! - **Preallocation** ([`spare`]): a new segment is written over blocks that are already
-//!   allocated and synced (a recycled segment, or zeros written in the background), so a
-//!   group commit's `fdatasync` flushes data without a journal commit, about half the
-//!   cost of one after an append. A segment is cut after its last record when sealed.
+//!   kept as the next segment ([`spare`]): written over blocks that are already allocated
+//!   and synced, a group commit's `fdatasync` flushes data without a journal commit, about
+//!   half the cost of one after an append. A segment is cut after its last record when
+//!   sealed.
 //! - **Dedup** ([`dedup`]): a request whose key (its HMAC) was accepted within the window
 //!   is answered 200 without being stored again.
 //! - **Recovery** reads the tail only: the newest segment is scanned and an incomplete
@@ -181,8 +180,8 @@ struct Shared {
     max_bytes: u64,
     /// Whether `.keys` files are kept beside the segments (a deduplicating log).
     keys: bool,
-    /// The next segment, allocated ahead (`spool.preallocate_segments`).
-    spare: Option<Arc<Spare>>,
+    /// A delivered segment kept as the next one (`spool.preallocate_segments`).
+    spare: Option<Spare>,
 }
 
 /// The spool; see the module docs.
@@ -306,7 +305,7 @@ impl Spool {
 
         let spare = if config.preallocate_segments {
             Some(
-                Spare::open(&dir, config.segment_bytes, !segments.is_empty())
+                Spare::open(&dir, !segments.is_empty())
                     .map_err(io("cannot open the spare segment"))?,
             )
         } else {
@@ -325,7 +324,7 @@ impl Spool {
                 false,
             ),
             None => {
-                let (file, info, preallocated) = create_segment(&dir, next_seq, spare.as_deref())?;
+                let (file, info, preallocated) = create_segment(&dir, next_seq, spare.as_ref())?;
                 segments.push(info);
                 (file, preallocated)
             }
@@ -496,7 +495,7 @@ impl Spool {
             };
             let mut expected = from_seq;
             let mut found = Vec::new();
-            // Past the head lies a write in progress, or a spare's zeros or old records:
+            // Past the head lies a write in progress, or a recycled segment's old records:
             // nothing to read.
             while out.len() < max && expected <= head {
                 let at = reader.offset();
@@ -978,7 +977,13 @@ impl Writer {
                 }
             }
         }
-        if let Err(err) = self.active.sync_all() {
+        // Cut after the last record, as when sealed: a clean stop leaves no recycled tail.
+        let cut = if self.active_preallocated {
+            self.active.set_len(self.active_len)
+        } else {
+            Ok(())
+        };
+        if let Err(err) = cut.and_then(|()| self.active.sync_all()) {
             tracing::error!(error = %err, "final spool sync failed");
         }
     }
@@ -1083,14 +1088,7 @@ impl Writer {
                 .map_err(io("cannot fsync the active segment"))?;
             let written = self.buffer.len() as u64;
             self.active_len += written;
-            // The next spare is made once a quarter of this segment is used: early enough
-            // to be ready at the rotation, late enough that compaction usually recycles a
-            // segment first (and that a short-lived spool writes no zeros).
-            if self.active_len >= self.segment_bytes / 4
-                && let Some(spare) = &self.shared.spare
-            {
-                spare.prepare();
-            }
+
             self.shared.bytes.fetch_add(written, Ordering::SeqCst);
             if let Ok(mut segments) = self.shared.segments.write()
                 && let Some(last) = segments.last_mut()
@@ -1123,11 +1121,8 @@ impl Writer {
             keys.sync_all()
                 .map_err(io("cannot sync the full segment's keys"))?;
         }
-        let (file, info, preallocated) = create_segment(
-            &self.shared.dir,
-            self.next_seq,
-            self.shared.spare.as_deref(),
-        )?;
+        let (file, info, preallocated) =
+            create_segment(&self.shared.dir, self.next_seq, self.shared.spare.as_ref())?;
         if self.keys_file.is_some() {
             let keys = segment::keys_path(&info.path);
             self.keys_file = Some(

@@ -232,8 +232,8 @@ pub fn recover(path: &Path, first_seq: u64, mut each: impl FnMut(&Frame)) -> std
     scan.valid_len = reader.offset();
     let file = OpenOptions::new().write(true).open(path)?;
     if file.metadata()?.len() > scan.valid_len {
-        if is_spare_space(path, scan.valid_len, expected)? {
-            tracing::debug!(segment = %path.display(), valid_bytes = scan.valid_len, "releasing the preallocated space after the last record");
+        if is_recycled_space(path, scan.valid_len, expected)? {
+            tracing::debug!(segment = %path.display(), valid_bytes = scan.valid_len, "cutting a recycled segment after its last record");
         } else {
             tracing::warn!(segment = %path.display(), valid_bytes = scan.valid_len, "truncating an incomplete tail (a write cut by a crash)");
         }
@@ -243,14 +243,9 @@ pub fn recover(path: &Path, first_seq: u64, mut each: impl FnMut(&Frame)) -> std
     Ok(scan)
 }
 
-/// Whether what follows the last valid record (at `offset`) is a spare's unused space:
-/// zeros, or a recycled segment's older records, rather than a torn write.
-fn is_spare_space(path: &Path, offset: u64, expected_seq: u64) -> std::io::Result<bool> {
-    let mut reader = FrameReader::open(path, offset)?;
-    let mut header = [0u8; FRAME_HEADER];
-    if !read_full(&mut reader.reader, &mut header)? || header == [0; FRAME_HEADER] {
-        return Ok(true);
-    }
+/// Whether what follows the last valid record (at `offset`) is the rest of a recycled
+/// segment (an older record) rather than a torn write.
+fn is_recycled_space(path: &Path, offset: u64, expected_seq: u64) -> std::io::Result<bool> {
     let older = FrameReader::open(path, offset)?.next_frame(None)?;
     Ok(older.is_some_and(|frame| frame.seq < expected_seq))
 }
@@ -287,10 +282,10 @@ mod tests {
     }
 
     #[test]
-    fn a_spares_zeros_or_older_records_after_the_last_record_are_never_read() {
+    fn a_recycled_segments_older_records_are_never_read() {
         let dir = tempfile::tempdir().expect("tempdir");
-        // A recycled segment: records 10 and 11 written over one that held 3, 4 and 5,
-        // the old ones lying exactly where the next record would start.
+        // Records 10 and 11 written over a segment that held 3, 4 and 5, the old ones
+        // lying exactly where the next record would start.
         let recycled = path(dir.path(), 10);
         let mut bytes = Vec::new();
         encode(&mut bytes, 10, 1, &[0; 16], b"{\"new\":10}");
@@ -308,7 +303,7 @@ mod tests {
             read.push(frame.seq);
         }
         assert_eq!(read, [10, 11], "a reader stops at the older records");
-        assert!(is_spare_space(&recycled, written as u64, 12).expect("peek"));
+        assert!(is_recycled_space(&recycled, written as u64, 12).expect("peek"));
         let scan = recover(&recycled, 10, |_| {}).expect("recover");
         assert_eq!((scan.last_seq, scan.valid_len), (Some(11), written as u64));
         assert_eq!(
@@ -317,18 +312,7 @@ mod tests {
             "recovery cuts the segment after its last record"
         );
 
-        // A zero-filled spare: records, then zeros.
-        let zeroed = path(dir.path(), 20);
-        let mut bytes = Vec::new();
-        encode(&mut bytes, 20, 1, &[0; 16], b"{}");
-        let written = bytes.len();
-        bytes.resize(4096, 0);
-        std::fs::write(&zeroed, &bytes).expect("write");
-        assert!(is_spare_space(&zeroed, written as u64, 21).expect("peek"));
-        let scan = recover(&zeroed, 20, |_| {}).expect("recover");
-        assert_eq!((scan.last_seq, scan.valid_len), (Some(20), written as u64));
-
-        // A torn write is told apart from both.
+        // A torn write, or zeros where a crash left the data unwritten, is told apart.
         let torn = path(dir.path(), 30);
         let mut bytes = Vec::new();
         encode(&mut bytes, 30, 1, &[0; 16], b"{}");
@@ -336,7 +320,11 @@ mod tests {
         encode(&mut bytes, 31, 1, &[0; 16], b"{\"cut\":true}");
         bytes.truncate(bytes.len() - 4);
         std::fs::write(&torn, &bytes).expect("write");
-        assert!(!is_spare_space(&torn, written as u64, 31).expect("peek"));
+        assert!(!is_recycled_space(&torn, written as u64, 31).expect("peek"));
+        bytes.truncate(written);
+        bytes.resize(written + 4096, 0);
+        std::fs::write(&torn, &bytes).expect("write");
+        assert!(!is_recycled_space(&torn, written as u64, 31).expect("peek"));
     }
 
     #[test]

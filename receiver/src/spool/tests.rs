@@ -400,37 +400,54 @@ fn assert_tail(spool: &Spool, head: u64) {
 }
 
 #[tokio::test]
-async fn records_written_over_spares_read_back_exactly_across_restarts() {
+async fn records_written_over_recycled_segments_read_back_exactly_across_restarts() {
+    use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().expect("tempdir");
+    let segments_dir = dir.path().join("segments");
     let sinks = ["a".to_owned()];
     let spool = Spool::open(&config(dir.path()), &sinks).expect("open");
     append_following(&spool, 1..=80).await;
     assert_tail(&spool, 80);
-    // A spare (recycled, or zero-filled in the background) waits for the next rotation;
-    // with one ready, the next append goes into a spare whatever segment is active.
-    let spare = dir.path().join("segments").join("spare");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !spare.is_file() {
-        assert!(Instant::now() < deadline, "no spare was made");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    append_following(&spool, 81..=81).await;
+    let spare = std::fs::metadata(segments_dir.join("spare"))
+        .expect("a delivered segment waits as the spare");
     spool.close();
     drop(spool);
     let segments = chained(dir.path());
-    let (sealed, newest) = segments.split_at(segments.len() - 1);
     assert!(
-        sealed.iter().all(|(count, ends)| *count > 0 && *ends),
-        "sealed segments end after their last record: {segments:?}"
-    );
-    assert!(
-        !newest[0].1,
-        "the active segment was written in place, over a spare: {segments:?}"
+        segments.iter().all(|(count, ends)| *count > 0 && *ends),
+        "every segment ends after its last record (sealed, or cut at close): {segments:?}"
     );
 
+    // After a restart the spare is still there, and the next append goes into it.
     let spool = Spool::open(&config(dir.path()), &sinks).expect("reopen");
-    assert_eq!(*spool.subscribe().borrow(), 81, "the head survives");
+    assert_eq!(*spool.subscribe().borrow(), 80, "the head survives");
+    assert_tail(&spool, 80);
+    append_following(&spool, 81..=81).await;
+    let (_, newest) = segment::list(&segments_dir)
+        .expect("list")
+        .pop()
+        .expect("a segment");
+    assert_eq!(
+        std::fs::metadata(&newest).expect("meta").ino(),
+        spare.ino(),
+        "the new segment is the recycled one"
+    );
+    assert_eq!(
+        chained(dir.path()).last(),
+        Some(&(1, false)),
+        "one record, then the recycled segment's older ones"
+    );
     assert_tail(&spool, 81);
+    spool.close();
+    drop(spool);
+
+    let spool = Spool::open(&config(dir.path()), &sinks).expect("reopen");
+    assert_eq!(
+        chained(dir.path()).last(),
+        Some(&(1, true)),
+        "cut at start-up"
+    );
+    assert_eq!(*spool.subscribe().borrow(), 81);
     append_following(&spool, 82..=120).await;
     assert_tail(&spool, 120);
 }
