@@ -19,11 +19,13 @@ use tokio::sync::Mutex;
 
 const PATH: &str = "/webhooks/whatsapp";
 
+/// The spool's segments are small, so that kills land while segments rotate and
+/// delivered ones are recycled as the next (`spool.preallocate_segments`).
 fn write_config(dir: &Path, port: u16, extra_sinks: &str) -> Result<std::path::PathBuf> {
     std::fs::write(dir.join("app-secret"), SECRET)?;
     std::fs::write(dir.join("verify-token"), "token")?;
     let config = format!(
-        "listen: 127.0.0.1:{port}\nendpoints:\n  - name: whatsapp\n    path: {PATH}\n    app_secret_file: {d}/app-secret\n    verify_token_file: {d}/verify-token\nspool:\n  dir: {d}/spool\nsinks:\n  - name: local\n    file: {{path: {d}/events.jsonl}}\n{extra_sinks}shutdown_grace: 10s\n",
+        "listen: 127.0.0.1:{port}\nendpoints:\n  - name: whatsapp\n    path: {PATH}\n    app_secret_file: {d}/app-secret\n    verify_token_file: {d}/verify-token\nspool:\n  dir: {d}/spool\n  segment_bytes: 131072\nsinks:\n  - name: local\n    file: {{path: {d}/events.jsonl}}\n{extra_sinks}shutdown_grace: 10s\n",
         d = dir.display()
     );
     let path = dir.join("config.yaml");
