@@ -177,7 +177,7 @@ impl Metrics {
         registry.register(Box::new(spool_oldest_age.clone()))?;
         let spool_bytes = IntGauge::new(
             "metahook_spool_bytes",
-            "Bytes the spool's segment files take.",
+            "Bytes of records in the spool's segment files (spare segments not counted).",
         )?;
         registry.register(Box::new(spool_bytes.clone()))?;
         let spool_limit_bytes = IntGauge::new(

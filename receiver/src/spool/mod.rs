@@ -1088,7 +1088,6 @@ impl Writer {
                 .map_err(io("cannot fsync the active segment"))?;
             let written = self.buffer.len() as u64;
             self.active_len += written;
-
             self.shared.bytes.fetch_add(written, Ordering::SeqCst);
             if let Ok(mut segments) = self.shared.segments.write()
                 && let Some(last) = segments.last_mut()
