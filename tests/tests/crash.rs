@@ -345,18 +345,15 @@ async fn sigterm_drains_and_exits_zero() -> Result<()> {
 /// records there name (event log), read the way the receiver stores them.
 fn newest(dir: &Path) -> Result<(u64, u64)> {
     use metahook_receiver::spool::record::source_of;
-    use metahook_receiver::spool::segment::{FrameReader, list};
+    use metahook_receiver::spool::segment::{list, scan};
     let (mut seq, mut source) = (0, 0);
     for (first, path) in list(dir)? {
-        // Frames chain by seq: what follows the last one (zeros, or a recycled segment's
-        // older records) is not read.
-        let mut reader = FrameReader::open(&path, 0)?;
-        let mut expected = first;
-        while let Some(frame) = reader.next_frame(Some(expected))? {
-            expected = frame.seq + 1;
+        // Frames chain by seq: what follows the last one (a recycled segment's older
+        // records) is not read.
+        scan(&path, first, |frame| {
             seq = seq.max(frame.seq);
             source = source.max(source_of(&frame.key).unwrap_or(0));
-        }
+        })?;
     }
     Ok((seq, source))
 }

@@ -896,17 +896,11 @@ fn recover_tail(
     if tail.is_none()
         && let Some((first_seq, path)) = sealed.last()
     {
-        let mut reader =
-            FrameReader::open(path, 0).map_err(io(format!("cannot read {}", path.display())))?;
-        let mut expected = *first_seq;
-        while let Some(frame) = reader
-            .next_frame(Some(expected))
-            .map_err(io(format!("cannot read {}", path.display())))?
-        {
-            expected = frame.seq + 1;
-            tail_run = extend_run(tail, tail_run, &frame);
+        segment::scan(path, *first_seq, |frame| {
+            tail_run = extend_run(tail, tail_run, frame);
             tail = Some((frame.seq, frame.key));
-        }
+        })
+        .map_err(io(format!("cannot read {}", path.display())))?;
     }
     segments.push(SegmentInfo {
         first_seq: *newest_first,

@@ -212,8 +212,10 @@ pub struct Scan {
     pub index: Vec<(u64, u64)>,
 }
 
-/// Scans a segment, calling `each` for every valid frame, and truncates an invalid tail.
-pub fn recover(path: &Path, first_seq: u64, mut each: impl FnMut(&Frame)) -> std::io::Result<Scan> {
+/// Reads a segment's records as they chain from `first_seq` (each the seq after the one
+/// before), calling `each` for every one; stops at the first that does not (a torn
+/// write, or a recycled segment's older records). Reads only.
+pub fn scan(path: &Path, first_seq: u64, mut each: impl FnMut(&Frame)) -> std::io::Result<Scan> {
     let mut reader = FrameReader::open(path, 0)?;
     let mut scan = Scan::default();
     let mut expected = first_seq;
@@ -230,6 +232,13 @@ pub fn recover(path: &Path, first_seq: u64, mut each: impl FnMut(&Frame)) -> std
         expected = frame.seq + 1;
     }
     scan.valid_len = reader.offset();
+    Ok(scan)
+}
+
+/// [`scan`]s a segment and cuts it after its last valid record.
+pub fn recover(path: &Path, first_seq: u64, each: impl FnMut(&Frame)) -> std::io::Result<Scan> {
+    let scan = scan(path, first_seq, each)?;
+    let expected = scan.last_seq.map_or(first_seq, |last| last + 1);
     let file = OpenOptions::new().write(true).open(path)?;
     if file.metadata()?.len() > scan.valid_len {
         if is_recycled_space(path, scan.valid_len, expected)? {
@@ -295,13 +304,8 @@ mod tests {
             encode(&mut bytes, seq, 1, &[0; 16], b"{\"old\":1}");
         }
         std::fs::write(&recycled, &bytes).expect("write");
-        let mut reader = FrameReader::open(&recycled, 0).expect("open");
         let mut read = Vec::new();
-        let mut expected = 10;
-        while let Some(frame) = reader.next_frame(Some(expected)).expect("read") {
-            expected = frame.seq + 1;
-            read.push(frame.seq);
-        }
+        scan(&recycled, 10, |frame| read.push(frame.seq)).expect("scan");
         assert_eq!(read, [10, 11], "a reader stops at the older records");
         assert!(is_recycled_space(&recycled, written as u64, 12).expect("peek"));
         let scan = recover(&recycled, 10, |_| {}).expect("recover");

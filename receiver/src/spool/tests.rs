@@ -360,15 +360,10 @@ fn chained(dir: &Path) -> Vec<(u64, bool)> {
         .expect("list")
         .into_iter()
         .map(|(first, path)| {
-            let mut reader = FrameReader::open(&path, 0).expect("open");
-            let mut expected = first;
             let mut count = 0;
-            while let Some(frame) = reader.next_frame(Some(expected)).expect("read") {
-                expected = frame.seq + 1;
-                count += 1;
-            }
+            let scan = segment::scan(&path, first, |_| count += 1).expect("scan");
             let len = std::fs::metadata(&path).expect("meta").len();
-            (count, reader.offset() == len)
+            (count, scan.valid_len == len)
         })
         .collect()
 }
