@@ -503,8 +503,7 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
     match format {
         LogFormat::Json => builder
             .json()
-            .flatten_event(true)
-            .with_current_span(false)
+            .event_format(crate::json_log::JsonLines::new())
             .init(),
         LogFormat::Text => builder.init(),
     }

@@ -21,6 +21,7 @@ pub mod client_auth;
 pub mod config;
 pub mod enrich;
 pub mod event;
+pub mod json_log;
 pub mod meta;
 pub mod metrics;
 pub mod normalize;
