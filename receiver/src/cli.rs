@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::{app, verify};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 /// Receives Meta webhooks (WhatsApp, Messenger, Instagram, Facebook Pages), verifies each
 /// request's X-Hub-Signature-256, normalizes every item into one event schema and stores it
@@ -483,20 +484,23 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 }
 
 /// JSON (or text) log lines on standard error, written by a background thread through a
-/// buffer: one line per request at tens of thousands of requests a second would otherwise
-/// cost a write system call each on the request path. Lines are never dropped (a full
-/// queue blocks the logger); those still buffered are lost only with the process (kill -9).
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// buffer ([`crate::log_writer`]): one line per request at tens of thousands of requests a
+/// second would otherwise cost a write system call each on the request path. Lines are
+/// never dropped (a full buffer makes the logger wait); those still buffered are lost only
+/// with the process (kill -9).
+fn init_logging(format: LogFormat) -> Option<crate::log_writer::LogGuard> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(64 * 1024)
-        .thread_name("log-writer")
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stderr(),
-        ));
+    let (writer, guard) = match crate::log_writer::buffered(std::io::stderr()) {
+        Ok((writer, guard)) => (BoxMakeWriter::new(writer), Some(guard)),
+        Err(err) => {
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "cannot start the log writer thread ({err}); writing log lines directly"
+            );
+            (BoxMakeWriter::new(std::io::stderr), None)
+        }
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);

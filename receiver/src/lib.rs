@@ -22,6 +22,7 @@ pub mod config;
 pub mod enrich;
 pub mod event;
 pub mod json_log;
+pub mod log_writer;
 pub mod meta;
 pub mod metrics;
 pub mod normalize;

@@ -1,0 +1,276 @@
+//! Where log lines go: one shared buffer that a background thread writes out.
+//!
+//! One line per request at tens of thousands of requests a second must not cost a write
+//! system call each on the request path, nor an allocation, a channel send and a thread
+//! wake-up each (tracing-appender's non-blocking writer did, about 6% of the receiver's
+//! CPU: docs/benchmarks.md). A line is copied into the buffer under a short lock; the
+//! thread takes the whole buffer every [`FLUSH_EVERY`], or sooner once it holds
+//! [`FLUSH_AT`] bytes, and writes it with one call. Lines are never dropped: a writer
+//! waits while the buffer holds [`LIMIT`] bytes. Those not yet written are lost only with
+//! the process (kill -9); [`LogGuard`]'s drop writes the rest.
+
+use std::io::{self, Write};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tracing_subscriber::fmt::MakeWriter;
+
+/// How long a line may wait in the buffer.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(10);
+/// Buffered bytes that wake the thread before [`FLUSH_EVERY`].
+pub const FLUSH_AT: usize = 64 * 1024;
+/// Buffered bytes at which writers wait for the thread.
+pub const LIMIT: usize = 4 * 1024 * 1024;
+
+struct State {
+    lines: Vec<u8>,
+    closed: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// The thread waits on it for lines; writers wake it at [`FLUSH_AT`] and at close.
+    filled: Condvar,
+    /// Writers wait on it while the buffer is at [`LIMIT`].
+    drained: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves whole lines (each is one extend).
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The [`MakeWriter`] log lines are written through.
+#[derive(Clone)]
+pub struct LogWriter {
+    shared: Arc<Shared>,
+}
+
+/// Stops the thread once everything buffered is written (keep it until the process ends).
+pub struct LogGuard {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// A writer of lines to `out` through a buffer, and the guard that flushes it at the end.
+pub fn buffered<W: Write + Send + 'static>(out: W) -> io::Result<(LogWriter, LogGuard)> {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            lines: Vec::with_capacity(FLUSH_AT * 2),
+            closed: false,
+        }),
+        filled: Condvar::new(),
+        drained: Condvar::new(),
+    });
+    let thread = {
+        let shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || write_out(&shared, out))?
+    };
+    Ok((
+        LogWriter {
+            shared: Arc::clone(&shared),
+        },
+        LogGuard {
+            shared,
+            thread: Some(thread),
+        },
+    ))
+}
+
+/// The thread: takes the buffer whole and writes it, until closed and empty.
+fn write_out<W: Write>(shared: &Shared, mut out: W) {
+    let mut taken = Vec::with_capacity(FLUSH_AT * 2);
+    loop {
+        let closed = {
+            let mut state = shared.lock();
+            if state.lines.len() < FLUSH_AT && !state.closed {
+                state = shared
+                    .filled
+                    .wait_timeout(state, FLUSH_EVERY)
+                    .map(|(state, _)| state)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner().0);
+            }
+            std::mem::swap(&mut state.lines, &mut taken);
+            state.closed
+        };
+        shared.drained.notify_all();
+        if !taken.is_empty() {
+            // Nowhere to report a failed write of the log itself; the lines are dropped.
+            let _ = out.write_all(&taken).and_then(|()| out.flush());
+            taken.clear();
+        }
+        if closed && shared.lock().lines.is_empty() {
+            return;
+        }
+    }
+}
+
+impl Write for LogWriter {
+    fn write(&mut self, line: &[u8]) -> io::Result<usize> {
+        let mut state = self.shared.lock();
+        while state.lines.len() >= LIMIT && !state.closed {
+            state = self
+                .shared
+                .drained
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        state.lines.extend_from_slice(line);
+        if state.lines.len() >= FLUSH_AT {
+            self.shared.filled.notify_one();
+        }
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for LogWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogWriter").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for LogGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogGuard").finish_non_exhaustive()
+    }
+}
+
+impl<'a> MakeWriter<'a> for LogWriter {
+    type Writer = LogWriter;
+
+    fn make_writer(&'a self) -> LogWriter {
+        self.clone()
+    }
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.filled.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    /// An output that records what reached it, and when it may proceed.
+    #[derive(Clone, Default)]
+    struct Recorded {
+        bytes: Arc<Mutex<Vec<u8>>>,
+        writes: Arc<Mutex<usize>>,
+        gate: Arc<Mutex<()>>,
+    }
+
+    impl Write for Recorded {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let _open = self.gate.lock().expect("gate");
+            *self.writes.lock().expect("writes") += 1;
+            self.bytes.lock().expect("bytes").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Recorded {
+        fn text(&self) -> String {
+            String::from_utf8(self.bytes.lock().expect("bytes").clone()).expect("UTF-8")
+        }
+    }
+
+    #[test]
+    fn every_line_of_every_thread_is_written_whole_and_in_order_by_the_guards_drop() {
+        let out = Recorded::default();
+        let (writer, guard) = buffered(out.clone()).expect("log thread");
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let writer = writer.clone();
+                std::thread::spawn(move || {
+                    for i in 0..5_000 {
+                        let mut line = writer.make_writer();
+                        line.write_all(format!("{{\"thread\":{t},\"line\":{i}}}\n").as_bytes())
+                            .expect("write");
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("writer thread");
+        }
+        drop(guard);
+        let text = out.text();
+        let mut next = [0u64; 4];
+        for line in text.lines() {
+            let parsed: serde_json::Value = serde_json::from_str(line).expect("a whole line");
+            let thread = parsed["thread"].as_u64().expect("thread") as usize;
+            assert_eq!(parsed["line"].as_u64(), Some(next[thread]), "{line}");
+            next[thread] += 1;
+        }
+        assert_eq!(next, [5_000; 4]);
+        // Batched: far fewer writes than lines.
+        assert!(*out.writes.lock().expect("writes") < 2_000);
+    }
+
+    #[test]
+    fn a_line_reaches_the_output_without_waiting_for_more() {
+        let out = Recorded::default();
+        let (writer, _guard) = buffered(out.clone()).expect("log thread");
+        writer.make_writer().write_all(b"alone\n").expect("write");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while out.text().is_empty() {
+            assert!(Instant::now() < deadline, "the line was never written");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(out.text(), "alone\n");
+    }
+
+    #[test]
+    fn writers_wait_while_the_output_is_stuck_and_the_buffer_is_full() {
+        let out = Recorded::default();
+        let stuck = out.gate.lock().expect("gate");
+        let (writer, guard) = buffered(out.clone()).expect("log thread");
+        let line = vec![b'x'; 1023]
+            .into_iter()
+            .chain([b'\n'])
+            .collect::<Vec<u8>>();
+        let producer = {
+            let writer = writer.clone();
+            let line = line.clone();
+            std::thread::spawn(move || {
+                for _ in 0..(3 * LIMIT / line.len()) {
+                    writer.make_writer().write_all(&line).expect("write");
+                }
+            })
+        };
+        // The thread holds one taken buffer; the shared one fills up to the limit, then the
+        // producer waits instead of growing it.
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !producer.is_finished(),
+            "the producer should wait for the output"
+        );
+        assert!(writer.shared.lock().lines.len() <= LIMIT + line.len());
+        drop(stuck);
+        producer.join().expect("producer");
+        drop(guard);
+        assert_eq!(out.text().len(), 3 * LIMIT / line.len() * line.len());
+    }
+}
