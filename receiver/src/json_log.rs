@@ -5,9 +5,12 @@
 //! path that cost about 6% of the receiver's CPU (one line per request, docs/benchmarks.md).
 //! [`JsonLines`] writes the same line, byte for byte, straight into the line buffer. Events
 //! inside a span are handed to tracing-subscriber's own formatter, which adds their
-//! `spans`; the receiver itself opens none.
+//! `spans`; the receiver itself opens none. [`SecondStamp`] writes tracing-subscriber's
+//! timestamp, reusing its date and time up to the second within a second.
 
+use std::cell::RefCell;
 use std::fmt::{self, Write as _};
+use std::time::UNIX_EPOCH;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
@@ -20,20 +23,20 @@ use tracing_subscriber::registry::LookupSpan;
 /// among them), `target`, exactly as tracing-subscriber's
 /// `json().flatten_event(true).with_current_span(false)` writes them.
 #[derive(Debug, Clone)]
-pub struct JsonLines<T = SystemTime> {
+pub struct JsonLines<T = SecondStamp> {
     timer: T,
     /// For events inside a span (their line carries the span list).
     in_span: Format<Json, T>,
 }
 
-impl JsonLines<SystemTime> {
+impl JsonLines<SecondStamp> {
     /// Lines stamped with the system time (RFC 3339, microseconds, UTC).
     pub fn new() -> Self {
-        Self::with_timer(SystemTime)
+        Self::with_timer(SecondStamp)
     }
 }
 
-impl Default for JsonLines<SystemTime> {
+impl Default for JsonLines<SecondStamp> {
     fn default() -> Self {
         Self::new()
     }
@@ -82,6 +85,74 @@ where
         write_string(&mut writer, meta.target())?;
         writer.write_str("}\n")
     }
+}
+
+/// The system time as tracing-subscriber's [`SystemTime`] writes it
+/// (`2026-12-02T03:33:11.123456Z`), with the part up to the second formatted once a second
+/// per thread rather than for every line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SecondStamp;
+
+thread_local! {
+    /// The second last stamped on this thread, and its `YYYY-MM-DDTHH:MM:SS`.
+    static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+}
+
+impl FormatTime for SecondStamp {
+    fn format_time(&self, writer: &mut Writer<'_>) -> fmt::Result {
+        let Ok(since_epoch) = std::time::SystemTime::now().duration_since(UNIX_EPOCH) else {
+            return SystemTime.format_time(writer);
+        };
+        let (second, micros) = (since_epoch.as_secs(), since_epoch.subsec_micros());
+        SECOND.with(|cached| {
+            let mut cached = cached.borrow_mut();
+            if cached.0 != second {
+                cached.1.clear();
+                cached.0 = u64::MAX;
+                if !write_second(&mut cached.1, second) {
+                    // Past year 9999: tracing-subscriber's own rendering.
+                    return SystemTime.format_time(writer);
+                }
+                cached.0 = second;
+            }
+            writer.write_str(&cached.1)?;
+            write_fraction(writer, micros)
+        })
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of a Unix second; false (nothing written) outside years 1970–9999.
+fn write_second(out: &mut String, second: u64) -> bool {
+    let Some(at) = i64::try_from(second)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .filter(|at| at.year() <= 9999)
+    else {
+        return false;
+    };
+    write!(
+        out,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second()
+    )
+    .is_ok()
+}
+
+/// `.ffffffZ`: the microseconds, six digits.
+fn write_fraction(writer: &mut Writer<'_>, micros: u32) -> fmt::Result {
+    let mut digits = *b".000000Z";
+    let mut rest = micros % 1_000_000;
+    for slot in digits[1..7].iter_mut().rev() {
+        // `rest % 10` is a single digit.
+        *slot = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    writer.write_str(std::str::from_utf8(&digits).map_err(|_| fmt::Error)?)
 }
 
 /// As tracing-serde names levels.
@@ -168,6 +239,10 @@ struct Escaping<'a, W: fmt::Write>(&'a mut W);
 impl<W: fmt::Write> fmt::Write for Escaping<'_, W> {
     fn write_str(&mut self, text: &str) -> fmt::Result {
         let bytes = text.as_bytes();
+        if !bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\') {
+            // Most values (names, paths, outcomes): nothing to escape.
+            return self.0.write_str(text);
+        }
         let mut start = 0;
         for (at, &byte) in bytes.iter().enumerate() {
             let escape = match byte {
@@ -330,6 +405,59 @@ mod tests {
             assert!(parsed.is_object(), "{ours}");
         }
         assert_eq!(ours, theirs);
+    }
+
+    #[test]
+    fn the_stamp_is_tracing_subscribers_system_time() {
+        let stamp = |timer: &dyn Fn(&mut Writer<'_>) -> fmt::Result| {
+            let mut text = String::new();
+            timer(&mut Writer::new(&mut text)).expect("stamp");
+            text
+        };
+        for _ in 0..1_000 {
+            let theirs = stamp(&|w| SystemTime.format_time(w));
+            let ours = stamp(&|w| SecondStamp.format_time(w));
+            let again = stamp(&|w| SystemTime.format_time(w));
+            assert_eq!(ours.len(), theirs.len(), "{ours} / {theirs}");
+            // Taken between the two: equal to one of them up to the second, and in order.
+            assert!(
+                ours[..19] == theirs[..19] || ours[..19] == again[..19],
+                "{ours} / {theirs}"
+            );
+            assert!(
+                theirs <= ours && ours <= again,
+                "{theirs} <= {ours} <= {again}"
+            );
+        }
+    }
+
+    #[test]
+    fn seconds_and_fractions_are_written_as_tracing_subscriber_writes_them() {
+        let cases = [
+            (0, "1970-01-01T00:00:00"),
+            (951_782_400, "2000-02-29T00:00:00"),
+            (1_764_646_391, "2025-12-02T03:33:11"),
+            (4_107_542_399, "2100-02-28T23:59:59"),
+            (253_402_300_799, "9999-12-31T23:59:59"),
+        ];
+        for (second, expected) in cases {
+            let mut out = String::new();
+            assert!(write_second(&mut out, second));
+            assert_eq!(out, expected);
+        }
+        let mut out = String::new();
+        assert!(!write_second(&mut out, 253_402_300_800), "year 10000");
+        assert!(out.is_empty());
+        for (micros, expected) in [
+            (0, ".000000Z"),
+            (7, ".000007Z"),
+            (123_456, ".123456Z"),
+            (999_999, ".999999Z"),
+        ] {
+            let mut text = String::new();
+            write_fraction(&mut Writer::new(&mut text), micros).expect("fraction");
+            assert_eq!(text, expected);
+        }
     }
 
     #[test]
