@@ -2,12 +2,12 @@
 //!
 //! One line per request at tens of thousands of requests a second must not cost a write
 //! system call each on the request path, nor an allocation, a channel send and a thread
-//! wake-up each (tracing-appender's non-blocking writer did, about 6% of the receiver's
-//! CPU: docs/benchmarks.md). A line is copied into the buffer under a short lock; the
-//! thread takes the whole buffer every [`FLUSH_EVERY`], or sooner once it holds
-//! [`FLUSH_AT`] bytes, and writes it with one call. Lines are never dropped: a writer
-//! waits while the buffer holds [`LIMIT`] bytes. Those not yet written are lost only with
-//! the process (kill -9); [`LogGuard`]'s drop writes the rest.
+//! wake-up each (tracing-appender's non-blocking writer did: its thread alone took 3.4% of
+//! the server core, docs/benchmarks.md). A line is copied into the buffer under a short
+//! lock; the thread takes the whole buffer every [`FLUSH_EVERY`], or sooner once it holds
+//! [`FLUSH_AT`] bytes, and writes it with one call. Lines are never dropped: a writer waits
+//! while the buffer holds [`LIMIT`] bytes. Those not yet written are lost only with the
+//! process (kill -9); [`LogGuard`]'s drop writes the rest.
 
 use std::io::{self, Write};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
