@@ -12,6 +12,8 @@
 //! - [`enrich`]: optional enrichment of events after the 200 (Lead Ads answers from the
 //!   Graph API).
 //! - [`tls`], [`client_auth`], [`trusted_proxy`]: HTTPS, and who may call the endpoints.
+//! - [`json_log`], [`log_writer`]: log lines, formatted and written cheaply enough for one
+//!   per request.
 
 pub mod acceptor;
 pub mod admission;
