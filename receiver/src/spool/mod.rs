@@ -971,13 +971,11 @@ impl Writer {
                 }
             }
         }
-        // Cut after the last record, as when sealed: a clean stop leaves no recycled tail.
-        let cut = if self.active_preallocated {
-            self.active.set_len(self.active_len)
-        } else {
-            Ok(())
-        };
-        if let Err(err) = cut.and_then(|()| self.active.sync_all()) {
+        // As when sealed: a clean stop leaves no recycled tail.
+        if let Err(err) = self
+            .cut_after_last_record()
+            .and_then(|()| self.active.sync_all())
+        {
             tracing::error!(error = %err, "final spool sync failed");
         }
     }
@@ -1098,15 +1096,21 @@ impl Writer {
         Ok(outcomes)
     }
 
+    /// Cuts the active segment after its last record when it was written over a spare (an
+    /// appended one already ends there). A sealed segment ends at its last record: start-up
+    /// and readers of sealed segments take its length as it is (see `recover_tail`).
+    fn cut_after_last_record(&self) -> std::io::Result<()> {
+        if self.active_preallocated {
+            self.active.set_len(self.active_len)
+        } else {
+            Ok(())
+        }
+    }
+
     /// Seals the full active segment (fsync'd whole, with its `.keys`) and starts the next.
     fn rotate(&mut self) -> Result<(), SpoolError> {
-        // A sealed segment ends at its last record: start-up and readers of sealed
-        // segments take its length as it is (see `recover_tail`).
-        if self.active_preallocated {
-            self.active
-                .set_len(self.active_len)
-                .map_err(io("cannot cut the full segment after its last record"))?;
-        }
+        self.cut_after_last_record()
+            .map_err(io("cannot cut the full segment after its last record"))?;
         self.active
             .sync_all()
             .map_err(io("cannot sync the full segment"))?;
