@@ -23,6 +23,8 @@ pub const BATCH_SIZE: usize = 512;
 /// the receiver's I/O. Full batches never wait, so a sink keeps up at any rate.
 pub const LINGER: Duration = Duration::from_millis(20);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// The shortest time between two lag updates made while a delivery is in flight.
+const LAG_REFRESH: Duration = Duration::from_millis(100);
 /// How often an idle sink looks for dead letters queued for retry.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 
@@ -61,7 +63,16 @@ enum Source {
 /// (or, while the sink is failing, until shutdown). A batch that fails `retry.max_attempts`
 /// times becomes dead letters and the cursor moves past it; `dlq retry` sends dead letters
 /// back through this loop.
-pub async fn consume<S: Sink>(consumer: Consumer, sink: S, mut shutdown: watch::Receiver<bool>) {
+pub async fn consume<S: Sink>(consumer: Consumer, sink: S, shutdown: watch::Receiver<bool>) {
+    // The watcher never ends on its own: it stops when the delivery loop does.
+    tokio::select! {
+        () = deliver_all(&consumer, sink, shutdown) => {}
+        () = consumer.watch_lag() => {}
+    }
+}
+
+/// The delivery loop of [`consume`].
+async fn deliver_all<S: Sink>(consumer: &Consumer, sink: S, mut shutdown: watch::Receiver<bool>) {
     let mut head = consumer.spool.subscribe();
     let mut sink = Reopening::new(sink);
     let batch_size = sink.batch_size();
@@ -233,6 +244,22 @@ impl Consumer {
             if wait(shutdown, delay).await {
                 return false;
             }
+        }
+    }
+
+    /// Keeps `metahook_sink_lag_events` true while a delivery attempt is in flight: a sink
+    /// stuck in one long attempt (a PubAck timeout, a slow endpoint) must show the events
+    /// that pile up behind it, not the lag read before the attempt. At most one update per
+    /// [`LAG_REFRESH`]; the delivery loop also reports after each batch.
+    async fn watch_lag(&self) {
+        let mut head = self.spool.subscribe();
+        loop {
+            self.report_lag();
+            if head.changed().await.is_err() {
+                // The spool is gone; keep the delivery loop's reports.
+                return std::future::pending().await;
+            }
+            tokio::time::sleep(LAG_REFRESH).await;
         }
     }
 
@@ -461,6 +488,53 @@ mod tests {
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0)
+    }
+
+    /// A sink whose deliveries never finish (a PubAck that never comes).
+    struct StuckSink;
+
+    impl Sink for StuckSink {
+        async fn open(&mut self, _state: Option<u64>) -> Result<Option<u64>, SinkError> {
+            Ok(None)
+        }
+
+        async fn deliver(&mut self, _batch: &[Spooled]) -> Result<Delivered, SinkError> {
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test]
+    async fn the_lag_rises_while_a_delivery_is_stuck() {
+        let setup = setup(1, 5).await;
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(consume(setup.consumer.clone(), StuckSink, stopped));
+        let lag = || sample(&setup, "metahook_sink_lag_events", &[r#"sink="mem""#]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lag() < 1.0 {
+            assert!(
+                Instant::now() < deadline,
+                "the first event never showed as lag"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The consumer is now inside its first attempt, which never ends.
+        let records = (0..4).map(|i| format!(r#"{{"id":"late{i}"}}"#).into_bytes());
+        setup
+            .consumer
+            .spool
+            .append([1; 16], records.collect())
+            .await
+            .expect("append");
+        while lag() < 5.0 {
+            assert!(
+                Instant::now() < deadline,
+                "events spooled during a stuck attempt never showed as lag: {}",
+                lag()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop.send(true).expect("stop");
+        task.abort();
     }
 
     #[tokio::test]
