@@ -517,7 +517,8 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        // The consumer is now inside its first attempt, which never ends.
+        // The consumer's first attempt never ends: what is spooled now shows as lag only
+        // if something reports it while that attempt is in flight.
         let records = (0..4).map(|i| format!(r#"{{"id":"late{i}"}}"#).into_bytes());
         setup
             .consumer
