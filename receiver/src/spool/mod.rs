@@ -458,8 +458,22 @@ impl Spool {
     /// Up to `max` durable events after `after`, in order. Blocking. Index points met on
     /// the way are remembered, so the next read starts near its first event.
     pub fn read_after(&self, after: u64, max: usize) -> Result<Vec<Spooled>, SpoolError> {
+        self.read_within(after, max, usize::MAX)
+    }
+
+    /// Like [`Spool::read_after`], and stops once the records read hold `max_bytes` of JSON:
+    /// a batch's memory is bounded by the budget plus one record, whatever the records'
+    /// sizes (a batch of large requests would otherwise hold `max` of them at once). At
+    /// least one record is read, so a record larger than the budget still moves on.
+    pub fn read_within(
+        &self,
+        after: u64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Spooled>, SpoolError> {
         let head = *self.shared.head.borrow();
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         let mut want = after.saturating_add(1);
         let plan: Vec<(PathBuf, u64, u64)> = {
             let segments = self
@@ -484,7 +498,7 @@ impl Spool {
                 .collect()
         };
         for (path, from_seq, offset) in plan {
-            if want > head || out.len() >= max {
+            if want > head || out.len() >= max || (bytes >= max_bytes && !out.is_empty()) {
                 break;
             }
             let mut reader = match FrameReader::open(&path, offset) {
@@ -497,7 +511,7 @@ impl Spool {
             let mut found = Vec::new();
             // Past the head lies a write in progress, or a recycled segment's old records:
             // nothing to read.
-            while out.len() < max && expected <= head {
+            while out.len() < max && (bytes < max_bytes || out.is_empty()) && expected <= head {
                 let at = reader.offset();
                 let frame = reader
                     .next_frame(Some(expected))
@@ -515,6 +529,7 @@ impl Spool {
                         tracing::error!(segment = %path.display(), from = want, to = frame.seq - 1, "records missing from the spool (a damaged segment); skipping to the next readable one");
                     }
                     want = frame.seq + 1;
+                    bytes = bytes.saturating_add(frame.json.len());
                     out.push(Spooled {
                         seq: frame.seq,
                         received_millis: frame.received_millis,

@@ -122,6 +122,32 @@ async fn segments_rotate_and_are_deleted_once_every_sink_passed_them() {
 }
 
 #[tokio::test]
+async fn a_read_stops_at_its_byte_budget_and_always_reads_one_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = Spool::open(&config(dir.path()), &["a".to_owned()]).expect("open");
+    // Records of 1,509 bytes in 4 KB segments: budgets cross segment boundaries.
+    let big = "x".repeat(1500);
+    for i in 0..12u8 {
+        spool
+            .append([i + 1; 16], events(&[&big]))
+            .await
+            .expect("append");
+    }
+    let record = spool.read_after(0, 1).expect("read")[0].json.len();
+    assert_eq!(record, 1509);
+    // The record that reaches the budget is the last one read.
+    let within = |after, max, bytes| seqs(&spool.read_within(after, max, bytes).expect("read"));
+    assert_eq!(within(0, 100, 3 * record), [1, 2, 3]);
+    assert_eq!(within(0, 100, 3 * record - 1), [1, 2, 3]);
+    assert_eq!(within(0, 100, 2 * record + 1), [1, 2, 3]);
+    assert_eq!(within(2, 100, 4 * record), [3, 4, 5, 6]);
+    assert_eq!(within(2, 2, 4 * record), [3, 4], "the count still bounds");
+    assert_eq!(within(7, 100, 1), [8], "one record larger than the budget");
+    assert_eq!(within(7, 100, 0), [8], "even with no budget at all");
+    assert_eq!(within(10, 100, usize::MAX), [11, 12]);
+}
+
+#[tokio::test]
 async fn survives_reopen_with_cursors_dedup_and_a_torn_tail() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sinks = vec!["a".to_owned()];
