@@ -49,6 +49,10 @@ use crate::spool::{Cursor, Key, Spool, Spooled};
 pub const CONSUMER: &str = "normalizer";
 /// Intake records read and appended per batch.
 pub const BATCH: usize = 128;
+/// Request bytes read per batch, at most (plus one record): a batch of large requests
+/// (Meta's payloads reach 3 MB) is read a few at a time, so the stage's memory does not
+/// grow with the requests' sizes. The normalized events are about twice as large.
+pub const BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// How often the intake cursor is committed while busy.
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
 /// After a failed append, before trying the same records again.
@@ -140,7 +144,7 @@ impl Normalizer {
             // Read before the records: stop is set only once every request was answered, so
             // if it was set before this read, the read sees every accepted request.
             let stopping = *stop.borrow();
-            let records = match self.intake.read_after(watermark, BATCH) {
+            let records = match self.intake.read_within(watermark, BATCH, BATCH_BYTES) {
                 Ok(records) => records,
                 Err(err) => {
                     tracing::error!(error = %err, "cannot read the intake log; retrying");

@@ -17,6 +17,10 @@ use crate::spool::{Cursor, Spool, Spooled};
 /// Events per delivered batch, unless the sink asks for another size
 /// ([`Sink::batch_size`]).
 pub const BATCH_SIZE: usize = 512;
+/// Event bytes per batch read from the spool, at most (plus one event), whatever the
+/// sink's batch size: large events are delivered a few at a time, so a sink's memory does
+/// not grow with the events' sizes.
+pub const BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// After a batch smaller than the sink's batch size, how long a sink waits for more events before
 /// reading again. Delivery is off the 200 path, so a few milliseconds of delay cost nothing,
 /// while delivering (and fsyncing, and committing the cursor) per group commit would double
@@ -123,8 +127,8 @@ enum NextBatch {
 }
 
 impl Consumer {
-    /// Dead letters queued for retry (`dlq retry`) first, else up to `max` events of the
-    /// spool after `after`; `None` when there is nothing to deliver.
+    /// Dead letters queued for retry (`dlq retry`) first, else up to `max` events (and
+    /// [`BATCH_BYTES`]) of the spool after `after`; `None` when there is nothing to deliver.
     async fn next_batch(&self, after: u64, max: usize) -> Result<Option<Batch>, NextBatch> {
         let (store, name) = (self.dead_letters.clone(), self.name.clone());
         let retries = match tokio::task::spawn_blocking(move || store.take_retries(&name)).await {
@@ -153,18 +157,20 @@ impl Consumer {
             }));
         }
         let reader = Arc::clone(&self.spool);
-        let events = match tokio::task::spawn_blocking(move || reader.read_after(after, max)).await
-        {
-            Ok(Ok(events)) => events,
-            Ok(Err(err)) => {
-                tracing::error!(sink = %self.name, error = %err, "cannot read the spool");
-                return Err(NextBatch::Retry);
-            }
-            Err(err) => {
-                tracing::error!(sink = %self.name, error = %err, "spool read task failed");
-                return Err(NextBatch::Stop);
-            }
-        };
+        let events =
+            match tokio::task::spawn_blocking(move || reader.read_within(after, max, BATCH_BYTES))
+                .await
+            {
+                Ok(Ok(events)) => events,
+                Ok(Err(err)) => {
+                    tracing::error!(sink = %self.name, error = %err, "cannot read the spool");
+                    return Err(NextBatch::Retry);
+                }
+                Err(err) => {
+                    tracing::error!(sink = %self.name, error = %err, "spool read task failed");
+                    return Err(NextBatch::Stop);
+                }
+            };
         self.spool
             .set_pending(&self.name, events.first().map(|e| e.received_millis));
         Ok(events.last().map(|e| e.seq).map(|last| Batch {
