@@ -520,6 +520,51 @@ pub fn receiver_bin() -> Result<PathBuf> {
     workspace_bin("metahook-receiver", "METAHOOK_RECEIVER_BIN")
 }
 
+/// The receiver binary running on a configuration file, ready (`/readyz` 200); killed
+/// (SIGKILL) on drop. For what needs a process of its own: a crash, a signal, its memory.
+#[derive(Debug)]
+pub struct ReceiverProcess(std::process::Child);
+
+impl ReceiverProcess {
+    /// Starts the receiver on `config` and waits until it is ready on `addr`.
+    pub async fn start(config: &Path, addr: SocketAddr) -> Result<ReceiverProcess> {
+        let child = std::process::Command::new(receiver_bin()?)
+            .arg("--config")
+            .arg(config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting metahook-receiver")?;
+        let receiver = ReceiverProcess(child);
+        wait_ready(addr, Duration::from_secs(20)).await?;
+        Ok(receiver)
+    }
+
+    /// The process, to signal or wait for.
+    pub fn child(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+
+    /// The most memory the process has held so far (`VmHWM`, peak resident set), in MiB.
+    pub fn peak_rss_mib(&self) -> Result<f64> {
+        let path = format!("/proc/{}/status", self.0.id());
+        let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        let kib: f64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .with_context(|| format!("no VmHWM line in {path}"))?;
+        Ok(kib / 1024.0)
+    }
+}
+
+impl Drop for ReceiverProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A binary of this build: `env_override` when set, else `name` in the profile directory of
 /// the running test executable (scripts/test.sh builds every binary before the tests).
 pub fn workspace_bin(name: &str, env_override: &str) -> Result<PathBuf> {

@@ -7,14 +7,14 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use http::{Method, StatusCode};
 use metahook_receiver::verify;
-use metahook_tests::testkit::{self, SECRET};
+use metahook_tests::testkit::{self, ReceiverProcess, SECRET};
 use tokio::sync::Mutex;
 
 const PATH: &str = "/webhooks/whatsapp";
@@ -37,30 +37,6 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
-}
-
-struct Receiver(Child);
-
-impl Receiver {
-    async fn spawn(config: &Path, addr: SocketAddr) -> Result<Receiver> {
-        let child = Command::new(testkit::receiver_bin()?)
-            .arg("--config")
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("spawning metahook-receiver")?;
-        let receiver = Receiver(child);
-        testkit::wait_ready(addr, Duration::from_secs(20)).await?;
-        Ok(receiver)
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A body with `count` messages whose ids are `prefix.0 .. prefix.{count-1}`.
@@ -124,11 +100,11 @@ async fn kill_9_during_load(
     acked: &Arc<Mutex<Vec<String>>>,
     (low, high): (u64, u64),
 ) -> Result<()> {
-    let mut receiver = Receiver::spawn(config, addr).await?;
+    let mut receiver = ReceiverProcess::start(config, addr).await?;
     let load = tokio::spawn(load(addr, round, tasks, Arc::clone(acked)));
     tokio::time::sleep(Duration::from_millis(pseudo_random_millis(low, high))).await;
-    receiver.0.kill().context("kill -9")?;
-    receiver.0.wait()?;
+    receiver.child().kill().context("kill -9")?;
+    receiver.child().wait()?;
     tokio::time::timeout(Duration::from_secs(15), load)
         .await
         .context("load did not stop")??;
@@ -168,7 +144,7 @@ async fn kill_9_under_load_loses_and_doubles_nothing() -> Result<()> {
     );
 
     // Restart once more: the file sink resumes from its cursor and catches up.
-    let mut receiver = Receiver::spawn(&config, addr).await?;
+    let mut receiver = ReceiverProcess::start(&config, addr).await?;
     let events_path = dir.path().join("events.jsonl");
     let deadline = Instant::now() + Duration::from_secs(30);
     let counts = loop {
@@ -289,7 +265,7 @@ async fn kill_9_under_load_loses_and_doubles_nothing() -> Result<()> {
         acked.len(),
         counts.len()
     );
-    terminate(&mut receiver.0)?;
+    terminate(receiver.child())?;
     let _ = js.delete_stream(&stream).await;
     db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
         .await?;
@@ -322,7 +298,7 @@ async fn sigterm_drains_and_exits_zero() -> Result<()> {
     let port = free_port()?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let config = write_config(dir.path(), port, "")?;
-    let mut receiver = Receiver::spawn(&config, addr).await?;
+    let mut receiver = ReceiverProcess::start(&config, addr).await?;
     let payload = body("wamid.sigterm", 2);
     let signature = verify::sign(SECRET, &payload);
     let reply = testkit::request(
@@ -334,7 +310,7 @@ async fn sigterm_drains_and_exits_zero() -> Result<()> {
     )
     .await?;
     assert_eq!(reply.status, StatusCode::OK);
-    let status = terminate(&mut receiver.0)?;
+    let status = terminate(receiver.child())?;
     assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
     let events = testkit::read_events(&dir.path().join("events.jsonl"))?;
     assert_eq!(events.len(), 2, "accepted events delivered before exit");
@@ -388,7 +364,7 @@ async fn kill_9_between_the_200_and_normalization_loses_nothing() -> Result<()> 
         "normalization always kept up with the load: the case was never reached"
     );
     let acked: Vec<String> = acked.lock().await.clone();
-    let _receiver = Receiver::spawn(&config, addr).await?;
+    let _receiver = ReceiverProcess::start(&config, addr).await?;
     let events_path = dir.path().join("events.jsonl");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

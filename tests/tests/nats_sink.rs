@@ -470,31 +470,6 @@ fn many(first: usize, count: usize) -> Vec<u8> {
     format!(r#"{{"object":"whatsapp_business_account","entry":[{{"id":"100200300400500","changes":[{{"field":"messages","value":{{"messaging_product":"whatsapp","messages":[{}]}}}}]}}]}}"#, messages.join(",")).into_bytes()
 }
 
-/// The receiver binary on `config`, killed (SIGKILL) on drop.
-struct ReceiverProcess(Child);
-
-impl ReceiverProcess {
-    async fn start(config: &Path, addr: std::net::SocketAddr) -> Result<ReceiverProcess> {
-        let child = Command::new(testkit::receiver_bin()?)
-            .arg("--config")
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting metahook-receiver")?;
-        let receiver = ReceiverProcess(child);
-        testkit::wait_ready(addr, Duration::from_secs(20)).await?;
-        Ok(receiver)
-    }
-}
-
-impl Drop for ReceiverProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Messages in the stream and its last sequence (0, 0 while it cannot be read).
 async fn stream_state(url: &str, stream: &str) -> (u64, u64) {
     let Ok(client) = async_nats::ConnectOptions::new()
@@ -571,7 +546,7 @@ async fn stopping_the_broker_then_killing_the_receiver_mid_window_loses_and_doub
     )?;
 
     // A backlog while NATS is down: the sink will drain it in full batches.
-    let receiver = ReceiverProcess::start(&config, addr).await?;
+    let receiver = testkit::ReceiverProcess::start(&config, addr).await?;
     for r in 0..REQUESTS {
         let payload = many(r * PER_REQUEST, PER_REQUEST);
         let signature = metahook_receiver::verify::sign(testkit::SECRET, &payload);
@@ -611,7 +586,7 @@ async fn stopping_the_broker_then_killing_the_receiver_mid_window_loses_and_doub
         before_receiver_kill < total,
         "the backlog drained before the receiver was killed ({before_receiver_kill})"
     );
-    let _receiver = ReceiverProcess::start(&config, addr).await?;
+    let _receiver = testkit::ReceiverProcess::start(&config, addr).await?;
     wait_stream(&js, "WINDOW", total).await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
