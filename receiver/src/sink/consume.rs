@@ -19,8 +19,10 @@ use crate::spool::{Cursor, Spool, Spooled};
 pub const BATCH_SIZE: usize = 512;
 /// Event bytes per batch read from the spool, at most (plus one event), whatever the
 /// sink's batch size: large events are delivered a few at a time, so a sink's memory does
-/// not grow with the events' sizes.
-pub const BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// not grow with the events' sizes. Above what NATS's 4,096 ordinary events hold: at 8 MiB
+/// the bench's events cut its batches short and JetStream drained about a fifth slower
+/// (docs/benchmarks.md).
+pub const BATCH_BYTES: usize = 16 * 1024 * 1024;
 /// After a batch smaller than the sink's batch size, how long a sink waits for more events before
 /// reading again. Delivery is off the 200 path, so a few milliseconds of delay cost nothing,
 /// while delivering (and fsyncing, and committing the cursor) per group commit would double
