@@ -91,10 +91,10 @@ async fn appends_reads_dedups_and_compacts() {
     );
 }
 
-#[tokio::test]
-async fn segments_rotate_and_are_deleted_once_every_sink_passed_them() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let spool = Spool::open(&config(dir.path()), &["a".to_owned()]).expect("open");
+/// A spool in `dir` (sink `a`) holding seqs 1..=12, each record 1,509 bytes, across
+/// several 4 KB segments.
+async fn twelve_large_records(dir: &Path) -> Spool {
+    let spool = Spool::open(&config(dir), &["a".to_owned()]).expect("open");
     let big = "x".repeat(1500);
     for i in 0..12u8 {
         spool
@@ -102,6 +102,13 @@ async fn segments_rotate_and_are_deleted_once_every_sink_passed_them() {
             .await
             .expect("append");
     }
+    spool
+}
+
+#[tokio::test]
+async fn segments_rotate_and_are_deleted_once_every_sink_passed_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = twelve_large_records(dir.path()).await;
     let segments_dir = dir.path().join("segments");
     let before = std::fs::read_dir(&segments_dir).expect("dir").count();
     assert!(
@@ -124,15 +131,8 @@ async fn segments_rotate_and_are_deleted_once_every_sink_passed_them() {
 #[tokio::test]
 async fn a_read_stops_at_its_byte_budget_and_always_reads_one_record() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let spool = Spool::open(&config(dir.path()), &["a".to_owned()]).expect("open");
     // Records of 1,509 bytes in 4 KB segments: budgets cross segment boundaries.
-    let big = "x".repeat(1500);
-    for i in 0..12u8 {
-        spool
-            .append([i + 1; 16], events(&[&big]))
-            .await
-            .expect("append");
-    }
+    let spool = twelve_large_records(dir.path()).await;
     let record = spool.read_after(0, 1).expect("read")[0].json.len();
     assert_eq!(record, 1509);
     // The record that reaches the budget is the last one read.
