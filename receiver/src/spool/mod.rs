@@ -472,6 +472,8 @@ impl Spool {
         max_bytes: usize,
     ) -> Result<Vec<Spooled>, SpoolError> {
         let head = *self.shared.head.borrow();
+        // At least one byte: the first record is always read.
+        let max_bytes = max_bytes.max(1);
         let mut out = Vec::new();
         let mut bytes = 0usize;
         let mut want = after.saturating_add(1);
@@ -498,7 +500,7 @@ impl Spool {
                 .collect()
         };
         for (path, from_seq, offset) in plan {
-            if want > head || out.len() >= max || (bytes >= max_bytes && !out.is_empty()) {
+            if want > head || out.len() >= max || bytes >= max_bytes {
                 break;
             }
             let mut reader = match FrameReader::open(&path, offset) {
@@ -511,7 +513,7 @@ impl Spool {
             let mut found = Vec::new();
             // Past the head lies a write in progress, or a recycled segment's old records:
             // nothing to read.
-            while out.len() < max && (bytes < max_bytes || out.is_empty()) && expected <= head {
+            while out.len() < max && bytes < max_bytes && expected <= head {
                 let at = reader.offset();
                 let frame = reader
                     .next_frame(Some(expected))
