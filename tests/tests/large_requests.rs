@@ -17,7 +17,7 @@ use anyhow::{Context, Result, ensure};
 use metahook_receiver::config::SpoolConfig;
 use metahook_receiver::spool::Spool;
 use metahook_receiver::spool::record::RawRequest;
-use metahook_tests::testkit::{ReceiverProcess, SECRET};
+use metahook_tests::testkit::{self, ReceiverProcess, SECRET};
 
 /// Requests in the backlog, and the size of each one's text.
 const REQUESTS: usize = 48;
@@ -91,10 +91,7 @@ async fn a_backlog_of_large_requests_is_worked_through_in_bounded_memory() -> Re
     let deadline = Instant::now() + Duration::from_secs(120);
     let counts = loop {
         let mut counts: HashMap<String, usize> = HashMap::new();
-        let text = std::fs::read_to_string(&events_path).unwrap_or_default();
-        // Only whole lines: the sink may be writing the last one.
-        for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
-            let event: serde_json::Value = serde_json::from_str(line).context("an event line")?;
+        for event in testkit::read_events(&events_path)? {
             *counts
                 .entry(event["id"].as_str().unwrap_or_default().to_owned())
                 .or_default() += 1;
