@@ -131,6 +131,20 @@ pub struct Observed {
     pub verify_token: Option<SecretKeyRef>,
     /// Registration with Meta.
     pub registration: RegistrationState,
+    /// Why the pass refused to change anything (a conflict over an object's ownership, a
+    /// policy the spec breaks): `Ready` is False with this reason and message, and the
+    /// other conditions stay as the last complete pass left them.
+    pub refused: Option<Refusal>,
+}
+
+/// A pass that changed nothing because the spec, or the cluster around it, may not be
+/// acted on as it stands; the user must change the spec or the object named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The `Ready` condition's reason, e.g. `Conflict`, `ImageNotAllowed`.
+    pub reason: &'static str,
+    /// What is wrong and what to do, naming the object or field.
+    pub message: String,
 }
 
 struct Wanted {
@@ -284,11 +298,30 @@ pub fn build(
             message: message.clone(),
         }),
     };
-    let conditions = [ready, secrets, certificate, receiver]
-        .into_iter()
-        .chain(registered)
-        .map(|wanted| condition(previous, generation, wanted, now))
-        .collect();
+    let conditions = match &observed.refused {
+        None => [ready, secrets, certificate, receiver]
+            .into_iter()
+            .chain(registered)
+            .map(|wanted| condition(previous, generation, wanted, now))
+            .collect(),
+        Some(refusal) => {
+            let ready = Wanted {
+                type_: READY,
+                ok: false,
+                reason: refusal.reason.to_owned(),
+                message: refusal.message.clone(),
+            };
+            // Nothing else was looked at: the other conditions stay as they were.
+            let kept = previous
+                .into_iter()
+                .flat_map(|p| p.conditions.iter())
+                .filter(|c| c.type_ != READY)
+                .cloned();
+            std::iter::once(condition(previous, generation, ready, now))
+                .chain(kept)
+                .collect()
+        }
+    };
     let registration = match &observed.registration {
         RegistrationState::NotRequested => None,
         RegistrationState::Waiting { previous, .. } => previous.clone(),

@@ -50,7 +50,7 @@ use crate::graph::{GraphApi, Unconfigured};
 use crate::metrics::Metrics;
 use crate::resources::monitoring::Capabilities;
 use crate::resources::{self, Inputs};
-use crate::status::{CertificateState, Observed, ReceiverState, RegistrationState};
+use crate::status::{CertificateState, Observed, ReceiverState, Refusal, RegistrationState};
 
 /// How often a subscription is reconciled when nothing changes (drift is undone then).
 pub const RESYNC: Duration = Duration::from_secs(10 * 60);
@@ -231,6 +231,7 @@ async fn reconcile_inner(sub: &WebhookSubscription, ctx: &Context) -> Result<Act
         endpoint: None,
         verify_token: Some(provisional.verify_token.clone()),
         registration: waiting_registration(sub),
+        refused: None,
     };
     if !observed.missing.is_empty() {
         let described: Vec<String> = observed
@@ -297,6 +298,47 @@ async fn reconcile_inner(sub: &WebhookSubscription, ctx: &Context) -> Result<Act
         RegistrationState::Waiting { .. } => Ok(Action::requeue(requeue.min(WAIT_FOR_RECEIVER))),
         _ => Ok(Action::requeue(requeue)),
     }
+}
+
+/// Re-check a refused subscription after this (the object in its way is not watched:
+/// its removal triggers no pass).
+pub const REFUSED_RETRY: Duration = Duration::from_secs(60);
+
+/// Ends a pass that changes nothing: a Warning Event with the refusal's reason, and the
+/// status with `Ready` False naming what to change.
+async fn refuse(
+    ctx: &Context,
+    sub: &WebhookSubscription,
+    namespace: &str,
+    refusal: Refusal,
+    now: OffsetDateTime,
+) -> Result<Action, Error> {
+    tracing::warn!(
+        subscription = %ObjectRef::from_obj(sub),
+        reason = refusal.reason,
+        message = %refusal.message,
+        "refusing to reconcile"
+    );
+    api::publish(
+        ctx,
+        sub,
+        EventType::Warning,
+        refusal.reason,
+        "Reconcile",
+        refusal.message.clone(),
+    )
+    .await;
+    let observed = Observed {
+        missing: Vec::new(),
+        certificate: CertificateState::Unknown,
+        receiver: ReceiverState::Unknown,
+        endpoint: sub.status.as_ref().and_then(|s| s.endpoint.clone()),
+        verify_token: sub.status.as_ref().and_then(|s| s.verify_token.clone()),
+        registration: waiting_registration(sub),
+        refused: Some(refusal),
+    };
+    status::step(ctx, sub, namespace, &observed, now).await?;
+    Ok(Action::requeue(REFUSED_RETRY))
 }
 
 /// Re-check after this while registration waits for a ready receiver (the workload's
