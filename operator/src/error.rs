@@ -26,6 +26,12 @@ pub enum Error {
     /// [`crate::controller::registration`]).
     #[error("Graph API: {0}")]
     Graph(#[from] crate::graph::GraphError),
+    /// An object the pass would write, at a name the subscription manages, is not the
+    /// subscription's, or a field of it is managed by someone else (see
+    /// [`crate::ownership`]). The pass ends as a refusal (`Ready` False, reason
+    /// `Conflict`), not as a failure.
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// Serializing an object failed.
     #[error("serializing {context}: {source}")]
     Serialize {
@@ -46,17 +52,19 @@ impl Error {
             Error::Certificate(_) => "certificate",
             Error::Incomplete(_) => "incomplete_object",
             Error::Graph(_) => "graph_api",
+            Error::Conflict(_) => "conflict",
             Error::Serialize { .. } => "serialize",
         }
     }
 
     /// Every `reason` label, so each series exists from the start.
-    pub const METRIC_LABELS: [&'static str; 6] = [
+    pub const METRIC_LABELS: [&'static str; 7] = [
         "kube_api",
         "config",
         "certificate",
         "incomplete_object",
         "graph_api",
+        "conflict",
         "serialize",
     ];
 

@@ -6,6 +6,8 @@
 //! - [`resources`]: pure builders, spec → the objects the operator applies (ConfigMap,
 //!   Secrets, Deployment or StatefulSet, Service, Ingress, ServiceMonitor, PDB). No I/O.
 //! - [`certs`]: the namespace CA and serving certificates (rcgen), and when to renew them.
+//! - [`ownership`]: who holds an object at a name a subscription manages (the
+//!   subscription by uid, someone else, no one); the operator touches only its own.
 //! - [`status`]: conditions and the status written back.
 //! - [`controller`]: the reconcile loop, one file a step (token, secrets, TLS, children,
 //!   Graph registration, status): reads what it needs, applies what the builders produce
@@ -27,6 +29,7 @@ pub mod error;
 pub mod graph;
 pub mod metrics;
 pub mod operator;
+pub mod ownership;
 pub mod resources;
 pub mod status;
 pub mod watch;

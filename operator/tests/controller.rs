@@ -22,6 +22,8 @@ const CORE: &str = "/api/v1/namespaces/acme";
 const APPS: &str = "/apis/apps/v1/namespaces/acme";
 const NET: &str = "/apis/networking.k8s.io/v1/namespaces/acme";
 const SUBS: &str = "/apis/metahook.io/v1alpha1/namespaces/acme/webhooksubscriptions";
+/// The uid of every subscription [`subscription`] makes.
+const SUB_UID: &str = "11111111-2222-3333-4444-555555555555";
 
 fn whatsapp_spec() -> Value {
     json!({
@@ -36,15 +38,74 @@ fn app_secret() -> Value {
     secret(NS, "meta-app", &[("app-secret", b"s3cret")])
 }
 
+/// The generated verify token's Secret, as an earlier pass left it.
 fn token_secret() -> Value {
-    secret(
+    owned(secret(
         NS,
         "wa-verify-token",
         &[("verify-token", b"existing-token")],
-    )
+    ))
 }
 
-/// The requests of a pass once the Secrets resolved, for a plain-HTTP Deployment.
+/// `object` as the subscription `wa`'s own: a uid of its own, and a controller reference
+/// to the subscription's uid.
+fn owned(mut object: Value) -> Value {
+    let name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or("object")
+        .to_owned();
+    object["metadata"]["uid"] = json!(format!("{name}-uid"));
+    object["metadata"]["ownerReferences"] = json!([{
+        "apiVersion": "metahook.io/v1alpha1",
+        "kind": "WebhookSubscription",
+        "name": "wa",
+        "uid": SUB_UID,
+        "controller": true,
+        "blockOwnerDeletion": true,
+    }]);
+    object
+}
+
+/// A minimal object of a kind at a path of `wa`'s, for step 0's answers.
+fn object_at(api_version: &str, kind: &str, name: &str) -> Value {
+    json!({
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": {"name": name, "namespace": NS, "resourceVersion": "5"},
+    })
+}
+
+/// Step 0 of a pass of `wa`: a GET of each name it manages, in the operator's order (the
+/// generated token's and the serving certificate's Secrets only when the spec makes
+/// them). Those in `found` answer with that object, the others 404.
+fn claims(token: bool, tls: bool, found: &[(String, Value)]) -> Vec<Expect> {
+    let mut paths = vec![format!("{CORE}/configmaps/wa-receiver")];
+    if token {
+        paths.push(format!("{CORE}/secrets/wa-verify-token"));
+    }
+    if tls {
+        paths.push(format!("{CORE}/secrets/wa-tls"));
+    }
+    paths.extend([
+        format!("{APPS}/deployments/wa"),
+        format!("{APPS}/statefulsets/wa"),
+        format!("{CORE}/services/wa"),
+        format!("{NET}/ingresses/wa"),
+    ]);
+    paths
+        .into_iter()
+        .map(|path| {
+            let reply = match found.iter().find(|(at, _)| *at == path) {
+                Some((_, object)) => Reply::Object(object.clone()),
+                None => Reply::Error(404, "NotFound"),
+            };
+            get(path, reply)
+        })
+        .collect()
+}
+
+/// The requests of a pass once the Secrets resolved, for a plain-HTTP Deployment (no
+/// StatefulSet or Ingress to delete: step 0 found none).
 fn workload_steps(ready_replicas: i32) -> Vec<Expect> {
     vec![
         apply(format!("{CORE}/configmaps/wa-receiver"), Reply::Echo(None)),
@@ -54,9 +115,7 @@ fn workload_steps(ready_replicas: i32) -> Vec<Expect> {
                 json!({"replicas": 1, "readyReplicas": ready_replicas}),
             )),
         ),
-        delete_absent(format!("{APPS}/statefulsets/wa")),
         apply(format!("{CORE}/services/wa"), Reply::Echo(None)),
-        delete_absent(format!("{NET}/ingresses/wa")),
     ]
 }
 
@@ -68,18 +127,15 @@ fn status_step() -> Expect {
 #[tokio::test]
 async fn create_generates_the_token_and_applies_every_object() {
     let sub = subscription("wa", NS, &whatsapp_spec());
-    let mut script = vec![
-        get(
-            format!("{CORE}/secrets/wa-verify-token"),
-            Reply::Error(404, "NotFound"),
-        ),
+    let mut script = claims(true, false, &[]);
+    script.extend([
         apply(format!("{CORE}/secrets/wa-verify-token"), Reply::Echo(None)),
         event(NS),
         get(
             format!("{CORE}/secrets/meta-app"),
             Reply::Object(app_secret()),
         ),
-    ];
+    ]);
     script.extend(workload_steps(0));
     script.push(status_step());
     let api = MockApi::start(script, Capabilities::default(), test_now());
@@ -110,7 +166,9 @@ async fn create_generates_the_token_and_applies_every_object() {
         token_secret["metadata"]["ownerReferences"][0]["controller"],
         true
     );
-    let generated = &served[2].body;
+    // Created: no uid precondition (nothing to hold it against).
+    assert!(token_secret["metadata"]["uid"].is_null());
+    let generated = &served[7].body;
     assert_eq!(generated["reason"], "VerifyTokenGenerated");
     assert_eq!(generated["regarding"]["name"], "wa");
 
@@ -194,20 +252,33 @@ async fn create_generates_the_token_and_applies_every_object() {
     );
 }
 
-/// A pass with the generated token already there (applied again for its owner
-/// reference), its Deployment ready, becoming Ready.
+/// A pass with the generated token and every child already there, the subscription's
+/// own: the token is read once (step 0) and not written, the Deployment is ready, the
+/// subscription becomes Ready.
 fn existing_token_pass() -> Vec<Expect> {
-    let mut script = vec![
-        get(
-            format!("{CORE}/secrets/wa-verify-token"),
-            Reply::Object(token_secret()),
-        ),
-        apply(format!("{CORE}/secrets/wa-verify-token"), Reply::Echo(None)),
-        get(
-            format!("{CORE}/secrets/meta-app"),
-            Reply::Object(app_secret()),
-        ),
-    ];
+    let mut script = claims(
+        true,
+        false,
+        &[
+            (
+                format!("{CORE}/configmaps/wa-receiver"),
+                owned(object_at("v1", "ConfigMap", "wa-receiver")),
+            ),
+            (format!("{CORE}/secrets/wa-verify-token"), token_secret()),
+            (
+                format!("{APPS}/deployments/wa"),
+                owned(object_at("apps/v1", "Deployment", "wa")),
+            ),
+            (
+                format!("{CORE}/services/wa"),
+                owned(object_at("v1", "Service", "wa")),
+            ),
+        ],
+    );
+    script.push(get(
+        format!("{CORE}/secrets/meta-app"),
+        Reply::Object(app_secret()),
+    ));
     script.extend(workload_steps(1));
     script.push(status_step());
     // Becoming Ready is an Event too.
@@ -224,15 +295,23 @@ async fn an_existing_token_is_kept_and_ready_follows_the_workload() {
         .await
         .expect("reconcile");
     let served = api.finish().await;
-    let token_secret = body_of(
-        &served,
-        &Method::PATCH,
-        &format!("{CORE}/secrets/wa-verify-token"),
+    assert!(
+        !served
+            .iter()
+            .any(|s| s.method == Method::PATCH && s.path.ends_with("/secrets/wa-verify-token")),
+        "the token is the subscription's already: never written again"
     );
-    assert_eq!(
-        secret_value(token_secret, "verify-token"),
-        b"existing-token"
-    );
+    // Each of its objects is applied under the uid step 0 read, without force (the mock
+    // refuses a forced apply of a child).
+    for (path, uid) in [
+        (format!("{CORE}/configmaps/wa-receiver"), "wa-receiver-uid"),
+        (format!("{APPS}/deployments/wa"), "wa-uid"),
+        (format!("{CORE}/services/wa"), "wa-uid"),
+    ] {
+        let applied = body_of(&served, &Method::PATCH, &path);
+        assert_eq!(applied["metadata"]["uid"], uid, "{path}");
+        assert_eq!(applied["metadata"]["ownerReferences"][0]["uid"], SUB_UID);
+    }
     let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
     assert_eq!(condition(status, "ReceiverAvailable")["status"], "True");
     assert_eq!(condition(status, "Ready")["status"], "True");
@@ -256,7 +335,8 @@ async fn config_hash_of(spec: Value, app_secret_value: &[u8]) -> String {
         "meta-app",
         &[("app-secret", app_secret_value), ("verify-token", b"t")],
     );
-    let mut script = vec![get(format!("{CORE}/secrets/meta-app"), Reply::Object(app))];
+    let mut script = claims(false, false, &[]);
+    script.push(get(format!("{CORE}/secrets/meta-app"), Reply::Object(app)));
     script.extend(workload_steps(1));
     script.push(status_step());
     script.push(event(NS));
@@ -304,14 +384,15 @@ async fn a_spec_or_secret_change_changes_the_config_hash() {
 /// Found on a real API server (1.20): an apply that creates a Service can answer 409
 /// AlreadyExists when another create of the same name lands between the server's read
 /// and its create (its Service storage creates on update without retrying; a request the
-/// client retried after a timeout is such a create). The object then exists: applying
-/// again updates it, rather than failing the pass and waiting out a backoff.
+/// client retried after a timeout is such a create). The object is read again: the
+/// subscription's own (its retried create) is applied again under its uid.
 #[tokio::test]
-async fn an_apply_that_races_a_create_is_applied_again() {
+async fn an_apply_that_races_its_own_create_is_applied_again() {
     let mut spec = whatsapp_spec();
     spec["verifyTokenRef"] = json!({"name": "meta-app", "key": "verify-token"});
     let sub = subscription("wa", NS, &spec);
-    let script = vec![
+    let mut script = claims(false, false, &[]);
+    script.extend([
         get(
             format!("{CORE}/secrets/meta-app"),
             Reply::Object(app_with_token()),
@@ -321,15 +402,17 @@ async fn an_apply_that_races_a_create_is_applied_again() {
             format!("{APPS}/deployments/wa"),
             Reply::Echo(Some(json!({"replicas": 1, "readyReplicas": 0}))),
         ),
-        delete_absent(format!("{APPS}/statefulsets/wa")),
         apply(
             format!("{CORE}/services/wa"),
             Reply::Error(409, "AlreadyExists"),
         ),
+        get(
+            format!("{CORE}/services/wa"),
+            Reply::Object(owned(object_at("v1", "Service", "wa"))),
+        ),
         apply(format!("{CORE}/services/wa"), Reply::Echo(None)),
-        delete_absent(format!("{NET}/ingresses/wa")),
         status_step(),
-    ];
+    ]);
     let api = MockApi::start(script, Capabilities::default(), test_now());
     let action = controller::reconcile(Arc::new(sub), api.ctx.clone())
         .await
@@ -338,11 +421,65 @@ async fn an_apply_that_races_a_create_is_applied_again() {
     let served = api.finish().await;
     let services: Vec<&Value> = served
         .iter()
-        .filter(|s| s.path == format!("{CORE}/services/wa"))
+        .filter(|s| s.method == Method::PATCH && s.path == format!("{CORE}/services/wa"))
         .map(|s| &s.body)
         .collect();
     assert_eq!(services.len(), 2);
-    assert_eq!(services[0], services[1], "the same apply, again");
+    assert!(services[0]["metadata"]["uid"].is_null(), "a create");
+    assert_eq!(
+        services[1]["metadata"]["uid"], "wa-uid",
+        "then an update under its uid"
+    );
+    assert_eq!(
+        services[0]["spec"], services[1]["spec"],
+        "the same apply, again"
+    );
+}
+
+/// The same race lost to someone else's object: not applied again; the pass ends as a
+/// Conflict naming it.
+#[tokio::test]
+async fn an_apply_that_races_someone_elses_create_is_a_conflict() {
+    let mut spec = whatsapp_spec();
+    spec["verifyTokenRef"] = json!({"name": "meta-app", "key": "verify-token"});
+    let sub = subscription("wa", NS, &spec);
+    let mut script = claims(false, false, &[]);
+    script.extend([
+        get(
+            format!("{CORE}/secrets/meta-app"),
+            Reply::Object(app_with_token()),
+        ),
+        apply(format!("{CORE}/configmaps/wa-receiver"), Reply::Echo(None)),
+        apply(
+            format!("{APPS}/deployments/wa"),
+            Reply::Echo(Some(json!({"replicas": 1, "readyReplicas": 0}))),
+        ),
+        apply(
+            format!("{CORE}/services/wa"),
+            Reply::Error(409, "AlreadyExists"),
+        ),
+        get(
+            format!("{CORE}/services/wa"),
+            Reply::Object(object_at("v1", "Service", "wa")),
+        ),
+        event(NS),
+        status_step(),
+    ]);
+    let api = MockApi::start(script, Capabilities::default(), test_now());
+    let action = controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("a refusal is not a failure");
+    assert_eq!(action, Action::requeue(controller::REFUSED_RETRY));
+    let served = api.finish().await;
+    let warning = &served[served.len() - 2].body;
+    assert_eq!(warning["type"], "Warning");
+    assert_eq!(warning["reason"], "Conflict");
+    assert_eq!(
+        warning["note"],
+        "Service acme/wa was created by someone else while the operator was creating it"
+    );
+    let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
+    assert_eq!(condition(status, "Ready")["reason"], "Conflict");
 }
 
 #[tokio::test]
@@ -350,12 +487,12 @@ async fn a_missing_secret_is_named_and_nothing_is_applied() {
     let mut spec = whatsapp_spec();
     spec["previousAppSecretRef"] = json!({"name": "meta-app", "key": "previous"});
     let sub = subscription("wa", NS, &spec);
-    let script = vec![
-        get(
-            format!("{CORE}/secrets/wa-verify-token"),
-            Reply::Object(token_secret()),
-        ),
-        apply(format!("{CORE}/secrets/wa-verify-token"), Reply::Echo(None)),
+    let mut script = claims(
+        true,
+        false,
+        &[(format!("{CORE}/secrets/wa-verify-token"), token_secret())],
+    );
+    script.extend([
         // meta-app holds app-secret but not previous.
         get(
             format!("{CORE}/secrets/meta-app"),
@@ -363,14 +500,14 @@ async fn a_missing_secret_is_named_and_nothing_is_applied() {
         ),
         event(NS),
         status_step(),
-    ];
+    ]);
     let api = MockApi::start(script, Capabilities::default(), test_now());
     let action = controller::reconcile(Arc::new(sub), api.ctx.clone())
         .await
         .expect("reconcile");
     assert_eq!(action, Action::requeue(controller::MISSING_SECRET_RETRY));
     let served = api.finish().await;
-    let warning = &served[3].body;
+    let warning = &served[7].body;
     assert_eq!(warning["type"], "Warning");
     assert_eq!(warning["reason"], "SecretNotResolved");
     assert_eq!(warning["note"], "Secret acme/meta-app has no key previous");
@@ -393,19 +530,19 @@ async fn a_missing_secret_is_named_and_nothing_is_applied() {
 #[tokio::test]
 async fn an_absent_secret_is_named() {
     let sub = subscription("wa", NS, &whatsapp_spec());
-    let script = vec![
-        get(
-            format!("{CORE}/secrets/wa-verify-token"),
-            Reply::Object(token_secret()),
-        ),
-        apply(format!("{CORE}/secrets/wa-verify-token"), Reply::Echo(None)),
+    let mut script = claims(
+        true,
+        false,
+        &[(format!("{CORE}/secrets/wa-verify-token"), token_secret())],
+    );
+    script.extend([
         get(
             format!("{CORE}/secrets/meta-app"),
             Reply::Error(404, "NotFound"),
         ),
         event(NS),
         status_step(),
-    ];
+    ]);
     let api = MockApi::start(script, Capabilities::default(), test_now());
     controller::reconcile(Arc::new(sub), api.ctx.clone())
         .await
@@ -435,15 +572,26 @@ fn app_with_token() -> Value {
     )
 }
 
+/// The namespace CA as the operator made it (labelled so: a Secret of that name without
+/// the labels is someone else's).
 fn ca_secret(ca: &CaMaterial) -> Value {
-    secret(
+    let mut secret = secret(
         NS,
         CA_SECRET_NAME,
         &[
             ("tls.crt", ca.cert_pem.as_bytes()),
             ("tls.key", ca.key_pem.as_bytes()),
         ],
-    )
+    );
+    secret["metadata"]["labels"] = json!({
+        "app.kubernetes.io/managed-by": "metahook-operator",
+        "app.kubernetes.io/component": "ca",
+    });
+    secret
+}
+
+fn tls_path() -> String {
+    format!("{CORE}/secrets/wa-tls")
 }
 
 fn names() -> BTreeSet<String> {
@@ -453,7 +601,8 @@ fn names() -> BTreeSet<String> {
 /// The requests of a first pass with `tls.mode` on: no CA yet (created), no serving
 /// certificate yet (issued, with an Event), then the workload.
 fn first_tls_pass_script() -> Vec<Expect> {
-    let mut script = vec![
+    let mut script = claims(false, true, &[]);
+    script.extend([
         get(
             format!("{CORE}/secrets/meta-app"),
             Reply::Object(app_with_token()),
@@ -463,13 +612,9 @@ fn first_tls_pass_script() -> Vec<Expect> {
             Reply::Error(404, "NotFound"),
         ),
         create(format!("{CORE}/secrets"), Reply::Created),
-        get(
-            format!("{CORE}/secrets/wa-tls"),
-            Reply::Error(404, "NotFound"),
-        ),
-        apply(format!("{CORE}/secrets/wa-tls"), Reply::Echo(None)),
+        apply(tls_path(), Reply::Echo(None)),
         event(NS),
-    ];
+    ]);
     script.extend(tls_workload_steps());
     script
 }
@@ -481,9 +626,7 @@ fn tls_workload_steps() -> Vec<Expect> {
             format!("{APPS}/deployments/wa"),
             Reply::Echo(Some(json!({"replicas": 1, "readyReplicas": 1}))),
         ),
-        delete_absent(format!("{APPS}/statefulsets/wa")),
         apply(format!("{CORE}/services/wa"), Reply::Echo(None)),
-        delete_absent(format!("{NET}/ingresses/wa")),
         status_step(),
         event(NS),
     ]
@@ -520,7 +663,7 @@ async fn first_tls_pass_creates_the_ca_and_issues_a_certificate() {
     assert_eq!(info.dns_names, names());
     assert!(info.not_before <= now && info.not_after > now + Duration::from_secs(89 * 86400));
     assert_eq!(secret_value(tls, "ca.crt"), ca.cert_pem.as_bytes());
-    assert_eq!(served[5].body["reason"], "CertificateIssued");
+    assert_eq!(served[10].body["reason"], "CertificateIssued");
 
     // The receiver serves it, the probes speak HTTPS, the Service port says so.
     let config_map = body_of(
@@ -584,7 +727,8 @@ async fn the_pass_after_issuing_a_certificate_keeps_the_config_hash() {
     let tls = body_of(&first, &Method::PATCH, &format!("{CORE}/secrets/wa-tls")).clone();
 
     // The next pass reads back what the first one wrote, and keeps it.
-    let mut script = vec![
+    let mut script = claims(false, true, &[(tls_path(), owned(tls))]);
+    script.extend([
         get(
             format!("{CORE}/secrets/meta-app"),
             Reply::Object(app_with_token()),
@@ -593,8 +737,7 @@ async fn the_pass_after_issuing_a_certificate_keeps_the_config_hash() {
             format!("{CORE}/secrets/{CA_SECRET_NAME}"),
             Reply::Object(ca),
         ),
-        get(format!("{CORE}/secrets/wa-tls"), Reply::Object(tls)),
-    ];
+    ]);
     script.extend(tls_workload_steps());
     let api = MockApi::start(
         script,
@@ -644,7 +787,8 @@ async fn reissuing_pass(
     now: time::OffsetDateTime,
 ) -> Vec<Served> {
     let sub = subscription("wa", NS, &tls_spec());
-    let mut script = vec![
+    let mut script = claims(false, true, &[(tls_path(), owned(existing))]);
+    script.extend([
         get(
             format!("{CORE}/secrets/meta-app"),
             Reply::Object(app_with_token()),
@@ -653,10 +797,9 @@ async fn reissuing_pass(
             format!("{CORE}/secrets/{CA_SECRET_NAME}"),
             Reply::Object(ca_secret(ca)),
         ),
-        get(format!("{CORE}/secrets/wa-tls"), Reply::Object(existing)),
-        apply(format!("{CORE}/secrets/wa-tls"), Reply::Echo(None)),
+        apply(tls_path(), Reply::Echo(None)),
         event(NS),
-    ];
+    ]);
     script.extend(tls_workload_steps());
     let api = MockApi::start(script, Capabilities::default(), now);
     controller::reconcile(Arc::new(sub), api.ctx.clone())
@@ -671,7 +814,7 @@ async fn a_certificate_due_for_renewal_is_reissued_with_an_event() {
     let ca = CaMaterial::generate(NS, issued_at).expect("ca");
     let now = issued_at + Duration::from_secs(61 * 86400);
     let served = reissuing_pass(&ca, existing_tls(&ca, issued_at), now).await;
-    let renewed = &served[4].body;
+    let renewed = &served[9].body;
     assert_eq!(renewed["reason"], "CertificateRenewed");
     assert!(
         renewed["note"]
@@ -697,7 +840,8 @@ async fn a_valid_certificate_is_kept_and_requeued_at_its_renewal() {
     let sub = subscription("wa", NS, &tls_spec());
     let existing = existing_tls(&ca, issued_at);
     let info = certs::inspect(&secret_value(&existing, "tls.crt")).expect("certificate");
-    let mut script = vec![
+    let mut script = claims(false, true, &[(tls_path(), owned(existing))]);
+    script.extend([
         get(
             format!("{CORE}/secrets/meta-app"),
             Reply::Object(app_with_token()),
@@ -706,8 +850,7 @@ async fn a_valid_certificate_is_kept_and_requeued_at_its_renewal() {
             format!("{CORE}/secrets/{CA_SECRET_NAME}"),
             Reply::Object(ca_secret(&ca)),
         ),
-        get(format!("{CORE}/secrets/wa-tls"), Reply::Object(existing)),
-    ];
+    ]);
     script.extend(tls_workload_steps());
     let api = MockApi::start(script, Capabilities::default(), now);
     let action = controller::reconcile(Arc::new(sub), api.ctx.clone())
@@ -727,7 +870,7 @@ async fn a_certificate_from_another_ca_is_reissued() {
     let ca = CaMaterial::generate(NS, issued_at).expect("ca");
     let served = reissuing_pass(&ca, existing_tls(&old_ca, issued_at), issued_at).await;
     assert!(
-        served[4].body["note"]
+        served[9].body["note"]
             .as_str()
             .is_some_and(|n| n.contains("issued by another CA"))
     );
@@ -738,7 +881,8 @@ async fn a_ca_created_concurrently_is_read_back() {
     let now = test_now();
     let ca = CaMaterial::generate(NS, now).expect("ca");
     let sub = subscription("wa", NS, &tls_spec());
-    let mut script = vec![
+    let mut script = claims(false, true, &[]);
+    script.extend([
         get(
             format!("{CORE}/secrets/meta-app"),
             Reply::Object(app_with_token()),
@@ -755,13 +899,9 @@ async fn a_ca_created_concurrently_is_read_back() {
             format!("{CORE}/secrets/{CA_SECRET_NAME}"),
             Reply::Object(ca_secret(&ca)),
         ),
-        get(
-            format!("{CORE}/secrets/wa-tls"),
-            Reply::Error(404, "NotFound"),
-        ),
-        apply(format!("{CORE}/secrets/wa-tls"), Reply::Echo(None)),
+        apply(tls_path(), Reply::Echo(None)),
         event(NS),
-    ];
+    ]);
     script.extend(tls_workload_steps());
     let api = MockApi::start(script, Capabilities::default(), now);
     controller::reconcile(Arc::new(sub), api.ctx.clone())
@@ -850,12 +990,12 @@ fn registering_spec() -> Value {
 
 /// The requests of a pass of [`registering_spec`] up to the workload.
 fn registering_pass_until_workload(ready_replicas: i32) -> Vec<Expect> {
-    let mut script = vec![
-        get(
-            format!("{CORE}/secrets/wa-verify-token"),
-            Reply::Object(token_secret()),
-        ),
-        apply(format!("{CORE}/secrets/wa-verify-token"), Reply::Echo(None)),
+    let mut script = claims(
+        true,
+        false,
+        &[(format!("{CORE}/secrets/wa-verify-token"), token_secret())],
+    );
+    script.extend([
         get(
             format!("{CORE}/secrets/meta-app"),
             Reply::Object(app_secret()),
@@ -864,7 +1004,7 @@ fn registering_pass_until_workload(ready_replicas: i32) -> Vec<Expect> {
             format!("{CORE}/secrets/wa-system-user"),
             Reply::Object(secret(NS, "wa-system-user", &[("token", b"su-token")])),
         ),
-    ];
+    ]);
     script.extend(workload_steps(ready_replicas));
     script
 }
@@ -945,8 +1085,8 @@ async fn a_ready_receiver_is_registered_behind_the_finalizer() {
         json!([registration::FINALIZER])
     );
     // The finalizer goes on before the first Graph call: the Event follows it.
-    assert_eq!(served[10].body["reason"], "Registered");
-    let note = served[10].body["note"].as_str().expect("note");
+    assert_eq!(served[12].body["reason"], "Registered");
+    let note = served[12].body["note"].as_str().expect("note");
     assert!(note.contains("subscribed app 1234 to whatsapp_business_account fields message_template_status_update,messages"), "{note}");
     assert!(
         note.contains("WABA 5550001 with callback override"),
@@ -1001,7 +1141,7 @@ async fn a_phone_number_override_is_set_after_its_waba_and_recorded() {
             format!("POST /7770001 override={CALLBACK}"),
         ]
     );
-    let note = served[10].body["note"].as_str().expect("note");
+    let note = served[12].body["note"].as_str().expect("note");
     assert!(
         note.contains(&format!(
             "set the callback override of phone number 7770001 (WABA 5550001) to {CALLBACK}"
@@ -1053,7 +1193,7 @@ async fn a_graph_error_is_reported_with_metas_message_and_fails_the_pass() {
         .expect_err("the pass fails");
     assert_eq!(error.metric_label(), "graph_api");
     let served = api.finish().await;
-    assert_eq!(served[10].body["reason"], "RegistrationFailed");
+    assert_eq!(served[12].body["reason"], "RegistrationFailed");
     let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
     let registered = condition(status, "Registered");
     assert_eq!(registered["status"], "False");
@@ -1297,7 +1437,25 @@ async fn persistent_spool_replicas_and_monitoring_where_the_cluster_serves_them(
     spec["ingress"] =
         json!({"host": "hooks.example.com", "className": "nginx", "tlsSecretName": "hooks-public"});
     let sub = subscription("wa", NS, &spec);
-    let script = vec![
+    // Step 0 reaches the kinds the cluster serves too. The Deployment of an earlier
+    // Deployment-mode pass is the subscription's: deleted, under its uid.
+    let mut script = claims(
+        false,
+        false,
+        &[(
+            format!("{APPS}/deployments/wa"),
+            owned(object_at("apps/v1", "Deployment", "wa")),
+        )],
+    );
+    script.extend([
+        get(
+            "/apis/monitoring.coreos.com/v1/namespaces/acme/servicemonitors/wa",
+            Reply::Error(404, "NotFound"),
+        ),
+        get(
+            "/apis/policy/v1beta1/namespaces/acme/poddisruptionbudgets/wa",
+            Reply::Error(404, "NotFound"),
+        ),
         get(
             format!("{CORE}/secrets/meta-app"),
             Reply::Object(app_with_token()),
@@ -1307,7 +1465,7 @@ async fn persistent_spool_replicas_and_monitoring_where_the_cluster_serves_them(
             format!("{APPS}/statefulsets/wa"),
             Reply::Echo(Some(json!({"replicas": 2, "readyReplicas": 2}))),
         ),
-        delete_absent(format!("{APPS}/deployments/wa")),
+        delete(format!("{APPS}/deployments/wa")),
         apply(format!("{CORE}/services/wa"), Reply::Echo(None)),
         apply(format!("{NET}/ingresses/wa"), Reply::Echo(None)),
         apply(
@@ -1320,7 +1478,7 @@ async fn persistent_spool_replicas_and_monitoring_where_the_cluster_serves_them(
         ),
         status_step(),
         event(NS),
-    ];
+    ]);
     let capabilities = Capabilities {
         service_monitor: true,
         pdb: Some(PdbVersion::V1beta1),
@@ -1330,6 +1488,9 @@ async fn persistent_spool_replicas_and_monitoring_where_the_cluster_serves_them(
         .await
         .expect("reconcile");
     let served = api.finish().await;
+    let deleted = body_of(&served, &Method::DELETE, &format!("{APPS}/deployments/wa"));
+    assert_eq!(deleted["preconditions"]["uid"], "wa-uid");
+    assert_eq!(deleted["propagationPolicy"], "Background");
     let stateful_set = body_of(&served, &Method::PATCH, &format!("{APPS}/statefulsets/wa"));
     let claim = &stateful_set["spec"]["volumeClaimTemplates"][0];
     assert_eq!(claim["metadata"]["name"], "data");
@@ -1367,19 +1528,17 @@ async fn sidecar_mode_prepares_configuration_but_runs_nothing() {
     spec["verifyTokenRef"] = json!({"name": "meta-app", "key": "verify-token"});
     spec["receiver"] = json!({"mode": "sidecar"});
     let sub = subscription("wa", NS, &spec);
-    let script = vec![
+    // Nothing at the workload's names: nothing to delete.
+    let mut script = claims(false, false, &[]);
+    script.extend([
         get(
             format!("{CORE}/secrets/meta-app"),
             Reply::Object(app_with_token()),
         ),
         apply(format!("{CORE}/configmaps/wa-receiver"), Reply::Echo(None)),
-        delete_absent(format!("{APPS}/deployments/wa")),
-        delete_absent(format!("{APPS}/statefulsets/wa")),
-        delete_absent(format!("{CORE}/services/wa")),
-        delete_absent(format!("{NET}/ingresses/wa")),
         status_step(),
         event(NS),
-    ];
+    ]);
     let api = MockApi::start(script, Capabilities::default(), test_now());
     controller::reconcile(Arc::new(sub), api.ctx.clone())
         .await
@@ -1394,7 +1553,7 @@ async fn sidecar_mode_prepares_configuration_but_runs_nothing() {
 async fn api_errors_fail_the_pass_and_back_off() {
     let sub = Arc::new(subscription("wa", NS, &whatsapp_spec()));
     let script = vec![get(
-        format!("{CORE}/secrets/wa-verify-token"),
+        format!("{CORE}/configmaps/wa-receiver"),
         Reply::Error(500, "InternalError"),
     )];
     let api = MockApi::start(script, Capabilities::default(), test_now());
@@ -1403,7 +1562,7 @@ async fn api_errors_fail_the_pass_and_back_off() {
         .expect_err("a 500 fails the pass");
     assert_eq!(err.metric_label(), "kube_api");
     assert!(
-        err.to_string().contains("get Secret wa-verify-token"),
+        err.to_string().contains("get ConfigMap acme/wa-receiver"),
         "{err}"
     );
     let first = controller::error_policy(sub.clone(), &err, api.ctx.clone());
@@ -1430,7 +1589,8 @@ async fn mutual_tls_at_the_ingress_needs_the_ca_under_ca_crt() {
         "trustedProxyCIDRs": ["10.0.0.0/8"],
     });
     let sub = subscription("wa", NS, &spec);
-    let script = vec![
+    let mut script = claims(false, true, &[]);
+    script.extend([
         get(
             format!("{CORE}/secrets/meta-app"),
             Reply::Object(app_with_token()),
@@ -1441,7 +1601,7 @@ async fn mutual_tls_at_the_ingress_needs_the_ca_under_ca_crt() {
         ),
         event(NS),
         status_step(),
-    ];
+    ]);
     let api = MockApi::start(script, Capabilities::default(), test_now());
     controller::reconcile(Arc::new(sub), api.ctx.clone())
         .await
@@ -1455,74 +1615,13 @@ async fn mutual_tls_at_the_ingress_needs_the_ca_under_ca_crt() {
 }
 
 #[tokio::test]
-async fn an_owned_token_is_read_once_and_absent_children_are_not_deleted_twice() {
-    let sub = subscription("wa", NS, &whatsapp_spec());
-    // The generated token Secret as the operator applied it: owned by the subscription.
-    let mut owned_token = token_secret();
-    owned_token["metadata"]["ownerReferences"] = json!([{
-        "apiVersion": "metahook.io/v1alpha1",
-        "kind": "WebhookSubscription",
-        "name": "wa",
-        "uid": "11111111-2222-3333-4444-555555555555",
-        "controller": true,
-        "blockOwnerDeletion": true,
-    }]);
-    let pass = |deletes: bool| {
-        let mut steps = vec![
-            get(
-                format!("{CORE}/secrets/wa-verify-token"),
-                Reply::Object(owned_token.clone()),
-            ),
-            get(
-                format!("{CORE}/secrets/meta-app"),
-                Reply::Object(app_secret()),
-            ),
-        ];
-        steps.extend(
-            workload_steps(1)
-                .into_iter()
-                .filter(|step| deletes || step.method != Method::DELETE),
-        );
-        steps.push(status_step());
-        steps
-    };
-    // First pass: deletes the unwanted kinds once (absent: 404); becomes Ready.
-    let mut script = pass(true);
-    script.push(event(NS));
-    // Second pass on the same process: the token is read once and not re-applied, and
-    // what was absent is not deleted again.
-    script.extend(pass(false));
-    let api = MockApi::start(script, Capabilities::default(), test_now());
-    controller::reconcile(Arc::new(sub.clone()), api.ctx.clone())
-        .await
-        .expect("first pass");
-    // As the watch would deliver it after the first pass: Ready (no second Ready Event).
-    let mut ready = sub;
-    ready.status = Some(
-        serde_json::from_value(json!({"conditions": [{
-            "type": "Ready", "status": "True", "reason": "Ready", "message": "",
-            "lastTransitionTime": "2026-09-21T00:00:00Z",
-        }]}))
-        .expect("status"),
-    );
-    controller::reconcile(Arc::new(ready), api.ctx.clone())
-        .await
-        .expect("second pass");
-    let served = api.finish().await;
-    assert!(
-        served
-            .iter()
-            .all(|s| !(s.method == Method::PATCH && s.path.ends_with("/secrets/wa-verify-token"))),
-        "an owned, existing token Secret is not re-applied"
-    );
-}
-
-#[tokio::test]
 async fn a_user_certificate_that_is_not_one_is_reported_and_nothing_is_applied() {
     let mut spec = tls_spec();
     spec["tls"]["secretRef"] = json!({"name": "hooks-tls"});
     let sub = subscription("wa", NS, &spec);
-    let script = vec![
+    // The user's certificate is theirs: step 0 does not claim it.
+    let mut script = claims(false, false, &[]);
+    script.extend([
         get(
             format!("{CORE}/secrets/hooks-tls"),
             Reply::Object(secret(
@@ -1537,13 +1636,13 @@ async fn a_user_certificate_that_is_not_one_is_reported_and_nothing_is_applied()
         ),
         event(NS),
         status_step(),
-    ];
+    ]);
     let api = MockApi::start(script, Capabilities::default(), test_now());
     controller::reconcile(Arc::new(sub), api.ctx.clone())
         .await
         .expect("reconcile");
     let served = api.finish().await;
-    assert_eq!(served[2].body["reason"], "CertificateInvalid");
+    assert_eq!(served[7].body["reason"], "CertificateInvalid");
     let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
     let certificate = condition(status, "CertificateReady");
     assert_eq!(certificate["status"], "False");
@@ -1556,5 +1655,335 @@ async fn a_user_certificate_that_is_not_one_is_reported_and_nothing_is_applied()
     assert_eq!(
         condition(status, "Ready")["reason"],
         "CertificateReadyFalse"
+    );
+}
+
+// Ownership: the operator touches only what is absent or the subscription's own.
+
+/// A pass refused at step 0: the Warning Event, then the status; nothing else.
+async fn refused_pass(
+    spec: &Value,
+    found: &[(String, Value)],
+    token: bool,
+    tls: bool,
+) -> Vec<Served> {
+    let sub = subscription("wa", NS, spec);
+    let mut script = claims(token, tls, found);
+    script.extend([event(NS), status_step()]);
+    let api = MockApi::start(script, Capabilities::default(), test_now());
+    let action = controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("a refusal is not a failure");
+    assert_eq!(action, Action::requeue(controller::REFUSED_RETRY));
+    api.finish().await
+}
+
+fn sidecar_spec() -> Value {
+    let mut spec = whatsapp_spec();
+    spec["verifyTokenRef"] = json!({"name": "meta-app", "key": "verify-token"});
+    spec["receiver"] = json!({"mode": "sidecar"});
+    spec
+}
+
+/// The issue's first finding: a sidecar subscription named after a team's Deployment and
+/// Service deleted both. Now they are someone else's: nothing is written or deleted.
+#[tokio::test]
+async fn a_sidecar_named_after_a_teams_deployment_and_service_touches_neither() {
+    let deployment = object_at("apps/v1", "Deployment", "wa");
+    let service = object_at("v1", "Service", "wa");
+    let served = refused_pass(
+        &sidecar_spec(),
+        &[
+            (format!("{APPS}/deployments/wa"), deployment),
+            (format!("{CORE}/services/wa"), service),
+        ],
+        false,
+        false,
+    )
+    .await;
+    let writes: Vec<String> = served
+        .iter()
+        .filter(|s| s.method != Method::GET && !s.path.contains("/events"))
+        .map(|s| format!("{} {}", s.method, s.path))
+        .collect();
+    assert_eq!(
+        writes,
+        [format!("PATCH {SUBS}/wa/status")],
+        "only the status is written"
+    );
+    let expected = "Deployment acme/wa exists and is not made by this subscription: the \
+        subscription changes nothing until it is renamed or removed, or annotated \
+        metahook.io/adopt=wa to let the operator take it over (and delete it with the \
+        subscription); Service acme/wa exists and is not made by this subscription: the \
+        subscription changes nothing until it is renamed or removed, or annotated \
+        metahook.io/adopt=wa to let the operator take it over (and delete it with the \
+        subscription)";
+    let warning = &served[served.len() - 2].body;
+    assert_eq!(warning["type"], "Warning");
+    assert_eq!(warning["reason"], "Conflict");
+    assert_eq!(warning["note"], expected);
+    let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
+    let ready = condition(status, "Ready");
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "Conflict");
+    assert_eq!(ready["message"], expected);
+}
+
+/// A team's own certificate under the name the operator would issue into: not overwritten.
+#[tokio::test]
+async fn a_teams_secret_at_the_serving_certificates_name_is_a_conflict() {
+    let mut team = secret(
+        NS,
+        "wa-tls",
+        &[("tls.crt", b"theirs"), ("tls.key", b"theirs")],
+    );
+    team["metadata"]["ownerReferences"] = json!([{
+        "apiVersion": "cert-manager.io/v1", "kind": "Certificate", "name": "wa",
+        "uid": "cert-uid", "controller": true,
+    }]);
+    let served = refused_pass(&tls_spec(), &[(tls_path(), team)], false, true).await;
+    let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
+    let message = condition(status, "Ready")["message"]
+        .as_str()
+        .expect("message")
+        .to_owned();
+    assert!(
+        message.starts_with("Secret acme/wa-tls exists and is controlled by Certificate wa:"),
+        "{message}"
+    );
+}
+
+/// An object left by an earlier subscription of the same name (deleted and made again: a
+/// new uid) is not the new one's.
+#[tokio::test]
+async fn an_object_of_an_earlier_subscription_of_the_same_name_is_a_conflict() {
+    let mut earlier = owned(object_at("v1", "ConfigMap", "wa-receiver"));
+    earlier["metadata"]["ownerReferences"][0]["uid"] = json!("an-earlier-uid");
+    let served = refused_pass(
+        &sidecar_spec(),
+        &[(format!("{CORE}/configmaps/wa-receiver"), earlier)],
+        false,
+        false,
+    )
+    .await;
+    let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
+    assert!(
+        condition(status, "Ready")["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with(
+                "ConfigMap acme/wa-receiver exists and is controlled by WebhookSubscription wa:"
+            )),
+        "{status}"
+    );
+}
+
+/// A refusal writes Ready only: the other conditions stay as the last complete pass left
+/// them, and the endpoint stays in the status.
+#[tokio::test]
+async fn a_refusal_keeps_the_other_conditions() {
+    let mut sub = subscription("wa", NS, &sidecar_spec());
+    sub.status = Some(
+        serde_json::from_value(json!({
+            "endpoint": "http://wa.acme.svc:80/webhooks/whatsapp",
+            "conditions": [
+                {"type": "Ready", "status": "True", "reason": "Ready", "message": "",
+                 "lastTransitionTime": "2026-09-21T00:00:00Z"},
+                {"type": "SecretsResolved", "status": "True", "reason": "Resolved",
+                 "message": "every referenced Secret key exists",
+                 "lastTransitionTime": "2026-09-21T00:00:00Z"},
+            ],
+        }))
+        .expect("status"),
+    );
+    let mut script = claims(
+        false,
+        false,
+        &[(
+            format!("{CORE}/services/wa"),
+            object_at("v1", "Service", "wa"),
+        )],
+    );
+    script.extend([event(NS), status_step()]);
+    let api = MockApi::start(script, Capabilities::default(), test_now());
+    controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("refused");
+    let served = api.finish().await;
+    let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
+    assert_eq!(condition(status, "Ready")["reason"], "Conflict");
+    assert_eq!(
+        condition(status, "Ready")["lastTransitionTime"],
+        "2026-09-21T14:13:20Z",
+        "Ready changed now"
+    );
+    let secrets = condition(status, "SecretsResolved");
+    assert_eq!(secrets["status"], "True");
+    assert_eq!(secrets["lastTransitionTime"], "2026-09-21T00:00:00Z");
+    assert_eq!(
+        status["status"]["endpoint"],
+        "http://wa.acme.svc:80/webhooks/whatsapp"
+    );
+}
+
+/// The way out the conflict names: annotated for adoption by this subscription, the
+/// team's Service is taken over with a forced apply under its uid, and said so.
+#[tokio::test]
+async fn an_object_annotated_for_adoption_is_taken_over_with_an_event() {
+    let mut spec = whatsapp_spec();
+    spec["verifyTokenRef"] = json!({"name": "meta-app", "key": "verify-token"});
+    let sub = subscription("wa", NS, &spec);
+    let mut service = object_at("v1", "Service", "wa");
+    service["metadata"]["uid"] = json!("team-service-uid");
+    service["metadata"]["annotations"] = json!({"metahook.io/adopt": "wa"});
+    let mut script = claims(false, false, &[(format!("{CORE}/services/wa"), service)]);
+    script.extend([
+        get(
+            format!("{CORE}/secrets/meta-app"),
+            Reply::Object(app_with_token()),
+        ),
+        apply(format!("{CORE}/configmaps/wa-receiver"), Reply::Echo(None)),
+        apply(
+            format!("{APPS}/deployments/wa"),
+            Reply::Echo(Some(json!({"replicas": 1, "readyReplicas": 0}))),
+        ),
+        adopt(format!("{CORE}/services/wa"), Reply::Echo(None)),
+        event(NS),
+        status_step(),
+    ]);
+    let api = MockApi::start(script, Capabilities::default(), test_now());
+    controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("reconcile");
+    let served = api.finish().await;
+    let applied = body_of(&served, &Method::PATCH, &format!("{CORE}/services/wa"));
+    assert_eq!(applied["metadata"]["uid"], "team-service-uid");
+    assert_eq!(applied["metadata"]["ownerReferences"][0]["uid"], SUB_UID);
+    let adopted = &served[served.len() - 2].body;
+    assert_eq!(adopted["reason"], "Adopted");
+    assert_eq!(
+        adopted["note"],
+        "took over Service acme/wa as its metahook.io/adopt annotation allows; it is now deleted with the subscription"
+    );
+}
+
+/// An apply without force that meets a field another manager owns (a `kubectl edit` of
+/// the subscription's Deployment) overwrites nothing: the pass ends as a Conflict naming
+/// the field and the manager, as the API server words it.
+#[tokio::test]
+async fn a_field_another_manager_owns_is_a_conflict_not_overwritten() {
+    let mut spec = whatsapp_spec();
+    spec["verifyTokenRef"] = json!({"name": "meta-app", "key": "verify-token"});
+    let sub = subscription("wa", NS, &spec);
+    let mut script = claims(
+        false,
+        false,
+        &[(
+            format!("{APPS}/deployments/wa"),
+            owned(object_at("apps/v1", "Deployment", "wa")),
+        )],
+    );
+    script.extend([
+        get(
+            format!("{CORE}/secrets/meta-app"),
+            Reply::Object(app_with_token()),
+        ),
+        apply(format!("{CORE}/configmaps/wa-receiver"), Reply::Echo(None)),
+        apply(
+            format!("{APPS}/deployments/wa"),
+            Reply::Error(409, "Conflict"),
+        ),
+        event(NS),
+        status_step(),
+    ]);
+    let api = MockApi::start(script, Capabilities::default(), test_now());
+    let action = controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("refused");
+    assert_eq!(action, Action::requeue(controller::REFUSED_RETRY));
+    let served = api.finish().await;
+    let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
+    assert_eq!(condition(status, "Ready")["reason"], "Conflict");
+    assert_eq!(
+        condition(status, "Ready")["message"],
+        format!("Deployment acme/wa: {APPS}/deployments/wa: Conflict")
+    );
+}
+
+/// A Secret named like the namespace CA that the operator did not make would sign every
+/// receiver's certificate with someone else's key: a conflict, nothing issued.
+#[tokio::test]
+async fn a_foreign_secret_at_the_cas_name_is_a_conflict() {
+    let sub = subscription("wa", NS, &tls_spec());
+    let mut script = claims(false, true, &[]);
+    script.extend([
+        get(
+            format!("{CORE}/secrets/meta-app"),
+            Reply::Object(app_with_token()),
+        ),
+        get(
+            format!("{CORE}/secrets/{CA_SECRET_NAME}"),
+            Reply::Object(secret(
+                NS,
+                CA_SECRET_NAME,
+                &[("tls.crt", b"x"), ("tls.key", b"y")],
+            )),
+        ),
+        event(NS),
+        status_step(),
+    ]);
+    let api = MockApi::start(script, Capabilities::default(), test_now());
+    controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("refused");
+    let served = api.finish().await;
+    let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
+    assert_eq!(condition(status, "Ready")["reason"], "Conflict");
+    assert!(
+        condition(status, "Ready")["message"]
+            .as_str()
+            .is_some_and(|m| m
+                .starts_with("Secret acme/metahook-ca exists and was not made by the operator")),
+        "{status}"
+    );
+}
+
+/// Switching from a Deployment to a StatefulSet deletes the subscription's Deployment,
+/// under its uid; a Deployment annotated for adoption but not yet adopted is not the
+/// subscription's, so it is never deleted.
+#[tokio::test]
+async fn an_unwanted_object_is_deleted_only_when_it_is_the_subscriptions() {
+    let mut spec = whatsapp_spec();
+    spec["verifyTokenRef"] = json!({"name": "meta-app", "key": "verify-token"});
+    spec["delivery"]["spool"] = json!({"size": "1Gi"});
+    let sub = subscription("wa", NS, &spec);
+    let mut adoptable = object_at("apps/v1", "Deployment", "wa");
+    adoptable["metadata"]["uid"] = json!("team-uid");
+    adoptable["metadata"]["annotations"] = json!({"metahook.io/adopt": "wa"});
+    let mut script = claims(
+        false,
+        false,
+        &[(format!("{APPS}/deployments/wa"), adoptable)],
+    );
+    script.extend([
+        get(
+            format!("{CORE}/secrets/meta-app"),
+            Reply::Object(app_with_token()),
+        ),
+        apply(format!("{CORE}/configmaps/wa-receiver"), Reply::Echo(None)),
+        apply(
+            format!("{APPS}/statefulsets/wa"),
+            Reply::Echo(Some(json!({"replicas": 1, "readyReplicas": 0}))),
+        ),
+        apply(format!("{CORE}/services/wa"), Reply::Echo(None)),
+        status_step(),
+    ]);
+    let api = MockApi::start(script, Capabilities::default(), test_now());
+    controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("reconcile");
+    let served = api.finish().await;
+    assert!(
+        served.iter().all(|s| s.method != Method::DELETE),
+        "nothing deleted"
     );
 }

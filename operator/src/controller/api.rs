@@ -1,22 +1,21 @@
-//! The requests every step makes the same way: server-side apply (retried once when it
-//! raced a create), deletion of unwanted children, and Events.
+//! The requests every step makes the same way: server-side apply and deletion through the
+//! [`Claim`]s of step 0 (never by name alone), and Events.
 
 use std::fmt::Debug;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::core::{ApiResource, DynamicObject};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Context;
-use super::children::Child;
+use super::ownership::Claim;
 use crate::FIELD_MANAGER;
 use crate::crd::WebhookSubscription;
 use crate::error::Error;
+use crate::ownership::{self, ADOPT_ANNOTATION, Holder};
 
 /// Reads a Secret; absent is `None`.
 pub(super) async fn get_secret(secrets: &Api<Secret>, name: &str) -> Result<Option<Secret>, Error> {
@@ -26,6 +25,8 @@ pub(super) async fn get_secret(secrets: &Api<Secret>, name: &str) -> Result<Opti
         .map_err(|e| Error::kube(format!("get Secret {name}"), e))
 }
 
+/// The apply of the subscription's own status and finalizer: forced, since only the
+/// operator writes them. (Children are applied through [`apply_claimed`].)
 pub(super) fn apply_params() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()
 }
@@ -35,103 +36,143 @@ pub(super) fn apply_params() -> PatchParams {
 /// An apply of an absent object is a create on the server, decided by a read first; a
 /// create landing in between (a request the client retried after a timeout, another
 /// replica, a user) makes it answer 409 AlreadyExists. Kubernetes' generic storage retries
-/// that as an update, but not every kind's: 1.20's Services, for one, do not. The object
-/// exists by then, so applying again updates it.
+/// that as an update, but not every kind's: 1.20's Services, for one, do not.
 fn raced_a_create(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if status.code == 409 && status.reason == "AlreadyExists")
 }
 
-pub(super) async fn apply<K>(api: &Api<K>, object: &K) -> Result<K, Error>
-where
-    K: Resource + Serialize + DeserializeOwned + Clone + Debug,
-    K::DynamicType: Default,
-{
-    let name = object.meta().name.clone().unwrap_or_default();
-    let what = || format!("apply {} {name}", K::kind(&K::DynamicType::default()));
-    match api
-        .patch(&name, &apply_params(), &Patch::Apply(object))
-        .await
-    {
-        Err(error) if raced_a_create(&error) => {
-            tracing::info!(%name, "apply raced a create of the same object; applying again");
-            api.patch(&name, &apply_params(), &Patch::Apply(object))
-                .await
-                .map_err(|e| Error::kube(what(), e))
+/// Is this a 409 Conflict: a field another manager owns (an apply without force), or a
+/// uid precondition the object no longer meets (it was deleted and made again)?
+fn conflicted(error: &kube::Error) -> Option<String> {
+    match error {
+        kube::Error::Api(status) if status.code == 409 && status.reason == "Conflict" => {
+            Some(status.message.clone())
         }
-        result => result.map_err(|e| Error::kube(what(), e)),
+        _ => None,
     }
 }
 
-/// Applies a child kind that is deleted when unwanted, and remembers it is present.
-pub(super) async fn apply_child<K>(
+/// Applies `object` as `claim` allows, never by name alone: created when absent (an
+/// apply without force), updated under its uid when the subscription's (without force:
+/// a field someone else manages is a [`Error::Conflict`] naming it, not overwritten), taken
+/// over with force when annotated for adoption by the subscription. An object someone
+/// else holds is never applied.
+pub(super) async fn apply_claimed<K>(
     ctx: &Context,
-    sub: &ObjectRef<WebhookSubscription>,
-    child: Child,
+    sub: &WebhookSubscription,
     api: &Api<K>,
+    claim: &Claim<K>,
     object: &K,
 ) -> Result<K, Error>
 where
     K: Resource + Serialize + DeserializeOwned + Clone + Debug,
-    K::DynamicType: Default,
 {
-    let applied = apply(api, object).await?;
-    ctx.set_absent(sub, child, false);
+    let what = claim.describe();
+    let (uid, adopting) = match &claim.holder {
+        Holder::Absent => (None, false),
+        Holder::Subscription { uid } => (Some(uid.clone()), false),
+        Holder::Adoptable { uid } => (Some(uid.clone()), true),
+        Holder::Other { holder } => {
+            return Err(Error::Conflict(format!("{what} is {holder}")));
+        }
+    };
+    let applied = match patch_under_uid(api, &claim.name, object, uid.as_deref(), adopting).await {
+        Err(error) if uid.is_none() && raced_a_create(&error) => {
+            // Made by someone between the step-0 read and this create: applied again only
+            // if it turns out to be the subscription's (this operator's own create,
+            // retried).
+            let found = api
+                .get_opt(&claim.name)
+                .await
+                .map_err(|e| Error::kube(format!("get {what}"), e))?;
+            let sub_uid = sub.uid().unwrap_or_default();
+            match ownership::holder(
+                found.as_ref().map(Resource::meta),
+                &sub.name_any(),
+                &sub_uid,
+            ) {
+                Holder::Subscription { uid } => {
+                    tracing::info!(object = %what, "apply raced a create of the subscription's own object; applying again");
+                    patch_under_uid(api, &claim.name, object, Some(&uid), false).await
+                }
+                _ => {
+                    return Err(Error::Conflict(format!(
+                        "{what} was created by someone else while the operator was creating it"
+                    )));
+                }
+            }
+        }
+        result => result,
+    };
+    let applied = applied.map_err(|error| match conflicted(&error) {
+        Some(message) => Error::Conflict(format!("{what}: {message}")),
+        None => Error::kube(format!("apply {what}"), error),
+    })?;
+    if adopting {
+        publish(
+            ctx,
+            sub,
+            EventType::Normal,
+            "Adopted",
+            "Adopt",
+            format!(
+                "took over {what} as its {ADOPT_ANNOTATION} annotation allows; it is now deleted with the subscription"
+            ),
+        )
+        .await;
+    }
     Ok(applied)
 }
 
-/// Applies a child of a kind the cluster may not serve (through the dynamic API), and
-/// remembers it is present.
-pub(super) async fn apply_dynamic_child(
-    ctx: &Context,
-    sub: &ObjectRef<WebhookSubscription>,
-    child: Child,
-    resource: &ApiResource,
-    object: &DynamicObject,
-) -> Result<(), Error> {
-    let namespace = object.namespace().unwrap_or_default();
-    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &namespace, resource);
-    let name = object.name_any();
-    let mut result = api
-        .patch(&name, &apply_params(), &Patch::Apply(object))
-        .await;
-    if let Err(error) = &result
-        && raced_a_create(error)
-    {
-        tracing::info!(%name, "apply raced a create of the same object; applying again");
-        result = api
-            .patch(&name, &apply_params(), &Patch::Apply(object))
-            .await;
-    }
-    result.map_err(|e| Error::kube(format!("apply {} {name}", resource.kind), e))?;
-    ctx.set_absent(sub, child, false);
-    Ok(())
-}
-
-/// Deletes an object that is no longer wanted; absent is fine. Skipped when this process
-/// already saw it absent for the subscription.
-pub(super) async fn delete_unwanted<K>(
-    ctx: &Context,
-    sub: &ObjectRef<WebhookSubscription>,
+/// A server-side apply by the operator's field manager, with the object's uid as a
+/// precondition when it exists (so a write never lands on an object made again under the
+/// same name), forced only to adopt.
+async fn patch_under_uid<K>(
     api: &Api<K>,
     name: &str,
-    child: Child,
-) -> Result<(), Error>
+    object: &K,
+    uid: Option<&str>,
+    force: bool,
+) -> Result<K, kube::Error>
+where
+    K: Resource + Serialize + DeserializeOwned + Clone + Debug,
+{
+    let mut body = object.clone();
+    body.meta_mut().uid = uid.map(str::to_owned);
+    let mut params = PatchParams::apply(FIELD_MANAGER);
+    params.force = force;
+    api.patch(name, &params, &Patch::Apply(&body)).await
+}
+
+/// Deletes an object the subscription no longer wants, only when it is the
+/// subscription's, and under its uid. Absent, or someone else's, it is left alone.
+pub(super) async fn delete_claimed<K>(api: &Api<K>, claim: &Claim<K>) -> Result<(), Error>
 where
     K: Resource + DeserializeOwned + Clone + Debug,
 {
-    let kind = child.kind();
-    if ctx.known_absent(sub, child) {
+    let Holder::Subscription { uid } = &claim.holder else {
         return Ok(());
-    }
-    match api.delete(name, &DeleteParams::background()).await {
+    };
+    let what = claim.describe();
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: Some(uid.clone()),
+            resource_version: None,
+        }),
+        ..DeleteParams::background()
+    };
+    match api.delete(&claim.name, &params).await {
         Ok(_) => {
-            tracing::info!(%name, kind, "deleted an object the subscription no longer wants");
+            tracing::info!(object = %what, "deleted an object the subscription no longer wants");
+            Ok(())
         }
-        Err(kube::Error::Api(status)) if status.code == 404 => {}
-        Err(e) => return Err(Error::kube(format!("delete {kind} {name}"), e)),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            tracing::info!(object = %what, "not deleting: the object was made again under the same name since it was read");
+            Ok(())
+        }
+        Err(e) => Err(Error::kube(format!("delete {what}"), e)),
     }
-    ctx.set_absent(sub, child, true);
-    Ok(())
 }
 
 pub(super) async fn publish(

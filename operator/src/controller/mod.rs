@@ -3,6 +3,9 @@
 //!
 //! One pass, in order, one file a step, each returning a named struct (each step's
 //! requests are fixed, so the mock-API tests script them):
+//! 0. [`ownership`]: who holds each name the subscription manages (a GET each); one held
+//!    by someone else ends the pass as a `Conflict` that changed nothing, and every later
+//!    write or delete goes through the claims made here (uid preconditions, no force);
 //! 1. [`token`]: the generated verify token (GET, then apply) when `verifyTokenRef` is
 //!    absent;
 //! 2. [`secrets`]: every referenced Secret (GET each, in name order); missing ones end the
@@ -21,6 +24,7 @@
 mod api;
 pub mod children;
 mod discovery;
+pub mod ownership;
 pub mod registration;
 pub mod secrets;
 pub mod status;
@@ -29,7 +33,7 @@ pub mod token;
 
 pub use discovery::discover;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,7 +46,6 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
 use time::OffsetDateTime;
 
-use self::children::Child;
 use crate::FIELD_MANAGER;
 use crate::crd::WebhookSubscription;
 use crate::error::Error;
@@ -87,9 +90,6 @@ pub struct Context {
     pub graph: Arc<dyn GraphApi>,
     /// Consecutive failures per subscription, for the error policy's backoff.
     failures: Mutex<HashMap<ObjectRef<WebhookSubscription>, u32>>,
-    /// Kinds of unwanted children this process deleted or found absent, per subscription,
-    /// so later passes skip the DELETE (a fresh process, e.g. a new leader, deletes once).
-    absent: Mutex<HashSet<(ObjectRef<WebhookSubscription>, Child)>>,
 }
 
 impl Debug for Context {
@@ -125,7 +125,6 @@ impl Context {
             clock: Box::new(OffsetDateTime::now_utc),
             graph: Arc::new(Unconfigured),
             failures: Mutex::new(HashMap::new()),
-            absent: Mutex::new(HashSet::new()),
         }
     }
 
@@ -133,25 +132,6 @@ impl Context {
     pub fn forget_deleted(&self, exists: impl Fn(&ObjectRef<WebhookSubscription>) -> bool) {
         if let Ok(mut failures) = self.failures.lock() {
             failures.retain(|sub, _| exists(sub));
-        }
-        if let Ok(mut absent) = self.absent.lock() {
-            absent.retain(|(sub, _)| exists(sub));
-        }
-    }
-
-    fn known_absent(&self, sub: &ObjectRef<WebhookSubscription>, child: Child) -> bool {
-        self.absent
-            .lock()
-            .is_ok_and(|absent| absent.contains(&(sub.clone(), child)))
-    }
-
-    fn set_absent(&self, sub: &ObjectRef<WebhookSubscription>, child: Child, absent: bool) {
-        if let Ok(mut set) = self.absent.lock() {
-            if absent {
-                set.insert((sub.clone(), child));
-            } else {
-                set.remove(&(sub.clone(), child));
-            }
         }
     }
 
@@ -216,11 +196,43 @@ async fn reconcile_inner(sub: &WebhookSubscription, ctx: &Context) -> Result<Act
     let namespace = sub
         .namespace()
         .ok_or_else(|| Error::Incomplete(format!("WebhookSubscription {name} has no namespace")))?;
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    match Box::pin(pass(sub, ctx, &namespace, now)).await {
+        Err(Error::Conflict(message)) => {
+            let refusal = Refusal {
+                reason: CONFLICT,
+                message,
+            };
+            refuse(ctx, sub, &namespace, refusal, now).await
+        }
+        result => result,
+    }
+}
+
+/// The `Ready` reason of a pass that found an object it may not touch.
+pub const CONFLICT: &str = "Conflict";
+
+/// One pass over a subscription that is not being deleted.
+async fn pass(
+    sub: &WebhookSubscription,
+    ctx: &Context,
+    namespace: &str,
+    now: OffsetDateTime,
+) -> Result<Action, Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let provisional = Inputs::new(sub, &ctx.settings.receiver_image, None, String::new())?;
 
+    // 0. Who holds each name the subscription manages; nothing is written before.
+    let claims = ownership::step(ctx, sub, namespace).await?;
+
     // 1. The verify token, generated once when not given.
-    let token = token::step(ctx, sub, &provisional, &secrets).await?;
+    let token = token::step(
+        ctx,
+        sub,
+        &provisional,
+        &secrets,
+        claims.verify_token.as_ref(),
+    )
+    .await?;
 
     // 2. Every referenced Secret key.
     let resolved = secrets::step(sub, token, &secrets).await?;
@@ -237,7 +249,7 @@ async fn reconcile_inner(sub: &WebhookSubscription, ctx: &Context) -> Result<Act
         let described: Vec<String> = observed
             .missing
             .iter()
-            .map(|m| m.describe(&namespace))
+            .map(|m| m.describe(namespace))
             .collect();
         api::publish(
             ctx,
@@ -248,12 +260,21 @@ async fn reconcile_inner(sub: &WebhookSubscription, ctx: &Context) -> Result<Act
             described.join("; "),
         )
         .await;
-        status::step(ctx, sub, &namespace, &observed, now).await?;
+        status::step(ctx, sub, namespace, &observed, now).await?;
         return Ok(Action::requeue(MISSING_SECRET_RETRY));
     }
 
     // 3. TLS.
-    let tls = tls::step(ctx, sub, &provisional, &secrets, &resolved.data, now).await?;
+    let tls = tls::step(
+        ctx,
+        sub,
+        &provisional,
+        &secrets,
+        &resolved.data,
+        claims.serving_certificate.as_ref(),
+        now,
+    )
+    .await?;
     observed.certificate = tls.certificate;
     if let CertificateState::Failed(message) = &observed.certificate {
         api::publish(
@@ -265,7 +286,7 @@ async fn reconcile_inner(sub: &WebhookSubscription, ctx: &Context) -> Result<Act
             message.clone(),
         )
         .await;
-        status::step(ctx, sub, &namespace, &observed, now).await?;
+        status::step(ctx, sub, namespace, &observed, now).await?;
         return Ok(Action::requeue(MISSING_SECRET_RETRY));
     }
     let mut requeue = RESYNC;
@@ -284,7 +305,7 @@ async fn reconcile_inner(sub: &WebhookSubscription, ctx: &Context) -> Result<Act
         tls.secret,
         secrets_digest,
     )?;
-    let children = children::step(ctx, sub, &inputs).await?;
+    let children = children::step(ctx, sub, &inputs, &claims).await?;
     observed.receiver = children.receiver;
     observed.endpoint = children.endpoint;
 
@@ -292,7 +313,7 @@ async fn reconcile_inner(sub: &WebhookSubscription, ctx: &Context) -> Result<Act
     observed.registration = registration::step(ctx, sub, &observed, &resolved.data, now).await?;
 
     // 6. Status; a Graph API failure then fails the pass, so the controller backs off.
-    status::step(ctx, sub, &namespace, &observed, now).await?;
+    status::step(ctx, sub, namespace, &observed, now).await?;
     match observed.registration {
         RegistrationState::GraphFailed { error, .. } => Err(Error::Graph(error)),
         RegistrationState::Waiting { .. } => Ok(Action::requeue(requeue.min(WAIT_FOR_RECEIVER))),

@@ -10,7 +10,8 @@ use kube::runtime::events::EventType;
 use time::OffsetDateTime;
 
 use super::Context;
-use super::api::{apply, get_secret, publish};
+use super::api::{apply_claimed, get_secret, publish};
+use super::ownership::Claim;
 use crate::certs::{self, CaMaterial};
 use crate::crd::{CertificateStatus, TlsModeSpec, WebhookSubscription};
 use crate::error::Error;
@@ -41,6 +42,7 @@ pub(super) async fn step(
     inputs: &Inputs<'_>,
     secrets: &Api<Secret>,
     resolved: &BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+    claim: Option<&Claim<Secret>>,
     now: OffsetDateTime,
 ) -> Result<Tls, Error> {
     let (namespace, name) = (&inputs.namespace, &inputs.name);
@@ -85,12 +87,21 @@ pub(super) async fn step(
                 digest_part: None,
             })
         }
-        (_, None) => ensure_serving_certificate(ctx, sub, inputs, secrets, now).await,
+        (_, None) => {
+            let claim = claim.ok_or_else(|| {
+                Error::Incomplete(format!(
+                    "WebhookSubscription {name}: no claim of its serving certificate's Secret"
+                ))
+            })?;
+            ensure_serving_certificate(ctx, sub, inputs, secrets, claim, now).await
+        }
     }
 }
 
 /// The namespace CA: read, or created when absent (create, not apply, so two
 /// subscriptions reconciled at once cannot both write one: the loser reads the winner's).
+/// A Secret of that name the operator did not make (no `managed-by` label of its own) is
+/// a [`Error::Conflict`]: its key would sign every receiver's certificate.
 async fn ensure_ca(
     secrets: &Api<Secret>,
     namespace: &str,
@@ -113,6 +124,14 @@ async fn ensure_ca(
         })
     };
     if let Some(secret) = get_secret(secrets, CA_SECRET_NAME).await? {
+        if !secret_objects::is_operator_ca(&secret) {
+            return Err(Error::Conflict(format!(
+                "Secret {namespace}/{CA_SECRET_NAME} exists and was not made by the operator \
+                 (it lacks the label app.kubernetes.io/managed-by={}): rename or remove it, \
+                 the operator keeps the namespace's CA there",
+                crate::FIELD_MANAGER
+            )));
+        }
         return read(&secret);
     }
     let ca = CaMaterial::generate(namespace, now)?;
@@ -145,6 +164,7 @@ async fn ensure_serving_certificate(
     sub: &WebhookSubscription,
     inputs: &Inputs<'_>,
     secrets: &Api<Secret>,
+    claim: &Claim<Secret>,
     now: OffsetDateTime,
 ) -> Result<Tls, Error> {
     let ca = ensure_ca(secrets, &inputs.namespace, now).await?;
@@ -152,9 +172,8 @@ async fn ensure_serving_certificate(
     let secret_name = resources::tls_secret_name(&inputs.name);
     let host = sub.spec.ingress.as_ref().map(|i| i.host.as_str());
     let names = certs::serving_names(&inputs.name, &inputs.namespace, host);
-    let existing = get_secret(secrets, &secret_name).await?;
+    let existing = claim.object.as_ref();
     let existing_cert = existing
-        .as_ref()
         .and_then(|s| s.data.as_ref())
         .and_then(|d| d.get("tls.crt"))
         .map(|v| v.0.clone());
@@ -162,7 +181,6 @@ async fn ensure_serving_certificate(
         .as_deref()
         .and_then(|pem| certs::inspect(pem).ok());
     let existing_fingerprint = existing
-        .as_ref()
         .and_then(|s| s.metadata.annotations.as_ref())
         .and_then(|a| a.get(CA_FINGERPRINT_ANNOTATION))
         .map(String::as_str);
@@ -196,7 +214,7 @@ async fn ensure_serving_certificate(
                 .and_then(|data| data.get("tls.crt"))
                 .map(|value| value.0.clone())
                 .unwrap_or_default();
-            apply(secrets, &secret).await?;
+            apply_claimed(ctx, sub, secrets, claim, &secret).await?;
             let renewed = existing.is_some();
             publish(
                 ctx,

@@ -1,16 +1,17 @@
 //! Step 1: the generated verify token, when the spec names none.
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::events::EventType;
 
 use super::Context;
-use super::api::{apply, get_secret, publish};
+use super::api::{apply_claimed, publish};
+use super::ownership::Claim;
 use crate::crd::WebhookSubscription;
 use crate::error::Error;
+use crate::ownership::Holder;
 use crate::resources::secrets as secret_objects;
-use crate::resources::{self, Inputs, VERIFY_TOKEN_KEY};
+use crate::resources::{Inputs, VERIFY_TOKEN_KEY};
 
 /// What the token step leaves for the next: the generated token's Secret, just read or
 /// written (so resolution does not GET it again), or none when the spec names the token.
@@ -20,34 +21,36 @@ pub struct Token {
     pub generated: Option<Secret>,
 }
 
-/// Reads or makes the generated verify token when the spec names none (a GET, then an
-/// apply when the token is new or the Secret lacks this subscription's owner reference).
+/// Reads or makes the generated verify token when the spec names none (an apply when the
+/// token is new or the Secret is not yet the subscription's), from the Secret step 0 read.
 pub(super) async fn step(
     ctx: &Context,
     sub: &WebhookSubscription,
     inputs: &Inputs<'_>,
     secrets: &Api<Secret>,
+    claim: Option<&Claim<Secret>>,
 ) -> Result<Token, Error> {
-    if sub.spec.verify_token_ref.is_some() {
+    let Some(claim) = claim else {
         return Ok(Token::default());
-    }
+    };
     Ok(Token {
-        generated: Some(ensure_verify_token(ctx, sub, inputs, secrets).await?),
+        generated: Some(ensure_verify_token(ctx, sub, inputs, secrets, claim).await?),
     })
 }
 
 /// Reads the generated verify token, or makes it, and returns its Secret. The Secret is
-/// applied when the token is new or the Secret lacks this subscription's owner reference;
-/// an existing token is never changed.
+/// applied when the token is new or the Secret is not yet the subscription's (an
+/// adoption); an existing token is never changed.
 async fn ensure_verify_token(
     ctx: &Context,
     sub: &WebhookSubscription,
     inputs: &Inputs<'_>,
     secrets: &Api<Secret>,
+    claim: &Claim<Secret>,
 ) -> Result<Secret, Error> {
-    let name = resources::verify_token_secret_name(&inputs.name);
-    let existing = get_secret(secrets, &name).await?;
-    let token = existing
+    let name = &claim.name;
+    let token = claim
+        .object
         .as_ref()
         .and_then(|secret| secret.data.as_ref())
         .and_then(|data| data.get(VERIFY_TOKEN_KEY))
@@ -57,17 +60,12 @@ async fn ensure_verify_token(
         Some(token) => (token, false),
         None => (secret_objects::generate_verify_token(), true),
     };
-    let owned = existing.as_ref().is_some_and(|secret| {
-        secret
-            .owner_references()
-            .iter()
-            .any(|owner| Some(&owner.uid) == sub.uid().as_ref() && owner.controller == Some(true))
-    });
+    let owned = matches!(claim.holder, Holder::Subscription { .. });
     let desired = secret_objects::verify_token_secret(inputs, &token)?;
-    let secret = match existing {
-        Some(existing) if owned && !generated => existing,
+    let secret = match &claim.object {
+        Some(existing) if owned && !generated => existing.clone(),
         _ => {
-            apply(secrets, &desired).await?;
+            apply_claimed(ctx, sub, secrets, claim, &desired).await?;
             desired
         }
     };

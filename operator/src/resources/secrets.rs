@@ -67,6 +67,15 @@ pub fn serving_secret(inputs: &Inputs<'_>, cert: &ServingCertificate) -> Result<
     })
 }
 
+/// Was this Secret made by the operator as its namespace CA (labelled as [`ca_secret`]
+/// labels it)? Anything else under that name is someone else's.
+pub fn is_operator_ca(secret: &Secret) -> bool {
+    let labels = secret.metadata.labels.as_ref();
+    let label = |key: &str| labels.and_then(|l| l.get(key)).map(String::as_str);
+    label("app.kubernetes.io/managed-by") == Some(crate::FIELD_MANAGER)
+        && label("app.kubernetes.io/component") == Some("ca")
+}
+
 /// The namespace's CA Secret. Shared by every subscription of the namespace, so it has no
 /// owner: deleting one subscription must not revoke the others' certificates.
 pub fn ca_secret(namespace: &str, ca: &CaMaterial) -> Secret {

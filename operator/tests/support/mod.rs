@@ -47,6 +47,9 @@ pub struct Expect {
     pub path: String,
     /// The answer.
     pub reply: Reply,
+    /// For a PATCH of a child: whether the apply must be forced (only an adoption is).
+    /// The subscription's own status and finalizer are always forced.
+    pub force: bool,
 }
 
 /// A request the mock served: method, path and query, and body as JSON (Null if empty).
@@ -68,15 +71,26 @@ pub fn get(path: impl Into<String>, reply: Reply) -> Expect {
         method: Method::GET,
         path: path.into(),
         reply,
+        force: false,
     }
 }
 
-/// Expect a server-side apply (PATCH).
+/// Expect a server-side apply (PATCH) without force (of a child; the subscription's own
+/// status and finalizer patches are checked to be forced instead).
 pub fn apply(path: impl Into<String>, reply: Reply) -> Expect {
     Expect {
         method: Method::PATCH,
         path: path.into(),
         reply,
+        force: false,
+    }
+}
+
+/// Expect a forced server-side apply of a child: an adoption.
+pub fn adopt(path: impl Into<String>, reply: Reply) -> Expect {
+    Expect {
+        force: true,
+        ..apply(path, reply)
     }
 }
 
@@ -86,15 +100,17 @@ pub fn create(path: impl Into<String>, reply: Reply) -> Expect {
         method: Method::POST,
         path: path.into(),
         reply,
+        force: false,
     }
 }
 
-/// Expect a DELETE answered 404 (nothing to delete).
-pub fn delete_absent(path: impl Into<String>) -> Expect {
+/// Expect a DELETE that deletes.
+pub fn delete(path: impl Into<String>) -> Expect {
     Expect {
         method: Method::DELETE,
         path: path.into(),
-        reply: Reply::Error(404, "NotFound"),
+        reply: Reply::Object(json!({"kind": "Status", "apiVersion": "v1", "status": "Success"})),
+        force: false,
     }
 }
 
@@ -166,8 +182,15 @@ async fn serve(mut handle: Handle, script: Vec<Expect>, served: Arc<Mutex<Vec<Se
         );
         if method == Method::PATCH {
             assert!(
-                query.contains("fieldManager=metahook-operator") && query.contains("force=true"),
-                "step {step}: {path} is not a forced server-side apply by metahook-operator: {query}"
+                query.contains("fieldManager=metahook-operator"),
+                "step {step}: {path} is not a server-side apply by metahook-operator: {query}"
+            );
+            let own = path.contains("/webhooksubscriptions/");
+            let forced = query.contains("force=true");
+            assert_eq!(
+                forced,
+                own || expect.force,
+                "step {step}: {path}: only the subscription's own status and finalizer, and an adoption, are forced applies: {query}"
             );
         }
         let (code, reply) = match expect.reply {
