@@ -35,6 +35,7 @@ use serde_json::json;
 
 mod chart;
 mod leader;
+mod ownership;
 mod pods;
 mod registration;
 
