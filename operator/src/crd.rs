@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
 /// The API group of metahook's resources.
 pub const GROUP: &str = "metahook.io";
 
+/// The transition rule's message, which the operator also enforces itself against what
+/// `status.registration` says is registered (it has no `oldSelf`).
+pub const REGISTERED_APP_IS_FIXED: &str = "object and registration.appId cannot change while registered: remove registration first (which unregisters) or recreate the subscription";
+
 /// Paths the receiver serves itself (mirrors the receiver's `RESERVED_PATHS`).
 const RESERVED_PATHS_CEL: &str = "['/metrics', '/healthz', '/readyz']";
 
@@ -83,7 +87,7 @@ const RESERVED_PATHS_CEL: &str = "['/metrics', '/healthz', '/readyz']";
 )]
 #[x_kube(
     validation = Rule::new("!has(self.registration) || !has(oldSelf.registration) || (self.object == oldSelf.object && self.registration.appId == oldSelf.registration.appId)")
-        .message("object and registration.appId cannot change while registered: remove registration first (which unregisters) or recreate the subscription").field_path(".registration.appId")
+        .message(REGISTERED_APP_IS_FIXED).field_path(".registration.appId")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookSubscriptionSpec {

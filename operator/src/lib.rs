@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //!
-//! - [`crd`]: the custom resource, its CEL rules and printer columns.
+//! - [`crd`]: the custom resource, its CEL rules and printer columns; [`spec_check`]: the
+//!   same rules evaluated by the operator itself, before it renders anything.
 //! - [`resources`]: pure builders, spec → the objects the operator applies (ConfigMap,
 //!   Secrets, Deployment or StatefulSet, Service, Ingress, ServiceMonitor, PDB). No I/O.
 //! - [`certs`]: the namespace CA and serving certificates (rcgen), and when to renew them.
@@ -31,6 +32,7 @@ pub mod metrics;
 pub mod operator;
 pub mod ownership;
 pub mod resources;
+pub mod spec_check;
 pub mod status;
 pub mod watch;
 

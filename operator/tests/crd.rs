@@ -1,7 +1,10 @@
 //! The committed CRD and its documentation are what the code generates. Run with
 //! `METAHOOK_UPDATE_DOCS=1` to rewrite them after a deliberate change.
 
+mod support;
+
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use kube::core::cel::{ErrorKind, ValidationError, ValidationErrors, Validator};
 use kube::{CustomResourceExt, ResourceExt};
@@ -958,6 +961,27 @@ fn long_callback(length: usize) -> String {
     format!("{prefix}{}", "a".repeat(length - prefix.len()))
 }
 
+/// The transition rule, where no server evaluates it: the operator compares the spec with
+/// what its status records as registered.
+#[test]
+fn the_operator_refuses_a_registered_apps_change_itself() {
+    use metahook_operator::spec_check::violations;
+    let mut object = with_spec(&json!({"registration": registration(&json!({"appId": "999"}))}));
+    object["status"] =
+        json!({"registration": {"appId": "1234", "object": "whatsapp_business_account"}});
+    let typed: WebhookSubscription = serde_json::from_value(object.clone()).expect("typed");
+    assert_eq!(
+        violations(&typed),
+        [format!(
+            "spec.registration.appId: {} (registered: app 1234 for whatsapp_business_account)",
+            metahook_operator::crd::REGISTERED_APP_IS_FIXED
+        )]
+    );
+    object["spec"]["registration"]["appId"] = json!("1234");
+    let same: WebhookSubscription = serde_json::from_value(object).expect("typed");
+    assert!(violations(&same).is_empty());
+}
+
 #[test]
 fn registration_identity_cannot_change_while_registered() {
     let schema = schema();
@@ -1011,6 +1035,72 @@ fn every_cel_rule_accepts_the_valid_and_rejects_the_invalid() {
                         ));
                     }
                 }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The finding: on a server without CEL (Kubernetes < 1.25, or a CRD applied
+/// without its rules) the operator rendered whatever it was given. Here the rules are absent
+/// (the mock API server evaluates nothing): every rule's failing case, fed to the operator,
+/// ends as `Ready` False, `InvalidSpec`, naming the field and the rule's message, with a
+/// Warning Event and no other request; every passing case is not refused.
+#[tokio::test]
+async fn the_operator_refuses_every_rules_failing_case_itself() {
+    use metahook_operator::controller;
+    use metahook_operator::resources::monitoring::Capabilities;
+    use metahook_operator::spec_check::violations;
+    use support::{MockApi, Reply, apply, condition, event, test_now};
+
+    let mut failures = Vec::new();
+    for case in cases() {
+        for (label, object) in &case.valid {
+            let typed: WebhookSubscription = serde_json::from_value(object.clone())
+                .unwrap_or_else(|e| panic!("[{}] {label}: not a subscription: {e}", case.message));
+            let found = violations(&typed);
+            if !found.is_empty() {
+                failures.push(format!("[{}] {label}: refused: {found:?}", case.message));
+            }
+        }
+        for (label, object) in &case.invalid {
+            let mut object = object.clone();
+            object["metadata"]["uid"] = json!("11111111-2222-3333-4444-555555555555");
+            let typed: WebhookSubscription = serde_json::from_value(object.clone())
+                .unwrap_or_else(|e| panic!("[{}] {label}: not a subscription: {e}", case.message));
+            let (namespace, name) = (typed.namespace().unwrap_or_default(), typed.name_any());
+            let script = vec![
+                event(&namespace),
+                apply(
+                    format!(
+                        "/apis/metahook.io/v1alpha1/namespaces/{namespace}/webhooksubscriptions/{name}/status"
+                    ),
+                    Reply::Onto(object.clone()),
+                ),
+            ];
+            let api = MockApi::start(script, Capabilities::default(), test_now());
+            let action = controller::reconcile(Arc::new(typed), api.ctx.clone()).await;
+            let served = api.finish().await;
+            let Some(status) = served.last().map(|s| &s.body) else {
+                failures.push(format!("[{}] {label}: no status written", case.message));
+                continue;
+            };
+            let ready = condition(status, "Ready");
+            let message = ready["message"].as_str().unwrap_or_default();
+            let place = if case.field_path.is_empty() {
+                String::new()
+            } else {
+                format!("{}: ", case.field_path)
+            };
+            if action.is_err()
+                || ready["reason"] != "InvalidSpec"
+                || !message.starts_with(&format!("{place}{}", case.message))
+                || served[0].body["reason"] != "InvalidSpec"
+            {
+                failures.push(format!(
+                    "[{}] {label}: {action:?}, Ready {ready}, Event {}",
+                    case.message, served[0].body
+                ));
             }
         }
     }

@@ -580,3 +580,21 @@ fn an_http_sinks_batch_size_reaches_the_receiver_config() {
     arrays["delivery"]["sinks"][0]["http"]["batchSize"] = json!(50);
     assert_eq!(batch_size(&arrays), 50);
 }
+
+/// The finding: `tls: {mode: mutual}` without `clientCARef`, where no CEL rule ran,
+/// became plain HTTPS. The builder refuses it instead, naming the field: a security
+/// setting is never downgraded.
+#[test]
+fn mutual_tls_without_its_ca_is_refused_not_downgraded() {
+    let mut spec = spec();
+    spec["tls"] = json!({"mode": "mutual"});
+    let sub = subscription("fb", "acme", &spec);
+    let error = receiver_config(&inputs(&sub)).expect_err("refused");
+    let message = error.to_string();
+    assert!(
+        message.ends_with(
+            "tls.clientCARef: tls.mode mutual needs the CA bundle Meta's client certificate chains to"
+        ),
+        "{message}"
+    );
+}

@@ -1,6 +1,9 @@
 //! The reconcile loop: read what the builders need, apply what they produce with
 //! server-side apply, publish Events, write status.
 //!
+//! A spec that breaks one of the CRD's rules ([`crate::spec_check`], the operator's own
+//! evaluation of them) is refused before any request: `Ready` False, `InvalidSpec`.
+//!
 //! One pass, in order, one file a step, each returning a named struct (each step's
 //! requests are fixed, so the mock-API tests script them):
 //! 0. [`ownership`]: who holds each name the subscription manages (a GET each); one held
@@ -53,6 +56,7 @@ use crate::graph::{GraphApi, Unconfigured};
 use crate::metrics::Metrics;
 use crate::resources::monitoring::Capabilities;
 use crate::resources::{self, Inputs};
+use crate::spec_check;
 use crate::status::{CertificateState, Observed, ReceiverState, Refusal, RegistrationState};
 
 /// How often a subscription is reconciled when nothing changes (drift is undone then).
@@ -196,11 +200,28 @@ async fn reconcile_inner(sub: &WebhookSubscription, ctx: &Context) -> Result<Act
     let namespace = sub
         .namespace()
         .ok_or_else(|| Error::Incomplete(format!("WebhookSubscription {name} has no namespace")))?;
+    let violations = spec_check::violations(sub);
+    if !violations.is_empty() {
+        let refusal = Refusal {
+            reason: spec_check::INVALID_SPEC,
+            message: violations.join("; "),
+        };
+        return refuse(ctx, sub, &namespace, refusal, now).await;
+    }
     match Box::pin(pass(sub, ctx, &namespace, now)).await {
         Err(Error::Conflict(message)) => {
             let refusal = Refusal {
                 reason: CONFLICT,
                 message,
+            };
+            refuse(ctx, sub, &namespace, refusal, now).await
+        }
+        // The receiver's own validation refused what the spec renders to: the spec's
+        // fault, reported as such (not retried as a failure with nothing in the status).
+        Err(Error::Config(error)) => {
+            let refusal = Refusal {
+                reason: spec_check::INVALID_SPEC,
+                message: format!("the receiver configuration made from the spec: {error}"),
             };
             refuse(ctx, sub, &namespace, refusal, now).await
         }

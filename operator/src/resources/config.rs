@@ -68,9 +68,15 @@ pub fn receiver_config(inputs: &Inputs<'_>) -> Result<Config, Error> {
             PathBuf::from(format!("{dir}/tls.crt")),
             PathBuf::from(format!("{dir}/tls.key")),
         );
-        if inputs.receiver_checks_client()
-            && let Some(ca) = &spec.tls.client_ca_ref
-        {
+        if inputs.receiver_checks_client() {
+            // Never rendered as plain HTTPS: mutual TLS without its CA is refused, not
+            // downgraded (the CRD's rule says the same where the server evaluates it).
+            let ca = spec.tls.client_ca_ref.as_ref().ok_or_else(|| {
+                invalid(
+                    "tls.clientCARef",
+                    "tls.mode mutual needs the CA bundle Meta's client certificate chains to",
+                )
+            })?;
             tls.mode = TlsMode::Mutual;
             tls.client_ca_file = Some(mounted(ca));
             tls.allowed_client_names

@@ -38,6 +38,8 @@ mod leader;
 mod ownership;
 mod pods;
 mod registration;
+mod scene;
+mod validation;
 
 /// Bound of every wait for the operator or a controller (generous: 2 shared cores).
 const WAIT: Duration = Duration::from_secs(60);

@@ -9,113 +9,15 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use metahook_operator::crd::WebhookSubscription;
-use metahook_tests::cluster::{Cluster, Operator, wait_for};
+use metahook_tests::cluster::wait_for;
 use metahook_tests::pki::Ca;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use super::{WAIT, condition, create_namespace, events_of, install_crd, run_suffix};
-
-/// A namespace of its own with the app's Secret, and an operator watching only it.
-struct Scene {
-    client: Client,
-    namespace: String,
-    operator: Operator,
-}
-
-async fn scene(prefix: &str) -> Result<Scene> {
-    let cluster = Cluster::shared()?;
-    let client = cluster.client().await?;
-    install_crd(&client).await?;
-    let namespace = format!("{prefix}-{}", run_suffix());
-    create_namespace(&client, &namespace).await?;
-    let app = Secret {
-        metadata: ObjectMeta {
-            name: Some("meta-app".to_owned()),
-            namespace: Some(namespace.clone()),
-            labels: Some([("metahook.io/referenceable".to_owned(), "true".to_owned())].into()),
-            ..ObjectMeta::default()
-        },
-        data: Some(
-            [
-                ("app-secret", "e2e-app-secret"),
-                ("verify-token", "e2e-verify-token"),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), ByteString(v.as_bytes().to_vec())))
-            .collect(),
-        ),
-        ..Secret::default()
-    };
-    Api::<Secret>::namespaced(client.clone(), &namespace)
-        .create(&PostParams::default(), &app)
-        .await
-        .context("creating the app's Secret")?;
-    let operator = Operator::start(cluster, &[namespace.as_str()])?;
-    Ok(Scene {
-        client,
-        namespace,
-        operator,
-    })
-}
-
-impl Scene {
-    fn api<K>(&self) -> Api<K>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-        K::DynamicType: Default,
-    {
-        Api::namespaced(self.client.clone(), &self.namespace)
-    }
-
-    /// Creates a subscription of `spec` named `name`; returns it as stored.
-    async fn subscribe(&self, name: &str, spec: Value) -> Result<WebhookSubscription> {
-        let sub: WebhookSubscription = serde_json::from_value(json!({
-            "apiVersion": "metahook.io/v1alpha1",
-            "kind": "WebhookSubscription",
-            "metadata": {"name": name, "namespace": self.namespace},
-            "spec": spec,
-        }))?;
-        self.api::<WebhookSubscription>()
-            .create(&PostParams::default(), &sub)
-            .await
-            .with_context(|| format!("creating WebhookSubscription {name}"))
-    }
-
-    /// The subscription once its Ready condition has `reason`.
-    async fn ready_reason(&self, name: &str, reason: &str) -> Result<WebhookSubscription> {
-        let api = self.api::<WebhookSubscription>();
-        wait_for(
-            &format!("{name}'s Ready reason {reason}"),
-            WAIT,
-            Some(&self.operator),
-            || {
-                let api = api.clone();
-                async move {
-                    let sub = api.get(name).await?;
-                    let found = condition(&sub, "Ready").map(|c| c.reason.clone());
-                    match found {
-                        Some(found) if found == reason => Ok(Some(sub)),
-                        other => anyhow::bail!("Ready reason {other:?}"),
-                    }
-                }
-            },
-        )
-        .await
-    }
-}
-
-fn spec(mode: &str) -> Value {
-    json!({
-        "object": "whatsapp_business_account",
-        "fields": ["messages"],
-        "appSecretRef": {"name": "meta-app", "key": "app-secret"},
-        "verifyTokenRef": {"name": "meta-app", "key": "verify-token"},
-        "receiver": {"mode": mode},
-    })
-}
+use super::scene::{Scene, scene, spec};
+use super::{WAIT, condition, events_of};
 
 /// The team's app: a Deployment and a Service named `orders`, made by kubectl's manager.
 async fn team_app(scene: &Scene) -> Result<(Deployment, Service)> {
