@@ -45,7 +45,8 @@ const RESERVED_PATHS_CEL: &str = "['/metrics', '/healthz', '/readyz']";
     ),
     printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new("self.metadata.name.size() <= 47").message("metadata.name: at most 47 characters, so the names and label values made from it (e.g. NAME-verify-token) stay within 63")
+    validation = Rule::new("self.metadata.name.size() <= 47").message("metadata.name: at most 47 characters, so the names and label values made from it (e.g. NAME-verify-token) stay within 63"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name: a DNS label starting with a letter (lowercase letters, digits and '-', no '.'), since the Service and the other objects are named after it")
 )]
 #[x_kube(validation = object_rule())]
 #[x_kube(validation = fields_rule())]
@@ -249,9 +250,11 @@ pub struct PhoneNumberRegistrationSpec {
 )]
 pub struct SecretKeyRef {
     /// The Secret's name.
+    #[x_kube(validation = secret_name_rule())]
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
     /// The key within the Secret.
+    #[x_kube(validation = Rule::new("self.matches('^[-._a-zA-Z0-9]+$') && self != '.' && self != '..'").message("a Secret key: letters, digits, '-', '_' and '.' (it becomes a file name in the receiver)"))]
     #[schemars(length(min = 1, max = 253))]
     pub key: String,
 }
@@ -479,6 +482,7 @@ pub enum TlsModeSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct SecretRef {
     /// The Secret's name.
+    #[x_kube(validation = secret_name_rule())]
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
 }
@@ -502,6 +506,8 @@ pub struct IngressSpec {
     /// The kubernetes.io/tls Secret the ingress serves for host (tlsTermination ingress);
     /// it must be publicly trusted, since Meta calls it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = secret_name_rule())]
+    #[schemars(length(min = 1, max = 253))]
     pub tls_secret_name: Option<String>,
     /// Addresses of the ingress controller's pods, whose client-certificate headers the
     /// receiver believes (tlsTermination ingress with tls.mode mutual).
@@ -760,6 +766,15 @@ fn fields_rule() -> Rule {
     Rule::new(clauses.join(" && "))
         .message("a field is not documented for this object (see docs/crd-reference.md)")
         .field_path(".fields")
+}
+
+/// A Secret's name as Kubernetes allows it (a DNS subdomain): it names a volume's
+/// directory in the receiver, so nothing else (no '/', no '..') may pass.
+fn secret_name_rule() -> Rule {
+    Rule::new(
+        "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')",
+    )
+    .message("a Secret name (lowercase letters, digits, '-' and '.')")
 }
 
 fn path_rule() -> Rule {

@@ -534,6 +534,64 @@ fn cases() -> Vec<Case> {
             ],
         },
         Case {
+            message: "metadata.name: a DNS label starting with a letter",
+            field_path: "",
+            valid: vec![(
+                "hooks-v1",
+                subscription(&json!({"metadata": {"name": "hooks-v1"}})),
+            )],
+            invalid: vec![
+                (
+                    "a dot (a Service cannot be named so)",
+                    subscription(&json!({"metadata": {"name": "hooks.v1"}})),
+                ),
+                (
+                    "a leading digit",
+                    subscription(&json!({"metadata": {"name": "1hooks"}})),
+                ),
+            ],
+        },
+        Case {
+            message: "a Secret name (lowercase letters, digits, '-' and '.')",
+            field_path: "spec.appSecretRef.name",
+            valid: vec![(
+                "meta-app.v2",
+                with_spec(&json!({"appSecretRef": {"name": "meta-app.v2", "key": "app-secret"}})),
+            )],
+            invalid: vec![
+                (
+                    "a path",
+                    with_spec(
+                        &json!({"appSecretRef": {"name": "../db-creds", "key": "app-secret"}}),
+                    ),
+                ),
+                (
+                    "capitals",
+                    with_spec(&json!({"appSecretRef": {"name": "Meta_App", "key": "app-secret"}})),
+                ),
+            ],
+        },
+        Case {
+            message: "a Secret key: letters, digits, '-', '_' and '.'",
+            field_path: "spec.appSecretRef.key",
+            valid: vec![(
+                "tls.crt",
+                with_spec(&json!({"appSecretRef": {"name": "meta-app", "key": "App_Secret.v2"}})),
+            )],
+            invalid: vec![
+                (
+                    "a path",
+                    with_spec(
+                        &json!({"appSecretRef": {"name": "meta-app", "key": "../../etc/passwd"}}),
+                    ),
+                ),
+                (
+                    "..",
+                    with_spec(&json!({"appSecretRef": {"name": "meta-app", "key": ".."}})),
+                ),
+            ],
+        },
+        Case {
             message: "a plain file name",
             field_path: "spec.delivery.sinks[0].file.name",
             valid: vec![(
