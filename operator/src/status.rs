@@ -90,8 +90,10 @@ impl Missing {
 pub enum CertificateState {
     /// tls.mode none.
     NotRequired,
-    /// In place.
+    /// In place, issued by the operator.
     Ready(CertificateStatus),
+    /// In place, the user's own (`tls.secretRef`): inspected, never issued or renewed.
+    Provided(CertificateStatus),
     /// Not usable; the message says why.
     Failed(String),
     /// Not looked at, since something earlier failed.
@@ -193,6 +195,16 @@ pub fn build(
             ok: true,
             reason: "TLSDisabled".to_owned(),
             message: "tls.mode is none: the receiver speaks plain HTTP".to_owned(),
+        },
+        CertificateState::Provided(cert) => Wanted {
+            type_: CERTIFICATE_READY,
+            ok: true,
+            reason: "Provided".to_owned(),
+            message: format!(
+                "your certificate in Secret {namespace}/{} (tls.secretRef), valid until {}",
+                cert.secret_name,
+                cert.not_after.as_deref().unwrap_or("(unknown)")
+            ),
         },
         CertificateState::Ready(cert) => Wanted {
             type_: CERTIFICATE_READY,
@@ -345,7 +357,7 @@ pub fn build(
             _ => None,
         },
         certificate: match &observed.certificate {
-            CertificateState::Ready(cert) => Some(cert.clone()),
+            CertificateState::Ready(cert) | CertificateState::Provided(cert) => Some(cert.clone()),
             _ => None,
         },
         registration,

@@ -664,6 +664,11 @@ async fn first_tls_pass_creates_the_ca_and_issues_a_certificate() {
     assert!(info.not_before <= now && info.not_after > now + Duration::from_secs(89 * 86400));
     assert_eq!(secret_value(tls, "ca.crt"), ca.cert_pem.as_bytes());
     assert_eq!(served[10].body["reason"], "CertificateIssued");
+    let note = served[10].body["note"].as_str().expect("note");
+    assert!(
+        note.starts_with("issued the serving certificate in Secret acme/wa-tls; valid until "),
+        "a first issue gives no reason in parentheses: {note}"
+    );
 
     // The receiver serves it, the probes speak HTTPS, the Service port says so.
     let config_map = body_of(
@@ -1986,4 +1991,77 @@ async fn an_unwanted_object_is_deleted_only_when_it_is_the_subscriptions() {
         served.iter().all(|s| s.method != Method::DELETE),
         "nothing deleted"
     );
+}
+
+/// A certificate of the user's own (`tls.secretRef`) is `Provided`, not `Issued`: the
+/// operator neither issued nor renews it.
+#[test]
+fn a_users_certificate_is_provided_not_issued() {
+    use metahook_operator::crd::CertificateStatus;
+    use metahook_operator::status::{
+        self, CertificateState, Observed, ReceiverState, RegistrationState,
+    };
+    let observed = Observed {
+        missing: Vec::new(),
+        certificate: CertificateState::Provided(CertificateStatus {
+            secret_name: "hooks-tls".to_owned(),
+            not_after: Some("2027-01-01T00:00:00Z".to_owned()),
+            renew_at: None,
+        }),
+        receiver: ReceiverState::Sidecar,
+        endpoint: None,
+        verify_token: None,
+        registration: RegistrationState::NotRequested,
+        refused: None,
+    };
+    let built = status::build(None, Some(1), NS, &observed, test_now());
+    let certificate = built
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "CertificateReady")
+        .expect("condition");
+    assert_eq!(certificate.reason, "Provided");
+    assert_eq!(
+        certificate.message,
+        "your certificate in Secret acme/hooks-tls (tls.secretRef), valid until 2027-01-01T00:00:00Z"
+    );
+    assert_eq!(
+        built.certificate.map(|c| c.secret_name).as_deref(),
+        Some("hooks-tls")
+    );
+}
+
+/// Found by a new user: after a referenced Secret was deleted, the status said the receiver
+/// "is not applied" while its Deployment ran on. The pass still stops before the workload,
+/// but ReceiverAvailable says what runs.
+#[tokio::test]
+async fn a_missing_secret_reports_the_receivers_that_still_run() {
+    let mut spec = whatsapp_spec();
+    spec["verifyTokenRef"] = json!({"name": "meta-app", "key": "verify-token"});
+    let sub = subscription("wa", NS, &spec);
+    let mut running = owned(object_at("apps/v1", "Deployment", "wa"));
+    running["spec"] = json!({"replicas": 2});
+    running["status"] = json!({"replicas": 2, "readyReplicas": 2});
+    let mut script = claims(false, false, &[(format!("{APPS}/deployments/wa"), running)]);
+    script.extend([
+        get(
+            format!("{CORE}/secrets/meta-app"),
+            Reply::Error(404, "NotFound"),
+        ),
+        event(NS),
+        status_step(),
+    ]);
+    let api = MockApi::start(script, Capabilities::default(), test_now());
+    controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("reconcile");
+    let served = api.finish().await;
+    let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
+    let receiver = condition(status, "ReceiverAvailable");
+    assert_eq!(receiver["reason"], "Available");
+    assert_eq!(
+        receiver["message"],
+        "2 of 2 receiver pods of Deployment ready"
+    );
+    assert_eq!(condition(status, "Ready")["reason"], "SecretsResolvedFalse");
 }

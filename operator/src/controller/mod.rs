@@ -50,7 +50,7 @@ use kube::{Client, Resource, ResourceExt};
 use time::OffsetDateTime;
 
 use crate::FIELD_MANAGER;
-use crate::crd::WebhookSubscription;
+use crate::crd::{ReceiverModeSpec, WebhookSubscription};
 use crate::error::Error;
 use crate::graph::{GraphApi, Unconfigured};
 use crate::metrics::Metrics;
@@ -260,7 +260,12 @@ async fn pass(
     let mut observed = Observed {
         missing: resolved.missing,
         certificate: CertificateState::Unknown,
-        receiver: ReceiverState::Unknown,
+        // Until step 4 applies it: the workload as it runs now, if it does.
+        receiver: if sub.spec.receiver.mode == ReceiverModeSpec::Sidecar {
+            ReceiverState::Sidecar
+        } else {
+            claims.running_receiver()
+        },
         endpoint: None,
         verify_token: Some(provisional.verify_token.clone()),
         registration: waiting_registration(sub),

@@ -23,6 +23,7 @@ use crate::error::Error;
 use crate::ownership::{self, Holder};
 use crate::resources::monitoring::Capabilities;
 use crate::resources::{self, monitoring};
+use crate::status::ReceiverState;
 
 /// One managed name of one kind, as found at the start of the pass.
 #[derive(Debug, Clone)]
@@ -153,6 +154,49 @@ pub(super) async fn step(
 }
 
 impl Claims {
+    /// The subscription's receiver workload as step 0 found it, for a pass that ends before
+    /// applying one (a missing Secret, an unusable certificate): receivers keep running
+    /// their last good configuration, and the status says how many are ready rather than
+    /// "not applied".
+    pub fn running_receiver(&self) -> ReceiverState {
+        let ours = |holder: &Holder| matches!(holder, Holder::Subscription { .. });
+        if let Some(deployment) = self
+            .deployment
+            .object
+            .as_ref()
+            .filter(|_| ours(&self.deployment.holder))
+        {
+            let status = deployment.status.clone().unwrap_or_default();
+            return ReceiverState::Workload {
+                kind: self.deployment.kind,
+                replicas: deployment
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.replicas)
+                    .unwrap_or(1),
+                ready_replicas: status.ready_replicas.unwrap_or(0),
+            };
+        }
+        if let Some(stateful_set) = self
+            .stateful_set
+            .object
+            .as_ref()
+            .filter(|_| ours(&self.stateful_set.holder))
+        {
+            let status = stateful_set.status.clone().unwrap_or_default();
+            return ReceiverState::Workload {
+                kind: self.stateful_set.kind,
+                replicas: stateful_set
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.replicas)
+                    .unwrap_or(1),
+                ready_replicas: status.ready_replicas.unwrap_or(0),
+            };
+        }
+        ReceiverState::Unknown
+    }
+
     /// What each name held by someone else tells the user.
     fn conflicts(&self, sub_name: &str) -> Vec<String> {
         let dynamic = |pair: &Option<(ApiResource, Claim<DynamicObject>)>| {

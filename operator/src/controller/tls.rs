@@ -69,7 +69,7 @@ pub(super) async fn step(
                         name,
                         info.not_after.unix_timestamp(),
                     );
-                    CertificateState::Ready(CertificateStatus {
+                    CertificateState::Provided(CertificateStatus {
                         secret_name: user_tls.name.clone(),
                         not_after: Some(certs::rfc3339(info.not_after)),
                         renew_at: None,
@@ -215,19 +215,32 @@ async fn ensure_serving_certificate(
                 .map(|value| value.0.clone())
                 .unwrap_or_default();
             apply_claimed(ctx, sub, secrets, claim, &secret).await?;
-            let renewed = existing.is_some();
+            // A first issue says so; a renewal says why (another CA, new names, age).
+            let (event_reason, note) = match existing {
+                Some(_) => (
+                    "CertificateRenewed",
+                    format!(
+                        "renewed the serving certificate in Secret {}/{secret_name} ({reason}); valid until {}",
+                        inputs.namespace,
+                        certs::rfc3339(issued.not_after)
+                    ),
+                ),
+                None => (
+                    "CertificateIssued",
+                    format!(
+                        "issued the serving certificate in Secret {}/{secret_name}; valid until {}",
+                        inputs.namespace,
+                        certs::rfc3339(issued.not_after)
+                    ),
+                ),
+            };
             publish(
                 ctx,
                 sub,
                 EventType::Normal,
-                if renewed { "CertificateRenewed" } else { "CertificateIssued" },
+                event_reason,
                 "Certificate",
-                format!(
-                    "{} the serving certificate in Secret {}/{secret_name} ({reason}); valid until {}",
-                    if renewed { "renewed" } else { "issued" },
-                    inputs.namespace,
-                    certs::rfc3339(issued.not_after)
-                ),
+                note,
             )
             .await;
             (issued.not_before, issued.not_after, stored)
