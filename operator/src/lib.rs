@@ -7,7 +7,9 @@
 //!   Secrets, Deployment or StatefulSet, Service, Ingress, ServiceMonitor, PDB). No I/O.
 //! - [`certs`]: the namespace CA and serving certificates (rcgen), and when to renew them.
 //! - [`status`]: conditions and the status written back.
-//! - [`controller`]: the reconcile loop, one file a step (token, secrets, TLS, children,
+//! - [`policy`]: what a subscription may reach (receiver images, ingress annotations,
+//!   callback hosts, referenceable Secrets): the operator's allowlists, as pure checks.
+//! - [`controller`]: the reconcile loop, one file a step (policy, token, secrets, TLS, children,
 //!   Graph registration, status): reads what it needs, applies what the builders produce
 //!   with server-side apply, publishes Events, writes status.
 //! - [`cli`]: the flags and `main`; [`operator`]: `run()`, leader election and the
@@ -27,6 +29,7 @@ pub mod error;
 pub mod graph;
 pub mod metrics;
 pub mod operator;
+pub mod policy;
 pub mod resources;
 pub mod status;
 pub mod watch;

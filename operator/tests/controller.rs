@@ -1298,6 +1298,7 @@ async fn persistent_spool_replicas_and_monitoring_where_the_cluster_serves_them(
         json!({"host": "hooks.example.com", "className": "nginx", "tlsSecretName": "hooks-public"});
     let sub = subscription("wa", NS, &spec);
     let script = vec![
+        ingresses_listed(NS, &[]),
         get(
             format!("{CORE}/secrets/meta-app"),
             Reply::Object(app_with_token()),
@@ -1431,6 +1432,7 @@ async fn mutual_tls_at_the_ingress_needs_the_ca_under_ca_crt() {
     });
     let sub = subscription("wa", NS, &spec);
     let script = vec![
+        ingresses_listed(NS, &[]),
         get(
             format!("{CORE}/secrets/meta-app"),
             Reply::Object(app_with_token()),

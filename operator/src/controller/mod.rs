@@ -3,6 +3,9 @@
 //!
 //! One pass, in order, one file a step, each returning a named struct (each step's
 //! requests are fixed, so the mock-API tests script them):
+//! 0. [`policy`]: what the subscription may reach (the image, ingress annotations and
+//!    host, the callback's host; a LIST of the namespace's Ingresses when it wants one);
+//!    a refusal ends the pass with `Ready` False and nothing written;
 //! 1. [`token`]: the generated verify token (GET, then apply) when `verifyTokenRef` is
 //!    absent;
 //! 2. [`secrets`]: every referenced Secret (GET each, in name order); missing ones end the
@@ -21,6 +24,7 @@
 mod api;
 pub mod children;
 mod discovery;
+pub mod policy;
 pub mod registration;
 pub mod secrets;
 pub mod status;
@@ -48,6 +52,7 @@ use crate::crd::WebhookSubscription;
 use crate::error::Error;
 use crate::graph::{GraphApi, Unconfigured};
 use crate::metrics::Metrics;
+use crate::policy::Policy;
 use crate::resources::monitoring::Capabilities;
 use crate::resources::{self, Inputs};
 use crate::status::{CertificateState, Observed, ReceiverState, Refusal, RegistrationState};
@@ -67,6 +72,9 @@ pub struct Settings {
     /// How long after a deletion the finalizer keeps trying to unregister from Meta
     /// before it gives up (with an Event naming what it left behind).
     pub unregister_timeout: Duration,
+    /// What a subscription may reach: receiver images, ingress annotations, callback
+    /// hosts (the `--allowed-*` flags).
+    pub policy: Policy,
 }
 
 /// What every reconciliation shares.
@@ -218,6 +226,11 @@ async fn reconcile_inner(sub: &WebhookSubscription, ctx: &Context) -> Result<Act
         .ok_or_else(|| Error::Incomplete(format!("WebhookSubscription {name} has no namespace")))?;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let provisional = Inputs::new(sub, &ctx.settings.receiver_image, None, String::new())?;
+
+    // What the subscription may reach: refused before anything is written.
+    if let Some(refusal) = policy::step(ctx, sub, &namespace).await? {
+        return refuse(ctx, sub, &namespace, refusal, now).await;
+    }
 
     // 1. The verify token, generated once when not given.
     let token = token::step(ctx, sub, &provisional, &secrets).await?;

@@ -98,6 +98,20 @@ pub fn delete_absent(path: impl Into<String>) -> Expect {
     }
 }
 
+/// Expect the policy step's LIST of the namespace's Ingresses (a subscription with
+/// spec.ingress), answered with these items.
+pub fn ingresses_listed(namespace: &str, items: &[Value]) -> Expect {
+    get(
+        format!("/apis/networking.k8s.io/v1/namespaces/{namespace}/ingresses"),
+        Reply::Object(json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "IngressList",
+            "metadata": {"resourceVersion": "5"},
+            "items": items,
+        })),
+    )
+}
+
 /// Expect an Event to be published in the namespace.
 pub fn event(namespace: &str) -> Expect {
     create(
@@ -464,6 +478,7 @@ impl MockApi {
                 receiver_image: "metahook-receiver:test".to_owned(),
                 certificate_lifetime: Duration::from_secs(90 * 24 * 3600),
                 unregister_timeout: UNREGISTER_TIMEOUT,
+                policy: test_policy(),
             },
             capabilities,
             Some("test".to_owned()),
@@ -502,6 +517,17 @@ pub fn body_of<'a>(served: &'a [Served], method: &Method, path: &str) -> &'a Val
         .body
 }
 
+/// The callback host the registration tests use.
+pub const CALLBACK_HOST: &str = "hooks.example.com";
+
+/// The operator's default policy, with [`CALLBACK_HOST`] allowed as a callback.
+pub fn test_policy() -> metahook_operator::policy::Policy {
+    metahook_operator::policy::Policy {
+        callback_hosts: vec![CALLBACK_HOST.to_owned()],
+        ..metahook_operator::policy::Policy::default()
+    }
+}
+
 /// A subscription as the API server returns it (uid, generation, namespace set).
 pub fn subscription(name: &str, namespace: &str, spec: &Value) -> WebhookSubscription {
     serde_json::from_value(json!({
@@ -519,7 +545,8 @@ pub fn subscription(name: &str, namespace: &str, spec: &Value) -> WebhookSubscri
     .expect("a valid WebhookSubscription")
 }
 
-/// A Secret object with these string keys.
+/// A Secret object with these string keys, marked `metahook.io/referenceable: "true"` as
+/// the operator requires of a Secret a subscription references (see [`unmarked`]).
 pub fn secret(namespace: &str, name: &str, data: &[(&str, &[u8])]) -> Value {
     use base64::Engine;
     let data: serde_json::Map<String, Value> = data
@@ -534,10 +561,24 @@ pub fn secret(namespace: &str, name: &str, data: &[(&str, &[u8])]) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": name, "namespace": namespace, "uid": "secret-uid", "resourceVersion": "1"},
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "uid": "secret-uid",
+            "resourceVersion": "1",
+            "labels": {metahook_operator::policy::REFERENCEABLE_LABEL: "true"},
+        },
         "type": "Opaque",
         "data": data,
     })
+}
+
+/// `secret` without the referenceable label (as a Secret nobody marked).
+pub fn unmarked(mut secret: Value) -> Value {
+    if let Some(meta) = secret["metadata"].as_object_mut() {
+        meta.remove("labels");
+    }
+    secret
 }
 
 /// Decodes a base64 `data` entry of a Secret body.

@@ -1,0 +1,289 @@
+//! What a subscription may reach (issue 28), against the scripted mock API: a refused
+//! image, ingress annotation, ingress host or callback host ends the pass with `Ready`
+//! False, a Warning Event and nothing else written.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use kube::runtime::controller::Action;
+use metahook_operator::controller::{self, REFUSED_RETRY};
+use metahook_operator::resources::Inputs;
+use metahook_operator::resources::ingress::{OPERATOR_ANNOTATIONS, annotations};
+use metahook_operator::resources::monitoring::Capabilities;
+use serde_json::{Value, json};
+use support::*;
+
+const NS: &str = "acme";
+const CORE: &str = "/api/v1/namespaces/acme";
+const SUBS: &str = "/apis/metahook.io/v1alpha1/namespaces/acme/webhooksubscriptions";
+const UID: &str = "11111111-2222-3333-4444-555555555555";
+
+fn whatsapp_spec() -> Value {
+    json!({
+        "object": "whatsapp_business_account",
+        "fields": ["messages"],
+        "appSecretRef": {"name": "meta-app", "key": "app-secret"},
+    })
+}
+
+fn status_step(spec: &Value) -> Expect {
+    let sub = serde_json::to_value(subscription("wa", NS, spec)).expect("json");
+    apply(format!("{SUBS}/wa/status"), Reply::Onto(sub))
+}
+
+/// Reconciles `spec` against a script that expects `before` (e.g. the Ingress LIST), then
+/// only the refusal's Warning Event and status; returns the Event and the status bodies.
+async fn refused(spec: &Value, before: Vec<Expect>) -> (Value, Value) {
+    let sub = subscription("wa", NS, spec);
+    let mut script = before;
+    let skip = script.len();
+    script.push(event(NS));
+    script.push(status_step(spec));
+    let api = MockApi::start(script, Capabilities::default(), test_now());
+    let action = controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("reconcile");
+    assert_eq!(
+        action,
+        Action::requeue(REFUSED_RETRY),
+        "rechecked every minute"
+    );
+    let served = api.finish().await;
+    assert_eq!(
+        served.len(),
+        skip + 2,
+        "nothing but the Event and the status"
+    );
+    let event = served[skip].body.clone();
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["action"], "Reconcile");
+    (event, served[skip + 1].body.clone())
+}
+
+fn ready(status: &Value) -> (&str, &str, &str) {
+    let ready = condition(status, "Ready");
+    (
+        ready["status"].as_str().expect("status"),
+        ready["reason"].as_str().expect("reason"),
+        ready["message"].as_str().expect("message"),
+    )
+}
+
+#[tokio::test]
+async fn an_image_outside_the_list_is_refused_before_any_request() {
+    let mut spec = whatsapp_spec();
+    spec["receiver"] = json!({"image": "evil.example/secret-reader:1"});
+    let (event, status) = refused(&spec, vec![]).await;
+    let message = "spec.receiver.image evil.example/secret-reader:1 is not allowed: the \
+                   operator runs only metahook-receiver:test (--allowed-receiver-image, chart \
+                   value operator.allowedReceiverImages); remove spec.receiver.image or ask the \
+                   operator's administrators to allow it";
+    assert_eq!(ready(&status), ("False", "ImageNotAllowed", message));
+    assert_eq!(event["reason"], "ImageNotAllowed");
+    assert_eq!(event["note"], message);
+    assert_eq!(status["status"]["observedGeneration"], 3);
+}
+
+#[tokio::test]
+async fn the_operators_own_image_is_allowed_when_named() {
+    // The same image as --receiver-image: the pass goes on to the token (which the script
+    // refuses with a 500, so the pass stops there).
+    let mut spec = whatsapp_spec();
+    spec["receiver"] = json!({"image": "metahook-receiver:test"});
+    let sub = subscription("wa", NS, &spec);
+    let script = vec![get(
+        format!("{CORE}/secrets/wa-verify-token"),
+        Reply::Error(500, "InternalError"),
+    )];
+    let api = MockApi::start(script, Capabilities::default(), test_now());
+    let result = controller::reconcile(Arc::new(sub), api.ctx.clone()).await;
+    assert!(result.is_err(), "{result:?}");
+    api.finish().await;
+}
+
+#[tokio::test]
+async fn a_snippet_annotation_is_refused_before_the_ingress_list() {
+    let mut spec = whatsapp_spec();
+    spec["ingress"] = json!({
+        "host": "hooks.example.com",
+        "annotations": {
+            "cert-manager.io/cluster-issuer": "letsencrypt",
+            "nginx.ingress.kubernetes.io/server-snippet": "location / { return 200; }",
+        },
+    });
+    let (_, status) = refused(&spec, vec![]).await;
+    assert_eq!(
+        ready(&status),
+        (
+            "False",
+            "AnnotationNotAllowed",
+            "spec.ingress.annotations key nginx.ingress.kubernetes.io/server-snippet is not \
+             allowed: snippet annotations inject ingress configuration and are never allowed"
+        )
+    );
+}
+
+#[tokio::test]
+async fn the_operators_tls_annotations_cannot_be_overridden() {
+    let mut spec = whatsapp_spec();
+    spec["ingress"] = json!({
+        "host": "hooks.example.com",
+        "annotations": {"nginx.ingress.kubernetes.io/auth-tls-verify-client": "off"},
+    });
+    let (_, status) = refused(&spec, vec![]).await;
+    let (_, reason, message) = ready(&status);
+    assert_eq!(reason, "AnnotationNotAllowed");
+    assert_eq!(
+        message,
+        "spec.ingress.annotations key nginx.ingress.kubernetes.io/auth-tls-verify-client is not \
+         allowed: the operator sets it itself (TLS and client-certificate settings cannot be \
+         overridden)"
+    );
+}
+
+#[tokio::test]
+async fn an_annotation_off_the_list_is_refused_naming_the_list() {
+    let mut spec = whatsapp_spec();
+    spec["ingress"] = json!({
+        "host": "hooks.example.com",
+        "annotations": {"nginx.ingress.kubernetes.io/auth-url": "http://evil.example/"},
+    });
+    let (_, status) = refused(&spec, vec![]).await;
+    let (_, reason, message) = ready(&status);
+    assert_eq!(reason, "AnnotationNotAllowed");
+    assert!(
+        message.starts_with(
+            "spec.ingress.annotations key nginx.ingress.kubernetes.io/auth-url is not allowed: \
+             it is not on the operator's list (cert-manager.io/cluster-issuer, "
+        ),
+        "{message}"
+    );
+}
+
+fn ingress(name: &str, host: &str, owner: Option<(&str, &str)>) -> Value {
+    let mut object = json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {"name": name, "namespace": NS, "uid": format!("{name}-uid")},
+        "spec": {"rules": [{"host": host, "http": {"paths": []}}]},
+    });
+    if let Some((kind, uid)) = owner {
+        object["metadata"]["ownerReferences"] = json!([{
+            "apiVersion": if kind == "WebhookSubscription" { "metahook.io/v1alpha1" } else { "apps/v1" },
+            "kind": kind, "name": "x", "uid": uid, "controller": true,
+        }]);
+    }
+    object
+}
+
+#[tokio::test]
+async fn a_host_served_by_another_ingress_is_a_conflict_naming_it() {
+    let mut spec = whatsapp_spec();
+    spec["ingress"] = json!({"host": "shop.example.com"});
+    let listed = ingresses_listed(
+        NS,
+        &[
+            ingress("web", "www.example.com", None),
+            ingress("shop", "SHOP.example.com", Some(("Deployment", "d-uid"))),
+        ],
+    );
+    let (event, status) = refused(&spec, vec![listed]).await;
+    let message = "spec.ingress.host shop.example.com is already served by Ingress acme/shop, \
+                   which this subscription does not own: choose another host, or remove that \
+                   Ingress's rule for it";
+    assert_eq!(ready(&status), ("False", "Conflict", message));
+    assert_eq!(event["reason"], "Conflict");
+}
+
+#[test]
+fn its_own_ingress_and_other_subscriptions_are_no_conflict() {
+    let sub = subscription("wa", NS, &whatsapp_spec());
+    let parse = |value: Value| serde_json::from_value(value).expect("Ingress");
+    let ingresses = vec![
+        parse(ingress(
+            "wa",
+            "hooks.example.com",
+            Some(("WebhookSubscription", UID)),
+        )),
+        // Another subscription of the namespace on the same host, by path.
+        parse(ingress(
+            "page",
+            "hooks.example.com",
+            Some(("WebhookSubscription", "other")),
+        )),
+    ];
+    assert_eq!(
+        controller::policy::host_conflict(&sub, "hooks.example.com", &ingresses),
+        None
+    );
+}
+
+#[tokio::test]
+async fn a_callback_host_off_the_list_is_refused_before_any_request() {
+    let mut spec = whatsapp_spec();
+    spec["registration"] = json!({"appId": "1234", "callbackURL": "https://attacker.example/x"});
+    let (_, status) = refused(&spec, vec![]).await;
+    let (_, reason, message) = ready(&status);
+    assert_eq!(reason, "CallbackNotAllowed");
+    assert_eq!(
+        message,
+        "spec.registration.callbackURL host attacker.example is not allowed: the operator \
+         registers only hooks.example.com (--allowed-callback-host, chart value \
+         operator.registration.allowedCallbackHosts); leave callbackURL unset to use the \
+         subscription's own ingress host"
+    );
+}
+
+#[tokio::test]
+async fn the_subscriptions_own_ingress_host_is_an_allowed_callback() {
+    let mut spec = whatsapp_spec();
+    spec["ingress"] = json!({"host": "own.example.net"});
+    spec["registration"] = json!({"appId": "1234", "callbackURL": "https://own.example.net/x"});
+    let sub = subscription("wa", NS, &spec);
+    // Allowed: the pass goes on past the LIST to the token (refused here with a 500).
+    let script = vec![
+        ingresses_listed(NS, &[]),
+        get(
+            format!("{CORE}/secrets/wa-verify-token"),
+            Reply::Error(500, "InternalError"),
+        ),
+    ];
+    let api = MockApi::start(script, Capabilities::default(), test_now());
+    assert!(
+        controller::reconcile(Arc::new(sub), api.ctx.clone())
+            .await
+            .is_err()
+    );
+    api.finish().await;
+}
+
+#[test]
+fn the_operators_annotations_win_over_the_specs() {
+    let mut spec = whatsapp_spec();
+    spec["tls"] =
+        json!({"mode": "mutual", "clientCARef": {"name": "meta-client-ca", "key": "ca.crt"}});
+    spec["ingress"] = json!({
+        "host": "hooks.example.com",
+        "annotations": {
+            "nginx.ingress.kubernetes.io/auth-tls-verify-client": "off",
+            "cert-manager.io/cluster-issuer": "letsencrypt",
+        },
+    });
+    let sub = subscription("wa", NS, &spec);
+    let inputs = Inputs::new(&sub, "metahook-receiver:test", None, String::new()).expect("inputs");
+    let built: BTreeMap<String, String> =
+        annotations(&inputs, sub.spec.ingress.as_ref().expect("ingress"));
+    assert_eq!(
+        built["nginx.ingress.kubernetes.io/auth-tls-verify-client"], "on",
+        "the policy refuses such a spec; the builder does not let it through either"
+    );
+    assert_eq!(built["cert-manager.io/cluster-issuer"], "letsencrypt");
+    for key in built.keys() {
+        assert!(
+            OPERATOR_ANNOTATIONS.contains(&key.as_str()) || key.starts_with("cert-manager.io/"),
+            "{key} is set by the operator but not in OPERATOR_ANNOTATIONS"
+        );
+    }
+}
