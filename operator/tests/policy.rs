@@ -1,12 +1,14 @@
 //! What a subscription may reach (issue 28), against the scripted mock API: a refused
 //! image, ingress annotation, ingress host or callback host ends the pass with `Ready`
-//! False, a Warning Event and nothing else written.
+//! False, a Warning Event and nothing else written; an unmarked Secret is named and its
+//! values are not used.
 
 mod support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use http::Method;
 use kube::runtime::controller::Action;
 use metahook_operator::controller::{self, REFUSED_RETRY};
 use metahook_operator::resources::Inputs;
@@ -257,6 +259,88 @@ async fn the_subscriptions_own_ingress_host_is_an_allowed_callback() {
             .is_err()
     );
     api.finish().await;
+}
+
+#[tokio::test]
+async fn an_unmarked_secret_is_named_with_how_to_mark_it_and_not_used() {
+    let mut spec = whatsapp_spec();
+    spec["verifyTokenRef"] = json!({"name": "db-creds", "key": "password"});
+    let sub = subscription("wa", NS, &spec);
+    let script = vec![
+        get(
+            format!("{CORE}/secrets/db-creds"),
+            Reply::Object(unmarked(secret(
+                NS,
+                "db-creds",
+                &[("password", b"hunter2")],
+            ))),
+        ),
+        get(
+            format!("{CORE}/secrets/meta-app"),
+            Reply::Object(secret(NS, "meta-app", &[("app-secret", b"s3cret")])),
+        ),
+        event(NS),
+        status_step(&spec),
+    ];
+    let api = MockApi::start(script, Capabilities::default(), test_now());
+    let action = controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("reconcile");
+    assert_eq!(action, Action::requeue(controller::MISSING_SECRET_RETRY));
+    let served = api.finish().await;
+    let message = "Secret acme/db-creds may not be referenced: it is not marked referenceable: \
+                   a namespace admin marks it with `kubectl label secret db-creds \
+                   metahook.io/referenceable=true`";
+    assert_eq!(served[2].body["reason"], "SecretNotResolved");
+    assert_eq!(served[2].body["note"], message);
+    let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
+    let resolved = condition(status, "SecretsResolved");
+    assert_eq!(resolved["status"], "False");
+    assert_eq!(resolved["reason"], "SecretNotReferenceable");
+    assert_eq!(resolved["message"], message);
+    assert_eq!(ready(status).1, "SecretsResolvedFalse");
+    assert!(
+        !served
+            .iter()
+            .any(|s| s.body.to_string().contains("hunter2")),
+        "the value goes nowhere"
+    );
+}
+
+#[tokio::test]
+async fn another_subscriptions_generated_token_is_not_referenceable() {
+    let mut spec = whatsapp_spec();
+    spec["verifyTokenRef"] = json!({"name": "page-verify-token", "key": "verify-token"});
+    let sub = subscription("wa", NS, &spec);
+    let mut other = secret(NS, "page-verify-token", &[("verify-token", b"t")]);
+    other["metadata"]["labels"]["app.kubernetes.io/managed-by"] = json!("metahook-operator");
+    other["metadata"]["ownerReferences"] = json!([{
+        "apiVersion": "metahook.io/v1alpha1", "kind": "WebhookSubscription",
+        "name": "page", "uid": "other-uid", "controller": true,
+    }]);
+    let script = vec![
+        get(
+            format!("{CORE}/secrets/meta-app"),
+            Reply::Object(secret(NS, "meta-app", &[("app-secret", b"s3cret")])),
+        ),
+        get(
+            format!("{CORE}/secrets/page-verify-token"),
+            Reply::Object(other),
+        ),
+        event(NS),
+        status_step(&spec),
+    ];
+    let api = MockApi::start(script, Capabilities::default(), test_now());
+    controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect("reconcile");
+    let served = api.finish().await;
+    let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
+    assert_eq!(
+        condition(status, "SecretsResolved")["message"],
+        "Secret acme/page-verify-token may not be referenced: the operator made it for another \
+         subscription or for the namespace (only its owner may reference it)"
+    );
 }
 
 #[test]

@@ -814,6 +814,7 @@ fn notes_tell_the_next_step() -> Result<()> {
         .context("helm install --dry-run printed no NOTES")?;
     for needle in [
         "create secret generic",
+        "metahook.io/referenceable=true",
         "kubectl apply -f examples/whatsapp.yaml",
         "kubectl get whsub",
         "docs/quickstart.md",

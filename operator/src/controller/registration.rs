@@ -934,7 +934,7 @@ async fn publish_changes(
 }
 
 /// GETs the Secrets `status` references (the finalizer's and a dropped edge's tokens);
-/// an absent one simply yields no token.
+/// an absent one, or one that may not be referenced, simply yields no token.
 async fn fetch_secrets(
     ctx: &Context,
     sub: &WebhookSubscription,
@@ -962,6 +962,12 @@ async fn fetch_secrets(
     let mut data = SecretData::new();
     for name in names {
         if let Some(secret) = get_secret(&secrets, name).await? {
+            // An unmarked Secret's values are not used here either: no token, so the
+            // unregistration names the token as gone.
+            if let Some(why) = crate::policy::not_referenceable(&secret, sub.uid().as_deref()) {
+                tracing::warn!(secret = %name, %why, "not using a Secret that may not be referenced");
+                continue;
+            }
             data.insert(name.to_owned(), super::secrets::keys_of(secret));
         }
     }

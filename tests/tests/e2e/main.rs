@@ -224,6 +224,9 @@ struct ListedSecret {
     keys: Vec<String>,
     /// A kubernetes.io/tls Secret (a cert-manager Certificate's) for these DNS names.
     tls_names: Option<Vec<String>>,
+    /// The header marks it `metahook.io/referenceable=true` (a `kubectl label` line, or
+    /// the Certificate's secretTemplate), as the operator requires.
+    referenceable: bool,
 }
 
 /// Every WebhookSubscription in examples/ (local.yaml is a receiver configuration).
@@ -274,6 +277,7 @@ fn listed_secrets(text: &str) -> Vec<ListedSecret> {
     let mut secrets = Vec::new();
     let mut certificate_namespace = None;
     let mut certificate_secret = None;
+    let mut certificate_referenceable = false;
     for (index, line) in comment.iter().enumerate() {
         let words: Vec<&str> = line.split_whitespace().collect();
         if let [
@@ -307,6 +311,7 @@ fn listed_secrets(text: &str) -> Vec<ListedSecret> {
                 name: (*name).to_owned(),
                 keys,
                 tls_names: None,
+                referenceable: false,
             });
         }
         if let Some(metadata) = line.strip_prefix("metadata:")
@@ -316,6 +321,28 @@ fn listed_secrets(text: &str) -> Vec<ListedSecret> {
         }
         if let Some(name) = line.strip_prefix("secretName:") {
             certificate_secret = Some(name.trim().to_owned());
+            certificate_referenceable = false;
+        }
+        if line.starts_with("secretTemplate:")
+            && line.contains("metahook.io/referenceable: \"true\"")
+        {
+            certificate_referenceable = true;
+        }
+        if let [
+            "kubectl",
+            "-n",
+            namespace,
+            "label",
+            "secret",
+            name,
+            "metahook.io/referenceable=true",
+        ] = words.as_slice()
+        {
+            for listed in &mut secrets {
+                if listed.namespace == *namespace && listed.name == *name {
+                    listed.referenceable = true;
+                }
+            }
         }
         if let Some(names) = line.strip_prefix("dnsNames:")
             && let (Some(namespace), Some(name)) =
@@ -331,6 +358,7 @@ fn listed_secrets(text: &str) -> Vec<ListedSecret> {
                 name,
                 keys: vec!["tls.crt".to_owned(), "tls.key".to_owned()],
                 tls_names: Some(names),
+                referenceable: certificate_referenceable,
             });
         }
     }
@@ -351,6 +379,16 @@ fn every_example_lists_the_secrets_it_references() -> Result<()> {
                     .iter()
                     .any(|s| s.name == name && s.namespace == namespace),
                 "{} references Secret {name} but its header does not say how to create it: {:?}",
+                example.file.display(),
+                example.secrets
+            );
+            assert!(
+                example
+                    .secrets
+                    .iter()
+                    .any(|s| s.name == name && s.namespace == namespace && s.referenceable),
+                "{} references Secret {name} but its header does not mark it \
+                 metahook.io/referenceable=true: {:?}",
                 example.file.display(),
                 example.secrets
             );
@@ -398,10 +436,17 @@ async fn create_secret(
                 .collect(),
         ),
     };
+    let labels = secret.referenceable.then(|| {
+        BTreeMap::from([(
+            metahook_operator::policy::REFERENCEABLE_LABEL.to_owned(),
+            "true".to_owned(),
+        )])
+    });
     let object = Secret {
         metadata: ObjectMeta {
             name: Some(secret.name.clone()),
             namespace: Some(namespace.to_owned()),
+            labels,
             ..ObjectMeta::default()
         },
         type_: Some(type_.to_owned()),
@@ -1004,6 +1049,7 @@ async fn a_deleted_secret_is_named_in_the_status_until_restored() -> Result<()> 
     restored.metadata = ObjectMeta {
         name: app_secret.metadata.name.clone(),
         namespace: app_secret.metadata.namespace.clone(),
+        labels: app_secret.metadata.labels.clone(),
         ..ObjectMeta::default()
     };
     secrets
