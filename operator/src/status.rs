@@ -48,6 +48,16 @@ pub enum RegistrationState {
         /// Why.
         message: String,
     },
+    /// Not done because it would replace what something else registered (a callback
+    /// or override this subscription did not set); nothing of it was written.
+    Refused {
+        /// What is registered (what was converged before the refusal included).
+        status: RegistrationStatus,
+        /// The `Registered` reason, e.g. `CallbackOwnedElsewhere`.
+        reason: &'static str,
+        /// What is in the way and which field allows taking it over.
+        message: String,
+    },
     /// The Graph API refused or failed; the pass fails after the status is written.
     GraphFailed {
         /// What is registered (partial progress included).
@@ -309,6 +319,14 @@ pub fn build(
             reason: "InvalidRegistration".to_owned(),
             message: message.clone(),
         }),
+        RegistrationState::Refused {
+            reason, message, ..
+        } => Some(Wanted {
+            type_: REGISTERED,
+            ok: false,
+            reason: (*reason).to_owned(),
+            message: message.clone(),
+        }),
         RegistrationState::GraphFailed { message, error, .. } => Some(Wanted {
             type_: REGISTERED,
             ok: false,
@@ -349,6 +367,7 @@ pub fn build(
         RegistrationState::Waiting { previous, .. } => previous.clone(),
         RegistrationState::Registered { status, .. }
         | RegistrationState::Failed { status, .. }
+        | RegistrationState::Refused { status, .. }
         | RegistrationState::GraphFailed { status, .. } => Some(status.clone()),
     };
     WebhookSubscriptionStatus {

@@ -962,7 +962,7 @@ async fn a_ready_receiver_is_registered_behind_the_finalizer() {
     );
     assert_eq!(
         registration["verifyTokenDigest"],
-        registration::token_digest("existing-token")
+        registration::token_digest("1234|s3cret", "existing-token")
     );
     assert_eq!(
         registration["whatsappBusinessAccounts"],

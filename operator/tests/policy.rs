@@ -1,7 +1,8 @@
 //! What a subscription may reach (issue 28), against the scripted mock API: a refused
 //! image, ingress annotation, ingress host or callback host ends the pass with `Ready`
 //! False, a Warning Event and nothing else written; an unmarked Secret is named and its
-//! values are not used.
+//! values are not used; a callback another party set is not replaced without
+//! `takeOverCallback`; the verify token's digest is keyed.
 
 mod support;
 
@@ -10,10 +11,15 @@ use std::sync::Arc;
 
 use http::Method;
 use kube::runtime::controller::Action;
+use metahook_operator::controller::registration::{
+    self, CALLBACK_OWNED_ELSEWHERE, Desired, DesiredNode, converge,
+};
 use metahook_operator::controller::{self, REFUSED_RETRY};
+use metahook_operator::crd::SecretKeyRef;
 use metahook_operator::resources::Inputs;
 use metahook_operator::resources::ingress::{OPERATOR_ANNOTATIONS, annotations};
 use metahook_operator::resources::monitoring::Capabilities;
+use metahook_operator::status::{self, Observed, RegistrationState};
 use serde_json::{Value, json};
 use support::*;
 
@@ -341,6 +347,155 @@ async fn another_subscriptions_generated_token_is_not_referenceable() {
         "Secret acme/page-verify-token may not be referenced: the operator made it for another \
          subscription or for the namespace (only its owner may reference it)"
     );
+}
+
+fn key(name: &str) -> SecretKeyRef {
+    SecretKeyRef {
+        name: name.to_owned(),
+        key: "token".to_owned(),
+    }
+}
+
+fn desired() -> Desired {
+    Desired {
+        app_id: "1234".to_owned(),
+        object: "whatsapp_business_account".to_owned(),
+        callback_url: "https://hooks.example.com/webhooks/whatsapp".to_owned(),
+        fields: vec!["messages".to_owned()],
+        verify_token: "the-verify-token".to_owned(),
+        app_secret_ref: key("meta-app"),
+        app_token: "1234|the-app-secret".to_owned(),
+        app_subscription: true,
+        take_over_callback: false,
+        pages: Vec::new(),
+        wabas: Vec::new(),
+    }
+}
+
+#[tokio::test]
+async fn an_app_callback_set_elsewhere_is_not_replaced_without_take_over() {
+    let api = MockApi::start(vec![], Capabilities::default(), test_now());
+    let graph = api.graph.clone();
+    graph.app.lock().expect("lock").insert(
+        "whatsapp_business_account".to_owned(),
+        (
+            "https://prod.other-team.example/meta?key=k".to_owned(),
+            vec!["messages".to_owned()],
+        ),
+    );
+    let refused = converge(graph.as_ref(), &desired(), None).await;
+    assert!(refused.error.is_none());
+    let message = "the app's whatsapp_business_account callback points at host \
+                   prod.other-team.example, which this subscription did not set: it is left \
+                   alone (set spec.registration.takeOverCallback: true to replace it with \
+                   hooks.example.com)";
+    assert_eq!(refused.refused.as_deref(), Some(message));
+    assert_eq!(graph.calls(), ["GET /1234/subscriptions"], "no Graph write");
+    assert!(
+        refused.status.callback_url.is_none(),
+        "nothing recorded as set"
+    );
+
+    // The status the pass writes: Registered False, CallbackOwnedElsewhere.
+    let observed = Observed {
+        missing: Vec::new(),
+        certificate: status::CertificateState::NotRequired,
+        receiver: status::ReceiverState::Sidecar,
+        endpoint: None,
+        verify_token: None,
+        registration: RegistrationState::Refused {
+            status: refused.status.clone(),
+            reason: CALLBACK_OWNED_ELSEWHERE,
+            message: message.to_owned(),
+        },
+        refused: None,
+    };
+    let built = status::build(None, Some(3), NS, &observed, test_now());
+    let registered = built
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Registered")
+        .expect("Registered");
+    assert_eq!(
+        (registered.status.as_str(), registered.reason.as_str()),
+        ("False", "CallbackOwnedElsewhere")
+    );
+    assert_eq!(registered.message, message);
+
+    // With takeOverCallback it is replaced, and from then on it is this subscription's.
+    let mut take_over = desired();
+    take_over.take_over_callback = true;
+    let taken = converge(graph.as_ref(), &take_over, None).await;
+    assert!(taken.error.is_none() && taken.refused.is_none());
+    assert_eq!(
+        graph.calls()[2..],
+        [
+            "POST /1234/subscriptions object=whatsapp_business_account fields=messages \
+             callback_url=https://hooks.example.com/webhooks/whatsapp"
+                .to_owned()
+        ]
+    );
+    let mut moved = desired();
+    moved.callback_url = "https://hooks.example.com/webhooks/moved".to_owned();
+    let again = converge(graph.as_ref(), &moved, Some(&taken.status)).await;
+    assert!(again.refused.is_none(), "{:?}", again.refused);
+    drop(api);
+}
+
+#[tokio::test]
+async fn a_waba_override_set_elsewhere_is_not_removed_either() {
+    // The spec wants no override, Meta holds one this subscription did not set: a
+    // subscribe without override would remove it, so it is refused too.
+    let api = MockApi::start(vec![], Capabilities::default(), test_now());
+    let graph = api.graph.clone();
+    graph.nodes.lock().expect("lock").insert(
+        "5550001".to_owned(),
+        metahook_operator::graph::SubscribedApp {
+            app_id: "1234".to_owned(),
+            subscribed_fields: vec![],
+            override_callback_uri: Some("https://other.example/hook".to_owned()),
+        },
+    );
+    let mut wanted = desired();
+    wanted.app_subscription = false;
+    wanted.wabas = vec![DesiredNode {
+        id: "5550001".to_owned(),
+        token_ref: key("wa-system-user"),
+        token: "waba-token".to_owned(),
+        override_callback: false,
+        phone_numbers: Vec::new(),
+    }];
+    let refused = converge(graph.as_ref(), &wanted, None).await;
+    assert_eq!(
+        refused.refused.as_deref(),
+        Some(
+            "the callback override of WABA 5550001 points at host other.example, which this \
+             subscription did not set: it is left alone (set spec.registration.takeOverCallback: \
+             true to replace it with none)"
+        )
+    );
+    assert_eq!(graph.calls(), ["GET /5550001/subscribed_apps"]);
+    drop(api);
+}
+
+#[test]
+fn the_verify_token_digest_is_keyed_with_the_app_secret() {
+    let digest = registration::token_digest("1234|the-app-secret", "the-verify-token");
+    assert_eq!(digest.len(), 16);
+    assert_ne!(
+        digest,
+        registration::token_digest("1234|another-secret", "the-verify-token"),
+        "another key, another digest"
+    );
+    assert_ne!(
+        digest,
+        registration::token_digest("1234|the-app-secret", "another-token"),
+        "a rotated token is seen"
+    );
+    // Not the unkeyed SHA-256 any reader of the status could test guesses against.
+    use sha2::Digest as _;
+    let unkeyed = hex::encode(sha2::Sha256::digest(b"the-verify-token"));
+    assert_ne!(digest, unkeyed[..16]);
 }
 
 #[test]
