@@ -2,7 +2,7 @@
 //! image, ingress annotation, ingress host or callback host ends the pass with `Ready`
 //! False, a Warning Event and nothing else written; an unmarked Secret is named and its
 //! values are not used; a callback another party set is not replaced without
-//! `takeOverCallback`; the verify token's digest is keyed.
+//! `takeOverCallback`; digests are keyed and tokens stay out of `Debug`.
 
 mod support;
 
@@ -16,6 +16,7 @@ use metahook_operator::controller::registration::{
 };
 use metahook_operator::controller::{self, REFUSED_RETRY};
 use metahook_operator::crd::SecretKeyRef;
+use metahook_operator::graph::{AppSubscribe, NodeSubscribe};
 use metahook_operator::resources::Inputs;
 use metahook_operator::resources::ingress::{OPERATOR_ANNOTATIONS, annotations};
 use metahook_operator::resources::monitoring::Capabilities;
@@ -496,6 +497,44 @@ fn the_verify_token_digest_is_keyed_with_the_app_secret() {
     use sha2::Digest as _;
     let unkeyed = hex::encode(sha2::Sha256::digest(b"the-verify-token"));
     assert_ne!(digest, unkeyed[..16]);
+}
+
+#[test]
+fn tokens_are_redacted_in_debug() {
+    let mut wanted = desired();
+    wanted.wabas = vec![DesiredNode {
+        id: "5550001".to_owned(),
+        token_ref: key("wa-system-user"),
+        token: "the-waba-token".to_owned(),
+        override_callback: true,
+        phone_numbers: Vec::new(),
+    }];
+    let subscribe = AppSubscribe {
+        object: "page".to_owned(),
+        callback_url: "https://hooks.example.com/x".to_owned(),
+        fields: vec!["feed".to_owned()],
+        verify_token: "the-verify-token".to_owned(),
+    };
+    let waba = NodeSubscribe::Waba {
+        override_callback: Some((
+            "https://hooks.example.com/x".to_owned(),
+            "the-verify-token".to_owned(),
+        )),
+    };
+    for printed in [
+        format!("{wanted:?}"),
+        format!("{subscribe:?}"),
+        format!("{waba:?}"),
+    ] {
+        for secret in ["the-verify-token", "the-app-secret", "the-waba-token"] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        assert!(printed.contains("redacted"), "{printed}");
+    }
+    assert!(
+        format!("{wanted:?}").contains("hooks.example.com"),
+        "the rest is shown"
+    );
 }
 
 #[test]

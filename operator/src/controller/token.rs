@@ -14,10 +14,22 @@ use crate::resources::{self, Inputs, VERIFY_TOKEN_KEY};
 
 /// What the token step leaves for the next: the generated token's Secret, just read or
 /// written (so resolution does not GET it again), or none when the spec names the token.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Token {
     /// The generated verify token's Secret.
     pub generated: Option<Secret>,
+}
+
+impl std::fmt::Debug for Token {
+    /// The Secret's name, never its token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field(
+                "generated",
+                &self.generated.as_ref().map(|secret| secret.name_any()),
+            )
+            .finish()
+    }
 }
 
 /// Reads or makes the generated verify token when the spec names none (a GET, then an
