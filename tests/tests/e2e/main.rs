@@ -36,6 +36,7 @@ use serde_json::json;
 mod chart;
 mod leader;
 mod pods;
+mod policy;
 mod registration;
 
 /// Bound of every wait for the operator or a controller (generous: 2 shared cores).
