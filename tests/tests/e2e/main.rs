@@ -4,8 +4,9 @@
 //! status subresource, owner references and garbage collection, and the Deployment
 //! controller's view of the pod template. The modules add the chart installed with the real
 //! helm and its RBAC ([`chart`]), the rendered pods run with podman with the test playing
-//! the kubelet ([`pods`]), leader election between two replicas ([`leader`]), and
-//! registration with a fake Graph API ([`registration`]).
+//! the kubelet ([`pods`]), leader election between two replicas ([`leader`]),
+//! registration with a fake Graph API ([`registration`]), and what a subscription may
+//! reach ([`policy`]).
 //!
 //! Each test works in namespaces of its own (the examples' namespaces, prefixed) with an
 //! operator process of its own restricted to them, so the tests share one cluster and run
