@@ -537,6 +537,49 @@ fn tokens_are_redacted_in_debug() {
     );
 }
 
+#[tokio::test]
+async fn an_owned_token_secret_from_before_the_label_is_labelled_keeping_its_token() {
+    let sub = subscription("wa", NS, &whatsapp_spec());
+    let mut old = unmarked(secret(
+        NS,
+        "wa-verify-token",
+        &[("verify-token", b"existing-token")],
+    ));
+    old["metadata"]["ownerReferences"] = json!([{
+        "apiVersion": "metahook.io/v1alpha1", "kind": "WebhookSubscription",
+        "name": "wa", "uid": UID, "controller": true,
+    }]);
+    let script = vec![
+        get(
+            format!("{CORE}/secrets/wa-verify-token"),
+            Reply::Object(old),
+        ),
+        apply(format!("{CORE}/secrets/wa-verify-token"), Reply::Echo(None)),
+        // The pass stops here; the token step is what is asserted.
+        get(
+            format!("{CORE}/secrets/meta-app"),
+            Reply::Error(500, "InternalError"),
+        ),
+    ];
+    let api = MockApi::start(script, Capabilities::default(), test_now());
+    assert!(
+        controller::reconcile(Arc::new(sub), api.ctx.clone())
+            .await
+            .is_err()
+    );
+    let served = api.finish().await;
+    let applied = body_of(
+        &served,
+        &Method::PATCH,
+        &format!("{CORE}/secrets/wa-verify-token"),
+    );
+    assert_eq!(
+        applied["metadata"]["labels"]["metahook.io/referenceable"],
+        "true"
+    );
+    assert_eq!(secret_value(applied, "verify-token"), b"existing-token");
+}
+
 #[test]
 fn the_operators_annotations_win_over_the_specs() {
     let mut spec = whatsapp_spec();

@@ -49,8 +49,10 @@ pub(super) async fn step(
 }
 
 /// Reads the generated verify token, or makes it, and returns its Secret. The Secret is
-/// applied when the token is new or the Secret lacks this subscription's owner reference;
-/// an existing token is never changed.
+/// applied when the token is new, or the Secret lacks this subscription's owner reference
+/// or the referenceable label (one made before the label existed: the operator's
+/// metadata-only Secret watch sees only labelled Secrets); an existing token is never
+/// changed.
 async fn ensure_verify_token(
     ctx: &Context,
     sub: &WebhookSubscription,
@@ -77,7 +79,7 @@ async fn ensure_verify_token(
     });
     let desired = secret_objects::verify_token_secret(inputs, &token)?;
     let secret = match existing {
-        Some(existing) if owned && !generated => existing,
+        Some(existing) if owned && labelled(&existing) && !generated => existing,
         _ => {
             apply(secrets, &desired).await?;
             desired
@@ -98,4 +100,12 @@ async fn ensure_verify_token(
         .await;
     }
     Ok(secret)
+}
+
+/// Does the Secret carry `metahook.io/referenceable: "true"`?
+fn labelled(secret: &Secret) -> bool {
+    secret
+        .labels()
+        .get(crate::policy::REFERENCEABLE_LABEL)
+        .is_some_and(|value| value == "true")
 }
