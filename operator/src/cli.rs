@@ -66,6 +66,40 @@ pub struct Cli {
     /// it removes itself anyway, with a Warning Event naming what it left behind.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub graph_unregister_timeout: Duration,
+    /// A receiver image a subscription's spec.receiver.image may name, besides
+    /// --receiver-image (always allowed); repeatable, or comma-separated in the variable.
+    /// An entry ending in `*` matches by prefix, e.g. `registry.example.com/metahook-receiver:*`.
+    /// Any other image is refused (`Ready` False, reason ImageNotAllowed).
+    #[arg(
+        long = "allowed-receiver-image",
+        env = "METAHOOK_ALLOWED_RECEIVER_IMAGES",
+        value_delimiter = ','
+    )]
+    pub allowed_receiver_images: Vec<String>,
+    /// An annotation key spec.ingress.annotations may set; repeatable, or comma-separated
+    /// in the variable (an entry ending in `*` matches by prefix; an empty value allows
+    /// none). Keys ending in `snippet`, and those the operator sets itself (TLS and
+    /// client-certificate settings), are never allowed; any other key is refused (reason
+    /// AnnotationNotAllowed).
+    #[arg(
+        long = "allowed-ingress-annotation",
+        env = "METAHOOK_ALLOWED_INGRESS_ANNOTATIONS",
+        value_delimiter = ',',
+        default_values = crate::policy::DEFAULT_INGRESS_ANNOTATIONS
+    )]
+    pub allowed_ingress_annotations: Vec<String>,
+    /// A host spec.registration.callbackURL may name, besides the subscription's own
+    /// spec.ingress.host (always allowed); repeatable, or comma-separated in the variable.
+    /// `*.example.com` allows every host below example.com; `http://HOST` also allows plain
+    /// http to HOST (local development and tests: Meta calls only https). Any other host,
+    /// or a URL that is not https, is refused before a Graph API call (reason
+    /// CallbackNotAllowed).
+    #[arg(
+        long = "allowed-callback-host",
+        env = "METAHOOK_ALLOWED_CALLBACK_HOSTS",
+        value_delimiter = ','
+    )]
+    pub allowed_callback_hosts: Vec<String>,
     /// Log lines as JSON (default) or text.
     #[arg(long, default_value = "json")]
     pub log_format: LogFormat,

@@ -178,6 +178,12 @@ pub struct RegistrationSpec {
     /// its own callback override). Default true.
     #[serde(default = "default_true")]
     pub app_subscription: bool,
+    /// Replace the app's callback, a WABA's callback override or a phone number's
+    /// override when Meta holds one this subscription did not set (by hand, or another
+    /// subscription's). Default false: such a callback is left alone and `Registered` is
+    /// False with reason CallbackOwnedElsewhere naming its host.
+    #[serde(default)]
+    pub take_over_callback: bool,
     /// Pages (object page) or Instagram accounts (object instagram) to subscribe the app
     /// to (`POST /{id}/subscribed_apps?subscribed_fields=…`). Ids are unique.
     #[serde(default)]
@@ -633,8 +639,9 @@ pub struct RegistrationStatus {
         skip_serializing_if = "Option::is_none"
     )]
     pub callback_url: Option<String>,
-    /// SHA-256 (hex, first 16 characters) of the verify token registered, so a rotated
-    /// token is registered again.
+    /// HMAC-SHA256 of the verify token registered, keyed with the app access token
+    /// (`{appId}|{app secret}`), hex, first 16 characters: a rotated token is registered
+    /// again, and the digest tells nothing about the token to whoever lacks the app secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify_token_digest: Option<String>,
     /// The app secret the app token was made from (for unregistering).

@@ -195,7 +195,7 @@ pub struct AppSubscriptionField {
 
 /// `POST /{app-id}/subscriptions`: subscribes (or updates) the app to an object's fields.
 /// Meta verifies `callback_url` with the verify token before it answers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct AppSubscribe {
     /// The object.
     pub object: String,
@@ -205,6 +205,18 @@ pub struct AppSubscribe {
     pub fields: Vec<String>,
     /// The verify token of Meta's verification GET.
     pub verify_token: String,
+}
+
+impl fmt::Debug for AppSubscribe {
+    /// Everything but the verify token.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppSubscribe")
+            .field("object", &self.object)
+            .field("callback_url", &self.callback_url)
+            .field("fields", &self.fields)
+            .field("verify_token", &"redacted")
+            .finish()
+    }
 }
 
 /// An app installed on a Page, Instagram account or WhatsApp Business Account
@@ -253,7 +265,7 @@ impl SubscribedApp {
 }
 
 /// `POST /{id}/subscribed_apps`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum NodeSubscribe {
     /// A Page or Instagram account: `subscribed_fields` (the whole set for this app).
     Fields(Vec<String>),
@@ -263,6 +275,22 @@ pub enum NodeSubscribe {
         /// The override and its verify token.
         override_callback: Option<(String, String)>,
     },
+}
+
+impl fmt::Debug for NodeSubscribe {
+    /// Everything but an override's verify token.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodeSubscribe::Fields(fields) => f.debug_tuple("Fields").field(fields).finish(),
+            NodeSubscribe::Waba { override_callback } => f
+                .debug_struct("Waba")
+                .field(
+                    "override_callback",
+                    &override_callback.as_ref().map(|(uri, _)| (uri, "redacted")),
+                )
+                .finish(),
+        }
+    }
 }
 
 /// A phone number's `webhook_configuration` (`GET /{phone-number-id}?fields=webhook_configuration`):

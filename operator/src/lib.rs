@@ -10,7 +10,10 @@
 //! - [`ownership`]: who holds an object at a name a subscription manages (the
 //!   subscription by uid, someone else, no one); the operator touches only its own.
 //! - [`status`]: conditions and the status written back.
-//! - [`controller`]: the reconcile loop, one file a step (token, secrets, TLS, children,
+//! - [`policy`]: what a subscription may reach (receiver images, ingress annotations,
+//!   callback hosts, referenceable Secrets): the operator's allowlists, as pure checks.
+//! - [`controller`]: the reconcile loop, one file a step (ownership, policy, token, secrets,
+//!   TLS, children,
 //!   Graph registration, status): reads what it needs, applies what the builders produce
 //!   with server-side apply, publishes Events, writes status.
 //! - [`cli`]: the flags and `main`; [`operator`]: `run()`, leader election and the
@@ -31,6 +34,7 @@ pub mod graph;
 pub mod metrics;
 pub mod operator;
 pub mod ownership;
+pub mod policy;
 pub mod resources;
 pub mod spec_check;
 pub mod status;

@@ -19,6 +19,7 @@ use crate::controller::{self, Context, Settings};
 use crate::crd::WebhookSubscription;
 use crate::graph::{GraphClient, GraphSettings};
 use crate::metrics::Metrics;
+use crate::policy::Policy;
 use crate::watch::{watch_scopes, watches};
 
 /// Runs the operator until SIGTERM, or until this replica loses the leader Lease (then it
@@ -52,7 +53,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         receiver_image: cli.receiver_image.clone(),
         certificate_lifetime: cli.certificate_lifetime,
         unregister_timeout: cli.graph_unregister_timeout,
+        policy: Policy::new(
+            &cli.allowed_receiver_images,
+            &cli.allowed_ingress_annotations,
+            &cli.allowed_callback_hosts,
+        ),
     };
+    tracing::info!(policy = ?settings.policy, "what subscriptions may reach");
     let mut ctx = Context::new(
         client.clone(),
         metrics.clone(),

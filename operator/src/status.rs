@@ -12,7 +12,7 @@ use crate::graph::GraphError;
 
 /// All is well: Meta can be pointed at `status.endpoint`.
 pub const READY: &str = "Ready";
-/// Every referenced Secret and key exists.
+/// Every referenced Secret and key exists, and each Secret may be referenced.
 pub const SECRETS_RESOLVED: &str = "SecretsResolved";
 /// The serving certificate exists and is valid (or TLS is off).
 pub const CERTIFICATE_READY: &str = "CertificateReady";
@@ -48,6 +48,16 @@ pub enum RegistrationState {
         /// Why.
         message: String,
     },
+    /// Not done because it would replace what something else registered (a callback
+    /// or override this subscription did not set); nothing of it was written.
+    Refused {
+        /// What is registered (what was converged before the refusal included).
+        status: RegistrationStatus,
+        /// The `Registered` reason, e.g. `CallbackOwnedElsewhere`.
+        reason: &'static str,
+        /// What is in the way and which field allows taking it over.
+        message: String,
+    },
     /// The Graph API refused or failed; the pass fails after the status is written.
     GraphFailed {
         /// What is registered (partial progress included).
@@ -59,28 +69,40 @@ pub enum RegistrationState {
     },
 }
 
-/// A referenced Secret or key that does not exist.
+/// A referenced Secret or key that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Missing {
     /// The reference.
     pub reference: SecretKeyRef,
-    /// Whether the whole Secret is absent (else only the key).
-    pub secret_absent: bool,
+    /// What is wrong with it.
+    pub problem: Unresolved,
+}
+
+/// Why a referenced key cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unresolved {
+    /// The whole Secret is absent.
+    SecretAbsent,
+    /// The Secret exists without the key.
+    KeyAbsent,
+    /// The Secret may not be referenced (its values were not used); the text says why
+    /// and how to mark it ([`crate::policy::not_referenceable`]).
+    NotReferenceable(String),
 }
 
 impl Missing {
-    /// "Secret acme/meta-app not found" or "Secret acme/meta-app has no key app-secret".
+    /// "Secret acme/meta-app not found", "Secret acme/meta-app has no key app-secret", or
+    /// "Secret acme/db-creds may not be referenced: it is not marked referenceable: ...".
     pub fn describe(&self, namespace: &str) -> String {
-        if self.secret_absent {
-            format!(
-                "Secret {namespace}/{} not found (wanted for key {})",
-                self.reference.name, self.reference.key
-            )
-        } else {
-            format!(
-                "Secret {namespace}/{} has no key {}",
-                self.reference.name, self.reference.key
-            )
+        let SecretKeyRef { name, key } = &self.reference;
+        match &self.problem {
+            Unresolved::SecretAbsent => {
+                format!("Secret {namespace}/{name} not found (wanted for key {key})")
+            }
+            Unresolved::KeyAbsent => format!("Secret {namespace}/{name} has no key {key}"),
+            Unresolved::NotReferenceable(why) => {
+                format!("Secret {namespace}/{name} may not be referenced: {why}")
+            }
         }
     }
 }
@@ -181,7 +203,17 @@ pub fn build(
         Wanted {
             type_: SECRETS_RESOLVED,
             ok: false,
-            reason: if observed.missing.iter().any(|m| m.secret_absent) {
+            reason: if observed
+                .missing
+                .iter()
+                .any(|m| matches!(m.problem, Unresolved::NotReferenceable(_)))
+            {
+                "SecretNotReferenceable".to_owned()
+            } else if observed
+                .missing
+                .iter()
+                .any(|m| m.problem == Unresolved::SecretAbsent)
+            {
                 "SecretNotFound".to_owned()
             } else {
                 "SecretKeyNotFound".to_owned()
@@ -299,6 +331,14 @@ pub fn build(
             reason: "InvalidRegistration".to_owned(),
             message: message.clone(),
         }),
+        RegistrationState::Refused {
+            reason, message, ..
+        } => Some(Wanted {
+            type_: REGISTERED,
+            ok: false,
+            reason: (*reason).to_owned(),
+            message: message.clone(),
+        }),
         RegistrationState::GraphFailed { message, error, .. } => Some(Wanted {
             type_: REGISTERED,
             ok: false,
@@ -339,6 +379,7 @@ pub fn build(
         RegistrationState::Waiting { previous, .. } => previous.clone(),
         RegistrationState::Registered { status, .. }
         | RegistrationState::Failed { status, .. }
+        | RegistrationState::Refused { status, .. }
         | RegistrationState::GraphFailed { status, .. } => Some(status.clone()),
     };
     WebhookSubscriptionStatus {

@@ -1,10 +1,16 @@
 //! What the operator watches: the scopes (`--namespace`), and per scope the controller
 //! with its watches (subscriptions, the objects they own, the Secrets they reference).
+//!
+//! Secrets are watched as metadata only (`PartialObjectMetadata`: names, labels, owners,
+//! never values) and only those marked `metahook.io/referenceable=true` (the label the
+//! operator's own Secrets carry too): the operator holds no Secret's values in memory, and
+//! reads a Secret's values only with a GET by name when a subscription references it.
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::Api;
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, watcher};
 use kube::{Client, ResourceExt};
@@ -78,16 +84,21 @@ pub(crate) fn watches(client: &Client, scope: &WatchScope) -> Controller<Webhook
         .owns(scope.api::<ConfigMap>(client), managed.clone())
         .owns(scope.api::<Ingress>(client), managed)
         .watches(
-            scope.api::<Secret>(client),
-            watcher::Config::default(),
+            scope.api::<PartialObjectMeta<Secret>>(client),
+            watcher::Config::default().labels(&referenceable_selector()),
             move |secret| subscriptions_of_secret(&store, &secret),
         )
+}
+
+/// The Secret watch's label selector: `metahook.io/referenceable=true`.
+pub fn referenceable_selector() -> String {
+    format!("{}=true", crate::policy::REFERENCEABLE_LABEL)
 }
 
 /// Subscriptions a Secret matters to: its owner, or those referencing it by name.
 fn subscriptions_of_secret(
     store: &Store<WebhookSubscription>,
-    secret: &Secret,
+    secret: &PartialObjectMeta<Secret>,
 ) -> Vec<ObjectRef<WebhookSubscription>> {
     let namespace = secret.namespace();
     let name = secret.name_any();

@@ -47,61 +47,19 @@ fn token_secret() -> Value {
     ))
 }
 
-/// `object` as the subscription `wa`'s own: a uid of its own, and a controller reference
-/// to the subscription's uid.
-fn owned(mut object: Value) -> Value {
-    let name = object["metadata"]["name"]
-        .as_str()
-        .unwrap_or("object")
-        .to_owned();
-    object["metadata"]["uid"] = json!(format!("{name}-uid"));
-    object["metadata"]["ownerReferences"] = json!([{
-        "apiVersion": "metahook.io/v1alpha1",
-        "kind": "WebhookSubscription",
-        "name": "wa",
-        "uid": SUB_UID,
-        "controller": true,
-        "blockOwnerDeletion": true,
-    }]);
-    object
+/// `object` as the subscription `wa`'s own.
+fn owned(object: Value) -> Value {
+    owned_by(object, "wa")
 }
 
-/// A minimal object of a kind at a path of `wa`'s, for step 0's answers.
+/// A minimal object of a kind at a name of `wa`'s, for step 0's answers.
 fn object_at(api_version: &str, kind: &str, name: &str) -> Value {
-    json!({
-        "apiVersion": api_version,
-        "kind": kind,
-        "metadata": {"name": name, "namespace": NS, "resourceVersion": "5"},
-    })
+    object_in(NS, api_version, kind, name)
 }
 
-/// Step 0 of a pass of `wa`: a GET of each name it manages, in the operator's order (the
-/// generated token's and the serving certificate's Secrets only when the spec makes
-/// them). Those in `found` answer with that object, the others 404.
+/// Step 0 of a pass of `wa` (see [`claims_of`]).
 fn claims(token: bool, tls: bool, found: &[(String, Value)]) -> Vec<Expect> {
-    let mut paths = vec![format!("{CORE}/configmaps/wa-receiver")];
-    if token {
-        paths.push(format!("{CORE}/secrets/wa-verify-token"));
-    }
-    if tls {
-        paths.push(format!("{CORE}/secrets/wa-tls"));
-    }
-    paths.extend([
-        format!("{APPS}/deployments/wa"),
-        format!("{APPS}/statefulsets/wa"),
-        format!("{CORE}/services/wa"),
-        format!("{NET}/ingresses/wa"),
-    ]);
-    paths
-        .into_iter()
-        .map(|path| {
-            let reply = match found.iter().find(|(at, _)| *at == path) {
-                Some((_, object)) => Reply::Object(object.clone()),
-                None => Reply::Error(404, "NotFound"),
-            };
-            get(path, reply)
-        })
-        .collect()
+    claims_of(NS, "wa", token, tls, found)
 }
 
 /// The requests of a pass once the Secrets resolved, for a plain-HTTP Deployment (no
@@ -1107,7 +1065,7 @@ async fn a_ready_receiver_is_registered_behind_the_finalizer() {
     );
     assert_eq!(
         registration["verifyTokenDigest"],
-        registration::token_digest("existing-token")
+        registration::token_digest("1234|s3cret", "existing-token")
     );
     assert_eq!(
         registration["whatsappBusinessAccounts"],
@@ -1442,16 +1400,18 @@ async fn persistent_spool_replicas_and_monitoring_where_the_cluster_serves_them(
     spec["ingress"] =
         json!({"host": "hooks.example.com", "className": "nginx", "tlsSecretName": "hooks-public"});
     let sub = subscription("wa", NS, &spec);
-    // Step 0 reaches the kinds the cluster serves too. The Deployment of an earlier
-    // Deployment-mode pass is the subscription's: deleted, under its uid.
-    let mut script = claims(
+    // The policy step lists the Ingresses (the host must be free); step 0 reaches the
+    // kinds the cluster serves too. The Deployment of an earlier Deployment-mode pass is
+    // the subscription's: deleted, under its uid.
+    let mut script = vec![ingresses_listed(NS, &[])];
+    script.extend(claims(
         false,
         false,
         &[(
             format!("{APPS}/deployments/wa"),
             owned(object_at("apps/v1", "Deployment", "wa")),
         )],
-    );
+    ));
     script.extend([
         get(
             "/apis/monitoring.coreos.com/v1/namespaces/acme/servicemonitors/wa",
@@ -1594,7 +1554,8 @@ async fn mutual_tls_at_the_ingress_needs_the_ca_under_ca_crt() {
         "trustedProxyCIDRs": ["10.0.0.0/8"],
     });
     let sub = subscription("wa", NS, &spec);
-    let mut script = claims(false, true, &[]);
+    let mut script = vec![ingresses_listed(NS, &[])];
+    script.extend(claims(false, true, &[]));
     script.extend([
         get(
             format!("{CORE}/secrets/meta-app"),

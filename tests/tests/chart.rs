@@ -484,12 +484,18 @@ type Grants = BTreeSet<(String, String, String)>;
 
 /// docs/operator.md's permissions table, without the discovery row.
 fn documented_permissions() -> Result<Grants> {
-    let path = repo_root().join("docs/operator.md");
-    let text = std::fs::read_to_string(&path).context("reading docs/operator.md")?;
+    permissions_table("docs/operator.md")
+}
+
+/// The permissions table (`| API group | resources | verbs |`) of a document, without the
+/// discovery row.
+fn permissions_table(doc: &str) -> Result<Grants> {
+    let path = repo_root().join(doc);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {doc}"))?;
     let table = text
         .split("| API group | resources | verbs |")
         .nth(1)
-        .context("docs/operator.md has no permissions table")?;
+        .with_context(|| format!("{doc} has no permissions table"))?;
     let mut grants = Grants::new();
     for line in table.lines().skip(2) {
         let Some(row) = line.strip_prefix('|') else {
@@ -497,7 +503,7 @@ fn documented_permissions() -> Result<Grants> {
         };
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
         let [group, resources, verbs, ..] = cells.as_slice() else {
-            bail!("docs/operator.md: a permissions row without three cells: {line}");
+            bail!("{doc}: a permissions row without three cells: {line}");
         };
         if *group == "(discovery)" {
             continue;
@@ -509,11 +515,48 @@ fn documented_permissions() -> Result<Grants> {
             }
         }
     }
-    ensure!(
-        !grants.is_empty(),
-        "docs/operator.md's permissions table is empty"
-    );
+    ensure!(!grants.is_empty(), "{doc}'s permissions table is empty");
     Ok(grants)
+}
+
+/// docs/security.md's RBAC table is what the chart grants, both ways: cluster-wide (the
+/// ClusterRole and the Lease Role) and namespaced (each watched namespace's Role).
+#[test]
+fn security_md_rbac_table_is_what_the_chart_grants() -> Result<()> {
+    let (documented_leases, documented) = leases(&permissions_table("docs/security.md")?);
+    let differ = |what: &str, granted: &Grants, documented: &Grants| {
+        format!(
+            "{what} grants {:?} that docs/security.md's RBAC table lacks, and lacks {:?} that \
+             it lists",
+            granted.difference(documented).collect::<Vec<_>>(),
+            documented.difference(granted).collect::<Vec<_>>()
+        )
+    };
+    let objects = render(HELMS[0], &[])?;
+    let (_, cluster) = leases(&grants_of(one_of_kind(&objects, "ClusterRole")?)?);
+    ensure!(
+        cluster == documented,
+        "{}",
+        differ("the ClusterRole", &cluster, &documented)
+    );
+    let lease_role = grants_of(one_of_kind(&objects, "Role")?)?;
+    ensure!(
+        lease_role == documented_leases,
+        "{}",
+        differ("the Lease Role", &lease_role, &documented_leases)
+    );
+    let namespaced = render(HELMS[0], &["--set", "operator.watchNamespaces={a}"])?;
+    for role in of_kind(&namespaced, "Role") {
+        let (_, grants) = leases(&grants_of(role)?);
+        if role["metadata"]["namespace"] == "a" {
+            ensure!(
+                grants == documented,
+                "{}",
+                differ("the Role in a", &grants, &documented)
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The grants of a Role's or ClusterRole's rules; resourceNames are checked apart.
@@ -814,6 +857,7 @@ fn notes_tell_the_next_step() -> Result<()> {
         .context("helm install --dry-run printed no NOTES")?;
     for needle in [
         "create secret generic",
+        "metahook.io/referenceable=true",
         "kubectl apply -f examples/whatsapp.yaml",
         "kubectl get whsub",
         "docs/quickstart.md",

@@ -46,6 +46,7 @@ fn desired(receiver: &TestReceiver, object: &str, fields: &[&str]) -> Desired {
         app_secret_ref: key("meta-app"),
         app_token: format!("{APP}|{APP_SECRET}"),
         app_subscription: true,
+        take_over_callback: false,
         pages: Vec::new(),
         wabas: Vec::new(),
     }
@@ -104,7 +105,7 @@ async fn register_then_converge_after_a_fields_change_keeping_foreign_fields() {
     assert_eq!(first.status.registered_fields, ["feed", "leadgen"]);
     assert_eq!(
         first.status.verify_token_digest.as_deref(),
-        Some(registration::token_digest(VERIFY_TOKEN).as_str())
+        Some(registration::token_digest(&format!("{APP}|{APP_SECRET}"), VERIFY_TOKEN).as_str())
     );
     assert_eq!(first.changes.len(), 1, "{:?}", first.changes);
 
@@ -163,20 +164,121 @@ async fn a_rotated_verify_token_or_moved_callback_is_registered_again() {
     assert!(first.error.is_none(), "{:?}", first.error);
     // Registered with another token before (its digest differs): POSTed again.
     let mut previous = first.status.clone();
-    previous.verify_token_digest = Some(registration::token_digest("old-token"));
+    previous.verify_token_digest = Some(registration::token_digest(
+        &format!("{APP}|{APP_SECRET}"),
+        "old-token",
+    ));
     let rotated = converge(&client, &wanted, Some(&previous)).await;
     assert!(rotated.error.is_none(), "{:?}", rotated.error);
     assert_eq!(rotated.changes.len(), 1, "{:?}", rotated.changes);
-    // Meta holds another callback (changed by hand): POSTed again.
+    // Meta holds another callback (changed by hand): left alone, nothing written, and
+    // said so naming its host and the field that takes it over.
     graph.with(|s| {
         s.subscriptions.get_mut("page").expect("page").callback_url =
-            "https://elsewhere.example/x".into();
+            "https://elsewhere.example/x?token=t".into();
     });
-    let moved = converge(&client, &wanted, Some(&rotated.status)).await;
-    assert!(moved.error.is_none(), "{:?}", moved.error);
+    let before = graph.log().len();
+    let refused = converge(&client, &wanted, Some(&rotated.status)).await;
+    assert!(refused.error.is_none(), "{:?}", refused.error);
+    assert_eq!(
+        refused.refused.as_deref(),
+        Some(
+            "the app's page callback points at host elsewhere.example, which this subscription \
+             did not set: it is left alone (set spec.registration.takeOverCallback: true to \
+             replace it with 127.0.0.1)"
+        )
+    );
+    assert!(refused.changes.is_empty(), "{:?}", refused.changes);
+    let log = graph.log();
+    assert!(
+        log[before..].iter().all(|call| call.method == Method::GET),
+        "a Graph write: {:?}",
+        &log[before..]
+    );
+    assert_eq!(
+        graph.subscription("page").expect("page").callback_url,
+        "https://elsewhere.example/x?token=t"
+    );
+    // With takeOverCallback: POSTed again.
+    let mut take_over = wanted.clone();
+    take_over.take_over_callback = true;
+    let moved = converge(&client, &take_over, Some(&rotated.status)).await;
+    assert!(
+        moved.error.is_none() && moved.refused.is_none(),
+        "{:?}",
+        moved.error
+    );
     assert_eq!(
         graph.subscription("page").expect("page").callback_url,
         wanted.callback_url
+    );
+    // Once set by this subscription it is its own: moved by the spec without takeOverCallback.
+    let mut elsewhere = wanted.clone();
+    elsewhere.callback_url = format!("{}?moved=1", wanted.callback_url);
+    let again = converge(&client, &elsewhere, Some(&moved.status)).await;
+    assert!(
+        again.error.is_none() && again.refused.is_none(),
+        "{:?}",
+        again.refused
+    );
+    assert_eq!(
+        graph.subscription("page").expect("page").callback_url,
+        elsewhere.callback_url
+    );
+}
+
+#[tokio::test]
+async fn a_waba_override_set_by_someone_else_is_left_alone_unless_taken_over() {
+    let receiver = TestReceiver::start().await.expect("receiver");
+    let graph = FakeGraph::start(APP, APP_SECRET).await.expect("fake graph");
+    graph.add_node("5550001", "waba-token");
+    let client = client(&graph);
+    let mut wanted = desired(&receiver, "whatsapp_business_account", &["messages"]);
+    wanted.app_subscription = false;
+    wanted.wabas = vec![DesiredNode {
+        id: "5550001".to_owned(),
+        token_ref: key("wa-system-user"),
+        token: "waba-token".to_owned(),
+        override_callback: true,
+        phone_numbers: Vec::new(),
+    }];
+    let first = converge(&client, &wanted, None).await;
+    assert!(
+        first.error.is_none() && first.refused.is_none(),
+        "{:?}",
+        first.error
+    );
+    // Someone points the override elsewhere; this subscription (its status lost, as for a
+    // re-created subscription) does not take it back.
+    graph.with(|s| {
+        if let Some(edge) = s.nodes.get_mut("5550001") {
+            edge.override_callback_uri = Some("https://other-team.example/hook".to_owned());
+        }
+    });
+    let before = graph.log().len();
+    let refused = converge(&client, &wanted, None).await;
+    assert!(
+        refused.refused.as_deref().is_some_and(|m| m.starts_with(
+            "the callback override of WABA 5550001 points at host other-team.example"
+        )),
+        "{:?}",
+        refused.refused
+    );
+    assert!(
+        graph.log()[before..]
+            .iter()
+            .all(|call| call.method == Method::GET)
+    );
+    wanted.take_over_callback = true;
+    let taken = converge(&client, &wanted, None).await;
+    assert!(
+        taken.error.is_none() && taken.refused.is_none(),
+        "{:?}",
+        taken.error
+    );
+    assert_eq!(
+        graph.edge("5550001").and_then(|e| e.override_callback_uri),
+        Some(wanted.callback_url.clone())
     );
 }
 
@@ -395,14 +497,32 @@ async fn a_phone_number_override_is_set_then_removed_when_it_leaves_the_spec() {
         &graph.log()[before..]
     );
 
-    // Someone moves 7770001's override by hand: the spec lists it, so it is set again.
+    // Someone moves 7770001's override by hand: not this subscription's any more, so it
+    // is left alone (no write) until the spec takes it over; then it is set again.
     graph.with(|s| {
         s.phones
             .get_mut("7770001")
             .expect("phone")
             .override_callback_uri = Some("https://elsewhere.example/x".into());
     });
-    let moved_back = converge(&client, &wanted, Some(&again.status)).await;
+    let before = graph.log().len();
+    let refused = converge(&client, &wanted, Some(&again.status)).await;
+    assert!(
+        refused.refused.as_deref().is_some_and(|m| m.starts_with(
+            "the callback override of phone number 7770001 (WABA 5550001) points at host \
+             elsewhere.example"
+        )),
+        "{:?}",
+        refused.refused
+    );
+    assert!(
+        graph.log()[before..]
+            .iter()
+            .all(|l| l.method == Method::GET)
+    );
+    let mut take_over = wanted.clone();
+    take_over.take_over_callback = true;
+    let moved_back = converge(&client, &take_over, Some(&again.status)).await;
     assert!(moved_back.error.is_none(), "{:?}", moved_back.error);
     assert_eq!(
         graph.phone_override("7770001"),

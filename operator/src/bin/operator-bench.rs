@@ -257,6 +257,26 @@ impl FakeApi {
                 Some(bytes) => (200, Reply::Stored(bytes)),
                 None => not_found(name),
             }),
+            // A namespace's LIST (the policy step reads its Ingresses).
+            (&Method::GET, None, None) => {
+                let objects = lock(&self.objects);
+                let mut items = objects
+                    .iter()
+                    .filter(|(key, _)| key.0 == target.resource && key.1 == namespace)
+                    .map(|(key, bytes)| Ok((key.2.clone(), serde_json::from_slice(bytes)?)))
+                    .collect::<Result<Vec<(String, Value)>>>()?;
+                items.sort_by(|a, b| a.0.cmp(&b.0));
+                let items: Vec<Value> = items.into_iter().map(|(_, item)| item).collect();
+                Ok((
+                    200,
+                    Reply::Json(json!({
+                        "apiVersion": "v1",
+                        "kind": "List",
+                        "metadata": {"resourceVersion": "1"},
+                        "items": items,
+                    })),
+                ))
+            }
             (&Method::PATCH, Some(name), Some("status")) => {
                 let key = key_of(name);
                 let Some(stored) = self.get(&key) else {
@@ -391,7 +411,11 @@ fn secret(namespace: &str, name: &str, type_: &str, data: &[(&str, &str)]) -> Va
     json!({
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": name, "namespace": namespace},
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {metahook_operator::policy::REFERENCEABLE_LABEL: "true"},
+        },
         "type": type_,
         "data": data,
     })
@@ -809,6 +833,7 @@ async fn main() -> Result<()> {
         receiver_image: concat!("metahook-receiver:", env!("CARGO_PKG_VERSION")).to_owned(),
         certificate_lifetime: metahook_operator::certs::SERVING_LIFETIME,
         unregister_timeout: Duration::from_secs(600),
+        policy: metahook_operator::policy::Policy::default(),
     };
     // A cluster with the Prometheus Operator and policy/v1.
     let capabilities = Capabilities {

@@ -6,7 +6,10 @@
 //!
 //! One pass, in order, one file a step, each returning a named struct (each step's
 //! requests are fixed, so the mock-API tests script them):
-//! 0. [`ownership`]: who holds each name the subscription manages (a GET each); one held
+//! 0. [`policy`]: what the subscription may reach (the image, ingress annotations and
+//!    host, the callback's host; a LIST of the namespace's Ingresses when it wants one);
+//!    a refusal ends the pass with `Ready` False and nothing written; then
+//!    [`ownership`]: who holds each name the subscription manages (a GET each); one held
 //!    by someone else ends the pass as a `Conflict` that changed nothing, and every later
 //!    write or delete goes through the claims made here (uid preconditions, no force);
 //! 1. [`token`]: the generated verify token (GET, then apply) when `verifyTokenRef` is
@@ -28,6 +31,7 @@ mod api;
 pub mod children;
 mod discovery;
 pub mod ownership;
+pub mod policy;
 pub mod registration;
 pub mod secrets;
 pub mod status;
@@ -54,6 +58,7 @@ use crate::crd::{ReceiverModeSpec, WebhookSubscription};
 use crate::error::Error;
 use crate::graph::{GraphApi, Unconfigured};
 use crate::metrics::Metrics;
+use crate::policy::Policy;
 use crate::resources::monitoring::Capabilities;
 use crate::resources::{self, Inputs};
 use crate::spec_check;
@@ -74,6 +79,9 @@ pub struct Settings {
     /// How long after a deletion the finalizer keeps trying to unregister from Meta
     /// before it gives up (with an Event naming what it left behind).
     pub unregister_timeout: Duration,
+    /// What a subscription may reach: receiver images, ingress annotations, callback
+    /// hosts (the `--allowed-*` flags).
+    pub policy: Policy,
 }
 
 /// What every reconciliation shares.
@@ -242,7 +250,12 @@ async fn pass(
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let provisional = Inputs::new(sub, &ctx.settings.receiver_image, None, String::new())?;
 
-    // 0. Who holds each name the subscription manages; nothing is written before.
+    // 0. What the subscription may reach: refused before anything is written.
+    if let Some(refusal) = policy::step(ctx, sub, namespace).await? {
+        return refuse(ctx, sub, namespace, refusal, now).await;
+    }
+
+    // Who holds each name the subscription manages; nothing is written before.
     let claims = ownership::step(ctx, sub, namespace).await?;
 
     // 1. The verify token, generated once when not given.

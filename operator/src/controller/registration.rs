@@ -13,13 +13,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use hmac::{Hmac, Mac};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -54,14 +55,70 @@ fn secret_text(data: &SecretData, reference: &SecretKeyRef) -> Option<String> {
     (!trimmed.is_empty()).then(|| trimmed.to_owned())
 }
 
-/// The first 16 hex characters of the token's SHA-256: enough to see it changed, useless
-/// to guess it.
-pub fn token_digest(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))[..16].to_owned()
+/// The first 16 hex characters of the token's HMAC-SHA256 keyed with the app access token
+/// `{app-id}|{app-secret}`: enough to see the token changed (and to register it again), and
+/// useless to test a guessed token against, since only Meta and the operator hold the app
+/// secret (an unkeyed hash in a status anyone may read let a chosen token be guessed
+/// offline). A rotated app secret changes it too: the app is registered once more, with the
+/// same token, which is harmless.
+pub fn token_digest(app_token: &str, token: &str) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(app_token.as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+    mac.update(token.as_bytes());
+    hex::encode(mac.finalize().into_bytes())[..16].to_owned()
+}
+
+/// The `Registered` reason of a callback, WABA override or phone number override that
+/// something other than this subscription set, which it does not replace unless
+/// `spec.registration.takeOverCallback` says so.
+pub const CALLBACK_OWNED_ELSEWHERE: &str = "CallbackOwnedElsewhere";
+
+/// The host of a callback URL, for messages (a URL's path or query may carry a token).
+fn host_of(url: &str) -> String {
+    reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_else(|| "(not a URL)".to_owned())
+}
+
+/// Why a pass stopped: Meta refused or failed, or a callback is someone else's.
+#[derive(Debug)]
+enum Stop {
+    Graph(GraphError),
+    OwnedElsewhere(String),
+}
+
+impl From<GraphError> for Stop {
+    fn from(error: GraphError) -> Stop {
+        Stop::Graph(error)
+    }
+}
+
+/// Refuses to replace `current` (what Meta holds) with `wanted` when this subscription did
+/// not set it (`recorded`) and the spec does not take it over.
+fn check_owned(
+    desired: &Desired,
+    what: &str,
+    current: Option<&str>,
+    wanted: Option<&str>,
+    recorded: Option<&str>,
+) -> Result<(), Stop> {
+    let Some(current) = current.filter(|c| !c.is_empty()) else {
+        return Ok(());
+    };
+    if Some(current) == wanted || Some(current) == recorded || desired.take_over_callback {
+        return Ok(());
+    }
+    Err(Stop::OwnedElsewhere(format!(
+        "{what} points at host {}, which this subscription did not set: it is left alone \
+         (set spec.registration.takeOverCallback: true to replace it with {})",
+        host_of(current),
+        wanted.map_or_else(|| "none".to_owned(), host_of),
+    )))
 }
 
 /// A Page or WABA edge as wanted, with its token.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DesiredNode {
     /// The id.
     pub id: String,
@@ -75,8 +132,21 @@ pub struct DesiredNode {
     pub phone_numbers: Vec<String>,
 }
 
+impl std::fmt::Debug for DesiredNode {
+    /// Everything but the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DesiredNode")
+            .field("id", &self.id)
+            .field("token_ref", &self.token_ref)
+            .field("token", &"redacted")
+            .field("override_callback", &self.override_callback)
+            .field("phone_numbers", &self.phone_numbers)
+            .finish()
+    }
+}
+
 /// Everything a registration pass wants Meta to hold, tokens resolved.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Desired {
     /// The app.
     pub app_id: String,
@@ -94,10 +164,32 @@ pub struct Desired {
     pub app_token: String,
     /// Manage the app subscription.
     pub app_subscription: bool,
+    /// Replace a callback, WABA override or phone number override this subscription did
+    /// not set (`spec.registration.takeOverCallback`).
+    pub take_over_callback: bool,
     /// The Pages or Instagram accounts.
     pub pages: Vec<DesiredNode>,
     /// The WABAs.
     pub wabas: Vec<DesiredNode>,
+}
+
+impl std::fmt::Debug for Desired {
+    /// Everything but the verify token and the app token (which holds the app secret).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Desired")
+            .field("app_id", &self.app_id)
+            .field("object", &self.object)
+            .field("callback_url", &self.callback_url)
+            .field("fields", &self.fields)
+            .field("verify_token", &"redacted")
+            .field("app_secret_ref", &self.app_secret_ref)
+            .field("app_token", &"redacted")
+            .field("app_subscription", &self.app_subscription)
+            .field("take_over_callback", &self.take_over_callback)
+            .field("pages", &self.pages)
+            .field("wabas", &self.wabas)
+            .finish()
+    }
 }
 
 impl Desired {
@@ -156,6 +248,7 @@ impl Desired {
             app_token: format!("{}|{app_secret}", spec.app_id),
             app_secret_ref,
             app_subscription: spec.app_subscription,
+            take_over_callback: spec.take_over_callback,
             pages: spec
                 .pages
                 .iter()
@@ -183,6 +276,9 @@ pub struct Converged {
     pub changes: Vec<String>,
     /// The Graph API error that stopped the pass.
     pub error: Option<GraphError>,
+    /// Why it stopped before replacing a callback set by something else
+    /// ([`CALLBACK_OWNED_ELSEWHERE`]; nothing of that callback was written).
+    pub refused: Option<String>,
 }
 
 fn sorted(fields: impl IntoIterator<Item = String>) -> Vec<String> {
@@ -211,10 +307,16 @@ pub async fn converge(
     status.last_error = None;
     let mut changes = Vec::new();
     let result = converge_into(graph, desired, &mut status, &mut changes).await;
+    let (error, refused) = match result {
+        Ok(()) => (None, None),
+        Err(Stop::Graph(error)) => (Some(error), None),
+        Err(Stop::OwnedElsewhere(message)) => (None, Some(message)),
+    };
     Converged {
         status,
         changes,
-        error: result.err(),
+        error,
+        refused,
     }
 }
 
@@ -223,8 +325,8 @@ async fn converge_into(
     desired: &Desired,
     status: &mut RegistrationStatus,
     changes: &mut Vec<String>,
-) -> Result<(), GraphError> {
-    let digest = token_digest(&desired.verify_token);
+) -> Result<(), Stop> {
+    let digest = token_digest(&desired.app_token, &desired.verify_token);
     let registered_digest = status.verify_token_digest.clone();
     let token_changed = registered_digest.as_deref() != Some(digest.as_str());
     status.app_secret_ref = Some(desired.app_secret_ref.clone());
@@ -245,6 +347,13 @@ async fn converge_into(
             .map(|e| e.field_names().into_iter().collect())
             .unwrap_or_default();
         if desired.app_subscription {
+            check_owned(
+                desired,
+                &format!("the app's {} callback", desired.object),
+                entry.map(|e| e.callback_url.as_str()),
+                Some(&desired.callback_url),
+                status.callback_url.as_deref(),
+            )?;
             let stale = entry.is_none_or(|e| {
                 e.callback_url != desired.callback_url
                     || !e.active
@@ -352,6 +461,18 @@ async fn converge_into(
         let apps = graph.subscribed_apps(&waba.id, &waba.token).await?;
         let mine = apps.iter().find(|a| a.app_id == desired.app_id);
         let override_wanted = waba.override_callback.then(|| desired.callback_url.clone());
+        let recorded = status
+            .whatsapp_business_accounts
+            .iter()
+            .find(|w| w.id == waba.id)
+            .and_then(|w| w.override_callback_url.clone());
+        check_owned(
+            desired,
+            &format!("the callback override of WABA {}", waba.id),
+            mine.and_then(|a| a.override_callback_uri.as_deref()),
+            override_wanted.as_deref(),
+            recorded.as_deref(),
+        )?;
         let token_rotated = override_wanted.is_some() && token_changed;
         let stale = mine.is_none_or(|a| a.override_callback_uri != override_wanted);
         if stale || token_rotated {
@@ -415,11 +536,27 @@ async fn converge_phones(
     token_changed: bool,
     status: &mut RegistrationStatus,
     changes: &mut Vec<String>,
-) -> Result<(), GraphError> {
+) -> Result<(), Stop> {
     for phone in &waba.phone_numbers {
         let config = graph
             .phone_webhook_configuration(phone, &waba.token)
             .await?;
+        let recorded = status
+            .whatsapp_business_accounts
+            .iter()
+            .find(|w| w.id == waba.id)
+            .and_then(|w| w.phone_numbers.iter().find(|p| p.id == *phone))
+            .map(|p| p.override_callback_url.clone());
+        check_owned(
+            desired,
+            &format!(
+                "the callback override of phone number {phone} (WABA {})",
+                waba.id
+            ),
+            config.phone_number.as_deref(),
+            Some(&desired.callback_url),
+            recorded.as_deref(),
+        )?;
         if config.phone_number.as_deref() != Some(desired.callback_url.as_str()) || token_changed {
             graph
                 .set_phone_override(
@@ -454,7 +591,7 @@ async fn converge_phones(
         .filter(|p| !waba.phone_numbers.contains(&p.id))
         .cloned()
         .collect();
-    remove_phones(graph, status, &waba.id, &dropped, &waba.token, changes).await
+    Ok(remove_phones(graph, status, &waba.id, &dropped, &waba.token, changes).await?)
 }
 
 /// Removes the phone overrides the operator set, each only while Meta still holds the URL
@@ -801,7 +938,7 @@ pub(super) async fn step(
         set_finalizer(ctx, sub, true).await?;
     }
     let mut converged = converge(ctx.graph.as_ref(), &desired, previous.as_ref()).await;
-    if converged.error.is_none() {
+    if converged.error.is_none() && converged.refused.is_none() {
         // Edges dropped from the spec, with the tokens recorded for them.
         let keep_pages: BTreeSet<String> = desired.pages.iter().map(|p| p.id.clone()).collect();
         let keep_wabas: BTreeSet<String> = desired.wabas.iter().map(|w| w.id.clone()).collect();
@@ -841,6 +978,22 @@ pub(super) async fn step(
     if !converged.changes.is_empty() {
         converged.status.last_registered_time = Some(rfc3339(now));
         publish_changes(ctx, sub, "Registered", &converged.changes).await;
+    }
+    if let Some(message) = converged.refused {
+        publish(
+            ctx,
+            sub,
+            EventType::Warning,
+            CALLBACK_OWNED_ELSEWHERE,
+            "Register",
+            message.clone(),
+        )
+        .await;
+        return Ok(RegistrationState::Refused {
+            status: converged.status,
+            reason: CALLBACK_OWNED_ELSEWHERE,
+            message,
+        });
     }
     match converged.error {
         None => {
@@ -934,7 +1087,7 @@ async fn publish_changes(
 }
 
 /// GETs the Secrets `status` references (the finalizer's and a dropped edge's tokens);
-/// an absent one simply yields no token.
+/// an absent one, or one that may not be referenced, simply yields no token.
 async fn fetch_secrets(
     ctx: &Context,
     sub: &WebhookSubscription,
@@ -962,6 +1115,12 @@ async fn fetch_secrets(
     let mut data = SecretData::new();
     for name in names {
         if let Some(secret) = get_secret(&secrets, name).await? {
+            // An unmarked Secret's values are not used here either: no token, so the
+            // unregistration names the token as gone.
+            if let Some(why) = crate::policy::not_referenceable(&secret, sub.uid().as_deref()) {
+                tracing::warn!(secret = %name, %why, "not using a Secret that may not be referenced");
+                continue;
+            }
             data.insert(name.to_owned(), super::secrets::keys_of(secret));
         }
     }

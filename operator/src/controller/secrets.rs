@@ -1,5 +1,9 @@
 //! Step 2: every Secret key the subscription references (all of
-//! [`secret_references`] but the serving certificate the operator issues itself).
+//! [`secret_references`] but the serving certificate the operator issues itself). A
+//! Secret the spec names is used only when it may be referenced
+//! ([`crate::policy::not_referenceable`]: marked `metahook.io/referenceable: "true"` by a
+//! namespace admin); an unmarked one is reported like a missing one and its values are
+//! not used.
 
 use std::collections::BTreeMap;
 
@@ -10,11 +14,12 @@ use super::api::get_secret;
 use super::token::Token;
 use crate::crd::{SecretKeyRef, WebhookSubscription};
 use crate::error::Error;
+use crate::policy::not_referenceable;
 use crate::resources::{Reader, Source, secret_references};
-use crate::status::Missing;
+use crate::status::{Missing, Unresolved};
 
 /// What resolution found.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Resolved {
     /// The keys that are missing (the pass ends with `SecretsResolved=False`).
     pub missing: Vec<Missing>,
@@ -22,6 +27,25 @@ pub struct Resolved {
     pub digest_parts: Vec<Vec<u8>>,
     /// The data of each Secret read, by name.
     pub data: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+}
+
+impl std::fmt::Debug for Resolved {
+    /// The keys read, never their values.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys: BTreeMap<&String, Vec<&String>> = self
+            .data
+            .iter()
+            .map(|(secret, data)| (secret, data.keys().collect()))
+            .collect();
+        f.debug_struct("Resolved")
+            .field("missing", &self.missing)
+            .field(
+                "digest_parts",
+                &format_args!("[{} redacted]", self.digest_parts.len()),
+            )
+            .field("data_keys", &keys)
+            .finish()
+    }
 }
 
 /// Resolves every referenced Secret key; the generated token's Secret is not read again.
@@ -40,16 +64,18 @@ pub(super) async fn step(
         .map(|secret| (secret.metadata.name.clone().unwrap_or_default(), secret))
         .into_iter()
         .collect();
-    resolve(secrets, &refs, known).await
+    resolve(secrets, &refs, known, sub.metadata.uid.as_deref()).await
 }
 
 /// GETs each referenced Secret once (in name order; those in `known` were just read or
-/// written) and checks its keys. Keys flagged `true` are part of the pods' rollout digest;
-/// the operator's own tokens are not (a rotated Page token restarts no receiver).
+/// written, by the operator, for this subscription) and checks it may be referenced and
+/// has the keys. Keys flagged `true` are part of the pods' rollout digest; the operator's
+/// own tokens are not (a rotated Page token restarts no receiver).
 async fn resolve(
     secrets: &Api<Secret>,
     refs: &[(SecretKeyRef, bool)],
     mut known: BTreeMap<String, Secret>,
+    subscription_uid: Option<&str>,
 ) -> Result<Resolved, Error> {
     let mut by_secret: BTreeMap<&str, Vec<&SecretKeyRef>> = BTreeMap::new();
     for (reference, _) in refs {
@@ -68,14 +94,29 @@ async fn resolve(
     for (name, wanted) in by_secret {
         let secret = match known.remove(name) {
             Some(secret) => Some(secret),
-            None => get_secret(secrets, name).await?,
+            None => match get_secret(secrets, name).await? {
+                Some(secret) => {
+                    if let Some(why) = not_referenceable(&secret, subscription_uid) {
+                        // One entry per Secret; its values go no further than here.
+                        let mut sorted = wanted.clone();
+                        sorted.sort();
+                        missing.extend(sorted.first().map(|reference| Missing {
+                            reference: (*reference).clone(),
+                            problem: Unresolved::NotReferenceable(why),
+                        }));
+                        continue;
+                    }
+                    Some(secret)
+                }
+                None => None,
+            },
         };
         let Some(secret) = secret else {
             for reference in wanted {
                 if !missing.iter().any(|m: &Missing| m.reference == *reference) {
                     missing.push(Missing {
                         reference: reference.clone(),
-                        secret_absent: true,
+                        problem: Unresolved::SecretAbsent,
                     });
                 }
             }
@@ -95,7 +136,7 @@ async fn resolve(
             } else if !missing.iter().any(|m: &Missing| m.reference == *reference) {
                 missing.push(Missing {
                     reference: reference.clone(),
-                    secret_absent: false,
+                    problem: Unresolved::KeyAbsent,
                 });
             }
         }

@@ -1,6 +1,7 @@
 //! Step 1: the generated verify token, when the spec names none.
 
 use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::events::EventType;
 
@@ -15,10 +16,22 @@ use crate::resources::{Inputs, VERIFY_TOKEN_KEY};
 
 /// What the token step leaves for the next: the generated token's Secret, just read or
 /// written (so resolution does not GET it again), or none when the spec names the token.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Token {
     /// The generated verify token's Secret.
     pub generated: Option<Secret>,
+}
+
+impl std::fmt::Debug for Token {
+    /// The Secret's name, never its token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field(
+                "generated",
+                &self.generated.as_ref().map(|secret| secret.name_any()),
+            )
+            .finish()
+    }
 }
 
 /// Reads or makes the generated verify token when the spec names none (an apply when the
@@ -39,8 +52,10 @@ pub(super) async fn step(
 }
 
 /// Reads the generated verify token, or makes it, and returns its Secret. The Secret is
-/// applied when the token is new or the Secret is not yet the subscription's (an
-/// adoption); an existing token is never changed.
+/// applied when the token is new, or the Secret is not yet the subscription's (an
+/// adoption) or lacks the referenceable label (one made before the label existed: the
+/// operator's metadata-only Secret watch sees only labelled Secrets); an existing token is
+/// never changed.
 async fn ensure_verify_token(
     ctx: &Context,
     sub: &WebhookSubscription,
@@ -63,7 +78,7 @@ async fn ensure_verify_token(
     let owned = matches!(claim.holder, Holder::Subscription { .. });
     let desired = secret_objects::verify_token_secret(inputs, &token)?;
     let secret = match &claim.object {
-        Some(existing) if owned && !generated => existing.clone(),
+        Some(existing) if owned && labelled(existing) && !generated => existing.clone(),
         _ => {
             apply_claimed(ctx, sub, secrets, claim, &desired).await?;
             desired
@@ -84,4 +99,12 @@ async fn ensure_verify_token(
         .await;
     }
     Ok(secret)
+}
+
+/// Does the Secret carry `metahook.io/referenceable: "true"`?
+fn labelled(secret: &Secret) -> bool {
+    secret
+        .labels()
+        .get(crate::policy::REFERENCEABLE_LABEL)
+        .is_some_and(|value| value == "true")
 }

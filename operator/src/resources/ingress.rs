@@ -13,6 +13,20 @@ use crate::error::Error;
 
 const NGINX: &str = "nginx.ingress.kubernetes.io";
 
+/// Every annotation key [`annotations`] may set, whatever the spec: the operator owns
+/// them, so `spec.ingress.annotations` may not set one even where this subscription's TLS
+/// topology leaves it unset (the policy refuses such a spec, and the builder puts its own
+/// values over the spec's).
+pub const OPERATOR_ANNOTATIONS: &[&str] = &[
+    "nginx.ingress.kubernetes.io/backend-protocol",
+    "nginx.ingress.kubernetes.io/ssl-passthrough",
+    "nginx.ingress.kubernetes.io/ssl-redirect",
+    "nginx.ingress.kubernetes.io/auth-tls-verify-client",
+    "nginx.ingress.kubernetes.io/auth-tls-secret",
+    "nginx.ingress.kubernetes.io/auth-tls-verify-depth",
+    "nginx.ingress.kubernetes.io/auth-tls-pass-certificate-to-upstream",
+];
+
 /// The ingress-nginx annotations for the subscription's TLS topology.
 ///
 /// - passthrough: the controller forwards TLS untouched (`ssl-passthrough`, which routes
@@ -22,8 +36,16 @@ const NGINX: &str = "nginx.ingress.kubernetes.io";
 ///   `ca.crt` key) and passes its verdict in `ssl-client-verify` / `ssl-client-subject-dn`,
 ///   which the receiver believes only from `trustedProxyCIDRs`;
 /// - with tls.mode server or mutual, the controller speaks HTTPS to the receiver.
+///
+/// The spec's own annotations (checked against the operator's policy first) go under
+/// these: none of them replaces one the operator sets.
 pub fn annotations(inputs: &Inputs<'_>, ingress: &IngressSpecCrd) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
+    let mut out: BTreeMap<String, String> = ingress
+        .annotations
+        .iter()
+        .filter(|(key, _)| !OPERATOR_ANNOTATIONS.contains(&key.as_str()))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
     let tls = &inputs.sub.spec.tls;
     if tls.mode != TlsModeSpec::None {
         out.insert(format!("{NGINX}/backend-protocol"), "HTTPS".to_owned());
@@ -49,9 +71,6 @@ pub fn annotations(inputs: &Inputs<'_>, ingress: &IngressSpecCrd) -> BTreeMap<St
                 );
             }
         }
-    }
-    for (key, value) in &ingress.annotations {
-        out.insert(key.clone(), value.clone());
     }
     out
 }

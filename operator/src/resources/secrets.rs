@@ -1,5 +1,7 @@
 //! Secrets the operator creates: the generated verify token, the serving certificate, and
-//! the namespace's CA.
+//! the namespace's CA. Each carries [`REFERENCEABLE_LABEL`], so the operator's
+//! metadata-only Secret watch (selected by that label) sees them change; only the
+//! subscription owning one may reference it ([`crate::policy::not_referenceable`]).
 
 use std::collections::BTreeMap;
 
@@ -11,6 +13,18 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use super::{Inputs, VERIFY_TOKEN_KEY};
 use crate::certs::{CaMaterial, ServingCertificate};
 use crate::error::Error;
+use crate::policy::REFERENCEABLE_LABEL;
+
+/// The metadata of a Secret the operator makes for a subscription: [`Inputs::meta`] and
+/// the referenceable label.
+fn owned_meta(inputs: &Inputs<'_>, name: String) -> Result<ObjectMeta, Error> {
+    let mut metadata = inputs.meta(name)?;
+    metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(REFERENCEABLE_LABEL.to_owned(), "true".to_owned());
+    Ok(metadata)
+}
 
 /// Name of the namespace's CA Secret.
 pub const CA_SECRET_NAME: &str = "metahook-ca";
@@ -28,7 +42,7 @@ pub fn generate_verify_token() -> String {
 /// The generated verify-token Secret, owned by the subscription.
 pub fn verify_token_secret(inputs: &Inputs<'_>, token: &str) -> Result<Secret, Error> {
     Ok(Secret {
-        metadata: inputs.meta(super::verify_token_secret_name(&inputs.name))?,
+        metadata: owned_meta(inputs, super::verify_token_secret_name(&inputs.name))?,
         type_: Some("Opaque".to_owned()),
         data: Some(BTreeMap::from([(
             VERIFY_TOKEN_KEY.to_owned(),
@@ -41,7 +55,7 @@ pub fn verify_token_secret(inputs: &Inputs<'_>, token: &str) -> Result<Secret, E
 /// The serving certificate's kubernetes.io/tls Secret (tls.crt holds the leaf then the CA,
 /// ca.crt the CA alone, for clients inside the cluster).
 pub fn serving_secret(inputs: &Inputs<'_>, cert: &ServingCertificate) -> Result<Secret, Error> {
-    let mut metadata = inputs.meta(super::tls_secret_name(&inputs.name))?;
+    let mut metadata = owned_meta(inputs, super::tls_secret_name(&inputs.name))?;
     metadata.annotations = Some(BTreeMap::from([(
         CA_FINGERPRINT_ANNOTATION.to_owned(),
         cert.ca_fingerprint.clone(),
@@ -89,6 +103,7 @@ pub fn ca_secret(namespace: &str, ca: &CaMaterial) -> Secret {
                     crate::FIELD_MANAGER.to_owned(),
                 ),
                 ("app.kubernetes.io/component".to_owned(), "ca".to_owned()),
+                (REFERENCEABLE_LABEL.to_owned(), "true".to_owned()),
             ])),
             ..ObjectMeta::default()
         },

@@ -114,6 +114,20 @@ pub fn delete(path: impl Into<String>) -> Expect {
     }
 }
 
+/// Expect the policy step's LIST of the namespace's Ingresses (a subscription with
+/// spec.ingress), answered with these items.
+pub fn ingresses_listed(namespace: &str, items: &[Value]) -> Expect {
+    get(
+        format!("/apis/networking.k8s.io/v1/namespaces/{namespace}/ingresses"),
+        Reply::Object(json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "IngressList",
+            "metadata": {"resourceVersion": "5"},
+            "items": items,
+        })),
+    )
+}
+
 /// Expect an Event to be published in the namespace.
 pub fn event(namespace: &str) -> Expect {
     create(
@@ -487,6 +501,7 @@ impl MockApi {
                 receiver_image: "metahook-receiver:test".to_owned(),
                 certificate_lifetime: Duration::from_secs(90 * 24 * 3600),
                 unregister_timeout: UNREGISTER_TIMEOUT,
+                policy: test_policy(),
             },
             capabilities,
             Some("test".to_owned()),
@@ -525,6 +540,17 @@ pub fn body_of<'a>(served: &'a [Served], method: &Method, path: &str) -> &'a Val
         .body
 }
 
+/// The callback host the registration tests use.
+pub const CALLBACK_HOST: &str = "hooks.example.com";
+
+/// The operator's default policy, with [`CALLBACK_HOST`] allowed as a callback.
+pub fn test_policy() -> metahook_operator::policy::Policy {
+    metahook_operator::policy::Policy {
+        callback_hosts: vec![CALLBACK_HOST.to_owned()],
+        ..metahook_operator::policy::Policy::default()
+    }
+}
+
 /// A subscription as the API server returns it (uid, generation, namespace set).
 pub fn subscription(name: &str, namespace: &str, spec: &Value) -> WebhookSubscription {
     serde_json::from_value(json!({
@@ -542,7 +568,8 @@ pub fn subscription(name: &str, namespace: &str, spec: &Value) -> WebhookSubscri
     .expect("a valid WebhookSubscription")
 }
 
-/// A Secret object with these string keys.
+/// A Secret object with these string keys, marked `metahook.io/referenceable: "true"` as
+/// the operator requires of a Secret a subscription references (see [`unmarked`]).
 pub fn secret(namespace: &str, name: &str, data: &[(&str, &[u8])]) -> Value {
     use base64::Engine;
     let data: serde_json::Map<String, Value> = data
@@ -557,10 +584,24 @@ pub fn secret(namespace: &str, name: &str, data: &[(&str, &[u8])]) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": name, "namespace": namespace, "uid": "secret-uid", "resourceVersion": "1"},
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "uid": "secret-uid",
+            "resourceVersion": "1",
+            "labels": {metahook_operator::policy::REFERENCEABLE_LABEL: "true"},
+        },
         "type": "Opaque",
         "data": data,
     })
+}
+
+/// `secret` without the referenceable label (as a Secret nobody marked).
+pub fn unmarked(mut secret: Value) -> Value {
+    if let Some(meta) = secret["metadata"].as_object_mut() {
+        meta.remove("labels");
+    }
+    secret
 }
 
 /// Decodes a base64 `data` entry of a Secret body.
@@ -585,4 +626,74 @@ pub fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
 /// [`test_now`] as the API's timestamp type.
 pub fn test_now_timestamp() -> k8s_openapi::jiff::Timestamp {
     metahook_operator::status::timestamp(test_now())
+}
+
+/// `object` as the subscription `name`'s own (as [`subscription`] makes it): a uid of its
+/// own, and a controller reference to the subscription's uid.
+pub fn owned_by(mut object: Value, name: &str) -> Value {
+    let object_name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or("object")
+        .to_owned();
+    object["metadata"]["uid"] = json!(format!("{object_name}-uid"));
+    object["metadata"]["ownerReferences"] = json!([{
+        "apiVersion": "metahook.io/v1alpha1",
+        "kind": "WebhookSubscription",
+        "name": name,
+        "uid": SUBSCRIPTION_UID,
+        "controller": true,
+        "blockOwnerDeletion": true,
+    }]);
+    object
+}
+
+/// The uid of every subscription [`subscription`] makes.
+pub const SUBSCRIPTION_UID: &str = "11111111-2222-3333-4444-555555555555";
+
+/// A minimal object of a kind, for step 0's answers.
+pub fn object_in(namespace: &str, api_version: &str, kind: &str, name: &str) -> Value {
+    json!({
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": {"name": name, "namespace": namespace, "resourceVersion": "5"},
+    })
+}
+
+/// Step 0 of a pass of subscription `name` in `namespace`: a GET of each name it manages,
+/// in the operator's order (the generated token's and the serving certificate's Secrets
+/// only when the spec makes them). Those in `found` (by path) answer with that object, the
+/// others 404.
+pub fn claims_of(
+    namespace: &str,
+    name: &str,
+    token: bool,
+    tls: bool,
+    found: &[(String, Value)],
+) -> Vec<Expect> {
+    let core = format!("/api/v1/namespaces/{namespace}");
+    let apps = format!("/apis/apps/v1/namespaces/{namespace}");
+    let net = format!("/apis/networking.k8s.io/v1/namespaces/{namespace}");
+    let mut paths = vec![format!("{core}/configmaps/{name}-receiver")];
+    if token {
+        paths.push(format!("{core}/secrets/{name}-verify-token"));
+    }
+    if tls {
+        paths.push(format!("{core}/secrets/{name}-tls"));
+    }
+    paths.extend([
+        format!("{apps}/deployments/{name}"),
+        format!("{apps}/statefulsets/{name}"),
+        format!("{core}/services/{name}"),
+        format!("{net}/ingresses/{name}"),
+    ]);
+    paths
+        .into_iter()
+        .map(|path| {
+            let reply = match found.iter().find(|(at, _)| *at == path) {
+                Some((_, object)) => Reply::Object(object.clone()),
+                None => Reply::Error(404, "NotFound"),
+            };
+            get(path, reply)
+        })
+        .collect()
 }

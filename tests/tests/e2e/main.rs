@@ -4,8 +4,9 @@
 //! status subresource, owner references and garbage collection, and the Deployment
 //! controller's view of the pod template. The modules add the chart installed with the real
 //! helm and its RBAC ([`chart`]), the rendered pods run with podman with the test playing
-//! the kubelet ([`pods`]), leader election between two replicas ([`leader`]), and
-//! registration with a fake Graph API ([`registration`]).
+//! the kubelet ([`pods`]), leader election between two replicas ([`leader`]),
+//! registration with a fake Graph API ([`registration`]), and what a subscription may
+//! reach ([`policy`]).
 //!
 //! Each test works in namespaces of its own (the examples' namespaces, prefixed) with an
 //! operator process of its own restricted to them, so the tests share one cluster and run
@@ -37,6 +38,7 @@ mod chart;
 mod leader;
 mod ownership;
 mod pods;
+mod policy;
 mod registration;
 mod scene;
 mod validation;
@@ -227,6 +229,9 @@ struct ListedSecret {
     keys: Vec<String>,
     /// A kubernetes.io/tls Secret (a cert-manager Certificate's) for these DNS names.
     tls_names: Option<Vec<String>>,
+    /// The header marks it `metahook.io/referenceable=true` (a `kubectl label` line, or
+    /// the Certificate's secretTemplate), as the operator requires.
+    referenceable: bool,
 }
 
 /// Every WebhookSubscription in examples/ (local.yaml is a receiver configuration).
@@ -277,6 +282,7 @@ fn listed_secrets(text: &str) -> Vec<ListedSecret> {
     let mut secrets = Vec::new();
     let mut certificate_namespace = None;
     let mut certificate_secret = None;
+    let mut certificate_referenceable = false;
     for (index, line) in comment.iter().enumerate() {
         let words: Vec<&str> = line.split_whitespace().collect();
         if let [
@@ -310,6 +316,7 @@ fn listed_secrets(text: &str) -> Vec<ListedSecret> {
                 name: (*name).to_owned(),
                 keys,
                 tls_names: None,
+                referenceable: false,
             });
         }
         if let Some(metadata) = line.strip_prefix("metadata:")
@@ -319,6 +326,28 @@ fn listed_secrets(text: &str) -> Vec<ListedSecret> {
         }
         if let Some(name) = line.strip_prefix("secretName:") {
             certificate_secret = Some(name.trim().to_owned());
+            certificate_referenceable = false;
+        }
+        if line.starts_with("secretTemplate:")
+            && line.contains("metahook.io/referenceable: \"true\"")
+        {
+            certificate_referenceable = true;
+        }
+        if let [
+            "kubectl",
+            "-n",
+            namespace,
+            "label",
+            "secret",
+            name,
+            "metahook.io/referenceable=true",
+        ] = words.as_slice()
+        {
+            for listed in &mut secrets {
+                if listed.namespace == *namespace && listed.name == *name {
+                    listed.referenceable = true;
+                }
+            }
         }
         if let Some(names) = line.strip_prefix("dnsNames:")
             && let (Some(namespace), Some(name)) =
@@ -334,6 +363,7 @@ fn listed_secrets(text: &str) -> Vec<ListedSecret> {
                 name,
                 keys: vec!["tls.crt".to_owned(), "tls.key".to_owned()],
                 tls_names: Some(names),
+                referenceable: certificate_referenceable,
             });
         }
     }
@@ -354,6 +384,16 @@ fn every_example_lists_the_secrets_it_references() -> Result<()> {
                     .iter()
                     .any(|s| s.name == name && s.namespace == namespace),
                 "{} references Secret {name} but its header does not say how to create it: {:?}",
+                example.file.display(),
+                example.secrets
+            );
+            assert!(
+                example
+                    .secrets
+                    .iter()
+                    .any(|s| s.name == name && s.namespace == namespace && s.referenceable),
+                "{} references Secret {name} but its header does not mark it \
+                 metahook.io/referenceable=true: {:?}",
                 example.file.display(),
                 example.secrets
             );
@@ -401,10 +441,17 @@ async fn create_secret(
                 .collect(),
         ),
     };
+    let labels = secret.referenceable.then(|| {
+        BTreeMap::from([(
+            metahook_operator::policy::REFERENCEABLE_LABEL.to_owned(),
+            "true".to_owned(),
+        )])
+    });
     let object = Secret {
         metadata: ObjectMeta {
             name: Some(secret.name.clone()),
             namespace: Some(namespace.to_owned()),
+            labels,
             ..ObjectMeta::default()
         },
         type_: Some(type_.to_owned()),
@@ -1007,6 +1054,7 @@ async fn a_deleted_secret_is_named_in_the_status_until_restored() -> Result<()> 
     restored.metadata = ObjectMeta {
         name: app_secret.metadata.name.clone(),
         namespace: app_secret.metadata.namespace.clone(),
+        labels: app_secret.metadata.labels.clone(),
         ..ObjectMeta::default()
     };
     secrets

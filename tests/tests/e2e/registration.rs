@@ -17,7 +17,7 @@ const APP_SECRET: &str = "e2e-app-secret";
 const WABA: &str = "5550001";
 const WABA_TOKEN: &str = "e2e-system-user-token";
 
-async fn opaque_secret(
+pub(super) async fn opaque_secret(
     client: &Client,
     namespace: &str,
     name: &str,
@@ -28,6 +28,10 @@ async fn opaque_secret(
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
             namespace: Some(namespace.to_owned()),
+            labels: Some(BTreeMap::from([(
+                metahook_operator::policy::REFERENCEABLE_LABEL.to_owned(),
+                "true".to_owned(),
+            )])),
             ..ObjectMeta::default()
         },
         type_: Some("Opaque".to_owned()),
@@ -74,6 +78,8 @@ async fn a_subscription_is_registered_with_meta_and_unregistered_on_deletion() -
             format!("--graph-api-version={}", fake_graph::VERSION),
             "--graph-retry-backoff=100ms".to_owned(),
             "--graph-unregister-timeout=30s".to_owned(),
+            // The test receiver's plain-http callback.
+            "--allowed-callback-host=http://127.0.0.1".to_owned(),
         ],
     )?;
     let callback = format!("http://{}{PATH}", receiver.addr);
