@@ -603,6 +603,7 @@ pub fn failing_http_sink(name: &str) -> Result<SinkConfig> {
             ca_file: None,
             client_cert_file: None,
             client_key_file: None,
+            ..HttpSinkConfig::new(String::new())
         }),
         retry: RetryConfig {
             max_attempts: 2,
