@@ -129,6 +129,19 @@ impl PostgresSinkConfig {
     }
 }
 
+/// An error with its causes: tokio-postgres names only the step that failed ("error
+/// performing TLS handshake", "db error") and keeps why in its source.
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Runs a connection until it ends, logging why.
 async fn watch<S, T>(connection: tokio_postgres::Connection<S, T>)
 where
@@ -317,7 +330,7 @@ impl PostgresSink {
         let failed = |e: tokio_postgres::Error| {
             self.remote(
                 &format!("cannot connect to PostgreSQL (sslmode {})", mode.as_str()),
-                e,
+                with_causes(&e),
             )
         };
         if mode == SslMode::Disable {
