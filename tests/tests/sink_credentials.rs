@@ -236,39 +236,59 @@ async fn credentials_from_files_and_urls_never_reach_the_logs_or_metrics() -> Re
 struct NatsServer {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl NatsServer {
     /// Starts `nats-server` with `auth` arguments (`--user U --pass P`, `--auth TOKEN`).
     async fn start(auth: &[&str]) -> Result<NatsServer> {
+        let dir = tempfile::tempdir()?;
+        let port = closed_port()?;
+        let mut args: Vec<String> = ["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"]
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        args.push(dir.path().display().to_string());
+        args.extend(auth.iter().map(ToString::to_string));
+        Self::run(dir, port, &args).await
+    }
+
+    /// Starts `nats-server -c FILE` with `config` (its `listen` and `jetstream` added).
+    async fn start_with_config(config: &str) -> Result<NatsServer> {
+        let dir = tempfile::tempdir()?;
+        let port = closed_port()?;
+        let file = write(
+            dir.path(),
+            "nats.conf",
+            &format!(
+                "listen: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\n{config}",
+                dir.path().join("js").display()
+            ),
+        )?;
+        Self::run(dir, port, &["-c".to_owned(), file.display().to_string()]).await
+    }
+
+    async fn run(dir: tempfile::TempDir, port: u16, args: &[String]) -> Result<NatsServer> {
         let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
             .into_iter()
             .map(PathBuf::from)
             .find(|p| p.is_file())
             .context("nats-server is not installed (/usr/sbin/nats-server, Debian package nats-server; scripts/test.sh installs it)")?;
-        let dir = tempfile::tempdir()?;
-        let port = closed_port()?;
+        let log = std::fs::File::create(dir.path().join("nats.log"))?;
         let child = Command::new(bin)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir.path())
-            .args(auth)
+            .args(args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .context("starting nats-server")?;
-        let mut server = NatsServer {
-            child,
-            port,
-            _dir: dir,
-        };
+        let mut server = NatsServer { child, port, dir };
         let deadline = Instant::now() + Duration::from_secs(20);
         while tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_err()
         {
             if let Some(status) = server.child.try_wait()? {
-                bail!("nats-server exited with {status}");
+                bail!("nats-server exited with {status}: {}", server.log());
             }
             ensure!(
                 Instant::now() < deadline,
@@ -277,6 +297,10 @@ impl NatsServer {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         Ok(server)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default()
     }
 
     fn url(&self) -> String {
@@ -399,6 +423,82 @@ async fn nats_tokens_from_a_file_or_the_url_authenticate() -> Result<()> {
         .await?;
     let owner = async_nats::ConnectOptions::with_token("t0ken-from-a-file".into());
     assert_eq!(stream_messages(&server, owner).await?, 2);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_nkey_seed_from_a_file_signs_the_servers_nonce() -> Result<()> {
+    let user = nkeys::KeyPair::new_user();
+    let seed = user.seed().context("the user's seed")?;
+    let server = NatsServer::start_with_config(&format!(
+        "authorization {{ users = [ {{ nkey: {} }} ] }}\n",
+        user.public_key()
+    ))
+    .await?;
+    let seed_file = seed.clone();
+    let receiver = delivered_through(&server, move |nats, dir| {
+        nats.nkey_seed_file = write(dir, "nkey-seed", &format!("{seed_file}\n")).ok();
+    })
+    .await?;
+    receiver
+        .wait_delivered("bus", 1, Duration::from_secs(30))
+        .await?;
+    let owner = async_nats::ConnectOptions::with_nkey(seed);
+    assert_eq!(stream_messages(&server, owner).await?, 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_ca_and_a_client_certificate_from_files() -> Result<()> {
+    use metahook_tests::pki::{Ca, Validity};
+    let certs = tempfile::tempdir()?;
+    let ca = Ca::new("metahook test NATS CA")?;
+    let ca_file = ca.write(&certs.path().join("ca.crt"))?;
+    let (server_cert, server_key) = ca.server("nats")?.write(certs.path(), "server")?;
+    let (client_cert, client_key) = ca
+        .client("metahook", true, Validity::Current)?
+        .write(certs.path(), "client")?;
+    let server = NatsServer::start_with_config(&format!(
+        "tls {{ cert_file: \"{}\", key_file: \"{}\", ca_file: \"{}\", verify: true, timeout: 5 }}\n",
+        server_cert.display(),
+        server_key.display(),
+        ca_file.display()
+    ))
+    .await?;
+    let (ca2, cert2, key2) = (ca_file.clone(), client_cert.clone(), client_key.clone());
+    let receiver = delivered_through(&server, move |nats, _| {
+        nats.ca_file = Some(ca2);
+        nats.client_cert_file = Some(cert2);
+        nats.client_key_file = Some(key2);
+    })
+    .await?;
+    receiver
+        .wait_delivered("bus", 1, Duration::from_secs(30))
+        .await?;
+    let owner = async_nats::ConnectOptions::new()
+        .add_root_certificates(ca_file.clone())
+        .add_client_certificate(client_cert, client_key)
+        .require_tls(true);
+    assert_eq!(stream_messages(&server, owner).await?, 1);
+
+    // Without its client certificate the server refuses the sink.
+    let refused = delivered_through(&server, move |nats, _| nats.ca_file = Some(ca_file)).await?;
+    refused
+        .wait_metric_at_least(
+            r#"metahook_sink_deliveries_total{result="error",sink="bus"}"#,
+            1.0,
+            Duration::from_secs(30),
+            "a refused TLS connection",
+        )
+        .await?;
+    assert!(
+        refused
+            .metric(r#"metahook_sink_deliveries_total{result="success",sink="bus"}"#)
+            .await
+            .unwrap_or(0.0)
+            < 1.0,
+        "nothing is delivered without the client certificate"
+    );
     Ok(())
 }
 
