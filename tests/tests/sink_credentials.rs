@@ -585,3 +585,81 @@ async fn http_basic_bearer_and_secret_headers_reach_the_service() -> Result<()> 
     assert!(header("/basic", "idempotency-key").is_some());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_is_retried_with_the_rotated_file_and_nothing_is_dead_lettered()
+-> Result<()> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let seen: Arc<Seen> = Arc::default();
+    let server = testkit::serve_http(
+        listener,
+        Arc::clone(&seen),
+        |seen: Arc<Seen>, request| async move {
+            let authorized = request
+                .headers()
+                .get("authorization")
+                .is_some_and(|v| v == "Bearer new-token");
+            if let Ok(mut seen) = seen.lock() {
+                seen.push((request.uri().path().to_owned(), request.headers().clone()));
+            }
+            let mut response = Response::new(Full::new(Bytes::new()));
+            if !authorized {
+                *response.status_mut() = http::StatusCode::UNAUTHORIZED;
+            }
+            response
+        },
+    );
+    let token = Arc::new(Mutex::new(PathBuf::new()));
+    let token_path = Arc::clone(&token);
+    let receiver = TestReceiver::start_with(move |config, dir| {
+        let mut bearer = HttpSinkConfig::new(format!("http://{addr}/hooks"));
+        let path = write(dir, "token", "old-token\n").unwrap_or_default();
+        bearer.bearer_token_file = Some(path.clone());
+        if let Ok(mut shared) = token_path.lock() {
+            *shared = path;
+        }
+        config.sinks.push(SinkConfig {
+            name: "crm".into(),
+            kind: SinkKind::Http(bearer),
+            retry: RetryConfig {
+                max_attempts: 3,
+                max_backoff: Duration::from_millis(200),
+            },
+        });
+    })
+    .await?;
+    let reply = receiver.post(&body(1)).await?;
+    ensure!(
+        reply.status == http::StatusCode::OK,
+        "POST: {}",
+        reply.status
+    );
+    // The service refuses the old token (the sink retries), then the Secret is rotated.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.lock().map_or(0, |s| s.len()) == 0 {
+        ensure!(
+            Instant::now() < deadline,
+            "the sink never called the service"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let path = token
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone();
+    std::fs::write(&path, "new-token\n")?;
+    receiver
+        .wait_delivered("crm", 1, Duration::from_secs(30))
+        .await?;
+    server.abort();
+    assert_eq!(
+        receiver
+            .metric(r#"metahook_dead_letter_events_total{sink="crm"}"#)
+            .await
+            .unwrap_or(0.0),
+        0.0,
+        "a 401 is not a dead letter"
+    );
+    Ok(())
+}

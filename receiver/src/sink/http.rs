@@ -5,8 +5,9 @@
 //! events, each keeping its `id`, with `Idempotency-Key` = hex SHA-256 of the ids (one per
 //! line). With a signing secret every request carries `X-Metahook-Signature: sha256=<hex
 //! HMAC-SHA256 of the whole body>` so the receiving side can verify it came from metahook.
-//! Answers: 2xx delivered; 408, 429, 5xx, timeouts and connection errors are retried (the
-//! whole batch, honouring `Retry-After`); any other 4xx is a permanent refusal: a refused
+//! Answers: 2xx delivered; 401 (the credentials, re-read before the retry), 408, 429, 5xx,
+//! timeouts and connection errors are retried (the whole batch, honouring `Retry-After`);
+//! any other 4xx is a permanent refusal: a refused
 //! event becomes a dead letter at once, and a refused array is sent again one event per
 //! request (as one-element arrays), so only the events refused on their own become dead
 //! letters.
@@ -455,7 +456,14 @@ async fn post(
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs);
-            if status == StatusCode::REQUEST_TIMEOUT
+            if status == StatusCode::UNAUTHORIZED {
+                // About the credentials, not the event: retried, and the credential files
+                // are read again when the sink reopens (a rotation in progress).
+                Outcome::Retry {
+                    why: format!("answered {status}: the credentials were refused"),
+                    after,
+                }
+            } else if status == StatusCode::REQUEST_TIMEOUT
                 || status == StatusCode::TOO_MANY_REQUESTS
                 || status.is_server_error()
             {
