@@ -1,8 +1,10 @@
 //! The `postgres` sink over TLS, against a PostgreSQL server of the test's own: `ssl = on`
-//! with a certificate made here (rcgen, signed by a test CA), and a pg_hba.conf that takes
-//! TCP connections over TLS only, so a plaintext one fails. verify-full with the CA
-//! delivers events; verify-full with another CA is refused with a clear error that shows
-//! no credential; require works without a CA; disable is refused by the server.
+//! with a certificate made here (rcgen, signed by a test CA) for the name `db.metahook.test`
+//! only, and a pg_hba.conf that takes TCP connections over TLS only, so a plaintext one
+//! fails. verify-full with the CA delivers events when the host is that name (`hostaddr`
+//! says where it is) and refuses the certificate for 127.0.0.1, which verify-ca accepts;
+//! another CA is refused with a clear error that shows no credential; require works
+//! without a CA; disable is refused by the server.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -19,6 +21,9 @@ use metahook_tests::testkit::TestReceiver;
 /// A password in the sink's URL: the server trusts every TLS connection, so it is never
 /// checked, but no error may show it.
 const PASSWORD: &str = "pg-password-5c1e";
+
+/// The only name in the server's certificate (it resolves nowhere: `hostaddr` says where).
+const HOST: &str = "db.metahook.test";
 
 /// A PostgreSQL server in a temporary directory, run as user `postgres`, killed on drop.
 struct PrivatePostgres {
@@ -88,7 +93,7 @@ impl PrivatePostgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&initdb.stderr)
         );
-        let leaf = ca.server("postgres")?;
+        let leaf = ca.server_for("postgres", &[HOST])?;
         let (cert, key) = leaf.write(&data, "server")?;
         for file in [&cert, &key] {
             std::os::unix::fs::chown(file, Some(user.0), Some(user.1))?;
@@ -156,10 +161,19 @@ impl PrivatePostgres {
         std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
     }
 
-    /// The sink's URL (with a password the server never asks for).
-    fn url(&self, host: &str) -> String {
+    /// The sink's URL to the certificate's name, at 127.0.0.1 (with a password the server
+    /// never asks for).
+    fn url(&self) -> String {
         format!(
-            "postgres://postgres:{PASSWORD}@{host}:{}/postgres",
+            "postgres://postgres:{PASSWORD}@{HOST}:{}/postgres?hostaddr=127.0.0.1",
+            self.port
+        )
+    }
+
+    /// The sink's URL to 127.0.0.1, a name the certificate does not hold.
+    fn url_by_address(&self) -> String {
+        format!(
+            "postgres://postgres:{PASSWORD}@127.0.0.1:{}/postgres",
             self.port
         )
     }
@@ -220,7 +234,7 @@ async fn the_postgres_sink_speaks_tls_as_libpq_does() -> Result<()> {
     let other_ca = Ca::new("another CA")?.write(&certs.path().join("other-ca.crt"))?;
 
     // verify-full with the CA: events are delivered, over TLS (the server takes nothing else).
-    let url = server.url("127.0.0.1");
+    let url = server.url();
     let full = config(
         url.clone(),
         Some(SslMode::VerifyFull),
@@ -264,16 +278,33 @@ async fn the_postgres_sink_speaks_tls_as_libpq_does() -> Result<()> {
 
     // The same with the mode in the URL instead (tokio-postgres cannot parse verify-full).
     open(config(
-        format!("{url}?sslmode=verify-full"),
+        format!("{url}&sslmode=verify-full"),
         None,
         Some(ca_file.clone()),
         "tls_url",
     ))
     .await
     .map_err(anyhow::Error::msg)?;
-    // verify-ca checks the chain only.
+
+    // verify-full checks the host name: 127.0.0.1 is not in the certificate ...
+    let by_address = server.url_by_address();
+    let err = open(config(
+        by_address.clone(),
+        Some(SslMode::VerifyFull),
+        Some(ca_file.clone()),
+        "tls_name",
+    ))
+    .await
+    .expect_err("a certificate for another name");
+    assert!(
+        err.contains("cannot connect to PostgreSQL (sslmode verify-full)")
+            && err.contains("not valid for name"),
+        "{err}"
+    );
+    assert!(!err.contains(PASSWORD), "{err}");
+    // ... which verify-ca does not check (the chain only).
     open(config(
-        url.clone(),
+        by_address.clone(),
         Some(SslMode::VerifyCa),
         Some(ca_file.clone()),
         "tls_ca",
@@ -307,9 +338,9 @@ async fn the_postgres_sink_speaks_tls_as_libpq_does() -> Result<()> {
     .expect_err("require with a CA checks the chain");
     assert!(err.contains("UnknownIssuer"), "{err}");
 
-    // require without a CA: encrypted, unchecked.
+    // require without a CA: encrypted, unchecked (any name, any issuer).
     open(config(
-        url.clone(),
+        by_address.clone(),
         Some(SslMode::Require),
         None,
         "tls_require",
@@ -318,9 +349,14 @@ async fn the_postgres_sink_speaks_tls_as_libpq_does() -> Result<()> {
     .map_err(anyhow::Error::msg)?;
 
     // disable: the server takes no plaintext TCP connection.
-    let err = open(config(url, Some(SslMode::Disable), None, "tls_disable"))
-        .await
-        .expect_err("plaintext is refused");
+    let err = open(config(
+        by_address,
+        Some(SslMode::Disable),
+        None,
+        "tls_disable",
+    ))
+    .await
+    .expect_err("plaintext is refused");
     assert!(err.contains("pg_hba.conf rejects connection"), "{err}");
     assert!(!err.contains(PASSWORD), "{err}");
     Ok(())
