@@ -502,6 +502,87 @@ async fn tls_with_a_ca_and_a_client_certificate_from_files() -> Result<()> {
     Ok(())
 }
 
+/// A JWT of the NATS decentralized auth (`ed25519-nkey`), `claims` issued by `issuer` for
+/// `subject`.
+fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, claims: &serde_json::Value) -> Result<String> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = b64.encode(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let payload = serde_json::json!({
+        "jti": format!("{}{}", subject, claims["type"]).to_uppercase(),
+        "iat": 1_700_000_000,
+        "iss": issuer.public_key(),
+        "sub": subject,
+        "name": "metahook-test",
+        "nats": claims,
+    });
+    let payload = b64.encode(serde_json::to_vec(&payload)?);
+    let signature = issuer
+        .sign(format!("{header}.{payload}").as_bytes())
+        .context("signing a JWT")?;
+    Ok(format!("{header}.{payload}.{}", b64.encode(signature)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_creds_file_authenticates_with_its_jwt_and_seed() -> Result<()> {
+    let operator = nkeys::KeyPair::new_operator();
+    let system = nkeys::KeyPair::new_account();
+    let account = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let operator_jwt = nats_jwt(
+        &operator,
+        &operator.public_key(),
+        &serde_json::json!({"type": "operator", "version": 2}),
+    )?;
+    let unlimited = serde_json::json!({
+        "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+        "wildcards": true, "conn": -1, "leaf": -1,
+        "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1,
+    });
+    let account_jwt = nats_jwt(
+        &operator,
+        &account.public_key(),
+        &serde_json::json!({"type": "account", "version": 2, "limits": unlimited}),
+    )?;
+    // JetStream needs a system account.
+    let system_jwt = nats_jwt(
+        &operator,
+        &system.public_key(),
+        &serde_json::json!({"type": "account", "version": 2}),
+    )?;
+    let user_jwt = nats_jwt(
+        &account,
+        &user.public_key(),
+        &serde_json::json!({"type": "user", "version": 2, "pub": {}, "sub": {},
+                           "subs": -1, "data": -1, "payload": -1}),
+    )?;
+    let server = NatsServer::start_with_config(&format!(
+        "operator: {operator_jwt}\nsystem_account: {sys}\nresolver: MEMORY\n\
+         resolver_preload: {{\n  {sys}: {system_jwt}\n  {}: {account_jwt}\n}}\n",
+        account.public_key(),
+        sys = system.public_key(),
+    ))
+    .await?;
+    let creds = format!(
+        "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+         ************************* IMPORTANT *************************\n\n\
+         -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+        user.seed().context("the user's seed")?
+    );
+    let creds_for_sink = creds.clone();
+    let receiver = delivered_through(&server, move |nats, dir| {
+        nats.credentials_file = write(dir, "user.creds", &creds_for_sink).ok();
+    })
+    .await?;
+    receiver
+        .wait_delivered("bus", 1, Duration::from_secs(30))
+        .await
+        .with_context(|| server.log())?;
+    let owner = async_nats::ConnectOptions::with_credentials(&creds)?;
+    assert_eq!(stream_messages(&server, owner).await?, 1);
+    Ok(())
+}
+
 /// What the test's HTTP service saw: each request's path and headers.
 type Seen = Mutex<Vec<(String, HeaderMap)>>;
 
