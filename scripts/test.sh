@@ -53,6 +53,10 @@ ensure_postgres() {
 
 log "services and tools"
 bash scripts/install-tools.sh
+# The sink credential tests start servers of their own (a nats-server with authentication
+# or TLS, a PostgreSQL with ssl = on) from these packages' programs, whatever serves the
+# standard ports.
+apt_install nats-server postgresql
 ensure_nats
 ensure_postgres
 

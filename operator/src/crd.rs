@@ -12,6 +12,8 @@ use kube::core::Rule;
 use kube::{CustomResource, KubeSchema};
 use metahook_receiver::config::META_CLIENT_NAME;
 use metahook_receiver::normalize::COVERAGE;
+use metahook_receiver::redact::CREDENTIALS_IN_URL;
+use metahook_receiver::sink::http::RESERVED_HEADERS;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -348,9 +350,19 @@ pub struct SinkSpec {
     validation = Rule::new("!self.createStream || has(self.stream)")
         .message("createStream needs the stream's name").field_path(".stream")
 )]
+#[x_kube(
+    validation = Rule::new("has(self.userRef) == has(self.passwordRef)")
+        .message("userRef and passwordRef go together").field_path(".passwordRef")
+)]
+#[x_kube(
+    validation = Rule::new("[has(self.userRef), has(self.tokenRef), has(self.nkeySeedRef), has(self.credentialsRef)].filter(x, x).size() <= 1")
+        .message("choose one way to authenticate: userRef/passwordRef, tokenRef, nkeySeedRef or credentialsRef")
+)]
 pub struct NatsSinkSpec {
-    /// Server URL, e.g. nats://nats.nats:4222.
-    #[schemars(length(min = 1))]
+    /// Server URL, e.g. nats://nats.nats:4222 (tls:// for TLS); several, comma-separated.
+    /// Without credentials: they would be stored in the ConfigMap and logged.
+    #[x_kube(validation = no_credentials_rule(NATS_CREDENTIALS))]
+    #[schemars(length(min = 1, max = 2048))]
     pub url: String,
     /// Subject template; placeholders {platform}, {object}, {field}, {kind}, {endpoint}.
     /// Default meta.{platform}.{field}.{kind}.
@@ -362,14 +374,61 @@ pub struct NatsSinkSpec {
     /// Create the stream when absent.
     #[serde(default)]
     pub create_stream: bool,
+    /// The user name (with passwordRef).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_ref: Option<SecretKeyRef>,
+    /// The password (with userRef).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_ref: Option<SecretKeyRef>,
+    /// An authentication token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_ref: Option<SecretKeyRef>,
+    /// An NKey seed (SU...), which signs the server's nonce.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nkey_seed_ref: Option<SecretKeyRef>,
+    /// A .creds file (user JWT and NKey seed, as nsc writes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_ref: Option<SecretKeyRef>,
+    /// TLS to the server (set, TLS is required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<NatsTlsSpec>,
+}
+
+/// TLS to the NATS server.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.clientCertRef) == has(self.clientKeyRef)")
+        .message("clientCertRef and clientKeyRef go together").field_path(".clientKeyRef")
+)]
+pub struct NatsTlsSpec {
+    /// PEM CA bundle the server's certificate chains to (the system's roots otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_ref: Option<SecretKeyRef>,
+    /// PEM client certificate, for mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_ref: Option<SecretKeyRef>,
+    /// PEM private key of the client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_ref: Option<SecretKeyRef>,
 }
 
 /// HTTP sink.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.basicAuth) || !has(self.bearerTokenRef)")
+        .message("choose one way to authenticate: basicAuth or bearerTokenRef").field_path(".bearerTokenRef")
+)]
+#[x_kube(
+    validation = Rule::new("!(has(self.basicAuth) || has(self.bearerTokenRef)) || !has(self.headers) || !self.headers.exists(h, h.name.matches('(?i)^authorization$'))")
+        .message("an Authorization header is already set by basicAuth or bearerTokenRef").field_path(".headers")
+)]
 pub struct HttpSinkSpec {
-    /// The URL each event is POSTed to.
+    /// The URL each event is POSTed to. Without credentials: they would be stored in the
+    /// ConfigMap and logged.
     #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("an http:// or https:// URL"))]
+    #[x_kube(validation = no_credentials_rule(HTTP_CREDENTIALS))]
     #[schemars(length(min = 1, max = 2048))]
     pub url: String,
     /// Secret of the X-Metahook-Signature HMAC over each body.
@@ -383,11 +442,65 @@ pub struct HttpSinkSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
     pub batch_size: Option<u32>,
+    /// HTTP basic authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<HttpBasicAuthSpec>,
+    /// A token sent as Authorization: Bearer <token>.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token_ref: Option<SecretKeyRef>,
+    /// Headers sent with every POST whose values are secrets (an API key, say). Names are
+    /// unique.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    #[schemars(length(max = 16))]
+    pub headers: Vec<HttpHeaderSpec>,
+}
+
+/// HTTP basic authentication: a user name (or a Secret key holding it) and a password.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.username) != has(self.usernameRef)")
+        .message("set one of username and usernameRef").field_path(".username")
+)]
+pub struct HttpBasicAuthSpec {
+    /// The user name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub username: Option<String>,
+    /// The user name, from a Secret (instead of username).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_ref: Option<SecretKeyRef>,
+    /// The password.
+    pub password_ref: SecretKeyRef,
+}
+
+/// A header of every POST whose value is kept in a Secret.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpHeaderSpec {
+    /// The header's name, e.g. X-Api-Key; not one the sink sets itself (Content-Type,
+    /// Content-Length, Transfer-Encoding, Host, Connection, Idempotency-Key,
+    /// X-Metahook-Signature).
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9!#$%&*+.^_|~-]+$')").message("a header name: letters, digits and !#$%&*+.^_|~-"))]
+    #[x_kube(validation = reserved_header_rule())]
+    #[schemars(length(min = 1, max = 128))]
+    pub name: String,
+    /// The header's value.
+    pub value_ref: SecretKeyRef,
 }
 
 /// PostgreSQL sink.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.sslMode) || !(self.sslMode in ['verify-ca', 'verify-full']) || has(self.caRef)")
+        .message("sslMode verify-ca and verify-full check the server's certificate against caRef: set it").field_path(".caRef")
+)]
+#[x_kube(
+    validation = Rule::new("!has(self.sslMode) || self.sslMode != 'disable' || !has(self.caRef)")
+        .message("sslMode disable uses no caRef (no TLS)").field_path(".caRef")
+)]
 pub struct PostgresSinkSpec {
     /// The connection URL (postgres://user:password@host/db), kept in a Secret since it
     /// holds a password.
@@ -395,6 +508,30 @@ pub struct PostgresSinkSpec {
     /// Schema of metahook's tables (migrated at start). Default metahook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<String>,
+    /// TLS as libpq's sslmode: disable, prefer, require (encrypted; the chain is checked
+    /// when caRef is set), verify-ca (chain), verify-full (chain and host name). Default:
+    /// the URL's sslmode, else prefer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssl_mode: Option<PostgresSslModeSpec>,
+    /// PEM CA bundle the server's certificate chains to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_ref: Option<SecretKeyRef>,
+}
+
+/// libpq's sslmode.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum PostgresSslModeSpec {
+    /// No TLS.
+    Disable,
+    /// TLS when the server offers it, unchecked.
+    Prefer,
+    /// TLS or no connection.
+    Require,
+    /// TLS with a certificate chaining to caRef.
+    VerifyCa,
+    /// TLS with a certificate chaining to caRef and naming the host.
+    VerifyFull,
 }
 
 /// File sink.
@@ -782,6 +919,38 @@ fn secret_name_rule() -> Rule {
         "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')",
     )
     .message("a Secret name (lowercase letters, digits, '-' and '.')")
+}
+
+/// What a NATS sink uses instead of credentials in its URL.
+pub const NATS_CREDENTIALS: &str = "userRef/passwordRef, tokenRef, nkeySeedRef or credentialsRef";
+/// What an HTTP sink uses instead of credentials in its URL.
+pub const HTTP_CREDENTIALS: &str = "basicAuth, bearerTokenRef or headers";
+
+/// Why a sink URL with credentials is refused, and what to use instead: the message of the
+/// CEL rule and of the operator's own check.
+pub fn url_credentials_message(instead: &str) -> String {
+    format!("credentials in a URL end up in the ConfigMap and logs; use {instead}")
+}
+
+/// A sink URL holds no credentials: the receiver's [`CREDENTIALS_IN_URL`] pattern, which
+/// the operator's check (`resources::config`) matches too.
+fn no_credentials_rule(instead: &str) -> Rule {
+    let pattern = CREDENTIALS_IN_URL
+        .replace('\\', "\\\\")
+        .replace('\'', "\\'");
+    Rule::new(format!("!self.matches('{pattern}')")).message(kube::core::Message::Message(
+        url_credentials_message(instead),
+    ))
+}
+
+/// A header the HTTP sink sets itself cannot be configured (the receiver's
+/// `RESERVED_HEADERS`).
+fn reserved_header_rule() -> Rule {
+    Rule::new(format!(
+        "!self.matches('(?i)^({})$')",
+        RESERVED_HEADERS.join("|")
+    ))
+    .message("set by the sink itself: Content-Type, Content-Length, Transfer-Encoding, Host, Connection, Idempotency-Key, X-Metahook-Signature")
 }
 
 fn path_rule() -> Rule {

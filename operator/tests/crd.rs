@@ -989,6 +989,299 @@ fn cases() -> Vec<Case> {
                 ),
             )],
         },
+        Case {
+            message: "credentials in a URL end up in the ConfigMap and logs; use userRef",
+            field_path: "spec.delivery.sinks[0].nats.url",
+            valid: vec![
+                (
+                    "a server list",
+                    with_spec(&sinks(
+                        &json!({"name": "bus", "nats": {"url": "nats://n1:4222,nats://n2:4222"}}),
+                    )),
+                ),
+                (
+                    "credentials from Secrets",
+                    with_spec(&sinks(
+                        &json!({"name": "bus", "nats": {"url": "tls://n:4222",
+                        "userRef": {"name": "nats", "key": "user"}, "passwordRef": {"name": "nats", "key": "password"}}}),
+                    )),
+                ),
+            ],
+            invalid: vec![
+                (
+                    "user and password",
+                    with_spec(&sinks(
+                        &json!({"name": "bus", "nats": {"url": "nats://bob:pw@n:4222"}}),
+                    )),
+                ),
+                (
+                    "a token",
+                    with_spec(&sinks(
+                        &json!({"name": "bus", "nats": {"url": "nats://t0ken@n:4222"}}),
+                    )),
+                ),
+                (
+                    "in the second server",
+                    with_spec(&sinks(
+                        &json!({"name": "bus", "nats": {"url": "nats://n1:4222,nats://bob:pw@n2:4222"}}),
+                    )),
+                ),
+            ],
+        },
+        Case {
+            message: "userRef and passwordRef go together",
+            field_path: "spec.delivery.sinks[0].nats.passwordRef",
+            valid: vec![],
+            invalid: vec![
+                (
+                    "userRef alone",
+                    with_spec(&sinks(
+                        &json!({"name": "bus", "nats": {"url": "nats://n:4222",
+                        "userRef": {"name": "nats", "key": "user"}}}),
+                    )),
+                ),
+                (
+                    "passwordRef alone",
+                    with_spec(&sinks(
+                        &json!({"name": "bus", "nats": {"url": "nats://n:4222",
+                        "passwordRef": {"name": "nats", "key": "password"}}}),
+                    )),
+                ),
+            ],
+        },
+        Case {
+            message: "choose one way to authenticate: userRef/passwordRef",
+            field_path: "spec.delivery.sinks[0].nats",
+            valid: vec![
+                (
+                    "tokenRef",
+                    with_spec(&sinks(
+                        &json!({"name": "bus", "nats": {"url": "nats://n:4222",
+                        "tokenRef": {"name": "nats", "key": "token"}}}),
+                    )),
+                ),
+                (
+                    "nkeySeedRef",
+                    with_spec(&sinks(
+                        &json!({"name": "bus", "nats": {"url": "nats://n:4222",
+                        "nkeySeedRef": {"name": "nats", "key": "seed"}}}),
+                    )),
+                ),
+                (
+                    "credentialsRef",
+                    with_spec(&sinks(
+                        &json!({"name": "bus", "nats": {"url": "nats://n:4222",
+                        "credentialsRef": {"name": "nats", "key": "user.creds"}}}),
+                    )),
+                ),
+            ],
+            invalid: vec![
+                (
+                    "user and token",
+                    with_spec(&sinks(
+                        &json!({"name": "bus", "nats": {"url": "nats://n:4222",
+                        "userRef": {"name": "nats", "key": "user"}, "passwordRef": {"name": "nats", "key": "password"},
+                        "tokenRef": {"name": "nats", "key": "token"}}}),
+                    )),
+                ),
+                (
+                    "nkey and creds",
+                    with_spec(&sinks(
+                        &json!({"name": "bus", "nats": {"url": "nats://n:4222",
+                        "nkeySeedRef": {"name": "nats", "key": "seed"},
+                        "credentialsRef": {"name": "nats", "key": "user.creds"}}}),
+                    )),
+                ),
+            ],
+        },
+        Case {
+            message: "clientCertRef and clientKeyRef go together",
+            field_path: "spec.delivery.sinks[0].nats.tls.clientKeyRef",
+            valid: vec![(
+                "a CA and a client certificate",
+                with_spec(&sinks(
+                    &json!({"name": "bus", "nats": {"url": "tls://n:4222",
+                    "tls": {"caRef": {"name": "t", "key": "ca.crt"}, "clientCertRef": {"name": "t", "key": "tls.crt"},
+                            "clientKeyRef": {"name": "t", "key": "tls.key"}}}}),
+                )),
+            )],
+            invalid: vec![(
+                "a certificate without its key",
+                with_spec(&sinks(
+                    &json!({"name": "bus", "nats": {"url": "tls://n:4222",
+                    "tls": {"clientCertRef": {"name": "t", "key": "tls.crt"}}}}),
+                )),
+            )],
+        },
+        Case {
+            message: "credentials in a URL end up in the ConfigMap and logs; use basicAuth",
+            field_path: "spec.delivery.sinks[0].http.url",
+            valid: vec![(
+                "an @ in the path",
+                with_spec(&sinks(
+                    &json!({"name": "crm", "http": {"url": "https://crm.internal/users/@me?team=7"}}),
+                )),
+            )],
+            invalid: vec![
+                (
+                    "user and password",
+                    with_spec(&sinks(
+                        &json!({"name": "crm", "http": {"url": "https://alice:pw@crm.internal/hooks"}}),
+                    )),
+                ),
+                (
+                    "a token parameter",
+                    with_spec(&sinks(
+                        &json!({"name": "crm", "http": {"url": "https://crm.internal/hooks?access_token=x"}}),
+                    )),
+                ),
+                (
+                    "an API key parameter",
+                    with_spec(&sinks(
+                        &json!({"name": "crm", "http": {"url": "https://crm.internal/hooks?team=7&ApiKey=x"}}),
+                    )),
+                ),
+            ],
+        },
+        Case {
+            message: "choose one way to authenticate: basicAuth or bearerTokenRef",
+            field_path: "spec.delivery.sinks[0].http.bearerTokenRef",
+            valid: vec![(
+                "bearer and an API key header",
+                with_spec(&sinks(
+                    &json!({"name": "crm", "http": {"url": "https://crm/hooks",
+                    "bearerTokenRef": {"name": "crm", "key": "token"},
+                    "headers": [{"name": "X-Api-Key", "valueRef": {"name": "crm", "key": "key"}}]}}),
+                )),
+            )],
+            invalid: vec![(
+                "basic and bearer",
+                with_spec(&sinks(
+                    &json!({"name": "crm", "http": {"url": "https://crm/hooks",
+                    "basicAuth": {"username": "u", "passwordRef": {"name": "crm", "key": "password"}},
+                    "bearerTokenRef": {"name": "crm", "key": "token"}}}),
+                )),
+            )],
+        },
+        Case {
+            message: "an Authorization header is already set",
+            field_path: "spec.delivery.sinks[0].http.headers",
+            valid: vec![(
+                "an Authorization header alone",
+                with_spec(&sinks(
+                    &json!({"name": "crm", "http": {"url": "https://crm/hooks",
+                    "headers": [{"name": "Authorization", "valueRef": {"name": "crm", "key": "auth"}}]}}),
+                )),
+            )],
+            invalid: vec![(
+                "with basicAuth",
+                with_spec(&sinks(
+                    &json!({"name": "crm", "http": {"url": "https://crm/hooks",
+                    "basicAuth": {"username": "u", "passwordRef": {"name": "crm", "key": "password"}},
+                    "headers": [{"name": "authorization", "valueRef": {"name": "crm", "key": "auth"}}]}}),
+                )),
+            )],
+        },
+        Case {
+            message: "set one of username and usernameRef",
+            field_path: "spec.delivery.sinks[0].http.basicAuth.username",
+            valid: vec![(
+                "usernameRef",
+                with_spec(&sinks(
+                    &json!({"name": "crm", "http": {"url": "https://crm/hooks",
+                    "basicAuth": {"usernameRef": {"name": "crm", "key": "user"}, "passwordRef": {"name": "crm", "key": "password"}}}}),
+                )),
+            )],
+            invalid: vec![
+                (
+                    "neither",
+                    with_spec(&sinks(
+                        &json!({"name": "crm", "http": {"url": "https://crm/hooks",
+                        "basicAuth": {"passwordRef": {"name": "crm", "key": "password"}}}}),
+                    )),
+                ),
+                (
+                    "both",
+                    with_spec(&sinks(
+                        &json!({"name": "crm", "http": {"url": "https://crm/hooks",
+                        "basicAuth": {"username": "u", "usernameRef": {"name": "crm", "key": "user"},
+                                      "passwordRef": {"name": "crm", "key": "password"}}}}),
+                    )),
+                ),
+            ],
+        },
+        Case {
+            message: "a header name:",
+            field_path: "spec.delivery.sinks[0].http.headers[0].name",
+            valid: vec![],
+            invalid: vec![(
+                "a space",
+                with_spec(&sinks(
+                    &json!({"name": "crm", "http": {"url": "https://crm/hooks",
+                    "headers": [{"name": "X Api Key", "valueRef": {"name": "crm", "key": "key"}}]}}),
+                )),
+            )],
+        },
+        Case {
+            message: "set by the sink itself",
+            field_path: "spec.delivery.sinks[0].http.headers[0].name",
+            valid: vec![],
+            invalid: vec![
+                (
+                    "Content-Type",
+                    with_spec(&sinks(
+                        &json!({"name": "crm", "http": {"url": "https://crm/hooks",
+                        "headers": [{"name": "content-type", "valueRef": {"name": "crm", "key": "key"}}]}}),
+                    )),
+                ),
+                (
+                    "X-Metahook-Signature",
+                    with_spec(&sinks(
+                        &json!({"name": "crm", "http": {"url": "https://crm/hooks",
+                        "headers": [{"name": "X-Metahook-Signature", "valueRef": {"name": "crm", "key": "key"}}]}}),
+                    )),
+                ),
+            ],
+        },
+        Case {
+            message: "sslMode verify-ca and verify-full check the server's certificate",
+            field_path: "spec.delivery.sinks[0].postgres.caRef",
+            valid: vec![
+                (
+                    "verify-full with a CA",
+                    with_spec(&sinks(
+                        &json!({"name": "db", "postgres": {"urlSecretRef": {"name": "pg", "key": "url"},
+                        "sslMode": "verify-full", "caRef": {"name": "pg", "key": "ca.crt"}}}),
+                    )),
+                ),
+                (
+                    "require without a CA",
+                    with_spec(&sinks(
+                        &json!({"name": "db", "postgres": {"urlSecretRef": {"name": "pg", "key": "url"},
+                        "sslMode": "require"}}),
+                    )),
+                ),
+            ],
+            invalid: vec![(
+                "verify-ca without a CA",
+                with_spec(&sinks(
+                    &json!({"name": "db", "postgres": {"urlSecretRef": {"name": "pg", "key": "url"},
+                    "sslMode": "verify-ca"}}),
+                )),
+            )],
+        },
+        Case {
+            message: "sslMode disable uses no caRef",
+            field_path: "spec.delivery.sinks[0].postgres.caRef",
+            valid: vec![],
+            invalid: vec![(
+                "disable with a CA",
+                with_spec(&sinks(
+                    &json!({"name": "db", "postgres": {"urlSecretRef": {"name": "pg", "key": "url"},
+                    "sslMode": "disable", "caRef": {"name": "pg", "key": "ca.crt"}}}),
+                )),
+            )],
+        },
     ]
 }
 
@@ -1038,6 +1331,47 @@ fn the_operator_refuses_a_registered_apps_change_itself() {
     object["spec"]["registration"]["appId"] = json!("1234");
     let same: WebhookSubscription = serde_json::from_value(object).expect("typed");
     assert!(violations(&same).is_empty());
+}
+
+/// The CEL rule on sink URLs and the operator's own check refuse the same URLs.
+#[test]
+fn the_url_credentials_rule_and_the_operators_check_agree() {
+    let schema = schema();
+    for url in [
+        "nats://nats.nats:4222",
+        "nats://bob:pw@nats:4222",
+        "nats://t0ken@nats:4222",
+        "nats://n1:4222,nats://bob:pw@n2:4222",
+        "https://crm.internal/hooks",
+        "https://alice:pw@crm.internal/hooks",
+        "https://crm.internal/users/@me",
+        "https://crm.internal/hooks?team=7",
+        "https://crm.internal/hooks?access_token=x",
+        "https://crm.internal/hooks?x=1&client_secret=y",
+        "http://crm:8080/hooks#a@b",
+    ] {
+        let sink = if url.starts_with("http") {
+            json!({"name": "s", "http": {"url": url}})
+        } else {
+            json!({"name": "s", "nats": {"url": url}})
+        };
+        let object = with_spec(&sinks(&sink));
+        let cel = validate(&schema, &object).is_ok();
+        let mut sub: WebhookSubscription = serde_json::from_value(object).expect("typed");
+        sub.metadata.uid = Some("uid".into());
+        let inputs =
+            Inputs::new(&sub, "metahook-receiver:test", None, String::new()).expect("inputs");
+        let operator = resources::config::receiver_config(&inputs).is_ok();
+        assert_eq!(
+            cel, operator,
+            "{url}: CEL accepts: {cel}, the operator accepts: {operator}"
+        );
+        assert_eq!(
+            cel,
+            !metahook_receiver::redact::has_credentials(url),
+            "{url}"
+        );
+    }
 }
 
 #[test]

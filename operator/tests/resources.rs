@@ -598,3 +598,183 @@ fn mutual_tls_without_its_ca_is_refused_not_downgraded() {
         "{message}"
     );
 }
+
+/// Sinks naming every credential and TLS reference, one way to authenticate each.
+fn credential_sinks() -> Value {
+    let mut spec = spec();
+    spec["delivery"]["sinks"] = json!([
+        {"name": "bus-user", "nats": {"url": "tls://nats.nats:4222",
+            "userRef": {"name": "nats", "key": "user"},
+            "passwordRef": {"name": "nats", "key": "password"},
+            "tls": {"caRef": {"name": "nats-tls", "key": "ca.crt"},
+                    "clientCertRef": {"name": "nats-tls", "key": "tls.crt"},
+                    "clientKeyRef": {"name": "nats-tls", "key": "tls.key"}}}},
+        {"name": "bus-token", "nats": {"url": "nats://nats.nats:4222",
+            "tokenRef": {"name": "nats", "key": "token"}}},
+        {"name": "bus-nkey", "nats": {"url": "nats://nats.nats:4222",
+            "nkeySeedRef": {"name": "nats", "key": "seed"}}},
+        {"name": "bus-creds", "nats": {"url": "nats://nats.nats:4222",
+            "credentialsRef": {"name": "nats", "key": "user.creds"}}},
+        {"name": "crm-basic", "http": {"url": "https://crm.internal/hooks",
+            "basicAuth": {"usernameRef": {"name": "crm", "key": "user"},
+                          "passwordRef": {"name": "crm", "key": "password"}},
+            "headers": [{"name": "X-Api-Key", "valueRef": {"name": "crm", "key": "api-key"}}]}},
+        {"name": "crm-plain", "http": {"url": "https://crm.internal/hooks",
+            "basicAuth": {"username": "metahook", "passwordRef": {"name": "crm", "key": "password"}}}},
+        {"name": "crm-bearer", "http": {"url": "https://crm.internal/hooks",
+            "bearerTokenRef": {"name": "crm", "key": "token"}}},
+        {"name": "db", "postgres": {"urlSecretRef": {"name": "pg", "key": "url"},
+            "sslMode": "verify-full", "caRef": {"name": "pg", "key": "ca.crt"}}},
+    ]);
+    spec
+}
+
+fn secret_file(secret: &str, key: &str) -> Option<std::path::PathBuf> {
+    Some(Path::new("/etc/metahook/secrets").join(secret).join(key))
+}
+
+#[test]
+fn sink_credentials_are_mounted_and_named_in_the_config_field_by_field() {
+    use metahook_receiver::config::{HttpHeaderConfig, SslMode};
+    let sub = subscription("fb", "acme", &credential_sinks());
+    let config = receiver_config(&inputs(&sub)).expect("config");
+    let sinks: BTreeMap<&str, &SinkKind> = config
+        .sinks
+        .iter()
+        .map(|s| (s.name.as_str(), &s.kind))
+        .collect();
+    let nats = |name: &str| match sinks[name] {
+        SinkKind::Nats(nats) => nats.clone(),
+        other => panic!("{name} is not nats: {other:?}"),
+    };
+    let http = |name: &str| match sinks[name] {
+        SinkKind::Http(http) => http.clone(),
+        other => panic!("{name} is not http: {other:?}"),
+    };
+    let user = nats("bus-user");
+    assert_eq!(user.url, "tls://nats.nats:4222");
+    assert_eq!(user.user_file, secret_file("nats", "user"));
+    assert_eq!(user.password_file, secret_file("nats", "password"));
+    assert_eq!(user.ca_file, secret_file("nats-tls", "ca.crt"));
+    assert_eq!(user.client_cert_file, secret_file("nats-tls", "tls.crt"));
+    assert_eq!(user.client_key_file, secret_file("nats-tls", "tls.key"));
+    assert_eq!(
+        (
+            &user.token_file,
+            &user.nkey_seed_file,
+            &user.credentials_file
+        ),
+        (&None, &None, &None)
+    );
+    assert_eq!(nats("bus-token").token_file, secret_file("nats", "token"));
+    assert_eq!(nats("bus-nkey").nkey_seed_file, secret_file("nats", "seed"));
+    assert_eq!(
+        nats("bus-creds").credentials_file,
+        secret_file("nats", "user.creds")
+    );
+    let basic = http("crm-basic");
+    assert_eq!(basic.username, None);
+    assert_eq!(basic.username_file, secret_file("crm", "user"));
+    assert_eq!(basic.password_file, secret_file("crm", "password"));
+    assert_eq!(
+        basic.headers,
+        vec![HttpHeaderConfig {
+            name: "X-Api-Key".into(),
+            value_file: secret_file("crm", "api-key").expect("path"),
+        }]
+    );
+    let plain = http("crm-plain");
+    assert_eq!(plain.username.as_deref(), Some("metahook"));
+    assert_eq!(plain.username_file, None);
+    assert_eq!(plain.password_file, secret_file("crm", "password"));
+    let bearer = http("crm-bearer");
+    assert_eq!(bearer.bearer_token_file, secret_file("crm", "token"));
+    assert_eq!((bearer.username_file, bearer.password_file), (None, None));
+    let SinkKind::Postgres(postgres) = sinks["db"] else {
+        panic!("postgres")
+    };
+    assert_eq!(postgres.ssl_mode, Some(SslMode::VerifyFull));
+    assert_eq!(postgres.ca_file, secret_file("pg", "ca.crt"));
+
+    // Every file the configuration names is a projected key of the pod, and a Secret key
+    // the controller resolves (secret_references); nothing else is mounted.
+    let expected = [
+        ("crm", "api-key"),
+        ("crm", "password"),
+        ("crm", "token"),
+        ("crm", "user"),
+        ("meta-app", "app-secret"),
+        ("meta-app", "verify-token"),
+        ("nats", "password"),
+        ("nats", "seed"),
+        ("nats", "token"),
+        ("nats", "user"),
+        ("nats", "user.creds"),
+        ("nats-tls", "ca.crt"),
+        ("nats-tls", "tls.crt"),
+        ("nats-tls", "tls.key"),
+        ("pg", "ca.crt"),
+        ("pg", "url"),
+    ];
+    let mut mounted = projected(&pod_spec(&sub));
+    mounted.sort();
+    let expected_mounts: Vec<(String, String, String)> = expected
+        .iter()
+        .map(|(s, k)| ((*s).to_owned(), (*k).to_owned(), format!("{s}/{k}")))
+        .collect();
+    assert_eq!(mounted, expected_mounts);
+    let resolved: std::collections::BTreeSet<(String, String)> =
+        metahook_operator::resources::secret_references(&sub)
+            .into_iter()
+            .map(|r| (r.key.name, r.key.key))
+            .collect();
+    for (secret, key) in expected {
+        assert!(
+            resolved.contains(&(secret.to_owned(), key.to_owned())),
+            "{secret}/{key} is not resolved by the controller"
+        );
+    }
+    // The ConfigMap names files, never a credential.
+    let yaml = config.to_yaml().expect("yaml");
+    assert!(yaml.contains("/etc/metahook/secrets/nats/token"), "{yaml}");
+}
+
+#[test]
+fn a_sink_url_with_credentials_is_refused_naming_the_field() {
+    for (sink, field, instead) in [
+        (
+            json!({"name": "bus", "nats": {"url": "nats://bob:s3cret@nats:4222"}}),
+            "delivery.sinks[0].nats.url",
+            "use userRef/passwordRef",
+        ),
+        (
+            json!({"name": "bus", "nats": {"url": "nats://t0ken@nats:4222"}}),
+            "delivery.sinks[0].nats.url",
+            "use userRef/passwordRef",
+        ),
+        (
+            json!({"name": "crm", "http": {"url": "https://alice:s3cret@crm.internal/hooks"}}),
+            "delivery.sinks[0].http.url",
+            "use basicAuth",
+        ),
+        (
+            json!({"name": "crm", "http": {"url": "https://crm.internal/hooks?access_token=s3cret"}}),
+            "delivery.sinks[0].http.url",
+            "use basicAuth",
+        ),
+    ] {
+        let mut spec = spec();
+        spec["delivery"]["sinks"] = json!([sink]);
+        let sub = subscription("fb", "acme", &spec);
+        let err = receiver_config(&inputs(&sub))
+            .expect_err("credentials in a URL")
+            .to_string();
+        assert!(
+            err.contains(&format!(
+                "{field}: credentials in a URL end up in the ConfigMap and logs; {instead}"
+            )),
+            "{err}"
+        );
+        assert!(!err.contains("s3cret") && !err.contains("t0ken"), "{err}");
+    }
+}

@@ -93,10 +93,20 @@ Configuration keys (YAML; durations like 500ms, 30s, 24h; the default follows
     nats.subject       subject template; default meta.{platform}.{field}.{kind}
     nats.stream        stream name (required with create_stream)
     nats.create_stream create the stream if absent; default false
+    nats.user_file, nats.password_file
+                       user and password (files re-read at each connection)
+    nats.token_file    token; or nats.nkey_seed_file (NKey seed), or
+                       nats.credentials_file (.creds: JWT + seed); one method
+    nats.ca_file       CAs for the server's certificate (TLS required)
+    nats.client_cert_file, nats.client_key_file
+                       mTLS to the server
     postgres.url       PostgreSQL connection URL (the unified message store)
     postgres.url_file  file holding the URL instead (re-read at reconnect)
     postgres.schema    schema of its tables (migrated at start); default
                        metahook
+    postgres.ssl_mode  disable, prefer, require, verify-ca, verify-full; default
+                       the URL's sslmode, else prefer
+    postgres.ca_file   CAs for the server's certificate (verify-ca, verify-full)
     http.url           POST each event as JSON (Idempotency-Key = event id)
     http.signing_secret_file
                        secret of the X-Metahook-Signature HMAC
@@ -107,6 +117,11 @@ Configuration keys (YAML; durations like 500ms, 30s, 24h; the default follows
     http.ca_file       CAs for the service's certificate; default the system's
     http.client_cert_file, http.client_key_file
                        mTLS to the service
+    http.username or http.username_file, http.password_file
+                       basic authentication (files re-read at reopen)
+    http.bearer_token_file
+                       Authorization: Bearer (instead of basic)
+    http.headers[]     {name, value_file}: a header whose value is a secret
     retry.max_attempts attempts per batch before dead letters; default 20
                        (0: forever)
     retry.max_backoff  longest wait between attempts; default 5m

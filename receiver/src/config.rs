@@ -15,11 +15,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use crate::sink::file::FileSinkConfig;
-pub use crate::sink::http::HttpSinkConfig;
+pub use crate::sink::http::{HttpHeaderConfig, HttpSinkConfig};
 use crate::sink::kind::SinkEntry;
 pub use crate::sink::kind::SinkKind;
 pub use crate::sink::nats::{NatsSinkConfig, SUBJECT_PLACEHOLDERS};
 pub use crate::sink::postgres::PostgresSinkConfig;
+pub use crate::sink::postgres_tls::SslMode;
 
 /// Paths the receiver serves itself; endpoints may not use them.
 pub const RESERVED_PATHS: &[&str] = &["/metrics", "/healthz", "/readyz"];

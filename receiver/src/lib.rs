@@ -12,6 +12,7 @@
 //! - [`enrich`]: optional enrichment of events after the 200 (Lead Ads answers from the
 //!   Graph API).
 //! - [`tls`], [`client_auth`], [`trusted_proxy`]: HTTPS, and who may call the endpoints.
+//! - [`redact`]: credentials in URLs, hidden wherever a URL is shown.
 //! - [`json_log`], [`log_writer`]: log lines, formatted and written cheaply enough for one
 //!   per request.
 
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod normalize;
 pub mod normalizer;
 pub mod priority;
+pub mod redact;
 pub mod secrets;
 pub mod server;
 pub mod sink;

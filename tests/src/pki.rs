@@ -88,9 +88,14 @@ impl Ca {
 
     /// A serving certificate for `127.0.0.1` and `localhost`, with `cn` as its subject CN.
     pub fn server(&self, cn: &str) -> Result<Leaf> {
-        let mut params =
-            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-                .context("server params")?;
+        self.server_for(cn, &["127.0.0.1", "localhost"])
+    }
+
+    /// A serving certificate naming exactly `names` (DNS names or IP addresses), with `cn`
+    /// as its subject CN.
+    pub fn server_for(&self, cn: &str, names: &[&str]) -> Result<Leaf> {
+        let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+        let mut params = CertificateParams::new(names).context("server params")?;
         params.distinguished_name = rcgen::DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, cn);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];

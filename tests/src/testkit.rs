@@ -528,11 +528,39 @@ pub struct ReceiverProcess(std::process::Child);
 impl ReceiverProcess {
     /// Starts the receiver on `config` and waits until it is ready on `addr`.
     pub async fn start(config: &Path, addr: SocketAddr) -> Result<ReceiverProcess> {
+        Self::spawn(
+            config,
+            addr,
+            std::process::Stdio::null(),
+            std::process::Stdio::null(),
+        )
+        .await
+    }
+
+    /// [`ReceiverProcess::start`] with the process's whole output (stdout and stderr) written
+    /// to `log`, for tests that read what it logged.
+    pub async fn start_logged(
+        config: &Path,
+        addr: SocketAddr,
+        log: &Path,
+    ) -> Result<ReceiverProcess> {
+        let file =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let copy = file.try_clone().context("sharing the log file")?;
+        Self::spawn(config, addr, file.into(), copy.into()).await
+    }
+
+    async fn spawn(
+        config: &Path,
+        addr: SocketAddr,
+        stdout: std::process::Stdio,
+        stderr: std::process::Stdio,
+    ) -> Result<ReceiverProcess> {
         let child = std::process::Command::new(receiver_bin()?)
             .arg("--config")
             .arg(config)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .context("starting metahook-receiver")?;
         let receiver = ReceiverProcess(child);
@@ -603,6 +631,7 @@ pub fn failing_http_sink(name: &str) -> Result<SinkConfig> {
             ca_file: None,
             client_cert_file: None,
             client_key_file: None,
+            ..HttpSinkConfig::new(String::new())
         }),
         retry: RetryConfig {
             max_attempts: 2,

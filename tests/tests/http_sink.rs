@@ -31,6 +31,7 @@ fn http_sink(addr: SocketAddr, dir: &Path) -> SinkConfig {
             ca_file: None,
             client_cert_file: None,
             client_key_file: None,
+            ..HttpSinkConfig::new(String::new())
         }),
         retry: RetryConfig {
             max_attempts: 0,

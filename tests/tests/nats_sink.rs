@@ -33,6 +33,7 @@ fn nats_sink(url: &str, stream: &str, subject_prefix: &str) -> SinkConfig {
             subject: format!("{subject_prefix}.{{platform}}.{{field}}.{{kind}}"),
             stream: Some(stream.to_owned()),
             create_stream: true,
+            ..NatsSinkConfig::new(String::new())
         }),
     }
 }

@@ -30,6 +30,7 @@ fn store_config(schema: &str) -> PostgresSinkConfig {
         url: URL.to_owned(),
         url_file: None,
         schema: schema.to_owned(),
+        ..PostgresSinkConfig::url_file(std::path::PathBuf::new())
     }
 }
 

@@ -9,12 +9,15 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ConfigMap;
 use metahook_receiver::config::{
     Config, ConfigError, DeliveryConfig, DeliveryMode, EndpointConfig, FileSinkConfig,
-    HttpSinkConfig, NatsSinkConfig, PostgresSinkConfig, RetryConfig, SinkConfig, SinkKind,
-    SpoolConfig, TlsConfig, TlsMode, TrustedProxyConfig,
+    HttpHeaderConfig, HttpSinkConfig, NatsSinkConfig, PostgresSinkConfig, RetryConfig, SinkConfig,
+    SinkKind, SpoolConfig, SslMode, TlsConfig, TlsMode, TrustedProxyConfig,
 };
+use metahook_receiver::redact::has_credentials;
 
 use super::{CONFIG_KEY, DATA_DIR, HTTP_PORT, HTTPS_PORT, Inputs, METRICS_PORT, secret_path};
-use crate::crd::{DeliveryModeSpec, RetrySpec, SecretKeyRef, SinkSpec, TlsModeSpec};
+use crate::crd::{
+    self, DeliveryModeSpec, PostgresSslModeSpec, RetrySpec, SecretKeyRef, SinkSpec, TlsModeSpec,
+};
 use crate::error::Error;
 
 /// Kubernetes removes a terminating pod from the Service's endpoints asynchronously: the
@@ -112,6 +115,7 @@ fn sink_config(
     sink: &SinkSpec,
     default_retry: Option<&RetrySpec>,
 ) -> Result<SinkConfig, Error> {
+    check_url_credentials(index, sink)?;
     let mut kinds = sink_kinds(sink, &mut Vec::new()).into_iter();
     let (Some(kind), None) = (kinds.next(), kinds.next()) else {
         return Err(invalid(
@@ -128,6 +132,28 @@ fn sink_config(
         kind,
         retry,
     })
+}
+
+/// Refuses a sink URL carrying credentials (the CRD's CEL rule, for API servers without
+/// CEL): they would be written into the ConfigMap and logged.
+fn check_url_credentials(index: usize, sink: &SinkSpec) -> Result<(), Error> {
+    let urls = [
+        sink.nats
+            .as_ref()
+            .map(|nats| ("nats", nats.url.as_str(), crd::NATS_CREDENTIALS)),
+        sink.http
+            .as_ref()
+            .map(|http| ("http", http.url.as_str(), crd::HTTP_CREDENTIALS)),
+    ];
+    for (kind, url, instead) in urls.into_iter().flatten() {
+        if has_credentials(url) {
+            return Err(invalid(
+                format!("delivery.sinks[{index}].{kind}.url"),
+                crd::url_credentials_message(instead),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Every kind a CRD sink sets (the CRD's rule allows one), as the receiver's [`SinkKind`].
@@ -156,6 +182,16 @@ pub(crate) fn sink_kinds<'a>(
         }
         nats.stream.clone_from(&spec.stream);
         nats.create_stream = spec.create_stream;
+        nats.user_file = spec.user_ref.as_ref().map(&mut mount);
+        nats.password_file = spec.password_ref.as_ref().map(&mut mount);
+        nats.token_file = spec.token_ref.as_ref().map(&mut mount);
+        nats.nkey_seed_file = spec.nkey_seed_ref.as_ref().map(&mut mount);
+        nats.credentials_file = spec.credentials_ref.as_ref().map(&mut mount);
+        if let Some(tls) = &spec.tls {
+            nats.ca_file = tls.ca_ref.as_ref().map(&mut mount);
+            nats.client_cert_file = tls.client_cert_ref.as_ref().map(&mut mount);
+            nats.client_key_file = tls.client_key_ref.as_ref().map(&mut mount);
+        }
         SinkKind::Nats(nats)
     });
     let http = http.as_ref().map(|spec| {
@@ -165,6 +201,20 @@ pub(crate) fn sink_kinds<'a>(
         if let Some(batch_size) = spec.batch_size {
             http.batch_size = usize::try_from(batch_size).unwrap_or(usize::MAX);
         }
+        if let Some(basic) = &spec.basic_auth {
+            http.username.clone_from(&basic.username);
+            http.username_file = basic.username_ref.as_ref().map(&mut mount);
+            http.password_file = Some(mount(&basic.password_ref));
+        }
+        http.bearer_token_file = spec.bearer_token_ref.as_ref().map(&mut mount);
+        http.headers = spec
+            .headers
+            .iter()
+            .map(|header| HttpHeaderConfig {
+                name: header.name.clone(),
+                value_file: mount(&header.value_ref),
+            })
+            .collect();
         SinkKind::Http(http)
     });
     let postgres = postgres.as_ref().map(|spec| {
@@ -172,6 +222,14 @@ pub(crate) fn sink_kinds<'a>(
         if let Some(schema) = &spec.schema {
             postgres.schema.clone_from(schema);
         }
+        postgres.ssl_mode = spec.ssl_mode.map(|mode| match mode {
+            PostgresSslModeSpec::Disable => SslMode::Disable,
+            PostgresSslModeSpec::Prefer => SslMode::Prefer,
+            PostgresSslModeSpec::Require => SslMode::Require,
+            PostgresSslModeSpec::VerifyCa => SslMode::VerifyCa,
+            PostgresSslModeSpec::VerifyFull => SslMode::VerifyFull,
+        });
+        postgres.ca_file = spec.ca_ref.as_ref().map(&mut mount);
         SinkKind::Postgres(postgres)
     });
     let file = file.as_ref().map(|spec| {

@@ -372,8 +372,9 @@ pub fn referenced_secrets(sub: &WebhookSubscription) -> BTreeSet<String> {
         .collect()
 }
 
-/// The Secret keys the sinks read (HTTP signing secrets and CA bundles, PostgreSQL URLs):
-/// those [`config::sink_kinds`] writes into the receiver's configuration.
+/// The Secret keys the sinks read (HTTP signing secrets, CA bundles and credentials, NATS
+/// credentials and TLS files, PostgreSQL URLs and CAs): those [`config::sink_kinds`] writes
+/// into the receiver's configuration.
 fn sink_secret_refs(spec: &WebhookSubscriptionSpec) -> impl Iterator<Item = &SecretKeyRef> {
     let mut refs = Vec::new();
     for sink in &spec.delivery.sinks {

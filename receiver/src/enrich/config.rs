@@ -99,7 +99,10 @@ impl EnrichmentConfig {
         {
             return Err(invalid(
                 key("graph_url"),
-                format!("{url:?} must be an http:// or https:// base URL without query"),
+                format!(
+                    "{:?} must be an http:// or https:// base URL without query",
+                    crate::redact::redact_url(url)
+                ),
             ));
         }
         let version = lead_ads.api_version.as_str();

@@ -262,7 +262,8 @@ fn transport_message(error: &reqwest::Error) -> String {
         }
         source = cause.source();
     }
-    text
+    // reqwest names the URL; a graph_url with credentials is shown without them.
+    crate::redact::redact_url(&text)
 }
 
 /// The Graph API's `2026-11-30T10:00:00+0000` as RFC 3339.

@@ -5,8 +5,9 @@
 //! events, each keeping its `id`, with `Idempotency-Key` = hex SHA-256 of the ids (one per
 //! line). With a signing secret every request carries `X-Metahook-Signature: sha256=<hex
 //! HMAC-SHA256 of the whole body>` so the receiving side can verify it came from metahook.
-//! Answers: 2xx delivered; 408, 429, 5xx, timeouts and connection errors are retried (the
-//! whole batch, honouring `Retry-After`); any other 4xx is a permanent refusal: a refused
+//! Answers: 2xx delivered; 401 (the credentials, re-read before the retry), 408, 429, 5xx,
+//! timeouts and connection errors are retried (the whole batch, honouring `Retry-After`);
+//! any other 4xx is a permanent refusal: a refused
 //! event becomes a dead letter at once, and a refused array is sent again one event per
 //! request (as one-element arrays), so only the events refused on their own become dead
 //! letters.
@@ -16,11 +17,13 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{BATCH_SIZE, Delivered, Sink, SinkError};
 use crate::config::{ConfigError, invalid};
+use crate::redact::{redact_url, split_userinfo};
 use crate::spool::Spooled;
 use crate::{secrets, verify};
 
@@ -52,7 +55,44 @@ pub struct HttpSinkConfig {
     /// PEM private key of the client certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_key_file: Option<PathBuf>,
+    /// HTTP basic authentication: the user name (or `username_file`), with `password_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// File holding the basic-authentication user name (instead of `username`). The
+    /// credential files are re-read whenever the sink reopens (after a failed delivery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_file: Option<PathBuf>,
+    /// File holding the basic-authentication password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// File holding a token sent as `Authorization: Bearer <token>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token_file: Option<PathBuf>,
+    /// Headers sent with every POST, each value read from a file (an API key, say).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HttpHeaderConfig>,
 }
+
+/// A header of every POST whose value is a secret kept in a file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpHeaderConfig {
+    /// The header's name, e.g. `X-Api-Key`.
+    pub name: String,
+    /// File holding its value.
+    pub value_file: PathBuf,
+}
+
+/// Headers the sink sets itself; `headers` may not set them.
+pub const RESERVED_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "host",
+    "connection",
+    "idempotency-key",
+    "x-metahook-signature",
+];
 
 fn default_http_timeout() -> Duration {
     Duration::from_secs(10)
@@ -82,18 +122,27 @@ impl HttpSinkConfig {
             ca_file: None,
             client_cert_file: None,
             client_key_file: None,
+            username: None,
+            username_file: None,
+            password_file: None,
+            bearer_token_file: None,
+            headers: Vec::new(),
         }
     }
 
-    /// Checks the URL's scheme, the batch size and the client certificate pair (`key`:
-    /// `sinks[i].http`).
+    /// Checks the URL's scheme, the batch size, the client certificate pair and the
+    /// credentials (`key`: `sinks[i].http`).
     pub(crate) fn validate(&self, key: &str) -> Result<(), ConfigError> {
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
             return Err(invalid(
                 format!("{key}.url"),
-                format!("{:?} must be an http:// or https:// URL", self.url),
+                format!(
+                    "{:?} must be an http:// or https:// URL",
+                    redact_url(&self.url)
+                ),
             ));
         }
+        self.validate_credentials(key)?;
         if !(1..=MAX_BATCH_SIZE).contains(&self.batch_size) {
             return Err(invalid(
                 format!("{key}.batch_size"),
@@ -112,6 +161,79 @@ impl HttpSinkConfig {
         Ok(())
     }
 
+    /// At most one of basic (`username`/`username_file` with `password_file`, or the URL's
+    /// user:password@) and bearer authentication; `headers` well formed, unique, and not
+    /// among the headers the sink sets.
+    fn validate_credentials(&self, key: &str) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("{key}.{k}");
+        if self.username.is_some() && self.username_file.is_some() {
+            return Err(invalid(
+                key("username_file"),
+                "set either username or username_file, not both",
+            ));
+        }
+        let user = self.username.is_some() || self.username_file.is_some();
+        if user != self.password_file.is_some() {
+            return Err(if user {
+                invalid(
+                    key("password_file"),
+                    "basic authentication needs password_file with username or username_file",
+                )
+            } else {
+                invalid(
+                    key("password_file"),
+                    "needs username or username_file (basic authentication)",
+                )
+            });
+        }
+        let in_url = split_userinfo(&self.url).1.is_some();
+        let methods: Vec<&str> = [
+            (in_url, "url (user:password@)"),
+            (user, "username/password_file"),
+            (self.bearer_token_file.is_some(), "bearer_token_file"),
+        ]
+        .into_iter()
+        .filter_map(|(set, name)| set.then_some(name))
+        .collect();
+        if let [first, second, ..] = methods.as_slice() {
+            let second_key = second.split(['/', ' ']).next().unwrap_or(second);
+            return Err(invalid(
+                key(second_key),
+                format!("choose one way to authenticate: {first} and {second} are both set"),
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (j, header) in self.headers.iter().enumerate() {
+            let name_key = key(&format!("headers[{j}].name"));
+            let name = header.name.to_ascii_lowercase();
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(invalid(
+                    name_key,
+                    format!("{:?} is not a header name", header.name),
+                ));
+            }
+            if RESERVED_HEADERS.contains(&name.as_str()) {
+                return Err(invalid(
+                    name_key,
+                    format!("{} is set by the sink itself", header.name),
+                ));
+            }
+            if name == "authorization" && !methods.is_empty() {
+                return Err(invalid(
+                    name_key,
+                    format!(
+                        "Authorization is already set by {}: choose one",
+                        methods.join(", ")
+                    ),
+                ));
+            }
+            if !names.insert(name) {
+                return Err(invalid(name_key, format!("{} is set twice", header.name)));
+            }
+        }
+        Ok(())
+    }
+
     /// The sink; it builds its client and reads its secret when the consumer starts.
     pub(crate) fn build(&self) -> HttpSink {
         HttpSink::new(self.clone())
@@ -124,6 +246,10 @@ pub struct HttpSink {
     config: HttpSinkConfig,
     client: Option<reqwest::Client>,
     secret: Option<Vec<u8>>,
+    /// The URL requests go to: the configured one without its user:password@.
+    target: std::sync::Arc<str>,
+    /// Authorization and `headers`, read from their files at each open.
+    headers: std::sync::Arc<HeaderMap>,
 }
 
 /// What one POST came to.
@@ -139,18 +265,94 @@ enum Outcome {
 impl HttpSink {
     /// A sink for `config`; it builds its client (and reads its secret) on open.
     pub fn new(config: HttpSinkConfig) -> HttpSink {
+        let target = split_userinfo(&config.url).0.into();
         HttpSink {
             config,
             client: None,
             secret: None,
+            target,
+            headers: std::sync::Arc::default(),
         }
     }
 
     fn failure(&self, what: &str, err: impl std::fmt::Display) -> SinkError {
         SinkError::Remote {
-            context: format!("{what} ({})", self.config.url),
+            context: format!("{what} ({})", redact_url(&self.config.url)),
             message: err.to_string(),
         }
+    }
+
+    /// The Authorization header (basic from the files or the URL, or bearer) and the
+    /// configured headers, each marked sensitive. Errors name the key and file, never a value.
+    fn read_headers(&self) -> Result<HeaderMap, SinkError> {
+        use reqwest::header::{AUTHORIZATION, HeaderName, HeaderValue};
+        let config = &self.config;
+        let read = |key: &str, path: &Path| {
+            secrets::read_file(path)
+                .map_err(|e| self.failure(&format!("cannot read http.{key}"), e))
+        };
+        let value = |key: &str, path: Option<&Path>, bytes: Vec<u8>| {
+            let mut value = HeaderValue::from_bytes(&bytes).map_err(|_| {
+                let file = path
+                    .map(|p| format!(" {}", p.display()))
+                    .unwrap_or_default();
+                self.failure(
+                    &format!("http.{key}{file}"),
+                    "holds characters a header value cannot carry",
+                )
+            })?;
+            value.set_sensitive(true);
+            Ok::<_, SinkError>(value)
+        };
+        let mut headers = HeaderMap::new();
+        let basic = match (
+            &config.username,
+            &config.username_file,
+            &config.password_file,
+        ) {
+            (Some(user), None, Some(password)) => {
+                Some((user.clone().into_bytes(), read("password_file", password)?))
+            }
+            (None, Some(user), Some(password)) => Some((
+                read("username_file", user)?,
+                read("password_file", password)?,
+            )),
+            _ => split_userinfo(&config.url).1.map(|info| {
+                (
+                    info.user.into_bytes(),
+                    info.password.unwrap_or_default().into_bytes(),
+                )
+            }),
+        };
+        if let Some((mut user, password)) = basic {
+            user.push(b':');
+            user.extend(password);
+            let encoded = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, user);
+            headers.insert(
+                AUTHORIZATION,
+                value(
+                    "password_file",
+                    None,
+                    format!("Basic {encoded}").into_bytes(),
+                )?,
+            );
+        }
+        if let Some(path) = &config.bearer_token_file {
+            let mut bearer = b"Bearer ".to_vec();
+            bearer.extend(read("bearer_token_file", path)?);
+            headers.insert(
+                AUTHORIZATION,
+                value("bearer_token_file", Some(path), bearer)?,
+            );
+        }
+        for (j, header) in config.headers.iter().enumerate() {
+            let key = format!("headers[{j}].value_file");
+            let name = HeaderName::from_bytes(header.name.as_bytes())
+                .map_err(|e| self.failure(&format!("http.headers[{j}].name"), e))?;
+            let bytes = read(&key, &header.value_file)?;
+            headers.insert(name, value(&key, Some(&header.value_file), bytes)?);
+        }
+        Ok(headers)
     }
 
     fn client(&self) -> Result<reqwest::Client, SinkError> {
@@ -227,6 +429,7 @@ fn event_id(json: &[u8]) -> &str {
 async fn post(
     client: reqwest::Client,
     url: std::sync::Arc<str>,
+    headers: std::sync::Arc<HeaderMap>,
     secret: Option<std::sync::Arc<[u8]>>,
     request: Request,
 ) -> Outcome {
@@ -235,6 +438,7 @@ async fn post(
         .map(|secret| verify::sign(secret, &request.body));
     let mut builder = client
         .post(&*url)
+        .headers(HeaderMap::clone(&headers))
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header("Idempotency-Key", request.key);
     if let Some(signature) = signature {
@@ -252,7 +456,14 @@ async fn post(
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs);
-            if status == StatusCode::REQUEST_TIMEOUT
+            if status == StatusCode::UNAUTHORIZED {
+                // About the credentials, not the event: retried, and the credential files
+                // are read again when the sink reopens (a rotation in progress).
+                Outcome::Retry {
+                    why: format!("answered {status}: the credentials were refused"),
+                    after,
+                }
+            } else if status == StatusCode::REQUEST_TIMEOUT
                 || status == StatusCode::TOO_MANY_REQUESTS
                 || status.is_server_error()
             {
@@ -265,10 +476,24 @@ async fn post(
             }
         }
         Err(err) => Outcome::Retry {
-            why: err.to_string(),
+            why: describe(err),
             after: None,
         },
     }
+}
+
+/// A client error with its causes, without the URL reqwest would add (the sink's context
+/// names the URL, redacted).
+fn describe(err: reqwest::Error) -> String {
+    let err = err.without_url();
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 #[derive(serde::Deserialize)]
@@ -293,6 +518,7 @@ impl Sink for HttpSink {
             })?),
             None => None,
         };
+        self.headers = std::sync::Arc::new(self.read_headers()?);
         if self.client.is_none() {
             self.client = Some(self.client()?);
         }
@@ -335,7 +561,7 @@ impl Sink for HttpSink {
                 why: Some(why),
                 after: Some(after),
             } => Err(SinkError::Throttled {
-                context: format!("POST {}", self.config.url),
+                context: format!("POST {}", redact_url(&self.config.url)),
                 message: why,
                 after,
             }),
@@ -377,7 +603,8 @@ impl HttpSink {
             Some(client) => client.clone(),
             None => return Err(self.failure("HTTP sink is not open", "no client")),
         };
-        let url: std::sync::Arc<str> = self.config.url.as_str().into();
+        let url = std::sync::Arc::clone(&self.target);
+        let headers = std::sync::Arc::clone(&self.headers);
         let secret: Option<std::sync::Arc<[u8]>> = self.secret.as_deref().map(Into::into);
         let posts: Vec<_> = groups
             .iter()
@@ -387,8 +614,9 @@ impl HttpSink {
                     [event] if !arrays => Request::single(event),
                     _ => Request::array(group),
                 };
-                let (client, url, secret) = (client.clone(), url.clone(), secret.clone());
-                async move { (index, post(client, url, secret, request).await) }
+                let (client, url, headers, secret) =
+                    (client.clone(), url.clone(), headers.clone(), secret.clone());
+                async move { (index, post(client, url, headers, secret, request).await) }
             })
             .collect();
         let mut outcomes: Vec<(usize, Outcome)> = futures_util::stream::iter(posts)
@@ -441,6 +669,173 @@ sinks:
             let err = batch_size(bad).expect_err(bad);
             assert!(err.contains("sinks[0].http.batch_size"), "{err}");
         }
+    }
+
+    /// The http sink of `CONFIG` with `extra` keys (`, key: value`).
+    fn with(extra: &str) -> Result<HttpSinkConfig, String> {
+        let yaml = CONFIG.replace(", batch_size: BATCH", extra);
+        match Config::parse(&yaml).map_err(|e| e.to_string())?.sinks[0]
+            .kind
+            .clone()
+        {
+            crate::config::SinkKind::Http(http) => Ok(http),
+            other => Err(format!("not an http sink: {other:?}")),
+        }
+    }
+
+    #[test]
+    fn credential_keys_are_read() {
+        let http = with(
+            ", username: crm, password_file: /s/pass, headers: [{name: X-Api-Key, value_file: /s/key}]",
+        )
+        .expect("basic");
+        assert_eq!(http.username.as_deref(), Some("crm"));
+        assert_eq!(http.password_file, Some(PathBuf::from("/s/pass")));
+        assert_eq!(
+            http.headers,
+            vec![HttpHeaderConfig {
+                name: "X-Api-Key".into(),
+                value_file: PathBuf::from("/s/key")
+            }]
+        );
+        with(", username_file: /s/user, password_file: /s/pass").expect("username_file");
+        with(", bearer_token_file: /s/token").expect("bearer");
+        with(", headers: [{name: Authorization, value_file: /s/auth}]").expect("own Authorization");
+    }
+
+    #[test]
+    fn each_credential_refusal_names_its_key() {
+        for (extra, key, says) in [
+            (
+                ", username: a, username_file: /u, password_file: /p",
+                "sinks[0].http.username_file",
+                "not both",
+            ),
+            (
+                ", username: a",
+                "sinks[0].http.password_file",
+                "needs password_file",
+            ),
+            (
+                ", password_file: /p",
+                "sinks[0].http.password_file",
+                "needs username",
+            ),
+            (
+                ", username: a, password_file: /p, bearer_token_file: /t",
+                "sinks[0].http.bearer_token_file",
+                "choose one way to authenticate",
+            ),
+            (
+                ", headers: [{name: Content-Type, value_file: /h}]",
+                "sinks[0].http.headers[0].name",
+                "set by the sink itself",
+            ),
+            (
+                ", headers: [{name: x-metahook-signature, value_file: /h}]",
+                "sinks[0].http.headers[0].name",
+                "set by the sink itself",
+            ),
+            (
+                ", headers: [{name: Idempotency-Key, value_file: /h}]",
+                "sinks[0].http.headers[0].name",
+                "set by the sink itself",
+            ),
+            (
+                ", bearer_token_file: /t, headers: [{name: authorization, value_file: /h}]",
+                "sinks[0].http.headers[0].name",
+                "already set by bearer_token_file",
+            ),
+            (
+                ", headers: [{name: 'bad name', value_file: /h}]",
+                "sinks[0].http.headers[0].name",
+                "not a header name",
+            ),
+            (
+                ", headers: [{name: X-A, value_file: /a}, {name: x-a, value_file: /b}]",
+                "sinks[0].http.headers[1].name",
+                "set twice",
+            ),
+        ] {
+            let err = with(extra).expect_err(extra);
+            assert!(
+                err.contains(&format!("{key}: ")) && err.contains(says),
+                "{extra}: {err}"
+            );
+        }
+        let yaml = CONFIG.replace(
+            "url: http://127.0.0.1:9/hooks, batch_size: BATCH",
+            "url: 'http://alice:pw@127.0.0.1:9/hooks', bearer_token_file: /t",
+        );
+        let err = Config::parse(&yaml)
+            .expect_err("userinfo and bearer")
+            .to_string();
+        assert!(
+            err.contains("sinks[0].http.bearer_token_file: ")
+                && err.contains("url (user:password@)"),
+            "{err}"
+        );
+        let yaml = CONFIG.replace(
+            "url: http://127.0.0.1:9/hooks, batch_size: BATCH",
+            "url: 'ftp://alice:pw@127.0.0.1:9/hooks'",
+        );
+        let err = Config::parse(&yaml).expect_err("scheme").to_string();
+        assert!(
+            err.contains("sinks[0].http.url") && !err.contains("pw"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn credentials_become_sensitive_headers_read_from_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |name: &str, value: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, value).expect("write");
+            path
+        };
+        let mut config = HttpSinkConfig::new("http://127.0.0.1:9/hooks");
+        config.username_file = Some(write("user", "alice\n"));
+        config.password_file = Some(write("pass", "s3cret"));
+        config.headers = vec![HttpHeaderConfig {
+            name: "X-Api-Key".into(),
+            value_file: write("key", "k-123\n"),
+        }];
+        let headers = HttpSink::new(config.clone())
+            .read_headers()
+            .expect("headers");
+        let basic = &headers[reqwest::header::AUTHORIZATION];
+        assert_eq!(basic, "Basic YWxpY2U6czNjcmV0");
+        assert!(basic.is_sensitive() && headers["x-api-key"].is_sensitive());
+        assert_eq!(headers["x-api-key"], "k-123");
+
+        config.username_file = None;
+        config.password_file = None;
+        config.bearer_token_file = Some(write("token", "t0ken"));
+        let headers = HttpSink::new(config.clone())
+            .read_headers()
+            .expect("bearer");
+        assert_eq!(headers[reqwest::header::AUTHORIZATION], "Bearer t0ken");
+
+        // The URL's user:password@ is taken out of the URL and sent as basic auth.
+        let sink = HttpSink::new(HttpSinkConfig::new("http://alice:s3cret@127.0.0.1:9/hooks"));
+        assert_eq!(&*sink.target, "http://127.0.0.1:9/hooks");
+        let headers = sink.read_headers().expect("userinfo");
+        assert_eq!(
+            headers[reqwest::header::AUTHORIZATION],
+            "Basic YWxpY2U6czNjcmV0"
+        );
+
+        // A value a header cannot carry is refused naming the file, not the value.
+        config.bearer_token_file = Some(write("bad", "line1\nline2-s3cret"));
+        let err = HttpSink::new(config)
+            .read_headers()
+            .expect_err("newline")
+            .to_string();
+        assert!(
+            err.contains("bearer_token_file") && !err.contains("s3cret"),
+            "{err}"
+        );
     }
 
     fn spooled(seq: u64, id: &str) -> Spooled {
