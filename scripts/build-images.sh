@@ -6,7 +6,8 @@
 #   scripts/build-images.sh                      build both
 #   scripts/build-images.sh --push PREFIX        ... then push to PREFIX/metahook-{receiver,operator}:<version>
 #   scripts/build-images.sh --archive DIR        ... then write DIR/metahook-{receiver,operator}-<version>.tar (OCI archives,
-#                                                for `kind load image-archive`, `k3s ctr images import`, `podman load`)
+#                                                for `kind load image-archive`, `k3s ctr images import`, `podman load`;
+#                                                each holds its image under the same localhost/... name)
 #   scripts/build-images.sh --skip-cargo         reuse the static binaries of the last build
 #
 # Needs buildah (Debian's package; scripts/install-tools.sh installs it). <version> is the
@@ -83,7 +84,9 @@ for component in receiver operator; do
   fi
   if [ -n "$archive" ]; then
     mkdir -p "$archive"
-    buildah_ push "$image" "oci-archive:$archive/metahook-$component-$version.tar:metahook-$component:$version"
+    # Named as built (localhost/...): a name with a host part is one every runtime keeps as it
+    # is, so the nodes hold exactly what `--set image.registry=localhost` asks for.
+    buildah_ push "$image" "oci-archive:$archive/metahook-$component-$version.tar:$image"
     echo "== wrote $archive/metahook-$component-$version.tar"
   fi
 done

@@ -275,6 +275,10 @@ helm install metahook charts/metahook --namespace metahook-system --create-names
   --set image.registry=registry.example.com/metahook
 kubectl create namespace messaging   # examples/whatsapp.yaml's header lists the Secrets it reads
 kubectl -n messaging create secret generic meta-whatsapp-app --from-literal=app-secret="$APP_SECRET"
+kubectl -n messaging create secret generic metahook-postgres --from-literal=url="$POSTGRES_URL"
+kubectl -n messaging create secret generic metahook-nats --from-literal=token="$NATS_TOKEN"
+kubectl -n messaging label secret meta-whatsapp-app metahook-postgres metahook-nats \
+  metahook.io/referenceable=true
 kubectl apply -f examples/whatsapp.yaml
 kubectl -n messaging get whsub
 ```
