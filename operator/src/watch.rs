@@ -84,6 +84,8 @@ pub(crate) fn watches(client: &Client, scope: &WatchScope) -> Controller<Webhook
         .owns(scope.api::<ConfigMap>(client), managed.clone())
         .owns(scope.api::<Ingress>(client), managed)
         .watches(
+            // An Api of PartialObjectMeta makes metadata-only requests (kube 5): no Secret's
+            // value crosses the wire.
             scope.api::<PartialObjectMeta<Secret>>(client),
             watcher::Config::default().labels(&referenceable_selector()),
             move |secret| subscriptions_of_secret(&store, &secret),
