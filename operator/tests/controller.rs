@@ -248,11 +248,8 @@ fn existing_token_pass() -> Vec<Expect> {
 async fn an_existing_token_is_kept_and_ready_follows_the_workload() {
     let sub = subscription("wa", NS, &whatsapp_spec());
     let script = existing_token_pass();
-    let api = MockApi::start(script, Capabilities::default(), test_now());
-    controller::reconcile(Arc::new(sub), api.ctx.clone())
-        .await
-        .expect("reconcile");
-    let served = api.finish().await;
+    let (result, served) = reconcile_once(sub, script).await;
+    result.expect("reconcile");
     assert!(
         !served
             .iter()
@@ -298,11 +295,8 @@ async fn config_hash_of(spec: Value, app_secret_value: &[u8]) -> String {
     script.extend(workload_steps(1));
     script.push(status_step());
     script.push(event(NS));
-    let api = MockApi::start(script, Capabilities::default(), test_now());
-    controller::reconcile(Arc::new(sub), api.ctx.clone())
-        .await
-        .expect("reconcile");
-    let served = api.finish().await;
+    let (result, served) = reconcile_once(sub, script).await;
+    result.expect("reconcile");
     let deployment = body_of(&served, &Method::PATCH, &format!("{APPS}/deployments/wa"));
     deployment["spec"]["template"]["metadata"]["annotations"]["metahook.io/config-hash"]
         .as_str()
@@ -501,11 +495,8 @@ async fn an_absent_secret_is_named() {
         event(NS),
         status_step(),
     ]);
-    let api = MockApi::start(script, Capabilities::default(), test_now());
-    controller::reconcile(Arc::new(sub), api.ctx.clone())
-        .await
-        .expect("reconcile");
-    let served = api.finish().await;
+    let (result, served) = reconcile_once(sub, script).await;
+    result.expect("reconcile");
     let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
     let resolved = condition(status, "SecretsResolved");
     assert_eq!(resolved["reason"], "SecretNotFound");
@@ -1504,11 +1495,8 @@ async fn sidecar_mode_prepares_configuration_but_runs_nothing() {
         status_step(),
         event(NS),
     ]);
-    let api = MockApi::start(script, Capabilities::default(), test_now());
-    controller::reconcile(Arc::new(sub), api.ctx.clone())
-        .await
-        .expect("reconcile");
-    let served = api.finish().await;
+    let (result, served) = reconcile_once(sub, script).await;
+    result.expect("reconcile");
     let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
     assert_eq!(condition(status, "ReceiverAvailable")["reason"], "Sidecar");
     assert!(status["status"]["endpoint"].is_null());
@@ -1568,11 +1556,8 @@ async fn mutual_tls_at_the_ingress_needs_the_ca_under_ca_crt() {
         event(NS),
         status_step(),
     ]);
-    let api = MockApi::start(script, Capabilities::default(), test_now());
-    controller::reconcile(Arc::new(sub), api.ctx.clone())
-        .await
-        .expect("reconcile");
-    let served = api.finish().await;
+    let (result, served) = reconcile_once(sub, script).await;
+    result.expect("reconcile");
     let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
     assert_eq!(
         condition(status, "SecretsResolved")["message"],
@@ -1603,11 +1588,8 @@ async fn a_user_certificate_that_is_not_one_is_reported_and_nothing_is_applied()
         event(NS),
         status_step(),
     ]);
-    let api = MockApi::start(script, Capabilities::default(), test_now());
-    controller::reconcile(Arc::new(sub), api.ctx.clone())
-        .await
-        .expect("reconcile");
-    let served = api.finish().await;
+    let (result, served) = reconcile_once(sub, script).await;
+    result.expect("reconcile");
     assert_eq!(served[7].body["reason"], "CertificateInvalid");
     let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
     let certificate = condition(status, "CertificateReady");
@@ -1770,11 +1752,8 @@ async fn a_refusal_keeps_the_other_conditions() {
         )],
     );
     script.extend([event(NS), status_step()]);
-    let api = MockApi::start(script, Capabilities::default(), test_now());
-    controller::reconcile(Arc::new(sub), api.ctx.clone())
-        .await
-        .expect("refused");
-    let served = api.finish().await;
+    let (result, served) = reconcile_once(sub, script).await;
+    result.expect("refused");
     let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
     assert_eq!(condition(status, "Ready")["reason"], "Conflict");
     assert_eq!(
@@ -1816,11 +1795,8 @@ async fn an_object_annotated_for_adoption_is_taken_over_with_an_event() {
         event(NS),
         status_step(),
     ]);
-    let api = MockApi::start(script, Capabilities::default(), test_now());
-    controller::reconcile(Arc::new(sub), api.ctx.clone())
-        .await
-        .expect("reconcile");
-    let served = api.finish().await;
+    let (result, served) = reconcile_once(sub, script).await;
+    result.expect("reconcile");
     let applied = body_of(&served, &Method::PATCH, &format!("{CORE}/services/wa"));
     assert_eq!(applied["metadata"]["uid"], "team-service-uid");
     assert_eq!(applied["metadata"]["ownerReferences"][0]["uid"], SUB_UID);
@@ -1897,11 +1873,8 @@ async fn a_foreign_secret_at_the_cas_name_is_a_conflict() {
         event(NS),
         status_step(),
     ]);
-    let api = MockApi::start(script, Capabilities::default(), test_now());
-    controller::reconcile(Arc::new(sub), api.ctx.clone())
-        .await
-        .expect("refused");
-    let served = api.finish().await;
+    let (result, served) = reconcile_once(sub, script).await;
+    result.expect("refused");
     let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
     assert_eq!(condition(status, "Ready")["reason"], "Conflict");
     assert!(
@@ -1943,11 +1916,8 @@ async fn an_unwanted_object_is_deleted_only_when_it_is_the_subscriptions() {
         apply(format!("{CORE}/services/wa"), Reply::Echo(None)),
         status_step(),
     ]);
-    let api = MockApi::start(script, Capabilities::default(), test_now());
-    controller::reconcile(Arc::new(sub), api.ctx.clone())
-        .await
-        .expect("reconcile");
-    let served = api.finish().await;
+    let (result, served) = reconcile_once(sub, script).await;
+    result.expect("reconcile");
     assert!(
         served.iter().all(|s| s.method != Method::DELETE),
         "nothing deleted"
@@ -2012,11 +1982,8 @@ async fn a_missing_secret_reports_the_receivers_that_still_run() {
         event(NS),
         status_step(),
     ]);
-    let api = MockApi::start(script, Capabilities::default(), test_now());
-    controller::reconcile(Arc::new(sub), api.ctx.clone())
-        .await
-        .expect("reconcile");
-    let served = api.finish().await;
+    let (result, served) = reconcile_once(sub, script).await;
+    result.expect("reconcile");
     let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
     let receiver = condition(status, "ReceiverAvailable");
     assert_eq!(receiver["reason"], "Available");

@@ -355,11 +355,8 @@ async fn another_subscriptions_generated_token_is_not_referenceable() {
         event(NS),
         status_step(&spec),
     ]);
-    let api = MockApi::start(script, Capabilities::default(), test_now());
-    controller::reconcile(Arc::new(sub), api.ctx.clone())
-        .await
-        .expect("reconcile");
-    let served = api.finish().await;
+    let (result, served) = reconcile_once(sub, script).await;
+    result.expect("reconcile");
     let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
     assert_eq!(
         condition(status, "SecretsResolved")["message"],

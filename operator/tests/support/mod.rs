@@ -697,3 +697,17 @@ pub fn claims_of(
         })
         .collect()
 }
+
+/// Reconciles `sub` once against `script`, with no optional APIs and the clock at
+/// [`test_now`]; returns the pass's result and every request served.
+pub async fn reconcile_once(
+    sub: WebhookSubscription,
+    script: Vec<Expect>,
+) -> (
+    Result<kube::runtime::controller::Action, metahook_operator::Error>,
+    Vec<Served>,
+) {
+    let api = MockApi::start(script, Capabilities::default(), test_now());
+    let result = metahook_operator::controller::reconcile(Arc::new(sub), api.ctx.clone()).await;
+    (result, api.finish().await)
+}
