@@ -265,18 +265,7 @@ where
 /// `failed to infer config: …, kubeconfig: (failed to read kubeconfig …)`) is not followed
 /// by that cause again.
 pub fn error_chain(err: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in err.chain() {
-        let text = cause.to_string();
-        if out.contains(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out
+    crate::sink::error_chain(err.as_ref())
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

@@ -265,7 +265,7 @@ async fn post(
             }
         }
         Err(err) => Outcome::Retry {
-            why: err.to_string(),
+            why: super::error_chain(&err.without_url()),
             after: None,
         },
     }
@@ -339,9 +339,7 @@ impl Sink for HttpSink {
                 message: why,
                 after,
             }),
-            Retry { why: Some(why), .. } => {
-                Err(self.failure("POST failed; the batch is retried", why))
-            }
+            Retry { why: Some(why), .. } => Err(self.failure("POST failed", why)),
         }
     }
 
