@@ -57,8 +57,9 @@ struct Cli {
 /// Every configuration key, for `--help` (docs/configuration.md has the details; a test
 /// keeps both in step with the config type).
 const CONFIG_KEYS: &str = "\
-Configuration keys (YAML; durations like 500ms, 30s, 24h; the default follows
-\"default\" where there is one):
+Configuration keys (YAML; durations like 500ms, 30s, 24h; byte sizes like
+4194304, 4MiB (1024-based) or 4MB (1000-based); the default follows \"default\"
+where there is one):
   listen               HOST:PORT, :PORT or IP:PORT for webhooks and probes
   endpoints[]          one per Meta app:
     name               label in logs, metrics and events

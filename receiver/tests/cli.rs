@@ -464,3 +464,105 @@ fn help_defaults_never_stand_alone_like_section_headings() {
         }
     }
 }
+
+/// The error line(s) of a failed command's text-format stderr: from `error: ` on.
+fn error_of(stderr: &str) -> &str {
+    stderr.find("error: ").map_or(stderr, |at| &stderr[at..])
+}
+
+#[test]
+fn config_errors_name_the_file_once_and_say_how_to_write_the_value() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool");
+    let base =
+        std::fs::read_to_string(config_with(dir.path(), "127.0.0.1:0", "", &spool)).expect("read");
+    let file = dir.path().join("bad.yaml");
+    let shown = file.display().to_string();
+    for (extra, heading, arrow) in [
+        (
+            "listen: 127.0.0.1:1\n".to_owned(),
+            "line 9 column 1: `listen` is set twice (first on line 1); keep one".to_owned(),
+            ":9:1",
+        ),
+        (
+            "limits:\n  max_body_bytes: 4 parsecs\n".to_owned(),
+            "line 10 column 19: `4 parsecs` is not a byte size: write bytes (4194304) or a whole \
+             number and a unit: 4MiB, 512KiB (1024-based), 4MB, 500kB (1000-based)"
+                .to_owned(),
+            ":10:19",
+        ),
+        (
+            "limits:\n  body_timeout: 5\n".to_owned(),
+            "line 10 column 3: `5` is not a duration: write a number and a unit, e.g. 5s, 500ms, \
+             2m or 1h"
+                .to_owned(),
+            ":10:3",
+        ),
+        (
+            "limits:\n  max_in_flight: lots\n".to_owned(),
+            "line 10 column 18: not a whole number: write digits, e.g. 1024".to_owned(),
+            ":10:18",
+        ),
+    ] {
+        std::fs::write(&file, format!("{base}{extra}")).expect("write");
+        let (ok, _, stderr) = check_config(&file);
+        assert!(!ok, "{extra}");
+        let mut lines = error_of(&stderr).lines();
+        assert_eq!(
+            lines.next(),
+            Some(format!("error: config file {shown}: {heading}").as_str()),
+            "{stderr}"
+        );
+        assert_eq!(
+            lines.next().map(str::trim_start),
+            Some(format!("--> {shown}{arrow}").as_str()),
+            "{stderr}"
+        );
+        for leak in [
+            "<input>",
+            "DuplicateKeyPolicy",
+            "invalid u64",
+            "error: error",
+        ] {
+            assert!(!stderr.contains(leak), "{leak}: {stderr}");
+        }
+    }
+    // Inside a list item, the first setting is found in that item.
+    let duplicate_in_item = base.replace("    path: /a\n", "    path: /a\n    name: b\n");
+    std::fs::write(&file, duplicate_in_item).expect("write");
+    let (ok, _, stderr) = check_config(&file);
+    assert!(!ok);
+    assert!(
+        error_of(&stderr).starts_with(&format!(
+            "error: config file {shown}: line 5 column 5: `name` is set twice (first on line 3); \
+             keep one\n"
+        )),
+        "{stderr}"
+    );
+    // Byte sizes take units; durations and sizes stay numbers when the config is written.
+    std::fs::write(
+        &file,
+        format!(
+            "{base}limits:\n  max_body_bytes: 4MB\n  max_buffered_body_bytes: 64 MiB\n  \
+             min_body_bytes_per_second: 64Ki\n"
+        ),
+    )
+    .expect("write");
+    let (ok, _, stderr) = check_config(&file);
+    assert!(ok, "{stderr}");
+    let config = Config::load(&file).expect("load");
+    assert_eq!(
+        (
+            config.limits.max_body_bytes,
+            config.limits.max_buffered_body_bytes,
+            config.limits.min_body_bytes_per_second
+        ),
+        (4_000_000, Some(64 << 20), 64 << 10)
+    );
+    assert!(
+        config
+            .to_yaml()
+            .expect("yaml")
+            .contains("max_body_bytes: 4000000\n")
+    );
+}
