@@ -566,3 +566,72 @@ fn config_errors_name_the_file_once_and_say_how_to_write_the_value() {
             .contains("max_body_bytes: 4000000\n")
     );
 }
+
+#[test]
+fn a_demo_default_is_warned_of_once_not_at_every_secret_reload() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = dir.path().join("app-secret");
+    std::fs::write(&secret, "one").expect("write");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:0\nendpoints:\n  - name: a\n    path: /a\n    app_secret_file: {}\n    verify_token_env: METAHOOK_TEST_UNSET_TOKEN:-demo\nspool: {{dir: {}}}\nsecret_reload_interval: 20ms\n",
+            secret.display(),
+            dir.path().join("spool").display()
+        ),
+    )
+    .expect("write");
+    let mut receiver = bin()
+        .env_remove("METAHOOK_TEST_UNSET_TOKEN")
+        .args(["--log-format", "text", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the receiver");
+    let stderr = receiver.stderr.take().expect("stderr");
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let wait_line = |what: &str, seen: &mut Vec<String>| loop {
+        let line = lines
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("no line saying {what:?}; saw {seen:#?}"));
+        let found = line.contains(what);
+        seen.push(line);
+        if found {
+            return;
+        }
+    };
+    wait_line("receiver ready", &mut seen);
+    // Two changes seen: the secrets were re-read at least twice since the start.
+    for value in ["two", "three"] {
+        std::fs::write(&secret, value).expect("write");
+        wait_line("secrets changed on disk", &mut seen);
+    }
+    let _ = receiver.kill();
+    let _ = receiver.wait();
+    let warnings: Vec<&String> = seen
+        .iter()
+        .filter(|l| l.contains("documented demo default"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{seen:#?}");
+    assert!(
+        warnings[0].contains(
+            "secret variables unset: using their documented demo defaults (set them for \
+             production)"
+        ) && warnings[0].contains("METAHOOK_TEST_UNSET_TOKEN"),
+        "{seen:#?}"
+    );
+}
