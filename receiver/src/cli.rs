@@ -162,7 +162,8 @@ enum DlqAction {
     List(DlqTarget),
     /// Print dead-lettered events as JSON, one per line.
     Show(DlqTarget),
-    /// Queue dead letters for redelivery by the running receiver.
+    /// Queue dead letters for redelivery by the receiver running on the spool (or the next
+    /// one started on it).
     Retry(DlqTarget),
     /// Delete dead letters.
     Purge(DlqTarget),
@@ -193,8 +194,8 @@ enum Command {
     CheckConfig,
     /// Inspect, retry or purge a sink's dead letters (events it gave up on).
     ///
-    /// Works beside a running receiver: `retry` queues the events and the running receiver
-    /// delivers them through the sink again.
+    /// Works beside a running receiver: `retry` queues the events, and the receiver running
+    /// on the spool (or the next one started on it) delivers them through the sink again.
     Dlq {
         #[command(subcommand)]
         action: DlqAction,
@@ -290,11 +291,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dlq { action } => {
-            let config = load(cli.config.as_deref())?;
+            let config = load(cli.config.as_deref(), None)?;
             dead_letters(&config, &action)
         }
         Command::CheckConfig => {
-            let config = load(cli.config.as_deref())?;
+            let config = load(cli.config.as_deref(), Some("checking"))?;
             for endpoint in &config.endpoints {
                 crate::secrets::SecretStore::load(endpoint)
                     .with_context(|| format!("endpoint {}", endpoint.name))?;
@@ -317,7 +318,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run => {
-            let config = load(cli.config.as_deref())?;
+            let config = load(cli.config.as_deref(), Some("running"))?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -375,6 +376,21 @@ fn dead_letters(config: &Config, action: &DlqAction) -> anyhow::Result<()> {
     let store = crate::spool::dead_letters::DeadLetters::new(&config.spool.dir);
     let seqs = (!target.seqs.is_empty()).then_some(target.seqs.as_slice());
     let sink = target.sink.as_str();
+    if matches!(action, DlqAction::Retry(_))
+        && config.delivery.mode == crate::config::DeliveryMode::Direct
+    {
+        anyhow::bail!(
+            "dlq retry: with delivery.mode: direct no receiver redelivers dead letters (only \
+             spool mode's sink consumers do); `dlq show --sink {sink}` prints the events to \
+             send again"
+        );
+    }
+    let none = || {
+        format!(
+            "no dead letters of sink {sink} in {}",
+            store.dir().display()
+        )
+    };
     if let Some(seqs) = seqs {
         let present: Vec<u64> = store.list(sink)?.iter().map(|e| e.seq).collect();
         let missing: Vec<String> = seqs
@@ -403,7 +419,11 @@ fn dead_letters(config: &Config, action: &DlqAction) -> anyhow::Result<()> {
     };
     match action {
         DlqAction::List(_) => {
-            for entry in chosen(store.list(sink)?) {
+            let entries = chosen(store.list(sink)?);
+            if entries.is_empty() {
+                note(&none());
+            }
+            for entry in entries {
                 let event: serde_json::Value =
                     serde_json::from_str(entry.event.get()).unwrap_or_default();
                 println!(
@@ -418,15 +438,30 @@ fn dead_letters(config: &Config, action: &DlqAction) -> anyhow::Result<()> {
             }
         }
         DlqAction::Show(_) => {
-            for entry in chosen(store.list(sink)?) {
+            let entries = chosen(store.list(sink)?);
+            if entries.is_empty() {
+                note(&none());
+            }
+            for entry in entries {
                 println!("{}", entry.event.get());
             }
         }
         DlqAction::Retry(_) => {
             let queued = store.request_retry(sink, seqs)?;
-            println!(
-                "{queued} dead letter(s) of sink {sink} queued; the running receiver delivers them again"
-            );
+            let spool = config.spool.dir.display();
+            if queued == 0 {
+                println!("{}: nothing queued", none());
+            } else if crate::spool::held_lock(&config.spool.dir)?.is_some() {
+                println!(
+                    "{queued} dead letter(s) of sink {sink} queued for redelivery; the receiver \
+                     running on {spool} delivers them next"
+                );
+            } else {
+                println!(
+                    "{queued} dead letter(s) of sink {sink} queued for redelivery; no receiver \
+                     is running on {spool}: the next one started on it delivers them first"
+                );
+            }
         }
         DlqAction::Purge(_) => {
             let purged = store.purge(sink, seqs)?;
@@ -436,18 +471,29 @@ fn dead_letters(config: &Config, action: &DlqAction) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A line for the person at the terminal (on standard error, beside the log lines), such as
+/// "no dead letters": standard output stays the data a script reads.
+fn note(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
+}
+
 /// The embedded default configuration: examples/local.yaml, compiled in.
 pub const EMBEDDED_CONFIG: &str = include_str!("../../examples/local.yaml");
 
-fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+/// The configuration at `path`, or the embedded default; `doing` (`running`, `checking`)
+/// says in the log what is done with the default (`None`: nothing to say, e.g. for `dlq`,
+/// whose answers name the directory they read).
+fn load(path: Option<&std::path::Path>, doing: Option<&str>) -> anyhow::Result<Config> {
     match path {
         Some(path) => Ok(Config::load(path)?),
         None => {
-            tracing::info!(
-                "no --config given: running the embedded default (examples/local.yaml: \
-                 127.0.0.1:8080, spool and data/events.jsonl under ./data, demo secrets \
-                 unless METAHOOK_APP_SECRET / METAHOOK_VERIFY_TOKEN are set)"
-            );
+            if let Some(doing) = doing {
+                tracing::info!(
+                    "no --config given: {doing} the embedded default (examples/local.yaml: \
+                     127.0.0.1:8080, spool and data/events.jsonl under ./data, demo secrets \
+                     unless METAHOOK_APP_SECRET / METAHOOK_VERIFY_TOKEN are set)"
+                );
+            }
             Config::parse(EMBEDDED_CONFIG)
                 .context("the embedded default configuration (examples/local.yaml)")
         }

@@ -145,7 +145,7 @@ fn check_config_accepts_the_example_and_names_bad_keys() {
 }
 
 #[test]
-fn without_config_the_embedded_default_runs_and_says_so() {
+fn without_config_the_embedded_default_is_checked_and_says_so() {
     let out = bin()
         .env_remove("METAHOOK_CONFIG")
         .args(["--log-format", "text", "check-config"])
@@ -155,7 +155,7 @@ fn without_config_the_embedded_default_runs_and_says_so() {
     assert!(out.status.success(), "{stderr}");
     assert!(
         stderr.contains(
-            "no --config given: running the embedded default (examples/local.yaml: \
+            "no --config given: checking the embedded default (examples/local.yaml: \
              127.0.0.1:8080, spool and data/events.jsonl under ./data, demo secrets \
              unless METAHOOK_APP_SECRET / METAHOOK_VERIFY_TOKEN are set)"
         ),
@@ -564,6 +564,165 @@ fn config_errors_name_the_file_once_and_say_how_to_write_the_value() {
             .to_yaml()
             .expect("yaml")
             .contains("max_body_bytes: 4000000\n")
+    );
+}
+
+/// Waits until `done` (a receiver process's state), for at most 20 s.
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A configuration under `dir` with a file sink `local`, its spool in `dir/data/spool`.
+fn config_with_sink(dir: &Path, extra: &str) -> std::path::PathBuf {
+    let path = dir.join("sink.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen: 127.0.0.1:0\nendpoints:\n  - name: a\n    path: /a\n    app_secret_env: S:-s\n    verify_token_env: T:-t\nspool: {{dir: {}}}\nsinks:\n  - name: local\n    file: {{path: {}}}\n{extra}",
+            dir.join("data").join("spool").display(),
+            dir.join("events.jsonl").display()
+        ),
+    )
+    .expect("write");
+    path
+}
+
+/// `dlq ARGS` on `config` (`None`: the embedded default) in `cwd`: (success, stdout, stderr).
+fn dlq(config: Option<&Path>, cwd: &Path, args: &[&str]) -> (bool, String, String) {
+    let mut command = bin();
+    command.env_remove("METAHOOK_CONFIG").current_dir(cwd);
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    let out = command.arg("dlq").args(args).output().expect("run dlq");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn dead_letter(seq: u64) -> metahook_receiver::spool::dead_letters::DeadLetter {
+    metahook_receiver::spool::dead_letters::DeadLetter {
+        seq,
+        reason: "refused".into(),
+        attempts: 1,
+        dead_at: "2026-01-01T00:00:00Z".into(),
+        event: serde_json::value::RawValue::from_string(format!(
+            r#"{{"id":"e{seq}","kind":"message"}}"#
+        ))
+        .expect("raw"),
+    }
+}
+
+#[test]
+fn dlq_on_an_empty_store_says_so_and_creates_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The embedded default, in an empty directory: no log line about "running" it.
+    let (ok, stdout, stderr) = dlq(None, dir.path(), &["list", "--sink", "local"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "");
+    assert_eq!(
+        stderr,
+        "no dead letters of sink local in data/spool/dead-letters\n"
+    );
+    let (ok, stdout, stderr) = dlq(None, dir.path(), &["retry", "--sink", "local"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        stdout,
+        "no dead letters of sink local in data/spool/dead-letters: nothing queued\n"
+    );
+    assert_eq!(stderr, "");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).expect("read").count(),
+        0,
+        "dlq created files"
+    );
+
+    let config = config_with_sink(dir.path(), "");
+    let store = dir.path().join("data").join("spool").join("dead-letters");
+    let (ok, stdout, stderr) = dlq(Some(&config), dir.path(), &["show", "--sink", "local"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "");
+    assert_eq!(
+        stderr,
+        format!("no dead letters of sink local in {}\n", store.display())
+    );
+    assert!(!dir.path().join("data").exists(), "dlq created the spool");
+}
+
+#[test]
+fn dlq_retry_says_who_delivers_the_events() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config_with_sink(dir.path(), "");
+    let spool = dir.path().join("data").join("spool");
+    let store = metahook_receiver::spool::dead_letters::DeadLetters::new(&spool);
+    store
+        .append("local", &[dead_letter(7), dead_letter(8)])
+        .expect("append");
+    let (ok, stdout, stderr) = dlq(Some(&config), dir.path(), &["retry", "--sink", "local"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        stdout,
+        format!(
+            "2 dead letter(s) of sink local queued for redelivery; no receiver is running on {}: \
+             the next one started on it delivers them first\n",
+            spool.display()
+        )
+    );
+
+    let mut receiver = bin()
+        .arg("--config")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the receiver");
+    let events = dir.path().join("events.jsonl");
+    let delivered = |ids: &[&str]| {
+        std::fs::read_to_string(&events).is_ok_and(|text| {
+            ids.iter()
+                .all(|id| text.contains(&format!(r#""id":"{id}""#)))
+        })
+    };
+    wait_for("the receiver to deliver the queued events", || {
+        delivered(&["e7", "e8"])
+    });
+    store.append("local", &[dead_letter(9)]).expect("append");
+    let (ok, stdout, stderr) = dlq(Some(&config), dir.path(), &["retry", "--sink", "local"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        stdout,
+        format!(
+            "1 dead letter(s) of sink local queued for redelivery; the receiver running on {} \
+             delivers them next\n",
+            spool.display()
+        )
+    );
+    wait_for("the running receiver to deliver it", || delivered(&["e9"]));
+    let _ = receiver.kill();
+    let _ = receiver.wait();
+
+    // Direct delivery has no consumer that would.
+    let direct = config_with_sink(dir.path(), "delivery: {mode: direct}\n");
+    store.append("local", &[dead_letter(10)]).expect("append");
+    let (ok, stdout, stderr) = dlq(Some(&direct), dir.path(), &["retry", "--sink", "local"]);
+    assert!(!ok);
+    assert_eq!(stdout, "");
+    assert!(
+        stderr.contains(
+            "dlq retry: with delivery.mode: direct no receiver redelivers dead letters (only \
+             spool mode's sink consumers do); `dlq show --sink local` prints the events to send \
+             again"
+        ),
+        "{stderr}"
     );
 }
 

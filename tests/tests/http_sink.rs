@@ -202,7 +202,8 @@ fn dlq(config: &Path, action: &str, sink: &str) -> Result<(String, String, bool)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_closed_port_is_named_as_such_in_the_dead_letter() -> Result<()> {
+async fn a_closed_port_is_named_as_such_in_the_dead_letter_and_dlq_retry_says_what_follows()
+-> Result<()> {
     let dir = tempfile::tempdir()?;
     let config_path = dir.path().join("receiver.yaml");
     let sink = testkit::failing_http_sink("crm")?;
@@ -215,6 +216,7 @@ async fn a_closed_port_is_named_as_such_in_the_dead_letter() -> Result<()> {
         std::fs::write(&config_path, config.to_yaml().expect("yaml")).expect("write config");
     })
     .await?;
+    let spool = receiver.dir.path().join("spool");
     ensure!(receiver.post(&body(50)).await?.status == StatusCode::OK);
     receiver
         .wait_metric_at_least(
@@ -236,6 +238,17 @@ async fn a_closed_port_is_named_as_such_in_the_dead_letter() -> Result<()> {
         "{listed}"
     );
 
+    // The receiver holds the spool: it delivers the queued events (and fails again here).
+    let (said, stderr, ok) = dlq(&config_path, "retry", "crm")?;
+    ensure!(ok, "{stderr}");
+    assert_eq!(
+        said,
+        format!(
+            "1 dead letter(s) of sink crm queued for redelivery; the receiver running on {} \
+             delivers them next\n",
+            spool.display()
+        )
+    );
     receiver.stop().await?;
     Ok(())
 }

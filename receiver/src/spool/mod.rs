@@ -761,6 +761,27 @@ impl Drop for Spool {
     }
 }
 
+/// The lock file a running receiver holds in the spool `dir` (its event log's `LOCK`, or its
+/// intake log's), if one does: what a receiver starting on `dir` would be refused for.
+/// Creates nothing (a spool without lock files is held by no one) and keeps no lock.
+pub fn held_lock(dir: &Path) -> Result<Option<PathBuf>, SpoolError> {
+    for path in [dir.join("LOCK"), dir.join("intake").join("LOCK")] {
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(io(format!("cannot open {}", path.display()))(err)),
+        };
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(Some(path)),
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(io(format!("cannot lock {}", path.display()))(source));
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// Holds `dir/LOCK` open with an exclusive advisory lock: two receivers on one spool would
 /// interleave their writes.
 fn lock_dir(dir: &Path) -> Result<File, SpoolError> {
