@@ -189,9 +189,15 @@ enum LogFormat {
 enum Command {
     /// Run the receiver (the default when no command is given).
     Run,
-    /// Validate the configuration, read every secret and TLS file it names and check that
-    /// spool.dir can be created and written, then exit.
-    CheckConfig,
+    /// Validate the configuration, read every secret and TLS file it names, check that
+    /// spool.dir can be created and written and that no receiver holds it, and bind the
+    /// listeners (listen, metrics_listen), releasing everything again; then exit.
+    CheckConfig {
+        /// Do not bind the listeners or look at the spool's lock: for a configuration
+        /// prepared on another machine, or checked beside the receiver that runs it.
+        #[arg(long)]
+        no_bind: bool,
+    },
     /// Inspect, retry or purge a sink's dead letters (events it gave up on).
     ///
     /// Works beside a running receiver: `retry` queues the events, and the receiver running
@@ -294,7 +300,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = load(cli.config.as_deref(), None)?;
             dead_letters(&config, &action)
         }
-        Command::CheckConfig => {
+        Command::CheckConfig { no_bind } => {
             let config = load(cli.config.as_deref(), Some("checking"))?;
             for endpoint in &config.endpoints {
                 crate::secrets::SecretStore::load(endpoint)
@@ -304,6 +310,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 crate::tls::check(tls)?;
             }
             check_writable_dir("spool.dir", &config.spool.dir)?;
+            if !no_bind {
+                check_what_run_takes(&config)?;
+            }
             let scheme = match &config.tls {
                 Some(tls) if tls.mode == crate::config::TlsMode::Mutual => "https, mutual TLS",
                 Some(_) => "https",
@@ -358,6 +367,48 @@ fn check_writable_dir(key: &str, dir: &std::path::Path) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir(path);
     }
     result
+}
+
+/// Takes what `run` would take, and releases it: binds `listen` and `metrics_listen`, and
+/// checks that no receiver holds the spool (taking its lock for a moment, creating nothing).
+/// Fails with every problem found, each naming its key and the cause.
+fn check_what_run_takes(config: &Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .context("cannot start the async runtime")?;
+    let mut problems = Vec::new();
+    runtime.block_on(async {
+        let listener = app::bind("listen", config.listen).await;
+        let metrics = match config.metrics_listen {
+            Some(at) => Some(app::bind("metrics_listen", at).await),
+            None => None,
+        };
+        for bound in std::iter::once(listener).chain(metrics) {
+            if let Err(err) = bound {
+                problems.push(error_chain(&err));
+            }
+        }
+    });
+    let dir = &config.spool.dir;
+    match crate::spool::held_lock(dir) {
+        Ok(None) => {}
+        Ok(Some(lock)) => problems.push(format!(
+            "spool.dir {}: in use by another receiver (it holds {})",
+            dir.display(),
+            lock.display()
+        )),
+        Err(err) => problems.push(format!("spool.dir {}: {err}", dir.display())),
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "{}; a receiver started on this configuration would be refused (check-config \
+             --no-bind skips these checks)",
+            problems.join("; ")
+        )
+    }
 }
 
 fn dead_letters(config: &Config, action: &DlqAction) -> anyhow::Result<()> {

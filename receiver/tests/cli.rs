@@ -148,7 +148,7 @@ fn check_config_accepts_the_example_and_names_bad_keys() {
 fn without_config_the_embedded_default_is_checked_and_says_so() {
     let out = bin()
         .env_remove("METAHOOK_CONFIG")
-        .args(["--log-format", "text", "check-config"])
+        .args(["--log-format", "text", "check-config", "--no-bind"])
         .output()
         .expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -236,12 +236,13 @@ fn config_with(dir: &Path, listen: &str, objects: &str, spool: &Path) -> std::pa
     path
 }
 
-/// Runs `check-config` on `config` with text logs: (success, stdout, stderr).
+/// Runs `check-config --no-bind` (the configuration, not this machine's ports) on `config`
+/// with text logs: (success, stdout, stderr).
 fn check_config(config: &Path) -> (bool, String, String) {
     let out = bin()
         .args(["--log-format", "text", "--config"])
         .arg(config)
-        .arg("check-config")
+        .args(["check-config", "--no-bind"])
         .output()
         .expect("run");
     (
@@ -465,6 +466,21 @@ fn help_defaults_never_stand_alone_like_section_headings() {
     }
 }
 
+/// `check-config` (binding, with text logs) on `config`: (success, stdout, stderr).
+fn check_config_binding(config: &Path) -> (bool, String, String) {
+    let out = bin()
+        .args(["--log-format", "text", "--config"])
+        .arg(config)
+        .arg("check-config")
+        .output()
+        .expect("run");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// The error line(s) of a failed command's text-format stderr: from `error: ` on.
 fn error_of(stderr: &str) -> &str {
     stderr.find("error: ").map_or(stderr, |at| &stderr[at..])
@@ -565,6 +581,87 @@ fn config_errors_name_the_file_once_and_say_how_to_write_the_value() {
             .expect("yaml")
             .contains("max_body_bytes: 4000000\n")
     );
+}
+
+#[test]
+fn check_config_binds_the_listeners_and_takes_the_spool_lock_as_run_would() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+
+    let config = config_with(dir.path(), &format!("127.0.0.1:{port}"), "", &spool);
+    let (ok, _, stderr) = check_config_binding(&config);
+    assert!(!ok);
+    assert_eq!(
+        error_of(&stderr),
+        format!(
+            "error: listen 127.0.0.1:{port}: address already in use; a receiver started on this \
+             configuration would be refused (check-config --no-bind skips these checks)\n"
+        )
+    );
+    // --no-bind: for a configuration prepared elsewhere.
+    let (ok, _, stderr) = check_config(&config);
+    assert!(ok, "{stderr}");
+
+    let config = config_with(dir.path(), "192.0.2.1:8080", "", &spool);
+    let text = std::fs::read_to_string(&config).expect("read")
+        + &format!("metrics_listen: 127.0.0.1:{port}\n");
+    std::fs::write(&config, text).expect("write");
+    let (ok, _, stderr) = check_config_binding(&config);
+    assert!(!ok);
+    assert_eq!(
+        error_of(&stderr),
+        format!(
+            "error: listen 192.0.2.1:8080: address not available: no network interface of this \
+             machine has 192.0.2.1; metrics_listen 127.0.0.1:{port}: address already in use; a \
+             receiver started on this configuration would be refused (check-config --no-bind \
+             skips these checks)\n"
+        )
+    );
+    drop(taken);
+
+    // A spool another receiver holds: a real one, running (ready, so it holds its lock).
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let config = config_with(dir.path(), &free.to_string(), "", &spool);
+    let mut receiver = bin()
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the receiver");
+    wait_for("the receiver to listen", || {
+        std::net::TcpStream::connect(free).is_ok()
+    });
+    let other = dir.path().join("other.yaml");
+    std::fs::write(
+        &other,
+        std::fs::read_to_string(&config)
+            .expect("read")
+            .replace(&free.to_string(), "127.0.0.1:0"),
+    )
+    .expect("write");
+    let (ok, _, stderr) = check_config_binding(&other);
+    let _ = receiver.kill();
+    let _ = receiver.wait();
+    assert!(!ok);
+    let lock = spool.join("LOCK");
+    assert_eq!(
+        error_of(&stderr),
+        format!(
+            "error: spool.dir {}: in use by another receiver (it holds {}); a receiver started \
+             on this configuration would be refused (check-config --no-bind skips these \
+             checks)\n",
+            spool.display(),
+            lock.display()
+        )
+    );
+    let (ok, _, stderr) = check_config_binding(&other);
+    assert!(ok, "free again once it is gone: {stderr}");
 }
 
 /// Waits until `done` (a receiver process's state), for at most 20 s.
