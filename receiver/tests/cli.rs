@@ -646,10 +646,28 @@ fn check_config_binds_the_listeners_and_takes_the_spool_lock_as_run_would() {
     )
     .expect("write");
     let (ok, _, stderr) = check_config_binding(&other);
+    // What check-config warns of: run refuses.
+    let run = bin()
+        .args(["--log-format", "text", "--config"])
+        .arg(&other)
+        .arg("run")
+        .output()
+        .expect("run a second receiver");
     let _ = receiver.kill();
     let _ = receiver.wait();
     assert!(!ok);
-    let lock = spool.join("LOCK");
+    let lock = spool.join("intake").join("LOCK");
+    let run_stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{run_stderr}");
+    assert_eq!(
+        error_of(&run_stderr),
+        format!(
+            "error: cannot open the spool in {}: spool: in use by another receiver (it holds \
+             {})\n",
+            spool.display(),
+            lock.display()
+        )
+    );
     assert_eq!(
         error_of(&stderr),
         format!(
