@@ -56,6 +56,27 @@ impl Running {
     }
 }
 
+/// Binds the listener configured as `key` (`listen`, `metrics_listen`) on `addr`, as a start
+/// does (and `check-config`, which then drops it). A failure names the key, the address and
+/// the cause: `listen 127.0.0.1:8080: address already in use`.
+pub async fn bind(key: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|err| {
+        let cause = match err.kind() {
+            std::io::ErrorKind::AddrInUse => "address already in use".to_owned(),
+            std::io::ErrorKind::AddrNotAvailable => format!(
+                "address not available: no network interface of this machine has {}",
+                addr.ip()
+            ),
+            std::io::ErrorKind::PermissionDenied if addr.port() < 1024 => format!(
+                "permission denied: port {} is below 1024 (needs CAP_NET_BIND_SERVICE)",
+                addr.port()
+            ),
+            _ => err.to_string(),
+        };
+        anyhow::anyhow!("{key} {addr}: {cause}")
+    })
+}
+
 /// Starts a receiver for `config`; returns once it is listening and ready.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::new().context("cannot create metrics")?);
@@ -92,16 +113,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     };
     let spool = logs.as_ref().map(|(_, events)| Arc::clone(events));
     let receiver = Arc::new(Receiver::new(&config, acceptor, Arc::clone(&metrics))?);
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener = bind("listen", config.listen).await?;
     let addr = listener.local_addr().context("listener has no address")?;
     let metrics_listener = match config.metrics_listen {
-        Some(at) => Some(
-            TcpListener::bind(at)
-                .await
-                .with_context(|| format!("metrics_listen: cannot listen on {at}"))?,
-        ),
+        Some(at) => Some(bind("metrics_listen", at).await?),
         None => None,
     };
     let metrics_addr = metrics_listener

@@ -57,8 +57,9 @@ struct Cli {
 /// Every configuration key, for `--help` (docs/configuration.md has the details; a test
 /// keeps both in step with the config type).
 const CONFIG_KEYS: &str = "\
-Configuration keys (YAML; durations like 500ms, 30s, 24h; the default follows
-\"default\" where there is one):
+Configuration keys (YAML; durations like 500ms, 30s, 24h; byte sizes like
+4194304, 4MiB (1024-based) or 4MB (1000-based); the default follows \"default\"
+where there is one):
   listen               HOST:PORT, :PORT or IP:PORT for webhooks and probes
   endpoints[]          one per Meta app:
     name               label in logs, metrics and events
@@ -176,7 +177,8 @@ enum DlqAction {
     List(DlqTarget),
     /// Print dead-lettered events as JSON, one per line.
     Show(DlqTarget),
-    /// Queue dead letters for redelivery by the running receiver.
+    /// Queue dead letters for redelivery by the receiver running on the spool (or the next
+    /// one started on it).
     Retry(DlqTarget),
     /// Delete dead letters.
     Purge(DlqTarget),
@@ -202,13 +204,19 @@ enum LogFormat {
 enum Command {
     /// Run the receiver (the default when no command is given).
     Run,
-    /// Validate the configuration, read every secret and TLS file it names and check that
-    /// spool.dir can be created and written, then exit.
-    CheckConfig,
+    /// Validate the configuration, read every secret and TLS file it names, check that
+    /// spool.dir can be created and written and that no receiver holds it, and bind the
+    /// listeners (listen, metrics_listen), releasing everything again; then exit.
+    CheckConfig {
+        /// Do not bind the listeners or look at the spool's lock: for a configuration
+        /// prepared on another machine, or checked beside the receiver that runs it.
+        #[arg(long)]
+        no_bind: bool,
+    },
     /// Inspect, retry or purge a sink's dead letters (events it gave up on).
     ///
-    /// Works beside a running receiver: `retry` queues the events and the running receiver
-    /// delivers them through the sink again.
+    /// Works beside a running receiver: `retry` queues the events, and the receiver running
+    /// on the spool (or the next one started on it) delivers them through the sink again.
     Dlq {
         #[command(subcommand)]
         action: DlqAction,
@@ -280,18 +288,7 @@ where
 /// `failed to infer config: …, kubeconfig: (failed to read kubeconfig …)`) is not followed
 /// by that cause again.
 pub fn error_chain(err: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in err.chain() {
-        let text = cause.to_string();
-        if out.contains(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out
+    crate::sink::error_chain(err.as_ref())
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -315,11 +312,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dlq { action } => {
-            let config = load(cli.config.as_deref())?;
+            let config = load(cli.config.as_deref(), None)?;
             dead_letters(&config, &action)
         }
-        Command::CheckConfig => {
-            let config = load(cli.config.as_deref())?;
+        Command::CheckConfig { no_bind } => {
+            let config = load(cli.config.as_deref(), Some("checking"))?;
             for endpoint in &config.endpoints {
                 crate::secrets::SecretStore::load(endpoint)
                     .with_context(|| format!("endpoint {}", endpoint.name))?;
@@ -328,6 +325,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 crate::tls::check(tls)?;
             }
             check_writable_dir("spool.dir", &config.spool.dir)?;
+            if !no_bind {
+                check_what_run_takes(&config)?;
+            }
             let scheme = match &config.tls {
                 Some(tls) if tls.mode == crate::config::TlsMode::Mutual => "https, mutual TLS",
                 Some(_) => "https",
@@ -342,7 +342,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run => {
-            let config = load(cli.config.as_deref())?;
+            let config = load(cli.config.as_deref(), Some("running"))?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -384,6 +384,48 @@ fn check_writable_dir(key: &str, dir: &std::path::Path) -> anyhow::Result<()> {
     result
 }
 
+/// Takes what `run` would take, and releases it: binds `listen` and `metrics_listen`, and
+/// checks that no receiver holds the spool (taking its lock for a moment, creating nothing).
+/// Fails with every problem found, each naming its key and the cause.
+fn check_what_run_takes(config: &Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .context("cannot start the async runtime")?;
+    let mut problems = Vec::new();
+    runtime.block_on(async {
+        let listener = app::bind("listen", config.listen).await;
+        let metrics = match config.metrics_listen {
+            Some(at) => Some(app::bind("metrics_listen", at).await),
+            None => None,
+        };
+        for bound in std::iter::once(listener).chain(metrics) {
+            if let Err(err) = bound {
+                problems.push(error_chain(&err));
+            }
+        }
+    });
+    let dir = &config.spool.dir;
+    match crate::spool::held_lock(dir) {
+        Ok(None) => {}
+        Ok(Some(lock)) => problems.push(format!(
+            "spool.dir {}: in use by another receiver (it holds {})",
+            dir.display(),
+            lock.display()
+        )),
+        Err(err) => problems.push(format!("spool.dir {}: {err}", dir.display())),
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "{}; a receiver started on this configuration would be refused (check-config \
+             --no-bind skips these checks)",
+            problems.join("; ")
+        )
+    }
+}
+
 fn dead_letters(config: &Config, action: &DlqAction) -> anyhow::Result<()> {
     let (DlqAction::List(target)
     | DlqAction::Show(target)
@@ -400,6 +442,21 @@ fn dead_letters(config: &Config, action: &DlqAction) -> anyhow::Result<()> {
     let store = crate::spool::dead_letters::DeadLetters::new(&config.spool.dir);
     let seqs = (!target.seqs.is_empty()).then_some(target.seqs.as_slice());
     let sink = target.sink.as_str();
+    if matches!(action, DlqAction::Retry(_))
+        && config.delivery.mode == crate::config::DeliveryMode::Direct
+    {
+        anyhow::bail!(
+            "dlq retry: with delivery.mode: direct no receiver redelivers dead letters (only \
+             spool mode's sink consumers do); `dlq show --sink {sink}` prints the events to \
+             send again"
+        );
+    }
+    let none = || {
+        format!(
+            "no dead letters of sink {sink} in {}",
+            store.dir().display()
+        )
+    };
     if let Some(seqs) = seqs {
         let present: Vec<u64> = store.list(sink)?.iter().map(|e| e.seq).collect();
         let missing: Vec<String> = seqs
@@ -428,7 +485,11 @@ fn dead_letters(config: &Config, action: &DlqAction) -> anyhow::Result<()> {
     };
     match action {
         DlqAction::List(_) => {
-            for entry in chosen(store.list(sink)?) {
+            let entries = chosen(store.list(sink)?);
+            if entries.is_empty() {
+                note(&none());
+            }
+            for entry in entries {
                 let event: serde_json::Value =
                     serde_json::from_str(entry.event.get()).unwrap_or_default();
                 println!(
@@ -443,15 +504,30 @@ fn dead_letters(config: &Config, action: &DlqAction) -> anyhow::Result<()> {
             }
         }
         DlqAction::Show(_) => {
-            for entry in chosen(store.list(sink)?) {
+            let entries = chosen(store.list(sink)?);
+            if entries.is_empty() {
+                note(&none());
+            }
+            for entry in entries {
                 println!("{}", entry.event.get());
             }
         }
         DlqAction::Retry(_) => {
             let queued = store.request_retry(sink, seqs)?;
-            println!(
-                "{queued} dead letter(s) of sink {sink} queued; the running receiver delivers them again"
-            );
+            let spool = config.spool.dir.display();
+            if queued == 0 {
+                println!("{}: nothing queued", none());
+            } else if crate::spool::held_lock(&config.spool.dir)?.is_some() {
+                println!(
+                    "{queued} dead letter(s) of sink {sink} queued for redelivery; the receiver \
+                     running on {spool} delivers them next"
+                );
+            } else {
+                println!(
+                    "{queued} dead letter(s) of sink {sink} queued for redelivery; no receiver \
+                     is running on {spool}: the next one started on it delivers them first"
+                );
+            }
         }
         DlqAction::Purge(_) => {
             let purged = store.purge(sink, seqs)?;
@@ -461,18 +537,29 @@ fn dead_letters(config: &Config, action: &DlqAction) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A line for the person at the terminal (on standard error, beside the log lines), such as
+/// "no dead letters": standard output stays the data a script reads.
+fn note(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
+}
+
 /// The embedded default configuration: examples/local.yaml, compiled in.
 pub const EMBEDDED_CONFIG: &str = include_str!("../../examples/local.yaml");
 
-fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+/// The configuration at `path`, or the embedded default; `doing` (`running`, `checking`)
+/// says in the log what is done with the default (`None`: nothing to say, e.g. for `dlq`,
+/// whose answers name the directory they read).
+fn load(path: Option<&std::path::Path>, doing: Option<&str>) -> anyhow::Result<Config> {
     match path {
         Some(path) => Ok(Config::load(path)?),
         None => {
-            tracing::info!(
-                "no --config given: running the embedded default (examples/local.yaml: \
-                 127.0.0.1:8080, spool and data/events.jsonl under ./data, demo secrets \
-                 unless METAHOOK_APP_SECRET / METAHOOK_VERIFY_TOKEN are set)"
-            );
+            if let Some(doing) = doing {
+                tracing::info!(
+                    "no --config given: {doing} the embedded default (examples/local.yaml: \
+                     127.0.0.1:8080, spool and data/events.jsonl under ./data, demo secrets \
+                     unless METAHOOK_APP_SECRET / METAHOOK_VERIFY_TOKEN are set)"
+                );
+            }
             Config::parse(EMBEDDED_CONFIG)
                 .context("the embedded default configuration (examples/local.yaml)")
         }

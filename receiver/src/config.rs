@@ -341,10 +341,10 @@ pub struct SpoolConfig {
     pub dedup_max_entries: usize,
     /// Most bytes of undelivered events the spool holds; beyond it requests get 503 with
     /// Retry-After (Meta retries) until the sinks catch up. 0: no limit.
-    #[serde(default)]
+    #[serde(default, with = "byte_size")]
     pub max_bytes: u64,
     /// Size at which a new segment file is started (compaction deletes whole segments).
-    #[serde(default = "default_segment_bytes")]
+    #[serde(default = "default_segment_bytes", with = "byte_size")]
     pub segment_bytes: u64,
     /// Most requests committed together in one fsync (group commit).
     #[serde(default = "default_max_group")]
@@ -423,7 +423,7 @@ fn default_max_backoff() -> Duration {
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Largest accepted body in bytes (Meta documents payloads up to 3 MB).
-    #[serde(default = "default_max_body")]
+    #[serde(default = "default_max_body", with = "byte_size")]
     pub max_body_bytes: u64,
     /// Time a client has to send its request headers; then the connection is closed.
     #[serde(default = "default_header_timeout", with = "humantime_serde")]
@@ -437,7 +437,7 @@ pub struct Limits {
     #[serde(default = "default_body_timeout", with = "humantime_serde")]
     pub body_timeout: Duration,
     /// Each this many body bytes received extend the body's deadline by one second.
-    #[serde(default = "default_min_body_rate")]
+    #[serde(default = "default_min_body_rate", with = "byte_size")]
     pub min_body_bytes_per_second: u64,
     /// Requests processed at once; more get 503 with Retry-After.
     #[serde(default = "default_max_in_flight")]
@@ -449,7 +449,11 @@ pub struct Limits {
     /// Bytes of request bodies held at once (declared lengths are reserved before reading);
     /// requests that do not fit get 503 with Retry-After before their body is read. Unset:
     /// 32 MiB, or `max_body_bytes` where that is larger ([`Limits::buffered_body_limit`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "byte_size::optional"
+    )]
     pub max_buffered_body_bytes: Option<u64>,
     /// Seconds suggested in Retry-After on 503.
     #[serde(default = "default_retry_after")]
@@ -541,6 +545,183 @@ fn default_max_json_depth() -> usize {
     128
 }
 
+/// A byte size as written in the configuration: a whole number of bytes (`4194304`), or a
+/// whole number and a unit, with or without a space, in any case: `KiB`, `MiB`, `GiB` (also
+/// `Ki`, `Mi`, `Gi`, as in Kubernetes quantities) count 1024, 1024², 1024³ bytes; `kB`, `MB`,
+/// `GB` (also `k`, `M`, `G`) count 1000, 1000², 1000³; `B` counts one.
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let refuse = || {
+        format!(
+            "`{text}` is not a byte size: write bytes (4194304) or a whole number and a unit: \
+             4MiB, 512KiB (1024-based), 4MB, 500kB (1000-based)"
+        )
+    };
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number.parse().map_err(|_| refuse())?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "m" | "mb" => 1000 * 1000,
+        "g" | "gb" => 1000 * 1000 * 1000,
+        "ki" | "kib" => 1 << 10,
+        "mi" | "mib" => 1 << 20,
+        "gi" | "gib" => 1 << 30,
+        _ => return Err(refuse()),
+    };
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("`{text}` is more bytes than this receiver can count"))
+}
+
+/// `serde(with)` for byte sizes ([`parse_byte_size`]): read from a number or a string with
+/// a unit, written as a number of bytes (what the operator writes).
+mod byte_size {
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    pub(super) fn from_value(value: &serde_json::Value) -> Result<u64, String> {
+        match value {
+            // A negative or fractional number gets the same message as text.
+            serde_json::Value::Number(n) => n
+                .as_u64()
+                .map_or_else(|| super::parse_byte_size(&n.to_string()), Ok),
+            serde_json::Value::String(text) => super::parse_byte_size(text),
+            other => super::parse_byte_size(&other.to_string()),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        from_value(&value).map_err(serde::de::Error::custom)
+    }
+
+    pub(super) fn serialize<S: Serializer>(bytes: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(*bytes)
+    }
+
+    /// The same, for an optional size.
+    pub(super) mod optional {
+        use serde::{Deserialize as _, Deserializer, Serializer};
+
+        pub(in super::super) fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<u64>, D::Error> {
+            match Option::<serde_json::Value>::deserialize(deserializer)? {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(value) => super::from_value(&value)
+                    .map(Some)
+                    .map_err(serde::de::Error::custom),
+            }
+        }
+
+        pub(in super::super) fn serialize<S: Serializer>(
+            bytes: &Option<u64>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            match bytes {
+                Some(bytes) => serializer.serialize_some(bytes),
+                None => serializer.serialize_none(),
+            }
+        }
+    }
+}
+
+/// Messages for the person editing the file: serde-saphyr's user-facing messages, and in
+/// place of the ones written for programmers (a duplicate key's "set DuplicateKeyPolicy in
+/// Options", "invalid u64", "expected a duration") what is wrong and how to write it.
+struct Messages<'a> {
+    /// The YAML text (to find where a duplicated key was first set).
+    text: &'a str,
+}
+
+impl serde_saphyr::MessageFormatter for Messages<'_> {
+    fn format_message<'e>(&self, err: &'e serde_saphyr::Error) -> std::borrow::Cow<'e, str> {
+        use serde_saphyr::Error;
+        match err {
+            Error::DuplicateMappingKey {
+                key: Some(key),
+                location,
+            } => match first_set(self.text, key, *location) {
+                Some(line) => format!("`{key}` is set twice (first on line {line}); keep one"),
+                None => format!("`{key}` is set twice in this mapping; keep one"),
+            }
+            .into(),
+            Error::DuplicateMappingKey { key: None, .. } => {
+                "a key is set twice in this mapping; keep one".into()
+            }
+            Error::SerdeInvalidValue {
+                unexpected,
+                expected,
+                ..
+            }
+            | Error::SerdeInvalidType {
+                unexpected,
+                expected,
+                ..
+            } if expected == "a duration" => {
+                let value = unexpected
+                    .strip_prefix("string ")
+                    .or_else(|| unexpected.strip_prefix("integer "))
+                    .unwrap_or(unexpected)
+                    .trim_matches('"');
+                format!(
+                    "`{value}` is not a duration: write a number and a unit, e.g. 5s, 500ms, \
+                     2m or 1h"
+                )
+                .into()
+            }
+            Error::InvalidScalar { ty, .. }
+                if matches!(*ty, "u8" | "u16" | "u32" | "u64" | "u128" | "usize") =>
+            {
+                "not a whole number: write digits, e.g. 1024".into()
+            }
+            _ => serde_saphyr::UserMessageFormatter.format_message(err),
+        }
+    }
+}
+
+/// The line where `key`, reported duplicated at `at`, was first set in the same block
+/// mapping (same column, no line of a shallower or sibling mapping in between).
+fn first_set(text: &str, key: &str, at: serde_saphyr::Location) -> Option<u64> {
+    let duplicate = usize::try_from(at.line()).ok()?;
+    let column = usize::try_from(at.column()).ok()?.checked_sub(1)?;
+    let before: Vec<&str> = text.lines().take(duplicate.checked_sub(1)?).collect();
+    for (index, line) in before.iter().enumerate().rev() {
+        let mut rest = line.trim_start();
+        if rest.is_empty() || rest.starts_with('#') {
+            continue;
+        }
+        let mut item = false;
+        while let Some(after) = rest.strip_prefix('-') {
+            if !after.starts_with(' ') {
+                break;
+            }
+            rest = after.trim_start();
+            item = true;
+        }
+        let start = line.len() - rest.len();
+        if start < column {
+            return None;
+        }
+        if start == column {
+            let sets_key = rest
+                .strip_prefix(key)
+                .is_some_and(|after| after.trim_start().starts_with(':'));
+            if sets_key {
+                return Some(index as u64 + 1);
+            }
+            if item {
+                // The mapping began on this list item's line.
+                return None;
+            }
+        }
+    }
+    None
+}
+
 /// A configuration that cannot be used, naming the file and the bad key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -553,7 +734,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// Not valid YAML, or a key has the wrong type or is unknown.
-    #[error("config file {path}: {message}")]
+    #[error("{}{message}", in_file(path))]
     Parse {
         /// The file.
         path: PathBuf,
@@ -581,6 +762,15 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+}
+
+/// `config file PATH: `, or `config: ` for text that came from no file.
+fn in_file(path: &Path) -> String {
+    if path.as_os_str().is_empty() {
+        "config: ".to_owned()
+    } else {
+        format!("config file {}: ", path.display())
+    }
 }
 
 /// `Kind (apiVersion)` when `text` is a Kubernetes resource: top-level `apiVersion` and
@@ -616,32 +806,34 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let config = Config::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: path.to_owned(),
-                message,
-            },
-            ConfigError::KubernetesResource { kind, .. } => ConfigError::KubernetesResource {
-                path: path.to_owned(),
-                kind,
-            },
-            other => other,
-        })?;
-        Ok(config)
+        Config::parse_from(&text, Some(path))
     }
 
     /// Parses and validates YAML text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse_from(text, None)
+    }
+
+    /// Parses and validates YAML text read from `path` (named in errors and their snippets).
+    fn parse_from(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
         let config: Config = serde_saphyr::from_str(text).map_err(|e| {
             if let Some(kind) = kubernetes_kind(text) {
                 return ConfigError::KubernetesResource {
-                    path: PathBuf::from("the file"),
+                    path: path.map_or_else(|| PathBuf::from("the file"), Path::to_owned),
                     kind,
                 };
             }
+            let shown = path.map(|p| p.display().to_string());
+            let messages = Messages { text };
+            let mut options = serde_saphyr::RenderOptions::new(&messages);
+            options.source_name = Some(shown.as_deref().unwrap_or("config"));
+            let rendered = e.render_with_options(options);
+            // The snippet's heading is `error: line L column C: …`: the `error: ` is said
+            // once, by whoever prints the error.
+            let message = rendered.strip_prefix("error: ").unwrap_or(&rendered);
             ConfigError::Parse {
-                path: PathBuf::new(),
-                message: e.to_string(),
+                path: path.map(Path::to_owned).unwrap_or_default(),
+                message: message.to_owned(),
             }
         })?;
         config.validate()?;
@@ -973,6 +1165,37 @@ sinks:
         assert!(
             err.contains("enrichment") && err.contains("delivery.mode: spool"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn byte_sizes_take_units_and_say_the_forms_otherwise() {
+        for (text, bytes) in [
+            ("4194304", 4_194_304),
+            ("4MiB", 4 << 20),
+            ("4 MiB", 4 << 20),
+            ("4mi", 4 << 20),
+            ("4MB", 4_000_000),
+            ("500kB", 500_000),
+            ("64Ki", 64 << 10),
+            ("1GiB", 1 << 30),
+            ("10B", 10),
+        ] {
+            assert_eq!(parse_byte_size(text), Ok(bytes), "{text}");
+        }
+        for text in ["4 parsecs", "MiB", "-1", "1.5MiB", ""] {
+            assert_eq!(
+                parse_byte_size(text),
+                Err(format!(
+                    "`{text}` is not a byte size: write bytes (4194304) or a whole number and \
+                     a unit: 4MiB, 512KiB (1024-based), 4MB, 500kB (1000-based)"
+                )),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            parse_byte_size("99999999999GiB"),
+            Err("`99999999999GiB` is more bytes than this receiver can count".to_owned())
         );
     }
 

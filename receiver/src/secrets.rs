@@ -45,13 +45,21 @@ impl SecretSource {
 
     /// Reads the secret now.
     pub fn read(&self) -> Result<Vec<u8>, SecretError> {
+        self.read_noting_default(&mut Vec::new())
+    }
+
+    /// Reads the secret now; when it is an unset variable's default (`VAR:-default`), adds
+    /// the variable to `defaulted` (the caller says so once, not at every re-read).
+    fn read_noting_default(&self, defaulted: &mut Vec<String>) -> Result<Vec<u8>, SecretError> {
         let value = match self {
             SecretSource::File(path) => read_file(path)?,
             SecretSource::Env { var, default } => match std::env::var(var) {
                 Ok(value) => value.into_bytes(),
                 Err(_) => match default {
                     Some(default) => {
-                        tracing::warn!(variable = %var, "secret variable is unset: using its documented demo default");
+                        if !defaulted.contains(var) {
+                            defaulted.push(var.clone());
+                        }
                         default.clone().into_bytes()
                     }
                     None => return Err(SecretError::Env { var: var.clone() }),
@@ -145,6 +153,9 @@ impl std::fmt::Debug for EndpointSecrets {
 /// An endpoint's secret sources and their current values, swapped atomically on reload.
 #[derive(Debug)]
 pub struct SecretStore {
+    endpoint: String,
+    /// Variables whose demo default is in force (said at load, and again when this changes).
+    defaulted: std::sync::Mutex<Vec<String>>,
     app_secret: SecretSource,
     previous_app_secret: Option<SecretSource>,
     verify_token: SecretSource,
@@ -171,8 +182,12 @@ impl SecretStore {
             endpoint.verify_token_env.as_ref(),
         )
         .ok_or_else(missing)?;
-        let current = read_all(&app_secret, previous_app_secret.as_ref(), &verify_token)?;
+        let (current, defaulted) =
+            read_all(&app_secret, previous_app_secret.as_ref(), &verify_token)?;
+        warn_of_defaults(&endpoint.name, &defaulted);
         Ok(SecretStore {
+            endpoint: endpoint.name.clone(),
+            defaulted: std::sync::Mutex::new(defaulted),
             app_secret,
             previous_app_secret,
             verify_token,
@@ -187,11 +202,21 @@ impl SecretStore {
 
     /// Re-reads the sources; returns whether anything changed. On error the old values stay.
     pub fn reload(&self) -> Result<bool, SecretError> {
-        let fresh = read_all(
+        let (fresh, defaulted) = read_all(
             &self.app_secret,
             self.previous_app_secret.as_ref(),
             &self.verify_token,
         )?;
+        if let Ok(mut before) = self.defaulted.lock()
+            && *before != defaulted
+        {
+            if defaulted.is_empty() {
+                tracing::info!(endpoint = %self.endpoint, "secret variables set: no demo default in force any more");
+            } else {
+                warn_of_defaults(&self.endpoint, &defaulted);
+            }
+            *before = defaulted;
+        }
         if *self.current.load_full() == fresh {
             return Ok(false);
         }
@@ -212,19 +237,37 @@ impl SecretStore {
     }
 }
 
+/// The secrets now, and the variables whose demo default is in force.
 fn read_all(
     app_secret: &SecretSource,
     previous: Option<&SecretSource>,
     verify_token: &SecretSource,
-) -> Result<EndpointSecrets, SecretError> {
-    let mut app_secrets = vec![app_secret.read()?];
+) -> Result<(EndpointSecrets, Vec<String>), SecretError> {
+    let mut defaulted = Vec::new();
+    let mut app_secrets = vec![app_secret.read_noting_default(&mut defaulted)?];
     if let Some(previous) = previous {
-        app_secrets.push(previous.read()?);
+        app_secrets.push(previous.read_noting_default(&mut defaulted)?);
     }
-    Ok(EndpointSecrets {
-        app_secrets,
-        verify_token: verify_token.read()?,
-    })
+    let verify_token = verify_token.read_noting_default(&mut defaulted)?;
+    Ok((
+        EndpointSecrets {
+            app_secrets,
+            verify_token,
+        },
+        defaulted,
+    ))
+}
+
+/// One warning for the demo defaults an endpoint's secrets use (at load, and when that
+/// changes; never at every re-read).
+fn warn_of_defaults(endpoint: &str, defaulted: &[String]) {
+    if !defaulted.is_empty() {
+        tracing::warn!(
+            endpoint,
+            variables = defaulted.join(", "),
+            "secret variables unset: using their documented demo defaults (set them for production)"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -125,8 +125,11 @@ enum Outcome {
     PeerLimit,
     /// The body does not fit in `limits.max_buffered_body_bytes`.
     BodyBudget,
-    /// The body exceeds `limits.max_body_bytes`.
-    TooLarge,
+    /// The body exceeds `limits.max_body_bytes` (`limit`).
+    TooLarge {
+        /// The limit in bytes, said in the answer.
+        limit: u64,
+    },
     /// The body did not arrive within its deadline (`limits.body_timeout`,
     /// `limits.min_body_bytes_per_second`, `limits.request_timeout`).
     Timeout,
@@ -158,7 +161,7 @@ impl Outcome {
             Outcome::Overloaded => "overloaded",
             Outcome::PeerLimit => "peer_limit",
             Outcome::BodyBudget => "body_budget",
-            Outcome::TooLarge => "too_large",
+            Outcome::TooLarge { .. } => "too_large",
             Outcome::Timeout => "timeout",
             Outcome::BodyError(_) => "body_error",
             Outcome::SignatureRejected(_) => "signature_rejected",
@@ -185,7 +188,7 @@ impl Outcome {
             Outcome::NotFound { .. } => StatusCode::NOT_FOUND,
             Outcome::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Outcome::Timeout => StatusCode::REQUEST_TIMEOUT,
-            Outcome::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Outcome::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Outcome::PeerLimit => StatusCode::TOO_MANY_REQUESTS,
             Outcome::Readiness { ready: false }
             | Outcome::Overloaded
@@ -222,7 +225,9 @@ impl Outcome {
             Outcome::BodyBudget => {
                 Bytes::from_static(b"too many request bodies being received; retry later\n")
             }
-            Outcome::TooLarge => Bytes::from_static(b"body exceeds the configured maximum\n"),
+            Outcome::TooLarge { limit } => {
+                format!("request body over the {limit}-byte limit (limits.max_body_bytes)\n").into()
+            }
             Outcome::Timeout => Bytes::from_static(b"the body did not arrive in time\n"),
             Outcome::BodyError(_) => Bytes::from_static(b"the body could not be read\n"),
             Outcome::SignatureRejected(err) => format!("{err}\n").into(),
@@ -258,7 +263,7 @@ impl Outcome {
                 | Outcome::Overloaded
                 | Outcome::PeerLimit
                 | Outcome::BodyBudget
-                | Outcome::TooLarge
+                | Outcome::TooLarge { .. }
                 | Outcome::Timeout
                 | Outcome::BodyError(_)
         )
@@ -287,7 +292,7 @@ impl Outcome {
                 | Outcome::Overloaded
                 | Outcome::PeerLimit
                 | Outcome::BodyBudget
-                | Outcome::TooLarge
+                | Outcome::TooLarge { .. }
                 | Outcome::Timeout
                 | Outcome::BodyError(_)
                 | Outcome::SignatureRejected(_)
@@ -301,7 +306,7 @@ impl Outcome {
             Outcome::Overloaded => Some("in_flight"),
             Outcome::PeerLimit => Some("peer_limit"),
             Outcome::BodyBudget => Some("body_budget"),
-            Outcome::TooLarge => Some("too_large"),
+            Outcome::TooLarge { .. } => Some("too_large"),
             Outcome::Timeout => Some("body_timeout"),
             Outcome::BodyError(_) => Some("body_error"),
             _ => None,
@@ -541,11 +546,11 @@ impl Receiver {
             .and_then(|v| v.parse::<u64>().ok());
         let mut ticket = match self.admission.admit(peer, declared) {
             Ok(ticket) => ticket,
-            Err(refused) => return Outcome::from(refused),
+            Err(refused) => return Outcome::refused(refused, self.limits.max_body_bytes),
         };
         let body = match ticket.read_body(body).await {
             Ok(body) => body,
-            Err(refused) => return Outcome::from(refused),
+            Err(refused) => return Outcome::body_refused(refused, self.limits.max_body_bytes),
         };
 
         // From here on the request is CPU work only: let the spool writer wait for it.
@@ -653,21 +658,23 @@ impl Receiver {
     }
 }
 
-impl From<Refused> for Outcome {
-    fn from(refused: Refused) -> Outcome {
+impl Outcome {
+    /// The answer to a request refused before its body was read; `limit` is
+    /// `limits.max_body_bytes`.
+    fn refused(refused: Refused, limit: u64) -> Outcome {
         match refused {
-            Refused::TooLarge => Outcome::TooLarge,
+            Refused::TooLarge => Outcome::TooLarge { limit },
             Refused::PeerLimit => Outcome::PeerLimit,
             Refused::InFlight => Outcome::Overloaded,
             Refused::BodyBudget => Outcome::BodyBudget,
         }
     }
-}
 
-impl From<BodyRefused> for Outcome {
-    fn from(refused: BodyRefused) -> Outcome {
+    /// The answer to a request whose body could not be read; `limit` is
+    /// `limits.max_body_bytes`.
+    fn body_refused(refused: BodyRefused, limit: u64) -> Outcome {
         match refused {
-            BodyRefused::TooLarge => Outcome::TooLarge,
+            BodyRefused::TooLarge => Outcome::TooLarge { limit },
             BodyRefused::Timeout => Outcome::Timeout,
             BodyRefused::BodyBudget => Outcome::BodyBudget,
             BodyRefused::Read(err) => Outcome::BodyError(err),
@@ -1009,7 +1016,7 @@ mod tests {
             Outcome::Overloaded,
             Outcome::PeerLimit,
             Outcome::BodyBudget,
-            Outcome::TooLarge,
+            Outcome::TooLarge { limit: 1 },
             Outcome::Timeout,
             Outcome::BodyError(String::new()),
         ];

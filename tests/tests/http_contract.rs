@@ -346,6 +346,10 @@ async fn oversized_body_is_413_without_reading_it() -> Result<()> {
     let big = vec![b' '; 64 * 1024];
     let reply = receiver.post(&big).await?;
     assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        reply.text(),
+        "request body over the 1024-byte limit (limits.max_body_bytes)\n"
+    );
 
     // Declared small enough is not trusted: a body that grows past the limit is cut too.
     let mut stream = TcpStream::connect(receiver.addr).await?;

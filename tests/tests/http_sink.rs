@@ -188,6 +188,72 @@ async fn a_4xx_is_a_dead_letter_and_dlq_retry_delivers_it() -> Result<()> {
     Ok(())
 }
 
+/// `dlq ACTION --sink SINK` on `config`: its stdout, stderr and success.
+fn dlq(config: &Path, action: &str, sink: &str) -> Result<(String, String, bool)> {
+    let out = Command::new(testkit::receiver_bin()?)
+        .args(["--log-format", "text", "--config"])
+        .arg(config)
+        .args(["dlq", action, "--sink", sink])
+        .output()?;
+    Ok((
+        String::from_utf8(out.stdout)?,
+        String::from_utf8(out.stderr)?,
+        out.status.success(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_port_is_named_as_such_in_the_dead_letter_and_dlq_retry_says_what_follows()
+-> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config_path = dir.path().join("receiver.yaml");
+    let sink = testkit::failing_http_sink("crm")?;
+    let SinkKind::Http(http) = &sink.kind else {
+        anyhow::bail!("failing_http_sink is an http sink");
+    };
+    let url = http.url.clone();
+    let mut receiver = TestReceiver::start_with(|config, _| {
+        config.sinks.push(sink);
+        std::fs::write(&config_path, config.to_yaml().expect("yaml")).expect("write config");
+    })
+    .await?;
+    let spool = receiver.dir.path().join("spool");
+    ensure!(receiver.post(&body(50)).await?.status == StatusCode::OK);
+    receiver
+        .wait_metric_at_least(
+            r#"metahook_dead_letter_events_total{sink="crm"}"#,
+            1.0,
+            Duration::from_secs(20),
+            "the event never became a dead letter",
+        )
+        .await?;
+    let (listed, stderr, ok) = dlq(&config_path, "list", "crm")?;
+    ensure!(ok, "{stderr}");
+    let reason = listed.trim_end().rsplit('\t').next().unwrap_or_default();
+    assert_eq!(
+        reason,
+        format!(
+            "dead-lettered after 2 failed attempts; the last: POST failed ({url}): error sending \
+             request: client error (Connect): tcp connect error: Connection refused (os error 111)"
+        ),
+        "{listed}"
+    );
+
+    // The receiver holds the spool: it delivers the queued events (and fails again here).
+    let (said, stderr, ok) = dlq(&config_path, "retry", "crm")?;
+    ensure!(ok, "{stderr}");
+    assert_eq!(
+        said,
+        format!(
+            "1 dead letter(s) of sink crm queued for redelivery; the receiver running on {} \
+             delivers them next\n",
+            spool.display()
+        )
+    );
+    receiver.stop().await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_of_the_service_loses_nothing() -> Result<()> {
     let downstream = Downstream::start("127.0.0.1:0".parse()?, new_state()).await?;

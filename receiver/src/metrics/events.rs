@@ -555,7 +555,8 @@ impl InternalEvent for DeliveryFailed<'_> {
                     .dead_letters
                     .with_label_values(&[sink])
                     .inc_by(count(events));
-                tracing::error!(sink = %sink, error = %error, events, attempts, "giving up: events moved to the dead letters");
+                let plural = if attempts == 1 { "" } else { "s" };
+                tracing::error!(sink = %sink, error = %error, events, attempts, "gave up after {attempts} failed attempt{plural}: the events are dead letters now (`dlq list --sink {sink}`)");
             }
             AfterFailure::AnswerUnavailable => {
                 tracing::warn!(sink = %sink, error = %error, events, "delivery failed; the request is answered 503 and Meta retries it");

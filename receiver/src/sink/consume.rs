@@ -317,7 +317,7 @@ impl Consumer {
         attempts: u32,
         err: &SinkError,
     ) -> Result<(), SinkError> {
-        let reason = err.to_string();
+        let reason = give_up_reason(attempts, err);
         let entries: Vec<(&Spooled, &str)> =
             batch.events.iter().map(|e| (e, reason.as_str())).collect();
         bury(&self.dead_letters, &self.name, &entries, attempts).await?;
@@ -375,6 +375,13 @@ async fn wait(shutdown: &mut watch::Receiver<bool>, delay: Duration) -> bool {
         () = tokio::time::sleep(delay) => *shutdown.borrow(),
         _ = shutdown.changed() => true,
     }
+}
+
+/// A dead letter's reason when its batch failed `attempts` times: what was done with it and
+/// the last failure (the sink's error says what failed, never what comes next).
+fn give_up_reason(attempts: u32, err: &SinkError) -> String {
+    let plural = if attempts == 1 { "" } else { "s" };
+    format!("dead-lettered after {attempts} failed attempt{plural}; the last: {err}")
 }
 
 #[cfg(test)]
@@ -610,10 +617,8 @@ mod tests {
         );
         let dead = setup.consumer.dead_letters.list("mem").expect("list");
         assert_eq!(dead.iter().map(|d| d.seq).collect::<Vec<_>>(), [1, 2, 3]);
-        assert!(
-            dead.iter()
-                .all(|d| d.attempts == 2 && d.reason.contains("down"))
-        );
+        assert!(dead.iter().all(|d| d.attempts == 2
+            && d.reason == "dead-lettered after 2 failed attempts; the last: memory: down"));
         assert_eq!(
             sample(
                 &setup,

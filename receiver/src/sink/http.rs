@@ -476,24 +476,11 @@ async fn post(
             }
         }
         Err(err) => Outcome::Retry {
-            why: describe(err),
+            // Without the URL reqwest would add: the sink's context names it, redacted.
+            why: super::error_chain(&err.without_url()),
             after: None,
         },
     }
-}
-
-/// A client error with its causes, without the URL reqwest would add (the sink's context
-/// names the URL, redacted).
-fn describe(err: reqwest::Error) -> String {
-    let err = err.without_url();
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(&err);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[derive(serde::Deserialize)]
@@ -565,9 +552,7 @@ impl Sink for HttpSink {
                 message: why,
                 after,
             }),
-            Retry { why: Some(why), .. } => {
-                Err(self.failure("POST failed; the batch is retried", why))
-            }
+            Retry { why: Some(why), .. } => Err(self.failure("POST failed", why)),
         }
     }
 

@@ -43,6 +43,11 @@ impl DeadLetters {
         }
     }
 
+    /// The directory they are kept in (`spool_dir/dead-letters`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     fn path(&self, sink: &str, suffix: &str) -> PathBuf {
         self.dir.join(format!("{sink}{suffix}"))
     }
@@ -65,14 +70,21 @@ impl DeadLetters {
         append_lines(&self.path(sink, ".jsonl"), entries)
     }
 
-    /// The dead letters of `sink`, oldest first.
+    /// The dead letters of `sink`, oldest first. Creates nothing: where no dead letter was
+    /// ever written (no directory yet) there are none.
     pub fn list(&self, sink: &str) -> std::io::Result<Vec<DeadLetter>> {
+        if !self.dir.is_dir() {
+            return Ok(Vec::new());
+        }
         let _lock = self.lock(sink)?;
         read_lines(&self.path(sink, ".jsonl"))
     }
 
     /// Deletes the entries with these seqs (all when `None`); returns how many.
     pub fn purge(&self, sink: &str, seqs: Option<&[u64]>) -> std::io::Result<usize> {
+        if !self.dir.is_dir() {
+            return Ok(0);
+        }
         let _lock = self.lock(sink)?;
         let (chosen, kept) = split(read_lines(&self.path(sink, ".jsonl"))?, seqs);
         rewrite(&self.path(sink, ".jsonl"), &kept)?;
@@ -82,8 +94,14 @@ impl DeadLetters {
     /// Queues the entries with these seqs (all when `None`) for redelivery by the running
     /// receiver; returns how many.
     pub fn request_retry(&self, sink: &str, seqs: Option<&[u64]>) -> std::io::Result<usize> {
+        if !self.dir.is_dir() {
+            return Ok(0);
+        }
         let _lock = self.lock(sink)?;
         let (chosen, kept) = split(read_lines(&self.path(sink, ".jsonl"))?, seqs);
+        if chosen.is_empty() {
+            return Ok(0);
+        }
         append_lines(&self.path(sink, ".retry.jsonl"), &chosen)?;
         rewrite(&self.path(sink, ".jsonl"), &kept)?;
         Ok(chosen.len())
@@ -187,6 +205,16 @@ mod tests {
             dead_at: "2026-01-01T00:00:00Z".into(),
             event: RawValue::from_string(format!("{{\"id\":\"e{seq}\"}}")).expect("raw"),
         }
+    }
+
+    #[test]
+    fn reading_an_absent_store_creates_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dead = DeadLetters::new(&dir.path().join("spool"));
+        assert!(dead.list("bus").expect("list").is_empty());
+        assert_eq!(dead.purge("bus", None).expect("purge"), 0);
+        assert_eq!(dead.request_retry("bus", None).expect("retry"), 0);
+        assert!(!dir.path().join("spool").exists(), "created the store");
     }
 
     #[test]

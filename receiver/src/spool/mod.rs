@@ -87,6 +87,13 @@ pub enum SpoolError {
     /// The writer is gone (shutting down).
     #[error("spool: closed")]
     Closed,
+    /// Another receiver holds the spool's lock: two receivers on one spool would interleave
+    /// their writes.
+    #[error("spool: in use by another receiver (it holds {})", lock.display())]
+    InUse {
+        /// The lock file it holds.
+        lock: PathBuf,
+    },
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> SpoolError {
@@ -761,6 +768,28 @@ impl Drop for Spool {
     }
 }
 
+/// The lock file a running receiver holds in the spool `dir` (its intake log's `LOCK`, or
+/// its event log's, in the order a start takes them), if one does: what a receiver starting
+/// on `dir` would be refused for. Creates nothing (a spool without lock files is held by no
+/// one) and keeps no lock.
+pub fn held_lock(dir: &Path) -> Result<Option<PathBuf>, SpoolError> {
+    for path in [dir.join("intake").join("LOCK"), dir.join("LOCK")] {
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(io(format!("cannot open {}", path.display()))(err)),
+        };
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(Some(path)),
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(io(format!("cannot lock {}", path.display()))(source));
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// Holds `dir/LOCK` open with an exclusive advisory lock: two receivers on one spool would
 /// interleave their writes.
 fn lock_dir(dir: &Path) -> Result<File, SpoolError> {
@@ -772,10 +801,7 @@ fn lock_dir(dir: &Path) -> Result<File, SpoolError> {
         .open(&path)
         .map_err(io(format!("cannot open {}", path.display())))?;
     file.try_lock().map_err(|err| match err {
-        std::fs::TryLockError::WouldBlock => SpoolError::Io {
-            context: format!("{} is in use by another receiver", dir.display()),
-            source: std::io::Error::from(std::io::ErrorKind::WouldBlock),
-        },
+        std::fs::TryLockError::WouldBlock => SpoolError::InUse { lock: path.clone() },
         std::fs::TryLockError::Error(source) => SpoolError::Io {
             context: format!("cannot lock {}", path.display()),
             source,
