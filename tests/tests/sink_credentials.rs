@@ -199,7 +199,7 @@ async fn credentials_from_files_and_urls_never_reach_the_logs_or_metrics() -> Re
         let expected = if name.starts_with("bus") {
             "cannot connect to NATS (nats://"
         } else {
-            "POST failed; the batch is retried (http://"
+            "POST failed (http://"
         };
         ensure!(error.contains(expected), "{name}: {error}");
     }
