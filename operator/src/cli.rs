@@ -88,12 +88,12 @@ pub struct Cli {
         default_values = crate::policy::DEFAULT_INGRESS_ANNOTATIONS
     )]
     pub allowed_ingress_annotations: Vec<String>,
-    /// A host spec.registration.callbackURL may name, besides the subscription's own
-    /// spec.ingress.host (always allowed); repeatable, or comma-separated in the variable.
-    /// `*.example.com` allows every host below example.com; `http://HOST` also allows plain
-    /// http to HOST (local development and tests: Meta calls only https). Any other host,
-    /// or a URL that is not https, is refused before a Graph API call (reason
-    /// CallbackNotAllowed).
+    /// A host a registration's callback may name (spec.registration.callbackURL, or without
+    /// it the ingress host's endpoint); repeatable, or comma-separated in the variable.
+    /// `*.example.com` allows every host below example.com. With none set, only each
+    /// subscription's own spec.ingress.host is allowed (the spec names it itself: set this
+    /// in production). Any other host, or a URL that is not https, is refused before a
+    /// Graph API call (reason CallbackNotAllowed).
     #[arg(
         long = "allowed-callback-host",
         env = "METAHOOK_ALLOWED_CALLBACK_HOSTS",

@@ -57,9 +57,8 @@ pub struct Policy {
     /// `--allowed-ingress-annotation`: annotation keys `spec.ingress.annotations` may set
     /// (never a `*snippet` key nor one the operator sets itself).
     pub ingress_annotations: Vec<String>,
-    /// `--allowed-callback-host`: hosts `spec.registration.callbackURL` may name besides
-    /// the subscription's own `spec.ingress.host` (`http://HOST` also allows plain http
-    /// to HOST: local development and tests only, Meta calls https alone).
+    /// `--allowed-callback-host`: the hosts a registration's callback may name (empty:
+    /// only the subscription's own `spec.ingress.host`).
     pub callback_hosts: Vec<String>,
 }
 
@@ -177,16 +176,6 @@ impl Policy {
             .ok_or_else(|| refuse("has no host".to_owned()))?
             .to_ascii_lowercase();
         if parsed.scheme() != "https" {
-            // Only a host the operator lists as `http://HOST` (a fake Graph API's local
-            // receiver in tests) may be called in the clear.
-            let listed = |entry: &String| {
-                entry
-                    .strip_prefix("http://")
-                    .is_some_and(|pattern| host_matches(pattern, &host))
-            };
-            if parsed.scheme() == "http" && self.callback_hosts.iter().any(listed) {
-                return Ok(());
-            }
             return Err(refuse(format!(
                 "must be https (Meta calls only https callbacks), not {}",
                 parsed.scheme()
@@ -194,10 +183,7 @@ impl Policy {
         }
         let own = self.callback_hosts.is_empty()
             && ingress_host.is_some_and(|own| own.eq_ignore_ascii_case(&host));
-        let listed = |entry: &String| {
-            let pattern = entry.strip_prefix("http://").unwrap_or(entry);
-            host_matches(pattern, &host)
-        };
+        let listed = |entry: &String| host_matches(entry, &host);
         if own || self.callback_hosts.iter().any(listed) {
             return Ok(());
         }
@@ -433,26 +419,6 @@ mod tests {
             check("http://hooks.example.com/x", None).is_err_and(|(reason, m)| reason
                 == CALLBACK_NOT_ALLOWED
                 && m.contains("must be https"))
-        );
-        // Plain http only to a host listed with http://.
-        let local = Policy::new(&[], &[], &["http://127.0.0.1".to_owned()]);
-        assert_eq!(
-            local.check_callback("http://127.0.0.1:4567/webhooks", None),
-            Ok(())
-        );
-        assert_eq!(
-            local.check_callback("https://127.0.0.1/webhooks", None),
-            Ok(())
-        );
-        assert!(
-            local
-                .check_callback("http://127.0.0.2/webhooks", None)
-                .is_err()
-        );
-        assert!(
-            local
-                .check_callback("ftp://127.0.0.1/webhooks", None)
-                .is_err()
         );
         // No list: only the subscription's own ingress host.
         let none = Policy::new(&[], &[], &[]);

@@ -125,6 +125,9 @@ pub struct State {
     pub faults: VecDeque<Fault>,
     /// Every request.
     pub log: Vec<Logged>,
+    /// The CAs an https callback's certificate may chain to (as Meta's public roots would):
+    /// see [`FakeGraph::trust_callbacks_of`].
+    pub callback_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 /// Meta's error object.
@@ -175,6 +178,12 @@ impl FakeGraph {
             answer(&state, request).await
         });
         Ok(FakeGraph { addr, state, task })
+    }
+
+    /// Lets https callbacks whose certificate chains to `ca` pass verification (Meta calls
+    /// only https callbacks, with publicly trusted certificates; the test's own CA stands in).
+    pub fn trust_callbacks_of(&self, ca: &crate::pki::Ca) {
+        self.with(|s| s.callback_roots.push(ca.der()));
     }
 
     /// Its base URL (without the version).
@@ -429,7 +438,7 @@ async fn app_subscriptions(
             if fields.is_empty() {
                 return bad_param("fields is required");
             }
-            if let Err(answer) = verify_callback(callback, verify_token).await {
+            if let Err(answer) = verify_callback(state, callback, verify_token).await {
                 return answer;
             }
             let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -507,7 +516,7 @@ async fn subscribed_apps(
                     if uri.len() > 200 {
                         return bad_param("override_callback_uri must be at most 200 characters");
                     }
-                    if let Err(answer) = verify_callback(uri, token).await {
+                    if let Err(answer) = verify_callback(state, uri, token).await {
                         return answer;
                     }
                     Some(uri.to_owned())
@@ -604,7 +613,7 @@ async fn phone_number(
                 if uri.len() > 200 {
                     return bad_param("override_callback_uri must be at most 200 characters");
                 }
-                if let Err(answer) = verify_callback(uri, verify_token).await {
+                if let Err(answer) = verify_callback(state, uri, verify_token).await {
                     return answer;
                 }
             }
@@ -647,7 +656,11 @@ fn lead(state: &Arc<Mutex<State>>, id: &str, token: Option<&str>) -> Answer {
 /// Meta's verification GET of a callback: `hub.mode=subscribe`, the verify token and a
 /// challenge; the callback must answer 200 with the challenge. Only `http://` callbacks
 /// (the test receivers); the error is what Meta answers.
-async fn verify_callback(callback: &str, verify_token: &str) -> Result<(), Answer> {
+async fn verify_callback(
+    state: &Arc<Mutex<State>>,
+    callback: &str,
+    verify_token: &str,
+) -> Result<(), Answer> {
     let failed = |detail: String| {
         (
             400,
@@ -659,10 +672,22 @@ async fn verify_callback(callback: &str, verify_token: &str) -> Result<(), Answe
             ),
         )
     };
-    let Some(rest) = callback.strip_prefix("http://") else {
-        return Err(failed(format!(
-            "the fake verifies only http:// callbacks, not {callback}"
-        )));
+    // https, checked against the roots a test trusts; plain http for tests of the fake
+    // itself (the operator never registers one: Meta calls only https).
+    let (rest, transport) = if let Some(rest) = callback.strip_prefix("https://") {
+        let roots = state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .callback_roots
+            .clone();
+        match crate::pki::client_config(&roots, None, crate::pki::Versions::Both) {
+            Ok(config) => (rest, crate::bench::client::Transport::Tls(config)),
+            Err(error) => return Err(failed(format!("no TLS client: {error:#}"))),
+        }
+    } else if let Some(rest) = callback.strip_prefix("http://") {
+        (rest, crate::bench::client::Transport::Plain)
+    } else {
+        return Err(failed(format!("not an http(s) URL: {callback}")));
     };
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let Ok(addr) = authority.parse::<SocketAddr>() else {
@@ -679,7 +704,7 @@ async fn verify_callback(callback: &str, verify_token: &str) -> Result<(), Answe
         "{}{separator}{query}",
         if path.is_empty() { "/" } else { path }
     );
-    match testkit::request(addr, Method::GET, &target, &[], Bytes::new()).await {
+    match testkit::request_over(addr, &transport, Method::GET, &target, &[], Bytes::new()).await {
         Ok(reply) if reply.status == StatusCode::OK && reply.text() == challenge => Ok(()),
         Ok(reply) => Err(failed(format!(
             "Callback verification failed with the following errors: HTTP Status Code = {}; HTTP Message = {}",

@@ -132,6 +132,28 @@ impl TestReceiver {
         })
     }
 
+    /// Starts a receiver that serves HTTPS with a certificate for 127.0.0.1 issued by `ca`
+    /// (a callback Meta could call: Meta calls only https).
+    pub async fn start_https(ca: &crate::pki::Ca) -> Result<TestReceiver> {
+        let leaf = ca.server("metahook test receiver")?;
+        let mut written = None;
+        let receiver = Self::start_with(|config, dir| {
+            written = Some(leaf.write(dir, "serving"));
+            if let Some(Ok((cert, key))) = &written {
+                config.tls = Some(metahook_receiver::config::TlsConfig::new(
+                    cert.clone(),
+                    key.clone(),
+                ));
+            }
+        })
+        .await?;
+        match written {
+            Some(Ok(_)) => Ok(receiver),
+            Some(Err(error)) => Err(error.context("writing the receiver's certificate")),
+            None => anyhow::bail!("the receiver's configuration was never made"),
+        }
+    }
+
     /// The running receiver.
     pub fn running(&self) -> Option<&Running> {
         self.running.as_ref()

@@ -187,7 +187,10 @@ async fn a_callback_someone_else_set_is_left_alone_until_taken_over() -> Result<
     )
     .await?;
 
-    let receiver = TestReceiver::start().await?;
+    // An https callback (Meta calls no other; the operator refuses an http one), served by
+    // a receiver whose certificate the fake Graph API trusts.
+    let callback_ca = Ca::new("e2e callback CA")?;
+    let receiver = TestReceiver::start_https(&callback_ca).await?;
     let graph = FakeGraph::start(APP, APP_SECRET).await?;
     // The production app already delivers to another team's host.
     let theirs = "https://prod.other-team.example/meta".to_owned();
@@ -210,11 +213,12 @@ async fn a_callback_someone_else_set_is_left_alone_until_taken_over() -> Result<
             format!("--graph-api-version={}", fake_graph::VERSION),
             "--graph-retry-backoff=100ms".to_owned(),
             "--graph-unregister-timeout=30s".to_owned(),
-            // The test receiver's plain-http callback.
-            "--allowed-callback-host=http://127.0.0.1".to_owned(),
+            // The test receiver's callback host.
+            "--allowed-callback-host=127.0.0.1".to_owned(),
         ],
     )?;
-    let callback = format!("http://{}{PATH}", receiver.addr);
+    graph.trust_callbacks_of(&callback_ca);
+    let callback = format!("https://{}{PATH}", receiver.addr);
     let subscription: WebhookSubscription = serde_json::from_value(json!({
         "apiVersion": "metahook.io/v1alpha1",
         "kind": "WebhookSubscription",
