@@ -52,9 +52,8 @@ pub fn violations(sub: &WebhookSubscription) -> Vec<String> {
     }
     match serde_json::to_value(sub) {
         Ok(object) => {
-            let result = COMPILED.with(|(validator, compiled)| {
-                validator.validate_compiled(compiled, &object, None)
-            });
+            let result = COMPILED
+                .with(|(validator, compiled)| validator.validate_compiled(compiled, &object, None));
             if let Err(errors) = result {
                 found.extend(errors.into_vec().iter().map(describe));
             }
