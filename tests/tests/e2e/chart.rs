@@ -185,7 +185,7 @@ async fn install_and_reconcile(
         &admin,
         &format!("e2e-{helm}"),
         Some("acme-whatsapp"),
-        |_| {},
+        as_deployment,
     )
     .await?;
     let watched = prepared.namespaces.join(",");

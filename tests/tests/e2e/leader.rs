@@ -55,6 +55,7 @@ async fn only_the_leader_reconciles_and_a_killed_leader_hands_over_within_the_le
     let client = cluster.client().await?;
     install_crd(&client).await?;
     let prepared = prepare(&client, "e2e-leader", Some("acme-whatsapp"), |sub| {
+        as_deployment(sub);
         sub.spec.receiver.replicas = 1;
     })
     .await?;

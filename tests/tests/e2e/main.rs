@@ -516,6 +516,13 @@ async fn world_with(
     })
 }
 
+/// Drops the spool volume of a subscription (examples/whatsapp.yaml has one), for the tests
+/// that follow its pods through a Deployment's ReplicaSets; the StatefulSet path is
+/// `every_example_reconciles_on_the_first_pass_into_owned_children`'s (its rollout once).
+fn as_deployment(sub: &mut WebhookSubscription) {
+    sub.spec.delivery.spool = None;
+}
+
 /// The examples moved to a test's namespaces, not yet created.
 struct Prepared {
     namespaces: Vec<String>,
@@ -972,7 +979,7 @@ async fn every_example_reconciles_on_the_first_pass_into_owned_children() -> Res
 
 #[tokio::test]
 async fn a_spec_change_rolls_the_pod_template_once() -> Result<()> {
-    let world = world("e2e-change", Some("acme-whatsapp")).await?;
+    let world = world_with("e2e-change", Some("acme-whatsapp"), as_deployment).await?;
     let sub = world.subscriptions[0].clone();
     let name = sub.name_any();
     let namespace = sub.namespace().context("namespace")?;
@@ -1001,7 +1008,7 @@ async fn a_spec_change_rolls_the_pod_template_once() -> Result<()> {
 
 #[tokio::test]
 async fn a_deleted_secret_is_named_in_the_status_until_restored() -> Result<()> {
-    let world = world("e2e-secret", Some("acme-whatsapp")).await?;
+    let world = world_with("e2e-secret", Some("acme-whatsapp"), as_deployment).await?;
     let sub = world.subscriptions[0].clone();
     let name = sub.name_any();
     let namespace = sub.namespace().context("namespace")?;
@@ -1073,7 +1080,7 @@ async fn a_deleted_secret_is_named_in_the_status_until_restored() -> Result<()> 
 
 #[tokio::test]
 async fn deleting_the_subscription_collects_everything_it_owned() -> Result<()> {
-    let world = world("e2e-delete", Some("acme-whatsapp")).await?;
+    let world = world_with("e2e-delete", Some("acme-whatsapp"), as_deployment).await?;
     let sub = world.subscriptions[0].clone();
     let name = sub.name_any();
     let namespace = sub.namespace().context("namespace")?;
@@ -1156,6 +1163,7 @@ async fn an_operator_issued_certificate_rolls_the_pods_once() -> Result<()> {
     // The WhatsApp example served over HTTPS by the receiver itself, with a certificate the
     // operator issues from the namespace CA (no tls.secretRef), and no Ingress.
     let world = world_with("e2e-issued", Some("acme-whatsapp"), |sub| {
+        as_deployment(sub);
         sub.spec.tls.mode = metahook_operator::crd::TlsModeSpec::Server;
         sub.spec.tls.secret_ref = None;
         sub.spec.ingress = None;

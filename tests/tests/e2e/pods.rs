@@ -576,6 +576,7 @@ pub(super) async fn wait_available(
 /// The WhatsApp example as a pod on this machine can run it: one replica, a file sink
 /// (no NATS or PostgreSQL service names to reach), plain HTTP, no Ingress.
 fn runnable(sub: &mut WebhookSubscription) {
+    as_deployment(sub);
     sub.spec.receiver.replicas = 1;
     sub.spec.ingress = None;
     sub.spec.tls.mode = TlsModeSpec::None;

@@ -76,6 +76,7 @@ async fn children_present(client: &Client, namespace: &str, name: &str) -> Resul
 #[tokio::test]
 async fn an_image_outside_the_allowed_list_is_refused_and_nothing_is_created() -> Result<()> {
     let mut world = world_with("e2e-image", Some("acme-whatsapp"), |sub| {
+        as_deployment(sub);
         sub.spec.receiver.image = Some("evil.example/secret-reader:1".to_owned());
     })
     .await?;
@@ -115,7 +116,13 @@ async fn an_unmarked_secret_is_named_and_nothing_is_created_until_it_is_marked()
     let cluster = Cluster::shared()?;
     let client = cluster.client().await?;
     install_crd(&client).await?;
-    let prepared = prepare(&client, "e2e-unmarked", Some("acme-whatsapp"), |_| {}).await?;
+    let prepared = prepare(
+        &client,
+        "e2e-unmarked",
+        Some("acme-whatsapp"),
+        as_deployment,
+    )
+    .await?;
     let namespace = prepared.namespaces[0].clone();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     // The app secret as a namespace admin left it: not marked.
