@@ -4,10 +4,10 @@
 //! operator's metadata-only Secret watch); an app callback someone else set is left alone
 //! at the fake Graph API until the spec takes it over.
 
-use metahook_tests::fake_graph::{self, AppSub, FakeGraph};
-use metahook_tests::testkit::{PATH, TestReceiver, VERIFY_TOKEN};
+use metahook_tests::fake_graph::AppSub;
+use metahook_tests::testkit::VERIFY_TOKEN;
 
-use super::registration::opaque_secret;
+use super::registration::{Registering, opaque_secret};
 use super::*;
 
 /// Waits until `sub`'s condition `type_` has `status`, and returns it.
@@ -194,11 +194,12 @@ async fn a_callback_someone_else_set_is_left_alone_until_taken_over() -> Result<
     )
     .await?;
 
-    // An https callback (Meta calls no other; the operator refuses an http one), served by
-    // a receiver whose certificate the fake Graph API trusts.
-    let callback_ca = Ca::new("e2e callback CA")?;
-    let receiver = TestReceiver::start_https(&callback_ca).await?;
-    let graph = FakeGraph::start(APP, APP_SECRET).await?;
+    let Registering {
+        receiver: _receiver,
+        graph,
+        mut operator,
+        callback,
+    } = Registering::start(cluster, &namespace, APP, APP_SECRET).await?;
     // The production app already delivers to another team's host.
     let theirs = "https://prod.other-team.example/meta".to_owned();
     graph.with(|s| {
@@ -211,21 +212,6 @@ async fn a_callback_someone_else_set_is_left_alone_until_taken_over() -> Result<
             },
         )
     });
-    let mut operator = Operator::start_with(
-        cluster.kubeconfig(),
-        &[
-            "--no-leader-election".to_owned(),
-            format!("--namespace={namespace}"),
-            format!("--graph-url={}", graph.url()),
-            format!("--graph-api-version={}", fake_graph::VERSION),
-            "--graph-retry-backoff=100ms".to_owned(),
-            "--graph-unregister-timeout=30s".to_owned(),
-            // The test receiver's callback host.
-            "--allowed-callback-host=127.0.0.1".to_owned(),
-        ],
-    )?;
-    graph.trust_callbacks_of(&callback_ca);
-    let callback = format!("https://{}{PATH}", receiver.addr);
     let subscription: WebhookSubscription = serde_json::from_value(json!({
         "apiVersion": "metahook.io/v1alpha1",
         "kind": "WebhookSubscription",

@@ -48,6 +48,55 @@ pub(super) async fn opaque_secret(
     Ok(())
 }
 
+/// What a registration test runs beside the cluster: a receiver serving an https callback
+/// (Meta calls no other, and the operator refuses an http one) with a certificate the fake
+/// Graph API trusts, the fake Graph API serving app `app_id` with `app_secret`, and an
+/// operator on `namespace` pointed at it.
+pub(super) struct Registering {
+    /// The callback's receiver.
+    pub receiver: TestReceiver,
+    /// The fake Graph API.
+    pub graph: FakeGraph,
+    /// The operator.
+    pub operator: Operator,
+    /// The callback URL: the receiver's path over https.
+    pub callback: String,
+}
+
+impl Registering {
+    pub(super) async fn start(
+        cluster: &Cluster,
+        namespace: &str,
+        app_id: &str,
+        app_secret: &str,
+    ) -> Result<Registering> {
+        let callback_ca = Ca::new("e2e callback CA")?;
+        let receiver = TestReceiver::start_https(&callback_ca).await?;
+        let graph = FakeGraph::start(app_id, app_secret).await?;
+        graph.trust_callbacks_of(&callback_ca);
+        let operator = Operator::start_with(
+            cluster.kubeconfig(),
+            &[
+                "--no-leader-election".to_owned(),
+                format!("--namespace={namespace}"),
+                format!("--graph-url={}", graph.url()),
+                format!("--graph-api-version={}", fake_graph::VERSION),
+                "--graph-retry-backoff=100ms".to_owned(),
+                "--graph-unregister-timeout=30s".to_owned(),
+                // The test receiver's callback host.
+                "--allowed-callback-host=127.0.0.1".to_owned(),
+            ],
+        )?;
+        let callback = format!("https://{}{PATH}", receiver.addr);
+        Ok(Registering {
+            receiver,
+            graph,
+            operator,
+            callback,
+        })
+    }
+}
+
 #[tokio::test]
 async fn a_subscription_is_registered_with_meta_and_unregistered_on_deletion() -> Result<()> {
     let cluster = Cluster::shared()?;
@@ -66,27 +115,13 @@ async fn a_subscription_is_registered_with_meta_and_unregistered_on_deletion() -
     .await?;
     opaque_secret(&client, &namespace, "wa-system-user", "token", WABA_TOKEN).await?;
 
-    // An https callback (Meta calls no other; the operator refuses an http one), served by
-    // a receiver whose certificate the fake Graph API trusts.
-    let callback_ca = Ca::new("e2e callback CA")?;
-    let receiver = TestReceiver::start_https(&callback_ca).await?;
-    let graph = FakeGraph::start(APP, APP_SECRET).await?;
+    let Registering {
+        receiver: _receiver,
+        graph,
+        mut operator,
+        callback,
+    } = Registering::start(cluster, &namespace, APP, APP_SECRET).await?;
     graph.add_node(WABA, WABA_TOKEN);
-    let mut operator = Operator::start_with(
-        cluster.kubeconfig(),
-        &[
-            "--no-leader-election".to_owned(),
-            format!("--namespace={namespace}"),
-            format!("--graph-url={}", graph.url()),
-            format!("--graph-api-version={}", fake_graph::VERSION),
-            "--graph-retry-backoff=100ms".to_owned(),
-            "--graph-unregister-timeout=30s".to_owned(),
-            // The test receiver's callback host.
-            "--allowed-callback-host=127.0.0.1".to_owned(),
-        ],
-    )?;
-    graph.trust_callbacks_of(&callback_ca);
-    let callback = format!("https://{}{PATH}", receiver.addr);
     let subscription: WebhookSubscription = serde_json::from_value(json!({
         "apiVersion": "metahook.io/v1alpha1",
         "kind": "WebhookSubscription",
