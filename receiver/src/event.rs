@@ -54,6 +54,14 @@ pub struct Event {
     /// The media or post a comment, mention or reaction is about.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub media: Option<Media>,
+    /// The WhatsApp group an item is about: a Groups API notification, a message sent in a
+    /// group, or the status of a message sent to a group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<Group>,
+    /// A person's new identifiers (WhatsApp `user_id_update`, or a `system` message saying
+    /// the person changed number or business-scoped user id): what to re-key stored data by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_change: Option<IdentityChange>,
     /// Why the item could not be read as its documented shape (only on `kind: unknown`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -145,7 +153,8 @@ kinds! {
     TemplateStatus => "template_status",
     /// A template's or phone number's quality or limits changed.
     QualityUpdate => "quality_update",
-    /// A change to the business account, its review, capabilities, partners or payments.
+    /// A change to the business account, its review, capabilities, partners or payments, or
+    /// to a business phone number's settings or username.
     AccountUpdate => "account_update",
     /// A security notification (e.g. two-step verification PIN reset).
     Security => "security",
@@ -186,6 +195,13 @@ kinds! {
     History => "history",
     /// An ad-attributed event WhatsApp reports automatically (purchase, lead).
     AutomaticEvent => "automatic_event",
+    /// A WhatsApp group was created or deleted, people joined, left, were removed or asked to
+    /// join, its settings changed, or it was suspended (Groups API); what happened is in
+    /// `group.type`.
+    Group => "group",
+    /// A WhatsApp user's business-scoped user id changed (`user_id_update`); the new ids are
+    /// in `identity_change`.
+    IdentityChange => "identity_change",
     /// An error Meta reports instead of an item (WhatsApp `value.errors`).
     Error => "error",
     /// A documented change of an app-level object (user, permissions, application, ...),
@@ -204,6 +220,9 @@ pub struct BusinessPhone {
     /// `metadata.display_phone_number`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_number: Option<String>,
+    /// The number's business username (`business_username_update`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
 }
 
 /// A conversation and its participant.
@@ -220,6 +239,12 @@ pub struct Conversation {
 /// The person on the other side: WhatsApp `from`/`wa_id`/`recipient_id` (or the business-scoped
 /// user id when no phone number is given), Messenger PSID or Instagram IGSID; on a Page or
 /// Instagram change, its author (`from`, `sender_id`, `reviewer_id`).
+///
+/// WhatsApp: `id` is the phone number when Meta gives one, else the business-scoped user id
+/// (BSUID); `user_id` is the BSUID whenever Meta gives it. Since 2026 a person who adopts a
+/// username may come without a phone number, and a number is shared only within 30 days of
+/// contact: store `user_id` (or `parent_user_id`, across portfolios) as the stable key, and
+/// the phone number as an attribute.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct Participant {
     /// The person's id on the platform.
@@ -232,9 +257,78 @@ pub struct Participant {
     /// The Instagram username (`from.username`), which Instagram gives instead of a name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
-    /// WhatsApp's business-scoped user id (`contacts[].user_id`), where present.
+    /// WhatsApp's business-scoped user id (`from_user_id`, `recipient_user_id`,
+    /// `contacts[].user_id`, ...), where present: the key to store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
+    /// WhatsApp's parent business-scoped user id (`US.ENT.…`), shared across the business
+    /// portfolios enrolled in one parent account, where enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_user_id: Option<String>,
+}
+
+/// A WhatsApp group and what happened to it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct Group {
+    /// The group id (`group_id`; a group message status's `recipient_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The notification's `type`: `group_create`, `group_delete`, `group_participants_add`,
+    /// `group_participants_remove`, `group_join_request_created`, `group_join_request_revoked`,
+    /// `group_settings_update`, `group_suspend`, `group_suspend_cleared`, ...
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The subject (at creation, or the one a settings update asked for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// The description (at creation, or the one a settings update asked for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The invite link (at creation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invite_link: Option<String>,
+    /// The business's API request this notification answers (`request_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// Who acted: `business` or `participant` (`initiated_by` of a removal; `participant`
+    /// for a user joining or asking to join).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initiated_by: Option<String>,
+    /// The people affected: added, removed, left, failed or asking to join.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub participants: Vec<GroupMember>,
+}
+
+/// A person a group notification is about.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct GroupMember {
+    /// `added`, `removed`, `failed`, `join_requested` or `join_request_revoked`.
+    pub change: String,
+    /// Who: `id` is the phone number if given, else the business-scoped user id (or, for a
+    /// removal the business requested, the phone number or BSUID it named: `input`).
+    pub participant: Participant,
+}
+
+/// A person's new identifiers, and the ones they replace where Meta says.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct IdentityChange {
+    /// The business-scoped user id before the change (`user_id_update`'s `user_id.previous`,
+    /// or the `from_user_id` of a `system` message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_user_id: Option<String>,
+    /// The new business-scoped user id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// The parent business-scoped user id before the change, where enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_parent_user_id: Option<String>,
+    /// The new parent business-scoped user id, where enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_user_id: Option<String>,
+    /// The person's (new) phone number, where shared (`system.wa_id`, `user_id_update`'s
+    /// `wa_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wa_id: Option<String>,
 }
 
 /// A message, comment or post carried by an event.

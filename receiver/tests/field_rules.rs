@@ -26,8 +26,9 @@ enum Match {
 }
 
 /// One rule: in items selected by `platform`, `fields` (the event's, empty = any), `kinds`
-/// (the event's, empty = any) and `when`/`unless` (a raw key and the values it must / must not
-/// have), the first of `keys` present in the raw item must equal the event's `field`.
+/// (the event's, empty = any), `when`/`unless` (a raw key and the values it must / must not
+/// have) and `without` (raw keys that must be absent or empty), the first of `keys` present in
+/// the raw item must equal the event's `field`.
 struct Rule {
     name: &'static str,
     platform: &'static [&'static str],
@@ -35,6 +36,7 @@ struct Rule {
     kinds: &'static [&'static str],
     when: Option<(&'static str, &'static [&'static str])>,
     unless: Option<(&'static str, &'static [&'static str])>,
+    without: &'static [&'static str],
     keys: &'static [&'static str],
     field: &'static str,
     how: Match,
@@ -47,6 +49,7 @@ const RULE: Rule = Rule {
     kinds: &[],
     when: None,
     unless: None,
+    without: &[],
     keys: &[],
     field: "",
     how: Match::Same,
@@ -59,6 +62,14 @@ const INSTAGRAM: &[&str] = &["instagram"];
 const IG_COMMENTS: &[&str] = &["comments", "live_comments"];
 const WA_INCOMING: &[&str] = &["message", "reaction", "edit", "delete"];
 const NOT_ECHO: Option<(&str, &[&str])> = Some(("message.is_echo", &["true"]));
+/// A WhatsApp status of a message sent to a group (`recipient_id` is then the group).
+const TO_GROUP: Option<(&str, &[&str])> = Some(("recipient_type", &["group"]));
+const WA_GROUP_FIELDS: &[&str] = &[
+    "group_lifecycle_update",
+    "group_participants_update",
+    "group_settings_update",
+    "group_status_update",
+];
 
 const RULES: &[Rule] = &[
     // Actors: who commented, posted, reacted, rated, mentioned, messaged.
@@ -150,6 +161,8 @@ const RULES: &[Rule] = &[
         name: "whatsapp message sender (from)",
         platform: WHATSAPP,
         kinds: WA_INCOMING,
+        // Meta's pre-February 2026 shape sent `"from": ""` for a withheld number.
+        unless: Some(("from", &[""])),
         keys: &["from"],
         field: "conversation.participant.id",
         ..RULE
@@ -158,8 +171,407 @@ const RULES: &[Rule] = &[
         name: "whatsapp status recipient (recipient_id)",
         platform: WHATSAPP,
         kinds: &["status"],
+        unless: TO_GROUP,
         keys: &["recipient_id"],
         field: "conversation.participant.id",
+        ..RULE
+    },
+    // Business-scoped user ids (BSUIDs): the stable key, and the participant when no phone
+    // number is shared.
+    Rule {
+        name: "whatsapp message sender BSUID (from_user_id)",
+        platform: WHATSAPP,
+        kinds: WA_INCOMING,
+        keys: &["from_user_id"],
+        field: "conversation.participant.user_id",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp message sender without a phone number is the BSUID",
+        platform: WHATSAPP,
+        kinds: WA_INCOMING,
+        without: &["from"],
+        keys: &["from_user_id"],
+        field: "conversation.participant.id",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp message sender parent BSUID (from_parent_user_id)",
+        platform: WHATSAPP,
+        keys: &["from_parent_user_id"],
+        field: "conversation.participant.parent_user_id",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp status recipient BSUID (recipient_user_id)",
+        platform: WHATSAPP,
+        kinds: &["status"],
+        unless: TO_GROUP,
+        keys: &["recipient_user_id"],
+        field: "conversation.participant.user_id",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp status recipient without a phone number is the BSUID",
+        platform: WHATSAPP,
+        kinds: &["status"],
+        unless: TO_GROUP,
+        without: &["recipient_id"],
+        keys: &["recipient_user_id"],
+        field: "conversation.participant.id",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp status recipient parent BSUID (recipient_parent_user_id)",
+        platform: WHATSAPP,
+        kinds: &["status"],
+        keys: &["recipient_parent_user_id"],
+        field: "conversation.participant.parent_user_id",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp echo recipient BSUID (to_user_id)",
+        platform: WHATSAPP,
+        kinds: &["echo"],
+        keys: &["to_user_id"],
+        field: "conversation.participant.user_id",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp echo recipient without a phone number is the BSUID",
+        platform: WHATSAPP,
+        kinds: &["echo"],
+        without: &["to"],
+        keys: &["to_user_id"],
+        field: "conversation.participant.id",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp user-initiated call: caller BSUID (from_user_id)",
+        platform: WHATSAPP,
+        kinds: &["call"],
+        unless: Some(("direction", &["BUSINESS_INITIATED"])),
+        keys: &["from_user_id"],
+        field: "conversation.participant.user_id",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp user-initiated call: caller without a phone number is the BSUID",
+        platform: WHATSAPP,
+        kinds: &["call"],
+        unless: Some(("direction", &["BUSINESS_INITIATED"])),
+        without: &["from"],
+        keys: &["from_user_id"],
+        field: "conversation.participant.id",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp business-initiated call: callee (to, to_user_id)",
+        platform: WHATSAPP,
+        kinds: &["call"],
+        when: Some(("direction", &["BUSINESS_INITIATED"])),
+        keys: &["to", "to_user_id"],
+        field: "conversation.participant.id",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp business-initiated call: callee BSUID (to_user_id)",
+        platform: WHATSAPP,
+        kinds: &["call"],
+        when: Some(("direction", &["BUSINESS_INITIATED"])),
+        keys: &["to_user_id"],
+        field: "conversation.participant.user_id",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp preference: person (wa_id, else user_id) and BSUID",
+        platform: WHATSAPP,
+        fields: &["user_preferences"],
+        keys: &["wa_id", "user_id"],
+        field: "conversation.participant.id",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp preference BSUID (user_id)",
+        platform: WHATSAPP,
+        fields: &["user_preferences"],
+        keys: &["user_id"],
+        field: "conversation.participant.user_id",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp system message: new BSUID (system.user_id)",
+        platform: WHATSAPP,
+        keys: &["system.user_id"],
+        field: "identity_change.user_id",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp system message: new phone number (system.wa_id)",
+        platform: WHATSAPP,
+        keys: &["system.wa_id"],
+        field: "identity_change.wa_id",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp system message without a sender: the new identity is the participant",
+        platform: WHATSAPP,
+        when: Some(("type", &["system"])),
+        without: &["from", "from_user_id"],
+        keys: &["system.wa_id", "system.user_id"],
+        field: "conversation.participant.id",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp user_id_update: previous BSUID",
+        platform: WHATSAPP,
+        fields: &["user_id_update"],
+        keys: &["user_id.previous"],
+        field: "identity_change.previous_user_id",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp user_id_update: current BSUID",
+        platform: WHATSAPP,
+        fields: &["user_id_update"],
+        keys: &["user_id.current"],
+        field: "identity_change.user_id",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp user_id_update: current parent BSUID",
+        platform: WHATSAPP,
+        fields: &["user_id_update"],
+        keys: &["parent_user_id.current"],
+        field: "identity_change.parent_user_id",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp user_id_update: person (wa_id, else the current BSUID)",
+        platform: WHATSAPP,
+        fields: &["user_id_update"],
+        keys: &["wa_id", "user_id.current"],
+        field: "conversation.participant.id",
+        ..RULE
+    },
+    // Groups: messages sent in a group, statuses of messages sent to a group, and the Groups
+    // API notifications.
+    Rule {
+        name: "whatsapp group message: the group (group_id)",
+        platform: WHATSAPP,
+        kinds: WA_INCOMING,
+        keys: &["group_id"],
+        field: "conversation.id",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp group message: group.id (group_id)",
+        platform: WHATSAPP,
+        kinds: WA_INCOMING,
+        keys: &["group_id"],
+        field: "group.id",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp group status: the group (recipient_id)",
+        platform: WHATSAPP,
+        kinds: &["status"],
+        when: TO_GROUP,
+        keys: &["recipient_id"],
+        field: "group.id",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp group status: the conversation is the group (recipient_id)",
+        platform: WHATSAPP,
+        kinds: &["status"],
+        when: TO_GROUP,
+        keys: &["recipient_id"],
+        field: "conversation.id",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp group status: the participant (recipient_participant_id, else BSUID)",
+        platform: WHATSAPP,
+        kinds: &["status"],
+        when: TO_GROUP,
+        keys: &["recipient_participant_id", "recipient_participant_user_id"],
+        field: "conversation.participant.id",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp group status: the participant's BSUID",
+        platform: WHATSAPP,
+        kinds: &["status"],
+        when: TO_GROUP,
+        keys: &["recipient_participant_user_id"],
+        field: "conversation.participant.user_id",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp group status: the participant's parent BSUID",
+        platform: WHATSAPP,
+        kinds: &["status"],
+        when: TO_GROUP,
+        keys: &["recipient_participant_parent_user_id"],
+        field: "conversation.participant.parent_user_id",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp group notification: the group (group_id)",
+        platform: WHATSAPP,
+        fields: WA_GROUP_FIELDS,
+        keys: &["group_id"],
+        field: "group.id",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp group notification: the conversation is the group (group_id)",
+        platform: WHATSAPP,
+        fields: WA_GROUP_FIELDS,
+        keys: &["group_id"],
+        field: "conversation.id",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp group notification: what happened (type)",
+        platform: WHATSAPP,
+        fields: WA_GROUP_FIELDS,
+        keys: &["type"],
+        field: "group.type",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp group notification: request id",
+        platform: WHATSAPP,
+        fields: WA_GROUP_FIELDS,
+        keys: &["request_id"],
+        field: "group.request_id",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp group notification: subject (subject, group_subject.text)",
+        platform: WHATSAPP,
+        fields: WA_GROUP_FIELDS,
+        keys: &["subject", "group_subject.text"],
+        field: "group.subject",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp group notification: description (description, group_description.text)",
+        platform: WHATSAPP,
+        fields: WA_GROUP_FIELDS,
+        keys: &["description", "group_description.text"],
+        field: "group.description",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp group notification: invite link",
+        platform: WHATSAPP,
+        fields: WA_GROUP_FIELDS,
+        keys: &["invite_link"],
+        field: "group.invite_link",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp group notification: who acted (initiated_by)",
+        platform: WHATSAPP,
+        fields: WA_GROUP_FIELDS,
+        keys: &["initiated_by"],
+        field: "group.initiated_by",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp group join request: the person (wa_id, else user_id)",
+        platform: WHATSAPP,
+        fields: &["group_participants_update"],
+        keys: &["wa_id", "user_id"],
+        field: "conversation.participant.id",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp group join request: the person's BSUID (user_id)",
+        platform: WHATSAPP,
+        fields: &["group_participants_update"],
+        keys: &["user_id"],
+        field: "conversation.participant.user_id",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp group join request: the person's username",
+        platform: WHATSAPP,
+        fields: &["group_participants_update"],
+        keys: &["username"],
+        field: "conversation.participant.username",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp group: the first added participant (wa_id, else user_id)",
+        platform: WHATSAPP,
+        fields: &["group_participants_update"],
+        keys: &["added_participants.0.wa_id", "added_participants.0.user_id"],
+        field: "group.participants.0.participant.id",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp group: the first added participant's BSUID",
+        platform: WHATSAPP,
+        fields: &["group_participants_update"],
+        keys: &["added_participants.0.user_id"],
+        field: "group.participants.0.participant.user_id",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp group: the first removed participant (wa_id, else input)",
+        platform: WHATSAPP,
+        fields: &["group_participants_update"],
+        keys: &[
+            "removed_participants.0.wa_id",
+            "removed_participants.0.input",
+        ],
+        field: "group.participants.0.participant.id",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp group: a second removed participant named by BSUID (input)",
+        platform: WHATSAPP,
+        fields: &["group_participants_update"],
+        keys: &["removed_participants.1.input"],
+        field: "group.participants.1.participant.user_id",
+        ..RULE
+    },
+    // Account-level notifications with ids of their own.
+    Rule {
+        name: "whatsapp account_settings_update: the phone number (phone_number_id)",
+        platform: WHATSAPP,
+        fields: &["account_settings_update"],
+        keys: &["value.phone_number_settings.phone_number_id"],
+        field: "business_phone.id",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp account_settings_update: occurred_at (timestamp)",
+        platform: WHATSAPP,
+        fields: &["account_settings_update"],
+        keys: &["value.timestamp"],
+        field: "occurred_at",
+        how: Match::Time,
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp business_username_update: username",
+        platform: WHATSAPP,
+        fields: &["business_username_update"],
+        keys: &["value.username"],
+        field: "business_phone.username",
+        ..RULE
+    },
+    Rule {
+        name: "whatsapp business_username_update: status",
+        platform: WHATSAPP,
+        fields: &["business_username_update"],
+        keys: &["value.status"],
+        field: "status.value",
         ..RULE
     },
     Rule {
@@ -476,10 +888,13 @@ const RULES: &[Rule] = &[
     },
 ];
 
-/// A JSON value at a dotted path.
+/// A JSON value at a dotted path (a numeric segment indexes an array).
 fn at<'v>(value: &'v Value, path: &str) -> Option<&'v Value> {
     path.split('.')
-        .try_fold(value, |v, key| v.get(key))
+        .try_fold(value, |v, key| match (v, key.parse::<usize>()) {
+            (Value::Array(items), Ok(index)) => items.get(index),
+            _ => v.get(key),
+        })
         .filter(|v| !v.is_null())
 }
 
@@ -512,7 +927,11 @@ fn expected(rule: &Rule, event: &Value, raw: &Value) -> Option<(&'static str, Op
         && (rule.fields.is_empty() || rule.fields.contains(&of("field").as_str()))
         && (rule.kinds.is_empty() || rule.kinds.contains(&of("kind").as_str()))
         && rule.when.is_none_or(|w| is_one_of(raw, w))
-        && !rule.unless.is_some_and(|u| is_one_of(raw, u));
+        && !rule.unless.is_some_and(|u| is_one_of(raw, u))
+        && rule
+            .without
+            .iter()
+            .all(|key| at(raw, key).and_then(text).is_none_or(|t| t.is_empty()));
     if !selected {
         return None;
     }

@@ -13,15 +13,23 @@ use serde_json::value::RawValue;
 use super::lenient::{Id, Num, UnixTime};
 
 /// The subscription fields of a WhatsApp Business Account (WA webhooks overview, Apr 2026),
-/// plus `calls` and `flows`.
+/// plus `calls` and `flows`; `account_settings_update` (Calling's "Call settings" page); the
+/// four Groups API fields (Meta's "Webhooks for Groups API" page); `user_id_update` and
+/// `business_username_update` (Meta's "Business-scoped user IDs" page, May 2026).
 pub const FIELDS: &[&str] = &[
     "account_alerts",
     "account_review_update",
+    "account_settings_update",
     "account_update",
     "automatic_events",
     "business_capability_update",
+    "business_username_update",
     "calls",
     "flows",
+    "group_lifecycle_update",
+    "group_participants_update",
+    "group_settings_update",
+    "group_status_update",
     "history",
     "message_template_components_update",
     "message_template_quality_update",
@@ -35,6 +43,7 @@ pub const FIELDS: &[&str] = &[
     "smb_app_state_sync",
     "smb_message_echoes",
     "template_category_update",
+    "user_id_update",
     "user_preferences",
 ];
 
@@ -87,6 +96,13 @@ pub struct ItemsValue<'a> {
     /// Marketing-message preference changes (field `user_preferences`).
     #[serde(default, borrow)]
     pub user_preferences: Vec<&'a RawValue>,
+    /// Groups API notifications (fields `group_lifecycle_update`, `group_participants_update`,
+    /// `group_settings_update`, `group_status_update`).
+    #[serde(default, borrow)]
+    pub groups: Vec<&'a RawValue>,
+    /// Business-scoped user id changes (field `user_id_update`).
+    #[serde(default, borrow)]
+    pub user_id_update: Vec<&'a RawValue>,
     /// System-, app- or account-level errors.
     #[serde(default)]
     pub errors: Vec<Error>,
@@ -103,19 +119,21 @@ pub struct Metadata {
     pub phone_number_id: Option<Id>,
 }
 
-/// `value.contacts[]`: who sent the messages.
+/// `value.contacts[]`: who sent the messages (or, on statuses, who received them; on a
+/// group's statuses, one per participant).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct Contact {
-    /// `{name}` as set in the person's WhatsApp profile.
+    /// `{name, username}` as set in the person's WhatsApp profile.
     #[serde(default)]
     pub profile: Option<Profile>,
-    /// The person's WhatsApp id (phone number).
+    /// The person's WhatsApp id (phone number); omitted since 2026 when the person uses a
+    /// username and Meta may not share the number (empty in Meta's pre-February 2026 shapes).
     #[serde(default)]
     pub wa_id: Option<Id>,
-    /// Business-scoped user id (2026), e.g. `US.13491208655302741918`.
+    /// Business-scoped user id (BSUID, 2026), e.g. `US.13491208655302741918`: always present.
     #[serde(default)]
     pub user_id: Option<String>,
-    /// The parent business-scoped user id.
+    /// The parent business-scoped user id (`US.ENT.…`), for enrolled business portfolios.
     #[serde(default)]
     pub parent_user_id: Option<String>,
 }
@@ -126,6 +144,9 @@ pub struct Profile {
     /// Display name.
     #[serde(default)]
     pub name: Option<String>,
+    /// The person's WhatsApp username, when they adopted one (2026).
+    #[serde(default)]
+    pub username: Option<String>,
 }
 
 /// One of Meta's error objects (`errors[]`).
@@ -165,12 +186,21 @@ pub struct Message {
     /// Sender's business-scoped user id, where given.
     #[serde(default)]
     pub from_user_id: Option<String>,
+    /// Sender's parent business-scoped user id, where enabled.
+    #[serde(default)]
+    pub from_parent_user_id: Option<String>,
+    /// The group the message was sent in (Groups API), absent in a one-to-one chat.
+    #[serde(default)]
+    pub group_id: Option<String>,
     /// Recipient (echoes only).
     #[serde(default)]
     pub to: Option<Id>,
     /// Recipient's business-scoped user id (echoes only).
     #[serde(default)]
     pub to_user_id: Option<String>,
+    /// Recipient's parent business-scoped user id (echoes only), where enabled.
+    #[serde(default)]
+    pub to_parent_user_id: Option<String>,
     /// The message id (`wamid.…`).
     #[serde(default)]
     pub id: Option<String>,
@@ -466,10 +496,16 @@ pub struct System {
     /// Description.
     #[serde(default)]
     pub body: Option<String>,
-    /// New WhatsApp id.
+    /// New WhatsApp id (omitted when the person uses a username and the number is not shared).
     #[serde(default)]
     pub wa_id: Option<Id>,
-    /// `user_changed_number`, `customer_identity_changed`, ...
+    /// The person's new business-scoped user id (a number change regenerates it).
+    #[serde(default)]
+    pub user_id: Option<String>,
+    /// The person's new parent business-scoped user id, where enabled.
+    #[serde(default)]
+    pub parent_user_id: Option<String>,
+    /// `user_changed_number`, `user_changed_user_id`, `customer_identity_changed`, ...
     #[serde(rename = "type", default)]
     pub kind: Option<String>,
     /// Identity hash (identity changes).
@@ -511,12 +547,30 @@ pub struct StatusUpdate {
     /// Unix seconds.
     #[serde(default)]
     pub timestamp: Option<UnixTime>,
-    /// The customer.
+    /// The customer's phone number; the group id when `recipient_type` is `group`; omitted
+    /// when the message went to a business-scoped user id and the number is not shared.
     #[serde(default)]
     pub recipient_id: Option<Id>,
     /// The customer's business-scoped user id.
     #[serde(default)]
     pub recipient_user_id: Option<String>,
+    /// The customer's parent business-scoped user id, where enabled (named
+    /// `parent_recipient_user_id` in Meta's April 2026 text, renamed May 5, 2026).
+    #[serde(default, alias = "parent_recipient_user_id")]
+    pub recipient_parent_user_id: Option<String>,
+    /// `individual` (default) or `group`: a message sent to a group reports one status per
+    /// participant, `recipient_id` naming the group.
+    #[serde(default)]
+    pub recipient_type: Option<String>,
+    /// The group participant the status is about: their phone number, where shared.
+    #[serde(default)]
+    pub recipient_participant_id: Option<Id>,
+    /// The group participant's business-scoped user id.
+    #[serde(default)]
+    pub recipient_participant_user_id: Option<String>,
+    /// The group participant's parent business-scoped user id, where enabled.
+    #[serde(default)]
+    pub recipient_participant_parent_user_id: Option<String>,
     /// `call` for call statuses.
     #[serde(rename = "type", default)]
     pub kind: Option<String>,
@@ -574,9 +628,21 @@ pub struct Call {
     /// Caller.
     #[serde(default)]
     pub from: Option<Id>,
+    /// Caller's business-scoped user id (user-initiated calls).
+    #[serde(default)]
+    pub from_user_id: Option<String>,
+    /// Caller's parent business-scoped user id, where enabled.
+    #[serde(default)]
+    pub from_parent_user_id: Option<String>,
     /// Callee.
     #[serde(default)]
     pub to: Option<Id>,
+    /// Callee's business-scoped user id (business-initiated calls).
+    #[serde(default)]
+    pub to_user_id: Option<String>,
+    /// Callee's parent business-scoped user id, where enabled.
+    #[serde(default)]
+    pub to_parent_user_id: Option<String>,
     /// `connect`, `terminate`.
     #[serde(default)]
     pub event: Option<String>,
@@ -606,6 +672,9 @@ pub struct UserPreference {
     /// The customer's business-scoped user id.
     #[serde(default)]
     pub user_id: Option<String>,
+    /// The customer's parent business-scoped user id, where enabled.
+    #[serde(default)]
+    pub parent_user_id: Option<String>,
     /// Description.
     #[serde(default)]
     pub detail: Option<String>,
@@ -618,6 +687,202 @@ pub struct UserPreference {
     /// Unix seconds.
     #[serde(default)]
     pub timestamp: Option<UnixTime>,
+}
+
+/// `groups[]` of the four Groups API fields (Meta's "Webhooks for Groups API" page and the
+/// Groups sections of "Business-scoped user IDs"): one group notification. Which keys are
+/// present depends on `type`; every one is optional.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct GroupItem {
+    /// Unix seconds.
+    #[serde(default)]
+    pub timestamp: Option<UnixTime>,
+    /// The group.
+    #[serde(default)]
+    pub group_id: Option<Id>,
+    /// `group_create`, `group_delete`, `group_participants_add`, `group_participants_remove`,
+    /// `group_join_request_created`, `group_join_request_revoked`, `group_settings_update`,
+    /// `group_suspend`, `group_suspend_cleared`, ...
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    /// The id of the business's API request this answers (create, delete, remove, update).
+    #[serde(default)]
+    pub request_id: Option<String>,
+    /// The group's subject (create).
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// The group's description (create).
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The invite link (create).
+    #[serde(default)]
+    pub invite_link: Option<String>,
+    /// `auto_approve` or `approval_required` (create).
+    #[serde(default)]
+    pub join_approval_mode: Option<String>,
+    /// Why participants were added, e.g. `invite_link`.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Who removed participants: `business` or `participant` (a participant who left).
+    #[serde(default)]
+    pub initiated_by: Option<String>,
+    /// Users who joined.
+    #[serde(default)]
+    pub added_participants: Vec<GroupUser>,
+    /// Users who were removed or left.
+    #[serde(default)]
+    pub removed_participants: Vec<GroupUser>,
+    /// Users the business's request could not add or remove, with `errors`.
+    #[serde(default)]
+    pub failed_participants: Vec<GroupUser>,
+    /// A join request (join request created or revoked).
+    #[serde(default)]
+    pub join_request_id: Option<String>,
+    /// The requesting user's phone number (join requests), where shared.
+    #[serde(default)]
+    pub wa_id: Option<Id>,
+    /// The requesting user's business-scoped user id (join requests).
+    #[serde(default)]
+    pub user_id: Option<String>,
+    /// The requesting user's parent business-scoped user id, where enabled.
+    #[serde(default)]
+    pub parent_user_id: Option<String>,
+    /// The requesting user's username, where they adopted one.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The new subject and whether it was applied (settings update).
+    #[serde(default)]
+    pub group_subject: Option<GroupSetting>,
+    /// The new description and whether it was applied (settings update).
+    #[serde(default)]
+    pub group_description: Option<GroupSetting>,
+    /// The new picture and whether it was applied (settings update).
+    #[serde(default)]
+    pub profile_picture: Option<GroupSetting>,
+    /// Why the request failed as a whole.
+    #[serde(default)]
+    pub errors: Vec<Error>,
+}
+
+/// A user in `added_participants`, `removed_participants` or `failed_participants`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct GroupUser {
+    /// The phone number or business-scoped user id the business named in its request.
+    #[serde(default)]
+    pub input: Option<String>,
+    /// The user's phone number, where shared.
+    #[serde(default)]
+    pub wa_id: Option<Id>,
+    /// The user's business-scoped user id.
+    #[serde(default)]
+    pub user_id: Option<String>,
+    /// The user's parent business-scoped user id, where enabled.
+    #[serde(default)]
+    pub parent_user_id: Option<String>,
+    /// The user's username, where they adopted one.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Why this user could not be added or removed.
+    #[serde(default)]
+    pub errors: Vec<Error>,
+}
+
+/// `group_subject`, `group_description`, `profile_picture` of a settings update.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct GroupSetting {
+    /// The requested text (subject, description).
+    #[serde(default)]
+    pub text: Option<String>,
+    /// Whether the change was applied.
+    #[serde(default)]
+    pub update_successful: Option<bool>,
+    /// MIME type (picture).
+    #[serde(default)]
+    pub mime_type: Option<String>,
+    /// SHA-256 (picture).
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Why it was not applied.
+    #[serde(default)]
+    pub errors: Vec<Error>,
+}
+
+/// `user_id_update[]`: a person's business-scoped user id changed (Meta's "Business-scoped
+/// user IDs" page, section "user_id_update webhooks").
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct UserIdUpdate {
+    /// The person's phone number, where shared.
+    #[serde(default)]
+    pub wa_id: Option<Id>,
+    /// Human-readable description.
+    #[serde(default)]
+    pub detail: Option<String>,
+    /// `{previous, current}` business-scoped user ids.
+    #[serde(default)]
+    pub user_id: Option<PreviousCurrent>,
+    /// `{previous, current}` parent business-scoped user ids, where enabled.
+    #[serde(default)]
+    pub parent_user_id: Option<PreviousCurrent>,
+    /// Unix seconds.
+    #[serde(default)]
+    pub timestamp: Option<UnixTime>,
+}
+
+/// An identifier before and after a change.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct PreviousCurrent {
+    /// The old value.
+    #[serde(default)]
+    pub previous: Option<String>,
+    /// The new value.
+    #[serde(default)]
+    pub current: Option<String>,
+}
+
+/// The value of `account_settings_update` (Calling's "Call settings" page): a business phone
+/// number's settings changed (today only its calling settings).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct AccountSettingsValue {
+    /// Always `whatsapp`.
+    #[serde(default)]
+    pub messaging_product: Option<String>,
+    /// When the settings changed (Unix seconds).
+    #[serde(default)]
+    pub timestamp: Option<UnixTime>,
+    /// `PHONE_NUMBER_SETTINGS`.
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    /// The phone number and its changed settings.
+    #[serde(default)]
+    pub phone_number_settings: Option<PhoneNumberSettings>,
+}
+
+/// `phone_number_settings` of `account_settings_update`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct PhoneNumberSettings {
+    /// The business phone number whose settings changed.
+    #[serde(default)]
+    pub phone_number_id: Option<Id>,
+    /// The calling settings, as the Get settings API returns them (null when calling did not
+    /// change); kept loosely typed, its parts are in `raw`.
+    #[serde(default)]
+    pub calling: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// The value of `business_username_update`: a business phone number's username changed status
+/// (Meta's "Business-scoped user IDs" page; it replaced `phone_number_username_update` on
+/// February 6, 2026).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct BusinessUsernameValue {
+    /// The business number, as displayed.
+    #[serde(default)]
+    pub display_phone_number: Option<Id>,
+    /// The username (omitted when `status` is `deleted`).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// `approved`, `reserved` or `deleted`.
+    #[serde(default)]
+    pub status: Option<String>,
 }
 
 /// The value of an account-level field (account_update, template status, quality, security,

@@ -284,6 +284,7 @@ fn actor(id: Option<&Id>, name: Option<String>, username: Option<String>) -> Opt
             name,
             username,
             user_id: None,
+            parent_user_id: None,
         }),
     })
 }

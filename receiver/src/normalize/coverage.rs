@@ -59,10 +59,17 @@ pub fn field_kinds(object: &str, field: &str) -> &'static [Kind] {
             "account_update"
             | "account_review_update"
             | "account_alerts"
+            | "account_settings_update"
             | "business_capability_update"
+            | "business_username_update"
             | "partner_solutions"
             | "payment_configuration_update"
             | "phone_number_name_update" => &[AccountUpdate],
+            "group_lifecycle_update"
+            | "group_participants_update"
+            | "group_settings_update"
+            | "group_status_update" => &[Group],
+            "user_id_update" => &[IdentityChange],
             "security" => &[Security],
             "history" | "smb_app_state_sync" => &[History],
             "user_preferences" => &[Optout, Optin, Preference],

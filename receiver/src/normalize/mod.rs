@@ -372,6 +372,8 @@ impl<'c> Scope<'c> {
             lead: None,
             referral: None,
             media: None,
+            group: None,
+            identity_change: None,
             error: None,
             raw,
         }

@@ -440,3 +440,116 @@ fn an_unrecognized_preference_value_keeps_the_preference_kind() {
     );
     assert_eq!(none[0].kind, Kind::Unknown, "a preference without a value");
 }
+
+#[test]
+fn each_participant_of_a_group_status_is_its_own_event() {
+    let events = run(
+        r#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{"contacts":[{"profile":{"name":"Ada"},"wa_id":"155","user_id":"US.1"},{"user_id":"US.2"}],"statuses":[{"id":"wamid.G","status":"read","timestamp":"1700000000","recipient_id":"GROUP","recipient_type":"group","recipient_participant_id":"155","recipient_participant_user_id":"US.1"},{"id":"wamid.G","status":"read","timestamp":"1700000001","recipient_id":"GROUP","recipient_type":"group","recipient_participant_user_id":"US.2"}]}}]}]}"#,
+    );
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].id, "wamid.G:read:US.1");
+    assert_eq!(events[1].id, "wamid.G:read:US.2");
+    for event in &events {
+        let conversation = event.conversation.as_ref().expect("conversation");
+        assert_eq!(conversation.id.as_deref(), Some("GROUP"));
+        assert_eq!(
+            event.group.as_ref().and_then(|g| g.id.as_deref()),
+            Some("GROUP")
+        );
+    }
+    assert_eq!(participant_of(&events[0]).0, Some("155"));
+    assert_eq!(participant_of(&events[0]).1, Some("Ada"));
+    assert_eq!(
+        participant_of(&events[1]).0,
+        Some("US.2"),
+        "no number: the BSUID"
+    );
+}
+
+#[test]
+fn empty_phone_numbers_count_as_absent() {
+    let events = run(
+        r#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{"contacts":[{"profile":{"name":"G","username":"@g"},"wa_id":"","user_id":"US.7"}],"messages":[{"from":"","from_user_id":"US.7","id":"wamid.E","timestamp":"1700000000","type":"text","text":{"body":"hi"}}]}}]}]}"#,
+    );
+    let person = events[0]
+        .conversation
+        .as_ref()
+        .and_then(|c| c.participant.as_ref())
+        .expect("participant");
+    assert_eq!(person.id.as_deref(), Some("US.7"));
+    assert_eq!(person.user_id.as_deref(), Some("US.7"));
+    assert_eq!(person.username.as_deref(), Some("@g"));
+}
+
+#[test]
+fn a_user_id_change_names_the_person_by_the_new_ids() {
+    let events = run(
+        r#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{"messages":[{"id":"wamid.S","timestamp":"1700000000","type":"system","system":{"body":"changed","user_id":"US.NEW","type":"user_changed_user_id"}}]}}]}]}"#,
+    );
+    let event = &events[0];
+    assert_eq!(event.kind, Kind::Message);
+    assert_eq!(participant_of(event).0, Some("US.NEW"));
+    let change = event.identity_change.as_ref().expect("identity change");
+    assert_eq!(change.user_id.as_deref(), Some("US.NEW"));
+}
+
+#[test]
+fn group_notifications_carry_the_group_and_the_people() {
+    let events = run(
+        r#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"group_participants_update","value":{"groups":[{"timestamp":"1700000000","group_id":"G1","type":"group_participants_remove","removed_participants":[{"input":"155"},{"input":"US.2"}],"initiated_by":"business"},{"timestamp":"1700000001","group_id":"G1","type":"group_participants_add","reason":"invite_link","added_participants":[{"user_id":"US.3"}]}]}}]}]}"#,
+    );
+    assert_eq!(events.len(), 2, "one event per groups[] item");
+    let removal = events[0].group.as_ref().expect("group");
+    assert_eq!(events[0].kind, Kind::Group);
+    assert_eq!(removal.id.as_deref(), Some("G1"));
+    assert_eq!(removal.initiated_by.as_deref(), Some("business"));
+    let removed: Vec<(&str, Option<&str>, Option<&str>)> = removal
+        .participants
+        .iter()
+        .map(|m| {
+            (
+                m.change.as_str(),
+                m.participant.id.as_deref(),
+                m.participant.user_id.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        removed,
+        [
+            ("removed", Some("155"), None),
+            ("removed", Some("US.2"), Some("US.2"))
+        ]
+    );
+    assert!(
+        events[0]
+            .conversation
+            .as_ref()
+            .is_some_and(|c| c.participant.is_none()),
+        "two people: no single participant"
+    );
+    let join = events[1].group.as_ref().expect("group");
+    assert_eq!(join.initiated_by.as_deref(), Some("participant"));
+    assert_eq!(participant_of(&events[1]).0, Some("US.3"));
+    assert_ne!(events[0].id, events[1].id);
+}
+
+#[test]
+fn renamed_username_field_stays_unknown_with_raw() {
+    let events = run(
+        r#"{"object":"whatsapp_business_account","entry":[{"id":"1","time":1700000000,"changes":[{"field":"phone_number_username_update","value":{"username":"acme","status":"approved"}}]}]}"#,
+    );
+    assert_eq!(events[0].kind, Kind::Unknown);
+    assert!(events[0].raw.get().contains("acme"));
+    let documented = run(
+        r#"{"object":"whatsapp_business_account","entry":[{"id":"1","time":1700000000,"changes":[{"field":"business_username_update","value":{"display_phone_number":"155","username":"acme","status":"approved"}}]}]}"#,
+    );
+    assert_eq!(documented[0].kind, Kind::AccountUpdate);
+    assert_eq!(
+        documented[0]
+            .business_phone
+            .as_ref()
+            .and_then(|p| p.username.as_deref()),
+        Some("acme")
+    );
+}
