@@ -73,6 +73,9 @@ fn leaves(body: &Value) -> Vec<Leaf> {
                     "message_echoes",
                     "calls",
                     "user_preferences",
+                    // Groups API notifications and business-scoped user id changes.
+                    "groups",
+                    "user_id_update",
                 ] {
                     items.extend(
                         value
