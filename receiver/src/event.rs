@@ -290,6 +290,9 @@ pub struct Group {
     /// The business's API request this notification answers (`request_id`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// The join request (`join_request_id`), to approve or reject with the Groups API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_request_id: Option<String>,
     /// Who acted: `business` or `participant` (`initiated_by` of a removal; `participant`
     /// for a user joining or asking to join).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -466,6 +466,14 @@ const RULES: &[Rule] = &[
         ..RULE
     },
     Rule {
+        name: "whatsapp group notification: join request id",
+        platform: WHATSAPP,
+        fields: WA_GROUP_FIELDS,
+        keys: &["join_request_id"],
+        field: "group.join_request_id",
+        ..RULE
+    },
+    Rule {
         name: "whatsapp group notification: invite link",
         platform: WHATSAPP,
         fields: WA_GROUP_FIELDS,

@@ -461,6 +461,7 @@ impl Scope<'_> {
                 .or_else(|| setting_text(&item.group_description)),
             invite_link: text(item.invite_link.as_deref()).map(str::to_owned),
             request_id: text(item.request_id.as_deref()).map(str::to_owned),
+            join_request_id: text(item.join_request_id.as_deref()).map(str::to_owned),
             initiated_by,
             participants: members,
         });
