@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use metahook_backoff::ExponentialBackoff;
 use serde_json::Value;
 
 use super::{
@@ -26,12 +27,33 @@ pub struct GraphSettings {
     pub retry_backoff: Duration,
 }
 
+/// The doublings of `retry_backoff` before the waits stop growing (`--graph-max-attempts`
+/// ≤ 20 may reach it).
+const MAX_DOUBLINGS: u32 = 10;
+
+/// How much longer a rate-limited call waits than another transient failure: Meta gives no
+/// time to wait, and its windows are longer than a blip.
+const RATE_LIMIT_FACTOR: u32 = 4;
+
+impl GraphSettings {
+    /// The retry policy of one call: `retry_backoff` doubling up to 1,024 times it, without
+    /// jitter (one leader makes these calls). Refused when `retry_backoff` is 0.
+    pub fn backoff(&self) -> Result<ExponentialBackoff, metahook_backoff::InvalidBackoff> {
+        ExponentialBackoff::new(
+            self.retry_backoff,
+            self.retry_backoff.saturating_mul(1 << MAX_DOUBLINGS),
+            0.0,
+        )
+    }
+}
+
 /// The Graph API over HTTPS (rustls), tokens in the `Authorization: Bearer` header so they
 /// stay out of URLs and logs.
 #[derive(Debug, Clone)]
 pub struct GraphClient {
     http: reqwest::Client,
     settings: GraphSettings,
+    backoff: ExponentialBackoff,
 }
 
 /// A request body.
@@ -44,12 +66,19 @@ enum Body {
 impl GraphClient {
     /// A client with these settings.
     pub fn new(settings: GraphSettings) -> Result<GraphClient, GraphError> {
+        let backoff = settings
+            .backoff()
+            .map_err(|e| GraphError::transport("--graph-retry-backoff", e.to_string()))?;
         let http = reqwest::Client::builder()
             .timeout(settings.timeout)
             .user_agent(concat!("metahook-operator/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| GraphError::transport("build HTTP client", e.to_string()))?;
-        Ok(GraphClient { http, settings })
+        Ok(GraphClient {
+            http,
+            settings,
+            backoff,
+        })
     }
 
     fn url(&self, path: &str) -> String {
@@ -76,13 +105,13 @@ impl GraphClient {
             match self.once(&name, &method, path, query, token, &body).await {
                 Ok(value) => return Ok(value),
                 Err(error) if error.is_transient() && attempt < self.settings.max_attempts => {
-                    let mut wait = self
-                        .settings
-                        .retry_backoff
-                        .saturating_mul(1 << (attempt - 1).min(10));
-                    if error.is_rate_limit() {
-                        wait = wait.saturating_mul(4);
-                    }
+                    let computed = self.backoff.delay(attempt);
+                    // Meta names no time to wait after a rate limit: a longer one, taken
+                    // as a server's delay (a Retry-After) through the same policy.
+                    let server = error
+                        .is_rate_limit()
+                        .then(|| computed.saturating_mul(RATE_LIMIT_FACTOR));
+                    let wait = self.backoff.delay_honouring(attempt, server);
                     tracing::warn!(call = %name, error = %error, attempt, retry_in = ?wait, "Graph API call failed; retrying");
                     tokio::time::sleep(wait).await;
                     attempt += 1;
