@@ -128,14 +128,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         ctx.clone(),
     ));
     let runs = controllers.into_iter().map(|controller| {
+        let ctx = ctx.clone();
         controller
             .shutdown_on_signal()
             .graceful_shutdown_on(lost.clone())
             .run(controller::reconcile, controller::error_policy, ctx.clone())
-            .for_each(|result| async move {
-                match result {
-                    Ok((object, _)) => tracing::debug!(subscription = %object, "reconciled"),
-                    Err(err) => tracing::debug!(error = %err, "controller event"),
+            .for_each(move |result| {
+                // A requeue that came due for a deleted subscription: forget its failures.
+                if let Err(kube::runtime::controller::Error::ObjectNotFound(gone)) = &result {
+                    ctx.forget_gone(gone);
+                }
+                async move {
+                    match result {
+                        Ok((object, _)) => tracing::debug!(subscription = %object, "reconciled"),
+                        Err(err) => tracing::debug!(error = %err, "controller event"),
+                    }
                 }
             })
     });

@@ -1532,6 +1532,33 @@ async fn api_errors_fail_the_pass_and_back_off() {
 }
 
 #[tokio::test]
+async fn a_deleted_subscriptions_failures_are_forgotten() {
+    use kube::runtime::reflector::ObjectRef;
+    use metahook_operator::error::Error;
+
+    let sub = Arc::new(subscription("wa", NS, &whatsapp_spec()));
+    let key = ObjectRef::from_obj(sub.as_ref());
+    let api = MockApi::start(Vec::new(), Capabilities::default(), test_now());
+    let err = Error::Incomplete("failing".to_owned());
+    controller::error_policy(sub.clone(), &err, api.ctx.clone());
+    controller::error_policy(sub.clone(), &err, api.ctx.clone());
+    assert_eq!(api.ctx.failures_of(&key), 2);
+    // The controller found it gone when its requeue came due (kube's ObjectNotFound).
+    api.ctx.forget_gone(&key.clone().erase());
+    assert_eq!(api.ctx.failures_of(&key), 0);
+    let after = controller::error_policy(sub.clone(), &err, api.ctx.clone());
+    assert_eq!(
+        after,
+        Action::requeue(Duration::from_secs(5)),
+        "starts over"
+    );
+    // The sweep over the watch's store, for any deletion missed.
+    api.ctx.forget_deleted(|_| false);
+    assert_eq!(api.ctx.failures_of(&key), 0);
+    api.finish().await;
+}
+
+#[tokio::test]
 async fn mutual_tls_at_the_ingress_needs_the_ca_under_ca_crt() {
     let mut spec = tls_spec();
     spec["tls"] =

@@ -30,6 +30,7 @@
 mod api;
 pub mod children;
 mod discovery;
+pub mod failures;
 pub mod ownership;
 pub mod policy;
 pub mod registration;
@@ -40,7 +41,6 @@ pub mod token;
 
 pub use discovery::discover;
 
-use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -51,6 +51,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
+use metahook_backoff::ExponentialBackoff;
 use time::OffsetDateTime;
 
 use crate::FIELD_MANAGER;
@@ -63,6 +64,7 @@ use crate::resources::monitoring::Capabilities;
 use crate::resources::{self, Inputs};
 use crate::spec_check;
 use crate::status::{CertificateState, Observed, ReceiverState, Refusal, RegistrationState};
+use failures::Failures;
 
 /// How often a subscription is reconciled when nothing changes (drift is undone then).
 pub const RESYNC: Duration = Duration::from_secs(10 * 60);
@@ -100,8 +102,9 @@ pub struct Context {
     pub clock: Box<dyn Fn() -> OffsetDateTime + Send + Sync>,
     /// The Graph API client of registration (tests record the calls).
     pub graph: Arc<dyn GraphApi>,
-    /// Consecutive failures per subscription, for the error policy's backoff.
-    failures: Mutex<HashMap<ObjectRef<WebhookSubscription>, u32>>,
+    /// Consecutive failures per subscription, for the error policy's backoff: at most
+    /// [`failures::MAX_TRACKED`], forgotten on success and on deletion.
+    failures: Mutex<Failures<ObjectRef<WebhookSubscription>>>,
 }
 
 impl Debug for Context {
@@ -136,15 +139,42 @@ impl Context {
             capabilities: Mutex::new(capabilities),
             clock: Box::new(OffsetDateTime::now_utc),
             graph: Arc::new(Unconfigured),
-            failures: Mutex::new(HashMap::new()),
+            failures: Mutex::new(Failures::new(failures::MAX_TRACKED)),
         }
     }
 
     /// Forgets what is remembered about subscriptions that no longer exist.
     pub fn forget_deleted(&self, exists: impl Fn(&ObjectRef<WebhookSubscription>) -> bool) {
         if let Ok(mut failures) = self.failures.lock() {
-            failures.retain(|sub, _| exists(sub));
+            failures.retain(|sub| exists(sub));
         }
+    }
+
+    /// Forgets what is remembered about one subscription: a pass succeeded, or it was
+    /// deleted.
+    pub fn forget(&self, sub: &ObjectRef<WebhookSubscription>) {
+        if let Ok(mut failures) = self.failures.lock() {
+            failures.forget(sub);
+        }
+    }
+
+    /// Forgets a subscription the controller found deleted when its requeue came due (kube's
+    /// `ObjectNotFound`, whose reference is type-erased). A subscription that failed always
+    /// has a requeue pending, so each one that was deleted is forgotten at most one backoff
+    /// (5 min) after its deletion, without waiting for the sweep of [`Context::forget_deleted`].
+    pub fn forget_gone(&self, gone: &ObjectRef<kube::core::DynamicObject>) {
+        let mut sub = ObjectRef::<WebhookSubscription>::new(&gone.name);
+        if let Some(namespace) = &gone.namespace {
+            sub = sub.within(namespace);
+        }
+        self.forget(&sub);
+    }
+
+    /// The consecutive failures remembered for `sub` (0 after a success or a deletion).
+    pub fn failures_of(&self, sub: &ObjectRef<WebhookSubscription>) -> u32 {
+        self.failures
+            .lock()
+            .map_or(0, |failures| failures.count(sub))
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -161,25 +191,24 @@ pub async fn reconcile(sub: Arc<WebhookSubscription>, ctx: Arc<Context>) -> Resu
     let result = reconcile_inner(&sub, &ctx).await;
     ctx.metrics
         .reconciled(result.as_ref().map(|_| ()), started.elapsed());
-    if result.is_ok()
-        && let Ok(mut failures) = ctx.failures.lock()
-    {
-        failures.remove(&ObjectRef::from_obj(sub.as_ref()));
+    // A success starts the backoff over; so does a deletion's last pass (the finalizer
+    // removed, the object goes).
+    if result.is_ok() {
+        ctx.forget(&ObjectRef::from_obj(sub.as_ref()));
     }
     result
 }
 
-/// Retries a failed subscription with exponential backoff: 5 s doubling to 5 min.
+/// The controller's requeue after a failed pass: 5 s doubling to 5 min, without jitter
+/// (one leader reconciles, and kube's scheduler already spreads passes).
+pub const BACKOFF: ExponentialBackoff =
+    ExponentialBackoff::new_const(Duration::from_secs(5), Duration::from_secs(300), 0.0);
+
+/// Retries a failed subscription with exponential backoff ([`BACKOFF`]).
 #[allow(clippy::needless_pass_by_value)] // the signature kube's Controller::run wants
 pub fn error_policy(sub: Arc<WebhookSubscription>, error: &Error, ctx: Arc<Context>) -> Action {
     let attempts = match ctx.failures.lock() {
-        Ok(mut failures) => {
-            let count = failures
-                .entry(ObjectRef::from_obj(sub.as_ref()))
-                .or_insert(0);
-            *count = count.saturating_add(1);
-            *count
-        }
+        Ok(mut failures) => failures.record(&ObjectRef::from_obj(sub.as_ref())),
         Err(_) => 1,
     };
     let delay = backoff(attempts);
@@ -195,8 +224,7 @@ pub fn error_policy(sub: Arc<WebhookSubscription>, error: &Error, ctx: Arc<Conte
 
 /// The wait before attempt `attempts + 1`.
 pub fn backoff(attempts: u32) -> Duration {
-    let seconds = 5u64.saturating_mul(1u64 << attempts.saturating_sub(1).min(6));
-    Duration::from_secs(seconds.min(300))
+    BACKOFF.delay(attempts)
 }
 
 async fn reconcile_inner(sub: &WebhookSubscription, ctx: &Context) -> Result<Action, Error> {

@@ -3,8 +3,8 @@
 //! Graph API answers 5xx, a rate limit (codes 4, 17, 32, 613) or nothing.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
+use metahook_backoff::{ExponentialBackoff, InvalidBackoff};
 use serde::Deserialize;
 
 use super::config::LeadAdsConfig;
@@ -51,7 +51,33 @@ pub struct LeadAds {
     base: String,
     tokens: BTreeMap<String, SecretSource>,
     max_attempts: u32,
-    retry_backoff: Duration,
+    backoff: ExponentialBackoff,
+}
+
+/// Why the enricher could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum LeadAdsSetupError {
+    /// The HTTP client.
+    #[error("HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    /// `retry_backoff` (validated with the configuration, so only a configuration built by
+    /// hand gets here).
+    #[error("retry_backoff: {0}")]
+    Backoff(#[from] InvalidBackoff),
+}
+
+/// The doublings of `retry_backoff` before the waits stop growing (it waited at most
+/// 1,024 × `retry_backoff` before the one policy too, and `max_attempts` ≤ 10 stays below).
+const MAX_DOUBLINGS: u32 = 10;
+
+/// The enricher's retry policy: `retry_backoff` doubling, without jitter (each lead's
+/// retries are few and bounded by `max_attempts`). Refused when `retry_backoff` is 0.
+pub fn policy(config: &LeadAdsConfig) -> Result<ExponentialBackoff, InvalidBackoff> {
+    ExponentialBackoff::new(
+        config.retry_backoff,
+        config.retry_backoff.saturating_mul(1 << MAX_DOUBLINGS),
+        0.0,
+    )
 }
 
 /// What `GET /{leadgen-id}` returns.
@@ -77,7 +103,8 @@ struct Attempt {
 
 impl LeadAds {
     /// Builds the enricher (the HTTP client, the token sources).
-    pub fn new(config: &LeadAdsConfig) -> Result<LeadAds, reqwest::Error> {
+    pub fn new(config: &LeadAdsConfig) -> Result<LeadAds, LeadAdsSetupError> {
+        let backoff = policy(config)?;
         let http = reqwest::Client::builder()
             .timeout(config.timeout)
             .user_agent(concat!("metahook-receiver/", env!("CARGO_PKG_VERSION")))
@@ -106,7 +133,7 @@ impl LeadAds {
             ),
             tokens,
             max_attempts: config.max_attempts,
-            retry_backoff: config.retry_backoff,
+            backoff,
         })
     }
 
@@ -163,9 +190,7 @@ impl LeadAds {
             match self.once(leadgen_id, token).await {
                 Ok(lead) => return Ok(lead),
                 Err(failure) if failure.transient && attempt < self.max_attempts => {
-                    let wait = self
-                        .retry_backoff
-                        .saturating_mul(1 << (attempt - 1).min(10));
+                    let wait = self.backoff.delay(attempt);
                     tracing::debug!(leadgen_id, error = %failure.message, attempt, retry_in = ?wait, "lead fetch failed; retrying");
                     tokio::time::sleep(wait).await;
                     attempt += 1;
@@ -279,7 +304,19 @@ fn graph_time(text: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+
+    #[test]
+    fn the_retry_policy_doubles_retry_backoff() {
+        let mut config = LeadAdsConfig::new(Vec::new());
+        let backoff = policy(&config).expect("the defaults are valid");
+        let waits: Vec<Duration> = (1..=3).map(|n| backoff.delay(n)).collect();
+        assert_eq!(waits, [500, 1_000, 2_000].map(Duration::from_millis));
+        config.retry_backoff = Duration::ZERO;
+        assert!(policy(&config).is_err(), "0 would retry at once");
+    }
 
     #[test]
     fn graph_times_become_rfc3339() {

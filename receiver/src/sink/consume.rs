@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use metahook_backoff::{ExponentialBackoff, InvalidBackoff};
 use tokio::sync::watch;
 
 use super::{Delivered, Reopening, Sink, SinkError, bury, refused};
@@ -28,7 +29,16 @@ pub const BATCH_BYTES: usize = 16 * 1024 * 1024;
 /// while delivering (and fsyncing, and committing the cursor) per group commit would double
 /// the receiver's I/O. Full batches never wait, so a sink keeps up at any rate.
 pub const LINGER: Duration = Duration::from_millis(20);
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// The wait after a batch's first failed attempt (or `retry.max_backoff` when shorter), and
+/// after a failed read of the spool.
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// The jitter of a sink's waits (±25%), so that sinks and receivers retrying together
+/// spread out.
+pub const JITTER: f64 = 0.25;
+/// The sinks' policy when [`Consumer::retry`] was never validated and is refused (only a
+/// consumer built by hand gets there: the configuration is validated at load).
+const FALLBACK_BACKOFF: ExponentialBackoff =
+    ExponentialBackoff::new_const(FIRST_BACKOFF, Duration::from_secs(300), JITTER);
 /// The shortest time between two lag updates made while a delivery is in flight.
 const LAG_REFRESH: Duration = Duration::from_millis(100);
 /// How often an idle sink looks for dead letters queued for retry.
@@ -82,6 +92,7 @@ async fn deliver_all<S: Sink>(consumer: &Consumer, sink: S, mut shutdown: watch:
     let mut head = consumer.spool.subscribe();
     let mut sink = Reopening::new(sink);
     let batch_size = sink.batch_size();
+    let backoff = consumer.backoff();
     loop {
         let committed = consumer.spool.cursor(&consumer.name).unwrap_or_default();
         consumer.report_lag();
@@ -91,7 +102,7 @@ async fn deliver_all<S: Sink>(consumer: &Consumer, sink: S, mut shutdown: watch:
         let batch = match consumer.next_batch(committed.seq, batch_size).await {
             Ok(batch) => batch,
             Err(NextBatch::Retry) => {
-                if wait(&mut shutdown, MIN_BACKOFF).await {
+                if wait(&mut shutdown, FIRST_BACKOFF).await {
                     return;
                 }
                 continue;
@@ -110,7 +121,10 @@ async fn deliver_all<S: Sink>(consumer: &Consumer, sink: S, mut shutdown: watch:
             }
             continue;
         };
-        if !consumer.deliver(&mut sink, &batch, &mut shutdown).await {
+        if !consumer
+            .deliver(&mut sink, &batch, &backoff, &mut shutdown)
+            .await
+        {
             return;
         }
         if batch.events.len() < batch_size && !*shutdown.borrow() {
@@ -181,12 +195,22 @@ impl Consumer {
         }))
     }
 
+    /// The retry policy of [`Consumer::retry`] ([`policy`]); settings that were never
+    /// validated and are refused fall back to the defaults, said in the log.
+    fn backoff(&self) -> ExponentialBackoff {
+        policy(&self.retry).unwrap_or_else(|err| {
+            tracing::error!(sink = %self.name, error = %err, "invalid retry settings; using the default backoff");
+            FALLBACK_BACKOFF
+        })
+    }
+
     /// Delivers `batch`, retrying with backoff until it is delivered or dead-lettered;
     /// false when shutdown interrupted a wait between attempts.
     async fn deliver<S: Sink>(
         &self,
         sink: &mut Reopening<S>,
         batch: &Batch,
+        backoff: &ExponentialBackoff,
         shutdown: &mut watch::Receiver<bool>,
     ) -> bool {
         let name = self.name.as_str();
@@ -232,10 +256,12 @@ impl Consumer {
                     }
                 }
             }
-            let mut delay = backoff(attempts, self.retry.max_backoff);
-            if let SinkError::Throttled { after, .. } = &err {
-                delay = delay.max(*after);
-            }
+            // A destination that said when to come back (`Retry-After`) is not asked sooner.
+            let server = match &err {
+                SinkError::Throttled { after, .. } => Some(*after),
+                _ => None,
+            };
+            let delay = backoff.delay_honouring(attempts, server);
             self.metrics.emit(DeliveryFailed {
                 sink: name,
                 events,
@@ -353,17 +379,16 @@ impl Consumer {
     }
 }
 
-/// Exponential backoff from [`MIN_BACKOFF`], capped, with ±25% jitter so that sinks and
-/// receivers retrying together spread out.
-fn backoff(attempts: u32, max: Duration) -> Duration {
-    let base = MIN_BACKOFF
-        .saturating_mul(1u32 << attempts.saturating_sub(1).min(20))
-        .min(max);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let factor = 0.75 + f64::from(nanos % 1000) / 2000.0;
-    base.mul_f64(factor)
+/// A sink's retry policy: [`FIRST_BACKOFF`] (or `max_backoff` when shorter) doubling to
+/// `max_backoff`, ±[`JITTER`], never longer than `max_backoff`. Refused when `max_backoff`
+/// is 0 (a failing sink would be retried in a hot loop); the configuration's validation
+/// calls this, so a loaded configuration always has a policy.
+pub fn policy(retry: &RetryConfig) -> Result<ExponentialBackoff, InvalidBackoff> {
+    ExponentialBackoff::new(
+        FIRST_BACKOFF.min(retry.max_backoff),
+        retry.max_backoff,
+        JITTER,
+    )
 }
 
 /// Sleeps for `delay`; returns true when shutdown was requested meanwhile.
@@ -516,6 +541,44 @@ mod tests {
         async fn deliver(&mut self, _batch: &[Spooled]) -> Result<Delivered, SinkError> {
             std::future::pending().await
         }
+    }
+
+    #[test]
+    fn the_retry_policy_is_the_documented_one() {
+        // docs/configuration.md: min(100 ms × 2^(n−1), max_backoff), ±25%, never above it.
+        let defaults = policy(&RetryConfig::default()).expect("the defaults are valid");
+        assert_eq!(
+            (defaults.min(), defaults.max(), defaults.jitter()),
+            (FIRST_BACKOFF, Duration::from_secs(300), JITTER)
+        );
+        assert_eq!(defaults.base(12), Duration::from_millis(204_800));
+        assert_eq!(defaults.base(13), Duration::from_secs(300));
+        for attempts in 1..=20 {
+            let wait = defaults.delay(attempts);
+            let base = defaults.base(attempts);
+            assert!(
+                wait >= base.mul_f64(0.75) && wait <= base.mul_f64(1.25).min(defaults.max()),
+                "{attempts}: {wait:?}"
+            );
+        }
+        // Shorter than the first wait: every wait is at most max_backoff.
+        let short = RetryConfig {
+            max_backoff: Duration::from_millis(10),
+            ..RetryConfig::default()
+        };
+        assert_eq!(
+            policy(&short).expect("valid").base(1),
+            Duration::from_millis(10)
+        );
+        // 0 would retry a failing sink in a hot loop.
+        let zero = RetryConfig {
+            max_backoff: Duration::ZERO,
+            ..RetryConfig::default()
+        };
+        assert_eq!(
+            policy(&zero).expect_err("0 refused"),
+            InvalidBackoff::ZeroMax
+        );
     }
 
     #[tokio::test]

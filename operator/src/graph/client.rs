@@ -1,0 +1,433 @@
+//! The Graph API over HTTPS: requests, Meta's answers, and a bounded retry of what Meta
+//! says is transient.
+
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use metahook_backoff::ExponentialBackoff;
+use serde_json::Value;
+
+use super::{
+    AppSubscribe, AppSubscription, GraphApi, GraphError, NodeSubscribe, SubscribedApp,
+    WebhookConfiguration,
+};
+
+/// Where the Graph API is and how patiently it is called (the operator's `--graph-*` flags).
+#[derive(Debug, Clone)]
+pub struct GraphSettings {
+    /// The base URL, e.g. `https://graph.facebook.com`.
+    pub base_url: String,
+    /// The API version path segment, e.g. `v23.0`.
+    pub api_version: String,
+    /// The timeout of one request (Meta's verification GET happens inside a subscribe).
+    pub timeout: Duration,
+    /// Attempts per call when Meta answers 5xx, a rate limit, or nothing.
+    pub max_attempts: u32,
+    /// The first wait between attempts (doubling; a rate limit waits four times as long).
+    pub retry_backoff: Duration,
+}
+
+/// The doublings of `retry_backoff` before the waits stop growing (`--graph-max-attempts`
+/// ≤ 20 may reach it).
+const MAX_DOUBLINGS: u32 = 10;
+
+/// How much longer a rate-limited call waits than another transient failure: Meta gives no
+/// time to wait, and its windows are longer than a blip.
+const RATE_LIMIT_FACTOR: u32 = 4;
+
+impl GraphSettings {
+    /// The retry policy of one call: `retry_backoff` doubling up to 1,024 times it, without
+    /// jitter (one leader makes these calls). Refused when `retry_backoff` is 0.
+    pub fn backoff(&self) -> Result<ExponentialBackoff, metahook_backoff::InvalidBackoff> {
+        ExponentialBackoff::new(
+            self.retry_backoff,
+            self.retry_backoff.saturating_mul(1 << MAX_DOUBLINGS),
+            0.0,
+        )
+    }
+}
+
+/// The Graph API over HTTPS (rustls), tokens in the `Authorization: Bearer` header so they
+/// stay out of URLs and logs.
+#[derive(Debug, Clone)]
+pub struct GraphClient {
+    http: reqwest::Client,
+    settings: GraphSettings,
+    backoff: ExponentialBackoff,
+}
+
+/// A request body.
+enum Body {
+    None,
+    Form(Vec<(String, String)>),
+    Json(Value),
+}
+
+impl GraphClient {
+    /// A client with these settings.
+    pub fn new(settings: GraphSettings) -> Result<GraphClient, GraphError> {
+        let backoff = settings
+            .backoff()
+            .map_err(|e| GraphError::transport("--graph-retry-backoff", e.to_string()))?;
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .user_agent(concat!("metahook-operator/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| GraphError::transport("build HTTP client", e.to_string()))?;
+        Ok(GraphClient {
+            http,
+            settings,
+            backoff,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!(
+            "{}/{}/{}",
+            self.settings.base_url.trim_end_matches('/'),
+            self.settings.api_version.trim_matches('/'),
+            path.trim_start_matches('/')
+        )
+    }
+
+    /// One call, retried while the error is transient and attempts remain.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, String)],
+        token: &str,
+        body: Body,
+    ) -> Result<Value, GraphError> {
+        let name = call_name(&method, path);
+        let mut attempt = 1;
+        loop {
+            match self.once(&name, &method, path, query, token, &body).await {
+                Ok(value) => return Ok(value),
+                Err(error) if error.is_transient() && attempt < self.settings.max_attempts => {
+                    let computed = self.backoff.delay(attempt);
+                    // Meta names no time to wait after a rate limit: a longer one, taken
+                    // as a server's delay (a Retry-After) through the same policy.
+                    let server = error
+                        .is_rate_limit()
+                        .then(|| computed.saturating_mul(RATE_LIMIT_FACTOR));
+                    let wait = self.backoff.delay_honouring(attempt, server);
+                    tracing::warn!(call = %name, error = %error, attempt, retry_in = ?wait, "Graph API call failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// A mutation: one call whose answer must be Meta's `{"success": true}`.
+    /// `GET path`, a list call: the `data` array of its answer.
+    async fn list(&self, path: &str, token: &str) -> Result<Vec<Value>, GraphError> {
+        let value = self
+            .call(reqwest::Method::GET, path, &[], token, Body::None)
+            .await?;
+        data(call_name(&reqwest::Method::GET, path), value)
+    }
+
+    /// `POST /{phone-number-id}` with `{"webhook_configuration": configuration}`: sets a
+    /// phone number's override, or removes it with an empty `override_callback_uri`.
+    async fn post_webhook_configuration(
+        &self,
+        phone_id: &str,
+        token: &str,
+        configuration: Value,
+    ) -> Result<(), GraphError> {
+        let body = serde_json::json!({ "webhook_configuration": configuration });
+        self.mutate(
+            reqwest::Method::POST,
+            phone_id,
+            &[],
+            token,
+            Body::Json(body),
+        )
+        .await
+    }
+
+    async fn mutate(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, String)],
+        token: &str,
+        body: Body,
+    ) -> Result<(), GraphError> {
+        let name = call_name(&method, path);
+        let value = self.call(method, path, query, token, body).await?;
+        expect_success(name, &value)
+    }
+
+    async fn once(
+        &self,
+        name: &str,
+        method: &reqwest::Method,
+        path: &str,
+        query: &[(&str, String)],
+        token: &str,
+        body: &Body,
+    ) -> Result<Value, GraphError> {
+        let mut url = self.url(path);
+        if !query.is_empty() {
+            let encoded: String = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())))
+                .finish();
+            url = format!("{url}?{encoded}");
+        }
+        let mut request = self.http.request(method.clone(), url).bearer_auth(token);
+        request = match body {
+            Body::None => request,
+            Body::Form(pairs) => request
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(
+                    form_urlencoded::Serializer::new(String::new())
+                        .extend_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                        .finish(),
+                ),
+            Body::Json(value) => request
+                .header("content-type", "application/json")
+                .body(value.to_string()),
+        };
+        let response = request
+            .send()
+            .await
+            .map_err(|e| GraphError::transport(name, error_chain(&e)))?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| GraphError::transport(name, error_chain(&e)))?;
+        if !(200..300).contains(&status) {
+            return Err(GraphError::from_response(name, status, &bytes));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| GraphError {
+            status: Some(status),
+            ..GraphError::transport(name, format!("answer is not JSON: {e}"))
+        })
+    }
+}
+
+/// Every cause of a transport error, once each (reqwest hides the useful one inside).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut parts = vec![error.to_string()];
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = cause.source();
+    }
+    parts.join(": ")
+}
+
+/// How a call is named in errors and logs: `POST /{path}`.
+fn call_name(method: &reqwest::Method, path: &str) -> String {
+    format!("{method} /{}", path.trim_start_matches('/'))
+}
+
+/// Meta answers mutations with `{"success": true}`; anything else is a failure.
+fn expect_success(call: String, value: &Value) -> Result<(), GraphError> {
+    if value.get("success").and_then(Value::as_bool) == Some(true) {
+        Ok(())
+    } else {
+        Err(GraphError::transport(
+            call,
+            format!("Meta did not answer success: {value}"),
+        ))
+    }
+}
+
+/// The `data` array of a list answer.
+fn data(call: String, value: Value) -> Result<Vec<Value>, GraphError> {
+    match value {
+        Value::Object(mut answer) => match answer.remove("data") {
+            Some(Value::Array(items)) => Ok(items),
+            _ => Err(GraphError::transport(
+                call,
+                format!("answer has no data array: {}", Value::Object(answer)),
+            )),
+        },
+        other => Err(GraphError::transport(
+            call,
+            format!("answer has no data array: {other}"),
+        )),
+    }
+}
+
+impl GraphApi for GraphClient {
+    fn app_subscriptions<'a>(
+        &'a self,
+        app_id: &'a str,
+        app_token: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<AppSubscription>, GraphError>> {
+        Box::pin(async move {
+            let path = format!("{app_id}/subscriptions");
+            self.list(&path, app_token)
+                .await?
+                .into_iter()
+                .map(|entry| {
+                    serde_json::from_value(entry).map_err(|e| {
+                        let call = call_name(&reqwest::Method::GET, &path);
+                        GraphError::transport(call, format!("subscription entry: {e}"))
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn subscribe_app<'a>(
+        &'a self,
+        app_id: &'a str,
+        app_token: &'a str,
+        request: &'a AppSubscribe,
+    ) -> BoxFuture<'a, Result<(), GraphError>> {
+        Box::pin(async move {
+            let path = format!("{app_id}/subscriptions");
+            let form = vec![
+                ("object".to_owned(), request.object.clone()),
+                ("callback_url".to_owned(), request.callback_url.clone()),
+                ("fields".to_owned(), request.fields.join(",")),
+                ("verify_token".to_owned(), request.verify_token.clone()),
+                ("include_values".to_owned(), "true".to_owned()),
+            ];
+            self.mutate(
+                reqwest::Method::POST,
+                &path,
+                &[],
+                app_token,
+                Body::Form(form),
+            )
+            .await
+        })
+    }
+
+    fn unsubscribe_app<'a>(
+        &'a self,
+        app_id: &'a str,
+        app_token: &'a str,
+        object: &'a str,
+        fields: &'a [String],
+    ) -> BoxFuture<'a, Result<(), GraphError>> {
+        Box::pin(async move {
+            let path = format!("{app_id}/subscriptions");
+            let mut query = vec![("object", object.to_owned())];
+            if !fields.is_empty() {
+                query.push(("fields", fields.join(",")));
+            }
+            self.mutate(
+                reqwest::Method::DELETE,
+                &path,
+                &query,
+                app_token,
+                Body::None,
+            )
+            .await
+        })
+    }
+
+    fn subscribed_apps<'a>(
+        &'a self,
+        node_id: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<SubscribedApp>, GraphError>> {
+        Box::pin(async move {
+            let path = format!("{node_id}/subscribed_apps");
+            Ok(self
+                .list(&path, token)
+                .await?
+                .iter()
+                .filter_map(SubscribedApp::from_value)
+                .collect())
+        })
+    }
+
+    fn subscribe_node<'a>(
+        &'a self,
+        node_id: &'a str,
+        token: &'a str,
+        request: &'a NodeSubscribe,
+    ) -> BoxFuture<'a, Result<(), GraphError>> {
+        Box::pin(async move {
+            let path = format!("{node_id}/subscribed_apps");
+            let (query, body) = match request {
+                NodeSubscribe::Fields(fields) => {
+                    (vec![("subscribed_fields", fields.join(","))], Body::None)
+                }
+                NodeSubscribe::Waba {
+                    override_callback: Some((uri, verify_token)),
+                } => (
+                    vec![],
+                    Body::Json(serde_json::json!({
+                        "override_callback_uri": uri,
+                        "verify_token": verify_token,
+                    })),
+                ),
+                NodeSubscribe::Waba {
+                    override_callback: None,
+                } => (vec![], Body::None),
+            };
+            self.mutate(reqwest::Method::POST, &path, &query, token, body)
+                .await
+        })
+    }
+
+    fn unsubscribe_node<'a>(
+        &'a self,
+        node_id: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<(), GraphError>> {
+        Box::pin(async move {
+            let path = format!("{node_id}/subscribed_apps");
+            self.mutate(reqwest::Method::DELETE, &path, &[], token, Body::None)
+                .await
+        })
+    }
+
+    fn phone_webhook_configuration<'a>(
+        &'a self,
+        phone_id: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<WebhookConfiguration, GraphError>> {
+        Box::pin(async move {
+            let query = [("fields", "webhook_configuration".to_owned())];
+            let value = self
+                .call(reqwest::Method::GET, phone_id, &query, token, Body::None)
+                .await?;
+            Ok(WebhookConfiguration::from_value(&value))
+        })
+    }
+
+    fn set_phone_override<'a>(
+        &'a self,
+        phone_id: &'a str,
+        token: &'a str,
+        callback_uri: &'a str,
+        verify_token: &'a str,
+    ) -> BoxFuture<'a, Result<(), GraphError>> {
+        Box::pin(self.post_webhook_configuration(
+            phone_id,
+            token,
+            serde_json::json!({
+                "override_callback_uri": callback_uri,
+                "verify_token": verify_token,
+            }),
+        ))
+    }
+
+    fn remove_phone_override<'a>(
+        &'a self,
+        phone_id: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<(), GraphError>> {
+        Box::pin(self.post_webhook_configuration(
+            phone_id,
+            token,
+            serde_json::json!({"override_callback_uri": ""}),
+        ))
+    }
+}
