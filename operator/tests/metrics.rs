@@ -1,8 +1,9 @@
 //! The operator's /metrics, /healthz and /readyz on a real socket, and its exposition
-//! checked by `promtool check metrics` where promtool is installed (scripts/test.sh
-//! installs it).
+//! checked by `promtool check metrics` (scripts/test.sh installs promtool; without it the
+//! test fails, naming it).
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +12,25 @@ use std::time::Duration;
 use metahook_operator::Error;
 use metahook_operator::metrics::{self, Metrics};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// promtool from `$METAHOOK_TOOLS_DIR/bin` (where scripts/install-tools.sh puts it, default
+/// /var/cache/metahook/tools) or PATH; its absence fails the test, naming it.
+fn promtool() -> PathBuf {
+    let tools = std::env::var_os("METAHOOK_TOOLS_DIR")
+        .map_or_else(|| PathBuf::from("/var/cache/metahook/tools"), PathBuf::from);
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::iter::once(tools.join("bin"))
+        .chain(std::env::split_paths(&path))
+        .map(|dir| dir.join("promtool"))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "promtool is not installed (looked in {}/bin and PATH): run scripts/install-tools.sh \
+                 (scripts/test.sh does)",
+                tools.display()
+            )
+        })
+}
 
 async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -66,16 +86,7 @@ async fn metrics_health_and_readiness_over_http() {
     }
     server.abort();
 
-    let promtool = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join("promtool"))
-            .find(|candidate| candidate.is_file())
-    });
-    let Some(promtool) = promtool else {
-        println!("promtool not installed: exposition lint skipped (scripts/test.sh installs it)");
-        return;
-    };
-    let mut child = Command::new(promtool)
+    let mut child = Command::new(promtool())
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

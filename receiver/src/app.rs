@@ -313,15 +313,26 @@ async fn reload_secrets(receiver: Arc<Receiver>, every: Duration, mut stop: watc
             _ = ticker.tick() => {}
             _ = stop.changed() => return,
         }
-        for endpoint in receiver.endpoints().filter(|e| e.secrets.has_files()) {
-            match endpoint.secrets.reload() {
-                Ok(true) => {
-                    tracing::info!(endpoint = %endpoint.config.name, "secrets changed on disk: now in force");
-                }
-                Ok(false) => {}
-                Err(err) => {
-                    tracing::warn!(endpoint = %endpoint.config.name, error = %err, "cannot re-read secrets; keeping the previous ones");
-                }
+        // File reads: on a blocking thread, never on a runtime worker (a stalled volume
+        // must not stop request handling).
+        let receiver = Arc::clone(&receiver);
+        let reloaded = tokio::task::spawn_blocking(move || reload_secret_files(&receiver)).await;
+        if let Err(err) = reloaded {
+            tracing::error!(error = %err, "the secret reload task failed; trying again at the next tick");
+        }
+    }
+}
+
+/// One pass of [`reload_secrets`]: every endpoint's secret files read again.
+fn reload_secret_files(receiver: &Receiver) {
+    for endpoint in receiver.endpoints().filter(|e| e.secrets.has_files()) {
+        match endpoint.secrets.reload() {
+            Ok(true) => {
+                tracing::info!(endpoint = %endpoint.config.name, "secrets changed on disk: now in force");
+            }
+            Ok(false) => {}
+            Err(err) => {
+                tracing::warn!(endpoint = %endpoint.config.name, error = %err, "cannot re-read secrets; keeping the previous ones");
             }
         }
     }

@@ -587,9 +587,10 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 
 /// JSON (or text) log lines on standard error, written by a background thread through a
 /// buffer ([`crate::log_writer`]): one line per request at tens of thousands of requests a
-/// second would otherwise cost a write system call each on the request path. Lines are
-/// never dropped (a full buffer makes the logger wait); those still buffered are lost only
-/// with the process (kill -9).
+/// second would otherwise cost a write system call each on the request path. A stuck output
+/// never blocks a request: past the buffer's limit lines are dropped and counted
+/// (`metahook_log_lines_dropped_total`); those still buffered are lost only with the
+/// process (kill -9).
 fn init_logging(format: LogFormat) -> Option<crate::log_writer::LogGuard> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

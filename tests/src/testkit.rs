@@ -238,6 +238,39 @@ impl TestReceiver {
         wait_for_lines(&self.events_path(), count, timeout).await
     }
 
+    /// Every event stored before this call, once nothing is left in flight: posts a marker
+    /// (a WhatsApp text message with a fresh id, after every request the test made) and
+    /// waits until the file sink holds it. Normalization and the file sink keep the order of
+    /// acceptance, so what precedes the marker is all that earlier requests produced.
+    pub async fn settled_events(&self, timeout: Duration) -> Result<Vec<serde_json::Value>> {
+        static MARKERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = format!(
+            "wamid.settled.{}",
+            MARKERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let body = format!(
+            r#"{{"object":"whatsapp_business_account","entry":[{{"id":"1","changes":[{{"field":"messages","value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"15550001111","phone_number_id":"2"}},"messages":[{{"from":"15550002222","id":"{id}","timestamp":"1700000000","type":"text","text":{{"body":"marker"}}}}]}}}}]}}]}}"#
+        );
+        let reply = self.post(body.as_bytes()).await?;
+        anyhow::ensure!(
+            reply.status == StatusCode::OK,
+            "the marker was refused: {} {}",
+            reply.status,
+            reply.text()
+        );
+        let deadline = Instant::now() + timeout;
+        loop {
+            let events = read_events(&self.events_path())?;
+            if let Some(at) = events.iter().position(|event| event["id"] == id.as_str()) {
+                return Ok(events[..at].to_vec());
+            }
+            if Instant::now() > deadline {
+                bail!("the marker {id} never reached the file sink in {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// Waits until the sink `sink` has delivered `count` events in total (per its metric).
     pub async fn wait_delivered(&self, sink: &str, count: usize, timeout: Duration) -> Result<()> {
         let sample = format!(r#"metahook_sink_deliveries_total{{result="success",sink="{sink}"}}"#);
@@ -413,16 +446,29 @@ pub async fn request_over(
         .context("request timed out")?
 }
 
-/// Runs `promtool check metrics` on an exposition: `Ok(None)` when promtool is not
-/// installed (scripts/test.sh installs it), else its findings (empty when clean).
-pub fn promtool_findings(exposition: &[u8]) -> Result<Option<String>> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let Some(promtool) = std::env::split_paths(&path)
-        .map(|dir| dir.join("promtool"))
-        .find(|candidate| candidate.is_file())
-    else {
-        return Ok(None);
-    };
+/// Polls `check` every 25 ms until it returns true; fails after `timeout` saying `what` was
+/// awaited. The tests wait on a condition this way, never on a fixed sleep.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{what}: not so after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Runs `promtool check metrics` on an exposition: its findings (empty when clean), or an
+/// error naming promtool when it is not installed (scripts/test.sh installs it).
+pub fn promtool_findings(exposition: &[u8]) -> Result<String> {
+    let promtool = crate::tools::find("promtool")?;
     let mut child = std::process::Command::new(promtool)
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
@@ -444,7 +490,7 @@ pub fn promtool_findings(exposition: &[u8]) -> Result<Option<String>> {
     if !output.status.success() && findings.trim().is_empty() {
         bail!("promtool failed with {}", output.status);
     }
-    Ok(Some(findings.trim().to_owned()))
+    Ok(findings.trim().to_owned())
 }
 
 /// Waits until the JSON-lines file at `path` holds at least `count` complete lines.
@@ -489,14 +535,26 @@ pub fn read_events(path: &Path) -> Result<Vec<serde_json::Value>> {
 }
 
 /// The shared Meta fixtures: `META_FIXTURES_DIR`, else `../shared/fixtures/meta` beside the
-/// repository. `None` when absent (the test that needs them says so and skips).
-pub fn shared_fixtures_dir() -> Option<PathBuf> {
+/// repository. Absent, it is an error naming the folder, unless `META_FIXTURES_OPTIONAL=1`
+/// (a laptop without the shared folder): then `None`, and the test that needs them says so
+/// and skips only itself.
+pub fn shared_fixtures_dir() -> Result<Option<PathBuf>> {
     let dir = std::env::var_os("META_FIXTURES_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/meta")
         });
-    dir.join("INDEX.tsv").is_file().then_some(dir)
+    if dir.join("INDEX.tsv").is_file() {
+        return Ok(Some(dir));
+    }
+    if std::env::var_os("META_FIXTURES_OPTIONAL").is_some_and(|v| v == "1") {
+        return Ok(None);
+    }
+    bail!(
+        "the shared Meta fixtures are not at {} (no INDEX.tsv): set META_FIXTURES_DIR to the \
+         folder, or META_FIXTURES_OPTIONAL=1 to skip the tests that read it",
+        dir.display()
+    )
 }
 
 /// The repository's own fixtures.

@@ -132,7 +132,15 @@ async fn one_address_cannot_take_every_slot() -> Result<()> {
     for _ in 0..4 {
         held.push(stalled_post(attacker, receiver.addr, Some(FORGED), 1000, b"{").await?);
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Admitted, the four hold their declared 1000 bytes of the body budget.
+    receiver
+        .wait_metric_at_least(
+            "metahook_buffered_body_bytes",
+            4000.0,
+            Duration::from_secs(5),
+            "the four stalled requests admitted",
+        )
+        .await?;
     for stream in &mut held {
         ensure!(
             response_head(stream, Duration::from_millis(50))
@@ -404,9 +412,19 @@ async fn stalled_large_bodies_past_the_byte_budget_get_503_and_memory_stays_boun
             .await?
             == 92.0
     );
-    // Every admitted body is now in the receiver (all but its last byte).
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let during = receiver.rss_mib()?;
+    // Every admitted body is now in the receiver (all but its last byte): 8 × 4 MiB read.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let during = loop {
+        let rss = receiver.rss_mib()?;
+        if rss - idle >= 30.0 {
+            break rss;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the 8 admitted bodies were not read in 10 s: RSS {rss:.1} MiB (idle {idle:.1})"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
     // Meta's requests wait (503, retried) while the budget is full, and are served once the
     // stalled bodies are cut.
     for stream in &mut admitted {
@@ -416,7 +434,12 @@ async fn stalled_large_bodies_past_the_byte_budget_get_503_and_memory_stays_boun
         ensure!(status_of(&head) == "408", "{head}");
     }
     drop(admitted);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    testkit::wait_until(
+        "the cut bodies' budget released",
+        Duration::from_secs(5),
+        || async { Ok(receiver.metric("metahook_buffered_body_bytes").await? == 0.0) },
+    )
+    .await?;
     ensure!(receiver.post(BODY).await? == StatusCode::OK);
     ensure!(receiver.metric("metahook_buffered_body_bytes").await? == 0.0);
     let after = receiver.rss_mib()?;

@@ -229,9 +229,14 @@ async fn an_outage_loses_nothing() -> Result<()> {
     receiver
         .wait_for_events(50, Duration::from_secs(10))
         .await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The lag gauge is sampled: it rises once the outage is seen.
     let lag = receiver
-        .metric(r#"metahook_sink_lag_events{sink="bus"}"#)
+        .wait_metric_at_least(
+            r#"metahook_sink_lag_events{sink="bus"}"#,
+            1.0,
+            Duration::from_secs(10),
+            "lag during the outage",
+        )
         .await?;
     assert!(lag > 0.0, "lag rises during the outage: {lag}");
 

@@ -457,8 +457,16 @@ async fn the_url_can_come_from_a_file() -> Result<()> {
         .next()
         .context("an own fixture")?;
     ensure!(receiver.post(&body).await?.status == StatusCode::OK);
-    // Not deliverable until the file exists; then delivered.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Not deliverable until the file exists (a failed attempt shows the sink tried); then
+    // delivered.
+    receiver
+        .wait_metric_at_least(
+            r#"metahook_sink_deliveries_total{result="error",sink="store"}"#,
+            1.0,
+            Duration::from_secs(10),
+            "an attempt without the URL file",
+        )
+        .await?;
     std::fs::write(&url_file, format!("{URL}\n"))?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

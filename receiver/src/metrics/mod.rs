@@ -14,8 +14,8 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, Opts, Registry, TextEncoder,
 };
 
 use crate::client_auth::Rejection;
@@ -76,6 +76,9 @@ pub struct Metrics {
     /// `metahook_tls_certificate_expiry_timestamp_seconds`, registered only with TLS on (a
     /// 0 would read as "expired long ago" to an expiry alert).
     tls_certificate_expiry: Gauge,
+    /// `metahook_log_lines_dropped_total`: brought up to [`crate::log_writer::dropped_lines`]
+    /// at each scrape (the log writer is the process's, these metrics one receiver's).
+    log_lines_dropped: IntCounter,
     dynamic_labels: Mutex<HashSet<String>>,
     /// Refused requests are logged at a bounded rate.
     refusal_log: refusal_log::RefusalLog,
@@ -260,6 +263,11 @@ impl Metrics {
             "metahook_tls_certificate_expiry_timestamp_seconds",
             "When the serving certificate in force expires (notAfter, Unix seconds).",
         )?;
+        let log_lines_dropped = IntCounter::new(
+            "metahook_log_lines_dropped_total",
+            "Log lines dropped because the log output (standard error) did not keep up.",
+        )?;
+        registry.register(Box::new(log_lines_dropped.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -286,6 +294,7 @@ impl Metrics {
             tls_client_rejections,
             tls_reload_errors,
             tls_certificate_expiry,
+            log_lines_dropped,
             dynamic_labels: Mutex::new(HashSet::new()),
             refusal_log: refusal_log::RefusalLog::new(),
         })
@@ -348,6 +357,9 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn encode(&self) -> Vec<u8> {
+        let dropped = crate::log_writer::dropped_lines();
+        self.log_lines_dropped
+            .inc_by(dropped.saturating_sub(self.log_lines_dropped.get()));
         let mut out = Vec::new();
         if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::error!(error = %err, "cannot encode metrics");
