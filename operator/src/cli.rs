@@ -132,7 +132,7 @@ pub fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             // Each cause once: kube's errors repeat their source's text in their own.
-            let error = metahook_receiver::cli::error_chain(&err);
+            let error = metahook_config::error_chain(err.as_ref());
             tracing::error!(error, "metahook-operator failed");
             std::process::ExitCode::FAILURE
         }

@@ -22,8 +22,8 @@
 use std::net::SocketAddr;
 
 use http::HeaderMap;
+use metahook_config::{Config, ConfigError, TlsMode};
 
-use crate::config::{Config, ConfigError, TlsMode};
 use crate::trusted_proxy::TrustedProxy;
 
 /// Why a client was refused; the `reason` label of `metahook_tls_client_rejections_total`.

@@ -21,7 +21,6 @@ pub mod admission;
 pub mod app;
 pub mod cli;
 pub mod client_auth;
-pub mod config;
 pub mod enrich;
 pub mod event;
 pub mod json_log;
@@ -31,7 +30,6 @@ pub mod metrics;
 pub mod normalize;
 pub mod normalizer;
 pub mod priority;
-pub mod redact;
 pub mod secrets;
 pub mod server;
 pub mod sink;
@@ -39,3 +37,8 @@ pub mod spool;
 pub mod tls;
 pub mod trusted_proxy;
 pub mod verify;
+
+/// The configuration lives in the `metahook-config` crate (shared with the operator);
+/// re-exported under its old paths so `metahook_receiver::config::Config` keeps working.
+pub use metahook_config as config;
+pub use metahook_config::redact;

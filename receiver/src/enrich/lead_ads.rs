@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use metahook_config::enrich::LeadAdsConfig;
 use serde::Deserialize;
 
-use super::config::LeadAdsConfig;
 use crate::event::{Event, LeadAnswer};
 use crate::secrets::SecretSource;
 

@@ -14,29 +14,7 @@ use super::lenient::{Id, Num, UnixTime};
 
 /// The subscription fields of a WhatsApp Business Account (WA webhooks overview, Apr 2026),
 /// plus `calls` and `flows`.
-pub const FIELDS: &[&str] = &[
-    "account_alerts",
-    "account_review_update",
-    "account_update",
-    "automatic_events",
-    "business_capability_update",
-    "calls",
-    "flows",
-    "history",
-    "message_template_components_update",
-    "message_template_quality_update",
-    "message_template_status_update",
-    "messages",
-    "partner_solutions",
-    "payment_configuration_update",
-    "phone_number_name_update",
-    "phone_number_quality_update",
-    "security",
-    "smb_app_state_sync",
-    "smb_message_echoes",
-    "template_category_update",
-    "user_preferences",
-];
+pub use metahook_config::objects::WHATSAPP_FIELDS as FIELDS;
 
 /// Message `type`s Meta documents for incoming messages.
 pub const MESSAGE_TYPES: &[&str] = &[

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use metahook_config::RetryConfig;
 use tokio::sync::watch;
 
 use super::{Delivered, Reopening, Sink, SinkError, bury, refused};
-use crate::config::RetryConfig;
 use crate::metrics::Metrics;
 use crate::metrics::events::{AfterFailure, BatchDelivered, DeliveryFailed, SinkLag};
 use crate::spool::dead_letters::DeadLetters;
@@ -389,8 +389,8 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::config::SpoolConfig;
     use crate::sink::file::FileSink;
+    use metahook_config::SpoolConfig;
 
     /// What the in-memory sink was asked to do.
     #[derive(Debug, Default)]

@@ -10,124 +10,17 @@
 //! nothing. Migrations run at start, under an advisory lock, recorded in `schema_migrations`.
 //! docs/postgres.md describes the tables.
 
-use std::path::PathBuf;
-
 use bytes::{BufMut, BytesMut};
-use serde::{Deserialize, Serialize};
+use metahook_config::sink::postgres::{self as ssl_mode, PostgresSinkConfig, SslMode};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, NoTls, Statement};
 
-use super::postgres_tls::{self, SslMode};
+use super::postgres_tls;
 use super::{Delivered, Sink, SinkError};
-use crate::config::{ConfigError, invalid};
 use crate::event::{Event, Kind};
 use crate::secrets;
 use crate::spool::Spooled;
-
-/// The `postgres` sink: events and their projections (conversations, messages, engagement)
-/// upserted idempotently by event id; migrations run at start.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PostgresSinkConfig {
-    /// Connection URL, e.g. `postgres://postgres@127.0.0.1:5432/test`.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub url: String,
-    /// File holding the connection URL instead (a mounted Secret, since a URL can carry a
-    /// password); re-read at every reconnect.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url_file: Option<PathBuf>,
-    /// The schema holding the tables (created if absent).
-    #[serde(default = "default_postgres_schema")]
-    pub schema: String,
-    /// TLS as libpq's `sslmode`: `disable`, `prefer`, `require`, `verify-ca` or
-    /// `verify-full`. Unset: the URL's `sslmode`, else `prefer`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ssl_mode: Option<SslMode>,
-    /// PEM bundle of the CAs the server's certificate must chain to (`verify-ca`,
-    /// `verify-full`; with `require` the chain is checked too); re-read at every reconnect.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<PathBuf>,
-}
-
-fn default_postgres_schema() -> String {
-    "metahook".to_owned()
-}
-
-impl PostgresSinkConfig {
-    /// Connects with the URL held in `url_file`, into the default schema.
-    pub fn url_file(url_file: PathBuf) -> PostgresSinkConfig {
-        PostgresSinkConfig {
-            url: String::new(),
-            url_file: Some(url_file),
-            schema: default_postgres_schema(),
-            ssl_mode: None,
-            ca_file: None,
-        }
-    }
-
-    /// Checks that one URL source is set and that the schema is a plain SQL identifier
-    /// (it is written into the statements).
-    pub(crate) fn validate(&self, key: &str) -> Result<(), ConfigError> {
-        let schema = &self.schema;
-        let valid = schema
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-            && schema
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-            && schema.len() <= 63;
-        if self.url.trim().is_empty() == self.url_file.is_none() {
-            return Err(invalid(
-                format!("{key}.url"),
-                "set exactly one of url and url_file",
-            ));
-        }
-        if !valid {
-            return Err(invalid(
-                format!("{key}.schema"),
-                format!("{schema:?} must be a lowercase SQL identifier: a-z, 0-9, _"),
-            ));
-        }
-        self.validate_tls(key)
-    }
-
-    /// The TLS keys, and the URL's `sslmode` where the URL is in the file (a `url_file` is
-    /// checked the same way at each connection).
-    fn validate_tls(&self, key: &str) -> Result<(), ConfigError> {
-        let in_url = if self.url.is_empty() {
-            None
-        } else {
-            postgres_tls::take_ssl_mode(&self.url)
-                .map_err(|e| invalid(format!("{key}.url"), e))?
-                .1
-        };
-        let mode = postgres_tls::resolve(self.ssl_mode, in_url)
-            .map_err(|e| invalid(format!("{key}.ssl_mode"), e))?;
-        if mode.verifies() && self.ca_file.is_none() {
-            return Err(invalid(
-                format!("{key}.ca_file"),
-                format!(
-                    "ssl_mode {} checks the server's certificate against ca_file: set it",
-                    mode.as_str()
-                ),
-            ));
-        }
-        if mode == SslMode::Disable && self.ca_file.is_some() {
-            return Err(invalid(
-                format!("{key}.ca_file"),
-                "ssl_mode disable never uses it (no TLS)",
-            ));
-        }
-        Ok(())
-    }
-
-    /// The sink; it connects and migrates when the consumer starts.
-    pub(crate) fn build(&self) -> PostgresSink {
-        PostgresSink::new(self.clone())
-    }
-}
 
 /// An error with its causes: tokio-postgres names only the step that failed ("error
 /// performing TLS handshake", "db error") and keeps why in its source.
@@ -324,8 +217,8 @@ impl PostgresSink {
     /// tokio-postgres refuses `verify-*`), reading `ca_file` now.
     async fn connect(&self, url: &str) -> Result<Client, SinkError> {
         let setup = |e: String| self.remote("cannot connect to PostgreSQL", e);
-        let (url, in_url) = postgres_tls::take_ssl_mode(url).map_err(setup)?;
-        let mode = postgres_tls::resolve(self.config.ssl_mode, in_url).map_err(setup)?;
+        let (url, in_url) = ssl_mode::take_ssl_mode(url).map_err(setup)?;
+        let mode = ssl_mode::resolve(self.config.ssl_mode, in_url).map_err(setup)?;
         let config = postgres_tls::connection_config(&url, mode).map_err(setup)?;
         let failed = |e: tokio_postgres::Error| {
             self.remote(
@@ -871,81 +764,5 @@ mod tests {
             .collect();
         assert!(order.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(status_rank("deleted"), 0);
-    }
-
-    /// The postgres sink of a configuration whose one sink is `postgres: {SINK}`.
-    fn parse(sink: &str) -> Result<PostgresSinkConfig, String> {
-        let yaml = format!(
-            "listen: 127.0.0.1:8080\nendpoints:\n  - {{name: wa, path: /wa, app_secret_file: a, verify_token_file: v}}\nspool: {{dir: data}}\nsinks:\n  - name: db\n    postgres: {{{sink}}}\n"
-        );
-        match crate::config::Config::parse(&yaml)
-            .map_err(|e| e.to_string())?
-            .sinks[0]
-            .kind
-            .clone()
-        {
-            crate::config::SinkKind::Postgres(postgres) => Ok(postgres),
-            other => Err(format!("not postgres: {other:?}")),
-        }
-    }
-
-    #[test]
-    fn tls_keys_are_read() {
-        let postgres =
-            parse("url_file: /s/url, ssl_mode: verify-full, ca_file: /s/ca.crt").expect("valid");
-        assert_eq!(postgres.ssl_mode, Some(SslMode::VerifyFull));
-        assert_eq!(postgres.ca_file, Some(PathBuf::from("/s/ca.crt")));
-        for mode in ["disable", "prefer", "require"] {
-            let postgres = parse(&format!("url_file: /u, ssl_mode: {mode}")).expect(mode);
-            assert_eq!(postgres.ssl_mode.map(SslMode::as_str), Some(mode));
-        }
-        parse("url_file: /u, ssl_mode: verify-ca, ca_file: /ca").expect("verify-ca");
-        parse("url_file: /u, ssl_mode: require, ca_file: /ca").expect("require with a CA");
-        parse("url: 'postgres://u@db/t?sslmode=verify-full', ca_file: /ca").expect("in the URL");
-    }
-
-    #[test]
-    fn each_tls_refusal_names_its_key() {
-        for (sink, key, says) in [
-            (
-                "url_file: /u, ssl_mode: verify-full",
-                "sinks[0].postgres.ca_file",
-                "set it",
-            ),
-            (
-                "url_file: /u, ssl_mode: verify-ca",
-                "sinks[0].postgres.ca_file",
-                "set it",
-            ),
-            (
-                "url_file: /u, ssl_mode: disable, ca_file: /ca",
-                "sinks[0].postgres.ca_file",
-                "never uses it",
-            ),
-            (
-                "url: 'postgres://u:pw@db/t?sslmode=verify-full'",
-                "sinks[0].postgres.ca_file",
-                "set it",
-            ),
-            (
-                "url: 'postgres://u:pw@db/t?sslmode=verify-full', ssl_mode: require, ca_file: /ca",
-                "sinks[0].postgres.ssl_mode",
-                "keep one",
-            ),
-            (
-                "url: 'postgres://u:pw@db/t?sslmode=allow'",
-                "sinks[0].postgres.url",
-                "sslmode=allow is not one of",
-            ),
-        ] {
-            let err = parse(sink).expect_err(sink);
-            assert!(
-                err.contains(&format!("{key}: ")) && err.contains(says),
-                "{sink}: {err}"
-            );
-            assert!(!err.contains("pw"), "no password in {err}");
-        }
-        let err = parse("url_file: /u, ssl_mode: verify_full").expect_err("spelling");
-        assert!(err.contains("verify_full"), "{err}");
     }
 }
