@@ -289,7 +289,7 @@ where
 /// `failed to infer config: …, kubeconfig: (failed to read kubeconfig …)`) is not followed
 /// by that cause again.
 pub fn error_chain(err: &anyhow::Error) -> String {
-    crate::sink::error_chain(err.as_ref())
+    metahook_config::error_chain(err.as_ref())
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

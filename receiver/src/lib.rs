@@ -11,7 +11,8 @@
 //! - [`event`]: the unified event schema.
 //! - [`enrich`]: optional enrichment of events after the 200 (Lead Ads answers from the
 //!   Graph API).
-//! - [`tls`], [`client_auth`], [`trusted_proxy`]: HTTPS, and who may call the endpoints.
+//! - [`tls`], [`client_auth`] (with its [`client_auth::trusted_proxy`]): HTTPS, and who may
+//!   call the endpoints.
 //! - [`redact`]: credentials in URLs, hidden wherever a URL is shown.
 //! - [`json_log`], [`log_writer`]: log lines, formatted and written cheaply enough for one
 //!   per request.
@@ -35,7 +36,6 @@ pub mod server;
 pub mod sink;
 pub mod spool;
 pub mod tls;
-pub mod trusted_proxy;
 pub mod verify;
 
 /// The configuration lives in the `metahook-config` crate (shared with the operator);
