@@ -14,7 +14,6 @@ pub mod http;
 pub mod kind;
 pub mod nats;
 pub mod postgres;
-pub mod postgres_tls;
 
 use std::future::Future;
 use std::time::Duration;

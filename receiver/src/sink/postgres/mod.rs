@@ -10,13 +10,14 @@
 //! nothing. Migrations run at start, under an advisory lock, recorded in `schema_migrations`.
 //! docs/postgres.md describes the tables.
 
+pub mod tls;
+
 use bytes::{BufMut, BytesMut};
 use metahook_config::sink::postgres::{self as ssl_mode, PostgresSinkConfig, SslMode};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, NoTls, Statement};
 
-use super::postgres_tls;
 use super::{Delivered, Sink, SinkError};
 use crate::event::{Event, Kind};
 use crate::secrets;
@@ -219,7 +220,7 @@ impl PostgresSink {
         let setup = |e: String| self.remote("cannot connect to PostgreSQL", e);
         let (url, in_url) = ssl_mode::take_ssl_mode(url).map_err(setup)?;
         let mode = ssl_mode::resolve(self.config.ssl_mode, in_url).map_err(setup)?;
-        let config = postgres_tls::connection_config(&url, mode).map_err(setup)?;
+        let config = tls::connection_config(&url, mode).map_err(setup)?;
         let failed = |e: tokio_postgres::Error| {
             self.remote(
                 &format!("cannot connect to PostgreSQL (sslmode {})", mode.as_str()),
@@ -231,8 +232,7 @@ impl PostgresSink {
             tokio::spawn(watch(connection));
             return Ok(client);
         }
-        let tls =
-            postgres_tls::client_config(mode, self.config.ca_file.as_deref()).map_err(setup)?;
+        let tls = tls::client_config(mode, self.config.ca_file.as_deref()).map_err(setup)?;
         let (client, connection) = config
             .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
             .await
