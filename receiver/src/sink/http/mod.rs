@@ -68,6 +68,22 @@ impl HttpSink {
         }
     }
 
+    /// The signing secret, when there is one (blocking: see [`Sink::open`]).
+    fn read_secret(&self) -> Result<Option<Vec<u8>>, SinkError> {
+        self.config
+            .signing_secret_file
+            .as_ref()
+            .map(|path| {
+                secrets::read_file(path).map_err(|e| {
+                    self.failure(
+                        &format!("cannot read signing_secret_file {}", path.display()),
+                        e,
+                    )
+                })
+            })
+            .transpose()
+    }
+
     /// The Authorization header (basic from the files or the URL, or bearer) and the
     /// configured headers, each marked sensitive. Errors name the key and file, never a value.
     fn read_headers(&self) -> Result<HeaderMap, SinkError> {
@@ -281,19 +297,27 @@ fn read(path: &Path) -> std::io::Result<Vec<u8>> {
 
 impl Sink for HttpSink {
     async fn open(&mut self, _state: Option<u64>) -> Result<Option<u64>, SinkError> {
-        // Re-read on every (re)open: a rotated signing secret is picked up after a failure.
-        self.secret = match &self.config.signing_secret_file {
-            Some(path) => Some(secrets::read_file(path).map_err(|e| {
-                self.failure(
-                    &format!("cannot read signing_secret_file {}", path.display()),
-                    e,
-                )
-            })?),
-            None => None,
-        };
-        self.headers = std::sync::Arc::new(self.read_headers()?);
-        if self.client.is_none() {
-            self.client = Some(self.client()?);
+        // Re-read on every (re)open: a rotated signing secret or credential is picked up
+        // after a failure. The files (and the CA and client certificate, when the client is
+        // built) are read on a blocking thread, never on a runtime worker.
+        let files = HttpSink::new(self.config.clone());
+        let build_client = self.client.is_none();
+        let (secret, headers, client) = tokio::task::spawn_blocking(move || {
+            let secret = files.read_secret()?;
+            let headers = files.read_headers()?;
+            let client = if build_client {
+                Some(files.client()?)
+            } else {
+                None
+            };
+            Ok::<_, SinkError>((secret, headers, client))
+        })
+        .await
+        .map_err(|e| self.failure("cannot read the credential files", e))??;
+        self.secret = secret;
+        self.headers = std::sync::Arc::new(headers);
+        if let Some(client) = client {
+            self.client = Some(client);
         }
         Ok(None)
     }

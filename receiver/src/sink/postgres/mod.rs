@@ -232,7 +232,12 @@ impl PostgresSink {
             tokio::spawn(watch(connection));
             return Ok(client);
         }
-        let tls = tls::client_config(mode, self.config.ca_file.as_deref()).map_err(setup)?;
+        // ca_file is read on a blocking thread, off the runtime's workers.
+        let ca_file = self.config.ca_file.clone();
+        let tls = tokio::task::spawn_blocking(move || tls::client_config(mode, ca_file.as_deref()))
+            .await
+            .map_err(|e| setup(e.to_string()))?
+            .map_err(setup)?;
         let (client, connection) = config
             .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
             .await
@@ -298,12 +303,17 @@ impl Sink for PostgresSink {
         self.session = None;
         let url = match &self.config.url_file {
             Some(file) => {
-                let url = secrets::read_file(file).map_err(|e| {
-                    self.remote(
-                        &format!("cannot read postgres.url_file {}", file.display()),
-                        e,
-                    )
-                })?;
+                // Read on a blocking thread: a stuck volume must not hold a runtime worker.
+                let path = file.clone();
+                let url = tokio::task::spawn_blocking(move || secrets::read_file(&path))
+                    .await
+                    .map_err(|e| self.remote("cannot read postgres.url_file", e))?
+                    .map_err(|e| {
+                        self.remote(
+                            &format!("cannot read postgres.url_file {}", file.display()),
+                            e,
+                        )
+                    })?;
                 String::from_utf8_lossy(&url).trim().to_owned()
             }
             None => self.config.url.clone(),
