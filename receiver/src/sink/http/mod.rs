@@ -12,6 +12,8 @@
 //! request (as one-element arrays), so only the events refused on their own become dead
 //! letters.
 
+mod request;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -20,8 +22,8 @@ use metahook_config::redact::{redact_url, split_userinfo};
 use metahook_config::sink::http::HttpSinkConfig;
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
-use sha2::{Digest, Sha256};
 
+use self::request::Request;
 use super::{BATCH_SIZE, Delivered, Sink, SinkError};
 use crate::spool::Spooled;
 use crate::{secrets, verify};
@@ -183,50 +185,6 @@ impl HttpSink {
     }
 }
 
-/// One request's body and `Idempotency-Key`, made from its events.
-#[derive(Debug)]
-struct Request {
-    body: Vec<u8>,
-    key: String,
-}
-
-impl Request {
-    /// One event, as it is: the body is the event, the key its id.
-    fn single(event: &Spooled) -> Request {
-        Request {
-            key: event_id(&event.json).to_owned(),
-            body: event.json.clone(),
-        }
-    }
-
-    /// A JSON array of `events`; the key is the hex SHA-256 of their ids, one per line, so
-    /// a retry of the same array carries the same key.
-    fn array(events: &[Spooled]) -> Request {
-        let size = events.iter().map(|e| e.json.len() + 1).sum::<usize>() + 1;
-        let mut body = Vec::with_capacity(size);
-        let mut ids = Sha256::new();
-        body.push(b'[');
-        for (i, event) in events.iter().enumerate() {
-            if i > 0 {
-                body.push(b',');
-            }
-            body.extend_from_slice(&event.json);
-            ids.update(event_id(&event.json).as_bytes());
-            ids.update(b"\n");
-        }
-        body.push(b']');
-        Request {
-            body,
-            key: hex::encode(ids.finalize()),
-        }
-    }
-}
-
-/// An event's id ("" if the spooled bytes have none, which normalization never produces).
-fn event_id(json: &[u8]) -> &str {
-    serde_json::from_slice::<IdOnly<'_>>(json).map_or("", |e| e.id)
-}
-
 /// One POST; owns its inputs so many can run at once (`buffer_unordered`).
 async fn post(
     client: reqwest::Client,
@@ -283,12 +241,6 @@ async fn post(
             after: None,
         },
     }
-}
-
-#[derive(serde::Deserialize)]
-struct IdOnly<'a> {
-    #[serde(borrow)]
-    id: &'a str,
 }
 
 fn read(path: &Path) -> std::io::Result<Vec<u8>> {
@@ -477,34 +429,6 @@ mod tests {
         assert!(
             err.contains("bearer_token_file") && !err.contains("s3cret"),
             "{err}"
-        );
-    }
-
-    fn spooled(seq: u64, id: &str) -> Spooled {
-        Spooled {
-            seq,
-            received_millis: 0,
-            json: format!(r#"{{"id":"{id}","kind":"message"}}"#).into_bytes(),
-        }
-    }
-
-    #[test]
-    fn an_array_holds_each_event_whole_and_is_keyed_by_its_ids() {
-        let events = [spooled(1, "a"), spooled(2, "b:read")];
-        let request = Request::array(&events);
-        let body: Vec<serde_json::Value> =
-            serde_json::from_slice(&request.body).expect("a JSON array");
-        assert_eq!(body.len(), 2);
-        assert_eq!(body[1]["id"], "b:read");
-        assert_eq!(
-            request.key,
-            hex::encode(Sha256::digest(b"a\nb:read\n")),
-            "the key is the hash of the ids"
-        );
-        let single = Request::single(&events[0]);
-        assert_eq!(
-            (single.key.as_str(), single.body.as_slice()),
-            ("a", events[0].json.as_slice())
         );
     }
 }

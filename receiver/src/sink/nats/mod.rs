@@ -9,15 +9,19 @@
 //! JetStream drops what it already stored through the message ids (within the stream's
 //! duplicate window), so a restart or an outage delivers each event into the stream once.
 
+mod auth;
+mod request;
+
 use std::collections::VecDeque;
-use std::path::PathBuf;
 
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use metahook_config::redact::{Userinfo, redact_url, split_userinfo};
 use metahook_config::sink::nats::NatsSinkConfig;
-use serde::Deserialize;
 
+use self::auth::{Auth, Value};
+pub use self::request::subject_filter;
+use self::request::{Head, render_subject};
 use super::{Delivered, Sink, SinkError};
 use crate::spool::Spooled;
 
@@ -34,23 +38,6 @@ pub const WINDOW: usize = 1024;
 pub struct NatsSink {
     config: NatsSinkConfig,
     context: Option<jetstream::Context>,
-}
-
-/// The fields of an event the subject and message id are made of.
-#[derive(Debug, Deserialize)]
-struct Head<'a> {
-    #[serde(borrow)]
-    id: &'a str,
-    #[serde(borrow, default)]
-    platform: &'a str,
-    #[serde(borrow, default)]
-    object: std::borrow::Cow<'a, str>,
-    #[serde(borrow, default)]
-    field: std::borrow::Cow<'a, str>,
-    #[serde(borrow, default)]
-    kind: &'a str,
-    #[serde(borrow, default)]
-    endpoint: std::borrow::Cow<'a, str>,
 }
 
 impl NatsSink {
@@ -116,106 +103,6 @@ impl NatsSink {
         }
         options
     }
-}
-
-/// A credential: a file's content, or what the URL carried.
-#[derive(Clone)]
-enum Value {
-    File(PathBuf),
-    Inline(String),
-}
-
-impl Value {
-    async fn read(&self, key: &str) -> Result<String, String> {
-        match self {
-            Value::File(path) => read_secret(key, path).await,
-            Value::Inline(value) => Ok(value.clone()),
-        }
-    }
-}
-
-/// How the sink authenticates; each file is read when the server asks (its nonce).
-#[derive(Clone)]
-enum Auth {
-    UserPassword { user: Value, password: Value },
-    Token(Value),
-    NkeySeed(PathBuf),
-    Credentials(PathBuf),
-}
-
-impl Auth {
-    /// The CONNECT's credentials for the server's `nonce`. Errors name the key and file,
-    /// never a value.
-    async fn answer(&self, nonce: &[u8]) -> Result<async_nats::Auth, String> {
-        let mut auth = async_nats::Auth::new();
-        match self {
-            Auth::UserPassword { user, password } => {
-                auth.username = Some(user.read("nats.user_file").await?);
-                auth.password = Some(password.read("nats.password_file").await?);
-            }
-            Auth::Token(token) => auth.token = Some(token.read("nats.token_file").await?),
-            Auth::NkeySeed(path) => {
-                let seed = read_secret("nats.nkey_seed_file", path).await?;
-                let pair = nkeys::KeyPair::from_seed(seed.trim()).map_err(|e| {
-                    format!(
-                        "nats.nkey_seed_file {} holds no NKey seed: {e}",
-                        path.display()
-                    )
-                })?;
-                auth.signature = Some(sign(&pair, nonce, "nats.nkey_seed_file")?);
-                auth.nkey = Some(pair.public_key());
-            }
-            Auth::Credentials(path) => {
-                let creds = read_secret("nats.credentials_file", path).await?;
-                let (jwt, seed) = parse_creds(&creds).ok_or_else(|| {
-                    format!(
-                        "nats.credentials_file {} is not a .creds file (a user JWT and an NKey seed)",
-                        path.display()
-                    )
-                })?;
-                let pair = nkeys::KeyPair::from_seed(seed).map_err(|e| {
-                    format!(
-                        "nats.credentials_file {} holds no valid NKey seed: {e}",
-                        path.display()
-                    )
-                })?;
-                auth.signature = Some(sign(&pair, nonce, "nats.credentials_file")?);
-                auth.jwt = Some(jwt.to_owned());
-            }
-        }
-        Ok(auth)
-    }
-}
-
-fn sign(pair: &nkeys::KeyPair, nonce: &[u8], key: &str) -> Result<Vec<u8>, String> {
-    pair.sign(nonce)
-        .map_err(|e| format!("cannot sign the server's nonce with {key}: {e}"))
-}
-
-/// A secret file's text without its trailing newlines; the error names the key and file.
-async fn read_secret(key: &str, path: &std::path::Path) -> Result<String, String> {
-    let bytes = tokio::fs::read(path)
-        .await
-        .map_err(|e| format!("cannot read {key} {}: {e}", path.display()))?;
-    let text = String::from_utf8(bytes)
-        .map_err(|_| format!("{key} {} is not UTF-8 text", path.display()))?;
-    Ok(text.trim_end_matches(['\n', '\r']).to_owned())
-}
-
-/// The user JWT and the NKey seed of a `.creds` file: the first line after each
-/// `-----BEGIN ...-----` marker.
-fn parse_creds(text: &str) -> Option<(&str, &str)> {
-    let after = |marker: &str| {
-        let start = text.find(marker)?;
-        text[start..]
-            .lines()
-            .skip(1)
-            .map(str::trim)
-            .find(|line| !line.is_empty())
-    };
-    let jwt = after("BEGIN NATS USER JWT")?;
-    let seed = after("BEGIN USER NKEY SEED")?;
-    (!jwt.starts_with('-') && !seed.starts_with('-')).then_some((jwt, seed))
 }
 
 impl Sink for NatsSink {
@@ -289,85 +176,5 @@ impl NatsSink {
         ack.await
             .map(drop)
             .map_err(|e| self.remote("no acknowledgement from JetStream", e))
-    }
-}
-
-/// The subject of an event: the template with each placeholder replaced by the event's
-/// value, made safe as one subject token.
-fn render_subject(template: &str, head: &Head<'_>) -> String {
-    let mut subject = template.to_owned();
-    for (placeholder, value) in [
-        ("{platform}", head.platform),
-        ("{object}", &head.object),
-        ("{field}", &head.field),
-        ("{kind}", head.kind),
-        ("{endpoint}", &head.endpoint),
-    ] {
-        if subject.contains(placeholder) {
-            subject = subject.replace(placeholder, &token(value));
-        }
-    }
-    subject
-}
-
-fn token(value: &str) -> String {
-    if value.is_empty() {
-        return "none".to_owned();
-    }
-    value
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-/// The stream's subject filter: each token holding a placeholder becomes `*`.
-pub fn subject_filter(template: &str) -> String {
-    template
-        .split('.')
-        .map(|t| if t.contains('{') { "*" } else { t })
-        .collect::<Vec<_>>()
-        .join(".")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn creds_files_are_parsed() {
-        let creds = "-----BEGIN NATS USER JWT-----\neyJhbGc.jwt\n------END NATS USER JWT------\n\n\
-                     ** IMPORTANT **\n\n-----BEGIN USER NKEY SEED-----\nSUAEXAMPLE\n------END USER NKEY SEED------\n";
-        assert_eq!(parse_creds(creds), Some(("eyJhbGc.jwt", "SUAEXAMPLE")));
-        assert_eq!(parse_creds("just a token"), None);
-    }
-
-    #[test]
-    fn subjects_are_rendered_and_filtered() {
-        let head = Head {
-            id: "x",
-            platform: "whatsapp",
-            object: "whatsapp_business_account".into(),
-            field: "odd field.name".into(),
-            kind: "message",
-            endpoint: "default/wa".into(),
-        };
-        assert_eq!(
-            render_subject("meta.{platform}.{field}.{kind}", &head),
-            "meta.whatsapp.odd_field_name.message"
-        );
-        assert_eq!(
-            render_subject("t.{endpoint}.{object}", &head),
-            "t.default_wa.whatsapp_business_account"
-        );
-        assert_eq!(
-            subject_filter("meta.{platform}.{field}.{kind}"),
-            "meta.*.*.*"
-        );
     }
 }
