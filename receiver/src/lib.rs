@@ -42,3 +42,21 @@ pub mod verify;
 /// re-exported under its old paths so `metahook_receiver::config::Config` keeps working.
 pub use metahook_config as config;
 pub use metahook_config::redact;
+
+#[cfg(test)]
+mod tests {
+    /// The configuration crate's table of documented objects and fields (what endpoints and
+    /// the operator's CRD accept) is the normalizer's coverage table, row for row.
+    #[test]
+    fn the_configuration_documents_what_normalization_types() {
+        let normalized: Vec<(&str, &str)> = crate::normalize::COVERAGE
+            .iter()
+            .map(|row| (row.object, row.field))
+            .collect();
+        let documented: Vec<(&str, &str)> = metahook_config::objects::COVERAGE
+            .iter()
+            .map(|row| (row.object, row.field))
+            .collect();
+        assert_eq!(normalized, documented);
+    }
+}
