@@ -1,12 +1,11 @@
-//! The `metahook-operator` command line: flags, logging, and the binary's entry point,
-//! which hands the parsed flags to [`crate::operator::run`].
+//! The `metahook-operator` command line: its flags ([`Cli`]). The binary's entry point
+//! ([`crate::operator::main`]) parses them and hands them to [`crate::operator::run`]; this
+//! module knows nothing of the running operator.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-
-use crate::operator::run;
 
 /// Reconciles WebhookSubscription resources into metahook receivers.
 ///
@@ -112,41 +111,4 @@ pub enum LogFormat {
     Json,
     /// Human-readable.
     Text,
-}
-
-/// The binary's entry point.
-pub fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            tracing::error!(error = %err, "cannot start the async runtime");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            // Each cause once: kube's errors repeat their source's text in their own.
-            let error = metahook_receiver::cli::error_chain(&err);
-            tracing::error!(error, "metahook-operator failed");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
 }

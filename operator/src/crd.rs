@@ -10,10 +10,10 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::core::Rule;
 use kube::{CustomResource, KubeSchema};
-use metahook_receiver::config::META_CLIENT_NAME;
-use metahook_receiver::normalize::COVERAGE;
-use metahook_receiver::redact::CREDENTIALS_IN_URL;
-use metahook_receiver::sink::http::RESERVED_HEADERS;
+use metahook_config::META_CLIENT_NAME;
+use metahook_config::objects::COVERAGE;
+use metahook_config::redact::CREDENTIALS_IN_URL;
+use metahook_config::sink::http::RESERVED_HEADERS;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 

@@ -15,7 +15,7 @@ pub enum Error {
     },
     /// The receiver configuration built from the spec is not valid.
     #[error("receiver configuration: {0}")]
-    Config(#[from] metahook_receiver::config::ConfigError),
+    Config(#[from] metahook_config::ConfigError),
     /// A certificate could not be made or read.
     #[error("certificate: {0}")]
     Certificate(String),

@@ -1,12 +1,14 @@
 //! The running operator: its metrics listener, leader election, one controller per
 //! watched scope (with the watches of [`crate::watch`]), and the background tasks that
-//! forget deleted subscriptions and re-discover optional APIs.
+//! forget deleted subscriptions and re-discover optional APIs; and the binary's entry point
+//! ([`main`]): flags, logging, the runtime.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use clap::Parser as _;
 use futures_util::{FutureExt as _, StreamExt};
 use kube::api::{Api, ListParams};
 use kube::runtime::Controller;
@@ -14,13 +16,50 @@ use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
 
-use crate::cli::Cli;
+use crate::cli::{Cli, LogFormat};
 use crate::controller::{self, Context, Settings};
 use crate::crd::WebhookSubscription;
 use crate::graph::{GraphClient, GraphSettings};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::watch::{watch_scopes, watches};
+
+/// The binary's entry point.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot start the async runtime");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            // Each cause once: kube's errors repeat their source's text in their own.
+            let error = metahook_config::error_chain(err.as_ref());
+            tracing::error!(error, "metahook-operator failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
 
 /// Runs the operator until SIGTERM, or until this replica loses the leader Lease (then it
 /// exits with an error so Kubernetes restarts it and it campaigns again).

@@ -13,9 +13,10 @@ use metahook_operator::certs::{self, CaMaterial};
 use metahook_operator::controller::{self, RESYNC, registration};
 use metahook_operator::resources::monitoring::{Capabilities, PdbVersion};
 use metahook_operator::resources::secrets::{CA_FINGERPRINT_ANNOTATION, CA_SECRET_NAME};
-use metahook_receiver::config::Config;
 use serde_json::{Value, json};
 use support::*;
+
+use metahook_config::Config;
 
 const NS: &str = "acme";
 const CORE: &str = "/api/v1/namespaces/acme";
@@ -162,7 +163,7 @@ async fn create_generates_the_token_and_applies_every_object() {
     assert_eq!(config.sinks[0].name, "bus");
     assert_eq!(
         match &config.sinks[0].kind {
-            metahook_receiver::config::SinkKind::Nats(n) => Some(n.url.as_str()),
+            metahook_config::SinkKind::Nats(n) => Some(n.url.as_str()),
             _ => None,
         },
         Some("nats://nats.nats:4222")

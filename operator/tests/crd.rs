@@ -1366,11 +1366,7 @@ fn the_url_credentials_rule_and_the_operators_check_agree() {
             cel, operator,
             "{url}: CEL accepts: {cel}, the operator accepts: {operator}"
         );
-        assert_eq!(
-            cel,
-            !metahook_receiver::redact::has_credentials(url),
-            "{url}"
-        );
+        assert_eq!(cel, !metahook_config::redact::has_credentials(url), "{url}");
     }
 }
 

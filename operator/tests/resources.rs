@@ -16,9 +16,10 @@ use metahook_operator::resources::monitoring::{
 use metahook_operator::resources::service::{endpoint_url, service};
 use metahook_operator::resources::workload::{Workload, workload};
 use metahook_operator::resources::{Inputs, tls_secret_name};
-use metahook_receiver::config::{META_CLIENT_NAME, SinkKind, TlsMode};
 use serde_json::{Value, json};
 use support::subscription;
+
+use metahook_config::{META_CLIENT_NAME, SinkKind, TlsMode};
 
 fn spec() -> Value {
     json!({
@@ -635,7 +636,7 @@ fn secret_file(secret: &str, key: &str) -> Option<std::path::PathBuf> {
 
 #[test]
 fn sink_credentials_are_mounted_and_named_in_the_config_field_by_field() {
-    use metahook_receiver::config::{HttpHeaderConfig, SslMode};
+    use metahook_config::{HttpHeaderConfig, SslMode};
     let sub = subscription("fb", "acme", &credential_sinks());
     let config = receiver_config(&inputs(&sub)).expect("config");
     let sinks: BTreeMap<&str, &SinkKind> = config

@@ -34,10 +34,10 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body_util::BodyExt;
 use hyper::body::Body;
+use metahook_config::Limits;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
-use crate::config::Limits;
 use crate::verify;
 
 /// Smallest buffer allocated for a body of unknown length (a chunked body), so that a body

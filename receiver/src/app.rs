@@ -8,12 +8,12 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use metahook_config::{Config, DeliveryMode};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::acceptor::Acceptor;
-use crate::config::{Config, DeliveryMode};
 use crate::enrich::Enricher;
 use crate::metrics::Metrics;
 use crate::metrics::events::{RefusalLogTick, SpoolLimit, SpoolSampled};
@@ -22,6 +22,7 @@ use crate::normalizer::{self, Normalizer};
 use crate::priority::DeliveryRuntime;
 use crate::server::{self, Listener, Receiver, Role};
 use crate::sink::direct::DirectSinks;
+use crate::sink::kind::BuildSink;
 use crate::sink::{self, Consumer};
 use crate::spool::Spool;
 use crate::spool::dead_letters::DeadLetters;

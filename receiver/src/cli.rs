@@ -6,11 +6,12 @@
 use std::io::{Read as _, Write as _};
 use std::path::PathBuf;
 
-use crate::config::Config;
-use crate::{app, verify};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
+use metahook_config::Config;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
+
+use crate::{app, verify};
 
 /// Receives Meta webhooks (WhatsApp, Messenger, Instagram, Facebook Pages), verifies each
 /// request's X-Hub-Signature-256, normalizes every item into one event schema and stores it
@@ -288,7 +289,7 @@ where
 /// `failed to infer config: …, kubeconfig: (failed to read kubeconfig …)`) is not followed
 /// by that cause again.
 pub fn error_chain(err: &anyhow::Error) -> String {
-    crate::sink::error_chain(err.as_ref())
+    metahook_config::error_chain(err.as_ref())
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -329,7 +330,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 check_what_run_takes(&config)?;
             }
             let scheme = match &config.tls {
-                Some(tls) if tls.mode == crate::config::TlsMode::Mutual => "https, mutual TLS",
+                Some(tls) if tls.mode == metahook_config::TlsMode::Mutual => "https, mutual TLS",
                 Some(_) => "https",
                 None => "http",
             };
@@ -443,7 +444,7 @@ fn dead_letters(config: &Config, action: &DlqAction) -> anyhow::Result<()> {
     let seqs = (!target.seqs.is_empty()).then_some(target.seqs.as_slice());
     let sink = target.sink.as_str();
     if matches!(action, DlqAction::Retry(_))
-        && config.delivery.mode == crate::config::DeliveryMode::Direct
+        && config.delivery.mode == metahook_config::DeliveryMode::Direct
     {
         anyhow::bail!(
             "dlq retry: with delivery.mode: direct no receiver redelivers dead letters (only \

@@ -11,7 +11,8 @@
 //! - [`event`]: the unified event schema.
 //! - [`enrich`]: optional enrichment of events after the 200 (Lead Ads answers from the
 //!   Graph API).
-//! - [`tls`], [`client_auth`], [`trusted_proxy`]: HTTPS, and who may call the endpoints.
+//! - [`tls`], [`client_auth`] (with its [`client_auth::trusted_proxy`]): HTTPS, and who may
+//!   call the endpoints.
 //! - [`redact`]: credentials in URLs, hidden wherever a URL is shown.
 //! - [`json_log`], [`log_writer`]: log lines, formatted and written cheaply enough for one
 //!   per request.
@@ -21,7 +22,6 @@ pub mod admission;
 pub mod app;
 pub mod cli;
 pub mod client_auth;
-pub mod config;
 pub mod enrich;
 pub mod event;
 pub mod json_log;
@@ -31,11 +31,32 @@ pub mod metrics;
 pub mod normalize;
 pub mod normalizer;
 pub mod priority;
-pub mod redact;
 pub mod secrets;
 pub mod server;
 pub mod sink;
 pub mod spool;
 pub mod tls;
-pub mod trusted_proxy;
 pub mod verify;
+
+/// The configuration lives in the `metahook-config` crate (shared with the operator);
+/// re-exported under its old paths so `metahook_receiver::config::Config` keeps working.
+pub use metahook_config as config;
+pub use metahook_config::redact;
+
+#[cfg(test)]
+mod tests {
+    /// The configuration crate's table of documented objects and fields (what endpoints and
+    /// the operator's CRD accept) is the normalizer's coverage table, row for row.
+    #[test]
+    fn the_configuration_documents_what_normalization_types() {
+        let normalized: Vec<(&str, &str)> = crate::normalize::COVERAGE
+            .iter()
+            .map(|row| (row.object, row.field))
+            .collect();
+        let documented: Vec<(&str, &str)> = metahook_config::objects::COVERAGE
+            .iter()
+            .map(|row| (row.object, row.field))
+            .collect();
+        assert_eq!(normalized, documented);
+    }
+}

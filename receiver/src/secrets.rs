@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::config::EndpointConfig;
+use metahook_config::EndpointConfig;
 
 /// Where one secret comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]

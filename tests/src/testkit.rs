@@ -451,7 +451,7 @@ pub async fn request_over(
 pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<()>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<bool>>,
+    Fut: Future<Output = Result<bool>>,
 {
     let deadline = Instant::now() + timeout;
     loop {

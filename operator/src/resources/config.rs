@@ -7,12 +7,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use metahook_receiver::config::{
+use metahook_config::redact::has_credentials;
+use metahook_config::{
     Config, ConfigError, DeliveryConfig, DeliveryMode, EndpointConfig, FileSinkConfig,
     HttpHeaderConfig, HttpSinkConfig, NatsSinkConfig, PostgresSinkConfig, RetryConfig, SinkConfig,
     SinkKind, SpoolConfig, SslMode, TlsConfig, TlsMode, TrustedProxyConfig,
 };
-use metahook_receiver::redact::has_credentials;
 
 use super::{CONFIG_KEY, DATA_DIR, HTTP_PORT, HTTPS_PORT, Inputs, METRICS_PORT, secret_path};
 use crate::crd::{

@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 
 use metahook_backoff::{ExponentialBackoff, InvalidBackoff};
+use metahook_config::enrich::LeadAdsConfig;
 use serde::Deserialize;
 
-use super::config::LeadAdsConfig;
 use crate::event::{Event, LeadAnswer};
 use crate::secrets::SecretSource;
 
@@ -66,20 +66,6 @@ pub enum LeadAdsSetupError {
     Backoff(#[from] InvalidBackoff),
 }
 
-/// The doublings of `retry_backoff` before the waits stop growing (it waited at most
-/// 1,024 × `retry_backoff` before the one policy too, and `max_attempts` ≤ 10 stays below).
-const MAX_DOUBLINGS: u32 = 10;
-
-/// The enricher's retry policy: `retry_backoff` doubling, without jitter (each lead's
-/// retries are few and bounded by `max_attempts`). Refused when `retry_backoff` is 0.
-pub fn policy(config: &LeadAdsConfig) -> Result<ExponentialBackoff, InvalidBackoff> {
-    ExponentialBackoff::new(
-        config.retry_backoff,
-        config.retry_backoff.saturating_mul(1 << MAX_DOUBLINGS),
-        0.0,
-    )
-}
-
 /// What `GET /{leadgen-id}` returns.
 #[derive(Debug, Deserialize)]
 struct GraphLead {
@@ -104,7 +90,7 @@ struct Attempt {
 impl LeadAds {
     /// Builds the enricher (the HTTP client, the token sources).
     pub fn new(config: &LeadAdsConfig) -> Result<LeadAds, LeadAdsSetupError> {
-        let backoff = policy(config)?;
+        let backoff = config.backoff()?;
         let http = reqwest::Client::builder()
             .timeout(config.timeout)
             .user_agent(concat!("metahook-receiver/", env!("CARGO_PKG_VERSION")))
@@ -311,11 +297,11 @@ mod tests {
     #[test]
     fn the_retry_policy_doubles_retry_backoff() {
         let mut config = LeadAdsConfig::new(Vec::new());
-        let backoff = policy(&config).expect("the defaults are valid");
+        let backoff = config.backoff().expect("the defaults are valid");
         let waits: Vec<Duration> = (1..=3).map(|n| backoff.delay(n)).collect();
         assert_eq!(waits, [500, 1_000, 2_000].map(Duration::from_millis));
         config.retry_backoff = Duration::ZERO;
-        assert!(policy(&config).is_err(), "0 would retry at once");
+        assert!(config.backoff().is_err(), "0 would retry at once");
     }
 
     #[test]

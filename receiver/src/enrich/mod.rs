@@ -11,12 +11,11 @@
 //! [`Enricher`] is built from the `enrichment` configuration key and registers its own
 //! metrics.
 
-pub mod config;
 pub mod lead_ads;
 
+pub use metahook_config::enrich::{EnrichmentConfig, LeadAdsConfig, PageTokenConfig};
 use prometheus::{IntCounterVec, Opts};
 
-pub use self::config::{EnrichmentConfig, LeadAdsConfig, PageTokenConfig};
 use self::lead_ads::{LeadAds, LeadError};
 use crate::event::{Event, Kind};
 use crate::metrics::Metrics;

@@ -6,19 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::lenient::Id;
 
 /// Objects an app can subscribe to besides WhatsApp, Page and Instagram (app/subscriptions).
-pub const OBJECTS: &[&str] = &[
-    "ad_account",
-    "application",
-    "certificate_transparency",
-    "group",
-    "instagram_business_account",
-    "link",
-    "payment_subscriptions",
-    "payments",
-    "permissions",
-    "threads",
-    "user",
-];
+pub use metahook_config::objects::GRAPH_OBJECTS as OBJECTS;
 
 /// `permissions` value: a permission was granted or revoked.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

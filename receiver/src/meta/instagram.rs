@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::lenient::{Id, Num};
 
 /// Instagram change fields (the messaging ones are in [`super::messaging::INSTAGRAM_FIELDS`]).
-pub const CHANGE_FIELDS: &[&str] = &["comments", "live_comments", "mentions", "story_insights"];
+pub use metahook_config::objects::INSTAGRAM_CHANGE_FIELDS as CHANGE_FIELDS;
 
 /// `comments` / `live_comments` value.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

@@ -8,47 +8,10 @@ use serde::{Deserialize, Serialize};
 use super::lenient::{Id, Num, UnixTime};
 
 /// Messenger's subscription fields (object `page`), current and beta/legacy.
-pub const MESSENGER_FIELDS: &[&str] = &[
-    "message_context",
-    "message_deliveries",
-    "message_echoes",
-    "message_edits",
-    "message_reactions",
-    "message_reads",
-    "messages",
-    "messaging_account_linking",
-    "messaging_checkout_updates",
-    "messaging_customer_information",
-    "messaging_feedback",
-    "messaging_game_plays",
-    "messaging_handovers",
-    "messaging_in_thread_lead_form_submit",
-    "messaging_optins",
-    "messaging_payments",
-    "messaging_policy_enforcement",
-    "messaging_postbacks",
-    "messaging_pre_checkouts",
-    "messaging_referrals",
-    "response_feedback",
-    "send_cart",
-    "standby",
-];
+pub use metahook_config::objects::MESSENGER_FIELDS;
 
 /// Instagram's messaging subscription fields.
-pub const INSTAGRAM_FIELDS: &[&str] = &[
-    "message_echoes",
-    "message_edit",
-    "message_reactions",
-    "messages",
-    "messaging_handover",
-    "messaging_optins",
-    "messaging_policy_enforcement",
-    "messaging_postbacks",
-    "messaging_referral",
-    "messaging_seen",
-    "response_feedback",
-    "standby",
-];
+pub use metahook_config::objects::INSTAGRAM_MESSAGING_FIELDS as INSTAGRAM_FIELDS;
 
 /// One messaging item. Exactly one event key is expected; the first one present wins.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

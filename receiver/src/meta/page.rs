@@ -6,64 +6,11 @@ use serde::{Deserialize, Serialize};
 use super::lenient::{Id, Num, UnixTime};
 
 /// Page change fields with a typed value here.
-pub const CHANGE_FIELDS: &[&str] = &[
-    "feed",
-    "leadgen",
-    "live_videos",
-    "mention",
-    "ratings",
-    "videos",
-];
+pub use metahook_config::objects::PAGE_CHANGE_FIELDS as CHANGE_FIELDS;
 
 /// Page profile and other documented fields whose change is reported as `kind: change`
 /// (Page webhooks reference).
-pub const PROFILE_FIELDS: &[&str] = &[
-    "affiliation",
-    "attire",
-    "awards",
-    "bio",
-    "birthday",
-    "business_integrity",
-    "category",
-    "checkins",
-    "company_overview",
-    "conversations",
-    "culinary_team",
-    "current_location",
-    "description",
-    "email",
-    "founded",
-    "general_info",
-    "general_manager",
-    "group_feed",
-    "hometown",
-    "hours",
-    "inbox_labels",
-    "invoice_access_bank_slip_events",
-    "invoice_access_invoice_change",
-    "invoice_access_invoice_draft_change",
-    "invoice_access_onboarding_status_active",
-    "location",
-    "members",
-    "merchant_review",
-    "mission",
-    "name",
-    "page_about_story",
-    "page_change_proposal",
-    "page_upcoming_change",
-    "parking",
-    "payment_options",
-    "personal_info",
-    "personal_interests",
-    "phone",
-    "picture",
-    "price_range",
-    "product_review",
-    "products",
-    "public_transit",
-    "publisher_subscriptions",
-    "website",
-];
+pub use metahook_config::objects::PAGE_PROFILE_FIELDS as PROFILE_FIELDS;
 
 /// Who did it: `{id, name}`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

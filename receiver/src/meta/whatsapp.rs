@@ -12,40 +12,9 @@ use serde_json::value::RawValue;
 
 use super::lenient::{Id, Num, UnixTime};
 
-/// The subscription fields of a WhatsApp Business Account (WA webhooks overview, Apr 2026),
-/// plus `calls` and `flows`; `account_settings_update` (Calling's "Call settings" page); the
-/// four Groups API fields (Meta's "Webhooks for Groups API" page); `user_id_update` and
-/// `business_username_update` (Meta's "Business-scoped user IDs" page, May 2026).
-pub const FIELDS: &[&str] = &[
-    "account_alerts",
-    "account_review_update",
-    "account_settings_update",
-    "account_update",
-    "automatic_events",
-    "business_capability_update",
-    "business_username_update",
-    "calls",
-    "flows",
-    "group_lifecycle_update",
-    "group_participants_update",
-    "group_settings_update",
-    "group_status_update",
-    "history",
-    "message_template_components_update",
-    "message_template_quality_update",
-    "message_template_status_update",
-    "messages",
-    "partner_solutions",
-    "payment_configuration_update",
-    "phone_number_name_update",
-    "phone_number_quality_update",
-    "security",
-    "smb_app_state_sync",
-    "smb_message_echoes",
-    "template_category_update",
-    "user_id_update",
-    "user_preferences",
-];
+/// The subscription fields of a WhatsApp Business Account (one list, in the config crate,
+/// which the operator's CRD shares).
+pub use metahook_config::objects::WHATSAPP_FIELDS as FIELDS;
 
 /// Message `type`s Meta documents for incoming messages.
 pub const MESSAGE_TYPES: &[&str] = &[

@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 
 use super::Metrics;
-use crate::client_auth::Rejection;
+use super::labels::Rejection;
 use crate::event::{Event, Kind};
 
 /// What a log line shows with `%`: an error, a detail.

@@ -8,6 +8,7 @@
 //! [`events`] value, which writes the log line and the metrics together.
 
 pub mod events;
+pub mod labels;
 pub mod refusal_log;
 
 use std::collections::HashSet;
@@ -18,7 +19,7 @@ use prometheus::{
     IntGauge, Opts, Registry, TextEncoder,
 };
 
-use crate::client_auth::Rejection;
+use self::labels::Rejection;
 
 /// Distinct payload-derived label values admitted before the rest read `other`.
 const MAX_DYNAMIC_LABELS: usize = 256;

@@ -5,11 +5,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metahook_backoff::{ExponentialBackoff, InvalidBackoff};
+use metahook_backoff::ExponentialBackoff;
+use metahook_config::RetryConfig;
+use metahook_config::retry::{FIRST_BACKOFF, JITTER};
 use tokio::sync::watch;
 
 use super::{Delivered, Reopening, Sink, SinkError, bury, refused};
-use crate::config::RetryConfig;
 use crate::metrics::Metrics;
 use crate::metrics::events::{AfterFailure, BatchDelivered, DeliveryFailed, SinkLag};
 use crate::spool::dead_letters::DeadLetters;
@@ -29,12 +30,6 @@ pub const BATCH_BYTES: usize = 16 * 1024 * 1024;
 /// while delivering (and fsyncing, and committing the cursor) per group commit would double
 /// the receiver's I/O. Full batches never wait, so a sink keeps up at any rate.
 pub const LINGER: Duration = Duration::from_millis(20);
-/// The wait after a batch's first failed attempt (or `retry.max_backoff` when shorter), and
-/// after a failed read of the spool.
-pub const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-/// The jitter of a sink's waits (±25%), so that sinks and receivers retrying together
-/// spread out.
-pub const JITTER: f64 = 0.25;
 /// The sinks' policy when [`Consumer::retry`] was never validated and is refused (only a
 /// consumer built by hand gets there: the configuration is validated at load).
 const FALLBACK_BACKOFF: ExponentialBackoff =
@@ -195,10 +190,10 @@ impl Consumer {
         }))
     }
 
-    /// The retry policy of [`Consumer::retry`] ([`policy`]); settings that were never
-    /// validated and are refused fall back to the defaults, said in the log.
+    /// The retry policy of [`Consumer::retry`] ([`RetryConfig::backoff`]); settings that
+    /// were never validated and are refused fall back to the defaults, said in the log.
     fn backoff(&self) -> ExponentialBackoff {
-        policy(&self.retry).unwrap_or_else(|err| {
+        self.retry.backoff().unwrap_or_else(|err| {
             tracing::error!(sink = %self.name, error = %err, "invalid retry settings; using the default backoff");
             FALLBACK_BACKOFF
         })
@@ -379,18 +374,6 @@ impl Consumer {
     }
 }
 
-/// A sink's retry policy: [`FIRST_BACKOFF`] (or `max_backoff` when shorter) doubling to
-/// `max_backoff`, ±[`JITTER`], never longer than `max_backoff`. Refused when `max_backoff`
-/// is 0 (a failing sink would be retried in a hot loop); the configuration's validation
-/// calls this, so a loaded configuration always has a policy.
-pub fn policy(retry: &RetryConfig) -> Result<ExponentialBackoff, InvalidBackoff> {
-    ExponentialBackoff::new(
-        FIRST_BACKOFF.min(retry.max_backoff),
-        retry.max_backoff,
-        JITTER,
-    )
-}
-
 /// Sleeps for `delay`; returns true when shutdown was requested meanwhile.
 async fn wait(shutdown: &mut watch::Receiver<bool>, delay: Duration) -> bool {
     if *shutdown.borrow() {
@@ -414,8 +397,8 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::config::SpoolConfig;
     use crate::sink::file::FileSink;
+    use metahook_config::SpoolConfig;
 
     /// What the in-memory sink was asked to do.
     #[derive(Debug, Default)]
@@ -546,7 +529,9 @@ mod tests {
     #[test]
     fn the_retry_policy_is_the_documented_one() {
         // docs/configuration.md: min(100 ms × 2^(n−1), max_backoff), ±25%, never above it.
-        let defaults = policy(&RetryConfig::default()).expect("the defaults are valid");
+        let defaults = RetryConfig::default()
+            .backoff()
+            .expect("the defaults are valid");
         assert_eq!(
             (defaults.min(), defaults.max(), defaults.jitter()),
             (FIRST_BACKOFF, Duration::from_secs(300), JITTER)
@@ -567,7 +552,7 @@ mod tests {
             ..RetryConfig::default()
         };
         assert_eq!(
-            policy(&short).expect("valid").base(1),
+            short.backoff().expect("valid").base(1),
             Duration::from_millis(10)
         );
         // 0 would retry a failing sink in a hot loop.
@@ -576,8 +561,8 @@ mod tests {
             ..RetryConfig::default()
         };
         assert_eq!(
-            policy(&zero).expect_err("0 refused"),
-            InvalidBackoff::ZeroMax
+            zero.backoff().expect_err("0 refused"),
+            metahook_backoff::InvalidBackoff::ZeroMax
         );
     }
 

@@ -4,11 +4,12 @@
 
 use std::time::{Instant, SystemTime};
 
+use metahook_config::SinkConfig;
 use tokio::sync::Mutex;
 
 use super::kind::AnySink;
+use super::kind::BuildSink;
 use super::{Delivered, Reopening, SinkError, bury, refused};
-use crate::config::SinkConfig;
 use crate::metrics::Metrics;
 use crate::metrics::events::{AfterFailure, BatchDelivered, DeliveryFailed};
 use crate::spool::Spooled;

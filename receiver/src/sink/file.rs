@@ -14,32 +14,8 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 use super::{Delivered, Sink, SinkError};
-use crate::config::ConfigError;
 use crate::spool::Spooled;
-
-/// The `file` sink's configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileSinkConfig {
-    /// The JSON-lines file (created if absent, appended to).
-    pub path: PathBuf,
-}
-
-impl FileSinkConfig {
-    /// Any path will do: it is created (with its directories) on open.
-    #[allow(clippy::unnecessary_wraps, clippy::unused_self)] // the shape every kind has
-    pub(crate) fn validate(&self, _key: &str) -> Result<(), ConfigError> {
-        Ok(())
-    }
-
-    /// The sink; it opens the file when the consumer starts.
-    pub(crate) fn build(&self) -> FileSink {
-        FileSink::new(self.path.clone())
-    }
-}
 
 /// Appends events to a JSON-lines file.
 #[derive(Debug)]

@@ -1,64 +1,32 @@
-//! Every sink kind, in one list: [`SinkKind`] (what the configuration names) and
-//! [`AnySink`] (the running sink it builds). Each kind's settings, validation and sink live
-//! in its own module (`file`, `nats`, `postgres`, `http`); this file only dispatches, with
-//! exhaustive `match`es, so a kind added to [`SinkKind`] and missed anywhere fails to compile.
+//! Every running sink kind, in one list: [`AnySink`], built from the configuration's
+//! [`SinkKind`] ([`BuildSink`]). Each kind's settings and their validation live in
+//! `metahook_config::sink::<kind>`, its sink in its own module here; this file only
+//! dispatches, with exhaustive `match`es, so a kind added to [`SinkKind`] and missed
+//! anywhere fails to compile.
 
-use serde::{Deserialize, Deserializer, Serialize};
+use metahook_config::SinkKind;
 
-use super::file::{FileSink, FileSinkConfig};
-use super::http::{HttpSink, HttpSinkConfig};
-use super::nats::{NatsSink, NatsSinkConfig};
-use super::postgres::{PostgresSink, PostgresSinkConfig};
+use super::file::FileSink;
+use super::http::HttpSink;
+use super::nats::NatsSink;
+use super::postgres::PostgresSink;
 use super::{Delivered, Sink, SinkError};
-use crate::config::{ConfigError, RetryConfig, SinkConfig};
 use crate::spool::Spooled;
 
-/// What a sink is, with its own settings. Produced by parsing, which demands exactly one kind
-/// per `sinks[]` entry.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SinkKind {
-    /// JSON lines, one event per line.
-    File(FileSinkConfig),
-    /// NATS JetStream.
-    Nats(NatsSinkConfig),
-    /// PostgreSQL, the unified message store.
-    Postgres(PostgresSinkConfig),
-    /// HTTP POST to the user's service.
-    Http(HttpSinkConfig),
+/// Builds the running sink a configured kind names. A trait, since the settings type lives
+/// in the configuration crate, which knows no sink.
+pub trait BuildSink {
+    /// The sink, not yet opened (it connects or opens its file when first used).
+    fn build(&self) -> AnySink;
 }
 
-/// The kinds' YAML keys, for messages.
-const KIND_KEYS: &str = "file, nats, postgres or http";
-
-impl SinkKind {
-    /// The kind's YAML key.
-    pub fn key(&self) -> &'static str {
+impl BuildSink for SinkKind {
+    fn build(&self) -> AnySink {
         match self {
-            SinkKind::File(_) => "file",
-            SinkKind::Nats(_) => "nats",
-            SinkKind::Postgres(_) => "postgres",
-            SinkKind::Http(_) => "http",
-        }
-    }
-
-    /// Checks the kind's settings; errors name `sinks[index].<kind>.<key>`.
-    pub(crate) fn validate(&self, index: usize) -> Result<(), ConfigError> {
-        let key = format!("sinks[{index}].{}", self.key());
-        match self {
-            SinkKind::File(file) => file.validate(&key),
-            SinkKind::Nats(nats) => nats.validate(&key),
-            SinkKind::Postgres(postgres) => postgres.validate(&key),
-            SinkKind::Http(http) => http.validate(&key),
-        }
-    }
-
-    /// The sink, not yet opened (it connects or opens its file when first used).
-    pub fn build(&self) -> AnySink {
-        match self {
-            SinkKind::File(file) => AnySink::File(file.build()),
-            SinkKind::Nats(nats) => AnySink::Nats(nats.build()),
-            SinkKind::Postgres(postgres) => AnySink::Postgres(postgres.build()),
-            SinkKind::Http(http) => AnySink::Http(http.build()),
+            SinkKind::File(file) => AnySink::File(FileSink::new(file.path.clone())),
+            SinkKind::Nats(nats) => AnySink::Nats(NatsSink::new(nats.clone())),
+            SinkKind::Postgres(postgres) => AnySink::Postgres(PostgresSink::new(postgres.clone())),
+            SinkKind::Http(http) => AnySink::Http(HttpSink::new(http.clone())),
         }
     }
 }
@@ -103,83 +71,4 @@ impl Sink for AnySink {
             AnySink::Http(sink) => sink.batch_size(),
         }
     }
-}
-
-/// A `sinks[]` entry as written in YAML: one optional key per kind.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct SinkEntry {
-    name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    file: Option<FileSinkConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    nats: Option<NatsSinkConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    postgres: Option<PostgresSinkConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    http: Option<HttpSinkConfig>,
-    #[serde(default)]
-    retry: RetryConfig,
-}
-
-impl TryFrom<SinkEntry> for SinkConfig {
-    type Error = String;
-
-    fn try_from(entry: SinkEntry) -> Result<SinkConfig, String> {
-        let SinkEntry {
-            name,
-            file,
-            nats,
-            postgres,
-            http,
-            retry,
-        } = entry;
-        let mut kinds = [
-            file.map(SinkKind::File),
-            nats.map(SinkKind::Nats),
-            postgres.map(SinkKind::Postgres),
-            http.map(SinkKind::Http),
-        ]
-        .into_iter()
-        .flatten();
-        match (kinds.next(), kinds.next()) {
-            (Some(kind), None) => Ok(SinkConfig { name, kind, retry }),
-            _ => Err(format!("set exactly one sink kind: {KIND_KEYS}")),
-        }
-    }
-}
-
-impl From<SinkConfig> for SinkEntry {
-    fn from(sink: SinkConfig) -> SinkEntry {
-        let SinkConfig { name, kind, retry } = sink;
-        let mut entry = SinkEntry {
-            name,
-            file: None,
-            nats: None,
-            postgres: None,
-            http: None,
-            retry,
-        };
-        match kind {
-            SinkKind::File(file) => entry.file = Some(file),
-            SinkKind::Nats(nats) => entry.nats = Some(nats),
-            SinkKind::Postgres(postgres) => entry.postgres = Some(postgres),
-            SinkKind::Http(http) => entry.http = Some(http),
-        }
-        entry
-    }
-}
-
-/// `sinks:` with each entry's errors naming its index (`sinks[1]: ...`).
-pub(crate) fn deserialize_sinks<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Vec<SinkConfig>, D::Error> {
-    Vec::<SinkEntry>::deserialize(deserializer)?
-        .into_iter()
-        .enumerate()
-        .map(|(i, entry)| {
-            SinkConfig::try_from(entry)
-                .map_err(|e| serde::de::Error::custom(format!("sinks[{i}]: {e}")))
-        })
-        .collect()
 }

@@ -14,34 +14,15 @@ pub mod http;
 pub mod kind;
 pub mod nats;
 pub mod postgres;
-pub mod postgres_tls;
 
 use std::future::Future;
 use std::time::Duration;
 
 pub use consume::{BATCH_SIZE, Consumer, LINGER, consume};
+pub use metahook_config::error_chain;
 
 use crate::spool::dead_letters::{DeadLetter, DeadLetters};
 use crate::spool::{SpoolError, Spooled};
-
-/// An error and its causes joined by `: `, each once (a message that already holds its
-/// cause's text is not followed by it again): a client library's top-level message
-/// ("error sending request") hides the cause ("Connection refused") in its sources.
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = String::new();
-    let mut next = Some(err);
-    while let Some(cause) = next {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            if !out.is_empty() {
-                out.push_str(": ");
-            }
-            out.push_str(&text);
-        }
-        next = cause.source();
-    }
-    out
-}
 
 /// A delivery failure, retried with backoff.
 #[derive(Debug, thiserror::Error)]

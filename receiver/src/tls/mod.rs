@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use metahook_config::{TlsConfig, TlsMode};
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::CertifiedKey;
@@ -44,7 +45,6 @@ use tokio_rustls::server::TlsStream;
 pub use self::material::TlsError;
 use self::material::{CA_KEY, CERT_KEY, KEY_KEY};
 use crate::client_auth::{Peer, Rejection};
-use crate::config::{TlsConfig, TlsMode};
 use crate::metrics::Metrics;
 use crate::metrics::events::{CertificateInForce, ClientRefused, TlsReloadFailed};
 

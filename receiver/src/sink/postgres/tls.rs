@@ -11,113 +11,13 @@ use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use metahook_config::sink::postgres::SslMode;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
-use serde::{Deserialize, Serialize};
-
-/// libpq's `sslmode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SslMode {
-    /// Plain TCP.
-    Disable,
-    /// TLS when the server offers it, unchecked; plain TCP otherwise (libpq's default).
-    Prefer,
-    /// TLS or no connection; the certificate is checked against `ca_file` when one is given.
-    Require,
-    /// TLS, with a certificate chaining to `ca_file` (any host name).
-    VerifyCa,
-    /// TLS, with a certificate chaining to `ca_file` and naming the host connected to.
-    VerifyFull,
-}
-
-impl SslMode {
-    /// The name libpq uses.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SslMode::Disable => "disable",
-            SslMode::Prefer => "prefer",
-            SslMode::Require => "require",
-            SslMode::VerifyCa => "verify-ca",
-            SslMode::VerifyFull => "verify-full",
-        }
-    }
-
-    /// Does the mode check the certificate's chain, so it needs the CA?
-    pub fn verifies(self) -> bool {
-        matches!(self, SslMode::VerifyCa | SslMode::VerifyFull)
-    }
-
-    fn parse(value: &str) -> Result<SslMode, String> {
-        [
-            SslMode::Disable,
-            SslMode::Prefer,
-            SslMode::Require,
-            SslMode::VerifyCa,
-            SslMode::VerifyFull,
-        ]
-        .into_iter()
-        .find(|mode| mode.as_str() == value)
-        .ok_or_else(|| {
-            format!(
-                "sslmode={value} is not one of disable, prefer, require, verify-ca, verify-full"
-            )
-        })
-    }
-}
-
-/// A connection URL (`postgres://…?sslmode=…`) or key/value string (`host=… sslmode=…`)
-/// without its `sslmode`, and that `sslmode`.
-pub fn take_ssl_mode(url: &str) -> Result<(String, Option<SslMode>), String> {
-    let mut mode = None;
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let Some((base, query)) = url.split_once('?') else {
-            return Ok((url.to_owned(), None));
-        };
-        let mut kept = Vec::new();
-        for param in query.split('&') {
-            match param.split_once('=') {
-                Some(("sslmode", value)) => {
-                    let value = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
-                    mode = Some(SslMode::parse(&value)?);
-                }
-                _ => kept.push(param),
-            }
-        }
-        let url = if kept.is_empty() {
-            base.to_owned()
-        } else {
-            format!("{base}?{}", kept.join("&"))
-        };
-        return Ok((url, mode));
-    }
-    let mut kept = Vec::new();
-    for word in url.split_whitespace() {
-        match word.split_once('=') {
-            Some(("sslmode", value)) => mode = Some(SslMode::parse(value.trim_matches('\''))?),
-            _ => kept.push(word),
-        }
-    }
-    Ok((kept.join(" "), mode))
-}
-
-/// The mode in force: the configured one, else the URL's, else `prefer`. A configured mode
-/// that differs from the URL's is refused: one of them would silently lose.
-pub fn resolve(configured: Option<SslMode>, in_url: Option<SslMode>) -> Result<SslMode, String> {
-    match (configured, in_url) {
-        (Some(configured), Some(url)) if configured != url => Err(format!(
-            "ssl_mode is {} but the URL says sslmode={}: keep one",
-            configured.as_str(),
-            url.as_str()
-        )),
-        (Some(mode), _) | (None, Some(mode)) => Ok(mode),
-        (None, None) => Ok(SslMode::Prefer),
-    }
-}
 
 /// The connection settings for `url` in `mode` (tokio-postgres' own `sslmode`: `require`
 /// for the verifying modes, whose checks are the verifier's).
@@ -298,49 +198,6 @@ impl ServerCertVerifier for Unchecked {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sslmode_is_taken_out_of_urls_and_key_values() {
-        assert_eq!(
-            take_ssl_mode("postgres://u@db/test?sslmode=verify-full&application_name=x"),
-            Ok((
-                "postgres://u@db/test?application_name=x".to_owned(),
-                Some(SslMode::VerifyFull)
-            ))
-        );
-        assert_eq!(
-            take_ssl_mode("postgresql://u@db/test?sslmode=verify-ca"),
-            Ok(("postgresql://u@db/test".to_owned(), Some(SslMode::VerifyCa)))
-        );
-        assert_eq!(
-            take_ssl_mode("host=db user=u sslmode=require"),
-            Ok(("host=db user=u".to_owned(), Some(SslMode::Require)))
-        );
-        assert_eq!(
-            take_ssl_mode("postgres://u@db/test"),
-            Ok(("postgres://u@db/test".to_owned(), None))
-        );
-        let err = take_ssl_mode("postgres://u:pw@db/test?sslmode=allow").expect_err("allow");
-        assert!(
-            err.contains("sslmode=allow") && !err.contains("pw"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn the_configured_mode_wins_only_when_the_url_agrees() {
-        assert_eq!(resolve(None, None), Ok(SslMode::Prefer));
-        assert_eq!(resolve(None, Some(SslMode::Require)), Ok(SslMode::Require));
-        assert_eq!(
-            resolve(Some(SslMode::VerifyFull), Some(SslMode::VerifyFull)),
-            Ok(SslMode::VerifyFull)
-        );
-        let err = resolve(Some(SslMode::Require), Some(SslMode::VerifyFull)).expect_err("differ");
-        assert!(
-            err.contains("ssl_mode is require") && err.contains("sslmode=verify-full"),
-            "{err}"
-        );
-    }
 
     #[test]
     fn verifying_modes_need_a_ca_file() {

@@ -13,57 +13,23 @@
 //!   read from the verified certificate once per connection and compared here, so a
 //!   refusal is an HTTP 403 that says why instead of a bare handshake failure.
 //! - `trusted_proxy`: here, per request, from the TCP peer address and the ingress's verdict
-//!   headers ([`crate::trusted_proxy`]).
+//!   headers ([`trusted_proxy`]).
 //!
 //! Every refusal is answered 403 before the body is read (nothing is spooled), counted in
 //! `metahook_tls_client_rejections_total{reason}` and logged with the peer address, at the
 //! bounded rate of refused requests (`metrics::refusal_log`).
 
+pub mod trusted_proxy;
+
 use std::net::SocketAddr;
 
 use http::HeaderMap;
+use metahook_config::{Config, ConfigError, TlsMode};
 
-use crate::config::{Config, ConfigError, TlsMode};
-use crate::trusted_proxy::TrustedProxy;
-
-/// Why a client was refused; the `reason` label of `metahook_tls_client_rejections_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
-    /// No client certificate (or the proxy says none was presented).
-    NoCertificate,
-    /// The certificate does not chain to a trusted CA, or its signature is bad.
-    Untrusted,
-    /// The certificate chains, but neither its CN nor a DNS SAN is an allowed name.
-    NameMismatch,
-    /// The certificate (or one in its chain) is outside its validity period.
-    Expired,
-    /// Verdict headers (or a webhook request at all) from a peer outside
-    /// `trusted_proxy.cidrs`: the request did not come through the ingress that checks
-    /// certificates.
-    UntrustedProxy,
-}
+pub use self::trusted_proxy::TrustedProxy;
+pub use crate::metrics::labels::Rejection;
 
 impl Rejection {
-    /// Every reason, so each series exists (at 0) from the start.
-    pub const ALL: [Rejection; 5] = [
-        Rejection::NoCertificate,
-        Rejection::Untrusted,
-        Rejection::NameMismatch,
-        Rejection::Expired,
-        Rejection::UntrustedProxy,
-    ];
-
-    /// The metric label value.
-    pub fn reason(self) -> &'static str {
-        match self {
-            Rejection::NoCertificate => "no_certificate",
-            Rejection::Untrusted => "untrusted",
-            Rejection::NameMismatch => "name_mismatch",
-            Rejection::Expired => "expired",
-            Rejection::UntrustedProxy => "untrusted_proxy",
-        }
-    }
-
     /// The body of the 403 (no detail an attacker could use beyond the reason).
     pub fn message(self) -> &'static str {
         match self {

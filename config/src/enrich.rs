@@ -5,9 +5,10 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use metahook_backoff::{ExponentialBackoff, InvalidBackoff};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigError, invalid};
+use crate::error::{ConfigError, invalid};
 
 /// `enrichment`: optional stages that add data to events after Meta's request is answered.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,7 +86,22 @@ impl LeadAdsConfig {
             page_tokens,
         }
     }
+
+    /// The enricher's retry policy: `retry_backoff` doubling, without jitter (each lead's
+    /// retries are few and bounded by `max_attempts`). Refused when `retry_backoff` is 0;
+    /// validation calls this, so a loaded configuration always has a policy.
+    pub fn backoff(&self) -> Result<ExponentialBackoff, InvalidBackoff> {
+        ExponentialBackoff::new(
+            self.retry_backoff,
+            self.retry_backoff.saturating_mul(1 << MAX_DOUBLINGS),
+            0.0,
+        )
+    }
 }
+
+/// The doublings of `retry_backoff` before the waits stop growing (1,024 × `retry_backoff`;
+/// `max_attempts` ≤ 10 stays below).
+const MAX_DOUBLINGS: u32 = 10;
 
 impl EnrichmentConfig {
     /// Checks the keys serde cannot, naming the bad one.
@@ -121,6 +137,9 @@ impl EnrichmentConfig {
                 format!("{version:?} is not a Graph API version such as v23.0"),
             ));
         }
+        lead_ads
+            .backoff()
+            .map_err(|err| invalid(key("retry_backoff"), err.to_string()))?;
         if lead_ads.timeout.is_zero() {
             return Err(invalid(key("timeout"), "must be more than 0"));
         }

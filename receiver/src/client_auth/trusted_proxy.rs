@@ -21,9 +21,9 @@
 use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName};
+use metahook_config::{ConfigError, TrustedProxyConfig};
 
-use crate::client_auth::{Refusal, Rejection, name_allowed, truncate};
-use crate::config::{ConfigError, TrustedProxyConfig};
+use super::{Refusal, Rejection, name_allowed, truncate};
 
 /// Header values quoted in log lines at most this long.
 const MAX_LOGGED: usize = 256;

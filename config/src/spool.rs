@@ -1,0 +1,75 @@
+//! The durable spool's settings.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Where the spool lives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Directory of the spool database (created if absent).
+    pub dir: PathBuf,
+    /// How long accepted requests are remembered, to store a redelivery of the same signed
+    /// body once (Meta resends what it saw no 200 for); 0 disables.
+    #[serde(default = "default_dedup_window", with = "humantime_serde")]
+    pub dedup_window: Duration,
+    /// Most requests remembered for dedup (oldest forgotten first), bounding memory.
+    #[serde(default = "default_dedup_max_entries")]
+    pub dedup_max_entries: usize,
+    /// Most bytes of undelivered events the spool holds; beyond it requests get 503 with
+    /// Retry-After (Meta retries) until the sinks catch up. 0: no limit.
+    #[serde(default, with = "crate::byte_size")]
+    pub max_bytes: u64,
+    /// Size at which a new segment file is started (compaction deletes whole segments).
+    #[serde(default = "default_segment_bytes", with = "crate::byte_size")]
+    pub segment_bytes: u64,
+    /// Most requests committed together in one fsync (group commit).
+    #[serde(default = "default_max_group")]
+    pub max_group_requests: usize,
+    /// How long a group commit may wait for requests that are being verified and
+    /// normalized right now, so they share its fsync. Never waits when none are.
+    #[serde(default = "default_group_commit_wait", with = "humantime_serde")]
+    pub group_commit_wait: Duration,
+    /// Whether one delivered segment is kept and the next segment written over it (space
+    /// already allocated and synced), so a group commit's fsync needs no journal commit.
+    /// Off: delivered segments are deleted and new ones appended to.
+    #[serde(default = "default_preallocate_segments")]
+    pub preallocate_segments: bool,
+}
+
+impl SpoolConfig {
+    /// A spool in `dir` with the default limits.
+    pub fn new(dir: PathBuf) -> SpoolConfig {
+        SpoolConfig {
+            dir,
+            dedup_window: default_dedup_window(),
+            dedup_max_entries: default_dedup_max_entries(),
+            max_bytes: 0,
+            segment_bytes: default_segment_bytes(),
+            max_group_requests: default_max_group(),
+            group_commit_wait: default_group_commit_wait(),
+            preallocate_segments: default_preallocate_segments(),
+        }
+    }
+}
+
+fn default_dedup_window() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_dedup_max_entries() -> usize {
+    100_000
+}
+fn default_segment_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_group_commit_wait() -> Duration {
+    Duration::from_millis(1)
+}
+fn default_preallocate_segments() -> bool {
+    true
+}
+fn default_max_group() -> usize {
+    1024
+}
