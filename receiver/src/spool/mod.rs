@@ -39,13 +39,13 @@ pub mod cursor;
 pub mod dead_letters;
 pub mod dedup;
 pub mod record;
+mod recovery;
 pub mod segment;
 mod spare;
+mod writer;
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -54,15 +54,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
 pub use cursor::Cursor;
 pub use segment::Key;
 
 use crate::config::SpoolConfig;
+use recovery::{Recovered, recover_tail, rewrite_keys};
 use segment::{FrameReader, INDEX_EVERY};
 use spare::Spare;
+use writer::{Append, Writer, create_segment};
 
 /// A spool failure; requests get 503 (Meta retries), sinks retry.
 #[derive(Debug, thiserror::Error)]
@@ -130,12 +131,6 @@ pub struct SpoolStats {
     pub oldest_received_millis: Option<u64>,
     /// Bytes the segments take.
     pub bytes: u64,
-}
-
-struct Append {
-    key: Key,
-    events: Vec<Vec<u8>>,
-    reply: oneshot::Sender<Result<AppendOutcome, SpoolError>>,
 }
 
 /// A segment and its sparse index.
@@ -808,380 +803,6 @@ fn lock_dir(dir: &Path) -> Result<File, SpoolError> {
         },
     })?;
     Ok(file)
-}
-
-/// Starts the segment whose first record will be `first_seq`: the spare if one is ready
-/// (`true`: preallocated), else an empty file.
-fn create_segment(
-    dir: &Path,
-    first_seq: u64,
-    spare: Option<&Spare>,
-) -> Result<(File, SegmentInfo, bool), SpoolError> {
-    let path = segment::path(dir, first_seq);
-    let taken = match spare {
-        Some(spare) => spare.take(&path).map_err(io(format!(
-            "cannot make the spare segment {}",
-            path.display()
-        )))?,
-        None => None,
-    };
-    let preallocated = taken.is_some();
-    let file = match taken {
-        Some(file) => file,
-        None => OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&path)
-            .map_err(io(format!("cannot create {}", path.display())))?,
-    };
-    segment::sync_dir(dir).map_err(io("cannot sync the segment directory"))?;
-    Ok((
-        file,
-        SegmentInfo {
-            first_seq,
-            path,
-            index: Vec::new(),
-            bytes: 0,
-        },
-        preallocated,
-    ))
-}
-
-/// What start-up found: the segments, the next seq, and the newest record's (seq, key).
-struct Recovered {
-    segments: Vec<SegmentInfo>,
-    next_seq: u64,
-    tail: Option<(u64, Key)>,
-    /// How many records at the very end carry the tail's key (a request's or an intake
-    /// record's events are consecutive records with one key).
-    tail_run: usize,
-    /// The newest segment's `.keys` content, rebuilt from its records (with `keys`).
-    newest_keys: Vec<u8>,
-}
-
-/// Recovers a log from its tail. The newest segment is scanned whole (it may end with a
-/// torn write, which is truncated); every older one was sealed — fsync'd whole before
-/// the next was created — so it is taken as it is, its last seq being the next one's
-/// first minus one, and is not read. If the newest segment is empty (a spool written
-/// before the writer rotated lazily), the one before is scanned too, without
-/// truncating, for the newest record. With `keys`, `each_key` gets every record's dedup
-/// key and time, oldest first: from the sealed segments' `.keys` files (or, when one
-/// is missing or short, from the segment itself), then from the scan.
-/// The length of the run of records with one key that ends at `frame`, given the run that
-/// ended at the record before it (`tail`).
-fn extend_run(tail: Option<(u64, Key)>, run: usize, frame: &segment::Frame) -> usize {
-    match tail {
-        Some((_, key)) if key == frame.key => run + 1,
-        _ => 1,
-    }
-}
-
-fn recover_tail(
-    listed: &[(u64, PathBuf)],
-    keys: bool,
-    mut each_key: impl FnMut(&Key, u64),
-) -> Result<Recovered, SpoolError> {
-    let mut segments = Vec::with_capacity(listed.len());
-    let Some(((newest_first, newest_path), sealed)) = listed.split_last() else {
-        return Ok(Recovered {
-            segments,
-            next_seq: 1,
-            tail: None,
-            tail_run: 0,
-            newest_keys: Vec::new(),
-        });
-    };
-    for (i, (first_seq, path)) in sealed.iter().enumerate() {
-        let next_first = listed[i + 1].0;
-        let bytes = std::fs::metadata(path)
-            .map_err(io(format!("cannot stat {}", path.display())))?
-            .len();
-        if keys {
-            let records = next_first.saturating_sub(*first_seq);
-            let read = segment::read_keys(path, records)
-                .map_err(io(format!("cannot read the keys of {}", path.display())))?;
-            match read {
-                Some(entries) => entries.iter().for_each(|(k, at)| each_key(k, *at)),
-                None => {
-                    tracing::warn!(segment = %path.display(), "its .keys file is missing or short: reading the segment for dedup keys");
-                    let mut reader = FrameReader::open(path, 0)
-                        .map_err(io(format!("cannot read {}", path.display())))?;
-                    while let Some(frame) = reader
-                        .next_frame(None)
-                        .map_err(io(format!("cannot read {}", path.display())))?
-                    {
-                        each_key(&frame.key, frame.received_millis);
-                    }
-                }
-            }
-        }
-        segments.push(SegmentInfo {
-            first_seq: *first_seq,
-            path: path.clone(),
-            index: Vec::new(),
-            bytes,
-        });
-    }
-    let mut tail: Option<(u64, Key)> = None;
-    let mut tail_run = 0;
-    let mut newest_keys = Vec::new();
-    let scan = segment::recover(newest_path, *newest_first, |frame| {
-        if keys {
-            each_key(&frame.key, frame.received_millis);
-            segment::encode_key(&mut newest_keys, &frame.key, frame.received_millis);
-        }
-        tail_run = extend_run(tail, tail_run, frame);
-        tail = Some((frame.seq, frame.key));
-    })
-    .map_err(io(format!("cannot recover {}", newest_path.display())))?;
-    let next_seq = scan.last_seq.map_or(*newest_first, |last| last + 1);
-    if tail.is_none()
-        && let Some((first_seq, path)) = sealed.last()
-    {
-        segment::scan(path, *first_seq, |frame| {
-            tail_run = extend_run(tail, tail_run, frame);
-            tail = Some((frame.seq, frame.key));
-        })
-        .map_err(io(format!("cannot read {}", path.display())))?;
-    }
-    segments.push(SegmentInfo {
-        first_seq: *newest_first,
-        path: newest_path.clone(),
-        index: scan.index,
-        bytes: scan.valid_len,
-    });
-    Ok(Recovered {
-        segments,
-        next_seq,
-        tail,
-        tail_run,
-        newest_keys,
-    })
-}
-
-/// Rewrites the active segment's `.keys` file with `entries` (rebuilt from its records:
-/// the file may be behind or ahead of them after a crash) and opens it for appending.
-fn rewrite_keys(path: &Path, entries: &[u8]) -> Result<File, SpoolError> {
-    let keys = segment::keys_path(path);
-    std::fs::write(&keys, entries).map_err(io(format!("cannot write {}", keys.display())))?;
-    OpenOptions::new()
-        .append(true)
-        .open(&keys)
-        .map_err(io(format!("cannot open {}", keys.display())))
-}
-
-/// The single writer: group commit and segment rotation.
-struct Writer {
-    shared: Arc<Shared>,
-    active: File,
-    /// Bytes of records in the active segment: where the next write goes.
-    active_len: u64,
-    /// Whether the active segment was a spare (writes overwrite allocated space).
-    active_preallocated: bool,
-    /// The active segment's `.keys` file (deduplicating logs only).
-    keys_file: Option<File>,
-    next_seq: u64,
-    segment_bytes: u64,
-    max_group: usize,
-    group_wait: Duration,
-    recent: dedup::Recent,
-    buffer: Vec<u8>,
-    keys_buffer: Vec<u8>,
-    _lock: File,
-}
-
-impl Writer {
-    fn run(&mut self, appends: &mpsc::Receiver<Append>) {
-        let mut group = Vec::with_capacity(self.max_group);
-        while let Ok(first) = appends.recv() {
-            group.push(first);
-            self.gather(appends, &mut group);
-            let result = self.commit(&group);
-            match result {
-                Ok(outcomes) => {
-                    for (append, outcome) in group.drain(..).zip(outcomes) {
-                        // A waiter that gave up (client gone) no longer needs its answer.
-                        let _ = append.reply.send(outcome);
-                    }
-                }
-                Err(err) => {
-                    tracing::error!(error = %err, requests = group.len(), "spool commit failed; refusing further writes");
-                    self.shared.poisoned.store(true, Ordering::SeqCst);
-                    for append in group.drain(..) {
-                        let _ = append.reply.send(Err(SpoolError::Poisoned));
-                    }
-                }
-            }
-        }
-        // As when sealed: a clean stop leaves no recycled tail.
-        if let Err(err) = self
-            .cut_after_last_record()
-            .and_then(|()| self.active.sync_all())
-        {
-            tracing::error!(error = %err, "final spool sync failed");
-        }
-    }
-
-    /// Adds what is queued to the group, then, while other requests are about to append,
-    /// waits for them up to `group_wait`: one fsync for all instead of one each. The wait is
-    /// a park that only the last of those requests ends (see [`Preparing::append`]), so the
-    /// handlers are not preempted by a writer waking once per arrival.
-    fn gather(&self, appends: &mpsc::Receiver<Append>, group: &mut Vec<Append>) {
-        let deadline = Instant::now() + self.group_wait;
-        while self.shared.preparing.load(Ordering::SeqCst) > 0 {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            std::thread::park_timeout(deadline - now);
-        }
-        while group.len() < self.max_group {
-            match appends.try_recv() {
-                Ok(next) => group.push(next),
-                Err(_) => break,
-            }
-        }
-    }
-
-    /// Writes a group with one write and one fdatasync (rotating first if the active
-    /// segment is full, so a new segment is never empty).
-    fn commit(
-        &mut self,
-        group: &[Append],
-    ) -> Result<Vec<Result<AppendOutcome, SpoolError>>, SpoolError> {
-        if self.shared.poisoned.load(Ordering::SeqCst) {
-            return Err(SpoolError::Poisoned);
-        }
-        // A full segment is sealed; so is one that was appended to, as soon as a spare
-        // can take over (after a start-up, or when no spare was ready at the last rotation).
-        let spare_waits = !self.active_preallocated
-            && self.active_len > 0
-            && self.shared.spare.as_ref().is_some_and(|s| s.is_ready());
-        if self.active_len >= self.segment_bytes || spare_waits {
-            self.rotate()?;
-        }
-        let now = now_millis();
-        self.buffer.clear();
-        self.keys_buffer.clear();
-        let mut outcomes = Vec::with_capacity(group.len());
-        let mut accepted_keys: Vec<Key> = Vec::new();
-        let mut new_index = Vec::new();
-        let mut seq = self.next_seq;
-        let dedup = self.recent.enabled();
-        for append in group {
-            let repeated = dedup
-                && append.key != [0; 16]
-                && (self.recent.contains(&append.key, now) || accepted_keys.contains(&append.key));
-            if repeated {
-                outcomes.push(Ok(AppendOutcome {
-                    stored: 0,
-                    duplicates: append.events.len(),
-                }));
-                continue;
-            }
-            let size: usize = append
-                .events
-                .iter()
-                .map(|e| e.len() + segment::FRAME_HEADER + segment::PAYLOAD_HEADER)
-                .sum();
-            let limit = self.shared.max_bytes;
-            let held = self.shared.bytes.load(Ordering::SeqCst) + (self.buffer.len() + size) as u64;
-            if limit > 0 && held > limit {
-                outcomes.push(Err(SpoolError::Full { limit }));
-                continue;
-            }
-            for json in &append.events {
-                if seq.is_multiple_of(INDEX_EVERY) {
-                    new_index.push((seq, self.active_len + self.buffer.len() as u64));
-                }
-                segment::encode(&mut self.buffer, seq, now, &append.key, json);
-                if self.keys_file.is_some() {
-                    segment::encode_key(&mut self.keys_buffer, &append.key, now);
-                }
-                seq += 1;
-            }
-            if dedup {
-                accepted_keys.push(append.key);
-            }
-            outcomes.push(Ok(AppendOutcome {
-                stored: append.events.len(),
-                duplicates: 0,
-            }));
-        }
-        if !self.buffer.is_empty() {
-            // The keys first: a `.keys` file is only trusted once its segment is sealed.
-            if let Some(keys) = &mut self.keys_file {
-                keys.write_all(&self.keys_buffer)
-                    .map_err(io("cannot write the active segment's keys"))?;
-            }
-            self.active
-                .write_all_at(&self.buffer, self.active_len)
-                .map_err(io("cannot write the active segment"))?;
-            self.active
-                .sync_data()
-                .map_err(io("cannot fsync the active segment"))?;
-            let written = self.buffer.len() as u64;
-            self.active_len += written;
-            self.shared.bytes.fetch_add(written, Ordering::SeqCst);
-            if let Ok(mut segments) = self.shared.segments.write()
-                && let Some(last) = segments.last_mut()
-            {
-                last.index.extend(new_index);
-                last.bytes += written;
-            }
-            self.next_seq = seq;
-            self.shared.head.send_replace(seq - 1);
-        }
-        for key in accepted_keys {
-            self.recent.insert(key, now, now);
-        }
-        Ok(outcomes)
-    }
-
-    /// Cuts the active segment after its last record when it was written over a spare (an
-    /// appended one already ends there). A sealed segment ends at its last record: start-up
-    /// and readers of sealed segments take its length as it is (see `recover_tail`).
-    fn cut_after_last_record(&self) -> std::io::Result<()> {
-        if self.active_preallocated {
-            self.active.set_len(self.active_len)
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Seals the full active segment (fsync'd whole, with its `.keys`) and starts the next.
-    fn rotate(&mut self) -> Result<(), SpoolError> {
-        self.cut_after_last_record()
-            .map_err(io("cannot cut the full segment after its last record"))?;
-        self.active
-            .sync_all()
-            .map_err(io("cannot sync the full segment"))?;
-        if let Some(keys) = &self.keys_file {
-            keys.sync_all()
-                .map_err(io("cannot sync the full segment's keys"))?;
-        }
-        let (file, info, preallocated) =
-            create_segment(&self.shared.dir, self.next_seq, self.shared.spare.as_ref())?;
-        if self.keys_file.is_some() {
-            let keys = segment::keys_path(&info.path);
-            self.keys_file = Some(
-                OpenOptions::new()
-                    .create(true)
-                    .truncate(true)
-                    .write(true)
-                    .open(&keys)
-                    .map_err(io(format!("cannot create {}", keys.display())))?,
-            );
-        }
-        self.active = file;
-        self.active_len = 0;
-        self.active_preallocated = preallocated;
-        if let Ok(mut segments) = self.shared.segments.write() {
-            segments.push(info);
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
