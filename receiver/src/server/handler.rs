@@ -221,6 +221,8 @@ impl Receiver {
                             let events = normalizer::normalize_request(
                                 &request,
                                 endpoint.config.objects.as_deref(),
+                                None,
+                                &self.metrics,
                             );
                             self.metrics.emit(EventsAccepted {
                                 endpoint: name,

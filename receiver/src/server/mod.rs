@@ -22,7 +22,7 @@ use crate::admission::Admission;
 use crate::client_auth::{ClientAuth, Peer};
 use crate::config::{Config, ConfigError, EndpointConfig, Limits};
 use crate::metrics::Metrics;
-use crate::metrics::events::{EndpointServed, ReadinessChanged};
+use crate::metrics::events::{EndpointServed, ReadinessChanged, SpoolWriterFailed};
 use crate::secrets::{SecretError, SecretStore};
 
 pub use serve::{Listener, serve};
@@ -120,6 +120,23 @@ impl Receiver {
             metrics.emit(EndpointServed {
                 endpoint: &endpoint.name,
             });
+        }
+        if let Acceptor::Spool { intake, events } = &acceptor {
+            intake.bound_queue(
+                config.limits.queued_request_limit(),
+                config.limits.queued_bytes_limit(),
+            );
+            // At once, on the writer's thread: /readyz answers 503 from the next probe on.
+            for log in [intake, events] {
+                let metrics = Arc::clone(&metrics);
+                log.on_failure(move |failed| {
+                    metrics.emit(SpoolWriterFailed {
+                        log: failed.log,
+                        cause: failed.cause,
+                        detail: &failed.detail,
+                    });
+                });
+            }
         }
         let client_auth = ClientAuth::from_config(config)?;
         Ok(Receiver {

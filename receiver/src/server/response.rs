@@ -81,6 +81,7 @@ impl Outcome {
             Outcome::BadBody(_) => "bad_body",
             Outcome::Accepted => "accepted",
             Outcome::NotAccepted(AcceptError::SpoolFull(_)) => "spool_full",
+            Outcome::NotAccepted(AcceptError::QueueFull(_)) => "spool_queue_full",
             Outcome::NotAccepted(AcceptError::Spool(_)) => "spool_error",
             Outcome::NotAccepted(AcceptError::Sink(_)) => "sink_error",
         }
@@ -222,6 +223,7 @@ impl Outcome {
             Outcome::TooLarge { .. } => Some("too_large"),
             Outcome::Timeout => Some("body_timeout"),
             Outcome::BodyError(_) => Some("body_error"),
+            Outcome::NotAccepted(AcceptError::QueueFull(_)) => Some("spool_queue"),
             _ => None,
         }
     }

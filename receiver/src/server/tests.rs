@@ -12,10 +12,13 @@ use hyper::body::{Body, Frame};
 
 use super::response::Outcome;
 use super::*;
+use crate::acceptor::AcceptError;
 use crate::config::{SpoolConfig, TrustedProxyConfig};
 use crate::sink::direct::DirectSinks;
 use crate::spool::Spool;
+use crate::spool::SpoolError;
 use crate::spool::dead_letters::DeadLetters;
+use crate::spool::faults::Fault;
 use crate::verify;
 
 const SECRET: &[u8] = b"app-secret";
@@ -54,6 +57,31 @@ fn spooled(config: &Config) -> Receiver {
         events: Arc::new(events),
     };
     Receiver::new(config, acceptor, metrics).expect("receiver")
+}
+
+/// The intake log of a spooled receiver.
+fn intake(receiver: &Receiver) -> Arc<Spool> {
+    match &receiver.acceptor {
+        Acceptor::Spool { intake, .. } => Arc::clone(intake),
+        Acceptor::Direct(_) => unreachable!("a spooled receiver"),
+    }
+}
+
+/// Polls `/metrics` until it holds `sample` (the failure hook runs on the writer thread,
+/// right after the failed request is answered).
+async fn wait_for_metric(receiver: &Receiver, sample: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = String::from_utf8(receiver.metrics.encode()).expect("utf8");
+        if text.contains(sample) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{sample} missing:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 fn connection(role: Role) -> Connection {
@@ -221,6 +249,10 @@ fn every_admission_refusal_has_a_series_from_the_start() {
         Outcome::TooLarge { limit: 1 },
         Outcome::Timeout,
         Outcome::BodyError(String::new()),
+        Outcome::NotAccepted(AcceptError::QueueFull(SpoolError::QueueFull {
+            requests: 1,
+            bytes: 1,
+        })),
     ];
     let reasons: Vec<&str> = outcomes
         .iter()
@@ -349,4 +381,104 @@ async fn a_client_outside_the_trusted_proxy_is_refused_before_its_body() {
         metrics.contains(r#"metahook_tls_client_rejections_total{reason="untrusted_proxy"} 1"#),
         "{metrics}"
     );
+}
+
+#[tokio::test]
+async fn a_panic_in_the_spool_writer_makes_the_receiver_unready_at_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    let receiver = spooled(&config(dir.path()));
+    receiver.set_ready(true);
+    let get = |path: &str| request(Method::GET, path, "", false);
+    let post = |body: &str| request(Method::POST, "/wa", body, true);
+    assert_eq!(answer(&receiver, post(BODY)).await.0, StatusCode::OK);
+
+    intake(&receiver).inject(Fault::Panic("injected writer fault"));
+    let (status, _, headers) = answer(&receiver, post(&BODY.replace("\"1\"", "\"2\""))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(headers.contains_key(RETRY_AFTER));
+    // Not ready from the answer on: the panic poisoned the log before its group was
+    // answered.
+    assert!(intake(&receiver).is_poisoned());
+    let (status, body, _) = answer(&receiver, get("/readyz")).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    );
+    // Every later request is refused at once, none waits for a writer that is gone.
+    let (status, body, _) = answer(&receiver, post(&BODY.replace("\"1\"", "\"3\""))).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cannot store events; retry later\n"
+        )
+    );
+    wait_for_metric(
+        &receiver,
+        r#"metahook_spool_writer_failures_total{cause="panic",log="intake"} 1"#,
+    )
+    .await;
+    wait_for_metric(&receiver, "metahook_ready 0").await;
+    let text = String::from_utf8(receiver.metrics.encode()).expect("utf8");
+    assert!(
+        text.contains(r#"metahook_spool_writer_failures_total{cause="panic",log="events"} 0"#),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_append_queue_answers_503_and_loses_nothing_it_acknowledged() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = config(dir.path());
+    config.limits.max_in_flight = 64;
+    config.limits.max_queued_requests = Some(3);
+    config.limits.request_timeout = Duration::from_secs(30);
+    let receiver = Arc::new(spooled(&config));
+    let (release, stalled) = std::sync::mpsc::channel();
+    intake(&receiver).inject(Fault::Stall(stalled));
+    // Three requests fill the queue while the writer is stalled (an fsync that hangs);
+    // they wait for their 200.
+    let body = |i: usize| BODY.replace("\"1\"", &format!("\"{i}\""));
+    let mut waiting = Vec::new();
+    for i in 0..3 {
+        let receiver = Arc::clone(&receiver);
+        let body = body(i);
+        waiting.push(tokio::spawn(async move {
+            answer(&receiver, request(Method::POST, "/wa", &body, true))
+                .await
+                .0
+        }));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while intake(&receiver).queued().0 < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the requests never queued"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // More are refused with 503 and Retry-After, counted; the queue does not grow.
+    for i in 3..10 {
+        let (status, _, headers) =
+            answer(&receiver, request(Method::POST, "/wa", &body(i), true)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(headers.contains_key(RETRY_AFTER));
+        assert_eq!(intake(&receiver).queued().0, 3);
+    }
+    wait_for_metric(
+        &receiver,
+        r#"metahook_admission_refusals_total{endpoint="wa",reason="spool_queue"} 7"#,
+    )
+    .await;
+    // The stall ends: everything queued is committed and acknowledged.
+    release.send(()).expect("the writer waits");
+    for answered in waiting {
+        assert_eq!(answered.await.expect("task"), StatusCode::OK);
+    }
+    assert_eq!(intake(&receiver).queued(), (0, 0));
+    let stored = intake(&receiver).read_after(0, 100).expect("read");
+    assert_eq!(stored.len(), 3, "the three acknowledged requests");
+    // And the next request is taken again.
+    let (status, _, _) = answer(&receiver, request(Method::POST, "/wa", &body(10), true)).await;
+    assert_eq!(status, StatusCode::OK);
 }

@@ -38,6 +38,8 @@
 pub mod cursor;
 pub mod dead_letters;
 pub mod dedup;
+#[cfg(test)]
+pub(crate) mod faults;
 pub mod record;
 mod recovery;
 pub mod segment;
@@ -88,6 +90,17 @@ pub enum SpoolError {
     /// The writer is gone (shutting down).
     #[error("spool: closed")]
     Closed,
+    /// The append queue holds its most requests or bytes (the writer is slow, e.g. an
+    /// fsync stall): a request is refused rather than queued without bound.
+    #[error(
+        "spool: the append queue is full ({requests} requests, {bytes} bytes waiting for the writer)"
+    )]
+    QueueFull {
+        /// Requests queued when it was refused.
+        requests: usize,
+        /// Bytes queued when it was refused.
+        bytes: u64,
+    },
     /// Another receiver holds the spool's lock: two receivers on one spool would interleave
     /// their writes.
     #[error("spool: in use by another receiver (it holds {})", lock.display())]
@@ -133,6 +146,40 @@ pub struct SpoolStats {
     pub bytes: u64,
 }
 
+/// Why a log's writer stopped writing for good (see [`Spool::on_failure`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriterFailure {
+    /// Which log: `intake` or `events`.
+    pub log: &'static str,
+    /// `panic` (a bug in the writer) or `io` (a write or fsync failed).
+    pub cause: &'static str,
+    /// The panic's message or the I/O error.
+    pub detail: String,
+}
+
+/// What stopped a writer, as the writer saw it.
+#[derive(Debug)]
+enum Failure {
+    /// The writer thread panicked, with this message.
+    Panic(String),
+    /// A commit failed (the page cache can no longer be trusted).
+    Io {
+        /// The error.
+        error: String,
+        /// Requests of the failed group.
+        requests: usize,
+    },
+}
+
+/// Called once when the writer stops for good, on the writer thread.
+type FailureHook = Box<dyn Fn(&WriterFailure) + Send + Sync>;
+
+/// The append queue's default bound, until [`Spool::bound_queue`] sets the receiver's
+/// (derived from `limits`): requests.
+pub const DEFAULT_MAX_QUEUED_REQUESTS: usize = 1024;
+/// The append queue's default bound in bytes (see [`DEFAULT_MAX_QUEUED_REQUESTS`]).
+pub const DEFAULT_MAX_QUEUED_BYTES: u64 = 32 * 1024 * 1024;
+
 /// A segment and its sparse index.
 #[derive(Debug)]
 struct SegmentInfo {
@@ -149,6 +196,8 @@ struct SegmentInfo {
 /// How a log is opened: the event log and the intake log differ only in these.
 #[derive(Debug, Clone)]
 struct LogOptions {
+    /// The log's name in logs and metrics (`intake`, `events`).
+    name: &'static str,
     /// Where its `segments/` and `cursors/` are.
     dir: PathBuf,
     /// Whether appends are de-duplicated by key (and `.keys` files kept).
@@ -160,6 +209,8 @@ struct LogOptions {
 }
 
 struct Shared {
+    /// See [`LogOptions`].
+    name: &'static str,
     dir: PathBuf,
     cursor_dir: PathBuf,
     sinks: Vec<String>,
@@ -184,6 +235,74 @@ struct Shared {
     keys: bool,
     /// A delivered segment kept as the next one (`spool.preallocate_segments`).
     spare: Option<Spare>,
+    /// Told when the writer stops for good ([`Spool::on_failure`]).
+    on_failure: std::sync::OnceLock<FailureHook>,
+    /// Requests' appends sent to the writer and not yet answered, and their bytes: a
+    /// handler that timed out or whose client left no longer holds its admission slot,
+    /// but its append stays queued until the writer takes it.
+    queued_requests: AtomicUsize,
+    queued_bytes: AtomicU64,
+    /// The bound of the two ([`Spool::bound_queue`]).
+    max_queued_requests: AtomicUsize,
+    max_queued_bytes: AtomicU64,
+    /// Faults tests inject into the writer.
+    #[cfg(test)]
+    faults: faults::Faults,
+}
+
+impl Shared {
+    /// Stops the log for good: appends are refused from now on and readiness turns false
+    /// (see [`Spool::is_poisoned`]); the failure is logged and reported to the hook.
+    fn fail(&self, failure: Failure) {
+        self.poisoned.store(true, Ordering::SeqCst);
+        let (cause, detail, requests) = match failure {
+            Failure::Panic(message) => ("panic", message, 0),
+            Failure::Io { error, requests } => ("io", error, requests),
+        };
+        let failed = WriterFailure {
+            log: self.name,
+            cause,
+            detail,
+        };
+        match self.on_failure.get() {
+            Some(hook) => hook(&failed),
+            None => tracing::error!(
+                log = failed.log,
+                cause = failed.cause,
+                error = %failed.detail,
+                requests,
+                "the spool writer stopped; refusing further writes until a restart"
+            ),
+        }
+    }
+
+    /// Takes a request's append into the queue's bound, or refuses it when the queue is
+    /// full. One request is always let in when none is queued, whatever its size.
+    fn enqueue(&self, bytes: u64) -> Result<(), SpoolError> {
+        let requests = self.queued_requests.fetch_add(1, Ordering::SeqCst);
+        let held = self.queued_bytes.fetch_add(bytes, Ordering::SeqCst);
+        let over = requests >= self.max_queued_requests.load(Ordering::Relaxed)
+            || (requests > 0
+                && held.saturating_add(bytes) > self.max_queued_bytes.load(Ordering::Relaxed));
+        if over {
+            self.queued_requests.fetch_sub(1, Ordering::SeqCst);
+            self.queued_bytes.fetch_sub(bytes, Ordering::SeqCst);
+            return Err(SpoolError::QueueFull {
+                requests,
+                bytes: held,
+            });
+        }
+        Ok(())
+    }
+
+    /// Releases an answered (or refused) append from the queue's bound.
+    fn dequeued(&self, append: &Append) {
+        if append.queued_bytes > 0 {
+            self.queued_requests.fetch_sub(1, Ordering::SeqCst);
+            self.queued_bytes
+                .fetch_sub(append.queued_bytes, Ordering::SeqCst);
+        }
+    }
 }
 
 /// The spool; see the module docs.
@@ -219,6 +338,7 @@ impl Spool {
     /// against `spool.max_bytes`; the receiver opens it with [`Spool::open_events`].
     pub fn open(config: &SpoolConfig, sinks: &[String]) -> Result<Spool, SpoolError> {
         let options = LogOptions {
+            name: "events",
             dir: config.dir.clone(),
             dedup: true,
             max_bytes: config.max_bytes,
@@ -235,6 +355,7 @@ impl Spool {
         total_bytes: &Arc<AtomicU64>,
     ) -> Result<Spool, SpoolError> {
         let options = LogOptions {
+            name: "events",
             dir: config.dir.clone(),
             dedup: false,
             max_bytes: 0,
@@ -252,6 +373,7 @@ impl Spool {
         total_bytes: &Arc<AtomicU64>,
     ) -> Result<Spool, SpoolError> {
         let options = LogOptions {
+            name: "intake",
             dir: config.dir.join("intake"),
             dedup: true,
             max_bytes: config.max_bytes,
@@ -341,6 +463,7 @@ impl Spool {
         options.total_bytes.fetch_add(own_bytes, Ordering::SeqCst);
         let (head, _) = watch::channel(next_seq - 1);
         let shared = Arc::new(Shared {
+            name: options.name,
             dir,
             cursor_dir,
             sinks: sinks.to_vec(),
@@ -356,9 +479,17 @@ impl Spool {
             max_bytes: options.max_bytes,
             keys: options.dedup,
             spare,
+            on_failure: std::sync::OnceLock::new(),
+            queued_requests: AtomicUsize::new(0),
+            queued_bytes: AtomicU64::new(0),
+            max_queued_requests: AtomicUsize::new(DEFAULT_MAX_QUEUED_REQUESTS),
+            max_queued_bytes: AtomicU64::new(DEFAULT_MAX_QUEUED_BYTES),
+            #[cfg(test)]
+            faults: faults::Faults::default(),
         });
-        // Unbounded, but bounded in practice: each in-flight request (limits.max_in_flight)
-        // sends at most one append, the normalization stage one batch.
+        // Bounded by requests and bytes (see `Shared::enqueue`): a request that gave up
+        // leaves its append queued, so the number of requests in flight does not bound it.
+        // The normalization stage's batches are not counted: it waits for each one.
         let (tx, rx) = mpsc::channel::<Append>();
         let mut writer = Writer {
             shared: Arc::clone(&shared),
@@ -437,7 +568,12 @@ impl Spool {
         for (key, events) in batch.into_iter().filter(|(_, e)| !e.is_empty()) {
             let (reply, answer) = oneshot::channel();
             sender
-                .send(Append { key, events, reply })
+                .send(Append {
+                    key,
+                    events,
+                    reply,
+                    queued_bytes: 0,
+                })
                 .map_err(|_| SpoolError::Closed)?;
             answers.push(answer);
         }
@@ -447,9 +583,47 @@ impl Spool {
         Ok(())
     }
 
-    /// Whether a failed fsync stopped the spool.
+    /// Whether the writer stopped for good: a failed write or fsync, or a panic.
     pub fn is_poisoned(&self) -> bool {
         self.shared.poisoned.load(Ordering::SeqCst)
+    }
+
+    /// This log's name in logs and metrics: `intake` or `events`.
+    pub fn name(&self) -> &'static str {
+        self.shared.name
+    }
+
+    /// Sets what is called, on the writer thread and at once, when the writer stops for
+    /// good (a panic, a failed fsync): the receiver counts it and logs it. Without one the
+    /// spool logs it itself. Only the first hook set is kept.
+    pub fn on_failure(&self, hook: impl Fn(&WriterFailure) + Send + Sync + 'static) {
+        let _ = self.shared.on_failure.set(Box::new(hook));
+    }
+
+    /// Bounds the queue of requests' appends waiting for the writer: past `requests`
+    /// requests or `bytes` bytes (one request is always let in), an append is refused with
+    /// [`SpoolError::QueueFull`] (the receiver answers 503 with Retry-After).
+    pub fn bound_queue(&self, requests: usize, bytes: u64) {
+        let shared = &self.shared;
+        shared
+            .max_queued_requests
+            .store(requests.max(1), Ordering::Relaxed);
+        shared.max_queued_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Requests' appends queued for the writer now, and their bytes.
+    pub fn queued(&self) -> (usize, u64) {
+        let shared = &self.shared;
+        (
+            shared.queued_requests.load(Ordering::SeqCst),
+            shared.queued_bytes.load(Ordering::SeqCst),
+        )
+    }
+
+    /// Makes the writer fail at its next commit, for tests.
+    #[cfg(test)]
+    pub(crate) fn inject(&self, fault: faults::Fault) {
+        self.shared.faults.set(fault);
     }
 
     /// The newest durable seq, updated after each group commit.
@@ -698,9 +872,11 @@ impl Spool {
         if let Ok(mut appends) = self.appends.lock() {
             appends.take();
         }
+        // A panic in the writer was caught and reported when it happened (see
+        // `Writer::run`); a failed join would be one in its reporting.
         let writer = self.writer.lock().ok().and_then(|mut w| w.take());
         if writer.is_some_and(|w| w.join().is_err()) {
-            tracing::error!("the spool writer thread panicked");
+            tracing::error!(log = self.shared.name, "the spool writer thread panicked");
         }
     }
 }
@@ -743,10 +919,26 @@ impl Preparing<'_> {
             .map_err(|_| SpoolError::Closed)?
             .clone()
             .ok_or(SpoolError::Closed)?;
+        // Counted in the queue's bound until the writer answers it (at least one byte, so
+        // the release is told apart from an uncounted append).
+        let queued_bytes = events.iter().map(|e| e.len() as u64).sum::<u64>().max(1);
+        let shared = &self.spool.shared;
+        if let Err(full) = shared.enqueue(queued_bytes) {
+            self.withdraw();
+            return Err(full);
+        }
         let (reply, answer) = oneshot::channel();
-        let sent = sender.send(Append { key, events, reply });
+        let sent = sender.send(Append {
+            key,
+            events,
+            reply,
+            queued_bytes,
+        });
         self.withdraw();
-        sent.map_err(|_| SpoolError::Closed)?;
+        if let Err(mpsc::SendError(unsent)) = sent {
+            shared.dequeued(&unsent);
+            return Err(SpoolError::Closed);
+        }
         answer.await.map_err(|_| SpoolError::Closed)?
     }
 }
@@ -805,5 +997,7 @@ fn lock_dir(dir: &Path) -> Result<File, SpoolError> {
     Ok(file)
 }
 
+#[cfg(test)]
+mod model_tests;
 #[cfg(test)]
 mod tests;

@@ -3,6 +3,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,13 +14,16 @@ use tokio::sync::oneshot;
 
 use super::segment::{self, INDEX_EVERY, Key};
 use super::spare::Spare;
-use super::{AppendOutcome, SegmentInfo, Shared, SpoolError, dedup, io, now_millis};
+use super::{AppendOutcome, Failure, SegmentInfo, Shared, SpoolError, dedup, io, now_millis};
 
 /// A request's events on their way to the writer, and where its answer goes.
 pub(super) struct Append {
     pub(super) key: Key,
     pub(super) events: Vec<Vec<u8>>,
     pub(super) reply: oneshot::Sender<Result<AppendOutcome, SpoolError>>,
+    /// Bytes it counts in the append queue's bound (0: not counted, see
+    /// [`super::Preparing::append`]).
+    pub(super) queued_bytes: u64,
 }
 
 /// Starts the segment whose first record will be `first_seq`: the spare if one is ready
@@ -81,34 +85,67 @@ pub(super) struct Writer {
 }
 
 impl Writer {
+    /// Runs until every sender is gone. A panic in here (a bug, never expected) must not
+    /// leave the receiver answering 200 to nothing: it poisons the log at once (readiness
+    /// turns false, appends get 503), is reported with its message ([`Shared::fail`]), and
+    /// the thread then answers what is still queued and what comes until the log is closed,
+    /// so no request waits for a writer that is gone.
     pub(super) fn run(&mut self, appends: &mpsc::Receiver<Append>) {
-        let mut group = Vec::with_capacity(self.max_group);
+        let ran = std::panic::catch_unwind(AssertUnwindSafe(|| self.run_groups(appends)));
+        let Err(payload) = ran else {
+            #[cfg(test)]
+            if self.shared.faults.crashed() {
+                return;
+            }
+            // As when sealed: a clean stop leaves no recycled tail.
+            if let Err(err) = self
+                .cut_after_last_record()
+                .and_then(|()| self.active.sync_all())
+            {
+                tracing::error!(error = %err, "final spool sync failed");
+            }
+            return;
+        };
+        // The group being committed was dropped with the panic: its waiters got `Closed`.
+        // Nothing more is written: the writer's state is not trusted any more; recovery
+        // at the next start truncates whatever the panic left half-written.
+        self.shared
+            .fail(Failure::Panic(panic_message(payload.as_ref())));
+        for append in appends {
+            self.shared.dequeued(&append);
+            let _ = append.reply.send(Err(SpoolError::Poisoned));
+        }
+    }
+
+    /// The group-commit loop: takes what is queued, commits it, answers it.
+    fn run_groups(&mut self, appends: &mpsc::Receiver<Append>) {
+        let mut group = Unanswered {
+            shared: Arc::clone(&self.shared),
+            appends: Vec::with_capacity(self.max_group),
+        };
         while let Ok(first) = appends.recv() {
-            group.push(first);
-            self.gather(appends, &mut group);
-            let result = self.commit(&group);
+            group.appends.push(first);
+            self.gather(appends, &mut group.appends);
+            #[cfg(test)]
+            self.shared.faults.before_commit();
+            let result = self.commit(&group.appends);
             match result {
                 Ok(outcomes) => {
-                    for (append, outcome) in group.drain(..).zip(outcomes) {
+                    for (append, outcome) in group.appends.drain(..).zip(outcomes) {
+                        self.shared.dequeued(&append);
                         // A waiter that gave up (client gone) no longer needs its answer.
                         let _ = append.reply.send(outcome);
                     }
                 }
                 Err(err) => {
-                    tracing::error!(error = %err, requests = group.len(), "spool commit failed; refusing further writes");
-                    self.shared.poisoned.store(true, Ordering::SeqCst);
-                    for append in group.drain(..) {
-                        let _ = append.reply.send(Err(SpoolError::Poisoned));
-                    }
+                    let requests = group.appends.len();
+                    group.refuse();
+                    self.shared.fail(Failure::Io {
+                        error: err.to_string(),
+                        requests,
+                    });
                 }
             }
-        }
-        // As when sealed: a clean stop leaves no recycled tail.
-        if let Err(err) = self
-            .cut_after_last_record()
-            .and_then(|()| self.active.sync_all())
-        {
-            tracing::error!(error = %err, "final spool sync failed");
         }
     }
 
@@ -270,5 +307,41 @@ impl Writer {
             segments.push(info);
         }
         Ok(())
+    }
+}
+
+/// The text a panic was raised with (`panic!("...")` gives a `&str` or a `String`).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "a panic without a message".to_owned()
+    }
+}
+
+/// The group being committed. Should the writer panic while it holds one, its drop (during
+/// the unwinding) poisons the log first and then answers every request of the group with
+/// [`SpoolError::Poisoned`], so a request refused this way finds the receiver unready.
+struct Unanswered {
+    shared: Arc<Shared>,
+    appends: Vec<Append>,
+}
+
+impl Unanswered {
+    /// Answers every request of the group: the log is poisoned.
+    fn refuse(&mut self) {
+        self.shared.poisoned.store(true, Ordering::SeqCst);
+        for append in self.appends.drain(..) {
+            self.shared.dequeued(&append);
+            let _ = append.reply.send(Err(SpoolError::Poisoned));
+        }
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        self.refuse();
     }
 }
