@@ -237,6 +237,8 @@ struct Shared {
     spare: Option<Spare>,
     /// Told when the writer stops for good ([`Spool::on_failure`]).
     on_failure: std::sync::OnceLock<FailureHook>,
+    /// Whether the failure was reported (once).
+    failed: AtomicBool,
     /// Requests' appends sent to the writer and not yet answered, and their bytes: a
     /// handler that timed out or whose client left no longer holds its admission slot,
     /// but its append stays queued until the writer takes it.
@@ -255,6 +257,10 @@ impl Shared {
     /// (see [`Spool::is_poisoned`]); the failure is logged and reported to the hook.
     fn fail(&self, failure: Failure) {
         self.poisoned.store(true, Ordering::SeqCst);
+        // Once: a group that reaches the writer after the failure is refused, not counted.
+        if self.failed.swap(true, Ordering::SeqCst) {
+            return;
+        }
         let (cause, detail, requests) = match failure {
             Failure::Panic(message) => ("panic", message, 0),
             Failure::Io { error, requests } => ("io", error, requests),
@@ -480,6 +486,7 @@ impl Spool {
             keys: options.dedup,
             spare,
             on_failure: std::sync::OnceLock::new(),
+            failed: AtomicBool::new(false),
             queued_requests: AtomicUsize::new(0),
             queued_bytes: AtomicU64::new(0),
             max_queued_requests: AtomicUsize::new(DEFAULT_MAX_QUEUED_REQUESTS),
