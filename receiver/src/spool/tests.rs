@@ -581,3 +581,14 @@ async fn a_panic_in_the_writer_poisons_the_log_before_anyone_is_answered() {
     let spool = Spool::open(&config(dir.path()), &["a".to_owned()]).expect("reopen");
     assert_eq!(seqs(&spool.read_after(0, 10).expect("read")), [1]);
 }
+
+#[tokio::test]
+async fn a_clean_close_does_not_poison() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = Spool::open(&config(dir.path()), &["a".to_owned()]).expect("open");
+    spool.append([1; 16], events(&["1"])).await.expect("append");
+    spool.close();
+    assert!(!spool.is_poisoned());
+    let closed = spool.append([2; 16], events(&["2"])).await;
+    assert!(matches!(closed, Err(SpoolError::Closed)), "{closed:?}");
+}

@@ -106,9 +106,10 @@ impl Writer {
             }
             return;
         };
-        // The group being committed was dropped with the panic: its waiters got `Closed`.
-        // Nothing more is written: the writer's state is not trusted any more; recovery
-        // at the next start truncates whatever the panic left half-written.
+        // The group being committed was refused as the panic unwound (`Unanswered`), after
+        // the log was poisoned. Nothing more is written: the writer's state is not trusted
+        // any more; recovery at the next start truncates whatever the panic left
+        // half-written.
         self.shared
             .fail(Failure::Panic(panic_message(payload.as_ref())));
         for append in appends {
@@ -342,6 +343,9 @@ impl Unanswered {
 
 impl Drop for Unanswered {
     fn drop(&mut self) {
-        self.refuse();
+        // Empty when the writer stops cleanly: every group was answered.
+        if !self.appends.is_empty() {
+            self.refuse();
+        }
     }
 }
