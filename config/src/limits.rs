@@ -41,6 +41,20 @@ pub struct Limits {
         with = "crate::byte_size::optional"
     )]
     pub max_buffered_body_bytes: Option<u64>,
+    /// Requests' appends waiting for the spool writer at once (an fsync stall keeps them
+    /// queued after their handlers timed out); more get 503 with Retry-After. Unset:
+    /// `max_in_flight` ([`Limits::queued_request_limit`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queued_requests: Option<usize>,
+    /// Bytes of requests' appends waiting for the spool writer at once (one request is
+    /// always let in); more get 503 with Retry-After. Unset: the body budget in force
+    /// ([`Limits::queued_bytes_limit`]).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::byte_size::optional"
+    )]
+    pub max_queued_bytes: Option<u64>,
     /// Seconds suggested in Retry-After on 503.
     #[serde(default = "default_retry_after")]
     pub retry_after_seconds: u32,
@@ -61,6 +75,8 @@ impl Default for Limits {
             max_in_flight: default_max_in_flight(),
             max_in_flight_per_peer: default_max_in_flight_per_peer(),
             max_buffered_body_bytes: None,
+            max_queued_requests: None,
+            max_queued_bytes: None,
             retry_after_seconds: default_retry_after(),
             max_json_depth: default_max_json_depth(),
         }
@@ -98,6 +114,19 @@ impl Limits {
     pub fn buffered_body_limit(&self) -> u64 {
         self.max_buffered_body_bytes
             .unwrap_or_else(|| DEFAULT_MAX_BUFFERED_BODY_BYTES.max(self.max_body_bytes))
+    }
+
+    /// The spool's append queue bound in requests: `max_queued_requests`, or when unset
+    /// `max_in_flight` (what the queue holds when no handler gave up).
+    pub fn queued_request_limit(&self) -> usize {
+        self.max_queued_requests.unwrap_or(self.max_in_flight)
+    }
+
+    /// The spool's append queue bound in bytes: `max_queued_bytes`, or when unset the body
+    /// budget in force (what the queue holds when no handler gave up).
+    pub fn queued_bytes_limit(&self) -> u64 {
+        self.max_queued_bytes
+            .unwrap_or_else(|| self.buffered_body_limit())
     }
 }
 fn default_retry_after() -> u32 {

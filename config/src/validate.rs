@@ -165,6 +165,12 @@ impl Config {
                 ),
             ));
         }
+        if limits.max_queued_requests == Some(0) {
+            return Err(invalid("limits.max_queued_requests", "must be at least 1"));
+        }
+        if limits.max_queued_bytes == Some(0) {
+            return Err(invalid("limits.max_queued_bytes", "must be at least 1"));
+        }
         if limits.body_timeout.is_zero() {
             return Err(invalid("limits.body_timeout", "must be more than 0"));
         }

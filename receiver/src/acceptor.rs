@@ -51,6 +51,9 @@ pub enum AcceptError {
     /// The spool holds `spool.max_bytes` of undelivered requests and events.
     #[error(transparent)]
     SpoolFull(SpoolError),
+    /// The spool's append queue is full (its writer is slow): refused before queuing.
+    #[error(transparent)]
+    QueueFull(SpoolError),
     /// The spool cannot store requests.
     #[error(transparent)]
     Spool(SpoolError),
@@ -63,6 +66,7 @@ impl From<SpoolError> for AcceptError {
     fn from(err: SpoolError) -> AcceptError {
         match err {
             SpoolError::Full { .. } => AcceptError::SpoolFull(err),
+            SpoolError::QueueFull { .. } => AcceptError::QueueFull(err),
             other => AcceptError::Spool(other),
         }
     }

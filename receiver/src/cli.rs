@@ -143,6 +143,11 @@ where there is one):
     max_buffered_body_bytes
                        503 when bodies being read would hold more; default
                        33554432 (or max_body_bytes if larger)
+    max_queued_requests
+                       503 when this many requests wait for the spool
+                       writer (an fsync stall); default max_in_flight
+    max_queued_bytes   503 when their bytes would exceed it; default
+                       max_buffered_body_bytes in force
     retry_after_seconds
                        Retry-After on 503 and 429; default 5
     max_json_depth     400 for bodies nested deeper; default 128

@@ -39,7 +39,7 @@ use tokio::sync::watch;
 use crate::config::EndpointConfig;
 use crate::event::{Event, Kind};
 use crate::metrics::Metrics;
-use crate::metrics::events::{EventsAccepted, RequestNormalized};
+use crate::metrics::events::{EventsAccepted, NormalizationPanicked, RequestNormalized};
 use crate::normalize::{self, Context};
 use crate::priority;
 use crate::spool::record::{self, RawRequest};
@@ -264,7 +264,7 @@ impl Normalizer {
                     .and_then(|o| o.as_deref());
                 (
                     request.endpoint.to_owned(),
-                    normalize_request(&request, objects),
+                    normalize_request(&request, objects, Some(stored.seq), &self.metrics),
                 )
             }
             Err(err) => {
@@ -328,8 +328,15 @@ struct Normalized {
 }
 
 /// A stored request's events: [`normalize::normalize`], or, should it fail (or panic),
-/// the whole body as one `unknown` event carrying the error.
-pub fn normalize_request(request: &RawRequest<'_>, objects: Option<&[String]>) -> Vec<Event> {
+/// the whole body as one `unknown` event carrying the error. A panic is a bug in this
+/// receiver: it is logged with the request's key (`seq`: the intake record, `None` on the
+/// request path) and its message, and counted ([`NormalizationPanicked`]).
+pub fn normalize_request(
+    request: &RawRequest<'_>,
+    objects: Option<&[String]>,
+    seq: Option<u64>,
+    metrics: &Metrics,
+) -> Vec<Event> {
     let received_at = request.received_at();
     let ctx = Context {
         endpoint: request.endpoint,
@@ -337,6 +344,8 @@ pub fn normalize_request(request: &RawRequest<'_>, objects: Option<&[String]>) -
         objects,
     };
     let normalized = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        #[cfg(test)]
+        tests::panic_if_asked();
         normalize::normalize(request.body, &ctx)
     }));
     match normalized {
@@ -345,11 +354,39 @@ pub fn normalize_request(request: &RawRequest<'_>, objects: Option<&[String]>) -
             let error = format!("the stored body cannot be normalized: {err}");
             vec![normalize::unreadable(request.body, &ctx, error)]
         }
-        Err(_) => {
+        Err(payload) => {
+            let message = panic_message(payload.as_ref());
+            let object = object_of(request.body);
+            metrics.emit(NormalizationPanicked {
+                endpoint: request.endpoint,
+                object: object.as_deref(),
+                seq,
+                message: &message,
+            });
             let error = "normalizing the body failed (a fault in this receiver, reported in its log); the body is kept whole".to_owned();
             vec![normalize::unreadable(request.body, &ctx, error)]
         }
     }
+}
+
+/// The text a panic was raised with (`panic!("...")` gives a `&str` or a `String`).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "a panic without a message".to_owned()
+    }
+}
+
+/// The body's top-level `object`, if it can be read (for the panic's metric label).
+fn object_of(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Object {
+        object: Option<String>,
+    }
+    serde_json::from_slice::<Object>(body).ok()?.object
 }
 
 /// An event's JSON; an event that cannot be serialized is logged and left out (the event
@@ -408,7 +445,81 @@ fn wait_for<F: Future>(future: F, timeout: Duration) {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::Cell;
+
     use super::*;
+
+    thread_local! {
+        /// Makes the next normalization on this thread panic (see [`panic_if_asked`]).
+        static PANIC_NEXT: Cell<Option<&'static str>> = const { Cell::new(None) };
+    }
+
+    /// Panics when a test asked for it on this thread: a stand-in for a bug in
+    /// [`normalize::normalize`].
+    pub(super) fn panic_if_asked() {
+        if let Some(message) = PANIC_NEXT.with(Cell::take) {
+            std::panic::panic_any(message);
+        }
+    }
+
+    fn metrics() -> Metrics {
+        Metrics::new().expect("metrics")
+    }
+
+    #[test]
+    fn a_panic_while_normalizing_is_logged_counted_and_kept_as_one_unknown_event() {
+        let metrics = metrics();
+        let body = br#"{"object":"page","entry":[{"id":"1","time":1700000000,"changes":[{"field":"feed","value":{"item":"status","verb":"add"}}]}]}"#;
+        let request = RawRequest {
+            received_nanos: 1_764_547_200_000_000_001,
+            endpoint: "wa",
+            body,
+        };
+        PANIC_NEXT.with(|p| p.set(Some("a bug in a normalizer")));
+        let events = normalize_request(&request, None, Some(42), &metrics);
+        assert_eq!(events.len(), 1, "the request becomes one event");
+        let event = &events[0];
+        assert_eq!(event.kind, Kind::Unknown);
+        assert_eq!(event.endpoint, "wa");
+        let raw: serde_json::Value = serde_json::from_str(event.raw.get()).expect("raw");
+        let sent: serde_json::Value = serde_json::from_slice(body).expect("body");
+        assert_eq!(raw, sent, "the body is kept whole");
+        assert!(
+            event
+                .error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("normalizing the body failed")),
+            "{:?}",
+            event.error
+        );
+        let text = String::from_utf8(metrics.encode()).expect("utf8");
+        assert!(
+            text.contains(r#"metahook_normalization_panics_total{endpoint="wa",object="page"} 1"#),
+            "{text}"
+        );
+        // The next request normalizes as usual.
+        let events = normalize_request(&request, None, Some(43), &metrics);
+        assert_eq!(events.len(), 1);
+        assert!(events[0].error.is_none(), "{:?}", events[0].error);
+    }
+
+    #[test]
+    fn a_panic_on_an_unreadable_body_is_counted_without_an_object() {
+        let metrics = metrics();
+        let request = RawRequest {
+            received_nanos: 1,
+            endpoint: "wa",
+            body: b"not json",
+        };
+        PANIC_NEXT.with(|p| p.set(Some("boom")));
+        let events = normalize_request(&request, None, None, &metrics);
+        assert_eq!(events.len(), 1);
+        let text = String::from_utf8(metrics.encode()).expect("utf8");
+        assert!(
+            text.contains(r#"metahook_normalization_panics_total{endpoint="wa",object="none"} 1"#),
+            "{text}"
+        );
+    }
 
     #[test]
     fn a_stored_body_that_cannot_be_normalized_becomes_one_unknown_event() {
@@ -417,7 +528,7 @@ mod tests {
             endpoint: "wa",
             body: br#"{"object": "page", "entry": [1,"#,
         };
-        let events = normalize_request(&request, None);
+        let events = normalize_request(&request, None, None, &metrics());
         assert_eq!(events.len(), 1);
         let event = &events[0];
         assert_eq!(event.kind, Kind::Unknown);
@@ -449,7 +560,7 @@ mod tests {
             objects: None,
         };
         let direct = normalize::normalize(body, &ctx).expect("normalize");
-        let staged = normalize_request(&request, None);
+        let staged = normalize_request(&request, None, None, &metrics());
         let json = |events: &[Event]| events.iter().filter_map(serialize).collect::<Vec<_>>();
         assert_eq!(json(&staged), json(&direct));
     }
@@ -537,7 +648,8 @@ mod tests {
         // in the event log, durable, the other two not, the intake cursor not moved.
         let stored = logs.intake.read_after(0, 1).expect("read intake");
         let request = RawRequest::decode(&stored[0].json).expect("decode");
-        let first = serialize(&normalize_request(&request, None)[0]).expect("json");
+        let first =
+            serialize(&normalize_request(&request, None, None, &metrics())[0]).expect("json");
         logs.events
             .append(record::source_key(stored[0].seq), vec![first])
             .await

@@ -281,13 +281,14 @@ pub struct AdmissionRefused<'a> {
 }
 
 /// Every `reason` of `metahook_admission_refusals_total`.
-pub const ADMISSION_REASONS: [&str; 6] = [
+pub const ADMISSION_REASONS: [&str; 7] = [
     "in_flight",
     "peer_limit",
     "body_budget",
     "too_large",
     "body_timeout",
     "body_error",
+    "spool_queue",
 ];
 
 /// An endpoint is served: its `metahook_admission_refusals_total` series exist from the start
@@ -452,6 +453,70 @@ pub struct ReadinessChanged {
 impl InternalEvent for ReadinessChanged {
     fn emit(self, metrics: &Metrics) {
         metrics.ready.set(i64::from(self.ready));
+    }
+}
+
+/// A spool log's writer stopped for good (a panic, a failed write or fsync): the receiver
+/// is not ready from now on and refuses requests until a restart.
+/// `metahook_spool_writer_failures_total{log,cause}`, `metahook_ready` 0, and an error line
+/// with the panic's message or the error.
+#[derive(Debug)]
+pub struct SpoolWriterFailed<'a> {
+    /// `intake` or `events`.
+    pub log: &'static str,
+    /// `panic` or `io`.
+    pub cause: &'static str,
+    /// The panic's message or the I/O error.
+    pub detail: &'a str,
+}
+
+impl InternalEvent for SpoolWriterFailed<'_> {
+    fn emit(self, metrics: &Metrics) {
+        metrics
+            .spool_writer_failures
+            .with_label_values(&[self.log, self.cause])
+            .inc();
+        metrics.ready.set(0);
+        let (log, cause, error) = (self.log, self.cause, self.detail);
+        tracing::error!(
+            log,
+            cause,
+            error,
+            "the spool writer stopped: not ready, and requests get 503 until a restart"
+        );
+    }
+}
+
+/// A request's events became one `unknown` event because normalizing them panicked (a bug
+/// in this receiver): `metahook_normalization_panics_total{endpoint,object}` and an error
+/// line with the intake record's seq and the panic's message.
+#[derive(Debug)]
+pub struct NormalizationPanicked<'a> {
+    /// The endpoint the request came to.
+    pub endpoint: &'a str,
+    /// The body's `object`, when it could be read.
+    pub object: Option<&'a str>,
+    /// The intake record's seq (`None`: a redelivery counted on the request path).
+    pub seq: Option<u64>,
+    /// The panic's message.
+    pub message: &'a str,
+}
+
+impl InternalEvent for NormalizationPanicked<'_> {
+    fn emit(self, metrics: &Metrics) {
+        let object = metrics.label(self.object.unwrap_or(""));
+        metrics
+            .normalization_panics
+            .with_label_values(&[self.endpoint, object])
+            .inc();
+        let (endpoint, seq, message) = (self.endpoint, self.seq, self.message);
+        tracing::error!(
+            endpoint,
+            object,
+            seq,
+            panic = message,
+            "normalizing a request panicked (a bug in this receiver); its body is kept whole as one unknown event"
+        );
     }
 }
 

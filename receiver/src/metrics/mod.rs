@@ -60,6 +60,10 @@ pub struct Metrics {
     spool_limit_bytes: IntGauge,
     /// `metahook_spool_commit_duration_seconds`.
     spool_commit_duration: Histogram,
+    /// `metahook_spool_writer_failures_total{log,cause}`.
+    spool_writer_failures: IntCounterVec,
+    /// `metahook_normalization_panics_total{endpoint,object}`.
+    normalization_panics: IntCounterVec,
     /// `metahook_sink_deliveries_total{sink,result}`.
     sink_deliveries: IntCounterVec,
     /// `metahook_sink_delivery_duration_seconds{sink}`.
@@ -197,6 +201,23 @@ impl Metrics {
             .buckets(latency.clone()),
         )?;
         registry.register(Box::new(spool_commit_duration.clone()))?;
+        let spool_writer_failures = counter(
+            &registry,
+            "metahook_spool_writer_failures_total",
+            "Spool writers stopped for good (the receiver is not ready until a restart), by log (intake, events) and cause (panic, io).",
+            &["log", "cause"],
+        )?;
+        for log in ["intake", "events"] {
+            for cause in ["panic", "io"] {
+                spool_writer_failures.with_label_values(&[log, cause]);
+            }
+        }
+        let normalization_panics = counter(
+            &registry,
+            "metahook_normalization_panics_total",
+            "Requests whose normalization panicked (a bug in this receiver), kept whole as one unknown event, by endpoint and object.",
+            &["endpoint", "object"],
+        )?;
         let sink_deliveries = counter(
             &registry,
             "metahook_sink_deliveries_total",
@@ -287,6 +308,8 @@ impl Metrics {
             spool_bytes,
             spool_limit_bytes,
             spool_commit_duration,
+            spool_writer_failures,
+            normalization_panics,
             sink_deliveries,
             sink_delivery_duration,
             sink_lag,

@@ -38,14 +38,16 @@
 pub mod cursor;
 pub mod dead_letters;
 pub mod dedup;
+#[cfg(test)]
+pub(crate) mod faults;
 pub mod record;
+mod recovery;
 pub mod segment;
 mod spare;
+mod writer;
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -54,15 +56,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
 pub use cursor::Cursor;
 pub use segment::Key;
 
 use crate::config::SpoolConfig;
+use recovery::{Recovered, recover_tail, rewrite_keys};
 use segment::{FrameReader, INDEX_EVERY};
 use spare::Spare;
+use writer::{Append, Writer, create_segment};
 
 /// A spool failure; requests get 503 (Meta retries), sinks retry.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +90,17 @@ pub enum SpoolError {
     /// The writer is gone (shutting down).
     #[error("spool: closed")]
     Closed,
+    /// The append queue holds its most requests or bytes (the writer is slow, e.g. an
+    /// fsync stall): a request is refused rather than queued without bound.
+    #[error(
+        "spool: the append queue is full ({requests} requests, {bytes} bytes waiting for the writer)"
+    )]
+    QueueFull {
+        /// Requests queued when it was refused.
+        requests: usize,
+        /// Bytes queued when it was refused.
+        bytes: u64,
+    },
     /// Another receiver holds the spool's lock: two receivers on one spool would interleave
     /// their writes.
     #[error("spool: in use by another receiver (it holds {})", lock.display())]
@@ -132,11 +146,39 @@ pub struct SpoolStats {
     pub bytes: u64,
 }
 
-struct Append {
-    key: Key,
-    events: Vec<Vec<u8>>,
-    reply: oneshot::Sender<Result<AppendOutcome, SpoolError>>,
+/// Why a log's writer stopped writing for good (see [`Spool::on_failure`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriterFailure {
+    /// Which log: `intake` or `events`.
+    pub log: &'static str,
+    /// `panic` (a bug in the writer) or `io` (a write or fsync failed).
+    pub cause: &'static str,
+    /// The panic's message or the I/O error.
+    pub detail: String,
 }
+
+/// What stopped a writer, as the writer saw it.
+#[derive(Debug)]
+enum Failure {
+    /// The writer thread panicked, with this message.
+    Panic(String),
+    /// A commit failed (the page cache can no longer be trusted).
+    Io {
+        /// The error.
+        error: String,
+        /// Requests of the failed group.
+        requests: usize,
+    },
+}
+
+/// Called once when the writer stops for good, on the writer thread.
+type FailureHook = Box<dyn Fn(&WriterFailure) + Send + Sync>;
+
+/// The append queue's default bound, until [`Spool::bound_queue`] sets the receiver's
+/// (derived from `limits`): requests.
+pub const DEFAULT_MAX_QUEUED_REQUESTS: usize = 1024;
+/// The append queue's default bound in bytes (see [`DEFAULT_MAX_QUEUED_REQUESTS`]).
+pub const DEFAULT_MAX_QUEUED_BYTES: u64 = 32 * 1024 * 1024;
 
 /// A segment and its sparse index.
 #[derive(Debug)]
@@ -154,6 +196,8 @@ struct SegmentInfo {
 /// How a log is opened: the event log and the intake log differ only in these.
 #[derive(Debug, Clone)]
 struct LogOptions {
+    /// The log's name in logs and metrics (`intake`, `events`).
+    name: &'static str,
     /// Where its `segments/` and `cursors/` are.
     dir: PathBuf,
     /// Whether appends are de-duplicated by key (and `.keys` files kept).
@@ -165,6 +209,8 @@ struct LogOptions {
 }
 
 struct Shared {
+    /// See [`LogOptions`].
+    name: &'static str,
     dir: PathBuf,
     cursor_dir: PathBuf,
     sinks: Vec<String>,
@@ -189,6 +235,80 @@ struct Shared {
     keys: bool,
     /// A delivered segment kept as the next one (`spool.preallocate_segments`).
     spare: Option<Spare>,
+    /// Told when the writer stops for good ([`Spool::on_failure`]).
+    on_failure: std::sync::OnceLock<FailureHook>,
+    /// Whether the failure was reported (once).
+    failed: AtomicBool,
+    /// Requests' appends sent to the writer and not yet answered, and their bytes: a
+    /// handler that timed out or whose client left no longer holds its admission slot,
+    /// but its append stays queued until the writer takes it.
+    queued_requests: AtomicUsize,
+    queued_bytes: AtomicU64,
+    /// The bound of the two ([`Spool::bound_queue`]).
+    max_queued_requests: AtomicUsize,
+    max_queued_bytes: AtomicU64,
+    /// Faults tests inject into the writer.
+    #[cfg(test)]
+    faults: faults::Faults,
+}
+
+impl Shared {
+    /// Stops the log for good: appends are refused from now on and readiness turns false
+    /// (see [`Spool::is_poisoned`]); the failure is logged and reported to the hook.
+    fn fail(&self, failure: Failure) {
+        self.poisoned.store(true, Ordering::SeqCst);
+        // Once: a group that reaches the writer after the failure is refused, not counted.
+        if self.failed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (cause, detail, requests) = match failure {
+            Failure::Panic(message) => ("panic", message, 0),
+            Failure::Io { error, requests } => ("io", error, requests),
+        };
+        let failed = WriterFailure {
+            log: self.name,
+            cause,
+            detail,
+        };
+        match self.on_failure.get() {
+            Some(hook) => hook(&failed),
+            None => tracing::error!(
+                log = failed.log,
+                cause = failed.cause,
+                error = %failed.detail,
+                requests,
+                "the spool writer stopped; refusing further writes until a restart"
+            ),
+        }
+    }
+
+    /// Takes a request's append into the queue's bound, or refuses it when the queue is
+    /// full. One request is always let in when none is queued, whatever its size.
+    fn enqueue(&self, bytes: u64) -> Result<(), SpoolError> {
+        let requests = self.queued_requests.fetch_add(1, Ordering::SeqCst);
+        let held = self.queued_bytes.fetch_add(bytes, Ordering::SeqCst);
+        let over = requests >= self.max_queued_requests.load(Ordering::Relaxed)
+            || (requests > 0
+                && held.saturating_add(bytes) > self.max_queued_bytes.load(Ordering::Relaxed));
+        if over {
+            self.queued_requests.fetch_sub(1, Ordering::SeqCst);
+            self.queued_bytes.fetch_sub(bytes, Ordering::SeqCst);
+            return Err(SpoolError::QueueFull {
+                requests,
+                bytes: held,
+            });
+        }
+        Ok(())
+    }
+
+    /// Releases an answered (or refused) append from the queue's bound.
+    fn dequeued(&self, append: &Append) {
+        if append.queued_bytes > 0 {
+            self.queued_requests.fetch_sub(1, Ordering::SeqCst);
+            self.queued_bytes
+                .fetch_sub(append.queued_bytes, Ordering::SeqCst);
+        }
+    }
 }
 
 /// The spool; see the module docs.
@@ -224,6 +344,7 @@ impl Spool {
     /// against `spool.max_bytes`; the receiver opens it with [`Spool::open_events`].
     pub fn open(config: &SpoolConfig, sinks: &[String]) -> Result<Spool, SpoolError> {
         let options = LogOptions {
+            name: "events",
             dir: config.dir.clone(),
             dedup: true,
             max_bytes: config.max_bytes,
@@ -240,6 +361,7 @@ impl Spool {
         total_bytes: &Arc<AtomicU64>,
     ) -> Result<Spool, SpoolError> {
         let options = LogOptions {
+            name: "events",
             dir: config.dir.clone(),
             dedup: false,
             max_bytes: 0,
@@ -257,6 +379,7 @@ impl Spool {
         total_bytes: &Arc<AtomicU64>,
     ) -> Result<Spool, SpoolError> {
         let options = LogOptions {
+            name: "intake",
             dir: config.dir.join("intake"),
             dedup: true,
             max_bytes: config.max_bytes,
@@ -346,6 +469,7 @@ impl Spool {
         options.total_bytes.fetch_add(own_bytes, Ordering::SeqCst);
         let (head, _) = watch::channel(next_seq - 1);
         let shared = Arc::new(Shared {
+            name: options.name,
             dir,
             cursor_dir,
             sinks: sinks.to_vec(),
@@ -361,9 +485,18 @@ impl Spool {
             max_bytes: options.max_bytes,
             keys: options.dedup,
             spare,
+            on_failure: std::sync::OnceLock::new(),
+            failed: AtomicBool::new(false),
+            queued_requests: AtomicUsize::new(0),
+            queued_bytes: AtomicU64::new(0),
+            max_queued_requests: AtomicUsize::new(DEFAULT_MAX_QUEUED_REQUESTS),
+            max_queued_bytes: AtomicU64::new(DEFAULT_MAX_QUEUED_BYTES),
+            #[cfg(test)]
+            faults: faults::Faults::default(),
         });
-        // Unbounded, but bounded in practice: each in-flight request (limits.max_in_flight)
-        // sends at most one append, the normalization stage one batch.
+        // Bounded by requests and bytes (see `Shared::enqueue`): a request that gave up
+        // leaves its append queued, so the number of requests in flight does not bound it.
+        // The normalization stage's batches are not counted: it waits for each one.
         let (tx, rx) = mpsc::channel::<Append>();
         let mut writer = Writer {
             shared: Arc::clone(&shared),
@@ -442,7 +575,12 @@ impl Spool {
         for (key, events) in batch.into_iter().filter(|(_, e)| !e.is_empty()) {
             let (reply, answer) = oneshot::channel();
             sender
-                .send(Append { key, events, reply })
+                .send(Append {
+                    key,
+                    events,
+                    reply,
+                    queued_bytes: 0,
+                })
                 .map_err(|_| SpoolError::Closed)?;
             answers.push(answer);
         }
@@ -452,9 +590,47 @@ impl Spool {
         Ok(())
     }
 
-    /// Whether a failed fsync stopped the spool.
+    /// Whether the writer stopped for good: a failed write or fsync, or a panic.
     pub fn is_poisoned(&self) -> bool {
         self.shared.poisoned.load(Ordering::SeqCst)
+    }
+
+    /// This log's name in logs and metrics: `intake` or `events`.
+    pub fn name(&self) -> &'static str {
+        self.shared.name
+    }
+
+    /// Sets what is called, on the writer thread and at once, when the writer stops for
+    /// good (a panic, a failed fsync): the receiver counts it and logs it. Without one the
+    /// spool logs it itself. Only the first hook set is kept.
+    pub fn on_failure(&self, hook: impl Fn(&WriterFailure) + Send + Sync + 'static) {
+        let _ = self.shared.on_failure.set(Box::new(hook));
+    }
+
+    /// Bounds the queue of requests' appends waiting for the writer: past `requests`
+    /// requests or `bytes` bytes (one request is always let in), an append is refused with
+    /// [`SpoolError::QueueFull`] (the receiver answers 503 with Retry-After).
+    pub fn bound_queue(&self, requests: usize, bytes: u64) {
+        let shared = &self.shared;
+        shared
+            .max_queued_requests
+            .store(requests.max(1), Ordering::Relaxed);
+        shared.max_queued_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Requests' appends queued for the writer now, and their bytes.
+    pub fn queued(&self) -> (usize, u64) {
+        let shared = &self.shared;
+        (
+            shared.queued_requests.load(Ordering::SeqCst),
+            shared.queued_bytes.load(Ordering::SeqCst),
+        )
+    }
+
+    /// Makes the writer fail at its next commit, for tests.
+    #[cfg(test)]
+    pub(crate) fn inject(&self, fault: faults::Fault) {
+        self.shared.faults.set(fault);
     }
 
     /// The newest durable seq, updated after each group commit.
@@ -703,9 +879,11 @@ impl Spool {
         if let Ok(mut appends) = self.appends.lock() {
             appends.take();
         }
+        // A panic in the writer was caught and reported when it happened (see
+        // `Writer::run`); a failed join would be one in its reporting.
         let writer = self.writer.lock().ok().and_then(|mut w| w.take());
         if writer.is_some_and(|w| w.join().is_err()) {
-            tracing::error!("the spool writer thread panicked");
+            tracing::error!(log = self.shared.name, "the spool writer thread panicked");
         }
     }
 }
@@ -748,10 +926,26 @@ impl Preparing<'_> {
             .map_err(|_| SpoolError::Closed)?
             .clone()
             .ok_or(SpoolError::Closed)?;
+        // Counted in the queue's bound until the writer answers it (at least one byte, so
+        // the release is told apart from an uncounted append).
+        let queued_bytes = events.iter().map(|e| e.len() as u64).sum::<u64>().max(1);
+        let shared = &self.spool.shared;
+        if let Err(full) = shared.enqueue(queued_bytes) {
+            self.withdraw();
+            return Err(full);
+        }
         let (reply, answer) = oneshot::channel();
-        let sent = sender.send(Append { key, events, reply });
+        let sent = sender.send(Append {
+            key,
+            events,
+            reply,
+            queued_bytes,
+        });
         self.withdraw();
-        sent.map_err(|_| SpoolError::Closed)?;
+        if let Err(mpsc::SendError(unsent)) = sent {
+            shared.dequeued(&unsent);
+            return Err(SpoolError::Closed);
+        }
         answer.await.map_err(|_| SpoolError::Closed)?
     }
 }
@@ -810,379 +1004,7 @@ fn lock_dir(dir: &Path) -> Result<File, SpoolError> {
     Ok(file)
 }
 
-/// Starts the segment whose first record will be `first_seq`: the spare if one is ready
-/// (`true`: preallocated), else an empty file.
-fn create_segment(
-    dir: &Path,
-    first_seq: u64,
-    spare: Option<&Spare>,
-) -> Result<(File, SegmentInfo, bool), SpoolError> {
-    let path = segment::path(dir, first_seq);
-    let taken = match spare {
-        Some(spare) => spare.take(&path).map_err(io(format!(
-            "cannot make the spare segment {}",
-            path.display()
-        )))?,
-        None => None,
-    };
-    let preallocated = taken.is_some();
-    let file = match taken {
-        Some(file) => file,
-        None => OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&path)
-            .map_err(io(format!("cannot create {}", path.display())))?,
-    };
-    segment::sync_dir(dir).map_err(io("cannot sync the segment directory"))?;
-    Ok((
-        file,
-        SegmentInfo {
-            first_seq,
-            path,
-            index: Vec::new(),
-            bytes: 0,
-        },
-        preallocated,
-    ))
-}
-
-/// What start-up found: the segments, the next seq, and the newest record's (seq, key).
-struct Recovered {
-    segments: Vec<SegmentInfo>,
-    next_seq: u64,
-    tail: Option<(u64, Key)>,
-    /// How many records at the very end carry the tail's key (a request's or an intake
-    /// record's events are consecutive records with one key).
-    tail_run: usize,
-    /// The newest segment's `.keys` content, rebuilt from its records (with `keys`).
-    newest_keys: Vec<u8>,
-}
-
-/// Recovers a log from its tail. The newest segment is scanned whole (it may end with a
-/// torn write, which is truncated); every older one was sealed — fsync'd whole before
-/// the next was created — so it is taken as it is, its last seq being the next one's
-/// first minus one, and is not read. If the newest segment is empty (a spool written
-/// before the writer rotated lazily), the one before is scanned too, without
-/// truncating, for the newest record. With `keys`, `each_key` gets every record's dedup
-/// key and time, oldest first: from the sealed segments' `.keys` files (or, when one
-/// is missing or short, from the segment itself), then from the scan.
-/// The length of the run of records with one key that ends at `frame`, given the run that
-/// ended at the record before it (`tail`).
-fn extend_run(tail: Option<(u64, Key)>, run: usize, frame: &segment::Frame) -> usize {
-    match tail {
-        Some((_, key)) if key == frame.key => run + 1,
-        _ => 1,
-    }
-}
-
-fn recover_tail(
-    listed: &[(u64, PathBuf)],
-    keys: bool,
-    mut each_key: impl FnMut(&Key, u64),
-) -> Result<Recovered, SpoolError> {
-    let mut segments = Vec::with_capacity(listed.len());
-    let Some(((newest_first, newest_path), sealed)) = listed.split_last() else {
-        return Ok(Recovered {
-            segments,
-            next_seq: 1,
-            tail: None,
-            tail_run: 0,
-            newest_keys: Vec::new(),
-        });
-    };
-    for (i, (first_seq, path)) in sealed.iter().enumerate() {
-        let next_first = listed[i + 1].0;
-        let bytes = std::fs::metadata(path)
-            .map_err(io(format!("cannot stat {}", path.display())))?
-            .len();
-        if keys {
-            let records = next_first.saturating_sub(*first_seq);
-            let read = segment::read_keys(path, records)
-                .map_err(io(format!("cannot read the keys of {}", path.display())))?;
-            match read {
-                Some(entries) => entries.iter().for_each(|(k, at)| each_key(k, *at)),
-                None => {
-                    tracing::warn!(segment = %path.display(), "its .keys file is missing or short: reading the segment for dedup keys");
-                    let mut reader = FrameReader::open(path, 0)
-                        .map_err(io(format!("cannot read {}", path.display())))?;
-                    while let Some(frame) = reader
-                        .next_frame(None)
-                        .map_err(io(format!("cannot read {}", path.display())))?
-                    {
-                        each_key(&frame.key, frame.received_millis);
-                    }
-                }
-            }
-        }
-        segments.push(SegmentInfo {
-            first_seq: *first_seq,
-            path: path.clone(),
-            index: Vec::new(),
-            bytes,
-        });
-    }
-    let mut tail: Option<(u64, Key)> = None;
-    let mut tail_run = 0;
-    let mut newest_keys = Vec::new();
-    let scan = segment::recover(newest_path, *newest_first, |frame| {
-        if keys {
-            each_key(&frame.key, frame.received_millis);
-            segment::encode_key(&mut newest_keys, &frame.key, frame.received_millis);
-        }
-        tail_run = extend_run(tail, tail_run, frame);
-        tail = Some((frame.seq, frame.key));
-    })
-    .map_err(io(format!("cannot recover {}", newest_path.display())))?;
-    let next_seq = scan.last_seq.map_or(*newest_first, |last| last + 1);
-    if tail.is_none()
-        && let Some((first_seq, path)) = sealed.last()
-    {
-        segment::scan(path, *first_seq, |frame| {
-            tail_run = extend_run(tail, tail_run, frame);
-            tail = Some((frame.seq, frame.key));
-        })
-        .map_err(io(format!("cannot read {}", path.display())))?;
-    }
-    segments.push(SegmentInfo {
-        first_seq: *newest_first,
-        path: newest_path.clone(),
-        index: scan.index,
-        bytes: scan.valid_len,
-    });
-    Ok(Recovered {
-        segments,
-        next_seq,
-        tail,
-        tail_run,
-        newest_keys,
-    })
-}
-
-/// Rewrites the active segment's `.keys` file with `entries` (rebuilt from its records:
-/// the file may be behind or ahead of them after a crash) and opens it for appending.
-fn rewrite_keys(path: &Path, entries: &[u8]) -> Result<File, SpoolError> {
-    let keys = segment::keys_path(path);
-    std::fs::write(&keys, entries).map_err(io(format!("cannot write {}", keys.display())))?;
-    OpenOptions::new()
-        .append(true)
-        .open(&keys)
-        .map_err(io(format!("cannot open {}", keys.display())))
-}
-
-/// The single writer: group commit and segment rotation.
-struct Writer {
-    shared: Arc<Shared>,
-    active: File,
-    /// Bytes of records in the active segment: where the next write goes.
-    active_len: u64,
-    /// Whether the active segment was a spare (writes overwrite allocated space).
-    active_preallocated: bool,
-    /// The active segment's `.keys` file (deduplicating logs only).
-    keys_file: Option<File>,
-    next_seq: u64,
-    segment_bytes: u64,
-    max_group: usize,
-    group_wait: Duration,
-    recent: dedup::Recent,
-    buffer: Vec<u8>,
-    keys_buffer: Vec<u8>,
-    _lock: File,
-}
-
-impl Writer {
-    fn run(&mut self, appends: &mpsc::Receiver<Append>) {
-        let mut group = Vec::with_capacity(self.max_group);
-        while let Ok(first) = appends.recv() {
-            group.push(first);
-            self.gather(appends, &mut group);
-            let result = self.commit(&group);
-            match result {
-                Ok(outcomes) => {
-                    for (append, outcome) in group.drain(..).zip(outcomes) {
-                        // A waiter that gave up (client gone) no longer needs its answer.
-                        let _ = append.reply.send(outcome);
-                    }
-                }
-                Err(err) => {
-                    tracing::error!(error = %err, requests = group.len(), "spool commit failed; refusing further writes");
-                    self.shared.poisoned.store(true, Ordering::SeqCst);
-                    for append in group.drain(..) {
-                        let _ = append.reply.send(Err(SpoolError::Poisoned));
-                    }
-                }
-            }
-        }
-        // As when sealed: a clean stop leaves no recycled tail.
-        if let Err(err) = self
-            .cut_after_last_record()
-            .and_then(|()| self.active.sync_all())
-        {
-            tracing::error!(error = %err, "final spool sync failed");
-        }
-    }
-
-    /// Adds what is queued to the group, then, while other requests are about to append,
-    /// waits for them up to `group_wait`: one fsync for all instead of one each. The wait is
-    /// a park that only the last of those requests ends (see [`Preparing::append`]), so the
-    /// handlers are not preempted by a writer waking once per arrival.
-    fn gather(&self, appends: &mpsc::Receiver<Append>, group: &mut Vec<Append>) {
-        let deadline = Instant::now() + self.group_wait;
-        while self.shared.preparing.load(Ordering::SeqCst) > 0 {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            std::thread::park_timeout(deadline - now);
-        }
-        while group.len() < self.max_group {
-            match appends.try_recv() {
-                Ok(next) => group.push(next),
-                Err(_) => break,
-            }
-        }
-    }
-
-    /// Writes a group with one write and one fdatasync (rotating first if the active
-    /// segment is full, so a new segment is never empty).
-    fn commit(
-        &mut self,
-        group: &[Append],
-    ) -> Result<Vec<Result<AppendOutcome, SpoolError>>, SpoolError> {
-        if self.shared.poisoned.load(Ordering::SeqCst) {
-            return Err(SpoolError::Poisoned);
-        }
-        // A full segment is sealed; so is one that was appended to, as soon as a spare
-        // can take over (after a start-up, or when no spare was ready at the last rotation).
-        let spare_waits = !self.active_preallocated
-            && self.active_len > 0
-            && self.shared.spare.as_ref().is_some_and(|s| s.is_ready());
-        if self.active_len >= self.segment_bytes || spare_waits {
-            self.rotate()?;
-        }
-        let now = now_millis();
-        self.buffer.clear();
-        self.keys_buffer.clear();
-        let mut outcomes = Vec::with_capacity(group.len());
-        let mut accepted_keys: Vec<Key> = Vec::new();
-        let mut new_index = Vec::new();
-        let mut seq = self.next_seq;
-        let dedup = self.recent.enabled();
-        for append in group {
-            let repeated = dedup
-                && append.key != [0; 16]
-                && (self.recent.contains(&append.key, now) || accepted_keys.contains(&append.key));
-            if repeated {
-                outcomes.push(Ok(AppendOutcome {
-                    stored: 0,
-                    duplicates: append.events.len(),
-                }));
-                continue;
-            }
-            let size: usize = append
-                .events
-                .iter()
-                .map(|e| e.len() + segment::FRAME_HEADER + segment::PAYLOAD_HEADER)
-                .sum();
-            let limit = self.shared.max_bytes;
-            let held = self.shared.bytes.load(Ordering::SeqCst) + (self.buffer.len() + size) as u64;
-            if limit > 0 && held > limit {
-                outcomes.push(Err(SpoolError::Full { limit }));
-                continue;
-            }
-            for json in &append.events {
-                if seq.is_multiple_of(INDEX_EVERY) {
-                    new_index.push((seq, self.active_len + self.buffer.len() as u64));
-                }
-                segment::encode(&mut self.buffer, seq, now, &append.key, json);
-                if self.keys_file.is_some() {
-                    segment::encode_key(&mut self.keys_buffer, &append.key, now);
-                }
-                seq += 1;
-            }
-            if dedup {
-                accepted_keys.push(append.key);
-            }
-            outcomes.push(Ok(AppendOutcome {
-                stored: append.events.len(),
-                duplicates: 0,
-            }));
-        }
-        if !self.buffer.is_empty() {
-            // The keys first: a `.keys` file is only trusted once its segment is sealed.
-            if let Some(keys) = &mut self.keys_file {
-                keys.write_all(&self.keys_buffer)
-                    .map_err(io("cannot write the active segment's keys"))?;
-            }
-            self.active
-                .write_all_at(&self.buffer, self.active_len)
-                .map_err(io("cannot write the active segment"))?;
-            self.active
-                .sync_data()
-                .map_err(io("cannot fsync the active segment"))?;
-            let written = self.buffer.len() as u64;
-            self.active_len += written;
-            self.shared.bytes.fetch_add(written, Ordering::SeqCst);
-            if let Ok(mut segments) = self.shared.segments.write()
-                && let Some(last) = segments.last_mut()
-            {
-                last.index.extend(new_index);
-                last.bytes += written;
-            }
-            self.next_seq = seq;
-            self.shared.head.send_replace(seq - 1);
-        }
-        for key in accepted_keys {
-            self.recent.insert(key, now, now);
-        }
-        Ok(outcomes)
-    }
-
-    /// Cuts the active segment after its last record when it was written over a spare (an
-    /// appended one already ends there). A sealed segment ends at its last record: start-up
-    /// and readers of sealed segments take its length as it is (see `recover_tail`).
-    fn cut_after_last_record(&self) -> std::io::Result<()> {
-        if self.active_preallocated {
-            self.active.set_len(self.active_len)
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Seals the full active segment (fsync'd whole, with its `.keys`) and starts the next.
-    fn rotate(&mut self) -> Result<(), SpoolError> {
-        self.cut_after_last_record()
-            .map_err(io("cannot cut the full segment after its last record"))?;
-        self.active
-            .sync_all()
-            .map_err(io("cannot sync the full segment"))?;
-        if let Some(keys) = &self.keys_file {
-            keys.sync_all()
-                .map_err(io("cannot sync the full segment's keys"))?;
-        }
-        let (file, info, preallocated) =
-            create_segment(&self.shared.dir, self.next_seq, self.shared.spare.as_ref())?;
-        if self.keys_file.is_some() {
-            let keys = segment::keys_path(&info.path);
-            self.keys_file = Some(
-                OpenOptions::new()
-                    .create(true)
-                    .truncate(true)
-                    .write(true)
-                    .open(&keys)
-                    .map_err(io(format!("cannot create {}", keys.display())))?,
-            );
-        }
-        self.active = file;
-        self.active_len = 0;
-        self.active_preallocated = preallocated;
-        if let Ok(mut segments) = self.shared.segments.write() {
-            segments.push(info);
-        }
-        Ok(())
-    }
-}
-
+#[cfg(test)]
+mod model_tests;
 #[cfg(test)]
 mod tests;

@@ -1,3 +1,4 @@
+use std::io::Write;
 use std::time::Duration;
 
 use super::*;
@@ -471,4 +472,123 @@ async fn records_written_over_recycled_segments_read_back_exactly_across_restart
     assert_eq!(*spool.subscribe().borrow(), 81);
     append_following(&spool, 82..=120).await;
     assert_tail(&spool, 120);
+}
+
+/// Waits (polling) until `spool` holds `requests` queued appends.
+async fn wait_queued(spool: &Spool, requests: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while spool.queued().0 != requests {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{requests} appends never queued: {:?}",
+            spool.queued()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_writer_bounds_its_queue_and_commits_all_of_it_after() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sinks = vec!["a".to_owned()];
+    let spool = Arc::new(Spool::open(&config(dir.path()), &sinks).expect("open"));
+    // Three events of 1000 bytes fit in the bytes bound, not four.
+    spool.bound_queue(100, 3000);
+    let event = |i: u8| vec![vec![b'0' + i % 10; 1000]];
+    let (release, stalled) = mpsc::channel();
+    spool.inject(faults::Fault::Stall(stalled));
+    let mut waiting = Vec::new();
+    for i in 0..3u8 {
+        let spool = Arc::clone(&spool);
+        waiting.push(tokio::spawn(async move {
+            spool.append([i + 1; 16], event(i)).await
+        }));
+    }
+    wait_queued(&spool, 3).await;
+    // Two handlers give up (a timeout, a client gone): their appends stay queued, and
+    // counted, until the writer takes them.
+    waiting[1].abort();
+    waiting[2].abort();
+    assert_eq!(spool.queued(), (3, 3000));
+    for i in 3..20u8 {
+        let refused = spool.append([i + 1; 16], event(i)).await;
+        assert!(
+            matches!(
+                refused,
+                Err(SpoolError::QueueFull {
+                    requests: 3,
+                    bytes: 3000
+                })
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(spool.queued(), (3, 3000), "the queue does not grow");
+    }
+    // The stall ends: everything queued is committed, the waiter that stayed is answered.
+    release.send(()).expect("the writer waits");
+    let first = waiting.remove(0).await.expect("task").expect("append");
+    assert_eq!(first.stored, 1);
+    wait_queued(&spool, 0).await;
+    assert_eq!(spool.queued(), (0, 0));
+    assert_eq!(seqs(&spool.read_after(0, 100).expect("read")), [1, 2, 3]);
+    let next = spool.append([50; 16], event(0)).await.expect("taken again");
+    assert_eq!(next.stored, 1);
+    // Nothing acknowledged is lost across a restart.
+    spool.close();
+    drop(spool);
+    let spool = Spool::open(&config(dir.path()), &sinks).expect("reopen");
+    assert_eq!(seqs(&spool.read_after(0, 100).expect("read")), [1, 2, 3, 4]);
+}
+
+#[tokio::test]
+async fn a_panic_in_the_writer_poisons_the_log_before_anyone_is_answered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = Spool::open(&config(dir.path()), &["a".to_owned()]).expect("open");
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&failures);
+    spool.on_failure(move |failed| seen.lock().expect("lock").push(failed.clone()));
+    spool.append([1; 16], events(&["1"])).await.expect("append");
+    spool.inject(faults::Fault::Panic("injected writer fault"));
+    let refused = spool.append([2; 16], events(&["2"])).await;
+    assert!(matches!(refused, Err(SpoolError::Poisoned)), "{refused:?}");
+    assert!(
+        spool.is_poisoned(),
+        "poisoned before the refused request was answered"
+    );
+    let refused = spool.append([3; 16], events(&["3"])).await;
+    assert!(matches!(refused, Err(SpoolError::Poisoned)), "{refused:?}");
+    let refused = spool.append_blocking(vec![([4; 16], events(&["4"]))]);
+    assert!(matches!(refused, Err(SpoolError::Poisoned)), "{refused:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while failures.lock().expect("lock").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hook was never called"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        *failures.lock().expect("lock"),
+        [WriterFailure {
+            log: "events",
+            cause: "panic",
+            detail: "injected writer fault".to_owned(),
+        }]
+    );
+    // What was acknowledged before the panic is there after a restart.
+    spool.close();
+    drop(spool);
+    let spool = Spool::open(&config(dir.path()), &["a".to_owned()]).expect("reopen");
+    assert_eq!(seqs(&spool.read_after(0, 10).expect("read")), [1]);
+}
+
+#[tokio::test]
+async fn a_clean_close_does_not_poison() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = Spool::open(&config(dir.path()), &["a".to_owned()]).expect("open");
+    spool.append([1; 16], events(&["1"])).await.expect("append");
+    spool.close();
+    assert!(!spool.is_poisoned());
+    let closed = spool.append([2; 16], events(&["2"])).await;
+    assert!(matches!(closed, Err(SpoolError::Closed)), "{closed:?}");
 }
