@@ -15,7 +15,8 @@
 //!   call the endpoints.
 //! - [`redact`]: credentials in URLs, hidden wherever a URL is shown.
 //! - [`json_log`], [`log_writer`]: log lines, formatted and written cheaply enough for one
-//!   per request.
+//!   per request; a stuck output drops and counts lines, never blocks a request.
+//! - [`panic_message`]: the text of a caught panic (the spool's writer, normalization).
 
 pub mod acceptor;
 pub mod admission;
@@ -30,6 +31,7 @@ pub mod meta;
 pub mod metrics;
 pub mod normalize;
 pub mod normalizer;
+pub mod panic_message;
 pub mod priority;
 pub mod secrets;
 pub mod server;

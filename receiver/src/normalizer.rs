@@ -41,6 +41,7 @@ use crate::event::{Event, Kind};
 use crate::metrics::Metrics;
 use crate::metrics::events::{EventsAccepted, NormalizationPanicked, RequestNormalized};
 use crate::normalize::{self, Context};
+use crate::panic_message::panic_message;
 use crate::priority;
 use crate::spool::record::{self, RawRequest};
 use crate::spool::{Cursor, Key, Spool, Spooled};
@@ -366,17 +367,6 @@ pub fn normalize_request(
             let error = "normalizing the body failed (a fault in this receiver, reported in its log); the body is kept whole".to_owned();
             vec![normalize::unreadable(request.body, &ctx, error)]
         }
-    }
-}
-
-/// The text a panic was raised with (`panic!("...")` gives a `&str` or a `String`).
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(text) = payload.downcast_ref::<&str>() {
-        (*text).to_owned()
-    } else if let Some(text) = payload.downcast_ref::<String>() {
-        text.clone()
-    } else {
-        "a panic without a message".to_owned()
     }
 }
 

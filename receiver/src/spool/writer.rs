@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use crate::panic_message::panic_message;
+
 use super::segment::{self, INDEX_EVERY, Key};
 use super::spare::Spare;
 use super::{AppendOutcome, Failure, SegmentInfo, Shared, SpoolError, dedup, io, now_millis};
@@ -308,17 +310,6 @@ impl Writer {
             segments.push(info);
         }
         Ok(())
-    }
-}
-
-/// The text a panic was raised with (`panic!("...")` gives a `&str` or a `String`).
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(text) = payload.downcast_ref::<&str>() {
-        (*text).to_owned()
-    } else if let Some(text) = payload.downcast_ref::<String>() {
-        text.clone()
-    } else {
-        "a panic without a message".to_owned()
     }
 }
 
