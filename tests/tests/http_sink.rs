@@ -110,7 +110,15 @@ async fn retries_5xx_429_and_hangs_then_delivers() -> Result<()> {
             .await?;
         downstream.set(mode);
     }
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The last mode (408) answered an attempt before the downstream recovers.
+    receiver
+        .wait_metric_at_least(
+            failures,
+            4.0,
+            Duration::from_secs(20),
+            "no failed attempt recorded against the 408",
+        )
+        .await?;
     downstream.set(Mode::Accept);
     wait_until("the event arrives", Duration::from_secs(30), || {
         ids(&downstream.received()).contains(&"wamid.http.10".to_owned())
