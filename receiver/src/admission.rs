@@ -138,6 +138,12 @@ impl Admission {
         })
     }
 
+    /// Request slots free now (of `limits.max_in_flight`): tests wait on it.
+    #[cfg(test)]
+    pub(crate) fn free_slots(&self) -> usize {
+        self.in_flight.available_permits()
+    }
+
     /// Bytes of bodies reserved now (being read, or read and still held).
     pub fn buffered_bytes(&self) -> u64 {
         self.budget.used.load(Ordering::Relaxed)

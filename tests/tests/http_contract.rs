@@ -424,14 +424,17 @@ async fn over_max_in_flight_is_503_with_retry_after() -> Result<()> {
             format!("POST {PATH} HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\nx-hub-signature-256: sha256=00\r\n\r\n{{").as_bytes(),
         )
         .await?;
-    // Once the holder is admitted, the next POST finds no slot (until then one may pass).
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let reply = loop {
-        let reply = receiver.post(BODY).await?;
-        if reply.status != StatusCode::OK || std::time::Instant::now() > deadline {
-            break reply;
-        }
-    };
+    // Admitted, the holder reserves its declared 100 bytes of the body budget: then the
+    // next POST finds no slot.
+    receiver
+        .wait_metric_at_least(
+            "metahook_buffered_body_bytes",
+            100.0,
+            Duration::from_secs(5),
+            "the holder admitted",
+        )
+        .await?;
+    let reply = receiver.post(BODY).await?;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(reply.headers["retry-after"], "5");
     drop(holder);
