@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use http::StatusCode;
@@ -44,13 +44,9 @@ fn body(n: usize) -> Vec<u8> {
     format!(r#"{{"object":"whatsapp_business_account","entry":[{{"id":"100200300400500","changes":[{{"field":"messages","value":{{"messaging_product":"whatsapp","messages":[{{"from":"15551234567","id":"wamid.http.{n}","timestamp":"1700000000","type":"text","text":{{"body":"http {n}"}}}}]}}}}]}}]}}"#).into_bytes()
 }
 
+/// [`testkit::wait_until`] for a condition read without awaiting (what the downstream holds).
 async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        ensure!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    Ok(())
+    testkit::wait_until(what, timeout, || std::future::ready(Ok(done()))).await
 }
 
 fn ids(received: &[Received]) -> Vec<String> {
