@@ -46,6 +46,13 @@ const RESERVED_PATHS_CEL: &str = "['/metrics', '/healthz', '/readyz']";
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
     printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint"),
+    printcolumn(name = "Spool", type_ = "string", json_path = ".status.spool.mode"),
+    printcolumn(
+        name = "Draining",
+        type_ = "integer",
+        json_path = ".status.spool.claimsDraining",
+        priority = 1
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.metadata.name.size() <= 47").message("metadata.name: at most 47 characters, so the names and label values made from it (e.g. NAME-verify-token) stay within 63"),
     validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name: a DNS label starting with a letter (lowercase letters, digits and '-', no '.'), since the Service and the other objects are named after it")
@@ -275,8 +282,9 @@ pub struct DeliverySpec {
     /// direct: answer once every sink acknowledged them (no spool).
     #[serde(default)]
     pub mode: DeliveryModeSpec,
-    /// A persistent spool: set, the receiver is a StatefulSet with a PersistentVolumeClaim
-    /// per replica; unset, the spool is an emptyDir (lost with the pod).
+    /// The spool's volume. In spool mode the receiver is a StatefulSet with a
+    /// PersistentVolumeClaim per replica (2Gi unless `size` says otherwise), whether or not
+    /// this is set; `ephemeral: true` alone makes it an emptyDir, lost with the pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spool: Option<SpoolSpec>,
     /// Where events are delivered. Names are unique.
@@ -300,18 +308,33 @@ pub enum DeliveryModeSpec {
     Direct,
 }
 
-/// A persistent spool volume.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+/// The spool's volume.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.ephemeral) || !self.ephemeral || (!has(self.size) && !has(self.storageClassName))")
+        .message("an ephemeral spool is an emptyDir: size and storageClassName do not apply")
+)]
 pub struct SpoolSpec {
-    /// Size of each replica's volume, e.g. 1Gi.
+    /// Size of each replica's PersistentVolumeClaim, e.g. 4Gi; 2Gi when absent (see
+    /// docs/operations.md, "Spool sizing").
     #[x_kube(validation = Rule::new("self.matches('^[0-9]+(\\\\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$')").message("a quantity such as 1Gi"))]
     #[schemars(length(min = 1, max = 32))]
-    pub size: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
     /// StorageClass of the volumes; the cluster's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
+    /// true: each receiver's spool is an emptyDir instead of a PersistentVolumeClaim, and
+    /// events already acknowledged to Meta are lost when a pod is deleted (rollout, node
+    /// drain, eviction, scale-down). The status says so (`SpoolDurable` False).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ephemeral: bool,
 }
+
+/// The claim size when `spec.delivery.spool.size` is absent: about five hours of a 50
+/// webhooks/s, 2 KB stream with every sink down (docs/operations.md, "Spool sizing").
+pub const DEFAULT_SPOOL_SIZE: &str = "2Gi";
 
 /// One sink: set exactly one of nats, http, postgres, file.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -690,6 +713,12 @@ pub struct ReceiverSpec {
     /// CPU and memory requests and limits of the receiver container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Seconds a terminating receiver pod has (its terminationGracePeriodSeconds): it stops
+    /// taking traffic for 5 s, then delivers its backlog for the rest but 5 s; what is
+    /// left stays in its spool. 60 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 15, max = 3600))]
+    pub termination_grace_period_seconds: Option<i64>,
 }
 
 impl Default for ReceiverSpec {
@@ -699,6 +728,7 @@ impl Default for ReceiverSpec {
             replicas: default_replicas(),
             image: None,
             resources: None,
+            termination_grace_period_seconds: None,
         }
     }
 }
@@ -749,6 +779,9 @@ pub struct WebhookSubscriptionStatus {
     /// What the operator registered with Meta (spec.registration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registration: Option<RegistrationStatus>,
+    /// Where accepted events are kept, and the claims of removed replicas being drained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool: Option<SpoolStatus>,
     /// Ready, SecretsResolved, CertificateReady, ReceiverAvailable, and Registered with
     /// spec.registration.
     #[serde(default)]
@@ -842,6 +875,55 @@ pub struct ReceiverStatus {
     pub replicas: i32,
     /// Pods passing /readyz.
     pub ready_replicas: i32,
+}
+
+/// Where accepted events are kept.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SpoolStatus {
+    /// persistent (a PersistentVolumeClaim per replica), ephemeral (an emptyDir: events
+    /// are lost with the pod), direct (no spool: Meta is answered once the sinks took the
+    /// events) or sidecar (your pod's volumes).
+    pub mode: String,
+    /// Claims of replicas that no longer exist whose events are not yet delivered.
+    #[serde(default)]
+    pub claims_draining: i32,
+    /// Events the draining claims still held when their drain Jobs last reported.
+    #[serde(default)]
+    pub events_left: i64,
+    /// Claims kept because they hold dead letters (never deleted with a claim).
+    #[serde(default)]
+    pub claims_kept: i32,
+    /// One entry per claim of a removed replica.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drains: Vec<DrainStatus>,
+    /// While the receivers move from a Deployment to a StatefulSet (or back): what the
+    /// previous workload still holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<String>,
+}
+
+/// The drain of one removed replica's claim.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainStatus {
+    /// The PersistentVolumeClaim, e.g. data-NAME-2.
+    pub claim: String,
+    /// Waiting (its pod still terminates), Draining (a Job delivers its events), Stalled
+    /// (the Job ran out of attempts; retried), Kept (it holds dead letters).
+    pub state: String,
+    /// The drain Job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// Undelivered events at the Job's last report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events_left: Option<i64>,
+    /// Dead letters at the Job's last report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letters: Option<i64>,
+    /// What the Job last said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// The serving certificate.

@@ -13,8 +13,8 @@ use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::error::Error;
@@ -39,7 +39,20 @@ pub struct Metrics {
     condition_labels: Arc<Mutex<BTreeSet<(String, String, String)>>>,
     /// 1 while this replica holds the leader Lease.
     pub leader: IntGauge,
+    /// Claims of removed replicas, by state (draining, stalled, kept), per subscription.
+    claims: IntGaugeVec,
+    /// Events the draining claims still held at their Jobs' last reports.
+    drain_events_left: IntGaugeVec,
+    /// Drain Jobs that ended, by outcome.
+    drains_finished: IntCounterVec,
+    /// The (namespace, name) labels of the drain series, dropped with their subscription.
+    drain_labels: Arc<Mutex<BTreeSet<(String, String)>>>,
 }
+
+/// The states `metahook_operator_claims` counts.
+const CLAIM_STATES: [&str; 3] = ["draining", "stalled", "kept"];
+/// The outcomes `metahook_operator_drains_total` counts.
+const DRAIN_OUTCOMES: [&str; 3] = ["drained", "failed", "cancelled"];
 
 impl Metrics {
     /// Registers every series (label values that are known up front start at 0).
@@ -93,7 +106,35 @@ impl Metrics {
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(certificate_expiry.clone()))?;
         registry.register(Box::new(subscription_condition.clone()))?;
+        let claims = IntGaugeVec::new(
+            Opts::new(
+                "metahook_operator_claims",
+                "PersistentVolumeClaims of removed receiver replicas, by state: draining (a \
+                 drain Job delivers what they hold; stalled ones included), stalled (the last \
+                 Job ran out of attempts with events left), kept (only dead letters are left).",
+            ),
+            &["namespace", "name", "state"],
+        )?;
+        let drain_events_left = IntGaugeVec::new(
+            Opts::new(
+                "metahook_operator_drain_events_left",
+                "Events the claims of removed replicas still held when their drain Jobs last \
+                 reported.",
+            ),
+            &["namespace", "name"],
+        )?;
+        let drains_finished = IntCounterVec::new(
+            Opts::new(
+                "metahook_operator_drains_total",
+                "Drain Jobs that ended: drained (claim deleted), failed (out of attempts with \
+                 events left; replaced), cancelled (the replica came back).",
+            ),
+            &["namespace", "name", "outcome"],
+        )?;
         registry.register(Box::new(leader.clone()))?;
+        registry.register(Box::new(claims.clone()))?;
+        registry.register(Box::new(drain_events_left.clone()))?;
+        registry.register(Box::new(drains_finished.clone()))?;
         for result in ["success", "error"] {
             reconciliations.with_label_values(&[result]);
         }
@@ -110,6 +151,10 @@ impl Metrics {
             subscription_condition,
             condition_labels: Arc::default(),
             leader,
+            claims,
+            drain_events_left,
+            drains_finished,
+            drain_labels: Arc::default(),
         })
     }
 
@@ -168,6 +213,41 @@ impl Metrics {
         }
     }
 
+    /// Records the claims of a subscription's removed replicas after a pass.
+    pub fn drains(&self, namespace: &str, name: &str, drains: &crate::controller::drain::Drains) {
+        for (state, value) in
+            CLAIM_STATES
+                .into_iter()
+                .zip([drains.draining(), drains.stalled(), drains.kept()])
+        {
+            self.claims
+                .with_label_values(&[namespace, name, state])
+                .set(i64::from(value));
+        }
+        self.drain_events_left
+            .with_label_values(&[namespace, name])
+            .set(drains.events_left());
+        self.remember_drain_labels(namespace, name);
+    }
+
+    /// Counts a drain Job that ended with `outcome` (one of [`DRAIN_OUTCOMES`]).
+    pub fn drain_finished(&self, namespace: &str, name: &str, outcome: &str) {
+        for known in DRAIN_OUTCOMES {
+            self.drains_finished
+                .with_label_values(&[namespace, name, known]);
+        }
+        self.drains_finished
+            .with_label_values(&[namespace, name, outcome])
+            .inc();
+        self.remember_drain_labels(namespace, name);
+    }
+
+    fn remember_drain_labels(&self, namespace: &str, name: &str) {
+        if let Ok(mut labels) = self.drain_labels.lock() {
+            labels.insert((namespace.to_owned(), name.to_owned()));
+        }
+    }
+
     /// Forgets every per-subscription series (certificate expiry, conditions) of the
     /// subscriptions that no longer exist.
     pub fn retain_subscriptions(&self, exists: impl Fn(&str, &str) -> bool) {
@@ -194,6 +274,31 @@ impl Metrics {
             }
             Err(_) => return,
         };
+        let gone_drains: Vec<(String, String)> = match self.drain_labels.lock() {
+            Ok(mut labels) => {
+                let gone = labels
+                    .iter()
+                    .filter(|(namespace, name)| !exists(namespace, name))
+                    .cloned()
+                    .collect();
+                labels.retain(|(namespace, name)| exists(namespace, name));
+                gone
+            }
+            Err(_) => Vec::new(),
+        };
+        for (namespace, name) in gone_drains {
+            for state in CLAIM_STATES {
+                let _ = self.claims.remove_label_values(&[&namespace, &name, state]);
+            }
+            for outcome in DRAIN_OUTCOMES {
+                let _ = self
+                    .drains_finished
+                    .remove_label_values(&[&namespace, &name, outcome]);
+            }
+            let _ = self
+                .drain_events_left
+                .remove_label_values(&[&namespace, &name]);
+        }
         for (namespace, name, condition) in gone {
             for status in CONDITION_STATUSES {
                 let _ = self

@@ -6,7 +6,8 @@ use k8s_openapi::jiff::Timestamp;
 use time::OffsetDateTime;
 
 use crate::crd::{
-    CertificateStatus, ReceiverStatus, RegistrationStatus, SecretKeyRef, WebhookSubscriptionStatus,
+    CertificateStatus, ReceiverStatus, RegistrationStatus, SecretKeyRef, SpoolStatus,
+    WebhookSubscriptionStatus,
 };
 use crate::graph::GraphError;
 
@@ -20,6 +21,8 @@ pub const CERTIFICATE_READY: &str = "CertificateReady";
 pub const RECEIVER_AVAILABLE: &str = "ReceiverAvailable";
 /// Meta holds the registration spec.registration asks for (only with spec.registration).
 pub const REGISTERED: &str = "Registered";
+/// Acknowledged events survive what happens to a pod: False for an ephemeral spool.
+pub const SPOOL_DURABLE: &str = "SpoolDurable";
 
 /// Registration with Meta as one pass left it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -159,6 +162,9 @@ pub struct Observed {
     /// policy the spec breaks): `Ready` is False with this reason and message, and the
     /// other conditions stay as the last complete pass left them.
     pub refused: Option<Refusal>,
+    /// The spool, the drains and the migration (None before step 4: the status keeps what
+    /// the last pass that got there wrote).
+    pub spool: Option<SpoolStatus>,
 }
 
 /// A pass that changed nothing because the spec, or the cluster around it, may not be
@@ -350,10 +356,16 @@ pub fn build(
             message: message.clone(),
         }),
     };
+    let spool = observed
+        .spool
+        .clone()
+        .or_else(|| previous.and_then(|p| p.spool.clone()));
+    let durable = spool.as_ref().map(|spool| spool_durable(&spool.mode));
     let conditions = match &observed.refused {
         None => [ready, secrets, certificate, receiver]
             .into_iter()
             .chain(registered)
+            .chain(durable)
             .map(|wanted| condition(previous, generation, wanted, now))
             .collect(),
         Some(refusal) => {
@@ -402,7 +414,43 @@ pub fn build(
             _ => None,
         },
         registration,
+        spool,
         conditions,
+    }
+}
+
+/// The `SpoolDurable` condition of a spool mode.
+fn spool_durable(mode: &str) -> Wanted {
+    let (ok, reason, message) = match mode {
+        "ephemeral" => (
+            false,
+            "EphemeralSpool",
+            "spec.delivery.spool.ephemeral is true: each receiver's spool is an emptyDir, so events \
+             already acknowledged to Meta are lost when a pod is deleted (rollout, node drain, \
+             eviction, scale-down) before its sinks delivered them",
+        ),
+        "direct" => (
+            true,
+            "Direct",
+            "delivery.mode is direct: Meta is answered once the sinks took the events",
+        ),
+        "sidecar" => (
+            true,
+            "Sidecar",
+            "the receiver runs in your own pod: its spool is on the volume you give it",
+        ),
+        _ => (
+            true,
+            "PersistentVolumeClaims",
+            "each receiver's spool is its own PersistentVolumeClaim; a removed replica's is \
+             drained by a Job before it is deleted",
+        ),
+    };
+    Wanted {
+        type_: SPOOL_DURABLE,
+        ok,
+        reason: reason.to_owned(),
+        message: message.to_owned(),
     }
 }
 

@@ -31,7 +31,11 @@ fn whatsapp_spec() -> Value {
         "object": "whatsapp_business_account",
         "fields": ["messages", "message_template_status_update"],
         "appSecretRef": {"name": "meta-app", "key": "app-secret"},
-        "delivery": {"sinks": [{"name": "bus", "nats": {"url": "nats://nats.nats:4222"}}]},
+        // Most tests here follow a Deployment; the default StatefulSet has tests of its own.
+        "delivery": {
+            "spool": {"ephemeral": true},
+            "sinks": [{"name": "bus", "nats": {"url": "nats://nats.nats:4222"}}],
+        },
     })
 }
 
@@ -76,6 +80,9 @@ fn workload_steps(ready_replicas: i32) -> Vec<Expect> {
         ),
         apply(format!("{CORE}/services/wa"), Reply::Echo(None)),
     ]
+    .into_iter()
+    .chain(drain_lists(NS, &[], &[]))
+    .collect()
 }
 
 fn status_step() -> Expect {
@@ -364,6 +371,12 @@ async fn an_apply_that_races_its_own_create_is_applied_again() {
             Reply::Object(owned(object_at("v1", "Service", "wa"))),
         ),
         apply(format!("{CORE}/services/wa"), Reply::Echo(None)),
+        listed(
+            format!("{CORE}/persistentvolumeclaims"),
+            "PersistentVolumeClaimList",
+            &[],
+        ),
+        listed("/apis/batch/v1/namespaces/acme/jobs", "JobList", &[]),
         status_step(),
     ]);
     let api = MockApi::start(script, Capabilities::default(), test_now());
@@ -577,6 +590,12 @@ fn tls_workload_steps() -> Vec<Expect> {
             Reply::Echo(Some(json!({"replicas": 1, "readyReplicas": 1}))),
         ),
         apply(format!("{CORE}/services/wa"), Reply::Echo(None)),
+        listed(
+            format!("{CORE}/persistentvolumeclaims"),
+            "PersistentVolumeClaimList",
+            &[],
+        ),
+        listed("/apis/batch/v1/namespaces/acme/jobs", "JobList", &[]),
         status_step(),
         event(NS),
     ]
@@ -1040,8 +1059,8 @@ async fn a_ready_receiver_is_registered_behind_the_finalizer() {
         json!([registration::FINALIZER])
     );
     // The finalizer goes on before the first Graph call: the Event follows it.
-    assert_eq!(served[12].body["reason"], "Registered");
-    let note = served[12].body["note"].as_str().expect("note");
+    assert_eq!(served[14].body["reason"], "Registered");
+    let note = served[14].body["note"].as_str().expect("note");
     assert!(note.contains("subscribed app 1234 to whatsapp_business_account fields message_template_status_update,messages"), "{note}");
     assert!(
         note.contains("WABA 5550001 with callback override"),
@@ -1096,7 +1115,7 @@ async fn a_phone_number_override_is_set_after_its_waba_and_recorded() {
             format!("POST /7770001 override={CALLBACK}"),
         ]
     );
-    let note = served[12].body["note"].as_str().expect("note");
+    let note = served[14].body["note"].as_str().expect("note");
     assert!(
         note.contains(&format!(
             "set the callback override of phone number 7770001 (WABA 5550001) to {CALLBACK}"
@@ -1148,7 +1167,7 @@ async fn a_graph_error_is_reported_with_metas_message_and_fails_the_pass() {
         .expect_err("the pass fails");
     assert_eq!(error.metric_label(), "graph_api");
     let served = api.finish().await;
-    assert_eq!(served[12].body["reason"], "RegistrationFailed");
+    assert_eq!(served[14].body["reason"], "RegistrationFailed");
     let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
     let registered = condition(status, "Registered");
     assert_eq!(registered["status"], "False");
@@ -1393,17 +1412,9 @@ async fn persistent_spool_replicas_and_monitoring_where_the_cluster_serves_them(
         json!({"host": "hooks.example.com", "className": "nginx", "tlsSecretName": "hooks-public"});
     let sub = subscription("wa", NS, &spec);
     // The policy step lists the Ingresses (the host must be free); step 0 reaches the
-    // kinds the cluster serves too. The Deployment of an earlier Deployment-mode pass is
-    // the subscription's: deleted, under its uid.
+    // kinds the cluster serves too.
     let mut script = vec![ingresses_listed(NS, &[])];
-    script.extend(claims(
-        false,
-        false,
-        &[(
-            format!("{APPS}/deployments/wa"),
-            owned(object_at("apps/v1", "Deployment", "wa")),
-        )],
-    ));
+    script.extend(claims(false, false, &[]));
     script.extend([
         get(
             "/apis/monitoring.coreos.com/v1/namespaces/acme/servicemonitors/wa",
@@ -1422,8 +1433,13 @@ async fn persistent_spool_replicas_and_monitoring_where_the_cluster_serves_them(
             format!("{APPS}/statefulsets/wa"),
             Reply::Echo(Some(json!({"replicas": 2, "readyReplicas": 2}))),
         ),
-        delete(format!("{APPS}/deployments/wa")),
         apply(format!("{CORE}/services/wa"), Reply::Echo(None)),
+        listed(
+            format!("{CORE}/persistentvolumeclaims"),
+            "PersistentVolumeClaimList",
+            &[],
+        ),
+        listed("/apis/batch/v1/namespaces/acme/jobs", "JobList", &[]),
         apply(format!("{NET}/ingresses/wa"), Reply::Echo(None)),
         apply(
             "/apis/monitoring.coreos.com/v1/namespaces/acme/servicemonitors/wa",
@@ -1439,15 +1455,13 @@ async fn persistent_spool_replicas_and_monitoring_where_the_cluster_serves_them(
     let capabilities = Capabilities {
         service_monitor: true,
         pdb: Some(PdbVersion::V1beta1),
+        claim_retention_policy: false,
     };
     let api = MockApi::start(script, capabilities, test_now());
     controller::reconcile(Arc::new(sub), api.ctx.clone())
         .await
         .expect("reconcile");
     let served = api.finish().await;
-    let deleted = body_of(&served, &Method::DELETE, &format!("{APPS}/deployments/wa"));
-    assert_eq!(deleted["preconditions"]["uid"], "wa-uid");
-    assert_eq!(deleted["propagationPolicy"], "Background");
     let stateful_set = body_of(&served, &Method::PATCH, &format!("{APPS}/statefulsets/wa"));
     let claim = &stateful_set["spec"]["volumeClaimTemplates"][0];
     assert_eq!(claim["metadata"]["name"], "data");
@@ -1484,6 +1498,10 @@ async fn sidecar_mode_prepares_configuration_but_runs_nothing() {
     let mut spec = whatsapp_spec();
     spec["verifyTokenRef"] = json!({"name": "meta-app", "key": "verify-token"});
     spec["receiver"] = json!({"mode": "sidecar"});
+    spec["delivery"]
+        .as_object_mut()
+        .expect("delivery")
+        .remove("spool");
     let sub = subscription("wa", NS, &spec);
     // Nothing at the workload's names: nothing to delete.
     let mut script = claims(false, false, &[]);
@@ -1493,6 +1511,13 @@ async fn sidecar_mode_prepares_configuration_but_runs_nothing() {
             Reply::Object(app_with_token()),
         ),
         apply(format!("{CORE}/configmaps/wa-receiver"), Reply::Echo(None)),
+        // Claims an earlier StatefulSet left would be drained.
+        listed(
+            format!("{CORE}/persistentvolumeclaims"),
+            "PersistentVolumeClaimList",
+            &[],
+        ),
+        listed("/apis/batch/v1/namespaces/acme/jobs", "JobList", &[]),
         status_step(),
         event(NS),
     ]);
@@ -1500,6 +1525,7 @@ async fn sidecar_mode_prepares_configuration_but_runs_nothing() {
     result.expect("reconcile");
     let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
     assert_eq!(condition(status, "ReceiverAvailable")["reason"], "Sidecar");
+    assert_eq!(status["status"]["spool"]["mode"], "sidecar");
     assert!(status["status"]["endpoint"].is_null());
 }
 
@@ -1658,6 +1684,10 @@ fn sidecar_spec() -> Value {
     let mut spec = whatsapp_spec();
     spec["verifyTokenRef"] = json!({"name": "meta-app", "key": "verify-token"});
     spec["receiver"] = json!({"mode": "sidecar"});
+    spec["delivery"]
+        .as_object_mut()
+        .expect("delivery")
+        .remove("spool");
     spec
 }
 
@@ -1821,6 +1851,12 @@ async fn an_object_annotated_for_adoption_is_taken_over_with_an_event() {
         ),
         adopt(format!("{CORE}/services/wa"), Reply::Echo(None)),
         event(NS),
+        listed(
+            format!("{CORE}/persistentvolumeclaims"),
+            "PersistentVolumeClaimList",
+            &[],
+        ),
+        listed("/apis/batch/v1/namespaces/acme/jobs", "JobList", &[]),
         status_step(),
     ]);
     let (result, served) = reconcile_once(sub, script).await;
@@ -1828,7 +1864,7 @@ async fn an_object_annotated_for_adoption_is_taken_over_with_an_event() {
     let applied = body_of(&served, &Method::PATCH, &format!("{CORE}/services/wa"));
     assert_eq!(applied["metadata"]["uid"], "team-service-uid");
     assert_eq!(applied["metadata"]["ownerReferences"][0]["uid"], SUB_UID);
-    let adopted = &served[served.len() - 2].body;
+    let adopted = &served[served.len() - 4].body;
     assert_eq!(adopted["reason"], "Adopted");
     assert_eq!(
         adopted["note"],
@@ -1942,6 +1978,12 @@ async fn an_unwanted_object_is_deleted_only_when_it_is_the_subscriptions() {
             Reply::Echo(Some(json!({"replicas": 1, "readyReplicas": 0}))),
         ),
         apply(format!("{CORE}/services/wa"), Reply::Echo(None)),
+        listed(
+            format!("{CORE}/persistentvolumeclaims"),
+            "PersistentVolumeClaimList",
+            &[],
+        ),
+        listed("/apis/batch/v1/namespaces/acme/jobs", "JobList", &[]),
         status_step(),
     ]);
     let (result, served) = reconcile_once(sub, script).await;
@@ -1972,6 +2014,7 @@ fn a_users_certificate_is_provided_not_issued() {
         verify_token: None,
         registration: RegistrationState::NotRequested,
         refused: None,
+        spool: None,
     };
     let built = status::build(None, Some(1), NS, &observed, test_now());
     let certificate = built

@@ -304,6 +304,38 @@ fn cases() -> Vec<Case> {
             )],
         },
         Case {
+            message: "an ephemeral spool is an emptyDir: size and storageClassName do not apply",
+            field_path: "spec.delivery.spool",
+            valid: vec![
+                (
+                    "ephemeral alone",
+                    with_spec(&json!({"delivery": {"spool": {"ephemeral": true}}})),
+                ),
+                (
+                    "a claim's size and class",
+                    with_spec(
+                        &json!({"delivery": {"spool": {"size": "4Gi", "storageClassName": "fast"}}}),
+                    ),
+                ),
+                (
+                    "not ephemeral, with a size",
+                    with_spec(&json!({"delivery": {"spool": {"ephemeral": false, "size": "4Gi"}}})),
+                ),
+            ],
+            invalid: vec![
+                (
+                    "ephemeral with a size",
+                    with_spec(&json!({"delivery": {"spool": {"ephemeral": true, "size": "4Gi"}}})),
+                ),
+                (
+                    "ephemeral with a class",
+                    with_spec(
+                        &json!({"delivery": {"spool": {"ephemeral": true, "storageClassName": "fast"}}}),
+                    ),
+                ),
+            ],
+        },
+        Case {
             message: "direct delivery keeps no spool volume",
             field_path: "spec.delivery.spool",
             valid: vec![(

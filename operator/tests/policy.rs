@@ -425,6 +425,7 @@ async fn an_app_callback_set_elsewhere_is_not_replaced_without_take_over() {
             message: message.to_owned(),
         },
         refused: None,
+        spool: None,
     };
     let built = status::build(None, Some(3), NS, &observed, test_now());
     let registered = built

@@ -51,7 +51,7 @@ fn inputs<'a>(sub: &'a WebhookSubscription) -> Inputs<'a> {
 }
 
 fn pod_spec(sub: &WebhookSubscription) -> PodSpec {
-    match workload(&inputs(sub), "hash").expect("workload") {
+    match workload(&inputs(sub), "hash", false).expect("workload") {
         Workload::Deployment(d) => d.spec.and_then(|s| s.template.spec),
         Workload::StatefulSet(s) => s.spec.and_then(|s| s.template.spec),
     }
@@ -103,15 +103,16 @@ fn labels_and_owner_references_on_every_object() {
         ),
         ("metahook.io/subscription".to_owned(), "fb".to_owned()),
     ]);
-    let Workload::Deployment(deployment) = workload(&inputs, "hash").expect("workload") else {
-        panic!("no spool size: a Deployment");
+    let Workload::StatefulSet(stateful_set) = workload(&inputs, "hash", false).expect("workload")
+    else {
+        panic!("spool mode without a spool section: a StatefulSet");
     };
     let metas = [
         config_map(&inputs, &config.to_yaml().expect("yaml"))
             .expect("configmap")
             .metadata,
-        deployment.metadata.clone(),
-        service(&inputs).expect("service").metadata,
+        stateful_set.metadata.clone(),
+        service(&inputs, true).expect("service").metadata,
     ];
     for meta in metas {
         assert_eq!(meta.namespace.as_deref(), Some("acme"));
@@ -123,7 +124,7 @@ fn labels_and_owner_references_on_every_object() {
         assert_eq!(owner.uid, "11111111-2222-3333-4444-555555555555");
         assert_eq!(owner.controller, Some(true));
     }
-    let spec = deployment.spec.expect("spec");
+    let spec = stateful_set.spec.expect("spec");
     let selector = spec.selector.match_labels.expect("selector");
     assert_eq!(
         selector.len(),
@@ -136,15 +137,6 @@ fn labels_and_owner_references_on_every_object() {
             "metahook.io/config-hash".to_owned(),
             "hash".to_owned()
         )]))
-    );
-    let strategy = spec
-        .strategy
-        .expect("strategy")
-        .rolling_update
-        .expect("rolling");
-    assert_eq!(
-        strategy.max_unavailable,
-        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0))
     );
 }
 
@@ -284,7 +276,8 @@ fn a_spool_size_makes_a_stateful_set_with_a_claim() {
     let mut spec = spec();
     spec["delivery"]["spool"] = json!({"size": "5Gi"});
     let sub = subscription("fb", "acme", &spec);
-    let Workload::StatefulSet(set) = workload(&inputs(&sub), "hash").expect("workload") else {
+    let Workload::StatefulSet(set) = workload(&inputs(&sub), "hash", false).expect("workload")
+    else {
         panic!("a spool size makes a StatefulSet");
     };
     let spec = set.spec.expect("spec");
@@ -404,7 +397,7 @@ fn mutual_tls_at_the_receiver_mounts_the_certificate_and_ca_and_names_them() {
         .and_then(|p| p.http_get.as_ref())
         .expect("probe");
     assert_eq!(readiness.scheme.as_deref(), Some("HTTPS"));
-    let service = service(&inputs).expect("service").spec.expect("spec");
+    let service = service(&inputs, true).expect("service").spec.expect("spec");
     let port = &service.ports.expect("ports")[0];
     assert_eq!(
         (
@@ -536,6 +529,7 @@ fn monitoring_objects_follow_the_spec_and_the_cluster() {
     let all = Capabilities {
         service_monitor: true,
         pdb: Some(PdbVersion::V1),
+        claim_retention_policy: true,
     };
     let monitor = service_monitor(&inputs, all).expect("sm").expect("wanted");
     assert_eq!(
@@ -777,5 +771,238 @@ fn a_sink_url_with_credentials_is_refused_naming_the_field() {
             "{err}"
         );
         assert!(!err.contains("s3cret") && !err.contains("t0ken"), "{err}");
+    }
+}
+
+/// Without `delivery.spool` a spool-mode receiver keeps its events on a claim of the
+/// default size, its pods say so by label, and their grace period leaves the receiver its
+/// delivery time.
+#[test]
+fn the_default_spool_is_a_claim_of_2gi_with_a_grace_period_for_delivery() {
+    let sub = subscription("fb", "acme", &spec());
+    let inputs = inputs(&sub);
+    let Workload::StatefulSet(set) = workload(&inputs, "hash", false).expect("workload") else {
+        panic!("the default is a StatefulSet");
+    };
+    let spec = set.spec.expect("spec");
+    let claim = &spec.volume_claim_templates.expect("claims")[0];
+    assert_eq!(
+        claim
+            .spec
+            .as_ref()
+            .and_then(|s| s.resources.as_ref())
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("storage"))
+            .map(|q| q.0.as_str()),
+        Some("2Gi")
+    );
+    assert_eq!(claim.metadata.labels.as_ref(), Some(&inputs.labels()));
+    assert_eq!(
+        spec.persistent_volume_claim_retention_policy, None,
+        "not sent to a server that does not know the field"
+    );
+    let template = spec.template;
+    assert_eq!(
+        template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.as_ref())
+            .and_then(|l| l.get("metahook.io/spool"))
+            .map(String::as_str),
+        Some("persistent")
+    );
+    let pod = template.spec.expect("pod");
+    assert_eq!(pod.termination_grace_period_seconds, Some(60));
+    let config = receiver_config(&inputs).expect("config");
+    assert_eq!(config.shutdown_delay, std::time::Duration::from_secs(5));
+    assert_eq!(config.shutdown_grace, std::time::Duration::from_secs(50));
+}
+
+#[test]
+fn where_the_server_knows_the_field_claims_are_retained_explicitly() {
+    let sub = subscription("fb", "acme", &spec());
+    let Workload::StatefulSet(set) = workload(&inputs(&sub), "hash", true).expect("workload")
+    else {
+        panic!("a StatefulSet");
+    };
+    let policy = set
+        .spec
+        .and_then(|s| s.persistent_volume_claim_retention_policy)
+        .expect("the retention policy");
+    assert_eq!(policy.when_deleted.as_deref(), Some("Retain"));
+    assert_eq!(policy.when_scaled.as_deref(), Some("Retain"));
+}
+
+#[test]
+fn a_longer_grace_period_gives_the_receiver_the_rest_for_delivery() {
+    let mut spec = spec();
+    spec["receiver"] = json!({"terminationGracePeriodSeconds": 300});
+    let sub = subscription("fb", "acme", &spec);
+    assert_eq!(pod_spec(&sub).termination_grace_period_seconds, Some(300));
+    let config = receiver_config(&inputs(&sub)).expect("config");
+    assert_eq!(config.shutdown_grace, std::time::Duration::from_secs(290));
+}
+
+/// `ephemeral: true` is the only way to an emptyDir spool; the pods are labelled so.
+#[test]
+fn an_ephemeral_spool_is_an_empty_dir_of_a_deployment() {
+    let mut spec = spec();
+    spec["delivery"]["spool"] = json!({"ephemeral": true});
+    let sub = subscription("fb", "acme", &spec);
+    let Workload::Deployment(deployment) = workload(&inputs(&sub), "hash", true).expect("workload")
+    else {
+        panic!("an ephemeral spool is a Deployment");
+    };
+    let spec = deployment.spec.expect("spec");
+    let strategy = spec
+        .strategy
+        .expect("strategy")
+        .rolling_update
+        .expect("rolling");
+    assert_eq!(
+        strategy.max_unavailable,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0)),
+        "never below the wanted replicas while rolling"
+    );
+    let template = spec.template;
+    assert_eq!(
+        template
+            .metadata
+            .and_then(|m| m.labels)
+            .and_then(|l| l.get("metahook.io/spool").cloned())
+            .as_deref(),
+        Some("ephemeral")
+    );
+    let pod = template.spec.expect("pod");
+    assert!(volume(&pod, "data").empty_dir.is_some());
+}
+
+/// The Service selects the current workload's pods by their spool label, or every
+/// receiver pod of the subscription while the workload being replaced still serves.
+#[test]
+fn the_service_selects_the_current_workloads_pods_once_it_may() {
+    let sub = subscription("fb", "acme", &spec());
+    let inputs = inputs(&sub);
+    let selector = |current_only| {
+        service(&inputs, current_only)
+            .expect("service")
+            .spec
+            .and_then(|s| s.selector)
+            .expect("selector")
+    };
+    let mut expected = inputs.selector_labels();
+    assert_eq!(selector(false), expected);
+    expected.insert("metahook.io/spool".to_owned(), "persistent".to_owned());
+    assert_eq!(selector(true), expected);
+}
+
+/// The drain Job of a removed replica: the receiver image in drain mode on that replica's
+/// claim, with the receiver's configuration, Secrets and hardening, its summary in the
+/// termination message, and labels that keep it out of the Service and the budget.
+#[test]
+fn a_drain_job_runs_the_receiver_in_drain_mode_on_the_removed_replicas_claim() {
+    use metahook_operator::resources::drain::drain_job;
+    let sub = subscription("fb", "acme", &spec());
+    let inputs = inputs(&sub);
+    let job = drain_job(&inputs, "hash", 2).expect("job");
+    assert_eq!(job.metadata.name.as_deref(), Some("fb-drain-2"));
+    let owner = &job.metadata.owner_references.as_ref().expect("owner")[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.controller),
+        ("WebhookSubscription", Some(true))
+    );
+    let labels = job.metadata.labels.clone().expect("labels");
+    assert_eq!(
+        labels.get("metahook.io/drain").map(String::as_str),
+        Some("data-fb-2")
+    );
+    assert_eq!(
+        labels.get("metahook.io/subscription").map(String::as_str),
+        Some("fb")
+    );
+    assert!(
+        !labels.contains_key("app.kubernetes.io/name"),
+        "not a receiver pod to the Service's or the budget's selector"
+    );
+    let spec = job.spec.expect("spec");
+    assert_eq!(spec.backoff_limit, Some(6));
+    assert_eq!(spec.completions, Some(1));
+    assert_eq!(spec.template.metadata.and_then(|m| m.labels), Some(labels));
+    let pod = spec.template.spec.expect("pod");
+    assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+    assert_eq!(
+        volume(&pod, "data")
+            .persistent_volume_claim
+            .as_ref()
+            .map(|c| c.claim_name.as_str()),
+        Some("data-fb-2")
+    );
+    assert!(volume(&pod, "config").config_map.is_some());
+    assert!(volume(&pod, "secrets").projected.is_some());
+    assert_eq!(
+        pod.security_context.as_ref().and_then(|s| s.run_as_user),
+        Some(65532)
+    );
+    let container = &pod.containers[0];
+    assert_eq!(container.name, "drain");
+    assert_eq!(container.image.as_deref(), Some("metahook-receiver:test"));
+    assert_eq!(
+        container.args.clone().expect("args"),
+        [
+            "--config",
+            "/etc/metahook/config/config.yaml",
+            "drain",
+            "--deadline",
+            "5m",
+            "--lock-wait",
+            "60s",
+            "--summary-file",
+            "/dev/termination-log"
+        ]
+    );
+    assert!(container.ports.is_none() && container.readiness_probe.is_none());
+    assert!(container.liveness_probe.is_none());
+    assert_eq!(
+        container.termination_message_path.as_deref(),
+        Some("/dev/termination-log")
+    );
+    assert_eq!(
+        container
+            .security_context
+            .as_ref()
+            .and_then(|s| s.read_only_root_filesystem),
+        Some(true)
+    );
+    let mounts: Vec<(&str, &str)> = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| (m.name.as_str(), m.mount_path.as_str()))
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            ("config", "/etc/metahook/config"),
+            ("secrets", "/etc/metahook/secrets"),
+            ("data", "/var/lib/metahook")
+        ]
+    );
+}
+
+#[test]
+fn claim_names_and_ordinals_round_trip_and_nothing_else_parses() {
+    use metahook_operator::resources::workload::{claim_name, claim_ordinal};
+    assert_eq!(claim_name("fb", 3), "data-fb-3");
+    assert_eq!(claim_ordinal("fb", "data-fb-3"), Some(3));
+    assert_eq!(claim_ordinal("fb", "data-fb-12"), Some(12));
+    for other in [
+        "data-fb-",
+        "data-fb-x",
+        "data-fb-03",
+        "data-fbx-1",
+        "data-fb-1-2",
+        "cache-fb-1",
+    ] {
+        assert_eq!(claim_ordinal("fb", other), None, "{other}");
     }
 }

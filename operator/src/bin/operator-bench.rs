@@ -839,6 +839,7 @@ async fn main() -> Result<()> {
     let capabilities = Capabilities {
         service_monitor: true,
         pdb: Some(PdbVersion::V1),
+        claim_retention_policy: true,
     };
     let ctx = Arc::new(Context::new(client, metrics, settings, capabilities, None));
 

@@ -1,6 +1,10 @@
-//! Step 4: the ConfigMap, the workload (Deployment or StatefulSet), the Service, then
-//! Ingress, ServiceMonitor and PodDisruptionBudget: applied when wanted, deleted when not
-//! (and the subscription's).
+//! Step 4: the ConfigMap, the workload (Deployment or StatefulSet), the Service, the
+//! claims of removed replicas ([`super::drain`]), then Ingress, ServiceMonitor and
+//! PodDisruptionBudget: applied when wanted, deleted when not (and the subscription's).
+//!
+//! A workload replacing the other kind ([`super::migration`]) starts beside it; the old
+//! one goes once the new one serves and, for a Deployment, once its pods delivered what
+//! they hold.
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
@@ -8,13 +12,16 @@ use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::Api;
 use kube::core::DynamicObject;
 
-use super::Context;
-use super::api::{apply_claimed, delete_claimed};
+use kube::runtime::events::EventType;
+
+use super::api::{apply_claimed, delete_claimed, publish};
 use super::ownership::Claims;
-use crate::crd::{ReceiverModeSpec, WebhookSubscription};
+use super::{Context, drain, migration};
+use crate::crd::{ReceiverModeSpec, SpoolStatus, WebhookSubscription};
 use crate::error::Error;
+use crate::ownership::Holder;
 use crate::resources::monitoring;
-use crate::resources::workload::Workload;
+use crate::resources::workload::{SpoolVolume, Workload};
 use crate::resources::{self, Inputs};
 use crate::status::ReceiverState;
 
@@ -25,6 +32,10 @@ pub struct Children {
     pub receiver: ReceiverState,
     /// The receivers' in-cluster URL (none for a sidecar).
     pub endpoint: Option<String>,
+    /// The spool, the drains and the migration, for `status.spool`.
+    pub spool: SpoolStatus,
+    /// False while a migration or a drain is under way: the pass comes back sooner.
+    pub settled: bool,
 }
 
 /// Applies the ConfigMap and every wanted child, deletes the unwanted ones the
@@ -55,6 +66,21 @@ pub(super) async fn step(
     let ingresses: Api<Ingress> = Api::namespaced(ctx.client.clone(), namespace);
     let capabilities = claims.capabilities;
     let sidecar = sub.spec.receiver.mode == ReceiverModeSpec::Sidecar;
+    let spool_volume = SpoolVolume::of(&sub.spec);
+    let mut spool = SpoolStatus {
+        mode: if sidecar {
+            "sidecar".to_owned()
+        } else {
+            spool_volume.mode().to_owned()
+        },
+        ..SpoolStatus::default()
+    };
+    let ours = |holder: &Holder| matches!(holder, Holder::Subscription { .. });
+    let stateful_set_runs = ours(&claims.stateful_set.holder);
+    let deployment_runs = ours(&claims.deployment.holder);
+    // The StatefulSet's replicas whose claims are in use; the others' are drained.
+    let mut live_replicas = 0;
+    let mut settled = true;
     let children = if sidecar {
         delete_claimed(&deployments, &claims.deployment).await?;
         delete_claimed(&stateful_sets, &claims.stateful_set).await?;
@@ -62,15 +88,45 @@ pub(super) async fn step(
         Children {
             receiver: ReceiverState::Sidecar,
             endpoint: None,
+            spool: SpoolStatus::default(),
+            settled: true,
         }
     } else {
-        let (kind, ready_replicas) = match resources::workload::workload(inputs, &config_hash)? {
+        let workload = resources::workload::workload(
+            inputs,
+            &config_hash,
+            capabilities.claim_retention_policy,
+        )?;
+        let (kind, ready_replicas, previous_runs) = match workload {
             Workload::Deployment(deployment) => {
                 let applied =
                     apply_claimed(ctx, sub, &deployments, &claims.deployment, &deployment).await?;
-                delete_claimed(&stateful_sets, &claims.stateful_set).await?;
-                let status = applied.status.unwrap_or_default();
-                (claims.deployment.kind, status.ready_replicas)
+                let ready = applied
+                    .status
+                    .unwrap_or_default()
+                    .ready_replicas
+                    .unwrap_or(0);
+                // The StatefulSet goes once the Deployment serves; its claims are drained.
+                if stateful_set_runs && ready < 1 {
+                    live_replicas = claims
+                        .stateful_set
+                        .object
+                        .as_ref()
+                        .and_then(|s| s.spec.as_ref())
+                        .and_then(|s| s.replicas)
+                        .unwrap_or(0);
+                    spool.migration = Some(format!(
+                        "StatefulSet {namespace}/{} serves until Deployment {namespace}/{} has a ready pod",
+                        inputs.name, inputs.name
+                    ));
+                } else {
+                    delete_claimed(&stateful_sets, &claims.stateful_set).await?;
+                }
+                (
+                    claims.deployment.kind,
+                    ready,
+                    stateful_set_runs && ready < 1,
+                )
             }
             Workload::StatefulSet(stateful_set) => {
                 let applied = apply_claimed(
@@ -81,28 +137,90 @@ pub(super) async fn step(
                     &stateful_set,
                 )
                 .await?;
-                delete_claimed(&deployments, &claims.deployment).await?;
-                let status = applied.status.unwrap_or_default();
-                (claims.stateful_set.kind, status.ready_replicas)
+                live_replicas = applied.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+                let ready = applied
+                    .status
+                    .unwrap_or_default()
+                    .ready_replicas
+                    .unwrap_or(0);
+                let mut previous_runs = false;
+                if deployment_runs {
+                    if ready < 1 {
+                        previous_runs = true;
+                        spool.migration = Some(format!(
+                            "Deployment {namespace}/{} serves until StatefulSet {namespace}/{} has a ready pod",
+                            inputs.name, inputs.name
+                        ));
+                    } else if !migration::service_moved(
+                        claims.service.object.as_ref(),
+                        spool_volume.mode(),
+                    ) {
+                        // The Service moves in this pass; the Deployment's pods are read
+                        // in the next, once no request can reach them.
+                        spool.migration = Some(format!(
+                            "the Service now selects StatefulSet {namespace}/{}'s pods; Deployment {namespace}/{}'s pods deliver what they hold",
+                            inputs.name, inputs.name
+                        ));
+                    } else {
+                        match migration::previous_deployment(ctx, namespace, &inputs.name).await? {
+                            migration::Previous::Empty => {
+                                delete_claimed(&deployments, &claims.deployment).await?;
+                                publish(
+                                    ctx,
+                                    sub,
+                                    EventType::Normal,
+                                    "Migrated",
+                                    "Migrate",
+                                    format!(
+                                        "the receivers moved to StatefulSet {namespace}/{}: Deployment {namespace}/{} delivered everything it held and is deleted",
+                                        inputs.name, inputs.name
+                                    ),
+                                )
+                                .await;
+                            }
+                            migration::Previous::Holding(message) => {
+                                spool.migration = Some(message);
+                            }
+                        }
+                    }
+                }
+                (claims.stateful_set.kind, ready, previous_runs)
             }
         };
+        if spool.migration.is_some() {
+            settled = false;
+        }
         apply_claimed(
             ctx,
             sub,
             &services,
             &claims.service,
-            &resources::service::service(inputs)?,
+            &resources::service::service(inputs, !previous_runs)?,
         )
         .await?;
         Children {
             receiver: ReceiverState::Workload {
                 kind,
                 replicas: sub.spec.receiver.replicas,
-                ready_replicas: ready_replicas.unwrap_or(0),
+                ready_replicas,
             },
             endpoint: Some(resources::service::endpoint_url(inputs)),
+            spool: SpoolStatus::default(),
+            settled: true,
         }
     };
+    let mut children = children;
+    // The claims of removed replicas (all of them, when no StatefulSet is wanted).
+    let drains = drain::step(ctx, sub, inputs, &config_hash, live_replicas, (ctx.clock)()).await?;
+    spool.claims_draining = drains.draining();
+    spool.claims_kept = drains.kept();
+    spool.events_left = drains.events_left();
+    if drains.draining() > 0 {
+        settled = false;
+    }
+    spool.drains = drains.claims;
+    children.spool = spool;
+    children.settled = settled;
     match resources::ingress::ingress(inputs)? {
         Some(ingress) if !sidecar => {
             apply_claimed(ctx, sub, &ingresses, &claims.ingress, &ingress).await?;

@@ -30,7 +30,9 @@
 mod api;
 pub mod children;
 mod discovery;
+pub mod drain;
 pub mod failures;
+mod migration;
 pub mod ownership;
 pub mod policy;
 pub mod registration;
@@ -102,6 +104,8 @@ pub struct Context {
     pub clock: Box<dyn Fn() -> OffsetDateTime + Send + Sync>,
     /// The Graph API client of registration (tests record the calls).
     pub graph: Arc<dyn GraphApi>,
+    /// Reads receivers' /metrics (the backlog of a Deployment being replaced).
+    pub http: reqwest::Client,
     /// Consecutive failures per subscription, for the error policy's backoff: at most
     /// [`failures::MAX_TRACKED`], forgotten on success and on deletion.
     failures: Mutex<Failures<ObjectRef<WebhookSubscription>>>,
@@ -139,6 +143,10 @@ impl Context {
             capabilities: Mutex::new(capabilities),
             clock: Box::new(OffsetDateTime::now_utc),
             graph: Arc::new(Unconfigured),
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .unwrap_or_default(),
             failures: Mutex::new(Failures::new(failures::MAX_TRACKED)),
         }
     }
@@ -311,6 +319,7 @@ async fn pass(
         verify_token: Some(provisional.verify_token.clone()),
         registration: waiting_registration(sub),
         refused: None,
+        spool: None,
     };
     if !observed.missing.is_empty() {
         let described: Vec<String> = observed
@@ -375,6 +384,10 @@ async fn pass(
     let children = children::step(ctx, sub, &inputs, &claims).await?;
     observed.receiver = children.receiver;
     observed.endpoint = children.endpoint;
+    observed.spool = Some(children.spool);
+    if !children.settled {
+        requeue = requeue.min(UNSETTLED_RETRY);
+    }
 
     // 5. Registration with the Graph API.
     observed.registration = registration::step(ctx, sub, &observed, &resolved.data, now).await?;
@@ -387,6 +400,10 @@ async fn pass(
         _ => Ok(Action::requeue(requeue)),
     }
 }
+
+/// Re-check after this while a drain or a migration is under way (neither the Jobs nor the
+/// pods are watched).
+pub const UNSETTLED_RETRY: Duration = Duration::from_secs(30);
 
 /// Re-check a refused subscription after this (the object in its way is not watched:
 /// its removal triggers no pass).
@@ -424,6 +441,7 @@ async fn refuse(
         verify_token: sub.status.as_ref().and_then(|s| s.verify_token.clone()),
         registration: waiting_registration(sub),
         refused: Some(refusal),
+        spool: None,
     };
     status::step(ctx, sub, namespace, &observed, now).await?;
     Ok(Action::requeue(REFUSED_RETRY))

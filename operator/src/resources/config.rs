@@ -23,8 +23,18 @@ use crate::error::Error;
 /// Kubernetes removes a terminating pod from the Service's endpoints asynchronously: the
 /// receiver keeps accepting this long after /readyz turns 503.
 const SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
-/// Within the pod's default 30 s termination grace period.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
+/// What the pod's grace period keeps besides the delay and the delivery: the process's
+/// own exit, so Kubernetes never has to SIGKILL it mid-write.
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
+
+/// How long a terminating receiver delivers its backlog: the pod's grace period less the
+/// delay and the margin (at least 5 s; the CRD's minimum grace is 15 s).
+pub fn shutdown_grace(termination_grace_seconds: i64) -> Duration {
+    let grace = Duration::from_secs(u64::try_from(termination_grace_seconds).unwrap_or(0));
+    grace
+        .saturating_sub(SHUTDOWN_DELAY + SHUTDOWN_MARGIN)
+        .max(Duration::from_secs(5))
+}
 
 /// The receiver configuration for a subscription: every key the spec does not set keeps
 /// the receiver's default, and the result passes the receiver's own validation.
@@ -64,7 +74,7 @@ pub fn receiver_config(inputs: &Inputs<'_>) -> Result<Config, Error> {
         .map(|(i, sink)| sink_config(i, sink, spec.delivery.retry.as_ref()))
         .collect::<Result<_, _>>()?;
     config.shutdown_delay = SHUTDOWN_DELAY;
-    config.shutdown_grace = SHUTDOWN_GRACE;
+    config.shutdown_grace = shutdown_grace(super::workload::termination_grace_seconds(spec));
     if let Some(secret) = &inputs.tls_secret {
         let dir = format!("{}/{secret}", super::SECRETS_DIR);
         let mut tls = TlsConfig::new(

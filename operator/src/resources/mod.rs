@@ -6,6 +6,7 @@
 //! [`service`], [`ingress`], [`monitoring`] (ServiceMonitor, PodDisruptionBudget).
 
 pub mod config;
+pub mod drain;
 pub mod ingress;
 pub mod monitoring;
 pub mod secrets;

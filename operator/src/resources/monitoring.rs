@@ -15,6 +15,10 @@ pub struct Capabilities {
     pub service_monitor: bool,
     /// The PodDisruptionBudget API version, if any.
     pub pdb: Option<PdbVersion>,
+    /// StatefulSets take `persistentVolumeClaimRetentionPolicy` (Kubernetes 1.27+, where
+    /// it is on by default): the operator sets it to retain explicitly. Older servers drop
+    /// the field, and retain claims anyway.
+    pub claim_retention_policy: bool,
 }
 
 /// Where PodDisruptionBudgets live.

@@ -3,17 +3,27 @@
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::workload::{SPOOL_LABEL, SpoolVolume};
 use super::{Inputs, METRICS_PORT};
 use crate::error::Error;
 
-/// The Service in front of the receiver pods.
-pub fn service(inputs: &Inputs<'_>) -> Result<Service, Error> {
+/// The Service in front of the receiver pods. `current_only`: it selects only the pods of
+/// the workload the spec wants (by [`SPOOL_LABEL`]); false while that workload has no
+/// ready pod yet and the previous one still runs, so both serve until it has.
+pub fn service(inputs: &Inputs<'_>, current_only: bool) -> Result<Service, Error> {
     let webhook = inputs.webhook_port_name();
+    let mut selector = inputs.selector_labels();
+    if current_only {
+        selector.insert(
+            SPOOL_LABEL.to_owned(),
+            SpoolVolume::of(&inputs.sub.spec).mode().to_owned(),
+        );
+    }
     Ok(Service {
         metadata: inputs.meta(inputs.name.clone())?,
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".to_owned()),
-            selector: Some(inputs.selector_labels()),
+            selector: Some(selector),
             ports: Some(vec![
                 ServicePort {
                     name: Some(webhook.to_owned()),

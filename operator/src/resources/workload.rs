@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment, StatefulSet,
-    StatefulSetSpec,
+    StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
@@ -21,27 +21,93 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::{
     CONFIG_DIR, CONFIG_HASH_ANNOTATION, CONFIG_KEY, DATA_DIR, Inputs, METRICS_PORT, SECRETS_DIR,
 };
+use crate::crd::{DEFAULT_SPOOL_SIZE, DeliveryModeSpec};
 use crate::error::Error;
 
 /// The user and group the receiver runs as (non-root).
 pub const RUN_AS: i64 = 65532;
-/// Seconds Kubernetes waits after SIGTERM: the receiver's shutdown_delay (5s) and
-/// shutdown_grace (25s), plus margin.
-pub const TERMINATION_GRACE_SECONDS: i64 = 40;
+/// The pods' terminationGracePeriodSeconds when `spec.receiver.terminationGracePeriodSeconds`
+/// is absent: 5 s out of the endpoints, about 50 s to deliver the backlog, 5 s margin.
+pub const DEFAULT_TERMINATION_GRACE_SECONDS: i64 = 60;
+/// The pod label telling where its spool lives (`persistent`, `ephemeral`, `direct`): the
+/// Service selects the current workload's pods by it once they are ready, so the pods of a
+/// workload being replaced stop taking traffic while they deliver what they hold.
+pub const SPOOL_LABEL: &str = "metahook.io/spool";
 
 /// The receiver's workload.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Workload {
-    /// emptyDir spool.
+    /// emptyDir spool (or none, in direct mode).
     Deployment(Box<Deployment>),
     /// Persistent spool, one PersistentVolumeClaim per replica.
     StatefulSet(Box<StatefulSet>),
 }
 
+/// Where a receiver keeps the events it acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpoolVolume {
+    /// A PersistentVolumeClaim per replica (the default in spool mode).
+    Claim {
+        /// Its size.
+        size: String,
+        /// Its StorageClass; the cluster's default when absent.
+        storage_class_name: Option<String>,
+    },
+    /// An emptyDir: `spec.delivery.spool.ephemeral`, acknowledged events are lost with the pod.
+    EmptyDir,
+    /// No spool: direct delivery answers Meta once the sinks took the events.
+    Direct,
+}
+
+impl SpoolVolume {
+    /// The spool the spec asks for.
+    pub fn of(spec: &crate::crd::WebhookSubscriptionSpec) -> SpoolVolume {
+        if spec.delivery.mode == DeliveryModeSpec::Direct {
+            return SpoolVolume::Direct;
+        }
+        match &spec.delivery.spool {
+            Some(spool) if spool.ephemeral => SpoolVolume::EmptyDir,
+            spool => SpoolVolume::Claim {
+                size: spool
+                    .as_ref()
+                    .and_then(|s| s.size.clone())
+                    .unwrap_or_else(|| DEFAULT_SPOOL_SIZE.to_owned()),
+                storage_class_name: spool.as_ref().and_then(|s| s.storage_class_name.clone()),
+            },
+        }
+    }
+
+    /// The value of [`SPOOL_LABEL`] and of `status.spool.mode`.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            SpoolVolume::Claim { .. } => "persistent",
+            SpoolVolume::EmptyDir => "ephemeral",
+            SpoolVolume::Direct => "direct",
+        }
+    }
+}
+
+/// The pods' terminationGracePeriodSeconds.
+pub fn termination_grace_seconds(spec: &crate::crd::WebhookSubscriptionSpec) -> i64 {
+    spec.receiver
+        .termination_grace_period_seconds
+        .unwrap_or(DEFAULT_TERMINATION_GRACE_SECONDS)
+}
+
+/// The labels of the receiver pods: the selector's, the common ones, and [`SPOOL_LABEL`].
+pub fn pod_labels(inputs: &Inputs<'_>) -> BTreeMap<String, String> {
+    let mut labels = inputs.labels();
+    labels.insert(
+        SPOOL_LABEL.to_owned(),
+        SpoolVolume::of(&inputs.sub.spec).mode().to_owned(),
+    );
+    labels
+}
+
 /// The pod template: one `receiver` container, hardened, with its configuration, Secrets
 /// and data volume, and a hash of its inputs so it rolls when they change.
 pub fn pod_template(inputs: &Inputs<'_>, config_hash: &str) -> PodTemplateSpec {
-    let persistent = inputs.sub.spec.delivery.spool.is_some();
+    let persistent = matches!(SpoolVolume::of(&inputs.sub.spec), SpoolVolume::Claim { .. });
     let mut volumes = vec![
         Volume {
             name: "config".to_owned(),
@@ -148,7 +214,7 @@ pub fn pod_template(inputs: &Inputs<'_>, config_hash: &str) -> PodTemplateSpec {
     };
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
-            labels: Some(inputs.labels()),
+            labels: Some(pod_labels(inputs)),
             annotations: Some(BTreeMap::from([(
                 CONFIG_HASH_ANNOTATION.to_owned(),
                 config_hash.to_owned(),
@@ -160,7 +226,7 @@ pub fn pod_template(inputs: &Inputs<'_>, config_hash: &str) -> PodTemplateSpec {
             volumes: Some(volumes),
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),
-            termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+            termination_grace_period_seconds: Some(termination_grace_seconds(&inputs.sub.spec)),
             security_context: Some(PodSecurityContext {
                 run_as_non_root: Some(true),
                 run_as_user: Some(RUN_AS),
@@ -227,8 +293,34 @@ pub fn default_resources() -> ResourceRequirements {
     }
 }
 
-/// The workload for the subscription (not called in sidecar mode).
-pub fn workload(inputs: &Inputs<'_>, config_hash: &str) -> Result<Workload, Error> {
+/// The claim template's name: claims are `data-NAME-<ordinal>`.
+pub const CLAIM_TEMPLATE: &str = "data";
+
+/// The name of replica `ordinal`'s claim of StatefulSet `name`.
+pub fn claim_name(name: &str, ordinal: u32) -> String {
+    format!("{CLAIM_TEMPLATE}-{name}-{ordinal}")
+}
+
+/// The ordinal of a claim of StatefulSet `name`, when `claim` is one of its claims' names.
+pub fn claim_ordinal(name: &str, claim: &str) -> Option<u32> {
+    let digits = claim.strip_prefix(&format!("{CLAIM_TEMPLATE}-{name}-"))?;
+    if digits.is_empty()
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+        || digits.starts_with('0') && digits.len() > 1
+    {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The workload for the subscription (not called in sidecar mode). `retention_policy`:
+/// the server knows StatefulSet's `persistentVolumeClaimRetentionPolicy` (1.27+), which is
+/// then set to retain the claims explicitly, whatever the cluster's defaults.
+pub fn workload(
+    inputs: &Inputs<'_>,
+    config_hash: &str,
+    retention_policy: bool,
+) -> Result<Workload, Error> {
     let metadata = inputs.meta(inputs.name.clone())?;
     let selector = LabelSelector {
         match_labels: Some(inputs.selector_labels()),
@@ -236,8 +328,8 @@ pub fn workload(inputs: &Inputs<'_>, config_hash: &str) -> Result<Workload, Erro
     };
     let replicas = Some(inputs.sub.spec.receiver.replicas);
     let template = pod_template(inputs, config_hash);
-    Ok(match &inputs.sub.spec.delivery.spool {
-        None => Workload::Deployment(Box::new(Deployment {
+    Ok(match SpoolVolume::of(&inputs.sub.spec) {
+        SpoolVolume::EmptyDir | SpoolVolume::Direct => Workload::Deployment(Box::new(Deployment {
             metadata,
             spec: Some(DeploymentSpec {
                 replicas,
@@ -257,18 +349,21 @@ pub fn workload(inputs: &Inputs<'_>, config_hash: &str) -> Result<Workload, Erro
             }),
             status: None,
         })),
-        Some(spool) => {
+        SpoolVolume::Claim {
+            size,
+            storage_class_name,
+        } => {
             let mut requests = BTreeMap::new();
-            requests.insert("storage".to_owned(), Quantity(spool.size.clone()));
+            requests.insert("storage".to_owned(), Quantity(size));
             let claim = PersistentVolumeClaim {
                 metadata: ObjectMeta {
-                    name: Some("data".to_owned()),
+                    name: Some(CLAIM_TEMPLATE.to_owned()),
                     labels: Some(inputs.labels()),
                     ..ObjectMeta::default()
                 },
                 spec: Some(PersistentVolumeClaimSpec {
                     access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
-                    storage_class_name: spool.storage_class_name.clone(),
+                    storage_class_name,
                     resources: Some(VolumeResourceRequirements {
                         requests: Some(requests),
                         limits: None,
@@ -288,6 +383,14 @@ pub fn workload(inputs: &Inputs<'_>, config_hash: &str) -> Result<Workload, Erro
                     // Receivers do not need each other: start and stop them all at once.
                     pod_management_policy: Some("Parallel".to_owned()),
                     revision_history_limit: Some(5),
+                    // Claims outlive their pods: a removed replica's claim is drained by a
+                    // Job of the operator and deleted only once it holds nothing.
+                    persistent_volume_claim_retention_policy: retention_policy.then(|| {
+                        StatefulSetPersistentVolumeClaimRetentionPolicy {
+                            when_deleted: Some("Retain".to_owned()),
+                            when_scaled: Some("Retain".to_owned()),
+                        }
+                    }),
                     ..StatefulSetSpec::default()
                 }),
                 status: None,

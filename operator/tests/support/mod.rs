@@ -128,6 +128,44 @@ pub fn ingresses_listed(namespace: &str, items: &[Value]) -> Expect {
     )
 }
 
+/// Expect a LIST answered with these items.
+pub fn listed(path: impl Into<String>, kind: &str, items: &[Value]) -> Expect {
+    get(
+        path,
+        Reply::Object(json!({
+            "apiVersion": "v1",
+            "kind": kind,
+            "metadata": {"resourceVersion": "5"},
+            "items": items,
+        })),
+    )
+}
+
+/// Expect the drain step's LISTs of the subscription's claims and drain Jobs.
+pub fn drain_lists(namespace: &str, claims: &[Value], jobs: &[Value]) -> Vec<Expect> {
+    vec![
+        listed(
+            format!("/api/v1/namespaces/{namespace}/persistentvolumeclaims"),
+            "PersistentVolumeClaimList",
+            claims,
+        ),
+        listed(
+            format!("/apis/batch/v1/namespaces/{namespace}/jobs"),
+            "JobList",
+            jobs,
+        ),
+    ]
+}
+
+/// Expect the LIST of the subscription's pods.
+pub fn pods_listed(namespace: &str, pods: &[Value]) -> Expect {
+    listed(
+        format!("/api/v1/namespaces/{namespace}/pods"),
+        "PodList",
+        pods,
+    )
+}
+
 /// Expect an Event to be published in the namespace.
 pub fn event(namespace: &str) -> Expect {
     create(
