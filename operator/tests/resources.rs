@@ -153,7 +153,7 @@ fn pods_are_hardened_and_probed() {
         Some("RuntimeDefault")
     );
     assert_eq!(pod.automount_service_account_token, Some(false));
-    assert_eq!(pod.termination_grace_period_seconds, Some(40));
+    assert_eq!(pod.termination_grace_period_seconds, Some(60));
     let container = &pod.containers[0];
     assert_eq!(container.name, "receiver");
     assert_eq!(container.image.as_deref(), Some("metahook-receiver:test"));

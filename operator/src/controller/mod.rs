@@ -381,7 +381,7 @@ async fn pass(
         tls.secret,
         secrets_digest,
     )?;
-    let children = children::step(ctx, sub, &inputs, &claims).await?;
+    let children = Box::pin(children::step(ctx, sub, &inputs, &claims)).await?;
     observed.receiver = children.receiver;
     observed.endpoint = children.endpoint;
     observed.spool = Some(children.spool);

@@ -77,7 +77,7 @@ pub fn drain_job(inputs: &Inputs<'_>, config_hash: &str, ordinal: u32) -> Result
         spec.volumes.get_or_insert_with(Vec::new).push(Volume {
             name: "data".to_owned(),
             persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                claim_name: claim.clone(),
+                claim_name: claim,
                 read_only: Some(false),
             }),
             ..Volume::default()
