@@ -175,6 +175,12 @@ fn operator_metrics() -> Result<BTreeSet<String>> {
     let metrics = metahook_operator::metrics::Metrics::new().context("operator metrics")?;
     metrics.reconciled(Ok(()), Duration::from_millis(5));
     metrics.certificate_expires("acme", "wa", 1_900_000_000);
+    metrics.drains(
+        "acme",
+        "wa",
+        &metahook_operator::controller::drain::Drains::default(),
+    );
+    metrics.drain_finished("acme", "wa", "drained");
     metrics.record_conditions(
         "acme",
         "wa",
