@@ -516,11 +516,15 @@ async fn world_with(
     })
 }
 
-/// Drops the spool volume of a subscription (examples/whatsapp.yaml has one), for the tests
-/// that follow its pods through a Deployment's ReplicaSets; the StatefulSet path is
-/// `every_example_reconciles_on_the_first_pass_into_owned_children`'s (its rollout once).
+/// Makes a subscription's spool ephemeral (an emptyDir), so its receivers are a
+/// Deployment, for the tests that follow its pods through a Deployment's ReplicaSets; the
+/// StatefulSet path is `every_example_reconciles_on_the_first_pass_into_owned_children`'s
+/// (its rollout once) and the spool scenarios'.
 fn as_deployment(sub: &mut WebhookSubscription) {
-    sub.spec.delivery.spool = None;
+    sub.spec.delivery.spool = Some(metahook_operator::crd::SpoolSpec {
+        ephemeral: true,
+        ..metahook_operator::crd::SpoolSpec::default()
+    });
 }
 
 /// The examples moved to a test's namespaces, not yet created.

@@ -103,13 +103,19 @@ impl Scene {
     }
 }
 
-/// A WhatsApp subscription of receiver mode `mode`, with the scene's app Secret.
+/// A WhatsApp subscription of receiver mode `mode`, with the scene's app Secret; run by
+/// the operator, its receivers are a Deployment (an ephemeral spool: these scenes follow
+/// ownership, not storage).
 pub fn spec(mode: &str) -> Value {
-    json!({
+    let mut spec = json!({
         "object": "whatsapp_business_account",
         "fields": ["messages"],
         "appSecretRef": {"name": "meta-app", "key": "app-secret"},
         "verifyTokenRef": {"name": "meta-app", "key": "verify-token"},
         "receiver": {"mode": mode},
-    })
+    });
+    if mode != "sidecar" {
+        spec["delivery"] = json!({"spool": {"ephemeral": true}});
+    }
+    spec
 }
