@@ -89,6 +89,8 @@ where there is one):
     group_commit_wait  wait for requests about to append; default 1ms
     preallocate_segments write each new segment over a delivered one
                        (faster fsyncs); default true
+    lock_wait          how long run waits while another process (a drain)
+                       holds the spool; default: until it is free (0s: fail)
   sinks[]:
     name               sink name (its cursor and metrics label)
     file.path          JSON-lines file

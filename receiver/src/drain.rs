@@ -252,7 +252,7 @@ pub async fn drain(
         Some(at) => match crate::app::bind("metrics_listen", at).await {
             Ok(listener) => Some(listener),
             Err(err) => {
-                tracing::warn!(error = %crate::cli::error_chain(&err), "drain: not serving /metrics");
+                tracing::warn!(error = %metahook_config::error_chain(err.as_ref()), "drain: not serving /metrics");
                 None
             }
         },
@@ -286,12 +286,12 @@ async fn drain_spool(
         opened = opening => match opened {
             Ok((intake, events)) => (Arc::new(intake), Arc::new(events)),
             Err(err @ OpenError::Locked { .. }) => {
-                let message = crate::cli::error_chain(&anyhow::Error::new(err));
+                let message = metahook_config::error_chain(&err);
                 tracing::error!(error = %message, "drain: the spool is held by another process; nothing was touched");
                 return Summary::failed(Outcome::Locked, &message);
             }
             Err(err) => {
-                let message = crate::cli::error_chain(&anyhow::Error::new(err));
+                let message = metahook_config::error_chain(&err);
                 return Summary::failed(Outcome::Error, &message);
             }
         },
@@ -314,7 +314,7 @@ async fn drain_spool(
     // Normalization first: an acknowledged request may still be only in the intake log.
     match normalize(config, &intake, &events, metrics) {
         Err(err) => {
-            return Summary::failed(Outcome::Error, &crate::cli::error_chain(&err));
+            return Summary::failed(Outcome::Error, &metahook_config::error_chain(err.as_ref()));
         }
         Ok(stage) => {
             let joined = tokio::task::spawn_blocking(move || stage.join());
