@@ -346,14 +346,11 @@ async fn finish_delivery(
 ) {
     let before: Vec<_> = sinks.iter().map(|s| metrics.sink_totals(s)).collect();
     let _ = phase.send(Phase::Finish);
-    let all = futures_util::future::join_all(tasks.iter_mut());
-    let finished = tokio::time::timeout_at(deadline, all).await.is_ok();
-    if !finished {
+    if !join_until(&mut tasks, deadline).await {
         let _ = phase.send(Phase::Stop);
         // Stop ends every wait and attempt at once; a cursor commit already on its blocking
         // thread finishes on its own.
-        let all = futures_util::future::join_all(tasks.iter_mut());
-        if tokio::time::timeout(STOP_WITHIN, all).await.is_err() {
+        if !join_until(&mut tasks, tokio::time::Instant::now() + STOP_WITHIN).await {
             tracing::error!("a sink did not stop when told to; its events stay in the spool");
         }
     }
@@ -379,6 +376,18 @@ async fn finish_delivery(
             "the grace period ended with events undelivered; they stay in the spool and the next start on it delivers them"
         );
     }
+}
+
+/// Waits for the tasks still running until `deadline`; true when all have ended. Can be
+/// called again after a timeout (a handle already awaited to its end is not polled again).
+pub(crate) async fn join_until(
+    tasks: &mut [JoinHandle<()>],
+    deadline: tokio::time::Instant,
+) -> bool {
+    let running = tasks.iter_mut().filter(|task| !task.is_finished());
+    tokio::time::timeout_at(deadline, futures_util::future::join_all(running))
+        .await
+        .is_ok()
 }
 
 /// Writes the refusal log's summary when a window ends, so the last window of a flood of

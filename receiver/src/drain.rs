@@ -397,18 +397,14 @@ async fn deliver(
         })
         .collect();
     let mut progress = tokio::time::interval_at(Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
-    let stopped_by = {
-        let all = futures_util::future::join_all(tasks.iter_mut());
-        tokio::pin!(all);
-        loop {
-            tokio::select! {
-                _ = &mut all => break None,
-                () = tokio::time::sleep_until(deadline) => break Some(Outcome::Deadline),
-                () = interrupt.as_mut() => break Some(Outcome::Interrupted),
-                _ = progress.tick() => {
-                    let left: u64 = config.sinks.iter().map(|s| events.undelivered(&s.name).unwrap_or(0)).sum();
-                    tracing::info!(left, "drain: delivering");
-                }
+    let stopped_by = loop {
+        tokio::select! {
+            true = crate::app::join_until(&mut tasks, deadline) => break None,
+            () = tokio::time::sleep_until(deadline) => break Some(Outcome::Deadline),
+            () = interrupt.as_mut() => break Some(Outcome::Interrupted),
+            _ = progress.tick() => {
+                let left: u64 = config.sinks.iter().map(|s| events.undelivered(&s.name).unwrap_or(0)).sum();
+                tracing::info!(left, "drain: delivering");
             }
         }
     };
@@ -418,8 +414,7 @@ async fn deliver(
             "drain: stopping the sinks; what they did not deliver stays in the spool"
         );
         let _ = phase.send(Phase::Stop);
-        let all = futures_util::future::join_all(tasks.iter_mut());
-        if tokio::time::timeout(STOP_WITHIN, all).await.is_err() {
+        if !crate::app::join_until(&mut tasks, Instant::now() + STOP_WITHIN).await {
             tracing::error!("drain: a sink did not stop when told to");
         }
     }

@@ -206,8 +206,8 @@ async fn backlog(config: &Path, port: u16, prefix: &str, count: usize) -> Result
         post(local(port), body(prefix, count)).await?,
         StatusCode::OK
     );
-    let lag = format!(r#"metahook_sink_lag_events{{sink="crm"}}"#);
-    wait_metric(local(port), &lag, count as f64).await?;
+    let lag = r#"metahook_sink_lag_events{sink="crm"}"#;
+    wait_metric(local(port), lag, count as f64).await?;
     drop(receiver);
     Ok(ids(prefix, count))
 }
