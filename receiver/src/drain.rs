@@ -247,6 +247,18 @@ pub async fn drain(
             "no sinks configured: a drain delivers through the configured sinks",
         );
     }
+    // A drain creates no spool: a directory that is not there is more likely a claim
+    // mounted elsewhere than an empty spool, and "drained" would let the claim be deleted.
+    if !config.spool.dir.is_dir() {
+        return Summary::failed(
+            Outcome::Error,
+            &format!(
+                "spool.dir {} does not exist: nothing here to drain (is the volume mounted \
+                 where the configuration says?)",
+                config.spool.dir.display()
+            ),
+        );
+    }
     // Progress for Prometheus, when metrics_listen is set; never a reason to fail.
     let metrics_listener = match config.metrics_listen {
         Some(at) => match crate::app::bind("metrics_listen", at).await {
@@ -559,6 +571,34 @@ mod tests {
             let line = format!("\n  {}  {}", outcome.exit_code(), outcome.name());
             assert!(EXIT_CODES_HELP.contains(&line), "{line:?} missing");
         }
+    }
+
+    #[tokio::test]
+    async fn a_spool_dir_that_is_not_there_is_an_error_and_is_not_created() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = dir.path().join("spool");
+        let mut config = Config::new(
+            "127.0.0.1:0".parse().expect("addr"),
+            Vec::new(),
+            metahook_config::SpoolConfig::new(spool.clone()),
+        );
+        config.sinks = Config::parse(crate::cli::EMBEDDED_CONFIG)
+            .expect("the embedded configuration")
+            .sinks;
+        let options = Options {
+            deadline: Duration::from_secs(1),
+            lock_wait: Duration::ZERO,
+        };
+        let summary = drain(&config, options, std::future::pending()).await;
+        assert_eq!(summary.outcome, Outcome::Error);
+        assert!(
+            summary
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("does not exist")),
+            "{summary:?}"
+        );
+        assert!(!spool.exists(), "created the spool");
     }
 
     #[test]

@@ -234,6 +234,13 @@ async fn an_empty_spool_drains_at_once_with_exit_0() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let downstream = Downstream::start("127.0.0.1:0".parse()?, new_state()).await?;
     let config = write_config(dir.path(), free_port()?, downstream.addr, "")?;
+    // Not there: no spool is made up (the volume may be mounted elsewhere).
+    let missing = drain(dir.path(), &config, &[]).await?;
+    assert_eq!(missing.code, Some(1), "{}", missing.summary);
+    assert_eq!(missing.summary["outcome"], "error");
+    assert!(!dir.path().join("spool").exists());
+
+    std::fs::create_dir(dir.path().join("spool"))?;
     let drained = drain(dir.path(), &config, &[]).await?;
     assert_eq!(drained.code, Some(0), "{}", drained.summary);
     assert_eq!(
