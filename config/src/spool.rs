@@ -37,6 +37,16 @@ pub struct SpoolConfig {
     /// Off: delivered segments are deleted and new ones appended to.
     #[serde(default = "default_preallocate_segments")]
     pub preallocate_segments: bool,
+    /// How long `run` waits for the spool's lock when another process holds it (a
+    /// `drain` Job delivering this volume's backlog, or a receiver still stopping);
+    /// absent: as long as it takes. `0s` refuses to start at once, as before waiting
+    /// existed. While it waits, `/healthz` answers 200 and `/readyz` 503.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde::option"
+    )]
+    pub lock_wait: Option<Duration>,
 }
 
 impl SpoolConfig {
@@ -51,6 +61,7 @@ impl SpoolConfig {
             max_group_requests: default_max_group(),
             group_commit_wait: default_group_commit_wait(),
             preallocate_segments: default_preallocate_segments(),
+            lock_wait: None,
         }
     }
 }

@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -15,21 +14,24 @@ use tokio::task::JoinHandle;
 
 use crate::acceptor::Acceptor;
 use crate::enrich::Enricher;
+use crate::lock_wait;
 use crate::metrics::Metrics;
 use crate::metrics::events::{RefusalLogTick, SpoolLimit, SpoolSampled};
 use crate::metrics::refusal_log;
 use crate::normalizer::{self, Normalizer};
 use crate::priority::DeliveryRuntime;
-use crate::server::{self, Listener, Receiver, Role};
+use crate::server::{self, Listener, Receiver, Role, Standby};
 use crate::sink::direct::DirectSinks;
 use crate::sink::kind::BuildSink;
-use crate::sink::{self, Consumer};
+use crate::sink::{self, Consumer, Phase};
 use crate::spool::Spool;
 use crate::spool::dead_letters::DeadLetters;
 use crate::tls::{self, TlsServer};
 
 /// How often spool gauges are refreshed.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the sinks get to return once told to stop at the end of the grace period.
+const STOP_WITHIN: Duration = Duration::from_secs(2);
 
 /// A started receiver.
 #[derive(Debug)]
@@ -93,9 +95,33 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         bytes: config.spool.max_bytes,
     });
     let dead_letters = DeadLetters::new(&config.spool.dir);
+    // Bound before the spool is opened: while a start waits for the spool's lock (a drain
+    // holds it) and recovers it, the listeners answer as standby, alive and not ready.
+    let listener = bind("listen", config.listen).await?;
+    let addr = listener.local_addr().context("listener has no address")?;
+    let metrics_listener = match config.metrics_listen {
+        Some(at) => Some(bind("metrics_listen", at).await?),
+        None => None,
+    };
+    let metrics_addr = metrics_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()
+        .context("metrics listener has no address")?;
     let acceptor = match config.delivery.mode {
         DeliveryMode::Spool => {
-            let (intake, events) = open_spool(&config).await?;
+            let answers = Standby {
+                metrics: Arc::clone(&metrics),
+                why: "starting: opening the spool (waiting for its lock while another process holds it)",
+                retry_after_seconds: config.limits.retry_after_seconds,
+                header_read_timeout: config.limits.header_read_timeout,
+            };
+            let listeners = [
+                Some((&listener, tls_server.as_ref())),
+                metrics_listener.as_ref().map(|tcp| (tcp, None)),
+            ];
+            let opening = lock_wait::open_spool(&config, config.spool.lock_wait);
+            let (intake, events) = standing_by(opening, &listeners, &answers).await?;
             Acceptor::Spool {
                 intake: Arc::new(intake),
                 events: Arc::new(events),
@@ -114,20 +140,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     };
     let spool = logs.as_ref().map(|(_, events)| Arc::clone(events));
     let receiver = Arc::new(Receiver::new(&config, acceptor, Arc::clone(&metrics))?);
-    let listener = bind("listen", config.listen).await?;
-    let addr = listener.local_addr().context("listener has no address")?;
-    let metrics_listener = match config.metrics_listen {
-        Some(at) => Some(bind("metrics_listen", at).await?),
-        None => None,
-    };
-    let metrics_addr = metrics_listener
-        .as_ref()
-        .map(TcpListener::local_addr)
-        .transpose()
-        .context("metrics listener has no address")?;
 
     let (stop, stop_rx) = watch::channel(false);
-    let (sinks_stop, sinks_stop_rx) = watch::channel(false);
+    let (sinks_phase, sinks_phase_rx) = watch::channel(Phase::Run);
     let (normalizer_stop, normalizer_stop_rx) = watch::channel(false);
     let mut sink_tasks = Vec::new();
     let mut delivery = None;
@@ -165,7 +180,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 sink_tasks.push(runtime.spawn(sink::consume(
                     consumer,
                     sink,
-                    sinks_stop_rx.clone(),
+                    sinks_phase_rx.clone(),
                 )));
             }
             delivery = Some(runtime);
@@ -204,6 +219,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         role: Role::Webhooks,
         tls: tls_server,
     };
+    let sink_names: Vec<String> = config.sinks.iter().map(|s| s.name.clone()).collect();
     let task = tokio::spawn(async move {
         let probes = async {
             if let Some(tcp) = metrics_listener {
@@ -215,7 +231,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 server::serve(probes, Arc::clone(&serving), stop_rx.clone(), delay, grace).await;
             }
         };
-        tokio::join!(
+        // One deadline for all that follows SIGTERM: `shutdown_delay` of accepting, then
+        // `shutdown_grace` for open requests, normalization and the sinks together.
+        let mut stopping = stop_rx.clone();
+        let deadline = async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+            tokio::time::Instant::now() + delay + grace
+        };
+        let ((), (), deadline) = tokio::join!(
             server::serve(
                 webhooks,
                 Arc::clone(&serving),
@@ -223,10 +246,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 delay,
                 grace
             ),
-            probes
+            probes,
+            deadline
         );
-        let deadline = tokio::time::Instant::now() + grace;
-        // Every request answered by now is normalized before the sinks are told to stop,
+        // Every request answered by now is normalized before the sinks are told to finish,
         // so they deliver it too.
         let _ = normalizer_stop.send(true);
         if let Some(stage) = normalizer {
@@ -239,13 +262,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 Ok(_) => {}
             }
         }
-        let _ = sinks_stop.send(true);
-        for task in sink_tasks {
-            if tokio::time::timeout_at(deadline, task).await.is_err() {
-                tracing::warn!(
-                    "a sink did not finish delivering within the grace period; it resumes on restart"
-                );
-            }
+        if let Some(events) = &spool {
+            finish_delivery(
+                events,
+                &metrics,
+                &sink_names,
+                &sinks_phase,
+                sink_tasks,
+                deadline,
+            )
+            .await;
         }
         drop(delivery);
         reloader.abort();
@@ -278,6 +304,92 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     })
 }
 
+/// A bound listener and its TLS, if it serves HTTPS.
+pub type Bound<'a> = (&'a TcpListener, Option<&'a Arc<TlsServer>>);
+
+/// Runs `opening` while `listeners` (a listener and its TLS, if any) answer as
+/// [`server::standby`]; their standby ends, its connections closed, once `opening` is done.
+pub async fn standing_by<T>(
+    opening: impl Future<Output = T>,
+    listeners: &[Option<Bound<'_>>],
+    answers: &Standby,
+) -> T {
+    let (done, done_rx) = watch::channel(false);
+    let serving = futures_util::future::join_all(
+        listeners
+            .iter()
+            .flatten()
+            .map(|(tcp, tls)| server::standby(tcp, *tls, answers, done_rx.clone())),
+    );
+    let (opened, _) = tokio::join!(
+        async {
+            let opened = opening.await;
+            let _ = done.send(true);
+            opened
+        },
+        serving
+    );
+    opened
+}
+
+/// The sinks' part of a shutdown: they deliver the whole backlog (retrying failures with
+/// their backoff) until it is empty or `deadline` passes; then whatever is in flight is
+/// abandoned and stays in the spool for the next start. Logs what was delivered and what
+/// is left, per sink.
+async fn finish_delivery(
+    events: &Spool,
+    metrics: &Metrics,
+    sinks: &[String],
+    phase: &watch::Sender<Phase>,
+    mut tasks: Vec<JoinHandle<()>>,
+    deadline: tokio::time::Instant,
+) {
+    let before: Vec<_> = sinks.iter().map(|s| metrics.sink_totals(s)).collect();
+    let _ = phase.send(Phase::Finish);
+    if !join_until(&mut tasks, deadline).await {
+        let _ = phase.send(Phase::Stop);
+        // Stop ends every wait and attempt at once; a cursor commit already on its blocking
+        // thread finishes on its own.
+        if !join_until(&mut tasks, tokio::time::Instant::now() + STOP_WITHIN).await {
+            tracing::error!("a sink did not stop when told to; its events stay in the spool");
+        }
+    }
+    let (mut delivered, mut left) = (0, 0);
+    for (sink, before) in sinks.iter().zip(before) {
+        let after = metrics.sink_totals(sink);
+        let sent = after.delivered.saturating_sub(before.delivered);
+        let waiting = events.undelivered(sink).unwrap_or(0);
+        delivered += sent;
+        left += waiting;
+        tracing::info!(sink = %sink, delivered = sent, left = waiting, dead_lettered = after.dead_lettered.saturating_sub(before.dead_lettered), "sink stopped");
+    }
+    if left == 0 {
+        tracing::info!(
+            delivered,
+            left,
+            "the sinks delivered the whole backlog before stopping"
+        );
+    } else {
+        tracing::warn!(
+            delivered,
+            left,
+            "the grace period ended with events undelivered; they stay in the spool and the next start on it delivers them"
+        );
+    }
+}
+
+/// Waits for the tasks still running until `deadline`; true when all have ended. Can be
+/// called again after a timeout (a handle already awaited to its end is not polled again).
+pub(crate) async fn join_until(
+    tasks: &mut [JoinHandle<()>],
+    deadline: tokio::time::Instant,
+) -> bool {
+    let running = tasks.iter_mut().filter(|task| !task.is_finished());
+    tokio::time::timeout_at(deadline, futures_util::future::join_all(running))
+        .await
+        .is_ok()
+}
+
 /// Writes the refusal log's summary when a window ends, so the last window of a flood of
 /// refused requests is reported even when no request follows it.
 async fn summarize_refusals(metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
@@ -293,7 +405,7 @@ async fn summarize_refusals(metrics: Arc<Metrics>, mut stop: watch::Receiver<boo
 
 /// The normalization stage's enricher, when `enrichment` is configured (its metric exists
 /// only then).
-fn enricher(
+pub(crate) fn enricher(
     config: &Config,
     metrics: &Metrics,
 ) -> anyhow::Result<Option<Arc<dyn normalizer::Enrich>>> {
@@ -337,25 +449,6 @@ fn reload_secret_files(receiver: &Receiver) {
             }
         }
     }
-}
-
-/// Opens the intake log and the event log (a cursor per sink), counting their bytes
-/// together. Blocking (recovery reads each log's newest segment), so on a blocking thread.
-async fn open_spool(config: &Config) -> anyhow::Result<(Spool, Spool)> {
-    let spool_config = config.spool.clone();
-    let names: Vec<String> = config.sinks.iter().map(|s| s.name.clone()).collect();
-    let started = std::time::Instant::now();
-    let opened = tokio::task::spawn_blocking(move || {
-        let total = Arc::new(AtomicU64::new(0));
-        let intake = Spool::open_intake(&spool_config, normalizer::CONSUMER, &total)?;
-        let events = Spool::open_events(&spool_config, &names, &total)?;
-        Ok::<_, crate::spool::SpoolError>((intake, events))
-    })
-    .await
-    .context("spool open task failed")?
-    .with_context(|| format!("cannot open the spool in {}", config.spool.dir.display()))?;
-    tracing::info!(dir = %config.spool.dir.display(), elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "spool opened");
-    Ok(opened)
 }
 
 /// Samples both logs: the events the sinks have not delivered, the requests the

@@ -1,4 +1,5 @@
-//! The `metahook-receiver` command line: `run` (default), `check-config`, `sign`.
+//! The `metahook-receiver` command line: `run` (default), `check-config`, `drain`, `dlq`,
+//! `sign`.
 //!
 //! It lives in the library so that the binary and the benchmark (which re-executes itself
 //! as a receiver) run exactly the same code.
@@ -88,6 +89,8 @@ where there is one):
     group_commit_wait  wait for requests about to append; default 1ms
     preallocate_segments write each new segment over a delivered one
                        (faster fsyncs); default true
+    lock_wait          how long run waits while another process (a drain)
+                       holds the spool; default: until it is free (0s: fail)
   sinks[]:
     name               sink name (its cursor and metrics label)
     file.path          JSON-lines file
@@ -219,6 +222,31 @@ enum Command {
         #[arg(long)]
         no_bind: bool,
     },
+    /// Deliver what the spool's sinks have not delivered, without taking requests; then
+    /// print a JSON summary and exit with a code saying whether anything must be kept.
+    ///
+    /// Takes the spool's lock as `run` does (never opening a spool another process holds),
+    /// normalizes requests the intake log holds and the event log does not, then runs every
+    /// configured sink (retries, backoff and dead letters as in `run`) until each has
+    /// delivered everything, --deadline passes, or SIGTERM/SIGINT comes; what is left stays
+    /// in the spool. Binds no webhook listener; with metrics_listen set it serves /metrics
+    /// (and /healthz 200, /readyz 503) there. Kubernetes runs it as a Job on the claim of a
+    /// replica removed by a scale-down (docs/operations.md, "Drain mode").
+    #[command(after_long_help = crate::drain::EXIT_CODES_HELP)]
+    Drain {
+        /// How long the sinks get, counted from when the drain holds the spool (e.g. 10m,
+        /// 90s); 10m when absent.
+        #[arg(long, value_name = "DURATION", default_value = "10m", hide_default_value = true, value_parser = humantime::parse_duration)]
+        deadline: std::time::Duration,
+        /// How long to wait while another process holds the spool before giving up with
+        /// exit code 5; 0s (give up at once) when absent.
+        #[arg(long, value_name = "DURATION", default_value = "0s", hide_default_value = true, value_parser = humantime::parse_duration)]
+        lock_wait: std::time::Duration,
+        /// Also write the summary to this file, replacing it (Kubernetes:
+        /// /dev/termination-log).
+        #[arg(long, value_name = "PATH")]
+        summary_file: Option<PathBuf>,
+    },
     /// Inspect, retry or purge a sink's dead letters (events it gave up on).
     ///
     /// Works beside a running receiver: `retry` queues the events, and the receiver running
@@ -268,7 +296,7 @@ where
     let log_guard = init_logging(cli.log_format);
     let format = cli.log_format;
     match run(cli) {
-        Ok(()) => 0,
+        Ok(status) => status,
         Err(err) => {
             let chain = error_chain(&err);
             match format {
@@ -297,8 +325,23 @@ pub fn error_chain(err: &anyhow::Error) -> String {
     metahook_config::error_chain(err.as_ref())
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command.unwrap_or(Command::Run) {
+/// Runs the command; returns the exit status of a command that ended as it should (0, or
+/// one of `drain`'s outcomes).
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    let done = match cli.command.unwrap_or(Command::Run) {
+        Command::Drain {
+            deadline,
+            lock_wait,
+            summary_file,
+        } => {
+            let options = crate::drain::Options {
+                deadline,
+                lock_wait,
+            };
+            let summary = drain(cli.config.as_deref(), options);
+            summary.report(summary_file.as_deref());
+            return Ok(summary.outcome.exit_code());
+        }
         Command::Sign { secret_file, body } => {
             let secret = std::fs::read(&secret_file)
                 .with_context(|| format!("cannot read secret file {}", secret_file.display()))?;
@@ -355,7 +398,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("cannot start the async runtime")?;
             runtime.block_on(serve(config))
         }
-    }
+    };
+    done.map(|()| 0)
+}
+
+/// `drain`: every failure, a configuration that does not load included, ends in a summary.
+fn drain(
+    config: Option<&std::path::Path>,
+    options: crate::drain::Options,
+) -> crate::drain::Summary {
+    use crate::drain::{Outcome, Summary};
+    let config = match load(config, Some("draining")) {
+        Ok(config) => config,
+        Err(err) => return Summary::failed(Outcome::Error, &error_chain(&err)),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            return Summary::failed(
+                Outcome::Error,
+                &format!("cannot start the async runtime: {err}"),
+            );
+        }
+    };
+    runtime.block_on(async {
+        match termination() {
+            Ok(signal) => crate::drain::drain(&config, options, signal).await,
+            Err(err) => Summary::failed(Outcome::Error, &error_chain(&err)),
+        }
+    })
 }
 
 /// Checks that the receiver will be able to create `dir` (if absent) and write a file in it,
@@ -573,22 +647,33 @@ fn load(path: Option<&std::path::Path>, doing: Option<&str>) -> anyhow::Result<C
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let running = app::start(config).await?;
-    wait_for_signal().await?;
+    // Listened for from the start: a start may wait long for the spool's lock.
+    let signal = termination()?;
+    tokio::pin!(signal);
+    let running = tokio::select! {
+        started = app::start(config) => started?,
+        () = &mut signal => {
+            tracing::info!("stopped before the receiver started (nothing was accepted)");
+            return Ok(());
+        }
+    };
+    signal.await;
     tracing::info!("shutting down: readiness off, draining connections");
     running.shutdown();
     running.wait().await
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Resolves at the first SIGTERM or SIGINT after this call.
+fn termination() -> anyhow::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
-    }
-    Ok(())
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
 }
 
 /// JSON (or text) log lines on standard error, written by a background thread through a

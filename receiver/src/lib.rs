@@ -16,6 +16,8 @@
 //! - [`redact`]: credentials in URLs, hidden wherever a URL is shown.
 //! - [`json_log`], [`log_writer`]: log lines, formatted and written cheaply enough for one
 //!   per request; a stuck output drops and counts lines, never blocks a request.
+//! - [`lock_wait`]: opening the spool, waiting while another process (a drain) holds it.
+//! - [`drain`]: the `drain` command, delivering a spool's backlog without taking requests.
 //! - [`panic_message`]: the text of a caught panic (the spool's writer, normalization).
 
 pub mod acceptor;
@@ -23,9 +25,11 @@ pub mod admission;
 pub mod app;
 pub mod cli;
 pub mod client_auth;
+pub mod drain;
 pub mod enrich;
 pub mod event;
 pub mod json_log;
+pub mod lock_wait;
 pub mod log_writer;
 pub mod meta;
 pub mod metrics;

@@ -74,7 +74,7 @@ fn help_and_docs_describe_every_config_key() {
             || docs.contains(&format!("`{leaf}."));
         assert!(described, "docs/configuration.md does not describe {key}");
     }
-    for command in ["run", "check-config", "sign", "dlq"] {
+    for command in ["run", "check-config", "drain", "sign", "dlq"] {
         assert!(help.contains(command), "--help does not list {command}");
     }
 }
@@ -634,15 +634,18 @@ fn check_config_binds_the_listeners_and_takes_the_spool_lock_as_run_would() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start the receiver");
-    wait_for("the receiver to listen", || {
-        std::net::TcpStream::connect(free).is_ok()
+    // It binds its listeners before it takes the spool's locks.
+    wait_for("the receiver to hold its spool", || {
+        metahook_receiver::spool::held_lock(&spool).is_ok_and(|held| held.is_some())
     });
     let other = dir.path().join("other.yaml");
+    // spool.lock_wait: 0s refuses at once (by default a start waits for the lock).
     std::fs::write(
         &other,
         std::fs::read_to_string(&config)
             .expect("read")
-            .replace(&free.to_string(), "127.0.0.1:0"),
+            .replace(&free.to_string(), "127.0.0.1:0")
+            + "  lock_wait: 0s\n",
     )
     .expect("write");
     let (ok, _, stderr) = check_config_binding(&other);

@@ -80,6 +80,7 @@ pub fn config_in(dir: &Path) -> Result<Config> {
             max_bytes: 0,
             group_commit_wait: Duration::from_millis(1),
             preallocate_segments: true,
+            lock_wait: None,
             segment_bytes: 64 * 1024 * 1024,
             max_group_requests: 1024,
         },

@@ -24,6 +24,15 @@ use self::labels::Rejection;
 /// Distinct payload-derived label values admitted before the rest read `other`.
 const MAX_DYNAMIC_LABELS: usize = 256;
 
+/// A sink's counters, read back ([`Metrics::sink_totals`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SinkTotals {
+    /// Events delivered.
+    pub delivered: u64,
+    /// Events moved to the dead letters.
+    pub dead_lettered: u64,
+}
+
 /// The receiver's metrics and their registry.
 #[derive(Debug)]
 pub struct Metrics {
@@ -327,6 +336,19 @@ impl Metrics {
     /// Reports an event: its log line and its metrics.
     pub fn emit(&self, event: impl events::InternalEvent) {
         event.emit(self);
+    }
+
+    /// What a sink did since this process started: events delivered
+    /// (`metahook_sink_deliveries_total{result="success"}`) and dead-lettered
+    /// (`metahook_dead_letter_events_total`), for the outcome of a shutdown or a drain.
+    pub fn sink_totals(&self, sink: &str) -> SinkTotals {
+        SinkTotals {
+            delivered: self
+                .sink_deliveries
+                .with_label_values(&[sink, "success"])
+                .get(),
+            dead_lettered: self.dead_letters.with_label_values(&[sink]).get(),
+        }
     }
 
     /// `metahook_tls_reload_errors_total{file}`, for tests.

@@ -4,10 +4,12 @@
 //! drive it without a socket; [`serve`] runs it on a TCP listener with hyper, in plain HTTP
 //! or over TLS ([`crate::tls`]), as the webhook listener or as the probes-only
 //! `metrics_listen` one. Requests on endpoint paths pass [`crate::client_auth`] first.
+//! Before the receiver can take requests (and in `drain`), [`standby`] answers instead.
 
 mod handler;
 mod response;
 mod serve;
+mod standby;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,6 +28,7 @@ use crate::metrics::events::{EndpointServed, ReadinessChanged, SpoolWriterFailed
 use crate::secrets::{SecretError, SecretStore};
 
 pub use serve::{Listener, serve};
+pub use standby::{Standby, standby};
 
 /// One configured endpoint and its live secrets.
 #[derive(Debug)]

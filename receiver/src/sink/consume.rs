@@ -70,20 +70,35 @@ enum Source {
     DeadLetters,
 }
 
-/// Runs a sink until `shutdown` turns true and everything spooled by then is delivered
-/// (or, while the sink is failing, until shutdown). A batch that fails `retry.max_attempts`
-/// times becomes dead letters and the cursor moves past it; `dlq retry` sends dead letters
-/// back through this loop.
-pub async fn consume<S: Sink>(consumer: Consumer, sink: S, shutdown: watch::Receiver<bool>) {
+/// What the delivery loops are asked to do, in this order (a [`watch`] channel carries it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Deliver events as they are spooled, lingering a little to fill batches.
+    Run,
+    /// Deliver everything spooled (dead letters queued for retry first), retrying failures
+    /// with the sink's backoff and dead-lettering as configured, then return: the end of a
+    /// receiver's life (SIGTERM, within `shutdown_grace`) and the `drain` command.
+    Finish,
+    /// Return now: a wait between attempts and an attempt in flight are abandoned. What
+    /// was not delivered stays in the spool (an abandoned attempt is delivered again by
+    /// the next start, at least once).
+    Stop,
+}
+
+/// Runs a sink: delivers while `phase` is [`Phase::Run`], returns once everything spooled
+/// is delivered after it turns [`Phase::Finish`], and at once on [`Phase::Stop`] (or when
+/// the sender is gone). A batch that fails `retry.max_attempts` times becomes dead letters
+/// and the cursor moves past it; `dlq retry` sends dead letters back through this loop.
+pub async fn consume<S: Sink>(consumer: Consumer, sink: S, phase: watch::Receiver<Phase>) {
     // The watcher never ends on its own: it stops when the delivery loop does.
     tokio::select! {
-        () = deliver_all(&consumer, sink, shutdown) => {}
+        () = deliver_all(&consumer, sink, phase) => {}
         () = consumer.watch_lag() => {}
     }
 }
 
 /// The delivery loop of [`consume`].
-async fn deliver_all<S: Sink>(consumer: &Consumer, sink: S, mut shutdown: watch::Receiver<bool>) {
+async fn deliver_all<S: Sink>(consumer: &Consumer, sink: S, mut phase: watch::Receiver<Phase>) {
     let mut head = consumer.spool.subscribe();
     let mut sink = Reopening::new(sink);
     let batch_size = sink.batch_size();
@@ -91,13 +106,16 @@ async fn deliver_all<S: Sink>(consumer: &Consumer, sink: S, mut shutdown: watch:
     loop {
         let committed = consumer.spool.cursor(&consumer.name).unwrap_or_default();
         consumer.report_lag();
-        // Read before the spool: shutdown comes once everything to deliver is spooled, so if
+        // Read before the spool: Finish comes once everything to deliver is spooled, so if
         // it came before this read, the read sees all of it.
-        let stopping = *shutdown.borrow();
+        let now = *phase.borrow();
+        if now == Phase::Stop {
+            return;
+        }
         let batch = match consumer.next_batch(committed.seq, batch_size).await {
             Ok(batch) => batch,
             Err(NextBatch::Retry) => {
-                if wait(&mut shutdown, FIRST_BACKOFF).await {
+                if wait(&mut phase, FIRST_BACKOFF).await {
                     return;
                 }
                 continue;
@@ -105,26 +123,29 @@ async fn deliver_all<S: Sink>(consumer: &Consumer, sink: S, mut shutdown: watch:
             Err(NextBatch::Stop) => return,
         };
         let Some(batch) = batch else {
-            if stopping {
+            if now == Phase::Finish {
                 return;
             }
             tokio::select! {
                 _ = head.changed() => {}
-                _ = shutdown.changed() => {}
+                _ = phase.changed() => {}
                 // Also notices retries queued by `dlq retry` while idle.
                 () = tokio::time::sleep(IDLE_CHECK) => {}
             }
             continue;
         };
         if !consumer
-            .deliver(&mut sink, &batch, &backoff, &mut shutdown)
+            .deliver(&mut sink, &batch, &backoff, &mut phase)
             .await
         {
             return;
         }
-        if batch.events.len() < batch_size && !*shutdown.borrow() {
-            // Shutdown interrupts the wait: what is left is delivered at once.
-            wait(&mut shutdown, LINGER).await;
+        if batch.events.len() < batch_size && *phase.borrow() == Phase::Run {
+            // Finishing interrupts the wait: what is left is delivered at once.
+            tokio::select! {
+                () = tokio::time::sleep(LINGER) => {}
+                _ = phase.changed() => {}
+            }
         }
     }
 }
@@ -200,20 +221,26 @@ impl Consumer {
     }
 
     /// Delivers `batch`, retrying with backoff until it is delivered or dead-lettered;
-    /// false when shutdown interrupted a wait between attempts.
+    /// false when [`Phase::Stop`] interrupted an attempt or a wait between attempts.
     async fn deliver<S: Sink>(
         &self,
         sink: &mut Reopening<S>,
         batch: &Batch,
         backoff: &ExponentialBackoff,
-        shutdown: &mut watch::Receiver<bool>,
+        phase: &mut watch::Receiver<Phase>,
     ) -> bool {
         let name = self.name.as_str();
         let events = batch.events.len();
         let mut attempts = 0u32;
         loop {
             let started = Instant::now();
-            let err = match self.attempt(sink, batch).await {
+            // An attempt abandoned here is safe to repeat: the cursor moves only after the
+            // destination took the batch (a commit already on its blocking thread finishes).
+            let attempted = tokio::select! {
+                attempted = self.attempt(sink, batch) => attempted,
+                () = stopped(phase) => return false,
+            };
+            let err = match attempted {
                 Ok(rejected) => {
                     self.metrics.emit(BatchDelivered {
                         sink: name,
@@ -270,7 +297,7 @@ impl Consumer {
             // The lag read before this batch may predate its events: while the sink is
             // failing, the gauge must show what is waiting.
             self.report_lag();
-            if wait(shutdown, delay).await {
+            if wait(phase, delay).await {
                 return false;
             }
         }
@@ -374,15 +401,18 @@ impl Consumer {
     }
 }
 
-/// Sleeps for `delay`; returns true when shutdown was requested meanwhile.
-async fn wait(shutdown: &mut watch::Receiver<bool>, delay: Duration) -> bool {
-    if *shutdown.borrow() {
-        return true;
-    }
-    tokio::select! {
-        () = tokio::time::sleep(delay) => *shutdown.borrow(),
-        _ = shutdown.changed() => true,
-    }
+/// Sleeps for `delay`; returns true when [`Phase::Stop`] came meanwhile (or before).
+async fn wait(phase: &mut watch::Receiver<Phase>, delay: Duration) -> bool {
+    let stopped = tokio::select! {
+        () = tokio::time::sleep(delay) => false,
+        () = stopped(phase) => true,
+    };
+    stopped || *phase.borrow() == Phase::Stop
+}
+
+/// Resolves once the phase is [`Phase::Stop`] or its sender is gone.
+async fn stopped(phase: &mut watch::Receiver<Phase>) {
+    let _ = phase.wait_for(|p| *p == Phase::Stop).await;
 }
 
 /// A dead letter's reason when its batch failed `attempts` times: what was done with it and
@@ -491,14 +521,14 @@ mod tests {
 
     /// Runs the consumer of any sink until its cursor reaches `seq`, then shuts it down.
     async fn run_sink_until<S: Sink>(setup: &Setup, sink: S, seq: u64) {
-        let (stop, stopped) = watch::channel(false);
+        let (stop, stopped) = watch::channel(Phase::Run);
         let task = tokio::spawn(consume(setup.consumer.clone(), sink, stopped));
         let deadline = Instant::now() + Duration::from_secs(10);
         while setup.consumer.spool.cursor("mem").expect("cursor").seq < seq {
             assert!(Instant::now() < deadline, "the cursor never reached {seq}");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        stop.send(true).expect("stop");
+        stop.send(Phase::Finish).expect("finish");
         task.await.expect("consumer task");
     }
 
@@ -569,7 +599,7 @@ mod tests {
     #[tokio::test]
     async fn the_lag_rises_while_a_delivery_is_stuck() {
         let setup = setup(1, 5).await;
-        let (stop, stopped) = watch::channel(false);
+        let (stop, stopped) = watch::channel(Phase::Run);
         let task = tokio::spawn(consume(setup.consumer.clone(), StuckSink, stopped));
         let lag = || sample(&setup, "metahook_sink_lag_events", &[r#"sink="mem""#]);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -597,8 +627,66 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        stop.send(true).expect("stop");
-        task.abort();
+        // Stop abandons the attempt in flight: the consumer returns, the cursor unmoved.
+        stop.send(Phase::Stop).expect("stop");
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("Stop ends a stuck attempt")
+            .expect("consumer task");
+        let cursor = setup.consumer.spool.cursor("mem").expect("cursor");
+        assert_eq!(cursor.seq, 0, "nothing was delivered");
+    }
+
+    #[tokio::test]
+    async fn finish_keeps_retrying_until_everything_is_delivered_then_returns() {
+        let setup = setup(3, 0).await;
+        let sink = MemorySink {
+            fail_first: 3,
+            calls: Arc::clone(&setup.calls),
+            ..MemorySink::default()
+        };
+        // Finish from the start, as `drain` does: failures are retried, not given up.
+        let (_phase, finishing) = watch::channel(Phase::Finish);
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            consume(setup.consumer.clone(), sink, finishing),
+        )
+        .await
+        .expect("returns once everything is delivered");
+        let calls = setup.calls.lock().expect("calls");
+        assert_eq!((calls.attempts, calls.delivered.len()), (4, 3));
+        assert_eq!(setup.consumer.spool.cursor("mem").expect("cursor").seq, 3);
+    }
+
+    #[tokio::test]
+    async fn stop_while_finishing_a_failing_sink_leaves_its_events_spooled() {
+        let setup = setup(2, 0).await;
+        let sink = MemorySink {
+            always_fail: true,
+            calls: Arc::clone(&setup.calls),
+            ..MemorySink::default()
+        };
+        let (phase, finishing) = watch::channel(Phase::Finish);
+        let task = tokio::spawn(consume(setup.consumer.clone(), sink, finishing));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while setup.calls.lock().expect("calls").attempts < 2 {
+            assert!(Instant::now() < deadline, "never retried while finishing");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        phase.send(Phase::Stop).expect("stop");
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("Stop ends the retries")
+            .expect("consumer task");
+        assert_eq!(setup.consumer.spool.cursor("mem").expect("cursor").seq, 0);
+        assert!(
+            setup
+                .consumer
+                .dead_letters
+                .list("mem")
+                .expect("list")
+                .is_empty()
+        );
     }
 
     #[tokio::test]
@@ -708,7 +796,7 @@ mod tests {
         let queued = setup.consumer.dead_letters.request_retry("mem", None);
         assert_eq!(queued.expect("retry"), 2);
         *setup.calls.lock().expect("calls") = Calls::default();
-        let (stop, stopped) = watch::channel(false);
+        let (stop, stopped) = watch::channel(Phase::Run);
         let healthy = MemorySink {
             calls: Arc::clone(&setup.calls),
             ..MemorySink::default()
@@ -719,7 +807,7 @@ mod tests {
             assert!(Instant::now() < deadline, "retries never delivered");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        stop.send(true).expect("stop");
+        stop.send(Phase::Finish).expect("finish");
         task.await.expect("consumer task");
         assert_eq!(setup.calls.lock().expect("calls").delivered, [1, 2]);
         let cursor = setup.consumer.spool.cursor("mem").expect("cursor");
@@ -756,7 +844,7 @@ mod tests {
         let setup = setup(3, 5).await;
         let path = setup._dir.path().join("events.jsonl");
         std::fs::write(&path, "{\"theirs\":true}\n").expect("a line already there");
-        let (_stop, stopped) = watch::channel(false);
+        let (_stop, stopped) = watch::channel(Phase::Run);
         let dying = DiesAfterWrite(FileSink::new(path.clone()));
         let task = tokio::spawn(consume(setup.consumer.clone(), dying, stopped));
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -18,7 +18,7 @@ pub mod postgres;
 use std::future::Future;
 use std::time::Duration;
 
-pub use consume::{BATCH_SIZE, Consumer, LINGER, consume};
+pub use consume::{BATCH_SIZE, Consumer, LINGER, Phase, consume};
 pub use metahook_config::error_chain;
 
 use crate::spool::dead_letters::{DeadLetter, DeadLetters};

@@ -7,6 +7,7 @@
 //! losing anything. Every change happens under an exclusive lock on `<sink>.lock`, which the
 //! command line and the receiver share.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -133,6 +134,54 @@ impl DeadLetters {
     }
 }
 
+/// The files a sink's dead letters are kept in: given up on, queued for retry, being retried.
+const FILES: [&str; 3] = [".retrying.jsonl", ".retry.jsonl", ".jsonl"];
+
+impl DeadLetters {
+    /// How many dead letters every sink has, by sink name, counting those queued for retry
+    /// and being retried (still undelivered), and sinks no longer configured (their files
+    /// are still here). Creates nothing where no dead letter was ever written.
+    pub fn counts(&self) -> std::io::Result<BTreeMap<String, u64>> {
+        let mut counts = BTreeMap::new();
+        if !self.dir.is_dir() {
+            return Ok(counts);
+        }
+        let mut sinks = BTreeSet::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let name = entry?.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(sink) = FILES.iter().find_map(|suffix| name.strip_suffix(suffix)) {
+                sinks.insert(sink.to_owned());
+            }
+        }
+        for sink in sinks {
+            let _lock = self.lock(&sink)?;
+            let mut count = 0;
+            for suffix in FILES {
+                count += count_lines(&self.path(&sink, suffix))?;
+            }
+            counts.insert(sink, count);
+        }
+        Ok(counts)
+    }
+}
+
+/// The non-blank lines of `path` (0 when it does not exist).
+fn count_lines(path: &Path) -> std::io::Result<u64> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(err) => return Err(err),
+    };
+    let mut count = 0;
+    for line in BufReader::new(file).lines() {
+        if !line?.trim().is_empty() {
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
 fn split(entries: Vec<DeadLetter>, seqs: Option<&[u64]>) -> (Vec<DeadLetter>, Vec<DeadLetter>) {
     entries
         .into_iter()
@@ -236,5 +285,23 @@ mod tests {
         );
         dead.retried("bus").expect("done");
         assert!(dead.take_retries("bus").expect("none").is_empty());
+    }
+
+    #[test]
+    fn counts_include_retries_and_sinks_no_longer_configured() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dead = DeadLetters::new(dir.path());
+        assert!(dead.counts().expect("none yet").is_empty());
+        dead.append("bus", &[entry(1), entry(2), entry(3)])
+            .expect("append");
+        dead.append("old.sink", &[entry(9)]).expect("append");
+        assert_eq!(dead.request_retry("bus", Some(&[1])).expect("retry"), 1);
+        assert_eq!(dead.take_retries("bus").expect("take").len(), 1);
+        assert_eq!(dead.request_retry("bus", Some(&[2])).expect("retry"), 1);
+        let counts = dead.counts().expect("counts");
+        assert_eq!(
+            counts.into_iter().collect::<Vec<_>>(),
+            [("bus".to_owned(), 3), ("old.sink".to_owned(), 1)]
+        );
     }
 }

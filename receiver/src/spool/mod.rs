@@ -750,6 +750,12 @@ impl Spool {
         Ok(cursors.get(sink).copied().unwrap_or_default())
     }
 
+    /// Events spooled and not yet delivered by `sink` (after its cursor).
+    pub fn undelivered(&self, sink: &str) -> Result<u64, SpoolError> {
+        let head = *self.shared.head.borrow();
+        Ok(head.saturating_sub(self.cursor(sink)?.seq))
+    }
+
     /// Moves a sink's cursor (with its state) durably, then deletes segments every sink has
     /// passed. Blocking.
     pub fn commit_cursor(&self, sink: &str, cursor: Cursor) -> Result<(), SpoolError> {

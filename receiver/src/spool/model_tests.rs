@@ -72,6 +72,7 @@ fn config(dir: &Path, preallocate: bool) -> SpoolConfig {
         max_bytes: 0,
         group_commit_wait: Duration::ZERO,
         preallocate_segments: preallocate,
+        lock_wait: None,
         segment_bytes: 2048,
         max_group_requests: 8,
     }

@@ -11,6 +11,7 @@ fn config(dir: &Path) -> SpoolConfig {
         max_bytes: 0,
         group_commit_wait: Duration::from_millis(1),
         preallocate_segments: true,
+        lock_wait: None,
         segment_bytes: 4096,
         max_group_requests: 64,
     }
