@@ -86,9 +86,12 @@ pub struct Summary {
     /// drained, dead_letters, deadline, interrupted, locked or error.
     #[serde(default)]
     pub outcome: String,
-    /// Events not yet delivered by every sink.
+    /// Events not yet delivered by every sink (the most any sink has left).
     #[serde(default)]
     pub events_left: i64,
+    /// Requests acknowledged but not yet normalized into events.
+    #[serde(default)]
+    pub requests_left: i64,
     /// Dead letters in the spool.
     #[serde(default)]
     pub dead_letters: i64,
@@ -235,7 +238,7 @@ pub(super) async fn step(
             claim: claim_name.clone(),
             state: DRAINING.to_owned(),
             job: None,
-            events_left: latest.as_ref().map(|s| s.events_left),
+            events_left: latest.as_ref().map(|s| s.events_left + s.requests_left),
             dead_letters: latest.as_ref().map(|s| s.dead_letters),
             message: latest
                 .as_ref()
@@ -348,7 +351,7 @@ pub(super) async fn step(
 
 /// Nothing but dead letters is left.
 fn only_dead_letters(summary: &Summary) -> bool {
-    summary.events_left == 0 && summary.dead_letters > 0
+    summary.events_left == 0 && summary.requests_left == 0 && summary.dead_letters > 0
 }
 
 /// A claim the StatefulSet made from the subscription's template: the labels the
