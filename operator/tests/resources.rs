@@ -536,6 +536,7 @@ fn monitoring_objects_follow_the_spec_and_the_cluster() {
     let all = Capabilities {
         service_monitor: true,
         pdb: Some(PdbVersion::V1),
+        ..Capabilities::default()
     };
     let monitor = service_monitor(&inputs, all).expect("sm").expect("wanted");
     assert_eq!(

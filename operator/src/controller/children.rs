@@ -1,4 +1,5 @@
-//! Step 4: the ConfigMap, the workload (Deployment or StatefulSet), the Service, then
+//! Step 4: the ConfigMap, the workload (Deployment or StatefulSet; its
+//! HorizontalPodAutoscaler and replica count in [`super::autoscaling`]), the Service, then
 //! Ingress, ServiceMonitor and PodDisruptionBudget: applied when wanted, deleted when not
 //! (and the subscription's).
 
@@ -8,9 +9,9 @@ use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::Api;
 use kube::core::DynamicObject;
 
-use super::Context;
 use super::api::{apply_claimed, delete_claimed};
 use super::ownership::Claims;
+use super::{Context, autoscaling};
 use crate::crd::{ReceiverModeSpec, WebhookSubscription};
 use crate::error::Error;
 use crate::resources::monitoring;
@@ -64,28 +65,35 @@ pub(super) async fn step(
             endpoint: None,
         }
     } else {
-        let (kind, ready_replicas) = match resources::workload::workload(inputs, &config_hash)? {
-            Workload::Deployment(deployment) => {
-                let applied =
-                    apply_claimed(ctx, sub, &deployments, &claims.deployment, &deployment).await?;
-                delete_claimed(&stateful_sets, &claims.stateful_set).await?;
-                let status = applied.status.unwrap_or_default();
-                (claims.deployment.kind, status.ready_replicas)
-            }
-            Workload::StatefulSet(stateful_set) => {
-                let applied = apply_claimed(
-                    ctx,
-                    sub,
-                    &stateful_sets,
-                    &claims.stateful_set,
-                    &stateful_set,
-                )
-                .await?;
-                delete_claimed(&deployments, &claims.deployment).await?;
-                let status = applied.status.unwrap_or_default();
-                (claims.stateful_set.kind, status.ready_replicas)
-            }
+        // Applied with its HorizontalPodAutoscaler and the replica count's hand-over
+        // around it; its count as applied is the autoscaler's with autoscaling.
+        let workload = autoscaling::WorkloadApplier {
+            ctx,
+            sub,
+            inputs,
+            claims,
         };
+        let (kind, replicas, ready_replicas) =
+            match resources::workload::workload(inputs, &config_hash)? {
+                Workload::Deployment(deployment) => {
+                    let applied = workload
+                        .apply(&deployments, &claims.deployment, &deployment)
+                        .await?;
+                    delete_claimed(&stateful_sets, &claims.stateful_set).await?;
+                    let status = applied.status.unwrap_or_default();
+                    let replicas = applied.spec.and_then(|s| s.replicas);
+                    (claims.deployment.kind, replicas, status.ready_replicas)
+                }
+                Workload::StatefulSet(stateful_set) => {
+                    let applied = workload
+                        .apply(&stateful_sets, &claims.stateful_set, &stateful_set)
+                        .await?;
+                    delete_claimed(&deployments, &claims.deployment).await?;
+                    let status = applied.status.unwrap_or_default();
+                    let replicas = applied.spec.and_then(|s| s.replicas);
+                    (claims.stateful_set.kind, replicas, status.ready_replicas)
+                }
+            };
         apply_claimed(
             ctx,
             sub,
@@ -97,7 +105,7 @@ pub(super) async fn step(
         Children {
             receiver: ReceiverState::Workload {
                 kind,
-                replicas: sub.spec.receiver.replicas,
+                replicas: replicas.unwrap_or(sub.spec.receiver.replicas),
                 ready_replicas: ready_replicas.unwrap_or(0),
             },
             endpoint: Some(resources::service::endpoint_url(inputs)),
@@ -132,5 +140,6 @@ pub(super) async fn step(
             None => delete_claimed(&api, claim).await?,
         }
     }
+    autoscaling::after_children(ctx, sub, inputs, claims).await?;
     Ok(children)
 }

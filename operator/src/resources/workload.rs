@@ -234,7 +234,9 @@ pub fn workload(inputs: &Inputs<'_>, config_hash: &str) -> Result<Workload, Erro
         match_labels: Some(inputs.selector_labels()),
         match_expressions: None,
     };
-    let replicas = Some(inputs.sub.spec.receiver.replicas);
+    // Left out with autoscaling: the autoscaler's field then.
+    let replicas =
+        super::autoscaling::replicas_owned(inputs).then_some(inputs.sub.spec.receiver.replicas);
     let template = pod_template(inputs, config_hash);
     Ok(match &inputs.sub.spec.delivery.spool {
         None => Workload::Deployment(Box::new(Deployment {
