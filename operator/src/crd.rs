@@ -694,7 +694,7 @@ pub struct ReceiverSpec {
     #[schemars(range(min = 1, max = 100))]
     pub replicas: i32,
     /// Scale the receivers with a HorizontalPodAutoscaler between minReplicas and
-    /// maxReplicas (docs/operations.md#scaling). The operator then leaves the workload's
+    /// maxReplicas (docs/operations.md#autoscaling). The operator then leaves the workload's
     /// replica count to the autoscaler.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<AutoscalingSpec>,
