@@ -698,15 +698,29 @@ pub enum TlsTerminationSpec {
 /// The receiver workload.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.mode != 'sidecar' || !has(self.autoscaling)")
+        .message("receiver.autoscaling does not apply to a sidecar, which runs in your own pod: scale your own workload").field_path(".autoscaling")
+)]
+#[x_kube(
+    validation = Rule::new("!has(self.autoscaling) || self.replicas == 1")
+        .message("with autoscaling the autoscaler sets the pod count: remove replicas and set autoscaling.minReplicas instead").field_path(".replicas")
+)]
 pub struct ReceiverSpec {
     /// deployment: the operator runs the receiver; sidecar: it prepares the configuration,
     /// Secrets and certificates for a receiver container in your own pod (docs/sidecar.md).
     #[serde(default)]
     pub mode: ReceiverModeSpec,
-    /// Receiver pods. Above 1 a PodDisruptionBudget keeps one available.
+    /// Receiver pods. Above 1 a PodDisruptionBudget keeps one available. Not with
+    /// autoscaling (leave it at its default, 1): the autoscaler sets the count then.
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 1, max = 100))]
     pub replicas: i32,
+    /// Scale the receivers with a HorizontalPodAutoscaler between minReplicas and
+    /// maxReplicas (docs/operations.md#autoscaling). The operator then leaves the workload's
+    /// replica count to the autoscaler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
     /// Receiver image; the operator's --receiver-image when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
@@ -726,6 +740,7 @@ impl Default for ReceiverSpec {
         ReceiverSpec {
             mode: ReceiverModeSpec::Deployment,
             replicas: default_replicas(),
+            autoscaling: None,
             image: None,
             resources: None,
             termination_grace_period_seconds: None,
@@ -735,6 +750,54 @@ impl Default for ReceiverSpec {
 
 fn default_replicas() -> i32 {
     1
+}
+
+/// The receivers' HorizontalPodAutoscaler: a CPU target, a per-pod custom metric, or both
+/// (the autoscaler follows whichever wants more pods).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.minReplicas <= self.maxReplicas")
+        .message("autoscaling.minReplicas must not exceed maxReplicas").field_path(".minReplicas")
+)]
+pub struct AutoscalingSpec {
+    /// The fewest receiver pods. Above 1 a PodDisruptionBudget lets voluntary
+    /// disruptions (node drains) take one receiver at a time.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1, max = 100))]
+    pub min_replicas: i32,
+    /// The most receiver pods.
+    #[schemars(range(min = 1, max = 100))]
+    pub max_replicas: i32,
+    /// The average CPU use to keep, in percent of the receiver container's CPU request
+    /// (receiver.resources; 100m by default). Default 80 when no podsMetric is set; with
+    /// podsMetric and without this, CPU is not a target.
+    #[serde(
+        default,
+        rename = "targetCPUUtilizationPercentage",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(range(min = 1, max = 1000))]
+    pub target_cpu_utilization_percentage: Option<i32>,
+    /// A per-pod metric of the custom metrics API (custom.metrics.k8s.io, e.g. served by
+    /// prometheus-adapter) and the average value per pod to keep, e.g. requests per second
+    /// from metahook_requests_total (docs/operations.md has the adapter rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods_metric: Option<PodsMetricSpec>,
+}
+
+/// A per-pod metric the autoscaler averages over the receiver pods.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodsMetricSpec {
+    /// The metric's name in the custom metrics API, e.g. metahook_requests_per_second.
+    #[x_kube(validation = Rule::new("self.matches('^[a-zA-Z_:][a-zA-Z0-9_:]*$')").message("a metric name: letters, digits, '_' and ':', not starting with a digit"))]
+    #[schemars(length(min = 1, max = 200))]
+    pub name: String,
+    /// The average value per pod to keep, a quantity such as 50 or 500m (0.5).
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+(\\\\.[0-9]+)?(m|k|M|G)?$') && !self.matches('^[0.]+(m|k|M|G)?$')").message("a positive quantity such as 50 or 500m"))]
+    #[schemars(length(min = 1, max = 32))]
+    pub target_average_value: String,
 }
 
 /// Who runs the receiver.

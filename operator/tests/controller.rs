@@ -1455,7 +1455,7 @@ async fn persistent_spool_replicas_and_monitoring_where_the_cluster_serves_them(
     let capabilities = Capabilities {
         service_monitor: true,
         pdb: Some(PdbVersion::V1beta1),
-        claim_retention_policy: false,
+        ..Capabilities::default()
     };
     let api = MockApi::start(script, capabilities, test_now());
     controller::reconcile(Arc::new(sub), api.ctx.clone())

@@ -1314,6 +1314,111 @@ fn cases() -> Vec<Case> {
                 )),
             )],
         },
+        Case {
+            message: "receiver.autoscaling does not apply to a sidecar",
+            field_path: "spec.receiver.autoscaling",
+            valid: vec![(
+                "a Deployment-mode receiver with autoscaling",
+                with_spec(
+                    &json!({"receiver": {"autoscaling": {"minReplicas": 1, "maxReplicas": 4}}}),
+                ),
+            )],
+            invalid: vec![(
+                "a sidecar with autoscaling",
+                with_spec(&json!({"receiver": {"mode": "sidecar",
+                    "autoscaling": {"minReplicas": 1, "maxReplicas": 4}}})),
+            )],
+        },
+        Case {
+            message: "with autoscaling the autoscaler sets the pod count",
+            field_path: "spec.receiver.replicas",
+            valid: vec![
+                (
+                    "autoscaling, replicas at its default",
+                    with_spec(&json!({"receiver": {"replicas": 1,
+                        "autoscaling": {"minReplicas": 2, "maxReplicas": 4}}})),
+                ),
+                (
+                    "replicas without autoscaling",
+                    with_spec(&json!({"receiver": {"replicas": 3}})),
+                ),
+            ],
+            invalid: vec![(
+                "replicas 3 and autoscaling",
+                with_spec(&json!({"receiver": {"replicas": 3,
+                    "autoscaling": {"minReplicas": 2, "maxReplicas": 4}}})),
+            )],
+        },
+        Case {
+            message: "autoscaling.minReplicas must not exceed maxReplicas",
+            field_path: "spec.receiver.autoscaling.minReplicas",
+            valid: vec![(
+                "min = max",
+                with_spec(
+                    &json!({"receiver": {"autoscaling": {"minReplicas": 3, "maxReplicas": 3}}}),
+                ),
+            )],
+            invalid: vec![(
+                "min 5, max 2",
+                with_spec(
+                    &json!({"receiver": {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}}),
+                ),
+            )],
+        },
+        Case {
+            message: "a metric name",
+            field_path: "spec.receiver.autoscaling.podsMetric.name",
+            valid: vec![(
+                "metahook_requests_per_second",
+                with_spec(
+                    &json!({"receiver": {"autoscaling": {"minReplicas": 1, "maxReplicas": 3,
+                    "podsMetric": {"name": "metahook_requests_per_second", "targetAverageValue": "50"}}}}),
+                ),
+            )],
+            invalid: vec![(
+                "a name with a '/'",
+                with_spec(
+                    &json!({"receiver": {"autoscaling": {"minReplicas": 1, "maxReplicas": 3,
+                    "podsMetric": {"name": "pods/requests", "targetAverageValue": "50"}}}}),
+                ),
+            )],
+        },
+        Case {
+            message: "a positive quantity such as 50 or 500m",
+            field_path: "spec.receiver.autoscaling.podsMetric.targetAverageValue",
+            valid: vec![
+                (
+                    "500m",
+                    with_spec(
+                        &json!({"receiver": {"autoscaling": {"minReplicas": 1, "maxReplicas": 3,
+                        "podsMetric": {"name": "metahook_requests_per_second", "targetAverageValue": "500m"}}}}),
+                    ),
+                ),
+                (
+                    "2.5",
+                    with_spec(
+                        &json!({"receiver": {"autoscaling": {"minReplicas": 1, "maxReplicas": 3,
+                        "podsMetric": {"name": "metahook_requests_per_second", "targetAverageValue": "2.5"}}}}),
+                    ),
+                ),
+            ],
+            invalid: vec![
+                (
+                    "0",
+                    with_spec(
+                        &json!({"receiver": {"autoscaling": {"minReplicas": 1, "maxReplicas": 3,
+                        "podsMetric": {"name": "metahook_requests_per_second", "targetAverageValue": "0"}}}}),
+                    ),
+                ),
+                (
+                    "fifty",
+                    with_spec(
+                        &json!({"receiver": {"autoscaling": {"minReplicas": 1, "maxReplicas": 3,
+                        "podsMetric": {"name": "metahook_requests_per_second", "targetAverageValue": "fifty"}}}}),
+                    ),
+                ),
+            ],
+        },
     ]
 }
 

@@ -530,6 +530,7 @@ fn monitoring_objects_follow_the_spec_and_the_cluster() {
         service_monitor: true,
         pdb: Some(PdbVersion::V1),
         claim_retention_policy: true,
+        ..Capabilities::default()
     };
     let monitor = service_monitor(&inputs, all).expect("sm").expect("wanted");
     assert_eq!(

@@ -30,6 +30,7 @@ use kube::client::Body;
 use metahook_operator::WebhookSubscription;
 use metahook_operator::controller::{self, Context, Settings};
 use metahook_operator::metrics::Metrics;
+use metahook_operator::resources::autoscaling::AutoscalingVersion;
 use metahook_operator::resources::monitoring::{Capabilities, PdbVersion};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -835,11 +836,12 @@ async fn main() -> Result<()> {
         unregister_timeout: Duration::from_secs(600),
         policy: metahook_operator::policy::Policy::default(),
     };
-    // A cluster with the Prometheus Operator and policy/v1.
+    // A cluster with the Prometheus Operator, policy/v1 and autoscaling/v2.
     let capabilities = Capabilities {
         service_monitor: true,
         pdb: Some(PdbVersion::V1),
         claim_retention_policy: true,
+        autoscaling: Some(AutoscalingVersion::V2),
     };
     let ctx = Arc::new(Context::new(client, metrics, settings, capabilities, None));
 

@@ -16,6 +16,7 @@ use crate::FIELD_MANAGER;
 use crate::crd::WebhookSubscription;
 use crate::error::Error;
 use crate::ownership::{self, ADOPT_ANNOTATION, Holder};
+use crate::resources::autoscaling::HANDOVER_FIELD_MANAGER;
 
 /// Reads a Secret; absent is `None`.
 pub(super) async fn get_secret(secrets: &Api<Secret>, name: &str) -> Result<Option<Secret>, Error> {
@@ -142,6 +143,42 @@ where
     let mut params = PatchParams::apply(FIELD_MANAGER);
     params.force = force;
     api.patch(name, &params, &Patch::Apply(&body)).await
+}
+
+/// Applies `fields`, a partial object (only `spec.replicas`, or nothing to let go of it,
+/// with the object's uid as the body's precondition), to an object the subscription holds,
+/// under the operator's second field manager,
+/// [`HANDOVER_FIELD_MANAGER`](crate::resources::autoscaling::HANDOVER_FIELD_MANAGER), which
+/// holds the workload's replica count between the operator's apply and its autoscaler
+/// (see `controller::autoscaling`). Never under [`FIELD_MANAGER`]: an apply states the
+/// manager's whole intent, so a partial object would drop every other field it applies.
+/// Forced only to take the count back from the operator's own autoscaler. An object that
+/// is absent or not the subscription's is left alone.
+pub(super) async fn apply_handover<K>(
+    api: &Api<K>,
+    claim: &Claim<K>,
+    fields: &serde_json::Value,
+    force: bool,
+) -> Result<(), Error>
+where
+    K: Resource + DeserializeOwned + Clone + Debug,
+{
+    if !matches!(claim.holder, Holder::Subscription { .. }) {
+        return Ok(());
+    }
+    let what = claim.describe();
+    let mut params = PatchParams::apply(HANDOVER_FIELD_MANAGER);
+    params.force = force;
+    match api.patch(&claim.name, &params, &Patch::Apply(fields)).await {
+        Ok(_) => Ok(()),
+        Err(error) => Err(match conflicted(&error) {
+            Some(message) => Error::Conflict(format!("{what}: {message}")),
+            None => Error::kube(
+                format!("apply spec.replicas of {what} as {HANDOVER_FIELD_MANAGER}"),
+                error,
+            ),
+        }),
+    }
 }
 
 /// Deletes an object the subscription no longer wants, only when it is the

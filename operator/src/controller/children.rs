@@ -1,4 +1,5 @@
-//! Step 4: the ConfigMap, the workload (Deployment or StatefulSet), the Service, the
+//! Step 4: the ConfigMap, the workload (Deployment or StatefulSet; its
+//! HorizontalPodAutoscaler and replica count in [`super::autoscaling`]), the Service, the
 //! claims of removed replicas ([`super::drain`]), then Ingress, ServiceMonitor and
 //! PodDisruptionBudget: applied when wanted, deleted when not (and the subscription's).
 //!
@@ -16,7 +17,7 @@ use kube::runtime::events::EventType;
 
 use super::api::{apply_claimed, delete_claimed, publish};
 use super::ownership::Claims;
-use super::{Context, drain, migration};
+use super::{Context, autoscaling, drain, migration};
 use crate::crd::{ReceiverModeSpec, SpoolStatus, WebhookSubscription};
 use crate::error::Error;
 use crate::ownership::Holder;
@@ -97,10 +98,20 @@ pub(super) async fn step(
             &config_hash,
             capabilities.claim_retention_policy,
         )?;
-        let (kind, ready_replicas, previous_runs) = match workload {
+        // Applied with its HorizontalPodAutoscaler and the replica count's hand-over
+        // around it; its count as applied is the autoscaler's with autoscaling.
+        let applier = autoscaling::WorkloadApplier {
+            ctx,
+            sub,
+            inputs,
+            claims,
+        };
+        let (kind, replicas, ready_replicas, previous_runs) = match workload {
             Workload::Deployment(deployment) => {
-                let applied =
-                    apply_claimed(ctx, sub, &deployments, &claims.deployment, &deployment).await?;
+                let applied = applier
+                    .apply(&deployments, &claims.deployment, &deployment)
+                    .await?;
+                let replicas = applied.spec.as_ref().and_then(|s| s.replicas);
                 let ready = applied
                     .status
                     .unwrap_or_default()
@@ -124,20 +135,17 @@ pub(super) async fn step(
                 }
                 (
                     claims.deployment.kind,
+                    replicas,
                     ready,
                     stateful_set_runs && ready < 1,
                 )
             }
             Workload::StatefulSet(stateful_set) => {
-                let applied = apply_claimed(
-                    ctx,
-                    sub,
-                    &stateful_sets,
-                    &claims.stateful_set,
-                    &stateful_set,
-                )
-                .await?;
-                live_replicas = applied.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+                let applied = applier
+                    .apply(&stateful_sets, &claims.stateful_set, &stateful_set)
+                    .await?;
+                let replicas = applied.spec.as_ref().and_then(|s| s.replicas);
+                live_replicas = replicas.unwrap_or(0);
                 let ready = applied
                     .status
                     .unwrap_or_default()
@@ -184,7 +192,7 @@ pub(super) async fn step(
                         }
                     }
                 }
-                (claims.stateful_set.kind, ready, previous_runs)
+                (claims.stateful_set.kind, replicas, ready, previous_runs)
             }
         };
         if spool.migration.is_some() {
@@ -201,7 +209,7 @@ pub(super) async fn step(
         Children {
             receiver: ReceiverState::Workload {
                 kind,
-                replicas: sub.spec.receiver.replicas,
+                replicas: replicas.unwrap_or(sub.spec.receiver.replicas),
                 ready_replicas,
             },
             endpoint: Some(resources::service::endpoint_url(inputs)),
@@ -250,5 +258,6 @@ pub(super) async fn step(
             None => delete_claimed(&api, claim).await?,
         }
     }
+    autoscaling::after_children(ctx, sub, inputs, claims).await?;
     Ok(children)
 }

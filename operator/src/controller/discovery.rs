@@ -1,8 +1,10 @@
-//! Which optional APIs the cluster serves (ServiceMonitor, PodDisruptionBudget versions).
+//! Which optional APIs the cluster serves (ServiceMonitor, the PodDisruptionBudget's and
+//! the HorizontalPodAutoscaler's versions).
 
 use kube::Client;
 
 use crate::error::Error;
+use crate::resources::autoscaling::AutoscalingVersion;
 use crate::resources::monitoring::{Capabilities, PdbVersion};
 
 /// The first Kubernetes minor version whose StatefulSets take
@@ -26,6 +28,15 @@ pub async fn discover(client: &Client) -> Result<Capabilities, Error> {
                     Some(PdbVersion::V1)
                 } else if versions.contains(&"v1beta1") {
                     Some(PdbVersion::V1beta1)
+                } else {
+                    None
+                };
+            }
+            "autoscaling" => {
+                capabilities.autoscaling = if versions.contains(&"v2") {
+                    Some(AutoscalingVersion::V2)
+                } else if versions.contains(&"v2beta2") {
+                    Some(AutoscalingVersion::V2beta2)
                 } else {
                     None
                 };

@@ -11,15 +11,19 @@
 //!    a refusal ends the pass with `Ready` False and nothing written; then
 //!    [`ownership`]: who holds each name the subscription manages (a GET each); one held
 //!    by someone else ends the pass as a `Conflict` that changed nothing, and every later
-//!    write or delete goes through the claims made here (uid preconditions, no force);
+//!    write or delete goes through the claims made here (uid preconditions, no force but
+//!    an adoption's and [`autoscaling`]'s take-back of `spec.replicas`); autoscaling asked
+//!    of a cluster without the HorizontalPodAutoscaler API is refused here too;
 //! 1. [`token`]: the generated verify token (GET, then apply) when `verifyTokenRef` is
 //!    absent;
 //! 2. [`secrets`]: every referenced Secret (GET each, in name order); missing ones end the
 //!    pass with `SecretsResolved=False` naming them, leaving running receivers untouched;
 //! 3. [`tls`]: the namespace CA (GET, created if absent) and the serving certificate (GET,
 //!    re-issued when absent, for other names or CA, or past two thirds of its lifetime);
-//! 4. [`children`]: the ConfigMap, the workload, the Service, then Ingress, ServiceMonitor
-//!    and PodDisruptionBudget (applied when wanted, deleted when not);
+//! 4. [`children`]: the ConfigMap, the workload (with [`autoscaling`]: its
+//!    HorizontalPodAutoscaler first, and its replica count handed to or taken back from
+//!    the autoscaler), the Service, then Ingress, ServiceMonitor and PodDisruptionBudget
+//!    (applied when wanted, deleted when not; the HorizontalPodAutoscaler deleted last);
 //! 5. [`registration`]: registration with Meta's Graph API (spec.registration), once the
 //!    receiver is ready, behind a finalizer that unregisters on deletion;
 //! 6. [`status`]: the status.
@@ -28,6 +32,7 @@
 //! finds the optional APIs the cluster serves.
 
 mod api;
+pub mod autoscaling;
 pub mod children;
 mod discovery;
 pub mod drain;
@@ -293,6 +298,9 @@ async fn pass(
 
     // Who holds each name the subscription manages; nothing is written before.
     let claims = ownership::step(ctx, sub, namespace).await?;
+    if let Some(refusal) = autoscaling::unavailable(sub, &claims) {
+        return refuse(ctx, sub, namespace, refusal, now).await;
+    }
 
     // 1. The verify token, generated once when not given.
     let token = token::step(

@@ -22,7 +22,7 @@ use crate::crd::{TlsModeSpec, WebhookSubscription};
 use crate::error::Error;
 use crate::ownership::{self, Holder};
 use crate::resources::monitoring::Capabilities;
-use crate::resources::{self, monitoring};
+use crate::resources::{self, autoscaling, monitoring};
 use crate::status::ReceiverState;
 
 /// One managed name of one kind, as found at the start of the pass.
@@ -69,6 +69,8 @@ pub struct Claims {
     pub service_monitor: Option<(ApiResource, Claim<DynamicObject>)>,
     /// The PodDisruptionBudget, where the cluster serves the kind.
     pub pod_disruption_budget: Option<(ApiResource, Claim<DynamicObject>)>,
+    /// The HorizontalPodAutoscaler, where the cluster serves autoscaling/v2 or v2beta2.
+    pub horizontal_pod_autoscaler: Option<(ApiResource, Claim<DynamicObject>)>,
     /// The optional APIs as this pass found them (the children step builds for these).
     pub capabilities: Capabilities,
 }
@@ -133,6 +135,14 @@ pub(super) async fn step(
         }
         None => None,
     };
+    let horizontal_pod_autoscaler = match capabilities.autoscaling {
+        Some(version) => {
+            let resource = autoscaling::hpa_resource(version);
+            let claim = finder.dynamic_claim(&resource, &name).await?;
+            Some((resource, claim))
+        }
+        None => None,
+    };
     let claims = Claims {
         config_map,
         verify_token,
@@ -143,6 +153,7 @@ pub(super) async fn step(
         ingress,
         service_monitor,
         pod_disruption_budget,
+        horizontal_pod_autoscaler,
         capabilities,
     };
     let conflicts = claims.conflicts(&name);
@@ -217,6 +228,7 @@ impl Claims {
             conflict(&self.ingress, sub_name),
             dynamic(&self.service_monitor),
             dynamic(&self.pod_disruption_budget),
+            dynamic(&self.horizontal_pod_autoscaler),
         ]
         .into_iter()
         .flatten()
@@ -305,6 +317,7 @@ fn static_kind(kind: &str) -> &'static str {
         Ingress::KIND,
         monitoring::SERVICE_MONITOR_KIND,
         monitoring::PDB_KIND,
+        autoscaling::HPA_KIND,
     ]
     .into_iter()
     .find(|known| *known == kind)

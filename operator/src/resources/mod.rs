@@ -3,8 +3,10 @@
 //!
 //! One file per object family: [`config`] (the receiver's configuration), [`secrets`]
 //! (verify token, serving certificate), [`workload`] (Deployment or StatefulSet),
-//! [`service`], [`ingress`], [`monitoring`] (ServiceMonitor, PodDisruptionBudget).
+//! [`service`], [`ingress`], [`monitoring`] (ServiceMonitor, PodDisruptionBudget),
+//! [`autoscaling`] (HorizontalPodAutoscaler, and who owns the workload's replica count).
 
+pub mod autoscaling;
 pub mod config;
 pub mod drain;
 pub mod ingress;

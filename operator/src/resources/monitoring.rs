@@ -1,11 +1,13 @@
 //! Objects of APIs a cluster may lack: ServiceMonitor (monitoring.coreos.com) and the
 //! PodDisruptionBudget (policy/v1, or policy/v1beta1 on old clusters). Built as JSON for
-//! the API version the controller discovered.
+//! the API version the controller discovered ([`Capabilities`], which also holds the
+//! HorizontalPodAutoscaler's: [`super::autoscaling`]).
 
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::json;
 
 use super::Inputs;
+use super::autoscaling::{self, AutoscalingVersion};
 use crate::error::Error;
 
 /// Which optional APIs the cluster serves (discovered, never assumed).
@@ -19,6 +21,9 @@ pub struct Capabilities {
     /// it is on by default): the operator sets it to retain explicitly. Older servers drop
     /// the field, and retain claims anyway.
     pub claim_retention_policy: bool,
+    /// The HorizontalPodAutoscaler API version with metric lists (autoscaling/v2 or
+    /// v2beta2), if any.
+    pub autoscaling: Option<AutoscalingVersion>,
 }
 
 /// Where PodDisruptionBudgets live.
@@ -80,8 +85,10 @@ pub fn service_monitor(
     dynamic(&service_monitor_resource(), inputs, &spec).map(Some)
 }
 
-/// A PodDisruptionBudget keeping one receiver up during voluntary disruptions, when there
-/// is more than one replica (with one, it would block node drains forever).
+/// A PodDisruptionBudget for voluntary disruptions (node drains), when the spec keeps more
+/// than one replica (with one, it would block drains forever): one receiver kept up
+/// (`minAvailable: 1`); with autoscaling above `minReplicas` 1, one receiver down at a time
+/// (`maxUnavailable: 1`), since the count moves between minReplicas and maxReplicas.
 pub fn pod_disruption_budget(
     inputs: &Inputs<'_>,
     capabilities: Capabilities,
@@ -89,14 +96,16 @@ pub fn pod_disruption_budget(
     let Some(version) = capabilities.pdb else {
         return Ok(None);
     };
-    if inputs.sub.spec.receiver.replicas <= 1 {
+    if autoscaling::replicas_floor(&inputs.sub.spec) <= 1 {
         return Ok(None);
     }
     let resource = pdb_resource(version);
-    let spec = json!({
-        "minAvailable": 1,
-        "selector": {"matchLabels": inputs.selector_labels()},
-    });
+    let selector = json!({"matchLabels": inputs.selector_labels()});
+    let spec = if autoscaling::replicas_owned(inputs) {
+        json!({"minAvailable": 1, "selector": selector})
+    } else {
+        json!({"maxUnavailable": 1, "selector": selector})
+    };
     let object = dynamic(&resource, inputs, &spec)?;
     Ok(Some((resource, object)))
 }

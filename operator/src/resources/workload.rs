@@ -326,7 +326,9 @@ pub fn workload(
         match_labels: Some(inputs.selector_labels()),
         match_expressions: None,
     };
-    let replicas = Some(inputs.sub.spec.receiver.replicas);
+    // Left out with autoscaling: the autoscaler's field then.
+    let replicas =
+        super::autoscaling::replicas_owned(inputs).then_some(inputs.sub.spec.receiver.replicas);
     let template = pod_template(inputs, config_hash);
     Ok(match SpoolVolume::of(&inputs.sub.spec) {
         SpoolVolume::EmptyDir | SpoolVolume::Direct => Workload::Deployment(Box::new(Deployment {

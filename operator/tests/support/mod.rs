@@ -35,8 +35,24 @@ pub enum Reply {
     /// 200 with this object, its top-level keys replaced by the request body's (what a
     /// status apply returns: the whole object with the new status).
     Onto(Value),
+    /// 200 echoing the request body with server fields filled, and this value merged in
+    /// key by key: what the server keeps of its own or of other managers (e.g. the
+    /// `spec.replicas` an autoscaler set, which the apply left out).
+    Merged(Value),
     /// An API error Status with this code and reason.
     Error(u16, &'static str),
+}
+
+/// `patch` merged into `target` key by key (objects recursively, anything else replaced).
+pub fn merge_into(target: &mut Value, patch: &Value) {
+    match (target.as_object_mut(), patch.as_object()) {
+        (Some(target), Some(patch)) => {
+            for (key, value) in patch {
+                merge_into(target.entry(key.clone()).or_insert(Value::Null), value);
+            }
+        }
+        _ => *target = patch.clone(),
+    }
 }
 
 /// One expected request.
@@ -47,7 +63,8 @@ pub struct Expect {
     pub path: String,
     /// The answer.
     pub reply: Reply,
-    /// For a PATCH of a child: whether the apply must be forced (only an adoption is).
+    /// For a PATCH of a child: whether the apply must be forced (only an adoption is, and
+    /// the take-back of `spec.replicas` from the operator's autoscaler).
     /// The subscription's own status and finalizer are always forced.
     pub force: bool,
 }
@@ -92,6 +109,12 @@ pub fn adopt(path: impl Into<String>, reply: Reply) -> Expect {
         force: true,
         ..apply(path, reply)
     }
+}
+
+/// Expect a forced server-side apply of a workload's `spec.replicas` alone, by the
+/// operator's hand-over field manager: taking the count back from its autoscaler.
+pub fn take_back(path: impl Into<String>, reply: Reply) -> Expect {
+    adopt(path, reply)
 }
 
 /// Expect a create (POST).
@@ -233,9 +256,18 @@ async fn serve(mut handle: Handle, script: Vec<Expect>, served: Arc<Mutex<Vec<Se
             "step {step}: unexpected request (query {query})"
         );
         if method == Method::PATCH {
+            let manager = query
+                .split('&')
+                .find_map(|pair| pair.strip_prefix("fieldManager="))
+                .unwrap_or_default();
             assert!(
-                query.contains("fieldManager=metahook-operator"),
-                "step {step}: {path} is not a server-side apply by metahook-operator: {query}"
+                [
+                    metahook_operator::FIELD_MANAGER,
+                    metahook_operator::resources::autoscaling::HANDOVER_FIELD_MANAGER,
+                ]
+                .contains(&manager),
+                "step {step}: {path} is not a server-side apply by metahook-operator (or its \
+                 replicas hand-over manager): {query}"
             );
             let own = path.contains("/webhooksubscriptions/");
             let forced = query.contains("force=true");
@@ -255,6 +287,11 @@ async fn serve(mut handle: Handle, script: Vec<Expect>, served: Arc<Mutex<Vec<Se
                         target.insert(key.clone(), value.clone());
                     }
                 }
+                (200, object)
+            }
+            Reply::Merged(extra) => {
+                let mut object = with_server_fields(body, None);
+                merge_into(&mut object, &extra);
                 (200, object)
             }
             Reply::Error(code, reason) => (code, status_body(code, reason, &path)),

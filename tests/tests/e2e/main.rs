@@ -5,8 +5,9 @@
 //! controller's view of the pod template. The modules add the chart installed with the real
 //! helm and its RBAC ([`chart`]), the rendered pods run with podman with the test playing
 //! the kubelet ([`pods`]), leader election between two replicas ([`leader`]),
-//! registration with a fake Graph API ([`registration`]), and what a subscription may
-//! reach ([`policy`]).
+//! registration with a fake Graph API ([`registration`]), what a subscription may
+//! reach ([`policy`]), and autoscaling beside kube-controller-manager's real
+//! HorizontalPodAutoscaler controller ([`autoscaling`]).
 //!
 //! Each test works in namespaces of its own (the examples' namespaces, prefixed) with an
 //! operator process of its own restricted to them, so the tests share one cluster and run
@@ -34,6 +35,7 @@ use metahook_tests::pki::Ca;
 use metahook_tests::tools::repo_root;
 use serde_json::json;
 
+mod autoscaling;
 mod chart;
 mod leader;
 mod ownership;
@@ -938,6 +940,7 @@ async fn every_example_reconciles_on_the_first_pass_into_owned_children() -> Res
             );
             None
         };
+        autoscaling::check_example(&world.client, &current).await?;
         first.insert(name, rollout);
     }
 
