@@ -3,16 +3,16 @@
 //! what kube's mock API cannot prove — structural schemas, server-side apply merges, the
 //! status subresource, owner references and garbage collection, and the Deployment
 //! controller's view of the pod template. The modules add the chart installed with the real
-//! helm and its RBAC ([`chart`]), the rendered pods run with podman with the test playing
-//! the kubelet ([`pods`]), leader election between two replicas ([`leader`]),
+//! helm and its RBAC ([`chart`]), the rendered pods run with podman by the kubelet harness
+//! ([`pods`]; the harness itself: [`kubelet`]), leader election between two replicas ([`leader`]),
 //! registration with a fake Graph API ([`registration`]), and what a subscription may
 //! reach ([`policy`]).
 //!
 //! Each test works in namespaces of its own (the examples' namespaces, prefixed) with an
 //! operator process of its own restricted to them, so the tests share one cluster and run
 //! in parallel (the cluster-wide chart install gets a cluster of its own). No kubelet runs:
-//! pods are created by the ReplicaSet controller but never started, except where [`pods`]
-//! runs one.
+//! pods are created by the controllers but never started, except where a test starts the
+//! kubelet harness ([`metahook_tests::kubelet`]) for its namespace.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -35,6 +35,7 @@ use metahook_tests::tools::repo_root;
 use serde_json::json;
 
 mod chart;
+mod kubelet;
 mod leader;
 mod ownership;
 mod pods;
