@@ -5,6 +5,7 @@ pub mod chart;
 pub mod cluster;
 pub mod downstream;
 pub mod fake_graph;
+pub mod kubelet;
 pub mod pki;
 pub mod podman;
 pub mod promql;

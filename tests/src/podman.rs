@@ -4,7 +4,7 @@
 
 use std::process::{Command, Output};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use crate::tools;
 
@@ -20,6 +20,35 @@ pub fn podman(args: &[&str]) -> Result<Output> {
         .args(args)
         .output()
         .with_context(|| format!("starting {}", program.display()))
+}
+
+/// [`podman`] without blocking the runtime (the kubelet harness runs many at once); the
+/// caller judges the exit status. The process is left to finish if the future is dropped:
+/// podman holds locks a killed client would leave behind.
+pub async fn podman_async(args: &[&str]) -> Result<Output> {
+    let program = tools::find("podman")?;
+    tokio::process::Command::new(&program)
+        .args(HOST_FLAGS)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("starting {}", program.display()))
+}
+
+/// [`podman_async`], failing with its output when it exits non-zero; returns its stdout.
+pub async fn podman_async_ok(args: &[&str]) -> Result<String> {
+    let output = podman_async(args).await?;
+    if !output.status.success() {
+        bail!(
+            "`podman {}` failed with {}: {}{}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim(),
+            String::from_utf8_lossy(&output.stdout).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// [`podman`], failing with its output when it exits non-zero; returns its stdout.

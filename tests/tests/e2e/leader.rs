@@ -7,7 +7,9 @@ use std::time::Instant;
 use k8s_openapi::api::coordination::v1::Lease;
 use metahook_tests::cluster::Operator;
 
-use super::pods::{report_ready, the_pod, wait_available};
+use metahook_tests::kubelet::Kubelet;
+
+use super::pods::{the_pod, wait_available};
 use super::*;
 
 /// The operator's Lease duration and grace (operator/src/operator.rs: `with_duration(15)`,
@@ -83,9 +85,11 @@ async fn only_the_leader_reconciles_and_a_killed_leader_hands_over_within_the_le
     let sub = world.subscriptions[0].clone();
     let name = sub.name_any();
     reconciled(&world, &sub, 1).await?;
-    // Play the kubelet (see pods.rs) so the leader publishes its Ready Event.
+    // Run the pod (the kubelet harness, as in pods.rs) so the leader publishes its Ready
+    // Event.
+    let kubelet = Kubelet::start(&client, &namespace, None).await?;
     let pod = the_pod(&world, &namespace, &name).await?;
-    report_ready(&client, &pod).await?;
+    kubelet.wait_ready(&pod.name_any(), WAIT).await?;
     wait_available(&world, &namespace, &name).await?;
     ensure!(
         lease_holder(&client, &namespace, lease).await?.as_deref() == Some("e2e-replica-a"),
@@ -163,5 +167,6 @@ async fn only_the_leader_reconciles_and_a_killed_leader_hands_over_within_the_le
         world.operator.log()
     );
     assert_clean_log(&world.operator)?;
+    kubelet.shutdown().await?;
     Ok(())
 }

@@ -3,17 +3,18 @@
 //! what kube's mock API cannot prove — structural schemas, server-side apply merges, the
 //! status subresource, owner references and garbage collection, and the Deployment
 //! controller's view of the pod template. The modules add the chart installed with the real
-//! helm and its RBAC ([`chart`]), the rendered pods run with podman with the test playing
-//! the kubelet ([`pods`]), leader election between two replicas ([`leader`]),
-//! registration with a fake Graph API ([`registration`]), what a subscription may
-//! reach ([`policy`]), and autoscaling beside kube-controller-manager's real
-//! HorizontalPodAutoscaler controller ([`autoscaling`]).
+//! helm and its RBAC ([`chart`]), the rendered pods run with podman by the kubelet harness
+//! ([`pods`]; the harness itself: [`kubelet`]), leader election between two replicas
+//! ([`leader`]), registration with a fake Graph API ([`registration`]), what a subscription
+//! may reach ([`policy`]), autoscaling beside kube-controller-manager's real
+//! HorizontalPodAutoscaler controller ([`autoscaling`]), and no acknowledged event lost to
+//! a rollout or a scale-down ([`spool`]).
 //!
 //! Each test works in namespaces of its own (the examples' namespaces, prefixed) with an
 //! operator process of its own restricted to them, so the tests share one cluster and run
 //! in parallel (the cluster-wide chart install gets a cluster of its own). No kubelet runs:
-//! pods are created by the ReplicaSet controller but never started, except where [`pods`]
-//! runs one.
+//! pods are created by the controllers but never started, except where a test starts the
+//! kubelet harness ([`metahook_tests::kubelet`]) for its namespace.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -37,12 +38,14 @@ use serde_json::json;
 
 mod autoscaling;
 mod chart;
+mod kubelet;
 mod leader;
 mod ownership;
 mod pods;
 mod policy;
 mod registration;
 mod scene;
+mod spool;
 mod validation;
 
 /// Bound of every wait for the operator or a controller (generous: 2 shared cores).

@@ -77,7 +77,9 @@ async fn postgres() -> Result<tokio_postgres::Client> {
         tokio_postgres::NoTls,
     )
     .await
-    .context("PostgreSQL must run on 127.0.0.1:5432 with database test (scripts/test.sh starts it)")?;
+    .context(
+        "PostgreSQL must run on 127.0.0.1:5432 with database test (scripts/test.sh starts it)",
+    )?;
     tokio::spawn(connection);
     Ok(client)
 }
@@ -133,7 +135,7 @@ async fn ready_pods(
         let name = format!("{NAME}-{ordinal}");
         let pod = kubelet
             .wait_for(&format!("a new pod {name} ready"), WAIT, |views| {
-                views
+                Ok(views
                     .iter()
                     .find(|v| {
                         v.name == name
@@ -141,7 +143,7 @@ async fn ready_pods(
                             && v.ready
                             && !seen.contains(&v.uid)
                     })
-                    .cloned()
+                    .cloned())
             })
             .await
             .with_context(|| format!("--- operator log:\n{}", scene.operator.log()))?;
@@ -151,10 +153,7 @@ async fn ready_pods(
 }
 
 async fn spool_status(scene: &Scene) -> Result<serde_json::Value> {
-    let sub = scene
-        .api::<metahook_operator::WebhookSubscription>()
-        .get(NAME)
-        .await?;
+    let sub = scene.api::<WebhookSubscription>().get(NAME).await?;
     Ok(serde_json::to_value(
         sub.status.and_then(|s| s.spool).unwrap_or_default(),
     )?)
@@ -176,8 +175,8 @@ async fn operator_metrics(scene: &Scene) -> Result<String> {
 }
 
 #[tokio::test]
-async fn a_rollout_and_a_scale_down_while_the_sink_is_down_lose_no_acknowledged_event()
--> Result<()> {
+async fn a_rollout_and_a_scale_down_while_the_sink_is_down_lose_no_acknowledged_event() -> Result<()>
+{
     let started = Instant::now();
     let scene = scene("e2e-spool").await?;
     let proxy = SinkProxy::start().await?;
@@ -236,7 +235,7 @@ async fn a_rollout_and_a_scale_down_while_the_sink_is_down_lose_no_acknowledged_
     // each new one on its predecessor's claim.
     let old: BTreeSet<String> = first.iter().map(|p| p.uid.clone()).collect();
     scene
-        .api::<metahook_operator::WebhookSubscription>()
+        .api::<WebhookSubscription>()
         .patch(
             NAME,
             &PatchParams::default(),
@@ -252,7 +251,7 @@ async fn a_rollout_and_a_scale_down_while_the_sink_is_down_lose_no_acknowledged_
     // Scale down to one, still with the sink down: replicas 1 and 2 go, and their claims
     // are drained by Jobs, which never run beside a receiver of their ordinal.
     scene
-        .api::<metahook_operator::WebhookSubscription>()
+        .api::<WebhookSubscription>()
         .patch(
             NAME,
             &PatchParams::default(),
@@ -267,7 +266,10 @@ async fn a_rollout_and_a_scale_down_while_the_sink_is_down_lose_no_acknowledged_
         || async {
             let spool = spool_status(&scene).await?;
             let drains = spool["drains"].as_array().cloned().unwrap_or_default();
-            let running = drains.iter().filter(|d| d["state"] == "Draining" && !d["job"].is_null()).count();
+            let running = drains
+                .iter()
+                .filter(|d| d["state"] == "Draining" && !d["job"].is_null())
+                .count();
             let metrics = operator_metrics(&scene).await?;
             let in_metrics = metrics.lines().any(|line| {
                 line.starts_with("metahook_operator_claims{")
@@ -287,14 +289,20 @@ async fn a_rollout_and_a_scale_down_while_the_sink_is_down_lose_no_acknowledged_
         .wait_for("both drain Jobs' pods running", WAIT, |views| {
             let running: Vec<_> = views
                 .iter()
-                .filter(|v| v.name.starts_with(&format!("{NAME}-drain-")) && v.phase == Phase::Running)
+                .filter(|v| {
+                    v.name.starts_with(&format!("{NAME}-drain-")) && v.phase == Phase::Running
+                })
                 .cloned()
                 .collect();
-            (running.len() == 2).then_some(running)
+            Ok((running.len() == 2).then_some(running))
         })
         .await?;
     for drain in &drain_pods {
-        let ordinal = if drain.name.starts_with(&format!("{NAME}-drain-1")) { 1 } else { 2 };
+        let ordinal = if drain.name.starts_with(&format!("{NAME}-drain-1")) {
+            1
+        } else {
+            2
+        };
         let receiver = format!("{NAME}-{ordinal}");
         let beside: Vec<_> = kubelet
             .pods()
@@ -336,23 +344,20 @@ async fn a_rollout_and_a_scale_down_while_the_sink_is_down_lose_no_acknowledged_
     .await
     .with_context(|| format!("--- kubelet errors: {:?}", kubelet.errors()))?;
     let db = postgres().await?;
-    let expected: BTreeSet<String> = acknowledged.iter().map(|tag| format!("wamid.e2e.{tag}")).collect();
+    let expected: BTreeSet<String> = acknowledged
+        .iter()
+        .map(|tag| format!("wamid.e2e.{tag}"))
+        .collect();
     let rows = wait_for(
         "every acknowledged event in PostgreSQL",
         WAIT,
         Some(&scene.operator),
         || async {
             let rows = db
-                .query(
-                    &format!("SELECT id FROM {schema}.events"),
-                    &[],
-                )
+                .query(&format!("SELECT id FROM {schema}.events"), &[])
                 .await
                 .context("reading the sink's events")?;
-            let found: BTreeSet<String> = rows
-                .iter()
-                .map(|row| row.get::<_, String>(0))
-                .collect();
+            let found: BTreeSet<String> = rows.iter().map(|row| row.get::<_, String>(0)).collect();
             if found == expected {
                 Ok(Some(rows.len()))
             } else {
