@@ -243,8 +243,8 @@ async fn a_drained_claim_is_deleted_under_its_uid_then_its_job() {
     let done = json!({"outcome": "drained", "events_left": 0, "dead_letters": 0});
     script.push(pods_listed(NS, &[drain_pod(1, 0, &done, "05")]));
     script.extend([
-        delete(format!("{CORE}/persistentvolumeclaims/data-wa-1")),
         delete(format!("{JOBS}/wa-drain-1")),
+        delete(format!("{CORE}/persistentvolumeclaims/data-wa-1")),
         event(NS),
         status_step(1),
         event(NS),
@@ -346,6 +346,25 @@ async fn a_replica_that_comes_back_cancels_its_claims_drain() {
             .all(|s| s.method != Method::POST || s.path != JOBS)
     );
     assert_eq!(spool_status(&served)["claimsDraining"], 0);
+}
+
+/// A claim being deleted (its Job drained it; Kubernetes keeps it while a pod uses it)
+/// gets no new Job.
+#[tokio::test]
+async fn a_claim_being_deleted_is_not_drained_again() {
+    let mut deleting = claim(1);
+    deleting["metadata"]["deletionTimestamp"] = json!("2026-09-21T14:13:00Z");
+    deleting["metadata"]["finalizers"] = json!(["kubernetes.io/pvc-protection"]);
+    let mut script = until_drain(1);
+    script.extend(drain_lists(NS, &[claim(0), deleting], &[]));
+    script.extend([status_step(1), event(NS)]);
+    let (action, served) = run(1, script).await;
+    assert_eq!(action, Action::requeue(controller::RESYNC));
+    assert!(
+        served
+            .iter()
+            .all(|s| s.method != Method::POST || s.path.ends_with("/events"))
+    );
 }
 
 /// A Job or claim that is not the subscription's is never touched: a claim without the

@@ -188,6 +188,9 @@ pub(super) async fn step(
         .into_iter()
         .filter_map(|claim| Some((claim_ordinal(name, &claim.name_any())?, claim)))
         .filter(|(_, claim)| is_subscriptions_claim(claim))
+        // A claim being deleted (drained; Kubernetes keeps it until no pod uses it) is
+        // drained no more.
+        .filter(|(_, claim)| claim.metadata.deletion_timestamp.is_none())
         .collect();
     let jobs: BTreeMap<String, Job> = jobs_api
         .list(&ListParams::default().labels(&format!("{of_subscription},{DRAIN_LABEL}")))
@@ -287,8 +290,10 @@ pub(super) async fn step(
                 status.job = Some(job.name_any());
                 match job_state(job) {
                     JobState::Succeeded => {
-                        delete_claim(&claims_api, claim).await?;
+                        // The Job first: its pod goes with it, and the claim, which
+                        // Kubernetes keeps while a pod uses it, follows.
                         delete_job(&jobs_api, job).await?;
+                        delete_claim(&claims_api, claim).await?;
                         ctx.metrics.drain_finished(namespace, name, "drained");
                         publish(
                             ctx,

@@ -206,7 +206,7 @@ async fn a_rollout_and_a_scale_down_while_the_sink_is_down_lose_no_acknowledged_
         .create(&PostParams::default(), &sink_secret)
         .await
         .context("creating the sink's Secret")?;
-    let spec = |attempts: u32| {
+    let spec = |max_backoff: &str| {
         json!({
             "object": "whatsapp_business_account",
             "fields": ["messages"],
@@ -219,12 +219,12 @@ async fn a_rollout_and_a_scale_down_while_the_sink_is_down_lose_no_acknowledged_
                     "schema": schema,
                     "sslMode": "disable",
                 }}],
-                // Retried often and long: an outage delays, never dead-letters.
-                "retry": {"maxAttempts": attempts, "maxBackoff": "1s"},
+                // Retried often and forever: an outage delays, never dead-letters.
+                "retry": {"maxAttempts": 0, "maxBackoff": max_backoff},
             },
         })
     };
-    scene.subscribe(NAME, spec(100_000)).await?;
+    scene.subscribe(NAME, spec("1s")).await?;
     let first = ready_pods(&scene, &kubelet, 3, &BTreeSet::new()).await?;
     let mut acknowledged = Vec::new();
     for (ordinal, pod) in first.iter().enumerate() {
@@ -239,7 +239,7 @@ async fn a_rollout_and_a_scale_down_while_the_sink_is_down_lose_no_acknowledged_
         .patch(
             NAME,
             &PatchParams::default(),
-            &Patch::Merge(json!({"spec": spec(100_001)})),
+            &Patch::Merge(json!({"spec": spec("2s")})),
         )
         .await
         .context("changing the subscription")?;
