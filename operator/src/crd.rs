@@ -793,8 +793,8 @@ pub struct RegistrationStatus {
     /// When Meta last accepted a change (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_registered_time: Option<String>,
-    /// The last Graph API error (Meta's message and fbtrace_id); absent once a pass
-    /// succeeds.
+    /// The last Graph API error (Meta's message, type, code and subcode; the per-request
+    /// fbtrace_id is only in the Event and the log); absent once a pass succeeds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
 }

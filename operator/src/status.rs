@@ -62,7 +62,7 @@ pub enum RegistrationState {
     GraphFailed {
         /// What is registered (partial progress included).
         status: RegistrationStatus,
-        /// Meta's message and fbtrace_id.
+        /// Meta's message, type and code (no fbtrace_id: see [`GraphError::for_status`]).
         message: String,
         /// The error.
         error: GraphError,

@@ -125,18 +125,28 @@ pub struct State {
     pub faults: VecDeque<Fault>,
     /// Every request.
     pub log: Vec<Logged>,
+    /// Entries per page of a list (`subscriptions`, `subscribed_apps`); 0 is Meta's 25.
+    /// A list longer than a page answers `paging.next`, which a client must follow.
+    pub page_size: usize,
+    /// Other apps installed on a node, listed before this app's entry (as on a real Page
+    /// with several apps), by node id.
+    pub other_apps: BTreeMap<String, Vec<Value>>,
+    /// The fake's own base URL (for `paging.next`).
+    pub base_url: String,
     /// The CAs an https callback's certificate may chain to (as Meta's public roots would):
     /// see [`FakeGraph::trust_callbacks_of`].
     pub callback_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
-/// Meta's error object.
+/// Meta's error object, with a `fbtrace_id` of its own, as Meta gives each request.
 pub fn meta_error(message: &str, kind: &str, code: i64, subcode: Option<i64>) -> Value {
+    static TRACES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let trace = TRACES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut error = json!({
         "message": message,
         "type": kind,
         "code": code,
-        "fbtrace_id": "AfakeTrace0",
+        "fbtrace_id": format!("AfakeTrace{trace}"),
     });
     if let Some(subcode) = subcode {
         error["error_subcode"] = json!(subcode);
@@ -172,6 +182,7 @@ impl FakeGraph {
         let state = Arc::new(Mutex::new(State {
             app_id: app_id.to_owned(),
             app_secret: app_secret.to_owned(),
+            base_url: format!("http://{addr}"),
             ..State::default()
         }));
         let task = testkit::serve_http(listener, Arc::clone(&state), |state, request| async move {
@@ -221,6 +232,20 @@ impl FakeGraph {
                 .get(phone_id)
                 .and_then(|p| p.override_callback_uri.clone())
         })
+    }
+
+    /// Answers lists `size` entries a page (Meta's default is 25).
+    pub fn set_page_size(&self, size: usize) {
+        self.with(|s| s.page_size = size);
+    }
+
+    /// Lists another app on a node's `subscribed_apps`, before this app's entry.
+    pub fn add_other_app(&self, node_id: &str, app_id: &str, fields: &[&str]) {
+        self.with(|s| {
+            s.other_apps.entry(node_id.to_owned()).or_default().push(
+                json!({"id": app_id, "name": format!("app {app_id}"), "subscribed_fields": fields}),
+            );
+        });
     }
 
     /// Queues a fault.
@@ -311,6 +336,38 @@ async fn answer(state: &Arc<Mutex<State>>, request: Request<Incoming>) -> Respon
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(reply.to_string())))
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+/// One page of a list, as Meta answers it: `data`, and `paging` with cursors and a `next`
+/// URL while entries remain (`after` is the index of the next entry, `limit` the size).
+fn page(s: &State, path: &str, params: &BTreeMap<String, String>, data: &[Value]) -> Value {
+    let size = params
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(if s.page_size == 0 { 25 } else { s.page_size })
+        .max(1);
+    let start: usize = params
+        .get("after")
+        .and_then(|a| a.strip_prefix("idx"))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(0);
+    let end = (start + size).min(data.len());
+    let items: Vec<Value> = data
+        .get(start..end)
+        .map(<[Value]>::to_vec)
+        .unwrap_or_default();
+    let mut answer = json!({ "data": items });
+    if !data.is_empty() {
+        answer["paging"] =
+            json!({"cursors": {"before": format!("idx{start}"), "after": format!("idx{end}")}});
+        if end < data.len() {
+            answer["paging"]["next"] = json!(format!(
+                "{}/{VERSION}{path}?limit={size}&after=idx{end}",
+                s.base_url
+            ));
+        }
+    }
+    answer
 }
 
 fn form_pairs(text: &str) -> BTreeMap<String, String> {
@@ -424,7 +481,10 @@ async fn app_subscriptions(
                     })
                 })
                 .collect();
-            (200, json!({ "data": data }))
+            (
+                200,
+                page(&s, &format!("/{}/subscriptions", s.app_id), params, &data),
+            )
         }
         Method::POST => {
             let (Some(object), Some(callback), Some(verify_token)) = (
@@ -488,7 +548,7 @@ async fn subscribed_apps(
     match *method {
         Method::GET => {
             let s = state.lock().unwrap_or_else(PoisonError::into_inner);
-            let data: Vec<Value> = s
+            let mine = s
                 .nodes
                 .get(id)
                 .map(|edge| {
@@ -501,10 +561,19 @@ async fn subscribed_apps(
                     } else {
                         json!({"id": app_id, "name": "metahook test app", "subscribed_fields": edge.subscribed_fields})
                     }
-                })
+                });
+            let data: Vec<Value> = s
+                .other_apps
+                .get(id)
                 .into_iter()
+                .flatten()
+                .cloned()
+                .chain(mine)
                 .collect();
-            (200, json!({ "data": data }))
+            (
+                200,
+                page(&s, &format!("/{id}/subscribed_apps"), params, &data),
+            )
         }
         Method::POST if is_waba => {
             let uri = json_body

@@ -99,10 +99,29 @@ impl GraphClient {
         token: &str,
         body: Body,
     ) -> Result<Value, GraphError> {
-        let name = call_name(&method, path);
+        let mut url = self.url(path);
+        if !query.is_empty() {
+            let encoded: String = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())))
+                .finish();
+            url = format!("{url}?{encoded}");
+        }
+        self.call_url(call_name(&method, path), method, url, token, body)
+            .await
+    }
+
+    /// [`GraphClient::call`] of a complete URL (a page's `paging.next`).
+    async fn call_url(
+        &self,
+        name: String,
+        method: reqwest::Method,
+        url: String,
+        token: &str,
+        body: Body,
+    ) -> Result<Value, GraphError> {
         let mut attempt = 1;
         loop {
-            match self.once(&name, &method, path, query, token, &body).await {
+            match self.once(&name, &method, &url, token, &body).await {
                 Ok(value) => return Ok(value),
                 Err(error) if error.is_transient() && attempt < self.settings.max_attempts => {
                     let computed = self.backoff.delay(attempt);
@@ -121,13 +140,59 @@ impl GraphClient {
         }
     }
 
-    /// A mutation: one call whose answer must be Meta's `{"success": true}`.
-    /// `GET path`, a list call: the `data` array of its answer.
+    /// `GET path`, a list call: the `data` arrays of its answer and of every page after it
+    /// (`paging.next`, followed until absent: Meta pages lists by 25, and an edge missing
+    /// from the first page is not missing).
     async fn list(&self, path: &str, token: &str) -> Result<Vec<Value>, GraphError> {
-        let value = self
+        let name = call_name(&reqwest::Method::GET, path);
+        let mut value = self
             .call(reqwest::Method::GET, path, &[], token, Body::None)
             .await?;
-        data(call_name(&reqwest::Method::GET, path), value)
+        let mut items = Vec::new();
+        for _ in 0..MAX_PAGES {
+            let next = next_page(&value);
+            items.extend(data(name.clone(), value)?);
+            let Some(next) = next else {
+                return Ok(items);
+            };
+            let url = self.same_origin(&name, &next)?;
+            value = self
+                .call_url(name.clone(), reqwest::Method::GET, url, token, Body::None)
+                .await?;
+        }
+        Err(GraphError::transport(
+            name,
+            format!("more than {MAX_PAGES} pages: not following paging.next further"),
+        ))
+    }
+
+    /// `next` when it is on the configured Graph API's origin (the token goes with it), with
+    /// any `access_token` Meta put in it removed (the token travels in the header).
+    fn same_origin(&self, call: &str, next: &str) -> Result<String, GraphError> {
+        let parse = |url: &str| reqwest::Url::parse(url).ok();
+        let (Some(mut url), Some(base)) = (parse(next), parse(&self.settings.base_url)) else {
+            return Err(GraphError::transport(
+                call,
+                format!("paging.next is not a URL: {}", redact_next(next)),
+            ));
+        };
+        if url.origin() != base.origin() {
+            return Err(GraphError::transport(
+                call,
+                format!(
+                    "paging.next points at {}, not the Graph API at {}: not sending the token there",
+                    url.origin().ascii_serialization(),
+                    base.origin().ascii_serialization()
+                ),
+            ));
+        }
+        let kept: Vec<(String, String)> = url
+            .query_pairs()
+            .filter(|(k, _)| k != "access_token")
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(kept);
+        Ok(url.to_string())
     }
 
     /// `POST /{phone-number-id}` with `{"webhook_configuration": configuration}`: sets a
@@ -166,18 +231,10 @@ impl GraphClient {
         &self,
         name: &str,
         method: &reqwest::Method,
-        path: &str,
-        query: &[(&str, String)],
+        url: &str,
         token: &str,
         body: &Body,
     ) -> Result<Value, GraphError> {
-        let mut url = self.url(path);
-        if !query.is_empty() {
-            let encoded: String = form_urlencoded::Serializer::new(String::new())
-                .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())))
-                .finish();
-            url = format!("{url}?{encoded}");
-        }
         let mut request = self.http.request(method.clone(), url).bearer_auth(token);
         request = match body {
             Body::None => request,
@@ -240,6 +297,24 @@ fn expect_success(call: String, value: &Value) -> Result<(), GraphError> {
             format!("Meta did not answer success: {value}"),
         ))
     }
+}
+
+/// The most pages of one list followed (25 entries each by default: 2,500 apps on a Page).
+const MAX_PAGES: usize = 100;
+
+/// A list answer's `paging.next`, when there is a next page.
+fn next_page(value: &Value) -> Option<String> {
+    value
+        .get("paging")
+        .and_then(|p| p.get("next"))
+        .and_then(Value::as_str)
+        .filter(|next| !next.is_empty())
+        .map(str::to_owned)
+}
+
+/// A `paging.next` for a message: without its query (which may carry a token).
+fn redact_next(next: &str) -> &str {
+    next.split('?').next().unwrap_or_default()
 }
 
 /// The `data` array of a list answer.

@@ -36,7 +36,23 @@ pub struct MetaErrorFields {
 }
 
 impl fmt::Display for GraphError {
+    /// Everything, `fbtrace_id` included: for logs and Events.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write(f, true)
+    }
+}
+
+/// [`GraphError::for_status`].
+struct WithoutTrace<'a>(&'a GraphError);
+
+impl fmt::Display for WithoutTrace<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.write(f, false)
+    }
+}
+
+impl GraphError {
+    fn write(&self, f: &mut fmt::Formatter<'_>, trace: bool) -> fmt::Result {
         write!(f, "{}: ", self.call)?;
         if let Some(status) = self.status {
             write!(f, "HTTP {status}: ")?;
@@ -53,8 +69,8 @@ impl fmt::Display for GraphError {
             if let Some(subcode) = meta.subcode {
                 details.push(format!("subcode {subcode}"));
             }
-            if let Some(trace) = &meta.fbtrace_id {
-                details.push(format!("fbtrace_id {trace}"));
+            if let Some(id) = meta.fbtrace_id.as_ref().filter(|_| trace) {
+                details.push(format!("fbtrace_id {id}"));
             }
         }
         if !details.is_empty() {
@@ -67,6 +83,13 @@ impl fmt::Display for GraphError {
 impl std::error::Error for GraphError {}
 
 impl GraphError {
+    /// The error as a Kubernetes status says it: all but `fbtrace_id`, which is unique per
+    /// request. A status that changed with every failed call would be rewritten by every
+    /// failed pass; the trace id stays in the log line and the Event of the failure.
+    pub fn for_status(&self) -> String {
+        WithoutTrace(self).to_string()
+    }
+
     /// An error that is not Meta's error object.
     pub fn transport(call: impl Into<String>, message: impl Into<String>) -> GraphError {
         GraphError {

@@ -96,10 +96,7 @@ pub(super) async fn step(
                 set_finalizer(ctx, sub, false).await?;
                 Ok(RegistrationState::NotRequested)
             }
-            Err(error) => {
-                status.last_error = Some(error.to_string());
-                failed(ctx, sub, status, error).await
-            }
+            Err(error) => failed(ctx, sub, status, error).await,
         };
     };
     let ready = match &observed.receiver {
@@ -196,20 +193,20 @@ pub(super) async fn step(
                 message,
             })
         }
-        Some(error) => {
-            converged.status.last_error = Some(error.to_string());
-            failed(ctx, sub, converged.status, error).await
-        }
+        Some(error) => failed(ctx, sub, converged.status, error).await,
     }
 }
 
+/// A Graph API failure: the Event and the log carry Meta's `fbtrace_id` (what Meta's
+/// support asks for), the status does not (see [`GraphError::for_status`]).
 async fn failed(
     ctx: &Context,
     sub: &WebhookSubscription,
     mut status: RegistrationStatus,
     error: GraphError,
 ) -> Result<RegistrationState, Error> {
-    let message = error.to_string();
+    tracing::warn!(subscription = %sub.name_any(), error = %error, "Graph API call failed");
+    let message = error.for_status();
     status.last_error = Some(message.clone());
     publish(
         ctx,
@@ -217,7 +214,7 @@ async fn failed(
         EventType::Warning,
         "RegistrationFailed",
         "Register",
-        message.clone(),
+        error.to_string(),
     )
     .await;
     Ok(RegistrationState::GraphFailed {
