@@ -56,6 +56,22 @@ pub struct PageTokenConfig {
     /// An environment variable holding the token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_env: Option<String>,
+    /// Send `appsecret_proof` (hex HMAC-SHA256 of the token keyed with the app secret of the
+    /// endpoint the lead arrived on) with each call, as Meta asks of servers (an app with
+    /// "Require App Secret" on refuses a Page token without it). Turn off only for a token
+    /// issued to another app than the endpoint's (Meta answers "Invalid appsecret_proof").
+    /// Default true.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub appsecret_proof: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_true(value: &bool) -> bool {
+    *value
 }
 
 fn default_graph_url() -> String {

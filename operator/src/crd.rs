@@ -215,6 +215,13 @@ pub struct PageRegistrationSpec {
     /// A Page access token of the app (pages_manage_metadata; leads_retrieval for lead
     /// enrichment) or an Instagram user token.
     pub access_token_ref: SecretKeyRef,
+    /// Send `appsecret_proof` (hex HMAC-SHA256 of this token keyed with the app secret)
+    /// with every Graph API call made with this token, as Meta asks of servers (an app with
+    /// "Require App Secret" on refuses calls without it). Turn off only for a token issued
+    /// to another app than registration.appId, whose secret the operator does not hold
+    /// (Meta answers "Invalid appsecret_proof"). Default true.
+    #[serde(default = "default_true")]
+    pub app_secret_proof: bool,
 }
 
 /// A WhatsApp Business Account whose `subscribed_apps` edge the operator manages.
@@ -227,6 +234,13 @@ pub struct WabaRegistrationSpec {
     pub id: String,
     /// A system-user or business token with whatsapp_business_management.
     pub access_token_ref: SecretKeyRef,
+    /// Send `appsecret_proof` (hex HMAC-SHA256 of this token keyed with the app secret)
+    /// with every Graph API call made with this token, as Meta asks of servers (an app with
+    /// "Require App Secret" on refuses calls without it). Turn off only for a token issued
+    /// to another app than registration.appId, whose secret the operator does not hold
+    /// (Meta answers "Invalid appsecret_proof"). Default true.
+    #[serde(default = "default_true")]
+    pub app_secret_proof: bool,
     /// Point this WABA's message-level fields (messages, calls, ...) at this
     /// subscription's callback with a per-WABA override, instead of the app's callback.
     /// Template and account-level fields still go to the app's callback. Default false.
@@ -807,6 +821,10 @@ pub struct RegisteredNode {
     pub id: String,
     /// The token used (for unregistering).
     pub access_token_ref: SecretKeyRef,
+    /// The token was sent without `appsecret_proof` (spec `appSecretProof: false`), and is
+    /// when unregistering.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub without_app_secret_proof: bool,
     /// The subscribed_fields the operator set (Pages and Instagram).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fields: Vec<String>,

@@ -18,8 +18,8 @@ use kube::runtime::{Controller, WatchStreamExt, watcher};
 use metahook_operator::WebhookSubscription;
 use metahook_operator::controller;
 use metahook_operator::graph::{
-    AppSubscribe, AppSubscription, GraphApi, GraphError, MetaErrorFields, NodeSubscribe,
-    SubscribedApp, WebhookConfiguration,
+    AppSubscribe, AppSubscription, Credentials, GraphApi, GraphError, MetaErrorFields,
+    NodeSubscribe, SubscribedApp, WebhookConfiguration,
 };
 use metahook_operator::watch::pass_triggers;
 use serde_json::{Value, json};
@@ -89,38 +89,38 @@ impl GraphApi for DownGraph {
     fn subscribed_apps<'a>(
         &'a self,
         _: &'a str,
-        _: &'a str,
+        _: &'a Credentials,
     ) -> GraphResult<'a, Vec<SubscribedApp>> {
         self.fail("GET subscribed_apps")
     }
     fn subscribe_node<'a>(
         &'a self,
         _: &'a str,
-        _: &'a str,
+        _: &'a Credentials,
         _: &'a NodeSubscribe,
     ) -> GraphResult<'a, ()> {
         self.fail("POST subscribed_apps")
     }
-    fn unsubscribe_node<'a>(&'a self, _: &'a str, _: &'a str) -> GraphResult<'a, ()> {
+    fn unsubscribe_node<'a>(&'a self, _: &'a str, _: &'a Credentials) -> GraphResult<'a, ()> {
         self.fail("DELETE subscribed_apps")
     }
     fn phone_webhook_configuration<'a>(
         &'a self,
         _: &'a str,
-        _: &'a str,
+        _: &'a Credentials,
     ) -> GraphResult<'a, WebhookConfiguration> {
         self.fail("GET webhook_configuration")
     }
     fn set_phone_override<'a>(
         &'a self,
         _: &'a str,
-        _: &'a str,
+        _: &'a Credentials,
         _: &'a str,
         _: &'a str,
     ) -> GraphResult<'a, ()> {
         self.fail("POST webhook_configuration")
     }
-    fn remove_phone_override<'a>(&'a self, _: &'a str, _: &'a str) -> GraphResult<'a, ()> {
+    fn remove_phone_override<'a>(&'a self, _: &'a str, _: &'a Credentials) -> GraphResult<'a, ()> {
         self.fail("POST webhook_configuration")
     }
 }

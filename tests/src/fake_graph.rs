@@ -131,6 +131,11 @@ pub struct State {
     /// Other apps installed on a node, listed before this app's entry (as on a real Page
     /// with several apps), by node id.
     pub other_apps: BTreeMap<String, Vec<Value>>,
+    /// Refuse a call made with a Page, system-user or phone-number token without
+    /// `appsecret_proof`, as Meta does for an app with "Require App Secret" on (on by
+    /// default: the fake is as strict as such an app). A proof that is not the token's
+    /// HMAC with the app secret is refused either way.
+    pub require_appsecret_proof: bool,
     /// The fake's own base URL (for `paging.next`).
     pub base_url: String,
     /// The CAs an https callback's certificate may chain to (as Meta's public roots would):
@@ -183,6 +188,7 @@ impl FakeGraph {
             app_id: app_id.to_owned(),
             app_secret: app_secret.to_owned(),
             base_url: format!("http://{addr}"),
+            require_appsecret_proof: true,
             ..State::default()
         }));
         let task = testkit::serve_http(listener, Arc::clone(&state), |state, request| async move {
@@ -388,6 +394,30 @@ fn invalid_token() -> Answer {
     )
 }
 
+/// Meta's check of `appsecret_proof`: HMAC-SHA256 of the token keyed with the app secret,
+/// hex; required when the app requires it.
+fn check_proof(s: &State, token: &str, params: &BTreeMap<String, String>) -> Result<(), Answer> {
+    use hmac::{Hmac, Mac};
+    let refused =
+        |message: &str| Err((400, meta_error(message, "GraphMethodException", 100, None)));
+    match params.get("appsecret_proof") {
+        Some(proof) => {
+            let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(s.app_secret.as_bytes())
+                .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+            mac.update(token.as_bytes());
+            if hex::encode(mac.finalize().into_bytes()) == *proof {
+                Ok(())
+            } else {
+                refused("Invalid appsecret_proof provided in the API argument")
+            }
+        }
+        None if s.require_appsecret_proof => {
+            refused("API calls from the server require an appsecret_proof argument")
+        }
+        None => Ok(()),
+    }
+}
+
 fn bad_param(message: &str) -> Answer {
     (
         400,
@@ -434,6 +464,14 @@ async fn route(
             phone_token,
         )
     };
+    // Every token but the app's is proved with the app secret.
+    let is_app_call = matches!(segments.as_slice(), [id, "subscriptions"] if *id == app_id);
+    if !is_app_call && let Some(token) = token {
+        let s = state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Err(answer) = check_proof(&s, token, params) {
+            return answer;
+        }
+    }
     match segments.as_slice() {
         [id, "subscriptions"] if *id == app_id => {
             if token != Some(app_token.as_str()) {

@@ -11,7 +11,7 @@ use metahook_receiver::event::{Event, LeadAnswer};
 use metahook_receiver::metrics::Metrics;
 use metahook_receiver::normalize::{self, Context};
 use metahook_tests::fake_graph::{self, FakeGraph, Fault};
-use metahook_tests::testkit::metric_value;
+use metahook_tests::testkit::{SECRET, config_in, metric_value};
 use serde_json::json;
 
 const PAGE: &str = "111";
@@ -67,6 +67,7 @@ fn enrichment(graph: &FakeGraph, token_file: PathBuf, max_attempts: u32) -> Enri
         page_id: PAGE.into(),
         token_file: Some(token_file),
         token_env: None,
+        appsecret_proof: true,
     }]);
     lead_ads.graph_url = graph.url();
     lead_ads.api_version = fake_graph::VERSION.into();
@@ -77,8 +78,15 @@ fn enrichment(graph: &FakeGraph, token_file: PathBuf, max_attempts: u32) -> Enri
     }
 }
 
+/// The test receiver's endpoints (endpoint `meta`, its app secret [`SECRET`] in a file).
+fn endpoints(dir: &tempfile::TempDir) -> Vec<metahook_receiver::config::EndpointConfig> {
+    config_in(dir.path()).expect("config").endpoints
+}
+
 async fn setup(dir: &tempfile::TempDir) -> (FakeGraph, Enricher, Metrics) {
-    let graph = FakeGraph::start("1234", "secret")
+    // The app of the receiver's endpoint, which requires appsecret_proof.
+    let app_secret = std::str::from_utf8(SECRET).expect("utf-8");
+    let graph = FakeGraph::start("1234", app_secret)
         .await
         .expect("fake graph");
     graph.add_node(PAGE, PAGE_TOKEN);
@@ -93,7 +101,7 @@ async fn setup(dir: &tempfile::TempDir) -> (FakeGraph, Enricher, Metrics) {
     let config = enrichment(&graph, token_file, 3);
     config.validate().expect("valid");
     let metrics = Metrics::new().expect("metrics");
-    let enricher = Enricher::new(&config, &metrics).expect("enricher");
+    let enricher = Enricher::new(&config, &endpoints(dir), &metrics).expect("enricher");
     (graph, enricher, metrics)
 }
 
@@ -288,4 +296,39 @@ async fn a_receiver_delivers_leadgen_events_with_their_answers() {
             .expect("metric"),
         1.0
     );
+}
+
+#[tokio::test]
+async fn the_token_is_proved_with_the_endpoints_app_secret_unless_it_is_another_apps() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (graph, _, _) = setup(&dir).await;
+    let mut config = enrichment(&graph, dir.path().join("page-111"), 1);
+    // Switched off (a token of another app): Meta's app requiring the proof refuses it.
+    if let Some(lead_ads) = config.lead_ads.as_mut() {
+        lead_ads.page_tokens[0].appsecret_proof = false;
+    }
+    let metrics = Metrics::new().expect("metrics");
+    let bare = Enricher::new(&config, &endpoints(&dir), &metrics).expect("enricher");
+    let mut events = leadgen_events(&["L1"]);
+    bare.enrich(&mut events).await;
+    assert!(!has_answers(&events[0]));
+    assert_eq!(count(&metrics, "failed"), 1.0);
+    assert_eq!(graph.log()[0].status, 400);
+    // An app that does not require it answers the bare token.
+    graph.with(|s| s.require_appsecret_proof = false);
+    bare.enrich(&mut events).await;
+    assert!(has_answers(&events[0]));
+    // A proof made with another secret (an endpoint of another app) is refused either way.
+    let other = tempfile::tempdir().expect("tempdir");
+    let mut endpoints = endpoints(&other);
+    let secret_file = other.path().join("other-app-secret");
+    std::fs::write(&secret_file, "another-app").expect("secret");
+    endpoints[0].app_secret_file = Some(secret_file);
+    let config = enrichment(&graph, dir.path().join("page-111"), 1);
+    let metrics = Metrics::new().expect("metrics");
+    let wrong = Enricher::new(&config, &endpoints, &metrics).expect("enricher");
+    let mut events = leadgen_events(&["L2"]);
+    wrong.enrich(&mut events).await;
+    assert!(!has_answers(&events[0]));
+    assert_eq!(count(&metrics, "failed"), 1.0);
 }

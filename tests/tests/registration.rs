@@ -10,7 +10,7 @@ use metahook_operator::controller::registration::{
     self, Desired, DesiredNode, Tokens, converge, unregister,
 };
 use metahook_operator::crd::{RegisteredNode, RegistrationStatus, SecretKeyRef};
-use metahook_operator::graph::{GraphClient, GraphSettings};
+use metahook_operator::graph::{Credentials, GraphClient, GraphSettings};
 use metahook_tests::fake_graph::{self, FakeGraph, Fault};
 use metahook_tests::testkit::{PATH, TestReceiver, VERIFY_TOKEN};
 
@@ -238,7 +238,7 @@ async fn a_waba_override_set_by_someone_else_is_left_alone_unless_taken_over() {
     wanted.wabas = vec![DesiredNode {
         id: "5550001".to_owned(),
         token_ref: key("wa-system-user"),
-        token: "waba-token".to_owned(),
+        token: Credentials::with_proof("waba-token", APP_SECRET),
         override_callback: true,
         phone_numbers: Vec::new(),
     }];
@@ -383,7 +383,7 @@ async fn waba_override_set_then_removed_and_unregistered() {
     wanted.wabas = vec![DesiredNode {
         id: "5550001".to_owned(),
         token_ref: key("wa-system-user"),
-        token: "system-user-token".to_owned(),
+        token: Credentials::with_proof("system-user-token", APP_SECRET),
         override_callback: true,
         phone_numbers: Vec::new(),
     }];
@@ -415,7 +415,10 @@ async fn waba_override_set_then_removed_and_unregistered() {
     let (status, _) = unregister_all(
         &client,
         &removed.status,
-        &[("wa-system-user", "system-user-token")],
+        &[
+            ("meta-app", APP_SECRET),
+            ("wa-system-user", "system-user-token"),
+        ],
     )
     .await;
     assert!(graph.edge("5550001").is_none(), "edge removed");
@@ -430,7 +433,7 @@ fn phones_wanted(receiver: &TestReceiver, phones: &[&str]) -> Desired {
     wanted.wabas = vec![DesiredNode {
         id: "5550001".to_owned(),
         token_ref: key("wa-system-user"),
-        token: "system-user-token".to_owned(),
+        token: Credentials::with_proof("system-user-token", APP_SECRET),
         override_callback: false,
         phone_numbers: phones.iter().map(|p| (*p).to_owned()).collect(),
     }];
@@ -611,7 +614,10 @@ async fn unregistering_removes_the_phone_overrides_before_the_waba_edge() {
     let (status, changes) = unregister_all(
         &client,
         &set.status,
-        &[("wa-system-user", "system-user-token")],
+        &[
+            ("meta-app", APP_SECRET),
+            ("wa-system-user", "system-user-token"),
+        ],
     )
     .await;
     assert_eq!(graph.phone_override("7770001"), None);
@@ -648,7 +654,7 @@ async fn an_override_longer_than_metas_limit_is_refused() {
     wanted.wabas = vec![DesiredNode {
         id: "5550001".to_owned(),
         token_ref: key("wa"),
-        token: "system-user-token".to_owned(),
+        token: Credentials::with_proof("system-user-token", APP_SECRET),
         override_callback: true,
         phone_numbers: Vec::new(),
     }];
@@ -683,7 +689,7 @@ async fn page_edges_keep_other_fields_and_are_removed_on_delete() {
         .map(|id| DesiredNode {
             id: id.to_owned(),
             token_ref: key(&format!("page-{id}")),
-            token: format!("page-{id}-token"),
+            token: Credentials::with_proof(format!("page-{id}-token"), APP_SECRET),
             override_callback: false,
             phone_numbers: Vec::new(),
         })
@@ -794,7 +800,7 @@ async fn lists_are_followed_to_their_last_page() {
     wanted.pages = vec![DesiredNode {
         id: "1111".to_owned(),
         token_ref: key("page-token"),
-        token: "page-token".to_owned(),
+        token: Credentials::with_proof("page-token", APP_SECRET),
         override_callback: false,
         phone_numbers: Vec::new(),
     }];
@@ -866,4 +872,73 @@ async fn a_next_page_on_another_host_is_not_followed() {
         "{error}"
     );
     assert_eq!(graph.log().len(), 1, "the token was not sent elsewhere");
+}
+
+#[tokio::test]
+async fn node_calls_carry_appsecret_proof_unless_the_token_is_another_apps() {
+    let receiver = TestReceiver::start().await.expect("receiver");
+    let graph = FakeGraph::start(APP, APP_SECRET).await.expect("fake graph");
+    assert!(
+        graph.with(|s| s.require_appsecret_proof),
+        "the fake requires it"
+    );
+    graph.add_node("1111", "page-token");
+    let client = client(&graph);
+    let mut wanted = desired(&receiver, "page", &["feed"]);
+    wanted.app_subscription = false;
+    let page = |token: Credentials| DesiredNode {
+        id: "1111".to_owned(),
+        token_ref: key("page-token"),
+        token,
+        override_callback: false,
+        phone_numbers: Vec::new(),
+    };
+    // Without a proof, an app requiring the app secret refuses the Page token.
+    wanted.pages = vec![page(Credentials::bare("page-token"))];
+    let error = converge(&client, &wanted, None)
+        .await
+        .error
+        .expect("refused");
+    assert_eq!(error.code(), Some(100));
+    assert!(
+        error
+            .message
+            .contains("require an appsecret_proof argument"),
+        "{error}"
+    );
+    // A proof made with another app's secret (a token of another app with the switch on).
+    wanted.pages = vec![page(Credentials::with_proof(
+        "page-token",
+        "other-app-secret",
+    ))];
+    let error = converge(&client, &wanted, None)
+        .await
+        .error
+        .expect("refused");
+    assert!(error.message.contains("Invalid appsecret_proof"), "{error}");
+    // With the proof: registered, and the proof rode on every node call.
+    wanted.pages = vec![page(Credentials::with_proof("page-token", APP_SECRET))];
+    let done = converge(&client, &wanted, None).await;
+    assert!(done.error.is_none(), "{:?}", done.error);
+    assert_eq!(
+        graph.edge("1111").map(|e| e.subscribed_fields),
+        Some(vec!["feed".to_owned()])
+    );
+    assert!(!done.status.pages[0].without_app_secret_proof);
+    // Unregistering proves the token too (with the app secret recorded in the status).
+    let (status, _) = unregister_all(
+        &client,
+        &done.status,
+        &[("meta-app", APP_SECRET), ("page-token", "page-token")],
+    )
+    .await;
+    assert!(status.pages.is_empty());
+    assert_eq!(graph.edge("1111"), None);
+    // An app that does not require it takes a bare token (appSecretProof: false), and
+    // the status records that it was sent bare.
+    graph.with(|s| s.require_appsecret_proof = false);
+    wanted.pages = vec![page(Credentials::bare("page-token"))];
+    let bare = converge(&client, &wanted, None).await;
+    assert!(bare.error.is_none(), "{:?}", bare.error);
+    assert!(bare.status.pages[0].without_app_secret_proof);
 }

@@ -8,7 +8,7 @@ use metahook_backoff::ExponentialBackoff;
 use serde_json::Value;
 
 use super::{
-    AppSubscribe, AppSubscription, GraphApi, GraphError, NodeSubscribe, SubscribedApp,
+    AppSubscribe, AppSubscription, Credentials, GraphApi, GraphError, NodeSubscribe, SubscribedApp,
     WebhookConfiguration,
 };
 
@@ -96,7 +96,7 @@ impl GraphClient {
         method: reqwest::Method,
         path: &str,
         query: &[(&str, String)],
-        token: &str,
+        token: &Credentials,
         body: Body,
     ) -> Result<Value, GraphError> {
         let mut url = self.url(path);
@@ -116,7 +116,7 @@ impl GraphClient {
         name: String,
         method: reqwest::Method,
         url: String,
-        token: &str,
+        token: &Credentials,
         body: Body,
     ) -> Result<Value, GraphError> {
         let mut attempt = 1;
@@ -143,7 +143,7 @@ impl GraphClient {
     /// `GET path`, a list call: the `data` arrays of its answer and of every page after it
     /// (`paging.next`, followed until absent: Meta pages lists by 25, and an edge missing
     /// from the first page is not missing).
-    async fn list(&self, path: &str, token: &str) -> Result<Vec<Value>, GraphError> {
+    async fn list(&self, path: &str, token: &Credentials) -> Result<Vec<Value>, GraphError> {
         let name = call_name(&reqwest::Method::GET, path);
         let mut value = self
             .call(reqwest::Method::GET, path, &[], token, Body::None)
@@ -167,7 +167,8 @@ impl GraphClient {
     }
 
     /// `next` when it is on the configured Graph API's origin (the token goes with it), with
-    /// any `access_token` Meta put in it removed (the token travels in the header).
+    /// any `access_token` Meta put in it removed (the token travels in the header) and any
+    /// `appsecret_proof` (the call adds its own).
     fn same_origin(&self, call: &str, next: &str) -> Result<String, GraphError> {
         let parse = |url: &str| reqwest::Url::parse(url).ok();
         let (Some(mut url), Some(base)) = (parse(next), parse(&self.settings.base_url)) else {
@@ -188,7 +189,7 @@ impl GraphClient {
         }
         let kept: Vec<(String, String)> = url
             .query_pairs()
-            .filter(|(k, _)| k != "access_token")
+            .filter(|(k, _)| k != "access_token" && k != "appsecret_proof")
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
         url.query_pairs_mut().clear().extend_pairs(kept);
@@ -200,7 +201,7 @@ impl GraphClient {
     async fn post_webhook_configuration(
         &self,
         phone_id: &str,
-        token: &str,
+        token: &Credentials,
         configuration: Value,
     ) -> Result<(), GraphError> {
         let body = serde_json::json!({ "webhook_configuration": configuration });
@@ -219,7 +220,7 @@ impl GraphClient {
         method: reqwest::Method,
         path: &str,
         query: &[(&str, String)],
-        token: &str,
+        token: &Credentials,
         body: Body,
     ) -> Result<(), GraphError> {
         let name = call_name(&method, path);
@@ -232,10 +233,16 @@ impl GraphClient {
         name: &str,
         method: &reqwest::Method,
         url: &str,
-        token: &str,
+        token: &Credentials,
         body: &Body,
     ) -> Result<Value, GraphError> {
-        let mut request = self.http.request(method.clone(), url).bearer_auth(token);
+        let mut request = self
+            .http
+            .request(method.clone(), url)
+            .bearer_auth(token.token());
+        if let Some(proof) = token.proof() {
+            request = request.query(&[("appsecret_proof", proof)]);
+        }
         request = match body {
             Body::None => request,
             Body::Form(pairs) => request
@@ -252,12 +259,12 @@ impl GraphClient {
         let response = request
             .send()
             .await
-            .map_err(|e| GraphError::transport(name, error_chain(&e)))?;
+            .map_err(|e| GraphError::transport(name, error_chain(&e.without_url())))?;
         let status = response.status().as_u16();
         let bytes = response
             .bytes()
             .await
-            .map_err(|e| GraphError::transport(name, error_chain(&e)))?;
+            .map_err(|e| GraphError::transport(name, error_chain(&e.without_url())))?;
         if !(200..300).contains(&status) {
             return Err(GraphError::from_response(name, status, &bytes));
         }
@@ -268,7 +275,9 @@ impl GraphClient {
     }
 }
 
-/// Every cause of a transport error, once each (reqwest hides the useful one inside).
+/// Every cause of a transport error, once each (reqwest hides the useful one inside). The
+/// callers strip the URL first: the call's name says where, and the query carries the
+/// `appsecret_proof`.
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut parts = vec![error.to_string()];
     let mut source = error.source();
@@ -342,7 +351,7 @@ impl GraphApi for GraphClient {
     ) -> BoxFuture<'a, Result<Vec<AppSubscription>, GraphError>> {
         Box::pin(async move {
             let path = format!("{app_id}/subscriptions");
-            self.list(&path, app_token)
+            self.list(&path, &Credentials::bare(app_token))
                 .await?
                 .into_iter()
                 .map(|entry| {
@@ -374,7 +383,7 @@ impl GraphApi for GraphClient {
                 reqwest::Method::POST,
                 &path,
                 &[],
-                app_token,
+                &Credentials::bare(app_token),
                 Body::Form(form),
             )
             .await
@@ -398,7 +407,7 @@ impl GraphApi for GraphClient {
                 reqwest::Method::DELETE,
                 &path,
                 &query,
-                app_token,
+                &Credentials::bare(app_token),
                 Body::None,
             )
             .await
@@ -408,7 +417,7 @@ impl GraphApi for GraphClient {
     fn subscribed_apps<'a>(
         &'a self,
         node_id: &'a str,
-        token: &'a str,
+        token: &'a Credentials,
     ) -> BoxFuture<'a, Result<Vec<SubscribedApp>, GraphError>> {
         Box::pin(async move {
             let path = format!("{node_id}/subscribed_apps");
@@ -424,7 +433,7 @@ impl GraphApi for GraphClient {
     fn subscribe_node<'a>(
         &'a self,
         node_id: &'a str,
-        token: &'a str,
+        token: &'a Credentials,
         request: &'a NodeSubscribe,
     ) -> BoxFuture<'a, Result<(), GraphError>> {
         Box::pin(async move {
@@ -454,7 +463,7 @@ impl GraphApi for GraphClient {
     fn unsubscribe_node<'a>(
         &'a self,
         node_id: &'a str,
-        token: &'a str,
+        token: &'a Credentials,
     ) -> BoxFuture<'a, Result<(), GraphError>> {
         Box::pin(async move {
             let path = format!("{node_id}/subscribed_apps");
@@ -466,7 +475,7 @@ impl GraphApi for GraphClient {
     fn phone_webhook_configuration<'a>(
         &'a self,
         phone_id: &'a str,
-        token: &'a str,
+        token: &'a Credentials,
     ) -> BoxFuture<'a, Result<WebhookConfiguration, GraphError>> {
         Box::pin(async move {
             let query = [("fields", "webhook_configuration".to_owned())];
@@ -480,7 +489,7 @@ impl GraphApi for GraphClient {
     fn set_phone_override<'a>(
         &'a self,
         phone_id: &'a str,
-        token: &'a str,
+        token: &'a Credentials,
         callback_uri: &'a str,
         verify_token: &'a str,
     ) -> BoxFuture<'a, Result<(), GraphError>> {
@@ -497,7 +506,7 @@ impl GraphApi for GraphClient {
     fn remove_phone_override<'a>(
         &'a self,
         phone_id: &'a str,
-        token: &'a str,
+        token: &'a Credentials,
     ) -> BoxFuture<'a, Result<(), GraphError>> {
         Box::pin(self.post_webhook_configuration(
             phone_id,

@@ -13,7 +13,7 @@ use kube::client::Body;
 use metahook_operator::WebhookSubscription;
 use metahook_operator::controller::{Context, Settings};
 use metahook_operator::graph::{
-    AppSubscribe, AppSubscription, GraphApi, GraphError, NodeSubscribe, SubscribedApp,
+    AppSubscribe, AppSubscription, Credentials, GraphApi, GraphError, NodeSubscribe, SubscribedApp,
     WebhookConfiguration,
 };
 use metahook_operator::metrics::Metrics;
@@ -425,7 +425,7 @@ impl GraphApi for RecordingGraph {
     fn subscribed_apps<'a>(
         &'a self,
         node_id: &'a str,
-        _: &'a str,
+        _: &'a Credentials,
     ) -> GraphResult<'a, Vec<SubscribedApp>> {
         let result = self
             .record(format!("GET /{node_id}/subscribed_apps"))
@@ -444,7 +444,7 @@ impl GraphApi for RecordingGraph {
     fn subscribe_node<'a>(
         &'a self,
         node_id: &'a str,
-        _: &'a str,
+        _: &'a Credentials,
         request: &'a NodeSubscribe,
     ) -> GraphResult<'a, ()> {
         let (described, app) = match request {
@@ -481,7 +481,7 @@ impl GraphApi for RecordingGraph {
         Box::pin(async move { result })
     }
 
-    fn unsubscribe_node<'a>(&'a self, node_id: &'a str, _: &'a str) -> GraphResult<'a, ()> {
+    fn unsubscribe_node<'a>(&'a self, node_id: &'a str, _: &'a Credentials) -> GraphResult<'a, ()> {
         let result = self
             .record(format!("DELETE /{node_id}/subscribed_apps"))
             .map(|()| {
@@ -493,7 +493,7 @@ impl GraphApi for RecordingGraph {
     fn phone_webhook_configuration<'a>(
         &'a self,
         phone_id: &'a str,
-        _: &'a str,
+        _: &'a Credentials,
     ) -> GraphResult<'a, WebhookConfiguration> {
         let result = self
             .record(format!("GET /{phone_id} fields=webhook_configuration"))
@@ -507,7 +507,7 @@ impl GraphApi for RecordingGraph {
     fn set_phone_override<'a>(
         &'a self,
         phone_id: &'a str,
-        _: &'a str,
+        _: &'a Credentials,
         callback_uri: &'a str,
         _: &'a str,
     ) -> GraphResult<'a, ()> {
@@ -522,7 +522,11 @@ impl GraphApi for RecordingGraph {
         Box::pin(async move { result })
     }
 
-    fn remove_phone_override<'a>(&'a self, phone_id: &'a str, _: &'a str) -> GraphResult<'a, ()> {
+    fn remove_phone_override<'a>(
+        &'a self,
+        phone_id: &'a str,
+        _: &'a Credentials,
+    ) -> GraphResult<'a, ()> {
         let result = self
             .record(format!("POST /{phone_id} override=none"))
             .map(|()| {

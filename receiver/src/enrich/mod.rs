@@ -51,10 +51,15 @@ pub struct Enricher {
 }
 
 impl Enricher {
-    /// Builds the enrichers `config` turns on and registers
+    /// Builds the enrichers `config` turns on (a lead's token is proved with the app secret
+    /// of its endpoint, one of `endpoints`) and registers
     /// `metahook_enrichment_total{result}` in `metrics`. `config` was validated with the
     /// rest of the configuration.
-    pub fn new(config: &EnrichmentConfig, metrics: &Metrics) -> Result<Enricher, EnrichError> {
+    pub fn new(
+        config: &EnrichmentConfig,
+        endpoints: &[metahook_config::EndpointConfig],
+        metrics: &Metrics,
+    ) -> Result<Enricher, EnrichError> {
         let total = IntCounterVec::new(
             Opts::new(
                 "metahook_enrichment_total",
@@ -69,7 +74,7 @@ impl Enricher {
         let lead_ads = config
             .lead_ads
             .as_ref()
-            .map(LeadAds::new)
+            .map(|lead_ads| LeadAds::new(lead_ads, endpoints))
             .transpose()
             .map_err(|e| EnrichError::Client(e.to_string()))?;
         Ok(Enricher { lead_ads, total })

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::desired::{Desired, DesiredNode, token_digest};
 use crate::crd::{RegisteredNode, RegisteredPhoneNumber, RegistrationStatus, SecretKeyRef};
-use crate::graph::{AppSubscribe, GraphApi, GraphError, NodeSubscribe};
+use crate::graph::{AppSubscribe, Credentials, GraphApi, GraphError, NodeSubscribe};
 
 /// The host of a callback URL, for messages (a URL's path or query may carry a token).
 fn host_of(url: &str) -> String {
@@ -233,6 +233,7 @@ async fn converge_into(
             RegisteredNode {
                 id: page.id.clone(),
                 access_token_ref: page.token_ref.clone(),
+                without_app_secret_proof: page.token.proof().is_none(),
                 fields: desired.fields.clone(),
                 override_callback_url: None,
                 phone_numbers: Vec::new(),
@@ -295,6 +296,7 @@ async fn converge_into(
             RegisteredNode {
                 id: waba.id.clone(),
                 access_token_ref: waba.token_ref.clone(),
+                without_app_secret_proof: waba.token.proof().is_none(),
                 fields: Vec::new(),
                 override_callback_url: override_wanted,
                 phone_numbers,
@@ -387,7 +389,7 @@ async fn remove_phones(
     status: &mut RegistrationStatus,
     waba_id: &str,
     phones: &[RegisteredPhoneNumber],
-    token: &str,
+    token: &Credentials,
     changes: &mut Vec<String>,
 ) -> Result<(), GraphError> {
     for phone in phones {
@@ -446,7 +448,7 @@ async fn remove_page(
     graph: &dyn GraphApi,
     app_id: &str,
     node: &RegisteredNode,
-    token: &str,
+    token: &Credentials,
 ) -> Result<Option<String>, GraphError> {
     let apps = graph.subscribed_apps(&node.id, token).await?;
     let Some(mine) = apps.iter().find(|a| a.app_id == app_id) else {
@@ -480,7 +482,7 @@ async fn remove_waba(
     graph: &dyn GraphApi,
     app_id: &str,
     node: &RegisteredNode,
-    token: &str,
+    token: &Credentials,
 ) -> Result<Option<String>, GraphError> {
     let apps = graph.subscribed_apps(&node.id, token).await?;
     if !apps.iter().any(|a| a.app_id == app_id) {
@@ -508,22 +510,36 @@ pub async fn remove_nodes(
     changes: &mut Vec<String>,
 ) -> Result<(), GraphError> {
     let app_id = status.app_id.clone();
+    let app_secret = status
+        .app_secret_ref
+        .as_ref()
+        .and_then(|r| tokens.get(r))
+        .cloned();
+    let app_secret = app_secret.as_deref();
     for node in status.pages.clone() {
         if keep_pages.contains(&node.id) {
             continue;
         }
-        let token = token_for(tokens, &node)?;
-        changes.extend(remove_page(graph, &app_id, &node, token).await?);
+        let token = credentials_for(tokens, app_secret, &node)?;
+        changes.extend(remove_page(graph, &app_id, &node, &token).await?);
         status.pages.retain(|p| p.id != node.id);
     }
     for node in status.whatsapp_business_accounts.clone() {
         if keep_wabas.contains(&node.id) {
             continue;
         }
-        let token = token_for(tokens, &node)?;
+        let token = credentials_for(tokens, app_secret, &node)?;
         // The phone overrides first: they outrank the WABA's and outlive its edge.
-        remove_phones(graph, status, &node.id, &node.phone_numbers, token, changes).await?;
-        changes.extend(remove_waba(graph, &app_id, &node, token).await?);
+        remove_phones(
+            graph,
+            status,
+            &node.id,
+            &node.phone_numbers,
+            &token,
+            changes,
+        )
+        .await?;
+        changes.extend(remove_waba(graph, &app_id, &node, &token).await?);
         status
             .whatsapp_business_accounts
             .retain(|w| w.id != node.id);
@@ -531,19 +547,27 @@ pub async fn remove_nodes(
     Ok(())
 }
 
-fn token_for<'a>(tokens: &'a Tokens, node: &RegisteredNode) -> Result<&'a str, GraphError> {
-    tokens
-        .get(&node.access_token_ref)
-        .map(String::as_str)
-        .ok_or_else(|| {
-            GraphError::transport(
-                format!("unsubscribe {}", node.id),
-                format!(
-                    "its token (Secret {} key {}) is gone",
-                    node.access_token_ref.name, node.access_token_ref.key
-                ),
-            )
-        })
+/// The recorded node's token as registered: with its `appsecret_proof` (made with the app
+/// secret recorded in the status) unless it was registered without one.
+fn credentials_for(
+    tokens: &Tokens,
+    app_secret: Option<&str>,
+    node: &RegisteredNode,
+) -> Result<Credentials, GraphError> {
+    let gone = |what: String| GraphError::transport(format!("unsubscribe {}", node.id), what);
+    let token = tokens.get(&node.access_token_ref).ok_or_else(|| {
+        gone(format!(
+            "its token (Secret {} key {}) is gone",
+            node.access_token_ref.name, node.access_token_ref.key
+        ))
+    })?;
+    if node.without_app_secret_proof {
+        return Ok(Credentials::bare(token.clone()));
+    }
+    let app_secret = app_secret.ok_or_else(|| {
+        gone("the app secret its appsecret_proof is made with is gone".to_owned())
+    })?;
+    Ok(Credentials::with_proof(token.clone(), app_secret))
 }
 
 /// Removes everything `status` records: the app subscription's fields (Meta drops the

@@ -147,6 +147,8 @@ pub(super) async fn step(
                 .filter(|w| !desired.wabas.iter().any(|d| d.id == w.id))
                 .cloned()
                 .collect(),
+            // The app secret too: the dropped tokens' appsecret_proof is made with it.
+            app_secret_ref: converged.status.app_secret_ref.clone(),
             ..RegistrationStatus::default()
         };
         if !(dropped.pages.is_empty() && dropped.whatsapp_business_accounts.is_empty()) {
