@@ -26,7 +26,7 @@ pub struct LeadAdsConfig {
     /// The Graph API's base URL. Default `https://graph.facebook.com`.
     #[serde(default = "default_graph_url")]
     pub graph_url: String,
-    /// The Graph API version, e.g. `v23.0`.
+    /// The Graph API version. Default [`crate::GRAPH_API_VERSION`], the operator's too.
     #[serde(default = "default_api_version")]
     pub api_version: String,
     /// Timeout of one request. Default 5s.
@@ -78,7 +78,7 @@ fn default_graph_url() -> String {
     "https://graph.facebook.com".to_owned()
 }
 fn default_api_version() -> String {
-    "v23.0".to_owned()
+    crate::GRAPH_API_VERSION.to_owned()
 }
 fn default_timeout() -> Duration {
     Duration::from_secs(5)
@@ -150,7 +150,7 @@ impl EnrichmentConfig {
         if !well_formed {
             return Err(invalid(
                 key("api_version"),
-                format!("{version:?} is not a Graph API version such as v23.0"),
+                format!("{version:?} is not a Graph API version such as v26.0"),
             ));
         }
         lead_ads

@@ -21,6 +21,10 @@ pub const RECEIVER_AVAILABLE: &str = "ReceiverAvailable";
 /// Meta holds the registration spec.registration asks for (only with spec.registration).
 pub const REGISTERED: &str = "Registered";
 
+/// The `Registered` reason when Meta refuses a token as expired, revoked or invalid (code
+/// 190): the message names the Secret key to put a new token in.
+pub const TOKEN_EXPIRED: &str = "TokenExpired";
+
 /// Registration with Meta as one pass left it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum RegistrationState {
@@ -66,6 +70,8 @@ pub enum RegistrationState {
         message: String,
         /// The error.
         error: GraphError,
+        /// The Secret key whose token Meta refused as expired or revoked (code 190).
+        rejected_token: Option<SecretKeyRef>,
     },
 }
 
@@ -344,6 +350,8 @@ pub fn build(
             ok: false,
             reason: if error.is_rate_limit() {
                 "RateLimited".to_owned()
+            } else if error.is_token_rejected() {
+                TOKEN_EXPIRED.to_owned()
             } else {
                 "GraphAPIError".to_owned()
             },

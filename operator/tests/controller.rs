@@ -2027,3 +2027,42 @@ async fn a_missing_secret_reports_the_receivers_that_still_run() {
     );
     assert_eq!(condition(status, "Ready")["reason"], "SecretsResolvedFalse");
 }
+
+#[tokio::test]
+async fn an_expired_token_is_a_condition_and_an_event_naming_the_secret_to_rotate() {
+    let spec = registering_spec();
+    let sub = subscription("wa", NS, &spec);
+    let script = registering_pass_with_ready_receiver(&spec);
+    let api = MockApi::start(script, Capabilities::default(), test_now());
+    *api.graph.fail.lock().expect("lock") = Some(metahook_operator::graph::GraphError {
+        call: "GET /1234/subscriptions".to_owned(),
+        status: Some(400),
+        message: "Error validating access token: Session has expired".to_owned(),
+        meta: Some(Box::new(metahook_operator::graph::MetaErrorFields {
+            kind: Some("OAuthException".to_owned()),
+            code: Some(190),
+            subcode: Some(463),
+            fbtrace_id: Some("Tr4ce".to_owned()),
+        })),
+    });
+    controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect_err("the pass fails");
+    let served = api.finish().await;
+    assert_eq!(served[12].body["reason"], "TokenExpired");
+    assert_eq!(served[12].body["type"], "Warning");
+    let note = served[12].body["note"].as_str().expect("note");
+    assert!(
+        note.starts_with("Meta refused the token in Secret meta-app key app-secret as expired or revoked: put a new one there")
+            && note.contains("fbtrace_id Tr4ce"),
+        "{note}"
+    );
+    let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
+    let registered = condition(status, "Registered");
+    assert_eq!(registered["reason"], "TokenExpired");
+    let message = registered["message"].as_str().expect("message");
+    assert!(
+        message.contains("Secret meta-app key app-secret") && !message.contains("Tr4ce"),
+        "{message}"
+    );
+}

@@ -33,6 +33,9 @@ pub struct AppSub {
     pub fields: Vec<String>,
     /// The verify token it was registered with.
     pub verify_token: String,
+    /// Whether Meta delivers (false after its callback kept failing; a POST makes it
+    /// active again).
+    pub active: bool,
 }
 
 /// The app's edge on a node.
@@ -136,6 +139,8 @@ pub struct State {
     /// default: the fake is as strict as such an app). A proof that is not the token's
     /// HMAC with the app secret is refused either way.
     pub require_appsecret_proof: bool,
+    /// Tokens that expired: any call with one is refused with code 190, subcode 463.
+    pub expired_tokens: Vec<String>,
     /// The fake's own base URL (for `paging.next`).
     pub base_url: String,
     /// The CAs an https callback's certificate may chain to (as Meta's public roots would):
@@ -175,7 +180,7 @@ impl Drop for FakeGraph {
 }
 
 /// The API version path segment tests use.
-pub const VERSION: &str = "v23.0";
+pub const VERSION: &str = metahook_receiver::config::GRAPH_API_VERSION;
 
 impl FakeGraph {
     /// Serves one app with this secret.
@@ -464,6 +469,24 @@ async fn route(
             phone_token,
         )
     };
+    if let Some(token) = token
+        && state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .expired_tokens
+            .iter()
+            .any(|t| t == token)
+    {
+        return (
+            400,
+            meta_error(
+                "Error validating access token: Session has expired on Friday, 04-Dec-26 10:00:00 PST.",
+                "OAuthException",
+                190,
+                Some(463),
+            ),
+        );
+    }
     // Every token but the app's is proved with the app secret.
     let is_app_call = matches!(segments.as_slice(), [id, "subscriptions"] if *id == app_id);
     if !is_app_call && let Some(token) = token {
@@ -514,7 +537,7 @@ async fn app_subscriptions(
                     json!({
                         "object": object,
                         "callback_url": sub.callback_url,
-                        "active": true,
+                        "active": sub.active,
                         "fields": sub.fields.iter().map(|f| json!({"name": f, "version": VERSION})).collect::<Vec<_>>(),
                     })
                 })
@@ -540,19 +563,19 @@ async fn app_subscriptions(
                 return answer;
             }
             let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
-            let entry = s.subscriptions.entry(object.clone()).or_insert(AppSub {
-                callback_url: String::new(),
-                fields: Vec::new(),
-                verify_token: String::new(),
-            });
-            entry.callback_url = callback.clone();
-            entry.verify_token = verify_token.clone();
-            for field in fields {
-                if !entry.fields.contains(&field) {
-                    entry.fields.push(field);
-                }
-            }
-            success()
+            // The fields listed replace those held: a client that sent only the fields it
+            // adds would drop the others (Meta's reference does not promise a merge).
+            s.subscriptions.insert(
+                object.clone(),
+                AppSub {
+                    callback_url: callback.clone(),
+                    fields,
+                    verify_token: verify_token.clone(),
+                    active: true,
+                },
+            );
+            // Meta's own sample for this edge answers a string.
+            (200, json!({"success": "true"}))
         }
         Method::DELETE => {
             let Some(object) = params.get("object") else {

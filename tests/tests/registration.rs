@@ -791,6 +791,7 @@ async fn lists_are_followed_to_their_last_page() {
                     callback_url: "https://elsewhere.example/hook".to_owned(),
                     fields: vec!["other".to_owned()],
                     verify_token: "t".to_owned(),
+                    active: true,
                 },
             );
         }
@@ -853,6 +854,7 @@ async fn a_next_page_on_another_host_is_not_followed() {
                     callback_url: "https://elsewhere.example/hook".to_owned(),
                     fields: vec!["other".to_owned()],
                     verify_token: "t".to_owned(),
+                    active: true,
                 },
             );
         }
@@ -941,4 +943,70 @@ async fn node_calls_carry_appsecret_proof_unless_the_token_is_another_apps() {
     let bare = converge(&client, &wanted, None).await;
     assert!(bare.error.is_none(), "{:?}", bare.error);
     assert!(bare.status.pages[0].without_app_secret_proof);
+}
+
+#[tokio::test]
+async fn an_inactive_subscription_is_posted_again_with_the_whole_field_set() {
+    let receiver = TestReceiver::start().await.expect("receiver");
+    let graph = FakeGraph::start(APP, APP_SECRET).await.expect("fake graph");
+    let client = client(&graph);
+    let wanted = desired(&receiver, "page", &["feed"]);
+    let first = converge(&client, &wanted, None).await;
+    assert!(first.error.is_none(), "{:?}", first.error);
+    // Someone adds `mention` by hand; later Meta marks the subscription inactive (its
+    // callback kept failing).
+    graph.with(|s| {
+        let sub = s.subscriptions.get_mut("page").expect("page");
+        sub.fields.push("mention".to_owned());
+        sub.active = false;
+    });
+    let again = converge(&client, &wanted, Some(&first.status)).await;
+    assert!(again.error.is_none(), "{:?}", again.error);
+    assert_eq!(
+        again.changes,
+        [format!(
+            "subscribed app {APP} to page fields feed,mention at {} (Meta listed the subscription inactive)",
+            wanted.callback_url
+        )]
+    );
+    let sub = graph.subscription("page").expect("page");
+    assert!(sub.active, "POSTed again: active");
+    // The fake replaces the fields with those POSTed: the hand-made one survived because
+    // the whole set was sent.
+    assert_eq!(fields_of(&graph, "page"), set(&["feed", "mention"]));
+    assert_eq!(again.status.registered_fields, ["feed"]);
+}
+
+#[tokio::test]
+async fn an_expired_token_names_its_secret() {
+    let receiver = TestReceiver::start().await.expect("receiver");
+    let graph = FakeGraph::start(APP, APP_SECRET).await.expect("fake graph");
+    graph.add_node("5550001", "system-user-token");
+    graph.with(|s| s.expired_tokens.push("system-user-token".to_owned()));
+    let client = client(&graph);
+    let mut wanted = desired(&receiver, "whatsapp_business_account", &["messages"]);
+    wanted.wabas = vec![DesiredNode {
+        id: "5550001".to_owned(),
+        token_ref: key("wa-system-user"),
+        token: Credentials::with_proof("system-user-token", APP_SECRET),
+        override_callback: false,
+        phone_numbers: Vec::new(),
+    }];
+    let converged = converge(&client, &wanted, None).await;
+    let error = converged.error.expect("refused");
+    assert!(
+        error.is_token_rejected() && !error.is_transient(),
+        "{error}"
+    );
+    assert_eq!(error.meta.as_ref().and_then(|m| m.subcode), Some(463));
+    assert_eq!(converged.failed_token, Some(key("wa-system-user")));
+    // The app's own subscription went through before: its token is fine.
+    assert!(graph.subscription("whatsapp_business_account").is_some());
+    // Only one call with the expired token: not retried.
+    let with_waba = graph
+        .log()
+        .iter()
+        .filter(|l| l.path.starts_with("/5550001"))
+        .count();
+    assert_eq!(with_waba, 1);
 }

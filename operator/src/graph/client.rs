@@ -17,7 +17,7 @@ use super::{
 pub struct GraphSettings {
     /// The base URL, e.g. `https://graph.facebook.com`.
     pub base_url: String,
-    /// The API version path segment, e.g. `v23.0`.
+    /// The API version path segment, e.g. `v26.0`.
     pub api_version: String,
     /// The timeout of one request (Meta's verification GET happens inside a subscribe).
     pub timeout: Duration,
@@ -296,9 +296,15 @@ fn call_name(method: &reqwest::Method, path: &str) -> String {
     format!("{method} /{}", path.trim_start_matches('/'))
 }
 
-/// Meta answers mutations with `{"success": true}`; anything else is a failure.
+/// Meta answers mutations with `{"success": true}`, or `{"success": "true"}` (a string, as
+/// its own sample for the subscriptions edge shows); anything else is a failure.
 fn expect_success(call: String, value: &Value) -> Result<(), GraphError> {
-    if value.get("success").and_then(Value::as_bool) == Some(true) {
+    let success = match value.get("success") {
+        Some(Value::Bool(success)) => *success,
+        Some(Value::String(success)) => success == "true",
+        _ => false,
+    };
+    if success {
         Ok(())
     } else {
         Err(GraphError::transport(

@@ -117,6 +117,12 @@ impl GraphError {
             || self.status == Some(429)
     }
 
+    /// Did Meta refuse the access token (code 190: expired, subcode 463; the user changed
+    /// their password, 460; revoked or invalid, 467 and others)? Only a new token helps.
+    pub fn is_token_rejected(&self) -> bool {
+        self.code() == Some(190)
+    }
+
     /// Is a retry likely to succeed: no response at all, a 5xx, a rate limit, or Meta's
     /// "unknown error" / "service temporarily unavailable" (codes 1, 2)?
     pub fn is_transient(&self) -> bool {

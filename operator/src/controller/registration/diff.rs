@@ -61,6 +61,9 @@ pub struct Converged {
     pub changes: Vec<String>,
     /// The Graph API error that stopped the pass.
     pub error: Option<GraphError>,
+    /// The Secret key holding the token of the call that failed (the app secret for the
+    /// app's edge): named when Meta refuses the token (code 190) so it can be rotated.
+    pub failed_token: Option<SecretKeyRef>,
     /// Why it stopped before replacing a callback set by something else
     /// ([`CALLBACK_OWNED_ELSEWHERE`]; nothing of that callback was written).
     pub refused: Option<String>,
@@ -91,7 +94,8 @@ pub async fn converge(
     });
     status.last_error = None;
     let mut changes = Vec::new();
-    let result = converge_into(graph, desired, &mut status, &mut changes).await;
+    let mut using = None;
+    let result = converge_into(graph, desired, &mut status, &mut changes, &mut using).await;
     let (error, refused) = match result {
         Ok(()) => (None, None),
         Err(Stop::Graph(error)) => (Some(error), None),
@@ -100,16 +104,20 @@ pub async fn converge(
     Converged {
         status,
         changes,
+        failed_token: error.as_ref().and(using),
         error,
         refused,
     }
 }
 
+/// `using` is set to the token of each section's calls before they are made, so an error
+/// names the Secret it came from.
 async fn converge_into(
     graph: &dyn GraphApi,
     desired: &Desired,
     status: &mut RegistrationStatus,
     changes: &mut Vec<String>,
+    using: &mut Option<SecretKeyRef>,
 ) -> Result<(), Stop> {
     let digest = token_digest(&desired.app_token, &desired.verify_token);
     let registered_digest = status.verify_token_digest.clone();
@@ -124,6 +132,7 @@ async fn converge_into(
         BTreeSet::new()
     };
     if desired.app_subscription || !owned.is_empty() {
+        *using = Some(desired.app_secret_ref.clone());
         let current = graph
             .app_subscriptions(&desired.app_id, &desired.app_token)
             .await?;
@@ -146,6 +155,12 @@ async fn converge_into(
                     || token_changed
             });
             if stale {
+                // The whole set Meta should hold: the wanted fields and those present that
+                // this subscription did not register (by hand, another subscription). Meta's
+                // reference does not say whether a POST keeps fields it does not list; with
+                // the whole set the result is the same either way.
+                let foreign = present.difference(&owned).cloned();
+                let fields: BTreeSet<String> = wanted.iter().cloned().chain(foreign).collect();
                 graph
                     .subscribe_app(
                         &desired.app_id,
@@ -153,17 +168,23 @@ async fn converge_into(
                         &AppSubscribe {
                             object: desired.object.clone(),
                             callback_url: desired.callback_url.clone(),
-                            fields: wanted.iter().cloned().collect(),
+                            fields: fields.iter().cloned().collect(),
                             verify_token: desired.verify_token.clone(),
                         },
                     )
                     .await?;
+                let inactive = entry.is_some_and(|e| !e.active);
                 changes.push(format!(
-                    "subscribed app {} to {} fields {} at {}",
+                    "subscribed app {} to {} fields {} at {}{}",
                     desired.app_id,
                     desired.object,
-                    join(&wanted),
-                    desired.callback_url
+                    join(&fields),
+                    desired.callback_url,
+                    if inactive {
+                        " (Meta listed the subscription inactive)"
+                    } else {
+                        ""
+                    }
                 ));
             }
             status.callback_url = Some(desired.callback_url.clone());
@@ -202,6 +223,7 @@ async fn converge_into(
 
     // Pages and Instagram accounts.
     for page in &desired.pages {
+        *using = Some(page.token_ref.clone());
         let previously: BTreeSet<String> = status
             .pages
             .iter()
@@ -244,6 +266,7 @@ async fn converge_into(
 
     // WhatsApp Business Accounts and their callback overrides.
     for waba in &desired.wabas {
+        *using = Some(waba.token_ref.clone());
         let apps = graph.subscribed_apps(&waba.id, &waba.token).await?;
         let mine = apps.iter().find(|a| a.app_id == desired.app_id);
         let override_wanted = waba.override_callback.then(|| desired.callback_url.clone());

@@ -195,7 +195,10 @@ pub(super) async fn step(
                 message,
             })
         }
-        Some(error) => failed(ctx, sub, converged.status, error).await,
+        Some(error) => {
+            let rejected = converged.failed_token.filter(|_| error.is_token_rejected());
+            failed_with(ctx, sub, converged.status, error, rejected).await
+        }
     }
 }
 
@@ -204,25 +207,43 @@ pub(super) async fn step(
 async fn failed(
     ctx: &Context,
     sub: &WebhookSubscription,
-    mut status: RegistrationStatus,
+    status: RegistrationStatus,
     error: GraphError,
 ) -> Result<RegistrationState, Error> {
+    failed_with(ctx, sub, status, error, None).await
+}
+
+/// [`failed`], naming the Secret key of a token Meta refused (code 190) in the condition
+/// and in a `TokenExpired` Warning Event, so the person on call knows what to rotate.
+async fn failed_with(
+    ctx: &Context,
+    sub: &WebhookSubscription,
+    mut status: RegistrationStatus,
+    error: GraphError,
+    rejected_token: Option<SecretKeyRef>,
+) -> Result<RegistrationState, Error> {
     tracing::warn!(subscription = %sub.name_any(), error = %error, "Graph API call failed");
-    let message = error.for_status();
-    status.last_error = Some(message.clone());
-    publish(
-        ctx,
-        sub,
-        EventType::Warning,
-        "RegistrationFailed",
-        "Register",
-        error.to_string(),
-    )
-    .await;
+    let rotate = rejected_token.as_ref().map(|token| {
+        format!(
+            "Meta refused the token in Secret {} key {} as expired or revoked: put a new one there (its change starts a pass)",
+            token.name, token.key
+        )
+    });
+    let message = match &rotate {
+        Some(rotate) => format!("{rotate}; {}", error.for_status()),
+        None => error.for_status(),
+    };
+    status.last_error = Some(error.for_status());
+    let (reason, note) = match &rotate {
+        Some(rotate) => (crate::status::TOKEN_EXPIRED, format!("{rotate}; {error}")),
+        None => ("RegistrationFailed", error.to_string()),
+    };
+    publish(ctx, sub, EventType::Warning, reason, "Register", note).await;
     Ok(RegistrationState::GraphFailed {
         status,
         message,
         error,
+        rejected_token,
     })
 }
 
