@@ -39,7 +39,13 @@ pub struct Metrics {
     condition_labels: Arc<Mutex<BTreeSet<(String, String, String)>>>,
     /// 1 while this replica holds the leader Lease.
     pub leader: IntGauge,
+    graph_calls: IntCounterVec,
+    graph_usage: GaugeVec,
 }
+
+/// Every `outcome` of `metahook_operator_graph_calls_total`: a 2xx answer, Meta's refusal,
+/// a rate limit, no answer (or not Meta's shape).
+pub const GRAPH_OUTCOMES: [&str; 4] = ["ok", "error", "throttled", "transport"];
 
 impl Metrics {
     /// Registers every series (label values that are known up front start at 0).
@@ -94,6 +100,29 @@ impl Metrics {
         registry.register(Box::new(certificate_expiry.clone()))?;
         registry.register(Box::new(subscription_condition.clone()))?;
         registry.register(Box::new(leader.clone()))?;
+        let graph_calls = IntCounterVec::new(
+            Opts::new(
+                "metahook_operator_graph_calls_total",
+                "Graph API requests of registration (each attempt), by outcome: ok, error \
+                 (Meta refused), throttled (a rate limit), transport (no answer or not Meta's).",
+            ),
+            &["outcome"],
+        )?;
+        let graph_usage = GaugeVec::new(
+            Opts::new(
+                "metahook_operator_graph_usage_percent",
+                "The latest usage of a Meta rate limit, in percent (the highest of call_count, \
+                 total_cputime and total_time): type app for an app (X-App-Usage, id the app id), \
+                 else the Business Use Case type (pages, instagram, whatsapp_business_management, \
+                 ...) of a business object (X-Business-Use-Case-Usage, id its id).",
+            ),
+            &["id", "type"],
+        )?;
+        registry.register(Box::new(graph_calls.clone()))?;
+        registry.register(Box::new(graph_usage.clone()))?;
+        for outcome in GRAPH_OUTCOMES {
+            graph_calls.with_label_values(&[outcome]);
+        }
         for result in ["success", "error"] {
             reconciliations.with_label_values(&[result]);
         }
@@ -110,7 +139,20 @@ impl Metrics {
             subscription_condition,
             condition_labels: Arc::default(),
             leader,
+            graph_calls,
+            graph_usage,
         })
+    }
+
+    /// Counts one Graph API request by outcome (one of [`GRAPH_OUTCOMES`]).
+    pub fn graph_call(&self, outcome: &str) {
+        self.graph_calls.with_label_values(&[outcome]).inc();
+    }
+
+    /// Records the latest usage Meta reported for an app or a business object's use case.
+    /// The ids are those of the spec's apps, Pages and WABAs: a bounded set.
+    pub fn graph_usage(&self, id: &str, kind: &str, percent: f64) {
+        self.graph_usage.with_label_values(&[id, kind]).set(percent);
     }
 
     /// Counts one reconciliation and its duration.

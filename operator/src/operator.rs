@@ -114,7 +114,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             max_attempts: cli.graph_max_attempts,
             retry_backoff: cli.graph_retry_backoff,
         })
-        .context("building the Graph API client")?,
+        .context("building the Graph API client")?
+        .with_metrics(metrics.clone()),
     );
     let ctx = Arc::new(ctx);
     tokio::spawn(refresh_capabilities(client.clone(), ctx.clone()));

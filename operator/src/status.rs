@@ -355,7 +355,14 @@ pub fn build(
             } else {
                 "GraphAPIError".to_owned()
             },
-            message: message.clone(),
+            message: match error.regain_access {
+                // Until when, as Meta announced it: the next pass comes then.
+                Some(wait) => format!(
+                    "throttled by Meta until {} (estimated_time_to_regain_access); retrying then: {message}",
+                    rfc3339(now + wait)
+                ),
+                None => message.clone(),
+            },
         }),
     };
     let conditions = match &observed.refused {
@@ -436,6 +443,14 @@ fn condition(
         status: status.to_owned(),
         type_: wanted.type_.to_owned(),
     }
+}
+
+/// `t` in RFC 3339, whole seconds.
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.replace_nanosecond(0)
+        .unwrap_or(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 /// A whole-second timestamp (what the API server stores for conditions).

@@ -1133,6 +1133,7 @@ fn graph_error() -> metahook_operator::graph::GraphError {
             subcode: None,
             fbtrace_id: Some("AbC123".to_owned()),
         })),
+        regain_access: None,
     }
 }
 
@@ -2044,6 +2045,7 @@ async fn an_expired_token_is_a_condition_and_an_event_naming_the_secret_to_rotat
             subcode: Some(463),
             fbtrace_id: Some("Tr4ce".to_owned()),
         })),
+        regain_access: None,
     });
     controller::reconcile(Arc::new(sub), api.ctx.clone())
         .await

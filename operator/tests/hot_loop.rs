@@ -54,6 +54,7 @@ impl DownGraph {
                 subcode: None,
                 fbtrace_id: Some(format!("Trace{}", calls.len())),
             })),
+            regain_access: None,
         };
         Box::pin(async move { Err(error) })
     }
@@ -183,8 +184,21 @@ fn routes() -> Vec<Expect> {
 /// without a cap it would never let the clock reach the minute's end.
 const MAX_WATCH_EVENTS: usize = 200;
 
-#[tokio::test(start_paused = true)]
-async fn a_failing_registration_is_retried_at_the_backoff_not_by_its_own_status_writes() {
+/// What the API server saw while the controller ran.
+struct Run {
+    /// The subscription as the API server holds it at the end.
+    stored: Value,
+    /// Watch events sent (changes of the object).
+    sent: usize,
+    /// Status applies.
+    status_writes: usize,
+    /// When the run started (tokio's paused clock).
+    started: Instant,
+}
+
+/// Runs the controller over [`spec`] with this Graph API for `seconds` of virtual time.
+async fn run_for(graph: Arc<dyn GraphApi>, seconds: u64) -> Run {
+    let started = Instant::now();
     let stored = Arc::new(Mutex::new(
         serde_json::to_value(subscription("wa", NS, &spec())).expect("json"),
     ));
@@ -195,7 +209,6 @@ async fn a_failing_registration_is_retried_at_the_backoff_not_by_its_own_status_
     // seen by the watch; one that changes nothing is not.
     let own: OwnApply = {
         let stored = stored.clone();
-        let events = events.clone();
         let sent = sent.clone();
         let status_writes = status_writes.clone();
         Box::new(move |served: &Served| {
@@ -223,8 +236,7 @@ async fn a_failing_registration_is_retried_at_the_backoff_not_by_its_own_status_
             object.clone()
         })
     };
-    let graph = Arc::new(DownGraph::default());
-    let (ctx, server) = start_routed(routes(), own, graph.clone(), test_now());
+    let (ctx, server) = start_routed(routes(), own, graph, test_now());
 
     // The watch: the initial list, then every change the API server reports.
     let initial: WebhookSubscription =
@@ -238,20 +250,42 @@ async fn a_failing_registration_is_retried_at_the_backoff_not_by_its_own_status_
         .map(|sub| Ok::<_, watcher::Error>(watcher::Event::Apply(sub)));
     let (reader, writer) = reflector::store();
     let subscriptions = listed.chain(changes).reflect(writer).applied_objects();
-    let started = Instant::now();
     let run = Controller::for_stream(pass_triggers(subscriptions), reader)
         .run(controller::reconcile, controller::error_policy, ctx.clone())
         .for_each(|_| async {});
-    let minute = tokio::time::timeout(Duration::from_secs(60), run).await;
-    assert!(minute.is_err(), "the controller ran the whole minute");
+    let ran = tokio::time::timeout(Duration::from_secs(seconds), run).await;
+    assert!(ran.is_err(), "the controller ran the whole time");
     server.abort();
+    let stored = stored.lock().expect("lock").clone();
+    let sent = *sent.lock().expect("lock");
+    let status_writes = *status_writes.lock().expect("lock");
+    Run {
+        stored,
+        sent,
+        status_writes,
+        started,
+    }
+}
 
+/// The `Registered` condition of a stored object.
+fn registered(object: &Value) -> Value {
+    object["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Registered"))
+        .cloned()
+        .expect("Registered condition")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_registration_is_retried_at_the_backoff_not_by_its_own_status_writes() {
+    let graph = Arc::new(DownGraph::default());
+    let run = run_for(graph.clone(), 60).await;
     let calls: Vec<Duration> = graph
         .calls
         .lock()
         .expect("lock")
         .iter()
-        .map(|at| at.duration_since(started))
+        .map(|at| at.duration_since(run.started))
         .collect();
     // Passes at 0 s, then after 5 s, 10 s and 20 s of backoff: 0, 5, 15 and 35 s (the next
     // is due at 75 s). Each pass makes one call (the app's subscriptions, refused).
@@ -259,12 +293,7 @@ async fn a_failing_registration_is_retried_at_the_backoff_not_by_its_own_status_
     assert_eq!(seconds, [0, 5, 15, 35], "Graph calls at {calls:?}");
     // The statuses written: the first pass's and no other, since nothing in them changes
     // from one failure to the next (no fbtrace_id).
-    let status = stored.lock().expect("lock")["status"].clone();
-    let registered = status["conditions"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == "Registered"))
-        .cloned()
-        .expect("Registered condition");
+    let registered = registered(&run.stored);
     assert_eq!(registered["reason"], "GraphAPIError");
     assert!(
         !registered["message"]
@@ -273,14 +302,181 @@ async fn a_failing_registration_is_retried_at_the_backoff_not_by_its_own_status_
             .contains("Trace"),
         "{registered}"
     );
+    assert_eq!(run.status_writes, 4, "one status write per pass");
     assert_eq!(
-        *status_writes.lock().expect("lock"),
-        4,
-        "one status write per pass"
+        run.sent, 2,
+        "the watch saw the finalizer and the first status, nothing after"
+    );
+}
+
+/// A Graph API whose Business Use Case limit is exhausted until `until`: every call before
+/// then is refused with code 80008 and the minutes left; after it, Meta as
+/// [`RecordingGraph`] keeps it.
+struct ThrottledGraph {
+    until: Instant,
+    calls: Mutex<Vec<Instant>>,
+    inner: RecordingGraph,
+}
+
+impl ThrottledGraph {
+    fn gate(&self) -> Result<(), GraphError> {
+        let now = Instant::now();
+        self.calls.lock().expect("lock").push(now);
+        if now >= self.until {
+            return Ok(());
+        }
+        Err(GraphError {
+            call: "GET /1234/subscriptions".to_owned(),
+            status: Some(400),
+            message: "(#80008) There have been too many calls to this WhatsApp Business account."
+                .to_owned(),
+            meta: Some(Box::new(MetaErrorFields {
+                kind: Some("OAuthException".to_owned()),
+                code: Some(80_008),
+                subcode: Some(2_446_079),
+                fbtrace_id: Some("T".to_owned()),
+            })),
+            regain_access: Some(self.until - now),
+        })
+    }
+
+    fn through<'a, T: Send + 'a>(&'a self, call: GraphResult<'a, T>) -> GraphResult<'a, T> {
+        match self.gate() {
+            Ok(()) => call,
+            Err(error) => Box::pin(async move { Err(error) }),
+        }
+    }
+}
+
+impl GraphApi for ThrottledGraph {
+    fn app_subscriptions<'a>(
+        &'a self,
+        a: &'a str,
+        b: &'a str,
+    ) -> GraphResult<'a, Vec<AppSubscription>> {
+        self.through(self.inner.app_subscriptions(a, b))
+    }
+    fn subscribe_app<'a>(
+        &'a self,
+        a: &'a str,
+        b: &'a str,
+        c: &'a AppSubscribe,
+    ) -> GraphResult<'a, ()> {
+        self.through(self.inner.subscribe_app(a, b, c))
+    }
+    fn unsubscribe_app<'a>(
+        &'a self,
+        a: &'a str,
+        b: &'a str,
+        c: &'a str,
+        d: &'a [String],
+    ) -> GraphResult<'a, ()> {
+        self.through(self.inner.unsubscribe_app(a, b, c, d))
+    }
+    fn subscribed_apps<'a>(
+        &'a self,
+        a: &'a str,
+        b: &'a Credentials,
+    ) -> GraphResult<'a, Vec<SubscribedApp>> {
+        self.through(self.inner.subscribed_apps(a, b))
+    }
+    fn subscribe_node<'a>(
+        &'a self,
+        a: &'a str,
+        b: &'a Credentials,
+        c: &'a NodeSubscribe,
+    ) -> GraphResult<'a, ()> {
+        self.through(self.inner.subscribe_node(a, b, c))
+    }
+    fn unsubscribe_node<'a>(&'a self, a: &'a str, b: &'a Credentials) -> GraphResult<'a, ()> {
+        self.through(self.inner.unsubscribe_node(a, b))
+    }
+    fn phone_webhook_configuration<'a>(
+        &'a self,
+        a: &'a str,
+        b: &'a Credentials,
+    ) -> GraphResult<'a, WebhookConfiguration> {
+        self.through(self.inner.phone_webhook_configuration(a, b))
+    }
+    fn set_phone_override<'a>(
+        &'a self,
+        a: &'a str,
+        b: &'a Credentials,
+        c: &'a str,
+        d: &'a str,
+    ) -> GraphResult<'a, ()> {
+        self.through(self.inner.set_phone_override(a, b, c, d))
+    }
+    fn remove_phone_override<'a>(&'a self, a: &'a str, b: &'a Credentials) -> GraphResult<'a, ()> {
+        self.through(self.inner.remove_phone_override(a, b))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_registration_waits_the_announced_time_then_converges() {
+    // Meta announces 30 minutes (estimated_time_to_regain_access) at the first call.
+    let graph = Arc::new(ThrottledGraph {
+        until: Instant::now() + Duration::from_secs(30 * 60),
+        calls: Mutex::new(Vec::new()),
+        inner: RecordingGraph::default(),
+    });
+    // 39 minutes: the converging pass at 30 min requeues at the 10-minute resync.
+    let run = run_for(graph.clone(), 39 * 60).await;
+    let seconds: Vec<u64> = graph
+        .calls
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|at| at.duration_since(run.started).as_secs())
+        .collect();
+    // One refused call, nothing during the window (not 5 s, 10 s, ... of backoff), then
+    // the pass at the announced time: the app's subscription and the WABA's edge.
+    assert_eq!(
+        seconds,
+        [0, 1800, 1800, 1800, 1800],
+        "Graph calls at {seconds:?} s"
     );
     assert_eq!(
-        *sent.lock().expect("lock"),
-        2,
-        "the watch saw the finalizer and the first status, nothing after"
+        graph.inner.calls(),
+        [
+            // The refused call (the inner record is made before the gate answers).
+            "GET /1234/subscriptions".to_owned(),
+            "GET /1234/subscriptions".to_owned(),
+            "POST /1234/subscriptions object=whatsapp_business_account fields=messages callback_url=https://hooks.example.com/webhooks/whatsapp".to_owned(),
+            "GET /5550001/subscribed_apps".to_owned(),
+            "POST /5550001/subscribed_apps override=none".to_owned(),
+        ]
+    );
+    let registered = registered(&run.stored);
+    assert_eq!(registered["status"], "True", "{registered}");
+    assert_eq!(
+        run.status_writes, 2,
+        "the throttled pass's and the converged one's"
+    );
+}
+
+/// While throttled, the condition says until when.
+#[tokio::test(start_paused = true)]
+async fn a_throttled_registration_says_until_when() {
+    let graph = Arc::new(ThrottledGraph {
+        until: Instant::now() + Duration::from_secs(90 * 60),
+        calls: Mutex::new(Vec::new()),
+        inner: RecordingGraph::default(),
+    });
+    let run = run_for(graph.clone(), 60).await;
+    assert_eq!(graph.calls.lock().expect("lock").len(), 1);
+    let registered = registered(&run.stored);
+    assert_eq!(registered["reason"], "RateLimited");
+    // test_now() is 2026-09-21T14:13:20Z; 90 minutes later.
+    let message = registered["message"].as_str().expect("message");
+    assert!(
+        message.starts_with(
+            "throttled by Meta until 2026-09-21T15:43:20Z (estimated_time_to_regain_access); retrying then: GET /1234/subscriptions: HTTP 400: (#80008)"
+        ),
+        "{message}"
+    );
+    assert!(
+        message.contains("estimated_time_to_regain_access 90 min"),
+        "{message}"
     );
 }

@@ -67,6 +67,8 @@ pub struct Fault {
     pub status: u16,
     /// The body (Meta's error object, or anything).
     pub body: Value,
+    /// Response headers (Meta's usage headers).
+    pub headers: Vec<(String, String)>,
 }
 
 impl Fault {
@@ -76,6 +78,7 @@ impl Fault {
             method,
             status: 500,
             body: meta_error("An unknown error has occurred.", "OAuthException", 1, None),
+            headers: Vec::new(),
         }
     }
 
@@ -90,6 +93,39 @@ impl Fault {
                 4,
                 Some(2_446_079),
             ),
+            headers: Vec::new(),
+        }
+    }
+
+    /// A Business Use Case rate limit (`code`, e.g. 80001 Pages, 80002 Instagram, 80005
+    /// LeadGen, 80008 WhatsApp Business Management) of business object `id`, with Meta's
+    /// `X-Business-Use-Case-Usage` announcing `minutes` until access is regained.
+    pub fn business_use_case(
+        method: Option<Method>,
+        code: i64,
+        id: &str,
+        kind: &str,
+        minutes: u64,
+    ) -> Fault {
+        let usage = json!({id: [{
+            "type": kind,
+            "call_count": 100,
+            "total_cputime": 12,
+            "total_time": 15,
+            "estimated_time_to_regain_access": minutes,
+        }]});
+        Fault {
+            method,
+            status: 400,
+            body: meta_error(
+                &format!(
+                    "(#{code}) There have been too many calls from this business. Wait a bit and try again."
+                ),
+                "OAuthException",
+                code,
+                Some(2_446_079),
+            ),
+            headers: vec![("x-business-use-case-usage".to_owned(), usage.to_string())],
         }
     }
 }
@@ -141,6 +177,8 @@ pub struct State {
     pub require_appsecret_proof: bool,
     /// Tokens that expired: any call with one is refused with code 190, subcode 463.
     pub expired_tokens: Vec<String>,
+    /// Headers of every answer that is not a fault (e.g. Meta's `X-App-Usage`).
+    pub usage_headers: Vec<(String, String)>,
     /// The fake's own base URL (for `paging.next`).
     pub base_url: String,
     /// The CAs an https callback's certificate may chain to (as Meta's public roots would):
@@ -329,9 +367,18 @@ async fn answer(state: &Arc<Mutex<State>>, request: Request<Incoming>) -> Respon
             .position(|f| f.method.as_ref().is_none_or(|m| *m == method));
         position.and_then(|i| s.faults.remove(i))
     };
-    let (status, reply) = match fault {
-        Some(fault) => (fault.status, fault.body),
-        None => route(state, &method, &path, &params, &json_body, token.as_deref()).await,
+    let (status, reply, headers) = match fault {
+        Some(fault) => (fault.status, fault.body, fault.headers),
+        None => {
+            let (status, reply) =
+                route(state, &method, &path, &params, &json_body, token.as_deref()).await;
+            let headers = state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .usage_headers
+                .clone();
+            (status, reply, headers)
+        }
     };
     {
         let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -342,9 +389,13 @@ async fn answer(state: &Arc<Mutex<State>>, request: Request<Incoming>) -> Respon
             at,
         });
     }
-    Response::builder()
+    let mut response = Response::builder()
         .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
-        .header("content-type", "application/json")
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        response = response.header(name, value);
+    }
+    response
         .body(Full::new(Bytes::from(reply.to_string())))
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }

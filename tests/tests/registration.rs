@@ -1010,3 +1010,96 @@ async fn an_expired_token_names_its_secret() {
         .count();
     assert_eq!(with_waba, 1);
 }
+
+#[tokio::test]
+async fn a_business_use_case_limit_is_not_retried_in_seconds_and_usage_is_recorded() {
+    use metahook_tests::testkit::metric_value;
+    let receiver = TestReceiver::start().await.expect("receiver");
+    let graph = FakeGraph::start(APP, APP_SECRET).await.expect("fake graph");
+    graph.add_node("5550001", "system-user-token");
+    graph.with(|s| {
+        s.usage_headers = vec![(
+            "x-app-usage".to_owned(),
+            r#"{"call_count":12,"total_cputime":3,"total_time":40}"#.to_owned(),
+        )];
+    });
+    let metrics = std::sync::Arc::new(metahook_operator::metrics::Metrics::new().expect("metrics"));
+    let client = client(&graph).with_metrics(metrics.clone());
+    // The app's subscription first (app-token calls report X-App-Usage).
+    let mut wanted = desired(&receiver, "whatsapp_business_account", &["messages"]);
+    let first = converge(&client, &wanted, None).await;
+    assert!(first.error.is_none(), "{:?}", first.error);
+    // Then the WABA, whose Business Use Case limit is exhausted for 45 minutes (80008).
+    wanted.app_subscription = false;
+    wanted.wabas = vec![DesiredNode {
+        id: "5550001".to_owned(),
+        token_ref: key("wa-system-user"),
+        token: Credentials::with_proof("system-user-token", APP_SECRET),
+        override_callback: false,
+        phone_numbers: Vec::new(),
+    }];
+    graph.push_fault(Fault::business_use_case(
+        None,
+        80_008,
+        "5550001",
+        "whatsapp_business_management",
+        45,
+    ));
+    let converged = converge(&client, &wanted, None).await;
+    let error = converged.error.expect("throttled");
+    assert!(
+        error.is_rate_limit() && error.code() == Some(80_008),
+        "{error}"
+    );
+    assert_eq!(error.regain_access, Some(Duration::from_secs(45 * 60)));
+    assert!(
+        error
+            .to_string()
+            .contains("estimated_time_to_regain_access 45 min"),
+        "{error}"
+    );
+    assert!(
+        !error.for_status().contains("fbtrace_id"),
+        "{}",
+        error.for_status()
+    );
+    // The throttled call was made once: no retry within the pass.
+    let statuses: Vec<(String, u16)> = graph
+        .log()
+        .iter()
+        .map(|l| (l.path.clone(), l.status))
+        .collect();
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|(p, _)| p == "/5550001/subscribed_apps")
+            .count(),
+        1,
+        "{statuses:?}"
+    );
+    let text = metrics.render();
+    let value = |series: &str| {
+        metric_value(&text, series).unwrap_or_else(|| panic!("no {series} in {text}"))
+    };
+    assert_eq!(
+        value(r#"metahook_operator_graph_calls_total{outcome="throttled"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"metahook_operator_graph_calls_total{outcome="error"}"#),
+        0.0
+    );
+    assert!(value(r#"metahook_operator_graph_calls_total{outcome="ok"}"#) >= 2.0);
+    assert_eq!(
+        value(
+            r#"metahook_operator_graph_usage_percent{id="5550001",type="whatsapp_business_management"}"#
+        ),
+        100.0
+    );
+    assert_eq!(
+        value(&format!(
+            r#"metahook_operator_graph_usage_percent{{id="{APP}",type="app"}}"#
+        )),
+        40.0
+    );
+}

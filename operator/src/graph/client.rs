@@ -3,13 +3,17 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use futures_util::future::BoxFuture;
 use metahook_backoff::ExponentialBackoff;
 use serde_json::Value;
 
+use crate::metrics::Metrics;
+
 use super::{
     AppSubscribe, AppSubscription, Credentials, GraphApi, GraphError, NodeSubscribe, SubscribedApp,
-    WebhookConfiguration,
+    Usage, WebhookConfiguration,
 };
 
 /// Where the Graph API is and how patiently it is called (the operator's `--graph-*` flags).
@@ -54,6 +58,7 @@ pub struct GraphClient {
     http: reqwest::Client,
     settings: GraphSettings,
     backoff: ExponentialBackoff,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// A request body.
@@ -78,7 +83,37 @@ impl GraphClient {
             http,
             settings,
             backoff,
+            metrics: None,
         })
+    }
+
+    /// Counts calls by outcome and records Meta's usage headers in `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> GraphClient {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn count(&self, outcome: &str) {
+        if let Some(metrics) = &self.metrics {
+            metrics.graph_call(outcome);
+        }
+    }
+
+    /// Records the usage an answer reported: the app's under its id (an app-token call's
+    /// token is `{app-id}|{secret}`), each business object's under its own.
+    fn record_usage(&self, usage: &Usage, token: &Credentials) {
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        if let (Some(percent), Some((app_id, _))) =
+            (usage.app_percent, token.token().split_once('|'))
+        {
+            metrics.graph_usage(app_id, "app", percent);
+        }
+        for business in &usage.business {
+            metrics.graph_usage(&business.id, &business.kind, business.percent);
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -123,6 +158,9 @@ impl GraphClient {
         loop {
             match self.once(&name, &method, &url, token, &body).await {
                 Ok(value) => return Ok(value),
+                // Meta announced how long the caller is throttled (minutes to a day): no
+                // retry within the pass; the controller requeues after that time.
+                Err(error) if error.regain_access.is_some() => return Err(error),
                 Err(error) if error.is_transient() && attempt < self.settings.max_attempts => {
                     let computed = self.backoff.delay(attempt);
                     // Meta names no time to wait after a rate limit: a longer one, taken
@@ -256,18 +294,39 @@ impl GraphClient {
                 .header("content-type", "application/json")
                 .body(value.to_string()),
         };
-        let response = request
-            .send()
-            .await
-            .map_err(|e| GraphError::transport(name, error_chain(&e.without_url())))?;
+        let transport = |e: reqwest::Error| {
+            self.count("transport");
+            GraphError::transport(name, error_chain(&e.without_url()))
+        };
+        let response = request.send().await.map_err(transport)?;
         let status = response.status().as_u16();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| GraphError::transport(name, error_chain(&e.without_url())))?;
+        let header = |header: &str| {
+            response
+                .headers()
+                .get(header)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let usage = Usage::parse(
+            header("x-app-usage").as_deref(),
+            header("x-business-use-case-usage").as_deref(),
+        );
+        self.record_usage(&usage, token);
+        let bytes = response.bytes().await.map_err(transport)?;
         if !(200..300).contains(&status) {
-            return Err(GraphError::from_response(name, status, &bytes));
+            let mut error = GraphError::from_response(name, status, &bytes);
+            error.regain_access = usage.regain_access.filter(|_| error.is_rate_limit());
+            let outcome = if error.is_rate_limit() {
+                "throttled"
+            } else if error.meta.is_some() {
+                "error"
+            } else {
+                "transport"
+            };
+            self.count(outcome);
+            return Err(error);
         }
+        self.count("ok");
         serde_json::from_slice(&bytes).map_err(|e| GraphError {
             status: Some(status),
             ..GraphError::transport(name, format!("answer is not JSON: {e}"))

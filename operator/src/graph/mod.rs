@@ -15,11 +15,13 @@
 mod client;
 mod credentials;
 mod error;
+mod usage;
 mod wire;
 
 pub use client::{GraphClient, GraphSettings};
 pub use credentials::{Credentials, appsecret_proof};
-pub use error::{GraphError, MetaErrorFields, RATE_LIMIT_CODES};
+pub use error::{BUC_RATE_LIMIT_CODES, GraphError, MetaErrorFields, RATE_LIMIT_CODES};
+pub use usage::{BusinessUsage, Usage};
 pub use wire::{
     AppSubscribe, AppSubscription, AppSubscriptionField, NodeSubscribe, SubscribedApp,
     WebhookConfiguration,

@@ -16,8 +16,14 @@ use crate::secrets::SecretSource;
 /// The fields asked for.
 pub const FIELDS: &str = "field_data,created_time,ad_id,form_id,campaign_id";
 
-/// Meta's rate-limit error codes.
-const RATE_LIMIT_CODES: [i64; 4] = [4, 17, 32, 613];
+/// Meta's platform rate-limit error codes (Business Use Case limits, LeadGen's 80005
+/// among them, are 80001 to 80014).
+const RATE_LIMIT_CODES: [i64; 5] = [4, 17, 32, 341, 613];
+
+/// Whether Meta's error code is a rate limit.
+fn is_rate_limit(code: i64) -> bool {
+    RATE_LIMIT_CODES.contains(&code) || (80_001..=80_014).contains(&code)
+}
 
 /// Why a lead was not enriched.
 #[derive(Debug, thiserror::Error)]
@@ -289,7 +295,7 @@ impl LeadAds {
             message: format!("HTTP {}: {message}", status.as_u16()),
             transient: status.is_server_error()
                 || status.as_u16() == 429
-                || code.is_some_and(|c| RATE_LIMIT_CODES.contains(&c) || c == 1 || c == 2),
+                || code.is_some_and(|c| is_rate_limit(c) || c == 1 || c == 2),
         })
     }
 }
