@@ -1364,6 +1364,7 @@ async fn past_the_bound_the_finalizer_gives_up_with_an_event_naming_what_was_lef
     let unreachable =
         metahook_operator::graph::GraphClient::new(metahook_operator::graph::GraphSettings {
             base_url: format!("http://{closed}"),
+            instagram_base_url: format!("http://{closed}"),
             api_version: "v23.0".to_owned(),
             timeout: Duration::from_secs(2),
             max_attempts: 2,

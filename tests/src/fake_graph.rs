@@ -141,6 +141,8 @@ pub struct Logged {
     pub status: u16,
     /// When it arrived.
     pub at: Instant,
+    /// Whether it came to the Instagram host.
+    pub instagram: bool,
 }
 
 /// Meta's state and the fake's knobs.
@@ -175,6 +177,9 @@ pub struct State {
     /// default: the fake is as strict as such an app). A proof that is not the token's
     /// HMAC with the app secret is refused either way.
     pub require_appsecret_proof: bool,
+    /// Instagram accounts with an Instagram User token (Instagram Login): their token is
+    /// valid only on the Instagram host, where nothing else is served.
+    pub instagram_users: Vec<String>,
     /// Tokens that expired: any call with one is refused with code 190, subcode 463.
     pub expired_tokens: Vec<String>,
     /// Headers of every answer that is not a fault (e.g. Meta's `X-App-Usage`).
@@ -205,14 +210,18 @@ pub fn meta_error(message: &str, kind: &str, code: i64, subcode: Option<i64>) ->
 /// The fake Graph API, serving until dropped.
 #[derive(Debug)]
 pub struct FakeGraph {
-    /// Its address.
+    /// Its address (graph.facebook.com).
     pub addr: SocketAddr,
+    /// The address of its second host, graph.instagram.com (Instagram Login).
+    pub instagram_addr: SocketAddr,
     state: Arc<Mutex<State>>,
     task: tokio::task::JoinHandle<()>,
+    instagram_task: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for FakeGraph {
     fn drop(&mut self) {
+        self.instagram_task.abort();
         self.task.abort();
     }
 }
@@ -235,9 +244,23 @@ impl FakeGraph {
             ..State::default()
         }));
         let task = testkit::serve_http(listener, Arc::clone(&state), |state, request| async move {
-            answer(&state, request).await
+            answer(&state, request, false).await
         });
-        Ok(FakeGraph { addr, state, task })
+        let instagram = TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding the fake Graph API's Instagram host")?;
+        let instagram_addr = instagram.local_addr()?;
+        let instagram_task =
+            testkit::serve_http(instagram, Arc::clone(&state), |state, request| async move {
+                answer(&state, request, true).await
+            });
+        Ok(FakeGraph {
+            addr,
+            instagram_addr,
+            state,
+            task,
+            instagram_task,
+        })
     }
 
     /// Lets https callbacks whose certificate chains to `ca` pass verification (Meta calls
@@ -249,6 +272,20 @@ impl FakeGraph {
     /// Its base URL (without the version).
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The base URL of its Instagram host (graph.instagram.com), without the version.
+    pub fn instagram_url(&self) -> String {
+        format!("http://{}", self.instagram_addr)
+    }
+
+    /// Gives an Instagram professional account an Instagram User token (Instagram Login):
+    /// it answers only on the Instagram host, and takes Instagram fields.
+    pub fn add_instagram_user(&self, id: &str, token: &str) {
+        self.with(|s| {
+            s.node_tokens.insert(id.to_owned(), token.to_owned());
+            s.instagram_users.push(id.to_owned());
+        });
     }
 
     /// Reads or changes the state.
@@ -320,7 +357,11 @@ impl FakeGraph {
 
 type Answer = (u16, Value);
 
-async fn answer(state: &Arc<Mutex<State>>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn answer(
+    state: &Arc<Mutex<State>>,
+    request: Request<Incoming>,
+    instagram: bool,
+) -> Response<Full<Bytes>> {
     let at = Instant::now();
     let method = request.method().clone();
     let full_path = request.uri().path().to_owned();
@@ -370,8 +411,16 @@ async fn answer(state: &Arc<Mutex<State>>, request: Request<Incoming>) -> Respon
     let (status, reply, headers) = match fault {
         Some(fault) => (fault.status, fault.body, fault.headers),
         None => {
-            let (status, reply) =
-                route(state, &method, &path, &params, &json_body, token.as_deref()).await;
+            let (status, reply) = route(
+                state,
+                &method,
+                &path,
+                &params,
+                &json_body,
+                token.as_deref(),
+                instagram,
+            )
+            .await;
             let headers = state
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -387,6 +436,7 @@ async fn answer(state: &Arc<Mutex<State>>, request: Request<Incoming>) -> Respon
             path,
             status,
             at,
+            instagram,
         });
     }
     let mut response = Response::builder()
@@ -431,6 +481,10 @@ fn page(s: &State, path: &str, params: &BTreeMap<String, String>, data: &[Value]
     }
     answer
 }
+
+/// Instagram webhook fields that are no Page field: a Page's `subscribed_apps` refuses them.
+const INSTAGRAM_ONLY_FIELDS: [&str; 4] =
+    ["comments", "live_comments", "mentions", "story_insights"];
 
 fn form_pairs(text: &str) -> BTreeMap<String, String> {
     form_urlencoded::parse(text.as_bytes())
@@ -501,8 +555,33 @@ async fn route(
     params: &BTreeMap<String, String>,
     json_body: &Value,
     token: Option<&str>,
+    instagram: bool,
 ) -> Answer {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // An Instagram User token works on graph.instagram.com only, and that host serves
+    // nothing else (a Page token or the app token there is not one Meta can parse).
+    let instagram_user = {
+        let s = state.lock().unwrap_or_else(PoisonError::into_inner);
+        segments
+            .first()
+            .is_some_and(|id| s.instagram_users.iter().any(|u| u == id))
+    };
+    if instagram != instagram_user {
+        return invalid_token();
+    }
+    // A Page's subscribed_apps takes Page fields only.
+    if !instagram
+        && *method == Method::POST
+        && matches!(segments.as_slice(), [_, "subscribed_apps"])
+        && let Some(field) =
+            split_fields(params.get("subscribed_fields").map_or("", String::as_str))
+                .into_iter()
+                .find(|f| INSTAGRAM_ONLY_FIELDS.contains(&f.as_str()))
+    {
+        return bad_param(&format!(
+            "Param subscribed_fields[0] must be one of {{feed, mention, ratings, leadgen, messages, messaging_postbacks, ...}} - got \"{field}\""
+        ));
+    }
     let (app_id, app_token, node_token, phone_token) = {
         let s = state.lock().unwrap_or_else(PoisonError::into_inner);
         let node_token = segments

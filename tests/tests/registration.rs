@@ -21,6 +21,7 @@ const BACKOFF: Duration = Duration::from_millis(100);
 fn client(graph: &FakeGraph) -> GraphClient {
     GraphClient::new(GraphSettings {
         base_url: graph.url(),
+        instagram_base_url: graph.instagram_url(),
         api_version: fake_graph::VERSION.to_owned(),
         timeout: Duration::from_secs(5),
         max_attempts: 3,
@@ -737,7 +738,8 @@ async fn an_unreachable_graph_api_leaves_the_registration_recorded() {
     let url = graph.url();
     drop(graph);
     let client = GraphClient::new(GraphSettings {
-        base_url: url,
+        base_url: url.clone(),
+        instagram_base_url: url,
         api_version: fake_graph::VERSION.to_owned(),
         timeout: Duration::from_secs(2),
         max_attempts: 2,
@@ -1102,4 +1104,107 @@ async fn a_business_use_case_limit_is_not_retried_in_seconds_and_usage_is_record
         )),
         40.0
     );
+}
+
+#[tokio::test]
+async fn an_instagram_account_with_facebook_login_gets_a_page_field_on_its_page() {
+    let receiver = TestReceiver::start().await.expect("receiver");
+    let graph = FakeGraph::start(APP, APP_SECRET).await.expect("fake graph");
+    graph.add_node("2222", "page-token");
+    let client = client(&graph);
+    let mut wanted = desired(&receiver, "instagram", &["comments", "messages"]);
+    wanted.pages = vec![DesiredNode {
+        id: "2222".to_owned(),
+        token_ref: key("page-token"),
+        token: Credentials::with_proof("page-token", APP_SECRET),
+        override_callback: false,
+        phone_numbers: Vec::new(),
+    }];
+    let converged = converge(&client, &wanted, None).await;
+    assert!(converged.error.is_none(), "{:?}", converged.error);
+    // The Instagram fields are the app subscription's; the Page gets a Page field.
+    assert_eq!(
+        fields_of(&graph, "instagram"),
+        set(&["comments", "messages"])
+    );
+    assert_eq!(
+        graph.edge("2222").map(|e| e.subscribed_fields),
+        Some(vec!["feed".to_owned()])
+    );
+    assert_eq!(converged.status.pages[0].fields, ["feed"]);
+    assert!(!converged.status.pages[0].instagram_login);
+    assert!(
+        graph.log().iter().all(|l| !l.instagram),
+        "graph.facebook.com only"
+    );
+    // A Page refuses Instagram fields, as Meta does.
+    graph.with(|s| s.nodes.clear());
+    let refused = metahook_operator::graph::GraphApi::subscribe_node(
+        &client,
+        "2222",
+        &Credentials::with_proof("page-token", APP_SECRET),
+        &metahook_operator::graph::NodeSubscribe::Fields(vec!["comments".to_owned()]),
+    )
+    .await
+    .expect_err("refused");
+    assert!(
+        refused.message.contains("must be one of") && refused.message.contains("got \"comments\""),
+        "{refused}"
+    );
+}
+
+#[tokio::test]
+async fn an_instagram_account_with_instagram_login_is_registered_on_graph_instagram_com() {
+    let receiver = TestReceiver::start().await.expect("receiver");
+    let graph = FakeGraph::start(APP, APP_SECRET).await.expect("fake graph");
+    graph.add_instagram_user("17841400000000001", "ig-user-token");
+    let client = client(&graph);
+    let mut wanted = desired(&receiver, "instagram", &["comments", "messages"]);
+    let node = |token: Credentials| DesiredNode {
+        id: "17841400000000001".to_owned(),
+        token_ref: key("ig-token"),
+        token,
+        override_callback: false,
+        phone_numbers: Vec::new(),
+    };
+    // On graph.facebook.com the Instagram User token is not one Meta can parse.
+    wanted.pages = vec![node(Credentials::with_proof("ig-user-token", APP_SECRET))];
+    let error = converge(&client, &wanted, None)
+        .await
+        .error
+        .expect("refused");
+    assert_eq!(error.code(), Some(190), "{error}");
+    // On graph.instagram.com: the account's subscribed_apps gets the Instagram fields.
+    wanted.pages = vec![node(
+        Credentials::with_proof("ig-user-token", APP_SECRET).on_instagram(),
+    )];
+    let converged = converge(&client, &wanted, None).await;
+    assert!(converged.error.is_none(), "{:?}", converged.error);
+    assert_eq!(
+        graph.edge("17841400000000001").map(|e| e.subscribed_fields),
+        Some(vec!["comments".to_owned(), "messages".to_owned()])
+    );
+    assert!(converged.status.pages[0].instagram_login);
+    let log = graph.log();
+    assert!(
+        log.iter()
+            .rfind(|l| l.path.starts_with("/17841400000000001"))
+            .is_some_and(|l| l.instagram && l.status == 200),
+        "{log:?}"
+    );
+    assert!(
+        log.iter()
+            .filter(|l| l.path.ends_with("/subscriptions"))
+            .all(|l| !l.instagram),
+        "the app's subscription stays on graph.facebook.com"
+    );
+    // Unregistering goes to graph.instagram.com too.
+    let (status, _) = unregister_all(
+        &client,
+        &converged.status,
+        &[("meta-app", APP_SECRET), ("ig-token", "ig-user-token")],
+    )
+    .await;
+    assert!(status.pages.is_empty());
+    assert_eq!(graph.edge("17841400000000001"), None);
 }

@@ -21,6 +21,9 @@ use super::{
 pub struct GraphSettings {
     /// The base URL, e.g. `https://graph.facebook.com`.
     pub base_url: String,
+    /// The base URL of calls with an Instagram User token (Instagram Login), e.g.
+    /// `https://graph.instagram.com`.
+    pub instagram_base_url: String,
     /// The API version path segment, e.g. `v26.0`.
     pub api_version: String,
     /// The timeout of one request (Meta's verification GET happens inside a subscribe).
@@ -116,10 +119,19 @@ impl GraphClient {
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    /// The host of calls with this token: graph.instagram.com for an Instagram User token.
+    fn base(&self, token: &Credentials) -> &str {
+        if token.is_instagram() {
+            &self.settings.instagram_base_url
+        } else {
+            &self.settings.base_url
+        }
+    }
+
+    fn url(&self, path: &str, token: &Credentials) -> String {
         format!(
             "{}/{}/{}",
-            self.settings.base_url.trim_end_matches('/'),
+            self.base(token).trim_end_matches('/'),
             self.settings.api_version.trim_matches('/'),
             path.trim_start_matches('/')
         )
@@ -134,7 +146,7 @@ impl GraphClient {
         token: &Credentials,
         body: Body,
     ) -> Result<Value, GraphError> {
-        let mut url = self.url(path);
+        let mut url = self.url(path, token);
         if !query.is_empty() {
             let encoded: String = form_urlencoded::Serializer::new(String::new())
                 .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())))
@@ -193,7 +205,7 @@ impl GraphClient {
             let Some(next) = next else {
                 return Ok(items);
             };
-            let url = self.same_origin(&name, &next)?;
+            let url = self.same_origin(&name, &next, token)?;
             value = self
                 .call_url(name.clone(), reqwest::Method::GET, url, token, Body::None)
                 .await?;
@@ -207,9 +219,14 @@ impl GraphClient {
     /// `next` when it is on the configured Graph API's origin (the token goes with it), with
     /// any `access_token` Meta put in it removed (the token travels in the header) and any
     /// `appsecret_proof` (the call adds its own).
-    fn same_origin(&self, call: &str, next: &str) -> Result<String, GraphError> {
+    fn same_origin(
+        &self,
+        call: &str,
+        next: &str,
+        token: &Credentials,
+    ) -> Result<String, GraphError> {
         let parse = |url: &str| reqwest::Url::parse(url).ok();
-        let (Some(mut url), Some(base)) = (parse(next), parse(&self.settings.base_url)) else {
+        let (Some(mut url), Some(base)) = (parse(next), parse(self.base(token))) else {
             return Err(GraphError::transport(
                 call,
                 format!("paging.next is not a URL: {}", redact_next(next)),

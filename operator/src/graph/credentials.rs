@@ -19,6 +19,8 @@ use sha2::Sha256;
 pub struct Credentials {
     token: String,
     proof: Option<String>,
+    /// An Instagram User token (Instagram Login): valid only on graph.instagram.com.
+    instagram: bool,
 }
 
 impl fmt::Debug for Credentials {
@@ -47,6 +49,7 @@ impl Credentials {
         Credentials {
             token,
             proof: Some(proof),
+            instagram: false,
         }
     }
 
@@ -56,6 +59,7 @@ impl Credentials {
         Credentials {
             token: token.into(),
             proof: None,
+            instagram: false,
         }
     }
 
@@ -66,6 +70,19 @@ impl Credentials {
         } else {
             Credentials::bare(token)
         }
+    }
+
+    /// The same token, as an Instagram User token (Instagram Login): its calls go to the
+    /// Instagram host (graph.instagram.com).
+    #[must_use]
+    pub fn on_instagram(mut self) -> Credentials {
+        self.instagram = true;
+        self
+    }
+
+    /// Whether it is an Instagram User token (calls go to graph.instagram.com).
+    pub fn is_instagram(&self) -> bool {
+        self.instagram
     }
 
     /// The access token.

@@ -6,7 +6,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::crd::WebhookSubscription;
-use crate::crd::{RegistrationSpec, SecretKeyRef};
+use crate::crd::{InstagramLogin, RegistrationSpec, SecretKeyRef};
 use crate::graph::Credentials;
 
 /// The registration a subscription asks for, if any.
@@ -175,13 +175,19 @@ impl Desired {
                 .pages
                 .iter()
                 .map(|p| {
-                    node(
+                    let mut page = node(
                         &p.id,
                         &p.access_token_ref,
                         p.app_secret_proof,
                         false,
                         Vec::new(),
-                    )
+                    )?;
+                    // Instagram Login: an Instagram User token, valid on graph.instagram.com
+                    // only (the CRD allows it with object instagram only).
+                    if p.login == InstagramLogin::Instagram {
+                        page.token = page.token.on_instagram();
+                    }
+                    Ok::<_, String>(page)
                 })
                 .collect::<Result<_, _>>()?,
             wabas: spec

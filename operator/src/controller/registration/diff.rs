@@ -236,7 +236,8 @@ async fn converge_into(
             .map(|a| a.subscribed_fields.iter().cloned().collect())
             .unwrap_or_default();
         let foreign = present.difference(&previously).cloned();
-        let want: BTreeSet<String> = foreign.chain(desired.fields.iter().cloned()).collect();
+        let fields = page_fields(desired, page);
+        let want: BTreeSet<String> = foreign.chain(fields.iter().cloned()).collect();
         if mine.is_none() || present != want {
             let fields: Vec<String> = want.iter().cloned().collect();
             graph
@@ -256,7 +257,8 @@ async fn converge_into(
                 id: page.id.clone(),
                 access_token_ref: page.token_ref.clone(),
                 without_app_secret_proof: page.token.proof().is_none(),
-                fields: desired.fields.clone(),
+                instagram_login: page.token.is_instagram(),
+                fields,
                 override_callback_url: None,
                 phone_numbers: Vec::new(),
             },
@@ -320,6 +322,7 @@ async fn converge_into(
                 id: waba.id.clone(),
                 access_token_ref: waba.token_ref.clone(),
                 without_app_secret_proof: waba.token.proof().is_none(),
+                instagram_login: false,
                 fields: Vec::new(),
                 override_callback_url: override_wanted,
                 phone_numbers,
@@ -449,6 +452,22 @@ async fn remove_phones(
         }
     }
     Ok(())
+}
+
+/// The Page field set on a Page's `subscribed_apps` for object instagram with Facebook
+/// Login: the edge takes only Page fields (Meta refuses `comments` there), and Meta's docs
+/// ask for any one, e.g. `feed`; the Instagram fields are the app subscription's.
+pub const INSTAGRAM_PAGE_FIELD: &str = "feed";
+
+/// The fields a Page or Instagram account's `subscribed_apps` gets: the spec's, except for
+/// an Instagram account registered through its Page (Facebook Login), whose Page gets
+/// [`INSTAGRAM_PAGE_FIELD`].
+fn page_fields(desired: &Desired, page: &DesiredNode) -> Vec<String> {
+    if desired.object == "instagram" && !page.token.is_instagram() {
+        vec![INSTAGRAM_PAGE_FIELD.to_owned()]
+    } else {
+        desired.fields.clone()
+    }
 }
 
 pub(super) fn join(fields: &BTreeSet<String>) -> String {
@@ -584,13 +603,19 @@ fn credentials_for(
             node.access_token_ref.name, node.access_token_ref.key
         ))
     })?;
-    if node.without_app_secret_proof {
-        return Ok(Credentials::bare(token.clone()));
-    }
-    let app_secret = app_secret.ok_or_else(|| {
-        gone("the app secret its appsecret_proof is made with is gone".to_owned())
-    })?;
-    Ok(Credentials::with_proof(token.clone(), app_secret))
+    let credentials = if node.without_app_secret_proof {
+        Credentials::bare(token.clone())
+    } else {
+        let app_secret = app_secret.ok_or_else(|| {
+            gone("the app secret its appsecret_proof is made with is gone".to_owned())
+        })?;
+        Credentials::with_proof(token.clone(), app_secret)
+    };
+    Ok(if node.instagram_login {
+        credentials.on_instagram()
+    } else {
+        credentials
+    })
 }
 
 /// Removes everything `status` records: the app subscription's fields (Meta drops the
