@@ -39,6 +39,11 @@ pub struct LeadAdsConfig {
     /// The first wait between attempts, doubling. Default 500ms.
     #[serde(default = "default_retry_backoff", with = "humantime_serde")]
     pub retry_backoff: Duration,
+    /// Also fetch `ad_id` and `campaign_id`, which need `ads_management` (and advertiser
+    /// access to the ad account) beyond `leads_retrieval` and `pages_manage_ads`. Default
+    /// false (the webhook carries `ad_id` anyway).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ad_fields: bool,
     /// A Page access token (with leads_retrieval) per Page whose leads are fetched.
     pub page_tokens: Vec<PageTokenConfig>,
 }
@@ -99,6 +104,7 @@ impl LeadAdsConfig {
             timeout: default_timeout(),
             max_attempts: default_max_attempts(),
             retry_backoff: default_retry_backoff(),
+            ad_fields: false,
             page_tokens,
         }
     }

@@ -180,6 +180,9 @@ pub struct State {
     /// Instagram accounts with an Instagram User token (Instagram Login): their token is
     /// valid only on the Instagram host, where nothing else is served.
     pub instagram_users: Vec<String>,
+    /// Whether the Page tokens hold `ads_management` (needed to read a lead's `ad_id` and
+    /// `campaign_id`); false by default, as for a token with only `leads_retrieval`.
+    pub ads_management: bool,
     /// Tokens that expired: any call with one is refused with code 190, subcode 463.
     pub expired_tokens: Vec<String>,
     /// Headers of every answer that is not a fault (e.g. Meta's `X-App-Usage`).
@@ -644,7 +647,7 @@ async fn route(
             }
             phone_number(state, method, id, params, json_body).await
         }
-        [id] if *method == Method::GET => lead(state, id, token),
+        [id] if *method == Method::GET => lead(state, id, token, params),
         _ => (
             400,
             meta_error("Unknown path components", "OAuthException", 2500, None),
@@ -894,8 +897,28 @@ async fn phone_number(
     }
 }
 
-fn lead(state: &Arc<Mutex<State>>, id: &str, token: Option<&str>) -> Answer {
+fn lead(
+    state: &Arc<Mutex<State>>,
+    id: &str,
+    token: Option<&str>,
+    params: &BTreeMap<String, String>,
+) -> Answer {
     let s = state.lock().unwrap_or_else(PoisonError::into_inner);
+    // ad_id and campaign_id need ads_management beyond leads_retrieval (Meta's guide).
+    let fields = split_fields(params.get("fields").map_or("", String::as_str));
+    if !s.ads_management
+        && let Some(field) = fields.iter().find(|f| *f == "ad_id" || *f == "campaign_id")
+    {
+        return (
+            403,
+            meta_error(
+                &format!("(#200) Requires ads_management permission to read {field}"),
+                "OAuthException",
+                200,
+                None,
+            ),
+        );
+    }
     let Some((page, lead)) = s.leads.get(id) else {
         return (
             400,
@@ -910,7 +933,14 @@ fn lead(state: &Arc<Mutex<State>>, id: &str, token: Option<&str>) -> Answer {
     if token.is_none() || s.node_tokens.get(page).map(String::as_str) != token {
         return invalid_token();
     }
-    (200, lead.clone())
+    // Only the fields asked for (and the id), as Meta answers.
+    let mut answer = json!({"id": id});
+    for field in &fields {
+        if let Some(value) = lead.get(field) {
+            answer[field] = value.clone();
+        }
+    }
+    (200, answer)
 }
 
 /// Meta's verification GET of a callback: `hub.mode=subscribe`, the verify token and a

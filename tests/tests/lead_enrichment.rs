@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use http::Method;
 use metahook_receiver::enrich::{Enricher, EnrichmentConfig, LeadAdsConfig, PageTokenConfig};
-use metahook_receiver::event::{Event, LeadAnswer};
+use metahook_receiver::event::{EnrichmentOutcome, Event, LeadAnswer, LeadEnrichment};
 use metahook_receiver::metrics::Metrics;
 use metahook_receiver::normalize::{self, Context};
 use metahook_tests::fake_graph::{self, FakeGraph, Fault};
@@ -127,7 +127,15 @@ async fn leadgen_events_get_their_answers() {
     enricher.enrich(&mut events).await;
     for event in &events {
         let lead = event.lead.as_ref().expect("lead");
-        assert_eq!(lead.campaign_id.as_deref(), Some("555"));
+        // Not asked for by default: campaign_id needs ads_management.
+        assert_eq!(lead.campaign_id, None);
+        assert_eq!(
+            lead.enrichment,
+            Some(LeadEnrichment {
+                outcome: EnrichmentOutcome::Ok,
+                reason: None
+            })
+        );
         assert_eq!(
             lead.field_data.as_deref(),
             Some(
@@ -148,6 +156,7 @@ async fn leadgen_events_get_their_answers() {
         assert_eq!(lead.created_time.as_deref(), Some("2026-09-21T14:13:20Z"));
         let json = serde_json::to_value(event).expect("json");
         assert_eq!(json["lead"]["field_data"][0]["name"], "email");
+        assert_eq!(json["lead"]["enrichment"], json!({"outcome": "ok"}));
     }
     assert_eq!(count(&metrics, "enriched"), 2.0);
     let gets = graph.log();
@@ -190,6 +199,14 @@ async fn graph_failures_leave_the_event_as_it_was_and_are_counted() {
     let lead = events[0].lead.as_ref().expect("the webhook's ids stay");
     assert!(lead.field_data.is_none() && lead.campaign_id.is_none());
     assert_eq!(lead.leadgen_id.as_deref(), Some("L1"));
+    // Delivered with the outcome that says why it has no answers.
+    let outcome = lead.enrichment.as_ref().expect("outcome");
+    assert_eq!(outcome.outcome, EnrichmentOutcome::Failed);
+    let reason = outcome.reason.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains("GET /L1") && reason.contains("HTTP 500"),
+        "{reason}"
+    );
     assert_eq!(count(&metrics, "failed"), 1.0);
 
     let mut unknown = leadgen_events(&["NOPE"]);
@@ -231,6 +248,14 @@ async fn a_page_without_a_token_is_counted_apart() {
     enricher.enrich(&mut events).await;
     assert!(!has_answers(&events[0]));
     assert_eq!(count(&metrics, "no_token"), 1.0);
+    let outcome = events[0].lead.as_ref().and_then(|l| l.enrichment.clone());
+    assert_eq!(
+        outcome,
+        Some(LeadEnrichment {
+            outcome: EnrichmentOutcome::Skipped,
+            reason: Some("no Page token configured for Page 222".to_owned())
+        })
+    );
     assert!(graph.log().is_empty(), "no call without a token");
 }
 
@@ -270,7 +295,7 @@ async fn a_receiver_delivers_leadgen_events_with_their_answers() {
     };
     let enriched = by_id("L1");
     assert_eq!(enriched["kind"], "lead");
-    assert_eq!(enriched["lead"]["campaign_id"], "555");
+    assert_eq!(enriched["lead"]["enrichment"]["outcome"], "ok");
     assert_eq!(enriched["lead"]["field_data"][0]["name"], "email");
     assert_eq!(
         enriched["lead"]["field_data"][1]["values"],
@@ -278,6 +303,13 @@ async fn a_receiver_delivers_leadgen_events_with_their_answers() {
     );
     let refused = by_id("NOPE");
     assert!(refused["lead"].get("field_data").is_none(), "{refused}");
+    assert_eq!(refused["lead"]["enrichment"]["outcome"], "failed");
+    assert!(
+        refused["lead"]["enrichment"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("does not exist")),
+        "{refused}"
+    );
     assert_eq!(
         refused["lead"]["form_id"], "777",
         "the webhook's own ids stay"
@@ -331,4 +363,68 @@ async fn the_token_is_proved_with_the_endpoints_app_secret_unless_it_is_another_
     wrong.enrich(&mut events).await;
     assert!(!has_answers(&events[0]));
     assert_eq!(count(&metrics, "failed"), 1.0);
+}
+
+#[tokio::test]
+async fn ad_and_campaign_ids_are_opt_in_and_need_ads_management() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (graph, _, _) = setup(&dir).await;
+    let mut config = enrichment(&graph, dir.path().join("page-111"), 1);
+    if let Some(lead_ads) = config.lead_ads.as_mut() {
+        lead_ads.ad_fields = true;
+    }
+    config.validate().expect("valid");
+    let metrics = Metrics::new().expect("metrics");
+    let enricher = Enricher::new(&config, &endpoints(&dir), &metrics).expect("enricher");
+    // A token with only leads_retrieval and pages_manage_ads: Meta refuses the ad fields.
+    let mut events = leadgen_events(&["L1"]);
+    enricher.enrich(&mut events).await;
+    let lead = events[0].lead.as_ref().expect("lead");
+    assert!(lead.field_data.is_none());
+    let outcome = lead.enrichment.as_ref().expect("outcome");
+    assert_eq!(outcome.outcome, EnrichmentOutcome::Failed);
+    assert!(
+        outcome
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("ads_management")),
+        "{outcome:?}"
+    );
+    // With ads_management: the campaign too.
+    graph.with(|s| s.ads_management = true);
+    let mut events = leadgen_events(&["L1"]);
+    enricher.enrich(&mut events).await;
+    let lead = events[0].lead.as_ref().expect("lead");
+    assert_eq!(lead.campaign_id.as_deref(), Some("555"));
+    assert!(has_answers(&events[0]));
+}
+
+#[tokio::test]
+async fn a_throttled_lead_is_retried_within_the_bound_then_delivered_with_its_outcome() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (graph, enricher, metrics) = setup(&dir).await;
+    // LeadGen's Business Use Case limit (80005) once: retried, then answered.
+    graph.push_fault(Fault::business_use_case(None, 80_005, PAGE, "leadgen", 1));
+    let mut events = leadgen_events(&["L1"]);
+    enricher.enrich(&mut events).await;
+    assert!(has_answers(&events[0]));
+    // Throttled on every attempt (3): delivered without answers, saying why.
+    for _ in 0..3 {
+        graph.push_fault(Fault::business_use_case(None, 80_005, PAGE, "leadgen", 60));
+    }
+    let mut events = leadgen_events(&["L2"]);
+    let started = Instant::now();
+    enricher.enrich(&mut events).await;
+    assert!(started.elapsed() < Duration::from_secs(5), "bounded");
+    let lead = events[0].lead.as_ref().expect("lead");
+    assert!(lead.field_data.is_none());
+    let outcome = lead.enrichment.as_ref().expect("outcome");
+    assert_eq!(outcome.outcome, EnrichmentOutcome::Failed);
+    let reason = outcome.reason.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains("code 80005") && reason.contains("attempt 3"),
+        "{reason}"
+    );
+    assert_eq!(count(&metrics, "failed"), 1.0);
+    assert_eq!(count(&metrics, "enriched"), 1.0);
 }

@@ -13,8 +13,13 @@ use serde::Deserialize;
 use crate::event::{Event, LeadAnswer};
 use crate::secrets::SecretSource;
 
-/// The fields asked for.
-pub const FIELDS: &str = "field_data,created_time,ad_id,form_id,campaign_id";
+/// The fields asked for by default: what `leads_retrieval` and `pages_manage_ads` allow
+/// (Meta's "Retrieving Leads" guide).
+pub const FIELDS: &str = "field_data,created_time,form_id";
+
+/// The fields `ad_fields: true` adds: reading them also needs `ads_management` and
+/// advertiser access to the ad account.
+pub const AD_FIELDS: &str = "ad_id,campaign_id";
 
 /// Meta's platform rate-limit error codes (Business Use Case limits, LeadGen's 80005
 /// among them, are 80001 to 80014).
@@ -70,6 +75,8 @@ pub struct LeadAds {
     app_secrets: BTreeMap<String, SecretSource>,
     max_attempts: u32,
     backoff: ExponentialBackoff,
+    /// The `fields` of each request.
+    fields: String,
 }
 
 /// Why the enricher could not be built.
@@ -156,6 +163,11 @@ impl LeadAds {
             tokens,
             app_secrets,
             max_attempts: config.max_attempts,
+            fields: if config.ad_fields {
+                format!("{FIELDS},{AD_FIELDS}")
+            } else {
+                FIELDS.to_owned()
+            },
             backoff,
         })
     }
@@ -270,7 +282,7 @@ impl LeadAds {
         token: &str,
         proof: Option<&str>,
     ) -> Result<GraphLead, Attempt> {
-        let url = format!("{}/{leadgen_id}?fields={FIELDS}", self.base);
+        let url = format!("{}/{leadgen_id}?fields={}", self.base, self.fields);
         let mut request = self.http.get(url).bearer_auth(token);
         if let Some(proof) = proof {
             request = request.query(&[("appsecret_proof", proof)]);
