@@ -144,17 +144,6 @@ impl Metrics {
         })
     }
 
-    /// Counts one Graph API request by outcome (one of [`GRAPH_OUTCOMES`]).
-    pub fn graph_call(&self, outcome: &str) {
-        self.graph_calls.with_label_values(&[outcome]).inc();
-    }
-
-    /// Records the latest usage Meta reported for an app or a business object's use case.
-    /// The ids are those of the spec's apps, Pages and WABAs: a bounded set.
-    pub fn graph_usage(&self, id: &str, kind: &str, percent: f64) {
-        self.graph_usage.with_label_values(&[id, kind]).set(percent);
-    }
-
     /// Counts one reconciliation and its duration.
     pub fn reconciled(&self, result: Result<(), &Error>, took: Duration) {
         self.duration
@@ -329,4 +318,18 @@ fn respond(path: &str, metrics: &Metrics, ready: &AtomicBool) -> Response<Full<B
             .insert(http::header::CONTENT_TYPE, value);
     }
     response
+}
+
+/// The Graph API client's report of each request (graph::GraphObserver).
+impl crate::graph::GraphObserver for Metrics {
+    /// Counts one Graph API request by outcome (one of [`GRAPH_OUTCOMES`]).
+    fn graph_call(&self, outcome: &str) {
+        self.graph_calls.with_label_values(&[outcome]).inc();
+    }
+
+    /// Records the latest usage Meta reported for an app or a business object's use case.
+    /// The ids are those of the spec's apps, Pages and WABAs: a bounded set.
+    fn graph_usage(&self, id: &str, kind: &str, percent: f64) {
+        self.graph_usage.with_label_values(&[id, kind]).set(percent);
+    }
 }

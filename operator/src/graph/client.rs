@@ -9,8 +9,6 @@ use futures_util::future::BoxFuture;
 use metahook_backoff::ExponentialBackoff;
 use serde_json::Value;
 
-use crate::metrics::Metrics;
-
 use super::{
     AppSubscribe, AppSubscription, Credentials, GraphApi, GraphError, NodeSubscribe, SubscribedApp,
     Usage, WebhookConfiguration,
@@ -61,7 +59,18 @@ pub struct GraphClient {
     http: reqwest::Client,
     settings: GraphSettings,
     backoff: ExponentialBackoff,
-    metrics: Option<Arc<Metrics>>,
+    metrics: Option<Arc<dyn GraphObserver>>,
+}
+
+/// What the client reports of each request: its outcome (`ok`, `error`, `throttled`,
+/// `transport`) and the usage Meta's headers announced. The operator's metrics implement
+/// it (a trait here, so this module needs nothing of theirs).
+pub trait GraphObserver: Send + Sync + std::fmt::Debug {
+    /// One request's outcome.
+    fn graph_call(&self, outcome: &str);
+    /// The latest usage of a rate limit: an app (`kind` `app`) or a business object's use
+    /// case.
+    fn graph_usage(&self, id: &str, kind: &str, percent: f64);
 }
 
 /// A request body.
@@ -92,7 +101,7 @@ impl GraphClient {
 
     /// Counts calls by outcome and records Meta's usage headers in `metrics`.
     #[must_use]
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> GraphClient {
+    pub fn with_metrics(mut self, metrics: Arc<dyn GraphObserver>) -> GraphClient {
         self.metrics = Some(metrics);
         self
     }

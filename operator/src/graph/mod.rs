@@ -18,7 +18,7 @@ mod error;
 mod usage;
 mod wire;
 
-pub use client::{GraphClient, GraphSettings};
+pub use client::{GraphClient, GraphObserver, GraphSettings};
 pub use credentials::{Credentials, appsecret_proof};
 pub use error::{BUC_RATE_LIMIT_CODES, GraphError, MetaErrorFields, RATE_LIMIT_CODES};
 pub use usage::{BusinessUsage, Usage};
