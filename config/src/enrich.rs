@@ -26,7 +26,7 @@ pub struct LeadAdsConfig {
     /// The Graph API's base URL. Default `https://graph.facebook.com`.
     #[serde(default = "default_graph_url")]
     pub graph_url: String,
-    /// The Graph API version, e.g. `v23.0`.
+    /// The Graph API version. Default [`crate::GRAPH_API_VERSION`], the operator's too.
     #[serde(default = "default_api_version")]
     pub api_version: String,
     /// Timeout of one request. Default 5s.
@@ -39,6 +39,11 @@ pub struct LeadAdsConfig {
     /// The first wait between attempts, doubling. Default 500ms.
     #[serde(default = "default_retry_backoff", with = "humantime_serde")]
     pub retry_backoff: Duration,
+    /// Also fetch `ad_id` and `campaign_id`, which need `ads_management` (and advertiser
+    /// access to the ad account) beyond `leads_retrieval` and `pages_manage_ads`. Default
+    /// false (the webhook carries `ad_id` anyway).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ad_fields: bool,
     /// A Page access token (with leads_retrieval) per Page whose leads are fetched.
     pub page_tokens: Vec<PageTokenConfig>,
 }
@@ -56,13 +61,29 @@ pub struct PageTokenConfig {
     /// An environment variable holding the token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_env: Option<String>,
+    /// Send `appsecret_proof` (hex HMAC-SHA256 of the token keyed with the app secret of the
+    /// endpoint the lead arrived on) with each call, as Meta asks of servers (an app with
+    /// "Require App Secret" on refuses a Page token without it). Turn off only for a token
+    /// issued to another app than the endpoint's (Meta answers "Invalid appsecret_proof").
+    /// Default true.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub appsecret_proof: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_true(value: &bool) -> bool {
+    *value
 }
 
 fn default_graph_url() -> String {
     "https://graph.facebook.com".to_owned()
 }
 fn default_api_version() -> String {
-    "v23.0".to_owned()
+    crate::GRAPH_API_VERSION.to_owned()
 }
 fn default_timeout() -> Duration {
     Duration::from_secs(5)
@@ -83,6 +104,7 @@ impl LeadAdsConfig {
             timeout: default_timeout(),
             max_attempts: default_max_attempts(),
             retry_backoff: default_retry_backoff(),
+            ad_fields: false,
             page_tokens,
         }
     }
@@ -134,7 +156,7 @@ impl EnrichmentConfig {
         if !well_formed {
             return Err(invalid(
                 key("api_version"),
-                format!("{version:?} is not a Graph API version such as v23.0"),
+                format!("{version:?} is not a Graph API version such as v26.0"),
             ));
         }
         lead_ads

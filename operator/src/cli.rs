@@ -47,8 +47,17 @@ pub struct Cli {
         default_value = "https://graph.facebook.com"
     )]
     pub graph_url: String,
-    /// Graph API version of registration calls.
-    #[arg(long, env = "METAHOOK_GRAPH_API_VERSION", default_value = "v23.0")]
+    /// Base URL of the Graph API for Instagram User tokens (Instagram Login:
+    /// `registration.pages[].login: instagram`).
+    #[arg(
+        long,
+        env = "METAHOOK_GRAPH_INSTAGRAM_URL",
+        default_value = "https://graph.instagram.com"
+    )]
+    pub graph_instagram_url: String,
+    /// Graph API version of registration calls (the receiver's Lead Ads enrichment defaults
+    /// to the same one).
+    #[arg(long, env = "METAHOOK_GRAPH_API_VERSION", default_value = metahook_config::GRAPH_API_VERSION)]
     pub graph_api_version: String,
     /// Timeout of one Graph API request (a subscribe includes Meta's verification GET of
     /// the callback).

@@ -92,6 +92,10 @@ const RESERVED_PATHS_CEL: &str = "['/metrics', '/healthz', '/readyz']";
         .message("registration.pages needs object page or instagram").field_path(".registration.pages")
 )]
 #[x_kube(
+    validation = Rule::new("!has(self.registration) || self.object == 'instagram' || self.registration.pages.all(p, !has(p.login) || p.login == 'facebook')")
+        .message("registration.pages[].login: instagram needs object instagram").field_path(".registration.pages")
+)]
+#[x_kube(
     validation = Rule::new("!has(self.registration) || size(self.registration.whatsappBusinessAccounts) == 0 || self.object == 'whatsapp_business_account'")
         .message("registration.whatsappBusinessAccounts needs object whatsapp_business_account").field_path(".registration.whatsappBusinessAccounts")
 )]
@@ -211,17 +215,45 @@ fn default_true() -> bool {
     true
 }
 
+/// How an Instagram account's token was issued: which host and which edge register it.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum InstagramLogin {
+    /// Facebook Login: `id` is the Facebook Page linked to the Instagram account and the
+    /// token a Page token; the Page's `subscribed_apps` on graph.facebook.com gets a Page
+    /// field (`feed`), and the Instagram fields are the app subscription's (object
+    /// instagram).
+    #[default]
+    Facebook,
+    /// Instagram Login: `id` is the Instagram professional account and the token an
+    /// Instagram User token, valid only on graph.instagram.com, whose `subscribed_apps`
+    /// gets the Instagram fields.
+    Instagram,
+}
+
 /// A Page or Instagram account whose `subscribed_apps` edge the operator manages.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct PageRegistrationSpec {
-    /// The Page id (or Instagram account id).
+    /// The Page id (or, with `login: instagram`, the Instagram account id).
     #[x_kube(validation = Rule::new("self.matches('^[0-9]+$')").message("a numeric Page or Instagram account id"))]
     #[schemars(length(min = 1, max = 32))]
     pub id: String,
     /// A Page access token of the app (pages_manage_metadata; leads_retrieval for lead
-    /// enrichment) or an Instagram user token.
+    /// enrichment) or, with `login: instagram`, an Instagram User token.
     pub access_token_ref: SecretKeyRef,
+    /// For object instagram: how the token was issued, `facebook` (default: Facebook Login,
+    /// a Page token, graph.facebook.com) or `instagram` (Instagram Login, an Instagram User
+    /// token, graph.instagram.com). Only `facebook` with object page.
+    #[serde(default)]
+    pub login: InstagramLogin,
+    /// Send `appsecret_proof` (hex HMAC-SHA256 of this token keyed with the app secret)
+    /// with every Graph API call made with this token, as Meta asks of servers (an app with
+    /// "Require App Secret" on refuses calls without it). Turn off only for a token issued
+    /// to another app than registration.appId, whose secret the operator does not hold
+    /// (Meta answers "Invalid appsecret_proof"). Default true.
+    #[serde(default = "default_true")]
+    pub app_secret_proof: bool,
 }
 
 /// A WhatsApp Business Account whose `subscribed_apps` edge the operator manages.
@@ -234,6 +266,13 @@ pub struct WabaRegistrationSpec {
     pub id: String,
     /// A system-user or business token with whatsapp_business_management.
     pub access_token_ref: SecretKeyRef,
+    /// Send `appsecret_proof` (hex HMAC-SHA256 of this token keyed with the app secret)
+    /// with every Graph API call made with this token, as Meta asks of servers (an app with
+    /// "Require App Secret" on refuses calls without it). Turn off only for a token issued
+    /// to another app than registration.appId, whose secret the operator does not hold
+    /// (Meta answers "Invalid appsecret_proof"). Default true.
+    #[serde(default = "default_true")]
+    pub app_secret_proof: bool,
     /// Point this WABA's message-level fields (messages, calls, ...) at this
     /// subscription's callback with a per-WABA override, instead of the app's callback.
     /// Template and account-level fields still go to the app's callback. Default false.
@@ -889,8 +928,8 @@ pub struct RegistrationStatus {
     /// When Meta last accepted a change (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_registered_time: Option<String>,
-    /// The last Graph API error (Meta's message and fbtrace_id); absent once a pass
-    /// succeeds.
+    /// The last Graph API error (Meta's message, type, code and subcode; the per-request
+    /// fbtrace_id is only in the Event and the log); absent once a pass succeeds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
 }
@@ -903,6 +942,14 @@ pub struct RegisteredNode {
     pub id: String,
     /// The token used (for unregistering).
     pub access_token_ref: SecretKeyRef,
+    /// The token was sent without `appsecret_proof` (spec `appSecretProof: false`), and is
+    /// when unregistering.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub without_app_secret_proof: bool,
+    /// The token is an Instagram User token (Instagram Login): the edge is on
+    /// graph.instagram.com, where unregistering removes it too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub instagram_login: bool,
     /// The subscribed_fields the operator set (Pages and Instagram).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fields: Vec<String>,

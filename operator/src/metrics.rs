@@ -47,12 +47,18 @@ pub struct Metrics {
     drains_finished: IntCounterVec,
     /// The (namespace, name) labels of the drain series, dropped with their subscription.
     drain_labels: Arc<Mutex<BTreeSet<(String, String)>>>,
+    graph_calls: IntCounterVec,
+    graph_usage: GaugeVec,
 }
 
 /// The states `metahook_operator_claims` counts.
 const CLAIM_STATES: [&str; 3] = ["draining", "stalled", "kept"];
 /// The outcomes `metahook_operator_drains_total` counts.
 const DRAIN_OUTCOMES: [&str; 3] = ["drained", "failed", "cancelled"];
+
+/// Every `outcome` of `metahook_operator_graph_calls_total`: a 2xx answer, Meta's refusal,
+/// a rate limit, no answer (or not Meta's shape).
+pub const GRAPH_OUTCOMES: [&str; 4] = ["ok", "error", "throttled", "transport"];
 
 impl Metrics {
     /// Registers every series (label values that are known up front start at 0).
@@ -135,6 +141,29 @@ impl Metrics {
         registry.register(Box::new(claims.clone()))?;
         registry.register(Box::new(drain_events_left.clone()))?;
         registry.register(Box::new(drains_finished.clone()))?;
+        let graph_calls = IntCounterVec::new(
+            Opts::new(
+                "metahook_operator_graph_calls_total",
+                "Graph API requests of registration (each attempt), by outcome: ok, error \
+                 (Meta refused), throttled (a rate limit), transport (no answer or not Meta's).",
+            ),
+            &["outcome"],
+        )?;
+        let graph_usage = GaugeVec::new(
+            Opts::new(
+                "metahook_operator_graph_usage_percent",
+                "The latest usage of a Meta rate limit, in percent (the highest of call_count, \
+                 total_cputime and total_time): type app for an app (X-App-Usage, id the app id), \
+                 else the Business Use Case type (pages, instagram, whatsapp_business_management, \
+                 ...) of a business object (X-Business-Use-Case-Usage, id its id).",
+            ),
+            &["id", "type"],
+        )?;
+        registry.register(Box::new(graph_calls.clone()))?;
+        registry.register(Box::new(graph_usage.clone()))?;
+        for outcome in GRAPH_OUTCOMES {
+            graph_calls.with_label_values(&[outcome]);
+        }
         for result in ["success", "error"] {
             reconciliations.with_label_values(&[result]);
         }
@@ -155,6 +184,8 @@ impl Metrics {
             drain_events_left,
             drains_finished,
             drain_labels: Arc::default(),
+            graph_calls,
+            graph_usage,
         })
     }
 
@@ -392,4 +423,18 @@ fn respond(path: &str, metrics: &Metrics, ready: &AtomicBool) -> Response<Full<B
             .insert(http::header::CONTENT_TYPE, value);
     }
     response
+}
+
+/// The Graph API client's report of each request (graph::GraphObserver).
+impl crate::graph::GraphObserver for Metrics {
+    /// Counts one Graph API request by outcome (one of [`GRAPH_OUTCOMES`]).
+    fn graph_call(&self, outcome: &str) {
+        self.graph_calls.with_label_values(&[outcome]).inc();
+    }
+
+    /// Records the latest usage Meta reported for an app or a business object's use case.
+    /// The ids are those of the spec's apps, Pages and WABAs: a bounded set.
+    fn graph_usage(&self, id: &str, kind: &str, percent: f64) {
+        self.graph_usage.with_label_values(&[id, kind]).set(percent);
+    }
 }

@@ -109,12 +109,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     ctx.graph = Arc::new(
         GraphClient::new(GraphSettings {
             base_url: cli.graph_url.clone(),
+            instagram_base_url: cli.graph_instagram_url.clone(),
             api_version: cli.graph_api_version.clone(),
             timeout: cli.graph_timeout,
             max_attempts: cli.graph_max_attempts,
             retry_backoff: cli.graph_retry_backoff,
         })
-        .context("building the Graph API client")?,
+        .context("building the Graph API client")?
+        .with_metrics(metrics.clone()),
     );
     let ctx = Arc::new(ctx);
     tokio::spawn(refresh_capabilities(client.clone(), ctx.clone()));

@@ -24,6 +24,10 @@ pub const REGISTERED: &str = "Registered";
 /// Acknowledged events survive what happens to a pod: False for an ephemeral spool.
 pub const SPOOL_DURABLE: &str = "SpoolDurable";
 
+/// The `Registered` reason when Meta refuses a token as expired, revoked or invalid (code
+/// 190): the message names the Secret key to put a new token in.
+pub const TOKEN_EXPIRED: &str = "TokenExpired";
+
 /// Registration with Meta as one pass left it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum RegistrationState {
@@ -65,10 +69,12 @@ pub enum RegistrationState {
     GraphFailed {
         /// What is registered (partial progress included).
         status: RegistrationStatus,
-        /// Meta's message and fbtrace_id.
+        /// Meta's message, type and code (no fbtrace_id: see [`GraphError::for_status`]).
         message: String,
         /// The error.
         error: GraphError,
+        /// The Secret key whose token Meta refused as expired or revoked (code 190).
+        rejected_token: Option<SecretKeyRef>,
     },
 }
 
@@ -350,10 +356,19 @@ pub fn build(
             ok: false,
             reason: if error.is_rate_limit() {
                 "RateLimited".to_owned()
+            } else if error.is_token_rejected() {
+                TOKEN_EXPIRED.to_owned()
             } else {
                 "GraphAPIError".to_owned()
             },
-            message: message.clone(),
+            message: match error.regain_access {
+                // Until when, as Meta announced it: the next pass comes then.
+                Some(wait) => format!(
+                    "throttled by Meta until {} (estimated_time_to_regain_access); retrying then: {message}",
+                    rfc3339(now + wait)
+                ),
+                None => message.clone(),
+            },
         }),
     };
     let spool = observed
@@ -476,6 +491,14 @@ fn condition(
         status: status.to_owned(),
         type_: wanted.type_.to_owned(),
     }
+}
+
+/// `t` in RFC 3339, whole seconds.
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.replace_nanosecond(0)
+        .unwrap_or(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 /// A whole-second timestamp (what the API server stores for conditions).

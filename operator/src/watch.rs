@@ -1,19 +1,27 @@
 //! What the operator watches: the scopes (`--namespace`), and per scope the controller
 //! with its watches (subscriptions, the objects they own, the Secrets they reference).
 //!
+//! A subscription's own changes trigger a pass only when they are the user's or the API
+//! server's (its generation, that is its spec, or its deletion): the operator's status and
+//! finalizer writes do not ([`pass_trigger`]), so a pass that fails and writes its status is
+//! retried after its backoff, never at once by its own write (META_WEBHOOKS.md §9: no retry
+//! faster than the backoff). Owned children (the workload's readiness) and Secrets still
+//! trigger passes.
+//!
 //! Secrets are watched as metadata only (`PartialObjectMetadata`: names, labels, owners,
 //! never values) and only those marked `metahook.io/referenceable=true` (the label the
 //! operator's own Secrets carry too): the operator holds no Secret's values in memory, and
 //! reads a Secret's values only with a GET by name when a subscription references it.
 
+use futures_util::Stream;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{Controller, watcher};
-use kube::{Client, ResourceExt};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
 
 use crate::crd::WebhookSubscription;
 
@@ -30,7 +38,7 @@ impl WatchScope {
     /// An API of kind `K` within this scope.
     pub(crate) fn api<K>(&self, client: &Client) -> Api<K>
     where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
         K::DynamicType: Default,
     {
         match self {
@@ -72,10 +80,15 @@ pub fn watch_scopes(namespaces: &[String]) -> Vec<WatchScope> {
 pub(crate) fn watches(client: &Client, scope: &WatchScope) -> Controller<WebhookSubscription> {
     let managed =
         watcher::Config::default().labels("app.kubernetes.io/managed-by=metahook-operator");
-    let controller = Controller::new(
+    let (reader, writer) = reflector::store();
+    let subscriptions = watcher(
         scope.api::<WebhookSubscription>(client),
         watcher::Config::default().any_semantic(),
-    );
+    )
+    .default_backoff()
+    .reflect(writer)
+    .applied_objects();
+    let controller = Controller::for_stream(pass_triggers(subscriptions), reader);
     let store = controller.store();
     controller
         .owns(scope.api::<Deployment>(client), managed.clone())
@@ -90,6 +103,35 @@ pub(crate) fn watches(client: &Client, scope: &WatchScope) -> Controller<Webhook
             watcher::Config::default().labels(&referenceable_selector()),
             move |secret| subscriptions_of_secret(&store, &secret),
         )
+}
+
+/// What of a subscription starts a pass when it changes: its generation (the API server
+/// bumps it on every spec change) and its deletion timestamp. Not its status, nor its
+/// finalizers or resourceVersion, which the operator's own writes change: a status that
+/// changes with every failure (it did, with Meta's per-request `fbtrace_id`) would
+/// otherwise start the next pass at once, bypassing the error policy's backoff.
+pub fn pass_trigger(sub: &WebhookSubscription) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let meta = sub.meta();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    meta.generation.hash(&mut hasher);
+    meta.deletion_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// The subscriptions' watch as the controller sees it: only the changes
+/// [`pass_trigger`] names (the store still holds every version, so a pass reads the
+/// latest status).
+pub fn pass_triggers<S>(
+    subscriptions: S,
+) -> impl Stream<Item = Result<WebhookSubscription, watcher::Error>> + Send + 'static
+where
+    S: Stream<Item = Result<WebhookSubscription, watcher::Error>> + Send + 'static,
+{
+    subscriptions.predicate_filter(pass_trigger, kube::runtime::PredicateConfig::default())
 }
 
 /// The Secret watch's label selector: `metahook.io/referenceable=true`.
@@ -117,4 +159,44 @@ fn subscriptions_of_secret(
         })
         .map(|sub| ObjectRef::from_obj(sub.as_ref()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(generation: i64) -> WebhookSubscription {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "metahook.io/v1alpha1",
+            "kind": "WebhookSubscription",
+            "metadata": {"name": "wa", "namespace": "acme", "generation": generation, "resourceVersion": "7"},
+            "spec": {
+                "object": "page",
+                "fields": ["feed"],
+                "appSecretRef": {"name": "meta-app", "key": "app-secret"},
+                "path": "/webhooks/page",
+            },
+        }))
+        .expect("subscription")
+    }
+
+    #[test]
+    fn only_the_spec_and_the_deletion_start_a_pass() {
+        let base = sub(3);
+        let mut status_written = base.clone();
+        status_written.metadata.resource_version = Some("8".to_owned());
+        status_written.metadata.finalizers = Some(vec!["metahook.io/graph-registration".into()]);
+        status_written.status = Some(crate::crd::WebhookSubscriptionStatus {
+            observed_generation: Some(3),
+            ..Default::default()
+        });
+        assert_eq!(pass_trigger(&base), pass_trigger(&status_written));
+        assert_ne!(pass_trigger(&base), pass_trigger(&sub(4)), "a spec change");
+        let mut deleted = base.clone();
+        deleted.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::from_second(1_790_000_000).expect("time"),
+            ));
+        assert_ne!(pass_trigger(&base), pass_trigger(&deleted), "a deletion");
+    }
 }

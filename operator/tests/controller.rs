@@ -1152,6 +1152,7 @@ fn graph_error() -> metahook_operator::graph::GraphError {
             subcode: None,
             fbtrace_id: Some("AbC123".to_owned()),
         })),
+        regain_access: None,
     }
 }
 
@@ -1168,14 +1169,18 @@ async fn a_graph_error_is_reported_with_metas_message_and_fails_the_pass() {
     assert_eq!(error.metric_label(), "graph_api");
     let served = api.finish().await;
     assert_eq!(served[14].body["reason"], "RegistrationFailed");
+    // Meta's per-request trace id goes to the Event (what Meta's support asks for)...
+    let note = served[14].body["note"].as_str().expect("note");
+    assert!(note.contains("fbtrace_id AbC123"), "{note}");
     let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
     let registered = condition(status, "Registered");
     assert_eq!(registered["status"], "False");
     assert_eq!(registered["reason"], "GraphAPIError");
     let message = registered["message"].as_str().expect("message");
-    assert!(
-        message.contains("callback verification failed") && message.contains("fbtrace_id AbC123"),
-        "{message}"
+    // ...never to the status, which would change with every failed call.
+    assert_eq!(
+        message,
+        "POST /1234/subscriptions: HTTP 400: (#2200) callback verification failed: HTTP Status Code = 403 (type OAuthException, code 2200)"
     );
     assert_eq!(status["status"]["registration"]["lastError"], message);
     // Ready is about the receiver: still True.
@@ -1378,6 +1383,7 @@ async fn past_the_bound_the_finalizer_gives_up_with_an_event_naming_what_was_lef
     let unreachable =
         metahook_operator::graph::GraphClient::new(metahook_operator::graph::GraphSettings {
             base_url: format!("http://{closed}"),
+            instagram_base_url: format!("http://{closed}"),
             api_version: "v23.0".to_owned(),
             timeout: Duration::from_secs(2),
             max_attempts: 2,
@@ -1396,7 +1402,9 @@ async fn past_the_bound_the_finalizer_gives_up_with_an_event_naming_what_was_lef
     let note = served[2].body["note"].as_str().expect("note");
     assert!(
         note.contains("left at Meta: app 1234 subscription to whatsapp_business_account fields messages; subscribed_apps of WABA 5550001")
-            && note.contains(&format!("GET /5550001/subscribed_apps: error sending request for url (http://{closed}/v23.0/5550001/subscribed_apps)")),
+            && note.contains("GET /5550001/subscribed_apps: error sending request: client error (Connect)")
+            && !note.contains("appsecret_proof")
+            && !note.contains(&closed.to_string()),
         "{note}"
     );
 }
@@ -2063,4 +2071,44 @@ async fn a_missing_secret_reports_the_receivers_that_still_run() {
         "2 of 2 receiver pods of Deployment ready"
     );
     assert_eq!(condition(status, "Ready")["reason"], "SecretsResolvedFalse");
+}
+
+#[tokio::test]
+async fn an_expired_token_is_a_condition_and_an_event_naming_the_secret_to_rotate() {
+    let spec = registering_spec();
+    let sub = subscription("wa", NS, &spec);
+    let script = registering_pass_with_ready_receiver(&spec);
+    let api = MockApi::start(script, Capabilities::default(), test_now());
+    *api.graph.fail.lock().expect("lock") = Some(metahook_operator::graph::GraphError {
+        call: "GET /1234/subscriptions".to_owned(),
+        status: Some(400),
+        message: "Error validating access token: Session has expired".to_owned(),
+        meta: Some(Box::new(metahook_operator::graph::MetaErrorFields {
+            kind: Some("OAuthException".to_owned()),
+            code: Some(190),
+            subcode: Some(463),
+            fbtrace_id: Some("Tr4ce".to_owned()),
+        })),
+        regain_access: None,
+    });
+    controller::reconcile(Arc::new(sub), api.ctx.clone())
+        .await
+        .expect_err("the pass fails");
+    let served = api.finish().await;
+    assert_eq!(served[14].body["reason"], "TokenExpired");
+    assert_eq!(served[14].body["type"], "Warning");
+    let note = served[14].body["note"].as_str().expect("note");
+    assert!(
+        note.starts_with("Meta refused the token in Secret meta-app key app-secret as expired or revoked: put a new one there")
+            && note.contains("fbtrace_id Tr4ce"),
+        "{note}"
+    );
+    let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
+    let registered = condition(status, "Registered");
+    assert_eq!(registered["reason"], "TokenExpired");
+    let message = registered["message"].as_str().expect("message");
+    assert!(
+        message.contains("Secret meta-app key app-secret") && !message.contains("Tr4ce"),
+        "{message}"
+    );
 }

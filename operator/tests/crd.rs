@@ -869,6 +869,33 @@ fn cases() -> Vec<Case> {
             )],
         },
         Case {
+            message: "registration.pages[].login: instagram needs object instagram",
+            field_path: "spec.registration.pages",
+            valid: vec![
+                (
+                    "instagram login on object instagram",
+                    with_spec(&json!({
+                        "object": "instagram", "fields": ["comments"],
+                        "registration": registration(&json!({"pages": [{"id": "178", "accessTokenRef": {"name": "p", "key": "t"}, "login": "instagram"}]})),
+                    })),
+                ),
+                (
+                    "facebook login on object page",
+                    with_spec(&json!({
+                        "object": "page", "fields": ["feed"],
+                        "registration": registration(&json!({"pages": [{"id": "111", "accessTokenRef": {"name": "p", "key": "t"}, "login": "facebook"}]})),
+                    })),
+                ),
+            ],
+            invalid: vec![(
+                "instagram login on object page",
+                with_spec(&json!({
+                    "object": "page", "fields": ["feed"],
+                    "registration": registration(&json!({"pages": [{"id": "111", "accessTokenRef": {"name": "p", "key": "t"}, "login": "instagram"}]})),
+                })),
+            )],
+        },
+        Case {
             message: "registration.whatsappBusinessAccounts needs object whatsapp_business_account",
             field_path: "spec.registration.whatsappBusinessAccounts",
             valid: vec![(

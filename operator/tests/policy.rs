@@ -478,7 +478,7 @@ async fn a_waba_override_set_elsewhere_is_not_removed_either() {
     wanted.wabas = vec![DesiredNode {
         id: "5550001".to_owned(),
         token_ref: key("wa-system-user"),
-        token: "waba-token".to_owned(),
+        token: metahook_operator::graph::Credentials::with_proof("waba-token", "s3cret"),
         override_callback: false,
         phone_numbers: Vec::new(),
     }];
@@ -521,7 +521,7 @@ fn tokens_are_redacted_in_debug() {
     wanted.wabas = vec![DesiredNode {
         id: "5550001".to_owned(),
         token_ref: key("wa-system-user"),
-        token: "the-waba-token".to_owned(),
+        token: metahook_operator::graph::Credentials::with_proof("the-waba-token", "s3cret"),
         override_callback: true,
         phone_numbers: Vec::new(),
     }];

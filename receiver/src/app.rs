@@ -412,7 +412,8 @@ pub(crate) fn enricher(
     let Some(enrichment) = &config.enrichment else {
         return Ok(None);
     };
-    let enricher = Enricher::new(enrichment, metrics).context("cannot start enrichment")?;
+    let enricher =
+        Enricher::new(enrichment, &config.endpoints, metrics).context("cannot start enrichment")?;
     Ok(enricher
         .is_enabled()
         .then(|| Arc::new(enricher) as Arc<dyn normalizer::Enrich>))

@@ -422,7 +422,8 @@ pub struct StatusConversation {
 
 /// A Lead Ads submission. The webhook carries only ids; with Lead Ads enrichment
 /// (`enrichment.lead_ads`) the receiver fetches the answers with `GET /{leadgen_id}` and
-/// adds `field_data` and `campaign_id` (absent when enrichment is off or failed).
+/// adds `field_data` (and `campaign_id` with `ad_fields`), and says in `enrichment` what
+/// it did: the answers are absent when enrichment is off, failed or skipped.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct Lead {
     /// The lead.
@@ -449,6 +450,35 @@ pub struct Lead {
     /// The form's answers, as the Graph API returns them (with enrichment).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field_data: Option<Vec<LeadAnswer>>,
+    /// What Lead Ads enrichment did for this lead (present whenever `enrichment.lead_ads`
+    /// is configured): a consumer tells a lead without answers from one whose answers
+    /// could not be fetched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrichment: Option<LeadEnrichment>,
+}
+
+/// The outcome of a lead's enrichment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LeadEnrichment {
+    /// `ok` (the answers are in `field_data`), `failed` (the Graph API refused or did not
+    /// answer within the retries) or `skipped` (no token for the lead's Page, or no
+    /// `leadgen_id`).
+    pub outcome: EnrichmentOutcome,
+    /// Why, for `failed` and `skipped` (Meta's message and code, or what is missing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// [`LeadEnrichment::outcome`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EnrichmentOutcome {
+    /// The answers were fetched.
+    Ok,
+    /// They could not be fetched.
+    Failed,
+    /// They were not asked for.
+    Skipped,
 }
 
 /// One answer of a Lead Ads form (`field_data[]` of `GET /{leadgen_id}`).

@@ -27,7 +27,10 @@ pub enum SecretSource {
 }
 
 impl SecretSource {
-    fn from_config(file: Option<&PathBuf>, env: Option<&String>) -> Option<SecretSource> {
+    pub(crate) fn from_config(
+        file: Option<&PathBuf>,
+        env: Option<&String>,
+    ) -> Option<SecretSource> {
         if let Some(file) = file {
             return Some(SecretSource::File(file.clone()));
         }

@@ -33,6 +33,9 @@ pub struct AppSub {
     pub fields: Vec<String>,
     /// The verify token it was registered with.
     pub verify_token: String,
+    /// Whether Meta delivers (false after its callback kept failing; a POST makes it
+    /// active again).
+    pub active: bool,
 }
 
 /// The app's edge on a node.
@@ -64,6 +67,8 @@ pub struct Fault {
     pub status: u16,
     /// The body (Meta's error object, or anything).
     pub body: Value,
+    /// Response headers (Meta's usage headers).
+    pub headers: Vec<(String, String)>,
 }
 
 impl Fault {
@@ -73,6 +78,7 @@ impl Fault {
             method,
             status: 500,
             body: meta_error("An unknown error has occurred.", "OAuthException", 1, None),
+            headers: Vec::new(),
         }
     }
 
@@ -87,6 +93,39 @@ impl Fault {
                 4,
                 Some(2_446_079),
             ),
+            headers: Vec::new(),
+        }
+    }
+
+    /// A Business Use Case rate limit (`code`, e.g. 80001 Pages, 80002 Instagram, 80005
+    /// LeadGen, 80008 WhatsApp Business Management) of business object `id`, with Meta's
+    /// `X-Business-Use-Case-Usage` announcing `minutes` until access is regained.
+    pub fn business_use_case(
+        method: Option<Method>,
+        code: i64,
+        id: &str,
+        kind: &str,
+        minutes: u64,
+    ) -> Fault {
+        let usage = json!({id: [{
+            "type": kind,
+            "call_count": 100,
+            "total_cputime": 12,
+            "total_time": 15,
+            "estimated_time_to_regain_access": minutes,
+        }]});
+        Fault {
+            method,
+            status: 400,
+            body: meta_error(
+                &format!(
+                    "(#{code}) There have been too many calls from this business. Wait a bit and try again."
+                ),
+                "OAuthException",
+                code,
+                Some(2_446_079),
+            ),
+            headers: vec![("x-business-use-case-usage".to_owned(), usage.to_string())],
         }
     }
 }
@@ -102,6 +141,8 @@ pub struct Logged {
     pub status: u16,
     /// When it arrived.
     pub at: Instant,
+    /// Whether it came to the Instagram host.
+    pub instagram: bool,
 }
 
 /// Meta's state and the fake's knobs.
@@ -125,18 +166,43 @@ pub struct State {
     pub faults: VecDeque<Fault>,
     /// Every request.
     pub log: Vec<Logged>,
+    /// Entries per page of a list (`subscriptions`, `subscribed_apps`); 0 is Meta's 25.
+    /// A list longer than a page answers `paging.next`, which a client must follow.
+    pub page_size: usize,
+    /// Other apps installed on a node, listed before this app's entry (as on a real Page
+    /// with several apps), by node id.
+    pub other_apps: BTreeMap<String, Vec<Value>>,
+    /// Refuse a call made with a Page, system-user or phone-number token without
+    /// `appsecret_proof`, as Meta does for an app with "Require App Secret" on (on by
+    /// default: the fake is as strict as such an app). A proof that is not the token's
+    /// HMAC with the app secret is refused either way.
+    pub require_appsecret_proof: bool,
+    /// Instagram accounts with an Instagram User token (Instagram Login): their token is
+    /// valid only on the Instagram host, where nothing else is served.
+    pub instagram_users: Vec<String>,
+    /// Whether the Page tokens hold `ads_management` (needed to read a lead's `ad_id` and
+    /// `campaign_id`); false by default, as for a token with only `leads_retrieval`.
+    pub ads_management: bool,
+    /// Tokens that expired: any call with one is refused with code 190, subcode 463.
+    pub expired_tokens: Vec<String>,
+    /// Headers of every answer that is not a fault (e.g. Meta's `X-App-Usage`).
+    pub usage_headers: Vec<(String, String)>,
+    /// The fake's own base URL (for `paging.next`).
+    pub base_url: String,
     /// The CAs an https callback's certificate may chain to (as Meta's public roots would):
     /// see [`FakeGraph::trust_callbacks_of`].
     pub callback_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
-/// Meta's error object.
+/// Meta's error object, with a `fbtrace_id` of its own, as Meta gives each request.
 pub fn meta_error(message: &str, kind: &str, code: i64, subcode: Option<i64>) -> Value {
+    static TRACES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let trace = TRACES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut error = json!({
         "message": message,
         "type": kind,
         "code": code,
-        "fbtrace_id": "AfakeTrace0",
+        "fbtrace_id": format!("AfakeTrace{trace}"),
     });
     if let Some(subcode) = subcode {
         error["error_subcode"] = json!(subcode);
@@ -147,20 +213,24 @@ pub fn meta_error(message: &str, kind: &str, code: i64, subcode: Option<i64>) ->
 /// The fake Graph API, serving until dropped.
 #[derive(Debug)]
 pub struct FakeGraph {
-    /// Its address.
+    /// Its address (graph.facebook.com).
     pub addr: SocketAddr,
+    /// The address of its second host, graph.instagram.com (Instagram Login).
+    pub instagram_addr: SocketAddr,
     state: Arc<Mutex<State>>,
     task: tokio::task::JoinHandle<()>,
+    instagram_task: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for FakeGraph {
     fn drop(&mut self) {
+        self.instagram_task.abort();
         self.task.abort();
     }
 }
 
 /// The API version path segment tests use.
-pub const VERSION: &str = "v23.0";
+pub const VERSION: &str = metahook_receiver::config::GRAPH_API_VERSION;
 
 impl FakeGraph {
     /// Serves one app with this secret.
@@ -172,12 +242,28 @@ impl FakeGraph {
         let state = Arc::new(Mutex::new(State {
             app_id: app_id.to_owned(),
             app_secret: app_secret.to_owned(),
+            base_url: format!("http://{addr}"),
+            require_appsecret_proof: true,
             ..State::default()
         }));
         let task = testkit::serve_http(listener, Arc::clone(&state), |state, request| async move {
-            answer(&state, request).await
+            answer(&state, request, false).await
         });
-        Ok(FakeGraph { addr, state, task })
+        let instagram = TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding the fake Graph API's Instagram host")?;
+        let instagram_addr = instagram.local_addr()?;
+        let instagram_task =
+            testkit::serve_http(instagram, Arc::clone(&state), |state, request| async move {
+                answer(&state, request, true).await
+            });
+        Ok(FakeGraph {
+            addr,
+            instagram_addr,
+            state,
+            task,
+            instagram_task,
+        })
     }
 
     /// Lets https callbacks whose certificate chains to `ca` pass verification (Meta calls
@@ -189,6 +275,20 @@ impl FakeGraph {
     /// Its base URL (without the version).
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The base URL of its Instagram host (graph.instagram.com), without the version.
+    pub fn instagram_url(&self) -> String {
+        format!("http://{}", self.instagram_addr)
+    }
+
+    /// Gives an Instagram professional account an Instagram User token (Instagram Login):
+    /// it answers only on the Instagram host, and takes Instagram fields.
+    pub fn add_instagram_user(&self, id: &str, token: &str) {
+        self.with(|s| {
+            s.node_tokens.insert(id.to_owned(), token.to_owned());
+            s.instagram_users.push(id.to_owned());
+        });
     }
 
     /// Reads or changes the state.
@@ -223,6 +323,20 @@ impl FakeGraph {
         })
     }
 
+    /// Answers lists `size` entries a page (Meta's default is 25).
+    pub fn set_page_size(&self, size: usize) {
+        self.with(|s| s.page_size = size);
+    }
+
+    /// Lists another app on a node's `subscribed_apps`, before this app's entry.
+    pub fn add_other_app(&self, node_id: &str, app_id: &str, fields: &[&str]) {
+        self.with(|s| {
+            s.other_apps.entry(node_id.to_owned()).or_default().push(
+                json!({"id": app_id, "name": format!("app {app_id}"), "subscribed_fields": fields}),
+            );
+        });
+    }
+
     /// Queues a fault.
     pub fn push_fault(&self, fault: Fault) {
         self.with(|s| s.faults.push_back(fault));
@@ -246,7 +360,11 @@ impl FakeGraph {
 
 type Answer = (u16, Value);
 
-async fn answer(state: &Arc<Mutex<State>>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn answer(
+    state: &Arc<Mutex<State>>,
+    request: Request<Incoming>,
+    instagram: bool,
+) -> Response<Full<Bytes>> {
     let at = Instant::now();
     let method = request.method().clone();
     let full_path = request.uri().path().to_owned();
@@ -293,9 +411,26 @@ async fn answer(state: &Arc<Mutex<State>>, request: Request<Incoming>) -> Respon
             .position(|f| f.method.as_ref().is_none_or(|m| *m == method));
         position.and_then(|i| s.faults.remove(i))
     };
-    let (status, reply) = match fault {
-        Some(fault) => (fault.status, fault.body),
-        None => route(state, &method, &path, &params, &json_body, token.as_deref()).await,
+    let (status, reply, headers) = match fault {
+        Some(fault) => (fault.status, fault.body, fault.headers),
+        None => {
+            let (status, reply) = route(
+                state,
+                &method,
+                &path,
+                &params,
+                &json_body,
+                token.as_deref(),
+                instagram,
+            )
+            .await;
+            let headers = state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .usage_headers
+                .clone();
+            (status, reply, headers)
+        }
     };
     {
         let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -304,14 +439,55 @@ async fn answer(state: &Arc<Mutex<State>>, request: Request<Incoming>) -> Respon
             path,
             status,
             at,
+            instagram,
         });
     }
-    Response::builder()
+    let mut response = Response::builder()
         .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
-        .header("content-type", "application/json")
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        response = response.header(name, value);
+    }
+    response
         .body(Full::new(Bytes::from(reply.to_string())))
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }
+
+/// One page of a list, as Meta answers it: `data`, and `paging` with cursors and a `next`
+/// URL while entries remain (`after` is the index of the next entry, `limit` the size).
+fn page(s: &State, path: &str, params: &BTreeMap<String, String>, data: &[Value]) -> Value {
+    let size = params
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(if s.page_size == 0 { 25 } else { s.page_size })
+        .max(1);
+    let start: usize = params
+        .get("after")
+        .and_then(|a| a.strip_prefix("idx"))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(0);
+    let end = (start + size).min(data.len());
+    let items: Vec<Value> = data
+        .get(start..end)
+        .map(<[Value]>::to_vec)
+        .unwrap_or_default();
+    let mut answer = json!({ "data": items });
+    if !data.is_empty() {
+        answer["paging"] =
+            json!({"cursors": {"before": format!("idx{start}"), "after": format!("idx{end}")}});
+        if end < data.len() {
+            answer["paging"]["next"] = json!(format!(
+                "{}/{VERSION}{path}?limit={size}&after=idx{end}",
+                s.base_url
+            ));
+        }
+    }
+    answer
+}
+
+/// Instagram webhook fields that are no Page field: a Page's `subscribed_apps` refuses them.
+const INSTAGRAM_ONLY_FIELDS: [&str; 4] =
+    ["comments", "live_comments", "mentions", "story_insights"];
 
 fn form_pairs(text: &str) -> BTreeMap<String, String> {
     form_urlencoded::parse(text.as_bytes())
@@ -329,6 +505,30 @@ fn invalid_token() -> Answer {
             None,
         ),
     )
+}
+
+/// Meta's check of `appsecret_proof`: HMAC-SHA256 of the token keyed with the app secret,
+/// hex; required when the app requires it.
+fn check_proof(s: &State, token: &str, params: &BTreeMap<String, String>) -> Result<(), Answer> {
+    use hmac::{Hmac, Mac};
+    let refused =
+        |message: &str| Err((400, meta_error(message, "GraphMethodException", 100, None)));
+    match params.get("appsecret_proof") {
+        Some(proof) => {
+            let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(s.app_secret.as_bytes())
+                .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+            mac.update(token.as_bytes());
+            if hex::encode(mac.finalize().into_bytes()) == *proof {
+                Ok(())
+            } else {
+                refused("Invalid appsecret_proof provided in the API argument")
+            }
+        }
+        None if s.require_appsecret_proof => {
+            refused("API calls from the server require an appsecret_proof argument")
+        }
+        None => Ok(()),
+    }
 }
 
 fn bad_param(message: &str) -> Answer {
@@ -358,8 +558,33 @@ async fn route(
     params: &BTreeMap<String, String>,
     json_body: &Value,
     token: Option<&str>,
+    instagram: bool,
 ) -> Answer {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // An Instagram User token works on graph.instagram.com only, and that host serves
+    // nothing else (a Page token or the app token there is not one Meta can parse).
+    let instagram_user = {
+        let s = state.lock().unwrap_or_else(PoisonError::into_inner);
+        segments
+            .first()
+            .is_some_and(|id| s.instagram_users.iter().any(|u| u == id))
+    };
+    if instagram != instagram_user {
+        return invalid_token();
+    }
+    // A Page's subscribed_apps takes Page fields only.
+    if !instagram
+        && *method == Method::POST
+        && matches!(segments.as_slice(), [_, "subscribed_apps"])
+        && let Some(field) =
+            split_fields(params.get("subscribed_fields").map_or("", String::as_str))
+                .into_iter()
+                .find(|f| INSTAGRAM_ONLY_FIELDS.contains(&f.as_str()))
+    {
+        return bad_param(&format!(
+            "Param subscribed_fields[0] must be one of {{feed, mention, ratings, leadgen, messages, messaging_postbacks, ...}} - got \"{field}\""
+        ));
+    }
     let (app_id, app_token, node_token, phone_token) = {
         let s = state.lock().unwrap_or_else(PoisonError::into_inner);
         let node_token = segments
@@ -377,6 +602,32 @@ async fn route(
             phone_token,
         )
     };
+    if let Some(token) = token
+        && state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .expired_tokens
+            .iter()
+            .any(|t| t == token)
+    {
+        return (
+            400,
+            meta_error(
+                "Error validating access token: Session has expired on Friday, 04-Dec-26 10:00:00 PST.",
+                "OAuthException",
+                190,
+                Some(463),
+            ),
+        );
+    }
+    // Every token but the app's is proved with the app secret.
+    let is_app_call = matches!(segments.as_slice(), [id, "subscriptions"] if *id == app_id);
+    if !is_app_call && let Some(token) = token {
+        let s = state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Err(answer) = check_proof(&s, token, params) {
+            return answer;
+        }
+    }
     match segments.as_slice() {
         [id, "subscriptions"] if *id == app_id => {
             if token != Some(app_token.as_str()) {
@@ -396,7 +647,7 @@ async fn route(
             }
             phone_number(state, method, id, params, json_body).await
         }
-        [id] if *method == Method::GET => lead(state, id, token),
+        [id] if *method == Method::GET => lead(state, id, token, params),
         _ => (
             400,
             meta_error("Unknown path components", "OAuthException", 2500, None),
@@ -419,12 +670,15 @@ async fn app_subscriptions(
                     json!({
                         "object": object,
                         "callback_url": sub.callback_url,
-                        "active": true,
+                        "active": sub.active,
                         "fields": sub.fields.iter().map(|f| json!({"name": f, "version": VERSION})).collect::<Vec<_>>(),
                     })
                 })
                 .collect();
-            (200, json!({ "data": data }))
+            (
+                200,
+                page(&s, &format!("/{}/subscriptions", s.app_id), params, &data),
+            )
         }
         Method::POST => {
             let (Some(object), Some(callback), Some(verify_token)) = (
@@ -442,19 +696,19 @@ async fn app_subscriptions(
                 return answer;
             }
             let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
-            let entry = s.subscriptions.entry(object.clone()).or_insert(AppSub {
-                callback_url: String::new(),
-                fields: Vec::new(),
-                verify_token: String::new(),
-            });
-            entry.callback_url = callback.clone();
-            entry.verify_token = verify_token.clone();
-            for field in fields {
-                if !entry.fields.contains(&field) {
-                    entry.fields.push(field);
-                }
-            }
-            success()
+            // The fields listed replace those held: a client that sent only the fields it
+            // adds would drop the others (Meta's reference does not promise a merge).
+            s.subscriptions.insert(
+                object.clone(),
+                AppSub {
+                    callback_url: callback.clone(),
+                    fields,
+                    verify_token: verify_token.clone(),
+                    active: true,
+                },
+            );
+            // Meta's own sample for this edge answers a string.
+            (200, json!({"success": "true"}))
         }
         Method::DELETE => {
             let Some(object) = params.get("object") else {
@@ -488,7 +742,7 @@ async fn subscribed_apps(
     match *method {
         Method::GET => {
             let s = state.lock().unwrap_or_else(PoisonError::into_inner);
-            let data: Vec<Value> = s
+            let mine = s
                 .nodes
                 .get(id)
                 .map(|edge| {
@@ -501,10 +755,19 @@ async fn subscribed_apps(
                     } else {
                         json!({"id": app_id, "name": "metahook test app", "subscribed_fields": edge.subscribed_fields})
                     }
-                })
+                });
+            let data: Vec<Value> = s
+                .other_apps
+                .get(id)
                 .into_iter()
+                .flatten()
+                .cloned()
+                .chain(mine)
                 .collect();
-            (200, json!({ "data": data }))
+            (
+                200,
+                page(&s, &format!("/{id}/subscribed_apps"), params, &data),
+            )
         }
         Method::POST if is_waba => {
             let uri = json_body
@@ -634,8 +897,28 @@ async fn phone_number(
     }
 }
 
-fn lead(state: &Arc<Mutex<State>>, id: &str, token: Option<&str>) -> Answer {
+fn lead(
+    state: &Arc<Mutex<State>>,
+    id: &str,
+    token: Option<&str>,
+    params: &BTreeMap<String, String>,
+) -> Answer {
     let s = state.lock().unwrap_or_else(PoisonError::into_inner);
+    // ad_id and campaign_id need ads_management beyond leads_retrieval (Meta's guide).
+    let fields = split_fields(params.get("fields").map_or("", String::as_str));
+    if !s.ads_management
+        && let Some(field) = fields.iter().find(|f| *f == "ad_id" || *f == "campaign_id")
+    {
+        return (
+            403,
+            meta_error(
+                &format!("(#200) Requires ads_management permission to read {field}"),
+                "OAuthException",
+                200,
+                None,
+            ),
+        );
+    }
     let Some((page, lead)) = s.leads.get(id) else {
         return (
             400,
@@ -650,7 +933,14 @@ fn lead(state: &Arc<Mutex<State>>, id: &str, token: Option<&str>) -> Answer {
     if token.is_none() || s.node_tokens.get(page).map(String::as_str) != token {
         return invalid_token();
     }
-    (200, lead.clone())
+    // Only the fields asked for (and the id), as Meta answers.
+    let mut answer = json!({"id": id});
+    for field in &fields {
+        if let Some(value) = lead.get(field) {
+            answer[field] = value.clone();
+        }
+    }
+    (200, answer)
 }
 
 /// Meta's verification GET of a callback: `hub.mode=subscribe`, the verify token and a

@@ -744,7 +744,7 @@ fn operator_gets_its_flags_env_and_probes() -> Result<()> {
         );
         ensure!(
             cli.graph_url == "https://graph.facebook.com"
-                && cli.graph_api_version == "v23.0"
+                && cli.graph_api_version == metahook_receiver::config::GRAPH_API_VERSION
                 && cli.graph_timeout == std::time::Duration::from_secs(30)
                 && cli.graph_unregister_timeout == std::time::Duration::from_secs(600),
             "{helm}: Graph API flags {cli:?}"

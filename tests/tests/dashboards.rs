@@ -262,6 +262,7 @@ async fn receiver_metrics() -> Result<BTreeSet<String>> {
                 page_id: "1".into(),
                 token_file: None,
                 token_env: Some("METAHOOK_DASHBOARD_TEST_PAGE_TOKEN".into()),
+                appsecret_proof: true,
             }])),
         });
     })

@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use http::Method;
 use metahook_receiver::enrich::{Enricher, EnrichmentConfig, LeadAdsConfig, PageTokenConfig};
-use metahook_receiver::event::{Event, LeadAnswer};
+use metahook_receiver::event::{EnrichmentOutcome, Event, LeadAnswer, LeadEnrichment};
 use metahook_receiver::metrics::Metrics;
 use metahook_receiver::normalize::{self, Context};
 use metahook_tests::fake_graph::{self, FakeGraph, Fault};
-use metahook_tests::testkit::metric_value;
+use metahook_tests::testkit::{SECRET, config_in, metric_value};
 use serde_json::json;
 
 const PAGE: &str = "111";
@@ -67,6 +67,7 @@ fn enrichment(graph: &FakeGraph, token_file: PathBuf, max_attempts: u32) -> Enri
         page_id: PAGE.into(),
         token_file: Some(token_file),
         token_env: None,
+        appsecret_proof: true,
     }]);
     lead_ads.graph_url = graph.url();
     lead_ads.api_version = fake_graph::VERSION.into();
@@ -77,8 +78,15 @@ fn enrichment(graph: &FakeGraph, token_file: PathBuf, max_attempts: u32) -> Enri
     }
 }
 
+/// The test receiver's endpoints (endpoint `meta`, its app secret [`SECRET`] in a file).
+fn endpoints(dir: &tempfile::TempDir) -> Vec<metahook_receiver::config::EndpointConfig> {
+    config_in(dir.path()).expect("config").endpoints
+}
+
 async fn setup(dir: &tempfile::TempDir) -> (FakeGraph, Enricher, Metrics) {
-    let graph = FakeGraph::start("1234", "secret")
+    // The app of the receiver's endpoint, which requires appsecret_proof.
+    let app_secret = std::str::from_utf8(SECRET).expect("utf-8");
+    let graph = FakeGraph::start("1234", app_secret)
         .await
         .expect("fake graph");
     graph.add_node(PAGE, PAGE_TOKEN);
@@ -93,7 +101,7 @@ async fn setup(dir: &tempfile::TempDir) -> (FakeGraph, Enricher, Metrics) {
     let config = enrichment(&graph, token_file, 3);
     config.validate().expect("valid");
     let metrics = Metrics::new().expect("metrics");
-    let enricher = Enricher::new(&config, &metrics).expect("enricher");
+    let enricher = Enricher::new(&config, &endpoints(dir), &metrics).expect("enricher");
     (graph, enricher, metrics)
 }
 
@@ -119,7 +127,15 @@ async fn leadgen_events_get_their_answers() {
     enricher.enrich(&mut events).await;
     for event in &events {
         let lead = event.lead.as_ref().expect("lead");
-        assert_eq!(lead.campaign_id.as_deref(), Some("555"));
+        // Not asked for by default: campaign_id needs ads_management.
+        assert_eq!(lead.campaign_id, None);
+        assert_eq!(
+            lead.enrichment,
+            Some(LeadEnrichment {
+                outcome: EnrichmentOutcome::Ok,
+                reason: None
+            })
+        );
         assert_eq!(
             lead.field_data.as_deref(),
             Some(
@@ -140,6 +156,7 @@ async fn leadgen_events_get_their_answers() {
         assert_eq!(lead.created_time.as_deref(), Some("2026-09-21T14:13:20Z"));
         let json = serde_json::to_value(event).expect("json");
         assert_eq!(json["lead"]["field_data"][0]["name"], "email");
+        assert_eq!(json["lead"]["enrichment"], json!({"outcome": "ok"}));
     }
     assert_eq!(count(&metrics, "enriched"), 2.0);
     let gets = graph.log();
@@ -182,6 +199,14 @@ async fn graph_failures_leave_the_event_as_it_was_and_are_counted() {
     let lead = events[0].lead.as_ref().expect("the webhook's ids stay");
     assert!(lead.field_data.is_none() && lead.campaign_id.is_none());
     assert_eq!(lead.leadgen_id.as_deref(), Some("L1"));
+    // Delivered with the outcome that says why it has no answers.
+    let outcome = lead.enrichment.as_ref().expect("outcome");
+    assert_eq!(outcome.outcome, EnrichmentOutcome::Failed);
+    let reason = outcome.reason.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains("GET /L1") && reason.contains("HTTP 500"),
+        "{reason}"
+    );
     assert_eq!(count(&metrics, "failed"), 1.0);
 
     let mut unknown = leadgen_events(&["NOPE"]);
@@ -223,6 +248,14 @@ async fn a_page_without_a_token_is_counted_apart() {
     enricher.enrich(&mut events).await;
     assert!(!has_answers(&events[0]));
     assert_eq!(count(&metrics, "no_token"), 1.0);
+    let outcome = events[0].lead.as_ref().and_then(|l| l.enrichment.clone());
+    assert_eq!(
+        outcome,
+        Some(LeadEnrichment {
+            outcome: EnrichmentOutcome::Skipped,
+            reason: Some("no Page token configured for Page 222".to_owned())
+        })
+    );
     assert!(graph.log().is_empty(), "no call without a token");
 }
 
@@ -262,7 +295,7 @@ async fn a_receiver_delivers_leadgen_events_with_their_answers() {
     };
     let enriched = by_id("L1");
     assert_eq!(enriched["kind"], "lead");
-    assert_eq!(enriched["lead"]["campaign_id"], "555");
+    assert_eq!(enriched["lead"]["enrichment"]["outcome"], "ok");
     assert_eq!(enriched["lead"]["field_data"][0]["name"], "email");
     assert_eq!(
         enriched["lead"]["field_data"][1]["values"],
@@ -270,6 +303,13 @@ async fn a_receiver_delivers_leadgen_events_with_their_answers() {
     );
     let refused = by_id("NOPE");
     assert!(refused["lead"].get("field_data").is_none(), "{refused}");
+    assert_eq!(refused["lead"]["enrichment"]["outcome"], "failed");
+    assert!(
+        refused["lead"]["enrichment"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("does not exist")),
+        "{refused}"
+    );
     assert_eq!(
         refused["lead"]["form_id"], "777",
         "the webhook's own ids stay"
@@ -288,4 +328,103 @@ async fn a_receiver_delivers_leadgen_events_with_their_answers() {
             .expect("metric"),
         1.0
     );
+}
+
+#[tokio::test]
+async fn the_token_is_proved_with_the_endpoints_app_secret_unless_it_is_another_apps() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (graph, _, _) = setup(&dir).await;
+    let mut config = enrichment(&graph, dir.path().join("page-111"), 1);
+    // Switched off (a token of another app): Meta's app requiring the proof refuses it.
+    if let Some(lead_ads) = config.lead_ads.as_mut() {
+        lead_ads.page_tokens[0].appsecret_proof = false;
+    }
+    let metrics = Metrics::new().expect("metrics");
+    let bare = Enricher::new(&config, &endpoints(&dir), &metrics).expect("enricher");
+    let mut events = leadgen_events(&["L1"]);
+    bare.enrich(&mut events).await;
+    assert!(!has_answers(&events[0]));
+    assert_eq!(count(&metrics, "failed"), 1.0);
+    assert_eq!(graph.log()[0].status, 400);
+    // An app that does not require it answers the bare token.
+    graph.with(|s| s.require_appsecret_proof = false);
+    bare.enrich(&mut events).await;
+    assert!(has_answers(&events[0]));
+    // A proof made with another secret (an endpoint of another app) is refused either way.
+    let other = tempfile::tempdir().expect("tempdir");
+    let mut endpoints = endpoints(&other);
+    let secret_file = other.path().join("other-app-secret");
+    std::fs::write(&secret_file, "another-app").expect("secret");
+    endpoints[0].app_secret_file = Some(secret_file);
+    let config = enrichment(&graph, dir.path().join("page-111"), 1);
+    let metrics = Metrics::new().expect("metrics");
+    let wrong = Enricher::new(&config, &endpoints, &metrics).expect("enricher");
+    let mut events = leadgen_events(&["L2"]);
+    wrong.enrich(&mut events).await;
+    assert!(!has_answers(&events[0]));
+    assert_eq!(count(&metrics, "failed"), 1.0);
+}
+
+#[tokio::test]
+async fn ad_and_campaign_ids_are_opt_in_and_need_ads_management() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (graph, _, _) = setup(&dir).await;
+    let mut config = enrichment(&graph, dir.path().join("page-111"), 1);
+    if let Some(lead_ads) = config.lead_ads.as_mut() {
+        lead_ads.ad_fields = true;
+    }
+    config.validate().expect("valid");
+    let metrics = Metrics::new().expect("metrics");
+    let enricher = Enricher::new(&config, &endpoints(&dir), &metrics).expect("enricher");
+    // A token with only leads_retrieval and pages_manage_ads: Meta refuses the ad fields.
+    let mut events = leadgen_events(&["L1"]);
+    enricher.enrich(&mut events).await;
+    let lead = events[0].lead.as_ref().expect("lead");
+    assert!(lead.field_data.is_none());
+    let outcome = lead.enrichment.as_ref().expect("outcome");
+    assert_eq!(outcome.outcome, EnrichmentOutcome::Failed);
+    assert!(
+        outcome
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("ads_management")),
+        "{outcome:?}"
+    );
+    // With ads_management: the campaign too.
+    graph.with(|s| s.ads_management = true);
+    let mut events = leadgen_events(&["L1"]);
+    enricher.enrich(&mut events).await;
+    let lead = events[0].lead.as_ref().expect("lead");
+    assert_eq!(lead.campaign_id.as_deref(), Some("555"));
+    assert!(has_answers(&events[0]));
+}
+
+#[tokio::test]
+async fn a_throttled_lead_is_retried_within_the_bound_then_delivered_with_its_outcome() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (graph, enricher, metrics) = setup(&dir).await;
+    // LeadGen's Business Use Case limit (80005) once: retried, then answered.
+    graph.push_fault(Fault::business_use_case(None, 80_005, PAGE, "leadgen", 1));
+    let mut events = leadgen_events(&["L1"]);
+    enricher.enrich(&mut events).await;
+    assert!(has_answers(&events[0]));
+    // Throttled on every attempt (3): delivered without answers, saying why.
+    for _ in 0..3 {
+        graph.push_fault(Fault::business_use_case(None, 80_005, PAGE, "leadgen", 60));
+    }
+    let mut events = leadgen_events(&["L2"]);
+    let started = Instant::now();
+    enricher.enrich(&mut events).await;
+    assert!(started.elapsed() < Duration::from_secs(5), "bounded");
+    let lead = events[0].lead.as_ref().expect("lead");
+    assert!(lead.field_data.is_none());
+    let outcome = lead.enrichment.as_ref().expect("outcome");
+    assert_eq!(outcome.outcome, EnrichmentOutcome::Failed);
+    let reason = outcome.reason.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains("code 80005") && reason.contains("attempt 3"),
+        "{reason}"
+    );
+    assert_eq!(count(&metrics, "failed"), 1.0);
+    assert_eq!(count(&metrics, "enriched"), 1.0);
 }

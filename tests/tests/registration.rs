@@ -10,7 +10,7 @@ use metahook_operator::controller::registration::{
     self, Desired, DesiredNode, Tokens, converge, unregister,
 };
 use metahook_operator::crd::{RegisteredNode, RegistrationStatus, SecretKeyRef};
-use metahook_operator::graph::{GraphClient, GraphSettings};
+use metahook_operator::graph::{Credentials, GraphClient, GraphSettings};
 use metahook_tests::fake_graph::{self, FakeGraph, Fault};
 use metahook_tests::testkit::{PATH, TestReceiver, VERIFY_TOKEN};
 
@@ -21,6 +21,7 @@ const BACKOFF: Duration = Duration::from_millis(100);
 fn client(graph: &FakeGraph) -> GraphClient {
     GraphClient::new(GraphSettings {
         base_url: graph.url(),
+        instagram_base_url: graph.instagram_url(),
         api_version: fake_graph::VERSION.to_owned(),
         timeout: Duration::from_secs(5),
         max_attempts: 3,
@@ -238,7 +239,7 @@ async fn a_waba_override_set_by_someone_else_is_left_alone_unless_taken_over() {
     wanted.wabas = vec![DesiredNode {
         id: "5550001".to_owned(),
         token_ref: key("wa-system-user"),
-        token: "waba-token".to_owned(),
+        token: Credentials::with_proof("waba-token", APP_SECRET),
         override_callback: true,
         phone_numbers: Vec::new(),
     }];
@@ -292,7 +293,12 @@ async fn a_wrong_verify_token_fails_with_metas_message() {
     let result = converge(&client, &wanted, None).await;
     let error = result.error.expect("verification fails");
     assert_eq!(error.code(), Some(2200));
-    assert_eq!(error.fbtrace_id(), Some("AfakeTrace0"));
+    assert!(
+        error
+            .fbtrace_id()
+            .is_some_and(|t| t.starts_with("AfakeTrace")),
+        "{error}"
+    );
     assert!(
         error.message.contains("callback verification failed")
             && error.message.contains("HTTP Status Code = 403"),
@@ -378,7 +384,7 @@ async fn waba_override_set_then_removed_and_unregistered() {
     wanted.wabas = vec![DesiredNode {
         id: "5550001".to_owned(),
         token_ref: key("wa-system-user"),
-        token: "system-user-token".to_owned(),
+        token: Credentials::with_proof("system-user-token", APP_SECRET),
         override_callback: true,
         phone_numbers: Vec::new(),
     }];
@@ -410,7 +416,10 @@ async fn waba_override_set_then_removed_and_unregistered() {
     let (status, _) = unregister_all(
         &client,
         &removed.status,
-        &[("wa-system-user", "system-user-token")],
+        &[
+            ("meta-app", APP_SECRET),
+            ("wa-system-user", "system-user-token"),
+        ],
     )
     .await;
     assert!(graph.edge("5550001").is_none(), "edge removed");
@@ -425,7 +434,7 @@ fn phones_wanted(receiver: &TestReceiver, phones: &[&str]) -> Desired {
     wanted.wabas = vec![DesiredNode {
         id: "5550001".to_owned(),
         token_ref: key("wa-system-user"),
-        token: "system-user-token".to_owned(),
+        token: Credentials::with_proof("system-user-token", APP_SECRET),
         override_callback: false,
         phone_numbers: phones.iter().map(|p| (*p).to_owned()).collect(),
     }];
@@ -606,7 +615,10 @@ async fn unregistering_removes_the_phone_overrides_before_the_waba_edge() {
     let (status, changes) = unregister_all(
         &client,
         &set.status,
-        &[("wa-system-user", "system-user-token")],
+        &[
+            ("meta-app", APP_SECRET),
+            ("wa-system-user", "system-user-token"),
+        ],
     )
     .await;
     assert_eq!(graph.phone_override("7770001"), None);
@@ -643,7 +655,7 @@ async fn an_override_longer_than_metas_limit_is_refused() {
     wanted.wabas = vec![DesiredNode {
         id: "5550001".to_owned(),
         token_ref: key("wa"),
-        token: "system-user-token".to_owned(),
+        token: Credentials::with_proof("system-user-token", APP_SECRET),
         override_callback: true,
         phone_numbers: Vec::new(),
     }];
@@ -678,7 +690,7 @@ async fn page_edges_keep_other_fields_and_are_removed_on_delete() {
         .map(|id| DesiredNode {
             id: id.to_owned(),
             token_ref: key(&format!("page-{id}")),
-            token: format!("page-{id}-token"),
+            token: Credentials::with_proof(format!("page-{id}-token"), APP_SECRET),
             override_callback: false,
             phone_numbers: Vec::new(),
         })
@@ -726,7 +738,8 @@ async fn an_unreachable_graph_api_leaves_the_registration_recorded() {
     let url = graph.url();
     drop(graph);
     let client = GraphClient::new(GraphSettings {
-        base_url: url,
+        base_url: url.clone(),
+        instagram_base_url: url,
         api_version: fake_graph::VERSION.to_owned(),
         timeout: Duration::from_secs(2),
         max_attempts: 2,
@@ -759,4 +772,439 @@ async fn an_unreachable_graph_api_leaves_the_registration_recorded() {
         registration::describe_left(&status),
         "app 1234 subscription to page fields feed; subscribed_apps of 111"
     );
+}
+
+#[tokio::test]
+async fn lists_are_followed_to_their_last_page() {
+    let receiver = TestReceiver::start().await.expect("receiver");
+    let graph = FakeGraph::start(APP, APP_SECRET).await.expect("fake graph");
+    graph.add_node("1111", "page-token");
+    // One entry a page; the app's other objects and three other apps on the Page come
+    // first, so this app's entries are on the last page of each list.
+    graph.set_page_size(1);
+    for app in ["901", "902", "903"] {
+        graph.add_other_app("1111", app, &["feed"]);
+    }
+    graph.with(|s| {
+        for object in ["application", "instagram"] {
+            s.subscriptions.insert(
+                object.to_owned(),
+                fake_graph::AppSub {
+                    callback_url: "https://elsewhere.example/hook".to_owned(),
+                    fields: vec!["other".to_owned()],
+                    verify_token: "t".to_owned(),
+                    active: true,
+                },
+            );
+        }
+    });
+    let client = client(&graph);
+    let mut wanted = desired(&receiver, "page", &["feed", "leadgen"]);
+    wanted.pages = vec![DesiredNode {
+        id: "1111".to_owned(),
+        token_ref: key("page-token"),
+        token: Credentials::with_proof("page-token", APP_SECRET),
+        override_callback: false,
+        phone_numbers: Vec::new(),
+    }];
+    let first = converge(&client, &wanted, None).await;
+    assert!(first.error.is_none(), "{:?}", first.error);
+    assert_eq!(first.changes.len(), 2, "{:?}", first.changes);
+
+    // Meta holds what is wanted, on the last pages: nothing is written again.
+    let before = graph.log().len();
+    let again = converge(&client, &wanted, Some(&first.status)).await;
+    assert!(again.error.is_none(), "{:?}", again.error);
+    assert!(again.changes.is_empty(), "{:?}", again.changes);
+    let log = graph.log();
+    assert!(
+        log[before..].iter().all(|call| call.method == Method::GET),
+        "{:?}",
+        &log[before..]
+    );
+    // Three pages of subscriptions, four of subscribed_apps.
+    assert_eq!(log.len() - before, 7, "{:?}", &log[before..]);
+
+    // Unregistering finds its edge on the last page and removes it, and only its own.
+    let (status, changes) = unregister_all(
+        &client,
+        &first.status,
+        &[("meta-app", APP_SECRET), ("page-token", "page-token")],
+    )
+    .await;
+    assert!(status.pages.is_empty(), "{status:?}");
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert_eq!(graph.edge("1111"), None);
+    assert!(graph.subscription("page").is_none());
+    assert!(
+        graph.subscription("instagram").is_some(),
+        "another object's subscription stays"
+    );
+    assert_eq!(graph.with(|s| s.other_apps["1111"].len()), 3);
+}
+
+#[tokio::test]
+async fn a_next_page_on_another_host_is_not_followed() {
+    let graph = FakeGraph::start(APP, APP_SECRET).await.expect("fake graph");
+    graph.set_page_size(1);
+    graph.with(|s| {
+        s.base_url = "http://attacker.invalid:9".to_owned();
+        for object in ["application", "instagram"] {
+            s.subscriptions.insert(
+                object.to_owned(),
+                fake_graph::AppSub {
+                    callback_url: "https://elsewhere.example/hook".to_owned(),
+                    fields: vec!["other".to_owned()],
+                    verify_token: "t".to_owned(),
+                    active: true,
+                },
+            );
+        }
+    });
+    let client = client(&graph);
+    let error = metahook_operator::graph::GraphApi::app_subscriptions(
+        &client,
+        APP,
+        &format!("{APP}|{APP_SECRET}"),
+    )
+    .await
+    .expect_err("refused");
+    assert!(
+        error
+            .message
+            .contains("paging.next points at http://attacker.invalid:9"),
+        "{error}"
+    );
+    assert_eq!(graph.log().len(), 1, "the token was not sent elsewhere");
+}
+
+#[tokio::test]
+async fn node_calls_carry_appsecret_proof_unless_the_token_is_another_apps() {
+    let receiver = TestReceiver::start().await.expect("receiver");
+    let graph = FakeGraph::start(APP, APP_SECRET).await.expect("fake graph");
+    assert!(
+        graph.with(|s| s.require_appsecret_proof),
+        "the fake requires it"
+    );
+    graph.add_node("1111", "page-token");
+    let client = client(&graph);
+    let mut wanted = desired(&receiver, "page", &["feed"]);
+    wanted.app_subscription = false;
+    let page = |token: Credentials| DesiredNode {
+        id: "1111".to_owned(),
+        token_ref: key("page-token"),
+        token,
+        override_callback: false,
+        phone_numbers: Vec::new(),
+    };
+    // Without a proof, an app requiring the app secret refuses the Page token.
+    wanted.pages = vec![page(Credentials::bare("page-token"))];
+    let error = converge(&client, &wanted, None)
+        .await
+        .error
+        .expect("refused");
+    assert_eq!(error.code(), Some(100));
+    assert!(
+        error
+            .message
+            .contains("require an appsecret_proof argument"),
+        "{error}"
+    );
+    // A proof made with another app's secret (a token of another app with the switch on).
+    wanted.pages = vec![page(Credentials::with_proof(
+        "page-token",
+        "other-app-secret",
+    ))];
+    let error = converge(&client, &wanted, None)
+        .await
+        .error
+        .expect("refused");
+    assert!(error.message.contains("Invalid appsecret_proof"), "{error}");
+    // With the proof: registered, and the proof rode on every node call.
+    wanted.pages = vec![page(Credentials::with_proof("page-token", APP_SECRET))];
+    let done = converge(&client, &wanted, None).await;
+    assert!(done.error.is_none(), "{:?}", done.error);
+    assert_eq!(
+        graph.edge("1111").map(|e| e.subscribed_fields),
+        Some(vec!["feed".to_owned()])
+    );
+    assert!(!done.status.pages[0].without_app_secret_proof);
+    // Unregistering proves the token too (with the app secret recorded in the status).
+    let (status, _) = unregister_all(
+        &client,
+        &done.status,
+        &[("meta-app", APP_SECRET), ("page-token", "page-token")],
+    )
+    .await;
+    assert!(status.pages.is_empty());
+    assert_eq!(graph.edge("1111"), None);
+    // An app that does not require it takes a bare token (appSecretProof: false), and
+    // the status records that it was sent bare.
+    graph.with(|s| s.require_appsecret_proof = false);
+    wanted.pages = vec![page(Credentials::bare("page-token"))];
+    let bare = converge(&client, &wanted, None).await;
+    assert!(bare.error.is_none(), "{:?}", bare.error);
+    assert!(bare.status.pages[0].without_app_secret_proof);
+}
+
+#[tokio::test]
+async fn an_inactive_subscription_is_posted_again_with_the_whole_field_set() {
+    let receiver = TestReceiver::start().await.expect("receiver");
+    let graph = FakeGraph::start(APP, APP_SECRET).await.expect("fake graph");
+    let client = client(&graph);
+    let wanted = desired(&receiver, "page", &["feed"]);
+    let first = converge(&client, &wanted, None).await;
+    assert!(first.error.is_none(), "{:?}", first.error);
+    // Someone adds `mention` by hand; later Meta marks the subscription inactive (its
+    // callback kept failing).
+    graph.with(|s| {
+        let sub = s.subscriptions.get_mut("page").expect("page");
+        sub.fields.push("mention".to_owned());
+        sub.active = false;
+    });
+    let again = converge(&client, &wanted, Some(&first.status)).await;
+    assert!(again.error.is_none(), "{:?}", again.error);
+    assert_eq!(
+        again.changes,
+        [format!(
+            "subscribed app {APP} to page fields feed,mention at {} (Meta listed the subscription inactive)",
+            wanted.callback_url
+        )]
+    );
+    let sub = graph.subscription("page").expect("page");
+    assert!(sub.active, "POSTed again: active");
+    // The fake replaces the fields with those POSTed: the hand-made one survived because
+    // the whole set was sent.
+    assert_eq!(fields_of(&graph, "page"), set(&["feed", "mention"]));
+    assert_eq!(again.status.registered_fields, ["feed"]);
+}
+
+#[tokio::test]
+async fn an_expired_token_names_its_secret() {
+    let receiver = TestReceiver::start().await.expect("receiver");
+    let graph = FakeGraph::start(APP, APP_SECRET).await.expect("fake graph");
+    graph.add_node("5550001", "system-user-token");
+    graph.with(|s| s.expired_tokens.push("system-user-token".to_owned()));
+    let client = client(&graph);
+    let mut wanted = desired(&receiver, "whatsapp_business_account", &["messages"]);
+    wanted.wabas = vec![DesiredNode {
+        id: "5550001".to_owned(),
+        token_ref: key("wa-system-user"),
+        token: Credentials::with_proof("system-user-token", APP_SECRET),
+        override_callback: false,
+        phone_numbers: Vec::new(),
+    }];
+    let converged = converge(&client, &wanted, None).await;
+    let error = converged.error.expect("refused");
+    assert!(
+        error.is_token_rejected() && !error.is_transient(),
+        "{error}"
+    );
+    assert_eq!(error.meta.as_ref().and_then(|m| m.subcode), Some(463));
+    assert_eq!(converged.failed_token, Some(key("wa-system-user")));
+    // The app's own subscription went through before: its token is fine.
+    assert!(graph.subscription("whatsapp_business_account").is_some());
+    // Only one call with the expired token: not retried.
+    let with_waba = graph
+        .log()
+        .iter()
+        .filter(|l| l.path.starts_with("/5550001"))
+        .count();
+    assert_eq!(with_waba, 1);
+}
+
+#[tokio::test]
+async fn a_business_use_case_limit_is_not_retried_in_seconds_and_usage_is_recorded() {
+    use metahook_tests::testkit::metric_value;
+    let receiver = TestReceiver::start().await.expect("receiver");
+    let graph = FakeGraph::start(APP, APP_SECRET).await.expect("fake graph");
+    graph.add_node("5550001", "system-user-token");
+    graph.with(|s| {
+        s.usage_headers = vec![(
+            "x-app-usage".to_owned(),
+            r#"{"call_count":12,"total_cputime":3,"total_time":40}"#.to_owned(),
+        )];
+    });
+    let metrics = std::sync::Arc::new(metahook_operator::metrics::Metrics::new().expect("metrics"));
+    let client = client(&graph).with_metrics(metrics.clone());
+    // The app's subscription first (app-token calls report X-App-Usage).
+    let mut wanted = desired(&receiver, "whatsapp_business_account", &["messages"]);
+    let first = converge(&client, &wanted, None).await;
+    assert!(first.error.is_none(), "{:?}", first.error);
+    // Then the WABA, whose Business Use Case limit is exhausted for 45 minutes (80008).
+    wanted.app_subscription = false;
+    wanted.wabas = vec![DesiredNode {
+        id: "5550001".to_owned(),
+        token_ref: key("wa-system-user"),
+        token: Credentials::with_proof("system-user-token", APP_SECRET),
+        override_callback: false,
+        phone_numbers: Vec::new(),
+    }];
+    graph.push_fault(Fault::business_use_case(
+        None,
+        80_008,
+        "5550001",
+        "whatsapp_business_management",
+        45,
+    ));
+    let converged = converge(&client, &wanted, None).await;
+    let error = converged.error.expect("throttled");
+    assert!(
+        error.is_rate_limit() && error.code() == Some(80_008),
+        "{error}"
+    );
+    assert_eq!(error.regain_access, Some(Duration::from_secs(45 * 60)));
+    assert!(
+        error
+            .to_string()
+            .contains("estimated_time_to_regain_access 45 min"),
+        "{error}"
+    );
+    assert!(
+        !error.for_status().contains("fbtrace_id"),
+        "{}",
+        error.for_status()
+    );
+    // The throttled call was made once: no retry within the pass.
+    let statuses: Vec<(String, u16)> = graph
+        .log()
+        .iter()
+        .map(|l| (l.path.clone(), l.status))
+        .collect();
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|(p, _)| p == "/5550001/subscribed_apps")
+            .count(),
+        1,
+        "{statuses:?}"
+    );
+    let text = metrics.render();
+    let value = |series: &str| {
+        metric_value(&text, series).unwrap_or_else(|| panic!("no {series} in {text}"))
+    };
+    assert_eq!(
+        value(r#"metahook_operator_graph_calls_total{outcome="throttled"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"metahook_operator_graph_calls_total{outcome="error"}"#),
+        0.0
+    );
+    assert!(value(r#"metahook_operator_graph_calls_total{outcome="ok"}"#) >= 2.0);
+    assert_eq!(
+        value(
+            r#"metahook_operator_graph_usage_percent{id="5550001",type="whatsapp_business_management"}"#
+        ),
+        100.0
+    );
+    assert_eq!(
+        value(&format!(
+            r#"metahook_operator_graph_usage_percent{{id="{APP}",type="app"}}"#
+        )),
+        40.0
+    );
+}
+
+#[tokio::test]
+async fn an_instagram_account_with_facebook_login_gets_a_page_field_on_its_page() {
+    let receiver = TestReceiver::start().await.expect("receiver");
+    let graph = FakeGraph::start(APP, APP_SECRET).await.expect("fake graph");
+    graph.add_node("2222", "page-token");
+    let client = client(&graph);
+    let mut wanted = desired(&receiver, "instagram", &["comments", "messages"]);
+    wanted.pages = vec![DesiredNode {
+        id: "2222".to_owned(),
+        token_ref: key("page-token"),
+        token: Credentials::with_proof("page-token", APP_SECRET),
+        override_callback: false,
+        phone_numbers: Vec::new(),
+    }];
+    let converged = converge(&client, &wanted, None).await;
+    assert!(converged.error.is_none(), "{:?}", converged.error);
+    // The Instagram fields are the app subscription's; the Page gets a Page field.
+    assert_eq!(
+        fields_of(&graph, "instagram"),
+        set(&["comments", "messages"])
+    );
+    assert_eq!(
+        graph.edge("2222").map(|e| e.subscribed_fields),
+        Some(vec!["feed".to_owned()])
+    );
+    assert_eq!(converged.status.pages[0].fields, ["feed"]);
+    assert!(!converged.status.pages[0].instagram_login);
+    assert!(
+        graph.log().iter().all(|l| !l.instagram),
+        "graph.facebook.com only"
+    );
+    // A Page refuses Instagram fields, as Meta does.
+    graph.with(|s| s.nodes.clear());
+    let refused = metahook_operator::graph::GraphApi::subscribe_node(
+        &client,
+        "2222",
+        &Credentials::with_proof("page-token", APP_SECRET),
+        &metahook_operator::graph::NodeSubscribe::Fields(vec!["comments".to_owned()]),
+    )
+    .await
+    .expect_err("refused");
+    assert!(
+        refused.message.contains("must be one of") && refused.message.contains("got \"comments\""),
+        "{refused}"
+    );
+}
+
+#[tokio::test]
+async fn an_instagram_account_with_instagram_login_is_registered_on_graph_instagram_com() {
+    let receiver = TestReceiver::start().await.expect("receiver");
+    let graph = FakeGraph::start(APP, APP_SECRET).await.expect("fake graph");
+    graph.add_instagram_user("17841400000000001", "ig-user-token");
+    let client = client(&graph);
+    let mut wanted = desired(&receiver, "instagram", &["comments", "messages"]);
+    let node = |token: Credentials| DesiredNode {
+        id: "17841400000000001".to_owned(),
+        token_ref: key("ig-token"),
+        token,
+        override_callback: false,
+        phone_numbers: Vec::new(),
+    };
+    // On graph.facebook.com the Instagram User token is not one Meta can parse.
+    wanted.pages = vec![node(Credentials::with_proof("ig-user-token", APP_SECRET))];
+    let error = converge(&client, &wanted, None)
+        .await
+        .error
+        .expect("refused");
+    assert_eq!(error.code(), Some(190), "{error}");
+    // On graph.instagram.com: the account's subscribed_apps gets the Instagram fields.
+    wanted.pages = vec![node(
+        Credentials::with_proof("ig-user-token", APP_SECRET).on_instagram(),
+    )];
+    let converged = converge(&client, &wanted, None).await;
+    assert!(converged.error.is_none(), "{:?}", converged.error);
+    assert_eq!(
+        graph.edge("17841400000000001").map(|e| e.subscribed_fields),
+        Some(vec!["comments".to_owned(), "messages".to_owned()])
+    );
+    assert!(converged.status.pages[0].instagram_login);
+    let log = graph.log();
+    assert!(
+        log.iter()
+            .rfind(|l| l.path.starts_with("/17841400000000001"))
+            .is_some_and(|l| l.instagram && l.status == 200),
+        "{log:?}"
+    );
+    assert!(
+        log.iter()
+            .filter(|l| l.path.ends_with("/subscriptions"))
+            .all(|l| !l.instagram),
+        "the app's subscription stays on graph.facebook.com"
+    );
+    // Unregistering goes to graph.instagram.com too.
+    let (status, _) = unregister_all(
+        &client,
+        &converged.status,
+        &[("meta-app", APP_SECRET), ("ig-token", "ig-user-token")],
+    )
+    .await;
+    assert!(status.pages.is_empty());
+    assert_eq!(graph.edge("17841400000000001"), None);
 }

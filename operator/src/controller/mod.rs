@@ -224,7 +224,13 @@ pub fn error_policy(sub: Arc<WebhookSubscription>, error: &Error, ctx: Arc<Conte
         Ok(mut failures) => failures.record(&ObjectRef::from_obj(sub.as_ref())),
         Err(_) => 1,
     };
-    let delay = backoff(attempts);
+    // A rate limit with Meta's estimated_time_to_regain_access: not before that time
+    // (an hour or a day for Business Use Case limits), however few the failures.
+    let regain = match error {
+        Error::Graph(graph) => graph.regain_access,
+        _ => None,
+    };
+    let delay = BACKOFF.delay_honouring(attempts, regain);
     tracing::warn!(
         subscription = %ObjectRef::from_obj(sub.as_ref()),
         error = %error,

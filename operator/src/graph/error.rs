@@ -4,9 +4,15 @@ use std::fmt;
 
 use serde::Deserialize;
 
-/// Meta's error codes that mean "too many calls": 4 (app), 17 (user), 32 (page), 613
-/// (custom rate limit). Retried after a longer backoff.
-pub const RATE_LIMIT_CODES: [i64; 4] = [4, 17, 32, 613];
+/// Meta's platform error codes that mean "too many calls": 4 (app), 17 (user), 32 (page),
+/// 613 (custom rate limit), 341 (application limit). Business Use Case limits use 80001
+/// to 80014 ([`BUC_RATE_LIMIT_CODES`]).
+pub const RATE_LIMIT_CODES: [i64; 5] = [4, 17, 32, 341, 613];
+
+/// Meta's Business Use Case rate-limit codes: 80001 (Pages), 80002 (Instagram), 80004 (Ads
+/// Management), 80005 (LeadGen), 80006 (Messenger), 80007/80008 (WhatsApp Business
+/// Management), ... up to 80014; they come with `X-Business-Use-Case-Usage`.
+pub const BUC_RATE_LIMIT_CODES: std::ops::RangeInclusive<i64> = 80_001..=80_014;
 
 /// A failed Graph API call: Meta's error object when it sent one, else what went wrong
 /// on the way (connect error, timeout, a body that is not Meta's shape).
@@ -20,6 +26,9 @@ pub struct GraphError {
     pub message: String,
     /// The rest of Meta's error object, when it sent one (boxed: errors stay small).
     pub meta: Option<Box<MetaErrorFields>>,
+    /// How long Meta says the caller is throttled (`estimated_time_to_regain_access` of
+    /// `X-Business-Use-Case-Usage`), when it said.
+    pub regain_access: Option<std::time::Duration>,
 }
 
 /// Meta's error object beyond its message.
@@ -36,7 +45,23 @@ pub struct MetaErrorFields {
 }
 
 impl fmt::Display for GraphError {
+    /// Everything, `fbtrace_id` included: for logs and Events.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write(f, true)
+    }
+}
+
+/// [`GraphError::for_status`].
+struct WithoutTrace<'a>(&'a GraphError);
+
+impl fmt::Display for WithoutTrace<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.write(f, false)
+    }
+}
+
+impl GraphError {
+    fn write(&self, f: &mut fmt::Formatter<'_>, trace: bool) -> fmt::Result {
         write!(f, "{}: ", self.call)?;
         if let Some(status) = self.status {
             write!(f, "HTTP {status}: ")?;
@@ -53,9 +78,15 @@ impl fmt::Display for GraphError {
             if let Some(subcode) = meta.subcode {
                 details.push(format!("subcode {subcode}"));
             }
-            if let Some(trace) = &meta.fbtrace_id {
-                details.push(format!("fbtrace_id {trace}"));
+            if let Some(id) = meta.fbtrace_id.as_ref().filter(|_| trace) {
+                details.push(format!("fbtrace_id {id}"));
             }
+        }
+        if let Some(wait) = self.regain_access {
+            details.push(format!(
+                "Meta's estimated_time_to_regain_access {} min",
+                wait.as_secs().div_ceil(60)
+            ));
         }
         if !details.is_empty() {
             write!(f, " ({})", details.join(", "))?;
@@ -67,6 +98,13 @@ impl fmt::Display for GraphError {
 impl std::error::Error for GraphError {}
 
 impl GraphError {
+    /// The error as a Kubernetes status says it: all but `fbtrace_id`, which is unique per
+    /// request. A status that changed with every failed call would be rewritten by every
+    /// failed pass; the trace id stays in the log line and the Event of the failure.
+    pub fn for_status(&self) -> String {
+        WithoutTrace(self).to_string()
+    }
+
     /// An error that is not Meta's error object.
     pub fn transport(call: impl Into<String>, message: impl Into<String>) -> GraphError {
         GraphError {
@@ -74,6 +112,7 @@ impl GraphError {
             status: None,
             message: message.into(),
             meta: None,
+            regain_access: None,
         }
     }
 
@@ -87,11 +126,19 @@ impl GraphError {
         self.meta.as_ref().and_then(|m| m.fbtrace_id.as_deref())
     }
 
-    /// Is it a rate limit (codes 4, 17, 32, 613, or HTTP 429)?
+    /// Is it a rate limit (codes 4, 17, 32, 341, 613, a Business Use Case code 80001 to
+    /// 80014, HTTP 429, or an announced time to regain access)?
     pub fn is_rate_limit(&self) -> bool {
-        self.code()
-            .is_some_and(|code| RATE_LIMIT_CODES.contains(&code))
-            || self.status == Some(429)
+        self.code().is_some_and(|code| {
+            RATE_LIMIT_CODES.contains(&code) || BUC_RATE_LIMIT_CODES.contains(&code)
+        }) || self.status == Some(429)
+            || self.regain_access.is_some()
+    }
+
+    /// Did Meta refuse the access token (code 190: expired, subcode 463; the user changed
+    /// their password, 460; revoked or invalid, 467 and others)? Only a new token helps.
+    pub fn is_token_rejected(&self) -> bool {
+        self.code() == Some(190)
     }
 
     /// Is a retry likely to succeed: no response at all, a 5xx, a rate limit, or Meta's
@@ -135,6 +182,7 @@ impl GraphError {
                     subcode: error.error_subcode,
                     fbtrace_id: error.fbtrace_id,
                 })),
+                regain_access: None,
             },
             Err(_) => GraphError {
                 call: call.to_owned(),
@@ -144,6 +192,7 @@ impl GraphError {
                     String::from_utf8_lossy(&body[..body.len().min(200)])
                 ),
                 meta: None,
+                regain_access: None,
             },
         }
     }

@@ -13,11 +13,15 @@
 //! [`client`] (the HTTP client and its retries).
 
 mod client;
+mod credentials;
 mod error;
+mod usage;
 mod wire;
 
-pub use client::{GraphClient, GraphSettings};
-pub use error::{GraphError, MetaErrorFields, RATE_LIMIT_CODES};
+pub use client::{GraphClient, GraphObserver, GraphSettings};
+pub use credentials::{Credentials, appsecret_proof};
+pub use error::{BUC_RATE_LIMIT_CODES, GraphError, MetaErrorFields, RATE_LIMIT_CODES};
+pub use usage::{BusinessUsage, Usage};
 pub use wire::{
     AppSubscribe, AppSubscription, AppSubscriptionField, NodeSubscribe, SubscribedApp,
     WebhookConfiguration,
@@ -27,7 +31,8 @@ use futures_util::future::BoxFuture;
 
 /// The Graph API calls of registration. Tokens are passed per call: each edge needs its own
 /// (the app token for the app's subscriptions, a Page token for a Page, a system-user
-/// token for a WABA).
+/// token for a WABA). A node's token comes as [`Credentials`], with its `appsecret_proof`;
+/// the app token needs none.
 pub trait GraphApi: Send + Sync {
     /// `GET /{app-id}/subscriptions`.
     fn app_subscriptions<'a>(
@@ -55,33 +60,33 @@ pub trait GraphApi: Send + Sync {
     fn subscribed_apps<'a>(
         &'a self,
         node_id: &'a str,
-        token: &'a str,
+        token: &'a Credentials,
     ) -> BoxFuture<'a, Result<Vec<SubscribedApp>, GraphError>>;
     /// `POST /{id}/subscribed_apps`.
     fn subscribe_node<'a>(
         &'a self,
         node_id: &'a str,
-        token: &'a str,
+        token: &'a Credentials,
         request: &'a NodeSubscribe,
     ) -> BoxFuture<'a, Result<(), GraphError>>;
     /// `DELETE /{id}/subscribed_apps`: uninstalls the token's app from the node.
     fn unsubscribe_node<'a>(
         &'a self,
         node_id: &'a str,
-        token: &'a str,
+        token: &'a Credentials,
     ) -> BoxFuture<'a, Result<(), GraphError>>;
     /// `GET /{phone-number-id}?fields=webhook_configuration` (the WABA's token).
     fn phone_webhook_configuration<'a>(
         &'a self,
         phone_id: &'a str,
-        token: &'a str,
+        token: &'a Credentials,
     ) -> BoxFuture<'a, Result<WebhookConfiguration, GraphError>>;
     /// `POST /{phone-number-id}` with `webhook_configuration: {override_callback_uri,
     /// verify_token}`: Meta verifies the callback before it answers.
     fn set_phone_override<'a>(
         &'a self,
         phone_id: &'a str,
-        token: &'a str,
+        token: &'a Credentials,
         callback_uri: &'a str,
         verify_token: &'a str,
     ) -> BoxFuture<'a, Result<(), GraphError>>;
@@ -90,7 +95,7 @@ pub trait GraphApi: Send + Sync {
     fn remove_phone_override<'a>(
         &'a self,
         phone_id: &'a str,
-        token: &'a str,
+        token: &'a Credentials,
     ) -> BoxFuture<'a, Result<(), GraphError>>;
 }
 
@@ -131,14 +136,14 @@ impl GraphApi for Unconfigured {
     fn subscribed_apps<'a>(
         &'a self,
         _: &'a str,
-        _: &'a str,
+        _: &'a Credentials,
     ) -> BoxFuture<'a, Result<Vec<SubscribedApp>, GraphError>> {
         unconfigured("GET subscribed_apps")
     }
     fn subscribe_node<'a>(
         &'a self,
         _: &'a str,
-        _: &'a str,
+        _: &'a Credentials,
         _: &'a NodeSubscribe,
     ) -> BoxFuture<'a, Result<(), GraphError>> {
         unconfigured("POST subscribed_apps")
@@ -146,21 +151,21 @@ impl GraphApi for Unconfigured {
     fn unsubscribe_node<'a>(
         &'a self,
         _: &'a str,
-        _: &'a str,
+        _: &'a Credentials,
     ) -> BoxFuture<'a, Result<(), GraphError>> {
         unconfigured("DELETE subscribed_apps")
     }
     fn phone_webhook_configuration<'a>(
         &'a self,
         _: &'a str,
-        _: &'a str,
+        _: &'a Credentials,
     ) -> BoxFuture<'a, Result<WebhookConfiguration, GraphError>> {
         unconfigured("GET webhook_configuration")
     }
     fn set_phone_override<'a>(
         &'a self,
         _: &'a str,
-        _: &'a str,
+        _: &'a Credentials,
         _: &'a str,
         _: &'a str,
     ) -> BoxFuture<'a, Result<(), GraphError>> {
@@ -169,7 +174,7 @@ impl GraphApi for Unconfigured {
     fn remove_phone_override<'a>(
         &'a self,
         _: &'a str,
-        _: &'a str,
+        _: &'a Credentials,
     ) -> BoxFuture<'a, Result<(), GraphError>> {
         unconfigured("POST webhook_configuration")
     }

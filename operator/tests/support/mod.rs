@@ -13,7 +13,7 @@ use kube::client::Body;
 use metahook_operator::WebhookSubscription;
 use metahook_operator::controller::{Context, Settings};
 use metahook_operator::graph::{
-    AppSubscribe, AppSubscription, GraphApi, GraphError, NodeSubscribe, SubscribedApp,
+    AppSubscribe, AppSubscription, Credentials, GraphApi, GraphError, NodeSubscribe, SubscribedApp,
     WebhookConfiguration,
 };
 use metahook_operator::metrics::Metrics;
@@ -221,6 +221,103 @@ fn with_server_fields(mut object: Value, status: Option<Value>) -> Value {
     object
 }
 
+/// The answer to a request with this body under `reply`.
+fn render(reply: &Reply, body: Value, path: &str) -> (u16, Value) {
+    match reply {
+        Reply::Object(object) => (200, object.clone()),
+        Reply::Echo(status) => (200, with_server_fields(body, status.clone())),
+        Reply::Created => (201, with_server_fields(body, None)),
+        Reply::Onto(object) => {
+            let mut object = object.clone();
+            if let (Some(target), Some(fields)) = (object.as_object_mut(), body.as_object()) {
+                for (key, value) in fields {
+                    target.insert(key.clone(), value.clone());
+                }
+            }
+            (200, object)
+        }
+        Reply::Merged(extra) => {
+            let mut object = with_server_fields(body, None);
+            merge_into(&mut object, extra);
+            (200, object)
+        }
+        Reply::Error(code, reason) => (*code, status_body(*code, reason, path)),
+    }
+}
+
+fn response(code: u16, reply: &Value) -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::from_u16(code).expect("status code"))
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(reply).expect("reply JSON")))
+        .expect("response")
+}
+
+/// The answer of the subscription's own applies (finalizer, status) in a routed mock:
+/// given the request, the object as the API server now holds it.
+pub type OwnApply = Box<dyn FnMut(&Served) -> Value + Send>;
+
+/// A lenient mock API for running the controller itself: every request is answered by
+/// the first route with its method and path, as often as it is asked; Events are
+/// accepted (created or patched as a series); the subscription's own applies go to
+/// `own`. A request no route answers fails the test.
+pub fn start_routed(
+    routes: Vec<Expect>,
+    mut own: OwnApply,
+    graph: Arc<dyn GraphApi>,
+    now: OffsetDateTime,
+) -> (Arc<Context>, tokio::task::JoinHandle<()>) {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let task = tokio::spawn(async move {
+        while let Some((request, send)) = handle.next_request().await {
+            let method = request.method().clone();
+            let path = request.uri().path().to_owned();
+            let query = request.uri().query().unwrap_or_default().to_owned();
+            let bytes = request
+                .into_body()
+                .collect_bytes()
+                .await
+                .expect("request body");
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let served = Served {
+                method: method.clone(),
+                path: path.clone(),
+                query,
+                body: body.clone(),
+            };
+            let (code, reply) = if path.starts_with("/apis/events.k8s.io/") {
+                let code = if method == Method::POST { 201 } else { 200 };
+                (code, with_server_fields(body, None))
+            } else if method == Method::PATCH && path.contains("/webhooksubscriptions/") {
+                (200, own(&served))
+            } else {
+                let route = routes
+                    .iter()
+                    .find(|r| r.method == method && r.path == path)
+                    .unwrap_or_else(|| panic!("no route answers {method} {path}"));
+                render(&route.reply, body, &path)
+            };
+            send.send_response(response(code, &reply));
+        }
+    });
+    let mut ctx = Context::new(
+        client,
+        Arc::new(Metrics::new().expect("metrics")),
+        Settings {
+            receiver_image: "metahook-receiver:test".to_owned(),
+            certificate_lifetime: Duration::from_secs(90 * 24 * 3600),
+            unregister_timeout: UNREGISTER_TIMEOUT,
+            policy: test_policy(),
+        },
+        Capabilities::default(),
+        Some("test".to_owned()),
+    );
+    ctx.clock = Box::new(move || now);
+    ctx.graph = graph;
+    (Arc::new(ctx), task)
+}
+
 /// Serves `script` in order on `handle`, recording every request; panics on the first
 /// request that differs from the script, and on any request after it.
 async fn serve(mut handle: Handle, script: Vec<Expect>, served: Arc<Mutex<Vec<Served>>>) {
@@ -277,31 +374,8 @@ async fn serve(mut handle: Handle, script: Vec<Expect>, served: Arc<Mutex<Vec<Se
                 "step {step}: {path}: only the subscription's own status and finalizer, and an adoption, are forced applies: {query}"
             );
         }
-        let (code, reply) = match expect.reply {
-            Reply::Object(object) => (200, object),
-            Reply::Echo(status) => (200, with_server_fields(body, status)),
-            Reply::Created => (201, with_server_fields(body, None)),
-            Reply::Onto(mut object) => {
-                if let (Some(target), Some(fields)) = (object.as_object_mut(), body.as_object()) {
-                    for (key, value) in fields {
-                        target.insert(key.clone(), value.clone());
-                    }
-                }
-                (200, object)
-            }
-            Reply::Merged(extra) => {
-                let mut object = with_server_fields(body, None);
-                merge_into(&mut object, &extra);
-                (200, object)
-            }
-            Reply::Error(code, reason) => (code, status_body(code, reason, &path)),
-        };
-        let response = Response::builder()
-            .status(StatusCode::from_u16(code).expect("status code"))
-            .header("content-type", "application/json")
-            .body(Body::from(serde_json::to_vec(&reply).expect("reply JSON")))
-            .expect("response");
-        send.send_response(response);
+        let (code, reply) = render(&expect.reply, body, &path);
+        send.send_response(response(code, &reply));
     }
     // Nothing more may be asked.
     if let Ok(Some((request, _))) =
@@ -426,7 +500,7 @@ impl GraphApi for RecordingGraph {
     fn subscribed_apps<'a>(
         &'a self,
         node_id: &'a str,
-        _: &'a str,
+        _: &'a Credentials,
     ) -> GraphResult<'a, Vec<SubscribedApp>> {
         let result = self
             .record(format!("GET /{node_id}/subscribed_apps"))
@@ -445,7 +519,7 @@ impl GraphApi for RecordingGraph {
     fn subscribe_node<'a>(
         &'a self,
         node_id: &'a str,
-        _: &'a str,
+        _: &'a Credentials,
         request: &'a NodeSubscribe,
     ) -> GraphResult<'a, ()> {
         let (described, app) = match request {
@@ -482,7 +556,7 @@ impl GraphApi for RecordingGraph {
         Box::pin(async move { result })
     }
 
-    fn unsubscribe_node<'a>(&'a self, node_id: &'a str, _: &'a str) -> GraphResult<'a, ()> {
+    fn unsubscribe_node<'a>(&'a self, node_id: &'a str, _: &'a Credentials) -> GraphResult<'a, ()> {
         let result = self
             .record(format!("DELETE /{node_id}/subscribed_apps"))
             .map(|()| {
@@ -494,7 +568,7 @@ impl GraphApi for RecordingGraph {
     fn phone_webhook_configuration<'a>(
         &'a self,
         phone_id: &'a str,
-        _: &'a str,
+        _: &'a Credentials,
     ) -> GraphResult<'a, WebhookConfiguration> {
         let result = self
             .record(format!("GET /{phone_id} fields=webhook_configuration"))
@@ -508,7 +582,7 @@ impl GraphApi for RecordingGraph {
     fn set_phone_override<'a>(
         &'a self,
         phone_id: &'a str,
-        _: &'a str,
+        _: &'a Credentials,
         callback_uri: &'a str,
         _: &'a str,
     ) -> GraphResult<'a, ()> {
@@ -523,7 +597,11 @@ impl GraphApi for RecordingGraph {
         Box::pin(async move { result })
     }
 
-    fn remove_phone_override<'a>(&'a self, phone_id: &'a str, _: &'a str) -> GraphResult<'a, ()> {
+    fn remove_phone_override<'a>(
+        &'a self,
+        phone_id: &'a str,
+        _: &'a Credentials,
+    ) -> GraphResult<'a, ()> {
         let result = self
             .record(format!("POST /{phone_id} override=none"))
             .map(|()| {

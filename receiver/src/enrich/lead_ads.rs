@@ -4,18 +4,31 @@
 
 use std::collections::BTreeMap;
 
+use hmac::{Hmac, Mac};
 use metahook_backoff::{ExponentialBackoff, InvalidBackoff};
+use metahook_config::EndpointConfig;
 use metahook_config::enrich::LeadAdsConfig;
 use serde::Deserialize;
 
 use crate::event::{Event, LeadAnswer};
 use crate::secrets::SecretSource;
 
-/// The fields asked for.
-pub const FIELDS: &str = "field_data,created_time,ad_id,form_id,campaign_id";
+/// The fields asked for by default: what `leads_retrieval` and `pages_manage_ads` allow
+/// (Meta's "Retrieving Leads" guide).
+pub const FIELDS: &str = "field_data,created_time,form_id";
 
-/// Meta's rate-limit error codes.
-const RATE_LIMIT_CODES: [i64; 4] = [4, 17, 32, 613];
+/// The fields `ad_fields: true` adds: reading them also needs `ads_management` and
+/// advertiser access to the ad account.
+pub const AD_FIELDS: &str = "ad_id,campaign_id";
+
+/// Meta's platform rate-limit error codes (Business Use Case limits, LeadGen's 80005
+/// among them, are 80001 to 80014).
+const RATE_LIMIT_CODES: [i64; 5] = [4, 17, 32, 341, 613];
+
+/// Whether Meta's error code is a rate limit.
+fn is_rate_limit(code: i64) -> bool {
+    RATE_LIMIT_CODES.contains(&code) || (80_001..=80_014).contains(&code)
+}
 
 /// Why a lead was not enriched.
 #[derive(Debug, thiserror::Error)]
@@ -44,14 +57,26 @@ pub enum LeadError {
     },
 }
 
+/// A Page's token and whether it is sent with its `appsecret_proof`.
+#[derive(Debug)]
+struct PageToken {
+    source: SecretSource,
+    proof: bool,
+}
+
 /// The Lead Ads enricher.
 #[derive(Debug)]
 pub struct LeadAds {
     http: reqwest::Client,
     base: String,
-    tokens: BTreeMap<String, SecretSource>,
+    tokens: BTreeMap<String, PageToken>,
+    /// Each endpoint's app secret, by endpoint name: a lead's token is proved with the
+    /// secret of the app whose webhook brought it.
+    app_secrets: BTreeMap<String, SecretSource>,
     max_attempts: u32,
     backoff: ExponentialBackoff,
+    /// The `fields` of each request.
+    fields: String,
 }
 
 /// Why the enricher could not be built.
@@ -88,8 +113,12 @@ struct Attempt {
 }
 
 impl LeadAds {
-    /// Builds the enricher (the HTTP client, the token sources).
-    pub fn new(config: &LeadAdsConfig) -> Result<LeadAds, LeadAdsSetupError> {
+    /// Builds the enricher (the HTTP client, the token sources, the endpoints' app secrets
+    /// that prove the tokens).
+    pub fn new(
+        config: &LeadAdsConfig,
+        endpoints: &[EndpointConfig],
+    ) -> Result<LeadAds, LeadAdsSetupError> {
         let backoff = config.backoff()?;
         let http = reqwest::Client::builder()
             .timeout(config.timeout)
@@ -107,7 +136,21 @@ impl LeadAds {
                     },
                     (None, None) => return None,
                 };
-                Some((page.page_id.clone(), source))
+                let token = PageToken {
+                    source,
+                    proof: page.appsecret_proof,
+                };
+                Some((page.page_id.clone(), token))
+            })
+            .collect();
+        let app_secrets = endpoints
+            .iter()
+            .filter_map(|endpoint| {
+                SecretSource::from_config(
+                    endpoint.app_secret_file.as_ref(),
+                    endpoint.app_secret_env.as_ref(),
+                )
+                .map(|source| (endpoint.name.clone(), source))
             })
             .collect();
         Ok(LeadAds {
@@ -118,7 +161,13 @@ impl LeadAds {
                 config.api_version.trim_matches('/')
             ),
             tokens,
+            app_secrets,
             max_attempts: config.max_attempts,
+            fields: if config.ad_fields {
+                format!("{FIELDS},{AD_FIELDS}")
+            } else {
+                FIELDS.to_owned()
+            },
             backoff,
         })
     }
@@ -136,12 +185,13 @@ impl LeadAds {
             .clone()
             .or_else(|| event.account_id.clone())
             .unwrap_or_else(|| "unknown".to_owned());
-        let source = self
+        let page_token = self
             .tokens
             .get(&page)
             .ok_or_else(|| LeadError::NoToken { page: page.clone() })?;
         // Read at each use: a rotated Secret file takes effect at once.
-        let token = source
+        let token = page_token
+            .source
             .read()
             .map_err(|e| LeadError::Token {
                 page: page.clone(),
@@ -153,7 +203,13 @@ impl LeadAds {
                     message: "not UTF-8".to_owned(),
                 })
             })?;
-        let fetched = self.fetch(&leadgen_id, token.trim()).await?;
+        let token = token.trim();
+        let proof = if page_token.proof {
+            Some(self.proof(&event.endpoint, &page, token)?)
+        } else {
+            None
+        };
+        let fetched = self.fetch(&leadgen_id, token, proof.as_deref()).await?;
         if let Some(lead) = event.lead.as_mut() {
             lead.field_data = Some(fetched.field_data);
             lead.campaign_id = fetched.campaign_id.or(lead.campaign_id.take());
@@ -170,10 +226,39 @@ impl LeadAds {
         Ok(())
     }
 
-    async fn fetch(&self, leadgen_id: &str, token: &str) -> Result<GraphLead, LeadError> {
+    /// The token's `appsecret_proof`, made with the app secret of the endpoint the lead
+    /// arrived on (read at each use, like the token).
+    fn proof(&self, endpoint: &str, page: &str, token: &str) -> Result<String, LeadError> {
+        let failed = |message: String| LeadError::Token {
+            page: page.to_owned(),
+            message,
+        };
+        let secret = self
+            .app_secrets
+            .get(endpoint)
+            .ok_or_else(|| {
+                failed(format!(
+                    "endpoint {endpoint} has no app secret to make its appsecret_proof with \
+                     (appsecret_proof: false for a token of another app)"
+                ))
+            })?
+            .read()
+            .map_err(|e| failed(format!("the app secret of endpoint {endpoint}: {e}")))?;
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&secret)
+            .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+        mac.update(token.as_bytes());
+        Ok(hex::encode(mac.finalize().into_bytes()))
+    }
+
+    async fn fetch(
+        &self,
+        leadgen_id: &str,
+        token: &str,
+        proof: Option<&str>,
+    ) -> Result<GraphLead, LeadError> {
         let mut attempt = 1;
         loop {
-            match self.once(leadgen_id, token).await {
+            match self.once(leadgen_id, token, proof).await {
                 Ok(lead) => return Ok(lead),
                 Err(failure) if failure.transient && attempt < self.max_attempts => {
                     let wait = self.backoff.delay(attempt);
@@ -191,21 +276,24 @@ impl LeadAds {
         }
     }
 
-    async fn once(&self, leadgen_id: &str, token: &str) -> Result<GraphLead, Attempt> {
-        let url = format!("{}/{leadgen_id}?fields={FIELDS}", self.base);
-        let response = self
-            .http
-            .get(url)
-            .bearer_auth(token)
-            .send()
-            .await
-            .map_err(|e| Attempt {
-                message: transport_message(&e),
-                transient: true,
-            })?;
+    async fn once(
+        &self,
+        leadgen_id: &str,
+        token: &str,
+        proof: Option<&str>,
+    ) -> Result<GraphLead, Attempt> {
+        let url = format!("{}/{leadgen_id}?fields={}", self.base, self.fields);
+        let mut request = self.http.get(url).bearer_auth(token);
+        if let Some(proof) = proof {
+            request = request.query(&[("appsecret_proof", proof)]);
+        }
+        let response = request.send().await.map_err(|e| Attempt {
+            message: transport_message(&e.without_url()),
+            transient: true,
+        })?;
         let status = response.status();
         let body = response.bytes().await.map_err(|e| Attempt {
-            message: transport_message(&e),
+            message: transport_message(&e.without_url()),
             transient: true,
         })?;
         if status.is_success() {
@@ -219,7 +307,7 @@ impl LeadAds {
             message: format!("HTTP {}: {message}", status.as_u16()),
             transient: status.is_server_error()
                 || status.as_u16() == 429
-                || code.is_some_and(|c| RATE_LIMIT_CODES.contains(&c) || c == 1 || c == 2),
+                || code.is_some_and(|c| is_rate_limit(c) || c == 1 || c == 2),
         })
     }
 }

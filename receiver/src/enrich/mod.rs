@@ -17,7 +17,14 @@ pub use metahook_config::enrich::{EnrichmentConfig, LeadAdsConfig, PageTokenConf
 use prometheus::{IntCounterVec, Opts};
 
 use self::lead_ads::{LeadAds, LeadError};
-use crate::event::{Event, Kind};
+use crate::event::{EnrichmentOutcome, Event, Kind, LeadEnrichment};
+
+/// Records on a lead what its enrichment did.
+fn mark(event: &mut Event, outcome: EnrichmentOutcome, reason: Option<String>) {
+    if let Some(lead) = event.lead.as_mut() {
+        lead.enrichment = Some(LeadEnrichment { outcome, reason });
+    }
+}
 use crate::metrics::Metrics;
 
 /// The normalization stage's hook (crate::normalizer): every record's events pass here
@@ -51,10 +58,15 @@ pub struct Enricher {
 }
 
 impl Enricher {
-    /// Builds the enrichers `config` turns on and registers
+    /// Builds the enrichers `config` turns on (a lead's token is proved with the app secret
+    /// of its endpoint, one of `endpoints`) and registers
     /// `metahook_enrichment_total{result}` in `metrics`. `config` was validated with the
     /// rest of the configuration.
-    pub fn new(config: &EnrichmentConfig, metrics: &Metrics) -> Result<Enricher, EnrichError> {
+    pub fn new(
+        config: &EnrichmentConfig,
+        endpoints: &[metahook_config::EndpointConfig],
+        metrics: &Metrics,
+    ) -> Result<Enricher, EnrichError> {
         let total = IntCounterVec::new(
             Opts::new(
                 "metahook_enrichment_total",
@@ -69,7 +81,7 @@ impl Enricher {
         let lead_ads = config
             .lead_ads
             .as_ref()
-            .map(LeadAds::new)
+            .map(|lead_ads| LeadAds::new(lead_ads, endpoints))
             .transpose()
             .map_err(|e| EnrichError::Client(e.to_string()))?;
         Ok(Enricher { lead_ads, total })
@@ -87,22 +99,34 @@ impl Enricher {
         let Some(lead_ads) = &self.lead_ads else {
             return;
         };
-        let leads = events.iter_mut().filter(|event| {
-            event.kind == Kind::Lead
-                && event
-                    .lead
-                    .as_ref()
-                    .is_some_and(|lead| lead.leadgen_id.is_some())
-        });
+        let leads = events
+            .iter_mut()
+            .filter(|event| event.kind == Kind::Lead && event.lead.is_some());
         let work = leads.map(|event| async move {
+            if event
+                .lead
+                .as_ref()
+                .is_some_and(|lead| lead.leadgen_id.is_none())
+            {
+                mark(event, EnrichmentOutcome::Skipped, Some("the webhook carries no leadgen_id".to_owned()));
+                return;
+            }
             let result = lead_ads.enrich(event).await;
             let label = match &result {
                 Ok(()) => "enriched",
                 Err(LeadError::NoToken { .. }) => "no_token",
                 Err(_) => "failed",
             };
-            if let Err(error) = result {
-                tracing::warn!(event = %event.id, error = %error, "lead not enriched; delivered without its answers");
+            match result {
+                Ok(()) => mark(event, EnrichmentOutcome::Ok, None),
+                Err(error) => {
+                    tracing::warn!(event = %event.id, error = %error, "lead not enriched; delivered without its answers");
+                    let outcome = match error {
+                        LeadError::NoToken { .. } => EnrichmentOutcome::Skipped,
+                        _ => EnrichmentOutcome::Failed,
+                    };
+                    mark(event, outcome, Some(error.to_string()));
+                }
             }
             self.total.with_label_values(&[label]).inc();
         });

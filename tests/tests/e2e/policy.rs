@@ -209,6 +209,7 @@ async fn a_callback_someone_else_set_is_left_alone_until_taken_over() -> Result<
                 callback_url: theirs.clone(),
                 fields: vec!["messages".to_owned()],
                 verify_token: "their-token".to_owned(),
+                active: true,
             },
         )
     });

@@ -6,7 +6,8 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::crd::WebhookSubscription;
-use crate::crd::{RegistrationSpec, SecretKeyRef};
+use crate::crd::{InstagramLogin, RegistrationSpec, SecretKeyRef};
+use crate::graph::Credentials;
 
 /// The registration a subscription asks for, if any.
 pub fn requested(sub: &WebhookSubscription) -> Option<&RegistrationSpec> {
@@ -43,8 +44,8 @@ pub struct DesiredNode {
     pub id: String,
     /// Its token's reference.
     pub token_ref: SecretKeyRef,
-    /// Its token.
-    pub token: String,
+    /// Its token, with its `appsecret_proof` unless the spec turns that off.
+    pub token: Credentials,
     /// For a WABA: set the callback override.
     pub override_callback: bool,
     /// For a WABA: the phone numbers whose callback override to set (with its token).
@@ -57,7 +58,7 @@ impl std::fmt::Debug for DesiredNode {
         f.debug_struct("DesiredNode")
             .field("id", &self.id)
             .field("token_ref", &self.token_ref)
-            .field("token", &"redacted")
+            .field("token", &self.token)
             .field("override_callback", &self.override_callback)
             .field("phone_numbers", &self.phone_numbers)
             .finish()
@@ -148,12 +149,14 @@ impl Desired {
         let app_secret = text(&app_secret_ref, "the app secret")?;
         let node = |id: &str,
                     token_ref: &SecretKeyRef,
+                    proof: bool,
                     override_callback: bool,
                     phone_numbers: Vec<String>| {
+            let token = text(token_ref, &format!("the token of {id}"))?;
             Ok::<_, String>(DesiredNode {
                 id: id.to_owned(),
                 token_ref: token_ref.clone(),
-                token: text(token_ref, &format!("the token of {id}"))?,
+                token: Credentials::for_token(token, &app_secret, proof),
                 override_callback,
                 phone_numbers,
             })
@@ -171,14 +174,34 @@ impl Desired {
             pages: spec
                 .pages
                 .iter()
-                .map(|p| node(&p.id, &p.access_token_ref, false, Vec::new()))
+                .map(|p| {
+                    let mut page = node(
+                        &p.id,
+                        &p.access_token_ref,
+                        p.app_secret_proof,
+                        false,
+                        Vec::new(),
+                    )?;
+                    // Instagram Login: an Instagram User token, valid on graph.instagram.com
+                    // only (the CRD allows it with object instagram only).
+                    if p.login == InstagramLogin::Instagram {
+                        page.token = page.token.on_instagram();
+                    }
+                    Ok::<_, String>(page)
+                })
                 .collect::<Result<_, _>>()?,
             wabas: spec
                 .whatsapp_business_accounts
                 .iter()
                 .map(|w| {
                     let phones = w.phone_numbers.iter().map(|p| p.id.clone()).collect();
-                    node(&w.id, &w.access_token_ref, w.override_callback, phones)
+                    node(
+                        &w.id,
+                        &w.access_token_ref,
+                        w.app_secret_proof,
+                        w.override_callback,
+                        phones,
+                    )
                 })
                 .collect::<Result<_, _>>()?,
         })

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::desired::{Desired, DesiredNode, token_digest};
 use crate::crd::{RegisteredNode, RegisteredPhoneNumber, RegistrationStatus, SecretKeyRef};
-use crate::graph::{AppSubscribe, GraphApi, GraphError, NodeSubscribe};
+use crate::graph::{AppSubscribe, Credentials, GraphApi, GraphError, NodeSubscribe};
 
 /// The host of a callback URL, for messages (a URL's path or query may carry a token).
 fn host_of(url: &str) -> String {
@@ -61,6 +61,9 @@ pub struct Converged {
     pub changes: Vec<String>,
     /// The Graph API error that stopped the pass.
     pub error: Option<GraphError>,
+    /// The Secret key holding the token of the call that failed (the app secret for the
+    /// app's edge): named when Meta refuses the token (code 190) so it can be rotated.
+    pub failed_token: Option<SecretKeyRef>,
     /// Why it stopped before replacing a callback set by something else
     /// ([`CALLBACK_OWNED_ELSEWHERE`]; nothing of that callback was written).
     pub refused: Option<String>,
@@ -91,7 +94,8 @@ pub async fn converge(
     });
     status.last_error = None;
     let mut changes = Vec::new();
-    let result = converge_into(graph, desired, &mut status, &mut changes).await;
+    let mut using = None;
+    let result = converge_into(graph, desired, &mut status, &mut changes, &mut using).await;
     let (error, refused) = match result {
         Ok(()) => (None, None),
         Err(Stop::Graph(error)) => (Some(error), None),
@@ -100,16 +104,20 @@ pub async fn converge(
     Converged {
         status,
         changes,
+        failed_token: error.as_ref().and(using),
         error,
         refused,
     }
 }
 
+/// `using` is set to the token of each section's calls before they are made, so an error
+/// names the Secret it came from.
 async fn converge_into(
     graph: &dyn GraphApi,
     desired: &Desired,
     status: &mut RegistrationStatus,
     changes: &mut Vec<String>,
+    using: &mut Option<SecretKeyRef>,
 ) -> Result<(), Stop> {
     let digest = token_digest(&desired.app_token, &desired.verify_token);
     let registered_digest = status.verify_token_digest.clone();
@@ -124,6 +132,7 @@ async fn converge_into(
         BTreeSet::new()
     };
     if desired.app_subscription || !owned.is_empty() {
+        *using = Some(desired.app_secret_ref.clone());
         let current = graph
             .app_subscriptions(&desired.app_id, &desired.app_token)
             .await?;
@@ -146,6 +155,12 @@ async fn converge_into(
                     || token_changed
             });
             if stale {
+                // The whole set Meta should hold: the wanted fields and those present that
+                // this subscription did not register (by hand, another subscription). Meta's
+                // reference does not say whether a POST keeps fields it does not list; with
+                // the whole set the result is the same either way.
+                let foreign = present.difference(&owned).cloned();
+                let fields: BTreeSet<String> = wanted.iter().cloned().chain(foreign).collect();
                 graph
                     .subscribe_app(
                         &desired.app_id,
@@ -153,17 +168,23 @@ async fn converge_into(
                         &AppSubscribe {
                             object: desired.object.clone(),
                             callback_url: desired.callback_url.clone(),
-                            fields: wanted.iter().cloned().collect(),
+                            fields: fields.iter().cloned().collect(),
                             verify_token: desired.verify_token.clone(),
                         },
                     )
                     .await?;
+                let inactive = entry.is_some_and(|e| !e.active);
                 changes.push(format!(
-                    "subscribed app {} to {} fields {} at {}",
+                    "subscribed app {} to {} fields {} at {}{}",
                     desired.app_id,
                     desired.object,
-                    join(&wanted),
-                    desired.callback_url
+                    join(&fields),
+                    desired.callback_url,
+                    if inactive {
+                        " (Meta listed the subscription inactive)"
+                    } else {
+                        ""
+                    }
                 ));
             }
             status.callback_url = Some(desired.callback_url.clone());
@@ -202,6 +223,7 @@ async fn converge_into(
 
     // Pages and Instagram accounts.
     for page in &desired.pages {
+        *using = Some(page.token_ref.clone());
         let previously: BTreeSet<String> = status
             .pages
             .iter()
@@ -214,7 +236,8 @@ async fn converge_into(
             .map(|a| a.subscribed_fields.iter().cloned().collect())
             .unwrap_or_default();
         let foreign = present.difference(&previously).cloned();
-        let want: BTreeSet<String> = foreign.chain(desired.fields.iter().cloned()).collect();
+        let fields = page_fields(desired, page);
+        let want: BTreeSet<String> = foreign.chain(fields.iter().cloned()).collect();
         if mine.is_none() || present != want {
             let fields: Vec<String> = want.iter().cloned().collect();
             graph
@@ -233,7 +256,9 @@ async fn converge_into(
             RegisteredNode {
                 id: page.id.clone(),
                 access_token_ref: page.token_ref.clone(),
-                fields: desired.fields.clone(),
+                without_app_secret_proof: page.token.proof().is_none(),
+                instagram_login: page.token.is_instagram(),
+                fields,
                 override_callback_url: None,
                 phone_numbers: Vec::new(),
             },
@@ -243,6 +268,7 @@ async fn converge_into(
 
     // WhatsApp Business Accounts and their callback overrides.
     for waba in &desired.wabas {
+        *using = Some(waba.token_ref.clone());
         let apps = graph.subscribed_apps(&waba.id, &waba.token).await?;
         let mine = apps.iter().find(|a| a.app_id == desired.app_id);
         let override_wanted = waba.override_callback.then(|| desired.callback_url.clone());
@@ -295,6 +321,8 @@ async fn converge_into(
             RegisteredNode {
                 id: waba.id.clone(),
                 access_token_ref: waba.token_ref.clone(),
+                without_app_secret_proof: waba.token.proof().is_none(),
+                instagram_login: false,
                 fields: Vec::new(),
                 override_callback_url: override_wanted,
                 phone_numbers,
@@ -387,7 +415,7 @@ async fn remove_phones(
     status: &mut RegistrationStatus,
     waba_id: &str,
     phones: &[RegisteredPhoneNumber],
-    token: &str,
+    token: &Credentials,
     changes: &mut Vec<String>,
 ) -> Result<(), GraphError> {
     for phone in phones {
@@ -426,6 +454,22 @@ async fn remove_phones(
     Ok(())
 }
 
+/// The Page field set on a Page's `subscribed_apps` for object instagram with Facebook
+/// Login: the edge takes only Page fields (Meta refuses `comments` there), and Meta's docs
+/// ask for any one, e.g. `feed`; the Instagram fields are the app subscription's.
+pub const INSTAGRAM_PAGE_FIELD: &str = "feed";
+
+/// The fields a Page or Instagram account's `subscribed_apps` gets: the spec's, except for
+/// an Instagram account registered through its Page (Facebook Login), whose Page gets
+/// [`INSTAGRAM_PAGE_FIELD`].
+fn page_fields(desired: &Desired, page: &DesiredNode) -> Vec<String> {
+    if desired.object == "instagram" && !page.token.is_instagram() {
+        vec![INSTAGRAM_PAGE_FIELD.to_owned()]
+    } else {
+        desired.fields.clone()
+    }
+}
+
 pub(super) fn join(fields: &BTreeSet<String>) -> String {
     fields.iter().cloned().collect::<Vec<_>>().join(",")
 }
@@ -446,7 +490,7 @@ async fn remove_page(
     graph: &dyn GraphApi,
     app_id: &str,
     node: &RegisteredNode,
-    token: &str,
+    token: &Credentials,
 ) -> Result<Option<String>, GraphError> {
     let apps = graph.subscribed_apps(&node.id, token).await?;
     let Some(mine) = apps.iter().find(|a| a.app_id == app_id) else {
@@ -480,7 +524,7 @@ async fn remove_waba(
     graph: &dyn GraphApi,
     app_id: &str,
     node: &RegisteredNode,
-    token: &str,
+    token: &Credentials,
 ) -> Result<Option<String>, GraphError> {
     let apps = graph.subscribed_apps(&node.id, token).await?;
     if !apps.iter().any(|a| a.app_id == app_id) {
@@ -508,22 +552,36 @@ pub async fn remove_nodes(
     changes: &mut Vec<String>,
 ) -> Result<(), GraphError> {
     let app_id = status.app_id.clone();
+    let app_secret = status
+        .app_secret_ref
+        .as_ref()
+        .and_then(|r| tokens.get(r))
+        .cloned();
+    let app_secret = app_secret.as_deref();
     for node in status.pages.clone() {
         if keep_pages.contains(&node.id) {
             continue;
         }
-        let token = token_for(tokens, &node)?;
-        changes.extend(remove_page(graph, &app_id, &node, token).await?);
+        let token = credentials_for(tokens, app_secret, &node)?;
+        changes.extend(remove_page(graph, &app_id, &node, &token).await?);
         status.pages.retain(|p| p.id != node.id);
     }
     for node in status.whatsapp_business_accounts.clone() {
         if keep_wabas.contains(&node.id) {
             continue;
         }
-        let token = token_for(tokens, &node)?;
+        let token = credentials_for(tokens, app_secret, &node)?;
         // The phone overrides first: they outrank the WABA's and outlive its edge.
-        remove_phones(graph, status, &node.id, &node.phone_numbers, token, changes).await?;
-        changes.extend(remove_waba(graph, &app_id, &node, token).await?);
+        remove_phones(
+            graph,
+            status,
+            &node.id,
+            &node.phone_numbers,
+            &token,
+            changes,
+        )
+        .await?;
+        changes.extend(remove_waba(graph, &app_id, &node, &token).await?);
         status
             .whatsapp_business_accounts
             .retain(|w| w.id != node.id);
@@ -531,19 +589,33 @@ pub async fn remove_nodes(
     Ok(())
 }
 
-fn token_for<'a>(tokens: &'a Tokens, node: &RegisteredNode) -> Result<&'a str, GraphError> {
-    tokens
-        .get(&node.access_token_ref)
-        .map(String::as_str)
-        .ok_or_else(|| {
-            GraphError::transport(
-                format!("unsubscribe {}", node.id),
-                format!(
-                    "its token (Secret {} key {}) is gone",
-                    node.access_token_ref.name, node.access_token_ref.key
-                ),
-            )
-        })
+/// The recorded node's token as registered: with its `appsecret_proof` (made with the app
+/// secret recorded in the status) unless it was registered without one.
+fn credentials_for(
+    tokens: &Tokens,
+    app_secret: Option<&str>,
+    node: &RegisteredNode,
+) -> Result<Credentials, GraphError> {
+    let gone = |what: String| GraphError::transport(format!("unsubscribe {}", node.id), what);
+    let token = tokens.get(&node.access_token_ref).ok_or_else(|| {
+        gone(format!(
+            "its token (Secret {} key {}) is gone",
+            node.access_token_ref.name, node.access_token_ref.key
+        ))
+    })?;
+    let credentials = if node.without_app_secret_proof {
+        Credentials::bare(token.clone())
+    } else {
+        let app_secret = app_secret.ok_or_else(|| {
+            gone("the app secret its appsecret_proof is made with is gone".to_owned())
+        })?;
+        Credentials::with_proof(token.clone(), app_secret)
+    };
+    Ok(if node.instagram_login {
+        credentials.on_instagram()
+    } else {
+        credentials
+    })
 }
 
 /// Removes everything `status` records: the app subscription's fields (Meta drops the

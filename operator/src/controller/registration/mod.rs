@@ -96,10 +96,7 @@ pub(super) async fn step(
                 set_finalizer(ctx, sub, false).await?;
                 Ok(RegistrationState::NotRequested)
             }
-            Err(error) => {
-                status.last_error = Some(error.to_string());
-                failed(ctx, sub, status, error).await
-            }
+            Err(error) => failed(ctx, sub, status, error).await,
         };
     };
     let ready = match &observed.receiver {
@@ -150,6 +147,8 @@ pub(super) async fn step(
                 .filter(|w| !desired.wabas.iter().any(|d| d.id == w.id))
                 .cloned()
                 .collect(),
+            // The app secret too: the dropped tokens' appsecret_proof is made with it.
+            app_secret_ref: converged.status.app_secret_ref.clone(),
             ..RegistrationStatus::default()
         };
         if !(dropped.pages.is_empty() && dropped.whatsapp_business_accounts.is_empty()) {
@@ -197,33 +196,54 @@ pub(super) async fn step(
             })
         }
         Some(error) => {
-            converged.status.last_error = Some(error.to_string());
-            failed(ctx, sub, converged.status, error).await
+            let rejected = converged.failed_token.filter(|_| error.is_token_rejected());
+            failed_with(ctx, sub, converged.status, error, rejected).await
         }
     }
 }
 
+/// A Graph API failure: the Event and the log carry Meta's `fbtrace_id` (what Meta's
+/// support asks for), the status does not (see [`GraphError::for_status`]).
 async fn failed(
+    ctx: &Context,
+    sub: &WebhookSubscription,
+    status: RegistrationStatus,
+    error: GraphError,
+) -> Result<RegistrationState, Error> {
+    failed_with(ctx, sub, status, error, None).await
+}
+
+/// [`failed`], naming the Secret key of a token Meta refused (code 190) in the condition
+/// and in a `TokenExpired` Warning Event, so the person on call knows what to rotate.
+async fn failed_with(
     ctx: &Context,
     sub: &WebhookSubscription,
     mut status: RegistrationStatus,
     error: GraphError,
+    rejected_token: Option<SecretKeyRef>,
 ) -> Result<RegistrationState, Error> {
-    let message = error.to_string();
-    status.last_error = Some(message.clone());
-    publish(
-        ctx,
-        sub,
-        EventType::Warning,
-        "RegistrationFailed",
-        "Register",
-        message.clone(),
-    )
-    .await;
+    tracing::warn!(subscription = %sub.name_any(), error = %error, "Graph API call failed");
+    let rotate = rejected_token.as_ref().map(|token| {
+        format!(
+            "Meta refused the token in Secret {} key {} as expired or revoked: put a new one there (its change starts a pass)",
+            token.name, token.key
+        )
+    });
+    let message = match &rotate {
+        Some(rotate) => format!("{rotate}; {}", error.for_status()),
+        None => error.for_status(),
+    };
+    status.last_error = Some(error.for_status());
+    let (reason, note) = match &rotate {
+        Some(rotate) => (crate::status::TOKEN_EXPIRED, format!("{rotate}; {error}")),
+        None => ("RegistrationFailed", error.to_string()),
+    };
+    publish(ctx, sub, EventType::Warning, reason, "Register", note).await;
     Ok(RegistrationState::GraphFailed {
         status,
         message,
         error,
+        rejected_token,
     })
 }
 
