@@ -261,6 +261,22 @@ impl Metrics {
         self.remember_drain_labels(namespace, name);
     }
 
+    /// Sets a subscription's drain gauges to nothing left, if they were ever recorded (so
+    /// that subscriptions that never drained get no series).
+    pub fn drains_cleared(&self, namespace: &str, name: &str) {
+        let recorded = self
+            .drain_labels
+            .lock()
+            .is_ok_and(|labels| labels.contains(&(namespace.to_owned(), name.to_owned())));
+        if recorded {
+            self.drains(
+                namespace,
+                name,
+                &crate::controller::drain::Drains::default(),
+            );
+        }
+    }
+
     /// Counts a drain Job that ended with `outcome` (one of [`DRAIN_OUTCOMES`]).
     pub fn drain_finished(&self, namespace: &str, name: &str, outcome: &str) {
         for known in DRAIN_OUTCOMES {

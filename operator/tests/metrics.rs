@@ -176,3 +176,42 @@ fn conditions_are_one_per_current_status_and_leave_with_their_subscription() {
         "a deleted subscription would stay in alerts: {text}"
     );
 }
+
+/// The drain gauges of a subscription whose claims were drained fall to nothing once no
+/// claim is left; a subscription that never drained gets no series.
+#[test]
+fn drain_gauges_are_cleared_once_nothing_is_left() {
+    use metahook_operator::controller::drain::Drains;
+    use metahook_operator::crd::DrainStatus;
+    let metrics = Metrics::new().expect("metrics");
+    let draining = Drains {
+        claims: vec![DrainStatus {
+            claim: "data-wa-1".to_owned(),
+            state: "Draining".to_owned(),
+            events_left: Some(7),
+            ..DrainStatus::default()
+        }],
+    };
+    metrics.drains("acme", "wa", &draining);
+    metrics.drains_cleared("acme", "ig");
+    let text = metrics.render();
+    assert!(
+        text.contains(
+            "metahook_operator_claims{name=\"wa\",namespace=\"acme\",state=\"draining\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("name=\"ig\""), "{text}");
+    metrics.drains_cleared("acme", "wa");
+    let text = metrics.render();
+    assert!(
+        text.contains(
+            "metahook_operator_claims{name=\"wa\",namespace=\"acme\",state=\"draining\"} 0"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("metahook_operator_drain_events_left{name=\"wa\",namespace=\"acme\"} 0"),
+        "{text}"
+    );
+}

@@ -207,6 +207,9 @@ pub(super) async fn step(
         .filter(|(ordinal, _)| *ordinal >= live)
         .collect();
     if stranded.is_empty() && jobs.is_empty() {
+        // Nothing to drain: series recorded before (a claim that went outside the
+        // operator's passes) say so too.
+        ctx.metrics.drains_cleared(namespace, name);
         return Ok(Drains::default());
     }
     let pods = pods_api
