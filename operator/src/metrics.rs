@@ -51,6 +51,20 @@ pub struct Metrics {
     graph_usage: GaugeVec,
 }
 
+/// The claims of one subscription's removed replicas, as `metahook_operator_claims` and
+/// `metahook_operator_drain_events_left` report them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DrainCounts {
+    /// Claims not yet drained (stalled ones included).
+    pub draining: i32,
+    /// Claims whose last Job ran out of attempts with events left.
+    pub stalled: i32,
+    /// Claims kept for their dead letters.
+    pub kept: i32,
+    /// Events the draining claims held at their Jobs' last reports.
+    pub events_left: i64,
+}
+
 /// The states `metahook_operator_claims` counts.
 const CLAIM_STATES: [&str; 3] = ["draining", "stalled", "kept"];
 /// The outcomes `metahook_operator_drains_total` counts.
@@ -245,11 +259,11 @@ impl Metrics {
     }
 
     /// Records the claims of a subscription's removed replicas after a pass.
-    pub fn drains(&self, namespace: &str, name: &str, drains: &crate::controller::drain::Drains) {
+    pub fn drains(&self, namespace: &str, name: &str, counts: DrainCounts) {
         for (state, value) in
             CLAIM_STATES
                 .into_iter()
-                .zip([drains.draining(), drains.stalled(), drains.kept()])
+                .zip([counts.draining, counts.stalled, counts.kept])
         {
             self.claims
                 .with_label_values(&[namespace, name, state])
@@ -257,7 +271,7 @@ impl Metrics {
         }
         self.drain_events_left
             .with_label_values(&[namespace, name])
-            .set(drains.events_left());
+            .set(counts.events_left);
         self.remember_drain_labels(namespace, name);
     }
 
@@ -269,11 +283,7 @@ impl Metrics {
             .lock()
             .is_ok_and(|labels| labels.contains(&(namespace.to_owned(), name.to_owned())));
         if recorded {
-            self.drains(
-                namespace,
-                name,
-                &crate::controller::drain::Drains::default(),
-            );
+            self.drains(namespace, name, DrainCounts::default());
         }
     }
 

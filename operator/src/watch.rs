@@ -2,8 +2,10 @@
 //! with its watches (subscriptions, the objects they own, the Secrets they reference).
 //!
 //! A subscription's own changes trigger a pass only when they are the user's or the API
-//! server's (its generation, that is its spec, or its deletion): the operator's status and
-//! finalizer writes do not ([`pass_trigger`]), so a pass that fails and writes its status is
+//! server's (its generation, that is its spec, its labels and annotations, which the
+//! operator never writes, so `kubectl annotate` asks for a pass, or its deletion): the
+//! operator's status and finalizer writes do not ([`pass_trigger`]), so a pass that fails
+//! and writes its status is
 //! retried after its backoff, never at once by its own write (META_WEBHOOKS.md §9: no retry
 //! faster than the backoff). Owned children (the workload's readiness) and Secrets still
 //! trigger passes.
@@ -106,8 +108,9 @@ pub(crate) fn watches(client: &Client, scope: &WatchScope) -> Controller<Webhook
 }
 
 /// What of a subscription starts a pass when it changes: its generation (the API server
-/// bumps it on every spec change) and its deletion timestamp. Not its status, nor its
-/// finalizers or resourceVersion, which the operator's own writes change: a status that
+/// bumps it on every spec change), its labels and annotations (the user's alone: an
+/// annotation is how to ask for a pass now) and its deletion timestamp. Not its status,
+/// nor its finalizers or resourceVersion, which the operator's own writes change: a status that
 /// changes with every failure (it did, with Meta's per-request `fbtrace_id`) would
 /// otherwise start the next pass at once, bypassing the error policy's backoff.
 pub fn pass_trigger(sub: &WebhookSubscription) -> Option<u64> {
@@ -115,6 +118,8 @@ pub fn pass_trigger(sub: &WebhookSubscription) -> Option<u64> {
     let meta = sub.meta();
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     meta.generation.hash(&mut hasher);
+    meta.labels.hash(&mut hasher);
+    meta.annotations.hash(&mut hasher);
     meta.deletion_timestamp
         .as_ref()
         .map(|t| t.0.as_second())
@@ -181,7 +186,7 @@ mod tests {
     }
 
     #[test]
-    fn only_the_spec_and_the_deletion_start_a_pass() {
+    fn only_the_spec_the_users_metadata_and_the_deletion_start_a_pass() {
         let base = sub(3);
         let mut status_written = base.clone();
         status_written.metadata.resource_version = Some("8".to_owned());
@@ -198,5 +203,13 @@ mod tests {
                 k8s_openapi::jiff::Timestamp::from_second(1_790_000_000).expect("time"),
             ));
         assert_ne!(pass_trigger(&base), pass_trigger(&deleted), "a deletion");
+        let mut annotated = base.clone();
+        annotated.metadata.annotations =
+            Some([("example.com/reconcile".to_owned(), "now".to_owned())].into());
+        assert_ne!(
+            pass_trigger(&base),
+            pass_trigger(&annotated),
+            "an annotation (the user's way to ask for a pass)"
+        );
     }
 }

@@ -192,7 +192,7 @@ fn drain_gauges_are_cleared_once_nothing_is_left() {
             ..DrainStatus::default()
         }],
     };
-    metrics.drains("acme", "wa", &draining);
+    metrics.drains("acme", "wa", draining.counts());
     metrics.drains_cleared("acme", "ig");
     let text = metrics.render();
     assert!(

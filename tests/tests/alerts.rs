@@ -178,7 +178,7 @@ fn operator_metrics() -> Result<BTreeSet<String>> {
     metrics.drains(
         "acme",
         "wa",
-        &metahook_operator::controller::drain::Drains::default(),
+        metahook_operator::metrics::DrainCounts::default(),
     );
     metrics.drain_finished("acme", "wa", "drained");
     metrics.record_conditions(

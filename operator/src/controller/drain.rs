@@ -29,6 +29,7 @@ use super::Context;
 use super::api::publish;
 use crate::crd::{DrainStatus, WebhookSubscription};
 use crate::error::Error;
+use crate::metrics::DrainCounts;
 use crate::resources::drain::{DRAIN_LABEL, drain_job};
 use crate::resources::workload::claim_ordinal;
 use crate::resources::{Inputs, SUBSCRIPTION_LABEL};
@@ -64,6 +65,16 @@ impl Drains {
     /// Events left in the draining claims, as their Jobs last reported.
     pub fn events_left(&self) -> i64 {
         self.claims.iter().filter_map(|c| c.events_left).sum()
+    }
+
+    /// What the metrics report of them.
+    pub fn counts(&self) -> DrainCounts {
+        DrainCounts {
+            draining: self.draining(),
+            stalled: self.stalled(),
+            kept: self.kept(),
+            events_left: self.events_left(),
+        }
     }
 }
 
@@ -353,7 +364,7 @@ pub(super) async fn step(
         }
         drains.claims.push(status);
     }
-    ctx.metrics.drains(namespace, name, &drains);
+    ctx.metrics.drains(namespace, name, drains.counts());
     Ok(drains)
 }
 
