@@ -191,22 +191,37 @@ where
         return Ok(());
     };
     let what = claim.describe();
+    if delete_under_uid(api, &claim.name, uid, &what).await? {
+        tracing::info!(object = %what, "deleted an object the subscription no longer wants");
+    }
+    Ok(())
+}
+
+/// Deletes `name` (`what` in messages) in the background, under `uid`: an object made again
+/// under the same name since it was read (409) is left alone, one already gone (404) is
+/// fine. True when this call deleted it.
+pub(super) async fn delete_under_uid<K>(
+    api: &Api<K>,
+    name: &str,
+    uid: &str,
+    what: &str,
+) -> Result<bool, Error>
+where
+    K: Resource + DeserializeOwned + Clone + Debug,
+{
     let params = DeleteParams {
         preconditions: Some(Preconditions {
-            uid: Some(uid.clone()),
+            uid: Some(uid.to_owned()),
             resource_version: None,
         }),
         ..DeleteParams::background()
     };
-    match api.delete(&claim.name, &params).await {
-        Ok(_) => {
-            tracing::info!(object = %what, "deleted an object the subscription no longer wants");
-            Ok(())
-        }
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
         Err(kube::Error::Api(status)) if status.code == 409 => {
             tracing::info!(object = %what, "not deleting: the object was made again under the same name since it was read");
-            Ok(())
+            Ok(false)
         }
         Err(e) => Err(Error::kube(format!("delete {what}"), e)),
     }

@@ -35,8 +35,13 @@ pub struct Children {
     pub endpoint: Option<String>,
     /// The spool, the drains and the migration, for `status.spool`.
     pub spool: SpoolStatus,
+}
+
+impl Children {
     /// False while a migration or a drain is under way: the pass comes back sooner.
-    pub settled: bool,
+    pub fn settled(&self) -> bool {
+        self.spool.migration.is_none() && self.spool.claims_draining == 0
+    }
 }
 
 /// Applies the ConfigMap and every wanted child, deletes the unwanted ones the
@@ -81,17 +86,11 @@ pub(super) async fn step(
     let deployment_runs = ours(&claims.deployment.holder);
     // The StatefulSet's replicas whose claims are in use; the others' are drained.
     let mut live_replicas = 0;
-    let mut settled = true;
-    let children = if sidecar {
+    let (receiver, endpoint) = if sidecar {
         delete_claimed(&deployments, &claims.deployment).await?;
         delete_claimed(&stateful_sets, &claims.stateful_set).await?;
         delete_claimed(&services, &claims.service).await?;
-        Children {
-            receiver: ReceiverState::Sidecar,
-            endpoint: None,
-            spool: SpoolStatus::default(),
-            settled: true,
-        }
+        (ReceiverState::Sidecar, None)
     } else {
         let workload = resources::workload::workload(
             inputs,
@@ -195,9 +194,6 @@ pub(super) async fn step(
                 (claims.stateful_set.kind, replicas, ready, previous_runs)
             }
         };
-        if spool.migration.is_some() {
-            settled = false;
-        }
         apply_claimed(
             ctx,
             sub,
@@ -206,29 +202,26 @@ pub(super) async fn step(
             &resources::service::service(inputs, !previous_runs)?,
         )
         .await?;
-        Children {
-            receiver: ReceiverState::Workload {
+        (
+            ReceiverState::Workload {
                 kind,
                 replicas: replicas.unwrap_or(sub.spec.receiver.replicas),
                 ready_replicas,
             },
-            endpoint: Some(resources::service::endpoint_url(inputs)),
-            spool: SpoolStatus::default(),
-            settled: true,
-        }
+            Some(resources::service::endpoint_url(inputs)),
+        )
     };
-    let mut children = children;
     // The claims of removed replicas (all of them, when no StatefulSet is wanted).
     let drains = drain::step(ctx, sub, inputs, &config_hash, live_replicas, (ctx.clock)()).await?;
     spool.claims_draining = drains.draining();
     spool.claims_kept = drains.kept();
     spool.events_left = drains.events_left();
-    if drains.draining() > 0 {
-        settled = false;
-    }
     spool.drains = drains.claims;
-    children.spool = spool;
-    children.settled = settled;
+    let children = Children {
+        receiver,
+        endpoint,
+        spool,
+    };
     match resources::ingress::ingress(inputs)? {
         Some(ingress) if !sidecar => {
             apply_claimed(ctx, sub, &ingresses, &claims.ingress, &ingress).await?;

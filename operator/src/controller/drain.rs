@@ -20,13 +20,13 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
+use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::events::EventType;
 use serde::Deserialize;
 use time::OffsetDateTime;
 
 use super::Context;
-use super::api::publish;
+use super::api::{delete_under_uid, publish};
 use crate::crd::{DrainStatus, WebhookSubscription};
 use crate::error::Error;
 use crate::metrics::DrainCounts;
@@ -389,23 +389,16 @@ fn controlled_by(job: &Job, sub_uid: &str) -> bool {
         .any(|owner| owner.controller == Some(true) && owner.uid == sub_uid)
 }
 
-fn under_uid(uid: Option<String>) -> DeleteParams {
-    DeleteParams {
-        preconditions: Some(Preconditions {
-            uid,
-            resource_version: None,
-        }),
-        ..DeleteParams::background()
-    }
-}
-
 async fn delete_job(api: &Api<Job>, job: &Job) -> Result<(), Error> {
     let name = job.name_any();
-    match api.delete(&name, &under_uid(job.uid())).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),
-        Err(e) => Err(Error::kube(format!("delete Job {name}"), e)),
-    }
+    delete_under_uid(
+        api,
+        &name,
+        &job.uid().unwrap_or_default(),
+        &format!("Job {name}"),
+    )
+    .await?;
+    Ok(())
 }
 
 async fn delete_claim(
@@ -413,15 +406,9 @@ async fn delete_claim(
     claim: &PersistentVolumeClaim,
 ) -> Result<(), Error> {
     let name = claim.name_any();
-    match api.delete(&name, &under_uid(claim.uid())).await {
-        Ok(_) => {
-            tracing::info!(claim = %name, "deleted a drained claim of a removed replica");
-            Ok(())
-        }
-        Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),
-        Err(e) => Err(Error::kube(
-            format!("delete PersistentVolumeClaim {name}"),
-            e,
-        )),
+    let what = format!("PersistentVolumeClaim {name}");
+    if delete_under_uid(api, &name, &claim.uid().unwrap_or_default(), &what).await? {
+        tracing::info!(claim = %name, "deleted a drained claim of a removed replica");
     }
+    Ok(())
 }

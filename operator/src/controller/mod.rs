@@ -396,12 +396,12 @@ async fn pass(
         secrets_digest,
     )?;
     let children = Box::pin(children::step(ctx, sub, &inputs, &claims)).await?;
+    if !children.settled() {
+        requeue = requeue.min(UNSETTLED_RETRY);
+    }
     observed.receiver = children.receiver;
     observed.endpoint = children.endpoint;
     observed.spool = Some(children.spool);
-    if !children.settled {
-        requeue = requeue.min(UNSETTLED_RETRY);
-    }
 
     // 5. Registration with the Graph API.
     observed.registration = registration::step(ctx, sub, &observed, &resolved.data, now).await?;

@@ -18,7 +18,7 @@ use metahook_tests::cluster::wait_for;
 use serde_json::{Value, json};
 
 use super::scene::{Scene, scene, spec};
-use super::{WAIT, assert_clean_log, condition, passes};
+use super::{WAIT, assert_clean_log, condition, poke_with};
 
 /// The subscription's workload, whichever kind it is, read as JSON.
 struct Workload {
@@ -112,30 +112,6 @@ async fn observed(scene: &Scene, name: &str, generation: i64) -> Result<WebhookS
         },
     )
     .await
-}
-
-/// `count` more passes over `sub` (an annotation change each), waiting for each.
-async fn poke(scene: &Scene, sub: &WebhookSubscription, count: usize) -> Result<()> {
-    let api = scene.api::<WebhookSubscription>();
-    for round in 0..count {
-        let before = passes(&scene.operator, sub);
-        let patch = json!({"metadata": {"annotations": {"e2e.metahook.io/poke": format!("hpa-{round}-{before}")}}});
-        api.patch(
-            &sub.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-        .context("annotating the subscription")?;
-        wait_for(
-            &format!("another pass over {} (after {before})", sub.name_any()),
-            WAIT,
-            Some(&scene.operator),
-            || async { Ok((passes(&scene.operator, sub) > before).then_some(())) },
-        )
-        .await?;
-    }
-    Ok(())
 }
 
 /// The subscription's `spec.receiver` replaced by a merge patch of `receiver`.
@@ -295,7 +271,7 @@ async fn the_autoscaler_owns_the_count_and_the_operator_never_fights_it() -> Res
         workload.kind,
         scene.operator.log()
     );
-    poke(&scene, &sub, 2).await?;
+    poke_with(&scene.client, &scene.operator, &sub, 2).await?;
     ensure!(
         workload.replicas().await? == (3, generation),
         "two passes later: {:?}",
@@ -316,7 +292,7 @@ async fn the_autoscaler_owns_the_count_and_the_operator_never_fights_it() -> Res
         )
         .await
         .context("scaling through /scale as the autoscaler")?;
-    poke(&scene, &sub, 2).await?;
+    poke_with(&scene.client, &scene.operator, &sub, 2).await?;
     let (replicas, _) = workload.replicas().await?;
     ensure!(replicas == 4, "two passes later: {replicas} replicas");
     let current = scene.api::<WebhookSubscription>().get("hooks").await?;
@@ -347,7 +323,7 @@ async fn the_autoscaler_owns_the_count_and_the_operator_never_fights_it() -> Res
     workload
         .replicas_become(&scene, 2, "receiver.replicas again")
         .await?;
-    poke(&scene, &sub, 2).await?;
+    poke_with(&scene.client, &scene.operator, &sub, 2).await?;
     let (replicas, _) = workload.replicas().await?;
     ensure!(replicas == 2, "two passes later: {replicas} replicas");
     let managers = workload.replicas_managers().await?;

@@ -673,10 +673,20 @@ fn passes(operator: &Operator, sub: &WebhookSubscription) -> usize {
 /// Makes the operator reconcile `sub` `count` more times (an annotation change each time
 /// triggers a pass), waiting for each.
 async fn poke(world: &World, sub: &WebhookSubscription, count: usize) -> Result<()> {
+    poke_with(&world.client, &world.operator, sub, count).await
+}
+
+/// [`poke`] for a test with a client and an operator of its own (a [`scene::Scene`]).
+async fn poke_with(
+    client: &Client,
+    operator: &Operator,
+    sub: &WebhookSubscription,
+    count: usize,
+) -> Result<()> {
     let namespace = sub.namespace().context("namespace")?;
-    let api: Api<WebhookSubscription> = Api::namespaced(world.client.clone(), &namespace);
+    let api: Api<WebhookSubscription> = Api::namespaced(client.clone(), &namespace);
     for round in 0..count {
-        let before = passes(&world.operator, sub);
+        let before = passes(operator, sub);
         let patch = json!({"metadata": {"annotations": {"e2e.metahook.io/poke": format!("{round}-{before}")}}});
         api.patch(
             &sub.name_any(),
@@ -688,8 +698,8 @@ async fn poke(world: &World, sub: &WebhookSubscription, count: usize) -> Result<
         wait_for(
             &format!("another pass over {} (after {before})", sub.name_any()),
             WAIT,
-            Some(&world.operator),
-            || async { Ok((passes(&world.operator, sub) > before).then_some(())) },
+            Some(operator),
+            || async { Ok((passes(operator, sub) > before).then_some(())) },
         )
         .await?;
     }
