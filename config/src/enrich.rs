@@ -44,6 +44,11 @@ pub struct LeadAdsConfig {
     /// false (the webhook carries `ad_id` anyway).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ad_fields: bool,
+    /// Leads fetched at once (1–256), off the normalization stage's thread: other requests
+    /// are normalized and delivered meanwhile; with this many leads waiting, the stage
+    /// waits for the first to finish. Default 16.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
     /// A Page access token (with leads_retrieval) per Page whose leads are fetched.
     pub page_tokens: Vec<PageTokenConfig>,
 }
@@ -91,6 +96,9 @@ fn default_timeout() -> Duration {
 fn default_max_attempts() -> u32 {
     3
 }
+fn default_concurrency() -> usize {
+    16
+}
 fn default_retry_backoff() -> Duration {
     Duration::from_millis(500)
 }
@@ -105,6 +113,7 @@ impl LeadAdsConfig {
             max_attempts: default_max_attempts(),
             retry_backoff: default_retry_backoff(),
             ad_fields: false,
+            concurrency: default_concurrency(),
             page_tokens,
         }
     }
@@ -167,6 +176,9 @@ impl EnrichmentConfig {
         }
         if !(1..=10).contains(&lead_ads.max_attempts) {
             return Err(invalid(key("max_attempts"), "must be between 1 and 10"));
+        }
+        if !(1..=256).contains(&lead_ads.concurrency) {
+            return Err(invalid(key("concurrency"), "must be between 1 and 256"));
         }
         if lead_ads.page_tokens.is_empty() {
             return Err(invalid(
@@ -262,6 +274,14 @@ mod tests {
             (
                 "lead_ads:\n  page_tokens:\n    - {page_id: '1'}\n",
                 "enrichment.lead_ads.page_tokens[0].token_file",
+            ),
+            (
+                "lead_ads:\n  concurrency: 0\n  page_tokens:\n    - {page_id: '1', token_env: T}\n",
+                "enrichment.lead_ads.concurrency",
+            ),
+            (
+                "lead_ads:\n  concurrency: 257\n  page_tokens:\n    - {page_id: '1', token_env: T}\n",
+                "enrichment.lead_ads.concurrency",
             ),
             (
                 "lead_ads:\n  page_tokens:\n    - {page_id: '1', token_env: T, token_file: /x}\n",

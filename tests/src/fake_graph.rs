@@ -185,6 +185,11 @@ pub struct State {
     pub ads_management: bool,
     /// Tokens that expired: any call with one is refused with code 190, subcode 463.
     pub expired_tokens: Vec<String>,
+    /// While set and false, lead reads (`GET /{leadgen-id}`) wait: a slow Graph API
+    /// ([`FakeGraph::hold_leads`]).
+    pub lead_gate: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Lead reads waiting at the gate now.
+    pub leads_held: usize,
     /// Headers of every answer that is not a fault (e.g. Meta's `X-App-Usage`).
     pub usage_headers: Vec<(String, String)>,
     /// The fake's own base URL (for `paging.next`).
@@ -289,6 +294,19 @@ impl FakeGraph {
             s.node_tokens.insert(id.to_owned(), token.to_owned());
             s.instagram_users.push(id.to_owned());
         });
+    }
+
+    /// Makes lead reads wait until the gate is released (a slow Graph API); the gate
+    /// releases them when dropped too.
+    pub fn hold_leads(&self) -> LeadGate {
+        let (open, gate) = tokio::sync::watch::channel(false);
+        self.with(|s| s.lead_gate = Some(gate));
+        LeadGate { open }
+    }
+
+    /// Lead reads waiting at the gate now.
+    pub fn leads_held(&self) -> usize {
+        self.with(|s| s.leads_held)
     }
 
     /// Reads or changes the state.
@@ -451,6 +469,50 @@ async fn answer(
     response
         .body(Full::new(Bytes::from(reply.to_string())))
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+/// Holds lead reads while [`FakeGraph::hold_leads`]'s gate is closed.
+#[derive(Debug)]
+pub struct LeadGate {
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl LeadGate {
+    /// Lets the waiting and later lead reads through.
+    pub fn release(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+impl Drop for LeadGate {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Waits while the lead gate is closed, counted in `leads_held`.
+async fn held_at_the_gate(state: &Arc<Mutex<State>>) {
+    let gate = state
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .lead_gate
+        .clone();
+    let Some(mut gate) = gate else {
+        return;
+    };
+    if *gate.borrow() {
+        return;
+    }
+    state
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .leads_held += 1;
+    // A dropped gate (its sender gone) lets the read through as well.
+    let _ = gate.wait_for(|open| *open).await;
+    state
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .leads_held -= 1;
 }
 
 /// One page of a list, as Meta answers it: `data`, and `paging` with cursors and a `next`
@@ -647,7 +709,10 @@ async fn route(
             }
             phone_number(state, method, id, params, json_body).await
         }
-        [id] if *method == Method::GET => lead(state, id, token, params),
+        [id] if *method == Method::GET => {
+            held_at_the_gate(state).await;
+            lead(state, id, token, params)
+        }
         _ => (
             400,
             meta_error("Unknown path components", "OAuthException", 2500, None),

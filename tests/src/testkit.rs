@@ -242,7 +242,8 @@ impl TestReceiver {
     /// Every event stored before this call, once nothing is left in flight: posts a marker
     /// (a WhatsApp text message with a fresh id, after every request the test made) and
     /// waits until the file sink holds it. Normalization and the file sink keep the order of
-    /// acceptance, so what precedes the marker is all that earlier requests produced.
+    /// acceptance, so what precedes the marker is all that earlier requests produced (but
+    /// a lead being enriched, which follows the requests behind it).
     pub async fn settled_events(&self, timeout: Duration) -> Result<Vec<serde_json::Value>> {
         static MARKERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let id = format!(

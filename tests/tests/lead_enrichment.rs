@@ -428,3 +428,83 @@ async fn a_throttled_lead_is_retried_within_the_bound_then_delivered_with_its_ou
     assert_eq!(count(&metrics, "failed"), 1.0);
     assert_eq!(count(&metrics, "enriched"), 1.0);
 }
+
+/// A slow Graph API holds back only its lead: requests to another endpoint, accepted after
+/// the lead, are normalized and reach the sink while the lead's read waits; the lead
+/// follows with its answers once the Graph API answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_graph_api_holds_back_only_its_lead_while_other_endpoints_deliver() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (graph, _, _) = setup(&dir).await;
+    let mut enrichment = enrichment(&graph, dir.path().join("page-111"), 1);
+    if let Some(lead_ads) = enrichment.lead_ads.as_mut() {
+        lead_ads.timeout = Duration::from_secs(120);
+    }
+    let gate = graph.hold_leads();
+    let receiver = metahook_tests::testkit::TestReceiver::start_with(|config, _| {
+        config.enrichment = Some(enrichment);
+        let mut whatsapp = config.endpoints[0].clone();
+        whatsapp.name = "whatsapp".into();
+        whatsapp.path = "/webhooks/whatsapp".into();
+        config.endpoints.push(whatsapp);
+    })
+    .await
+    .expect("receiver");
+    let lead = json!({"object": "page", "entry": [{"id": PAGE, "time": 1_790_000_000, "changes": [
+        {"field": "leadgen", "value": {"leadgen_id": "L1", "page_id": PAGE, "form_id": "777",
+         "created_time": 1_790_000_000}}
+    ]}]})
+    .to_string();
+    let reply = receiver.post(lead.as_bytes()).await.expect("post lead");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let held = || async { Ok(graph.leads_held() == 1) };
+    metahook_tests::testkit::wait_until(
+        "the lead's read waits at the Graph API",
+        Duration::from_secs(20),
+        held,
+    )
+    .await
+    .expect("the lead is being read");
+
+    let message = |id: &str| {
+        json!({"object": "whatsapp_business_account", "entry": [{"id": "WABA", "changes": [
+            {"field": "messages", "value": {"messaging_product": "whatsapp",
+             "metadata": {"display_phone_number": "15550001111", "phone_number_id": "PN"},
+             "messages": [{"from": "15551234567", "id": id, "timestamp": "1790000000",
+                           "type": "text", "text": {"body": "hello"}}]}}
+        ]}]})
+        .to_string()
+    };
+    for id in ["wamid.A", "wamid.B", "wamid.C"] {
+        let body = message(id);
+        let signature = metahook_receiver::verify::sign(SECRET, body.as_bytes());
+        let reply = receiver
+            .post_with(
+                "/webhooks/whatsapp",
+                &[("x-hub-signature-256", signature.as_str())],
+                body.as_bytes(),
+            )
+            .await
+            .expect("post message");
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    let delivered = receiver
+        .wait_for_events(3, Duration::from_secs(20))
+        .await
+        .expect("the other endpoint's events are delivered while the lead waits");
+    assert!(
+        delivered.iter().all(|e| e["endpoint"] == "whatsapp"),
+        "only the messages, the lead still waits: {delivered:?}"
+    );
+    assert_eq!(graph.leads_held(), 1, "the lead is still at the Graph API");
+
+    gate.release();
+    let events = receiver
+        .wait_for_events(4, Duration::from_secs(20))
+        .await
+        .expect("the lead follows");
+    let lead = &events[3];
+    assert_eq!(lead["kind"], "lead", "{events:?}");
+    assert_eq!(lead["lead"]["enrichment"]["outcome"], "ok", "{lead}");
+    assert_eq!(lead["lead"]["field_data"][0]["name"], "email", "{lead}");
+}

@@ -75,6 +75,8 @@ pub struct LeadAds {
     app_secrets: BTreeMap<String, SecretSource>,
     max_attempts: u32,
     backoff: ExponentialBackoff,
+    /// Leads fetched at once (`concurrency`).
+    concurrency: usize,
     /// The `fields` of each request.
     fields: String,
 }
@@ -163,6 +165,7 @@ impl LeadAds {
             tokens,
             app_secrets,
             max_attempts: config.max_attempts,
+            concurrency: config.concurrency,
             fields: if config.ad_fields {
                 format!("{FIELDS},{AD_FIELDS}")
             } else {
@@ -170,6 +173,11 @@ impl LeadAds {
             },
             backoff,
         })
+    }
+
+    /// Leads fetched at once, off the normalization stage's thread.
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
     }
 
     /// Adds the lead's answers (and the ids the webhook lacked) to a `leadgen` event.

@@ -27,12 +27,33 @@ fn mark(event: &mut Event, outcome: EnrichmentOutcome, reason: Option<String>) {
 }
 use crate::metrics::Metrics;
 
-/// The normalization stage's hook (crate::normalizer): every record's events pass here
-/// after normalization and before they are appended for the sinks.
+/// The normalization stage's hook (crate::normalizer): the records whose events it wants
+/// pass here after normalization, off the stage's thread, before they are appended for
+/// the sinks.
 impl crate::normalizer::Enrich for Enricher {
+    fn wants(&self, events: &[Event]) -> bool {
+        self.lead_ads.is_some() && events.iter().any(is_lead)
+    }
+
     fn enrich<'a>(&'a self, events: &'a mut [Event]) -> crate::normalizer::BoxFuture<'a, ()> {
         Box::pin(Enricher::enrich(self, events))
     }
+
+    fn give_up(&self, events: &mut [Event], reason: &str) {
+        for event in events.iter_mut().filter(|e| is_lead(e)) {
+            mark(event, EnrichmentOutcome::Failed, Some(reason.to_owned()));
+            self.total.with_label_values(&["failed"]).inc();
+        }
+    }
+
+    fn concurrency(&self) -> usize {
+        self.lead_ads.as_ref().map_or(1, LeadAds::concurrency)
+    }
+}
+
+/// A Lead Ads event (the only kind an enricher completes today).
+fn is_lead(event: &Event) -> bool {
+    event.kind == Kind::Lead && event.lead.is_some()
 }
 
 /// Every `result` of `metahook_enrichment_total`, so each series exists from the start.
@@ -99,9 +120,7 @@ impl Enricher {
         let Some(lead_ads) = &self.lead_ads else {
             return;
         };
-        let leads = events
-            .iter_mut()
-            .filter(|event| event.kind == Kind::Lead && event.lead.is_some());
+        let leads = events.iter_mut().filter(|event| is_lead(event));
         let work = leads.map(|event| async move {
             if event
                 .lead

@@ -595,6 +595,12 @@ impl Spool {
         self.shared.poisoned.load(Ordering::SeqCst)
     }
 
+    /// Where its consumers' cursors are (`cursors/`): a consumer may keep its own state
+    /// there (the normalization stage's deferred requests).
+    pub fn cursor_dir(&self) -> &Path {
+        &self.shared.cursor_dir
+    }
+
     /// This log's name in logs and metrics: `intake` or `events`.
     pub fn name(&self) -> &'static str {
         self.shared.name

@@ -13,7 +13,10 @@
 //!
 //! Each event-log record carries, in its 16-byte key, the intake seq of the request it
 //! came from ([`source_key`]): the newest one tells, after a restart, which requests are
-//! already normalized, so none is normalized into the event log twice.
+//! already normalized, so none is normalized into the event log twice. The events of a
+//! request whose enrichment finished after later requests were appended carry instead
+//! [`late_key`] with the newest request appended by then ([`normalized_through`] reads
+//! both): they never move that mark back.
 
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -23,6 +26,9 @@ use super::segment::Key;
 /// Marks an event-log key as [`source_key`] (an older receiver stored the request's HMAC
 /// there: 8 bytes of it equal to this by chance is a 2^-64 event).
 const SOURCE_MARK: [u8; 8] = *b"mh-src\x00\x01";
+
+/// Marks an event-log key as [`late_key`].
+const LATE_MARK: [u8; 8] = *b"mh-late\x01";
 
 /// A stored request, borrowed from an intake record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +117,24 @@ pub fn source_of(key: &Key) -> Option<u64> {
     (mark == SOURCE_MARK).then(|| u64::from_le_bytes(seq.try_into().unwrap_or_default()))
 }
 
+/// The event-log key of events appended after their request's turn (enriched off the
+/// normalization stage's thread), when the newest request already in the event log is
+/// `normalized_through`.
+pub fn late_key(normalized_through: u64) -> Key {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&normalized_through.to_le_bytes());
+    key[8..].copy_from_slice(&LATE_MARK);
+    key
+}
+
+/// The newest intake seq normalized into the event log when the record keyed `key` was
+/// appended: its own ([`source_key`]) or the one a [`late_key`] names.
+pub fn normalized_through(key: &Key) -> Option<u64> {
+    let (seq, mark) = key.split_at(8);
+    (mark == SOURCE_MARK || mark == LATE_MARK)
+        .then(|| u64::from_le_bytes(seq.try_into().unwrap_or_default()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,5 +164,13 @@ mod tests {
     fn source_keys_name_their_record_and_not_an_hmac() {
         assert_eq!(source_of(&source_key(42)), Some(42));
         assert_eq!(source_of(&[7; 16]), None);
+        assert_eq!(
+            source_of(&late_key(42)),
+            None,
+            "a late record is not its request's"
+        );
+        assert_eq!(normalized_through(&late_key(42)), Some(42));
+        assert_eq!(normalized_through(&source_key(42)), Some(42));
+        assert_eq!(normalized_through(&[7; 16]), None);
     }
 }

@@ -2,11 +2,11 @@
 //! request, written before the 200) and the event log the sinks read.
 //!
 //! One thread reads intake records in seq order, normalizes each once (for every sink),
-//! lets the [`Enrich`] hook complete the events, serializes them, and appends them to the
-//! event log, each record's events in one append keyed by the record's intake seq
-//! ([`record::source_key`]). Appends are batched: one write and one fdatasync per batch,
-//! off the 200 path. Normalization is a pure function of the record (body, endpoint,
-//! received time), so what this stage does can be done again:
+//! serializes the events, and appends them to the event log, each record's events in one
+//! append keyed by the record's intake seq ([`record::source_key`]). Appends are batched:
+//! one write and one fdatasync per batch, off the 200 path. Normalization is a pure
+//! function of the record (body, endpoint, received time), so what this stage does can be
+//! done again:
 //!
 //! - **Exactly once in the event log.** The newest event-log record names the newest
 //!   normalized intake record; it and the events it covers are made durable by the same
@@ -16,15 +16,25 @@
 //! - **Nothing dropped.** A body that passed the 200's checks always normalizes; should a
 //!   stored record still fail (a body stored under other rules, a fault in this receiver),
 //!   it becomes one `kind: unknown` event with the error ([`normalize::unreadable`]).
+//! - **Enrichment never blocks the stage.** A record whose events the [`Enrich`] hook
+//!   wants (a lead, completed from the Graph API) is enriched on the async runtime, up to
+//!   [`Enrich::concurrency`] records at once, while the stage goes on with the records
+//!   behind it; its events are appended when the hook is done ([`deferred`] says how that
+//!   stays exactly-once across a crash). So events are appended in intake order except a
+//!   deferred record's, which come after the records that arrived behind it. Only when
+//!   `concurrency` records wait at once does the stage wait, for the first to finish.
 //!
 //! The intake cursor (`intake/cursors/normalizer.cursor`) is committed about once a second
-//! and when idle; it only lets the intake log delete normalized segments.
+//! and when idle, never past a record still being enriched; it only lets the intake log
+//! delete normalized segments.
 //!
 //! The thread runs at a lower CPU priority than the request handlers ([`crate::priority`]):
 //! under a burst the 200s go first and normalization catches up after, with the requests
 //! durable in the intake meanwhile (`spool.max_bytes` bounds both logs together).
 
-use std::collections::HashMap;
+mod deferred;
+
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -36,6 +46,7 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
+use self::deferred::{Deferred, Finished};
 use crate::config::EndpointConfig;
 use crate::event::{Event, Kind};
 use crate::metrics::Metrics;
@@ -62,15 +73,22 @@ const RETRY_AFTER: Duration = Duration::from_millis(100);
 /// A boxed future, for the object-safe [`Enrich`] hook.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// The hook every record's events pass through after normalization and before they are
-/// appended for the sinks (e.g. completing Lead Ads events from the Graph API). It may
-/// change the events in place; it runs on the async runtime, one record at a time, in
-/// intake order, so it delays delivery but never the 200. It must be deterministic
-/// enough for a crash: events enriched but not yet appended are normalized and enriched
-/// again after a restart.
+/// The hook a record's events pass through after normalization and before they are
+/// appended for the sinks (e.g. completing Lead Ads events from the Graph API). It runs
+/// on the async runtime, off the stage's thread, for the records it [`Enrich::wants`],
+/// so it delays their delivery but never the 200 nor other records. It must be
+/// deterministic enough for a crash: a record enriched but not yet appended is
+/// normalized and enriched again after a restart.
 pub trait Enrich: Send + Sync + fmt::Debug + 'static {
-    /// Completes `events` (one request's) in place.
+    /// Whether `events` (one request's) need the hook; others are appended as normalized.
+    fn wants(&self, events: &[Event]) -> bool;
+    /// Completes `events` (one request's) in place. Never fails: what cannot be completed
+    /// is marked on the event.
     fn enrich<'a>(&'a self, events: &'a mut [Event]) -> BoxFuture<'a, ()>;
+    /// Marks `events` as not enriched, for `reason` (the hook panicked).
+    fn give_up(&self, events: &mut [Event], reason: &str);
+    /// How many records may be enriched at once (at least 1).
+    fn concurrency(&self) -> usize;
 }
 
 /// The stage's parts; [`Normalizer::start`] runs it.
@@ -90,6 +108,14 @@ pub struct Normalizer {
     pub enricher: Option<Arc<dyn Enrich>>,
 }
 
+/// What a record of a batch became.
+enum Outcome {
+    /// Its events, to append now.
+    Ready(Normalized),
+    /// Being enriched (or already was, by an earlier read of the same batch).
+    Deferred,
+}
+
 impl Normalizer {
     /// The objects of every configured endpoint.
     pub fn objects_of(endpoints: &[EndpointConfig]) -> HashMap<String, Option<Vec<String>>> {
@@ -103,9 +129,11 @@ impl Normalizer {
     /// accepted by then is in the event log (or the event log fails).
     pub fn start(self, stop: watch::Receiver<bool>) -> std::io::Result<JoinHandle<()>> {
         let runtime = Handle::current();
+        let limit = self.enricher.as_ref().map_or(1, |e| e.concurrency());
+        let (deferred, listed) = Deferred::open(self.intake.cursor_dir(), limit)?;
         std::thread::Builder::new()
             .name("normalizer".into())
-            .spawn(move || self.run(&runtime, stop))
+            .spawn(move || self.run(&runtime, stop, deferred, &listed))
     }
 
     /// The newest intake seq already in the event log.
@@ -115,7 +143,7 @@ impl Normalizer {
         let newest = self
             .events
             .recovered_tail()
-            .and_then(|(_, key)| record::source_of(&key));
+            .and_then(|(_, key)| record::normalized_through(&key));
         match newest {
             Some(seq) if seq > head => {
                 tracing::error!(
@@ -130,21 +158,35 @@ impl Normalizer {
         }
     }
 
-    fn run(self, runtime: &Handle, mut stop: watch::Receiver<bool>) {
+    fn run(
+        self,
+        runtime: &Handle,
+        mut stop: watch::Receiver<bool>,
+        mut deferred: Deferred,
+        listed: &BTreeSet<u64>,
+    ) {
         priority::lower_this_thread();
         let mut head = self.intake.subscribe();
         let mut watermark = self.watermark();
         let mut committed = self.intake.cursor(CONSUMER).map_or(0, |c| c.seq);
         let mut last_commit = Instant::now();
         let mut reported = watermark;
+        // Deferred records that finished, waiting for the next append.
+        let mut finished: Vec<Finished> = Vec::new();
         if watermark > committed {
-            self.complete_tail(runtime);
+            self.complete_tail();
         }
-        tracing::info!(after = watermark, "normalization stage started");
+        self.resume_deferred(listed, committed, watermark, &mut deferred, runtime);
+        tracing::info!(
+            after = watermark,
+            enriching = listed.len(),
+            "normalization stage started"
+        );
         loop {
             // Read before the records: stop is set only once every request was answered, so
             // if it was set before this read, the read sees every accepted request.
             let stopping = *stop.borrow();
+            finished.extend(deferred.finished());
             let records = match self.intake.read_within(watermark, BATCH, BATCH_BYTES) {
                 Ok(records) => records,
                 Err(err) => {
@@ -156,43 +198,70 @@ impl Normalizer {
             // For the gauges: what waits for normalization, and since when.
             self.intake.set_progress(
                 CONSUMER,
-                watermark,
+                deferred.position(watermark),
                 records.first().map(|r| r.received_millis),
             );
-            let Some(last) = records.last().map(|r| r.seq) else {
-                if committed < watermark {
-                    self.commit(watermark);
-                    committed = watermark;
+            let last = records.last().map(|r| r.seq);
+            if last.is_none() && finished.is_empty() {
+                let position = deferred.position(watermark);
+                if committed < position {
+                    self.commit(position);
+                    committed = position;
                 }
-                if stopping {
+                if stopping && deferred.is_empty() {
                     return;
                 }
+                let mut arrived = None;
                 wait_for(
                     async {
                         tokio::select! {
                             _ = head.changed() => {}
                             _ = stop.changed() => {}
+                            one = deferred.next_finished() => arrived = one,
                         }
                     },
                     COMMIT_EVERY,
                 );
+                finished.extend(arrived);
                 continue;
-            };
-            let mut normalized: Vec<Normalized> =
-                records.iter().map(|r| self.normalize(r, runtime)).collect();
+            }
+            let mut outcomes = Vec::with_capacity(records.len());
+            for stored in &records {
+                let seen = stored.seq <= reported;
+                outcomes.push(self.take(stored, seen, &mut deferred, &mut finished, runtime));
+            }
             drop(records);
             // Counted before the append, so a metric never lags an event a sink already
             // delivered; a batch retried after a failed append is not counted again.
-            for normalized in normalized.iter().filter(|n| n.seq > reported) {
+            for normalized in outcomes.iter().filter_map(|o| match o {
+                Outcome::Ready(n) if n.seq > reported => Some(n),
+                _ => None,
+            }) {
                 self.report(normalized);
             }
-            reported = reported.max(last);
-            let batch: Vec<(Key, Vec<Vec<u8>>)> = normalized
+            if let Some(last) = last {
+                reported = reported.max(last);
+            }
+            // Every record deferred behind this append is in the file before it.
+            if let Err(err) = deferred.persist() {
+                tracing::error!(error = %err, "cannot write the normalization stage's deferred requests; retrying");
+                std::thread::sleep(RETRY_AFTER);
+                continue;
+            }
+            let late = record::late_key(watermark);
+            let mut batch: Vec<(Key, Vec<Vec<u8>>)> = finished
                 .iter_mut()
-                .map(|n| (record::source_key(n.seq), std::mem::take(&mut n.json)))
+                .map(|f| (late, std::mem::take(&mut f.json)))
                 .collect();
+            batch.extend(outcomes.into_iter().filter_map(|o| match o {
+                Outcome::Ready(n) => Some((record::source_key(n.seq), n.json)),
+                Outcome::Deferred => None,
+            }));
             if let Err(err) = self.events.append_blocking(batch) {
-                tracing::error!(error = %err, records = normalized.len(), "cannot append events to the event log; retrying");
+                tracing::error!(error = %err, "cannot append events to the event log; retrying");
+                // The finished records' events were moved into the failed batch: they are
+                // enriched again (their seqs stay in flight and in the file).
+                self.redo_finished(&mut finished, &mut deferred, runtime);
                 if self.events.is_poisoned() {
                     // Nothing more can be stored until a restart (readiness is false).
                     if *stop.borrow() {
@@ -204,12 +273,117 @@ impl Normalizer {
                 }
                 continue;
             }
-            watermark = last;
+            deferred.appended(finished.drain(..).map(|f| f.seq));
+            if let Err(err) = deferred.persist() {
+                tracing::warn!(error = %err, "cannot rewrite the normalization stage's deferred requests; after a crash those already appended would be enriched and appended again");
+            }
+            if let Some(last) = last {
+                watermark = last;
+            }
             if last_commit.elapsed() >= COMMIT_EVERY {
-                self.commit(watermark);
-                committed = watermark;
+                let position = deferred.position(watermark);
+                self.commit(position);
+                committed = position;
                 last_commit = Instant::now();
             }
+        }
+    }
+
+    /// One record of a batch: normalized, and either ready to append or handed to the
+    /// enricher (waiting for a slot when `concurrency` records are being enriched), then
+    /// reported unless `seen` (a batch read again after a failed append).
+    fn take(
+        &self,
+        stored: &Spooled,
+        seen: bool,
+        deferred: &mut Deferred,
+        finished: &mut Vec<Finished>,
+        runtime: &Handle,
+    ) -> Outcome {
+        if deferred.contains(stored.seq) {
+            return Outcome::Deferred;
+        }
+        let normalized = self.normalize(stored);
+        let Some(enricher) = self
+            .enricher
+            .as_ref()
+            .filter(|e| e.wants(&normalized.events))
+        else {
+            return Outcome::Ready(normalized);
+        };
+        while deferred.is_full() {
+            let mut arrived = None;
+            wait_for(
+                async { arrived = deferred.next_finished().await },
+                COMMIT_EVERY,
+            );
+            finished.extend(arrived);
+        }
+        if !seen {
+            self.report(&normalized);
+        }
+        deferred.defer(normalized.seq, normalized.events, enricher, runtime);
+        Outcome::Deferred
+    }
+
+    /// Enriches again the finished records whose append failed.
+    fn redo_finished(
+        &self,
+        finished: &mut Vec<Finished>,
+        deferred: &mut Deferred,
+        runtime: &Handle,
+    ) {
+        for done in finished.drain(..) {
+            deferred.appended([done.seq]);
+            self.defer_stored(done.seq, deferred, runtime);
+        }
+    }
+
+    /// After a restart: enriches again the records the deferred file lists that are not in
+    /// the event log for sure (the file may also list some that are, appended just before
+    /// a crash: those are appended a second time, see [`deferred`]). Records after
+    /// `watermark` are read as usual; none can be at or before `committed`.
+    fn resume_deferred(
+        &self,
+        listed: &BTreeSet<u64>,
+        committed: u64,
+        watermark: u64,
+        deferred: &mut Deferred,
+        runtime: &Handle,
+    ) {
+        for &seq in listed.range(committed.saturating_add(1)..=watermark) {
+            self.defer_stored(seq, deferred, runtime);
+        }
+        if let Err(err) = deferred.persist() {
+            tracing::warn!(error = %err, "cannot rewrite the normalization stage's deferred requests");
+        }
+    }
+
+    /// Reads intake record `seq` again and defers it (or, if the hook no longer wants it,
+    /// passes its events on as normalized, out of order like a deferred record's).
+    fn defer_stored(&self, seq: u64, deferred: &mut Deferred, runtime: &Handle) {
+        let stored = match self.intake.read_after(seq.saturating_sub(1), 1) {
+            Ok(mut records) if records.first().is_some_and(|r| r.seq == seq) => records.remove(0),
+            Ok(_) => {
+                tracing::error!(
+                    intake_seq = seq,
+                    "a deferred request is no longer in the intake log; its events are lost"
+                );
+                return;
+            }
+            Err(err) => {
+                tracing::error!(intake_seq = seq, error = %err, "cannot read a deferred request from the intake log; its events are lost");
+                return;
+            }
+        };
+        let normalized = self.normalize(&stored);
+        match self
+            .enricher
+            .as_ref()
+            .filter(|e| e.wants(&normalized.events))
+        {
+            Some(enricher) => deferred.defer(seq, normalized.events, enricher, runtime),
+            None => deferred.pass(seq, normalized.json),
         }
     }
 
@@ -218,8 +392,9 @@ impl Normalizer {
     /// pages) before its fsync. Those that reached the log stay, and the rest are appended
     /// now, so each event of the record is in the log exactly once (normalization is a pure
     /// function of the stored request). Only a record past the intake cursor can be
-    /// incomplete: the cursor moves after the append it covers was fsync'd.
-    fn complete_tail(&self, runtime: &Handle) {
+    /// incomplete: the cursor moves after the append it covers was fsync'd. A deferred
+    /// record's events ([`record::late_key`]) are completed through the deferred file.
+    fn complete_tail(&self) {
         let Some(seq) = self
             .events
             .recovered_tail()
@@ -236,7 +411,7 @@ impl Normalizer {
                 return;
             }
         };
-        let mut normalized = self.normalize(&stored, runtime);
+        let mut normalized = self.normalize(&stored);
         if normalized.json.len() <= present {
             return;
         }
@@ -255,9 +430,9 @@ impl Normalizer {
         }
     }
 
-    /// Normalizes, enriches and serializes one intake record.
-    fn normalize(&self, stored: &Spooled, runtime: &Handle) -> Normalized {
-        let (endpoint, mut events) = match RawRequest::decode(&stored.json) {
+    /// Normalizes and serializes one intake record.
+    fn normalize(&self, stored: &Spooled) -> Normalized {
+        let (endpoint, events) = match RawRequest::decode(&stored.json) {
             Ok(request) => {
                 let objects = self
                     .objects
@@ -280,9 +455,6 @@ impl Normalizer {
                 (String::new(), vec![event])
             }
         };
-        if let Some(enricher) = &self.enricher {
-            runtime.block_on(enricher.enrich(&mut events));
-        }
         let json = events.iter().filter_map(serialize).collect();
         Normalized {
             seq: stored.seq,
@@ -434,267 +606,4 @@ fn wait_for<F: Future>(future: F, timeout: Duration) {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::cell::Cell;
-
-    use super::*;
-
-    thread_local! {
-        /// Makes the next normalization on this thread panic (see [`panic_if_asked`]).
-        static PANIC_NEXT: Cell<Option<&'static str>> = const { Cell::new(None) };
-    }
-
-    /// Panics when a test asked for it on this thread: a stand-in for a bug in
-    /// [`normalize::normalize`].
-    pub(super) fn panic_if_asked() {
-        if let Some(message) = PANIC_NEXT.with(Cell::take) {
-            std::panic::panic_any(message);
-        }
-    }
-
-    fn metrics() -> Metrics {
-        Metrics::new().expect("metrics")
-    }
-
-    #[test]
-    fn a_panic_while_normalizing_is_logged_counted_and_kept_as_one_unknown_event() {
-        let metrics = metrics();
-        let body = br#"{"object":"page","entry":[{"id":"1","time":1700000000,"changes":[{"field":"feed","value":{"item":"status","verb":"add"}}]}]}"#;
-        let request = RawRequest {
-            received_nanos: 1_764_547_200_000_000_001,
-            endpoint: "wa",
-            body,
-        };
-        PANIC_NEXT.with(|p| p.set(Some("a bug in a normalizer")));
-        let events = normalize_request(&request, None, Some(42), &metrics);
-        assert_eq!(events.len(), 1, "the request becomes one event");
-        let event = &events[0];
-        assert_eq!(event.kind, Kind::Unknown);
-        assert_eq!(event.endpoint, "wa");
-        let raw: serde_json::Value = serde_json::from_str(event.raw.get()).expect("raw");
-        let sent: serde_json::Value = serde_json::from_slice(body).expect("body");
-        assert_eq!(raw, sent, "the body is kept whole");
-        assert!(
-            event
-                .error
-                .as_deref()
-                .is_some_and(|e| e.starts_with("normalizing the body failed")),
-            "{:?}",
-            event.error
-        );
-        let text = String::from_utf8(metrics.encode()).expect("utf8");
-        assert!(
-            text.contains(r#"metahook_normalization_panics_total{endpoint="wa",object="page"} 1"#),
-            "{text}"
-        );
-        // The next request normalizes as usual.
-        let events = normalize_request(&request, None, Some(43), &metrics);
-        assert_eq!(events.len(), 1);
-        assert!(events[0].error.is_none(), "{:?}", events[0].error);
-    }
-
-    #[test]
-    fn a_panic_on_an_unreadable_body_is_counted_without_an_object() {
-        let metrics = metrics();
-        let request = RawRequest {
-            received_nanos: 1,
-            endpoint: "wa",
-            body: b"not json",
-        };
-        PANIC_NEXT.with(|p| p.set(Some("boom")));
-        let events = normalize_request(&request, None, None, &metrics);
-        assert_eq!(events.len(), 1);
-        let text = String::from_utf8(metrics.encode()).expect("utf8");
-        assert!(
-            text.contains(r#"metahook_normalization_panics_total{endpoint="wa",object="none"} 1"#),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn a_stored_body_that_cannot_be_normalized_becomes_one_unknown_event() {
-        let request = RawRequest {
-            received_nanos: 1_764_547_200_000_000_001,
-            endpoint: "wa",
-            body: br#"{"object": "page", "entry": [1,"#,
-        };
-        let events = normalize_request(&request, None, None, &metrics());
-        assert_eq!(events.len(), 1);
-        let event = &events[0];
-        assert_eq!(event.kind, Kind::Unknown);
-        assert_eq!(event.endpoint, "wa");
-        assert_eq!(event.received_at, "2025-12-01T00:00:00.000000001Z");
-        let error = event.error.as_deref().unwrap_or("");
-        assert!(
-            error.starts_with("the stored body cannot be normalized: the body is not valid JSON"),
-            "{error}"
-        );
-        let raw: String =
-            serde_json::from_str(event.raw.get()).expect("raw is the body as a string");
-        assert_eq!(raw.as_bytes(), request.body);
-        assert_eq!(event.id.len(), 64, "a content hash");
-    }
-
-    #[test]
-    fn a_stored_body_normalizes_as_it_would_have_before_the_200() {
-        let body = br#"{"object":"page","entry":[{"id":"1","time":1700000000,"changes":[{"field":"feed","value":{"item":"status","verb":"add"}}]}]}"#;
-        let request = RawRequest {
-            received_nanos: 1_764_547_200_500_000_000,
-            endpoint: "fb",
-            body,
-        };
-        let received_at = request.received_at();
-        let ctx = Context {
-            endpoint: "fb",
-            received_at: &received_at,
-            objects: None,
-        };
-        let direct = normalize::normalize(body, &ctx).expect("normalize");
-        let staged = normalize_request(&request, None, None, &metrics());
-        let json = |events: &[Event]| events.iter().filter_map(serialize).collect::<Vec<_>>();
-        assert_eq!(json(&staged), json(&direct));
-    }
-
-    fn body(ids: &[&str]) -> Vec<u8> {
-        let messages: Vec<String> = ids
-            .iter()
-            .map(|id| format!(r#"{{"from":"1555","id":"{id}","timestamp":"1700000000","type":"text","text":{{"body":"hi"}}}}"#))
-            .collect();
-        format!(
-            r#"{{"object":"whatsapp_business_account","entry":[{{"id":"1","changes":[{{"field":"messages","value":{{"messaging_product":"whatsapp","metadata":{{"phone_number_id":"2"}},"messages":[{}]}}}}]}}]}}"#,
-            messages.join(",")
-        )
-        .into_bytes()
-    }
-
-    struct Logs {
-        intake: Arc<Spool>,
-        events: Arc<Spool>,
-    }
-
-    fn open(dir: &std::path::Path) -> Logs {
-        let config = crate::config::SpoolConfig::new(dir.join("spool"));
-        let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        Logs {
-            intake: Arc::new(Spool::open_intake(&config, CONSUMER, &total).expect("intake")),
-            events: Arc::new(
-                Spool::open_events(&config, &["file".into()], &total).expect("events"),
-            ),
-        }
-    }
-
-    async fn accept(logs: &Logs, key: u8, ids: &[&str]) {
-        let body = body(ids);
-        let request = RawRequest {
-            received_nanos: record::now_nanos(),
-            endpoint: "wa",
-            body: &body,
-        };
-        let stored = logs
-            .intake
-            .append([key; 16], vec![request.encode()])
-            .await
-            .expect("append");
-        assert_eq!(stored.stored, 1);
-    }
-
-    /// Runs the stage until everything accepted is normalized, then stops it.
-    async fn run_stage(logs: &Logs) {
-        let stage = Normalizer {
-            intake: Arc::clone(&logs.intake),
-            events: Arc::clone(&logs.events),
-            objects: HashMap::new(),
-            metrics: Arc::new(Metrics::new().expect("metrics")),
-            log_message_text: false,
-            enricher: None,
-        };
-        let (stop, stopped) = watch::channel(true);
-        let thread = stage.start(stopped).expect("start");
-        tokio::task::spawn_blocking(move || thread.join())
-            .await
-            .expect("join task")
-            .expect("stage thread");
-        drop(stop);
-    }
-
-    fn ids(logs: &Logs) -> Vec<String> {
-        logs.events
-            .read_after(0, 1000)
-            .expect("read")
-            .iter()
-            .map(|e| {
-                let event: Event = serde_json::from_slice(&e.json).expect("event");
-                event.id
-            })
-            .collect()
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_request_cut_short_in_the_event_log_is_completed_once() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let logs = open(dir.path());
-        accept(&logs, 1, &["m1", "m2", "m3"]).await;
-        // What a crash in the middle of the stage's write leaves: the request's first event
-        // in the event log, durable, the other two not, the intake cursor not moved.
-        let stored = logs.intake.read_after(0, 1).expect("read intake");
-        let request = RawRequest::decode(&stored[0].json).expect("decode");
-        let first =
-            serialize(&normalize_request(&request, None, None, &metrics())[0]).expect("json");
-        logs.events
-            .append(record::source_key(stored[0].seq), vec![first])
-            .await
-            .expect("append");
-        assert_eq!(ids(&logs), ["m1"]);
-        logs.intake.close();
-        logs.events.close();
-        drop(logs);
-
-        let logs = open(dir.path());
-        assert_eq!(logs.events.recovered_tail_run(), 1);
-        run_stage(&logs).await;
-        assert_eq!(ids(&logs), ["m1", "m2", "m3"], "each event once, in order");
-        // Started again: nothing is appended twice.
-        logs.intake.close();
-        logs.events.close();
-        drop(logs);
-        let logs = open(dir.path());
-        run_stage(&logs).await;
-        assert_eq!(ids(&logs), ["m1", "m2", "m3"]);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn each_accepted_request_is_normalized_once_across_restarts() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let logs = open(dir.path());
-        accept(&logs, 1, &["m1"]).await;
-        accept(&logs, 2, &["m2", "m3"]).await;
-        run_stage(&logs).await;
-        assert_eq!(ids(&logs), ["m1", "m2", "m3"]);
-        // Stopped and started again: only what is new is normalized.
-        accept(&logs, 3, &["m4"]).await;
-        run_stage(&logs).await;
-        assert_eq!(ids(&logs), ["m1", "m2", "m3", "m4"]);
-
-        // A crash after the events were durable but before the intake cursor moved: the
-        // newest event-log record says where the stage was.
-        accept(&logs, 4, &["m5"]).await;
-        run_stage(&logs).await;
-        logs.intake.close();
-        logs.events.close();
-        drop(logs);
-        let cursor = dir.path().join("spool/intake/cursors/normalizer.cursor");
-        std::fs::write(&cursor, "0 0\n").expect("an old cursor");
-        let logs = open(dir.path());
-        run_stage(&logs).await;
-        assert_eq!(ids(&logs), ["m1", "m2", "m3", "m4", "m5"], "nothing twice");
-
-        // A crash between the 200 and normalization: the stage finds the request at start.
-        accept(&logs, 5, &["m6"]).await;
-        logs.intake.close();
-        logs.events.close();
-        drop(logs);
-        let logs = open(dir.path());
-        run_stage(&logs).await;
-        assert_eq!(ids(&logs), ["m1", "m2", "m3", "m4", "m5", "m6"]);
-    }
-}
+mod tests;
