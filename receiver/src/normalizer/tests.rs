@@ -268,7 +268,7 @@ struct GatedEnricher {
 }
 
 impl GatedEnricher {
-    fn new(open: bool) -> (watch::Sender<bool>, Arc<dyn Enrich>) {
+    fn with_gate(open: bool) -> (watch::Sender<bool>, Arc<dyn Enrich>) {
         let (open, gate) = watch::channel(open);
         (open, Arc::new(GatedEnricher { gate }))
     }
@@ -331,7 +331,7 @@ fn deferred_file(dir: &std::path::Path) -> String {
 async fn a_record_being_enriched_holds_back_only_itself() {
     let dir = tempfile::tempdir().expect("tempdir");
     let logs = open(dir.path());
-    let (open_gate, enricher) = GatedEnricher::new(false);
+    let (open_gate, enricher) = GatedEnricher::with_gate(false);
     accept(&logs, 1, &["m1"]).await;
     accept(&logs, 2, &["lead2"]).await;
     accept(&logs, 3, &["m3", "m4"]).await;
@@ -389,7 +389,7 @@ async fn a_crash_while_a_record_is_enriched_enriches_it_again_and_nothing_else()
     drop(logs);
 
     let logs = open(dir.path());
-    let (_open, enricher) = GatedEnricher::new(true);
+    let (_open, enricher) = GatedEnricher::with_gate(true);
     let (stop, stopped) = watch::channel(true);
     let thread = stage(&logs, Some(enricher)).start(stopped).expect("start");
     tokio::task::spawn_blocking(move || thread.join())
@@ -419,7 +419,7 @@ async fn a_crash_while_a_record_is_enriched_enriches_it_again_and_nothing_else()
     logs.events.close();
     drop(logs);
     let logs = open(dir.path());
-    let (_open, enricher) = GatedEnricher::new(true);
+    let (_open, enricher) = GatedEnricher::with_gate(true);
     let (stop, stopped) = watch::channel(true);
     let thread = stage(&logs, Some(enricher)).start(stopped).expect("start");
     tokio::task::spawn_blocking(move || thread.join())
