@@ -16,6 +16,30 @@ use serde_json::json;
 
 const PAGE: &str = "111";
 const PAGE_TOKEN: &str = "page-111-token";
+/// A second endpoint's path, for WhatsApp messages that must not wait for a lead.
+const WHATSAPP_PATH: &str = "/webhooks/whatsapp";
+
+/// A signed-ready Page webhook with one `leadgen` change of [`PAGE`].
+fn lead_body(leadgen_id: &str) -> Vec<u8> {
+    json!({"object": "page", "entry": [{"id": PAGE, "time": 1_790_000_000, "changes": [
+        {"field": "leadgen", "value": {"leadgen_id": leadgen_id, "page_id": PAGE,
+         "form_id": "777", "created_time": 1_790_000_000}}
+    ]}]})
+    .to_string()
+    .into_bytes()
+}
+
+/// A WhatsApp webhook with one text message `id`.
+fn message_body(id: &str) -> Vec<u8> {
+    json!({"object": "whatsapp_business_account", "entry": [{"id": "WABA", "changes": [
+        {"field": "messages", "value": {"messaging_product": "whatsapp",
+         "metadata": {"display_phone_number": "15550001111", "phone_number_id": "PN"},
+         "messages": [{"from": "15551234567", "id": id, "timestamp": "1790000000",
+                       "type": "text", "text": {"body": "hello"}}]}}
+    ]}]})
+    .to_string()
+    .into_bytes()
+}
 
 fn leadgen_events(leadgen_ids: &[&str]) -> Vec<Event> {
     let changes: Vec<_> = leadgen_ids
@@ -445,17 +469,12 @@ async fn a_slow_graph_api_holds_back_only_its_lead_while_other_endpoints_deliver
         config.enrichment = Some(enrichment);
         let mut whatsapp = config.endpoints[0].clone();
         whatsapp.name = "whatsapp".into();
-        whatsapp.path = "/webhooks/whatsapp".into();
+        whatsapp.path = WHATSAPP_PATH.into();
         config.endpoints.push(whatsapp);
     })
     .await
     .expect("receiver");
-    let lead = json!({"object": "page", "entry": [{"id": PAGE, "time": 1_790_000_000, "changes": [
-        {"field": "leadgen", "value": {"leadgen_id": "L1", "page_id": PAGE, "form_id": "777",
-         "created_time": 1_790_000_000}}
-    ]}]})
-    .to_string();
-    let reply = receiver.post(lead.as_bytes()).await.expect("post lead");
+    let reply = receiver.post(&lead_body("L1")).await.expect("post lead");
     assert_eq!(reply.status, 200, "{}", reply.text());
     let held = || async { Ok(graph.leads_held() == 1) };
     metahook_tests::testkit::wait_until(
@@ -466,23 +485,14 @@ async fn a_slow_graph_api_holds_back_only_its_lead_while_other_endpoints_deliver
     .await
     .expect("the lead is being read");
 
-    let message = |id: &str| {
-        json!({"object": "whatsapp_business_account", "entry": [{"id": "WABA", "changes": [
-            {"field": "messages", "value": {"messaging_product": "whatsapp",
-             "metadata": {"display_phone_number": "15550001111", "phone_number_id": "PN"},
-             "messages": [{"from": "15551234567", "id": id, "timestamp": "1790000000",
-                           "type": "text", "text": {"body": "hello"}}]}}
-        ]}]})
-        .to_string()
-    };
     for id in ["wamid.A", "wamid.B", "wamid.C"] {
-        let body = message(id);
-        let signature = metahook_receiver::verify::sign(SECRET, body.as_bytes());
+        let body = message_body(id);
+        let signature = metahook_receiver::verify::sign(SECRET, &body);
         let reply = receiver
             .post_with(
-                "/webhooks/whatsapp",
+                WHATSAPP_PATH,
                 &[("x-hub-signature-256", signature.as_str())],
-                body.as_bytes(),
+                &body,
             )
             .await
             .expect("post message");
@@ -507,4 +517,124 @@ async fn a_slow_graph_api_holds_back_only_its_lead_while_other_endpoints_deliver
     assert_eq!(lead["kind"], "lead", "{events:?}");
     assert_eq!(lead["lead"]["enrichment"]["outcome"], "ok", "{lead}");
     assert_eq!(lead["lead"]["field_data"][0]["name"], "email", "{lead}");
+}
+
+/// POSTs `body` signed with [`SECRET`] to `path` of a receiver process on `addr`.
+async fn post_signed(addr: std::net::SocketAddr, path: &str, body: &[u8]) -> u16 {
+    let signature = metahook_receiver::verify::sign(SECRET, body);
+    let reply = metahook_tests::testkit::request(
+        addr,
+        Method::POST,
+        path,
+        &[("x-hub-signature-256", signature.as_str())],
+        bytes::Bytes::copy_from_slice(body),
+    )
+    .await
+    .expect("post");
+    reply.status.as_u16()
+}
+
+/// kill -9 of the real binary while a lead waits at a slow Graph API, after the requests
+/// behind it were delivered: started again, it enriches and delivers the lead, once, and
+/// delivers none of the others twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_9_while_a_lead_waits_delivers_it_once_after_the_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (graph, _, _) = setup(&dir).await;
+    let d = dir.path();
+    std::fs::write(d.join("app-secret"), SECRET).expect("app secret");
+    std::fs::write(d.join("verify-token"), "token").expect("verify token");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let endpoint = |name: &str, path: &str| {
+        format!(
+            "  - name: {name}\n    path: {path}\n    app_secret_file: {d}/app-secret\n    verify_token_file: {d}/verify-token\n",
+            d = d.display()
+        )
+    };
+    let config = format!(
+        "listen: 127.0.0.1:{port}\nendpoints:\n{meta}{whatsapp}spool:\n  dir: {d}/spool\nsinks:\n  - name: local\n    file: {{path: {d}/events.jsonl}}\nenrichment:\n  lead_ads:\n    graph_url: {graph}\n    api_version: {version}\n    timeout: 120s\n    max_attempts: 1\n    page_tokens:\n      - {{page_id: \"{PAGE}\", token_file: {d}/page-111}}\n",
+        meta = endpoint("meta", metahook_tests::testkit::PATH),
+        whatsapp = endpoint("whatsapp", WHATSAPP_PATH),
+        d = d.display(),
+        graph = graph.url(),
+        version = fake_graph::VERSION,
+    );
+    let config_path = d.join("config.yaml");
+    std::fs::write(&config_path, config).expect("config");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let events = d.join("events.jsonl");
+
+    let gate = graph.hold_leads();
+    let receiver = metahook_tests::testkit::ReceiverProcess::start(&config_path, addr)
+        .await
+        .expect("receiver");
+    assert_eq!(
+        post_signed(addr, metahook_tests::testkit::PATH, &lead_body("L1")).await,
+        200
+    );
+    let held = || async { Ok(graph.leads_held() == 1) };
+    metahook_tests::testkit::wait_until(
+        "the lead's read waits at the Graph API",
+        Duration::from_secs(20),
+        held,
+    )
+    .await
+    .expect("the lead is being read");
+    for id in ["wamid.A", "wamid.B"] {
+        assert_eq!(
+            post_signed(addr, WHATSAPP_PATH, &message_body(id)).await,
+            200
+        );
+    }
+    let delivered = metahook_tests::testkit::wait_for_lines(&events, 2, Duration::from_secs(20))
+        .await
+        .expect("the messages are delivered while the lead waits");
+    assert!(
+        delivered.iter().all(|e| e["kind"] == "message"),
+        "{delivered:?}"
+    );
+    drop(receiver); // SIGKILL
+    gate.release();
+
+    let _receiver = metahook_tests::testkit::ReceiverProcess::start(&config_path, addr)
+        .await
+        .expect("receiver started again");
+    // A marker after everything: once it is in the file, so is what precedes it but a
+    // lead still being read; the lead is waited for by itself.
+    assert_eq!(
+        post_signed(addr, WHATSAPP_PATH, &message_body("wamid.after")).await,
+        200
+    );
+    let ids = |events: &[serde_json::Value]| -> Vec<String> {
+        events
+            .iter()
+            .map(|e| match e["kind"].as_str() {
+                Some("lead") => format!("lead {}", e["lead"]["leadgen_id"].as_str().unwrap_or("?")),
+                _ => e["id"].as_str().unwrap_or("?").to_owned(),
+            })
+            .collect()
+    };
+    metahook_tests::testkit::wait_for_lines(&events, 4, Duration::from_secs(30))
+        .await
+        .expect("the lead and the marker are delivered");
+    // Once more, so that anything delivered twice would be in the file by now.
+    assert_eq!(
+        post_signed(addr, WHATSAPP_PATH, &message_body("wamid.last")).await,
+        200
+    );
+    let all = metahook_tests::testkit::wait_for_lines(&events, 5, Duration::from_secs(30))
+        .await
+        .expect("the last marker is delivered");
+    let mut seen = ids(&all);
+    seen.sort();
+    assert_eq!(
+        seen,
+        ["lead L1", "wamid.A", "wamid.B", "wamid.after", "wamid.last"],
+        "each once"
+    );
+    let lead = all.iter().find(|e| e["kind"] == "lead").expect("the lead");
+    assert_eq!(lead["lead"]["enrichment"]["outcome"], "ok", "{lead}");
 }
