@@ -17,6 +17,7 @@ use crate::endpoint::EndpointConfig;
 use crate::enrich::EnrichmentConfig;
 use crate::limits::Limits;
 use crate::sink::SinkConfig;
+use crate::admin::AdminConfig;
 use crate::spool::SpoolConfig;
 use crate::tls::TlsConfig;
 use crate::trusted_proxy::TrustedProxyConfig;
@@ -74,6 +75,10 @@ pub struct Config {
     /// [`crate::enrich`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enrichment: Option<EnrichmentConfig>,
+    /// Admin endpoints (`POST /admin/replay`) on `metrics_listen`, behind a bearer token;
+    /// absent: none are served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminConfig>,
 }
 
 impl Config {
@@ -95,6 +100,7 @@ impl Config {
             trusted_proxy: None,
             metrics_listen: None,
             enrichment: None,
+            admin: None,
         }
     }
 }
