@@ -47,7 +47,7 @@ pub enum ReplayError {
     /// The event log holds nothing to replay.
     #[error("the spool holds no events (spool.retention keeps delivered events for replay)")]
     NothingHeld,
-    /// The window starts before the oldest event held.
+    /// The window starts before the oldest event held, and older ones were deleted.
     #[error(
         "since: {since} is before the oldest event the spool holds; available: {} to {} \
          (spool.retention decides how long delivered events are kept)",
@@ -149,7 +149,9 @@ pub fn prepare(spool: &Spool, request: ReplayRequest) -> Result<Prepared, Replay
         from: rfc3339(from),
         to: rfc3339(to.max(from)),
     };
-    if selection.since < from {
+    // Refused only when something older was deleted: a log still holding its first record
+    // (seq 1) holds everything this spool ever received, whatever the window.
+    if selection.since < from && oldest.seq > 1 {
         return Err(ReplayError::OutsideRetention {
             since: rfc3339(selection.since),
             available,

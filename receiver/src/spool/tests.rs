@@ -12,6 +12,7 @@ fn config(dir: &Path) -> SpoolConfig {
         group_commit_wait: Duration::from_millis(1),
         preallocate_segments: true,
         lock_wait: None,
+        retention: None,
         segment_bytes: 4096,
         max_group_requests: 64,
     }

@@ -1,0 +1,322 @@
+//! Replay (docs/replay.md) against real destinations: an emptied PostgreSQL table gets every
+//! event since T back exactly once by id; an HTTP destination receives replayed events with
+//! their original ids and the replay marker; filters select only what they name; a window
+//! beyond what the spool holds is refused with the available range; replays run against a
+//! running receiver (its admin endpoint, from the command line too) and on a stopped spool.
+
+#![allow(clippy::print_stderr)] // tests report on stderr
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use metahook_receiver::config::{
+    AdminConfig, Config, HttpSinkConfig, PostgresSinkConfig, RetentionConfig, RetryConfig,
+    SinkConfig, SinkKind,
+};
+use metahook_tests::downstream::{Downstream, new_state};
+use metahook_tests::testkit::{self, TestReceiver};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "admin-token-for-tests";
+const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+fn now() -> String {
+    humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string()
+}
+
+/// A WhatsApp text message (`field: messages`) or, with `status`, a status (`statuses`).
+fn body(n: usize, status: bool) -> Vec<u8> {
+    let value = if status {
+        format!(r#"{{"messaging_product":"whatsapp","statuses":[{{"id":"wamid.replay.{n}","status":"delivered","timestamp":"1700000000","recipient_id":"15551234567"}}]}}"#)
+    } else {
+        format!(r#"{{"messaging_product":"whatsapp","messages":[{{"from":"15551234567","id":"wamid.replay.{n}","timestamp":"1700000000","type":"text","text":{{"body":"replay {n} {}"}}}}]}}"#, "x".repeat(200))
+    };
+    let field = if status { "statuses" } else { "messages" };
+    format!(r#"{{"object":"whatsapp_business_account","entry":[{{"id":"100200300400500","changes":[{{"field":"{field}","value":{value}}}]}}]}}"#).into_bytes()
+}
+
+/// Retention, the admin endpoint on a metrics listener, and the token file; the
+/// configuration as started is written to `config.yaml` for the command line.
+fn replayable(config: &mut Config, dir: &Path) {
+    let token = dir.join("admin-token");
+    std::fs::write(&token, format!("{TOKEN}\n")).expect("write token");
+    config.metrics_listen = Some("127.0.0.1:0".parse().expect("address"));
+    config.admin = Some(AdminConfig { token_file: token });
+    config.spool.retention = Some(RetentionConfig {
+        max_age: Some(Duration::from_secs(3600)),
+        max_bytes: 0,
+    });
+}
+
+fn write_config(config: &Config, dir: &Path) -> PathBuf {
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, config.to_yaml().expect("yaml")).expect("write config");
+    path
+}
+
+async fn admin(
+    receiver: &TestReceiver,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> Result<(StatusCode, Value)> {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(auth) = &auth {
+        headers.push(("authorization", auth.as_str()));
+    }
+    let body = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
+    let reply = testkit::request(receiver.probes_addr(), method, path, &headers, body).await?;
+    let value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
+    Ok((reply.status, value))
+}
+
+/// Starts a replay through the admin endpoint and waits for its end; its final status.
+async fn replay_via_admin(receiver: &TestReceiver, request: Value) -> Result<Value> {
+    let (status, started) =
+        admin(receiver, Method::POST, "/admin/replay", Some(TOKEN), Some(request)).await?;
+    ensure!(status == StatusCode::ACCEPTED, "POST /admin/replay: {status} {started}");
+    let id = started["id"].as_str().context("an id")?.to_owned();
+    let mut last = started;
+    testkit::wait_until("the replay ends", Duration::from_secs(30), || {
+        let id = id.clone();
+        let last = &mut last;
+        async move {
+            let (status, now) =
+                admin(receiver, Method::GET, &format!("/admin/replay/{id}"), Some(TOKEN), None)
+                    .await?;
+            ensure!(status == StatusCode::OK, "GET: {status} {now}");
+            let done = now["state"] != "running";
+            *last = now;
+            Ok(done)
+        }
+    })
+    .await?;
+    Ok(last)
+}
+
+/// Runs `metahook-receiver replay` with `args`; (exit code, stdout, stderr).
+fn cli(config: &Path, args: &[&str]) -> Result<(i32, String, String)> {
+    let output = std::process::Command::new(testkit::receiver_bin()?)
+        .arg("--config")
+        .arg(config)
+        .arg("--log-format")
+        .arg("text")
+        .arg("replay")
+        .args(args)
+        .output()
+        .context("running metahook-receiver replay")?;
+    Ok((
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_postgres_table_gets_every_event_since_t_back_once() -> Result<()> {
+    let (db, connection) = tokio_postgres::connect(PG_URL, tokio_postgres::NoTls)
+        .await
+        .context("PostgreSQL must run on 127.0.0.1:5432 with database test (scripts/test.sh starts it)")?;
+    tokio::spawn(connection);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let schema = format!("metahook_replay_{}_{nanos}", std::process::id());
+    let receiver = TestReceiver::start_with(|config, dir| {
+        replayable(config, dir);
+        config.sinks.push(SinkConfig {
+            name: "store".into(),
+            retry: RetryConfig::default(),
+            kind: SinkKind::Postgres(PostgresSinkConfig {
+                url: PG_URL.to_owned(),
+                url_file: None,
+                schema: schema.clone(),
+                ..PostgresSinkConfig::url_file(PathBuf::new())
+            }),
+        });
+    })
+    .await?;
+    // Before T: delivered, and not replayed.
+    for n in 0..3 {
+        ensure!(receiver.post(&body(n, false)).await?.status == StatusCode::OK);
+    }
+    receiver.wait_delivered("store", 3, Duration::from_secs(30)).await?;
+    let since = now();
+    let mut expected = HashSet::new();
+    for n in 3..23 {
+        ensure!(receiver.post(&body(n, false)).await?.status == StatusCode::OK);
+        expected.insert(format!("wamid.replay.{n}"));
+    }
+    receiver.wait_delivered("store", 23, Duration::from_secs(30)).await?;
+    db.batch_execute(&format!("DELETE FROM {schema}.events")).await?;
+
+    let done = replay_via_admin(&receiver, json!({"sink": "store", "since": since})).await?;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!((done["matched"].as_u64(), done["delivered"].as_u64()), (Some(20), Some(20)), "{done}");
+    let rows = db
+        .query(&format!("SELECT id, count(*), bool_and((event->>'replayed')::boolean) FROM {schema}.events GROUP BY id"), &[])
+        .await?;
+    let ids: HashSet<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
+    assert_eq!(ids, expected, "every event since T, by id, and none from before");
+    for row in &rows {
+        assert_eq!(row.get::<_, i64>(1), 1, "once: {}", row.get::<_, String>(0));
+        assert_eq!(row.get::<_, Option<bool>>(2), Some(true), "the replay marker is stored");
+    }
+    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_gets_original_ids_and_the_marker_through_the_command_line() -> Result<()> {
+    let downstream = Downstream::start("127.0.0.1:0".parse()?, new_state()).await?;
+    let mut started = None;
+    let receiver = TestReceiver::start_with(|config, dir| {
+        replayable(config, dir);
+        config.sinks.push(SinkConfig {
+            name: "crm".into(),
+            kind: SinkKind::Http(HttpSinkConfig {
+                url: format!("http://{}/hooks", downstream.addr),
+                ..HttpSinkConfig::new(String::new())
+            }),
+            retry: RetryConfig::default(),
+        });
+        started = Some(config.clone());
+    })
+    .await?;
+    let config = write_config(&started.context("config")?, receiver.dir.path());
+    let since = now();
+    for n in 0..4 {
+        ensure!(receiver.post(&body(n, n % 2 == 1)).await?.status == StatusCode::OK);
+    }
+    testkit::wait_until("4 events arrive", Duration::from_secs(20), || {
+        std::future::ready(Ok(downstream.received().len() >= 4))
+    })
+    .await?;
+    let first: Vec<String> = downstream.received().iter().map(|r| r.idempotency_key.clone()).collect();
+
+    // Unauthenticated calls are refused; the endpoint is not on the webhook listener.
+    let (status, _) = admin(&receiver, Method::GET, "/admin/replay", Some("wrong"), None).await?;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let reply = testkit::request(receiver.addr, Method::GET, "/admin/replay", &[("authorization", &format!("Bearer {TOKEN}"))], Bytes::new()).await?;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "no admin on the webhook listener");
+
+    let base = format!("http://{}", receiver.probes_addr());
+    let token = receiver.dir.path().join("admin-token");
+    let remote = |extra: &[&str]| {
+        let mut args = vec!["--sink", "crm", "--since", since.as_str(), "--admin-url", base.as_str(), "--token-file"];
+        let token = token.to_str().unwrap_or_default().to_owned();
+        let config = config.clone();
+        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        async move {
+            args.push(&token);
+            let mut all: Vec<&str> = args.clone();
+            all.extend(extra.iter().map(String::as_str));
+            let all: Vec<String> = all.iter().map(|s| (*s).to_owned()).collect();
+            tokio::task::spawn_blocking(move || {
+                let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+                cli(&config, &refs)
+            })
+            .await?
+        }
+    };
+    // A filter selects only what it names (dry run: nothing delivered).
+    let (code, out, err) = remote(&["--type", "statuses", "--dry-run", "--json"]).await?;
+    ensure!(code == 0, "dry run: {code} {out} {err}");
+    let summary: Value = serde_json::from_str(&out)?;
+    assert_eq!(summary["matched"], 2, "{summary}");
+    assert_eq!(summary["delivered"], 0, "{summary}");
+    let (code, out, err) = remote(&["--event-id", "wamid.replay.2", "--dry-run", "--json"]).await?;
+    ensure!(code == 0, "dry run: {code} {out} {err}");
+    assert_eq!(serde_json::from_str::<Value>(&out)?["matched"], 1, "{out}");
+
+    let (code, out, err) = remote(&["--json"]).await?;
+    ensure!(code == 0, "replay: {code} {out} {err}");
+    let summary: Value = serde_json::from_str(&out)?;
+    assert_eq!((summary["matched"].as_u64(), summary["delivered"].as_u64()), (Some(4), Some(4)), "{summary}");
+    let received = downstream.received();
+    ensure!(received.len() == 8, "4 first deliveries and 4 replays: {}", received.len());
+    let mut replayed = Vec::new();
+    for request in &received[4..] {
+        let event: Value = serde_json::from_slice(&request.body)?;
+        assert_eq!(request.replay, "1", "X-Metahook-Replay");
+        assert_eq!(event["replayed"], true, "the marker field");
+        assert_eq!(request.idempotency_key, event["id"].as_str().unwrap_or(""), "Idempotency-Key is the original id");
+        replayed.push(request.idempotency_key.clone());
+    }
+    for request in &received[..4] {
+        assert_eq!(request.replay, "", "first deliveries carry no marker");
+    }
+    replayed.sort();
+    let mut first = first;
+    first.sort();
+    assert_eq!(replayed, first, "the original ids");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_beyond_retention_is_refused_and_a_stopped_spool_replays_itself() -> Result<()> {
+    let mut started = None;
+    let mut receiver = TestReceiver::start_with(|config, dir| {
+        replayable(config, dir);
+        // Small segments, and at most one kept: early events are deleted.
+        config.spool.segment_bytes = 4096;
+        config.spool.preallocate_segments = false;
+        config.spool.retention = Some(RetentionConfig { max_age: None, max_bytes: 4096 });
+        started = Some(config.clone());
+    })
+    .await?;
+    let config = write_config(&started.context("config")?, receiver.dir.path());
+    for n in 0..40 {
+        ensure!(receiver.post(&body(n, false)).await?.status == StatusCode::OK);
+    }
+    receiver.wait_delivered("local", 40, Duration::from_secs(30)).await?;
+    let retained = receiver.wait_metric_at_least("metahook_spool_retained_bytes", 1.0, Duration::from_secs(10), "retained bytes").await?;
+    ensure!(retained <= 4096.0, "retention.max_bytes holds: {retained}");
+    let oldest = receiver.metric("metahook_spool_oldest_retained_timestamp_seconds").await?;
+    ensure!(oldest > 0.0, "oldest retained time reported");
+
+    let (status, refused) = admin(&receiver, Method::POST, "/admin/replay", Some(TOKEN), Some(json!({"sink": "local", "since": "2020-01-01T00:00:00Z"}))).await?;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert!(refused["available"]["from"].as_str().is_some_and(|f| f > "2020"), "{refused}");
+    let (status, bad) = admin(&receiver, Method::POST, "/admin/replay", Some(TOKEN), Some(json!({"sink": "nope", "since": now()}))).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    assert!(bad["error"].as_str().is_some_and(|e| e.starts_with("sink:")), "{bad}");
+
+    // Stopped: the command takes the spool itself.
+    receiver.stop().await?;
+    let config_for = config.clone();
+    let (code, out, err) = tokio::task::spawn_blocking(move || cli(&config_for, &["--sink", "local", "--since", "2020-01-01T00:00:00Z"])).await??;
+    assert_eq!(code, 1, "refused: {out} {err}");
+    assert!(err.contains("available:") && err.contains("--since") || err.contains("since:"), "names the range: {err}");
+    let (code, _, err) = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || cli(&config, &["--sink", "local", "--since", "tomorrow"])
+    })
+    .await??;
+    assert_eq!(code, 1);
+    assert!(err.contains("--since"), "names the flag: {err}");
+
+    let events_before = testkit::read_events(&receiver.events_path())?.len();
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || cli(&config, &["--sink", "local", "--since", "1h", "--event-id", "wamid.replay.39", "--json"])
+    })
+    .await??;
+    ensure!(code == 0, "stopped-spool replay: {code} {out} {err}");
+    let summary: Value = serde_json::from_str(&out)?;
+    assert_eq!((summary["matched"].as_u64(), summary["delivered"].as_u64()), (Some(1), Some(1)), "{summary}");
+    let events = testkit::read_events(&receiver.events_path())?;
+    ensure!(events.len() == events_before + 1, "one line appended: {} -> {}", events_before, events.len());
+    let last = events.last().context("a line")?;
+    assert_eq!((last["id"].as_str(), last["replayed"].as_bool()), (Some("wamid.replay.39"), Some(true)));
+    if summary["state"] != "succeeded" {
+        bail!("{summary}");
+    }
+    Ok(())
+}
