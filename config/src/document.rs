@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::admin::AdminConfig;
 use crate::delivery::DeliveryConfig;
 use crate::endpoint::EndpointConfig;
 use crate::enrich::EnrichmentConfig;
 use crate::limits::Limits;
 use crate::sink::SinkConfig;
-use crate::admin::AdminConfig;
 use crate::spool::SpoolConfig;
 use crate::tls::TlsConfig;
 use crate::trusted_proxy::TrustedProxyConfig;

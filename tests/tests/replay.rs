@@ -31,9 +31,14 @@ fn now() -> String {
 /// A WhatsApp text message (`field: messages`) or, with `status`, a status (`statuses`).
 fn body(n: usize, status: bool) -> Vec<u8> {
     let value = if status {
-        format!(r#"{{"messaging_product":"whatsapp","statuses":[{{"id":"wamid.replay.{n}","status":"delivered","timestamp":"1700000000","recipient_id":"15551234567"}}]}}"#)
+        format!(
+            r#"{{"messaging_product":"whatsapp","statuses":[{{"id":"wamid.replay.{n}","status":"delivered","timestamp":"1700000000","recipient_id":"15551234567"}}]}}"#
+        )
     } else {
-        format!(r#"{{"messaging_product":"whatsapp","messages":[{{"from":"15551234567","id":"wamid.replay.{n}","timestamp":"1700000000","type":"text","text":{{"body":"replay {n} {}"}}}}]}}"#, "x".repeat(200))
+        format!(
+            r#"{{"messaging_product":"whatsapp","messages":[{{"from":"15551234567","id":"wamid.replay.{n}","timestamp":"1700000000","type":"text","text":{{"body":"replay {n} {}"}}}}]}}"#,
+            "x".repeat(200)
+        )
     };
     let field = if status { "statuses" } else { "messages" };
     format!(r#"{{"object":"whatsapp_business_account","entry":[{{"id":"100200300400500","changes":[{{"field":"{field}","value":{value}}}]}}]}}"#).into_bytes()
@@ -78,26 +83,39 @@ async fn admin(
 
 /// Starts a replay through the admin endpoint and waits for its end; its final status.
 async fn replay_via_admin(receiver: &TestReceiver, request: Value) -> Result<Value> {
-    let (status, started) =
-        admin(receiver, Method::POST, "/admin/replay", Some(TOKEN), Some(request)).await?;
-    ensure!(status == StatusCode::ACCEPTED, "POST /admin/replay: {status} {started}");
-    let id = started["id"].as_str().context("an id")?.to_owned();
-    let mut last = started;
-    testkit::wait_until("the replay ends", Duration::from_secs(30), || {
-        let id = id.clone();
-        let last = &mut last;
-        async move {
-            let (status, now) =
-                admin(receiver, Method::GET, &format!("/admin/replay/{id}"), Some(TOKEN), None)
-                    .await?;
-            ensure!(status == StatusCode::OK, "GET: {status} {now}");
-            let done = now["state"] != "running";
-            *last = now;
-            Ok(done)
-        }
-    })
+    let (status, started) = admin(
+        receiver,
+        Method::POST,
+        "/admin/replay",
+        Some(TOKEN),
+        Some(request),
+    )
     .await?;
-    Ok(last)
+    ensure!(
+        status == StatusCode::ACCEPTED,
+        "POST /admin/replay: {status} {started}"
+    );
+    let id = started["id"].as_str().context("an id")?.to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, now) = admin(
+            receiver,
+            Method::GET,
+            &format!("/admin/replay/{id}"),
+            Some(TOKEN),
+            None,
+        )
+        .await?;
+        ensure!(status == StatusCode::OK, "GET: {status} {now}");
+        if now["state"] != "running" {
+            return Ok(now);
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the replay did not end: {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Runs `metahook-receiver replay` with `args`; (exit code, stdout, stderr).
@@ -118,11 +136,22 @@ fn cli(config: &Path, args: &[&str]) -> Result<(i32, String, String)> {
     ))
 }
 
+/// [`cli`] off the runtime's threads (the receiver under test runs on them).
+async fn cli_async(config: PathBuf, args: Vec<String>) -> Result<(i32, String, String)> {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli(&config, &args)
+    })
+    .await?
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_emptied_postgres_table_gets_every_event_since_t_back_once() -> Result<()> {
     let (db, connection) = tokio_postgres::connect(PG_URL, tokio_postgres::NoTls)
         .await
-        .context("PostgreSQL must run on 127.0.0.1:5432 with database test (scripts/test.sh starts it)")?;
+        .context(
+            "PostgreSQL must run on 127.0.0.1:5432 with database test (scripts/test.sh starts it)",
+        )?;
     tokio::spawn(connection);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -146,29 +175,46 @@ async fn an_emptied_postgres_table_gets_every_event_since_t_back_once() -> Resul
     for n in 0..3 {
         ensure!(receiver.post(&body(n, false)).await?.status == StatusCode::OK);
     }
-    receiver.wait_delivered("store", 3, Duration::from_secs(30)).await?;
+    receiver
+        .wait_delivered("store", 3, Duration::from_secs(30))
+        .await?;
     let since = now();
     let mut expected = HashSet::new();
     for n in 3..23 {
         ensure!(receiver.post(&body(n, false)).await?.status == StatusCode::OK);
         expected.insert(format!("wamid.replay.{n}"));
     }
-    receiver.wait_delivered("store", 23, Duration::from_secs(30)).await?;
-    db.batch_execute(&format!("DELETE FROM {schema}.events")).await?;
+    receiver
+        .wait_delivered("store", 23, Duration::from_secs(30))
+        .await?;
+    db.batch_execute(&format!("DELETE FROM {schema}.events"))
+        .await?;
 
     let done = replay_via_admin(&receiver, json!({"sink": "store", "since": since})).await?;
     assert_eq!(done["state"], "succeeded", "{done}");
-    assert_eq!((done["matched"].as_u64(), done["delivered"].as_u64()), (Some(20), Some(20)), "{done}");
+    assert_eq!(
+        (done["matched"].as_u64(), done["delivered"].as_u64()),
+        (Some(20), Some(20)),
+        "{done}"
+    );
     let rows = db
         .query(&format!("SELECT id, count(*), bool_and((event->>'replayed')::boolean) FROM {schema}.events GROUP BY id"), &[])
         .await?;
     let ids: HashSet<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
-    assert_eq!(ids, expected, "every event since T, by id, and none from before");
+    assert_eq!(
+        ids, expected,
+        "every event since T, by id, and none from before"
+    );
     for row in &rows {
         assert_eq!(row.get::<_, i64>(1), 1, "once: {}", row.get::<_, String>(0));
-        assert_eq!(row.get::<_, Option<bool>>(2), Some(true), "the replay marker is stored");
+        assert_eq!(
+            row.get::<_, Option<bool>>(2),
+            Some(true),
+            "the replay marker is stored"
+        );
     }
-    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await?;
+    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await?;
     Ok(())
 }
 
@@ -198,32 +244,48 @@ async fn http_gets_original_ids_and_the_marker_through_the_command_line() -> Res
         std::future::ready(Ok(downstream.received().len() >= 4))
     })
     .await?;
-    let first: Vec<String> = downstream.received().iter().map(|r| r.idempotency_key.clone()).collect();
+    let first: Vec<String> = downstream
+        .received()
+        .iter()
+        .map(|r| r.idempotency_key.clone())
+        .collect();
 
     // Unauthenticated calls are refused; the endpoint is not on the webhook listener.
     let (status, _) = admin(&receiver, Method::GET, "/admin/replay", Some("wrong"), None).await?;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let reply = testkit::request(receiver.addr, Method::GET, "/admin/replay", &[("authorization", &format!("Bearer {TOKEN}"))], Bytes::new()).await?;
-    assert_eq!(reply.status, StatusCode::NOT_FOUND, "no admin on the webhook listener");
+    let reply = testkit::request(
+        receiver.addr,
+        Method::GET,
+        "/admin/replay",
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+        Bytes::new(),
+    )
+    .await?;
+    assert_eq!(
+        reply.status,
+        StatusCode::NOT_FOUND,
+        "no admin on the webhook listener"
+    );
 
     let base = format!("http://{}", receiver.probes_addr());
     let token = receiver.dir.path().join("admin-token");
+    let common = [
+        "--sink",
+        "crm",
+        "--since",
+        since.as_str(),
+        "--admin-url",
+        base.as_str(),
+        "--token-file",
+        token.to_str().context("token path")?,
+    ];
     let remote = |extra: &[&str]| {
-        let mut args = vec!["--sink", "crm", "--since", since.as_str(), "--admin-url", base.as_str(), "--token-file"];
-        let token = token.to_str().unwrap_or_default().to_owned();
-        let config = config.clone();
-        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
-        async move {
-            args.push(&token);
-            let mut all: Vec<&str> = args.clone();
-            all.extend(extra.iter().map(String::as_str));
-            let all: Vec<String> = all.iter().map(|s| (*s).to_owned()).collect();
-            tokio::task::spawn_blocking(move || {
-                let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-                cli(&config, &refs)
-            })
-            .await?
-        }
+        let args: Vec<String> = common
+            .iter()
+            .chain(extra)
+            .map(|s| (*s).to_owned())
+            .collect();
+        cli_async(config.clone(), args)
     };
     // A filter selects only what it names (dry run: nothing delivered).
     let (code, out, err) = remote(&["--type", "statuses", "--dry-run", "--json"]).await?;
@@ -238,15 +300,27 @@ async fn http_gets_original_ids_and_the_marker_through_the_command_line() -> Res
     let (code, out, err) = remote(&["--json"]).await?;
     ensure!(code == 0, "replay: {code} {out} {err}");
     let summary: Value = serde_json::from_str(&out)?;
-    assert_eq!((summary["matched"].as_u64(), summary["delivered"].as_u64()), (Some(4), Some(4)), "{summary}");
+    assert_eq!(
+        (summary["matched"].as_u64(), summary["delivered"].as_u64()),
+        (Some(4), Some(4)),
+        "{summary}"
+    );
     let received = downstream.received();
-    ensure!(received.len() == 8, "4 first deliveries and 4 replays: {}", received.len());
+    ensure!(
+        received.len() == 8,
+        "4 first deliveries and 4 replays: {}",
+        received.len()
+    );
     let mut replayed = Vec::new();
     for request in &received[4..] {
         let event: Value = serde_json::from_slice(&request.body)?;
         assert_eq!(request.replay, "1", "X-Metahook-Replay");
         assert_eq!(event["replayed"], true, "the marker field");
-        assert_eq!(request.idempotency_key, event["id"].as_str().unwrap_or(""), "Idempotency-Key is the original id");
+        assert_eq!(
+            request.idempotency_key,
+            event["id"].as_str().unwrap_or(""),
+            "Idempotency-Key is the original id"
+        );
         replayed.push(request.idempotency_key.clone());
     }
     for request in &received[..4] {
@@ -267,7 +341,10 @@ async fn a_window_beyond_retention_is_refused_and_a_stopped_spool_replays_itself
         // Small segments, and at most one kept: early events are deleted.
         config.spool.segment_bytes = 4096;
         config.spool.preallocate_segments = false;
-        config.spool.retention = Some(RetentionConfig { max_age: None, max_bytes: 4096 });
+        config.spool.retention = Some(RetentionConfig {
+            max_age: None,
+            max_bytes: 8192,
+        });
         started = Some(config.clone());
     })
     .await?;
@@ -275,46 +352,117 @@ async fn a_window_beyond_retention_is_refused_and_a_stopped_spool_replays_itself
     for n in 0..40 {
         ensure!(receiver.post(&body(n, false)).await?.status == StatusCode::OK);
     }
-    receiver.wait_delivered("local", 40, Duration::from_secs(30)).await?;
-    let retained = receiver.wait_metric_at_least("metahook_spool_retained_bytes", 1.0, Duration::from_secs(10), "retained bytes").await?;
-    ensure!(retained <= 4096.0, "retention.max_bytes holds: {retained}");
-    let oldest = receiver.metric("metahook_spool_oldest_retained_timestamp_seconds").await?;
+    receiver
+        .wait_delivered("local", 40, Duration::from_secs(30))
+        .await?;
+    let retained = receiver
+        .wait_metric_at_least(
+            "metahook_spool_retained_bytes",
+            1.0,
+            Duration::from_secs(10),
+            "retained bytes",
+        )
+        .await?;
+    ensure!(retained <= 8192.0, "retention.max_bytes holds: {retained}");
+    let oldest = receiver
+        .metric("metahook_spool_oldest_retained_timestamp_seconds")
+        .await?;
     ensure!(oldest > 0.0, "oldest retained time reported");
 
-    let (status, refused) = admin(&receiver, Method::POST, "/admin/replay", Some(TOKEN), Some(json!({"sink": "local", "since": "2020-01-01T00:00:00Z"}))).await?;
+    let (status, refused) = admin(
+        &receiver,
+        Method::POST,
+        "/admin/replay",
+        Some(TOKEN),
+        Some(json!({"sink": "local", "since": "2020-01-01T00:00:00Z"})),
+    )
+    .await?;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
-    assert!(refused["available"]["from"].as_str().is_some_and(|f| f > "2020"), "{refused}");
-    let (status, bad) = admin(&receiver, Method::POST, "/admin/replay", Some(TOKEN), Some(json!({"sink": "nope", "since": now()}))).await?;
+    let from = refused["available"]["from"]
+        .as_str()
+        .context("available.from")?
+        .to_owned();
+    assert!(from.as_str() > "2020", "{refused}");
+    let (status, bad) = admin(
+        &receiver,
+        Method::POST,
+        "/admin/replay",
+        Some(TOKEN),
+        Some(json!({"sink": "nope", "since": now()})),
+    )
+    .await?;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
-    assert!(bad["error"].as_str().is_some_and(|e| e.starts_with("sink:")), "{bad}");
+    assert!(
+        bad["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("sink:")),
+        "{bad}"
+    );
 
     // Stopped: the command takes the spool itself.
     receiver.stop().await?;
-    let config_for = config.clone();
-    let (code, out, err) = tokio::task::spawn_blocking(move || cli(&config_for, &["--sink", "local", "--since", "2020-01-01T00:00:00Z"])).await??;
+    let args = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let (code, out, err) = cli_async(
+        config.clone(),
+        args(&["--sink", "local", "--since", "2020-01-01T00:00:00Z"]),
+    )
+    .await?;
     assert_eq!(code, 1, "refused: {out} {err}");
-    assert!(err.contains("available:") && err.contains("--since") || err.contains("since:"), "names the range: {err}");
-    let (code, _, err) = tokio::task::spawn_blocking({
-        let config = config.clone();
-        move || cli(&config, &["--sink", "local", "--since", "tomorrow"])
-    })
-    .await??;
+    assert!(
+        err.contains("since:") && err.contains(&format!("available: {from}")),
+        "names the range: {err}"
+    );
+    let (code, _, err) = cli_async(
+        config.clone(),
+        args(&["--sink", "local", "--since", "tomorrow"]),
+    )
+    .await?;
     assert_eq!(code, 1);
     assert!(err.contains("--since"), "names the flag: {err}");
+    let (code, _, err) = cli_async(
+        config.clone(),
+        args(&["--sink", "nowhere", "--since", "1h"]),
+    )
+    .await?;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("--sink") && err.contains("local"),
+        "names the flag and the sinks: {err}"
+    );
 
     let events_before = testkit::read_events(&receiver.events_path())?.len();
-    let (code, out, err) = tokio::task::spawn_blocking({
-        let config = config.clone();
-        move || cli(&config, &["--sink", "local", "--since", "1h", "--event-id", "wamid.replay.39", "--json"])
-    })
-    .await??;
+    let (code, out, err) = cli_async(
+        config.clone(),
+        args(&[
+            "--sink",
+            "local",
+            "--since",
+            &from,
+            "--event-id",
+            "wamid.replay.39",
+            "--json",
+        ]),
+    )
+    .await?;
     ensure!(code == 0, "stopped-spool replay: {code} {out} {err}");
     let summary: Value = serde_json::from_str(&out)?;
-    assert_eq!((summary["matched"].as_u64(), summary["delivered"].as_u64()), (Some(1), Some(1)), "{summary}");
+    assert_eq!(
+        (summary["matched"].as_u64(), summary["delivered"].as_u64()),
+        (Some(1), Some(1)),
+        "{summary}"
+    );
     let events = testkit::read_events(&receiver.events_path())?;
-    ensure!(events.len() == events_before + 1, "one line appended: {} -> {}", events_before, events.len());
+    ensure!(
+        events.len() == events_before + 1,
+        "one line appended: {} -> {}",
+        events_before,
+        events.len()
+    );
     let last = events.last().context("a line")?;
-    assert_eq!((last["id"].as_str(), last["replayed"].as_bool()), (Some("wamid.replay.39"), Some(true)));
+    assert_eq!(
+        (last["id"].as_str(), last["replayed"].as_bool()),
+        (Some("wamid.replay.39"), Some(true))
+    );
     if summary["state"] != "succeeded" {
         bail!("{summary}");
     }

@@ -20,9 +20,9 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Body;
 use serde_json::json;
 
+use super::engine::ReplayError;
 use super::jobs::{Jobs, StartError};
 use super::request::ReplayRequest;
-use super::engine::ReplayError;
 
 /// Largest request body taken.
 const MAX_BODY: usize = 1024 * 1024;
@@ -59,9 +59,10 @@ impl Admin {
             HeaderValue::from_static("application/json"),
         );
         if status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
         }
         response
     }
@@ -80,16 +81,30 @@ impl Admin {
             (Method::POST, "/admin/replay", _) => {
                 let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
                     Ok(body) => body.to_bytes(),
-                    Err(err) => return error(StatusCode::BAD_REQUEST, &format!("cannot read the body: {err}")),
+                    Err(err) => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            &format!("cannot read the body: {err}"),
+                        );
+                    }
                 };
                 let replay: ReplayRequest = match serde_json::from_slice(&body) {
                     Ok(replay) => replay,
-                    Err(err) => return error(StatusCode::BAD_REQUEST, &format!("not a replay request: {err}")),
+                    Err(err) => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            &format!("not a replay request: {err}"),
+                        );
+                    }
                 };
                 let dry_run = replay.dry_run;
                 match self.jobs.start(replay).await {
                     Ok(status) => {
-                        let code = if dry_run { StatusCode::OK } else { StatusCode::ACCEPTED };
+                        let code = if dry_run {
+                            StatusCode::OK
+                        } else {
+                            StatusCode::ACCEPTED
+                        };
                         (code, json!(status))
                     }
                     Err(StartError::Busy(running)) => (
@@ -97,20 +112,33 @@ impl Admin {
                         json!({"error": StartError::Busy(running.clone()).to_string(), "running": running}),
                     ),
                     Err(StartError::Refused(err)) => refused(&err),
-                    Err(err @ StartError::NoLoop(_)) => error(StatusCode::CONFLICT, &err.to_string()),
+                    Err(err @ StartError::NoLoop(_)) => {
+                        error(StatusCode::CONFLICT, &err.to_string())
+                    }
                 }
             }
-            (Method::GET, "/admin/replay", _) => (StatusCode::OK, json!({"replays": self.jobs.list()})),
+            (Method::GET, "/admin/replay", _) => {
+                (StatusCode::OK, json!({"replays": self.jobs.list()}))
+            }
             (Method::GET, _, Some(id)) => match self.jobs.get(&id) {
                 Some(status) => (StatusCode::OK, json!(status)),
-                None => error(StatusCode::NOT_FOUND, &format!("no replay {id} (kept: the last 16)")),
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    &format!("no replay {id} (kept: the last 16)"),
+                ),
             },
             (Method::DELETE, _, Some(id)) => match self.jobs.cancel(&id) {
                 Some(status) => (StatusCode::OK, json!(status)),
                 None => error(StatusCode::NOT_FOUND, &format!("no replay {id}")),
             },
-            (_, "/admin/replay", _) | (_, _, Some(_)) => error(StatusCode::METHOD_NOT_ALLOWED, "use POST /admin/replay, GET or DELETE /admin/replay/ID"),
-            _ => error(StatusCode::NOT_FOUND, "no such admin endpoint (there is /admin/replay)"),
+            (_, "/admin/replay", _) | (_, _, Some(_)) => error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "use POST /admin/replay, GET or DELETE /admin/replay/ID",
+            ),
+            _ => error(
+                StatusCode::NOT_FOUND,
+                "no such admin endpoint (there is /admin/replay)",
+            ),
         }
     }
 
@@ -119,7 +147,10 @@ impl Admin {
             Ok(token) if !token.trim_ascii().is_empty() => token,
             Ok(_) | Err(_) => {
                 tracing::error!(file = %self.token_file.display(), "admin.token_file cannot be read or is empty: refusing admin calls");
-                return Err(error(StatusCode::SERVICE_UNAVAILABLE, "the admin token (admin.token_file) cannot be read"));
+                return Err(error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the admin token (admin.token_file) cannot be read",
+                ));
             }
         };
         let given = headers
@@ -128,7 +159,10 @@ impl Admin {
             .map(<[u8]>::trim_ascii);
         match given {
             Some(given) if crate::verify::tokens_equal(given, token.trim_ascii()) => Ok(()),
-            _ => Err(error(StatusCode::UNAUTHORIZED, "Authorization: Bearer with the admin token required")),
+            _ => Err(error(
+                StatusCode::UNAUTHORIZED,
+                "Authorization: Bearer with the admin token required",
+            )),
         }
     }
 }
@@ -145,7 +179,9 @@ fn refused(err: &ReplayError) -> (StatusCode, serde_json::Value) {
             json!({"error": err.to_string(), "available": available}),
         ),
         ReplayError::NothingHeld => error(StatusCode::UNPROCESSABLE_ENTITY, &err.to_string()),
-        ReplayError::Request(_) | ReplayError::UnknownSink { .. } => error(StatusCode::BAD_REQUEST, &err.to_string()),
+        ReplayError::Request(_) | ReplayError::UnknownSink { .. } => {
+            error(StatusCode::BAD_REQUEST, &err.to_string())
+        }
         _ => error(StatusCode::INTERNAL_SERVER_ERROR, &err.to_string()),
     }
 }

@@ -55,7 +55,9 @@ pub fn parse_time(flag: &str, text: &str, now: OffsetDateTime) -> anyhow::Result
     if let Ok(ago) = humantime::parse_duration(text) {
         return Ok(now - ago);
     }
-    bail!("{flag}: {text:?} is neither an RFC 3339 time (2026-12-07T10:00:00Z) nor a duration ago (90m, 24h)")
+    bail!(
+        "{flag}: {text:?} is neither an RFC 3339 time (2026-12-07T10:00:00Z) nor a duration ago (90m, 24h)"
+    )
 }
 
 /// Runs the command; the exit status.
@@ -131,7 +133,11 @@ fn admin_base(config: &Config, lock: Option<&std::path::Path>) -> anyhow::Result
              admin.token_file in the receiver's configuration, or give --admin-url and \
              --token-file (docs/replay.md)",
             config.spool.dir.display(),
-            if config.metrics_listen.is_none() { "metrics_listen" } else { "admin.token_file" }
+            if config.metrics_listen.is_none() {
+                "metrics_listen"
+            } else {
+                "admin.token_file"
+            }
         );
     };
     if at.ip().is_unspecified() {
@@ -145,7 +151,9 @@ fn token(config: &Config, args: &Args) -> anyhow::Result<String> {
         .token_file
         .clone()
         .or_else(|| config.admin.as_ref().map(|a| a.token_file.clone()))
-        .context("--token-file: the admin token is needed (or admin.token_file in the configuration)")?;
+        .context(
+            "--token-file: the admin token is needed (or admin.token_file in the configuration)",
+        )?;
     let token = std::fs::read_to_string(&file)
         .with_context(|| format!("--token-file: cannot read {}", file.display()))?;
     Ok(token.trim().to_owned())
@@ -169,10 +177,12 @@ async fn remote(
             .await
             .with_context(|| format!("cannot reach the receiver's admin endpoint at {base}"))?;
         let status = response.status();
-        let body = response.bytes().await.context("cannot read the admin endpoint's answer")?;
-        let value: Value = serde_json::from_slice(&body).unwrap_or_else(|_| {
-            serde_json::json!({"error": String::from_utf8_lossy(&body)})
-        });
+        let body = response
+            .bytes()
+            .await
+            .context("cannot read the admin endpoint's answer")?;
+        let value: Value = serde_json::from_slice(&body)
+            .unwrap_or_else(|_| serde_json::json!({"error": String::from_utf8_lossy(&body)}));
         if !status.is_success() {
             let error = value["error"].as_str().unwrap_or("no reason given");
             bail!("the receiver refused the replay ({status}): {error}");
@@ -247,7 +257,11 @@ fn summarize(status: &Value, json: bool) -> anyhow::Result<u8> {
             "replay {} to sink {}: {state}{}",
             status["id"].as_str().unwrap_or(""),
             request["sink"].as_str().unwrap_or(""),
-            if dry { " (dry run: nothing delivered)" } else { "" }
+            if dry {
+                " (dry run: nothing delivered)"
+            } else {
+                ""
+            }
         );
         println!(
             "  window: {} to {}",

@@ -143,7 +143,12 @@ pub fn prepare(spool: &Spool, request: ReplayRequest) -> Result<Prepared, Replay
     let (Some(oldest), Some(newest)) = (oldest.first(), newest.first()) else {
         return Err(ReplayError::NothingHeld);
     };
-    let at = |e: &Spooled| EventView::of(&e.json).map_or_else(|| from_millis(e.received_millis), |v| v.received(e.received_millis));
+    let at = |e: &Spooled| {
+        EventView::of(&e.json).map_or_else(
+            || from_millis(e.received_millis),
+            |v| v.received(e.received_millis),
+        )
+    };
     let (from, to) = (at(oldest), at(newest));
     let available = Available {
         from: rfc3339(from),
@@ -176,7 +181,11 @@ pub async fn run(
     progress: &Mutex<Progress>,
     cancel: &AtomicBool,
 ) -> Result<(), ReplayError> {
-    let deliver = if prepared.request.dry_run { None } else { inbox };
+    let deliver = if prepared.request.dry_run {
+        None
+    } else {
+        inbox
+    };
     let mut after = spool.before_oldest();
     let mut selected = Vec::new();
     while after < prepared.head {
@@ -260,15 +269,34 @@ async fn hand_over(
     };
     let ids: Vec<(u64, String)> = batch
         .iter()
-        .map(|e| (e.seq, EventView::of(&e.json).map(|v| v.id.into_owned()).unwrap_or_default()))
+        .map(|e| {
+            (
+                e.seq,
+                EventView::of(&e.json)
+                    .map(|v| v.id.into_owned())
+                    .unwrap_or_default(),
+            )
+        })
         .collect();
     let outcome = inbox.deliver(batch).await?;
     update(progress, |p| {
         p.delivered += outcome.delivered as u64;
         p.failed += outcome.failed.len() as u64;
-        for (seq, reason) in outcome.failed.iter().take(LISTED_FAILURES.saturating_sub(p.failures.len())) {
-            let id = ids.iter().find(|(s, _)| s == seq).map(|(_, id)| id.clone()).unwrap_or_default();
-            p.failures.push(Failure { seq: *seq, id, reason: reason.clone() });
+        for (seq, reason) in outcome
+            .failed
+            .iter()
+            .take(LISTED_FAILURES.saturating_sub(p.failures.len()))
+        {
+            let id = ids
+                .iter()
+                .find(|(s, _)| s == seq)
+                .map(|(_, id)| id.clone())
+                .unwrap_or_default();
+            p.failures.push(Failure {
+                seq: *seq,
+                id,
+                reason: reason.clone(),
+            });
         }
     });
     Ok(())

@@ -120,11 +120,15 @@ impl Jobs {
             return Err(StartError::NoLoop(prepared.request.sink.clone()));
         }
         let job = {
-            let mut jobs = self.jobs.lock().map_err(|_| StartError::NoLoop(String::new()))?;
+            let mut jobs = self
+                .jobs
+                .lock()
+                .map_err(|_| StartError::NoLoop(String::new()))?;
             if !prepared.request.dry_run
-                && let Some(running) = jobs.1.iter().find_map(|j| {
-                    j.status().filter(|s| s.state == State::Running)
-                })
+                && let Some(running) = jobs
+                    .1
+                    .iter()
+                    .find_map(|j| j.status().filter(|s| s.state == State::Running))
             {
                 return Err(StartError::Busy(running.id));
             }
@@ -168,13 +172,17 @@ impl Jobs {
         } else {
             tokio::spawn(work);
         }
-        job.status().ok_or_else(|| StartError::NoLoop(String::new()))
+        job.status()
+            .ok_or_else(|| StartError::NoLoop(String::new()))
     }
 
     /// The replay with this id, if kept.
     pub fn get(&self, id: &str) -> Option<Status> {
         let jobs = self.jobs.lock().ok()?;
-        jobs.1.iter().filter_map(|j| j.status()).find(|s| s.id == id)
+        jobs.1
+            .iter()
+            .filter_map(|j| j.status())
+            .find(|s| s.id == id)
     }
 
     /// Every replay kept, newest first.
@@ -188,7 +196,10 @@ impl Jobs {
     /// Asks a running replay to stop (between batches); its status.
     pub fn cancel(&self, id: &str) -> Option<Status> {
         let jobs = self.jobs.lock().ok()?;
-        let job = jobs.1.iter().find(|j| j.status().is_some_and(|s| s.id == id))?;
+        let job = jobs
+            .1
+            .iter()
+            .find(|j| j.status().is_some_and(|s| s.id == id))?;
         job.cancel.store(true, Ordering::SeqCst);
         job.status()
     }

@@ -88,7 +88,8 @@ impl<'a> EventView<'a> {
     /// Its `received_at`, or `fallback_millis` (when the record was written) when it has
     /// none that parses.
     pub fn received(&self, fallback_millis: u64) -> OffsetDateTime {
-        OffsetDateTime::parse(&self.received_at, &Rfc3339).unwrap_or_else(|_| from_millis(fallback_millis))
+        OffsetDateTime::parse(&self.received_at, &Rfc3339)
+            .unwrap_or_else(|_| from_millis(fallback_millis))
     }
 }
 
@@ -120,7 +121,11 @@ impl ReplayRequest {
             });
         }
         let since = time("since", &self.since)?;
-        let until = self.until.as_deref().map(|u| time("until", u)).transpose()?;
+        let until = self
+            .until
+            .as_deref()
+            .map(|u| time("until", u))
+            .transpose()?;
         if let Some(until) = until
             && until <= since
         {
@@ -184,9 +189,18 @@ mod tests {
     #[test]
     fn the_window_is_half_open_and_filters_select_only_what_they_name() {
         let all = request().selection().expect("valid");
-        assert!(selected(&all, &event("a", "page", "feed", "2026-12-07T10:00:00Z")));
-        assert!(!selected(&all, &event("a", "page", "feed", "2026-12-07T11:00:00Z")));
-        assert!(!selected(&all, &event("a", "page", "feed", "2026-12-07T09:59:59.999Z")));
+        assert!(selected(
+            &all,
+            &event("a", "page", "feed", "2026-12-07T10:00:00Z")
+        ));
+        assert!(!selected(
+            &all,
+            &event("a", "page", "feed", "2026-12-07T11:00:00Z")
+        ));
+        assert!(!selected(
+            &all,
+            &event("a", "page", "feed", "2026-12-07T09:59:59.999Z")
+        ));
         let filtered = ReplayRequest {
             objects: vec!["page".into()],
             fields: vec!["feed".into()],
@@ -195,23 +209,46 @@ mod tests {
         }
         .selection()
         .expect("valid");
-        assert!(selected(&filtered, &event("b", "page", "feed", "2026-12-07T10:30:00Z")));
-        assert!(!selected(&filtered, &event("c", "page", "feed", "2026-12-07T10:30:00Z")));
-        assert!(!selected(&filtered, &event("a", "instagram", "feed", "2026-12-07T10:30:00Z")));
-        assert!(!selected(&filtered, &event("a", "page", "messages", "2026-12-07T10:30:00Z")));
+        assert!(selected(
+            &filtered,
+            &event("b", "page", "feed", "2026-12-07T10:30:00Z")
+        ));
+        assert!(!selected(
+            &filtered,
+            &event("c", "page", "feed", "2026-12-07T10:30:00Z")
+        ));
+        assert!(!selected(
+            &filtered,
+            &event("a", "instagram", "feed", "2026-12-07T10:30:00Z")
+        ));
+        assert!(!selected(
+            &filtered,
+            &event("a", "page", "messages", "2026-12-07T10:30:00Z")
+        ));
     }
 
     #[test]
     fn errors_name_the_member() {
-        let err = ReplayRequest { since: "yesterday".into(), ..request() }.selection().expect_err("since");
+        let err = ReplayRequest {
+            since: "yesterday".into(),
+            ..request()
+        }
+        .selection()
+        .expect_err("since");
         assert_eq!(err.field, "since");
-        let err = ReplayRequest { until: Some("2026-12-07T09:00:00Z".into()), ..request() }
-            .selection()
-            .expect_err("until");
+        let err = ReplayRequest {
+            until: Some("2026-12-07T09:00:00Z".into()),
+            ..request()
+        }
+        .selection()
+        .expect_err("until");
         assert_eq!(err.field, "until");
-        let json = r#"{"sink":"pg","since":"2026-12-07T10:00:00Z","fields":["feed"],"dry_run":true}"#;
+        let json =
+            r#"{"sink":"pg","since":"2026-12-07T10:00:00Z","fields":["feed"],"dry_run":true}"#;
         let parsed: ReplayRequest = serde_json::from_str(json).expect("contract");
         assert!(parsed.dry_run && parsed.fields == ["feed"]);
-        assert!(serde_json::from_str::<ReplayRequest>(r#"{"sink":"pg","since":"x","sinc":1}"#).is_err());
+        assert!(
+            serde_json::from_str::<ReplayRequest>(r#"{"sink":"pg","since":"x","sinc":1}"#).is_err()
+        );
     }
 }

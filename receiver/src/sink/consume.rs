@@ -275,10 +275,19 @@ impl Consumer {
             };
             let err = match attempted {
                 Ok(rejected) => {
+                    // A replay's refused events are reported to it, not dead-lettered.
+                    let replayed = matches!(batch.source, Source::Inbox);
+                    if let (true, Some((_, reason))) = (replayed, rejected.first()) {
+                        tracing::warn!(sink = %name, events = rejected.len(), reason = %reason, "destination refused replayed events: reported to the replay");
+                    }
                     self.metrics.emit(BatchDelivered {
                         sink: name,
-                        events,
-                        refused: &rejected,
+                        events: if replayed {
+                            events.saturating_sub(rejected.len())
+                        } else {
+                            events
+                        },
+                        refused: if replayed { &[] } else { &rejected },
                         elapsed: started.elapsed(),
                     });
                     if let Source::DeadLetters = batch.source {
@@ -307,7 +316,7 @@ impl Consumer {
                     events,
                     error: &err,
                     elapsed,
-                    then: AfterFailure::GiveUp { attempts },
+                    then: AfterFailure::ReplayGivenUp { attempts },
                 });
                 if let Some(reply) = batch.reply.take() {
                     let failed = batch.events.iter().map(|e| (e.seq, reason.clone()));
