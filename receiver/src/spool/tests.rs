@@ -643,16 +643,18 @@ async fn retention_keeps_delivered_segments_within_its_bytes_and_age() {
     );
     drop(spool);
 
-    // Without retention a reopened spool deletes what was delivered at the next commit.
+    // Without retention a reopened spool deletes what was delivered at the next commit:
+    // only the active segment is left (its last records: 1.5 KB ones in 4 KB segments).
     retained.retention = None;
     let spool = Spool::open(&retained, &["a".to_owned()]).expect("reopen");
     spool.commit_cursor("a", Cursor::at(12, 0)).expect("cursor");
     assert_eq!(spool.retained().bytes, 0);
+    assert!(spool.before_oldest() >= 9, "{}", spool.before_oldest());
     assert!(
         spool
             .read_after(spool.before_oldest(), 100)
             .expect("read")
             .len()
-            <= 2
+            <= 3
     );
 }
