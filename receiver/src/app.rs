@@ -484,17 +484,14 @@ async fn update_gauges(
         }
         // Retained segments expire while no sink commits (a quiet receiver), here.
         let expiring = Arc::clone(&spool);
-        let retained = match tokio::task::spawn_blocking(move || {
+        let retained = tokio::task::spawn_blocking(move || {
             if let Err(err) = expiring.expire() {
                 tracing::error!(error = %err, "cannot expire retained spool segments");
             }
             expiring.retained()
         })
         .await
-        {
-            Ok(retained) => retained,
-            Err(_) => crate::spool::RetainedStats::default(),
-        };
+        .unwrap_or_default();
         let (stats, waiting) = (spool.stats(), intake.stats());
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -431,7 +431,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Replay(args) => {
             let config = load(cli.config.as_deref(), None)?;
-            return crate::replay::cli::run(&config, args.into());
+            return crate::replay::cli::run(&config, &args.into());
         }
         Command::CheckConfig { no_bind } => {
             let config = load(cli.config.as_deref(), Some("checking"))?;

@@ -61,7 +61,7 @@ pub fn parse_time(flag: &str, text: &str, now: OffsetDateTime) -> anyhow::Result
 }
 
 /// Runs the command; the exit status.
-pub fn run(config: &Config, args: Args) -> anyhow::Result<u8> {
+pub fn run(config: &Config, args: &Args) -> anyhow::Result<u8> {
     if config.delivery.mode == DeliveryMode::Direct {
         bail!("replay: with delivery.mode: direct no event log is kept to replay from");
     }
@@ -115,7 +115,7 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<u8> {
                 Some(url) => url.trim_end_matches('/').to_owned(),
                 None => admin_base(config, lock.as_deref())?,
             };
-            let token = token(config, &args)?;
+            let token = token(config, args)?;
             runtime.block_on(remote(&base, &token, &request, &mut progress))?
         }
     };

@@ -131,9 +131,9 @@ pub struct Prepared {
 /// starts inside what the spool holds. Blocking (reads two records).
 pub fn prepare(spool: &Spool, request: ReplayRequest) -> Result<Prepared, ReplayError> {
     let selection = request.selection()?;
-    if !spool.sinks().iter().any(|s| *s == request.sink) {
+    if !spool.sinks().contains(&request.sink) {
         return Err(ReplayError::UnknownSink {
-            sink: request.sink.clone(),
+            sink: request.sink,
             known: spool.sinks().to_vec(),
         });
     }
