@@ -576,3 +576,23 @@ pub fn json_schema() -> String {
     let schema = schemars::schema_for!(Event);
     serde_json::to_string_pretty(&schema).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_replay_marker_leads_the_object_and_keeps_everything_else() {
+        let marked = mark_replayed(br#"{"id":"wamid.1","kind":"message"}"#);
+        assert_eq!(
+            marked,
+            br#"{"replayed":true,"id":"wamid.1","kind":"message"}"#
+        );
+        assert!(is_replayed(&marked));
+        assert_eq!(mark_replayed(&marked), marked, "marked once");
+        assert_eq!(mark_replayed(b"{}"), br#"{"replayed":true}"#);
+        assert_eq!(mark_replayed(b"[1]"), b"[1]", "not an object: as it is");
+        let value: serde_json::Value = serde_json::from_slice(&marked).expect("still JSON");
+        assert_eq!(value["id"], "wamid.1");
+    }
+}

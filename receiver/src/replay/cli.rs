@@ -227,7 +227,8 @@ impl Progress {
         let n = |k: &str| status[k].as_u64().unwrap_or(0);
         let _ = write!(
             std::io::stderr().lock(),
-            "\rreplay to {}: {} scanned, {} matched, {} delivered, {} failed ",
+            "\rreplay {} to {}: {} scanned, {} matched, {} delivered, {} failed ",
+            status["id"].as_str().unwrap_or(""),
             status["request"]["sink"].as_str().unwrap_or(""),
             n("scanned"),
             n("matched"),

@@ -106,6 +106,9 @@ pub async fn consume<S: Sink>(consumer: Consumer, sink: S, phase: watch::Receive
         () = deliver_all(&consumer, sink, phase) => {}
         () = consumer.watch_lag() => {}
     }
+    if let Some(inbox) = &consumer.inbox {
+        inbox.close();
+    }
 }
 
 /// The delivery loop of [`consume`].
@@ -123,7 +126,13 @@ async fn deliver_all<S: Sink>(consumer: &Consumer, sink: S, mut phase: watch::Re
         if now == Phase::Stop {
             return;
         }
-        let batch = match consumer.next_batch(committed.seq, batch_size).await {
+        // Finishing (SIGTERM) delivers the backlog, not a replay: its batches wait, and the
+        // replay fails once the loop is gone.
+        let replays = now == Phase::Run;
+        let batch = match consumer
+            .next_batch(committed.seq, batch_size, replays)
+            .await
+        {
             Ok(batch) => batch,
             Err(NextBatch::Retry) => {
                 if wait(&mut phase, FIRST_BACKOFF).await {
@@ -180,10 +189,21 @@ enum NextBatch {
 }
 
 impl Consumer {
-    /// Dead letters queued for retry (`dlq retry`) first, else up to `max` events (and
-    /// [`BATCH_BYTES`]) of the spool after `after`; `None` when there is nothing to deliver.
-    async fn next_batch(&self, after: u64, max: usize) -> Result<Option<Batch>, NextBatch> {
-        if let Some(parcel) = self.inbox.as_deref().and_then(Inbox::take) {
+    /// A replay's batch from the inbox (when `replays`), then dead letters queued for retry
+    /// (`dlq retry`), else up to `max` events (and [`BATCH_BYTES`]) of the spool after
+    /// `after`; `None` when there is nothing to deliver.
+    async fn next_batch(
+        &self,
+        after: u64,
+        max: usize,
+        replays: bool,
+    ) -> Result<Option<Batch>, NextBatch> {
+        if let Some(parcel) = self
+            .inbox
+            .as_deref()
+            .filter(|_| replays)
+            .and_then(Inbox::take)
+        {
             return Ok(Some(Batch {
                 events: parcel.events,
                 source: Source::Inbox,

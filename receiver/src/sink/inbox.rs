@@ -34,25 +34,28 @@ pub(crate) struct Parcel {
 pub struct LoopStopped;
 
 /// One sink's inbox; the delivery loop takes a parcel before reading the spool.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Inbox {
-    queue: Mutex<VecDeque<Parcel>>,
+    /// The parcels waiting; `None` once the loop is gone.
+    queue: Mutex<Option<VecDeque<Parcel>>>,
     notify: Notify,
 }
 
 impl Inbox {
     /// An empty inbox, shared by the loop and whoever hands it batches.
     pub fn new() -> Arc<Inbox> {
-        Arc::new(Inbox::default())
+        Arc::new(Inbox {
+            queue: Mutex::new(Some(VecDeque::new())),
+            notify: Notify::new(),
+        })
     }
 
     /// Hands `events` to the loop and waits until they are delivered or given up.
     pub async fn deliver(&self, events: Vec<Spooled>) -> Result<ParcelOutcome, LoopStopped> {
         let (reply, outcome) = oneshot::channel();
-        if let Ok(mut queue) = self.queue.lock() {
-            queue.push_back(Parcel { events, reply });
-        } else {
-            return Err(LoopStopped);
+        match self.queue.lock().as_deref_mut() {
+            Ok(Some(queue)) => queue.push_back(Parcel { events, reply }),
+            _ => return Err(LoopStopped),
         }
         self.notify.notify_one();
         outcome.await.map_err(|_| LoopStopped)
@@ -60,7 +63,15 @@ impl Inbox {
 
     /// The next parcel, if any.
     pub(crate) fn take(&self) -> Option<Parcel> {
-        self.queue.lock().ok().and_then(|mut q| q.pop_front())
+        self.queue.lock().ok()?.as_mut()?.pop_front()
+    }
+
+    /// The loop is gone: parcels waiting, and any handed in later, fail with
+    /// [`LoopStopped`].
+    pub(crate) fn close(&self) {
+        if let Ok(mut queue) = self.queue.lock() {
+            queue.take();
+        }
     }
 
     /// Resolves once a parcel may have arrived (possibly at once).

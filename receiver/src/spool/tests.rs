@@ -658,3 +658,38 @@ async fn retention_keeps_delivered_segments_within_its_bytes_and_age() {
             <= 3
     );
 }
+
+#[tokio::test]
+async fn retained_segments_expire_by_age() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut retained = config(dir.path());
+    retained.preallocate_segments = false;
+    retained.retention = Some(metahook_config::RetentionConfig {
+        max_age: Some(Duration::from_millis(200)),
+        max_bytes: 0,
+    });
+    let spool = Spool::open(&retained, &["a".to_owned()]).expect("open");
+    let big = "x".repeat(1500);
+    for i in 0..12u8 {
+        spool
+            .append([i + 1; 16], events(&[&big]))
+            .await
+            .expect("append");
+    }
+    spool.commit_cursor("a", Cursor::at(12, 0)).expect("cursor");
+    assert!(spool.retained().bytes > 0, "kept at first");
+    // Expiry is what a receiver's gauge tick calls; wait for the age to pass.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while spool.retained().bytes > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retained segments never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        spool.expire().expect("expire");
+    }
+    assert!(
+        spool.before_oldest() >= 9,
+        "only the active segment is left"
+    );
+}
