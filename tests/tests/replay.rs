@@ -338,22 +338,23 @@ async fn a_window_beyond_retention_is_refused_and_a_stopped_spool_replays_itself
     let mut started = None;
     let mut receiver = TestReceiver::start_with(|config, dir| {
         replayable(config, dir);
-        // Small segments, and at most one kept: early events are deleted.
+        // Small segments (4 KiB and one append beyond), a few kept: early events are
+        // deleted.
         config.spool.segment_bytes = 4096;
         config.spool.preallocate_segments = false;
         config.spool.retention = Some(RetentionConfig {
             max_age: None,
-            max_bytes: 8192,
+            max_bytes: 32768,
         });
         started = Some(config.clone());
     })
     .await?;
     let config = write_config(&started.context("config")?, receiver.dir.path());
-    for n in 0..40 {
+    for n in 0..150 {
         ensure!(receiver.post(&body(n, false)).await?.status == StatusCode::OK);
     }
     receiver
-        .wait_delivered("local", 40, Duration::from_secs(30))
+        .wait_delivered("local", 150, Duration::from_secs(30))
         .await?;
     let retained = receiver
         .wait_metric_at_least(
@@ -363,7 +364,7 @@ async fn a_window_beyond_retention_is_refused_and_a_stopped_spool_replays_itself
             "retained bytes",
         )
         .await?;
-    ensure!(retained <= 8192.0, "retention.max_bytes holds: {retained}");
+    ensure!(retained <= 32768.0, "retention.max_bytes holds: {retained}");
     let oldest = receiver
         .metric("metahook_spool_oldest_retained_timestamp_seconds")
         .await?;
@@ -439,7 +440,7 @@ async fn a_window_beyond_retention_is_refused_and_a_stopped_spool_replays_itself
             "--since",
             &from,
             "--event-id",
-            "wamid.replay.39",
+            "wamid.replay.149",
             "--json",
         ]),
     )
@@ -461,10 +462,94 @@ async fn a_window_beyond_retention_is_refused_and_a_stopped_spool_replays_itself
     let last = events.last().context("a line")?;
     assert_eq!(
         (last["id"].as_str(), last["replayed"].as_bool()),
-        (Some("wamid.replay.39"), Some(true))
+        (Some("wamid.replay.149"), Some(true))
     );
     if summary["state"] != "succeeded" {
         bail!("{summary}");
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replay_at_a_time_and_delete_cancels_it() -> Result<()> {
+    use metahook_tests::downstream::Mode;
+    let downstream = Downstream::start("127.0.0.1:0".parse()?, new_state()).await?;
+    let receiver = TestReceiver::start_with(|config, dir| {
+        replayable(config, dir);
+        config.sinks.push(SinkConfig {
+            name: "crm".into(),
+            kind: SinkKind::Http(HttpSinkConfig {
+                url: format!("http://{}/hooks", downstream.addr),
+                ..HttpSinkConfig::new(String::new())
+            }),
+            retry: RetryConfig {
+                max_attempts: 0,
+                max_backoff: Duration::from_millis(100),
+            },
+        });
+    })
+    .await?;
+    let since = now();
+    ensure!(receiver.post(&body(1, false)).await?.status == StatusCode::OK);
+    testkit::wait_until("the event arrives", Duration::from_secs(20), || {
+        std::future::ready(Ok(!downstream.received().is_empty()))
+    })
+    .await?;
+    // The destination fails from now on: the replay's batch is retried, and it runs on.
+    downstream.set(Mode::Status(503, None));
+    let request = json!({"sink": "crm", "since": since});
+    let (status, first) = admin(
+        &receiver,
+        Method::POST,
+        "/admin/replay",
+        Some(TOKEN),
+        Some(request.clone()),
+    )
+    .await?;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    let id = first["id"].as_str().context("id")?.to_owned();
+    let (status, busy) = admin(
+        &receiver,
+        Method::POST,
+        "/admin/replay",
+        Some(TOKEN),
+        Some(request),
+    )
+    .await?;
+    assert_eq!(status, StatusCode::CONFLICT, "{busy}");
+    assert_eq!(busy["running"], id.as_str());
+    let (status, listed) =
+        admin(&receiver, Method::GET, "/admin/replay", Some(TOKEN), None).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listed["replays"][0]["id"], id.as_str(), "{listed}");
+
+    let (status, _) = admin(
+        &receiver,
+        Method::DELETE,
+        &format!("/admin/replay/{id}"),
+        Some(TOKEN),
+        None,
+    )
+    .await?;
+    assert_eq!(status, StatusCode::OK);
+    let path = format!("/admin/replay/{id}");
+    testkit::wait_until(
+        "the replay is cancelled",
+        Duration::from_secs(10),
+        || async {
+            let (_, now) = admin(&receiver, Method::GET, &path, Some(TOKEN), None).await?;
+            Ok(now["state"] == "cancelled")
+        },
+    )
+    .await?;
+    let (status, _) = admin(
+        &receiver,
+        Method::GET,
+        "/admin/replay/r-999",
+        Some(TOKEN),
+        None,
+    )
+    .await?;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     Ok(())
 }

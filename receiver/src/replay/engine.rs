@@ -18,6 +18,8 @@ use crate::spool::{Spool, SpoolError, Spooled};
 pub const BATCH: usize = 512;
 /// Bytes of events read at a time (plus one event).
 const BATCH_BYTES: usize = 16 * 1024 * 1024;
+/// How often a replay waiting for a batch looks whether it was cancelled.
+const CANCEL_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
 /// Failures listed in a result (all are counted).
 const LISTED_FAILURES: usize = 20;
 
@@ -212,10 +214,22 @@ pub async fn run(
             p.matched += matched;
         });
         if selected.len() >= BATCH {
-            hand_over(deliver.as_deref(), std::mem::take(&mut selected), progress).await?;
+            hand_over(
+                deliver.as_deref(),
+                std::mem::take(&mut selected),
+                progress,
+                cancel,
+            )
+            .await?;
         }
     }
-    hand_over(deliver.as_deref(), std::mem::take(&mut selected), progress).await?;
+    hand_over(
+        deliver.as_deref(),
+        std::mem::take(&mut selected),
+        progress,
+        cancel,
+    )
+    .await?;
     if prepared.request.dead_letters {
         let (store, sink) = (dead_letters, prepared.request.sink.clone());
         let letters = tokio::task::spawn_blocking(move || store.list(&sink))
@@ -241,7 +255,7 @@ pub async fn run(
             if cancel.load(Ordering::SeqCst) {
                 return Err(ReplayError::Cancelled);
             }
-            hand_over(deliver.as_deref(), chunk.to_vec(), progress).await?;
+            hand_over(deliver.as_deref(), chunk.to_vec(), progress, cancel).await?;
         }
     }
     Ok(())
@@ -263,6 +277,7 @@ async fn hand_over(
     inbox: Option<&Inbox>,
     batch: Vec<Spooled>,
     progress: &Mutex<Progress>,
+    cancel: &AtomicBool,
 ) -> Result<(), ReplayError> {
     let Some(inbox) = inbox.filter(|_| !batch.is_empty()) else {
         return Ok(());
@@ -278,7 +293,12 @@ async fn hand_over(
             )
         })
         .collect();
-    let outcome = inbox.deliver(batch).await?;
+    // A cancel does not wait for a batch the destination is slow to take (or refuses
+    // while the sink retries): the batch stays with the sink's loop, which finishes it.
+    let outcome = tokio::select! {
+        outcome = inbox.deliver(batch) => outcome?,
+        () = cancelled(cancel) => return Err(ReplayError::Cancelled),
+    };
     update(progress, |p| {
         p.delivered += outcome.delivered as u64;
         p.failed += outcome.failed.len() as u64;
@@ -300,6 +320,13 @@ async fn hand_over(
         }
     });
     Ok(())
+}
+
+/// Resolves once `cancel` is set (looked at every [`CANCEL_CHECK`]).
+async fn cancelled(cancel: &AtomicBool) {
+    while !cancel.load(Ordering::SeqCst) {
+        tokio::time::sleep(CANCEL_CHECK).await;
+    }
 }
 
 fn update(progress: &Mutex<Progress>, change: impl FnOnce(&mut Progress)) {
