@@ -553,3 +553,72 @@ async fn one_replay_at_a_time_and_delete_cancels_it() -> Result<()> {
     assert_eq!(status, StatusCode::NOT_FOUND);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_replayed_with_the_flag_and_stay_dead_letters() -> Result<()> {
+    let state = new_state();
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .refuse
+        .insert("wamid.replay.7".into(), 400);
+    let downstream = Downstream::start("127.0.0.1:0".parse()?, state).await?;
+    let receiver = TestReceiver::start_with(|config, dir| {
+        replayable(config, dir);
+        // No retention: the delivered events are gone, the dead letter stays.
+        config.spool.retention = None;
+        config.sinks.push(SinkConfig {
+            name: "crm".into(),
+            kind: SinkKind::Http(HttpSinkConfig {
+                url: format!("http://{}/hooks", downstream.addr),
+                ..HttpSinkConfig::new(String::new())
+            }),
+            retry: RetryConfig::default(),
+        });
+    })
+    .await?;
+    let since = now();
+    for n in 6..9 {
+        ensure!(receiver.post(&body(n, false)).await?.status == StatusCode::OK);
+    }
+    receiver
+        .wait_metric_at_least(
+            r#"metahook_dead_letter_events_total{sink="crm"}"#,
+            1.0,
+            Duration::from_secs(20),
+            "the refused event is dead-lettered",
+        )
+        .await?;
+    // The destination is fixed; the dead letter is replayed to it, marked.
+    downstream
+        .state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .refuse
+        .clear();
+    let done = replay_via_admin(
+        &receiver,
+        json!({"sink": "crm", "since": since, "event_ids": ["wamid.replay.7"], "dead_letters": true}),
+    )
+    .await?;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["matched_dead_letters"], 1, "{done}");
+    let replayed: Vec<_> = downstream
+        .received()
+        .into_iter()
+        .filter(|r| r.idempotency_key == "wamid.replay.7")
+        .collect();
+    ensure!(
+        !replayed.is_empty(),
+        "the dead letter reached the destination"
+    );
+    assert!(
+        replayed.iter().all(|r| r.replay == "1"),
+        "marked as replayed"
+    );
+    let letters = metahook_receiver::spool::dead_letters::DeadLetters::new(
+        &receiver.dir.path().join("spool"),
+    );
+    assert_eq!(letters.list("crm")?.len(), 1, "it stays a dead letter");
+    Ok(())
+}
