@@ -305,8 +305,8 @@ enum Command {
         action: DlqAction,
     },
     /// Re-deliver events the spool still holds to one sink, with their original ids and
-    /// the replay marker ("replayed": true first in the event JSON; HTTP also sends
-    /// X-Metahook-Replay: 1). docs/replay.md.
+    /// the replay marker ("replayed": true first in the event JSON; HTTP also sends the header
+    /// X-Metahook-Replay: 1, NATS Metahook-Replay: 1). docs/replay.md.
     ///
     /// Selects events whose received_at is in [--since, --until) and that match every
     /// filter given (a repeated filter matches any of its values). A window starting
