@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::admin::AdminConfig;
 use crate::delivery::DeliveryConfig;
 use crate::endpoint::EndpointConfig;
 use crate::enrich::EnrichmentConfig;
@@ -74,6 +75,10 @@ pub struct Config {
     /// [`crate::enrich`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enrichment: Option<EnrichmentConfig>,
+    /// Admin endpoints (`POST /admin/replay`) on `metrics_listen`, behind a bearer token;
+    /// absent: none are served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminConfig>,
 }
 
 impl Config {
@@ -95,6 +100,7 @@ impl Config {
             trusted_proxy: None,
             metrics_listen: None,
             enrichment: None,
+            admin: None,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! runtime, no network client, no TLS stack here (docs/architecture.md, Layout). Each
 //! component's settings are in their own module; this file only aggregates.
 
+mod admin;
 pub mod byte_size;
 mod delivery;
 mod document;
@@ -29,6 +30,7 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
+pub use admin::AdminConfig;
 pub use byte_size::parse_byte_size;
 pub use delivery::{DeliveryConfig, DeliveryMode};
 pub use document::Config;
@@ -44,6 +46,6 @@ pub use sink::http::{HttpHeaderConfig, HttpSinkConfig};
 pub use sink::nats::{NatsSinkConfig, SUBJECT_PLACEHOLDERS};
 pub use sink::postgres::{PostgresSinkConfig, SslMode};
 pub use sink::{SinkConfig, SinkKind};
-pub use spool::SpoolConfig;
+pub use spool::{RetentionConfig, SpoolConfig};
 pub use tls::{META_CLIENT_NAME, TlsConfig, TlsMode};
 pub use trusted_proxy::TrustedProxyConfig;

@@ -47,6 +47,60 @@ pub struct SpoolConfig {
         with = "humantime_serde::option"
     )]
     pub lock_wait: Option<Duration>,
+    /// Keep delivered events for `metahook-receiver replay` (docs/replay.md); absent: a
+    /// segment is deleted as soon as every sink has delivered it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionConfig>,
+}
+
+/// How long delivered events stay in the event log for replay. Whole segments are kept:
+/// a segment every sink has delivered is deleted once its newest event is older than
+/// `max_age`, or, oldest first, while the retained segments hold more than `max_bytes`.
+/// Retained bytes do not count against `spool.max_bytes` (that limit is about undelivered
+/// events), so size the volume for both (docs/operations.md, "Spool sizing").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Delivered events younger than this are kept; absent: no time limit (then
+    /// `max_bytes` is required).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde::option"
+    )]
+    pub max_age: Option<Duration>,
+    /// Most bytes of delivered events kept; 0 or absent: no byte limit (then `max_age` is
+    /// required).
+    #[serde(default, with = "crate::byte_size")]
+    pub max_bytes: u64,
+}
+
+impl RetentionConfig {
+    /// What is wrong with these settings, as (key under `spool.retention`, why).
+    pub fn problem(&self, segment_bytes: u64) -> Option<(&'static str, String)> {
+        if self.max_age.is_none() && self.max_bytes == 0 {
+            return Some((
+                "",
+                "set max_age, max_bytes or both (omit spool.retention to keep nothing)".into(),
+            ));
+        }
+        if self.max_age == Some(Duration::ZERO) {
+            return Some((
+                ".max_age",
+                "must be above 0s (omit it to keep by bytes only)".into(),
+            ));
+        }
+        if self.max_bytes != 0 && self.max_bytes < segment_bytes {
+            return Some((
+                ".max_bytes",
+                format!(
+                    "{} is below spool.segment_bytes ({segment_bytes}): whole segments are kept",
+                    self.max_bytes
+                ),
+            ));
+        }
+        None
+    }
 }
 
 impl SpoolConfig {
@@ -62,6 +116,7 @@ impl SpoolConfig {
             group_commit_wait: default_group_commit_wait(),
             preallocate_segments: default_preallocate_segments(),
             lock_wait: None,
+            retention: None,
         }
     }
 }

@@ -122,3 +122,47 @@ fn errors_name_the_bad_key() {
             .contains("sinks[0]")
     );
 }
+
+#[test]
+fn retention_and_admin_are_off_by_default_and_errors_name_the_key() {
+    let config = Config::parse(CONTRACT).expect("contract config");
+    assert_eq!(config.spool.retention, None);
+    assert_eq!(config.admin, None);
+    let with = |extra: &str| {
+        CONTRACT.replace(
+            "  dir: data/spool\n",
+            &format!("  dir: data/spool\n{extra}"),
+        )
+    };
+    let config =
+        Config::parse(&with("  retention: {max_age: 24h, max_bytes: 1GiB}\n")).expect("retention");
+    let retention = config.spool.retention.expect("set");
+    assert_eq!(
+        retention.max_age,
+        Some(std::time::Duration::from_secs(86_400))
+    );
+    assert_eq!(retention.max_bytes, 1 << 30);
+    for (extra, key) in [
+        ("  retention: {}\n", "spool.retention"),
+        ("  retention: {max_age: 0s}\n", "spool.retention.max_age"),
+        (
+            "  retention: {max_bytes: 1MiB}\n",
+            "spool.retention.max_bytes",
+        ),
+    ] {
+        let err = Config::parse(&with(extra)).expect_err(extra).to_string();
+        assert!(err.contains(key), "{extra}: {err}");
+    }
+    let err = Config::parse(&format!("{CONTRACT}admin: {{token_file: /t}}\n"))
+        .expect_err("admin without metrics_listen")
+        .to_string();
+    assert!(
+        err.contains("admin") && err.contains("metrics_listen"),
+        "{err}"
+    );
+    let config = Config::parse(&format!(
+        "{CONTRACT}metrics_listen: 127.0.0.1:9090\nadmin: {{token_file: /t}}\n"
+    ))
+    .expect("admin");
+    assert_eq!(config.admin.expect("set").token_file, PathBuf::from("/t"));
+}

@@ -109,6 +109,23 @@ impl Config {
         if self.spool.segment_bytes < 4096 {
             return Err(invalid("spool.segment_bytes", "must be at least 4096"));
         }
+        if let Some(retention) = &self.spool.retention {
+            if let Some((key, why)) = retention.problem(self.spool.segment_bytes) {
+                return Err(invalid(format!("spool.retention{key}"), why));
+            }
+            if self.delivery.mode == DeliveryMode::Direct {
+                return Err(invalid(
+                    "spool.retention",
+                    "needs delivery.mode: spool (direct delivery keeps no event log to replay)",
+                ));
+            }
+        }
+        if self.admin.is_some() && self.metrics_listen.is_none() {
+            return Err(invalid(
+                "admin",
+                "the admin endpoints are served on metrics_listen only; set metrics_listen",
+            ));
+        }
         if self.spool.max_group_requests == 0 {
             return Err(invalid("spool.max_group_requests", "must be at least 1"));
         }

@@ -168,13 +168,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         // started while no sink is configured.
         if !config.sinks.is_empty() {
             let runtime = DeliveryRuntime::start().context("cannot start the delivery runtime")?;
+            let mut inboxes = std::collections::HashMap::new();
             for sink_config in &config.sinks {
+                let inbox = sink::inbox::Inbox::new();
+                inboxes.insert(sink_config.name.clone(), Arc::clone(&inbox));
                 let consumer = Consumer {
                     name: sink_config.name.clone(),
                     spool: Arc::clone(spool),
                     metrics: Arc::clone(&metrics),
                     retry: sink_config.retry.clone(),
                     dead_letters: dead_letters.clone(),
+                    inbox: Some(inbox),
+                    inbox_only: false,
                 };
                 let sink = sink_config.kind.build();
                 sink_tasks.push(runtime.spawn(sink::consume(
@@ -184,6 +189,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 )));
             }
             delivery = Some(runtime);
+            if let Some(admin) = &config.admin {
+                let jobs = crate::replay::jobs::Jobs::new(
+                    Arc::clone(spool),
+                    dead_letters.clone(),
+                    inboxes,
+                );
+                receiver.set_admin(Arc::new(crate::replay::admin::Admin::new(
+                    admin.token_file.clone(),
+                    jobs,
+                )));
+            }
         }
         gauges = Some(tokio::spawn(update_gauges(
             Arc::clone(intake),
@@ -466,6 +482,16 @@ async fn update_gauges(
             _ = ticker.tick() => {}
             _ = stop.changed() => return,
         }
+        // Retained segments expire while no sink commits (a quiet receiver), here.
+        let expiring = Arc::clone(&spool);
+        let retained = tokio::task::spawn_blocking(move || {
+            if let Err(err) = expiring.expire() {
+                tracing::error!(error = %err, "cannot expire retained spool segments");
+            }
+            expiring.retained()
+        })
+        .await
+        .unwrap_or_default();
         let (stats, waiting) = (spool.stats(), intake.stats());
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -485,6 +511,8 @@ async fn update_gauges(
             events: stats.events,
             requests: waiting.events,
             oldest_age,
+            retained_bytes: retained.bytes,
+            oldest_retained_millis: retained.oldest_millis,
         });
     }
 }

@@ -1,5 +1,5 @@
 //! The `metahook-receiver` command line: `run` (default), `check-config`, `drain`, `dlq`,
-//! `sign`.
+//! `replay`, `sign`.
 //!
 //! It lives in the library so that the binary and the benchmark (which re-executes itself
 //! as a receiver) run exactly the same code.
@@ -91,6 +91,10 @@ where there is one):
                        (faster fsyncs); default true
     lock_wait          how long run waits while another process (a drain)
                        holds the spool; default: until it is free (0s: fail)
+    retention.max_age  keep delivered events this long for replay; default:
+                       not kept
+    retention.max_bytes
+                       keep at most this many bytes of delivered events
   sinks[]:
     name               sink name (its cursor and metrics label)
     file.path          JSON-lines file
@@ -160,6 +164,9 @@ where there is one):
   secret_reload_interval
                        secret files re-read every; default 2s
   metrics_listen       extra plain-HTTP address for /metrics, /healthz, /readyz
+                       (and /admin/ with admin)
+  admin.token_file     bearer token of the admin endpoints (POST /admin/replay)
+                       on metrics_listen; default: none served
   tls:
     cert_file, key_file
                        serving certificate chain and key (PEM, reloaded when
@@ -201,6 +208,48 @@ struct DlqTarget {
     /// Only these spool sequence numbers (repeatable); all when absent.
     #[arg(long = "seq", value_name = "SEQ")]
     seqs: Vec<u64>,
+}
+
+#[derive(Debug, clap::Args)]
+struct ReplayArgs {
+    /// The sink to deliver to, by its configured name.
+    #[arg(long, value_name = "NAME")]
+    sink: String,
+    /// Start of the window: an RFC 3339 time (2026-12-07T10:00:00Z) or a duration ago
+    /// (90m, 24h).
+    #[arg(long, value_name = "TIME")]
+    since: String,
+    /// End of the window (exclusive), as --since; the newest event when absent.
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+    /// Only events of this object (page, instagram, whatsapp_business_account; repeatable).
+    #[arg(long = "object", value_name = "OBJECT")]
+    objects: Vec<String>,
+    /// Only events of this field, e.g. messages, feed (repeatable).
+    #[arg(long = "type", visible_alias = "field", value_name = "FIELD")]
+    fields: Vec<String>,
+    /// Only events received on this endpoint, by its configured name (repeatable).
+    #[arg(long = "endpoint", value_name = "NAME")]
+    endpoints: Vec<String>,
+    /// Only the event with this id (repeatable).
+    #[arg(long = "event-id", value_name = "ID")]
+    event_ids: Vec<String>,
+    /// Also re-deliver the sink's dead letters that match (they stay dead letters).
+    #[arg(long)]
+    dead_letters: bool,
+    /// Count what matches; deliver nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the summary as JSON (the admin endpoint's status object).
+    #[arg(long)]
+    json: bool,
+    /// The running receiver's admin endpoint base URL (e.g. http://127.0.0.1:9090 through
+    /// kubectl port-forward); default: http:// metrics_listen of the configuration.
+    #[arg(long, value_name = "URL")]
+    admin_url: Option<String>,
+    /// File holding the admin token; default: admin.token_file of the configuration.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -255,6 +304,22 @@ enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Re-deliver events the spool still holds to one sink, with their original ids and
+    /// the replay marker ("replayed": true first in the event JSON; HTTP also sends the header
+    /// X-Metahook-Replay: 1, NATS Metahook-Replay: 1). docs/replay.md.
+    ///
+    /// Selects events whose received_at is in [--since, --until) and that match every
+    /// filter given (a repeated filter matches any of its values). A window starting
+    /// before the oldest event held is refused, saying what is available (spool.retention
+    /// decides how long delivered events are kept).
+    ///
+    /// Beside a running receiver (it holds the spool's lock) the replay is carried out by
+    /// that receiver, through its admin endpoint on metrics_listen (admin.token_file in
+    /// its configuration); on a stopped spool this command takes the lock and delivers
+    /// itself. Progress goes to standard error on a terminal; the summary to standard
+    /// output. Exit codes: 0 every selected event delivered (or counted, with --dry-run),
+    /// 1 refused or failed, 2 bad flags, 3 some events were not taken by the sink.
+    Replay(ReplayArgs),
     /// Print the X-Hub-Signature-256 header value Meta would send for a body.
     ///
     /// Example: curl -H "X-Hub-Signature-256: $(metahook-receiver sign --secret-file s body.json)" ...
@@ -364,6 +429,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let config = load(cli.config.as_deref(), None)?;
             dead_letters(&config, &action)
         }
+        Command::Replay(args) => {
+            let config = load(cli.config.as_deref(), None)?;
+            return crate::replay::cli::run(&config, &args.into());
+        }
         Command::CheckConfig { no_bind } => {
             let config = load(cli.config.as_deref(), Some("checking"))?;
             for endpoint in &config.endpoints {
@@ -400,6 +469,25 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
     };
     done.map(|()| 0)
+}
+
+impl From<ReplayArgs> for crate::replay::cli::Args {
+    fn from(args: ReplayArgs) -> Self {
+        crate::replay::cli::Args {
+            sink: args.sink,
+            since: args.since,
+            until: args.until,
+            objects: args.objects,
+            fields: args.fields,
+            endpoints: args.endpoints,
+            event_ids: args.event_ids,
+            dead_letters: args.dead_letters,
+            dry_run: args.dry_run,
+            json: args.json,
+            admin_url: args.admin_url,
+            token_file: args.token_file,
+        }
+    }
 }
 
 /// `drain`: every failure, a configuration that does not load included, ends in a summary.

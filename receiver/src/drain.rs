@@ -400,6 +400,8 @@ async fn deliver(
                 metrics: Arc::clone(metrics),
                 retry: sink_config.retry.clone(),
                 dead_letters: dead_letters.clone(),
+                inbox: None,
+                inbox_only: false,
             };
             tokio::spawn(sink::consume(
                 consumer,

@@ -541,8 +541,58 @@ pub struct StatusError {
     pub message: Option<String>,
 }
 
+/// How a replayed event's JSON starts: `"replayed": true` as its first member (docs/replay.md).
+/// Only `metahook-receiver replay` (and the admin endpoint) adds it; the event's `id` and
+/// every other member stay as first delivered, so consumers de-duplicate as before.
+pub const REPLAYED_PREFIX: &[u8] = br#"{"replayed":true,"#;
+
+/// An event's JSON with the replay marker added (see [`REPLAYED_PREFIX`]); a JSON text that
+/// is not an object, or already marked, is returned as it is.
+pub fn mark_replayed(json: &[u8]) -> Vec<u8> {
+    let Some(rest) = json.trim_ascii_start().strip_prefix(b"{") else {
+        return json.to_vec();
+    };
+    if is_replayed(json) {
+        return json.to_vec();
+    }
+    let rest = rest.trim_ascii_start();
+    let mut out = Vec::with_capacity(json.len() + REPLAYED_PREFIX.len());
+    if rest.starts_with(b"}") {
+        out.extend_from_slice(br#"{"replayed":true"#);
+    } else {
+        out.extend_from_slice(REPLAYED_PREFIX);
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
+/// Whether an event's JSON carries the replay marker [`mark_replayed`] adds.
+pub fn is_replayed(json: &[u8]) -> bool {
+    json.starts_with(br#"{"replayed":true"#)
+}
+
 /// The event's JSON schema (draft 2020-12), as published in docs/event-schema.md.
 pub fn json_schema() -> String {
     let schema = schemars::schema_for!(Event);
     serde_json::to_string_pretty(&schema).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_replay_marker_leads_the_object_and_keeps_everything_else() {
+        let marked = mark_replayed(br#"{"id":"wamid.1","kind":"message"}"#);
+        assert_eq!(
+            marked,
+            br#"{"replayed":true,"id":"wamid.1","kind":"message"}"#
+        );
+        assert!(is_replayed(&marked));
+        assert_eq!(mark_replayed(&marked), marked, "marked once");
+        assert_eq!(mark_replayed(b"{}"), br#"{"replayed":true}"#);
+        assert_eq!(mark_replayed(b"[1]"), b"[1]", "not an object: as it is");
+        let value: serde_json::Value = serde_json::from_slice(&marked).expect("still JSON");
+        assert_eq!(value["id"], "wamid.1");
+    }
 }

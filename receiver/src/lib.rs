@@ -19,6 +19,7 @@
 //! - [`lock_wait`]: opening the spool, waiting while another process (a drain) holds it.
 //! - [`drain`]: the `drain` command, delivering a spool's backlog without taking requests.
 //! - [`panic_message`]: the text of a caught panic (the spool's writer, normalization).
+//! - [`replay`]: re-delivering retained events to one sink (`replay`, `POST /admin/replay`).
 
 pub mod acceptor;
 pub mod admission;
@@ -37,6 +38,7 @@ pub mod normalize;
 pub mod normalizer;
 pub mod panic_message;
 pub mod priority;
+pub mod replay;
 pub mod secrets;
 pub mod server;
 pub mod sink;

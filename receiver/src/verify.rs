@@ -186,7 +186,7 @@ pub fn handshake(query: Option<&str>, verify_token: &[u8]) -> Result<String, Han
 }
 
 /// Constant-time equality that also hides the lengths (both sides are hashed first).
-fn tokens_equal(a: &[u8], b: &[u8]) -> bool {
+pub fn tokens_equal(a: &[u8], b: &[u8]) -> bool {
     Sha256::digest(a).ct_eq(&Sha256::digest(b)).into()
 }
 

@@ -74,7 +74,7 @@ fn help_and_docs_describe_every_config_key() {
             || docs.contains(&format!("`{leaf}."));
         assert!(described, "docs/configuration.md does not describe {key}");
     }
-    for command in ["run", "check-config", "drain", "sign", "dlq"] {
+    for command in ["run", "check-config", "drain", "sign", "dlq", "replay"] {
         assert!(help.contains(command), "--help does not list {command}");
     }
 }

@@ -36,6 +36,8 @@ pub struct Received {
     pub signature: String,
     /// The body.
     pub body: Bytes,
+    /// `X-Metahook-Replay` ("" when absent).
+    pub replay: String,
 }
 
 /// What the service does and did.
@@ -107,6 +109,7 @@ async fn answer(state: &Mutex<State>, request: Request<Incoming>) -> Response<Fu
             .to_owned()
     };
     let (key, signature) = (header("idempotency-key"), header("x-metahook-signature"));
+    let replay = header("x-metahook-replay");
     let body = request
         .into_body()
         .collect()
@@ -136,6 +139,7 @@ async fn answer(state: &Mutex<State>, request: Request<Incoming>) -> Response<Fu
                     idempotency_key: key,
                     signature,
                     body,
+                    replay,
                 });
             (200, None)
         }

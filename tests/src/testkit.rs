@@ -81,6 +81,7 @@ pub fn config_in(dir: &Path) -> Result<Config> {
             group_commit_wait: Duration::from_millis(1),
             preallocate_segments: true,
             lock_wait: None,
+            retention: None,
             segment_bytes: 64 * 1024 * 1024,
             max_group_requests: 1024,
         },
@@ -100,6 +101,7 @@ pub fn config_in(dir: &Path) -> Result<Config> {
         trusted_proxy: None,
         metrics_listen: None,
         enrichment: None,
+        admin: None,
     })
 }
 

@@ -419,6 +419,10 @@ pub struct SpoolSampled {
     pub requests: u64,
     /// Age of the oldest of either.
     pub oldest_age: Duration,
+    /// Bytes of delivered events kept for replay.
+    pub retained_bytes: u64,
+    /// When the oldest event the event log holds was written (Unix millis).
+    pub oldest_retained_millis: Option<u64>,
 }
 
 impl InternalEvent for SpoolSampled {
@@ -427,6 +431,12 @@ impl InternalEvent for SpoolSampled {
         metrics.spool_events.set(gauge(self.events));
         metrics.spool_requests_waiting.set(gauge(self.requests));
         metrics.spool_oldest_age.set(self.oldest_age.as_secs_f64());
+        metrics.spool_retained_bytes.set(gauge(self.retained_bytes));
+        #[allow(clippy::cast_precision_loss)] // Unix millis fit a f64's 53 bits
+        metrics.spool_oldest_retained.set(
+            self.oldest_retained_millis
+                .map_or(0.0, |at| at as f64 / 1000.0),
+        );
     }
 }
 
@@ -588,6 +598,12 @@ pub enum AfterFailure {
     },
     /// Direct delivery: the request is answered 503 and Meta sends it again.
     AnswerUnavailable,
+    /// A replayed batch given up: reported to the replay, not dead-lettered (the events
+    /// are still in the spool).
+    ReplayGivenUp {
+        /// Attempts made.
+        attempts: u32,
+    },
 }
 
 /// A sink failed to deliver a batch: `metahook_sink_deliveries_total{result="error"}`,
@@ -625,6 +641,9 @@ impl InternalEvent for DeliveryFailed<'_> {
             }
             AfterFailure::AnswerUnavailable => {
                 tracing::warn!(sink = %sink, error = %error, events, "delivery failed; the request is answered 503 and Meta retries it");
+            }
+            AfterFailure::ReplayGivenUp { attempts } => {
+                tracing::error!(sink = %sink, error = %error, events, attempts, "gave up a replayed batch after {attempts} failed attempts: reported as failed to the replay (the events are still in the spool)");
             }
         }
     }

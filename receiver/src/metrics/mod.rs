@@ -67,6 +67,10 @@ pub struct Metrics {
     spool_bytes: IntGauge,
     /// `metahook_spool_limit_bytes`.
     spool_limit_bytes: IntGauge,
+    /// `metahook_spool_retained_bytes`.
+    spool_retained_bytes: IntGauge,
+    /// `metahook_spool_oldest_retained_timestamp_seconds`.
+    spool_oldest_retained: Gauge,
     /// `metahook_spool_commit_duration_seconds`.
     spool_commit_duration: Histogram,
     /// `metahook_spool_writer_failures_total{log,cause}`.
@@ -202,6 +206,16 @@ impl Metrics {
             "The spool's size limit (spool.max_bytes; 0 = none): past it requests get 503.",
         )?;
         registry.register(Box::new(spool_limit_bytes.clone()))?;
+        let spool_retained_bytes = IntGauge::new(
+            "metahook_spool_retained_bytes",
+            "Bytes of delivered events the event log keeps for replay (spool.retention; not counted in metahook_spool_bytes).",
+        )?;
+        registry.register(Box::new(spool_retained_bytes.clone()))?;
+        let spool_oldest_retained = Gauge::new(
+            "metahook_spool_oldest_retained_timestamp_seconds",
+            "When the oldest event the event log still holds (delivered or not) was written, Unix seconds: the start of what a replay can reach (0 when none).",
+        )?;
+        registry.register(Box::new(spool_oldest_retained.clone()))?;
         let spool_commit_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "metahook_spool_commit_duration_seconds",
@@ -316,6 +330,8 @@ impl Metrics {
             spool_oldest_age,
             spool_bytes,
             spool_limit_bytes,
+            spool_retained_bytes,
+            spool_oldest_retained,
             spool_commit_duration,
             spool_writer_failures,
             normalization_panics,

@@ -52,6 +52,8 @@ pub struct Receiver {
     ready: AtomicBool,
     log_message_text: bool,
     client_auth: ClientAuth,
+    /// The admin endpoints (`admin` in the configuration), on `metrics_listen` only.
+    admin: std::sync::OnceLock<Arc<crate::replay::admin::Admin>>,
 }
 
 /// Why a [`Receiver`] cannot be built.
@@ -151,6 +153,7 @@ impl Receiver {
             ready: AtomicBool::new(false),
             log_message_text: config.log_message_text,
             client_auth,
+            admin: std::sync::OnceLock::new(),
         })
     }
 
@@ -163,6 +166,16 @@ impl Receiver {
     /// Whether /readyz answers 200: started, not draining, and the spool can still write.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst) && self.acceptor.is_healthy()
+    }
+
+    /// Serves the admin endpoints on the probes listener (set once, before it serves).
+    pub fn set_admin(&self, admin: Arc<crate::replay::admin::Admin>) {
+        let _ = self.admin.set(admin);
+    }
+
+    /// The admin endpoints, when configured.
+    pub(crate) fn admin(&self) -> Option<&crate::replay::admin::Admin> {
+        self.admin.get().map(|a| &**a)
     }
 
     /// The endpoints, for the secret reloader.

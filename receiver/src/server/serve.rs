@@ -41,7 +41,16 @@ fn connection_service(
     service_fn(move |request| {
         let handler = Arc::clone(&handler);
         let connection = Arc::clone(&connection);
-        async move { Ok::<_, Infallible>(handler.handle(request, &connection).await) }
+        async move {
+            // The admin endpoints only on the probes listener, never where Meta calls.
+            if connection.role == Role::Probes
+                && crate::replay::admin::is_admin_path(request.uri().path())
+                && let Some(admin) = handler.admin()
+            {
+                return Ok::<_, Infallible>(admin.handle(request).await);
+            }
+            Ok::<_, Infallible>(handler.handle(request, &connection).await)
+        }
     })
 }
 

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use metahook_backoff::ExponentialBackoff;
 use metahook_config::RetryConfig;
 use metahook_config::retry::{FIRST_BACKOFF, JITTER};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
+use super::inbox::{Inbox, ParcelOutcome};
 use super::{Delivered, Reopening, Sink, SinkError, bury, refused};
 use crate::metrics::Metrics;
 use crate::metrics::events::{AfterFailure, BatchDelivered, DeliveryFailed, SinkLag};
@@ -52,6 +53,11 @@ pub struct Consumer {
     pub retry: RetryConfig,
     /// Where given-up events go.
     pub dead_letters: DeadLetters,
+    /// Batches handed to the loop from outside the spool (replays), if any.
+    pub inbox: Option<Arc<Inbox>>,
+    /// Deliver only what comes through the inbox: neither the spool after the cursor nor
+    /// dead letters queued for retry (`replay` on a stopped spool).
+    pub inbox_only: bool,
 }
 
 /// A batch to deliver, and where it came from.
@@ -59,6 +65,8 @@ pub struct Consumer {
 struct Batch {
     events: Vec<Spooled>,
     source: Source,
+    /// Who waits for a replayed batch's outcome.
+    reply: Option<oneshot::Sender<ParcelOutcome>>,
 }
 
 /// Where a batch came from decides where the cursor goes after it.
@@ -68,6 +76,9 @@ enum Source {
     Spool { last: u64 },
     /// Sent back by `dlq retry`: behind the cursor, which stays (only the sink's state moves).
     DeadLetters,
+    /// Handed in through the [`Inbox`] (a replay): behind the cursor, which stays; what the
+    /// destination refuses is reported back, not dead-lettered.
+    Inbox,
 }
 
 /// What the delivery loops are asked to do, in this order (a [`watch`] channel carries it).
@@ -95,6 +106,9 @@ pub async fn consume<S: Sink>(consumer: Consumer, sink: S, phase: watch::Receive
         () = deliver_all(&consumer, sink, phase) => {}
         () = consumer.watch_lag() => {}
     }
+    if let Some(inbox) = &consumer.inbox {
+        inbox.close();
+    }
 }
 
 /// The delivery loop of [`consume`].
@@ -112,7 +126,13 @@ async fn deliver_all<S: Sink>(consumer: &Consumer, sink: S, mut phase: watch::Re
         if now == Phase::Stop {
             return;
         }
-        let batch = match consumer.next_batch(committed.seq, batch_size).await {
+        // Finishing (SIGTERM) delivers the backlog, not a replay: its batches wait, and the
+        // replay fails once the loop is gone.
+        let replays = now == Phase::Run;
+        let batch = match consumer
+            .next_batch(committed.seq, batch_size, replays)
+            .await
+        {
             Ok(batch) => batch,
             Err(NextBatch::Retry) => {
                 if wait(&mut phase, FIRST_BACKOFF).await {
@@ -122,7 +142,7 @@ async fn deliver_all<S: Sink>(consumer: &Consumer, sink: S, mut phase: watch::Re
             }
             Err(NextBatch::Stop) => return,
         };
-        let Some(batch) = batch else {
+        let Some(mut batch) = batch else {
             if now == Phase::Finish {
                 return;
             }
@@ -131,22 +151,32 @@ async fn deliver_all<S: Sink>(consumer: &Consumer, sink: S, mut phase: watch::Re
                 _ = phase.changed() => {}
                 // Also notices retries queued by `dlq retry` while idle.
                 () = tokio::time::sleep(IDLE_CHECK) => {}
+                () = inbox_arrival(consumer.inbox.as_deref()) => {}
             }
             continue;
         };
         if !consumer
-            .deliver(&mut sink, &batch, &backoff, &mut phase)
+            .deliver(&mut sink, &mut batch, &backoff, &mut phase)
             .await
         {
             return;
         }
-        if batch.events.len() < batch_size && *phase.borrow() == Phase::Run {
+        let spooled = matches!(batch.source, Source::Spool { .. });
+        if spooled && batch.events.len() < batch_size && *phase.borrow() == Phase::Run {
             // Finishing interrupts the wait: what is left is delivered at once.
             tokio::select! {
                 () = tokio::time::sleep(LINGER) => {}
                 _ = phase.changed() => {}
             }
         }
+    }
+}
+
+/// Resolves when a batch may have come into `inbox`; never without one.
+async fn inbox_arrival(inbox: Option<&Inbox>) {
+    match inbox {
+        Some(inbox) => inbox.arrived().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -159,9 +189,30 @@ enum NextBatch {
 }
 
 impl Consumer {
-    /// Dead letters queued for retry (`dlq retry`) first, else up to `max` events (and
-    /// [`BATCH_BYTES`]) of the spool after `after`; `None` when there is nothing to deliver.
-    async fn next_batch(&self, after: u64, max: usize) -> Result<Option<Batch>, NextBatch> {
+    /// A replay's batch from the inbox (when `replays`), then dead letters queued for retry
+    /// (`dlq retry`), else up to `max` events (and [`BATCH_BYTES`]) of the spool after
+    /// `after`; `None` when there is nothing to deliver.
+    async fn next_batch(
+        &self,
+        after: u64,
+        max: usize,
+        replays: bool,
+    ) -> Result<Option<Batch>, NextBatch> {
+        if let Some(parcel) = self
+            .inbox
+            .as_deref()
+            .filter(|_| replays)
+            .and_then(Inbox::take)
+        {
+            return Ok(Some(Batch {
+                events: parcel.events,
+                source: Source::Inbox,
+                reply: Some(parcel.reply),
+            }));
+        }
+        if self.inbox_only {
+            return Ok(None);
+        }
         let (store, name) = (self.dead_letters.clone(), self.name.clone());
         let retries = match tokio::task::spawn_blocking(move || store.take_retries(&name)).await {
             Ok(Ok(retries)) => retries,
@@ -186,6 +237,7 @@ impl Consumer {
             return Ok(Some(Batch {
                 events,
                 source: Source::DeadLetters,
+                reply: None,
             }));
         }
         let reader = Arc::clone(&self.spool);
@@ -208,6 +260,7 @@ impl Consumer {
         Ok(events.last().map(|e| e.seq).map(|last| Batch {
             source: Source::Spool { last },
             events,
+            reply: None,
         }))
     }
 
@@ -225,7 +278,7 @@ impl Consumer {
     async fn deliver<S: Sink>(
         &self,
         sink: &mut Reopening<S>,
-        batch: &Batch,
+        batch: &mut Batch,
         backoff: &ExponentialBackoff,
         phase: &mut watch::Receiver<Phase>,
     ) -> bool {
@@ -242,14 +295,29 @@ impl Consumer {
             };
             let err = match attempted {
                 Ok(rejected) => {
+                    // A replay's refused events are reported to it, not dead-lettered.
+                    let replayed = matches!(batch.source, Source::Inbox);
+                    if let (true, Some((_, reason))) = (replayed, rejected.first()) {
+                        tracing::warn!(sink = %name, events = rejected.len(), reason = %reason, "destination refused replayed events: reported to the replay");
+                    }
                     self.metrics.emit(BatchDelivered {
                         sink: name,
-                        events,
-                        refused: &rejected,
+                        events: if replayed {
+                            events.saturating_sub(rejected.len())
+                        } else {
+                            events
+                        },
+                        refused: if replayed { &[] } else { &rejected },
                         elapsed: started.elapsed(),
                     });
                     if let Source::DeadLetters = batch.source {
                         self.retried(events).await;
+                    }
+                    if let Some(reply) = batch.reply.take() {
+                        let _ = reply.send(ParcelOutcome {
+                            delivered: events.saturating_sub(rejected.len()),
+                            failed: rejected,
+                        });
                     }
                     return true;
                 }
@@ -258,6 +326,27 @@ impl Consumer {
             let elapsed = started.elapsed();
             sink.close();
             attempts += 1;
+            if let Source::Inbox = batch.source
+                && self.retry.max_attempts > 0
+                && attempts >= self.retry.max_attempts
+            {
+                let reason = give_up_reason(attempts, &err);
+                self.metrics.emit(DeliveryFailed {
+                    sink: name,
+                    events,
+                    error: &err,
+                    elapsed,
+                    then: AfterFailure::ReplayGivenUp { attempts },
+                });
+                if let Some(reply) = batch.reply.take() {
+                    let failed = batch.events.iter().map(|e| (e.seq, reason.clone()));
+                    let _ = reply.send(ParcelOutcome {
+                        delivered: 0,
+                        failed: failed.collect(),
+                    });
+                }
+                return true;
+            }
             if let Source::Spool { last } = batch.source
                 && self.retry.max_attempts > 0
                 && attempts >= self.retry.max_attempts
@@ -342,16 +431,18 @@ impl Consumer {
             self.commit(Cursor::at(committed.seq, start)).await?;
         }
         let Delivered { state, rejected } = sink.deliver(&batch.events).await?;
-        bury(
-            &self.dead_letters,
-            &self.name,
-            &refused(&batch.events, &rejected),
-            1,
-        )
-        .await?;
+        if !matches!(batch.source, Source::Inbox) {
+            bury(
+                &self.dead_letters,
+                &self.name,
+                &refused(&batch.events, &rejected),
+                1,
+            )
+            .await?;
+        }
         let seq = match batch.source {
             Source::Spool { last } => last,
-            Source::DeadLetters => committed.seq,
+            Source::DeadLetters | Source::Inbox => committed.seq,
         };
         self.commit(Cursor::at(seq, state)).await?;
         Ok(rejected)
@@ -505,6 +596,8 @@ mod tests {
                 max_backoff: Duration::from_millis(10),
             },
             dead_letters: DeadLetters::new(dir.path()),
+            inbox: None,
+            inbox_only: false,
         };
         Setup {
             _dir: dir,

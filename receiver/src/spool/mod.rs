@@ -191,6 +191,44 @@ struct SegmentInfo {
     index: Vec<(u64, u64)>,
     /// Bytes of valid records in the file.
     bytes: u64,
+    /// Every sink has delivered it: it stays only while `spool.retention` keeps it, its
+    /// bytes counted as retained, not against `spool.max_bytes`.
+    delivered: bool,
+    /// When it was last written (its file's modification time, Unix millis), once looked
+    /// up: a sealed segment is never written again, so this is when its newest event was.
+    last_millis: Option<u64>,
+    /// When its first record was written (Unix millis), once read.
+    first_millis: Option<u64>,
+}
+
+/// `spool.retention`, in the units compaction works in.
+#[derive(Debug, Clone, Copy)]
+struct Retention {
+    /// Delivered segments whose newest event is older than this are deleted.
+    max_age_millis: Option<u64>,
+    /// Delivered segments are deleted, oldest first, while they hold more (0: no limit).
+    max_bytes: u64,
+}
+
+impl Retention {
+    fn of(config: &SpoolConfig) -> Option<Retention> {
+        config.retention.as_ref().map(|r| Retention {
+            max_age_millis: r
+                .max_age
+                .map(|age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
+            max_bytes: r.max_bytes,
+        })
+    }
+}
+
+/// What the event log keeps for replay, for `/metrics` and the replay's refusals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetainedStats {
+    /// Bytes of delivered segments kept by `spool.retention`.
+    pub bytes: u64,
+    /// When the oldest record the log still holds (delivered or not) was written, Unix
+    /// millis; `None` when it holds none.
+    pub oldest_millis: Option<u64>,
 }
 
 /// How a log is opened: the event log and the intake log differ only in these.
@@ -206,6 +244,8 @@ struct LogOptions {
     max_bytes: u64,
     /// Bytes of both logs, shared.
     total_bytes: Arc<AtomicU64>,
+    /// Delivered segments kept for replay (the event log only).
+    retention: Option<Retention>,
 }
 
 struct Shared {
@@ -235,6 +275,10 @@ struct Shared {
     keys: bool,
     /// A delivered segment kept as the next one (`spool.preallocate_segments`).
     spare: Option<Spare>,
+    /// See [`LogOptions`].
+    retention: Option<Retention>,
+    /// Bytes of delivered segments kept by `retention`.
+    retained_bytes: AtomicU64,
     /// Told when the writer stops for good ([`Spool::on_failure`]).
     on_failure: std::sync::OnceLock<FailureHook>,
     /// Whether the failure was reported (once).
@@ -349,6 +393,7 @@ impl Spool {
             dedup: true,
             max_bytes: config.max_bytes,
             total_bytes: Arc::new(AtomicU64::new(0)),
+            retention: Retention::of(config),
         };
         Spool::open_log(config, &options, sinks)
     }
@@ -366,6 +411,7 @@ impl Spool {
             dedup: false,
             max_bytes: 0,
             total_bytes: Arc::clone(total_bytes),
+            retention: Retention::of(config),
         };
         Spool::open_log(config, &options, sinks)
     }
@@ -384,6 +430,7 @@ impl Spool {
             dedup: true,
             max_bytes: config.max_bytes,
             total_bytes: Arc::clone(total_bytes),
+            retention: None,
         };
         Spool::open_log(config, &options, &[consumer.to_owned()])
     }
@@ -485,6 +532,8 @@ impl Spool {
             max_bytes: options.max_bytes,
             keys: options.dedup,
             spare,
+            retention: options.retention,
+            retained_bytes: AtomicU64::new(0),
             on_failure: std::sync::OnceLock::new(),
             failed: AtomicBool::new(false),
             queued_requests: AtomicUsize::new(0),
@@ -518,13 +567,19 @@ impl Spool {
             .spawn(move || writer.run(&rx))
             .map_err(io("cannot start the spool writer thread"))?;
         let _ = shared.writer_thread.set(thread.thread().clone());
-        Ok(Spool {
+        let spool = Spool {
             shared,
             appends: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(thread)),
             recovered_tail: tail,
             recovered_tail_run: tail_run,
-        })
+        };
+        // What every sink delivered before the restart is retained (or expires) now, not at
+        // the first commit.
+        if spool.shared.retention.is_some() {
+            spool.expire()?;
+        }
+        Ok(spool)
     }
 
     /// The newest record found when the log was opened: its seq and key.
@@ -780,19 +835,61 @@ impl Spool {
         self.compact(low)
     }
 
+    /// Applies compaction now, with the cursors as they are: segments every sink has
+    /// delivered are deleted, or kept while `spool.retention` says so. Commits do this too;
+    /// a receiver calls it periodically so retained segments expire while no event comes.
+    pub fn expire(&self) -> Result<(), SpoolError> {
+        let low = {
+            let cursors = self.shared.cursors.lock().map_err(|_| SpoolError::Closed)?;
+            self.shared
+                .sinks
+                .iter()
+                .map(|s| cursors.get(s).map_or(0, |c| c.seq))
+                .min()
+                .unwrap_or(0)
+        };
+        self.compact(low)
+    }
+
     /// Deletes every segment whose events all have seq <= `low` (never the active one), or
-    /// keeps one as the spare.
+    /// keeps one as the spare; with `spool.retention`, such segments are kept (and counted
+    /// as retained) until they are too old or too many bytes.
     fn compact(&self, low: u64) -> Result<(), SpoolError> {
+        let shared = &self.shared;
+        let now = now_millis();
         let removed: Vec<PathBuf> = {
-            let mut segments = self
-                .shared
-                .segments
-                .write()
-                .map_err(|_| SpoolError::Closed)?;
+            let mut segments = shared.segments.write().map_err(|_| SpoolError::Closed)?;
+            for i in 0..segments.len().saturating_sub(1) {
+                if segments[i + 1].first_seq > low.saturating_add(1) {
+                    break;
+                }
+                if !std::mem::replace(&mut segments[i].delivered, true)
+                    && shared.retention.is_some()
+                {
+                    let bytes = segments[i].bytes;
+                    shared.bytes.fetch_sub(bytes, Ordering::SeqCst);
+                    shared.retained_bytes.fetch_add(bytes, Ordering::SeqCst);
+                }
+            }
             let mut removed = Vec::new();
-            while segments.len() > 1 && segments[1].first_seq <= low.saturating_add(1) {
+            while segments.first().is_some_and(|s| s.delivered) {
+                if let Some(retention) = shared.retention {
+                    let over = retention.max_bytes > 0
+                        && shared.retained_bytes.load(Ordering::SeqCst) > retention.max_bytes;
+                    let expired = retention.max_age_millis.is_some_and(|age| {
+                        last_written(&mut segments[0], now).saturating_add(age) < now
+                    });
+                    if !over && !expired {
+                        break;
+                    }
+                }
                 let segment = segments.remove(0);
-                self.shared.bytes.fetch_sub(segment.bytes, Ordering::SeqCst);
+                let counter = if shared.retention.is_some() {
+                    &shared.retained_bytes
+                } else {
+                    &*shared.bytes
+                };
+                counter.fetch_sub(segment.bytes, Ordering::SeqCst);
                 removed.push(segment.path);
             }
             removed
@@ -881,6 +978,58 @@ impl Spool {
             oldest_received_millis: oldest,
             bytes: self.shared.bytes.load(Ordering::SeqCst),
         }
+    }
+
+    /// Bytes kept for replay and when the oldest record still held was written.
+    pub fn retained(&self) -> RetainedStats {
+        let bytes = self.shared.retained_bytes.load(Ordering::SeqCst);
+        let first = self
+            .shared
+            .segments
+            .read()
+            .ok()
+            .and_then(|s| s.first().map(|s| (s.first_seq, s.first_millis)));
+        let oldest_millis = match first {
+            None => None,
+            Some((_, Some(at))) => Some(at),
+            Some((first_seq, None)) => {
+                let at = self
+                    .read_within(first_seq.saturating_sub(1), 1, 1)
+                    .ok()
+                    .and_then(|read| read.first().map(|e| e.received_millis));
+                if let (Some(at), Ok(mut segments)) = (at, self.shared.segments.write())
+                    && let Some(segment) = segments.first_mut().filter(|s| s.first_seq == first_seq)
+                {
+                    segment.first_millis = Some(at);
+                }
+                at
+            }
+        };
+        RetainedStats {
+            bytes,
+            oldest_millis,
+        }
+    }
+
+    /// The seq before the oldest record the log holds (delivered or not): reading after it
+    /// reads everything there is, retained events included.
+    pub fn before_oldest(&self) -> u64 {
+        self.shared
+            .segments
+            .read()
+            .ok()
+            .and_then(|s| s.first().map(|s| s.first_seq.saturating_sub(1)))
+            .unwrap_or_else(|| *self.shared.head.borrow())
+    }
+
+    /// The newest durable seq.
+    pub fn head(&self) -> u64 {
+        *self.shared.head.borrow()
+    }
+
+    /// The configured sinks this log keeps cursors for.
+    pub fn sinks(&self) -> &[String] {
+        &self.shared.sinks
     }
 
     /// Stops accepting appends and waits for the writer to commit what was queued.
@@ -994,6 +1143,18 @@ pub fn held_lock(dir: &Path) -> Result<Option<PathBuf>, SpoolError> {
         }
     }
     Ok(None)
+}
+
+/// When a sealed segment was last written (Unix millis; `now` when that cannot be told,
+/// so it is kept rather than deleted on a guess), looked up once.
+fn last_written(segment: &mut SegmentInfo, now: u64) -> u64 {
+    *segment.last_millis.get_or_insert_with(|| {
+        std::fs::metadata(&segment.path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|at| at.duration_since(UNIX_EPOCH).ok())
+            .map_or(now, |d| u64::try_from(d.as_millis()).unwrap_or(now))
+    })
 }
 
 /// Holds `dir/LOCK` open with an exclusive advisory lock: two receivers on one spool would

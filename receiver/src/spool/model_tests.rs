@@ -73,6 +73,7 @@ fn config(dir: &Path, preallocate: bool) -> SpoolConfig {
         group_commit_wait: Duration::ZERO,
         preallocate_segments: preallocate,
         lock_wait: None,
+        retention: None,
         segment_bytes: 2048,
         max_group_requests: 8,
     }

@@ -79,6 +79,9 @@ pub(super) fn recover_tail(
             path: path.clone(),
             index: Vec::new(),
             bytes,
+            delivered: false,
+            last_millis: None,
+            first_millis: None,
         });
     }
     let mut tail: Option<(u64, Key)> = None;
@@ -108,6 +111,9 @@ pub(super) fn recover_tail(
         path: newest_path.clone(),
         index: scan.index,
         bytes: scan.valid_len,
+        delivered: false,
+        last_millis: None,
+        first_millis: None,
     });
     Ok(Recovered {
         segments,

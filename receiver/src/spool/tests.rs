@@ -12,6 +12,7 @@ fn config(dir: &Path) -> SpoolConfig {
         group_commit_wait: Duration::from_millis(1),
         preallocate_segments: true,
         lock_wait: None,
+        retention: None,
         segment_bytes: 4096,
         max_group_requests: 64,
     }
@@ -592,4 +593,103 @@ async fn a_clean_close_does_not_poison() {
     assert!(!spool.is_poisoned());
     let closed = spool.append([2; 16], events(&["2"])).await;
     assert!(matches!(closed, Err(SpoolError::Closed)), "{closed:?}");
+}
+
+#[tokio::test]
+async fn retention_keeps_delivered_segments_within_its_bytes_and_age() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut retained = config(dir.path());
+    retained.preallocate_segments = false;
+    retained.retention = Some(metahook_config::RetentionConfig {
+        max_age: Some(Duration::from_secs(3600)),
+        max_bytes: 0,
+    });
+    let spool = Spool::open(&retained, &["a".to_owned()]).expect("open");
+    let big = "x".repeat(1500);
+    for i in 0..12u8 {
+        spool
+            .append([i + 1; 16], events(&[&big]))
+            .await
+            .expect("append");
+    }
+    let bytes_before = spool.stats().bytes;
+    spool.commit_cursor("a", Cursor::at(12, 0)).expect("cursor");
+    // Everything delivered, nothing deleted: all of it can be read again.
+    assert_eq!(
+        seqs(&spool.read_after(spool.before_oldest(), 100).expect("read")),
+        (1..=12).collect::<Vec<_>>()
+    );
+    let kept = spool.retained();
+    assert!(kept.bytes > 0 && kept.oldest_millis.is_some(), "{kept:?}");
+    assert_eq!(
+        spool.stats().bytes + kept.bytes,
+        bytes_before,
+        "retained bytes move out of the undelivered count"
+    );
+    drop(spool);
+
+    // Reopened with a byte limit of one segment: the oldest go, the newest stay.
+    retained.retention = Some(metahook_config::RetentionConfig {
+        max_age: None,
+        max_bytes: 4096,
+    });
+    let spool = Spool::open(&retained, &["a".to_owned()]).expect("reopen");
+    let kept = spool.retained();
+    assert!(kept.bytes <= 4096, "{kept:?}");
+    let left = seqs(&spool.read_after(spool.before_oldest(), 100).expect("read"));
+    assert!(
+        left.first().is_some_and(|first| *first > 1) && left.last() == Some(&12),
+        "{left:?}"
+    );
+    drop(spool);
+
+    // Without retention a reopened spool deletes what was delivered at the next commit:
+    // only the active segment is left (its last records: 1.5 KB ones in 4 KB segments).
+    retained.retention = None;
+    let spool = Spool::open(&retained, &["a".to_owned()]).expect("reopen");
+    spool.commit_cursor("a", Cursor::at(12, 0)).expect("cursor");
+    assert_eq!(spool.retained().bytes, 0);
+    assert!(spool.before_oldest() >= 9, "{}", spool.before_oldest());
+    assert!(
+        spool
+            .read_after(spool.before_oldest(), 100)
+            .expect("read")
+            .len()
+            <= 3
+    );
+}
+
+#[tokio::test]
+async fn retained_segments_expire_by_age() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut retained = config(dir.path());
+    retained.preallocate_segments = false;
+    retained.retention = Some(metahook_config::RetentionConfig {
+        max_age: Some(Duration::from_millis(200)),
+        max_bytes: 0,
+    });
+    let spool = Spool::open(&retained, &["a".to_owned()]).expect("open");
+    let big = "x".repeat(1500);
+    for i in 0..12u8 {
+        spool
+            .append([i + 1; 16], events(&[&big]))
+            .await
+            .expect("append");
+    }
+    spool.commit_cursor("a", Cursor::at(12, 0)).expect("cursor");
+    assert!(spool.retained().bytes > 0, "kept at first");
+    // Expiry is what a receiver's gauge tick calls; wait for the age to pass.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while spool.retained().bytes > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retained segments never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        spool.expire().expect("expire");
+    }
+    assert!(
+        spool.before_oldest() >= 9,
+        "only the active segment is left"
+    );
 }

@@ -61,6 +61,9 @@ pub(super) fn create_segment(
             path,
             index: Vec::new(),
             bytes: 0,
+            delivered: false,
+            last_millis: None,
+            first_millis: None,
         },
         preallocated,
     ))

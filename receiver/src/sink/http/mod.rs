@@ -204,6 +204,9 @@ async fn post(
     if let Some(signature) = signature {
         builder = builder.header("X-Metahook-Signature", signature);
     }
+    if request.replayed {
+        builder = builder.header("X-Metahook-Replay", "1");
+    }
     match builder.body(request.body).send().await {
         Ok(response) => {
             let status = response.status();

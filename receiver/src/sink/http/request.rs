@@ -12,6 +12,9 @@ pub(super) struct Request {
     pub(super) body: Vec<u8>,
     /// The `Idempotency-Key`.
     pub(super) key: String,
+    /// Whether its events are replayed (`X-Metahook-Replay: 1`): a replay hands the sink
+    /// batches of replayed events only.
+    pub(super) replayed: bool,
 }
 
 impl Request {
@@ -20,6 +23,7 @@ impl Request {
         Request {
             key: event_id(&event.json).to_owned(),
             body: event.json.clone(),
+            replayed: crate::event::is_replayed(&event.json),
         }
     }
 
@@ -42,6 +46,8 @@ impl Request {
         Request {
             body,
             key: hex::encode(ids.finalize()),
+            replayed: !events.is_empty()
+                && events.iter().all(|e| crate::event::is_replayed(&e.json)),
         }
     }
 }

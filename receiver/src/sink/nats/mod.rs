@@ -149,6 +149,9 @@ impl Sink for NatsSink {
             let subject = render_subject(&self.config.subject, &head);
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("Nats-Msg-Id", head.id);
+            if crate::event::is_replayed(&event.json) {
+                headers.insert("Metahook-Replay", "1");
+            }
             let ack = context
                 .publish_with_headers(subject, headers, Bytes::copy_from_slice(&event.json))
                 .await
