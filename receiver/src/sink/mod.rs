@@ -11,6 +11,7 @@ mod consume;
 pub mod direct;
 pub mod file;
 pub mod http;
+pub mod kafka;
 pub mod kind;
 pub mod nats;
 pub mod postgres;
