@@ -344,7 +344,10 @@ mod tests {
         ] {
             // Refused by the parser, which names the line and the bad value.
             let err = parse(sink).expect_err(sink);
-            assert!(err.contains("line 7") && err.contains(says), "{sink}: {err}");
+            assert!(
+                err.contains("line 7") && err.contains(says),
+                "{sink}: {err}"
+            );
         }
     }
 }

@@ -11,8 +11,8 @@ use metahook_config::redact::has_credentials;
 use metahook_config::{
     Config, ConfigError, DeliveryConfig, DeliveryMode, EndpointConfig, FileSinkConfig,
     HttpHeaderConfig, HttpSinkConfig, KafkaCompression, KafkaKey, KafkaSaslConfig, KafkaSinkConfig,
-    NatsSinkConfig, SaslMechanism, PostgresSinkConfig, RetryConfig, SinkConfig,
-    SinkKind, SpoolConfig, SslMode, TlsConfig, TlsMode, TrustedProxyConfig,
+    NatsSinkConfig, PostgresSinkConfig, RetryConfig, SaslMechanism, SinkConfig, SinkKind,
+    SpoolConfig, SslMode, TlsConfig, TlsMode, TrustedProxyConfig,
 };
 
 use super::{CONFIG_KEY, DATA_DIR, HTTP_PORT, HTTPS_PORT, Inputs, METRICS_PORT, secret_path};
@@ -294,7 +294,10 @@ pub(crate) fn sink_kinds<'a>(
             path: PathBuf::from(format!("{DATA_DIR}/files/{}", spec.name)),
         })
     });
-    [nats, http, postgres, kafka, file].into_iter().flatten().collect()
+    [nats, http, postgres, kafka, file]
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 fn retry_config(index: usize, spec: &RetrySpec) -> Result<RetryConfig, Error> {

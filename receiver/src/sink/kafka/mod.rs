@@ -82,7 +82,10 @@ impl KafkaSink {
 
     /// Makes the producer and asks the cluster for its metadata, so an unreachable or
     /// refusing cluster fails the open (and direct mode answers 503 at once).
-    async fn connect(&self, credentials: Option<&Credentials>) -> Result<FutureProducer, SinkError> {
+    async fn connect(
+        &self,
+        credentials: Option<&Credentials>,
+    ) -> Result<FutureProducer, SinkError> {
         let mut client = ClientConfig::new();
         for (key, value) in client_properties(&self.config, credentials) {
             client.set(key, value);
@@ -138,15 +141,15 @@ impl Sink for KafkaSink {
             }
             let topic = head.topic(&self.config.topic);
             let key = head.key(self.config.key);
-            let headers = head
-                .headers()
-                .into_iter()
-                .fold(OwnedHeaders::new_with_capacity(5), |h, (name, value)| {
+            let headers = head.headers().into_iter().fold(
+                OwnedHeaders::new_with_capacity(5),
+                |h, (name, value)| {
                     h.insert(Header {
                         key: name,
                         value: Some(value),
                     })
-                });
+                },
+            );
             let mut record = FutureRecord::<str, [u8]>::to(&topic)
                 .payload(&event.json)
                 .headers(headers);
