@@ -200,6 +200,9 @@ impl Sink for KafkaSink {
             return Err(self.remote("the Kafka producer failed", format!("{code:?}: {why}")));
         }
         if let Some(err) = failure {
+            // A new producer (a new producer id) at the next open: a broker that lost the
+            // old one's state (restarted, failed over) refuses its sequence numbers.
+            self.producer = None;
             return Err(self.remote("no acknowledgement from Kafka", err));
         }
         self.acknowledged.clear();
