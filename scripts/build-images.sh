@@ -39,7 +39,9 @@ host=$(rustc -vV | sed -n 's/^host: //p')
 bins="$CARGO_TARGET_DIR/$host/release"
 if [ -z "$skip_cargo" ]; then
   # --target keeps build scripts and proc macros dynamic; only the binaries are static.
-  RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+  # OPENSSL_STATIC: the Kafka sink's librdkafka (built from source, static) uses OpenSSL
+  # for TLS and SCRAM; Debian's libssl.a/libcrypto.a are linked in, not libssl.so.
+  OPENSSL_STATIC=1 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
     cargo build --release --locked --target "$host" \
     -p metahook-receiver -p metahook-operator --bin metahook-receiver --bin metahook-operator
 fi

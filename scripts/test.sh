@@ -57,6 +57,9 @@ bash scripts/install-tools.sh
 # or TLS, a PostgreSQL with ssl = on) from these packages' programs, whatever serves the
 # standard ports.
 apt_install nats-server postgresql curl
+# The Kafka sink's librdkafka is compiled from the rdkafka crate's bundled source (a C
+# compiler and make) against OpenSSL; its tests start tansu (scripts/tools/tansu.sh).
+apt_install gcc make pkg-config libssl-dev
 ensure_nats
 ensure_postgres
 

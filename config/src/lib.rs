@@ -43,6 +43,9 @@ pub use listen::parse_listen;
 pub use retry::RetryConfig;
 pub use sink::file::FileSinkConfig;
 pub use sink::http::{HttpHeaderConfig, HttpSinkConfig};
+pub use sink::kafka::{
+    KafkaCompression, KafkaKey, KafkaSaslConfig, KafkaSinkConfig, SaslMechanism, TOPIC_PLACEHOLDERS,
+};
 pub use sink::nats::{NatsSinkConfig, SUBJECT_PLACEHOLDERS};
 pub use sink::postgres::{PostgresSinkConfig, SslMode};
 pub use sink::{SinkConfig, SinkKind};

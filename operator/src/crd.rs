@@ -375,12 +375,12 @@ pub struct SpoolSpec {
 /// webhooks/s, 2 KB stream with every sink down (docs/operations.md, "Spool sizing").
 pub const DEFAULT_SPOOL_SIZE: &str = "2Gi";
 
-/// One sink: set exactly one of nats, http, postgres, file.
+/// One sink: set exactly one of nats, http, postgres, kafka, file.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("[has(self.nats), has(self.http), has(self.postgres), has(self.file)].filter(x, x).size() == 1")
-        .message("set exactly one sink kind: nats, http, postgres or file")
+    validation = Rule::new("[has(self.nats), has(self.http), has(self.postgres), has(self.kafka), has(self.file)].filter(x, x).size() == 1")
+        .message("set exactly one sink kind: nats, http, postgres, kafka or file")
 )]
 pub struct SinkSpec {
     /// The sink's name (its cursor, metrics label and dead-letter file).
@@ -397,6 +397,10 @@ pub struct SinkSpec {
     /// Store events, conversations, messages and engagement in PostgreSQL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postgres: Option<PostgresSinkSpec>,
+    /// Produce each event to Kafka (idempotent producer, acks=all; the event id in the
+    /// metahook-event-id header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaSinkSpec>,
     /// Append JSON lines to a file on the receiver's data volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<FileSinkSpec>,
@@ -473,6 +477,115 @@ pub struct NatsTlsSpec {
     /// PEM private key of the client certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_key_ref: Option<SecretKeyRef>,
+}
+
+/// Kafka sink.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSinkSpec {
+    /// Brokers, host:port each; the client learns the rest of the cluster from them.
+    #[x_kube(validation = Rule::new("self.all(s, s.matches('^[^/ ,]+:[0-9]{1,5}$'))").message("host:port of each broker"))]
+    #[schemars(length(min = 1, max = 32))]
+    pub bootstrap_servers: Vec<String>,
+    /// Topic template; placeholders {platform}, {object}, {field}, {kind}, {endpoint}.
+    /// The topics must exist. Default meta.{platform}.
+    #[x_kube(validation = Rule::new("self.matches('^([A-Za-z0-9._-]|\\\\{(platform|object|field|kind|endpoint)\\\\})+$')").message("a topic name (letters, digits, '.', '_', '-') with the placeholders {platform}, {object}, {field}, {kind}, {endpoint}"))]
+    #[schemars(length(min = 1, max = 249))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// The record key: conversation (the account and the other side of the conversation:
+    /// per-conversation order), account, eventId or none. Default conversation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<KafkaKeySpec>,
+    /// Compression of record batches: none, gzip, snappy, lz4, zstd. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<KafkaCompressionSpec>,
+    /// TLS to the brokers (set, TLS is used).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<KafkaTlsSpec>,
+    /// SASL authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl: Option<KafkaSaslSpec>,
+    /// How long one attempt waits for the brokers' acknowledgement (e.g. 30s, the
+    /// default) before the batch is retried with backoff.
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$')").message("a duration such as 30s"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_timeout: Option<String>,
+}
+
+/// The record key of a Kafka sink.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum KafkaKeySpec {
+    /// The account and the other side of the conversation.
+    Conversation,
+    /// The business account.
+    Account,
+    /// The event id.
+    EventId,
+    /// No key.
+    None,
+}
+
+/// The compression of a Kafka sink's record batches.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum KafkaCompressionSpec {
+    /// None.
+    None,
+    /// gzip.
+    Gzip,
+    /// Snappy.
+    Snappy,
+    /// LZ4.
+    Lz4,
+    /// Zstandard.
+    Zstd,
+}
+
+/// TLS to the Kafka brokers.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.clientCertRef) == has(self.clientKeyRef)")
+        .message("clientCertRef and clientKeyRef go together").field_path(".clientKeyRef")
+)]
+pub struct KafkaTlsSpec {
+    /// PEM CA bundle the brokers' certificates chain to (the system's roots otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_ref: Option<SecretKeyRef>,
+    /// PEM client certificate, for mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_ref: Option<SecretKeyRef>,
+    /// PEM private key of the client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_ref: Option<SecretKeyRef>,
+}
+
+/// SASL to the Kafka brokers.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSaslSpec {
+    /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+    pub mechanism: KafkaSaslMechanismSpec,
+    /// The user name.
+    pub user_ref: SecretKeyRef,
+    /// The password.
+    pub password_ref: SecretKeyRef,
+}
+
+/// A SASL mechanism.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KafkaSaslMechanismSpec {
+    /// The password in clear (use with TLS).
+    #[serde(rename = "PLAIN")]
+    Plain,
+    /// SCRAM with SHA-256.
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// SCRAM with SHA-512.
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
 }
 
 /// HTTP sink.

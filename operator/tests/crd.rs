@@ -786,6 +786,70 @@ fn cases() -> Vec<Case> {
             )],
         },
         Case {
+            message: "host:port of each broker",
+            field_path: "spec.delivery.sinks[0].kafka.bootstrapServers",
+            valid: vec![(
+                "two brokers",
+                with_spec(&json!({"delivery": {"sinks": [{"name": "log", "kafka": {
+                    "bootstrapServers": ["kafka-0.kafka:9092", "10.0.0.7:9093"],
+                }}]}})),
+            )],
+            invalid: vec![
+                (
+                    "a URL",
+                    with_spec(&json!({"delivery": {"sinks": [{"name": "log", "kafka": {
+                        "bootstrapServers": ["kafka://kafka:9092"],
+                    }}]}})),
+                ),
+                (
+                    "no port",
+                    with_spec(&json!({"delivery": {"sinks": [{"name": "log", "kafka": {
+                        "bootstrapServers": ["kafka:9092", "kafka-1"],
+                    }}]}})),
+                ),
+            ],
+        },
+        Case {
+            message: "a topic name",
+            field_path: "spec.delivery.sinks[0].kafka.topic",
+            valid: vec![(
+                "placeholders",
+                with_spec(&json!({"delivery": {"sinks": [{"name": "log", "kafka": {
+                    "bootstrapServers": ["kafka:9092"], "topic": "meta.{object}.{field}-v1",
+                }}]}})),
+            )],
+            invalid: vec![
+                (
+                    "a slash",
+                    with_spec(&json!({"delivery": {"sinks": [{"name": "log", "kafka": {
+                        "bootstrapServers": ["kafka:9092"], "topic": "meta/{object}",
+                    }}]}})),
+                ),
+                (
+                    "an unknown placeholder",
+                    with_spec(&json!({"delivery": {"sinks": [{"name": "log", "kafka": {
+                        "bootstrapServers": ["kafka:9092"], "topic": "meta.{type}",
+                    }}]}})),
+                ),
+            ],
+        },
+        Case {
+            message: "a duration such as 30s",
+            field_path: "spec.delivery.sinks[0].kafka.deliveryTimeout",
+            valid: vec![(
+                "1m30s",
+                with_spec(&json!({"delivery": {"sinks": [{"name": "log", "kafka": {
+                    "bootstrapServers": ["kafka:9092"], "deliveryTimeout": "1m30s",
+                }}]}})),
+            )],
+            invalid: vec![(
+                "30 seconds",
+                with_spec(&json!({"delivery": {"sinks": [{"name": "log", "kafka": {
+                    "bootstrapServers": ["kafka:9092"], "deliveryTimeout": "30 seconds",
+                }}]}})),
+            )],
+        },
+        Case {
             message: "starts with '/'",
             field_path: "spec.path",
             valid: vec![

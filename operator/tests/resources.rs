@@ -621,6 +621,16 @@ fn credential_sinks() -> Value {
             "bearerTokenRef": {"name": "crm", "key": "token"}}},
         {"name": "db", "postgres": {"urlSecretRef": {"name": "pg", "key": "url"},
             "sslMode": "verify-full", "caRef": {"name": "pg", "key": "ca.crt"}}},
+        {"name": "log", "kafka": {"bootstrapServers": ["kafka-0.kafka:9093", "kafka-1.kafka:9093"],
+            "topic": "meta.{object}.{field}", "key": "account", "compression": "zstd",
+            "deliveryTimeout": "45s",
+            "tls": {"caRef": {"name": "kafka-tls", "key": "ca.crt"},
+                    "clientCertRef": {"name": "kafka-tls", "key": "tls.crt"},
+                    "clientKeyRef": {"name": "kafka-tls", "key": "tls.key"}},
+            "sasl": {"mechanism": "SCRAM-SHA-512",
+                     "userRef": {"name": "kafka", "key": "user"},
+                     "passwordRef": {"name": "kafka", "key": "password"}}}},
+        {"name": "log-plain", "kafka": {"bootstrapServers": ["kafka:9092"]}},
     ]);
     spec
 }
@@ -691,6 +701,35 @@ fn sink_credentials_are_mounted_and_named_in_the_config_field_by_field() {
     };
     assert_eq!(postgres.ssl_mode, Some(SslMode::VerifyFull));
     assert_eq!(postgres.ca_file, secret_file("pg", "ca.crt"));
+    let SinkKind::Kafka(kafka) = sinks["log"] else {
+        panic!("kafka")
+    };
+    let mut expected_kafka = metahook_config::KafkaSinkConfig::new(vec![
+        "kafka-0.kafka:9093".into(),
+        "kafka-1.kafka:9093".into(),
+    ]);
+    expected_kafka.topic = "meta.{object}.{field}".into();
+    expected_kafka.key = metahook_config::KafkaKey::Account;
+    expected_kafka.compression = metahook_config::KafkaCompression::Zstd;
+    expected_kafka.delivery_timeout = std::time::Duration::from_secs(45);
+    expected_kafka.tls = true;
+    expected_kafka.ca_file = secret_file("kafka-tls", "ca.crt");
+    expected_kafka.client_cert_file = secret_file("kafka-tls", "tls.crt");
+    expected_kafka.client_key_file = secret_file("kafka-tls", "tls.key");
+    expected_kafka.sasl = Some(metahook_config::KafkaSaslConfig {
+        mechanism: metahook_config::SaslMechanism::ScramSha512,
+        user_file: secret_file("kafka", "user").expect("path"),
+        password_file: secret_file("kafka", "password").expect("path"),
+    });
+    assert_eq!(kafka, &expected_kafka);
+    let SinkKind::Kafka(plain) = sinks["log-plain"] else {
+        panic!("kafka")
+    };
+    assert_eq!(
+        plain,
+        &metahook_config::KafkaSinkConfig::new(vec!["kafka:9092".into()]),
+        "the receiver's defaults"
+    );
 
     // Every file the configuration names is a projected key of the pod, and a Secret key
     // the controller resolves (secret_references); nothing else is mounted.
@@ -699,6 +738,11 @@ fn sink_credentials_are_mounted_and_named_in_the_config_field_by_field() {
         ("crm", "password"),
         ("crm", "token"),
         ("crm", "user"),
+        ("kafka", "password"),
+        ("kafka", "user"),
+        ("kafka-tls", "ca.crt"),
+        ("kafka-tls", "tls.crt"),
+        ("kafka-tls", "tls.key"),
         ("meta-app", "app-secret"),
         ("meta-app", "verify-token"),
         ("nats", "password"),

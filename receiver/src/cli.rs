@@ -109,6 +109,21 @@ where there is one):
     nats.ca_file       CAs for the server's certificate (TLS required)
     nats.client_cert_file, nats.client_key_file
                        mTLS to the server
+    kafka.bootstrap_servers
+                       brokers, [host:port, ...] (idempotent producer, acks=all,
+                       headers metahook-event-id/-object/-field/-kind/-received-at)
+    kafka.topic        topic template; default meta.{platform}
+    kafka.key          conversation, account, event_id or none; default
+                       conversation (account_id/participant: per-conversation
+                       order)
+    kafka.compression  none, gzip, snappy, lz4, zstd; default none
+    kafka.tls          TLS with the system's CAs; any TLS file implies it
+    kafka.ca_file, kafka.client_cert_file, kafka.client_key_file
+                       CAs for the brokers; mTLS to them
+    kafka.sasl         {mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512,
+                       user_file, password_file} (files re-read at reopen)
+    kafka.delivery_timeout
+                       one attempt's wait for the broker; default 30s
     postgres.url       PostgreSQL connection URL (the unified message store)
     postgres.url_file  file holding the URL instead (re-read at reconnect)
     postgres.schema    schema of its tables (migrated at start); default

@@ -5,6 +5,7 @@
 
 pub mod file;
 pub mod http;
+pub mod kafka;
 pub mod nats;
 pub mod postgres;
 
@@ -12,13 +13,14 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use self::file::FileSinkConfig;
 use self::http::HttpSinkConfig;
+use self::kafka::KafkaSinkConfig;
 use self::nats::NatsSinkConfig;
 use self::postgres::PostgresSinkConfig;
 use crate::error::ConfigError;
 use crate::retry::RetryConfig;
 
 /// One delivery target: a name, exactly one kind, and its retries. In YAML the kind is the
-/// one key among `file`, `nats`, `postgres`, `http` ([`SinkKind`] lists them).
+/// one key among `file`, `nats`, `postgres`, `http`, `kafka` ([`SinkKind`] lists them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "SinkEntry", into = "SinkEntry")]
 pub struct SinkConfig {
@@ -42,10 +44,12 @@ pub enum SinkKind {
     Postgres(PostgresSinkConfig),
     /// HTTP POST to the user's service.
     Http(HttpSinkConfig),
+    /// Apache Kafka (or a broker speaking its protocol).
+    Kafka(KafkaSinkConfig),
 }
 
 /// The kinds' YAML keys, for messages.
-const KIND_KEYS: &str = "file, nats, postgres or http";
+const KIND_KEYS: &str = "file, nats, postgres, http or kafka";
 
 impl SinkKind {
     /// The kind's YAML key.
@@ -55,6 +59,7 @@ impl SinkKind {
             SinkKind::Nats(_) => "nats",
             SinkKind::Postgres(_) => "postgres",
             SinkKind::Http(_) => "http",
+            SinkKind::Kafka(_) => "kafka",
         }
     }
 
@@ -66,6 +71,7 @@ impl SinkKind {
             SinkKind::Nats(nats) => nats.validate(&key),
             SinkKind::Postgres(postgres) => postgres.validate(&key),
             SinkKind::Http(http) => http.validate(&key),
+            SinkKind::Kafka(kafka) => kafka.validate(&key),
         }
     }
 }
@@ -83,6 +89,8 @@ pub(crate) struct SinkEntry {
     postgres: Option<PostgresSinkConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     http: Option<HttpSinkConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kafka: Option<KafkaSinkConfig>,
     #[serde(default)]
     retry: RetryConfig,
 }
@@ -97,6 +105,7 @@ impl TryFrom<SinkEntry> for SinkConfig {
             nats,
             postgres,
             http,
+            kafka,
             retry,
         } = entry;
         let mut kinds = [
@@ -104,6 +113,7 @@ impl TryFrom<SinkEntry> for SinkConfig {
             nats.map(SinkKind::Nats),
             postgres.map(SinkKind::Postgres),
             http.map(SinkKind::Http),
+            kafka.map(SinkKind::Kafka),
         ]
         .into_iter()
         .flatten();
@@ -123,6 +133,7 @@ impl From<SinkConfig> for SinkEntry {
             nats: None,
             postgres: None,
             http: None,
+            kafka: None,
             retry,
         };
         match kind {
@@ -130,6 +141,7 @@ impl From<SinkConfig> for SinkEntry {
             SinkKind::Nats(nats) => entry.nats = Some(nats),
             SinkKind::Postgres(postgres) => entry.postgres = Some(postgres),
             SinkKind::Http(http) => entry.http = Some(http),
+            SinkKind::Kafka(kafka) => entry.kafka = Some(kafka),
         }
         entry
     }

@@ -10,13 +10,15 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use metahook_config::redact::has_credentials;
 use metahook_config::{
     Config, ConfigError, DeliveryConfig, DeliveryMode, EndpointConfig, FileSinkConfig,
-    HttpHeaderConfig, HttpSinkConfig, NatsSinkConfig, PostgresSinkConfig, RetryConfig, SinkConfig,
-    SinkKind, SpoolConfig, SslMode, TlsConfig, TlsMode, TrustedProxyConfig,
+    HttpHeaderConfig, HttpSinkConfig, KafkaCompression, KafkaKey, KafkaSaslConfig, KafkaSinkConfig,
+    NatsSinkConfig, PostgresSinkConfig, RetryConfig, SaslMechanism, SinkConfig, SinkKind,
+    SpoolConfig, SslMode, TlsConfig, TlsMode, TrustedProxyConfig,
 };
 
 use super::{CONFIG_KEY, DATA_DIR, HTTP_PORT, HTTPS_PORT, Inputs, METRICS_PORT, secret_path};
 use crate::crd::{
-    self, DeliveryModeSpec, PostgresSslModeSpec, RetrySpec, SecretKeyRef, SinkSpec, TlsModeSpec,
+    self, DeliveryModeSpec, KafkaCompressionSpec, KafkaKeySpec, KafkaSaslMechanismSpec,
+    PostgresSslModeSpec, RetrySpec, SecretKeyRef, SinkSpec, TlsModeSpec,
 };
 use crate::error::Error;
 
@@ -130,7 +132,7 @@ fn sink_config(
     let (Some(kind), None) = (kinds.next(), kinds.next()) else {
         return Err(invalid(
             format!("sinks[{index}]"),
-            "set exactly one sink kind: nats, http, postgres or file",
+            "set exactly one sink kind: nats, http, postgres, kafka or file",
         ));
     };
     let retry = match sink.retry.as_ref().or(default_retry) {
@@ -178,6 +180,7 @@ pub(crate) fn sink_kinds<'a>(
         nats,
         http,
         postgres,
+        kafka,
         file,
         retry: _,
     } = sink;
@@ -242,12 +245,59 @@ pub(crate) fn sink_kinds<'a>(
         postgres.ca_file = spec.ca_ref.as_ref().map(&mut mount);
         SinkKind::Postgres(postgres)
     });
+    let kafka = kafka.as_ref().map(|spec| {
+        let mut kafka = KafkaSinkConfig::new(spec.bootstrap_servers.clone());
+        if let Some(topic) = &spec.topic {
+            kafka.topic.clone_from(topic);
+        }
+        if let Some(key) = spec.key {
+            kafka.key = match key {
+                KafkaKeySpec::Conversation => KafkaKey::Conversation,
+                KafkaKeySpec::Account => KafkaKey::Account,
+                KafkaKeySpec::EventId => KafkaKey::EventId,
+                KafkaKeySpec::None => KafkaKey::None,
+            };
+        }
+        if let Some(compression) = spec.compression {
+            kafka.compression = match compression {
+                KafkaCompressionSpec::None => KafkaCompression::None,
+                KafkaCompressionSpec::Gzip => KafkaCompression::Gzip,
+                KafkaCompressionSpec::Snappy => KafkaCompression::Snappy,
+                KafkaCompressionSpec::Lz4 => KafkaCompression::Lz4,
+                KafkaCompressionSpec::Zstd => KafkaCompression::Zstd,
+            };
+        }
+        if let Some(tls) = &spec.tls {
+            kafka.tls = true;
+            kafka.ca_file = tls.ca_ref.as_ref().map(&mut mount);
+            kafka.client_cert_file = tls.client_cert_ref.as_ref().map(&mut mount);
+            kafka.client_key_file = tls.client_key_ref.as_ref().map(&mut mount);
+        }
+        kafka.sasl = spec.sasl.as_ref().map(|sasl| KafkaSaslConfig {
+            mechanism: match sasl.mechanism {
+                KafkaSaslMechanismSpec::Plain => SaslMechanism::Plain,
+                KafkaSaslMechanismSpec::ScramSha256 => SaslMechanism::ScramSha256,
+                KafkaSaslMechanismSpec::ScramSha512 => SaslMechanism::ScramSha512,
+            },
+            user_file: mount(&sasl.user_ref),
+            password_file: mount(&sasl.password_ref),
+        });
+        if let Some(timeout) = &spec.delivery_timeout {
+            // The CRD's rule admits only durations; one too large to parse becomes 0,
+            // which the receiver's validation refuses naming the key.
+            kafka.delivery_timeout = humantime::parse_duration(timeout).unwrap_or_default();
+        }
+        SinkKind::Kafka(kafka)
+    });
     let file = file.as_ref().map(|spec| {
         SinkKind::File(FileSinkConfig {
             path: PathBuf::from(format!("{DATA_DIR}/files/{}", spec.name)),
         })
     });
-    [nats, http, postgres, file].into_iter().flatten().collect()
+    [nats, http, postgres, kafka, file]
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 fn retry_config(index: usize, spec: &RetrySpec) -> Result<RetryConfig, Error> {

@@ -8,6 +8,7 @@ use metahook_config::SinkKind;
 
 use super::file::FileSink;
 use super::http::HttpSink;
+use super::kafka::KafkaSink;
 use super::nats::NatsSink;
 use super::postgres::PostgresSink;
 use super::{Delivered, Sink, SinkError};
@@ -27,6 +28,7 @@ impl BuildSink for SinkKind {
             SinkKind::Nats(nats) => AnySink::Nats(NatsSink::new(nats.clone())),
             SinkKind::Postgres(postgres) => AnySink::Postgres(PostgresSink::new(postgres.clone())),
             SinkKind::Http(http) => AnySink::Http(HttpSink::new(http.clone())),
+            SinkKind::Kafka(kafka) => AnySink::Kafka(KafkaSink::new(kafka.clone())),
         }
     }
 }
@@ -42,6 +44,8 @@ pub enum AnySink {
     Postgres(PostgresSink),
     /// See [`HttpSink`].
     Http(HttpSink),
+    /// See [`KafkaSink`].
+    Kafka(KafkaSink),
 }
 
 impl Sink for AnySink {
@@ -51,6 +55,7 @@ impl Sink for AnySink {
             AnySink::Nats(sink) => sink.open(state).await,
             AnySink::Postgres(sink) => sink.open(state).await,
             AnySink::Http(sink) => sink.open(state).await,
+            AnySink::Kafka(sink) => sink.open(state).await,
         }
     }
 
@@ -60,6 +65,7 @@ impl Sink for AnySink {
             AnySink::Nats(sink) => sink.deliver(batch).await,
             AnySink::Postgres(sink) => sink.deliver(batch).await,
             AnySink::Http(sink) => sink.deliver(batch).await,
+            AnySink::Kafka(sink) => sink.deliver(batch).await,
         }
     }
 
@@ -69,6 +75,7 @@ impl Sink for AnySink {
             AnySink::Nats(sink) => sink.batch_size(),
             AnySink::Postgres(sink) => sink.batch_size(),
             AnySink::Http(sink) => sink.batch_size(),
+            AnySink::Kafka(sink) => sink.batch_size(),
         }
     }
 }

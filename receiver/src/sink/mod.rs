@@ -12,6 +12,7 @@ pub mod direct;
 pub mod file;
 pub mod http;
 pub mod inbox;
+pub mod kafka;
 pub mod kind;
 pub mod nats;
 pub mod postgres;

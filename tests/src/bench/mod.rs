@@ -12,7 +12,7 @@
 //! Modules by concept: [`bodies`] and [`signature`] make the requests, [`baseline`] is the
 //! reference server, [`client`] and [`load`] generate load, [`process`] and [`servers`] run
 //! the children, [`tls`] makes the certificates, [`report`] prints and judges the figures.
-//! [`sink_drain`] (`--sink-drain`) measures how fast the NATS and PostgreSQL sinks drain a
+//! [`sink_drain`] (`--sink-drain`) measures how fast the NATS, PostgreSQL and Kafka sinks drain a
 //! spooled backlog, apart from the 200 path.
 
 pub mod baseline;
@@ -104,7 +104,7 @@ pub struct Args {
     #[arg(long)]
     pub no_pin: bool,
 
-    /// Measure only how fast the NATS and PostgreSQL sinks drain a spooled backlog (see
+    /// Measure only how fast the NATS, PostgreSQL and Kafka sinks drain a spooled backlog (see
     /// `sink_drain`): spool `--drain-events` events, then time each sink's drain.
     #[arg(long, conflicts_with_all = ["baseline_only", "tls_only"])]
     pub sink_drain: bool,
@@ -112,6 +112,10 @@ pub struct Args {
     /// Events spooled for `--sink-drain`.
     #[arg(long, default_value_t = 100_000, requires = "sink_drain")]
     pub drain_events: u64,
+
+    /// Only this phase of `--sink-drain`: nats, postgres, both or kafka.
+    #[arg(long, requires = "sink_drain", value_parser = clap::builder::PossibleValuesParser::new(sink_drain::PHASE_TAGS))]
+    pub drain_only: Option<String>,
 
     /// Send the 15 KB batch body (ten events per request) for `--sink-drain` instead of the
     /// 1.4 KB text body.
@@ -172,7 +176,7 @@ pub fn main(args: Args) -> Result<()> {
             .context("building the drain runtime")?;
         return runtime.block_on(async {
             tokio::select! {
-                drained = sink_drain::run(&programs, body, args.drain_events) => drained,
+                drained = sink_drain::run(&programs, body, args.drain_events, args.drain_only.as_deref()) => drained,
                 signal = interrupted() => Err(anyhow!("interrupted by {}", signal?)),
             }
         });

@@ -1,5 +1,5 @@
-//! `bench --sink-drain`: how fast the NATS JetStream and PostgreSQL sinks drain a backlog,
-//! apart from the 200 path.
+//! `bench --sink-drain`: how fast the NATS JetStream, PostgreSQL and Kafka sinks drain a
+//! backlog, apart from the 200 path.
 //!
 //! In the `rcv+sinks` run the sinks drain while the load runs, so their rate is bounded by
 //! (and shares the CPU with) the 200 path. Here the backlog is spooled first and drained
@@ -11,8 +11,11 @@
 //!    real services (a fresh stream and schema each); the time from its start until each
 //!    measured sink delivered every event (lag zero) gives the drain rate.
 //!
-//! Phase 2 runs three times: NATS alone, PostgreSQL alone, and both together (as in
-//! production, where they share the CPU). Each phase drains with sinks of its own names, so
+//! Phase 2 runs four times: NATS alone, PostgreSQL alone, both together (as in production,
+//! where they share the CPU), and Kafka alone, into a tansu broker (a Kafka-compatible
+//! broker in Rust, in memory) the bench starts on a port of its own; without tansu
+//! installed (`scripts/install-tools.sh`) that phase is left out, saying so.
+//! `--drain-only PHASE` runs one phase. Each phase drains with sinks of its own names, so
 //! the spool keeps the backlog for the next phase: a sink new to a spool starts at its oldest
 //! event, and the segments stay until every listed sink has passed them.
 
@@ -46,28 +49,119 @@ const POLL: Duration = Duration::from_millis(50);
 enum Kind {
     Nats,
     Postgres,
+    Kafka,
 }
 
 /// One drain phase: the sinks it measures.
 struct Phase {
     label: &'static str,
+    /// Its name for `--drain-only`.
+    tag: &'static str,
     sinks: &'static [(&'static str, Kind)],
+}
+
+/// The names `--drain-only` takes.
+pub const PHASE_TAGS: &[&str] = &["nats", "postgres", "both", "kafka"];
+
+/// Partitions of each Kafka phase's topic.
+const KAFKA_PARTITIONS: u32 = 3;
+
+/// Where a phase's sinks deliver: the stream and schema, and the Kafka topic.
+struct Targets {
+    sinks: SinkTargets,
+    /// The broker's `host:port` and the phase's topic.
+    kafka: Option<(String, String)>,
 }
 
 const PHASES: &[Phase] = &[
     Phase {
         label: "NATS alone",
+        tag: "nats",
         sinks: &[("nats_alone", Kind::Nats)],
     },
     Phase {
         label: "PostgreSQL alone",
+        tag: "postgres",
         sinks: &[("pg_alone", Kind::Postgres)],
     },
     Phase {
         label: "both together",
+        tag: "both",
         sinks: &[("nats_both", Kind::Nats), ("pg_both", Kind::Postgres)],
     },
+    Phase {
+        label: "Kafka alone",
+        tag: "kafka",
+        sinks: &[("kafka_alone", Kind::Kafka)],
+    },
 ];
+
+/// A tansu broker of the bench's own, in memory; killed on drop.
+struct Tansu {
+    child: std::process::Child,
+    bootstrap: String,
+}
+
+impl Tansu {
+    /// Starts tansu on a free port, or `None` (saying why) when it is not installed.
+    fn start() -> Result<Option<Tansu>> {
+        let bin = match crate::tools::find("tansu") {
+            Ok(bin) => bin,
+            Err(err) => {
+                println!("  Kafka phase left out: {err:#}");
+                return Ok(None);
+            }
+        };
+        let port = free_port()?;
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = std::process::Command::new(bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting tansu")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            ensure!(Instant::now() < deadline, "tansu did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Some(Tansu {
+            child,
+            bootstrap: format!("127.0.0.1:{port}"),
+        }))
+    }
+
+    /// Creates `topic`.
+    fn create_topic(&self, topic: &str) -> Result<()> {
+        crate::tools::run(
+            "tansu",
+            &[
+                "topic",
+                "create",
+                topic,
+                "--partitions",
+                &KAFKA_PARTITIONS.to_string(),
+                "--broker",
+                &format!("tcp://{}", self.bootstrap),
+            ],
+        )
+        .map(drop)
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 /// One measured sink of one phase.
 #[derive(Debug)]
@@ -80,7 +174,12 @@ struct Drained {
 
 /// Spools `events` events of `body` (rounded up to whole requests), then drains them phase
 /// by phase, printing each sink's rate.
-pub async fn run(programs: &Programs, body: BodyKind, events: u64) -> Result<()> {
+pub async fn run(
+    programs: &Programs,
+    body: BodyKind,
+    events: u64,
+    only: Option<&str>,
+) -> Result<()> {
     let template = BodyTemplate::new(body)?;
     let per_request = template.messages() as u64;
     let requests = events.div_ceil(per_request);
@@ -108,12 +207,26 @@ pub async fn run(programs: &Programs, body: BodyKind, events: u64) -> Result<()>
     );
 
     let mut results = Vec::new();
-    for phase in PHASES {
-        let targets = unique_targets(phase.label);
+    let mut tansu = None;
+    for phase in PHASES.iter().filter(|p| only.is_none_or(|o| o == p.tag)) {
+        let mut targets = Targets {
+            sinks: unique_targets(phase.label),
+            kafka: None,
+        };
+        if phase.sinks.iter().any(|(_, kind)| *kind == Kind::Kafka) {
+            if tansu.is_none() {
+                tansu = Tansu::start()?;
+            }
+            let Some(broker) = &tansu else { continue };
+            let topic = format!("drain-{}", targets.sinks.schema.replace('_', "-"));
+            broker.create_topic(&topic)?;
+            targets.kafka = Some((broker.bootstrap.clone(), topic));
+        }
         let outcome = drain(programs, dir.path(), &closed, phase, &targets, events).await;
-        super::drain::clean_up(&targets).await?;
+        super::drain::clean_up(&targets.sinks).await?;
         results.extend(outcome?);
     }
+    drop(tansu);
     println!("\n| phase | sink | events | seconds | events/s |\n|---|---|---|---|---|");
     for d in &results {
         println!(
@@ -185,7 +298,7 @@ async fn drain(
     dir: &Path,
     closed: &str,
     phase: &Phase,
-    targets: &SinkTargets,
+    targets: &Targets,
     events: u64,
 ) -> Result<Vec<Drained>> {
     let started = Instant::now();
@@ -250,7 +363,7 @@ impl Receiver {
         programs: &Programs,
         dir: &Path,
         closed: &str,
-        live: Option<(&Phase, &SinkTargets)>,
+        live: Option<(&Phase, &Targets)>,
     ) -> Result<Receiver> {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
         let config = write_config(dir, addr, closed, live)?;
@@ -278,7 +391,7 @@ fn write_config(
     dir: &Path,
     addr: SocketAddr,
     closed: &str,
-    live: Option<(&Phase, &SinkTargets)>,
+    live: Option<(&Phase, &Targets)>,
 ) -> Result<std::path::PathBuf> {
     let quoted = |s: &str| serde_json::Value::from(s).to_string();
     let path_of = |p: &Path| -> Result<String> {
@@ -307,8 +420,11 @@ fn write_config(
                 (Kind::Nats, Some(t)) => format!(
                     "nats: {{url: {}, subject: {}, stream: {}, create_stream: true}}",
                     quoted(NATS_URL),
-                    quoted(&format!("{}.{{platform}}.{{field}}.{{kind}}", t.schema)),
-                    quoted(&t.stream)
+                    quoted(&format!(
+                        "{}.{{platform}}.{{field}}.{{kind}}",
+                        t.sinks.schema
+                    )),
+                    quoted(&t.sinks.stream)
                 ),
                 (Kind::Nats, None) => {
                     format!("nats: {{url: {}}}", quoted(&format!("nats://{closed}")))
@@ -316,12 +432,26 @@ fn write_config(
                 (Kind::Postgres, Some(t)) => format!(
                     "postgres: {{url: {}, schema: {}}}",
                     quoted(POSTGRES_URL),
-                    quoted(&t.schema)
+                    quoted(&t.sinks.schema)
                 ),
                 (Kind::Postgres, None) => format!(
                     "postgres: {{url: {}}}",
                     quoted(&format!("postgres://postgres@{closed}/test"))
                 ),
+                (
+                    Kind::Kafka,
+                    Some(Targets {
+                        kafka: Some((bootstrap, topic)),
+                        ..
+                    }),
+                ) => format!(
+                    "kafka: {{bootstrap_servers: [{}], topic: {}}}",
+                    quoted(bootstrap),
+                    quoted(topic)
+                ),
+                (Kind::Kafka, _) => {
+                    format!("kafka: {{bootstrap_servers: [{}]}}", quoted(closed))
+                }
             };
             config.push_str(&format!(
                 "  - name: {name}\n    {sink}\n    retry: {{max_attempts: 0, max_backoff: 1s}}\n"

@@ -142,6 +142,7 @@ fn runnable(sub: &mut WebhookSubscription) {
         nats: None,
         http: None,
         postgres: None,
+        kafka: None,
         file: Some(FileSinkSpec {
             name: SINK_FILE.to_owned(),
         }),

@@ -1,0 +1,24 @@
+# tansu, a Kafka-compatible broker written in Rust (crates.io), for the Kafka sink's tests
+# (receiver/tests/kafka*.rs) and benchmark: Apache Kafka itself is in none of the registries
+# this machine reaches. The default features carry no storage engine, so `dynostore` (the
+# `memory://` engine the tests use) is named, and `postgres` with it. About 16 minutes to
+# build the first time on 2 cores, into $METAHOOK_TOOLS_DIR/tansu with a target directory of
+# its own; nothing once cached. A failed build is reported, not fatal: the Kafka tests then
+# fail naming tansu.
+tansu_version=0.6.0
+tansu_root="$METAHOOK_TOOLS_DIR/tansu"
+if [ -x "$tansu_root/bin/tansu" ] && [ "$(cat "$tansu_root/VERSION" 2>/dev/null)" = "$tansu_version" ]; then
+  echo "tansu $tansu_version already installed"
+elif command -v cargo >/dev/null 2>&1; then
+  if CARGO_TARGET_DIR="$METAHOOK_TOOLS_DIR/tansu-target" nice -n 10 cargo install --locked --quiet \
+      --root "$tansu_root" --version "$tansu_version" --features postgres,dynostore tansu; then
+    echo "$tansu_version" >"$tansu_root/VERSION"
+    rm -rf "$METAHOOK_TOOLS_DIR/tansu-target"
+  else
+    echo "tansu: cargo install failed; the Kafka tests will fail naming tansu"
+  fi
+else
+  echo "cargo is missing: cannot build tansu"
+fi
+[ -x "$tansu_root/bin/tansu" ] && link_tool "$tansu_root/bin/tansu" tansu
+true
