@@ -336,6 +336,26 @@ fn cases() -> Vec<Case> {
             ],
         },
         Case {
+            message: "set maxAge, maxBytes or both (omit retention to keep nothing)",
+            field_path: "spec.delivery.spool.retention",
+            valid: vec![
+                (
+                    "maxAge",
+                    with_spec(&json!({"delivery": {"spool": {"retention": {"maxAge": "72h"}}}})),
+                ),
+                (
+                    "maxBytes",
+                    with_spec(
+                        &json!({"delivery": {"spool": {"retention": {"maxBytes": "20GiB"}}}}),
+                    ),
+                ),
+            ],
+            invalid: vec![(
+                "neither",
+                with_spec(&json!({"delivery": {"spool": {"retention": {}}}})),
+            )],
+        },
+        Case {
             message: "direct delivery keeps no spool volume",
             field_path: "spec.delivery.spool",
             valid: vec![(

@@ -15,7 +15,8 @@
 //!    an adoption's and [`autoscaling`]'s take-back of `spec.replicas`); autoscaling asked
 //!    of a cluster without the HorizontalPodAutoscaler API is refused here too;
 //! 1. [`token`]: the generated verify token (GET, then apply) when `verifyTokenRef` is
-//!    absent;
+//!    absent; the admin token (applied only when step 0 found none of the
+//!    subscription's);
 //! 2. [`secrets`]: every referenced Secret (GET each, in name order); missing ones end the
 //!    pass with `SecretsResolved=False` naming them, leaving running receivers untouched;
 //! 3. [`tls`]: the namespace CA (GET, created if absent) and the serving certificate (GET,
@@ -317,6 +318,8 @@ async fn pass(
         claims.verify_token.as_ref(),
     )
     .await?;
+
+    token::admin_step(ctx, sub, &provisional, &secrets, &claims.admin_token).await?;
 
     // 2. Every referenced Secret key.
     let resolved = secrets::step(sub, token, &secrets).await?;

@@ -830,6 +830,8 @@ pub fn claims_of(
     if token {
         paths.push(format!("{core}/secrets/{name}-verify-token"));
     }
+    let admin = format!("{core}/secrets/{name}-admin-token");
+    paths.push(admin.clone());
     if tls {
         paths.push(format!("{core}/secrets/{name}-tls"));
     }
@@ -844,11 +846,25 @@ pub fn claims_of(
         .map(|path| {
             let reply = match found.iter().find(|(at, _)| *at == path) {
                 Some((_, object)) => Reply::Object(object.clone()),
+                // The admin token exists unless a test says otherwise (it is made once).
+                None if path == admin => Reply::Object(admin_token_secret(namespace, name)),
                 None => Reply::Error(404, "NotFound"),
             };
             get(path, reply)
         })
         .collect()
+}
+
+/// The admin token's Secret as an earlier pass of subscription `name` left it.
+pub fn admin_token_secret(namespace: &str, name: &str) -> Value {
+    owned_by(
+        secret(
+            namespace,
+            &format!("{name}-admin-token"),
+            &[("admin-token", b"admin-s3cret")],
+        ),
+        name,
+    )
 }
 
 /// Reconciles `sub` once against `script`, with no optional APIs and the clock at
