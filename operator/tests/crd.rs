@@ -57,6 +57,17 @@ fn committed_crd_matches_the_code() {
 }
 
 #[test]
+fn committed_replay_crd_matches_the_code() {
+    let yaml = metahook_operator::replay_crd::crd_yaml().expect("serialize the CRD");
+    check_generated(
+        "crds/webhookreplay.yaml",
+        &yaml,
+        "cargo run -p metahook-operator --bin crdgen -- replay > crds/webhookreplay.yaml \
+         (or METAHOOK_UPDATE_DOCS=1 cargo test -p metahook-operator --test crd)",
+    );
+}
+
+#[test]
 fn crd_reference_matches_the_code() {
     check_generated(
         "docs/crd-reference.md",
