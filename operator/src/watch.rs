@@ -26,6 +26,7 @@ use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 
 use crate::crd::WebhookSubscription;
+use crate::replay_crd::WebhookReplay;
 
 /// Where the operator watches: the whole cluster, or one namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,6 +138,35 @@ where
     S: Stream<Item = Result<WebhookSubscription, watcher::Error>> + Send + 'static,
 {
     subscriptions.predicate_filter(pass_trigger, kube::runtime::PredicateConfig::default())
+}
+
+/// The WebhookReplay controller: replays, triggered by their spec (generation) and their
+/// deletion only ([`replay_trigger`]); its own status and finalizer writes start no pass
+/// (it polls running replays by requeueing).
+pub(crate) fn replay_watches(client: &Client, scope: &WatchScope) -> Controller<WebhookReplay> {
+    let (reader, writer) = reflector::store();
+    let replays = watcher(
+        scope.api::<WebhookReplay>(client),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .applied_objects()
+    .predicate_filter(replay_trigger, kube::runtime::PredicateConfig::default());
+    Controller::for_stream(replays, reader)
+}
+
+/// What of a WebhookReplay starts a pass: its generation and its deletion timestamp.
+pub fn replay_trigger(replay: &WebhookReplay) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let meta = replay.meta();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    meta.generation.hash(&mut hasher);
+    meta.deletion_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 /// The Secret watch's label selector: `metahook.io/referenceable=true`.

@@ -29,6 +29,9 @@
 //!    receiver is ready, behind a finalizer that unregisters on deletion;
 //! 6. [`status`]: the status.
 //!
+//! [`replay`] is a second controller, of WebhookReplays (with `replay_admin.rs`, the
+//! receivers' admin endpoint as it calls it).
+//!
 //! `api.rs` holds the requests the steps share (apply, delete, Events); `discovery.rs`
 //! finds the optional APIs the cluster serves.
 
@@ -42,6 +45,8 @@ mod migration;
 pub mod ownership;
 pub mod policy;
 pub mod registration;
+pub mod replay;
+mod replay_admin;
 pub mod secrets;
 pub mod status;
 pub mod tls;
