@@ -366,7 +366,7 @@ async fn serve(mut handle: Handle, script: Vec<Expect>, served: Arc<Mutex<Vec<Se
                 "step {step}: {path} is not a server-side apply by metahook-operator (or its \
                  replicas hand-over manager): {query}"
             );
-            let own = path.contains("/webhooksubscriptions/");
+            let own = path.contains("/webhooksubscriptions/") || path.contains("/webhookreplays/");
             let forced = query.contains("force=true");
             assert_eq!(
                 forced,
