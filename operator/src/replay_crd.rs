@@ -3,6 +3,10 @@
 //! replay controller ([`crate::controller::replay`]) carries it out through each receiver
 //! pod's admin endpoint and writes the status.
 
+// Several printer columns share a `type_`, which kube's derive re-emits as attributes the
+// lint reads as duplicates.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;

@@ -1,7 +1,6 @@
 //! The WebhookReplay controller against the mock Kubernetes API (every request scripted)
 //! and fake receiver admin endpoints on 127.0.0.1 (the pods' IP and metrics port).
 
-#[allow(dead_code)]
 mod support;
 
 use std::collections::VecDeque;

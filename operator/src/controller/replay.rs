@@ -115,18 +115,18 @@ async fn pass(
     })?;
     let Some(sub) = sub else {
         let message = format!("no WebhookSubscription {namespace}/{}", spec.subscription);
-        return Ok((finish(status, Some(message), now), WAIT));
+        return Ok((finish(status, &message, now), WAIT));
     };
     if !sub.spec.delivery.sinks.iter().any(|s| s.name == spec.sink) {
         let message = format!(
             "sink: WebhookSubscription {} has no sink named {:?}",
             spec.subscription, spec.sink
         );
-        return Ok((finish(status, Some(message), now), WAIT));
+        return Ok((finish(status, &message, now), WAIT));
     }
     let request = match admin_request(replay) {
         Ok(request) => request,
-        Err(message) => return Ok((finish(status, Some(message), now), WAIT)),
+        Err(message) => return Ok((finish(status, &message, now), WAIT)),
     };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let secret_name = admin_token_secret_name(&spec.subscription);
@@ -140,7 +140,7 @@ async fn pass(
         .filter(|token| !token.is_empty());
     let Some(token) = token else {
         let message = format!("waiting for the admin token in Secret {namespace}/{secret_name}");
-        return Ok((pending(status, message, now), WAIT));
+        return Ok((pending(status, &message, now), WAIT));
     };
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let listed = pods
@@ -161,7 +161,7 @@ async fn pass(
     status.replicas.sort_by(|a, b| a.pod.cmp(&b.pod));
     if status.replicas.is_empty() {
         let message = format!("no ready receiver pod of {}", spec.subscription);
-        return Ok((pending(status, message, now), WAIT));
+        return Ok((pending(status, &message, now), WAIT));
     }
     let mut requeue = POLL;
     for replica in &mut status.replicas {
@@ -332,24 +332,24 @@ fn ready(pod: &Pod) -> bool {
 /// A replay that cannot run (no subscription, no such sink, a bad window): Failed.
 fn finish(
     mut status: WebhookReplayStatus,
-    message: Option<String>,
+    message: &str,
     now: OffsetDateTime,
 ) -> WebhookReplayStatus {
     status.phase = ReplayPhase::Failed;
-    set_complete(&mut status, message.as_deref().unwrap_or(""), now);
+    set_complete(&mut status, message, now);
     status
 }
 
 /// A replay waiting for something before it can start on any pod.
 fn pending(
     mut status: WebhookReplayStatus,
-    message: String,
+    message: &str,
     now: OffsetDateTime,
 ) -> WebhookReplayStatus {
     if status.replicas.is_empty() {
         status.phase = ReplayPhase::Pending;
     }
-    set_complete(&mut status, &message, now);
+    set_complete(&mut status, message, now);
     status
 }
 
