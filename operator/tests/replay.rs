@@ -357,10 +357,7 @@ async fn deleting_a_running_replay_stops_it_on_each_pod_then_drops_the_finalizer
             format!("{CORE}/secrets/wa-admin-token"),
             Reply::Object(admin_token_secret(NS, "wa")),
         ),
-        get(
-            format!("{CORE}/pods/wa-0"),
-            Reply::Object(pod("wa-0", a.port)),
-        ),
+        pods_listed(NS, &[pod("wa-0", a.port)]),
         apply(format!("{REPLAYS}/rp"), Reply::Onto(replay.clone())),
     ];
     let (action, served) = pass(&replay, script).await;

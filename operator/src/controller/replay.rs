@@ -404,12 +404,21 @@ async fn cancel_all(ctx: &Context, replay: &WebhookReplay, namespace: &str) {
     let Some(token) = token else {
         return;
     };
+    // A LIST, as the passes read pods (the operator may list pods, not get them).
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let selector = format!("{SUBSCRIPTION_LABEL}={}", replay.spec.subscription);
+    let Ok(listed) = pods.list(&ListParams::default().labels(&selector)).await else {
+        return;
+    };
     for replica in running {
-        let Ok(Some(pod)) = pods.get_opt(&replica.pod).await else {
+        let Some(pod) = listed
+            .items
+            .iter()
+            .find(|pod| pod.name_any() == replica.pod)
+        else {
             continue;
         };
-        let (Ok(base), Some(id)) = (metrics_base(&pod), replica.replay_id.as_deref()) else {
+        let (Ok(base), Some(id)) = (metrics_base(pod), replica.replay_id.as_deref()) else {
             continue;
         };
         let admin = Admin {
