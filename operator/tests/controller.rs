@@ -91,6 +91,75 @@ fn status_step() -> Expect {
 }
 
 #[tokio::test]
+async fn a_missing_admin_token_is_generated_once_owned_and_mounted() {
+    let mut spec = whatsapp_spec();
+    spec["verifyTokenRef"] = json!({"name": "meta-app", "key": "verify-token"});
+    let sub = subscription("wa", NS, &spec);
+    let mut script = claims(
+        false,
+        false,
+        &[(format!("{CORE}/secrets/wa-admin-token"), Value::Null)],
+    );
+    script.extend([
+        apply(format!("{CORE}/secrets/wa-admin-token"), Reply::Echo(None)),
+        get(
+            format!("{CORE}/secrets/meta-app"),
+            Reply::Object(secret(
+                NS,
+                "meta-app",
+                &[("app-secret", b"s3cret"), ("verify-token", b"t")],
+            )),
+        ),
+    ]);
+    script.extend(workload_steps(0));
+    script.push(status_step());
+    let (result, served) = reconcile_once(sub, script).await;
+    result.expect("reconcile");
+    let admin = body_of(
+        &served,
+        &Method::PATCH,
+        &format!("{CORE}/secrets/wa-admin-token"),
+    );
+    let token = String::from_utf8(secret_value(admin, "admin-token")).expect("utf-8");
+    assert_eq!(token.len(), 43, "32 bytes in unpadded base64: {token}");
+    assert_eq!(
+        admin["metadata"]["ownerReferences"][0]["kind"],
+        "WebhookSubscription"
+    );
+    assert_eq!(
+        admin["metadata"]["labels"][metahook_operator::policy::REFERENCEABLE_LABEL],
+        "true"
+    );
+    // Mounted into the receivers and named in their configuration.
+    let config = body_of(
+        &served,
+        &Method::PATCH,
+        &format!("{CORE}/configmaps/wa-receiver"),
+    );
+    let yaml = config["data"]["config.yaml"].as_str().expect("config");
+    assert!(
+        yaml.contains("token_file: /etc/metahook/secrets/wa-admin-token/admin-token"),
+        "{yaml}"
+    );
+    let deployment = body_of(&served, &Method::PATCH, &format!("{APPS}/deployments/wa"));
+    let sources = deployment["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == "secrets")
+        .expect("secrets volume")["projected"]["sources"]
+        .clone();
+    assert!(
+        sources
+            .as_array()
+            .expect("sources")
+            .iter()
+            .any(|s| s["secret"]["name"] == "wa-admin-token"),
+        "{sources}"
+    );
+}
+
+#[tokio::test]
 async fn create_generates_the_token_and_applies_every_object() {
     let sub = subscription("wa", NS, &whatsapp_spec());
     let mut script = claims(true, false, &[]);

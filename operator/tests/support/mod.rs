@@ -845,6 +845,8 @@ pub fn claims_of(
         .into_iter()
         .map(|path| {
             let reply = match found.iter().find(|(at, _)| *at == path) {
+                // `null`: absent (for the admin token, which is otherwise found).
+                Some((_, Value::Null)) => Reply::Error(404, "NotFound"),
                 Some((_, object)) => Reply::Object(object.clone()),
                 // The admin token exists unless a test says otherwise (it is made once).
                 None if path == admin => Reply::Object(admin_token_secret(namespace, name)),
