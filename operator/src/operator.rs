@@ -187,8 +187,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             })
     });
-    // The WebhookReplay controller beside it, per scope, on the same context.
-    let replay_runs = scopes.iter().map(|scope| {
+    // The WebhookReplay controller beside it, per scope, on the same context; only where
+    // its CRD is installed (an older install upgraded without crds/webhookreplay.yaml
+    // reconciles subscriptions as before).
+    let replays_served = client
+        .list_api_group_resources("metahook.io/v1alpha1")
+        .await
+        .is_ok_and(|list| list.resources.iter().any(|r| r.name == "webhookreplays"));
+    if !replays_served {
+        tracing::warn!(
+            "the WebhookReplay CRD (webhookreplays.metahook.io) is not installed: replays are \
+             not carried out until it is applied (crds/webhookreplay.yaml) and the operator restarts"
+        );
+    }
+    let replay_scopes = if replays_served {
+        scopes.as_slice()
+    } else {
+        &[]
+    };
+    let replay_runs = replay_scopes.iter().map(|scope| {
         replay_watches(&client, scope)
             .shutdown_on_signal()
             .graceful_shutdown_on(lost.clone())
