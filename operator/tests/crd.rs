@@ -68,6 +68,15 @@ fn committed_replay_crd_matches_the_code() {
 }
 
 #[test]
+fn replay_reference_matches_the_code() {
+    check_generated(
+        "docs/webhookreplay-reference.md",
+        &metahook_operator::crd_reference::replay_reference_markdown(),
+        "METAHOOK_UPDATE_DOCS=1 cargo test -p metahook-operator --test crd",
+    );
+}
+
+#[test]
 fn crd_reference_matches_the_code() {
     check_generated(
         "docs/crd-reference.md",
