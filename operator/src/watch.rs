@@ -216,6 +216,40 @@ mod tests {
     }
 
     #[test]
+    fn a_replays_status_and_finalizer_writes_start_no_pass() {
+        let replay = |generation: i64| -> WebhookReplay {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "metahook.io/v1alpha1",
+                "kind": "WebhookReplay",
+                "metadata": {"name": "rp", "namespace": "acme", "generation": generation,
+                    "resourceVersion": "3"},
+                "spec": {"subscription": "wa", "sink": "bus", "since": "24h"},
+            }))
+            .expect("replay")
+        };
+        let base = replay(1);
+        let mut written = base.clone();
+        written.metadata.resource_version = Some("4".to_owned());
+        written.metadata.finalizers = Some(vec!["metahook.io/replay".into()]);
+        written.status = Some(crate::replay_crd::WebhookReplayStatus {
+            matched: 7,
+            ..Default::default()
+        });
+        assert_eq!(replay_trigger(&base), replay_trigger(&written));
+        assert_ne!(replay_trigger(&base), replay_trigger(&replay(2)));
+        let mut deleted = base.clone();
+        deleted.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::from_second(1_790_000_000).expect("time"),
+            ));
+        assert_ne!(
+            replay_trigger(&base),
+            replay_trigger(&deleted),
+            "a deletion"
+        );
+    }
+
+    #[test]
     fn only_the_spec_the_users_metadata_and_the_deletion_start_a_pass() {
         let base = sub(3);
         let mut status_written = base.clone();
