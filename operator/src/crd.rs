@@ -369,6 +369,29 @@ pub struct SpoolSpec {
     /// drain, eviction, scale-down). The status says so (`SpoolDurable` False).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ephemeral: bool,
+    /// Keep delivered events for replays (a WebhookReplay, docs/replay.md): the
+    /// receivers' `spool.retention`. Absent: a segment is deleted once every sink has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<SpoolRetentionSpec>,
+}
+
+/// How long delivered events stay in each receiver's spool; set maxAge, maxBytes or both.
+/// Retained bytes are not counted against the spool's limit: size the volume for both.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.maxAge) || has(self.maxBytes)")
+        .message("set maxAge, maxBytes or both (omit retention to keep nothing)")
+)]
+pub struct SpoolRetentionSpec {
+    /// Delivered events younger than this are kept, e.g. 72h.
+    #[schemars(length(min = 1, max = 32))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
+    /// Most bytes of delivered events kept, e.g. 20GiB (at least the 64 MiB segment).
+    #[schemars(length(min = 1, max = 32))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<String>,
 }
 
 /// The claim size when `spec.delivery.spool.size` is absent: about five hours of a 50

@@ -4,6 +4,7 @@
 //!
 //! - [`crd`]: the custom resource, its CEL rules and printer columns; [`spec_check`]: the
 //!   same rules evaluated by the operator itself, before it renders anything.
+//! - [`replay_crd`]: the `WebhookReplay` resource (a replay of one sink on every replica).
 //! - [`resources`]: pure builders, spec → the objects the operator applies (ConfigMap,
 //!   Secrets, Deployment or StatefulSet, Service, Ingress, ServiceMonitor, PDB). No I/O.
 //! - [`certs`]: the namespace CA and serving certificates (rcgen), and when to renew them.
@@ -35,6 +36,7 @@ pub mod metrics;
 pub mod operator;
 pub mod ownership;
 pub mod policy;
+pub mod replay_crd;
 pub mod resources;
 pub mod spec_check;
 pub mod status;

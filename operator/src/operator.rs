@@ -22,7 +22,7 @@ use crate::crd::WebhookSubscription;
 use crate::graph::{GraphClient, GraphSettings};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
-use crate::watch::{watch_scopes, watches};
+use crate::watch::{replay_watches, watch_scopes, watches};
 
 /// The binary's entry point.
 pub fn main() -> std::process::ExitCode {
@@ -187,7 +187,45 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             })
     });
-    futures_util::future::join_all(runs).await;
+    // The WebhookReplay controller beside it, per scope, on the same context; only where
+    // its CRD is installed (an older install upgraded without crds/webhookreplay.yaml
+    // reconciles subscriptions as before).
+    let replays_served = client
+        .list_api_group_resources("metahook.io/v1alpha1")
+        .await
+        .is_ok_and(|list| list.resources.iter().any(|r| r.name == "webhookreplays"));
+    if !replays_served {
+        tracing::warn!(
+            "the WebhookReplay CRD (webhookreplays.metahook.io) is not installed: replays are \
+             not carried out until it is applied (crds/webhookreplay.yaml) and the operator restarts"
+        );
+    }
+    let replay_scopes = if replays_served {
+        scopes.as_slice()
+    } else {
+        &[]
+    };
+    let replay_runs = replay_scopes.iter().map(|scope| {
+        replay_watches(&client, scope)
+            .shutdown_on_signal()
+            .graceful_shutdown_on(lost.clone())
+            .run(
+                controller::replay::reconcile,
+                controller::replay::error_policy,
+                ctx.clone(),
+            )
+            .for_each(|result| async move {
+                match result {
+                    Ok((object, _)) => tracing::debug!(replay = %object, "reconciled"),
+                    Err(err) => tracing::debug!(error = %err, "replay controller event"),
+                }
+            })
+    });
+    futures_util::future::join(
+        futures_util::future::join_all(runs),
+        futures_util::future::join_all(replay_runs),
+    )
+    .await;
     metrics.leader.set(0);
     server.abort();
     if !led.load(Ordering::Relaxed) {

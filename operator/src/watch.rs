@@ -26,6 +26,7 @@ use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 
 use crate::crd::WebhookSubscription;
+use crate::replay_crd::WebhookReplay;
 
 /// Where the operator watches: the whole cluster, or one namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,6 +140,35 @@ where
     subscriptions.predicate_filter(pass_trigger, kube::runtime::PredicateConfig::default())
 }
 
+/// The WebhookReplay controller: replays, triggered by their spec (generation) and their
+/// deletion only ([`replay_trigger`]); its own status and finalizer writes start no pass
+/// (it polls running replays by requeueing).
+pub(crate) fn replay_watches(client: &Client, scope: &WatchScope) -> Controller<WebhookReplay> {
+    let (reader, writer) = reflector::store();
+    let replays = watcher(
+        scope.api::<WebhookReplay>(client),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .applied_objects()
+    .predicate_filter(replay_trigger, kube::runtime::PredicateConfig::default());
+    Controller::for_stream(replays, reader)
+}
+
+/// What of a WebhookReplay starts a pass: its generation and its deletion timestamp.
+pub fn replay_trigger(replay: &WebhookReplay) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let meta = replay.meta();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    meta.generation.hash(&mut hasher);
+    meta.deletion_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .hash(&mut hasher);
+    Some(hasher.finish())
+}
+
 /// The Secret watch's label selector: `metahook.io/referenceable=true`.
 pub fn referenceable_selector() -> String {
     format!("{}=true", crate::policy::REFERENCEABLE_LABEL)
@@ -183,6 +213,40 @@ mod tests {
             },
         }))
         .expect("subscription")
+    }
+
+    #[test]
+    fn a_replays_status_and_finalizer_writes_start_no_pass() {
+        let replay = |generation: i64| -> WebhookReplay {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "metahook.io/v1alpha1",
+                "kind": "WebhookReplay",
+                "metadata": {"name": "rp", "namespace": "acme", "generation": generation,
+                    "resourceVersion": "3"},
+                "spec": {"subscription": "wa", "sink": "bus", "since": "24h"},
+            }))
+            .expect("replay")
+        };
+        let base = replay(1);
+        let mut written = base.clone();
+        written.metadata.resource_version = Some("4".to_owned());
+        written.metadata.finalizers = Some(vec!["metahook.io/replay".into()]);
+        written.status = Some(crate::replay_crd::WebhookReplayStatus {
+            matched: 7,
+            ..Default::default()
+        });
+        assert_eq!(replay_trigger(&base), replay_trigger(&written));
+        assert_ne!(replay_trigger(&base), replay_trigger(&replay(2)));
+        let mut deleted = base.clone();
+        deleted.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::from_second(1_790_000_000).expect("time"),
+            ));
+        assert_ne!(
+            replay_trigger(&base),
+            replay_trigger(&deleted),
+            "a deletion"
+        );
     }
 
     #[test]

@@ -91,6 +91,75 @@ fn status_step() -> Expect {
 }
 
 #[tokio::test]
+async fn a_missing_admin_token_is_generated_once_owned_and_mounted() {
+    let mut spec = whatsapp_spec();
+    spec["verifyTokenRef"] = json!({"name": "meta-app", "key": "verify-token"});
+    let sub = subscription("wa", NS, &spec);
+    let mut script = claims(
+        false,
+        false,
+        &[(format!("{CORE}/secrets/wa-admin-token"), Value::Null)],
+    );
+    script.extend([
+        apply(format!("{CORE}/secrets/wa-admin-token"), Reply::Echo(None)),
+        get(
+            format!("{CORE}/secrets/meta-app"),
+            Reply::Object(secret(
+                NS,
+                "meta-app",
+                &[("app-secret", b"s3cret"), ("verify-token", b"t")],
+            )),
+        ),
+    ]);
+    script.extend(workload_steps(0));
+    script.push(status_step());
+    let (result, served) = reconcile_once(sub, script).await;
+    result.expect("reconcile");
+    let admin = body_of(
+        &served,
+        &Method::PATCH,
+        &format!("{CORE}/secrets/wa-admin-token"),
+    );
+    let token = String::from_utf8(secret_value(admin, "admin-token")).expect("utf-8");
+    assert_eq!(token.len(), 43, "32 bytes in unpadded base64: {token}");
+    assert_eq!(
+        admin["metadata"]["ownerReferences"][0]["kind"],
+        "WebhookSubscription"
+    );
+    assert_eq!(
+        admin["metadata"]["labels"][metahook_operator::policy::REFERENCEABLE_LABEL],
+        "true"
+    );
+    // Mounted into the receivers and named in their configuration.
+    let config = body_of(
+        &served,
+        &Method::PATCH,
+        &format!("{CORE}/configmaps/wa-receiver"),
+    );
+    let yaml = config["data"]["config.yaml"].as_str().expect("config");
+    assert!(
+        yaml.contains("token_file: /etc/metahook/secrets/wa-admin-token/admin-token"),
+        "{yaml}"
+    );
+    let deployment = body_of(&served, &Method::PATCH, &format!("{APPS}/deployments/wa"));
+    let sources = deployment["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == "secrets")
+        .expect("secrets volume")["projected"]["sources"]
+        .clone();
+    assert!(
+        sources
+            .as_array()
+            .expect("sources")
+            .iter()
+            .any(|s| s["secret"]["name"] == "wa-admin-token"),
+        "{sources}"
+    );
+}
+
+#[tokio::test]
 async fn create_generates_the_token_and_applies_every_object() {
     let sub = subscription("wa", NS, &whatsapp_spec());
     let mut script = claims(true, false, &[]);
@@ -134,7 +203,7 @@ async fn create_generates_the_token_and_applies_every_object() {
     );
     // Created: no uid precondition (nothing to hold it against).
     assert!(token_secret["metadata"]["uid"].is_null());
-    let generated = &served[7].body;
+    let generated = &served[8].body;
     assert_eq!(generated["reason"], "VerifyTokenGenerated");
     assert_eq!(generated["regarding"]["name"], "wa");
 
@@ -473,7 +542,7 @@ async fn a_missing_secret_is_named_and_nothing_is_applied() {
         .expect("reconcile");
     assert_eq!(action, Action::requeue(controller::MISSING_SECRET_RETRY));
     let served = api.finish().await;
-    let warning = &served[7].body;
+    let warning = &served[8].body;
     assert_eq!(warning["type"], "Warning");
     assert_eq!(warning["reason"], "SecretNotResolved");
     assert_eq!(warning["note"], "Secret acme/meta-app has no key previous");
@@ -632,8 +701,8 @@ async fn first_tls_pass_creates_the_ca_and_issues_a_certificate() {
     assert_eq!(info.dns_names, names());
     assert!(info.not_before <= now && info.not_after > now + Duration::from_secs(89 * 86400));
     assert_eq!(secret_value(tls, "ca.crt"), ca.cert_pem.as_bytes());
-    assert_eq!(served[10].body["reason"], "CertificateIssued");
-    let note = served[10].body["note"].as_str().expect("note");
+    assert_eq!(served[11].body["reason"], "CertificateIssued");
+    let note = served[11].body["note"].as_str().expect("note");
     assert!(
         note.starts_with("issued the serving certificate in Secret acme/wa-tls; valid until "),
         "a first issue gives no reason in parentheses: {note}"
@@ -788,7 +857,7 @@ async fn a_certificate_due_for_renewal_is_reissued_with_an_event() {
     let ca = CaMaterial::generate(NS, issued_at).expect("ca");
     let now = issued_at + Duration::from_secs(61 * 86400);
     let served = reissuing_pass(&ca, existing_tls(&ca, issued_at), now).await;
-    let renewed = &served[9].body;
+    let renewed = &served[10].body;
     assert_eq!(renewed["reason"], "CertificateRenewed");
     assert!(
         renewed["note"]
@@ -844,7 +913,7 @@ async fn a_certificate_from_another_ca_is_reissued() {
     let ca = CaMaterial::generate(NS, issued_at).expect("ca");
     let served = reissuing_pass(&ca, existing_tls(&old_ca, issued_at), issued_at).await;
     assert!(
-        served[9].body["note"]
+        served[10].body["note"]
             .as_str()
             .is_some_and(|n| n.contains("issued by another CA"))
     );
@@ -1059,8 +1128,8 @@ async fn a_ready_receiver_is_registered_behind_the_finalizer() {
         json!([registration::FINALIZER])
     );
     // The finalizer goes on before the first Graph call: the Event follows it.
-    assert_eq!(served[14].body["reason"], "Registered");
-    let note = served[14].body["note"].as_str().expect("note");
+    assert_eq!(served[15].body["reason"], "Registered");
+    let note = served[15].body["note"].as_str().expect("note");
     assert!(note.contains("subscribed app 1234 to whatsapp_business_account fields message_template_status_update,messages"), "{note}");
     assert!(
         note.contains("WABA 5550001 with callback override"),
@@ -1115,7 +1184,7 @@ async fn a_phone_number_override_is_set_after_its_waba_and_recorded() {
             format!("POST /7770001 override={CALLBACK}"),
         ]
     );
-    let note = served[14].body["note"].as_str().expect("note");
+    let note = served[15].body["note"].as_str().expect("note");
     assert!(
         note.contains(&format!(
             "set the callback override of phone number 7770001 (WABA 5550001) to {CALLBACK}"
@@ -1168,9 +1237,9 @@ async fn a_graph_error_is_reported_with_metas_message_and_fails_the_pass() {
         .expect_err("the pass fails");
     assert_eq!(error.metric_label(), "graph_api");
     let served = api.finish().await;
-    assert_eq!(served[14].body["reason"], "RegistrationFailed");
+    assert_eq!(served[15].body["reason"], "RegistrationFailed");
     // Meta's per-request trace id goes to the Event (what Meta's support asks for)...
-    let note = served[14].body["note"].as_str().expect("note");
+    let note = served[15].body["note"].as_str().expect("note");
     assert!(note.contains("fbtrace_id AbC123"), "{note}");
     let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
     let registered = condition(status, "Registered");
@@ -1652,7 +1721,7 @@ async fn a_user_certificate_that_is_not_one_is_reported_and_nothing_is_applied()
     ]);
     let (result, served) = reconcile_once(sub, script).await;
     result.expect("reconcile");
-    assert_eq!(served[7].body["reason"], "CertificateInvalid");
+    assert_eq!(served[8].body["reason"], "CertificateInvalid");
     let status = body_of(&served, &Method::PATCH, &format!("{SUBS}/wa/status"));
     let certificate = condition(status, "CertificateReady");
     assert_eq!(certificate["status"], "False");
@@ -2095,9 +2164,9 @@ async fn an_expired_token_is_a_condition_and_an_event_naming_the_secret_to_rotat
         .await
         .expect_err("the pass fails");
     let served = api.finish().await;
-    assert_eq!(served[14].body["reason"], "TokenExpired");
-    assert_eq!(served[14].body["type"], "Warning");
-    let note = served[14].body["note"].as_str().expect("note");
+    assert_eq!(served[15].body["reason"], "TokenExpired");
+    assert_eq!(served[15].body["type"], "Warning");
+    let note = served[15].body["note"].as_str().expect("note");
     assert!(
         note.starts_with("Meta refused the token in Secret meta-app key app-secret as expired or revoked: put a new one there")
             && note.contains("fbtrace_id Tr4ce"),

@@ -57,6 +57,26 @@ fn committed_crd_matches_the_code() {
 }
 
 #[test]
+fn committed_replay_crd_matches_the_code() {
+    let yaml = metahook_operator::replay_crd::crd_yaml().expect("serialize the CRD");
+    check_generated(
+        "crds/webhookreplay.yaml",
+        &yaml,
+        "cargo run -p metahook-operator --bin crdgen -- replay > crds/webhookreplay.yaml \
+         (or METAHOOK_UPDATE_DOCS=1 cargo test -p metahook-operator --test crd)",
+    );
+}
+
+#[test]
+fn replay_reference_matches_the_code() {
+    check_generated(
+        "docs/webhookreplay-reference.md",
+        &metahook_operator::crd_reference::replay_reference_markdown(),
+        "METAHOOK_UPDATE_DOCS=1 cargo test -p metahook-operator --test crd",
+    );
+}
+
+#[test]
 fn crd_reference_matches_the_code() {
     check_generated(
         "docs/crd-reference.md",
@@ -334,6 +354,26 @@ fn cases() -> Vec<Case> {
                     ),
                 ),
             ],
+        },
+        Case {
+            message: "set maxAge, maxBytes or both (omit retention to keep nothing)",
+            field_path: "spec.delivery.spool.retention",
+            valid: vec![
+                (
+                    "maxAge",
+                    with_spec(&json!({"delivery": {"spool": {"retention": {"maxAge": "72h"}}}})),
+                ),
+                (
+                    "maxBytes",
+                    with_spec(
+                        &json!({"delivery": {"spool": {"retention": {"maxBytes": "20GiB"}}}}),
+                    ),
+                ),
+            ],
+            invalid: vec![(
+                "neither",
+                with_spec(&json!({"delivery": {"spool": {"retention": {}}}})),
+            )],
         },
         Case {
             message: "direct delivery keeps no spool volume",

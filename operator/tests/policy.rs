@@ -311,7 +311,7 @@ async fn an_unmarked_secret_is_named_with_how_to_mark_it_and_not_used() {
         .expect("reconcile");
     assert_eq!(action, Action::requeue(controller::MISSING_SECRET_RETRY));
     let served = api.finish().await;
-    let served = &served[5..];
+    let served = &served[6..];
     let message = "Secret acme/db-creds may not be referenced: it is not marked referenceable: \
                    a namespace admin marks it with `kubectl label secret db-creds \
                    metahook.io/referenceable=true`";

@@ -216,6 +216,55 @@ fn pods_are_hardened_and_probed() {
 }
 
 #[test]
+fn the_admin_endpoint_is_on_behind_the_generated_token_and_retention_is_rendered() {
+    let sub = subscription("fb", "acme", &spec());
+    let config = receiver_config(&inputs(&sub)).expect("config");
+    let admin = config.admin.expect("admin");
+    assert_eq!(
+        admin.token_file,
+        Path::new("/etc/metahook/secrets/fb-admin-token/admin-token")
+    );
+    assert_eq!(config.spool.retention, None);
+
+    let mut with_retention = spec();
+    with_retention["delivery"]["spool"] =
+        json!({"retention": {"maxAge": "72h", "maxBytes": "20GiB"}});
+    let sub = subscription("fb", "acme", &with_retention);
+    let config = receiver_config(&inputs(&sub)).expect("config");
+    let retention = config.spool.retention.expect("retention");
+    assert_eq!(
+        retention.max_age,
+        Some(std::time::Duration::from_secs(72 * 3600))
+    );
+    assert_eq!(retention.max_bytes, 20 << 30);
+
+    for (retention, field) in [
+        (json!({"maxAge": "soon"}), "delivery.spool.retention.maxAge"),
+        (json!({"maxAge": "0s"}), "delivery.spool.retention.maxAge"),
+        (
+            json!({"maxBytes": "lots"}),
+            "delivery.spool.retention.maxBytes",
+        ),
+        (
+            json!({"maxBytes": "1MiB"}),
+            "delivery.spool.retention.maxBytes",
+        ),
+        (json!({}), "delivery.spool.retention"),
+    ] {
+        let mut refused = spec();
+        refused["delivery"]["spool"] = json!({"retention": retention});
+        let sub = subscription("fb", "acme", &refused);
+        let error = receiver_config(&inputs(&sub)).expect_err("refused");
+        let metahook_operator::Error::Config(metahook_config::ConfigError::Invalid { key, .. }) =
+            &error
+        else {
+            panic!("{error}")
+        };
+        assert_eq!(key, field, "{retention}");
+    }
+}
+
+#[test]
 fn only_the_referenced_secret_keys_are_mounted_and_named_in_the_config() {
     let sub = subscription("fb", "acme", &spec());
     let inputs = inputs(&sub);
@@ -224,6 +273,7 @@ fn only_the_referenced_secret_keys_are_mounted_and_named_in_the_config() {
     mounted.sort();
     let expected: Vec<(String, String, String)> = [
         ("crm", "key"),
+        ("fb-admin-token", "admin-token"),
         ("meta-app", "app-secret"),
         ("meta-app", "verify-token"),
         ("pg", "url"),
@@ -738,6 +788,7 @@ fn sink_credentials_are_mounted_and_named_in_the_config_field_by_field() {
         ("crm", "password"),
         ("crm", "token"),
         ("crm", "user"),
+        ("fb-admin-token", "admin-token"),
         ("kafka", "password"),
         ("kafka", "user"),
         ("kafka-tls", "ca.crt"),

@@ -139,8 +139,11 @@ pub(super) async fn previous_deployment(
     )))
 }
 
-/// GETs a pod's /metrics on its `metrics` port.
-async fn scrape(ctx: &Context, pod: &Pod) -> Result<Backlog, String> {
+/// `http://IP:PORT` of a pod's `metrics` port (the receiver's `metrics_listen`, where its
+/// /metrics and its admin endpoint are), reached by pod IP: the same way for the
+/// migration's scrape and a WebhookReplay's admin calls (tests give pods 127.0.0.1 and
+/// a local server's port).
+pub(super) fn metrics_base(pod: &Pod) -> Result<String, String> {
     let ip = pod
         .status
         .as_ref()
@@ -159,7 +162,12 @@ async fn scrape(ctx: &Context, pod: &Pod) -> Result<Backlog, String> {
     } else {
         ip
     };
-    let url = format!("http://{host}:{port}/metrics");
+    Ok(format!("http://{host}:{port}"))
+}
+
+/// GETs a pod's /metrics on its `metrics` port.
+async fn scrape(ctx: &Context, pod: &Pod) -> Result<Backlog, String> {
+    let url = format!("{}/metrics", metrics_base(pod)?);
     let response = ctx
         .http
         .get(&url)

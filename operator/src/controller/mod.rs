@@ -15,7 +15,8 @@
 //!    an adoption's and [`autoscaling`]'s take-back of `spec.replicas`); autoscaling asked
 //!    of a cluster without the HorizontalPodAutoscaler API is refused here too;
 //! 1. [`token`]: the generated verify token (GET, then apply) when `verifyTokenRef` is
-//!    absent;
+//!    absent; the admin token (applied only when step 0 found none of the
+//!    subscription's);
 //! 2. [`secrets`]: every referenced Secret (GET each, in name order); missing ones end the
 //!    pass with `SecretsResolved=False` naming them, leaving running receivers untouched;
 //! 3. [`tls`]: the namespace CA (GET, created if absent) and the serving certificate (GET,
@@ -27,6 +28,9 @@
 //! 5. [`registration`]: registration with Meta's Graph API (spec.registration), once the
 //!    receiver is ready, behind a finalizer that unregisters on deletion;
 //! 6. [`status`]: the status.
+//!
+//! [`replay`] is a second controller, of WebhookReplays (with `replay_admin.rs`, the
+//! receivers' admin endpoint as it calls it).
 //!
 //! `api.rs` holds the requests the steps share (apply, delete, Events); `discovery.rs`
 //! finds the optional APIs the cluster serves.
@@ -41,6 +45,8 @@ mod migration;
 pub mod ownership;
 pub mod policy;
 pub mod registration;
+pub mod replay;
+mod replay_admin;
 pub mod secrets;
 pub mod status;
 pub mod tls;
@@ -317,6 +323,8 @@ async fn pass(
         claims.verify_token.as_ref(),
     )
     .await?;
+
+    token::admin_step(ctx, sub, &provisional, &secrets, &claims.admin_token).await?;
 
     // 2. Every referenced Secret key.
     let resolved = secrets::step(sub, token, &secrets).await?;

@@ -54,6 +54,8 @@ pub struct Claims {
     pub config_map: Claim<ConfigMap>,
     /// The generated verify token's Secret, when the spec names no token.
     pub verify_token: Option<Claim<Secret>>,
+    /// The generated admin token's Secret (every subscription has one).
+    pub admin_token: Claim<Secret>,
     /// The issued serving certificate's Secret, when the receiver speaks TLS with no
     /// certificate of the user's.
     pub serving_certificate: Option<Claim<Secret>>,
@@ -107,6 +109,9 @@ pub(super) async fn step(
                 .await?,
         ),
     };
+    let admin_token = finder
+        .claim::<Secret>(resources::admin_token_secret_name(&name))
+        .await?;
     let serving_certificate = match (&spec.tls.mode, &spec.tls.secret_ref) {
         (TlsModeSpec::None, _) | (_, Some(_)) => None,
         (_, None) => Some(
@@ -146,6 +151,7 @@ pub(super) async fn step(
     let claims = Claims {
         config_map,
         verify_token,
+        admin_token,
         serving_certificate,
         deployment,
         stateful_set,
@@ -219,6 +225,7 @@ impl Claims {
             self.verify_token
                 .as_ref()
                 .and_then(|claim| conflict(claim, sub_name)),
+            conflict(&self.admin_token, sub_name),
             self.serving_certificate
                 .as_ref()
                 .and_then(|claim| conflict(claim, sub_name)),

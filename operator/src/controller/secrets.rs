@@ -1,5 +1,5 @@
 //! Step 2: every Secret key the subscription references (all of
-//! [`secret_references`] but the serving certificate the operator issues itself). A
+//! [`secret_references`] but the serving certificate and the admin token the operator makes itself). A
 //! Secret the spec names is used only when it may be referenced
 //! ([`crate::policy::not_referenceable`]: marked `metahook.io/referenceable: "true"` by a
 //! namespace admin); an unmarked one is reported like a missing one and its values are
@@ -56,7 +56,12 @@ pub(super) async fn step(
 ) -> Result<Resolved, Error> {
     let refs: Vec<(SecretKeyRef, bool)> = secret_references(sub)
         .into_iter()
-        .filter(|reference| reference.source != Source::IssuedCertificate)
+        .filter(|reference| {
+            !matches!(
+                reference.source,
+                Source::IssuedCertificate | Source::GeneratedAdminToken
+            )
+        })
         .map(|reference| (reference.key, reference.reader != Reader::Operator))
         .collect();
     let known = token

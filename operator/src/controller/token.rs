@@ -1,4 +1,5 @@
-//! Step 1: the generated verify token, when the spec names none.
+//! Step 1: the generated verify token, when the spec names none, and the admin token
+//! (always: the receivers' admin endpoint, which WebhookReplays drive).
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
@@ -12,7 +13,7 @@ use crate::crd::WebhookSubscription;
 use crate::error::Error;
 use crate::ownership::Holder;
 use crate::resources::secrets as secret_objects;
-use crate::resources::{Inputs, VERIFY_TOKEN_KEY};
+use crate::resources::{ADMIN_TOKEN_KEY, Inputs, VERIFY_TOKEN_KEY};
 
 /// What the token step leaves for the next: the generated token's Secret, just read or
 /// written (so resolution does not GET it again), or none when the spec names the token.
@@ -99,6 +100,37 @@ async fn ensure_verify_token(
         .await;
     }
     Ok(secret)
+}
+
+/// Makes the admin token's Secret when it is absent, empty, not yet the subscription's or
+/// unlabelled (one apply); an existing token is never changed, so a pass makes no request
+/// beyond step 0's GET once it exists.
+pub(super) async fn admin_step(
+    ctx: &Context,
+    sub: &WebhookSubscription,
+    inputs: &Inputs<'_>,
+    secrets: &Api<Secret>,
+    claim: &Claim<Secret>,
+) -> Result<(), Error> {
+    let token = claim
+        .object
+        .as_ref()
+        .and_then(|secret| secret.data.as_ref())
+        .and_then(|data| data.get(ADMIN_TOKEN_KEY))
+        .and_then(|value| String::from_utf8(value.0.clone()).ok())
+        .filter(|token| !token.is_empty());
+    let owned = matches!(claim.holder, Holder::Subscription { .. });
+    let fresh = token.is_none();
+    let token = token.unwrap_or_else(secret_objects::generate_verify_token);
+    let current = claim
+        .object
+        .as_ref()
+        .is_some_and(|existing| owned && labelled(existing));
+    if fresh || !current {
+        let desired = secret_objects::admin_token_secret(inputs, &token)?;
+        apply_claimed(ctx, sub, secrets, claim, &desired).await?;
+    }
+    Ok(())
 }
 
 /// Does the Secret carry `metahook.io/referenceable: "true"`?

@@ -9,13 +9,15 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ConfigMap;
 use metahook_config::redact::has_credentials;
 use metahook_config::{
-    Config, ConfigError, DeliveryConfig, DeliveryMode, EndpointConfig, FileSinkConfig,
+    AdminConfig, Config, ConfigError, DeliveryConfig, DeliveryMode, EndpointConfig, FileSinkConfig,
     HttpHeaderConfig, HttpSinkConfig, KafkaCompression, KafkaKey, KafkaSaslConfig, KafkaSinkConfig,
-    NatsSinkConfig, PostgresSinkConfig, RetryConfig, SaslMechanism, SinkConfig, SinkKind,
-    SpoolConfig, SslMode, TlsConfig, TlsMode, TrustedProxyConfig,
+    NatsSinkConfig, PostgresSinkConfig, RetentionConfig, RetryConfig, SaslMechanism, SinkConfig,
+    SinkKind, SpoolConfig, SslMode, TlsConfig, TlsMode, TrustedProxyConfig,
 };
 
-use super::{CONFIG_KEY, DATA_DIR, HTTP_PORT, HTTPS_PORT, Inputs, METRICS_PORT, secret_path};
+use super::{
+    CONFIG_KEY, DATA_DIR, HTTP_PORT, HTTPS_PORT, Inputs, METRICS_PORT, admin_token_ref, secret_path,
+};
 use crate::crd::{
     self, DeliveryModeSpec, KafkaCompressionSpec, KafkaKeySpec, KafkaSaslMechanismSpec,
     PostgresSslModeSpec, RetrySpec, SecretKeyRef, SinkSpec, TlsModeSpec,
@@ -59,9 +61,22 @@ pub fn receiver_config(inputs: &Inputs<'_>) -> Result<Config, Error> {
     } else {
         HTTP_PORT
     };
-    let spool = SpoolConfig::new(PathBuf::from(format!("{DATA_DIR}/spool")));
+    let mut spool = SpoolConfig::new(PathBuf::from(format!("{DATA_DIR}/spool")));
+    if let Some(retention) = spec
+        .delivery
+        .spool
+        .as_ref()
+        .and_then(|spool| spool.retention.as_ref())
+    {
+        spool.retention = Some(retention_config(retention, spool.segment_bytes)?);
+    }
     let mut config = Config::new(any_address(port)?, vec![endpoint], spool);
     config.metrics_listen = Some(any_address(METRICS_PORT)?);
+    // The admin endpoint on the metrics port, behind the generated token: what a
+    // WebhookReplay drives.
+    config.admin = Some(AdminConfig {
+        token_file: PathBuf::from(secret_path(&admin_token_ref(&inputs.name).key)),
+    });
     config.delivery = DeliveryConfig {
         mode: match spec.delivery.mode {
             DeliveryModeSpec::Spool => DeliveryMode::Spool,
@@ -298,6 +313,42 @@ pub(crate) fn sink_kinds<'a>(
         .into_iter()
         .flatten()
         .collect()
+}
+
+/// `spec.delivery.spool.retention` as the receiver's `spool.retention`, refused as the
+/// receiver refuses it ([`RetentionConfig::problem`]) but naming the CRD's fields.
+fn retention_config(
+    spec: &crd::SpoolRetentionSpec,
+    segment_bytes: u64,
+) -> Result<RetentionConfig, Error> {
+    const FIELD: &str = "delivery.spool.retention";
+    let max_age = spec
+        .max_age
+        .as_deref()
+        .map(|age| {
+            humantime::parse_duration(age)
+                .map_err(|e| invalid(format!("{FIELD}.maxAge"), format!("{age:?}: {e}")))
+        })
+        .transpose()?;
+    let max_bytes = spec
+        .max_bytes
+        .as_deref()
+        .map(|bytes| {
+            metahook_config::parse_byte_size(bytes)
+                .map_err(|e| invalid(format!("{FIELD}.maxBytes"), e))
+        })
+        .transpose()?
+        .unwrap_or(0);
+    let retention = RetentionConfig { max_age, max_bytes };
+    if let Some((key, why)) = retention.problem(segment_bytes) {
+        let field = match key {
+            ".max_age" => ".maxAge",
+            ".max_bytes" => ".maxBytes",
+            other => other,
+        };
+        return Err(invalid(format!("{FIELD}{field}"), why));
+    }
+    Ok(retention)
 }
 
 fn retry_config(index: usize, spec: &RetrySpec) -> Result<RetryConfig, Error> {

@@ -42,6 +42,9 @@ pub const SECRETS_DIR: &str = "/etc/metahook/secrets";
 pub const DATA_DIR: &str = "/var/lib/metahook";
 /// The key of the generated verify token.
 pub const VERIFY_TOKEN_KEY: &str = "verify-token";
+/// The key of the generated admin token (the bearer token of the receivers' admin
+/// endpoint on the metrics port, docs/replay.md).
+pub const ADMIN_TOKEN_KEY: &str = "admin-token";
 /// The pod-template annotation that rolls receivers when their inputs change.
 pub const CONFIG_HASH_ANNOTATION: &str = "metahook.io/config-hash";
 /// The label naming the subscription an object belongs to.
@@ -204,6 +207,9 @@ pub enum Source {
     GeneratedToken,
     /// The serving certificate the operator issues when the spec names none.
     IssuedCertificate,
+    /// The admin token the operator generates for every subscription (never in the spec;
+    /// the operator itself reads it to drive replays).
+    GeneratedAdminToken,
 }
 
 /// One Secret key a subscription needs.
@@ -218,10 +224,10 @@ pub struct SecretReference {
 }
 
 /// Every Secret key a subscription needs, the one list that mounting (the receiver's
-/// keys), resolution (the controller checks and digests all but the issued certificate,
-/// which it makes itself), and the Secret watch (the names the spec references) use: the
+/// keys), resolution (the controller checks and digests all but the issued certificate
+/// and the admin token, which it makes itself), and the Secret watch (the names the spec references) use: the
 /// app secrets, the verify token, the sinks' keys, the serving certificate when the
-/// receiver speaks TLS, and the client CA of mutual TLS (for the receiver, or for the
+/// receiver speaks TLS, the admin token, and the client CA of mutual TLS (for the receiver, or for the
 /// ingress controller when an Ingress terminates TLS: ingress-nginx reads `ca.crt`).
 pub fn secret_references(sub: &WebhookSubscription) -> Vec<SecretReference> {
     let spec = &sub.spec;
@@ -233,6 +239,7 @@ pub fn secret_references(sub: &WebhookSubscription) -> Vec<SecretReference> {
     let mut refs = vec![from_spec(&spec.app_secret_ref)];
     refs.extend(spec.previous_app_secret_ref.iter().map(from_spec));
     refs.push(verify_token_ref(sub));
+    refs.push(admin_token_ref(&sub.name_any()));
     refs.extend(sink_secret_refs(spec).map(from_spec));
     if spec.tls.mode != TlsModeSpec::None {
         let (name, source) = match &spec.tls.secret_ref {
@@ -316,6 +323,19 @@ fn verify_token_ref(sub: &WebhookSubscription) -> SecretReference {
     }
 }
 
+/// The generated admin token: mounted into the receivers, which re-read it at every admin
+/// call (so it is not part of the pods' rollout digest).
+pub fn admin_token_ref(name: &str) -> SecretReference {
+    SecretReference {
+        key: SecretKeyRef {
+            name: admin_token_secret_name(name),
+            key: ADMIN_TOKEN_KEY.to_owned(),
+        },
+        reader: Reader::Receiver,
+        source: Source::GeneratedAdminToken,
+    }
+}
+
 /// Does an Ingress terminate Meta's TLS?
 fn ingress_terminates(spec: &WebhookSubscriptionSpec) -> bool {
     spec.ingress
@@ -342,6 +362,11 @@ pub fn owner_reference(sub: &WebhookSubscription) -> Result<OwnerReference, Erro
 /// Name of the generated verify-token Secret.
 pub fn verify_token_secret_name(name: &str) -> String {
     format!("{name}-verify-token")
+}
+
+/// Name of the generated admin-token Secret.
+pub fn admin_token_secret_name(name: &str) -> String {
+    format!("{name}-admin-token")
 }
 
 /// Name of the operator-issued serving certificate's Secret.

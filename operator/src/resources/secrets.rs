@@ -1,5 +1,5 @@
-//! Secrets the operator creates: the generated verify token, the serving certificate, and
-//! the namespace's CA. Each carries [`REFERENCEABLE_LABEL`], so the operator's
+//! Secrets the operator creates: the generated verify token, the admin token, the serving
+//! certificate, and the namespace's CA. Each carries [`REFERENCEABLE_LABEL`], so the operator's
 //! metadata-only Secret watch (selected by that label) sees them change; only the
 //! subscription owning one may reference it ([`crate::policy::not_referenceable`]).
 
@@ -10,7 +10,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::{Inputs, VERIFY_TOKEN_KEY};
+use super::{ADMIN_TOKEN_KEY, Inputs, VERIFY_TOKEN_KEY};
 use crate::certs::{CaMaterial, ServingCertificate};
 use crate::error::Error;
 use crate::policy::REFERENCEABLE_LABEL;
@@ -46,6 +46,21 @@ pub fn verify_token_secret(inputs: &Inputs<'_>, token: &str) -> Result<Secret, E
         type_: Some("Opaque".to_owned()),
         data: Some(BTreeMap::from([(
             VERIFY_TOKEN_KEY.to_owned(),
+            ByteString(token.as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
+    })
+}
+
+/// The generated admin-token Secret, owned by the subscription: the bearer token of its
+/// receivers' admin endpoint (mounted into them; the operator reads it to drive
+/// WebhookReplays). Made like the verify token ([`generate_verify_token`]).
+pub fn admin_token_secret(inputs: &Inputs<'_>, token: &str) -> Result<Secret, Error> {
+    Ok(Secret {
+        metadata: owned_meta(inputs, super::admin_token_secret_name(&inputs.name))?,
+        type_: Some("Opaque".to_owned()),
+        data: Some(BTreeMap::from([(
+            ADMIN_TOKEN_KEY.to_owned(),
             ByteString(token.as_bytes().to_vec()),
         )])),
         ..Secret::default()

@@ -366,7 +366,7 @@ async fn serve(mut handle: Handle, script: Vec<Expect>, served: Arc<Mutex<Vec<Se
                 "step {step}: {path} is not a server-side apply by metahook-operator (or its \
                  replicas hand-over manager): {query}"
             );
-            let own = path.contains("/webhooksubscriptions/");
+            let own = path.contains("/webhooksubscriptions/") || path.contains("/webhookreplays/");
             let forced = query.contains("force=true");
             assert_eq!(
                 forced,
@@ -830,6 +830,8 @@ pub fn claims_of(
     if token {
         paths.push(format!("{core}/secrets/{name}-verify-token"));
     }
+    let admin = format!("{core}/secrets/{name}-admin-token");
+    paths.push(admin.clone());
     if tls {
         paths.push(format!("{core}/secrets/{name}-tls"));
     }
@@ -843,12 +845,28 @@ pub fn claims_of(
         .into_iter()
         .map(|path| {
             let reply = match found.iter().find(|(at, _)| *at == path) {
+                // `null`: absent (for the admin token, which is otherwise found).
+                Some((_, Value::Null)) => Reply::Error(404, "NotFound"),
                 Some((_, object)) => Reply::Object(object.clone()),
+                // The admin token exists unless a test says otherwise (it is made once).
+                None if path == admin => Reply::Object(admin_token_secret(namespace, name)),
                 None => Reply::Error(404, "NotFound"),
             };
             get(path, reply)
         })
         .collect()
+}
+
+/// The admin token's Secret as an earlier pass of subscription `name` left it.
+pub fn admin_token_secret(namespace: &str, name: &str) -> Value {
+    owned_by(
+        secret(
+            namespace,
+            &format!("{name}-admin-token"),
+            &[("admin-token", b"admin-s3cret")],
+        ),
+        name,
+    )
 }
 
 /// Reconciles `sub` once against `script`, with no optional APIs and the clock at
