@@ -337,6 +337,10 @@ async fn fixtures_reach_the_topic_with_their_keys_and_headers() -> Result<()> {
     Ok(())
 }
 
+/// How long the broker is down in [`a_broker_outage_only_delays`] (the scenario's length,
+/// not a wait for a condition).
+const OUTAGE: Duration = Duration::from_secs(30);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_outage_only_delays() -> Result<()> {
     let port = free_port()?;
@@ -354,8 +358,10 @@ async fn a_broker_outage_only_delays() -> Result<()> {
         .wait_delivered("log", 10, Duration::from_secs(20))
         .await?;
 
-    // The broker goes away: 200s continue, the lag rises, nothing is given up.
+    // The broker goes away for the 30 s: 200s continue, the lag rises, nothing is
+    // given up.
     drop(broker);
+    let down_since = Instant::now();
     for n in 10..40 {
         let reply = receiver.post(&body(n)).await?;
         ensure!(
@@ -383,7 +389,9 @@ async fn a_broker_outage_only_delays() -> Result<()> {
         )
         .await?;
 
-    // Back (in memory, so empty: the topic is made again): the 30 arrive, none dead.
+    // Back after the whole outage (in memory, so empty: the topic is made again): the 30
+    // arrive, none dead.
+    tokio::time::sleep_until((down_since + OUTAGE).into()).await;
     let broker = Tansu::start(port)?;
     broker.create_topic("outage", 1)?;
     let records = tokio::task::spawn_blocking(move || {
