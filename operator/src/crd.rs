@@ -480,18 +480,18 @@ pub struct NatsSinkSpec {
     pub credentials_ref: Option<SecretKeyRef>,
     /// TLS to the server (set, TLS is required).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<NatsTlsSpec>,
+    pub tls: Option<ClientTlsSpec>,
 }
 
-/// TLS to the NATS server.
+/// TLS to a sink's servers (the NATS server, the Kafka brokers).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = Rule::new("has(self.clientCertRef) == has(self.clientKeyRef)")
         .message("clientCertRef and clientKeyRef go together").field_path(".clientKeyRef")
 )]
-pub struct NatsTlsSpec {
-    /// PEM CA bundle the server's certificate chains to (the system's roots otherwise).
+pub struct ClientTlsSpec {
+    /// PEM CA bundle the servers' certificates chain to (the system's roots otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_ref: Option<SecretKeyRef>,
     /// PEM client certificate, for mutual TLS.
@@ -525,7 +525,7 @@ pub struct KafkaSinkSpec {
     pub compression: Option<KafkaCompressionSpec>,
     /// TLS to the brokers (set, TLS is used).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<KafkaTlsSpec>,
+    pub tls: Option<ClientTlsSpec>,
     /// SASL authentication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sasl: Option<KafkaSaslSpec>,
@@ -564,25 +564,6 @@ pub enum KafkaCompressionSpec {
     Lz4,
     /// Zstandard.
     Zstd,
-}
-
-/// TLS to the Kafka brokers.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-#[x_kube(
-    validation = Rule::new("has(self.clientCertRef) == has(self.clientKeyRef)")
-        .message("clientCertRef and clientKeyRef go together").field_path(".clientKeyRef")
-)]
-pub struct KafkaTlsSpec {
-    /// PEM CA bundle the brokers' certificates chain to (the system's roots otherwise).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_ref: Option<SecretKeyRef>,
-    /// PEM client certificate, for mutual TLS.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_cert_ref: Option<SecretKeyRef>,
-    /// PEM private key of the client certificate.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_key_ref: Option<SecretKeyRef>,
 }
 
 /// SASL to the Kafka brokers.
