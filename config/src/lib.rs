@@ -20,6 +20,7 @@ mod messages;
 pub mod objects;
 mod parse;
 pub mod redact;
+pub mod replay;
 pub mod retry;
 pub mod sink;
 mod spool;

@@ -26,7 +26,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, ListParams, Patch};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
-use serde_json::{Value, json};
+use metahook_config::replay::ReplayRequest;
+use serde_json::json;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -220,7 +221,7 @@ async fn pass(
 async fn step_replica(
     admin: &Admin<'_>,
     replica: &mut ReplicaReplay,
-    request: &Value,
+    request: &ReplayRequest,
 ) -> Option<Duration> {
     if let Some(id) = replica.replay_id.clone() {
         match admin.get(&id).await {
@@ -275,7 +276,7 @@ fn record(replica: &mut ReplicaReplay, remote: &RemoteReplay) {
 }
 
 /// The admin request for the spec, its relative times fixed against the creation time.
-pub fn admin_request(replay: &WebhookReplay) -> Result<Value, String> {
+pub fn admin_request(replay: &WebhookReplay) -> Result<ReplayRequest, String> {
     let spec = &replay.spec;
     let created = replay
         .meta()
@@ -293,26 +294,21 @@ pub fn admin_request(replay: &WebhookReplay) -> Result<Value, String> {
         let at = created - ago;
         at.format(&Rfc3339).map_err(|e| format!("{field}: {e}"))
     };
-    let mut request = json!({
-        "sink": spec.sink,
-        "since": absolute("since", &spec.since)?,
-        "dead_letters": spec.dead_letters,
-        "dry_run": spec.dry_run,
-    });
-    if let Some(until) = &spec.until {
-        request["until"] = json!(absolute("until", until)?);
-    }
-    for (member, values) in [
-        ("objects", &spec.objects),
-        ("fields", &spec.fields),
-        ("endpoints", &spec.endpoints),
-        ("event_ids", &spec.event_ids),
-    ] {
-        if !values.is_empty() {
-            request[member] = json!(values);
-        }
-    }
-    Ok(request)
+    Ok(ReplayRequest {
+        sink: spec.sink.clone(),
+        since: absolute("since", &spec.since)?,
+        until: spec
+            .until
+            .as_deref()
+            .map(|until| absolute("until", until))
+            .transpose()?,
+        objects: spec.objects.clone(),
+        fields: spec.fields.clone(),
+        endpoints: spec.endpoints.clone(),
+        event_ids: spec.event_ids.clone(),
+        dead_letters: spec.dead_letters,
+        dry_run: spec.dry_run,
+    })
 }
 
 /// Is the pod Ready and not terminating?

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use metahook_config::replay::ReplayRequest;
 use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::Value;
@@ -56,7 +57,7 @@ pub struct Admin<'a> {
 
 impl Admin<'_> {
     /// Starts a replay (`request` is the admin request body).
-    pub async fn start(&self, request: &Value) -> Result<Started, String> {
+    pub async fn start(&self, request: &ReplayRequest) -> Result<Started, String> {
         let url = format!("{}/admin/replay", self.base);
         let response = self
             .http
@@ -64,7 +65,7 @@ impl Admin<'_> {
             .bearer_auth(self.token)
             .timeout(CALL_TIMEOUT)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(request.to_string())
+            .body(serde_json::to_vec(request).map_err(|e| format!("the replay request: {e}"))?)
             .send()
             .await
             .map_err(|e| format!("POST {url}: {e}"))?;

@@ -91,8 +91,7 @@ pub fn run(config: &Config, args: &Args) -> anyhow::Result<u8> {
         dead_letters: args.dead_letters,
         dry_run: args.dry_run,
     };
-    request
-        .selection()
+    super::request::selection(&request)
         .map_err(|err| anyhow::anyhow!("--{}: {}", err.field, err.why))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

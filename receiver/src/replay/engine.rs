@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use super::request::{EventView, ReplayRequest, RequestError, Selection, from_millis, rfc3339};
+use super::request::{
+    EventView, ReplayRequest, RequestError, Selection, from_millis, rfc3339, selection,
+};
 use crate::event::mark_replayed;
 use crate::sink::inbox::{Inbox, LoopStopped};
 use crate::spool::dead_letters::DeadLetters;
@@ -132,7 +134,7 @@ pub struct Prepared {
 /// Checks a request against the spool: the sink exists, the members parse, and the window
 /// starts inside what the spool holds. Blocking (reads two records).
 pub fn prepare(spool: &Spool, request: ReplayRequest) -> Result<Prepared, ReplayError> {
-    let selection = request.selection()?;
+    let selection = selection(&request)?;
     if !spool.sinks().contains(&request.sink) {
         return Err(ReplayError::UnknownSink {
             sink: request.sink,

@@ -1,40 +1,10 @@
 //! What a replay selects: the request as the admin endpoint and the command line take it
 //! (JSON, docs/replay.md), and the pure matching of one event against it.
 
-use serde::{Deserialize, Serialize};
+pub use metahook_config::replay::ReplayRequest;
+use serde::Deserialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-
-/// A replay, as `POST /admin/replay` takes it (and `metahook-receiver replay` sends it).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReplayRequest {
-    /// The one sink to deliver to, by its configured name.
-    pub sink: String,
-    /// Start of the window (RFC 3339, inclusive), on the events' `received_at`.
-    pub since: String,
-    /// End of the window (RFC 3339, exclusive); absent: up to the newest event held.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub until: Option<String>,
-    /// Only events of these `object`s (e.g. `page`); empty: any.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub objects: Vec<String>,
-    /// Only events of these `field`s (e.g. `messages`, `feed`); empty: any.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub fields: Vec<String>,
-    /// Only events received on these endpoints (their configured names); empty: any.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub endpoints: Vec<String>,
-    /// Only events with these ids; empty: any.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub event_ids: Vec<String>,
-    /// Also re-deliver the sink's dead letters that match (they stay dead letters).
-    #[serde(default)]
-    pub dead_letters: bool,
-    /// Count what matches; deliver nothing.
-    #[serde(default)]
-    pub dry_run: bool,
-}
 
 /// A request that cannot be carried out as written; names the member.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -111,38 +81,37 @@ fn time(field: &'static str, text: &str) -> Result<OffsetDateTime, RequestError>
     })
 }
 
-impl ReplayRequest {
-    /// The window and filters; refuses what cannot be carried out, naming the member.
-    pub fn selection(&self) -> Result<Selection, RequestError> {
-        if self.sink.trim().is_empty() {
-            return Err(RequestError {
-                field: "sink",
-                why: "must name a configured sink".into(),
-            });
-        }
-        let since = time("since", &self.since)?;
-        let until = self
-            .until
-            .as_deref()
-            .map(|u| time("until", u))
-            .transpose()?;
-        if let Some(until) = until
-            && until <= since
-        {
-            return Err(RequestError {
-                field: "until",
-                why: format!("{} is not after since ({})", rfc3339(until), rfc3339(since)),
-            });
-        }
-        Ok(Selection {
-            since,
-            until,
-            objects: self.objects.clone(),
-            fields: self.fields.clone(),
-            endpoints: self.endpoints.clone(),
-            event_ids: self.event_ids.iter().cloned().collect(),
-        })
+/// The window and filters of `request`; refuses what cannot be carried out, naming the
+/// member.
+pub fn selection(request: &ReplayRequest) -> Result<Selection, RequestError> {
+    if request.sink.trim().is_empty() {
+        return Err(RequestError {
+            field: "sink",
+            why: "must name a configured sink".into(),
+        });
     }
+    let since = time("since", &request.since)?;
+    let until = request
+        .until
+        .as_deref()
+        .map(|u| time("until", u))
+        .transpose()?;
+    if let Some(until) = until
+        && until <= since
+    {
+        return Err(RequestError {
+            field: "until",
+            why: format!("{} is not after since ({})", rfc3339(until), rfc3339(since)),
+        });
+    }
+    Ok(Selection {
+        since,
+        until,
+        objects: request.objects.clone(),
+        fields: request.fields.clone(),
+        endpoints: request.endpoints.clone(),
+        event_ids: request.event_ids.iter().cloned().collect(),
+    })
 }
 
 impl Selection {
@@ -188,7 +157,7 @@ mod tests {
 
     #[test]
     fn the_window_is_half_open_and_filters_select_only_what_they_name() {
-        let all = request().selection().expect("valid");
+        let all = selection(&request()).expect("valid");
         assert!(selected(
             &all,
             &event("a", "page", "feed", "2026-12-07T10:00:00Z")
@@ -201,13 +170,12 @@ mod tests {
             &all,
             &event("a", "page", "feed", "2026-12-07T09:59:59.999Z")
         ));
-        let filtered = ReplayRequest {
+        let filtered = selection(&ReplayRequest {
             objects: vec!["page".into()],
             fields: vec!["feed".into()],
             event_ids: vec!["a".into(), "b".into()],
             ..request()
-        }
-        .selection()
+        })
         .expect("valid");
         assert!(selected(
             &filtered,
@@ -229,18 +197,16 @@ mod tests {
 
     #[test]
     fn errors_name_the_member() {
-        let err = ReplayRequest {
+        let err = selection(&ReplayRequest {
             since: "yesterday".into(),
             ..request()
-        }
-        .selection()
+        })
         .expect_err("since");
         assert_eq!(err.field, "since");
-        let err = ReplayRequest {
+        let err = selection(&ReplayRequest {
             until: Some("2026-12-07T09:00:00Z".into()),
             ..request()
-        }
-        .selection()
+        })
         .expect_err("until");
         assert_eq!(err.field, "until");
         let json =

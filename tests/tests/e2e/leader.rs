@@ -161,8 +161,16 @@ async fn only_the_leader_reconciles_and_a_killed_leader_hands_over_within_the_le
         "the new leader's pass: {:?}",
         current.status
     );
+    // The pass logs its line after the status it wrote: wait for the line.
+    let logged = wait_for(
+        "the new leader's log line of a pass over the new subscription",
+        WAIT,
+        None,
+        || async { Ok((passes(&world.operator, &world.subscriptions[0]) >= 1).then_some(())) },
+    )
+    .await;
     ensure!(
-        passes(&world.operator, &world.subscriptions[0]) >= 1,
+        logged.is_ok(),
         "the new leader's log shows no pass over the new subscription:\n{}",
         world.operator.log()
     );

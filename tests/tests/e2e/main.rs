@@ -51,6 +51,8 @@ mod validation;
 /// Bound of every wait for the operator or a controller (generous: 2 shared cores).
 const WAIT: Duration = Duration::from_secs(60);
 const CRD_NAME: &str = "webhooksubscriptions.metahook.io";
+/// The WebhookReplay CRD's name.
+const REPLAY_CRD_NAME: &str = "webhookreplays.metahook.io";
 const HASH_ANNOTATION: &str = "metahook.io/config-hash";
 
 // ---------------------------------------------------------------------------------------
@@ -68,14 +70,28 @@ const HASH_ANNOTATION: &str = "metahook.io/config-hash";
 async fn install_crd(
     client: &Client,
 ) -> Result<(CustomResourceDefinition, CustomResourceDefinition, bool)> {
-    let path = repo_root().join("crds/webhooksubscription.yaml");
+    let subscription = apply_crd(client, "crds/webhooksubscription.yaml", CRD_NAME).await?;
+    // The operator carries out WebhookReplays too, and warns when their CRD is missing.
+    apply_crd(client, "crds/webhookreplay.yaml", REPLAY_CRD_NAME).await?;
+    Ok(subscription)
+}
+
+/// Applies the CRD in `file` (relative to the repository) named `name` as
+/// [`install_crd`] says; returns the file's CRD, the server's, and whether the server
+/// refused the CEL rules.
+async fn apply_crd(
+    client: &Client,
+    file: &str,
+    name: &'static str,
+) -> Result<(CustomResourceDefinition, CustomResourceDefinition, bool)> {
+    let path = repo_root().join(file);
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let crd: CustomResourceDefinition =
         serde_saphyr::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let params = PatchParams::apply("metahook-e2e").force();
-    let refused_cel = match api.patch(CRD_NAME, &params, &Patch::Apply(&crd)).await {
+    let refused_cel = match api.patch(name, &params, &Patch::Apply(&crd)).await {
         Ok(_) => false,
         Err(kube::Error::Api(status))
             if status
@@ -95,17 +111,17 @@ async fn install_crd(
             );
             let mut without = serde_json::to_value(&crd)?;
             strip_cel(&mut without);
-            api.patch(CRD_NAME, &params, &Patch::Apply(&without))
+            api.patch(name, &params, &Patch::Apply(&without))
                 .await
                 .context("server-side apply of the CRD without its CEL rules")?;
             true
         }
-        Err(err) => return Err(err).context("server-side apply of crds/webhooksubscription.yaml"),
+        Err(err) => return Err(err).with_context(|| format!("server-side apply of {file}")),
     };
-    let installed = wait_for("the CRD to become Established", WAIT, None, || {
+    let installed = wait_for("the CRDs to become Established", WAIT, None, || {
         let api = api.clone();
         async move {
-            let crd = api.get(CRD_NAME).await?;
+            let crd = api.get(name).await?;
             let established = crd
                 .status
                 .as_ref()
