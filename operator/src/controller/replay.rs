@@ -355,7 +355,22 @@ fn pending(
 
 /// The `Complete` condition: True once the phase is final, its reason the phase. Its
 /// transition time moves only when its status or reason does (no write per poll).
+///
+/// The message is never empty: without an error to name it sums the replicas up, because
+/// a 1.20 API server's server-side apply of the status refuses an empty message
+/// (`status.conditions.message: Invalid value: "null"`, seen by the e2e replay test).
 fn set_complete(status: &mut WebhookReplayStatus, message: &str, now: OffsetDateTime) {
+    let message = if message.is_empty() {
+        format!(
+            "{} replicas: {} matched, {} delivered, {} failed",
+            status.replicas.len(),
+            status.matched,
+            status.delivered,
+            status.failed
+        )
+    } else {
+        message.to_owned()
+    };
     let done = is_final(status.phase);
     let reason = format!("{:?}", status.phase);
     let condition_status = if done { "True" } else { "False" };
@@ -370,7 +385,7 @@ fn set_complete(status: &mut WebhookReplayStatus, message: &str, now: OffsetDate
         type_: "Complete".to_owned(),
         status: condition_status.to_owned(),
         reason,
-        message: message.to_owned(),
+        message,
         last_transition_time: since,
         observed_generation: status.observed_generation,
     }];
