@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{Api, ListParams, Patch};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
@@ -41,6 +41,13 @@ use crate::resources::{ADMIN_TOKEN_KEY, SUBSCRIPTION_LABEL, admin_token_secret_n
 
 /// The finalizer that stops running replays when a WebhookReplay is deleted.
 pub const FINALIZER: &str = "metahook.io/replay";
+/// The field manager of the finalizer's applies: not [`crate::FIELD_MANAGER`], whose
+/// status applies would take the finalizer from it on a server before 1.22 (there a
+/// `/status` apply replaces the manager's whole entry, `metadata.finalizers` included, as
+/// managed fields are not kept per subresource), and an apply of `finalizers: []` then
+/// removes nothing: the finished replay kept its finalizer (seen by the e2e replay test on
+/// 1.20).
+pub const FINALIZER_FIELD_MANAGER: &str = "metahook-operator-replay-finalizer";
 /// How often a running replay is polled.
 pub const POLL: Duration = Duration::from_secs(5);
 /// How soon a replay waiting for a pod (none ready, another replay running there, the
@@ -486,7 +493,8 @@ async fn set_finalizer(
         "metadata": {"name": name, "finalizers": finalizers},
     });
     let api: Api<WebhookReplay> = Api::namespaced(ctx.client.clone(), namespace);
-    api.patch(&name, &apply_params(), &Patch::Apply(&patch))
+    let params = PatchParams::apply(FINALIZER_FIELD_MANAGER).force();
+    api.patch(&name, &params, &Patch::Apply(&patch))
         .await
         .map_err(|e| {
             Error::kube(

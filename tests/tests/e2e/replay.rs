@@ -193,6 +193,25 @@ async fn a_replay_on_two_receiver_pods_reports_what_the_sink_received_again() ->
             request.replay
         );
     }
+    // Its status written, the finished replay lets its finalizer go.
+    wait_for(
+        "the finalizer removed once the replay ended",
+        WAIT,
+        Some(&scene.operator),
+        || async {
+            let current = replays.get("again").await?;
+            if current.finalizers().is_empty() {
+                Ok(Some(()))
+            } else {
+                bail!(
+                    "finalizers {:?}, managed fields {}",
+                    current.finalizers(),
+                    serde_json::to_string(&current.metadata.managed_fields)?
+                )
+            }
+        },
+    )
+    .await?;
     println!(
         "replay scenario: {posted} events on {} pods replayed, {:.1}s",
         pods.len(),
