@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{Api, ListParams, Patch};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use metahook_config::replay::ReplayRequest;
@@ -42,6 +42,13 @@ use crate::resources::{ADMIN_TOKEN_KEY, SUBSCRIPTION_LABEL, admin_token_secret_n
 
 /// The finalizer that stops running replays when a WebhookReplay is deleted.
 pub const FINALIZER: &str = "metahook.io/replay";
+/// The field manager of the finalizer's applies: not [`crate::FIELD_MANAGER`], whose
+/// status applies would take the finalizer from it on a server before 1.22 (there a
+/// `/status` apply replaces the manager's whole entry, `metadata.finalizers` included, as
+/// managed fields are not kept per subresource), and an apply of `finalizers: []` then
+/// removes nothing: the finished replay kept its finalizer (seen by the e2e replay test on
+/// 1.20).
+pub const FINALIZER_FIELD_MANAGER: &str = "metahook-operator-replay-finalizer";
 /// How often a running replay is polled.
 pub const POLL: Duration = Duration::from_secs(5);
 /// How soon a replay waiting for a pod (none ready, another replay running there, the
@@ -351,7 +358,22 @@ fn pending(
 
 /// The `Complete` condition: True once the phase is final, its reason the phase. Its
 /// transition time moves only when its status or reason does (no write per poll).
+///
+/// The message is never empty: without an error to name it sums the replicas up, because
+/// a 1.20 API server's server-side apply of the status refuses an empty message
+/// (`status.conditions.message: Invalid value: "null"`, seen by the e2e replay test).
 fn set_complete(status: &mut WebhookReplayStatus, message: &str, now: OffsetDateTime) {
+    let message = if message.is_empty() {
+        format!(
+            "{} replicas: {} matched, {} delivered, {} failed",
+            status.replicas.len(),
+            status.matched,
+            status.delivered,
+            status.failed
+        )
+    } else {
+        message.to_owned()
+    };
     let done = is_final(status.phase);
     let reason = format!("{:?}", status.phase);
     let condition_status = if done { "True" } else { "False" };
@@ -366,7 +388,7 @@ fn set_complete(status: &mut WebhookReplayStatus, message: &str, now: OffsetDate
         type_: "Complete".to_owned(),
         status: condition_status.to_owned(),
         reason,
-        message: message.to_owned(),
+        message,
         last_transition_time: since,
         observed_generation: status.observed_generation,
     }];
@@ -467,7 +489,8 @@ async fn set_finalizer(
         "metadata": {"name": name, "finalizers": finalizers},
     });
     let api: Api<WebhookReplay> = Api::namespaced(ctx.client.clone(), namespace);
-    api.patch(&name, &apply_params(), &Patch::Apply(&patch))
+    let params = PatchParams::apply(FINALIZER_FIELD_MANAGER).force();
+    api.patch(&name, &params, &Patch::Apply(&patch))
         .await
         .map_err(|e| {
             Error::kube(

@@ -361,10 +361,11 @@ async fn serve(mut handle: Handle, script: Vec<Expect>, served: Arc<Mutex<Vec<Se
                 [
                     metahook_operator::FIELD_MANAGER,
                     metahook_operator::resources::autoscaling::HANDOVER_FIELD_MANAGER,
+                    metahook_operator::controller::replay::FINALIZER_FIELD_MANAGER,
                 ]
                 .contains(&manager),
                 "step {step}: {path} is not a server-side apply by metahook-operator (or its \
-                 replicas hand-over manager): {query}"
+                 replicas hand-over or replay finalizer manager): {query}"
             );
             let own = path.contains("/webhooksubscriptions/") || path.contains("/webhookreplays/");
             let forced = query.contains("force=true");

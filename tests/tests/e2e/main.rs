@@ -7,8 +7,9 @@
 //! ([`pods`]; the harness itself: [`kubelet`]), leader election between two replicas
 //! ([`leader`]), registration with a fake Graph API ([`registration`]), what a subscription
 //! may reach ([`policy`]), autoscaling beside kube-controller-manager's real
-//! HorizontalPodAutoscaler controller ([`autoscaling`]), and no acknowledged event lost to
-//! a rollout or a scale-down ([`spool`]).
+//! HorizontalPodAutoscaler controller ([`autoscaling`]), no acknowledged event lost to
+//! a rollout or a scale-down ([`spool`]), and a WebhookReplay carried out on two receiver
+//! pods ([`replay`]).
 //!
 //! Each test works in namespaces of its own (the examples' namespaces, prefixed) with an
 //! operator process of its own restricted to them, so the tests share one cluster and run
@@ -44,6 +45,7 @@ mod ownership;
 mod pods;
 mod policy;
 mod registration;
+mod replay;
 mod scene;
 mod spool;
 mod validation;
@@ -51,34 +53,34 @@ mod validation;
 /// Bound of every wait for the operator or a controller (generous: 2 shared cores).
 const WAIT: Duration = Duration::from_secs(60);
 const CRD_NAME: &str = "webhooksubscriptions.metahook.io";
-/// The WebhookReplay CRD's name.
 const REPLAY_CRD_NAME: &str = "webhookreplays.metahook.io";
 const HASH_ANNOTATION: &str = "metahook.io/config-hash";
 
 // ---------------------------------------------------------------------------------------
 // The CRD
 
-/// Applies crds/webhooksubscription.yaml with server-side apply and waits until it is
-/// Established; returns the file's CRD, the server's, and whether the server refused the
-/// CEL rules (then the CRD was applied without them).
+/// Applies crds/webhooksubscription.yaml, then crds/webhookreplay.yaml (the operator runs
+/// its WebhookReplay controller only where that CRD is served, and warns otherwise), each
+/// with server-side apply, waiting until it is Established; returns the subscription
+/// CRD's file version, the server's, and whether the server refused the CEL rules (then
+/// the CRDs were applied without them).
+async fn install_crd(
+    client: &Client,
+) -> Result<(CustomResourceDefinition, CustomResourceDefinition, bool)> {
+    let subscription = apply_crd(client, "crds/webhooksubscription.yaml", CRD_NAME).await?;
+    apply_crd(client, "crds/webhookreplay.yaml", REPLAY_CRD_NAME).await?;
+    Ok(subscription)
+}
+
+/// Applies the CRD file `file` (of repository path) named `name` with server-side apply
+/// and waits until it is Established; returns the file's CRD, the server's, and whether
+/// the server refused the CEL rules.
 ///
 /// Kubernetes 1.20 predates CEL: server-side apply refuses `x-kubernetes-validations`
 /// ("field not declared in schema"), a plain create silently drops them. Either way a
 /// pre-1.25 cluster runs without the rules (they stay covered by operator/tests/crd.rs
 /// with kube's CEL validator); here the refusal is checked to be about them alone, then
 /// the CRD is applied without them, as such a cluster keeps it.
-async fn install_crd(
-    client: &Client,
-) -> Result<(CustomResourceDefinition, CustomResourceDefinition, bool)> {
-    let subscription = apply_crd(client, "crds/webhooksubscription.yaml", CRD_NAME).await?;
-    // The operator carries out WebhookReplays too, and warns when their CRD is missing.
-    apply_crd(client, "crds/webhookreplay.yaml", REPLAY_CRD_NAME).await?;
-    Ok(subscription)
-}
-
-/// Applies the CRD in `file` (relative to the repository) named `name` as
-/// [`install_crd`] says; returns the file's CRD, the server's, and whether the server
-/// refused the CEL rules.
 async fn apply_crd(
     client: &Client,
     file: &str,
@@ -106,19 +108,19 @@ async fn apply_crd(
                 .collect();
             ensure!(
                 complaints.is_empty(),
-                "server-side apply of the CRD refused more than the CEL rules: {}",
+                "server-side apply of {file} refused more than the CEL rules: {}",
                 status.message
             );
             let mut without = serde_json::to_value(&crd)?;
             strip_cel(&mut without);
             api.patch(name, &params, &Patch::Apply(&without))
                 .await
-                .context("server-side apply of the CRD without its CEL rules")?;
+                .with_context(|| format!("server-side apply of {file} without its CEL rules"))?;
             true
         }
         Err(err) => return Err(err).with_context(|| format!("server-side apply of {file}")),
     };
-    let installed = wait_for("the CRDs to become Established", WAIT, None, || {
+    let installed = wait_for(&format!("{name} to become Established"), WAIT, None, || {
         let api = api.clone();
         async move {
             let crd = api.get(name).await?;

@@ -94,7 +94,11 @@ fn signed_message(tag: &str) -> (Bytes, String) {
 }
 
 /// Posts `count` new messages to the receiver at `addr`, each answered 200.
-async fn post_messages(addr: SocketAddr, prefix: &str, count: usize) -> Result<Vec<String>> {
+pub(super) async fn post_messages(
+    addr: SocketAddr,
+    prefix: &str,
+    count: usize,
+) -> Result<Vec<String>> {
     let mut tags = Vec::new();
     for n in 0..count {
         let tag = format!("{prefix}-{n}");
