@@ -9,5 +9,6 @@ pub mod kubelet;
 pub mod pki;
 pub mod podman;
 pub mod promql;
+pub mod tansu;
 pub mod testkit;
 pub mod tools;

@@ -8,7 +8,7 @@
 #![allow(clippy::print_stderr)] // tests report on stderr
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -17,8 +17,8 @@ use metahook_receiver::config::{KafkaSinkConfig, SinkConfig, SinkKind};
 use metahook_receiver::sink::kafka::{
     HEADER_EVENT_ID, HEADER_FIELD, HEADER_KIND, HEADER_OBJECT, HEADER_RECEIVED_AT,
 };
+use metahook_tests::tansu::Tansu;
 use metahook_tests::testkit::{self, TestReceiver};
-use metahook_tests::tools;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -27,73 +27,6 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
-}
-
-/// A tansu broker of the test's own, in memory: stopping it loses what it stored, so each
-/// test counts only what it produced after the broker's last start.
-struct Tansu {
-    child: Child,
-    port: u16,
-}
-
-impl Tansu {
-    fn start(port: u16) -> Result<Tansu> {
-        Tansu::start_with(port, &[])
-    }
-
-    /// A broker with `extra` arguments (TLS files, `--authentication`).
-    fn start_with(port: u16, extra: &[&std::ffi::OsStr]) -> Result<Tansu> {
-        let bin = tools::find("tansu")?;
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/", "--silent"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting tansu")?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            ensure!(Instant::now() < deadline, "tansu did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Tansu { child, port })
-    }
-
-    fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Creates `topic` with `partitions` partitions.
-    fn create_topic(&self, topic: &str, partitions: u32) -> Result<()> {
-        tools::run(
-            "tansu",
-            &[
-                "topic",
-                "create",
-                topic,
-                "--partitions",
-                &partitions.to_string(),
-                "--broker",
-                &format!("tcp://127.0.0.1:{}", self.port),
-            ],
-        )
-        .map(drop)
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn kafka_sink(bootstrap: &str, topic: &str) -> SinkConfig {

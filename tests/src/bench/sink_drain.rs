@@ -35,6 +35,7 @@ use super::process::{ServerProcess, free_port};
 use super::servers::{APP_SECRET, NATS_URL, POSTGRES_URL, Programs, ReceiverProgram, SinkTargets};
 use super::signature::Signer;
 use super::{HEALTH_PATH, READY_TIMEOUT, WEBHOOK_PATH};
+use crate::tansu::Tansu;
 use crate::testkit::metric_value;
 
 /// Connections that spool the backlog.
@@ -96,71 +97,14 @@ const PHASES: &[Phase] = &[
     },
 ];
 
-/// A tansu broker of the bench's own, in memory; killed on drop.
-struct Tansu {
-    child: std::process::Child,
-    bootstrap: String,
-}
-
-impl Tansu {
-    /// Starts tansu on a free port, or `None` (saying why) when it is not installed.
-    fn start() -> Result<Option<Tansu>> {
-        let bin = match crate::tools::find("tansu") {
-            Ok(bin) => bin,
-            Err(err) => {
-                println!("  Kafka phase left out: {err:#}");
-                return Ok(None);
-            }
-        };
-        let port = free_port()?;
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = std::process::Command::new(bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .context("starting tansu")?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            ensure!(Instant::now() < deadline, "tansu did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Some(Tansu {
-            child,
-            bootstrap: format!("127.0.0.1:{port}"),
-        }))
+/// The Kafka phase's broker on a free port, or `None` (saying why) when tansu is not
+/// installed: the other phases still run.
+fn start_tansu() -> Result<Option<Tansu>> {
+    if let Err(err) = crate::tools::find("tansu") {
+        println!("  Kafka phase left out: {err:#}");
+        return Ok(None);
     }
-
-    /// Creates `topic`.
-    fn create_topic(&self, topic: &str) -> Result<()> {
-        crate::tools::run(
-            "tansu",
-            &[
-                "topic",
-                "create",
-                topic,
-                "--partitions",
-                &KAFKA_PARTITIONS.to_string(),
-                "--broker",
-                &format!("tcp://{}", self.bootstrap),
-            ],
-        )
-        .map(drop)
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    Tansu::start(free_port()?).map(Some)
 }
 
 /// One measured sink of one phase.
@@ -215,12 +159,12 @@ pub async fn run(
         };
         if phase.sinks.iter().any(|(_, kind)| *kind == Kind::Kafka) {
             if tansu.is_none() {
-                tansu = Tansu::start()?;
+                tansu = start_tansu()?;
             }
             let Some(broker) = &tansu else { continue };
             let topic = format!("drain-{}", targets.sinks.schema.replace('_', "-"));
-            broker.create_topic(&topic)?;
-            targets.kafka = Some((broker.bootstrap.clone(), topic));
+            broker.create_topic(&topic, KAFKA_PARTITIONS)?;
+            targets.kafka = Some((broker.bootstrap(), topic));
         }
         let outcome = drain(programs, dir.path(), &closed, phase, &targets, events).await;
         super::drain::clean_up(&targets.sinks).await?;
