@@ -11,4 +11,5 @@ pub mod podman;
 pub mod promql;
 pub mod tansu;
 pub mod testkit;
+pub mod tls_front;
 pub mod tools;

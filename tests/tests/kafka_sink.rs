@@ -3,22 +3,29 @@
 //! fixtures becomes one record, with its key and headers as a real consumer reads them; a
 //! broker outage only delays; a record the broker refuses becomes a dead letter with the
 //! broker's reason; kill -9 of the receiver under load loses no acknowledged event and
-//! doubles at most one batch.
+//! doubles at most one batch; SCRAM-SHA-256/512 logins, mutual TLS and SASL over TLS
+//! deliver, and refused logins and handshakes only wait (docs/configuration.md, "What the
+//! tests check against a broker", says what tansu cannot serve and how TLS is tested).
 
 #![allow(clippy::print_stderr)] // tests report on stderr
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use http::StatusCode;
-use metahook_receiver::config::{KafkaSinkConfig, SinkConfig, SinkKind};
+use metahook_receiver::config::{
+    KafkaSaslConfig, KafkaSinkConfig, SaslMechanism, SinkConfig, SinkKind,
+};
 use metahook_receiver::sink::kafka::{
     HEADER_EVENT_ID, HEADER_FIELD, HEADER_KIND, HEADER_OBJECT, HEADER_RECEIVED_AT,
 };
-use metahook_tests::tansu::Tansu;
+use metahook_tests::pki::{Ca, Validity};
+use metahook_tests::tansu::{ScramUser, Tansu};
 use metahook_tests::testkit::{self, TestReceiver};
+use metahook_tests::tls_front::TlsFront;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -550,58 +557,353 @@ async fn kill_9_under_load_loses_nothing_and_doubles_at_most_a_batch() -> Result
     Ok(())
 }
 
-/// SASL against tansu with `--authentication`: a sink logging in with SCRAM-SHA-512 as a
-/// user the broker does not know is refused, and the event waits (an authentication
-/// failure is retried, never a dead letter). Not exercised against tansu 0.6: TLS (its
-/// `broker --cert` and `--key` are declared in one exclusive argument group, "the argument
-/// '--cert' cannot be used with '--key'", so it never serves TLS), a successful SCRAM login
-/// (its users are created through the broker, which then demands a login first), and PLAIN
-/// (librdkafka's admin client timed out against it). The TLS and SASL properties the client
-/// is given are checked in the sink's unit tests (`sink::kafka::auth`).
+/// A sink logging in with `mechanism` as `user` (the files' contents), to `topic`.
+fn scram_sink(
+    name: &str,
+    bootstrap: &str,
+    topic: &str,
+    mechanism: SaslMechanism,
+    dir: &Path,
+    user: &str,
+    password: &str,
+) -> Result<SinkConfig> {
+    let user_file = dir.join(format!("{name}.user"));
+    let password_file = dir.join(format!("{name}.password"));
+    std::fs::write(&user_file, format!("{user}\n"))?;
+    std::fs::write(&password_file, format!("{password}\n"))?;
+    let mut sink = kafka_sink(bootstrap, topic);
+    sink.name = name.into();
+    if let SinkKind::Kafka(kafka) = &mut sink.kind {
+        kafka.sasl = Some(KafkaSaslConfig {
+            mechanism,
+            user_file,
+            password_file,
+        });
+    }
+    Ok(sink)
+}
+
+/// The event ids `receiver` wrote to its file sink.
+fn ids_of(events: &[serde_json::Value]) -> BTreeSet<String> {
+    events
+        .iter()
+        .filter_map(|e| e["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn record_ids(records: &[Record]) -> BTreeSet<String> {
+    records
+        .iter()
+        .filter_map(|r| r.value["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// SASL/SCRAM against tansu with `--authentication`: sinks logging in with SCRAM-SHA-256
+/// and SCRAM-SHA-512 as users the broker holds deliver every event, read back by consumers
+/// logging in the same way; a sink with a known user and a wrong password, and one with a
+/// user the broker does not know, are refused and their events wait (an authentication
+/// failure is retried, never a dead letter).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_sasl_login_only_waits() -> Result<()> {
+async fn scram_logins_deliver_and_bad_ones_only_wait() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    std::fs::write(dir.path().join("user"), "metahook\n")?;
-    std::fs::write(dir.path().join("password"), "s3cret\n")?;
-    let broker = Tansu::start_with(free_port()?, &["--authentication".as_ref()])?;
+    let port = free_port()?;
+    let broker = Tansu::start_authenticated(
+        port,
+        port,
+        dir.path(),
+        &[
+            ScramUser {
+                name: "sha256-user",
+                password: "pass-256",
+                mechanism: SaslMechanism::ScramSha256,
+            },
+            ScramUser {
+                name: "sha512-user",
+                password: "pass-512",
+                mechanism: SaslMechanism::ScramSha512,
+            },
+        ],
+        &["scram-256", "scram-512"],
+    )?;
     let bootstrap = broker.bootstrap();
-    let receiver = TestReceiver::start_with(|config, _| {
-        let mut scram = kafka_sink(&bootstrap, "secure");
-        scram.name = "scram".into();
-        if let SinkKind::Kafka(scram) = &mut scram.kind {
-            scram.sasl = Some(metahook_receiver::config::KafkaSaslConfig {
-                mechanism: metahook_receiver::config::SaslMechanism::ScramSha512,
-                user_file: dir.path().join("user"),
-                password_file: dir.path().join("password"),
-            });
-        }
-        config.sinks.push(scram);
-    })
-    .await?;
-    ensure!(receiver.post(&body(1)).await?.status == StatusCode::OK);
-    receiver
-        .wait_metric_at_least(
-            r#"metahook_sink_deliveries_total{result="error",sink="scram"}"#,
-            2.0,
-            Duration::from_secs(30),
-            "the refused SCRAM login never counted as a failed attempt",
-        )
-        .await?;
-    receiver
-        .wait_metric_at_least(
-            r#"metahook_sink_lag_events{sink="scram"}"#,
-            1.0,
-            Duration::from_secs(10),
-            "the event waiting for the SCRAM sink",
-        )
-        .await?;
-    assert_eq!(
+    let sinks = [
+        scram_sink(
+            "sha256",
+            &bootstrap,
+            "scram-256",
+            SaslMechanism::ScramSha256,
+            dir.path(),
+            "sha256-user",
+            "pass-256",
+        )?,
+        scram_sink(
+            "sha512",
+            &bootstrap,
+            "scram-512",
+            SaslMechanism::ScramSha512,
+            dir.path(),
+            "sha512-user",
+            "pass-512",
+        )?,
+        scram_sink(
+            "wrong-password",
+            &bootstrap,
+            "scram-512",
+            SaslMechanism::ScramSha512,
+            dir.path(),
+            "sha512-user",
+            "not-the-password",
+        )?,
+        scram_sink(
+            "unknown-user",
+            &bootstrap,
+            "scram-512",
+            SaslMechanism::ScramSha512,
+            dir.path(),
+            "nobody",
+            "pass-512",
+        )?,
+    ];
+    let receiver = TestReceiver::start_with(|config, _| config.sinks.extend(sinks)).await?;
+    for n in 0..5 {
+        ensure!(receiver.post(&body(n)).await?.status == StatusCode::OK);
+    }
+    let events = receiver.wait_for_events(5, Duration::from_secs(30)).await?;
+    for sink in ["sha256", "sha512"] {
         receiver
-            .metric(r#"metahook_dead_letter_events_total{sink="scram"}"#)
-            .await
-            .unwrap_or(0.0),
-        0.0
-    );
+            .wait_delivered(sink, 5, Duration::from_secs(30))
+            .await?;
+    }
+    for (topic, user, password, mechanism) in [
+        ("scram-256", "sha256-user", "pass-256", "SCRAM-SHA-256"),
+        ("scram-512", "sha512-user", "pass-512", "SCRAM-SHA-512"),
+    ] {
+        let bootstrap = bootstrap.clone();
+        let records = tokio::task::spawn_blocking(move || {
+            let security = [
+                ("security.protocol", "sasl_plaintext"),
+                ("sasl.mechanism", mechanism),
+                ("sasl.username", user),
+                ("sasl.password", password),
+            ];
+            read_topic_with(&bootstrap, &security, topic, 5, Duration::from_secs(30))
+        })
+        .await??;
+        assert_eq!(
+            record_ids(&records),
+            ids_of(&events),
+            "{topic}: every event, once"
+        );
+        assert_eq!(records.len(), 5, "{topic}: one record per event");
+    }
+    for sink in ["wrong-password", "unknown-user"] {
+        receiver
+            .wait_metric_at_least(
+                &format!(r#"metahook_sink_deliveries_total{{result="error",sink="{sink}"}}"#),
+                2.0,
+                Duration::from_secs(30),
+                &format!("the refused SCRAM login of {sink} never counted as a failed attempt"),
+            )
+            .await?;
+        let lag = receiver
+            .metric(&format!(r#"metahook_sink_lag_events{{sink="{sink}"}}"#))
+            .await?;
+        assert_eq!(lag, 5.0, "{sink}: every event waits");
+        assert_eq!(
+            receiver
+                .metric(&format!(
+                    r#"metahook_dead_letter_events_total{{sink="{sink}"}}"#
+                ))
+                .await
+                .unwrap_or(0.0),
+            0.0,
+            "{sink}: a refused login is no dead letter"
+        );
+    }
     drop(broker);
     Ok(())
+}
+
+/// TLS (tansu 0.6 cannot serve it: its `broker --cert` and `--key` are declared in one
+/// exclusive argument group) through the tests' TLS front, which requires a client
+/// certificate from the test's CA and which the broker advertises, so every connection
+/// after the bootstrap is TLS too. A sink trusting the CA and presenting a client
+/// certificate delivers, read back by a consumer over TLS; one trusting another CA, and one
+/// presenting no certificate, are refused and their events wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_client_certificate_delivers_and_bad_ones_only_wait() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ca = Ca::new("kafka test CA")?;
+    let ca_file = ca.write(&dir.path().join("ca.crt"))?;
+    let other_ca_file = Ca::new("another CA")?.write(&dir.path().join("other-ca.crt"))?;
+    let (cert_file, key_file) = ca
+        .client("metahook-receiver", true, Validity::Current)?
+        .write(dir.path(), "client")?;
+    let front_port = free_port()?;
+    let broker = Tansu::start_advertising(free_port()?, front_port)?;
+    broker.create_topic("tls", 1)?;
+    let front = TlsFront::start(
+        front_port,
+        &ca.server("kafka")?,
+        Some(&ca),
+        broker.listener(),
+    )?;
+    let bootstrap = front.address();
+    let tls_sink = |name: &str, ca: &Path, client: bool| {
+        let mut sink = kafka_sink(&bootstrap, "tls");
+        sink.name = name.into();
+        if let SinkKind::Kafka(kafka) = &mut sink.kind {
+            kafka.tls = true;
+            kafka.ca_file = Some(ca.to_owned());
+            if client {
+                kafka.client_cert_file = Some(cert_file.clone());
+                kafka.client_key_file = Some(key_file.clone());
+            }
+        }
+        sink
+    };
+    let sinks = [
+        tls_sink("mtls", &ca_file, true),
+        tls_sink("other-ca", &other_ca_file, true),
+        tls_sink("no-certificate", &ca_file, false),
+    ];
+    let receiver = TestReceiver::start_with(|config, _| config.sinks.extend(sinks)).await?;
+    for n in 0..5 {
+        ensure!(receiver.post(&body(n)).await?.status == StatusCode::OK);
+    }
+    let events = receiver.wait_for_events(5, Duration::from_secs(30)).await?;
+    receiver
+        .wait_delivered("mtls", 5, Duration::from_secs(30))
+        .await?;
+    let records = tokio::task::spawn_blocking({
+        let bootstrap = bootstrap.clone();
+        let (ca, cert, key) = (
+            path_text(&ca_file),
+            path_text(&cert_file),
+            path_text(&key_file),
+        );
+        move || {
+            let security = [
+                ("security.protocol", "ssl"),
+                ("ssl.ca.location", ca.as_str()),
+                ("ssl.certificate.location", cert.as_str()),
+                ("ssl.key.location", key.as_str()),
+            ];
+            read_topic_with(&bootstrap, &security, "tls", 5, Duration::from_secs(30))
+        }
+    })
+    .await??;
+    assert_eq!(
+        record_ids(&records),
+        ids_of(&events),
+        "every event over TLS, once"
+    );
+    assert_eq!(records.len(), 5, "one record per event");
+    for sink in ["other-ca", "no-certificate"] {
+        receiver
+            .wait_metric_at_least(
+                &format!(r#"metahook_sink_deliveries_total{{result="error",sink="{sink}"}}"#),
+                2.0,
+                Duration::from_secs(30),
+                &format!("the refused TLS connection of {sink} never counted as a failed attempt"),
+            )
+            .await?;
+        let lag = receiver
+            .metric(&format!(r#"metahook_sink_lag_events{{sink="{sink}"}}"#))
+            .await?;
+        assert_eq!(lag, 5.0, "{sink}: every event waits");
+        assert_eq!(
+            receiver
+                .metric(&format!(
+                    r#"metahook_dead_letter_events_total{{sink="{sink}"}}"#
+                ))
+                .await
+                .unwrap_or(0.0),
+            0.0,
+            "{sink}: a refused TLS connection is no dead letter"
+        );
+    }
+    ensure!(
+        front.refused_handshakes() >= 1,
+        "the front refused no handshake: the client without a certificate got through"
+    );
+    drop(front);
+    drop(broker);
+    Ok(())
+}
+
+/// SASL over TLS (`sasl_ssl`): SCRAM-SHA-512 through a TLS front that asks for no client
+/// certificate (the login is the identity), to a broker that demands a login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_over_tls_delivers() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ca = Ca::new("kafka test CA")?;
+    let ca_file = ca.write(&dir.path().join("ca.crt"))?;
+    let front_port = free_port()?;
+    let broker = Tansu::start_authenticated(
+        free_port()?,
+        front_port,
+        dir.path(),
+        &[ScramUser {
+            name: "tls-user",
+            password: "tls-pass",
+            mechanism: SaslMechanism::ScramSha512,
+        }],
+        &["sasl-ssl"],
+    )?;
+    let front = TlsFront::start(front_port, &ca.server("kafka")?, None, broker.listener())?;
+    let bootstrap = front.address();
+    let mut sink = scram_sink(
+        "sasl-ssl",
+        &bootstrap,
+        "sasl-ssl",
+        SaslMechanism::ScramSha512,
+        dir.path(),
+        "tls-user",
+        "tls-pass",
+    )?;
+    if let SinkKind::Kafka(kafka) = &mut sink.kind {
+        kafka.ca_file = Some(ca_file.clone());
+    }
+    let receiver = TestReceiver::start_with(|config, _| config.sinks.push(sink)).await?;
+    for n in 0..5 {
+        ensure!(receiver.post(&body(n)).await?.status == StatusCode::OK);
+    }
+    let events = receiver.wait_for_events(5, Duration::from_secs(30)).await?;
+    receiver
+        .wait_delivered("sasl-ssl", 5, Duration::from_secs(30))
+        .await?;
+    let records = tokio::task::spawn_blocking({
+        let ca = path_text(&ca_file);
+        move || {
+            let security = [
+                ("security.protocol", "sasl_ssl"),
+                ("ssl.ca.location", ca.as_str()),
+                ("sasl.mechanism", "SCRAM-SHA-512"),
+                ("sasl.username", "tls-user"),
+                ("sasl.password", "tls-pass"),
+            ];
+            read_topic_with(
+                &bootstrap,
+                &security,
+                "sasl-ssl",
+                5,
+                Duration::from_secs(30),
+            )
+        }
+    })
+    .await??;
+    assert_eq!(
+        record_ids(&records),
+        ids_of(&events),
+        "every event over SASL_SSL, once"
+    );
+    assert_eq!(records.len(), 5, "one record per event");
+    drop(front);
+    drop(broker);
+    Ok(())
+}
+
+fn path_text(path: &Path) -> String {
+    path.display().to_string()
 }
