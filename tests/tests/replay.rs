@@ -297,6 +297,36 @@ async fn http_gets_original_ids_and_the_marker_through_the_command_line() -> Res
     ensure!(code == 0, "dry run: {code} {out} {err}");
     assert_eq!(serde_json::from_str::<Value>(&out)?["matched"], 1, "{out}");
 
+    // Delivered for real, the filter still sends only what it names: the two statuses
+    // (bodies 1 and 3), nothing else.
+    let (code, out, err) = remote(&["--type", "statuses", "--json"]).await?;
+    ensure!(code == 0, "filtered replay: {code} {out} {err}");
+    let summary: Value = serde_json::from_str(&out)?;
+    assert_eq!(
+        (summary["matched"].as_u64(), summary["delivered"].as_u64()),
+        (Some(2), Some(2)),
+        "{summary}"
+    );
+    let filtered: Vec<Value> = downstream.received()[4..]
+        .iter()
+        .map(|request| serde_json::from_slice(&request.body))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(filtered.len(), 2, "only the two statuses arrived");
+    let mut filtered_ids = Vec::new();
+    for event in &filtered {
+        assert_eq!(event["field"], "statuses", "only statuses: {event}");
+        assert_eq!(event["replayed"], true, "the marker field");
+        let id = event["id"].as_str().context("an event without id")?;
+        ensure!(first.iter().any(|f| f == id), "{id} is an original id");
+        filtered_ids.push(id.to_owned());
+    }
+    filtered_ids.dedup();
+    assert_eq!(
+        filtered_ids.len(),
+        2,
+        "two distinct statuses: {filtered_ids:?}"
+    );
+
     let (code, out, err) = remote(&["--json"]).await?;
     ensure!(code == 0, "replay: {code} {out} {err}");
     let summary: Value = serde_json::from_str(&out)?;
@@ -307,12 +337,12 @@ async fn http_gets_original_ids_and_the_marker_through_the_command_line() -> Res
     );
     let received = downstream.received();
     ensure!(
-        received.len() == 8,
-        "4 first deliveries and 4 replays: {}",
+        received.len() == 10,
+        "4 first deliveries, 2 filtered and 4 full replays: {}",
         received.len()
     );
     let mut replayed = Vec::new();
-    for request in &received[4..] {
+    for request in &received[6..] {
         let event: Value = serde_json::from_slice(&request.body)?;
         assert_eq!(request.replay, "1", "X-Metahook-Replay");
         assert_eq!(event["replayed"], true, "the marker field");
