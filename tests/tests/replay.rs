@@ -1,7 +1,8 @@
 //! Replay (docs/replay.md) against real destinations: an emptied PostgreSQL table gets every
 //! event since T back exactly once by id; an HTTP destination receives replayed events with
 //! their original ids and the replay marker; filters select only what they name; a window
-//! beyond what the spool holds is refused with the available range; replays run against a
+//! beyond what the spool holds is refused with the available range; a purged JetStream
+//! stream gets recent events back despite its duplicate window; replays run against a
 //! running receiver (its admin endpoint, from the command line too) and on a stopped spool.
 
 #![allow(clippy::print_stderr)] // tests report on stderr
@@ -14,8 +15,8 @@ use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use metahook_receiver::config::{
-    AdminConfig, Config, HttpSinkConfig, PostgresSinkConfig, RetentionConfig, RetryConfig,
-    SinkConfig, SinkKind,
+    AdminConfig, Config, HttpSinkConfig, NatsSinkConfig, PostgresSinkConfig, RetentionConfig,
+    RetryConfig, SinkConfig, SinkKind,
 };
 use metahook_tests::downstream::{Downstream, new_state};
 use metahook_tests::testkit::{self, TestReceiver};
@@ -23,6 +24,7 @@ use serde_json::{Value, json};
 
 const TOKEN: &str = "admin-token-for-tests";
 const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+const NATS_URL: &str = "nats://127.0.0.1:4222";
 
 fn now() -> String {
     humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string()
@@ -216,6 +218,102 @@ async fn an_emptied_postgres_table_gets_every_event_since_t_back_once() -> Resul
     db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
         .await?;
     Ok(())
+}
+
+/// JetStream keeps a stream's message ids for its duplicate window (2 minutes by default),
+/// purge or not: a replay published under the event ids would be dropped as duplicates.
+/// Replayed events have ids of their own, so a stream that lost its messages (purged here,
+/// seconds after the first delivery) gets them back with their original event ids and the
+/// marker; a second replay inside the first one's window is de-duplicated (docs/replay.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purged_jetstream_stream_gets_recent_events_back() -> Result<()> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let stream = format!("REPLAY{}x{nanos}", std::process::id());
+    let prefix = stream.to_lowercase();
+    let receiver = TestReceiver::start_with(|config, dir| {
+        replayable(config, dir);
+        config.sinks.push(SinkConfig {
+            name: "bus".into(),
+            retry: RetryConfig::default(),
+            kind: SinkKind::Nats(NatsSinkConfig {
+                url: NATS_URL.to_owned(),
+                subject: format!("{prefix}.{{platform}}.{{field}}"),
+                stream: Some(stream.clone()),
+                create_stream: true,
+                ..NatsSinkConfig::new(String::new())
+            }),
+        });
+    })
+    .await?;
+    let since = now();
+    for n in 0..3 {
+        ensure!(receiver.post(&body(n, false)).await?.status == StatusCode::OK);
+    }
+    receiver
+        .wait_delivered("bus", 3, Duration::from_secs(30))
+        .await?;
+    let client = async_nats::connect(NATS_URL)
+        .await
+        .context("NATS must run on 127.0.0.1:4222 with JetStream (scripts/test.sh starts it)")?;
+    let js = async_nats::jetstream::new(client);
+    let mut handle = js.get_stream(&stream).await.context("the sink's stream")?;
+    assert_eq!(handle.info().await?.state.messages, 3);
+    let first: Vec<String> = stored(&js, &stream)
+        .await?
+        .iter()
+        .map(|(_, event)| event["id"].as_str().unwrap_or("").to_owned())
+        .collect();
+    handle.purge().await.context("purging the stream")?;
+    assert_eq!(handle.info().await?.state.messages, 0);
+
+    let done = replay_via_admin(&receiver, json!({"sink": "bus", "since": since})).await?;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["delivered"].as_u64(), Some(3), "{done}");
+    let back = stored(&js, &stream).await?;
+    assert_eq!(back.len(), 3, "the purged stream has the events again");
+    let mut ids = Vec::new();
+    for (replay_header, event) in &back {
+        assert_eq!(replay_header.as_deref(), Some("1"), "Metahook-Replay");
+        assert_eq!(event["replayed"], true, "the marker field");
+        ids.push(event["id"].as_str().unwrap_or("").to_owned());
+    }
+    ids.sort();
+    let mut first = first;
+    first.sort();
+    assert_eq!(ids, first, "the original event ids");
+
+    // A second replay inside the first one's duplicate window: acknowledged, not stored.
+    let again = replay_via_admin(&receiver, json!({"sink": "bus", "since": since})).await?;
+    assert_eq!(again["state"], "succeeded", "{again}");
+    assert_eq!(handle.info().await?.state.messages, 3, "de-duplicated");
+    js.delete_stream(&stream).await?;
+    Ok(())
+}
+
+/// Every message of `stream`, in order: its `Metahook-Replay` header and its event.
+async fn stored(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+) -> Result<Vec<(Option<String>, Value)>> {
+    let handle = js.get_stream(stream).await?;
+    let info = handle.get_info().await?;
+    let mut messages = Vec::new();
+    for seq in info.state.first_sequence..=info.state.last_sequence {
+        if info.state.messages == 0 {
+            break;
+        }
+        let Ok(message) = handle.get_raw_message(seq).await else {
+            continue; // purged
+        };
+        let replay = message
+            .headers
+            .get("Metahook-Replay")
+            .map(|v| v.as_str().to_owned());
+        messages.push((replay, serde_json::from_slice(&message.payload)?));
+    }
+    Ok(messages)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,6 +8,8 @@
 //! batch arrived; after a failure the batch is published again from its first event, and
 //! JetStream drops what it already stored through the message ids (within the stream's
 //! duplicate window), so a restart or an outage delivers each event into the stream once.
+//! A replayed event has a message id of its own ([`replay_msg_id`]), so the stream stores it
+//! again.
 
 mod auth;
 mod request;
@@ -148,9 +150,11 @@ impl Sink for NatsSink {
                 .map_err(|e| self.remote("spooled event is not an event", e))?;
             let subject = render_subject(&self.config.subject, &head);
             let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", head.id);
             if crate::event::is_replayed(&event.json) {
+                headers.insert("Nats-Msg-Id", replay_msg_id(head.id).as_str());
                 headers.insert("Metahook-Replay", "1");
+            } else {
+                headers.insert("Nats-Msg-Id", head.id);
             }
             let ack = context
                 .publish_with_headers(subject, headers, Bytes::copy_from_slice(&event.json))
@@ -167,6 +171,16 @@ impl Sink for NatsSink {
     fn batch_size(&self) -> usize {
         BATCH
     }
+}
+
+/// A replayed event's `Nats-Msg-Id`: the event id with `:replay` after it. JetStream keeps
+/// the ids it stored for the stream's duplicate window (2 minutes by default, and purging
+/// the stream does not forget them), so with the event id itself a replay of a recent event
+/// would be dropped as a duplicate of the first delivery. With its own id a replay is stored;
+/// a retried batch of that replay is still de-duplicated, and so is a second replay of the
+/// same event inside the window of the first (docs/replay.md).
+fn replay_msg_id(event_id: &str) -> String {
+    format!("{event_id}:replay")
 }
 
 impl NatsSink {
