@@ -70,6 +70,10 @@ impl TlsFront {
             .enable_all()
             .build()
             .context("the TLS front's runtime")?;
+        let listener = {
+            let _context = runtime.enter();
+            TcpListener::from_std(listener).context("the TLS front's listener")?
+        };
         let refused = Arc::new(AtomicU64::new(0));
         let (stop, stopped) = oneshot::channel();
         let counter = Arc::clone(&refused);
@@ -77,9 +81,6 @@ impl TlsFront {
             .name("tls-front".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    let Ok(listener) = TcpListener::from_std(listener) else {
-                        return;
-                    };
                     tokio::select! {
                         _ = stopped => {}
                         () = accept_loop(listener, acceptor, upstream, counter) => {}
