@@ -598,6 +598,38 @@ fn record_ids(records: &[Record]) -> BTreeSet<String> {
         .collect()
 }
 
+/// `sink`'s attempts fail (counted as errors, at least twice: retried), its `events` wait,
+/// and none became a dead letter: a refused login or handshake only delays.
+async fn refused_and_waiting(receiver: &TestReceiver, sink: &str, events: usize) -> Result<()> {
+    receiver
+        .wait_metric_at_least(
+            &format!(r#"metahook_sink_deliveries_total{{result="error",sink="{sink}"}}"#),
+            2.0,
+            Duration::from_secs(30),
+            &format!("{sink}: the refused connection never counted as a failed attempt"),
+        )
+        .await?;
+    receiver
+        .wait_metric_at_least(
+            &format!(r#"metahook_sink_lag_events{{sink="{sink}"}}"#),
+            events as f64,
+            Duration::from_secs(10),
+            &format!("{sink}: every event waits"),
+        )
+        .await?;
+    let dead = receiver
+        .metric(&format!(
+            r#"metahook_dead_letter_events_total{{sink="{sink}"}}"#
+        ))
+        .await
+        .unwrap_or(0.0);
+    ensure!(
+        dead == 0.0,
+        "{sink}: {dead} dead letters from a refused connection"
+    );
+    Ok(())
+}
+
 /// SASL/SCRAM against tansu with `--authentication`: sinks logging in with SCRAM-SHA-256
 /// and SCRAM-SHA-512 as users the broker holds deliver every event, read back by consumers
 /// logging in the same way; a sink with a known user and a wrong password, and one with a
@@ -697,32 +729,7 @@ async fn scram_logins_deliver_and_bad_ones_only_wait() -> Result<()> {
         assert_eq!(records.len(), 5, "{topic}: one record per event");
     }
     for sink in ["wrong-password", "unknown-user"] {
-        receiver
-            .wait_metric_at_least(
-                &format!(r#"metahook_sink_deliveries_total{{result="error",sink="{sink}"}}"#),
-                2.0,
-                Duration::from_secs(30),
-                &format!("the refused SCRAM login of {sink} never counted as a failed attempt"),
-            )
-            .await?;
-        receiver
-            .wait_metric_at_least(
-                &format!(r#"metahook_sink_lag_events{{sink="{sink}"}}"#),
-                5.0,
-                Duration::from_secs(10),
-                &format!("{sink}: every event waits"),
-            )
-            .await?;
-        assert_eq!(
-            receiver
-                .metric(&format!(
-                    r#"metahook_dead_letter_events_total{{sink="{sink}"}}"#
-                ))
-                .await
-                .unwrap_or(0.0),
-            0.0,
-            "{sink}: a refused login is no dead letter"
-        );
+        refused_and_waiting(&receiver, sink, 5).await?;
     }
     drop(broker);
     Ok(())
@@ -804,32 +811,7 @@ async fn tls_with_a_client_certificate_delivers_and_bad_ones_only_wait() -> Resu
     );
     assert_eq!(records.len(), 5, "one record per event");
     for sink in ["other-ca", "no-certificate"] {
-        receiver
-            .wait_metric_at_least(
-                &format!(r#"metahook_sink_deliveries_total{{result="error",sink="{sink}"}}"#),
-                2.0,
-                Duration::from_secs(30),
-                &format!("the refused TLS connection of {sink} never counted as a failed attempt"),
-            )
-            .await?;
-        receiver
-            .wait_metric_at_least(
-                &format!(r#"metahook_sink_lag_events{{sink="{sink}"}}"#),
-                5.0,
-                Duration::from_secs(10),
-                &format!("{sink}: every event waits"),
-            )
-            .await?;
-        assert_eq!(
-            receiver
-                .metric(&format!(
-                    r#"metahook_dead_letter_events_total{{sink="{sink}"}}"#
-                ))
-                .await
-                .unwrap_or(0.0),
-            0.0,
-            "{sink}: a refused TLS connection is no dead letter"
-        );
+        refused_and_waiting(&receiver, sink, 5).await?;
     }
     ensure!(
         front.refused_handshakes() >= 1,
