@@ -1,5 +1,5 @@
 # tansu, a Kafka-compatible broker written in Rust (crates.io), for the Kafka sink's tests
-# (receiver/tests/kafka*.rs) and benchmark: Apache Kafka itself is in none of the registries
+# (tests/tests/kafka_sink.rs) and benchmark: Apache Kafka itself is in none of the registries
 # this machine reaches. The default features carry no storage engine, so `dynostore` (the
 # `memory://` engine most tests use) is named, `libsql` (the `sqlite://` file in which the
 # SASL tests create their SCRAM users before the broker demands logins, tests/src/tansu.rs)
