@@ -244,17 +244,11 @@ impl KafkaSinkConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Config, SinkKind};
+    use crate::SinkKind;
 
     /// A configuration whose one sink is `kafka: {SINK}`.
     fn parse(sink: &str) -> Result<KafkaSinkConfig, String> {
-        let yaml = format!(
-            "listen: 127.0.0.1:8080\nendpoints:\n  - {{name: wa, path: /wa, app_secret_file: a, verify_token_file: v}}\nspool: {{dir: data}}\nsinks:\n  - name: bus\n    kafka: {{{sink}}}\n"
-        );
-        match Config::parse(&yaml).map_err(|e| e.to_string())?.sinks[0]
-            .kind
-            .clone()
-        {
+        match crate::sink::parse_one_sink("kafka", sink)? {
             SinkKind::Kafka(kafka) => Ok(kafka),
             other => Err(format!("not kafka: {other:?}")),
         }

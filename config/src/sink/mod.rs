@@ -160,3 +160,13 @@ pub(crate) fn deserialize_sinks<'de, D: Deserializer<'de>>(
         })
         .collect()
 }
+
+/// The sink of a configuration whose one sink is `KIND: {BODY}` (the sinks' tests).
+#[cfg(test)]
+pub(crate) fn parse_one_sink(kind: &str, body: &str) -> Result<SinkKind, String> {
+    let yaml = format!(
+        "listen: 127.0.0.1:8080\nendpoints:\n  - {{name: wa, path: /wa, app_secret_file: a, verify_token_file: v}}\nspool: {{dir: data}}\nsinks:\n  - name: bus\n    {kind}: {{{body}}}\n"
+    );
+    let config = crate::Config::parse(&yaml).map_err(|e| e.to_string())?;
+    Ok(config.sinks[0].kind.clone())
+}

@@ -166,17 +166,11 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::{Config, SinkKind};
+    use crate::SinkKind;
 
     /// A configuration whose one sink is `nats: {SINK}`.
     fn parse(sink: &str) -> Result<NatsSinkConfig, String> {
-        let yaml = format!(
-            "listen: 127.0.0.1:8080\nendpoints:\n  - {{name: wa, path: /wa, app_secret_file: a, verify_token_file: v}}\nspool: {{dir: data}}\nsinks:\n  - name: bus\n    nats: {{{sink}}}\n"
-        );
-        match Config::parse(&yaml).map_err(|e| e.to_string())?.sinks[0]
-            .kind
-            .clone()
-        {
+        match crate::sink::parse_one_sink("nats", sink)? {
             SinkKind::Nats(nats) => Ok(nats),
             other => Err(format!("not nats: {other:?}")),
         }

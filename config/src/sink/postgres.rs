@@ -214,15 +214,7 @@ mod tests {
 
     /// The postgres sink of a configuration whose one sink is `postgres: {SINK}`.
     fn parse(sink: &str) -> Result<PostgresSinkConfig, String> {
-        let yaml = format!(
-            "listen: 127.0.0.1:8080\nendpoints:\n  - {{name: wa, path: /wa, app_secret_file: a, verify_token_file: v}}\nspool: {{dir: data}}\nsinks:\n  - name: db\n    postgres: {{{sink}}}\n"
-        );
-        match crate::Config::parse(&yaml)
-            .map_err(|e| e.to_string())?
-            .sinks[0]
-            .kind
-            .clone()
-        {
+        match crate::sink::parse_one_sink("postgres", sink)? {
             crate::SinkKind::Postgres(postgres) => Ok(postgres),
             other => Err(format!("not postgres: {other:?}")),
         }
