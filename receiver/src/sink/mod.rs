@@ -16,6 +16,7 @@ pub mod kafka;
 pub mod kind;
 pub mod nats;
 pub mod postgres;
+mod secret;
 
 use std::future::Future;
 use std::time::Duration;

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use metahook_config::sink::kafka::{KafkaSaslConfig, KafkaSinkConfig};
 
+use crate::sink::secret::read_secret;
+
 /// SASL credentials as read from their files.
 #[derive(Clone, PartialEq, Eq)]
 pub(super) struct Credentials {
@@ -97,16 +99,6 @@ pub(super) fn client_properties(
 
 fn path(path: &Path) -> String {
     path.display().to_string()
-}
-
-/// A secret file's text without its trailing newlines; the error names the key and file.
-async fn read_secret(key: &str, path: &Path) -> Result<String, String> {
-    let bytes = tokio::fs::read(path)
-        .await
-        .map_err(|e| format!("cannot read {key} {}: {e}", path.display()))?;
-    let text = String::from_utf8(bytes)
-        .map_err(|_| format!("{key} {} is not UTF-8 text", path.display()))?;
-    Ok(text.trim_end_matches(['\n', '\r']).to_owned())
 }
 
 #[cfg(test)]

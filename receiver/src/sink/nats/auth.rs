@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+use crate::sink::secret::read_secret;
+
 /// A credential: a file's content, or what the URL carried.
 #[derive(Clone)]
 pub(super) enum Value {
@@ -76,16 +78,6 @@ impl Auth {
 fn sign(pair: &nkeys::KeyPair, nonce: &[u8], key: &str) -> Result<Vec<u8>, String> {
     pair.sign(nonce)
         .map_err(|e| format!("cannot sign the server's nonce with {key}: {e}"))
-}
-
-/// A secret file's text without its trailing newlines; the error names the key and file.
-async fn read_secret(key: &str, path: &std::path::Path) -> Result<String, String> {
-    let bytes = tokio::fs::read(path)
-        .await
-        .map_err(|e| format!("cannot read {key} {}: {e}", path.display()))?;
-    let text = String::from_utf8(bytes)
-        .map_err(|_| format!("{key} {} is not UTF-8 text", path.display()))?;
-    Ok(text.trim_end_matches(['\n', '\r']).to_owned())
 }
 
 /// The user JWT and the NKey seed of a `.creds` file: the first line after each
