@@ -825,12 +825,7 @@ impl Spool {
         let low = {
             let mut cursors = self.shared.cursors.lock().map_err(|_| SpoolError::Closed)?;
             cursors.insert(sink.to_owned(), cursor);
-            self.shared
-                .sinks
-                .iter()
-                .map(|s| cursors.get(s).map_or(0, |c| c.seq))
-                .min()
-                .unwrap_or(0)
+            self.lowest_cursor(&cursors)
         };
         self.compact(low)
     }
@@ -841,14 +836,19 @@ impl Spool {
     pub fn expire(&self) -> Result<(), SpoolError> {
         let low = {
             let cursors = self.shared.cursors.lock().map_err(|_| SpoolError::Closed)?;
-            self.shared
-                .sinks
-                .iter()
-                .map(|s| cursors.get(s).map_or(0, |c| c.seq))
-                .min()
-                .unwrap_or(0)
+            self.lowest_cursor(&cursors)
         };
         self.compact(low)
+    }
+
+    /// The seq every configured sink has passed (0 for a sink without a cursor yet).
+    fn lowest_cursor(&self, cursors: &HashMap<String, Cursor>) -> u64 {
+        self.shared
+            .sinks
+            .iter()
+            .map(|s| cursors.get(s).map_or(0, |c| c.seq))
+            .min()
+            .unwrap_or(0)
     }
 
     /// Deletes every segment whose events all have seq <= `low` (never the active one), or
