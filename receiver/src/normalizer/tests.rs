@@ -163,21 +163,29 @@ async fn accept(logs: &Logs, key: u8, ids: &[&str]) {
 
 /// Runs the stage until everything accepted is normalized, then stops it.
 async fn run_stage(logs: &Logs) {
-    let stage = Normalizer {
-        intake: Arc::clone(&logs.intake),
-        events: Arc::clone(&logs.events),
-        objects: HashMap::new(),
-        metrics: Arc::new(Metrics::new().expect("metrics")),
-        log_message_text: false,
-        enricher: None,
-    };
+    run_stage_with(logs, None).await;
+}
+
+/// [`run_stage`] with `enricher`.
+async fn run_stage_with(logs: &Logs, enricher: Option<Arc<dyn Enrich>>) {
     let (stop, stopped) = watch::channel(true);
-    let thread = stage.start(stopped).expect("start");
+    let thread = stage(logs, enricher).start(stopped).expect("start");
     tokio::task::spawn_blocking(move || thread.join())
         .await
         .expect("join task")
         .expect("stage thread");
     drop(stop);
+}
+
+fn stage(logs: &Logs, enricher: Option<Arc<dyn Enrich>>) -> Normalizer {
+    Normalizer {
+        intake: Arc::clone(&logs.intake),
+        events: Arc::clone(&logs.events),
+        objects: HashMap::new(),
+        metrics: Arc::new(Metrics::new().expect("metrics")),
+        log_message_text: false,
+        enricher,
+    }
 }
 
 fn ids(logs: &Logs) -> Vec<String> {
@@ -296,17 +304,6 @@ impl Enrich for GatedEnricher {
     }
 }
 
-fn stage(logs: &Logs, enricher: Option<Arc<dyn Enrich>>) -> Normalizer {
-    Normalizer {
-        intake: Arc::clone(&logs.intake),
-        events: Arc::clone(&logs.events),
-        objects: HashMap::new(),
-        metrics: Arc::new(Metrics::new().expect("metrics")),
-        log_message_text: false,
-        enricher,
-    }
-}
-
 async fn wait_for_ids(logs: &Logs, expected: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -390,13 +387,7 @@ async fn a_crash_while_a_record_is_enriched_enriches_it_again_and_nothing_else()
 
     let logs = open(dir.path());
     let (_open, enricher) = GatedEnricher::with_gate(true);
-    let (stop, stopped) = watch::channel(true);
-    let thread = stage(&logs, Some(enricher)).start(stopped).expect("start");
-    tokio::task::spawn_blocking(move || thread.join())
-        .await
-        .expect("join task")
-        .expect("stage thread");
-    drop(stop);
+    run_stage_with(&logs, Some(enricher)).await;
     assert_eq!(
         ids(&logs),
         ["m2", "lead1+enriched"],
@@ -420,13 +411,7 @@ async fn a_crash_while_a_record_is_enriched_enriches_it_again_and_nothing_else()
     drop(logs);
     let logs = open(dir.path());
     let (_open, enricher) = GatedEnricher::with_gate(true);
-    let (stop, stopped) = watch::channel(true);
-    let thread = stage(&logs, Some(enricher)).start(stopped).expect("start");
-    tokio::task::spawn_blocking(move || thread.join())
-        .await
-        .expect("join task")
-        .expect("stage thread");
-    drop(stop);
+    run_stage_with(&logs, Some(enricher)).await;
     assert_eq!(
         ids(&logs),
         ["m2", "lead1+enriched", "lead1+enriched"],
