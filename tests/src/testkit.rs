@@ -337,6 +337,16 @@ impl TestReceiver {
     }
 }
 
+/// `prefix` followed by this process's id and the clock's nanoseconds: a name (a JetStream
+/// stream, a PostgreSQL schema, a subject token) no other test or run uses at once on the
+/// machine's shared servers.
+pub fn unique_name(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{prefix}{}_{nanos}", std::process::id())
+}
+
 /// The value of `sample` (e.g. `metahook_requests_total{code="200",endpoint="meta",method="POST"}`).
 pub fn metric_value(text: &str, sample: &str) -> Option<f64> {
     text.lines()

@@ -17,13 +17,6 @@ use metahook_tests::testkit::{self, TestReceiver};
 
 const SHARED_NATS: &str = "nats://127.0.0.1:4222";
 
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!("{prefix}{}x{nanos}", std::process::id())
-}
-
 fn nats_sink(url: &str, stream: &str, subject_prefix: &str) -> SinkConfig {
     SinkConfig {
         name: "bus".into(),
@@ -71,8 +64,8 @@ async fn every_event_reaches_jetstream_once() -> Result<()> {
         .await
         .context("NATS with JetStream must run on 127.0.0.1:4222 (scripts/test.sh starts it)")?;
     let js = async_nats::jetstream::new(client);
-    let stream = unique("METAHOOK_TEST_");
-    let prefix = unique("mhtest");
+    let stream = testkit::unique_name("METAHOOK_TEST_");
+    let prefix = testkit::unique_name("mhtest");
     let receiver = TestReceiver::start_with(|config, _| {
         config.sinks.push(nats_sink(SHARED_NATS, &stream, &prefix));
     })

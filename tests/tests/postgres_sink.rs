@@ -19,10 +19,7 @@ use tokio_postgres::NoTls;
 const URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 fn unique_schema() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!("metahook_test_{}_{nanos}", std::process::id())
+    testkit::unique_name("metahook_test_")
 }
 
 fn store_config(schema: &str) -> PostgresSinkConfig {

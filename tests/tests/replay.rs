@@ -155,10 +155,7 @@ async fn an_emptied_postgres_table_gets_every_event_since_t_back_once() -> Resul
             "PostgreSQL must run on 127.0.0.1:5432 with database test (scripts/test.sh starts it)",
         )?;
     tokio::spawn(connection);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let schema = format!("metahook_replay_{}_{nanos}", std::process::id());
+    let schema = testkit::unique_name("metahook_replay_");
     let receiver = TestReceiver::start_with(|config, dir| {
         replayable(config, dir);
         config.sinks.push(SinkConfig {
@@ -227,10 +224,7 @@ async fn an_emptied_postgres_table_gets_every_event_since_t_back_once() -> Resul
 /// marker; a second replay inside the first one's window is de-duplicated (docs/replay.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purged_jetstream_stream_gets_recent_events_back() -> Result<()> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let stream = format!("REPLAY{}x{nanos}", std::process::id());
+    let stream = testkit::unique_name("REPLAY");
     let prefix = stream.to_lowercase();
     let receiver = TestReceiver::start_with(|config, dir| {
         replayable(config, dir);
