@@ -417,6 +417,20 @@ pub async fn request(
     request_over(addr, &Transport::Plain, method, path, headers, body).await
 }
 
+/// POSTs `body` to `path` on `addr`, signed with [`SECRET`] as Meta signs (a receiver
+/// process of a test's own; [`TestReceiver::post`] for one in the test's process).
+pub async fn post_signed(addr: SocketAddr, path: &str, body: &[u8]) -> Result<Reply> {
+    let signature = verify::sign(SECRET, body);
+    request(
+        addr,
+        Method::POST,
+        path,
+        &[("x-hub-signature-256", signature.as_str())],
+        Bytes::copy_from_slice(body),
+    )
+    .await
+}
+
 /// [`request`] over `transport` (plain HTTP or HTTPS).
 pub async fn request_over(
     addr: SocketAddr,

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use metahook_receiver::verify;
 use metahook_tests::downstream::{Downstream, Mode, new_state};
 use metahook_tests::testkit::{self, ReceiverProcess, SECRET};
 
@@ -65,13 +64,7 @@ fn ids(prefix: &str, count: usize) -> Vec<String> {
 }
 
 async fn post(addr: SocketAddr, payload: Vec<u8>) -> Result<StatusCode> {
-    let signature = verify::sign(SECRET, &payload);
-    let headers = [("x-hub-signature-256", signature.as_str())];
-    Ok(
-        testkit::request(addr, Method::POST, PATH, &headers, payload.into())
-            .await?
-            .status,
-    )
+    Ok(testkit::post_signed(addr, PATH, &payload).await?.status)
 }
 
 async fn get(addr: SocketAddr, path: &str) -> Result<testkit::Reply> {

@@ -519,19 +519,13 @@ async fn a_slow_graph_api_holds_back_only_its_lead_while_other_endpoints_deliver
     assert_eq!(lead["lead"]["field_data"][0]["name"], "email", "{lead}");
 }
 
-/// POSTs `body` signed with [`SECRET`] to `path` of a receiver process on `addr`.
+/// The status of `body` POSTed, signed, to `path` of a receiver process on `addr`.
 async fn post_signed(addr: std::net::SocketAddr, path: &str, body: &[u8]) -> u16 {
-    let signature = metahook_receiver::verify::sign(SECRET, body);
-    let reply = metahook_tests::testkit::request(
-        addr,
-        Method::POST,
-        path,
-        &[("x-hub-signature-256", signature.as_str())],
-        bytes::Bytes::copy_from_slice(body),
-    )
-    .await
-    .expect("post");
-    reply.status.as_u16()
+    metahook_tests::testkit::post_signed(addr, path, body)
+        .await
+        .expect("post")
+        .status
+        .as_u16()
 }
 
 /// kill -9 of the real binary while a lead waits at a slow Graph API, after the requests

@@ -548,15 +548,7 @@ async fn stopping_the_broker_then_killing_the_receiver_mid_window_loses_and_doub
     let receiver = testkit::ReceiverProcess::start(&config, addr).await?;
     for r in 0..REQUESTS {
         let payload = many(r * PER_REQUEST, PER_REQUEST);
-        let signature = metahook_receiver::verify::sign(testkit::SECRET, &payload);
-        let reply = testkit::request(
-            addr,
-            http::Method::POST,
-            "/webhooks/whatsapp",
-            &[("x-hub-signature-256", signature.as_str())],
-            payload.into(),
-        )
-        .await?;
+        let reply = testkit::post_signed(addr, "/webhooks/whatsapp", &payload).await?;
         ensure!(
             reply.status == StatusCode::OK,
             "request {r}: {}",
