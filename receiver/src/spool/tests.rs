@@ -595,13 +595,13 @@ async fn a_clean_close_does_not_poison() {
     assert!(matches!(closed, Err(SpoolError::Closed)), "{closed:?}");
 }
 
-#[tokio::test]
-async fn retention_keeps_delivered_segments_within_its_bytes_and_age() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut retained = config(dir.path());
+/// A spool under `dir` (one sink, `a`) that keeps delivered segments for `max_age`,
+/// holding twelve 1.5 KB events (seqs 1..=12, a few to each 4 KB segment); with its config.
+async fn twelve_retained(dir: &Path, max_age: Duration) -> (SpoolConfig, Spool) {
+    let mut retained = config(dir);
     retained.preallocate_segments = false;
     retained.retention = Some(metahook_config::RetentionConfig {
-        max_age: Some(Duration::from_secs(3600)),
+        max_age: Some(max_age),
         max_bytes: 0,
     });
     let spool = Spool::open(&retained, &["a".to_owned()]).expect("open");
@@ -612,6 +612,13 @@ async fn retention_keeps_delivered_segments_within_its_bytes_and_age() {
             .await
             .expect("append");
     }
+    (retained, spool)
+}
+
+#[tokio::test]
+async fn retention_keeps_delivered_segments_within_its_bytes_and_age() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut retained, spool) = twelve_retained(dir.path(), Duration::from_secs(3600)).await;
     let bytes_before = spool.stats().bytes;
     spool.commit_cursor("a", Cursor::at(12, 0)).expect("cursor");
     // Everything delivered, nothing deleted: all of it can be read again.
@@ -662,20 +669,7 @@ async fn retention_keeps_delivered_segments_within_its_bytes_and_age() {
 #[tokio::test]
 async fn retained_segments_expire_by_age() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut retained = config(dir.path());
-    retained.preallocate_segments = false;
-    retained.retention = Some(metahook_config::RetentionConfig {
-        max_age: Some(Duration::from_millis(200)),
-        max_bytes: 0,
-    });
-    let spool = Spool::open(&retained, &["a".to_owned()]).expect("open");
-    let big = "x".repeat(1500);
-    for i in 0..12u8 {
-        spool
-            .append([i + 1; 16], events(&[&big]))
-            .await
-            .expect("append");
-    }
+    let (_, spool) = twelve_retained(dir.path(), Duration::from_millis(200)).await;
     spool.commit_cursor("a", Cursor::at(12, 0)).expect("cursor");
     assert!(spool.retained().bytes > 0, "kept at first");
     // Expiry is what a receiver's gauge tick calls; wait for the age to pass.
