@@ -527,6 +527,17 @@ impl Kubelet {
         out
     }
 
+    /// Ends a scenario: fails naming what the harness could not do, if anything; else
+    /// [`Kubelet::shutdown`].
+    pub async fn finish(self) -> Result<()> {
+        let errors = self.errors();
+        anyhow::ensure!(
+            errors.is_empty(),
+            "the kubelet harness failed at: {errors:#?}"
+        );
+        self.shutdown().await
+    }
+
     /// Stops: every container is removed (with its logs printed: a failing test shows
     /// them), the node is deleted. Pods left in the API are removed by the pod garbage
     /// collector once their node is gone.

@@ -217,9 +217,7 @@ async fn a_replay_on_two_receiver_pods_reports_what_the_sink_received_again() ->
         pods.len(),
         started.elapsed().as_secs_f64()
     );
-    let errors = kubelet.errors();
-    ensure!(errors.is_empty(), "the kubelet harness: {errors:?}");
-    kubelet.shutdown().await?;
+    kubelet.finish().await?;
     assert_clean_log(&scene.operator)?;
     Ok(())
 }

@@ -380,9 +380,7 @@ async fn a_rollout_and_a_scale_down_while_the_sink_is_down_lose_no_acknowledged_
         acknowledged.len(),
         started.elapsed().as_secs_f64()
     );
-    let errors = kubelet.errors();
-    ensure!(errors.is_empty(), "the kubelet harness: {errors:?}");
-    kubelet.shutdown().await?;
+    kubelet.finish().await?;
     assert_clean_log(&scene.operator)?;
     Ok(())
 }
