@@ -476,27 +476,13 @@ async fn a_slow_graph_api_holds_back_only_its_lead_while_other_endpoints_deliver
     .expect("receiver");
     let reply = receiver.post(&lead_body("L1")).await.expect("post lead");
     assert_eq!(reply.status, 200, "{}", reply.text());
-    let held = || async { Ok(graph.leads_held() == 1) };
-    metahook_tests::testkit::wait_until(
-        "the lead's read waits at the Graph API",
-        Duration::from_secs(20),
-        held,
-    )
-    .await
-    .expect("the lead is being read");
+    wait_lead_held(&graph).await;
 
     for id in ["wamid.A", "wamid.B", "wamid.C"] {
-        let body = message_body(id);
-        let signature = metahook_receiver::verify::sign(SECRET, &body);
-        let reply = receiver
-            .post_with(
-                WHATSAPP_PATH,
-                &[("x-hub-signature-256", signature.as_str())],
-                &body,
-            )
-            .await
-            .expect("post message");
-        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(
+            post_signed(receiver.addr, WHATSAPP_PATH, &message_body(id)).await,
+            200
+        );
     }
     let delivered = receiver
         .wait_for_events(3, Duration::from_secs(20))
@@ -517,6 +503,17 @@ async fn a_slow_graph_api_holds_back_only_its_lead_while_other_endpoints_deliver
     assert_eq!(lead["kind"], "lead", "{events:?}");
     assert_eq!(lead["lead"]["enrichment"]["outcome"], "ok", "{lead}");
     assert_eq!(lead["lead"]["field_data"][0]["name"], "email", "{lead}");
+}
+
+/// Waits until one lead read is held at the fake Graph API.
+async fn wait_lead_held(graph: &FakeGraph) {
+    metahook_tests::testkit::wait_until(
+        "the lead's read waits at the Graph API",
+        Duration::from_secs(20),
+        || async { Ok(graph.leads_held() == 1) },
+    )
+    .await
+    .expect("the lead is being read");
 }
 
 /// The status of `body` POSTed, signed, to `path` of a receiver process on `addr`.
@@ -569,14 +566,7 @@ async fn a_kill_9_while_a_lead_waits_delivers_it_once_after_the_restart() {
         post_signed(addr, metahook_tests::testkit::PATH, &lead_body("L1")).await,
         200
     );
-    let held = || async { Ok(graph.leads_held() == 1) };
-    metahook_tests::testkit::wait_until(
-        "the lead's read waits at the Graph API",
-        Duration::from_secs(20),
-        held,
-    )
-    .await
-    .expect("the lead is being read");
+    wait_lead_held(&graph).await;
     for id in ["wamid.A", "wamid.B"] {
         assert_eq!(
             post_signed(addr, WHATSAPP_PATH, &message_body(id)).await,
