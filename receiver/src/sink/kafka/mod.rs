@@ -47,8 +47,8 @@ pub struct KafkaSink {
     /// The credentials the producer was made with: a change (a rotated Secret) makes a new
     /// producer at the next open.
     credentials: Option<Credentials>,
-    /// Records of a failed attempt the broker acknowledged: (seq, event id). The retry of
-    /// the batch skips them; cleared when a batch is delivered.
+    /// Records of failed attempts the broker acknowledged: (seq, event id). The retry of
+    /// the batch skips them; cleared when a batch is delivered (so empty on the hot path).
     acknowledged: HashSet<(u64, String)>,
 }
 
@@ -101,6 +101,21 @@ impl KafkaSink {
     }
 }
 
+impl KafkaSink {
+    /// After a failed attempt: the records of `batch` at `stored` the broker acknowledged,
+    /// which the retry skips. Kept by (seq, event id): in direct mode seqs restart at 0 with
+    /// every request.
+    fn remember(&mut self, batch: &[Spooled], stored: &[usize]) {
+        for &index in stored {
+            let event = &batch[index];
+            // It parsed when it was produced.
+            if let Ok(head) = serde_json::from_slice::<Head<'_>>(&event.json) {
+                self.acknowledged.insert((event.seq, head.id.into_owned()));
+            }
+        }
+    }
+}
+
 impl Sink for KafkaSink {
     async fn open(&mut self, _state: Option<u64>) -> Result<Option<u64>, SinkError> {
         let credentials = match &self.config.sasl {
@@ -130,12 +145,14 @@ impl Sink for KafkaSink {
         };
         let mut pending = Vec::with_capacity(batch.len());
         let mut rejected = Vec::new();
-        for event in batch {
+        for (index, event) in batch.iter().enumerate() {
             let head: Head<'_> = serde_json::from_slice(&event.json)
                 .map_err(|e| self.remote("spooled event is not an event", e))?;
-            if self
-                .acknowledged
-                .contains(&(event.seq, head.id.clone().into_owned()))
+            // Empty but after a failed attempt: no lookup (and no id copied) per event.
+            if !self.acknowledged.is_empty()
+                && self
+                    .acknowledged
+                    .contains(&(event.seq, head.id.clone().into_owned()))
             {
                 continue;
             }
@@ -175,19 +192,18 @@ impl Sink for KafkaSink {
                 }
             };
             if let Some(future) = future {
-                pending.push((event.seq, head.id.into_owned(), future));
+                pending.push((index, future));
             }
         }
         // Every acknowledgement is awaited, failed or not, so no record of this attempt is
         // left in the client when the batch is retried.
         let mut failure = None;
-        for (seq, id, future) in pending {
+        let mut stored = Vec::with_capacity(pending.len());
+        for (index, future) in pending {
             match future.await {
-                Ok(Ok(_)) => {
-                    self.acknowledged.insert((seq, id));
-                }
+                Ok(Ok(_)) => stored.push(index),
                 Ok(Err((err, _))) => match refusal(&err) {
-                    Some(why) => rejected.push((seq, why)),
+                    Some(why) => rejected.push((batch[index].seq, why)),
                     None => failure = failure.or(Some(err.to_string())),
                 },
                 Err(_) => failure = failure.or(Some("the producer was dropped".to_owned())),
@@ -197,12 +213,14 @@ impl Sink for KafkaSink {
             // An idempotent producer in a fatal state produces nothing more: a new one at
             // the next open.
             self.producer = None;
+            self.remember(batch, &stored);
             return Err(self.remote("the Kafka producer failed", format!("{code:?}: {why}")));
         }
         if let Some(err) = failure {
             // A new producer (a new producer id) at the next open: a broker that lost the
             // old one's state (restarted, failed over) refuses its sequence numbers.
             self.producer = None;
+            self.remember(batch, &stored);
             return Err(self.remote("no acknowledgement from Kafka", err));
         }
         self.acknowledged.clear();
